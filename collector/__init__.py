@@ -1,0 +1,3 @@
+"""llamacloud-collector: Prometheus metrics for LlamaCloud chat sessions."""
+
+__version__ = "0.1.0"

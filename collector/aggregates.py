@@ -1,0 +1,131 @@
+"""Aggregated chat-run counters and histograms, bounded in their label values.
+
+Aggregates only ever grow: a session that disappears keeps its contribution
+here, so the exposed counters never decrease.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from collector.derive import RunRecord
+
+OTHER_LABEL = "_other"
+
+
+class Histogram:
+    """Counts per bucket (not cumulative) plus the sum; ``le`` bounds are inclusive."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """``(le, count)`` pairs as the exposition wants them, ending with +Inf."""
+        out, running = [], 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts):
+            running += count
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
+        return out
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+class BoundedLabels:
+    """Admits the first ``limit`` distinct values of a label; the rest become ``_other``."""
+
+    __slots__ = ("limit", "admitted", "dropped")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.admitted: set[str] = set()
+        self.dropped: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self.admitted:
+            return value
+        if len(self.admitted) < self.limit:
+            self.admitted.add(value)
+            return value
+        self.dropped.add(value)
+        return OTHER_LABEL
+
+
+@dataclass(frozen=True)
+class Buckets:
+    duration: tuple[float, ...]
+    tokens: tuple[float, ...]
+    turns: tuple[float, ...]
+    tool_calls: tuple[float, ...]
+
+
+@dataclass
+class Aggregates:
+    """Totals over every session ever watched, in the shape of the chat families."""
+
+    buckets: Buckets
+    label_limit: int
+    runs: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+    tokens_total: Counter = field(default_factory=Counter)
+    tool_calls: Counter = field(default_factory=Counter)
+    skipped_index_queries: Counter = field(default_factory=Counter)
+    events: Counter = field(default_factory=Counter)
+    history_resets: int = 0
+    duration: Histogram = field(init=False)
+    tokens: dict[str, Histogram] = field(init=False)
+    turns: Histogram = field(init=False)
+    tool_calls_per_run: Histogram = field(init=False)
+    tools: BoundedLabels = field(init=False)
+    indexes: BoundedLabels = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.duration = Histogram(self.buckets.duration)
+        self.tokens = {"input": Histogram(self.buckets.tokens), "output": Histogram(self.buckets.tokens)}
+        self.turns = Histogram(self.buckets.turns)
+        self.tool_calls_per_run = Histogram(self.buckets.tool_calls)
+        self.tools = BoundedLabels(self.label_limit)
+        self.indexes = BoundedLabels(self.label_limit)
+        for outcome in ("success", "error"):
+            self.runs[outcome] += 0
+        for kind in ("input", "output"):
+            self.tokens_total[kind] += 0
+
+    def add_runs(self, runs: Iterable[RunRecord]) -> None:
+        for run in runs:
+            self.runs["error" if run.failed else "success"] += 1
+            if run.failed:
+                self.errors[run.error_type] += 1
+            if run.duration_seconds is not None:
+                self.duration.observe(run.duration_seconds)
+            for kind, value in (("input", run.input_tokens), ("output", run.output_tokens)):
+                if value is not None:
+                    self.tokens[kind].observe(value)
+                    self.tokens_total[kind] += value
+            if run.turns is not None:
+                self.turns.observe(run.turns)
+            self.tool_calls_per_run.observe(len(run.tool_calls))
+            for call in run.tool_calls:
+                outcome = "result" if call.has_result else "no_result"
+                self.tool_calls[(self.tools(call.name), outcome)] += 1
+            for index_id in run.skipped_index_ids:
+                self.skipped_index_queries[self.indexes(index_id)] += 1
+
+    def add_events(self, counts: dict[str, int]) -> None:
+        self.events.update(counts)
+
+    def copy(self) -> Aggregates:
+        return copy.deepcopy(self)

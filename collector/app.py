@@ -1,0 +1,156 @@
+"""Wiring: settings in, a running collector (client, poller, endpoints, scheduler) out.
+
+``CollectorService`` and ``SimulatorService`` start and stop in-process, on
+the running event loop, so ``run``, ``demo`` and the tests share one path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import httpx
+import structlog
+from prometheus_client import CollectorRegistry, ProcessCollector
+
+from collector.derive import ErrorClassifier
+from collector.errors import ConfigError
+from collector.httpserver import bound_port, serve
+from collector.llamacloud.client import LlamaCloudClient
+from collector.metrics import SelfMetrics, SnapshotCollector
+from collector.poller import PollConfig, Poller
+from collector.server import Endpoints
+from collector.settings import Settings, split_listen
+from collector.scheduler import start_scheduler
+from collector.simulator.api import Faults, SimulatorApi
+from collector.simulator.world import World, populate
+from collector.state import MemoryStore, StateStore
+from collector.webconfig import WebConfig
+
+SHUTDOWN_GRACE = 5.0
+
+
+def poll_config(settings: Settings) -> PollConfig:
+    return PollConfig(
+        interval=settings.interval, discover=settings.discovery, session_ids=settings.session_ids,
+        index_ids=settings.index_ids, shard=settings.shard, total_shards=settings.total_shards,
+        max_concurrency=settings.max_concurrency, series_limit=settings.session_series_limit,
+        buckets=settings.buckets.as_buckets(), label_limit=settings.label_value_limit,
+    )
+
+
+def build_client(settings: Settings, api_key: str, observer=None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> LlamaCloudClient:
+    return LlamaCloudClient(
+        base_url=settings.base_url, api_key=api_key, project_id=settings.project_id,
+        organization_id=settings.organization_id, connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout, max_connections=settings.max_concurrency,
+        transport=transport, observer=observer,
+    )
+
+
+async def listen(handler, address: str, **kwargs) -> asyncio.Server:
+    host, port = split_listen(address)
+    try:
+        return await serve(handler, host, port, **kwargs)
+    except OSError as exc:
+        raise ConfigError(f"listen: cannot listen on {address}: {exc.strerror or exc}") from None
+
+
+class CollectorService:
+    def __init__(self, settings: Settings, api_key: str, *, store: StateStore | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None, clock=time.time) -> None:
+        self.settings = settings
+        self.log = structlog.get_logger("collector")
+        self.registry = CollectorRegistry()
+        self.self_metrics = SelfMetrics(self.registry)
+        ProcessCollector(registry=self.registry)
+        self.web = WebConfig(settings.web_config)
+        self.client = build_client(settings, api_key, self.self_metrics, transport)
+        classifier = ErrorClassifier([(r.type, r.pattern) for r in settings.error_rules])
+        self.poller = Poller(self.client, store or MemoryStore(), poll_config(settings), classifier,
+                             self.self_metrics, clock=clock)
+        self.registry.register(SnapshotCollector(
+            lambda: self.poller.snapshot, clock=clock, expose_titles=settings.expose_titles,
+            shard=settings.shard, total_shards=settings.total_shards))
+        self.server: asyncio.Server | None = None
+        self.scheduler = None
+        self._cycle: asyncio.Task | None = None
+
+    @property
+    def port(self) -> int:
+        return bound_port(self.server)
+
+    async def _job(self) -> None:
+        self._cycle = asyncio.current_task()
+        try:
+            await self.poller.cycle()
+        except Exception:  # a bug must not stop the loop; it is logged with its traceback
+            self.log.exception("poll cycle crashed")
+        finally:
+            self._cycle = None
+
+    async def start(self, schedule: bool = True) -> None:
+        endpoints = Endpoints(self.registry, self.poller, self.settings.interval, self.web)
+        self.server = await listen(endpoints, self.settings.listen, ssl_context=self.web.ssl_context)
+        self.log.info("collector started", listen=self.settings.listen, port=self.port,
+                      base_url=self.settings.base_url, discover=self.settings.discovery,
+                      interval=self.settings.interval, tls=self.web.ssl_context is not None)
+        if schedule:
+            self.scheduler = start_scheduler(self._job, self.settings.interval)
+
+    async def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+        cycle = self._cycle
+        if cycle is not None and not cycle.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(cycle), SHUTDOWN_GRACE)
+            except asyncio.TimeoutError:
+                cycle.cancel()  # the cycle's work is uncommitted; nothing half-counted survives
+            except asyncio.CancelledError:
+                pass
+        if self.server is not None:
+            self.server.close()
+        await self.client.aclose()
+        self.poller.store.close()
+        self.log.info("collector stopped")
+
+
+class SimulatorService:
+    """The fake API with live traffic: ``rate`` world ticks per second."""
+
+    def __init__(self, *, sessions: int = 40, runs: int = 3, seed: int = 1, rate: float = 2.0,
+                 api_key: str = "simulator", world: World | None = None) -> None:
+        self.world = world or populate(World(seed=seed), sessions, runs)
+        self.faults = Faults()
+        self.api = SimulatorApi(self.world, api_key, self.faults)
+        self.rate = rate
+        self.server: asyncio.Server | None = None
+        self._traffic: asyncio.Task | None = None
+
+    @property
+    def port(self) -> int:
+        return bound_port(self.server)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _run_traffic(self) -> None:
+        rng = random.Random(self.world.rng.random())
+        while True:
+            await asyncio.sleep(rng.expovariate(self.rate))
+            self.world.tick()
+
+    async def start(self, address: str = "127.0.0.1:0") -> None:
+        self.server = await listen(self.api, address)
+        if self.rate > 0:
+            self._traffic = asyncio.create_task(self._run_traffic())
+
+    async def stop(self) -> None:
+        if self._traffic is not None:
+            self._traffic.cancel()
+        if self.server is not None:
+            self.server.close()

@@ -1,0 +1,197 @@
+"""Command line: ``run`` (default), ``demo``, ``simulate`` and ``check``.
+
+Settings are built once here and passed down. A bad setting prints one line
+and exits with status 2; SIGTERM and SIGINT stop cleanly with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from collector import __version__, logs
+from collector.app import CollectorService, SimulatorService, build_client, poll_config
+from collector.derive import ErrorClassifier
+from collector.errors import AuthError, CollectorError, ConfigError
+from collector.metrics import SelfMetrics
+from collector.poller import Poller
+from collector.settings import Settings, load_settings
+from collector.state import MemoryStore
+
+PROG = "llamacloud-collector"
+COMMANDS = ("run", "demo", "simulate", "check")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def _collector_flags(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--config", help="YAML file with any setting (COLLECTOR_CONFIG)")
+    add("--base-url", dest="base_url", help="API base URL (LLAMA_CLOUD_BASE_URL)")
+    add("--api-key-file", dest="api_key_file", help="file holding the API key (COLLECTOR_API_KEY_FILE)")
+    add("--project-id", dest="project_id")
+    add("--organization-id", dest="organization_id")
+    add("--session-id", dest="session_ids", action="append", help="watch this session (repeatable)")
+    add("--discover", action=argparse.BooleanOptionalAction, help="list all sessions of the project")
+    add("--index-id", dest="index_ids", action="append", help="only discovered sessions bound to this index")
+    add("--state-path", dest="state_path", help="SQLite file that keeps counters across restarts")
+    add("--max-concurrency", dest="max_concurrency", type=int)
+    add("--session-series-limit", dest="session_series_limit", type=int)
+    add("--shard", type=int)
+    add("--total-shards", dest="total_shards", type=int)
+    add("--log-format", dest="log_format", choices=("json", "console"))
+    add("--log-level", dest="log_level")
+    add("--expose-titles", dest="expose_titles", action=argparse.BooleanOptionalAction)
+    add("--web-config", dest="web_config", help="exporter-toolkit web config (TLS, basic auth)")
+    add("--connect-timeout", dest="connect_timeout", type=float)
+    add("--read-timeout", dest="read_timeout", type=float)
+    add("--label-value-limit", dest="label_value_limit", type=int)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Prometheus metrics for LlamaCloud chat.",
+                     argument_default=argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    run = sub.add_parser("run", help="run the collector (default)", argument_default=argparse.SUPPRESS)
+    check = sub.add_parser("check", help="call the API once and print what would be watched",
+                           argument_default=argparse.SUPPRESS)
+    demo = sub.add_parser("demo", help="simulator with live traffic plus the collector, no key needed",
+                          argument_default=argparse.SUPPRESS)
+    simulate = sub.add_parser("simulate", help="the fake LlamaCloud API alone")
+    for p in (run, check, demo):
+        p.add_argument("--listen", help="host:port for the endpoints (COLLECTOR_LISTEN)")
+        p.add_argument("--interval", type=float, help="seconds between polls (COLLECTOR_INTERVAL)")
+    for p in (run, check):
+        _collector_flags(p)
+    demo.add_argument("--seed", type=int)
+    demo.add_argument("--sessions", type=int)
+    demo.add_argument("--rate", type=float)
+    demo.add_argument("--log-format", dest="log_format", choices=("json", "console"))
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=8000)
+    simulate.add_argument("--sessions", type=int, default=40)
+    simulate.add_argument("--runs", type=int, default=3, help="runs per session at start")
+    simulate.add_argument("--seed", type=int, default=1)
+    simulate.add_argument("--rate", type=float, default=2.0, help="live traffic: runs per second")
+    return parser
+
+
+def _flags(args: argparse.Namespace, exclude: Sequence[str] = ()) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k != "command" and k not in exclude}
+
+
+async def _until_signalled(*services: Any) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        for service in services:
+            await service.start()
+        await stop.wait()
+    finally:
+        for service in reversed(services):
+            await service.stop()
+
+
+async def _run(settings: Settings, key: str) -> int:
+    await _until_signalled(CollectorService(settings, key))
+    return 0
+
+
+async def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    key = secrets.token_urlsafe(24)
+    sim = SimulatorService(sessions=getattr(args, "sessions", 40), seed=getattr(args, "seed", 1),
+                           rate=getattr(args, "rate", 2.0), api_key=key)
+    await sim.start()
+    flags = {"interval": 5.0, **_flags(args, ("seed", "sessions", "rate")), "base_url": sim.base_url}
+    settings = load_settings(flags, {k: v for k, v in environ.items() if not k.startswith("LLAMA_CLOUD_")})
+    collector = CollectorService(settings, key)
+    try:
+        await _until_signalled(collector)
+    finally:
+        await sim.stop()
+    return 0
+
+
+async def _simulate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    sim = SimulatorService(sessions=args.sessions, runs=args.runs, seed=args.seed, rate=args.rate,
+                           api_key=environ.get("LLAMA_CLOUD_API_KEY") or "simulator")
+
+    class _Bound:
+        async def start(self) -> None:
+            await sim.start(f"{args.host}:{args.port}")
+            structlog.get_logger("simulator").info("simulator listening", url=f"http://{args.host}:{sim.port}",
+                                                   sessions=len(sim.world.sessions))
+
+        async def stop(self) -> None:
+            await sim.stop()
+
+    await _until_signalled(_Bound())
+    return 0
+
+
+async def _check(settings: Settings, key: str) -> int:
+    client = build_client(settings, key)
+    poller = Poller(client, MemoryStore(), poll_config(settings), ErrorClassifier(),
+                    SelfMetrics(CollectorRegistry()))
+    try:
+        sessions, _ = await poller.discover()
+    except AuthError as exc:
+        raise CollectorError(f"check failed: HTTP {exc.status} from {settings.base_url}: the API key was "
+                             "refused; fix LLAMA_CLOUD_API_KEY (or the file in COLLECTOR_API_KEY_FILE)") from None
+    except CollectorError as exc:
+        raise CollectorError(f"check failed: {settings.base_url}: {exc}") from None
+    finally:
+        await client.aclose()
+    mode = "discovery" if settings.discovery else f"{len(settings.session_ids)} configured session IDs"
+    print(f"OK: {settings.base_url} answered; {len(sessions)} sessions would be watched ({mode}, "
+          f"shard {settings.shard} of {settings.total_shards})")
+    for summary in sorted(sessions, key=lambda s: s.last_updated_at, reverse=True)[:50]:
+        print(f"  {summary.session_id}  updated {summary.last_updated_at}  "
+              f"indexes {','.join(summary.index_ids) or '-'}")
+    if len(sessions) > 50:
+        print(f"  ... and {len(sessions) - 50} more")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    environ = os.environ if environ is None else environ
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
+        argv.insert(0, "run")
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "simulate":
+            logs.configure("info", None)
+            return asyncio.run(_simulate(args, environ))
+        if args.command == "demo":
+            logs.configure("info", getattr(args, "log_format", None))
+            return asyncio.run(_demo(args, environ))
+        settings = load_settings(_flags(args), environ)
+        key = settings.key()
+        logs.configure(settings.log_level, settings.log_format, [key])
+        if args.command == "check":
+            return asyncio.run(_check(settings, key))
+        return asyncio.run(_run(settings, key))
+    except ConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except CollectorError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,152 @@
+"""Pure derivation: a session's events in, finished run records out. No I/O.
+
+A run is ``user_input`` … ``stop``; each ``stop`` is one finished run. The
+cursor is the index just past the last ``stop`` already counted, so a re-poll
+derives only what is new. Events after the last ``stop`` belong to a run still
+in progress: they are reported, not counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from collector.llamacloud.models import (
+    PlainEvent,
+    StopEvent,
+    ToolCallEvent,
+    ToolResultEvent,
+    event_label,
+)
+
+OTHER_ERROR = "_OTHER"
+
+DEFAULT_ERROR_RULES: tuple[tuple[str, str], ...] = (
+    ("timeout", r"time[d ]?\s?out|timeout|deadline exceeded"),
+    ("rate_limit", r"rate.?limit|too many requests|\b429\b|quota"),
+    ("context_length", r"context.?(length|window)|maximum context|too many tokens|token limit"),
+    ("auth", r"unauthori[sz]ed|forbidden|\b40[13]\b|api key|authenticat|permission denied"),
+    ("not_found", r"not found|\b404\b|does not exist|no such"),
+    ("tool_error", r"\btool\b"),
+    ("internal", r"internal|\b5\d\d\b|server error|unexpected"),
+)
+
+
+class ErrorClassifier:
+    """Maps an error text to an ``error_type`` by the first matching rule."""
+
+    def __init__(self, rules: Sequence[tuple[str, str]] = DEFAULT_ERROR_RULES) -> None:
+        self.rules = tuple((name, re.compile(pattern, re.IGNORECASE)) for name, pattern in rules)
+
+    def classify(self, error: str | None) -> str:
+        if error:
+            for name, pattern in self.rules:
+                if pattern.search(error):
+                    return name
+        return OTHER_ERROR
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    name: str
+    has_result: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One finished run, as read from its ``stop`` event and the events before it."""
+
+    failed: bool
+    error_type: str | None
+    duration_seconds: float | None
+    input_tokens: int | None
+    output_tokens: int | None
+    turns: int | None
+    tool_calls: tuple[ToolCall, ...]
+    skipped_index_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Derivation:
+    runs: tuple[RunRecord, ...]
+    cursor: int
+    """Index just past the last ``stop``: where the next derivation starts."""
+    events_seen: int
+    event_counts: dict[str, int]
+    """Events past the previous ``events_seen``, by ``type`` label."""
+    in_progress_start: int | None
+    """Index of the ``user_input`` that opened an unfinished run, if any."""
+    stop_signature: str | None
+    """Fingerprint of the stop at ``cursor - 1``, to detect a rewritten history."""
+
+
+def stop_signature(event: StopEvent) -> str:
+    u = event.usage
+    text = repr((event.is_error, event.error, u.duration_ms, u.total_input_tokens,
+                 u.total_output_tokens, u.turns, event.skipped_index_ids))
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def history_intact(events: Sequence[object], cursor: int, events_seen: int,
+                   signature: str | None) -> bool:
+    """False when the history shrank or the last counted stop is not the same any more."""
+    if len(events) < max(cursor, events_seen):
+        return False
+    if cursor == 0:
+        return True
+    last = events[cursor - 1]
+    return isinstance(last, StopEvent) and stop_signature(last) == signature
+
+
+def _run_record(run_events: Sequence[object], stop: StopEvent,
+                classifier: ErrorClassifier) -> RunRecord:
+    calls: list[ToolCallEvent] = []
+    results: set[str] = set()
+    for event in run_events:
+        if isinstance(event, ToolCallEvent):
+            calls.append(event)
+        elif isinstance(event, ToolResultEvent):
+            results.add(event.call_id)
+    usage = stop.usage
+    failed = stop.failed
+    return RunRecord(
+        failed=failed,
+        error_type=classifier.classify(stop.error) if failed else None,
+        duration_seconds=None if usage.duration_ms is None else usage.duration_ms / 1000.0,
+        input_tokens=usage.total_input_tokens,
+        output_tokens=usage.total_output_tokens,
+        turns=usage.turns,
+        tool_calls=tuple(ToolCall(c.name, c.call_id in results) for c in calls),
+        skipped_index_ids=tuple(stop.skipped_index_ids),
+    )
+
+
+def derive(events: Sequence[object], cursor: int, events_seen: int,
+           classifier: ErrorClassifier) -> Derivation:
+    """Derive the runs finished in ``events[cursor:]``.
+
+    ``events_seen`` is how many events were already counted by type; the
+    caller has checked ``history_intact`` (or passes zeros to start over).
+    """
+    runs: list[RunRecord] = []
+    start = cursor
+    signature = None
+    for index in range(cursor, len(events)):
+        event = events[index]
+        if isinstance(event, StopEvent):
+            runs.append(_run_record(events[start:index], event, classifier))
+            start = index + 1
+            signature = stop_signature(event)
+    if signature is None and cursor > 0:
+        last = events[cursor - 1]
+        signature = stop_signature(last) if isinstance(last, StopEvent) else None
+    in_progress_start = next(
+        (i for i in range(start, len(events))
+         if isinstance(events[i], PlainEvent) and events[i].type == "user_input"),
+        None,
+    )
+    counts = Counter(event_label(e) for e in events[events_seen:])
+    return Derivation(tuple(runs), start, len(events), dict(counts), in_progress_start, signature)

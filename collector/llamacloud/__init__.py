@@ -1,0 +1,1 @@
+"""The LlamaCloud chat API: payload models and an async client."""

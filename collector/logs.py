@@ -1,0 +1,57 @@
+"""structlog setup: JSON lines (or console when on a TTY), with secret redaction.
+
+Any string value that contains a secret, and any value under a key that names
+a credential, is replaced before it is rendered, tracebacks included.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+import structlog
+
+REDACTED = "[REDACTED]"
+SECRET_KEYS = frozenset({"authorization", "api_key", "apikey", "token", "password", "secret"})
+
+
+class Redactor:
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self.secrets = tuple(s for s in secrets if s)
+
+    def scrub(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self.secrets:
+                value = value.replace(secret, REDACTED)
+            return value
+        if isinstance(value, dict):
+            return {k: REDACTED if str(k).lower() in SECRET_KEYS else self.scrub(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.scrub(v) for v in value)
+        return value
+
+    def __call__(self, _logger: Any, _name: str, event_dict: dict) -> dict:
+        return self.scrub(event_dict)
+
+
+def configure(level: str = "info", fmt: str | None = None, secrets: Iterable[str] = (),
+              stream: TextIO | None = None) -> None:
+    stream = stream or sys.stderr
+    if fmt is None:
+        fmt = "console" if stream.isatty() else "json"
+    renderer = structlog.dev.ConsoleRenderer(colors=False) if fmt == "console" \
+        else structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            Redactor(secrets),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )

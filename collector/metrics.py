@@ -1,0 +1,189 @@
+"""Prometheus exposition: chat families from the latest snapshot, plus self-metrics.
+
+``SnapshotCollector`` keeps no state per scrape: each ``collect`` reads the
+current immutable snapshot and yields fresh metric families. Chat families are
+hidden until the first full sync, so no scrape sees a partial total. Live
+request counters (``SelfMetrics``) are ordinary prometheus_client metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from collector import __version__
+from collector.aggregates import Histogram as Hist
+from collector.state import SessionState, Snapshot
+
+TITLE_LIMIT = 64
+
+
+class SelfMetrics:
+    """Counters the client and poller update as they go (an ``ApiObserver``)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        p = "llamacloud_collector_"
+        self.api_requests = Counter(p + "api_requests", "API requests by endpoint and HTTP status "
+                                    "(error for transport failures).", ["endpoint", "code"], registry=registry)
+        self.api_duration = Histogram(p + "api_request_duration_seconds", "API request latency.",
+                                      ["endpoint"], registry=registry,
+                                      buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.api_retries = Counter(p + "api_retries", "API requests retried, by endpoint and reason.",
+                                   ["endpoint", "reason"], registry=registry)
+        self.invalid_payloads = Counter(p + "invalid_payloads", "API answers that failed validation.",
+                                        ["endpoint"], registry=registry)
+        self.polls = Counter(p + "polls", "Poll cycles by result.", ["result"], registry=registry)
+        self.fetches = Counter(p + "session_fetches", "Sessions retrieved, by reason.", ["reason"],
+                               registry=registry)
+        self.unchanged = Counter(p + "sessions_unchanged", "Sessions skipped because last_updated_at "
+                                 "did not change.", registry=registry)
+        for result in ("success", "partial", "failure"):
+            self.polls.labels(result)
+        for reason in ("new", "changed"):
+            self.fetches.labels(reason)
+
+    def request(self, endpoint: str, code: str, seconds: float) -> None:
+        self.api_requests.labels(endpoint, code).inc()
+        self.api_duration.labels(endpoint).observe(seconds)
+
+    def retry(self, endpoint: str, reason: str) -> None:
+        self.api_retries.labels(endpoint, reason).inc()
+
+    def invalid_payload(self, endpoint: str) -> None:
+        self.invalid_payloads.labels(endpoint).inc()
+
+
+def _histogram(name: str, doc: str, labels: list[str], series: list[tuple[list[str], Hist]]) -> Metric:
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    for values, hist in series:
+        family.add_metric(values, hist.cumulative(), hist.total)
+    return family
+
+
+def _counter(name: str, doc: str, labels: list[str], values: dict) -> Metric:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for key, value in sorted(values.items()):
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], value)
+    return family
+
+
+def _gauge(name: str, doc: str, value: float | None, labels: dict[str, str] | None = None) -> Metric:
+    family = GaugeMetricFamily(name, doc, labels=list(labels or {}))
+    if value is not None:
+        family.add_metric(list((labels or {}).values()), value)
+    return family
+
+
+class SnapshotCollector(Collector):
+    def __init__(self, snapshot: Callable[[], Snapshot], *, clock: Callable[[], float],
+                 expose_titles: bool = False, shard: int = 0, total_shards: int = 1) -> None:
+        self._snapshot = snapshot
+        self._clock = clock
+        self._expose_titles = expose_titles
+        self._shard = (shard, total_shards)
+
+    def describe(self) -> list[Metric]:
+        return []  # families depend on readiness; skip the registry's duplicate check
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot()
+        yield from self._self_families(snap)
+        if snap.ready:
+            yield from self._chat_families(snap)
+            yield from self._session_families(snap.sessions)
+
+    def _self_families(self, snap: Snapshot) -> Iterator[Metric]:
+        p, poll = "llamacloud_collector_", snap.poll
+        yield _gauge(p + "up", "1 when the last poll reached the API and it answered.", 1.0 if poll.up else 0.0)
+        yield _gauge(p + "last_success_timestamp_seconds", "When the last successful poll finished.",
+                     poll.last_success)
+        yield _gauge(p + "poll_duration_seconds", "Duration of the last poll cycle.", poll.duration)
+        yield _gauge(p + "sessions_watched", "Sessions this collector watches.", snap.sessions_watched)
+        yield _counter(p + "history_resets", "Session histories that shrank or changed and were re-synced.",
+                       [], {(): snap.aggregates.history_resets})
+        dropped = GaugeMetricFamily(p + "series_dropped", "Sessions or label values over a limit, "
+                                    "not exposed as their own series.", labels=["family"])
+        dropped.add_metric(["sessions"], snap.sessions_over_limit)
+        dropped.add_metric(["tool"], len(snap.aggregates.tools.dropped))
+        dropped.add_metric(["index_id"], len(snap.aggregates.indexes.dropped))
+        yield dropped
+        yield _gauge(p + "shard", "This collector's shard (--shard), labelled with the total.",
+                     self._shard[0], {"total_shards": str(self._shard[1])})
+        yield _gauge(p + "build_info", "Build information.", 1.0, {"version": __version__})
+
+    def _chat_families(self, snap: Snapshot) -> Iterator[Metric]:
+        a, p = snap.aggregates, "llamacloud_chat_"
+        yield _counter(p + "runs", "Finished chat runs by outcome.", ["outcome"], a.runs)
+        yield _counter(p + "run_errors", "Failed chat runs by classified error type.", ["error_type"], a.errors)
+        yield _histogram(p + "run_duration_seconds", "Duration of finished chat runs.", [],
+                         [([], a.duration)])
+        yield _histogram(p + "run_tokens", "Tokens per finished chat run.", ["type"],
+                         [([kind], hist) for kind, hist in sorted(a.tokens.items())])
+        yield _counter(p + "tokens", "Tokens used by finished chat runs.", ["type"], a.tokens_total)
+        yield _histogram(p + "run_turns", "Turns per finished chat run.", [], [([], a.turns)])
+        yield _histogram(p + "run_tool_calls", "Tool calls per finished chat run.", [],
+                         [([], a.tool_calls_per_run)])
+        yield _counter(p + "tool_calls", "Tool calls by tool, and whether a result came back.",
+                       ["tool", "outcome"], a.tool_calls)
+        yield _counter(p + "skipped_index_queries", "Index queries a run could not make.", ["index_id"],
+                       a.skipped_index_queries)
+        yield _counter(p + "events", "Chat events by type.", ["type"], a.events)
+        yield _gauge(p + "runs_in_progress", "Sessions whose history ends in an unfinished run.",
+                     snap.runs_in_progress)
+        oldest = snap.oldest_in_progress_since
+        yield _gauge(p + "oldest_run_in_progress_seconds", "Age of the oldest unfinished run, "
+                     "from when the collector first saw it start.",
+                     max(0.0, self._clock() - oldest) if oldest is not None else 0.0)
+
+    def _session_families(self, sessions: tuple[SessionState, ...]) -> Iterator[Metric]:
+        p = "llamacloud_chat_session_"
+        info_labels = ["session_id", "shared_access", "index_ids"] + (["title"] if self._expose_titles else [])
+        info = GaugeMetricFamily(p + "info", "Chat session information; always 1.", labels=info_labels)
+        updated = GaugeMetricFamily(p + "last_updated_timestamp_seconds", "When the session last changed.",
+                                    labels=["session_id"])
+        runs = CounterMetricFamily(p + "runs", "Finished runs of the session by outcome.",
+                                   labels=["session_id", "outcome"])
+        tokens = CounterMetricFamily(p + "tokens", "Tokens used by the session's finished runs.",
+                                     labels=["session_id", "type"])
+        duration = GaugeMetricFamily(p + "last_run_duration_seconds", "Duration of the last run "
+                                     "(job_metadata).", labels=["session_id"])
+        last_tokens = GaugeMetricFamily(p + "last_run_tokens", "Tokens of the last run (job_metadata).",
+                                        labels=["session_id", "type"])
+        turns = GaugeMetricFamily(p + "last_run_turns", "Turns of the last run (job_metadata).",
+                                  labels=["session_id"])
+        error = GaugeMetricFamily(p + "last_run_error", "1 when the last run failed (job_metadata).",
+                                  labels=["session_id"])
+        for s in sessions:
+            sid = s.session_id
+            values = [sid, s.shared_access or "", ",".join(s.index_ids)]
+            if self._expose_titles:
+                values.append((s.title or "")[:TITLE_LIMIT])
+            info.add_metric(values, 1.0)
+            if s.updated_ts is not None:
+                updated.add_metric([sid], s.updated_ts)
+            runs.add_metric([sid, "success"], s.runs_success)
+            runs.add_metric([sid, "error"], s.runs_error)
+            tokens.add_metric([sid, "input"], s.tokens_input)
+            tokens.add_metric([sid, "output"], s.tokens_output)
+            job = s.job
+            if job is None:
+                continue
+            if job.duration_ms is not None:
+                duration.add_metric([sid], job.duration_ms / 1000.0)
+            if job.total_input_tokens is not None:
+                last_tokens.add_metric([sid, "input"], job.total_input_tokens)
+            if job.total_output_tokens is not None:
+                last_tokens.add_metric([sid, "output"], job.total_output_tokens)
+            if job.turns is not None:
+                turns.add_metric([sid], job.turns)
+            if job.is_error is not None:
+                error.add_metric([sid], 1.0 if job.is_error else 0.0)
+        yield from (info, updated, runs, tokens, duration, last_tokens, turns, error)

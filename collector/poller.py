@@ -1,0 +1,220 @@
+"""One poll cycle: discover -> detect change -> fetch changed (bounded) -> derive -> commit.
+
+The cycle works on a copy of the state and commits it whole at the end, then
+persists it and publishes an immutable snapshot for the scrapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from collector.aggregates import Aggregates, Buckets
+from collector.derive import ErrorClassifier
+from collector.errors import AuthError, FetchError, NotFound, PayloadError, StateError
+from collector.llamacloud.client import LlamaCloudClient
+from collector.llamacloud.models import Summary
+from collector.metrics import SelfMetrics
+from collector.state import (
+    CollectorState,
+    PollStatus,
+    Snapshot,
+    StateStore,
+    is_unchanged,
+    take_snapshot,
+    update_session,
+)
+
+
+def shard_of(session_id: str, total_shards: int) -> int:
+    """Stable shard of a session: the same on every pod and every restart."""
+    digest = hashlib.sha256(session_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % total_shards
+
+
+@dataclass(frozen=True)
+class PollConfig:
+    interval: float
+    discover: bool = True
+    session_ids: tuple[str, ...] = ()
+    index_ids: tuple[str, ...] = ()
+    shard: int = 0
+    total_shards: int = 1
+    max_concurrency: int = 8
+    series_limit: int = 500
+    buckets: Buckets | None = None
+    label_limit: int = 50
+
+
+@dataclass
+class CycleReport:
+    result: str = "success"
+    watched: int = 0
+    fetched: int = 0
+    unchanged: int = 0
+    runs_added: int = 0
+    failed: int = 0
+    invalid: int = 0
+    removed: int = 0
+    duration: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+class Poller:
+    def __init__(self, client: LlamaCloudClient, store: StateStore, config: PollConfig,
+                 classifier: ErrorClassifier, metrics: SelfMetrics, *,
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.client, self.store, self.config = client, store, config
+        self.classifier, self.metrics = classifier, metrics
+        self.clock, self.monotonic = clock, monotonic
+        self.log = structlog.get_logger("collector.poller")
+        self.state = store.load() or CollectorState(Aggregates(config.buckets, config.label_limit))
+        self.poll = PollStatus()
+        self.cycle_started: float | None = None
+        self.cycle_finished: float | None = None
+        self.snapshot: Snapshot = take_snapshot(self.state, self.poll, config.series_limit)
+
+    def _wanted(self, summary: Summary) -> bool:
+        cfg = self.config
+        if cfg.total_shards > 1 and shard_of(summary.session_id, cfg.total_shards) != cfg.shard:
+            return False
+        if summary.session_id in cfg.session_ids:
+            return True
+        return not cfg.index_ids or any(i in cfg.index_ids for i in summary.index_ids)
+
+    async def discover(self, deadline: float | None = None,
+                       report: CycleReport | None = None) -> tuple[list[Summary], set[str]]:
+        """The sessions to watch, and the IDs known to be gone."""
+        report = report or CycleReport()
+        if self.config.discover:
+            listed = await self.client.list_sessions(deadline)
+            ids = {s.session_id for s in listed}
+            return [s for s in listed if self._wanted(s)], set(self.state.sessions) - ids
+
+        limit = asyncio.Semaphore(self.config.max_concurrency)
+        found: list[Summary] = []
+        gone: set[str] = set()
+        answered = 0
+
+        async def one(session_id: str) -> None:
+            nonlocal answered
+            async with limit:
+                try:
+                    summary = await self.client.summary(session_id, deadline)
+                except NotFound:
+                    answered += 1
+                    gone.add(session_id)
+                    return
+                except (FetchError, PayloadError) as exc:
+                    if isinstance(exc, AuthError):
+                        raise
+                    report.failed += 1
+                    report.errors.append(str(exc))
+                    return
+            answered += 1
+            if self._wanted(summary):
+                found.append(summary)
+
+        ids = [i for i in self.config.session_ids
+               if self.config.total_shards == 1 or shard_of(i, self.config.total_shards) == self.config.shard]
+        await asyncio.gather(*(one(i) for i in ids))
+        if ids and not answered:
+            raise FetchError(report.errors[0] if report.errors else "no session answered", endpoint="summary")
+        return found, gone
+
+    async def cycle(self) -> CycleReport:
+        started, wall_start = self.monotonic(), self.clock()
+        self.cycle_started = started
+        deadline = started + self.config.interval * 0.9
+        report = CycleReport()
+        work = self.state.begin()
+        try:
+            targets, gone = await self.discover(deadline, report)
+        except (FetchError, PayloadError) as exc:
+            report.result = "failure"
+            report.errors.append(str(exc))
+            self._finish(report, None, started, wall_start, up=False)
+            return report
+
+        if self.config.discover:
+            gone |= set(work.sessions) - {s.session_id for s in targets}
+        changed: list[tuple[Summary, str]] = []
+        for summary in targets:
+            prev = work.sessions.get(summary.session_id)
+            if is_unchanged(prev, summary):
+                report.unchanged += 1
+            else:
+                changed.append((summary, "new" if prev is None else "changed"))
+        self.metrics.unchanged.inc(report.unchanged)
+        runs_before = sum(work.aggregates.runs.values())
+        await self._fetch_all(changed, work, deadline, report)
+        for session_id in gone:
+            if work.sessions.pop(session_id, None) is not None:
+                report.removed += 1
+        report.runs_added = sum(work.aggregates.runs.values()) - runs_before
+        if report.failed or report.invalid:
+            report.result = "partial"
+        if report.failed == 0:
+            work.synced = True
+        self._finish(report, work, started, wall_start, up=True)
+        return report
+
+    async def _fetch_all(self, changed: list[tuple[Summary, str]], work: CollectorState,
+                         deadline: float, report: CycleReport) -> None:
+        limit = asyncio.Semaphore(self.config.max_concurrency)
+
+        async def one(summary: Summary, reason: str) -> None:
+            sid = summary.session_id
+            async with limit:
+                try:
+                    session = await self.client.retrieve(sid, deadline)
+                except NotFound:
+                    work.sessions.pop(sid, None)
+                    report.removed += 1
+                    return
+                except PayloadError as exc:
+                    report.invalid += 1
+                    self.log.warning("invalid payload, session skipped this cycle", session_id=sid, error=str(exc))
+                    return
+                except FetchError as exc:
+                    report.failed += 1
+                    report.errors.append(str(exc))
+                    return
+            self.metrics.fetches.labels(reason).inc()
+            report.fetched += 1
+            prev = work.sessions.get(sid)
+            work.sessions[sid] = update_session(prev, session, work.aggregates, self.classifier, self.clock())
+
+        await asyncio.gather(*(one(s, r) for s, r in changed))
+
+    def _finish(self, report: CycleReport, work: CollectorState | None, started: float,
+                wall_start: float, *, up: bool) -> None:
+        if work is not None:
+            try:
+                self.store.save(work)
+            except StateError as exc:
+                report.errors.append(str(exc))
+                self.log.error("state not saved; will retry next cycle", error=str(exc))
+            self.state = work
+        now = self.clock()
+        report.duration = self.monotonic() - started
+        report.watched = len(self.state.sessions)
+        self.metrics.polls.labels(report.result).inc()
+        self.poll = PollStatus(
+            up=up, result=report.result, started_at=wall_start, finished_at=now, duration=report.duration,
+            last_success=now if report.result == "success" else self.poll.last_success,
+            message=report.errors[0] if report.errors else "",
+        )
+        self.snapshot = take_snapshot(self.state, self.poll, self.config.series_limit)
+        self.cycle_finished = self.monotonic()
+        log = self.log.info if report.result == "success" else self.log.warning
+        log("poll cycle", result=report.result, sessions_watched=report.watched, fetched=report.fetched,
+            unchanged=report.unchanged, runs_added=report.runs_added, failed=report.failed,
+            invalid=report.invalid, removed=report.removed, duration_seconds=round(report.duration, 3),
+            error=report.errors[0] if report.errors else None)

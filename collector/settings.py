@@ -1,0 +1,235 @@
+"""Settings, built once at startup: flags > env > YAML file (``--config``) > defaults.
+
+Every bad value becomes one ``ConfigError`` line that names the setting, the
+flag and the env var. The API key is read only from ``LLAMA_CLOUD_API_KEY`` or
+a key file, and never appears in a message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from collector.aggregates import Buckets
+from collector.derive import DEFAULT_ERROR_RULES
+from collector.errors import ConfigError
+
+DEFAULT_BASE_URL = "https://api.cloud.llamaindex.ai"
+
+ENV_VARS: dict[str, str] = {
+    "base_url": "LLAMA_CLOUD_BASE_URL",
+    "api_key": "LLAMA_CLOUD_API_KEY",
+    "api_key_file": "COLLECTOR_API_KEY_FILE",
+    "project_id": "LLAMA_CLOUD_PROJECT_ID",
+    "organization_id": "LLAMA_CLOUD_ORGANIZATION_ID",
+    "session_ids": "COLLECTOR_SESSION_IDS",
+    "discover": "COLLECTOR_DISCOVER",
+    "index_ids": "COLLECTOR_INDEX_IDS",
+    "interval": "COLLECTOR_INTERVAL",
+    "listen": "COLLECTOR_LISTEN",
+    "state_path": "COLLECTOR_STATE_PATH",
+    "max_concurrency": "COLLECTOR_MAX_CONCURRENCY",
+    "session_series_limit": "COLLECTOR_SESSION_SERIES_LIMIT",
+    "shard": "COLLECTOR_SHARD",
+    "total_shards": "COLLECTOR_TOTAL_SHARDS",
+    "log_format": "COLLECTOR_LOG_FORMAT",
+    "log_level": "COLLECTOR_LOG_LEVEL",
+    "expose_titles": "COLLECTOR_EXPOSE_TITLES",
+    "web_config": "COLLECTOR_WEB_CONFIG",
+    "connect_timeout": "COLLECTOR_CONNECT_TIMEOUT",
+    "read_timeout": "COLLECTOR_READ_TIMEOUT",
+    "label_value_limit": "COLLECTOR_LABEL_VALUE_LIMIT",
+}
+CONFIG_ENV = "COLLECTOR_CONFIG"
+LIST_FIELDS = frozenset({"session_ids", "index_ids"})
+
+DURATION_BUCKETS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 51.2, 102.4, 204.8, 409.6, 600, 1200)
+TOKEN_BUCKETS = tuple(float(4**i) for i in range(14))  # 1, 4, 16, ... 67108864
+TURN_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+TOOL_CALL_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ErrorRule(_Strict):
+    type: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    pattern: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression: {exc}") from None
+        return value
+
+
+def _increasing(values: tuple[float, ...]) -> tuple[float, ...]:
+    if not values or any(b <= a for a, b in zip(values, values[1:])):
+        raise ValueError("buckets must be a non-empty, strictly increasing list")
+    return values
+
+
+class BucketSettings(_Strict):
+    duration: tuple[float, ...] = DURATION_BUCKETS
+    tokens: tuple[float, ...] = TOKEN_BUCKETS
+    turns: tuple[float, ...] = TURN_BUCKETS
+    tool_calls: tuple[float, ...] = TOOL_CALL_BUCKETS
+
+    _check = field_validator("duration", "tokens", "turns", "tool_calls")(_increasing)
+
+    def as_buckets(self) -> Buckets:
+        return Buckets(self.duration, self.tokens, self.turns, self.tool_calls)
+
+
+class Settings(BaseSettings):
+    """Every setting of the collector. Sources are merged by ``load_settings``."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+
+    base_url: str = DEFAULT_BASE_URL
+    api_key: SecretStr | None = Field(default=None, repr=False)
+    api_key_file: Path | None = None
+    project_id: str | None = None
+    organization_id: str | None = None
+    session_ids: tuple[str, ...] = ()
+    discover: bool | None = None
+    index_ids: tuple[str, ...] = ()
+    interval: float = Field(default=60.0, gt=0)
+    listen: str = "0.0.0.0:9742"
+    state_path: Path | None = None
+    max_concurrency: int = Field(default=8, ge=1, le=256)
+    session_series_limit: int = Field(default=500, ge=0)
+    shard: int = Field(default=0, ge=0)
+    total_shards: int = Field(default=1, ge=1)
+    log_format: Literal["json", "console"] | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    expose_titles: bool = False
+    web_config: Path | None = None
+    connect_timeout: float = Field(default=5.0, gt=0)
+    read_timeout: float = Field(default=30.0, gt=0)
+    label_value_limit: int = Field(default=50, ge=1)
+    error_rules: tuple[ErrorRule, ...] = tuple(ErrorRule(type=t, pattern=p) for t, p in DEFAULT_ERROR_RULES)
+    buckets: BucketSettings = BucketSettings()
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **_sources):  # noqa: ANN001
+        return (init_settings,)  # load_settings merges flags, env and file itself
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        split_listen(value)
+        return value
+
+    @model_validator(mode="after")
+    def _shards(self) -> Settings:
+        if self.shard >= self.total_shards:
+            raise ValueError(f"shard (--shard, COLLECTOR_SHARD) must be less than total_shards "
+                             f"(--total-shards, COLLECTOR_TOTAL_SHARDS): {self.shard} >= {self.total_shards}")
+        return self
+
+    @property
+    def discovery(self) -> bool:
+        return self.discover if self.discover is not None else not self.session_ids
+
+    def key(self) -> str:
+        """The API key, or a ConfigError that says where to put one."""
+        if self.api_key is not None and self.api_key.get_secret_value().strip():
+            return self.api_key.get_secret_value().strip()
+        if self.api_key_file is not None:
+            try:
+                text = self.api_key_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"api_key_file: cannot read {self.api_key_file}: {exc.strerror}") from None
+            if text:
+                return text
+            raise ConfigError(f"api_key_file: {self.api_key_file} is empty")
+        raise ConfigError("missing API key: set LLAMA_CLOUD_API_KEY or COLLECTOR_API_KEY_FILE (--api-key-file)")
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("must be host:port with a port from 0 to 65535")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config: {path} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {path} must hold a mapping of settings")
+    if "api_key" in data:
+        raise ConfigError(f"config: {path}: api_key is not accepted in a file; "
+                          "use LLAMA_CLOUD_API_KEY or api_key_file")
+    unknown = sorted(set(data) - set(Settings.model_fields))
+    if unknown:
+        raise ConfigError(f"config: {path}: unknown setting {unknown[0]!r}")
+    return data
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, var in ENV_VARS.items():
+        raw = environ.get(var)
+        if raw is None or (raw == "" and name != "api_key"):
+            continue
+        values[name] = [p.strip() for p in raw.split(",") if p.strip()] if name in LIST_FIELDS else raw
+    return values
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = [str(p) for p in error["loc"]]
+    name = loc[0] if loc else "settings"
+    where = [f"--{name.replace('_', '-')}"] if name in ENV_VARS and name != "api_key" else []
+    if name in ENV_VARS:
+        where.append(ENV_VARS[name])
+    if not loc:
+        return error["msg"].removeprefix("Value error, ")
+    label = ".".join(loc)
+    message = error["msg"].removeprefix("Value error, ")
+    shown = "" if name == "api_key" or "input" not in error or isinstance(error["input"], (dict, list)) \
+        else f" (got {error['input']!r})"
+    return f"{label}{' (' + ', '.join(where) + ')' if where else ''}: {message}{shown}"
+
+
+def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
+    """Merge the sources in order of precedence and validate once."""
+    flags = dict(flags)
+    config = flags.pop("config", None) or environ.get(CONFIG_ENV)
+    merged = {**(_read_config(config) if config else {}), **_from_env(environ), **flags}
+    try:
+        return Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc.errors()[0])) from None

@@ -1,0 +1,1 @@
+"""A fake LlamaCloud chat API with realistic sessions, live traffic and injectable faults."""

@@ -1,0 +1,148 @@
+"""The simulator's HTTP API: the LlamaCloud chat endpoints, plus /_sim controls.
+
+Same paths, cursor paging, bearer auth and payload shapes as the real API.
+Faults are queued with ``Faults.add`` (or ``GET /_sim/fault?kind=...``) and
+consumed by the next matching requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter, deque
+from dataclasses import dataclass
+
+from collector.httpserver import Request, Response, text
+from collector.simulator.world import World
+
+FAULT_KINDS = ("status", "reset", "truncate", "html", "content_type", "slow", "huge", "shrink", "unknown_event")
+
+
+@dataclass
+class Fault:
+    kind: str
+    endpoint: str = "*"
+    status: int = 503
+    retry_after: str | None = None
+    delay: float = 0.0
+
+
+class Faults:
+    def __init__(self) -> None:
+        self.queue: deque[Fault] = deque()
+        self.injected: Counter = Counter()
+
+    def add(self, fault: Fault, times: int = 1) -> None:
+        self.queue.extend([fault] * times)
+
+    def take(self, endpoint: str) -> Fault | None:
+        for i, fault in enumerate(self.queue):
+            if fault.endpoint in ("*", endpoint):
+                del self.queue[i]
+                self.injected[fault.kind] += 1
+                return fault
+        return None
+
+
+def _json(payload: object, status: int = 200) -> Response:
+    return Response(status, json.dumps(payload).encode(), "application/json")
+
+
+class SimulatorApi:
+    def __init__(self, world: World, api_key: str, faults: Faults | None = None) -> None:
+        self.world, self.api_key = world, api_key
+        self.faults = faults or Faults()
+        self.calls: Counter = Counter()
+        self.bytes_sent = 0
+        self.last_query: dict[str, str] = {}
+
+    async def __call__(self, request: Request) -> Response:
+        if request.path.startswith("/_sim/"):
+            return self._control(request)
+        if request.headers.get("authorization") != f"Bearer {self.api_key}":
+            return _json({"detail": "Invalid authentication credentials"}, 401)
+        parts = request.path.strip("/").split("/")
+        if parts[:3] != ["api", "v1", "chat"] or len(parts) > 5:
+            return _json({"detail": "Not Found"}, 404)
+        endpoint = "list" if len(parts) == 3 else "retrieve" if len(parts) == 4 else "summary"
+        if endpoint == "summary" and parts[4] != "summary":
+            return _json({"detail": "Not Found"}, 404)
+        self.calls[endpoint] += 1
+        self.last_query = dict(request.query)
+        fault = self.faults.take(endpoint)
+        if fault is not None and fault.delay:
+            await asyncio.sleep(fault.delay)
+        response = self._answer(endpoint, parts, request) if fault is None or fault.kind in ("slow", "shrink",
+                                                                                            "unknown_event") \
+            else self._fault(fault)
+        if fault is not None and fault.kind in ("shrink", "unknown_event") and endpoint == "retrieve":
+            response = self._mutated(fault.kind, parts[3]) or response
+        self.bytes_sent += len(response.body)
+        return response
+
+    def _answer(self, endpoint: str, parts: list[str], request: Request) -> Response:
+        world = self.world
+        if endpoint == "list":
+            size = max(1, min(100, int(request.query.get("page_size") or 20)))
+            after = int(request.query.get("page_token") or 0)
+            ordered = sorted((s for s in world.sessions.values() if s.seq > after), key=lambda s: s.seq)
+            page = ordered[:size]
+            token = str(page[-1].seq) if len(ordered) > size else None
+            return _json({"items": [s.summary() for s in page], "next_page_token": token})
+        session = world.sessions.get(parts[3])
+        if session is None:
+            return _json({"detail": "Chat session not found"}, 404)
+        if endpoint == "summary":
+            return _json(session.summary())
+        return Response(200, session.detail_bytes(), "application/json")
+
+    def _fault(self, fault: Fault) -> Response:
+        if fault.kind == "status":
+            response = _json({"detail": "injected"}, fault.status)
+            if fault.retry_after is not None:
+                response.headers["Retry-After"] = fault.retry_after
+            return response
+        if fault.kind == "reset":
+            return Response(reset=True)
+        if fault.kind == "truncate":
+            body = json.dumps({"items": [], "next_page_token": None, "pad": "x" * 4096}).encode()
+            return Response(200, body, "application/json", truncate_at=100)
+        if fault.kind == "html":
+            return Response(200, b"<html><body>Bad gateway</body></html>", "text/html")
+        if fault.kind == "content_type":
+            return Response(200, b'{"items": []}', "text/plain")
+        if fault.kind == "huge":
+            return Response(200, b'{"items": [' + b'{"session_id": 1},' * 1_200_000 + b"{}]}", "application/json")
+        return text(500, "unknown fault")
+
+    def _mutated(self, kind: str, session_id: str) -> Response | None:
+        session = self.world.sessions.get(session_id)
+        if session is None:
+            return None
+        if kind == "shrink":
+            kept = session.events[: len(session.events) // 2]
+            body = {**session.summary(), "events": kept}
+        else:
+            body = {**session.summary(), "events": session.events + [{"type": "brand_new_event", "x": 1}]}
+        return _json(body)
+
+    def _control(self, request: Request) -> Response:
+        world = self.world
+        if request.path == "/_sim/stats":
+            truth = {"runs": len(world.runs), "errors": sum(r.failed for r in world.runs),
+                     "sessions": len(world.sessions), "calls": dict(self.calls), "bytes_sent": self.bytes_sent,
+                     "faults_injected": dict(self.faults.injected)}
+            return _json(truth)
+        if request.path == "/_sim/touch":
+            fraction = float(request.query.get("fraction", "0.1"))
+            chosen = world.rng.sample(list(world.sessions), int(len(world.sessions) * fraction))
+            for session_id in chosen:
+                world.add_run(world.sessions[session_id])
+            return _json({"changed": len(chosen)})
+        if request.path == "/_sim/fault":
+            q = request.query
+            fault = Fault(q.get("kind", "status"), q.get("endpoint", "*"), int(q.get("status", 503)),
+                          q.get("retry_after"), float(q.get("delay", 0)))
+            self.faults.add(fault, int(q.get("times", 1)))
+            return _json({"queued": len(self.faults.queue)})
+        return _json({"detail": "Not Found"}, 404)

@@ -1,0 +1,205 @@
+"""The simulated sessions, how runs are generated, and the ground truth.
+
+Every run the world generates is also recorded as a ``RunTruth`` at the moment
+it is made, independently of the collector's derivation, so tests can compare
+the collector's numbers with what really happened.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+TOOLS = ("search_index", "retrieve_page", "calculator", "web_lookup", "summarize", "sql_query")
+ERROR_MESSAGES: dict[str, tuple[str, ...]] = {
+    "timeout": ("LLM request timed out after 60s", "Deadline exceeded while waiting for the model"),
+    "rate_limit": ("Rate limit reached for gpt-4o, retry later", "Provider answered 429 Too Many Requests"),
+    "context_length": ("This model's maximum context length is 128000 tokens",
+                       "Context window exceeded by the retrieved nodes"),
+    "auth": ("Provider rejected the API key (401 Unauthorized)",),
+    "not_found": ("Index pipeline-7f3a does not exist",),
+    "tool_error": ("Tool 'sql_query' raised: syntax error near SELECT",),
+    "internal": ("Internal error in agent runtime", "Upstream returned 502 Bad Gateway"),
+    "_OTHER": ("Run cancelled by user", "Something went wrong"),
+}
+QUESTIONS = ("What were Q3 revenues by region?", "Summarise the onboarding policy.",
+             "Which contracts renew next month?", "Compare the two pricing proposals.",
+             "List the open incidents for the payments service.")
+UNKNOWN_TYPE = "citation"
+
+
+@dataclass(frozen=True)
+class RunTruth:
+    session_id: str
+    failed: bool
+    error_type: str | None
+    duration_ms: float | None
+    input_tokens: int | None
+    output_tokens: int | None
+    turns: int | None
+    tool_calls: tuple[tuple[str, bool], ...]
+    skipped_index_ids: tuple[str, ...]
+
+
+@dataclass
+class SimSession:
+    session_id: str
+    seq: int
+    index_ids: list[str] | None
+    shared_access: str
+    title: str
+    events: list[dict] = field(default_factory=list)
+    last_updated_at: str = ""
+    job_metadata: dict | None = None
+    pending: list[dict] | None = None
+    pending_truth: RunTruth | None = None
+    _detail: bytes | None = None
+
+    def summary(self) -> dict:
+        return {"session_id": self.session_id, "last_updated_at": self.last_updated_at,
+                "generated_title": self.title, "index_ids": self.index_ids,
+                "shared_access": self.shared_access, "job_metadata": self.job_metadata}
+
+    def detail_bytes(self) -> bytes:
+        if self._detail is None:
+            self._detail = json.dumps({**self.summary(), "events": self.events}).encode()
+        return self._detail
+
+
+class World:
+    def __init__(self, seed: int = 1, error_rate: float = 0.15, clock=time.time) -> None:
+        self.rng = random.Random(seed)
+        self.error_rate = error_rate
+        self.clock = clock
+        self.sessions: dict[str, SimSession] = {}
+        self.runs: list[RunTruth] = []
+        self.events: Counter = Counter()
+        self._seq = 0
+        self._last_ts = 0.0
+
+    def _uuid(self) -> str:
+        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+
+    def _touch(self, session: SimSession) -> None:
+        self._last_ts = max(self.clock(), self._last_ts + 1e-6)
+        session.last_updated_at = datetime.fromtimestamp(self._last_ts, timezone.utc).isoformat()
+        session._detail = None
+
+    def _append(self, session: SimSession, events: list[dict]) -> None:
+        session.events.extend(events)
+        for event in events:
+            kind = event["type"]
+            self.events[kind if kind != UNKNOWN_TYPE else "_unknown"] += 1
+
+    def new_session(self, runs: int = 0) -> SimSession:
+        rng = self.rng
+        self._seq += 1
+        indexes = None if rng.random() < 0.1 else [f"idx-{rng.randrange(12):02d}" for _ in range(rng.randint(1, 3))]
+        session = SimSession(self._uuid(), self._seq, sorted(set(indexes)) if indexes else indexes,
+                             rng.choice(("query", "read_only")), rng.choice(QUESTIONS))
+        self.sessions[session.session_id] = session
+        self._touch(session)
+        for _ in range(runs):
+            self.add_run(session)
+        return session
+
+    def _make_run(self, session: SimSession) -> tuple[list[dict], list[dict], RunTruth]:
+        """The opening events of a run, the rest of them, and its truth."""
+        rng = self.rng
+        head: list[dict] = [{"type": "user_input", "content": rng.choice(QUESTIONS)}]
+        if rng.random() < 0.6:
+            head += [{"type": "thinking_delta", "content": "Let me look"} for _ in range(rng.randint(1, 3))]
+            head.append({"type": "thinking", "content": "Let me look at the indexes for this."})
+        tail: list[dict] = []
+        calls = []
+        for _ in range(rng.choice((0, 0, 1, 1, 2, 3, 5))):
+            name, call_id = rng.choice(TOOLS), self._uuid()
+            tail.append({"type": "tool_call", "name": name, "call_id": call_id, "arguments": {"query": "q3"}})
+            answered = rng.random() < 0.9
+            if answered:
+                result = {"type": "tool_result", "name": name, "call_id": call_id, "result": "3 nodes found"}
+                if rng.random() < 0.2:
+                    result["image_attachment"] = {"attachment_name": "page-3.png", "source_id": self._uuid()}
+                tail.append(result)
+            calls.append((name, answered))
+        if rng.random() < 0.05:
+            tail.append({"type": UNKNOWN_TYPE, "source": "doc-1", "span": [3, 9]})
+        tail += [{"type": "text_delta", "content": "The answer"} for _ in range(rng.randint(1, 4))]
+        tail.append({"type": "text", "content": "The answer is in the attached report, page 3."})
+        failed = rng.random() < self.error_rate
+        error_type = rng.choice(tuple(ERROR_MESSAGES)) if failed else None
+        error = rng.choice(ERROR_MESSAGES[error_type]) if failed else None
+        usage = {"duration_ms": round(rng.lognormvariate(7.6, 1.0), 1), "total_input_tokens": rng.randint(200, 24000),
+                 "total_output_tokens": rng.randint(20, 3000), "turns": 1 + len(calls)}
+        if rng.random() < 0.05:
+            del usage["duration_ms"]
+        skipped = [rng.choice(session.index_ids)] if session.index_ids and rng.random() < 0.1 else []
+        tail.append({"type": "stop", "is_error": failed, "error": error, "usage": usage,
+                     "skipped_index_ids": skipped or None})
+        truth = RunTruth(session.session_id, failed, error_type, usage.get("duration_ms"),
+                         usage["total_input_tokens"], usage["total_output_tokens"], usage["turns"],
+                         tuple(calls), tuple(skipped))
+        return head, tail, truth
+
+    def _finish(self, session: SimSession, tail: list[dict], truth: RunTruth) -> None:
+        self._append(session, tail)
+        stop = tail[-1]
+        session.job_metadata = {**stop["usage"], "is_error": stop["is_error"], "error": stop["error"],
+                                "export_config_ids": None}
+        self.runs.append(truth)
+        self._touch(session)
+
+    def add_run(self, session: SimSession) -> None:
+        """A whole run, start to stop (finishing a pending one first)."""
+        if session.pending is not None:
+            self.finish_pending(session)
+        head, tail, truth = self._make_run(session)
+        self._append(session, head)
+        self._finish(session, tail, truth)
+
+    def start_run(self, session: SimSession) -> None:
+        """Open a run and leave it unfinished."""
+        if session.pending is not None:
+            return
+        head, tail, truth = self._make_run(session)
+        self._append(session, head)
+        session.pending, session.pending_truth = tail, truth
+        self._touch(session)
+
+    def finish_pending(self, session: SimSession) -> None:
+        if session.pending is not None:
+            tail, truth = session.pending, session.pending_truth
+            session.pending = session.pending_truth = None
+            self._finish(session, tail, truth)
+
+    def delete(self, session_id: str) -> None:
+        self.sessions.pop(session_id, None)
+
+    def tick(self) -> None:
+        """One step of live traffic."""
+        rng = self.rng
+        roll = rng.random()
+        if roll < 0.08 or not self.sessions:
+            self.new_session(runs=1)
+            return
+        session = self.sessions[rng.choice(list(self.sessions))]
+        if session.pending is not None:
+            self.finish_pending(session)
+        elif roll < 0.2:
+            self.start_run(session)
+        else:
+            self.add_run(session)
+
+
+def populate(world: World, sessions: int, runs: int, unfinished: int = 1) -> World:
+    """Sessions with ``runs`` runs each; the first ``unfinished`` also hold a run in progress."""
+    for i in range(sessions):
+        session = world.new_session(runs=runs)
+        if i < unfinished:
+            world.start_run(session)
+    return world

@@ -1,0 +1,168 @@
+"""Collector state: per-session cursors and counters, the aggregates, and snapshots.
+
+The poller works on a copy (``CollectorState.begin``) and commits it whole at
+the end of a cycle, so an abandoned cycle leaves nothing half-counted. After a
+commit the state is frozen into an immutable ``Snapshot`` for the scrapes.
+A ``StateStore`` persists the committed state; ``MemoryStore`` keeps nothing.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Protocol
+
+from collector.aggregates import Aggregates
+from collector.derive import ErrorClassifier, derive, history_intact
+from collector.llamacloud.models import JobMetadata, Session, Summary
+
+
+def parse_timestamp(value: str) -> float | None:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    session_id: str
+    last_updated_at: str
+    updated_ts: float | None = None
+    title: str | None = None
+    shared_access: str | None = None
+    index_ids: tuple[str, ...] = ()
+    job: JobMetadata | None = None
+    cursor: int = 0
+    events_seen: int = 0
+    stop_signature: str | None = None
+    runs_success: int = 0
+    runs_error: int = 0
+    tokens_input: int = 0
+    tokens_output: int = 0
+    in_progress_start: int | None = None
+    in_progress_since: float | None = None
+
+
+def update_session(prev: SessionState | None, session: Session, aggregates: Aggregates,
+                   classifier: ErrorClassifier, now: float) -> SessionState:
+    """Count what is new in ``session`` into ``aggregates``; return the session's new state.
+
+    A history that shrank, or whose last counted ``stop`` changed, is a reset:
+    it is counted in ``history_resets`` and what it shows now is taken as
+    already counted, so no counter goes backwards and nothing is counted twice.
+    """
+    events = session.events
+    base = prev or SessionState(session.session_id, session.last_updated_at)
+    cursor, seen = base.cursor, base.events_seen
+    if prev is not None and not history_intact(events, cursor, seen, prev.stop_signature):
+        aggregates.history_resets += 1
+        cursor = derive(events, 0, len(events), classifier).cursor
+        seen = len(events)
+    result = derive(events, cursor, seen, classifier)
+    aggregates.add_runs(result.runs)
+    aggregates.add_events(result.event_counts)
+    since = None
+    if result.in_progress_start is not None:
+        same_run = base.in_progress_start == result.in_progress_start
+        since = base.in_progress_since if same_run and base.in_progress_since else now
+    return replace(
+        base,
+        last_updated_at=session.last_updated_at,
+        updated_ts=parse_timestamp(session.last_updated_at),
+        title=session.generated_title,
+        shared_access=session.shared_access,
+        index_ids=tuple(sorted(session.index_ids)),
+        job=session.job_metadata,
+        cursor=result.cursor,
+        events_seen=result.events_seen,
+        stop_signature=result.stop_signature,
+        runs_success=base.runs_success + sum(1 for r in result.runs if not r.failed),
+        runs_error=base.runs_error + sum(1 for r in result.runs if r.failed),
+        tokens_input=base.tokens_input + sum(r.input_tokens or 0 for r in result.runs),
+        tokens_output=base.tokens_output + sum(r.output_tokens or 0 for r in result.runs),
+        in_progress_start=result.in_progress_start,
+        in_progress_since=since,
+    )
+
+
+def is_unchanged(prev: SessionState | None, summary: Summary) -> bool:
+    return prev is not None and prev.last_updated_at == summary.last_updated_at
+
+
+@dataclass
+class CollectorState:
+    aggregates: Aggregates
+    sessions: dict[str, SessionState] = field(default_factory=dict)
+    synced: bool = False
+
+    def begin(self) -> CollectorState:
+        """A working copy for one cycle; session states are immutable, so a shallow dict copy."""
+        return CollectorState(self.aggregates.copy(), dict(self.sessions), self.synced)
+
+
+@dataclass(frozen=True)
+class PollStatus:
+    up: bool = False
+    result: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration: float | None = None
+    last_success: float | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    ready: bool
+    aggregates: Aggregates
+    sessions: tuple[SessionState, ...]
+    """The sessions with per-session series: most recently updated first, up to the limit."""
+    sessions_watched: int
+    sessions_over_limit: int
+    runs_in_progress: int
+    oldest_in_progress_since: float | None
+    poll: PollStatus
+
+
+def take_snapshot(state: CollectorState, poll: PollStatus, series_limit: int) -> Snapshot:
+    sessions = state.sessions.values()
+    shown = heapq.nlargest(series_limit, sessions, key=lambda s: (s.updated_ts or 0.0, s.session_id))
+    since = [s.in_progress_since for s in sessions if s.in_progress_since is not None]
+    return Snapshot(
+        ready=state.synced,
+        aggregates=state.aggregates.copy(),
+        sessions=tuple(shown),
+        sessions_watched=len(state.sessions),
+        sessions_over_limit=max(0, len(state.sessions) - series_limit),
+        runs_in_progress=len(since),
+        oldest_in_progress_since=min(since) if since else None,
+        poll=poll,
+    )
+
+
+class StateStore(Protocol):
+    """Where committed state lives between restarts."""
+
+    def load(self) -> CollectorState | None: ...
+
+    def save(self, state: CollectorState) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class MemoryStore:
+    """No persistence: a restart re-derives every counter from the full histories."""
+
+    def load(self) -> CollectorState | None:
+        return None
+
+    def save(self, state: CollectorState) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
