@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from collector.derive import ErrorClassifier
 from collector.errors import ConfigError
-from collector.httpserver import bound_port, serve
+from collector.httpserver import HttpServer, serve
 from collector.llamacloud.client import LlamaCloudClient
 from collector.metrics import SelfMetrics, SnapshotCollector
 from collector.poller import PollConfig, Poller
@@ -50,7 +50,7 @@ def build_client(settings: Settings, api_key: str, observer=None,
     )
 
 
-async def listen(handler, address: str, **kwargs) -> asyncio.Server:
+async def listen(handler, address: str, **kwargs) -> HttpServer:
     host, port = split_listen(address)
     try:
         return await serve(handler, host, port, **kwargs)
@@ -74,13 +74,13 @@ class CollectorService:
         self.registry.register(SnapshotCollector(
             lambda: self.poller.snapshot, clock=clock, expose_titles=settings.expose_titles,
             shard=settings.shard, total_shards=settings.total_shards))
-        self.server: asyncio.Server | None = None
+        self.server: HttpServer | None = None
         self.scheduler = None
         self._cycle: asyncio.Task | None = None
 
     @property
     def port(self) -> int:
-        return bound_port(self.server)
+        return self.server.port
 
     async def _job(self) -> None:
         self._cycle = asyncio.current_task()
@@ -127,12 +127,12 @@ class SimulatorService:
         self.faults = Faults()
         self.api = SimulatorApi(self.world, api_key, self.faults)
         self.rate = rate
-        self.server: asyncio.Server | None = None
+        self.server: HttpServer | None = None
         self._traffic: asyncio.Task | None = None
 
     @property
     def port(self) -> int:
-        return bound_port(self.server)
+        return self.server.port
 
     @property
     def base_url(self) -> str:

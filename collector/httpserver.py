@@ -106,16 +106,37 @@ async def _connection(handler: Handler, reader: asyncio.StreamReader, writer: as
             writer.close()
 
 
+class HttpServer:
+    """A listening server that, when closed, also drops its open keep-alive connections."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.connections: set[asyncio.StreamWriter] = set()
+
+    @property
+    def port(self) -> int:
+        return self.server.sockets[0].getsockname()[1]
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for writer in list(self.connections):
+            writer.transport.abort()
+        self.connections.clear()
+
+
 async def serve(handler: Handler, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
-                max_head: int = 16384, read_timeout: float = 10.0) -> asyncio.Server:
+                max_head: int = 16384, read_timeout: float = 10.0) -> HttpServer:
     """Start serving; the caller closes the returned server."""
+    http = HttpServer()
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _connection(handler, reader, writer, read_timeout)
+        http.connections.add(writer)
+        try:
+            await _connection(handler, reader, writer, read_timeout)
+        finally:
+            http.connections.discard(writer)
 
-    return await asyncio.start_server(on_client, host, port, limit=max_head, ssl=ssl_context,
-                                      ssl_handshake_timeout=read_timeout if ssl_context else None)
-
-
-def bound_port(server: asyncio.Server) -> int:
-    return server.sockets[0].getsockname()[1]
+    http.server = await asyncio.start_server(on_client, host, port, limit=max_head, ssl=ssl_context,
+                                             ssl_handshake_timeout=read_timeout if ssl_context else None)
+    return http

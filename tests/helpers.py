@@ -1,0 +1,106 @@
+"""Test helpers: run a collector against the simulator, scrape it, and compute the truth."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections import Counter
+from collections.abc import Iterable
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from collector.app import CollectorService, SimulatorService
+from collector.settings import DURATION_BUCKETS, TOKEN_BUCKETS, TOOL_CALL_BUCKETS, TURN_BUCKETS, load_settings
+from collector.simulator.world import RunTruth
+
+Samples = dict[tuple[str, frozenset], float]
+
+
+def parse(text: str) -> Samples:
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+async def scrape(port: int, **headers: str) -> Samples:
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"http://127.0.0.1:{port}/metrics", headers=headers)
+        response.raise_for_status()
+        return parse(response.text)
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def family(samples: Samples, name: str) -> dict[frozenset, float]:
+    return {labels: v for (n, labels), v in samples.items() if n == name}
+
+
+def collector_for(sim: SimulatorService, key: str = "simulator", **flags) -> CollectorService:
+    settings = load_settings({"base_url": sim.base_url, "listen": "127.0.0.1:0", "interval": 30.0, **flags}, {})
+    return CollectorService(settings, key)
+
+
+def _hist(values: Iterable[float], bounds: tuple[float, ...], name: str, **labels: str) -> Samples:
+    values = list(values)
+    counts = [0] * (len(bounds) + 1)
+    for v in values:
+        counts[bisect.bisect_left(bounds, v)] += 1
+    out: Samples = {}
+    running = 0
+    for bound, count in zip((*bounds, float("inf")), counts):
+        running += count
+        le = "+Inf" if bound == float("inf") else repr(float(bound))
+        out[(name + "_bucket", frozenset({**labels, "le": le}.items()))] = running
+    out[(name + "_count", frozenset(labels.items()))] = len(values)
+    out[(name + "_sum", frozenset(labels.items()))] = sum(values)
+    return out
+
+
+def expected(runs: list[RunTruth], events: Counter) -> Samples:
+    """The chat families as they must be, computed from the simulator's record of each run."""
+    p = "llamacloud_chat_"
+    out: Samples = {}
+    for outcome, failed in (("success", False), ("error", True)):
+        out[(p + "runs_total", frozenset({"outcome": outcome}.items()))] = sum(r.failed == failed for r in runs)
+    for error_type, n in Counter(r.error_type for r in runs if r.failed).items():
+        out[(p + "run_errors_total", frozenset({"error_type": error_type}.items()))] = n
+    out.update(_hist([r.duration_ms / 1000 for r in runs if r.duration_ms is not None], DURATION_BUCKETS,
+                     p + "run_duration_seconds"))
+    for kind, attr in (("input", "input_tokens"), ("output", "output_tokens")):
+        values = [getattr(r, attr) for r in runs if getattr(r, attr) is not None]
+        out.update(_hist(values, TOKEN_BUCKETS, p + "run_tokens", type=kind))
+        out[(p + "tokens_total", frozenset({"type": kind}.items()))] = sum(values)
+    out.update(_hist([r.turns for r in runs if r.turns is not None], TURN_BUCKETS, p + "run_turns"))
+    out.update(_hist([len(r.tool_calls) for r in runs], TOOL_CALL_BUCKETS, p + "run_tool_calls"))
+    calls = Counter((name, "result" if ok else "no_result") for r in runs for name, ok in r.tool_calls)
+    for (tool, outcome), n in calls.items():
+        out[(p + "tool_calls_total", frozenset({"tool": tool, "outcome": outcome}.items()))] = n
+    for index_id, n in Counter(i for r in runs for i in r.skipped_index_ids).items():
+        out[(p + "skipped_index_queries_total", frozenset({"index_id": index_id}.items()))] = n
+    for kind, n in events.items():
+        out[(p + "events_total", frozenset({"type": kind}.items()))] = n
+    return out
+
+
+def chat_samples(samples: Samples) -> Samples:
+    """The aggregated chat families, without per-session and gauge series."""
+    skip = ("llamacloud_chat_session_", "llamacloud_chat_runs_in_progress", "llamacloud_chat_oldest_run")
+    return {k: v for k, v in samples.items()
+            if k[0].startswith("llamacloud_chat_") and not k[0].startswith(skip)}
+
+
+def assert_matches_truth(samples: Samples, sim: SimulatorService) -> None:
+    want = expected(sim.world.runs, sim.world.events)
+    got = chat_samples(samples)
+    missing = {k: v for k, v in want.items() if abs(got.get(k, -1) - v) > 1e-6 * max(1, abs(v))}
+    extra = {k: v for k, v in got.items() if k not in want and v != 0}
+    assert not missing and not extra, f"differ from truth: want {missing}, unexpected {extra}"
+
+
+def run_async(coro):
+    return asyncio.run(coro)

@@ -1,0 +1,142 @@
+"""The API client over httpx.MockTransport: paging, retries, Retry-After, auth, payloads."""
+
+import json
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from collector.errors import AuthError, FetchError, NotFound, PayloadError
+from collector.llamacloud.client import LlamaCloudClient, RetryPolicy, retry_after
+from collector.metrics import SelfMetrics
+from tests.helpers import run_async
+
+SUMMARY = {"session_id": "s1", "last_updated_at": "2026-01-01T00:00:00+00:00", "shared_access": "query"}
+
+
+class Recorder:
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def make(handler, **kwargs):
+    sleeps: list[float] = []
+
+    async def fake_sleep(seconds):
+        sleeps.append(seconds)
+
+    registry = CollectorRegistry()
+    metrics = SelfMetrics(registry)
+    client = LlamaCloudClient(base_url="https://api.test", api_key="llx-key", project_id="p1",
+                              transport=httpx.MockTransport(handler), observer=metrics, sleep=fake_sleep,
+                              rng=lambda: 1.0, wall_clock=lambda: 1_000_000.0, **kwargs)
+    return client, sleeps, registry
+
+
+def ok(payload, status=200, **headers):
+    return httpx.Response(status, json=payload, headers=headers)
+
+
+def test_list_follows_page_tokens_and_passes_project():
+    pages = Recorder(ok({"items": [SUMMARY], "next_page_token": "t1"}),
+                     ok({"items": [{**SUMMARY, "session_id": "s2"}], "next_page_token": None}))
+    client, _, registry = make(pages)
+    items = run_async(client.list_sessions())
+    assert [s.session_id for s in items] == ["s1", "s2"]
+    first, second = pages.requests
+    assert first.url.params["page_size"] == "100" and "page_token" not in first.url.params
+    assert second.url.params["page_token"] == "t1" and second.url.params["project_id"] == "p1"
+    assert first.headers["authorization"] == "Bearer llx-key"
+    assert registry.get_sample_value("llamacloud_collector_api_requests_total",
+                                     {"endpoint": "list", "code": "200"}) == 2
+
+
+def test_429_honours_retry_after_then_succeeds():
+    answers = Recorder(ok({}, 429, **{"Retry-After": "7"}), ok(SUMMARY))
+    client, sleeps, registry = make(answers)
+    summary = run_async(client.summary("s1"))
+    assert summary.session_id == "s1" and sleeps == [7.0]
+    assert registry.get_sample_value("llamacloud_collector_api_retries_total",
+                                     {"endpoint": "summary", "reason": "429"}) == 1
+    assert registry.get_sample_value("llamacloud_collector_api_requests_total",
+                                     {"endpoint": "summary", "code": "429"}) == 1
+
+
+def test_retry_after_http_date():
+    assert retry_after("Thu, 01 Jan 1970 00:00:30 GMT", now=10.0) == 20.0
+    assert retry_after("soon", now=0) is None and retry_after(None, now=0) is None
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_gateway_errors_retry_with_full_jitter_backoff(status):
+    answers = Recorder(ok({}, status), ok({}, status), ok(SUMMARY))
+    client, sleeps, _ = make(answers, retry=RetryPolicy(max_attempts=5, base_delay=0.5, max_delay=30))
+    run_async(client.summary("s1"))
+    assert sleeps == [1.0, 2.0]  # rng() == 1.0: the top of each jitter window, base * 2**attempt
+
+
+def test_transport_errors_retry_and_are_counted_as_error():
+    answers = Recorder(httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), ok(SUMMARY))
+    client, sleeps, registry = make(answers)
+    run_async(client.summary("s1"))
+    assert len(sleeps) == 2
+    assert registry.get_sample_value("llamacloud_collector_api_requests_total",
+                                     {"endpoint": "summary", "code": "error"}) == 2
+    assert registry.get_sample_value("llamacloud_collector_api_retries_total",
+                                     {"endpoint": "summary", "reason": "timeout"}) == 1
+
+
+@pytest.mark.parametrize("status,error", [(401, AuthError), (403, AuthError), (404, NotFound), (500, FetchError)])
+def test_no_retry_on_client_errors_and_500(status, error):
+    answers = Recorder(ok({"detail": "no"}, status))
+    client, sleeps, _ = make(answers)
+    with pytest.raises(error) as exc:
+        run_async(client.retrieve("s1"))
+    assert exc.value.status == status and sleeps == [] and len(answers.requests) == 1
+    assert "llx-key" not in str(exc.value)
+
+
+def test_gives_up_after_max_attempts():
+    answers = Recorder(ok({}, 503))
+    client, sleeps, _ = make(answers, retry=RetryPolicy(max_attempts=3))
+    with pytest.raises(FetchError, match="HTTP 503"):
+        run_async(client.summary("s1"))
+    assert len(answers.requests) == 3 and len(sleeps) == 2
+
+
+def test_retry_never_sleeps_past_the_deadline():
+    answers = Recorder(ok({}, 429, **{"Retry-After": "120"}), ok(SUMMARY))
+    client, sleeps, _ = make(answers, clock=lambda: 100.0)
+    with pytest.raises(FetchError, match="429"):
+        run_async(client.summary("s1", deadline=150.0))
+    assert sleeps == [] and len(answers.requests) == 1
+
+
+@pytest.mark.parametrize("response,fragment", [
+    (httpx.Response(200, content=b"<html>oops</html>", headers={"content-type": "text/html"}), "content type"),
+    (httpx.Response(200, content=b'{"session_id": "s1", "last_upd', headers={"content-type": "application/json"}),
+     "invalid payload"),
+    (ok({"session_id": 5}), "invalid payload at session_id"),
+])
+def test_bad_payloads_raise_payload_error_and_are_counted(response, fragment):
+    client, _, registry = make(Recorder(response))
+    with pytest.raises(PayloadError, match=fragment):
+        run_async(client.retrieve("s1"))
+    assert registry.get_sample_value("llamacloud_collector_invalid_payloads_total", {"endpoint": "retrieve"}) == 1
+
+
+def test_retrieve_parses_events_tolerantly():
+    body = {**SUMMARY, "events": [{"type": "user_input", "content": "hi"}, {"type": "new_kind", "x": 1},
+                                  {"type": "stop", "is_error": False, "usage": {"turns": 1}, "extra": 2}]}
+    client, _, _ = make(Recorder(httpx.Response(200, content=json.dumps(body).encode(),
+                                                headers={"content-type": "application/json"})))
+    session = run_async(client.retrieve("s1"))
+    assert [e.type for e in session.events] == ["user_input", "new_kind", "stop"]

@@ -1,0 +1,113 @@
+"""Settings precedence (flags > env > file > defaults) and one-line errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+from collector.cli import main
+from collector.errors import ConfigError
+from collector.settings import load_settings
+
+
+def test_defaults_follow_the_contract():
+    s = load_settings({}, {})
+    assert s.base_url == "https://api.cloud.llamaindex.ai"
+    assert (s.interval, s.listen, s.max_concurrency, s.session_series_limit) == (60.0, "0.0.0.0:9742", 8, 500)
+    assert (s.shard, s.total_shards, s.expose_titles, s.state_path) == (0, 1, False, None)
+    assert s.discovery is True
+    assert (s.connect_timeout, s.read_timeout, s.label_value_limit) == (5.0, 30.0, 50)
+    assert s.buckets.tokens[0] == 1 and s.buckets.tokens[-1] == 67108864
+    assert [r.type for r in s.error_rules] == ["timeout", "rate_limit", "context_length", "auth",
+                                               "not_found", "tool_error", "internal"]
+
+
+def test_precedence_flag_over_env_over_file_over_default(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("interval: 10\nmax_concurrency: 3\nsession_series_limit: 7\nproject_id: from-file\n")
+    env = {"COLLECTOR_CONFIG": str(config), "COLLECTOR_INTERVAL": "20", "COLLECTOR_MAX_CONCURRENCY": "4"}
+    s = load_settings({"interval": 30.0}, env)
+    assert s.interval == 30.0            # flag beats env and file
+    assert s.max_concurrency == 4        # env beats file
+    assert s.session_series_limit == 7   # file beats default
+    assert s.project_id == "from-file"
+    assert s.listen == "0.0.0.0:9742"    # default
+
+
+def test_env_lists_and_discovery_switch():
+    s = load_settings({}, {"COLLECTOR_SESSION_IDS": "a, b,,c", "COLLECTOR_INDEX_IDS": "i1"})
+    assert s.session_ids == ("a", "b", "c") and s.index_ids == ("i1",)
+    assert s.discovery is False
+    assert load_settings({}, {"COLLECTOR_SESSION_IDS": "a", "COLLECTOR_DISCOVER": "true"}).discovery is True
+
+
+def test_rules_and_buckets_from_file(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("error_rules:\n  - {type: quota, pattern: 'quota|billing'}\n"
+                      "buckets:\n  turns: [1, 5, 10]\n")
+    s = load_settings({"config": str(config)}, {})
+    assert [(r.type, r.pattern) for r in s.error_rules] == [("quota", "quota|billing")]
+    assert s.buckets.turns == (1, 5, 10) and s.buckets.duration[0] == 0.1
+
+
+def test_key_from_env_or_file(tmp_path):
+    assert load_settings({}, {"LLAMA_CLOUD_API_KEY": "llx-abc"}).key() == "llx-abc"
+    keyfile = tmp_path / "key"
+    keyfile.write_text("llx-file\n")
+    assert load_settings({"api_key_file": str(keyfile)}, {}).key() == "llx-file"
+    assert load_settings({}, {"COLLECTOR_API_KEY_FILE": str(keyfile)}).key() == "llx-file"
+
+
+@pytest.mark.parametrize("flags,env,config,fragment", [
+    ({"interval": -1.0}, {}, None, "interval (--interval, COLLECTOR_INTERVAL): Input should be greater than 0"),
+    ({}, {"COLLECTOR_LISTEN": "9742"}, None, "listen (--listen, COLLECTOR_LISTEN): must be host:port"),
+    ({}, {"COLLECTOR_LISTEN": "host:99999"}, None, "listen"),
+    ({"shard": 3, "total_shards": 3}, {}, None, "shard (--shard, COLLECTOR_SHARD) must be less than total_shards"),
+    ({}, {"COLLECTOR_MAX_CONCURRENCY": "many"}, None, "max_concurrency (--max-concurrency"),
+    ({}, {"LLAMA_CLOUD_BASE_URL": "ftp://x"}, None, "base_url"),
+    ({}, {}, "interval: [1\n", "is not valid YAML at line"),
+    ({}, {}, "intervall: 5\n", "unknown setting 'intervall'"),
+    ({}, {}, "- a\n- b\n", "must hold a mapping"),
+    ({}, {}, "api_key: llx-secret\n", "api_key is not accepted in a file"),
+    ({}, {}, "error_rules:\n  - {type: x, pattern: '(unclosed'}\n", "error_rules.0.pattern: invalid regular"),
+    ({}, {}, "buckets:\n  turns: [3, 2]\n", "strictly increasing"),
+])
+def test_bad_settings_name_the_setting(tmp_path, flags, env, config, fragment):
+    if config is not None:
+        path = tmp_path / "c.yaml"
+        path.write_text(config)
+        flags = {**flags, "config": str(path)}
+    with pytest.raises(ConfigError) as err:
+        load_settings(flags, env)
+    assert fragment in str(err.value)
+    assert "\n" not in str(err.value)
+    assert "llx-secret" not in str(err.value)
+
+
+def test_missing_or_unreadable_key(tmp_path):
+    with pytest.raises(ConfigError, match="missing API key: set LLAMA_CLOUD_API_KEY"):
+        load_settings({}, {}).key()
+    with pytest.raises(ConfigError, match="api_key_file: cannot read"):
+        load_settings({"api_key_file": str(tmp_path / "nope")}, {}).key()
+
+
+@pytest.mark.parametrize("argv,env,fragment", [
+    (["run", "--interval", "-5"], {"LLAMA_CLOUD_API_KEY": "k"}, "interval"),
+    (["--interval", "abc"], {"LLAMA_CLOUD_API_KEY": "k"}, "--interval"),
+    (["run"], {}, "missing API key"),
+    (["run", "--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
+    (["check", "--listen", "nowhere"], {"LLAMA_CLOUD_API_KEY": "k"}, "listen"),
+])
+def test_cli_exits_2_with_one_line(capsys, argv, env, fragment):
+    assert main(argv, env) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("llamacloud-collector: error:") and fragment in err
+
+
+def test_cli_process_bad_setting_no_traceback():
+    result = subprocess.run([sys.executable, "-m", "collector", "--shard", "2", "--total-shards", "2"],
+                            capture_output=True, text=True, timeout=60,
+                            env={"LLAMA_CLOUD_API_KEY": "llx-canary-123", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+    assert "shard" in result.stderr and "llx-canary-123" not in result.stderr
