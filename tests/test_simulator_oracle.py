@@ -1,0 +1,76 @@
+"""The simulator's payloads are real: the vendor's own SDK models accept them."""
+
+import json
+
+import pytest
+from llama_cloud.types.chat_get_summary_response import ChatGetSummaryResponse
+from llama_cloud.types.chat_list_response import ChatListResponse
+from llama_cloud.types.chat_retrieve_response import ChatRetrieveResponse
+from pydantic import TypeAdapter
+
+from collector.httpserver import Request
+from collector.simulator.api import SimulatorApi
+from collector.simulator.world import UNKNOWN_TYPE, World, populate
+from tests.helpers import run_async
+
+KEY = "k"
+
+
+def get(api, path, **query):
+    request = Request("GET", path, {k: str(v) for k, v in query.items()}, {"authorization": f"Bearer {KEY}"})
+    response = run_async(api(request))
+    assert response.status == 200, response.body
+    return json.loads(response.body)
+
+
+@pytest.fixture(scope="module")
+def api():
+    world = populate(World(seed=21, error_rate=0.3), 60, 5, unfinished=3)
+    return SimulatorApi(world, KEY)
+
+
+def test_retrieve_payloads_validate_against_the_sdk(api):
+    kinds = set()
+    for session_id in api.world.sessions:
+        body = get(api, f"/api/v1/chat/{session_id}")
+        known = [e for e in body["events"] if e["type"] != UNKNOWN_TYPE]
+        model = ChatRetrieveResponse.model_validate({**body, "events": known}, strict=False)
+        assert len(model.events) == len(known)
+        kinds.update(e["type"] for e in body["events"])
+        attachments = [e for e in body["events"] if e.get("image_attachment")]
+        for event in attachments:
+            assert set(event["image_attachment"]) == {"attachment_name", "source_id"}
+    assert kinds >= {"user_input", "thinking_delta", "thinking", "text_delta", "text", "tool_call",
+                     "tool_result", "stop", UNKNOWN_TYPE}
+
+
+def test_list_and_summary_payloads_validate_and_page(api):
+    seen, token = [], None
+    while True:
+        page = get(api, "/api/v1/chat", page_size=25, **({"page_token": token} if token else {}))
+        items = TypeAdapter(list[ChatListResponse]).validate_python(page["items"])
+        seen += [i.session_id for i in items]
+        token = page["next_page_token"]
+        if token is None:
+            break
+    assert seen == list(api.world.sessions) and len(seen) == 60
+    summary = get(api, f"/api/v1/chat/{seen[0]}/summary")
+    assert ChatGetSummaryResponse.model_validate(summary).session_id == seen[0]
+
+
+def test_the_world_shows_what_a_real_project_shows(api):
+    runs = api.world.runs
+    assert any(r.failed for r in runs) and any(not r.failed for r in runs)
+    assert len({r.error_type for r in runs if r.failed}) >= 5
+    assert any(r.skipped_index_ids for r in runs)
+    assert any(not ok for r in runs for _, ok in r.tool_calls)
+    assert sum(1 for s in api.world.sessions.values() if s.pending) == 3
+    assert any(s.index_ids is None for s in api.world.sessions.values())
+
+
+def test_auth_and_unknown_paths():
+    api = SimulatorApi(World(), KEY)
+    bad = run_async(api(Request("GET", "/api/v1/chat", {}, {"authorization": "Bearer wrong"})))
+    assert bad.status == 401
+    missing = run_async(api(Request("GET", "/api/v1/chat/nope", {}, {"authorization": f"Bearer {KEY}"})))
+    assert missing.status == 404
