@@ -115,8 +115,8 @@ class SnapshotCollector(Collector):
         dropped.add_metric(["tool"], len(snap.aggregates.tools.dropped))
         dropped.add_metric(["index_id"], len(snap.aggregates.indexes.dropped))
         yield dropped
-        yield _gauge(p + "shard", "This collector's shard (--shard), labelled with the total.",
-                     self._shard[0], {"total_shards": str(self._shard[1])})
+        yield _gauge(p + "shard", "This collector's shard (--shard).", self._shard[0])
+        yield _gauge(p + "total_shards", "How many shards share the sessions (--total-shards).", self._shard[1])
         yield _gauge(p + "build_info", "Build information.", 1.0, {"version": __version__})
 
     def _chat_families(self, snap: Snapshot) -> Iterator[Metric]:

@@ -135,9 +135,10 @@ class SimulatorApi:
             return _json(truth)
         if request.path == "/_sim/touch":
             fraction = float(request.query.get("fraction", "0.1"))
+            fail = {"1": True, "0": False}.get(request.query.get("fail", ""))
             chosen = world.rng.sample(list(world.sessions), int(len(world.sessions) * fraction))
             for session_id in chosen:
-                world.add_run(world.sessions[session_id])
+                world.add_run(world.sessions[session_id], fail)
             return _json({"changed": len(chosen)})
         if request.path == "/_sim/fault":
             q = request.query

@@ -108,8 +108,8 @@ class World:
             self.add_run(session)
         return session
 
-    def _make_run(self, session: SimSession) -> tuple[list[dict], list[dict], RunTruth]:
-        """The opening events of a run, the rest of them, and its truth."""
+    def _make_run(self, session: SimSession, fail: bool | None = None) -> tuple[list[dict], list[dict], RunTruth]:
+        """The opening events of a run, the rest of them, and its truth (``fail`` forces the outcome)."""
         rng = self.rng
         head: list[dict] = [{"type": "user_input", "content": rng.choice(QUESTIONS)}]
         if rng.random() < 0.6:
@@ -131,7 +131,7 @@ class World:
             tail.append({"type": UNKNOWN_TYPE, "source": "doc-1", "span": [3, 9]})
         tail += [{"type": "text_delta", "content": "The answer"} for _ in range(rng.randint(1, 4))]
         tail.append({"type": "text", "content": "The answer is in the attached report, page 3."})
-        failed = rng.random() < self.error_rate
+        failed = rng.random() < self.error_rate if fail is None else fail
         error_type = rng.choice(tuple(ERROR_MESSAGES)) if failed else None
         error = rng.choice(ERROR_MESSAGES[error_type]) if failed else None
         usage = {"duration_ms": round(rng.lognormvariate(7.6, 1.0), 1), "total_input_tokens": rng.randint(200, 24000),
@@ -154,11 +154,11 @@ class World:
         self.runs.append(truth)
         self._touch(session)
 
-    def add_run(self, session: SimSession) -> None:
+    def add_run(self, session: SimSession, fail: bool | None = None) -> None:
         """A whole run, start to stop (finishing a pending one first)."""
         if session.pending is not None:
             self.finish_pending(session)
-        head, tail, truth = self._make_run(session)
+        head, tail, truth = self._make_run(session, fail)
         self._append(session, head)
         self._finish(session, tail, truth)
 
