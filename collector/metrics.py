@@ -49,6 +49,8 @@ class SelfMetrics:
             self.polls.labels(result)
         for reason in ("new", "changed"):
             self.fetches.labels(reason)
+        for endpoint in ("list", "summary", "retrieve"):
+            self.invalid_payloads.labels(endpoint)
 
     def request(self, endpoint: str, code: str, seconds: float) -> None:
         self.api_requests.labels(endpoint, code).inc()

@@ -1,0 +1,95 @@
+"""End to end with a real Prometheus and Alertmanager: dashboards return data, alerts fire and are delivered."""
+
+import json
+import httpx
+import pytest
+
+from scripts.dashboards import DASHBOARDS
+from scripts.rules import alert_rules, dump, load_spec, recording_rules
+from tests.stack import (Processes, Webhook, firing, free_port, query, start_alertmanager, start_prometheus,
+                         wait_until)
+
+KEY = "llx-e2e-key"
+CORE = {"Runs per minute by outcome", "Error ratio against the SLO", "Run duration p50 / p95 / p99",
+        "Tokens per minute", "Tokens per run", "Turns per run", "Tool calls by tool", "Errors by type",
+        "Runs (range)", "Up", "Sessions watched", "API requests by endpoint and code", "Poll duration",
+        "Session info", "Last run duration", "Runs over time", "Process memory"}
+
+
+def substitute(expr: str, session_id: str) -> str:
+    return (expr.replace("$__rate_interval", "1m").replace("$__range", "10m").replace("$slo", "0.99")
+            .replace('"$job"', '".*"').replace("$session_id", session_id))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("stack")
+    procs, hook = Processes(folder), Webhook()
+    rules = folder / "alerts.yaml"
+    fast = {"LlamaCloudCollectorPollStale": {"threshold": 4}, "LlamaCloudChatErrorRatioHigh": {"min_runs": 5}}
+    rules.write_text(dump(alert_rules(load_spec(), for_override="0s", params=fast)))
+    recording = folder / "recording.yaml"
+    recording.write_text(dump(recording_rules(load_spec())))
+    sim_port, col_port = free_port(), free_port()
+    procs.collector("simulator", "simulate", "--port", str(sim_port), "--sessions", "25", "--rate", "0",
+                    "--seed", "9", env={"LLAMA_CLOUD_API_KEY": KEY})
+    sim = f"http://127.0.0.1:{sim_port}"
+    wait_until(lambda: httpx.get(sim + "/_sim/stats").status_code == 200, 30, "simulator")
+    procs.collector("collector", "--listen", f"127.0.0.1:{col_port}", "--interval", "1",
+                    env={"LLAMA_CLOUD_API_KEY": KEY, "LLAMA_CLOUD_BASE_URL": sim})
+    am = start_alertmanager(procs, hook.port)
+    prom = start_prometheus(procs, [col_port], [rules, recording], am)
+    try:
+        wait_until(lambda: query(prom, "llamacloud_chat_runs_total"), 60, "first scrape with chat families")
+        yield {"prom": prom, "sim": sim, "procs": procs, "hook": hook}
+    finally:
+        procs.stop_all()
+        hook.close()
+
+
+def test_failing_runs_fire_error_alerts_and_alertmanager_delivers(stack):
+    prom, sim = stack["prom"], stack["sim"]
+    assert not firing(prom).get("firing", set()) & {"LlamaCloudChatErrorRatioHigh"}
+    wait_until(lambda: query(prom, "sum(llamacloud_chat_runs_total)"), 30, "runs counted")
+    httpx.get(sim + "/_sim/touch", params={"fraction": 1, "fail": 1})  # every session gets a failing run
+    want = {"LlamaCloudChatErrorRatioHigh", "LlamaCloudChatErrorBudgetBurnFast", "LlamaCloudChatSessionLastRunFailed"}
+    wait_until(lambda: want <= firing(prom).get("firing", set()), 60, f"{want} firing")
+    wait_until(lambda: "LlamaCloudChatErrorRatioHigh" in stack["hook"].alert_names(), 60, "webhook delivery")
+    alerts = [a for m in stack["hook"].received for a in m["alerts"]]
+    sample = next(a for a in alerts if a["labels"]["alertname"] == "LlamaCloudChatErrorRatioHigh")
+    assert sample["labels"]["severity"] == "warning" and "runbook_url" in sample["annotations"]
+
+
+def test_every_panel_query_is_valid_and_core_panels_return_data(stack):
+    prom = stack["prom"]
+    wait_until(lambda: query(prom, "rate(llamacloud_chat_runs_total[1m])"), 30, "two scrapes")
+    session_id = query(prom, "llamacloud_chat_session_info")[0]["metric"]["session_id"]
+    total, with_data, empty = 0, 0, []
+    for build in DASHBOARDS.values():
+        board = build()
+        for var in board["templating"]["list"]:
+            if var["type"] == "query":
+                values = httpx.get(prom + "/api/v1/series", params={"match[]": substitute(
+                    var["query"]["query"].split("(", 1)[1].rsplit(",", 1)[0], session_id)}).json()
+                assert values["status"] == "success" and values["data"], var["name"]
+        for panel in board["panels"]:
+            got = False
+            for target in panel["targets"]:
+                total += 1
+                result = query(prom, substitute(target["expr"], session_id))
+                got = got or bool(result)
+                with_data += bool(result)
+            if not got:
+                empty.append(panel["title"])
+    print(f"\npanel queries: {total}, returned data: {with_data}; empty panels: {empty}")
+    assert not CORE & set(empty), f"core panels without data: {CORE & set(empty)}"
+
+
+def test_api_outage_fires_up_and_stale_alerts(stack):
+    prom, procs = stack["prom"], stack["procs"]
+    procs.stop("simulator")
+    wait_until(lambda: query(prom, "llamacloud_collector_up == 0"), 60, "collector_up to drop")
+    want = {"LlamaCloudCollectorApiErrors", "LlamaCloudCollectorPollStale"}
+    wait_until(lambda: want <= firing(prom).get("firing", set()), 60, f"{want} firing")
+    assert query(prom, "llamacloud_chat_runs_total"), "chat metrics still served during the outage"
+    assert json.loads(httpx.get(prom + "/api/v1/targets").text)["data"]["activeTargets"][0]["health"] == "up"
