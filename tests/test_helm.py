@@ -1,0 +1,201 @@
+"""The Helm chart, with real Helm (helm-python-sdk): lint, a matrix of values, schema, wiring."""
+
+import json
+from pathlib import Path
+
+import helm_python
+import pytest
+import yaml
+
+from collector.settings import load_settings
+from tests.k8s import documents, validate_all
+
+CHART = Path(__file__).resolve().parent.parent / "helm" / "llamacloud-collector"
+KEY = {"apiKey": {"value": "llx-test"}}
+
+MATRIX = {
+    "defaults": KEY,
+    "everything": {**KEY, "serviceMonitor": {"enabled": True, "labels": {"release": "kps"},
+                                             "relabelings": [{"action": "replace", "targetLabel": "team",
+                                                              "replacement": "chat"}],
+                                             "metricRelabelings": [{"action": "drop", "regex": "process_.*",
+                                                                    "sourceLabels": ["__name__"]}]},
+                   "prometheusRule": {"enabled": True, "labels": {"release": "kps"}},
+                   "dashboards": {"enabled": True, "namespace": "grafana"}, "networkPolicy": {"enabled": True},
+                   "persistence": {"enabled": True}, "podAnnotations": {"a": "b"}, "priorityClassName": "high",
+                   "extraArgs": ["--log-level=debug"], "extraEnv": [{"name": "X", "value": "1"}],
+                   "nodeSelector": {"kubernetes.io/os": "linux"}, "tolerations": [{"operator": "Exists"}],
+                   "imagePullSecrets": [{"name": "regcred"}]},
+    "existing-secret": {"apiKey": {"existingSecret": "llamacloud", "key": "token"}},
+    "persistence": {**KEY, "persistence": {"enabled": True, "storageClassName": "fast"}},
+    "three-shards": {**KEY, "sharding": {"shards": 3}, "persistence": {"enabled": True},
+                     "serviceMonitor": {"enabled": True}},
+    "network-policy": {**KEY, "networkPolicy": {"enabled": True, "ingressFrom": [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}},
+    "custom-labels": {**KEY, "podLabels": {"team": "chat"}, "fullnameOverride": "llc",
+                      "serviceMonitor": {"enabled": True, "namespace": "monitoring", "labels": {"x": "y"}},
+                      "config": {"projectId": "p1", "sessionIds": ["s1", "s2"], "indexIds": ["i1"], "interval": 30,
+                                 "errorRules": [{"type": "quota", "pattern": "quota"}],
+                                 "buckets": {"turns": [1, 2, 4]}, "discover": True}},
+    "alerts-tuned": {**KEY, "prometheusRule": {"enabled": True, "objective": 0.995, "alerts": {
+        "LlamaCloudChatErrorRatioHigh": {"threshold": 0.05, "for": "5m", "severity": "critical"},
+        "LlamaCloudChatSessionLastRunFailed": {"enabled": False}}}},
+}
+
+
+def render(values: dict, name: str = "rel") -> list[dict]:
+    out = helm_python.Chart.load(str(CHART)).render(values=values, name=name, namespace="obs")
+    return [d for path, text in sorted(out.items()) if path.endswith(".yaml") for d in documents(text)]
+
+
+def by_kind(objects: list[dict], kind: str) -> list[dict]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def test_lint_strict_is_clean():
+    report = helm_python.lint(str(CHART), KEY, strict=True)
+    assert report["errors"] == [] and [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.mark.parametrize("case", sorted(MATRIX))
+def test_matrix_renders_and_validates(case):
+    objects = render(MATRIX[case])
+    count = validate_all(objects)
+    print(f"{case}: {count} objects validated")
+    workload = next(o for o in objects if o["kind"] in ("Deployment", "StatefulSet"))
+    pod = workload["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container["securityContext"]
+    assert sc == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+    assert any(v["name"] == "tmp" and "emptyDir" in v for v in pod["volumes"])
+    listen = next(a for a in container["args"] if a.startswith("--listen="))
+    port = int(load_settings({"listen": listen.split("=", 1)[1]}, {}).listen.rsplit(":", 1)[1])
+    assert port == 9742 == container["ports"][0]["containerPort"] and container["ports"][0]["name"] == "http-metrics"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-metrics"}
+    assert container["resources"] == {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
+    key_env = next(e for e in container["env"] if e["name"] == "LLAMA_CLOUD_API_KEY")
+    ref = key_env["valueFrom"]["secretKeyRef"]
+    api = MATRIX[case]["apiKey"]
+    if api.get("existingSecret"):
+        assert ref == {"name": "llamacloud", "key": "token"} and not by_kind(objects, "Secret")
+    else:
+        (secret,) = by_kind(objects, "Secret")
+        assert ref == {"name": secret["metadata"]["name"], "key": "api-key"}
+    text = json.dumps([o for o in objects if o["kind"] != "Secret"])
+    assert "llx-test" not in text and not any("llx" in a for a in container["args"])
+    service = by_kind(objects, "Service")[0]
+    assert service["spec"]["ports"][0]["name"] == "http-metrics" and service["spec"]["ports"][0]["port"] == 9742
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    assert all(labels[k] == v for k, v in service["spec"]["selector"].items())
+    for monitor in by_kind(objects, "ServiceMonitor"):
+        assert all(service["metadata"]["labels"][k] == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
+        assert monitor["spec"]["endpoints"][0]["port"] == "http-metrics"
+        assert monitor["spec"]["namespaceSelector"]["matchNames"] == ["obs"]
+
+
+def test_config_map_is_a_valid_collector_config(tmp_path):
+    objects = render(MATRIX["custom-labels"])
+    config = yaml.safe_load(by_kind(objects, "ConfigMap")[0]["data"]["config.yaml"])
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    settings = load_settings({"config": str(path)}, {})
+    assert settings.project_id == "p1" and settings.session_ids == ("s1", "s2") and settings.discovery is True
+    assert settings.interval == 30 and settings.buckets.turns == (1, 2, 4)
+    assert [r.type for r in settings.error_rules] == ["quota"]
+    defaults = yaml.safe_load(by_kind(render(KEY), "ConfigMap")[0]["data"]["config.yaml"])
+    path.write_text(yaml.safe_dump(defaults))
+    assert load_settings({"config": str(path)}, {}).discovery is True
+
+
+def test_shards_make_a_statefulset_with_ordinal_shards():
+    objects = render(MATRIX["three-shards"])
+    assert not by_kind(objects, "Deployment") and not by_kind(objects, "PersistentVolumeClaim")
+    (sts,) = by_kind(objects, "StatefulSet")
+    assert sts["spec"]["replicas"] == 3
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    assert "--total-shards=3" in container["args"]
+    shard = next(e for e in container["env"] if e["name"] == "COLLECTOR_SHARD")
+    assert shard["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+    assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "state"
+
+
+def test_persistence_mounts_the_state_path():
+    objects = render(MATRIX["persistence"])
+    (pvc,) = by_kind(objects, "PersistentVolumeClaim")
+    assert pvc["spec"]["storageClassName"] == "fast"
+    (deploy,) = by_kind(objects, "Deployment")
+    assert deploy["spec"]["strategy"]["type"] == "Recreate"
+    container = deploy["spec"]["template"]["spec"]["containers"][0]
+    assert "--state-path=/var/lib/llamacloud-collector/state.db" in container["args"]
+    assert {"name": "state", "mountPath": "/var/lib/llamacloud-collector"} in container["volumeMounts"]
+
+
+def test_network_policy_allows_metrics_in_and_dns_https_out():
+    (policy,) = by_kind(render(MATRIX["network-policy"]), "NetworkPolicy")
+    assert policy["spec"]["ingress"][0]["ports"] == [{"port": "http-metrics", "protocol": "TCP"}]
+    assert policy["spec"]["ingress"][0]["from"][0]["namespaceSelector"]
+    out_ports = sorted((p["port"], p["protocol"]) for rule in policy["spec"]["egress"] for p in rule["ports"])
+    assert out_ports == [(53, "TCP"), (53, "UDP"), (443, "TCP")]
+
+
+def test_dashboards_configmaps_are_labelled_and_hold_the_dashboards():
+    maps = [m for m in by_kind(render(MATRIX["everything"]), "ConfigMap") if "grafana_dashboard" in m["metadata"]["labels"]]
+    assert len(maps) == 3
+    for m in maps:
+        assert m["metadata"]["labels"]["grafana_dashboard"] == "1" and m["metadata"]["namespace"] == "grafana"
+        assert m["metadata"]["annotations"]["grafana_folder"] == "LlamaCloud"
+        (name, body), = m["data"].items()
+        assert json.loads(body)["uid"].startswith("llamacloud-")
+
+
+def test_prometheus_rule_follows_values():
+    (rule,) = by_kind(render(MATRIX["alerts-tuned"]), "PrometheusRule")
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
+    assert "LlamaCloudChatSessionLastRunFailed" not in alerts and len(alerts) == 14
+    tuned = alerts["LlamaCloudChatErrorRatioHigh"]
+    assert "> 0.05" in tuned["expr"] and tuned["for"] == "5m" and tuned["labels"]["severity"] == "critical"
+    assert "(1 - 0.995)" in alerts["LlamaCloudChatErrorBudgetBurnFast"]["expr"]
+    assert "{{ $labels.job }}" in tuned["annotations"]["description"]  # Prometheus templates survive Helm
+    default = by_kind(render({**KEY, "prometheusRule": {"enabled": True}}), "PrometheusRule")[0]
+    shipped = yaml.safe_load((CHART.parent.parent / "deploy" / "prometheus" / "alerts.yaml").read_text())
+    rendered = {r["alert"]: r for g in default["spec"]["groups"] for r in g["rules"] if "alert" in r}
+    for rule in shipped["groups"][0]["rules"]:
+        mine = rendered[rule["alert"]]
+        assert (mine["expr"].strip(), mine["for"], mine["labels"]) == (rule["expr"].strip(), rule["for"], rule["labels"])
+        assert mine["annotations"] == rule["annotations"]
+
+
+@pytest.mark.parametrize("values,fragment", [
+    ({**KEY, "sharding": {"shards": "3"}}, "/sharding/shards"),
+    ({**KEY, "unknownKey": 1}, "additional properties 'unknownKey'"),
+    ({**KEY, "config": {"interval": -5}}, "/config/interval"),
+    ({**KEY, "serviceMonitor": {"interval": "often"}}, "/serviceMonitor/interval"),
+    ({**KEY, "prometheusRule": {"alerts": {"X": {"severity": "loud"}}}}, "severity"),
+])
+def test_schema_rejects_wrong_values(values, fragment):
+    with pytest.raises(helm_python.HelmValuesError) as err:
+        render(values)
+    assert fragment in str(err.value)
+
+
+def test_missing_key_fails_with_a_message():
+    with pytest.raises(helm_python.HelmError, match="apiKey.existingSecret"):
+        render({})
+
+
+def test_readme_documents_every_value():
+    readme = (CHART / "README.md").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def keys(tree, prefix=""):
+        for k, v in tree.items():
+            path = f"{prefix}{k}"
+            if isinstance(v, dict) and v and path not in ("resources", "podSecurityContext", "securityContext"):
+                yield from keys(v, path + ".")
+            else:
+                yield path
+    missing = [k for k in keys(values) if f"`{k}`" not in readme]
+    assert missing == []
