@@ -129,3 +129,57 @@ class Aggregates:
 
     def copy(self) -> Aggregates:
         return copy.deepcopy(self)
+
+    def raise_to(self, floor: Aggregates) -> None:
+        """Make every counter at least ``floor``'s (after a re-derivation: counters never go back)."""
+        for name in COUNTERS:
+            mine, theirs = getattr(self, name), getattr(floor, name)
+            for key, value in theirs.items():
+                mine[key] = max(mine[key], value)
+        self.history_resets = max(self.history_resets, floor.history_resets)
+        pairs = [(self.duration, floor.duration), (self.turns, floor.turns),
+                 (self.tool_calls_per_run, floor.tool_calls_per_run)]
+        pairs += [(self.tokens[k], floor.tokens[k]) for k in self.tokens if k in floor.tokens]
+        for mine, theirs in pairs:
+            if mine.bounds == theirs.bounds and theirs.count > mine.count:
+                mine.counts, mine.total = list(theirs.counts), max(mine.total, theirs.total)
+        for labels, old in ((self.tools, floor.tools), (self.indexes, floor.indexes)):
+            labels.admitted |= old.admitted
+            labels.dropped |= old.dropped
+
+    def to_dict(self) -> dict:
+        hist = lambda h: {"bounds": list(h.bounds), "counts": h.counts, "total": h.total}  # noqa: E731
+        return {
+            **{name: [[list(k) if isinstance(k, tuple) else k, v] for k, v in getattr(self, name).items()]
+               for name in COUNTERS},
+            "history_resets": self.history_resets,
+            "duration": hist(self.duration), "turns": hist(self.turns),
+            "tool_calls_per_run": hist(self.tool_calls_per_run),
+            "tokens": {k: hist(h) for k, h in self.tokens.items()},
+            "tools": [sorted(self.tools.admitted), sorted(self.tools.dropped)],
+            "indexes": [sorted(self.indexes.admitted), sorted(self.indexes.dropped)],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, buckets: Buckets, label_limit: int) -> Aggregates:
+        """Rebuild stored aggregates; histograms keep their stored bounds."""
+        agg = cls(buckets, label_limit)
+        for name in COUNTERS:
+            target = getattr(agg, name)
+            for key, value in data[name]:
+                target[tuple(key) if isinstance(key, list) else key] = value
+        agg.history_resets = data["history_resets"]
+
+        def hist(d: dict) -> Histogram:
+            h = Histogram(d["bounds"])
+            h.counts, h.total = list(d["counts"]), d["total"]
+            return h
+        agg.duration, agg.turns = hist(data["duration"]), hist(data["turns"])
+        agg.tool_calls_per_run = hist(data["tool_calls_per_run"])
+        agg.tokens = {k: hist(v) for k, v in data["tokens"].items()}
+        for labels, (admitted, dropped) in ((agg.tools, data["tools"]), (agg.indexes, data["indexes"])):
+            labels.admitted, labels.dropped = set(admitted), set(dropped)
+        return agg
+
+
+COUNTERS = ("runs", "errors", "tokens_total", "tool_calls", "skipped_index_queries", "events")

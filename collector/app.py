@@ -25,6 +25,7 @@ from collector.settings import Settings, split_listen
 from collector.scheduler import start_scheduler
 from collector.simulator.api import Faults, SimulatorApi
 from collector.simulator.world import World, populate
+from collector.sqlite_store import SqliteStore
 from collector.state import MemoryStore, StateStore
 from collector.webconfig import WebConfig
 
@@ -68,8 +69,11 @@ class CollectorService:
         ProcessCollector(registry=self.registry)
         self.web = WebConfig(settings.web_config)
         self.client = build_client(settings, api_key, self.self_metrics, transport)
-        classifier = ErrorClassifier([(r.type, r.pattern) for r in settings.error_rules])
-        self.poller = Poller(self.client, store or MemoryStore(), poll_config(settings), classifier,
+        rules = [(r.type, r.pattern) for r in settings.error_rules]
+        if store is None and settings.state_path is not None:
+            store = SqliteStore(settings.state_path, settings.buckets.as_buckets(), rules,
+                                settings.label_value_limit)
+        self.poller = Poller(self.client, store or MemoryStore(), poll_config(settings), ErrorClassifier(rules),
                              self.self_metrics, clock=clock)
         self.registry.register(SnapshotCollector(
             lambda: self.poller.snapshot, clock=clock, expose_titles=settings.expose_titles,
@@ -114,6 +118,7 @@ class CollectorService:
         if self.server is not None:
             self.server.close()
         await self.client.aclose()
+        self.poller.persist()
         self.poller.store.close()
         self.log.info("collector stopped")
 

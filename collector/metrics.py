@@ -45,6 +45,8 @@ class SelfMetrics:
                                registry=registry)
         self.unchanged = Counter(p + "sessions_unchanged", "Sessions skipped because last_updated_at "
                                  "did not change.", registry=registry)
+        self.state_write_failures = Counter(p + "state_write_failures", "State store writes that failed "
+                                            "(retried next cycle).", registry=registry)
         for result in ("success", "partial", "failure"):
             self.polls.labels(result)
         for reason in ("new", "changed"):

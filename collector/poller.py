@@ -23,12 +23,20 @@ from collector.metrics import SelfMetrics
 from collector.state import (
     CollectorState,
     PollStatus,
+    SessionState,
     Snapshot,
     StateStore,
     is_unchanged,
+    parse_timestamp,
     take_snapshot,
     update_session,
 )
+
+
+def _older(last_updated_at: str, prev: SessionState) -> bool:
+    """A response older than what was already counted: a lagging replica, not a new history."""
+    ts = parse_timestamp(last_updated_at)
+    return ts is not None and prev.updated_ts is not None and ts < prev.updated_ts
 
 
 def shard_of(session_id: str, total_shards: int) -> int:
@@ -155,13 +163,12 @@ class Poller:
         runs_before = sum(work.aggregates.runs.values())
         await self._fetch_all(changed, work, deadline, report)
         for session_id in gone:
-            if work.sessions.pop(session_id, None) is not None:
-                report.removed += 1
+            report.removed += work.drop(session_id)
         report.runs_added = sum(work.aggregates.runs.values()) - runs_before
         if report.failed or report.invalid:
             report.result = "partial"
         if report.failed == 0:
-            work.synced = True
+            work.mark_synced()
         self._finish(report, work, started, wall_start, up=True)
         return report
 
@@ -175,8 +182,7 @@ class Poller:
                 try:
                     session = await self.client.retrieve(sid, deadline)
                 except NotFound:
-                    work.sessions.pop(sid, None)
-                    report.removed += 1
+                    report.removed += work.drop(sid)
                     return
                 except PayloadError as exc:
                     report.invalid += 1
@@ -189,19 +195,28 @@ class Poller:
             self.metrics.fetches.labels(reason).inc()
             report.fetched += 1
             prev = work.sessions.get(sid)
-            work.sessions[sid] = update_session(prev, session, work.aggregates, self.classifier, self.clock())
+            if prev is not None and _older(session.last_updated_at, prev):
+                self.log.info("stale read ignored; refetched next cycle", session_id=sid)
+                return
+            work.put(update_session(prev, session, work.aggregates, self.classifier, self.clock()))
 
         await asyncio.gather(*(one(s, r) for s, r in changed))
+
+    def persist(self) -> bool:
+        """Write the committed state; a failure is logged and counted, and retried next cycle."""
+        try:
+            self.store.save(self.state)
+        except StateError as exc:
+            self.metrics.state_write_failures.inc()
+            self.log.error("state not saved; will retry next cycle", error=str(exc))
+            return False
+        return True
 
     def _finish(self, report: CycleReport, work: CollectorState | None, started: float,
                 wall_start: float, *, up: bool) -> None:
         if work is not None:
-            try:
-                self.store.save(work)
-            except StateError as exc:
-                report.errors.append(str(exc))
-                self.log.error("state not saved; will retry next cycle", error=str(exc))
             self.state = work
+            self.persist()
         now = self.clock()
         report.duration = self.monotonic() - started
         report.watched = len(self.state.sessions)

@@ -46,6 +46,8 @@ class SessionState:
     tokens_output: int = 0
     in_progress_start: int | None = None
     in_progress_since: float | None = None
+    high_water: tuple[int, int, str | None] | None = None
+    """(cursor, events_seen, stop_signature) from before a reset, in case the longer history returns."""
 
 
 def update_session(prev: SessionState | None, session: Session, aggregates: Aggregates,
@@ -55,12 +57,17 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
     A history that shrank, or whose last counted ``stop`` changed, is a reset:
     it is counted in ``history_resets`` and what it shows now is taken as
     already counted, so no counter goes backwards and nothing is counted twice.
+    The old position is kept as a high-water mark: if the longer history comes
+    back (a transient short read), counting resumes from where it was.
     """
     events = session.events
     base = prev or SessionState(session.session_id, session.last_updated_at)
-    cursor, seen = base.cursor, base.events_seen
-    if prev is not None and not history_intact(events, cursor, seen, prev.stop_signature):
+    cursor, seen, high_water = base.cursor, base.events_seen, base.high_water
+    if high_water is not None and history_intact(events, *high_water):
+        cursor, seen, high_water = high_water[0], high_water[1], None
+    elif prev is not None and not history_intact(events, cursor, seen, prev.stop_signature):
         aggregates.history_resets += 1
+        high_water = high_water or (cursor, seen, prev.stop_signature)
         cursor = derive(events, 0, len(events), classifier).cursor
         seen = len(events)
     result = derive(events, cursor, seen, classifier)
@@ -87,6 +94,7 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
         tokens_output=base.tokens_output + sum(r.output_tokens or 0 for r in result.runs),
         in_progress_start=result.in_progress_start,
         in_progress_since=since,
+        high_water=high_water,
     )
 
 
@@ -99,10 +107,32 @@ class CollectorState:
     aggregates: Aggregates
     sessions: dict[str, SessionState] = field(default_factory=dict)
     synced: bool = False
+    floor: Aggregates | None = None
+    """Stored aggregates to raise to once a re-derivation (new buckets or rules) has synced."""
+    changed: set[str] = field(default_factory=set)
+    removed: set[str] = field(default_factory=set)
 
     def begin(self) -> CollectorState:
         """A working copy for one cycle; session states are immutable, so a shallow dict copy."""
-        return CollectorState(self.aggregates.copy(), dict(self.sessions), self.synced)
+        return CollectorState(self.aggregates.copy(), dict(self.sessions), self.synced, self.floor)
+
+    def put(self, session: SessionState) -> None:
+        self.sessions[session.session_id] = session
+        self.changed.add(session.session_id)
+        self.removed.discard(session.session_id)
+
+    def drop(self, session_id: str) -> bool:
+        self.changed.discard(session_id)
+        if self.sessions.pop(session_id, None) is None:
+            return False
+        self.removed.add(session_id)
+        return True
+
+    def mark_synced(self) -> None:
+        if not self.synced and self.floor is not None:
+            self.aggregates.raise_to(self.floor)
+            self.floor = None
+        self.synced = True
 
 
 @dataclass(frozen=True)
