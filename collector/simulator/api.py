@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from collector.httpserver import Request, Response, text
 from collector.simulator.world import World
 
-FAULT_KINDS = ("status", "reset", "truncate", "html", "content_type", "slow", "huge", "shrink", "unknown_event")
+FAULT_KINDS = ("status", "reset", "cut", "bad_json", "html", "content_type", "slow", "gone", "shrink",
+               "unknown_event")
 
 
 @dataclass
 class Fault:
-    kind: str
+    kind: str  # one of FAULT_KINDS
     endpoint: str = "*"
     status: int = 503
     retry_after: str | None = None
@@ -72,11 +73,11 @@ class SimulatorApi:
         fault = self.faults.take(endpoint)
         if fault is not None and fault.delay:
             await asyncio.sleep(fault.delay)
-        response = self._answer(endpoint, parts, request) if fault is None or fault.kind in ("slow", "shrink",
-                                                                                            "unknown_event") \
-            else self._fault(fault)
-        if fault is not None and fault.kind in ("shrink", "unknown_event") and endpoint == "retrieve":
-            response = self._mutated(fault.kind, parts[3]) or response
+        if fault is not None and fault.kind == "gone" and len(parts) > 3:
+            self.world.delete(parts[3])
+        response = self._answer(endpoint, parts, request)
+        if fault is not None:
+            response = self._fault(fault, response, parts)
         self.bytes_sent += len(response.body)
         return response
 
@@ -96,35 +97,30 @@ class SimulatorApi:
             return _json(session.summary())
         return Response(200, session.detail_bytes(), "application/json")
 
-    def _fault(self, fault: Fault) -> Response:
-        if fault.kind == "status":
+    def _fault(self, fault: Fault, real: Response, parts: list[str]) -> Response:
+        """The answer a fault turns ``real`` into."""
+        kind = fault.kind
+        if kind == "status":
             response = _json({"detail": "injected"}, fault.status)
             if fault.retry_after is not None:
                 response.headers["Retry-After"] = fault.retry_after
             return response
-        if fault.kind == "reset":
+        if kind == "reset":
             return Response(reset=True)
-        if fault.kind == "truncate":
-            body = json.dumps({"items": [], "next_page_token": None, "pad": "x" * 4096}).encode()
-            return Response(200, body, "application/json", truncate_at=100)
-        if fault.kind == "html":
-            return Response(200, b"<html><body>Bad gateway</body></html>", "text/html")
-        if fault.kind == "content_type":
-            return Response(200, b'{"items": []}', "text/plain")
-        if fault.kind == "huge":
-            return Response(200, b'{"items": [' + b'{"session_id": 1},' * 1_200_000 + b"{}]}", "application/json")
-        return text(500, "unknown fault")
-
-    def _mutated(self, kind: str, session_id: str) -> Response | None:
-        session = self.world.sessions.get(session_id)
-        if session is None:
-            return None
-        if kind == "shrink":
-            kept = session.events[: len(session.events) // 2]
-            body = {**session.summary(), "events": kept}
-        else:
-            body = {**session.summary(), "events": session.events + [{"type": "brand_new_event", "x": 1}]}
-        return _json(body)
+        if kind == "cut":  # headers promise the whole body; the connection drops half way
+            return Response(200, real.body, "application/json", truncate_at=len(real.body) // 2)
+        if kind == "bad_json":  # a complete HTTP answer whose JSON is cut short
+            return Response(200, real.body[: max(1, len(real.body) // 2)], "application/json")
+        if kind == "html":
+            return Response(200, b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html")
+        if kind == "content_type":
+            return Response(200, real.body, "text/plain")
+        if kind in ("shrink", "unknown_event") and len(parts) == 4 and real.status == 200:
+            body = json.loads(real.body)
+            body["events"] = body["events"][: len(body["events"]) // 2] if kind == "shrink" \
+                else body["events"] + [{"type": "brand_new_event", "x": 1}]
+            return _json(body)
+        return real  # slow (already delayed), gone (already deleted)
 
     def _control(self, request: Request) -> Response:
         world = self.world

@@ -162,6 +162,16 @@ class World:
         self._append(session, head)
         self._finish(session, tail, truth)
 
+    def add_huge_run(self, session: SimSession, size: int) -> None:
+        """A run whose tool result alone is ``size`` bytes (a long page of text)."""
+        head, tail, truth = self._make_run(session)
+        call_id = self._uuid()
+        head += [{"type": "tool_call", "name": "retrieve_page", "call_id": call_id, "arguments": {"page": 1}},
+                 {"type": "tool_result", "name": "retrieve_page", "call_id": call_id, "result": "x" * size}]
+        truth = RunTruth(**{**truth.__dict__, "tool_calls": (("retrieve_page", True), *truth.tool_calls)})
+        self._append(session, head)
+        self._finish(session, tail, truth)
+
     def start_run(self, session: SimSession) -> None:
         """Open a run and leave it unfinished."""
         if session.pending is not None:
