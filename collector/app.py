@@ -105,16 +105,19 @@ class CollectorService:
             self.scheduler = start_scheduler(self._job, self.settings.interval)
 
     async def stop(self) -> None:
+        """Stop scheduling, give a running cycle a few seconds to commit, then abandon it safely."""
         if self.scheduler is not None:
-            self.scheduler.shutdown(wait=False)
+            self.scheduler.pause()
         cycle = self._cycle
         if cycle is not None and not cycle.done():
             try:
                 await asyncio.wait_for(asyncio.shield(cycle), SHUTDOWN_GRACE)
             except asyncio.TimeoutError:
-                cycle.cancel()  # the cycle's work is uncommitted; nothing half-counted survives
+                cycle.cancel()  # its work is uncommitted: nothing half-counted survives
             except asyncio.CancelledError:
                 pass
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
         if self.server is not None:
             self.server.close()
         await self.client.aclose()
@@ -147,7 +150,8 @@ class SimulatorService:
         rng = random.Random(self.world.rng.random())
         while True:
             await asyncio.sleep(rng.expovariate(self.rate))
-            self.world.tick()
+            if not self.api.paused:
+                self.world.tick()
 
     async def start(self, address: str = "127.0.0.1:0") -> None:
         self.server = await listen(self.api, address)

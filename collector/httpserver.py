@@ -77,7 +77,9 @@ async def _connection(handler: Handler, reader: asyncio.StreamReader, writer: as
             except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
                 return
             except (asyncio.LimitOverrunError, ValueError):
-                writer.write(_head(text(431, "request too large or malformed"), False))
+                refusal = text(431, "request too large or malformed")
+                writer.write(_head(refusal, False) + refusal.body)
+                await writer.drain()
                 return
             request, keep_alive = parsed
             if request.method not in ("GET", "HEAD") or int(request.headers.get("content-length") or 0):

@@ -95,11 +95,25 @@ def chat_samples(samples: Samples) -> Samples:
 
 
 def assert_matches_truth(samples: Samples, sim: SimulatorService) -> None:
-    want = expected(sim.world.runs, sim.world.events)
+    assert_samples_match(samples, sim.world.runs, sim.world.events)
+
+
+def remote_truth(base_url: str) -> tuple[list[RunTruth], Counter]:
+    """The ground truth of a simulator running in another process."""
+    body = httpx.get(base_url + "/_sim/truth", timeout=30).json()
+    runs = [RunTruth(**{**r, "tool_calls": tuple(map(tuple, r["tool_calls"])),
+                        "skipped_index_ids": tuple(r["skipped_index_ids"])}) for r in body["runs"]]
+    return runs, Counter(body["events"])
+
+
+def assert_samples_match(samples: Samples, runs: list[RunTruth], events: Counter) -> None:
+    want = expected(runs, events)
     got = chat_samples(samples)
-    missing = {k: v for k, v in want.items() if abs(got.get(k, -1) - v) > 1e-6 * max(1, abs(v))}
+    missing = {k: (v, got.get(k)) for k, v in want.items() if abs(got.get(k, -1) - v) > 1e-6 * max(1, abs(v))}
     extra = {k: v for k, v in got.items() if k not in want and v != 0}
-    assert not missing and not extra, f"differ from truth: want {missing}, unexpected {extra}"
+    shown = dict(sorted(missing.items(), key=lambda kv: kv[0][0])[:8])
+    assert not missing and not extra, \
+        f"{len(missing)} series differ from truth (want, got): {shown}; unexpected: {extra}"
 
 
 def run_async(coro):

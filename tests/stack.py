@@ -32,7 +32,7 @@ def wait_until(check, timeout: float, what: str, interval: float = 0.5):
             result = check()
             if result:
                 return result
-        except (httpx.HTTPError, KeyError, ValueError) as exc:
+        except (httpx.HTTPError, KeyError, ValueError, AssertionError) as exc:
             last_error = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")

@@ -183,7 +183,7 @@ def test_unknown_event_type_is_counted_not_fatal():
             report = await collector.poller.cycle()
             samples = await scrape(collector.port)
             assert report.result == "success"
-            sim.world.events["_unknown"] += 1  # the injected event is real to the collector
+            assert sim.world.events["_unknown"] >= 1
             assert_matches_truth(samples, sim)
         finally:
             await close(sim, collector)

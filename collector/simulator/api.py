@@ -56,6 +56,7 @@ class SimulatorApi:
         self.calls: Counter = Counter()
         self.bytes_sent = 0
         self.last_query: dict[str, str] = {}
+        self.paused = False
 
     async def __call__(self, request: Request) -> Response:
         if request.path.startswith("/_sim/"):
@@ -75,6 +76,8 @@ class SimulatorApi:
             await asyncio.sleep(fault.delay)
         if fault is not None and fault.kind == "gone" and len(parts) > 3:
             self.world.delete(parts[3])
+        if fault is not None and fault.kind == "unknown_event" and len(parts) > 3:
+            self.world.add_unknown_event(parts[3])
         response = self._answer(endpoint, parts, request)
         if fault is not None:
             response = self._fault(fault, response, parts)
@@ -115,12 +118,11 @@ class SimulatorApi:
             return Response(200, b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html")
         if kind == "content_type":
             return Response(200, real.body, "text/plain")
-        if kind in ("shrink", "unknown_event") and len(parts) == 4 and real.status == 200:
+        if kind == "shrink" and len(parts) == 4 and real.status == 200:
             body = json.loads(real.body)
-            body["events"] = body["events"][: len(body["events"]) // 2] if kind == "shrink" \
-                else body["events"] + [{"type": "brand_new_event", "x": 1}]
+            body["events"] = body["events"][: len(body["events"]) // 2]
             return _json(body)
-        return real  # slow (already delayed), gone (already deleted)
+        return real  # slow (already delayed), gone (deleted), unknown_event (added to the session)
 
     def _control(self, request: Request) -> Response:
         world = self.world
@@ -129,6 +131,11 @@ class SimulatorApi:
                      "sessions": len(world.sessions), "calls": dict(self.calls), "bytes_sent": self.bytes_sent,
                      "faults_injected": dict(self.faults.injected)}
             return _json(truth)
+        if request.path == "/_sim/truth":
+            return _json({"runs": [r.__dict__ for r in world.runs], "events": dict(world.events)})
+        if request.path == "/_sim/traffic":
+            self.paused = request.query.get("pause") == "1"
+            return _json({"paused": self.paused})
         if request.path == "/_sim/touch":
             fraction = float(request.query.get("fraction", "0.1"))
             fail = {"1": True, "0": False}.get(request.query.get("fail", ""))

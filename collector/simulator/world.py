@@ -31,6 +31,8 @@ QUESTIONS = ("What were Q3 revenues by region?", "Summarise the onboarding polic
              "Which contracts renew next month?", "Compare the two pricing proposals.",
              "List the open incidents for the payments service.")
 UNKNOWN_TYPE = "citation"
+KNOWN_TYPES = frozenset({"user_input", "thinking_delta", "thinking", "text_delta", "text", "tool_call",
+                         "tool_result", "stop"})
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ class World:
         session.events.extend(events)
         for event in events:
             kind = event["type"]
-            self.events[kind if kind != UNKNOWN_TYPE else "_unknown"] += 1
+            self.events[kind if kind in KNOWN_TYPES else "_unknown"] += 1
 
     def new_session(self, runs: int = 0) -> SimSession:
         rng = self.rng
@@ -171,6 +173,13 @@ class World:
         truth = RunTruth(**{**truth.__dict__, "tool_calls": (("retrieve_page", True), *truth.tool_calls)})
         self._append(session, head)
         self._finish(session, tail, truth)
+
+    def add_unknown_event(self, session_id: str) -> None:
+        """An event of a type the collector has never seen, appended to the session's history."""
+        session = self.sessions.get(session_id)
+        if session is not None:
+            self._append(session, [{"type": "brand_new_event", "payload": {"x": 1}}])
+            self._touch(session)
 
     def start_run(self, session: SimSession) -> None:
         """Open a run and leave it unfinished."""
