@@ -1,0 +1,44 @@
+"""Sharding: 3 shards against one simulator partition the sessions and sum to the truth."""
+
+from collections import Counter
+
+from collector.app import SimulatorService
+from collector.poller import shard_of
+from collector.simulator.world import World, populate
+from tests.helpers import assert_samples_match, collector_for, family, run_async, scrape, value
+
+
+def test_shard_of_is_stable_and_balanced():
+    ids = [f"session-{i}" for i in range(3000)]
+    counts = Counter(shard_of(i, 3) for i in ids)
+    assert set(counts) == {0, 1, 2} and min(counts.values()) > 900
+    assert [shard_of(i, 3) for i in ids[:50]] == [shard_of(i, 3) for i in ids[:50]]
+    assert shard_of("abc", 3) == 0  # fixed (sha256): the same on every pod and every release
+
+
+def test_three_shards_partition_sessions_and_sum_to_truth():
+    async def scenario():
+        sim = SimulatorService(world=populate(World(seed=17), 60, 3), rate=0)
+        await sim.start()
+        shards = [collector_for(sim, shard=i, total_shards=3) for i in range(3)]
+        for c in shards:
+            await c.start(schedule=False)
+            await c.poller.cycle()
+        samples = [await scrape(c.port) for c in shards]
+        owned = [{dict(k)["session_id"] for k in family(s, "llamacloud_chat_session_info")} for s in samples]
+        assert all(owned) and sum(len(o) for o in owned) == 60
+        assert set.union(*owned) == set(sim.world.sessions)
+        assert not (owned[0] & owned[1] or owned[0] & owned[2] or owned[1] & owned[2])
+        for i, s in enumerate(samples):
+            assert value(s, "llamacloud_collector_shard") == i and value(s, "llamacloud_collector_total_shards") == 3
+        summed: dict = Counter()
+        for s in samples:
+            for key, v in s.items():
+                if key[0].startswith("llamacloud_chat_") and "session" not in key[0] and "progress" not in key[0]:
+                    summed[key] += v
+        assert_samples_match(dict(summed), sim.world.runs, sim.world.events)
+        assert sum(sim.api.calls[e] for e in ("retrieve",)) == 60  # each session fetched by one shard only
+        for c in shards:
+            await c.stop()
+        await sim.stop()
+    run_async(scenario())
