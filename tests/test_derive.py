@@ -1,5 +1,6 @@
 """Pure derivation from JSON fixtures: no network, no state."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def test_history_check_detects_shrink_and_rewrite(session):
     assert history_intact(events, done.cursor, done.events_seen, done.stop_signature)
     assert not history_intact(events[:10], done.cursor, done.events_seen, done.stop_signature)
     rewritten = session.model_copy(update={"events": events[:13] + (
-        events[13].model_copy(update={"is_error": False}),) + events[14:]})
+        dataclasses.replace(events[13], is_error=False),) + events[14:]})
     assert not history_intact(rewritten.events, done.cursor, done.events_seen, done.stop_signature)
 
 

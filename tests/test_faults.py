@@ -48,7 +48,10 @@ CASES = [
      ("llamacloud_collector_api_retries_total", {"endpoint": "list", "reason": "504"})),
     (Fault("slow", "retrieve", delay=1.5), 1, "success", 1,
      ("llamacloud_collector_api_retries_total", {"endpoint": "retrieve", "reason": "timeout"})),
+    # A reset on a pooled keep-alive connection is retried once by the transport, as a stale connection.
     (Fault("reset", "list"), 1, "success", 1,
+     ("llamacloud_collector_api_requests_total", {"endpoint": "list", "code": "200"})),
+    (Fault("reset", "list"), 3, "success", 1,
      ("llamacloud_collector_api_retries_total", {"endpoint": "list", "reason": "transport"})),
     (Fault("cut", "retrieve"), 1, "success", 1,
      ("llamacloud_collector_api_retries_total", {"endpoint": "retrieve", "reason": "transport"})),

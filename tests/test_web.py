@@ -14,6 +14,7 @@ import structlog
 from collector import logs
 from collector.app import SimulatorService
 from collector.errors import ConfigError
+from collector.llamacloud.transport import LeanTransport
 from collector.webconfig import WebConfig
 from tests.helpers import collector_for, run_async
 
@@ -52,6 +53,9 @@ def test_tls_and_basic_auth_and_reload(tmp_path, certificate):
                 config.write_text(config.read_text().replace("prom:", "other:"))
                 os.utime(config, (1, 1))  # a different mtime, even within the same second
                 assert (await http.get(url, auth=("prom", "s3cret"))).status_code == 401
+                assert (await http.get(url, auth=("other", "s3cret"))).status_code == 200
+            lean = LeanTransport(ssl_context=verify)
+            async with httpx.AsyncClient(transport=lean) as http:
                 assert (await http.get(url, auth=("other", "s3cret"))).status_code == 200
             async with httpx.AsyncClient() as plain:
                 with pytest.raises(httpx.TransportError):

@@ -22,7 +22,8 @@ from pydantic import BaseModel, ValidationError
 
 from collector import __version__
 from collector.errors import AuthError, FetchError, NotFound, PayloadError
-from collector.llamacloud.models import Session, SessionPage, Summary
+from collector.llamacloud.models import Session, SessionPage, Summary, parse_session
+from collector.llamacloud.transport import build_transport
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 PAGE_SIZE = 100
@@ -95,7 +96,8 @@ class LlamaCloudClient:
                      "User-Agent": f"llamacloud-collector/{__version__}"},
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            transport=transport,
+            transport=transport if transport is not None else build_transport(
+                max_connections, connect_timeout, read_timeout),
         )
         self._observer = observer or NullObserver()
         self._retry = retry
@@ -128,10 +130,10 @@ class LlamaCloudClient:
         return await self._get("summary", f"/api/v1/chat/{session_id}/summary", Summary, deadline)
 
     async def retrieve(self, session_id: str, deadline: float | None = None) -> Session:
-        return await self._get("retrieve", f"/api/v1/chat/{session_id}", Session, deadline)
+        return await self._get("retrieve", f"/api/v1/chat/{session_id}", Session, deadline, parse=parse_session)
 
     async def _get(self, endpoint: str, path: str, model: type[M], deadline: float | None,
-                   params: dict | None = None) -> M:
+                   params: dict | None = None, parse: Callable[[bytes], M] | None = None) -> M:
         attempt = 0
         while True:
             started = self._clock()
@@ -147,7 +149,7 @@ class LlamaCloudClient:
                 status = response.status_code
                 self._observer.request(endpoint, str(status), self._clock() - started)
                 if 200 <= status < 300:
-                    return self._parse(endpoint, response, body, model)
+                    return self._parse(endpoint, response, body, parse or model.model_validate_json)
                 reason = str(status)
                 failure = _status_error(endpoint, status)
                 if status not in RETRY_STATUS:
@@ -162,20 +164,23 @@ class LlamaCloudClient:
             self._observer.retry(endpoint, reason)
             await self._sleep(delay)
 
-    def _parse(self, endpoint: str, response: httpx.Response, body: bytes, model: type[M]) -> M:
+    def _parse(self, endpoint: str, response: httpx.Response, body: bytes, parse: Callable[[bytes], M]) -> M:
         content_type = response.headers.get("content-type", "")
         if "json" not in content_type:
             self._observer.invalid_payload(endpoint)
             raise PayloadError(f"{endpoint}: expected JSON, got content type {content_type or 'none'!r}",
                                endpoint=endpoint)
         try:
-            return model.model_validate_json(body)
+            return parse(body)
         except ValidationError as exc:
             self._observer.invalid_payload(endpoint)
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise PayloadError(f"{endpoint}: invalid payload at {where or 'body'}: {first['msg']}",
                                endpoint=endpoint) from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            self._observer.invalid_payload(endpoint)
+            raise PayloadError(f"{endpoint}: invalid payload: {exc}", endpoint=endpoint) from None
 
 
 def _status_error(endpoint: str, status: int) -> FetchError:

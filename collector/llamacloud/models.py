@@ -1,16 +1,37 @@
 """Pydantic models of the LlamaCloud chat payloads (DESIGN §2).
 
 They validate only what derivation reads: text contents and tool arguments
-are ignored, which keeps validation of long histories cheap. Unknown fields are
-ignored, unknown event types become ``UnknownEvent``, and ``null`` where a list
-is expected becomes an empty list.
+are ignored, which keeps validation of long histories cheap. Events are
+slotted pydantic dataclasses: a 100,000-event history validates in a quarter
+of the CPU and a tenth of the memory of BaseModel events (bench/). Unknown
+fields are ignored, unknown event types become ``UnknownEvent``, and ``null``
+where a list is expected becomes an empty list.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Tag
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Tag, TypeAdapter, model_validator
+from pydantic.dataclasses import dataclass
+
+LEAN_THRESHOLD = 1 << 20
+_UNREAD_STRINGS = re.compile(rb'"(content|result)"\s*:\s*"(?:[^"\\]|\\.)*"')
+
+
+def lean_json(body: bytes) -> bytes:
+    """A large body without the text of ``content`` and ``result`` strings, which derivation never reads.
+
+    Parsing JSON builds a tree about three times the size of its input; dropping the
+    texts first keeps a history of tens of MB within a small multiple of its size.
+    A quote inside a JSON string is always escaped, so only real keys match.
+    """
+    if len(body) < LEAN_THRESHOLD:
+        return body
+    return _UNREAD_STRINGS.sub(rb'"\1":""', body)
+
 
 PLAIN_EVENT_TYPES = frozenset({"user_input", "thinking_delta", "thinking", "text_delta", "text"})
 KNOWN_EVENT_TYPES = PLAIN_EVENT_TYPES | {"tool_call", "tool_result", "stop"}
@@ -48,36 +69,47 @@ class Summary(_Payload):
     job_metadata: JobMetadata | None = None
 
 
-class Usage(_Payload):
+EVENT_CONFIG = ConfigDict(extra="ignore")
+
+
+@dataclass(slots=True, frozen=True, config=EVENT_CONFIG)
+class Usage:
     duration_ms: float | None = None
     total_input_tokens: int | None = None
     total_output_tokens: int | None = None
     turns: int | None = None
 
 
-class PlainEvent(_Payload):
+NO_USAGE = Usage()
+
+
+@dataclass(slots=True, frozen=True, config=EVENT_CONFIG)
+class PlainEvent:
     """user_input, thinking(_delta), text(_delta): only the type matters here."""
 
     type: Literal["user_input", "thinking_delta", "thinking", "text_delta", "text"]
 
 
-class ToolCallEvent(_Payload):
+@dataclass(slots=True, frozen=True, config=EVENT_CONFIG)
+class ToolCallEvent:
     type: Literal["tool_call"]
     name: str
     call_id: str
 
 
-class ToolResultEvent(_Payload):
+@dataclass(slots=True, frozen=True, config=EVENT_CONFIG)
+class ToolResultEvent:
     type: Literal["tool_result"]
     call_id: str
     name: str | None = None
 
 
-class StopEvent(_Payload):
+@dataclass(slots=True, frozen=True, config=EVENT_CONFIG)
+class StopEvent:
     type: Literal["stop"]
     is_error: bool | None = None
     error: str | None = None
-    usage: Annotated[Usage, BeforeValidator(lambda v: {} if v is None else v)] = Usage()
+    usage: Annotated[Usage, BeforeValidator(lambda v: {} if v is None else v)] = NO_USAGE
     skipped_index_ids: StrTuple = ()
 
     @property
@@ -86,8 +118,9 @@ class StopEvent(_Payload):
         return bool(self.error) if self.is_error is None else self.is_error
 
 
-class UnknownEvent(_Payload):
-    type: str = UNKNOWN
+@dataclass(slots=True, frozen=True, config=EVENT_CONFIG)
+class UnknownEvent:
+    type: Any = UNKNOWN
 
 
 def _event_tag(value: Any) -> str:
@@ -112,14 +145,54 @@ Event = Annotated[
 
 
 class Session(Summary):
-    """A session with its full, ordered event history."""
+    """A session with its full, ordered event history (``null`` events read as none)."""
 
-    events: Annotated[tuple[Event, ...], BeforeValidator(_none_to_empty)] = ()
+    # No before-validator here: one would turn the whole JSON history into Python objects first.
+    events: tuple[Event, ...] | None = ()
+
+    @model_validator(mode="after")
+    def _no_null_events(self) -> Session:
+        if self.events is None:
+            object.__setattr__(self, "events", ())
+        return self
 
 
 class SessionPage(_Payload):
     items: Annotated[tuple[Summary, ...], BeforeValidator(_none_to_empty)] = ()
     next_page_token: str | None = None
+
+
+_EVENTS_KEY = re.compile(r'"events"\s*:\s*\[')
+_SPACE = re.compile(r"[\s,]*")
+EVENT_ADAPTER = TypeAdapter(Event)
+
+
+def parse_session(body: bytes) -> Session:
+    """Validate a ``retrieve`` body; a large one event by event, to keep memory near its size.
+
+    Parsing a whole history at once builds a JSON tree of about 500 bytes per event
+    (50 MB for 100,000 events) before any model exists. Above ``LEAN_THRESHOLD`` the
+    unread texts are dropped (``lean_json``) and the ``events`` array is decoded one
+    element at a time. Nested content lives inside that array, so the first
+    ``"events": [`` is the top-level key. Raises ``ValueError`` on a bad body.
+    """
+    if len(body) < LEAN_THRESHOLD:
+        return Session.model_validate_json(body)
+    text = lean_json(body).decode("utf-8")
+    match = _EVENTS_KEY.search(text)
+    if match is None:
+        return Session.model_validate_json(text)
+    decoder, events, index = json.JSONDecoder(), [], match.end()
+    while True:
+        index = _SPACE.match(text, index).end()
+        if index >= len(text):
+            raise ValueError("events: unterminated array")
+        if text[index] == "]":
+            break
+        item, index = decoder.raw_decode(text, index)
+        events.append(EVENT_ADAPTER.validate_python(item))
+    rest = Session.model_validate_json(text[: match.end()] + text[index:])
+    return rest.model_copy(update={"events": tuple(events)})
 
 
 def event_label(event: Any) -> str:

@@ -89,9 +89,8 @@ class SimulatorApi:
         if endpoint == "list":
             size = max(1, min(100, int(request.query.get("page_size") or 20)))
             after = int(request.query.get("page_token") or 0)
-            ordered = sorted((s for s in world.sessions.values() if s.seq > after), key=lambda s: s.seq)
-            page = ordered[:size]
-            token = str(page[-1].seq) if len(ordered) > size else None
+            page, more = world.page_after(after, size)
+            token = str(page[-1].seq) if more else None
             return _json({"items": [s.summary() for s in page], "next_page_token": token})
         session = world.sessions.get(parts[3])
         if session is None:
@@ -136,6 +135,11 @@ class SimulatorApi:
         if request.path == "/_sim/traffic":
             self.paused = request.query.get("pause") == "1"
             return _json({"paused": self.paused})
+        if request.path == "/_sim/big":
+            session = world.new_session()
+            world.grow_to(session, int(request.query.get("events", "100000")), int(request.query.get("content", "300")))
+            return _json({"session_id": session.session_id, "bytes": len(session.detail_bytes()),
+                          "events": len(session.events)})
         if request.path == "/_sim/touch":
             fraction = float(request.query.get("fraction", "0.1"))
             fail = {"1": True, "0": False}.get(request.query.get("fail", ""))

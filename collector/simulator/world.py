@@ -7,6 +7,7 @@ the collector's numbers with what really happened.
 
 from __future__ import annotations
 
+import bisect
 import json
 import random
 import time
@@ -79,6 +80,8 @@ class World:
         self.error_rate = error_rate
         self.clock = clock
         self.sessions: dict[str, SimSession] = {}
+        self._order: list[int] = []  # seq of every live session, ascending: cursor paging
+        self._by_seq: dict[int, SimSession] = {}
         self.runs: list[RunTruth] = []
         self.events: Counter = Counter()
         self._seq = 0
@@ -105,6 +108,8 @@ class World:
         session = SimSession(self._uuid(), self._seq, sorted(set(indexes)) if indexes else indexes,
                              rng.choice(("query", "read_only")), rng.choice(QUESTIONS))
         self.sessions[session.session_id] = session
+        self._order.append(session.seq)
+        self._by_seq[session.seq] = session
         self._touch(session)
         for _ in range(runs):
             self.add_run(session)
@@ -197,7 +202,27 @@ class World:
             self._finish(session, tail, truth)
 
     def delete(self, session_id: str) -> None:
-        self.sessions.pop(session_id, None)
+        session = self.sessions.pop(session_id, None)
+        if session is not None:
+            self._order.pop(bisect.bisect_left(self._order, session.seq))
+            del self._by_seq[session.seq]
+
+    def page_after(self, after_seq: int, size: int) -> tuple[list[SimSession], bool]:
+        """Sessions created after ``after_seq``, oldest first, and whether more follow."""
+        start = bisect.bisect_right(self._order, after_seq)
+        seqs = self._order[start:start + size]
+        return [self._by_seq[q] for q in seqs], start + size < len(self._order)
+
+    def grow_to(self, session: SimSession, events: int, content: int) -> None:
+        """Add runs until the session holds ``events`` events, with ``content``-byte texts."""
+        text = "lorem ipsum " * (content // 12)
+        while len(session.events) < events:
+            head, tail, truth = self._make_run(session)
+            for event in head + tail:
+                if "content" in event:
+                    event["content"] = text
+            self._append(session, head)
+            self._finish(session, tail, truth)
 
     def tick(self) -> None:
         """One step of live traffic."""

@@ -1,0 +1,46 @@
+"""The peer: the poller a user would write with the official llama-cloud SDK.
+
+One cycle: list every session, retrieve every one, recompute the totals. Prints JSON figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from collections import Counter
+
+from llama_cloud import LlamaCloud
+
+
+def cycle(client: LlamaCloud) -> dict:
+    runs, tokens, events = Counter(), Counter(), Counter()
+    sessions = 0
+    for summary in client.chat.list(page_size=100):
+        sessions += 1
+        session = client.chat.retrieve(summary.session_id)
+        for event in session.events:
+            events[getattr(event, "type", None) or "_unknown"] += 1
+            if getattr(event, "type", None) == "stop":
+                runs["error" if event.is_error else "success"] += 1
+                tokens["input"] += event.usage.total_input_tokens or 0
+                tokens["output"] += event.usage.total_output_tokens or 0
+    return {"sessions": sessions, "runs": sum(runs.values()), "tokens": dict(tokens)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--base-url", required=True)
+    parser.add_argument("--api-key", default="simulator")
+    args = parser.parse_args()
+    client = LlamaCloud(api_key=args.api_key, base_url=args.base_url, max_retries=2)
+    cpu, wall = time.process_time(), time.perf_counter()
+    result = cycle(client)
+    result.update(cpu_seconds=time.process_time() - cpu, wall_seconds=time.perf_counter() - wall,
+                  peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

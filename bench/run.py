@@ -1,0 +1,165 @@
+"""Benchmark: the collector against the simulator, and the official-SDK peer, on this machine.
+
+    python bench/run.py                      # 10,000 sessions x 5 runs (about 3 minutes)
+    python bench/run.py --sessions 2000      # quicker
+
+The collector runs in this process (its CPU is this process's CPU); the simulator and the
+peer run in their own processes. Prints a table of figures and ratios. Not a test: nothing
+here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from collector.app import CollectorService  # noqa: E402
+from collector.settings import load_settings  # noqa: E402
+from tests.stack import free_port, wait_until  # noqa: E402
+
+
+def start_simulator(sessions: int, runs: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "collector", "simulate", "--port", str(port), "--sessions",
+                             str(sessions), "--runs", str(runs), "--rate", "0", "--seed", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+                            env={**os.environ, "LLAMA_CLOUD_API_KEY": "simulator"})
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: httpx.get(url + "/_sim/stats").status_code == 200, 300, "simulator", interval=1)
+    return proc, url
+
+
+def sim_stats(url: str) -> dict:
+    return httpx.get(url + "/_sim/stats", timeout=60).json()
+
+
+async def measure_cycle(collector: CollectorService, sim: str) -> dict:
+    before = sim_stats(sim)
+    cpu, wall = time.process_time(), time.perf_counter()
+    report = await collector.poller.cycle()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    after = sim_stats(sim)
+    calls = {k: after["calls"].get(k, 0) - before["calls"].get(k, 0) for k in ("list", "retrieve", "summary")}
+    return {"cpu": cpu, "wall": wall, "calls": calls, "bytes": after["bytes_sent"] - before["bytes_sent"],
+            "result": report.result, "fetched": report.fetched, "runs_added": report.runs_added}
+
+
+def measure_metrics(port: int, rounds: int = 30) -> dict:
+    with httpx.Client() as http:
+        times, size, gz = [], 0, 0
+        for _ in range(rounds):
+            started = time.perf_counter()
+            body = http.get(f"http://127.0.0.1:{port}/metrics").content
+            times.append(time.perf_counter() - started)
+            size = len(body)
+        gz = len(gzip.compress(body, 5))
+    return {"median_ms": statistics.median(times) * 1000, "p95_ms": sorted(times)[int(rounds * 0.95) - 1] * 1000,
+            "bytes": size, "gzip_bytes": gz}
+
+
+async def collector_phase(sim: str, sessions: int) -> dict:
+    settings = load_settings({"base_url": sim, "listen": "127.0.0.1:0", "interval": 3600.0,
+                              "log_level": "warning"}, {})
+    collector = CollectorService(settings, "simulator")
+    await collector.start(schedule=False)
+    out = {"initial": await measure_cycle(collector, sim), "idle": await measure_cycle(collector, sim)}
+    httpx.get(sim + "/_sim/touch", params={"fraction": 0.1}, timeout=60)
+    out["changed_10pct"] = await measure_cycle(collector, sim)
+    out["metrics"] = await asyncio.to_thread(measure_metrics, collector.port)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    await collector.stop()
+    return out
+
+
+def run_json(args: list[str]) -> dict:
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=3600,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if result.returncode != 0:
+        raise SystemExit(f"{args[0]} failed: {result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sessions", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--big-events", type=int, default=100_000)
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+
+    sim_proc, sim = start_simulator(args.sessions, args.runs)
+    try:
+        ours = asyncio.run(collector_phase(sim, args.sessions))
+        before = sim_stats(sim)
+        peer = run_json(["bench/peer.py", "--base-url", sim])
+        after = sim_stats(sim)
+        peer["calls"] = sum(after["calls"].get(k, 0) - before["calls"].get(k, 0) for k in after["calls"])
+    finally:
+        sim_proc.terminate()
+        sim_proc.wait()
+    big_proc, big_sim = start_simulator(1, 1)  # the big session with one small one for warm-up
+    try:
+        big = run_json(["bench/big_session.py", "--base-url", big_sim, "--events", str(args.big_events)])
+    finally:
+        big_proc.terminate()
+        big_proc.wait()
+    report(args, ours, peer, big)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"ours": ours, "peer": peer, "big": big}, indent=2))
+
+
+def report(args, ours: dict, peer: dict, big: dict) -> None:
+    n = args.sessions
+    init, idle, changed, metrics = ours["initial"], ours["idle"], ours["changed_10pct"], ours["metrics"]
+    calls = lambda c: sum(c.values())  # noqa: E731
+    rows = [
+        ("initial sync: wall", f"{init['wall']:.2f} s", f"{peer['wall_seconds']:.2f} s",
+         f"{peer['wall_seconds'] / init['wall']:.1f}x"),
+        ("initial sync: CPU", f"{init['cpu']:.2f} s", f"{peer['cpu_seconds']:.2f} s",
+         f"{peer['cpu_seconds'] / init['cpu']:.1f}x"),
+        ("initial sync: CPU per session", f"{init['cpu'] / n * 1000:.3f} ms", f"{peer['cpu_seconds'] / n * 1000:.3f} ms",
+         f"{peer['cpu_seconds'] / init['cpu']:.1f}x"),
+        ("initial sync: API calls", f"{calls(init['calls'])} ({init['calls']['list']} list)", f"{peer['calls']}", ""),
+        ("idle cycle: CPU", f"{idle['cpu'] * 1000:.0f} ms", f"{peer['cpu_seconds'] * 1000:.0f} ms",
+         f"{peer['cpu_seconds'] / idle['cpu']:.0f}x"),
+        ("idle cycle: API calls", f"{idle['calls']['list']} list, {idle['calls']['retrieve']} retrieve",
+         f"{peer['calls']}", f"{peer['calls'] / max(1, calls(idle['calls'])):.0f}x"),
+        ("idle cycle: bytes received", f"{idle['bytes'] / 2**20:.1f} MiB", "", ""),
+        ("10% changed: CPU", f"{changed['cpu']:.2f} s", f"{peer['cpu_seconds']:.2f} s",
+         f"{peer['cpu_seconds'] / changed['cpu']:.1f}x"),
+        ("10% changed: API calls", f"{changed['calls']['list']} list, {changed['calls']['retrieve']} retrieve",
+         f"{peer['calls']}", ""),
+        ("/metrics latency (median, p95)", f"{metrics['median_ms']:.1f} ms, {metrics['p95_ms']:.1f} ms", "", ""),
+        ("/metrics size (gzip)", f"{metrics['bytes'] / 1024:.0f} KiB ({metrics['gzip_bytes'] / 1024:.0f} KiB)", "", ""),
+        ("peak RSS", f"{ours['peak_rss_mb']:.0f} MB", f"{peer['peak_rss_mb']:.0f} MB",
+         f"{peer['peak_rss_mb'] / ours['peak_rss_mb']:.1f}x"),
+        (f"one session of {big['events']:,} events", f"{big['bytes'] / 2**20:.1f} MiB payload, peak RSS growth "
+         f"{big['peak_rss_mb'] - big['rss_before_mb']:.0f} MB = "
+         f"{(big['peak_rss_mb'] - big['rss_before_mb']) * 2**20 / big['bytes']:.1f}x payload, "
+         f"CPU {big['cpu_seconds']:.2f} s", "", ""),
+    ]
+    print(f"\nllamacloud-collector benchmark: {n:,} sessions x {args.runs} runs, {os.cpu_count()} CPUs, "
+          f"simulator in another process\n")
+    width = max(len(r[0]) for r in rows)
+    print(f"| {'measure':<{width}} | collector | SDK peer (one cycle) | peer / collector |")
+    print(f"|{'-' * (width + 2)}|---|---|---|")
+    for name, a, b, ratio in rows:
+        print(f"| {name:<{width}} | {a} | {b} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
