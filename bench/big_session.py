@@ -12,6 +12,7 @@ import time
 
 import httpx
 
+from bench.peer import peak_rss_mb
 from collector.app import CollectorService
 from collector.settings import load_settings
 
@@ -24,12 +25,6 @@ def rss_mb() -> float:
     return 0.0
 
 
-def peak_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 async def run(base_url: str, events: int) -> dict:
@@ -46,7 +41,7 @@ async def run(base_url: str, events: int) -> dict:
     cpu = time.process_time()
     report = await collector.poller.cycle()
     cpu = time.process_time() - cpu
-    peak = peak_mb()
+    peak = peak_rss_mb()
     await collector.stop()
     return {**big, "runs_added": report.runs_added, "result": report.result, "rss_before_mb": before,
             "peak_rss_mb": peak, "cpu_seconds": cpu}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 from collections import Counter
 
@@ -29,6 +28,12 @@ def cycle(client: LlamaCloud) -> dict:
     return {"sessions": sessions, "runs": sum(runs.values()), "tokens": dict(tokens)}
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak (ru_maxrss would carry the parent's across fork and exec)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--base-url", required=True)
@@ -38,7 +43,7 @@ def main() -> None:
     cpu, wall = time.process_time(), time.perf_counter()
     result = cycle(client)
     result.update(cpu_seconds=time.process_time() - cpu, wall_seconds=time.perf_counter() - wall,
-                  peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+                  peak_rss_mb=peak_rss_mb())
     print(json.dumps(result))
 
 

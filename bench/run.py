@@ -15,7 +15,6 @@ import asyncio
 import gzip
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from collector.app import CollectorService  # noqa: E402
 from collector.settings import load_settings  # noqa: E402
+from bench.peer import peak_rss_mb  # noqa: E402
 from tests.stack import free_port, wait_until  # noqa: E402
 
 
@@ -80,7 +80,7 @@ async def collector_phase(sim: str, sessions: int) -> dict:
     httpx.get(sim + "/_sim/touch", params={"fraction": 0.1}, timeout=60)
     out["changed_10pct"] = await measure_cycle(collector, sim)
     out["metrics"] = await asyncio.to_thread(measure_metrics, collector.port)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_mb()
     await collector.stop()
     return out
 

@@ -106,9 +106,10 @@ def _run_record(run_events: Sequence[object], stop: StopEvent,
     calls: list[ToolCallEvent] = []
     results: set[str] = set()
     for event in run_events:
-        if isinstance(event, ToolCallEvent):
+        kind = type(event)
+        if kind is ToolCallEvent:
             calls.append(event)
-        elif isinstance(event, ToolResultEvent):
+        elif kind is ToolResultEvent:
             results.add(event.call_id)
     usage = stop.usage
     failed = stop.failed
@@ -133,20 +134,17 @@ def derive(events: Sequence[object], cursor: int, events_seen: int,
     """
     runs: list[RunRecord] = []
     start = cursor
-    signature = None
     for index in range(cursor, len(events)):
         event = events[index]
-        if isinstance(event, StopEvent):
+        if type(event) is StopEvent:
             runs.append(_run_record(events[start:index], event, classifier))
             start = index + 1
-            signature = stop_signature(event)
-    if signature is None and cursor > 0:
-        last = events[cursor - 1]
-        signature = stop_signature(last) if isinstance(last, StopEvent) else None
+    last = events[start - 1] if start > 0 else None
+    signature = stop_signature(last) if isinstance(last, StopEvent) else None
     in_progress_start = next(
         (i for i in range(start, len(events))
          if isinstance(events[i], PlainEvent) and events[i].type == "user_input"),
         None,
     )
-    counts = Counter(event_label(e) for e in events[events_seen:])
+    counts = Counter(map(event_label, events[events_seen:]))
     return Derivation(tuple(runs), start, len(events), dict(counts), in_progress_start, signature)

@@ -105,33 +105,31 @@ class Poller:
             ids = {s.session_id for s in listed}
             return [s for s in listed if self._wanted(s)], set(self.state.sessions) - ids
 
-        limit = asyncio.Semaphore(self.config.max_concurrency)
         found: list[Summary] = []
         gone: set[str] = set()
         answered = 0
 
         async def one(session_id: str) -> None:
             nonlocal answered
-            async with limit:
-                try:
-                    summary = await self.client.summary(session_id, deadline)
-                except NotFound:
-                    answered += 1
-                    gone.add(session_id)
-                    return
-                except (FetchError, PayloadError) as exc:
-                    if isinstance(exc, AuthError):
-                        raise
-                    report.failed += 1
-                    report.errors.append(str(exc))
-                    return
+            try:
+                summary = await self.client.summary(session_id, deadline)
+            except NotFound:
+                answered += 1
+                gone.add(session_id)
+                return
+            except (FetchError, PayloadError) as exc:
+                if isinstance(exc, AuthError):
+                    raise
+                report.failed += 1
+                report.errors.append(str(exc))
+                return
             answered += 1
             if self._wanted(summary):
                 found.append(summary)
 
         ids = [i for i in self.config.session_ids
                if self.config.total_shards == 1 or shard_of(i, self.config.total_shards) == self.config.shard]
-        await asyncio.gather(*(one(i) for i in ids))
+        await self._pool(one, [(i,) for i in ids])
         if ids and not answered:
             raise FetchError(report.errors[0] if report.errors else "no session answered", endpoint="summary")
         return found, gone
@@ -174,24 +172,21 @@ class Poller:
 
     async def _fetch_all(self, changed: list[tuple[Summary, str]], work: CollectorState,
                          deadline: float, report: CycleReport) -> None:
-        limit = asyncio.Semaphore(self.config.max_concurrency)
-
         async def one(summary: Summary, reason: str) -> None:
             sid = summary.session_id
-            async with limit:
-                try:
-                    session = await self.client.retrieve(sid, deadline)
-                except NotFound:
-                    report.removed += work.drop(sid)
-                    return
-                except PayloadError as exc:
-                    report.invalid += 1
-                    self.log.warning("invalid payload, session skipped this cycle", session_id=sid, error=str(exc))
-                    return
-                except FetchError as exc:
-                    report.failed += 1
-                    report.errors.append(str(exc))
-                    return
+            try:
+                session = await self.client.retrieve(sid, deadline)
+            except NotFound:
+                report.removed += work.drop(sid)
+                return
+            except PayloadError as exc:
+                report.invalid += 1
+                self.log.warning("invalid payload, session skipped this cycle", session_id=sid, error=str(exc))
+                return
+            except FetchError as exc:
+                report.failed += 1
+                report.errors.append(str(exc))
+                return
             self.metrics.fetches.labels(reason).inc()
             report.fetched += 1
             prev = work.sessions.get(sid)
@@ -200,7 +195,17 @@ class Poller:
                 return
             work.put(update_session(prev, session, work.aggregates, self.classifier, self.clock()))
 
-        await asyncio.gather(*(one(s, r) for s, r in changed))
+        await self._pool(one, changed)
+
+    async def _pool(self, work: Callable, items: list) -> None:
+        """Run ``work(*item)`` for every item, ``max_concurrency`` at a time, with that many tasks."""
+        shared = iter(items)
+
+        async def worker() -> None:
+            for item in shared:  # each item is taken once; asyncio switches only at awaits
+                await work(*item)
+
+        await asyncio.gather(*(worker() for _ in range(min(self.config.max_concurrency, len(items)))))
 
     def persist(self) -> bool:
         """Write the committed state; a failure is logged and counted, and retried next cycle."""

@@ -3,7 +3,6 @@
 import asyncio
 import socket
 
-import httpx
 import pytest
 
 from collector.app import SimulatorService
@@ -124,8 +123,7 @@ def test_connect_timeout_on_a_black_hole():
             fillers.append(c)
         sim = SimulatorService(sessions=1, rate=0)
         await sim.start()
-        collector = collector_for(sim, **FAST)
-        collector.client._http.base_url = httpx.URL(f"http://127.0.0.1:{hole.getsockname()[1]}")
+        collector = collector_for(sim, **{**FAST, "base_url": f"http://127.0.0.1:{hole.getsockname()[1]}"})
         await collector.start(schedule=False)
         try:
             report = await collector.poller.cycle()

@@ -102,3 +102,20 @@ def test_timeouts_and_refused_connections():
 def test_proxy_settings_fall_back_to_httpx():
     assert build_transport(8, 5, 30, environ={"HTTPS_PROXY": "http://proxy:3128"}) is None
     assert isinstance(build_transport(8, 5, 30, environ={}), LeanTransport)
+
+
+def test_client_fast_path_builds_the_same_request_line():
+    from collector.llamacloud.client import LlamaCloudClient
+
+    async def scenario():
+        body = b'{"session_id": "a/b", "last_updated_at": "t"}'
+        answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        server, port, requests = await raw_server([answer, answer])
+        client = LlamaCloudClient(base_url=f"http://127.0.0.1:{port}/prefix", api_key="llx-k", project_id="p 1")
+        assert (await client.summary("a/b")).session_id == "a/b"
+        await client.aclose()
+        head = requests[0].decode()
+        assert head.startswith("GET /prefix/api/v1/chat/a%2Fb/summary?project_id=p+1 HTTP/1.1\r\n")
+        assert "Authorization: Bearer llx-k" in head and f"Host: 127.0.0.1:{port}" in head
+        server.close()
+    run_async(scenario())

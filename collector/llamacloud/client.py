@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from urllib.parse import quote, urlencode
 from typing import Protocol, TypeVar
 
 import httpx
@@ -90,15 +91,16 @@ class LlamaCloudClient:
         rng: Callable[[], float] = random.random,
     ) -> None:
         self._params = {k: v for k, v in (("project_id", project_id), ("organization_id", organization_id)) if v}
+        headers = httpx.Headers({"Authorization": f"Bearer {api_key}", "Accept": "application/json",
+                                 "Accept-Encoding": "gzip", "User-Agent": f"llamacloud-collector/{__version__}"})
+        self._lean = build_transport(max_connections, connect_timeout, read_timeout) if transport is None else None
         self._http = httpx.AsyncClient(
-            base_url=base_url,
-            headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json",
-                     "User-Agent": f"llamacloud-collector/{__version__}"},
+            base_url=base_url, headers=headers,
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            transport=transport if transport is not None else build_transport(
-                max_connections, connect_timeout, read_timeout),
+            transport=transport if transport is not None else self._lean,
         )
+        self._base, self._headers = self._http.base_url, headers
         self._observer = observer or NullObserver()
         self._retry = retry
         self._clock, self._wall_clock, self._sleep, self._rng = clock, wall_clock, sleep, rng
@@ -127,10 +129,11 @@ class LlamaCloudClient:
             seen.add(token)
 
     async def summary(self, session_id: str, deadline: float | None = None) -> Summary:
-        return await self._get("summary", f"/api/v1/chat/{session_id}/summary", Summary, deadline)
+        return await self._get("summary", f"/api/v1/chat/{quote(session_id, safe='')}/summary", Summary, deadline)
 
     async def retrieve(self, session_id: str, deadline: float | None = None) -> Session:
-        return await self._get("retrieve", f"/api/v1/chat/{session_id}", Session, deadline, parse=parse_session)
+        return await self._get("retrieve", f"/api/v1/chat/{quote(session_id, safe='')}", Session, deadline,
+                               parse=parse_session)
 
     async def _get(self, endpoint: str, path: str, model: type[M], deadline: float | None,
                    params: dict | None = None, parse: Callable[[bytes], M] | None = None) -> M:
@@ -138,7 +141,7 @@ class LlamaCloudClient:
         while True:
             started = self._clock()
             try:
-                response = await self._http.get(path, params={**self._params, **(params or {})})
+                response = await self._send(path, {**self._params, **(params or {})})
                 body = response.content
             except httpx.TransportError as exc:
                 self._observer.request(endpoint, "error", self._clock() - started)
@@ -163,6 +166,18 @@ class LlamaCloudClient:
                 raise failure
             self._observer.retry(endpoint, reason)
             await self._sleep(delay)
+
+    async def _send(self, path: str, params: dict) -> httpx.Response:
+        """GET through httpx; with the lean transport, straight to it (no client-side URL re-parsing)."""
+        if self._lean is None:
+            return await self._http.send(self._http.build_request("GET", path, params=params))
+        target = self._base.raw_path.rstrip(b"/") + path.encode("ascii")
+        if params:
+            target += b"?" + urlencode(params).encode()
+        request = httpx.Request("GET", self._base.copy_with(raw_path=target), headers=self._headers)
+        response = await self._lean.handle_async_request(request)
+        await response.aread()
+        return response
 
     def _parse(self, endpoint: str, response: httpx.Response, body: bytes, parse: Callable[[bytes], M]) -> M:
         content_type = response.headers.get("content-type", "")

@@ -197,4 +197,4 @@ def parse_session(body: bytes) -> Session:
 
 def event_label(event: Any) -> str:
     """The ``type`` label of ``llamacloud_chat_events_total`` for an event."""
-    return UNKNOWN if isinstance(event, UnknownEvent) else event.type
+    return UNKNOWN if type(event) is UnknownEvent else event.type

@@ -38,18 +38,19 @@ class LeanTransport(httpx.AsyncBaseTransport):
         if scheme == "https":
             context = self._ssl or ssl.create_default_context()
         try:
-            return await asyncio.wait_for(
-                asyncio.open_connection(host, port, ssl=context, server_hostname=host if context else None,
-                                        limit=MAX_HEAD), self._connect_timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self._connect_timeout):
+                return await asyncio.open_connection(host, port, ssl=context,
+                                                     server_hostname=host if context else None, limit=MAX_HEAD)
+        except TimeoutError:
             raise httpx.ConnectTimeout(f"connect to {host}:{port} timed out") from None
         except (OSError, ssl.SSLError) as exc:
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}") from None
 
     async def _read(self, awaitable):
         try:
-            return await asyncio.wait_for(awaitable, self._read_timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self._read_timeout):  # no extra task, unlike wait_for
+                return await awaitable
+        except TimeoutError:
             raise httpx.ReadTimeout("read timed out") from None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
