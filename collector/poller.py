@@ -101,9 +101,8 @@ class Poller:
         """The sessions to watch, and the IDs known to be gone."""
         report = report or CycleReport()
         if self.config.discover:
-            listed = await self.client.list_sessions(deadline)
-            ids = {s.session_id for s in listed}
-            return [s for s in listed if self._wanted(s)], set(self.state.sessions) - ids
+            wanted = [s for s in await self.client.list_sessions(deadline) if self._wanted(s)]
+            return wanted, set(self.state.sessions) - {s.session_id for s in wanted}
 
         found: list[Summary] = []
         gone: set[str] = set()
@@ -148,8 +147,6 @@ class Poller:
             self._finish(report, None, started, wall_start, up=False)
             return report
 
-        if self.config.discover:
-            gone |= set(work.sessions) - {s.session_id for s in targets}
         changed: list[tuple[Summary, str]] = []
         for summary in targets:
             prev = work.sessions.get(summary.session_id)
@@ -205,7 +202,12 @@ class Poller:
             for item in shared:  # each item is taken once; asyncio switches only at awaits
                 await work(*item)
 
-        await asyncio.gather(*(worker() for _ in range(min(self.config.max_concurrency, len(items)))))
+        try:
+            async with asyncio.TaskGroup() as group:  # an error (or a cancel) stops every worker
+                for _ in range(min(self.config.max_concurrency, len(items))):
+                    group.create_task(worker())
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
 
     def persist(self) -> bool:
         """Write the committed state; a failure is logged and counted, and retried next cycle."""

@@ -207,3 +207,22 @@ def test_auth_failure_reports_and_recovers():
         finally:
             await close(sim, collector)
     run_async(scenario())
+
+
+def test_explicit_sessions_with_a_refused_key_fail_the_cycle_cleanly():
+    async def scenario():
+        sim = SimulatorService(world=populate(World(seed=31), 20, 1), rate=0)
+        await sim.start()
+        collector = collector_for(sim, session_ids=list(sim.world.sessions), **FAST)
+        await collector.start(schedule=False)
+        try:
+            sim.api.api_key = "rotated"
+            report = await collector.poller.cycle()
+            calls = sim.api.calls["summary"]
+            await asyncio.sleep(0.2)
+            assert report.result == "failure" and "401" in report.errors[0]
+            assert sim.api.calls["summary"] == calls, "no worker keeps calling after the cycle failed"
+            assert calls <= 8  # one round of workers, not all 20 sessions
+        finally:
+            await close(sim, collector)
+    run_async(scenario())
