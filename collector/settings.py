@@ -203,6 +203,9 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, var in ENV_VARS.items():
         raw = environ.get(var)
+        if raw == "" and name == "shard":
+            raise ConfigError("shard (COLLECTOR_SHARD) is set but empty; on Kubernetes it comes from the pod's "
+                              "apps.kubernetes.io/pod-index label, which needs Kubernetes 1.28 or newer")
         if raw is None or (raw == "" and name != "api_key"):
             continue
         values[name] = [p.strip() for p in raw.split(",") if p.strip()] if name in LIST_FIELDS else raw

@@ -84,6 +84,12 @@ def test_bad_settings_name_the_setting(tmp_path, flags, env, config, fragment):
     assert "llx-secret" not in str(err.value)
 
 
+def test_empty_shard_from_the_downward_api_is_an_error():
+    with pytest.raises(ConfigError, match="needs Kubernetes 1.28"):
+        load_settings({}, {"COLLECTOR_SHARD": "", "COLLECTOR_TOTAL_SHARDS": "3"})
+    assert load_settings({}, {"COLLECTOR_SHARD": "2", "COLLECTOR_TOTAL_SHARDS": "3"}).shard == 2
+
+
 def test_missing_or_unreadable_key(tmp_path):
     with pytest.raises(ConfigError, match="missing API key: set LLAMA_CLOUD_API_KEY"):
         load_settings({}, {}).key()
