@@ -34,7 +34,7 @@ class Histogram:
     def cumulative(self) -> list[tuple[str, int]]:
         """``(le, count)`` pairs as the exposition wants them, ending with +Inf."""
         out, running = [], 0
-        for bound, count in zip((*self.bounds, float("inf")), self.counts):
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
             running += count
             out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
         return out

@@ -112,7 +112,7 @@ class CollectorService:
         if cycle is not None and not cycle.done():
             try:
                 await asyncio.wait_for(asyncio.shield(cycle), SHUTDOWN_GRACE)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 cycle.cancel()  # its work is uncommitted: nothing half-counted survives
             except asyncio.CancelledError:
                 pass

@@ -74,7 +74,7 @@ async def _connection(handler: Handler, reader: asyncio.StreamReader, writer: as
         while True:
             try:
                 parsed = await _read_request(reader, read_timeout)
-            except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                 return
             except (asyncio.LimitOverrunError, ValueError):
                 refusal = text(431, "request too large or malformed")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -16,12 +16,12 @@ def jitter_for(interval: float) -> float:
 
 def start_scheduler(job: Callable[[], Awaitable[None]], interval: float) -> AsyncIOScheduler:
     """Start on the running loop: first run immediately, one at a time, missed runs coalesced."""
-    scheduler = AsyncIOScheduler(timezone=timezone.utc)
+    scheduler = AsyncIOScheduler(timezone=UTC)
     scheduler.add_job(
         job,
-        IntervalTrigger(seconds=interval, jitter=jitter_for(interval), timezone=timezone.utc),
+        IntervalTrigger(seconds=interval, jitter=jitter_for(interval), timezone=UTC),
         id="poll",
-        next_run_time=datetime.now(timezone.utc),
+        next_run_time=datetime.now(UTC),
         max_instances=1,
         coalesce=True,
         misfire_grace_time=max(1, int(interval)),

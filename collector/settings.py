@@ -74,7 +74,7 @@ class ErrorRule(_Strict):
 
 
 def _increasing(values: tuple[float, ...]) -> tuple[float, ...]:
-    if not values or any(b <= a for a, b in zip(values, values[1:])):
+    if not values or any(b <= a for a, b in zip(values, values[1:], strict=False)):
         raise ValueError("buckets must be a non-empty, strictly increasing list")
     return values
 

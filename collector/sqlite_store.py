@@ -48,7 +48,7 @@ def encode_session(s: SessionState) -> str:
 
 
 def decode_session(text: str) -> SessionState:
-    data = dict(zip(SESSION_FIELDS, json.loads(text)))
+    data = dict(zip(SESSION_FIELDS, json.loads(text), strict=True))
     data["index_ids"] = tuple(data["index_ids"])
     data["job"] = JobMetadata(**data["job"]) if data["job"] else None
     data["high_water"] = tuple(data["high_water"]) if data["high_water"] else None

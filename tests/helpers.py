@@ -52,7 +52,7 @@ def _hist(values: Iterable[float], bounds: tuple[float, ...], name: str, **label
         counts[bisect.bisect_left(bounds, v)] += 1
     out: Samples = {}
     running = 0
-    for bound, count in zip((*bounds, float("inf")), counts):
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
         running += count
         le = "+Inf" if bound == float("inf") else repr(float(bound))
         out[(name + "_bucket", frozenset({**labels, "le": le}.items()))] = running

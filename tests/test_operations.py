@@ -3,12 +3,10 @@
 import asyncio
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest

@@ -70,8 +70,8 @@ def test_demo_serves_every_chat_family_and_passes_promtool(tmp_path):
                  "tokens_total", "run_turns_count", "run_tool_calls_count", "tool_calls_total",
                  "skipped_index_queries_total", "events_total", "runs_in_progress",
                  "session_info", "session_runs_total", "session_last_run_duration_seconds"):
-        lines = [l for l in text.splitlines() if l.startswith("llamacloud_chat_" + name)]
-        assert lines and any(float(l.rsplit(" ", 1)[1]) > 0 for l in lines), name
+        lines = [line for line in text.splitlines() if line.startswith("llamacloud_chat_" + name)]
+        assert lines and any(float(line.rsplit(" ", 1)[1]) > 0 for line in lines), name
     exposition = tmp_path / "metrics.txt"
     exposition.write_text(text)
     result = subprocess.run([require("promtool"), "check", "metrics"], stdin=exposition.open(),

@@ -133,7 +133,7 @@ def _event_tag(value: Any) -> str:
 
 
 Event = Annotated[
-    Union[
+    Union[  # noqa: UP007 - one member per line reads better
         Annotated[PlainEvent, Tag("plain")],
         Annotated[ToolCallEvent, Tag("tool_call")],
         Annotated[ToolResultEvent, Tag("tool_result")],

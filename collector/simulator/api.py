@@ -12,7 +12,7 @@ import json
 from collections import Counter, deque
 from dataclasses import dataclass
 
-from collector.httpserver import Request, Response, text
+from collector.httpserver import Request, Response
 from collector.simulator.world import World
 
 FAULT_KINDS = ("status", "reset", "cut", "bad_json", "html", "content_type", "slow", "gone", "shrink",

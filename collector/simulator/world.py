@@ -14,7 +14,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 TOOLS = ("search_index", "retrieve_page", "calculator", "web_lookup", "summarize", "sql_query")
 ERROR_MESSAGES: dict[str, tuple[str, ...]] = {
@@ -92,7 +92,7 @@ class World:
 
     def _touch(self, session: SimSession) -> None:
         self._last_ts = max(self.clock(), self._last_ts + 1e-6)
-        session.last_updated_at = datetime.fromtimestamp(self._last_ts, timezone.utc).isoformat()
+        session.last_updated_at = datetime.fromtimestamp(self._last_ts, UTC).isoformat()
         session._detail = None
 
     def _append(self, session: SimSession, events: list[dict]) -> None:
