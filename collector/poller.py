@@ -190,7 +190,8 @@ class Poller:
             if prev is not None and _older(session.last_updated_at, prev):
                 self.log.info("stale read ignored; refetched next cycle", session_id=sid)
                 return
-            work.put(update_session(prev, session, work.aggregates, self.classifier, self.clock()))
+            work.put(update_session(prev, session, work.aggregates, self.classifier, self.clock(),
+                                    listed_at=summary.last_updated_at))
 
         await self._pool(one, changed)
 

@@ -51,7 +51,7 @@ class SessionState:
 
 
 def update_session(prev: SessionState | None, session: Session, aggregates: Aggregates,
-                   classifier: ErrorClassifier, now: float) -> SessionState:
+                   classifier: ErrorClassifier, now: float, listed_at: str | None = None) -> SessionState:
     """Count what is new in ``session`` into ``aggregates``; return the session's new state.
 
     A history that shrank, or whose last counted ``stop`` changed, is a reset:
@@ -59,6 +59,8 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
     already counted, so no counter goes backwards and nothing is counted twice.
     The old position is kept as a high-water mark: if the longer history comes
     back (a transient short read), counting resumes from where it was.
+    ``listed_at`` is the ``last_updated_at`` the listing showed: the key change
+    detection compares next cycle, whatever format or later value retrieve gave.
     """
     events = session.events
     base = prev or SessionState(session.session_id, session.last_updated_at)
@@ -79,7 +81,7 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
         since = base.in_progress_since if same_run and base.in_progress_since else now
     return replace(
         base,
-        last_updated_at=session.last_updated_at,
+        last_updated_at=listed_at or session.last_updated_at,
         updated_ts=parse_timestamp(session.last_updated_at),
         title=session.generated_title,
         shared_access=session.shared_access,

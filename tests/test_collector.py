@@ -239,3 +239,25 @@ def test_api_down_sets_up_to_zero_and_keeps_serving():
         finally:
             await collector.stop()
     run_async(scenario())
+
+
+def test_timestamp_format_differences_do_not_defeat_change_detection():
+    async def scenario():
+        sim, collector = await started(sessions=5, runs=2)
+        try:
+            original = sim.api._answer
+
+            def retrieve_in_z_format(endpoint, parts, request):
+                response = original(endpoint, parts, request)
+                if endpoint == "retrieve":  # same instant, another spelling than the listing
+                    response.body = response.body.replace(b'+00:00"', b'Z"')
+                return response
+            sim.api._answer = retrieve_in_z_format
+            await collector.poller.cycle()
+            fetched = sim.api.calls["retrieve"]
+            await collector.poller.cycle()
+            assert sim.api.calls["retrieve"] == fetched  # the idle cycle fetched nothing
+            assert_matches_truth(await scrape(collector.port), sim)
+        finally:
+            await stop(sim, collector)
+    run_async(scenario())

@@ -26,6 +26,8 @@ async def raw_server(answers):
                 return
             writer.write(answer)
             await writer.drain()
+            if answer.startswith(b"HTTP/1.0"):
+                break  # an HTTP/1.0 server closes after each answer
         writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
@@ -117,5 +119,24 @@ def test_client_fast_path_builds_the_same_request_line():
         head = requests[0].decode()
         assert head.startswith("GET /prefix/api/v1/chat/a%2Fb/summary?project_id=p+1 HTTP/1.1\r\n")
         assert "Authorization: Bearer llx-k" in head and f"Host: 127.0.0.1:{port}" in head
+        server.close()
+    run_async(scenario())
+
+
+def test_http_1_0_servers_gzip_and_no_content_type_are_understood():
+    import gzip
+
+    from collector.llamacloud.client import LlamaCloudClient
+
+    async def scenario():
+        body = gzip.compress(b'{"session_id": "s", "last_updated_at": "t"}')
+        answers = [b"HTTP/1.0 200 OK\r\nContent-Encoding: gzip\r\n\r\n" + body,  # no length, no type: read to EOF
+                   b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + gzip.decompress(body)]
+        server, port, requests = await raw_server(answers)
+        client = LlamaCloudClient(base_url=f"http://127.0.0.1:{port}", api_key="k")
+        assert (await client.summary("s")).session_id == "s"
+        assert (await client.summary("s")).last_updated_at == "t"  # a new connection: 1.0 closed the first
+        await client.aclose()
+        assert b"Accept-Encoding: gzip" in requests[0]
         server.close()
     run_async(scenario())

@@ -181,7 +181,7 @@ class LlamaCloudClient:
 
     def _parse(self, endpoint: str, response: httpx.Response, body: bytes, parse: Callable[[bytes], M]) -> M:
         content_type = response.headers.get("content-type", "")
-        if "json" not in content_type:
+        if content_type and "json" not in content_type:  # an error page; no header at all is tried as JSON
             self._observer.invalid_payload(endpoint)
             raise PayloadError(f"{endpoint}: expected JSON, got content type {content_type or 'none'!r}",
                                endpoint=endpoint)
