@@ -143,6 +143,10 @@ class LlamaCloudClient:
             try:
                 response = await self._send(path, {**self._params, **(params or {})})
                 body = response.content
+            except httpx.DecodingError as exc:  # a body that claims gzip and is not
+                self._observer.request(endpoint, "error", self._clock() - started)
+                self._observer.invalid_payload(endpoint)
+                raise PayloadError(f"{endpoint}: undecodable body: {exc}", endpoint=endpoint) from None
             except httpx.TransportError as exc:
                 self._observer.request(endpoint, "error", self._clock() - started)
                 reason = "timeout" if isinstance(exc, httpx.TimeoutException) else "transport"
