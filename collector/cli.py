@@ -96,6 +96,9 @@ def _flags(args: argparse.Namespace, exclude: Sequence[str] = ()) -> dict[str, A
 async def _until_signalled(*services: Any) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    log = structlog.get_logger("collector")
+    loop.set_exception_handler(lambda _, context: log.error(
+        "unhandled error in the event loop", error=repr(context.get("exception")), message=context.get("message")))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
@@ -195,3 +198,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 1
     except KeyboardInterrupt:
         return 0
+    except Exception:  # a bug: one redacted log line with the traceback, not a raw dump
+        structlog.get_logger("collector").exception("fatal error")
+        return 1

@@ -36,6 +36,16 @@ class Redactor:
         return self.scrub(event_dict)
 
 
+class _ToStructlog(logging.Handler):
+    """Routes stdlib logging (APScheduler, asyncio) through structlog: same format, same redaction."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = record.getMessage()
+        if record.exc_info:
+            event += "\n" + logging.Formatter().formatException(record.exc_info)
+        structlog.get_logger(record.name).log(record.levelno, event)
+
+
 def configure(level: str = "info", fmt: str | None = None, secrets: Iterable[str] = (),
               stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
@@ -55,3 +65,6 @@ def configure(level: str = "info", fmt: str | None = None, secrets: Iterable[str
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+    root = logging.getLogger()
+    root.handlers = [_ToStructlog()]
+    root.setLevel(logging.WARNING)  # APScheduler's per-run info lines would only repeat the cycle log

@@ -94,3 +94,18 @@ def test_logs_redact_the_key_everywhere():
     assert "llx-topsecret" not in out and "Bearer abc" not in out
     first = json.loads(out.splitlines()[0])
     assert first["url"] == "https://x/?k=[REDACTED]" and first["headers"]["Authorization"] == "[REDACTED]"
+
+
+def test_stdlib_logging_goes_through_the_same_redaction():
+    import logging
+
+    stream = io.StringIO()
+    logs.configure("info", "json", ["llx-topsecret"], stream=stream)
+    logging.getLogger("apscheduler.executors").warning("job raised: key llx-topsecret")
+    try:
+        raise ValueError("llx-topsecret")
+    except ValueError:
+        logging.getLogger("asyncio").error("task failed", exc_info=True)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert lines[0]["event"] == "job raised: key [REDACTED]" and lines[0]["level"] == "warning"
+    assert "llx-topsecret" not in stream.getvalue() and "ValueError" in lines[1]["event"]
