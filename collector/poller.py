@@ -101,7 +101,12 @@ class Poller:
         """The sessions to watch, and the IDs known to be gone."""
         report = report or CycleReport()
         if self.config.discover:
-            wanted = [s for s in await self.client.list_sessions(deadline) if self._wanted(s)]
+            listing = await self.client.list_sessions(deadline)
+            if listing.unreadable:
+                report.invalid += len(listing.unreadable)
+                self.log.warning("unreadable sessions in the listing, skipped this cycle",
+                                 count=len(listing.unreadable), session_ids=listing.unreadable[:10])
+            wanted = [s for s in listing.sessions if self._wanted(s)]
             return wanted, set(self.state.sessions) - {s.session_id for s in wanted}
 
         found: list[Summary] = []
@@ -149,9 +154,11 @@ class Poller:
 
         changed: list[tuple[Summary, str]] = []
         for summary in targets:
-            prev = work.sessions.get(summary.session_id)
+            prev = work.known(summary.session_id)
             if is_unchanged(prev, summary):
                 report.unchanged += 1
+                if summary.session_id not in work.sessions:
+                    work.put(prev)  # back in the listing, unchanged: watched again as it was
             else:
                 changed.append((summary, "new" if prev is None else "changed"))
         self.metrics.unchanged.inc(report.unchanged)
@@ -186,7 +193,7 @@ class Poller:
                 return
             self.metrics.fetches.labels(reason).inc()
             report.fetched += 1
-            prev = work.sessions.get(sid)
+            prev = work.known(sid)
             if prev is not None and _older(session.last_updated_at, prev):
                 self.log.info("stale read ignored; refetched next cycle", session_id=sid)
                 return

@@ -32,6 +32,7 @@ SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (session_id TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS retired (position INTEGER PRIMARY KEY, session_id TEXT NOT NULL, state TEXT NOT NULL);
 """
 SESSION_FIELDS = [f.name for f in fields(SessionState)]
 
@@ -116,11 +117,13 @@ class SqliteStore:
             self.full_rewrite = True
             return CollectorState(Aggregates(self.buckets, self.label_limit), floor=aggregates)
         sessions = {sid: decode_session(text) for sid, text in self.db.execute("SELECT session_id, state FROM sessions")}
+        retired = {sid: decode_session(text) for sid, text in
+                   self.db.execute("SELECT session_id, state FROM retired ORDER BY position")}
         self.full_rewrite = False
         self.log.info("state loaded", path=str(self.path), sessions=len(sessions))
-        return CollectorState(aggregates, sessions, synced=meta["synced"] == "1",
-                              floor=Aggregates.from_dict(json.loads(meta["floor"]), self.buckets, self.label_limit)
-                              if meta.get("floor") else None)
+        floor = Aggregates.from_dict(json.loads(meta["floor"]), self.buckets, self.label_limit) \
+            if meta.get("floor") else None
+        return CollectorState(aggregates, sessions, synced=meta["synced"] == "1", floor=floor, retired=retired)
 
     def save(self, state: CollectorState) -> None:
         try:
@@ -143,6 +146,10 @@ class SqliteStore:
                 rows = [state.sessions[s] for s in state.changed if s in state.sessions]
             db.executemany("INSERT OR REPLACE INTO sessions VALUES (?, ?)",
                            [(s.session_id, encode_session(s)) for s in rows])
+            if self.full_rewrite or state.retired_changed:
+                db.execute("DELETE FROM retired")
+                db.executemany("INSERT INTO retired VALUES (?, ?, ?)",
+                               [(i, sid, encode_session(r)) for i, (sid, r) in enumerate(state.retired.items())])
             meta = {"schema_version": str(SCHEMA_VERSION), "fingerprint": self.fingerprint,
                     "synced": "1" if state.synced else "0", "saved_at": str(self.clock()),
                     "aggregates": json.dumps(state.aggregates.to_dict()),

@@ -104,6 +104,9 @@ def is_unchanged(prev: SessionState | None, summary: Summary) -> bool:
     return prev is not None and prev.last_updated_at == summary.last_updated_at
 
 
+RETIRED_LIMIT = 10_000
+
+
 @dataclass
 class CollectorState:
     aggregates: Aggregates
@@ -111,23 +114,38 @@ class CollectorState:
     synced: bool = False
     floor: Aggregates | None = None
     """Stored aggregates to raise to once a re-derivation (new buckets or rules) has synced."""
+    retired: dict[str, SessionState] = field(default_factory=dict)
+    """Sessions no longer listed, most recent last: one that comes back resumes from its cursor
+    instead of being counted again (a listing that skipped it, a summary that did not validate)."""
     changed: set[str] = field(default_factory=set)
     removed: set[str] = field(default_factory=set)
+    retired_changed: bool = False
 
     def begin(self) -> CollectorState:
-        """A working copy for one cycle; session states are immutable, so a shallow dict copy."""
-        return CollectorState(self.aggregates.copy(), dict(self.sessions), self.synced, self.floor)
+        """A working copy for one cycle; session states are immutable, so shallow dict copies."""
+        return CollectorState(self.aggregates.copy(), dict(self.sessions), self.synced, self.floor,
+                              dict(self.retired))
+
+    def known(self, session_id: str) -> SessionState | None:
+        return self.sessions.get(session_id) or self.retired.get(session_id)
 
     def put(self, session: SessionState) -> None:
         self.sessions[session.session_id] = session
         self.changed.add(session.session_id)
         self.removed.discard(session.session_id)
+        if self.retired.pop(session.session_id, None) is not None:
+            self.retired_changed = True
 
     def drop(self, session_id: str) -> bool:
         self.changed.discard(session_id)
-        if self.sessions.pop(session_id, None) is None:
+        state = self.sessions.pop(session_id, None)
+        if state is None:
             return False
         self.removed.add(session_id)
+        self.retired[session_id] = replace(state, title=None, job=None)
+        while len(self.retired) > RETIRED_LIMIT:
+            del self.retired[next(iter(self.retired))]
+        self.retired_changed = True
         return True
 
     def mark_synced(self) -> None:

@@ -49,8 +49,8 @@ def test_list_follows_page_tokens_and_passes_project():
     pages = Recorder(ok({"items": [SUMMARY], "next_page_token": "t1"}),
                      ok({"items": [{**SUMMARY, "session_id": "s2"}], "next_page_token": None}))
     client, _, registry = make(pages)
-    items = run_async(client.list_sessions())
-    assert [s.session_id for s in items] == ["s1", "s2"]
+    listing = run_async(client.list_sessions())
+    assert [s.session_id for s in listing.sessions] == ["s1", "s2"] and listing.unreadable == []
     first, second = pages.requests
     assert first.url.params["page_size"] == "100" and "page_token" not in first.url.params
     assert second.url.params["page_token"] == "t1" and second.url.params["project_id"] == "p1"

@@ -261,3 +261,34 @@ def test_timestamp_format_differences_do_not_defeat_change_detection():
         finally:
             await stop(sim, collector)
     run_async(scenario())
+
+
+def test_a_session_missing_from_one_listing_is_not_counted_twice():
+    async def scenario():
+        sim, collector = await started(sessions=6, runs=3)
+        try:
+            await collector.poller.cycle()
+            hidden = next(s for s in sim.world.sessions.values() if s.pending is None)
+            original = sim.api._answer
+
+            def listing_without(endpoint, parts, request):  # a listing that skips one session
+                response = original(endpoint, parts, request)
+                if endpoint == "list":
+                    response.body = response.body.replace(hidden.session_id.encode(), b"x" * 8)
+                    response.body = response.body.replace(b'"session_id": "xxxxxxxx", ', b'"session_id": 7, ')
+                return response
+            sim.api._answer = listing_without
+            report = await collector.poller.cycle()
+            samples = await scrape(collector.port)
+            assert report.invalid == 1 and value(samples, "llamacloud_collector_sessions_watched") == 5
+            assert value(samples, "llamacloud_collector_invalid_payloads_total", endpoint="list") == 1
+            sim.api._answer = original
+            await collector.poller.cycle()  # back, unchanged: restored without a fetch
+            sim.world.add_run(hidden)
+            await collector.poller.cycle()  # back and changed: resumes from its cursor
+            samples = await scrape(collector.port)
+            assert_matches_truth(samples, sim)
+            assert value(samples, "llamacloud_collector_sessions_watched") == 6
+        finally:
+            await stop(sim, collector)
+    run_async(scenario())

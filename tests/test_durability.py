@@ -57,6 +57,9 @@ def test_restart_with_state_keeps_counters_and_fetches_only_changed(tmp_path):
         assert_matches_truth(samples, sim)
         assert value(samples, "llamacloud_collector_sessions_watched") == 19
         await second.stop()
+        with sqlite3.connect(db) as conn:  # the deleted session is kept as retired, should it come back
+            assert conn.execute("SELECT count(*) FROM retired").fetchone()[0] == 1
+            assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == 19
         await sim.stop()
     run_async(scenario())
 

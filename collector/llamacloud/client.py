@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from collector import __version__
 from collector.errors import AuthError, FetchError, NotFound, PayloadError
-from collector.llamacloud.models import Session, SessionPage, Summary, parse_session
+from collector.llamacloud.models import Session, SessionPage, Summary, parse_page, parse_session
 from collector.llamacloud.transport import build_transport
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
@@ -56,6 +56,13 @@ class RetryPolicy:
     def backoff(self, attempt: int, rng: Callable[[], float]) -> float:
         """Full jitter: uniform in [0, min(max_delay, base * 2**attempt))."""
         return rng() * min(self.max_delay, self.base_delay * (2**attempt))
+
+
+@dataclass
+class Listing:
+    sessions: list[Summary]
+    unreadable: list[str]
+    """Items of the listing that did not validate (their ID, or "?")."""
 
 
 def retry_after(value: str | None, now: float) -> float | None:
@@ -114,18 +121,21 @@ class LlamaCloudClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def list_sessions(self, deadline: float | None = None) -> list[Summary]:
+    async def list_sessions(self, deadline: float | None = None) -> Listing:
         """Every session of the project, following ``next_page_token``."""
-        items: list[Summary] = []
+        listing = Listing([], [])
         token: str | None = None
         seen: set[str] = set()
         while True:
             params = {"page_size": PAGE_SIZE, **({"page_token": token} if token else {})}
-            page = await self._get("list", "/api/v1/chat", SessionPage, deadline, params)
-            items.extend(page.items)
+            page = await self._get("list", "/api/v1/chat", SessionPage, deadline, params, parse=parse_page)
+            listing.sessions.extend(page.items)
+            listing.unreadable.extend(page.unreadable)
+            for _ in page.unreadable:
+                self._observer.invalid_payload("list")
             token = page.next_page_token
             if not token or token in seen:
-                return items
+                return listing
             seen.add(token)
 
     async def summary(self, session_id: str, deadline: float | None = None) -> Summary:

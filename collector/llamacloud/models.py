@@ -14,7 +14,8 @@ import json
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Tag, TypeAdapter, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Tag, TypeAdapter, ValidationError,
+                      model_validator)
 from pydantic.dataclasses import dataclass
 
 LEAN_THRESHOLD = 1 << 20
@@ -160,6 +161,29 @@ class Session(Summary):
 class SessionPage(_Payload):
     items: Annotated[tuple[Summary, ...], BeforeValidator(_none_to_empty)] = ()
     next_page_token: str | None = None
+    unreadable: tuple[str, ...] = ()
+    """IDs (or "?") of items that did not validate; the rest of the page still counts."""
+
+
+class _RawPage(_Payload):
+    items: Annotated[tuple[Any, ...], BeforeValidator(_none_to_empty)] = ()
+    next_page_token: str | None = None
+
+
+def parse_page(body: bytes) -> SessionPage:
+    """A ``list`` page; one bad item is skipped and reported, not the whole page."""
+    try:
+        return SessionPage.model_validate_json(body)
+    except ValidationError:
+        raw = _RawPage.model_validate_json(body)  # a broken page itself still raises
+    items, unreadable = [], []
+    for item in raw.items:
+        try:
+            items.append(Summary.model_validate(item))
+        except ValidationError:
+            sid = item.get("session_id") if isinstance(item, dict) else None
+            unreadable.append(sid if isinstance(sid, str) else "?")
+    return SessionPage(items=tuple(items), next_page_token=raw.next_page_token, unreadable=tuple(unreadable))
 
 
 _EVENTS_KEY = re.compile(r'"events"\s*:\s*\[')
