@@ -130,8 +130,9 @@ class SimulatorService:
     """The fake API with live traffic: ``rate`` world ticks per second."""
 
     def __init__(self, *, sessions: int = 40, runs: int = 3, seed: int = 1, rate: float = 2.0,
-                 api_key: str = "simulator", world: World | None = None) -> None:
+                 api_key: str = "simulator", world: World | None = None, address: str = "127.0.0.1:0") -> None:
         self.world = world or populate(World(seed=seed), sessions, runs)
+        self.address = address
         self.faults = Faults()
         self.api = SimulatorApi(self.world, api_key, self.faults)
         self.rate = rate
@@ -153,8 +154,10 @@ class SimulatorService:
             if not self.api.paused:
                 self.world.tick()
 
-    async def start(self, address: str = "127.0.0.1:0") -> None:
-        self.server = await listen(self.api, address)
+    async def start(self) -> None:
+        self.server = await listen(self.api, self.address)
+        structlog.get_logger("simulator").info("simulator listening", url=self.base_url,
+                                               sessions=len(self.world.sessions))
         if self.rate > 0:
             self._traffic = asyncio.create_task(self._run_traffic())
 

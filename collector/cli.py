@@ -132,18 +132,9 @@ async def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 async def _simulate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     sim = SimulatorService(sessions=args.sessions, runs=args.runs, seed=args.seed, rate=args.rate,
-                           api_key=environ.get("LLAMA_CLOUD_API_KEY") or "simulator")
-
-    class _Bound:
-        async def start(self) -> None:
-            await sim.start(f"{args.host}:{args.port}")
-            structlog.get_logger("simulator").info("simulator listening", url=f"http://{args.host}:{sim.port}",
-                                                   sessions=len(sim.world.sessions))
-
-        async def stop(self) -> None:
-            await sim.stop()
-
-    await _until_signalled(_Bound())
+                           api_key=environ.get("LLAMA_CLOUD_API_KEY") or "simulator",
+                           address=f"{args.host}:{args.port}")
+    await _until_signalled(sim)
     return 0
 
 

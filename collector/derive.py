@@ -125,6 +125,14 @@ def _run_record(run_events: Sequence[object], stop: StopEvent,
     )
 
 
+def finished_prefix(events: Sequence[object]) -> int:
+    """Index just past the last ``stop``: the length of the history's finished runs."""
+    for index in range(len(events) - 1, -1, -1):
+        if type(events[index]) is StopEvent:
+            return index + 1
+    return 0
+
+
 def derive(events: Sequence[object], cursor: int, events_seen: int,
            classifier: ErrorClassifier) -> Derivation:
     """Derive the runs finished in ``events[cursor:]``.

@@ -116,9 +116,10 @@ class SqliteStore:
             self.log.warning("buckets or rules changed; re-deriving every session, counters kept")
             self.full_rewrite = True
             return CollectorState(Aggregates(self.buckets, self.label_limit), floor=aggregates)
-        sessions = {sid: decode_session(text) for sid, text in self.db.execute("SELECT session_id, state FROM sessions")}
-        retired = {sid: decode_session(text) for sid, text in
-                   self.db.execute("SELECT session_id, state FROM retired ORDER BY position")}
+        def states(query: str) -> dict[str, SessionState]:
+            return {sid: decode_session(text) for sid, text in self.db.execute(query)}
+        sessions = states("SELECT session_id, state FROM sessions")
+        retired = states("SELECT session_id, state FROM retired ORDER BY position")
         self.full_rewrite = False
         self.log.info("state loaded", path=str(self.path), sessions=len(sessions))
         floor = Aggregates.from_dict(json.loads(meta["floor"]), self.buckets, self.label_limit) \

@@ -14,7 +14,7 @@ from datetime import datetime, UTC
 from typing import Protocol
 
 from collector.aggregates import Aggregates
-from collector.derive import ErrorClassifier, derive, history_intact
+from collector.derive import ErrorClassifier, derive, finished_prefix, history_intact
 from collector.llamacloud.models import JobMetadata, Session, Summary
 
 
@@ -70,7 +70,7 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
     elif prev is not None and not history_intact(events, cursor, seen, prev.stop_signature):
         aggregates.history_resets += 1
         high_water = high_water or (cursor, seen, prev.stop_signature)
-        cursor = derive(events, 0, len(events), classifier).cursor
+        cursor = finished_prefix(events)
         seen = len(events)
     result = derive(events, cursor, seen, classifier)
     aggregates.add_runs(result.runs)
@@ -185,7 +185,7 @@ def take_snapshot(state: CollectorState, poll: PollStatus, series_limit: int) ->
     since = [s.in_progress_since for s in sessions if s.in_progress_since is not None]
     return Snapshot(
         ready=state.synced,
-        aggregates=state.aggregates.copy(),
+        aggregates=state.aggregates,  # committed state is never mutated; each cycle works on a copy
         sessions=tuple(shown),
         sessions_watched=len(state.sessions),
         sessions_over_limit=max(0, len(state.sessions) - series_limit),

@@ -14,7 +14,9 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, UTC
+from datetime import UTC, datetime
+
+from collector.llamacloud.models import KNOWN_EVENT_TYPES, UNKNOWN
 
 TOOLS = ("search_index", "retrieve_page", "calculator", "web_lookup", "summarize", "sql_query")
 ERROR_MESSAGES: dict[str, tuple[str, ...]] = {
@@ -32,8 +34,6 @@ QUESTIONS = ("What were Q3 revenues by region?", "Summarise the onboarding polic
              "Which contracts renew next month?", "Compare the two pricing proposals.",
              "List the open incidents for the payments service.")
 UNKNOWN_TYPE = "citation"
-KNOWN_TYPES = frozenset({"user_input", "thinking_delta", "thinking", "text_delta", "text", "tool_call",
-                         "tool_result", "stop"})
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ class World:
         session.events.extend(events)
         for event in events:
             kind = event["type"]
-            self.events[kind if kind in KNOWN_TYPES else "_unknown"] += 1
+            self.events[kind if kind in KNOWN_EVENT_TYPES else UNKNOWN] += 1
 
     def new_session(self, runs: int = 0) -> SimSession:
         rng = self.rng
