@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 from collector.derive import RunRecord
 
 OTHER_LABEL = "_other"
+MAX_LABEL_LENGTH = 128
+"""A tool name or index ID longer than this is not a name but a payload; it counts as ``_other``."""
 
 
 class Histogram:
@@ -57,10 +60,11 @@ class BoundedLabels:
     def __call__(self, value: str) -> str:
         if value in self.admitted:
             return value
-        if len(self.admitted) < self.limit:
+        if len(self.admitted) < self.limit and len(value) <= MAX_LABEL_LENGTH:
             self.admitted.add(value)
             return value
-        self.dropped.add(value)
+        if len(value) <= MAX_LABEL_LENGTH:
+            self.dropped.add(value)
         return OTHER_LABEL
 
 
@@ -84,6 +88,7 @@ class Aggregates:
     tool_calls: Counter = field(default_factory=Counter)
     skipped_index_queries: Counter = field(default_factory=Counter)
     events: Counter = field(default_factory=Counter)
+    invalid_values: Counter = field(default_factory=Counter)
     history_resets: int = 0
     duration: Histogram = field(init=False)
     tokens: dict[str, Histogram] = field(init=False)
@@ -106,6 +111,7 @@ class Aggregates:
 
     def add_runs(self, runs: Iterable[RunRecord]) -> None:
         for run in runs:
+            self.invalid_values.update(run.refused)
             self.runs["error" if run.failed else "success"] += 1
             if run.failed:
                 self.errors[run.error_type] += 1
@@ -166,9 +172,10 @@ class Aggregates:
         agg = cls(buckets, label_limit)
         for name in COUNTERS:
             target = getattr(agg, name)
-            for key, value in data[name]:
+            for key, value in data.get(name, ()):  # a family added since the file was written starts at 0
                 target[tuple(key) if isinstance(key, list) else key] = value
         agg.history_resets = data["history_resets"]
+        _check_counts(data)
 
         def hist(d: dict) -> Histogram:
             h = Histogram(d["bounds"])
@@ -182,4 +189,14 @@ class Aggregates:
         return agg
 
 
-COUNTERS = ("runs", "errors", "tokens_total", "tool_calls", "skipped_index_queries", "events")
+def _check_counts(data: dict) -> None:
+    """A stored count that is negative or not finite is a corrupt file (or one written before values
+    were checked): raise, so the store is moved aside and rebuilt from the API."""
+    numbers = [v for name in COUNTERS for _, v in data.get(name, ())] + [data["history_resets"]]
+    for h in (data["duration"], data["turns"], data["tool_calls_per_run"], *data["tokens"].values()):
+        numbers += [*h["counts"], h["total"]]
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in numbers):
+        raise ValueError("stored aggregates hold a negative or non-finite count")
+
+
+COUNTERS = ("runs", "errors", "tokens_total", "tool_calls", "skipped_index_queries", "events", "invalid_values")

@@ -14,9 +14,12 @@ import httpx
 import structlog
 from prometheus_client import CollectorRegistry, ProcessCollector
 
+from aiohttp import web
+
+from collector.auth import WebConfig
 from collector.derive import ErrorClassifier
 from collector.errors import ConfigError
-from collector.httpserver import HttpServer, serve
+from collector.listener import Listener, serve
 from collector.llamacloud.client import LlamaCloudClient
 from collector.metrics import SelfMetrics, SnapshotCollector
 from collector.poller import PollConfig, Poller
@@ -27,7 +30,6 @@ from collector.simulator.api import Faults, SimulatorApi
 from collector.simulator.world import World, populate
 from collector.sqlite_store import SqliteStore
 from collector.state import MemoryStore, StateStore
-from collector.webconfig import WebConfig
 
 SHUTDOWN_GRACE = 5.0
 
@@ -47,14 +49,14 @@ def build_client(settings: Settings, api_key: str, observer=None,
         base_url=settings.base_url, api_key=api_key, project_id=settings.project_id,
         organization_id=settings.organization_id, connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout, max_connections=settings.max_concurrency,
-        transport=transport, observer=observer,
+        max_response_bytes=settings.max_response_bytes, transport=transport, observer=observer,
     )
 
 
-async def listen(handler, address: str, **kwargs) -> HttpServer:
+async def listen(app: web.Application, address: str, **kwargs) -> Listener:
     host, port = split_listen(address)
     try:
-        return await serve(handler, host, port, **kwargs)
+        return await serve(app, host, port, **kwargs)
     except OSError as exc:
         raise ConfigError(f"listen: cannot listen on {address}: {exc.strerror or exc}") from None
 
@@ -76,9 +78,9 @@ class CollectorService:
         self.poller = Poller(self.client, store or MemoryStore(), poll_config(settings), ErrorClassifier(rules),
                              self.self_metrics, clock=clock)
         self.registry.register(SnapshotCollector(
-            lambda: self.poller.snapshot, clock=clock, expose_titles=settings.expose_titles,
+            lambda: self.poller.snapshot, interval=settings.interval, expose_titles=settings.expose_titles,
             shard=settings.shard, total_shards=settings.total_shards))
-        self.server: HttpServer | None = None
+        self.server: Listener | None = None
         self.scheduler = None
         self._cycle: asyncio.Task | None = None
 
@@ -90,14 +92,16 @@ class CollectorService:
         self._cycle = asyncio.current_task()
         try:
             await self.poller.cycle()
-        except Exception:  # a bug must not stop the loop; it is logged with its traceback
-            self.log.exception("poll cycle crashed")
+        except asyncio.CancelledError:  # shutdown abandoned the cycle: nothing of it was committed
+            self.log.info("poll cycle abandoned at shutdown; its work was not committed")
+        except Exception as exc:  # noqa: BLE001 - a bug must not stop the loop: one line, no dump
+            self.log.error("poll cycle crashed", error=f"{type(exc).__name__}: {str(exc)[:300]}")
         finally:
             self._cycle = None
 
     async def start(self, schedule: bool = True) -> None:
         endpoints = Endpoints(self.registry, self.poller, self.settings.interval, self.web)
-        self.server = await listen(endpoints, self.settings.listen, ssl_context=self.web.ssl_context)
+        self.server = await listen(endpoints.app(), self.settings.listen, ssl_context=self.web.ssl_context)
         self.log.info("collector started", listen=self.settings.listen, port=self.port,
                       base_url=self.settings.base_url, discover=self.settings.discovery,
                       interval=self.settings.interval, tls=self.web.ssl_context is not None)
@@ -110,16 +114,15 @@ class CollectorService:
             self.scheduler.pause()
         cycle = self._cycle
         if cycle is not None and not cycle.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(cycle), SHUTDOWN_GRACE)
-            except TimeoutError:
+            done, _ = await asyncio.wait({cycle}, timeout=SHUTDOWN_GRACE)
+            if not done:
                 cycle.cancel()  # its work is uncommitted: nothing half-counted survives
-            except asyncio.CancelledError:
-                pass
+                await asyncio.wait({cycle}, timeout=SHUTDOWN_GRACE)
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         if self.server is not None:
-            self.server.close()
+            await self.server.close()
+        self.web.close()
         await self.client.aclose()
         self.poller.persist()
         self.poller.store.close()
@@ -136,7 +139,7 @@ class SimulatorService:
         self.faults = Faults()
         self.api = SimulatorApi(self.world, api_key, self.faults)
         self.rate = rate
-        self.server: HttpServer | None = None
+        self.server: Listener | None = None
         self._traffic: asyncio.Task | None = None
 
     @property
@@ -155,7 +158,7 @@ class SimulatorService:
                 self.world.tick()
 
     async def start(self) -> None:
-        self.server = await listen(self.api, self.address)
+        self.server = await listen(self.api.app(), self.address, max_connections=4096)
         structlog.get_logger("simulator").info("simulator listening", url=self.base_url,
                                                sessions=len(self.world.sessions))
         if self.rate > 0:
@@ -165,4 +168,4 @@ class SimulatorService:
         if self._traffic is not None:
             self._traffic.cancel()
         if self.server is not None:
-            self.server.close()
+            await self.server.close()

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from collector.llamacloud.models import (
+    INVALID,
+    MEASURES,
     PlainEvent,
     StopEvent,
     ToolCallEvent,
@@ -23,6 +25,8 @@ from collector.llamacloud.models import (
 )
 
 OTHER_ERROR = "_OTHER"
+CLASSIFIED_PREFIX = 4096
+"""Only the start of an error text is matched: a megabyte of text costs no more than this."""
 
 DEFAULT_ERROR_RULES: tuple[tuple[str, str], ...] = (
     ("timeout", r"time[d ]?\s?out|timeout|deadline exceeded"),
@@ -43,6 +47,7 @@ class ErrorClassifier:
 
     def classify(self, error: str | None) -> str:
         if error:
+            error = error[:CLASSIFIED_PREFIX]
             for name, pattern in self.rules:
                 if pattern.search(error):
                     return name
@@ -67,6 +72,8 @@ class RunRecord:
     turns: int | None
     tool_calls: tuple[ToolCall, ...]
     skipped_index_ids: tuple[str, ...]
+    refused: tuple[str, ...] = ()
+    """Usage fields the API sent with an impossible value (now unknown), for ``invalid_values_total``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,15 +120,20 @@ def _run_record(run_events: Sequence[object], stop: StopEvent,
             results.add(event.call_id)
     usage = stop.usage
     failed = stop.failed
+    refused = tuple(name for name in MEASURES if getattr(usage, name) is INVALID)
+    duration_ms, input_tokens, output_tokens, turns = (
+        None if value is INVALID else value
+        for value in (usage.duration_ms, usage.total_input_tokens, usage.total_output_tokens, usage.turns))
     return RunRecord(
         failed=failed,
         error_type=classifier.classify(stop.error) if failed else None,
-        duration_seconds=None if usage.duration_ms is None else usage.duration_ms / 1000.0,
-        input_tokens=usage.total_input_tokens,
-        output_tokens=usage.total_output_tokens,
-        turns=usage.turns,
+        duration_seconds=None if duration_ms is None else duration_ms / 1000.0,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        turns=turns,
         tool_calls=tuple(ToolCall(c.name, c.call_id in results) for c in calls),
         skipped_index_ids=tuple(stop.skipped_index_ids),
+        refused=refused,
     )
 
 

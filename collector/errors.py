@@ -25,9 +25,9 @@ class ConfigError(CollectorError):
 class FetchError(CollectorError):
     """The API could not be reached, or answered with an error status."""
 
-    def __init__(self, message: str, *, endpoint: str, status: int | None = None) -> None:
+    def __init__(self, message: str, *, operation: str, status: int | None = None) -> None:
         super().__init__(message)
-        self.endpoint = endpoint
+        self.operation = operation
         self.status = status
 
 
@@ -42,9 +42,9 @@ class NotFound(FetchError):
 class PayloadError(CollectorError):
     """The API answered 2xx with a body that does not validate."""
 
-    def __init__(self, message: str, *, endpoint: str) -> None:
+    def __init__(self, message: str, *, operation: str) -> None:
         super().__init__(message)
-        self.endpoint = endpoint
+        self.operation = operation
 
 
 class StateError(CollectorError):

@@ -31,15 +31,15 @@ class SelfMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         p = "llamacloud_collector_"
-        self.api_requests = Counter(p + "api_requests", "API requests by endpoint and HTTP status "
-                                    "(error for transport failures).", ["endpoint", "code"], registry=registry)
-        self.api_duration = Histogram(p + "api_request_duration_seconds", "API request latency.",
-                                      ["endpoint"], registry=registry,
+        self.api_requests = Counter(p + "api_requests", "API requests by operation and HTTP status "
+                                    "(error for transport and protocol failures).", ["operation", "code"], registry=registry)
+        self.api_duration = Histogram(p + "api_request_duration_seconds", "API request latency, whole exchange.",
+                                      ["operation"], registry=registry,
                                       buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-        self.api_retries = Counter(p + "api_retries", "API requests retried, by endpoint and reason.",
-                                   ["endpoint", "reason"], registry=registry)
+        self.api_retries = Counter(p + "api_retries", "API requests retried, by operation and reason.",
+                                   ["operation", "reason"], registry=registry)
         self.invalid_payloads = Counter(p + "invalid_payloads", "API answers that failed validation.",
-                                        ["endpoint"], registry=registry)
+                                        ["operation"], registry=registry)
         self.polls = Counter(p + "polls", "Poll cycles by result.", ["result"], registry=registry)
         self.fetches = Counter(p + "session_fetches", "Sessions retrieved, by reason.", ["reason"],
                                registry=registry)
@@ -51,18 +51,18 @@ class SelfMetrics:
             self.polls.labels(result)
         for reason in ("new", "changed"):
             self.fetches.labels(reason)
-        for endpoint in ("list", "summary", "retrieve"):
-            self.invalid_payloads.labels(endpoint)
+        for operation in ("list", "summary", "retrieve"):
+            self.invalid_payloads.labels(operation)
 
-    def request(self, endpoint: str, code: str, seconds: float) -> None:
-        self.api_requests.labels(endpoint, code).inc()
-        self.api_duration.labels(endpoint).observe(seconds)
+    def request(self, operation: str, code: str, seconds: float) -> None:
+        self.api_requests.labels(operation, code).inc()
+        self.api_duration.labels(operation).observe(seconds)
 
-    def retry(self, endpoint: str, reason: str) -> None:
-        self.api_retries.labels(endpoint, reason).inc()
+    def retry(self, operation: str, reason: str) -> None:
+        self.api_retries.labels(operation, reason).inc()
 
-    def invalid_payload(self, endpoint: str) -> None:
-        self.invalid_payloads.labels(endpoint).inc()
+    def invalid_payload(self, operation: str) -> None:
+        self.invalid_payloads.labels(operation).inc()
 
 
 def _histogram(name: str, doc: str, labels: list[str], series: list[tuple[list[str], Hist]]) -> Metric:
@@ -87,10 +87,10 @@ def _gauge(name: str, doc: str, value: float | None, labels: dict[str, str] | No
 
 
 class SnapshotCollector(Collector):
-    def __init__(self, snapshot: Callable[[], Snapshot], *, clock: Callable[[], float],
-                 expose_titles: bool = False, shard: int = 0, total_shards: int = 1) -> None:
+    def __init__(self, snapshot: Callable[[], Snapshot], *,
+                 interval: float, expose_titles: bool = False, shard: int = 0, total_shards: int = 1) -> None:
         self._snapshot = snapshot
-        self._clock = clock
+        self._interval = interval
         self._expose_titles = expose_titles
         self._shard = (shard, total_shards)
 
@@ -111,6 +111,10 @@ class SnapshotCollector(Collector):
                      poll.last_success)
         yield _gauge(p + "poll_duration_seconds", "Duration of the last poll cycle.", poll.duration)
         yield _gauge(p + "sessions_watched", "Sessions this collector watches.", snap.sessions_watched)
+        yield _gauge(p + "poll_interval_seconds", "The configured poll interval (--interval).", self._interval)
+        yield _counter(p + "invalid_values", "Values refused from otherwise valid payloads (negative, NaN, "
+                       "infinite, over 2^53), by field; the run's field is unknown.", ["field"],
+                       snap.aggregates.invalid_values)
         yield _counter(p + "history_resets", "Session histories that shrank or changed and were re-synced.",
                        [], {(): snap.aggregates.history_resets})
         dropped = GaugeMetricFamily(p + "series_dropped", "Sessions or label values over a limit, "
@@ -129,9 +133,9 @@ class SnapshotCollector(Collector):
         yield _counter(p + "run_errors", "Failed chat runs by classified error type.", ["error_type"], a.errors)
         yield _histogram(p + "run_duration_seconds", "Duration of finished chat runs.", [],
                          [([], a.duration)])
-        yield _histogram(p + "run_tokens", "Tokens per finished chat run.", ["type"],
+        yield _histogram(p + "run_tokens", "Tokens per finished chat run.", ["token_type"],
                          [([kind], hist) for kind, hist in sorted(a.tokens.items())])
-        yield _counter(p + "tokens", "Tokens used by finished chat runs.", ["type"], a.tokens_total)
+        yield _counter(p + "tokens", "Tokens used by finished chat runs.", ["token_type"], a.tokens_total)
         yield _histogram(p + "run_turns", "Turns per finished chat run.", [], [([], a.turns)])
         yield _histogram(p + "run_tool_calls", "Tool calls per finished chat run.", [],
                          [([], a.tool_calls_per_run)])
@@ -139,13 +143,12 @@ class SnapshotCollector(Collector):
                        ["tool", "outcome"], a.tool_calls)
         yield _counter(p + "skipped_index_queries", "Index queries a run could not make.", ["index_id"],
                        a.skipped_index_queries)
-        yield _counter(p + "events", "Chat events by type.", ["type"], a.events)
+        yield _counter(p + "events", "Chat events by type.", ["event_type"], a.events)
         yield _gauge(p + "runs_in_progress", "Sessions whose history ends in an unfinished run.",
                      snap.runs_in_progress)
-        oldest = snap.oldest_in_progress_since
-        yield _gauge(p + "oldest_run_in_progress_seconds", "Age of the oldest unfinished run, "
-                     "from when the collector first saw it start.",
-                     max(0.0, self._clock() - oldest) if oldest is not None else 0.0)
+        yield _gauge(p + "oldest_run_in_progress_seen_timestamp_seconds", "When the collector first saw the "
+                     "oldest unfinished run (events carry no timestamps); absent when none is in progress.",
+                     snap.oldest_in_progress_since)
 
     def _session_families(self, sessions: tuple[SessionState, ...]) -> Iterator[Metric]:
         p = "llamacloud_chat_session_"
@@ -156,11 +159,11 @@ class SnapshotCollector(Collector):
         runs = CounterMetricFamily(p + "runs", "Finished runs of the session by outcome.",
                                    labels=["session_id", "outcome"])
         tokens = CounterMetricFamily(p + "tokens", "Tokens used by the session's finished runs.",
-                                     labels=["session_id", "type"])
+                                     labels=["session_id", "token_type"])
         duration = GaugeMetricFamily(p + "last_run_duration_seconds", "Duration of the last run "
                                      "(job_metadata).", labels=["session_id"])
         last_tokens = GaugeMetricFamily(p + "last_run_tokens", "Tokens of the last run (job_metadata).",
-                                        labels=["session_id", "type"])
+                                        labels=["session_id", "token_type"])
         turns = GaugeMetricFamily(p + "last_run_turns", "Turns of the last run (job_metadata).",
                                   labels=["session_id"])
         error = GaugeMetricFamily(p + "last_run_error", "1 when the last run failed (job_metadata).",

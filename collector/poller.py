@@ -135,7 +135,7 @@ class Poller:
                if self.config.total_shards == 1 or shard_of(i, self.config.total_shards) == self.config.shard]
         await self._pool(one, [(i,) for i in ids])
         if ids and not answered:
-            raise FetchError(report.errors[0] if report.errors else "no session answered", endpoint="summary")
+            raise FetchError(report.errors[0] if report.errors else "no session answered", operation="summary")
         return found, gone
 
     async def cycle(self) -> CycleReport:
@@ -145,12 +145,15 @@ class Poller:
         report = CycleReport()
         work = self.state.begin()
         try:
-            targets, gone = await self.discover(deadline, report)
+            async with asyncio.timeout(max(0.0, deadline - started)):
+                targets, gone = await self.discover(deadline, report)
         except (FetchError, PayloadError) as exc:
-            report.result = "failure"
-            report.errors.append(str(exc))
-            self._finish(report, None, started, wall_start, up=False)
-            return report
+            return self._failed(report, str(exc), started, wall_start)
+        except TimeoutError:
+            return self._failed(report, "discovery did not finish by the cycle deadline", started, wall_start)
+        except Exception as exc:  # noqa: BLE001 - whatever the listing does, the loop goes on
+            return self._failed(report, f"discovery failed: {type(exc).__name__}: {str(exc)[:200]}",
+                                started, wall_start)
 
         changed: list[tuple[Summary, str]] = []
         for summary in targets:
@@ -174,33 +177,50 @@ class Poller:
         self._finish(report, work, started, wall_start, up=True)
         return report
 
+    def _failed(self, report: CycleReport, error: str, started: float, wall_start: float) -> CycleReport:
+        report.result = "failure"
+        report.errors.append(error)
+        self._finish(report, None, started, wall_start, up=False)
+        return report
+
     async def _fetch_all(self, changed: list[tuple[Summary, str]], work: CollectorState,
                          deadline: float, report: CycleReport) -> None:
+        pending = {summary.session_id for summary, _ in changed}
+
         async def one(summary: Summary, reason: str) -> None:
             sid = summary.session_id
             try:
                 session = await self.client.retrieve(sid, deadline)
+                self.metrics.fetches.labels(reason).inc()
+                report.fetched += 1
+                prev = work.known(sid)
+                if prev is not None and _older(session.last_updated_at, prev):
+                    self.log.info("stale read ignored; refetched next cycle", session_id=sid)
+                else:
+                    work.put(update_session(prev, session, work.aggregates, self.classifier, self.clock(),
+                                            listed_at=summary.last_updated_at))
             except NotFound:
                 report.removed += work.drop(sid)
-                return
             except PayloadError as exc:
                 report.invalid += 1
                 self.log.warning("invalid payload, session skipped this cycle", session_id=sid, error=str(exc))
-                return
             except FetchError as exc:
                 report.failed += 1
                 report.errors.append(str(exc))
-                return
-            self.metrics.fetches.labels(reason).inc()
-            report.fetched += 1
-            prev = work.known(sid)
-            if prev is not None and _older(session.last_updated_at, prev):
-                self.log.info("stale read ignored; refetched next cycle", session_id=sid)
-                return
-            work.put(update_session(prev, session, work.aggregates, self.classifier, self.clock(),
-                                    listed_at=summary.last_updated_at))
+            except Exception as exc:  # noqa: BLE001 - one session's answer must never stop the others
+                report.invalid += 1
+                self.metrics.invalid_payload("retrieve")
+                self.log.error("session not counted this cycle", session_id=sid,
+                               error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            pending.discard(sid)  # not on cancellation: an unfinished fetch counts as failed
 
-        await self._pool(one, changed)
+        try:
+            async with asyncio.timeout(max(0.0, deadline - self.monotonic())):
+                await self._pool(one, changed)
+        except TimeoutError:
+            report.failed += len(pending)
+            report.errors.append(f"cycle deadline reached with {len(pending)} sessions not fetched; "
+                                 "they are fetched next cycle")
 
     async def _pool(self, work: Callable, items: list) -> None:
         """Run ``work(*item)`` for every item, ``max_concurrency`` at a time, with that many tasks."""

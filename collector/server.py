@@ -1,52 +1,143 @@
-"""The collector's endpoints: /metrics, /healthz, /readyz and a status page at /.
+"""The collector's endpoints on ``aiohttp.web``: /metrics, /healthz, /readyz and a status page at /.
 
 Every answer is built from the latest snapshot; nothing here touches the API,
-so a scrape never waits on it.
+so a scrape never waits on it. ``/metrics`` is rendered once per snapshot,
+format and encoding, then served from that cache; a client that does not read
+its answer is dropped after ``SEND_TIMEOUT``. ``/healthz`` and ``/readyz``
+need no auth (kubelet probes carry none); ``/metrics`` and ``/`` do when the
+web config sets users.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import html
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
+import structlog
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from collector import __version__
-from collector.httpserver import Request, Response, text
+from collector.auth import WebConfig
 from collector.poller import Poller
-from collector.webconfig import WebConfig
 
 STALE_INTERVALS = 3
+SEND_TIMEOUT = 10.0
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+def _quality(params: str) -> float:
+    for param in params.split(";"):
+        key, _, raw = param.partition("=")
+        if key.strip().lower() == "q":
+            try:
+                return float(raw.strip())
+            except ValueError:
+                return 0.0
+    return 1.0
+
+
+def accepts_gzip(header: str) -> bool:
+    """Whether an ``Accept-Encoding`` value admits gzip, honouring q-values (``gzip;q=0`` means no).
+
+    aiohttp parses the request; this only reads the one header value it hands over.
+    """
+    named: float | None = None
+    wildcard: float | None = None
+    for item in header.split(","):
+        coding, _, params = item.partition(";")
+        coding = coding.strip().lower()
+        if coding in ("gzip", "x-gzip"):
+            named = max(named or 0.0, _quality(params))
+        elif coding == "*":
+            wildcard = _quality(params)
+    quality = named if named is not None else wildcard
+    return quality is not None and quality > 0
+
+
+class MetricsCache:
+    """``/metrics`` bodies for one snapshot, by content type and encoding."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.snapshot: object = None
+        self.bodies: dict[tuple[str, bool], bytes] = {}
+        self.renders = 0
+
+    def body(self, snapshot: object, accept: str, gzipped: bool) -> tuple[bytes, str]:
+        if snapshot is not self.snapshot:
+            self.snapshot, self.bodies = snapshot, {}
+        encoder, content_type = choose_encoder(accept)
+        key = (content_type, gzipped)
+        body = self.bodies.get(key)
+        if body is None:
+            plain = self.bodies.get((content_type, False))
+            if plain is None:
+                plain = self.bodies[(content_type, False)] = encoder(self.registry)
+                self.renders += 1
+            body = self.bodies[key] = gzip.compress(plain, compresslevel=5) if gzipped else plain
+        return body, content_type
 
 
 class Endpoints:
-    def __init__(self, registry: CollectorRegistry, poller: Poller, interval: float, web: WebConfig,
+    def __init__(self, registry: CollectorRegistry, poller: Poller, interval: float, web_config: WebConfig,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.registry, self.poller, self.interval, self.web = registry, poller, interval, web
+        self.poller, self.interval, self.web = poller, interval, web_config
+        self.cache = MetricsCache(registry)
         self.monotonic = monotonic
         self.started = monotonic()
+        self.log = structlog.get_logger("collector.server")
 
-    async def __call__(self, request: Request) -> Response:
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._guard], client_max_size=1024)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/", self.index)
+        return app
+
+    @web.middleware
+    async def _guard(self, request: web.Request,
+                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        """Auth where it applies, the configured headers on every answer, and no traceback for a bug."""
         self.web.refresh()
-        if not self.web.authorized(request.headers.get("authorization")):
-            response = text(401, "unauthorized")
-            response.headers["WWW-Authenticate"] = 'Basic realm="llamacloud-collector"'
-            return response
-        route = {"/metrics": self.metrics, "/healthz": self.healthz, "/readyz": self.readyz,
-                 "/": self.index}.get(request.path.rstrip("/") or "/")
-        return route(request) if route else text(404, "not found")
+        try:
+            if request.path not in OPEN_PATHS and not await self.web.authorized(request.headers.get("Authorization")):
+                response: web.StreamResponse = web.Response(
+                    status=401, text="unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="llamacloud-collector"'})
+            else:
+                response = await handler(request)
+        except web.HTTPException as exc:  # 404, 405: aiohttp answers them; they carry the headers too
+            exc.headers.update(self.web.headers)
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug here is one log line and a 500, never a dump
+            self.log.error("request failed", path=request.path[:100], error=f"{type(exc).__name__}: {exc}"[:300])
+            response = web.Response(status=500, text="internal error\n")
+        if not response.prepared:
+            response.headers.update(self.web.headers)
+        return response
 
-    def metrics(self, request: Request) -> Response:
-        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        body = encoder(self.registry)
-        headers = {"Vary": "Accept, Accept-Encoding"}
-        if "gzip" in request.headers.get("accept-encoding", ""):
-            body = gzip.compress(body, compresslevel=5)
-            headers["Content-Encoding"] = "gzip"
-        return Response(200, body, content_type, headers)
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        gzipped = accepts_gzip(request.headers.get("Accept-Encoding", ""))
+        body, content_type = self.cache.body(self.poller.snapshot, request.headers.get("Accept", ""), gzipped)
+        response = web.StreamResponse(headers={"Content-Type": content_type, "Vary": "Accept, Accept-Encoding",
+                                               **({"Content-Encoding": "gzip"} if gzipped else {}),
+                                               **self.web.headers})
+        response.content_length = len(body)
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await response.prepare(request)
+                if request.method != "HEAD":
+                    await response.write(body)
+                await response.write_eof()
+        except TimeoutError:  # a client that does not read: let go of it
+            if request.transport is not None:
+                request.transport.abort()
+        return response
 
     def alive(self) -> bool:
         """False when no cycle has started or finished for 3 intervals: a stuck loop."""
@@ -54,13 +145,15 @@ class Endpoints:
         last = max(marks) if marks else self.started
         return self.monotonic() - last <= STALE_INTERVALS * self.interval + 5
 
-    def healthz(self, _: Request) -> Response:
-        return text(200, "ok") if self.alive() else text(503, "poll loop stuck")
+    async def healthz(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok\n") if self.alive() else web.Response(status=503, text="poll loop stuck\n")
 
-    def readyz(self, _: Request) -> Response:
-        return text(200, "ready") if self.poller.snapshot.ready else text(503, "first sync not finished")
+    async def readyz(self, _: web.Request) -> web.Response:
+        if self.poller.snapshot.ready:
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="first sync not finished\n")
 
-    def index(self, _: Request) -> Response:
+    async def index(self, _: web.Request) -> web.Response:
         snap = self.poller.snapshot
         poll = snap.poll
         rows = [
@@ -82,4 +175,4 @@ class Endpoints:
             "<p><a href='/metrics'>/metrics</a> · <a href='/healthz'>/healthz</a> · "
             "<a href='/readyz'>/readyz</a></p></body></html>"
         )
-        return Response(200, page.encode(), "text/html; charset=utf-8")
+        return web.Response(text=page, content_type="text/html")

@@ -7,7 +7,9 @@ a key file, and never appears in a message.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from collector.aggregates import Buckets
 from collector.derive import DEFAULT_ERROR_RULES
 from collector.errors import ConfigError
+from collector.llamacloud.bounds import DEFAULT_MAX_RESPONSE_BYTES
 
 DEFAULT_BASE_URL = "https://api.cloud.llamaindex.ai"
 
@@ -45,6 +48,7 @@ ENV_VARS: dict[str, str] = {
     "connect_timeout": "COLLECTOR_CONNECT_TIMEOUT",
     "read_timeout": "COLLECTOR_READ_TIMEOUT",
     "label_value_limit": "COLLECTOR_LABEL_VALUE_LIMIT",
+    "max_response_bytes": "COLLECTOR_MAX_RESPONSE_BYTES",
 }
 CONFIG_ENV = "COLLECTOR_CONFIG"
 LIST_FIELDS = frozenset({"session_ids", "index_ids"})
@@ -118,6 +122,7 @@ class Settings(BaseSettings):
     connect_timeout: float = Field(default=5.0, gt=0)
     read_timeout: float = Field(default=30.0, gt=0)
     label_value_limit: int = Field(default=50, ge=1)
+    max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=65536, le=1 << 34)
     error_rules: tuple[ErrorRule, ...] = tuple(ErrorRule(type=t, pattern=p) for t, p in DEFAULT_ERROR_RULES)
     buckets: BucketSettings = BucketSettings()
 
@@ -150,23 +155,61 @@ class Settings(BaseSettings):
                              f"(--total-shards, COLLECTOR_TOTAL_SHARDS): {self.shard} >= {self.total_shards}")
         return self
 
+    @field_validator("state_path")
+    @classmethod
+    def _state_path(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            problem = state_path_problem(value)
+            if problem:
+                raise ValueError(problem)
+        return value
+
     @property
     def discovery(self) -> bool:
         return self.discover if self.discover is not None else not self.session_ids
 
     def key(self) -> str:
-        """The API key, or a ConfigError that says where to put one."""
-        if self.api_key is not None and self.api_key.get_secret_value().strip():
-            return self.api_key.get_secret_value().strip()
+        """The API key, or a ConfigError that says where to put one. An explicit key file wins."""
         if self.api_key_file is not None:
             try:
-                text = self.api_key_file.read_text().strip()
+                text = self.api_key_file.read_bytes().decode("utf-8").strip()
             except OSError as exc:
-                raise ConfigError(f"api_key_file: cannot read {self.api_key_file}: {exc.strerror}") from None
-            if text:
-                return text
-            raise ConfigError(f"api_key_file: {self.api_key_file} is empty")
+                raise ConfigError(f"api_key_file (--api-key-file, COLLECTOR_API_KEY_FILE): cannot read "
+                                  f"{self.api_key_file}: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                text = "\x80"  # not UTF-8: refused below as not header-safe
+            if not text:
+                raise ConfigError(f"api_key_file (--api-key-file, COLLECTOR_API_KEY_FILE): "
+                                  f"{self.api_key_file} is empty")
+            return _header_safe(text, f"the key in {self.api_key_file}")
+        if self.api_key is not None and self.api_key.get_secret_value().strip():
+            return _header_safe(self.api_key.get_secret_value().strip(), "LLAMA_CLOUD_API_KEY")
         raise ConfigError("missing API key: set LLAMA_CLOUD_API_KEY or COLLECTOR_API_KEY_FILE (--api-key-file)")
+
+
+def _header_safe(key: str, where: str) -> str:
+    """The key goes into an Authorization header: printable ASCII without spaces, or a ConfigError."""
+    if not all(33 <= ord(c) <= 126 for c in key):
+        raise ConfigError(f"api key: {where} holds characters that cannot go in an HTTP header "
+                          "(spaces, control characters or non-ASCII); the key is not shown")
+    return key
+
+
+def state_path_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be the state file: it must be a regular file, or absent in a directory."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None if path.parent.is_dir() else f"directory {path.parent} does not exist"
+    except OSError as exc:
+        return f"cannot inspect {path}: {exc.strerror}"
+    if stat.S_ISLNK(mode):
+        return f"{path} is a symbolic link; give the real file's path"
+    if stat.S_ISDIR(mode):
+        return f"{path} is a directory; give a file path inside it, e.g. {path / 'state.db'}"
+    if not stat.S_ISREG(mode):
+        return f"{path} is not a regular file"
+    return None
 
 
 def split_listen(value: str) -> tuple[str, int]:

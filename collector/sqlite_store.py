@@ -25,6 +25,7 @@ import structlog
 
 from collector.aggregates import Aggregates, Buckets
 from collector.errors import ConfigError, StateError
+from collector.settings import state_path_problem
 from collector.llamacloud.models import JobMetadata
 from collector.state import CollectorState, SessionState
 
@@ -59,9 +60,9 @@ def decode_session(text: str) -> SessionState:
 class SqliteStore:
     def __init__(self, path: Path, buckets: Buckets, rules: list[tuple[str, str]], label_limit: int,
                  clock=time.time) -> None:
-        if not path.parent.is_dir():
-            raise ConfigError(f"state_path (--state-path, COLLECTOR_STATE_PATH): directory {path.parent} "
-                              "does not exist")
+        problem = state_path_problem(path)
+        if problem:
+            raise ConfigError(f"state_path (--state-path, COLLECTOR_STATE_PATH): {problem}")
         self.path, self.buckets, self.label_limit, self.clock = path, buckets, label_limit, clock
         self.fingerprint = fingerprint(buckets, rules, label_limit)
         self.log = structlog.get_logger("collector.state")
@@ -82,7 +83,7 @@ class SqliteStore:
         aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
         for suffix in ("", "-wal", "-shm"):
             source = Path(str(self.path) + suffix)
-            if source.exists():
+            if source.is_file() and not source.is_symlink():  # only regular files are ever moved
                 os.replace(source, Path(str(aside) + suffix))
         self.log.error("state file unreadable; moved aside, resyncing from the API",
                        path=str(self.path), moved_to=str(aside), reason=reason)
@@ -158,7 +159,11 @@ class SqliteStore:
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # a failed COMMIT may have ended it already; keep the real error
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
             raise
         self.full_rewrite = False
 

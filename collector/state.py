@@ -65,14 +65,22 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
     events = session.events
     base = prev or SessionState(session.session_id, session.last_updated_at)
     cursor, seen, high_water = base.cursor, base.events_seen, base.high_water
+    reset = False
     if high_water is not None and history_intact(events, *high_water):
         cursor, seen, high_water = high_water[0], high_water[1], None
     elif prev is not None and not history_intact(events, cursor, seen, prev.stop_signature):
-        aggregates.history_resets += 1
+        reset = True
         high_water = high_water or (cursor, seen, prev.stop_signature)
         cursor = finished_prefix(events)
         seen = len(events)
     result = derive(events, cursor, seen, classifier)
+    job = session.job_metadata
+    refused = job.refused() if job is not None else ()
+    # Everything above only reads; the counting below cannot fail half way.
+    aggregates.history_resets += reset
+    if refused:
+        aggregates.invalid_values.update(f"job_metadata.{name}" for name in refused)
+        job = job.checked()
     aggregates.add_runs(result.runs)
     aggregates.add_events(result.event_counts)
     since = None
@@ -86,7 +94,7 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
         title=session.generated_title,
         shared_access=session.shared_access,
         index_ids=tuple(sorted(session.index_ids)),
-        job=session.job_metadata,
+        job=job,
         cursor=result.cursor,
         events_seen=result.events_seen,
         stop_signature=result.stop_signature,

@@ -11,10 +11,17 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector.app import CollectorService, SimulatorService
-from collector.settings import DURATION_BUCKETS, TOKEN_BUCKETS, TOOL_CALL_BUCKETS, TURN_BUCKETS, load_settings
+from collector.settings import load_settings
 from collector.simulator.world import RunTruth
 
 Samples = dict[tuple[str, frozenset], float]
+
+# The default buckets as DESIGN §5 writes them, typed out here rather than imported from the code under test,
+# so a wrong default bucket fails the truth comparison.
+DURATION_BUCKETS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 51.2, 102.4, 204.8, 409.6, 600, 1200)
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+TURN_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+TOOL_CALL_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128)
 
 
 def parse(text: str) -> Samples:
@@ -73,8 +80,8 @@ def expected(runs: list[RunTruth], events: Counter) -> Samples:
                      p + "run_duration_seconds"))
     for kind, attr in (("input", "input_tokens"), ("output", "output_tokens")):
         values = [getattr(r, attr) for r in runs if getattr(r, attr) is not None]
-        out.update(_hist(values, TOKEN_BUCKETS, p + "run_tokens", type=kind))
-        out[(p + "tokens_total", frozenset({"type": kind}.items()))] = sum(values)
+        out.update(_hist(values, TOKEN_BUCKETS, p + "run_tokens", token_type=kind))
+        out[(p + "tokens_total", frozenset({"token_type": kind}.items()))] = sum(values)
     out.update(_hist([r.turns for r in runs if r.turns is not None], TURN_BUCKETS, p + "run_turns"))
     out.update(_hist([len(r.tool_calls) for r in runs], TOOL_CALL_BUCKETS, p + "run_tool_calls"))
     calls = Counter((name, "result" if ok else "no_result") for r in runs for name, ok in r.tool_calls)
@@ -83,7 +90,7 @@ def expected(runs: list[RunTruth], events: Counter) -> Samples:
     for index_id, n in Counter(i for r in runs for i in r.skipped_index_ids).items():
         out[(p + "skipped_index_queries_total", frozenset({"index_id": index_id}.items()))] = n
     for kind, n in events.items():
-        out[(p + "events_total", frozenset({"type": kind}.items()))] = n
+        out[(p + "events_total", frozenset({"event_type": kind}.items()))] = n
     return out
 
 

@@ -56,7 +56,7 @@ def test_list_follows_page_tokens_and_passes_project():
     assert second.url.params["page_token"] == "t1" and second.url.params["project_id"] == "p1"
     assert first.headers["authorization"] == "Bearer llx-key"
     assert registry.get_sample_value("llamacloud_collector_api_requests_total",
-                                     {"endpoint": "list", "code": "200"}) == 2
+                                     {"operation": "list", "code": "200"}) == 2
 
 
 def test_429_honours_retry_after_then_succeeds():
@@ -65,9 +65,9 @@ def test_429_honours_retry_after_then_succeeds():
     summary = run_async(client.summary("s1"))
     assert summary.session_id == "s1" and sleeps == [7.0]
     assert registry.get_sample_value("llamacloud_collector_api_retries_total",
-                                     {"endpoint": "summary", "reason": "429"}) == 1
+                                     {"operation": "summary", "reason": "429"}) == 1
     assert registry.get_sample_value("llamacloud_collector_api_requests_total",
-                                     {"endpoint": "summary", "code": "429"}) == 1
+                                     {"operation": "summary", "code": "429"}) == 1
 
 
 def test_retry_after_http_date():
@@ -89,9 +89,9 @@ def test_transport_errors_retry_and_are_counted_as_error():
     run_async(client.summary("s1"))
     assert len(sleeps) == 2
     assert registry.get_sample_value("llamacloud_collector_api_requests_total",
-                                     {"endpoint": "summary", "code": "error"}) == 2
+                                     {"operation": "summary", "code": "error"}) == 2
     assert registry.get_sample_value("llamacloud_collector_api_retries_total",
-                                     {"endpoint": "summary", "reason": "timeout"}) == 1
+                                     {"operation": "summary", "reason": "timeout"}) == 1
 
 
 @pytest.mark.parametrize("status,error", [(401, AuthError), (403, AuthError), (404, NotFound), (500, FetchError)])
@@ -130,7 +130,7 @@ def test_bad_payloads_raise_payload_error_and_are_counted(response, fragment):
     client, _, registry = make(Recorder(response))
     with pytest.raises(PayloadError, match=fragment):
         run_async(client.retrieve("s1"))
-    assert registry.get_sample_value("llamacloud_collector_invalid_payloads_total", {"endpoint": "retrieve"}) == 1
+    assert registry.get_sample_value("llamacloud_collector_invalid_payloads_total", {"operation": "retrieve"}) == 1
 
 
 def test_retrieve_parses_events_tolerantly():
@@ -149,4 +149,4 @@ def test_a_body_that_claims_gzip_and_is_not_is_an_invalid_payload():
     client, sleeps, registry = make(bad)
     with pytest.raises(PayloadError, match="undecodable"):
         run_async(client.retrieve("s1"))
-    assert registry.get_sample_value("llamacloud_collector_invalid_payloads_total", {"endpoint": "retrieve"}) == 1
+    assert registry.get_sample_value("llamacloud_collector_invalid_payloads_total", {"operation": "retrieve"}) == 1

@@ -128,7 +128,7 @@ def test_per_session_series_match_each_session():
                 assert value(samples, "llamacloud_chat_session_runs_total", session_id=s.session_id,
                              outcome="error") == sum(r.failed for r in truth)
                 assert value(samples, "llamacloud_chat_session_tokens_total", session_id=s.session_id,
-                             type="input") == sum(r.input_tokens for r in truth)
+                             token_type="input") == sum(r.input_tokens for r in truth)
                 job = s.job_metadata
                 assert value(samples, "llamacloud_chat_session_last_run_error",
                              session_id=s.session_id) == float(job["is_error"])
@@ -281,7 +281,7 @@ def test_a_session_missing_from_one_listing_is_not_counted_twice():
             report = await collector.poller.cycle()
             samples = await scrape(collector.port)
             assert report.invalid == 1 and value(samples, "llamacloud_collector_sessions_watched") == 5
-            assert value(samples, "llamacloud_collector_invalid_payloads_total", endpoint="list") == 1
+            assert value(samples, "llamacloud_collector_invalid_payloads_total", operation="list") == 1
             sim.api._answer = original
             await collector.poller.cycle()  # back, unchanged: restored without a fetch
             sim.world.add_run(hidden)

@@ -36,30 +36,30 @@ def change_one(sim):
 # (fault, endpoint, times, result of the faulted cycle, up, counter that must move)
 CASES = [
     (Fault("status", "list", 429, retry_after="1"), 1, "success", 1,
-     ("llamacloud_collector_api_retries_total", {"endpoint": "list", "reason": "429"})),
+     ("llamacloud_collector_api_retries_total", {"operation": "list", "reason": "429"})),
     (Fault("status", "list", 500), 1, "failure", 0,
-     ("llamacloud_collector_api_requests_total", {"endpoint": "list", "code": "500"})),
+     ("llamacloud_collector_api_requests_total", {"operation": "list", "code": "500"})),
     (Fault("status", "retrieve", 502), 1, "success", 1,
-     ("llamacloud_collector_api_retries_total", {"endpoint": "retrieve", "reason": "502"})),
+     ("llamacloud_collector_api_retries_total", {"operation": "retrieve", "reason": "502"})),
     (Fault("status", "retrieve", 503), 20, "partial", 1,
-     ("llamacloud_collector_api_requests_total", {"endpoint": "retrieve", "code": "503"})),
+     ("llamacloud_collector_api_requests_total", {"operation": "retrieve", "code": "503"})),
     (Fault("status", "list", 504), 1, "success", 1,
-     ("llamacloud_collector_api_retries_total", {"endpoint": "list", "reason": "504"})),
+     ("llamacloud_collector_api_retries_total", {"operation": "list", "reason": "504"})),
     (Fault("slow", "retrieve", delay=1.5), 1, "success", 1,
-     ("llamacloud_collector_api_retries_total", {"endpoint": "retrieve", "reason": "timeout"})),
+     ("llamacloud_collector_api_retries_total", {"operation": "retrieve", "reason": "timeout"})),
     # A reset on a pooled keep-alive connection is retried once by the transport, as a stale connection.
     (Fault("reset", "list"), 1, "success", 1,
-     ("llamacloud_collector_api_requests_total", {"endpoint": "list", "code": "200"})),
+     ("llamacloud_collector_api_requests_total", {"operation": "list", "code": "200"})),
     (Fault("reset", "list"), 3, "success", 1,
-     ("llamacloud_collector_api_retries_total", {"endpoint": "list", "reason": "transport"})),
+     ("llamacloud_collector_api_retries_total", {"operation": "list", "reason": "transport"})),
     (Fault("cut", "retrieve"), 1, "success", 1,
-     ("llamacloud_collector_api_retries_total", {"endpoint": "retrieve", "reason": "transport"})),
+     ("llamacloud_collector_api_retries_total", {"operation": "retrieve", "reason": "transport"})),
     (Fault("bad_json", "retrieve"), 1, "partial", 1,
-     ("llamacloud_collector_invalid_payloads_total", {"endpoint": "retrieve"})),
+     ("llamacloud_collector_invalid_payloads_total", {"operation": "retrieve"})),
     (Fault("html", "list"), 1, "failure", 0,
-     ("llamacloud_collector_invalid_payloads_total", {"endpoint": "list"})),
+     ("llamacloud_collector_invalid_payloads_total", {"operation": "list"})),
     (Fault("content_type", "retrieve"), 1, "partial", 1,
-     ("llamacloud_collector_invalid_payloads_total", {"endpoint": "retrieve"})),
+     ("llamacloud_collector_invalid_payloads_total", {"operation": "retrieve"})),
 ]
 
 
@@ -91,7 +91,7 @@ def test_fault_is_reported_and_recovered_exactly(fault, times, result, up, moved
 
 def test_scrapes_answer_while_a_cycle_waits_on_a_slow_api():
     async def scenario():
-        sim, collector = await synced(read_timeout=10.0)
+        sim, collector = await synced(read_timeout=10.0, interval=10.0)
         try:
             change_one(sim)
             sim.faults.add(Fault("slow", "retrieve", delay=3.0))
@@ -128,9 +128,9 @@ def test_connect_timeout_on_a_black_hole():
         try:
             report = await collector.poller.cycle()
             samples = await scrape(collector.port)
-            assert report.result == "failure" and "timeout" in report.errors[0]
+            assert report.result == "failure" and "timed out" in report.errors[0], report.errors
             assert value(samples, "llamacloud_collector_up") == 0
-            assert value(samples, "llamacloud_collector_api_requests_total", endpoint="list", code="error") >= 1
+            assert value(samples, "llamacloud_collector_api_requests_total", operation="list", code="error") >= 1
         finally:
             await close(sim, collector)
             for c in fillers:
@@ -199,8 +199,8 @@ def test_auth_failure_reports_and_recovers():
             report = await collector.poller.cycle()
             samples = await scrape(collector.port)
             assert report.result == "failure" and value(samples, "llamacloud_collector_up") == 0
-            assert value(samples, "llamacloud_collector_api_requests_total", endpoint="list", code="401") == 1
-            assert value(samples, "llamacloud_collector_api_retries_total", endpoint="list", reason="401") is None
+            assert value(samples, "llamacloud_collector_api_requests_total", operation="list", code="401") == 1
+            assert value(samples, "llamacloud_collector_api_retries_total", operation="list", reason="401") is None
             sim.api.api_key = "simulator"
             await collector.poller.cycle()
             assert value(await scrape(collector.port), "llamacloud_collector_up") == 1

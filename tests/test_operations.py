@@ -1,6 +1,5 @@
-"""Operating it: operator mistakes, signals, kill -9, the key canary, a hardened HTTP server."""
+"""Operating it: operator mistakes, signals, kill -9, the key canary."""
 
-import asyncio
 import os
 import signal
 import sqlite3
@@ -11,8 +10,7 @@ import time
 import httpx
 import pytest
 
-from collector.httpserver import Response, serve
-from tests.helpers import assert_samples_match, parse, remote_truth, run_async
+from tests.helpers import assert_samples_match, parse, remote_truth
 from tests.stack import Processes, free_port, wait_until
 
 CANARY = "llx-CANARY-7d1f0e9a8b2c4d6e"
@@ -31,7 +29,7 @@ MISTAKES = [
     ("shard >= total", None, ["--shard", "3", "--total-shards", "3"], {}, "shard (--shard, COLLECTOR_SHARD)"),
     ("invalid regex", "error_rules:\n  - {type: x, pattern: '[unclosed'}\n", [], {}, "error_rules.0.pattern"),
     ("unreadable key file", None, ["--api-key-file", "/nonexistent/key"], {"LLAMA_CLOUD_API_KEY": ""},
-     "api_key_file: cannot read /nonexistent/key"),
+     "cannot read /nonexistent/key"),
     ("missing key", None, [], {"LLAMA_CLOUD_API_KEY": ""}, "missing API key: set LLAMA_CLOUD_API_KEY"),
     ("state dir missing", None, ["--state-path", "/nonexistent/dir/state.db"], {}, "state_path"),
     ("bad web config", "", ["--web-config", "/nonexistent/web.yml"], {}, "web_config: cannot read"),
@@ -98,7 +96,9 @@ def test_sigterm_mid_cycle_exits_zero_promptly(procs):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 0  # DESIGN: exit 0 within 10 s
     print(f"\nSIGTERM mid-cycle: exited in {time.monotonic() - started:.2f} s")
-    assert "collector stopped" in procs.log("collector")
+    log = procs.log("collector")
+    assert "collector stopped" in log
+    assert "Traceback" not in log and "CancelledError" not in log  # quietly, even with a stuck cycle
 
 
 def test_kill_9_mid_cycle_loses_no_run(procs, tmp_path):
@@ -146,25 +146,3 @@ def test_key_canary_never_leaks_across_a_fault_run(procs, tmp_path):
     assert '"level": "warning"' in outputs or '"level": "error"' in outputs  # the faults were logged
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] > 0
-
-
-def test_server_resists_slow_and_greedy_clients():
-    async def scenario():
-        async def ok(_):
-            return Response(200, b"ok")
-        server = await serve(ok, "127.0.0.1", 0, read_timeout=0.5, max_head=1024)
-        port = server.port
-        try:
-            slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", port)
-            slow_writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finishes its head
-            await slow_writer.drain()
-            async with httpx.AsyncClient() as http:
-                assert (await http.get(f"http://127.0.0.1:{port}/")).text == "ok"  # others are served
-                big = await http.get(f"http://127.0.0.1:{port}/", headers={"X-Big": "a" * 4000})
-                assert big.status_code == 431
-                assert (await http.request("PUT", f"http://127.0.0.1:{port}/", content=b"x")).status_code == 405
-                assert (await http.request("DELETE", f"http://127.0.0.1:{port}/")).status_code == 405
-            assert await asyncio.wait_for(slow_reader.read(), 5) == b""  # dropped after read_timeout
-        finally:
-            server.close()
-    run_async(scenario())

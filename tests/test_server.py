@@ -1,11 +1,12 @@
-"""/healthz follows the poll loop's liveness, on an injected clock."""
+"""The endpoints in-process: /healthz liveness on an injected clock, Accept-Encoding q-values, the render cache."""
 
-from prometheus_client import CollectorRegistry
+import gzip
 
-from collector.httpserver import Request
-from collector.server import Endpoints
-from collector.webconfig import WebConfig
-from tests.helpers import run_async
+import pytest
+from prometheus_client import CollectorRegistry, Counter
+
+from collector.auth import WebConfig
+from collector.server import Endpoints, MetricsCache, accepts_gzip
 
 
 class FakePoller:
@@ -16,16 +17,44 @@ class FakePoller:
 def test_healthz_fails_when_no_cycle_started_or_finished_for_three_intervals():
     now = [1000.0]
     poller = FakePoller()
-    endpoints = Endpoints(CollectorRegistry(), poller, interval=60.0, web=WebConfig(None), monotonic=lambda: now[0])
-    health = lambda: run_async(endpoints(Request("GET", "/healthz", {}, {}))).status  # noqa: E731
-    assert health() == 200  # just started
+    endpoints = Endpoints(CollectorRegistry(), poller, interval=60.0, web_config=WebConfig(None),
+                          monotonic=lambda: now[0])
+    assert endpoints.alive()  # just started
     now[0] += 3 * 60 + 10
-    assert health() == 503  # no cycle ever started: a stuck loop
+    assert not endpoints.alive()  # no cycle ever started: a stuck loop
     poller.cycle_started = now[0]
-    assert health() == 200
+    assert endpoints.alive()
     now[0] += 150
-    assert health() == 200  # a long cycle, within 3 intervals
+    assert endpoints.alive()  # a long cycle, within 3 intervals
     now[0] += 40
-    assert health() == 503  # started 190 s ago and never finished: stuck
+    assert not endpoints.alive()  # started 190 s ago and never finished: stuck
     poller.cycle_finished = now[0]
-    assert health() == 200
+    assert endpoints.alive()
+
+
+@pytest.mark.parametrize("header,want", [
+    ("gzip", True), ("GZIP", True), ("deflate, gzip;q=0.5", True), ("x-gzip", True),
+    ("gzip;q=0", False), ("gzip; q=0.000", False), ("gzip;q=0, *;q=1", False),
+    ("*", True), ("*;q=0", False), ("identity", False), ("", False), ("br, deflate", False),
+    ("gzip;q=bogus", False), ("notgzip", False), ("gzip;level=1", True),
+])
+def test_accept_encoding_honours_q_values(header, want):
+    assert accepts_gzip(header) is want
+
+
+def test_metrics_are_rendered_once_per_snapshot_and_format():
+    registry = CollectorRegistry()
+    counter = Counter("things", "Things.", registry=registry)
+    cache = MetricsCache(registry)
+    first = object()
+    plain, text_type = cache.body(first, "", False)
+    counter.inc()
+    again, _ = cache.body(first, "text/plain", False)
+    zipped, _ = cache.body(first, "", True)
+    assert again is plain and gzip.decompress(zipped) == plain and cache.renders == 1
+    assert b"things_total 0.0" in plain  # the snapshot's page, not re-rendered per scrape
+    om, om_type = cache.body(first, "application/openmetrics-text; version=1.0.0", False)
+    assert om_type.startswith("application/openmetrics-text") and text_type.startswith("text/plain")
+    assert om.endswith(b"# EOF\n") and cache.renders == 2
+    fresh, _ = cache.body(object(), "", False)
+    assert b"things_total 1.0" in fresh and cache.renders == 3

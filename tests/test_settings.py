@@ -1,5 +1,6 @@
 """Settings precedence (flags > env > file > defaults) and one-line errors."""
 
+import os
 import subprocess
 import sys
 
@@ -93,8 +94,54 @@ def test_empty_shard_from_the_downward_api_is_an_error():
 def test_missing_or_unreadable_key(tmp_path):
     with pytest.raises(ConfigError, match="missing API key: set LLAMA_CLOUD_API_KEY"):
         load_settings({}, {}).key()
-    with pytest.raises(ConfigError, match="api_key_file: cannot read"):
+    with pytest.raises(ConfigError, match=r"api_key_file \(--api-key-file, COLLECTOR_API_KEY_FILE\): cannot read"):
         load_settings({"api_key_file": str(tmp_path / "nope")}, {}).key()
+
+
+def test_an_explicit_key_file_wins_over_the_environment_and_must_be_readable(tmp_path):
+    env = {"LLAMA_CLOUD_API_KEY": "llx-from-env"}
+    key_file = tmp_path / "key"
+    key_file.write_text("llx-from-file\n")
+    assert load_settings({"api_key_file": str(key_file)}, env).key() == "llx-from-file"
+    assert load_settings({}, {**env, "COLLECTOR_API_KEY_FILE": str(key_file)}).key() == "llx-from-file"
+    with pytest.raises(ConfigError, match="cannot read"):  # never a silent fall-back to the env key
+        load_settings({"api_key_file": str(tmp_path / "missing")}, env).key()
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings({"api_key_file": str(tmp_path)}, env).key()
+
+
+@pytest.mark.parametrize("key", ["llx-a\r\nX-Injected: 1", "llx-a\nb", "llx-ключ", "llx a", "llx-\x00", "llx-\x7f"])
+def test_a_key_that_cannot_go_in_a_header_is_a_bad_setting(tmp_path, key, capsys):
+    with pytest.raises(ConfigError, match="cannot go in an HTTP header") as caught:
+        load_settings({}, {"LLAMA_CLOUD_API_KEY": key}).key()
+    assert key.strip() not in str(caught.value)
+    key_file = tmp_path / "key"
+    key_file.write_bytes(key.encode("utf-8"))
+    with pytest.raises(ConfigError, match="cannot go in an HTTP header"):
+        load_settings({"api_key_file": str(key_file)}, {}).key()
+    assert main(["check"], {"LLAMA_CLOUD_API_KEY": key}) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and key.strip() not in err
+
+
+def test_a_key_file_that_is_not_utf8_is_refused(tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_bytes(b"llx-\xff\xfe")
+    with pytest.raises(ConfigError, match="cannot go in an HTTP header"):
+        load_settings({"api_key_file": str(key_file)}, {}).key()
+
+
+def test_state_path_must_be_a_regular_file_or_absent(tmp_path):
+    (tmp_path / "real").write_text("")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert load_settings({"state_path": str(tmp_path / "new.db")}, {}).state_path == tmp_path / "new.db"
+    assert load_settings({"state_path": str(tmp_path / "real")}, {}).state_path == tmp_path / "real"
+    for path, fragment in ((tmp_path, "is a directory"), ("/dev/null", "not a regular file"),
+                           (tmp_path / "link", "symbolic link"), (tmp_path / "no" / "x.db", "does not exist")):
+        with pytest.raises(ConfigError, match=rf"state_path \(--state-path, COLLECTOR_STATE_PATH\): .*{fragment}"):
+            load_settings({"state_path": str(path)}, {})
+    assert os.path.isdir(tmp_path) and (tmp_path / "link").is_symlink()  # nothing was moved aside
+    assert not list(tmp_path.glob("*corrupt*"))
 
 
 @pytest.mark.parametrize("argv,env,fragment", [

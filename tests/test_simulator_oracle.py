@@ -8,8 +8,7 @@ from llama_cloud.types.chat_list_response import ChatListResponse
 from llama_cloud.types.chat_retrieve_response import ChatRetrieveResponse
 from pydantic import TypeAdapter
 
-from collector.httpserver import Request
-from collector.simulator.api import SimulatorApi
+from collector.simulator.api import Request, SimulatorApi
 from collector.simulator.world import UNKNOWN_TYPE, World, populate
 from tests.helpers import run_async
 
@@ -17,7 +16,7 @@ KEY = "k"
 
 
 def get(api, path, **query):
-    request = Request("GET", path, {k: str(v) for k, v in query.items()}, {"authorization": f"Bearer {KEY}"})
+    request = Request.of(path, {k: str(v) for k, v in query.items()}, {"authorization": f"Bearer {KEY}"})
     response = run_async(api(request))
     assert response.status == 200, response.body
     return json.loads(response.body)
@@ -70,7 +69,7 @@ def test_the_world_shows_what_a_real_project_shows(api):
 
 def test_auth_and_unknown_paths():
     api = SimulatorApi(World(), KEY)
-    bad = run_async(api(Request("GET", "/api/v1/chat", {}, {"authorization": "Bearer wrong"})))
+    bad = run_async(api(Request.of("/api/v1/chat", {}, {"authorization": "Bearer wrong"})))
     assert bad.status == 401
-    missing = run_async(api(Request("GET", "/api/v1/chat/nope", {}, {"authorization": f"Bearer {KEY}"})))
+    missing = run_async(api(Request.of("/api/v1/chat/nope", {}, {"authorization": f"Bearer {KEY}"})))
     assert missing.status == 404

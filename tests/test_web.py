@@ -1,8 +1,10 @@
-"""TLS and basic auth from an exporter-toolkit web config, re-read on change; log redaction."""
+"""TLS, mTLS, headers and basic auth from an exporter-toolkit web config, re-read on change; log redaction."""
 
+import asyncio
 import io
 import json
 import os
+import re
 import ssl
 import subprocess
 
@@ -13,71 +15,188 @@ import structlog
 
 from collector import logs
 from collector.app import SimulatorService
+from collector.auth import WebConfig
+from collector.cli import main
 from collector.errors import ConfigError
-from collector.llamacloud.transport import LeanTransport
-from collector.webconfig import WebConfig
 from tests.helpers import collector_for, run_async
+from tests.tools import require
 
 
-def hashed(password: str) -> str:
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+def hashed(password: str, rounds: int = 4) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=rounds)).decode()
+
+
+def openssl(*args: str) -> None:
+    subprocess.run([require("openssl"), *args], check=True, capture_output=True)
 
 
 @pytest.fixture(scope="module")
-def certificate(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tls")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                    "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")],
-                   check=True, capture_output=True)
-    return folder
+def pki(tmp_path_factory):
+    """A CA, a server certificate for 127.0.0.1, a client certificate it signed, and one it did not."""
+    d = tmp_path_factory.mktemp("pki")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+            "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
+    for name, extra in (("server", ["-addext", "subjectAltName=IP:127.0.0.1"]), ("client", []), ("rogue", [])):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", *extra,
+                "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"))
+    for name, ca in (("server", "ca"), ("client", "ca")):
+        san = ["-copy_extensions", "copy"] if name == "server" else []
+        openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / f"{ca}.pem"), "-CAkey",
+                str(d / f"{ca}.key"), "-CAcreateserial", "-days", "1", *san, "-out", str(d / f"{name}.pem"))
+    openssl("x509", "-req", "-in", str(d / "rogue.csr"), "-signkey", str(d / "rogue.key"), "-days", "1",
+            "-out", str(d / "rogue.pem"))
+    return d
 
 
-def test_tls_and_basic_auth_and_reload(tmp_path, certificate):
+def serve_with(config_text: str, tmp_path):
+    """A collector (against an idle simulator) serving with this web config; yields its port."""
     config = tmp_path / "web.yml"
-    config.write_text(f"tls_server_config:\n  cert_file: {certificate / 'cert.pem'}\n"
-                      f"  key_file: {certificate / 'key.pem'}\nbasic_auth_users:\n  prom: '{hashed('s3cret')}'\n")
+    config.write_text(config_text)
+
+    class Running:
+        async def __aenter__(self):
+            self.sim = SimulatorService(sessions=2, runs=1, rate=0)
+            await self.sim.start()
+            self.collector = collector_for(self.sim, web_config=str(config))
+            await self.collector.start(schedule=False)
+            await self.collector.poller.cycle()
+            return self.collector.port
+
+        async def __aexit__(self, *exc):
+            await self.collector.stop()
+            await self.sim.stop()
+    return config, Running()
+
+
+def tls_lines(pki, **extra: str) -> str:
+    lines = [f"tls_server_config:\n  cert_file: {pki / 'server.pem'}\n  key_file: {pki / 'server.key'}\n"]
+    lines += [f"  {k}: {v}\n" for k, v in extra.items()]
+    return "".join(lines)
+
+
+def test_tls_and_basic_auth_and_reload(tmp_path, pki):
+    config, running = serve_with(tls_lines(pki) + f"basic_auth_users:\n  prom: '{hashed('s3cret')}'\n", tmp_path)
 
     async def scenario():
-        sim = SimulatorService(sessions=2, runs=1, rate=0)
-        await sim.start()
-        collector = collector_for(sim, web_config=str(config))
-        await collector.start(schedule=False)
-        url = f"https://127.0.0.1:{collector.port}/metrics"
-        verify = ssl.create_default_context(cafile=str(certificate / "cert.pem"))
-        try:
+        async with running as port:
+            url = f"https://127.0.0.1:{port}"
+            verify = ssl.create_default_context(cafile=str(pki / "ca.pem"))
             async with httpx.AsyncClient(verify=verify) as http:
-                assert (await http.get(url)).status_code == 401
-                assert (await http.get(url, auth=("prom", "wrong"))).status_code == 401
-                assert (await http.get(url, auth=("prom", "s3cret"))).status_code == 200
+                assert (await http.get(url + "/metrics")).status_code == 401
+                assert (await http.get(url + "/")).status_code == 401
+                assert (await http.get(url + "/metrics", auth=("prom", "wrong"))).status_code == 401
+                assert (await http.get(url + "/metrics", auth=("nobody", "s3cret"))).status_code == 401
+                assert (await http.get(url + "/metrics", auth=("prom", "s3cret"))).status_code == 200
+                # kubelet probes carry no credentials: health and readiness stay open
+                assert (await http.get(url + "/healthz")).status_code == 200
+                assert (await http.get(url + "/readyz")).status_code == 200
                 config.write_text(config.read_text().replace("prom:", "other:"))
                 os.utime(config, (1, 1))  # a different mtime, even within the same second
-                assert (await http.get(url, auth=("prom", "s3cret"))).status_code == 401
-                assert (await http.get(url, auth=("other", "s3cret"))).status_code == 200
-            lean = LeanTransport(ssl_context=verify)
-            async with httpx.AsyncClient(transport=lean) as http:
-                assert (await http.get(url, auth=("other", "s3cret"))).status_code == 200
+                assert (await http.get(url + "/metrics", auth=("prom", "s3cret"))).status_code == 401
+                assert (await http.get(url + "/metrics", auth=("other", "s3cret"))).status_code == 200
             async with httpx.AsyncClient() as plain:
                 with pytest.raises(httpx.TransportError):
-                    await plain.get(url.replace("https", "http"))
-        finally:
-            await collector.stop()
-            await sim.stop()
+                    await plain.get(url.replace("https", "http") + "/metrics")
+    run_async(scenario())
+
+
+@pytest.mark.parametrize("auth_type", ["RequireAndVerifyClientCert", "VerifyClientCertIfGiven"])
+def test_client_certificates_are_asked_for_and_verified(tmp_path, pki, auth_type):
+    text = tls_lines(pki, client_auth_type=auth_type, client_ca_file=str(pki / "ca.pem"))
+    _, running = serve_with(text, tmp_path)
+
+    def context(cert: str | None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        if cert:
+            ctx.load_cert_chain(str(pki / f"{cert}.pem"), str(pki / f"{cert}.key"))
+        return ctx
+
+    async def get(port, cert):
+        async with httpx.AsyncClient(verify=context(cert)) as http:
+            return (await http.get(f"https://127.0.0.1:{port}/metrics")).status_code
+
+    async def scenario():
+        async with running as port:
+            assert await get(port, "client") == 200
+            with pytest.raises(httpx.TransportError):
+                await get(port, "rogue")  # a certificate the CA did not sign
+            if auth_type == "RequireAndVerifyClientCert":
+                with pytest.raises(httpx.TransportError):
+                    await get(port, None)
+            else:
+                assert await get(port, None) == 200
+    run_async(scenario())
+
+
+def test_tls_versions_ciphers_and_headers_are_honoured(tmp_path, pki):
+    text = tls_lines(pki, min_version="TLS12", max_version="TLS12",
+                     cipher_suites="[TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384]")
+    text += ("http_server_config:\n  headers:\n    X-Frame-Options: deny\n"
+             "    Strict-Transport-Security: max-age=31536000\n")
+    _, running = serve_with(text, tmp_path)
+
+    async def scenario():
+        async with running as port:
+            ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+            tls = writer.get_extra_info("ssl_object")
+            assert tls.version() == "TLSv1.2" and tls.cipher()[0] == "ECDHE-RSA-AES256-GCM-SHA384"
+            writer.close()
+            only13 = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+            only13.minimum_version = ssl.TLSVersion.TLSv1_3
+            with pytest.raises((ssl.SSLError, ConnectionError)):  # the server refuses TLS 1.3
+                await asyncio.open_connection("127.0.0.1", port, ssl=only13)
+            async with httpx.AsyncClient(verify=ctx) as http:
+                for path in ("/metrics", "/healthz", "/nope"):
+                    response = await http.get(f"https://127.0.0.1:{port}{path}")
+                    assert response.headers["x-frame-options"] == "deny", path
+                    assert response.headers["strict-transport-security"] == "max-age=31536000"
     run_async(scenario())
 
 
 @pytest.mark.parametrize("text,fragment", [
     ("nonsense: 1\n", "unknown key 'nonsense'"),
     ("basic_auth_users:\n  a: plain\n", "must be a bcrypt hash"),
-    ("tls_server_config:\n  cert_file: x.pem\n", "needs both cert_file and key_file"),
+    ("tls_server_config:\n  cert_file: x.pem\n", "tls_server_config.key_file: Field required"),
     ("tls_server_config:\n  cert_file: x.pem\n  key_file: y.pem\n", "cannot load TLS"),
+    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  bogus: 1\n", "unknown key 'tls_server_config.bogus'"),
+    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: RequestClientCert\n",
+     "not supported"),
+    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: Sometimes\n", "must be one of"),
+    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: TLS99\n", "min_version"),
+    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [TLS_FAKE]\n", "TLS_FAKE"),
+    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  curve_preferences: [X25519]\n",
+     "unknown key 'tls_server_config.curve_preferences'"),
+    ("http_server_config:\n  headers:\n    Set-Cookie: a=b\n", "cannot be set"),
+    ("http_server_config:\n  headers:\n    X-Frame-Options: allow\n", "must be one of"),
+    ("http_server_config:\n  http2: true\n", "HTTP/2 is not supported"),
+    ("http_server_config:\n  surprise: 1\n", "unknown key 'http_server_config.surprise'"),
     (": : :\n", "not valid YAML"),
+    ("- a\n", "must hold a mapping"),
 ])
 def test_bad_web_config_is_a_config_error(tmp_path, text, fragment):
     path = tmp_path / "web.yml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
         WebConfig(path)
+
+
+def test_verify_types_need_a_client_ca_and_a_ca_needs_a_verify_type(tmp_path, pki):
+    path = tmp_path / "web.yml"
+    path.write_text(tls_lines(pki, client_auth_type="RequireAndVerifyClientCert"))
+    with pytest.raises(ConfigError, match="needs client_ca_file"):
+        WebConfig(path)
+    path.write_text(tls_lines(pki, client_ca_file=str(pki / "ca.pem")))
+    with pytest.raises(ConfigError, match="client_ca_file is set but client_auth_type is NoClientCert"):
+        WebConfig(path)
+
+
+def test_a_bad_web_config_exits_2_with_one_line(tmp_path, capsys):
+    path = tmp_path / "web.yml"
+    path.write_text("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: RequireAnyClientCert\n")
+    assert main(["run", "--web-config", str(path)], {"LLAMA_CLOUD_API_KEY": "k"}) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "RequireAnyClientCert" in err and "Traceback" not in err
 
 
 def test_logs_redact_the_key_everywhere():

@@ -9,6 +9,7 @@ INSTALL = {
     "prometheus": "apt-get install -y prometheus",
     "prometheus-alertmanager": "apt-get install -y prometheus-alertmanager",
     "kubectl": "install kubectl (it provides `kubectl kustomize`)",
+    "openssl": "apt-get install -y openssl",
 }
 
 

@@ -1,10 +1,15 @@
 """Async client of the LlamaCloud chat API: list, summary, retrieve.
 
-One shared ``httpx.AsyncClient`` (connection pool). Retries 429, 502, 503, 504
-and transport errors with full-jitter exponential backoff, honours
-``Retry-After``, and never sleeps past the caller's deadline. 401, 403 and 404
-are not retried. Every request is reported to an ``ApiObserver``. The
-transport, clock, sleep and random source are injectable for tests.
+HTTP is httpx on the ``httpx-aiohttp`` transport (what the official SDK offers
+as ``DefaultAioHttpClient``); proxies come from the environment, ``NO_PROXY``
+included. Tests pass ``httpx.MockTransport``. Each exchange has one deadline,
+from the request to the last body byte, and a size cap (``bounds``).
+
+Retries 429, 502, 503, 504 and transport or protocol failures with full-jitter
+exponential backoff, honours ``Retry-After``, and never sleeps past the
+caller's deadline. 401, 403 and 404 are not retried, nor is an answer that is
+too large or does not decode. Every request is reported to an ``ApiObserver``.
+The transport, clock, sleep and random source are injectable for tests.
 """
 
 from __future__ import annotations
@@ -15,36 +20,41 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from urllib.parse import quote, urlencode
 from typing import Protocol, TypeVar
+from urllib.parse import quote
 
+import aiohttp
 import httpx
+from httpx_aiohttp import HttpxAiohttpClient
 from pydantic import BaseModel, ValidationError
 
 from collector import __version__
 from collector.errors import AuthError, FetchError, NotFound, PayloadError
+from collector.llamacloud.bounds import (DEFAULT_MAX_RESPONSE_BYTES, BadStatus, BodyTooLarge, check_status,
+                                         read_capped, session_id_problem)
 from collector.llamacloud.models import Session, SessionPage, Summary, parse_page, parse_session
-from collector.llamacloud.transport import build_transport
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 PAGE_SIZE = 100
+MAX_PAGES = 10_000
+"""A million sessions at 100 a page; a listing that goes on past this is endless, not large."""
 M = TypeVar("M", bound=BaseModel)
 
 
 class ApiObserver(Protocol):
-    def request(self, endpoint: str, code: str, seconds: float) -> None: ...
+    def request(self, operation: str, code: str, seconds: float) -> None: ...
 
-    def retry(self, endpoint: str, reason: str) -> None: ...
+    def retry(self, operation: str, reason: str) -> None: ...
 
-    def invalid_payload(self, endpoint: str) -> None: ...
+    def invalid_payload(self, operation: str) -> None: ...
 
 
 class NullObserver:
-    def request(self, endpoint: str, code: str, seconds: float) -> None: ...
+    def request(self, operation: str, code: str, seconds: float) -> None: ...
 
-    def retry(self, endpoint: str, reason: str) -> None: ...
+    def retry(self, operation: str, reason: str) -> None: ...
 
-    def invalid_payload(self, endpoint: str) -> None: ...
+    def invalid_payload(self, operation: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -70,12 +80,27 @@ def retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         return max(0.0, parsedate_to_datetime(value).timestamp() - now)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
+
+
+def session_path(session_id: str, suffix: str = "") -> str:
+    """``/api/v1/chat/<id>``: the ID as one encoded segment; ``.`` and ``..`` are refused."""
+    problem = session_id_problem(session_id)
+    if problem:
+        raise ValueError(problem)
+    return f"/api/v1/chat/{quote(session_id, safe='')}{suffix}"
+
+
+class _Answer:
+    __slots__ = ("status", "body", "content_type", "retry_after")
+
+    def __init__(self, status: int, body: bytes, content_type: str, retry_after: str | None) -> None:
+        self.status, self.body, self.content_type, self.retry_after = status, body, content_type, retry_after
 
 
 class LlamaCloudClient:
@@ -89,6 +114,8 @@ class LlamaCloudClient:
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
         max_connections: int = 8,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_pages: int = MAX_PAGES,
         transport: httpx.AsyncBaseTransport | None = None,
         observer: ApiObserver | None = None,
         retry: RetryPolicy = RetryPolicy(),
@@ -98,16 +125,15 @@ class LlamaCloudClient:
         rng: Callable[[], float] = random.random,
     ) -> None:
         self._params = {k: v for k, v in (("project_id", project_id), ("organization_id", organization_id)) if v}
-        headers = httpx.Headers({"Authorization": f"Bearer {api_key}", "Accept": "application/json",
-                                 "Accept-Encoding": "gzip", "User-Agent": f"llamacloud-collector/{__version__}"})
-        self._lean = build_transport(max_connections, connect_timeout, read_timeout) if transport is None else None
-        self._http = httpx.AsyncClient(
-            base_url=base_url, headers=headers,
+        headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json",
+                   "Accept-Encoding": "gzip", "User-Agent": f"llamacloud-collector/{__version__}"}
+        self._http = HttpxAiohttpClient(
+            base_url=base_url, headers=headers, transport=transport, trust_env=True,
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            transport=transport if transport is not None else self._lean,
         )
-        self._base, self._headers = self._http.base_url, headers
+        self._exchange_timeout = read_timeout + connect_timeout
+        self._max_bytes, self._max_pages = max_response_bytes, max_pages
         self._observer = observer or NullObserver()
         self._retry = retry
         self._clock, self._wall_clock, self._sleep, self._rng = clock, wall_clock, sleep, rng
@@ -122,11 +148,11 @@ class LlamaCloudClient:
         await self.aclose()
 
     async def list_sessions(self, deadline: float | None = None) -> Listing:
-        """Every session of the project, following ``next_page_token``."""
+        """Every session of the project, following ``next_page_token``, within ``max_pages`` and the deadline."""
         listing = Listing([], [])
         token: str | None = None
         seen: set[str] = set()
-        while True:
+        for pages in range(1, self._max_pages + 1):
             params = {"page_size": PAGE_SIZE, **({"page_token": token} if token else {})}
             page = await self._get("list", "/api/v1/chat", SessionPage, deadline, params, parse=parse_page)
             listing.sessions.extend(page.items)
@@ -137,84 +163,120 @@ class LlamaCloudClient:
             if not token or token in seen:
                 return listing
             seen.add(token)
+            if deadline is not None and self._clock() >= deadline:
+                raise FetchError(f"list: cycle deadline reached after {pages} pages", operation="list")
+        raise FetchError(f"list: more than {self._max_pages} pages; the listing does not end", operation="list")
 
     async def summary(self, session_id: str, deadline: float | None = None) -> Summary:
-        return await self._get("summary", f"/api/v1/chat/{quote(session_id, safe='')}/summary", Summary, deadline)
+        return self._same_session("summary", session_id, await self._get(
+            "summary", self._path("summary", session_id, "/summary"), Summary, deadline))
 
     async def retrieve(self, session_id: str, deadline: float | None = None) -> Session:
-        return await self._get("retrieve", f"/api/v1/chat/{quote(session_id, safe='')}", Session, deadline,
-                               parse=parse_session)
+        return self._same_session("retrieve", session_id, await self._get(
+            "retrieve", self._path("retrieve", session_id), Session, deadline, parse=parse_session))
 
-    async def _get(self, endpoint: str, path: str, model: type[M], deadline: float | None,
+    def _path(self, operation: str, session_id: str, suffix: str = "") -> str:
+        try:
+            return session_path(session_id, suffix)
+        except ValueError as exc:
+            self._observer.invalid_payload(operation)
+            raise PayloadError(f"{operation}: {exc}", operation=operation) from None
+
+    def _same_session(self, operation: str, session_id: str, answer: M) -> M:
+        if answer.session_id != session_id:
+            self._observer.invalid_payload(operation)
+            raise PayloadError(f"{operation}: the answer names another session", operation=operation)
+        return answer
+
+    async def _exchange(self, path: str, params: dict, timeout: float) -> _Answer:
+        """One GET, from request to last body byte, within ``timeout`` and the size cap."""
+        async with asyncio.timeout(timeout):
+            async with self._http.stream("GET", path, params=params) as response:
+                status = check_status(response.status_code)
+                body = await read_capped(response, self._max_bytes) if 200 <= status < 300 else b""
+                return _Answer(status, body, response.headers.get("content-type", ""),
+                               response.headers.get("retry-after"))
+
+    async def _get(self, operation: str, path: str, model: type[M], deadline: float | None,
                    params: dict | None = None, parse: Callable[[bytes], M] | None = None) -> M:
         attempt = 0
         while True:
             started = self._clock()
+            timeout = self._exchange_timeout if deadline is None else min(self._exchange_timeout,
+                                                                          deadline - started)
             try:
-                response = await self._send(path, {**self._params, **(params or {})})
-                body = response.content
-            except httpx.DecodingError as exc:  # a body that claims gzip and is not
-                self._observer.request(endpoint, "error", self._clock() - started)
-                self._observer.invalid_payload(endpoint)
-                raise PayloadError(f"{endpoint}: undecodable body: {exc}", endpoint=endpoint) from None
-            except httpx.TransportError as exc:
-                self._observer.request(endpoint, "error", self._clock() - started)
-                reason = "timeout" if isinstance(exc, httpx.TimeoutException) else "transport"
-                failure = FetchError(f"{endpoint}: {reason} error: {type(exc).__name__}", endpoint=endpoint)
-                wait = None
+                if timeout <= 0:
+                    raise TimeoutError
+                answer = await self._exchange(path, {**self._params, **(params or {})}, timeout)
+            except (BodyTooLarge, httpx.DecodingError) as exc:  # the same answer again would not help
+                self._observer.request(operation, "error", self._clock() - started)
+                self._observer.invalid_payload(operation)
+                what = "too large" if isinstance(exc, BodyTooLarge) else "undecodable body"
+                raise PayloadError(f"{operation}: {what}: {_describe(exc)}", operation=operation) from None
+            except (TimeoutError, httpx.HTTPError, aiohttp.ClientError, BadStatus, ValueError, OSError) as exc:
+                self._observer.request(operation, "error", self._clock() - started)
+                reason, wait = failure_reason(exc), None
+                failure = FetchError(f"{operation}: timed out" if reason == "timeout" else
+                                     f"{operation}: transport error: {_describe(exc)}", operation=operation)
             else:
-                status = response.status_code
-                self._observer.request(endpoint, str(status), self._clock() - started)
+                status = answer.status
+                self._observer.request(operation, str(status), self._clock() - started)
                 if 200 <= status < 300:
-                    return self._parse(endpoint, response, body, parse or model.model_validate_json)
+                    return self._parse(operation, answer, parse or model.model_validate_json)
                 reason = str(status)
-                failure = _status_error(endpoint, status)
+                failure = _status_error(operation, status)
                 if status not in RETRY_STATUS:
                     raise failure
-                wait = retry_after(response.headers.get("retry-after"), self._wall_clock())
+                wait = retry_after(answer.retry_after, self._wall_clock())
             attempt += 1
             delay = wait if wait is not None else self._retry.backoff(attempt, self._rng)
             if attempt >= self._retry.max_attempts or (
                 deadline is not None and self._clock() + delay > deadline
             ):
                 raise failure
-            self._observer.retry(endpoint, reason)
+            self._observer.retry(operation, reason)
             await self._sleep(delay)
 
-    async def _send(self, path: str, params: dict) -> httpx.Response:
-        """GET through httpx; with the lean transport, straight to it (no client-side URL re-parsing)."""
-        if self._lean is None:
-            return await self._http.send(self._http.build_request("GET", path, params=params))
-        target = self._base.raw_path.rstrip(b"/") + path.encode("ascii")
-        if params:
-            target += b"?" + urlencode(params).encode()
-        request = httpx.Request("GET", self._base.copy_with(raw_path=target), headers=self._headers)
-        response = await self._lean.handle_async_request(request)
-        await response.aread()
-        return response
-
-    def _parse(self, endpoint: str, response: httpx.Response, body: bytes, parse: Callable[[bytes], M]) -> M:
-        content_type = response.headers.get("content-type", "")
+    def _parse(self, operation: str, answer: _Answer, parse: Callable[[bytes], M]) -> M:
+        content_type = answer.content_type
         if content_type and "json" not in content_type:  # an error page; no header at all is tried as JSON
-            self._observer.invalid_payload(endpoint)
-            raise PayloadError(f"{endpoint}: expected JSON, got content type {content_type or 'none'!r}",
-                               endpoint=endpoint)
+            self._observer.invalid_payload(operation)
+            raise PayloadError(f"{operation}: expected JSON, got content type {content_type[:60]!r}",
+                               operation=operation)
         try:
-            return parse(body)
+            return parse(answer.body)
         except ValidationError as exc:
-            self._observer.invalid_payload(endpoint)
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise PayloadError(f"{endpoint}: invalid payload at {where or 'body'}: {first['msg']}",
-                               endpoint=endpoint) from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            self._observer.invalid_payload(endpoint)
-            raise PayloadError(f"{endpoint}: invalid payload: {exc}", endpoint=endpoint) from None
+            self._observer.invalid_payload(operation)
+            first = exc.errors(include_input=False, include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"])[:120]
+            raise PayloadError(f"{operation}: invalid payload at {where or 'body'}: {first['msg'][:200]}",
+                               operation=operation) from None
+        except (ValueError, UnicodeDecodeError, RecursionError, MemoryError) as exc:
+            self._observer.invalid_payload(operation)
+            raise PayloadError(f"{operation}: invalid payload: {str(exc)[:200]}", operation=operation) from None
 
 
-def _status_error(endpoint: str, status: int) -> FetchError:
+def failure_reason(exc: BaseException) -> str:
+    """``timeout`` or ``transport``, from what really failed.
+
+    httpx-aiohttp maps every ``aiohttp.ClientConnectionError`` (a reset, a server
+    that hung up) to ``httpx.ConnectTimeout``; the aiohttp error it chains is the truth.
+    """
+    cause = exc.__cause__ if isinstance(exc, httpx.HTTPError) and exc.__cause__ is not None else exc
+    if isinstance(cause, aiohttp.ClientError):
+        return "timeout" if isinstance(cause, TimeoutError) else "transport"
+    return "timeout" if isinstance(cause, (TimeoutError, httpx.TimeoutException)) else "transport"
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, single-line reason: the exception's type and the start of its message."""
+    text = " ".join(str(exc).split())[:160]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _status_error(operation: str, status: int) -> FetchError:
     if status in (401, 403):
-        return AuthError(f"{endpoint}: HTTP {status}: the API key was refused", endpoint=endpoint, status=status)
+        return AuthError(f"{operation}: HTTP {status}: the API key was refused", operation=operation, status=status)
     if status == 404:
-        return NotFound(f"{endpoint}: HTTP 404: not found", endpoint=endpoint, status=status)
-    return FetchError(f"{endpoint}: HTTP {status}", endpoint=endpoint, status=status)
+        return NotFound(f"{operation}: HTTP 404: not found", operation=operation, status=status)
+    return FetchError(f"{operation}: HTTP {status}", operation=operation, status=status)

@@ -11,12 +11,15 @@ where a list is expected becomes an empty list.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Tag, TypeAdapter, ValidationError,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Tag, TypeAdapter,
+                      ValidationError, model_validator)
 from pydantic.dataclasses import dataclass
+
+from collector.llamacloud.bounds import session_id_problem
 
 LEAN_THRESHOLD = 1 << 20
 _UNREAD_STRINGS = re.compile(rb'"(content|result)"\s*:\s*"(?:[^"\\]|\\.)*"')
@@ -45,6 +48,45 @@ def _none_to_empty(value: Any) -> Any:
 
 StrTuple = Annotated[tuple[str, ...], BeforeValidator(_none_to_empty)]
 
+MAX_MEASURE = 2**53
+"""Above this a JSON number is no longer an exact count; no real duration or token count gets near it."""
+
+
+class _Invalid:
+    """A measure the API sent that no counter may take: negative, NaN, infinite, over 2**53, not a number."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "INVALID"
+
+
+INVALID: Any = _Invalid()
+
+
+def _measure(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return INVALID
+    if isinstance(value, float) and not math.isfinite(value):
+        return INVALID
+    return value if 0 <= value <= MAX_MEASURE else INVALID
+
+
+Measure = Annotated[Any, BeforeValidator(_measure)]
+"""A finite number in [0, 2**53], None when absent, or ``INVALID``: checked here, refused by derivation."""
+
+
+def _session_id(value: str) -> str:
+    problem = session_id_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+SessionId = Annotated[str, AfterValidator(_session_id)]
+
 
 class _Payload(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -53,16 +95,28 @@ class _Payload(BaseModel):
 class JobMetadata(_Payload):
     """Usage and status of a session's most recent run."""
 
-    duration_ms: float | None = None
-    total_input_tokens: int | None = None
-    total_output_tokens: int | None = None
-    turns: int | None = None
+    duration_ms: Measure = None
+    total_input_tokens: Measure = None
+    total_output_tokens: Measure = None
+    turns: Measure = None
     is_error: bool | None = None
     error: str | None = None
 
+    def refused(self) -> tuple[str, ...]:
+        """Names of the measures that are ``INVALID``."""
+        return tuple(name for name in MEASURES if getattr(self, name) is INVALID)
+
+    def checked(self) -> JobMetadata:
+        """This metadata with every ``INVALID`` measure unknown (None)."""
+        bad = self.refused()
+        return self.model_copy(update=dict.fromkeys(bad)) if bad else self
+
+
+MEASURES = ("duration_ms", "total_input_tokens", "total_output_tokens", "turns")
+
 
 class Summary(_Payload):
-    session_id: str
+    session_id: SessionId
     last_updated_at: str
     generated_title: str | None = None
     index_ids: StrTuple = ()
@@ -75,10 +129,10 @@ EVENT_CONFIG = ConfigDict(extra="ignore")
 
 @dataclass(slots=True, frozen=True, config=EVENT_CONFIG)
 class Usage:
-    duration_ms: float | None = None
-    total_input_tokens: int | None = None
-    total_output_tokens: int | None = None
-    turns: int | None = None
+    duration_ms: Measure = None
+    total_input_tokens: Measure = None
+    total_output_tokens: Measure = None
+    turns: Measure = None
 
 
 NO_USAGE = Usage()
@@ -202,6 +256,13 @@ def parse_session(body: bytes) -> Session:
     """
     if len(body) < LEAN_THRESHOLD:
         return Session.model_validate_json(body)
+    try:
+        return _parse_large(body)
+    except RecursionError:  # the stdlib decoder's own limit; pydantic's parser says "recursion limit"
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _parse_large(body: bytes) -> Session:
     text = lean_json(body).decode("utf-8")
     match = _EVENTS_KEY.search(text)
     if match is None:

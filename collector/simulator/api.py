@@ -2,7 +2,9 @@
 
 Same paths, cursor paging, bearer auth and payload shapes as the real API.
 Faults are queued with ``Faults.add`` (or ``GET /_sim/fault?kind=...``) and
-consumed by the next matching requests.
+consumed by the next matching requests. It is served by ``aiohttp.web``; as a
+test double it keeps raw control of the connection where a fault needs it
+(a reset, a body cut short).
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import unquote
 
-from collector.httpserver import Request, Response
+from aiohttp import web
+
 from collector.simulator.world import World
 
 FAULT_KINDS = ("status", "reset", "cut", "bad_json", "html", "content_type", "slow", "gone", "shrink",
@@ -45,8 +49,58 @@ class Faults:
         return None
 
 
+@dataclass(frozen=True)
+class Request:
+    """What the simulator reads of a request: path segments decoded one by one, query, headers."""
+
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    parts: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, path: str, query: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> Request:
+        return cls(path, query or {}, headers or {}, tuple(path.strip("/").split("/")))
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    truncate_at: int | None = None
+    """Announce the whole Content-Length, send only this many body bytes, then drop the connection."""
+    reset: bool = False
+    """Drop the connection without answering."""
+
+
 def _json(payload: object, status: int = 200) -> Response:
     return Response(status, json.dumps(payload).encode(), "application/json")
+
+
+def read_request(request: web.Request) -> Request:
+    raw = request.rel_url.raw_path
+    parts = tuple(unquote(p) for p in raw.strip("/").split("/"))
+    return Request(request.path, dict(request.query), {k.lower(): v for k, v in request.headers.items()}, parts)
+
+
+async def send(request: web.Request, answer: Response) -> web.StreamResponse:
+    """Write ``answer``, including the faults that need the raw connection."""
+    if answer.reset:
+        request.transport.abort()
+        raise asyncio.CancelledError  # aiohttp ends the handler quietly; there is no one to answer
+    response = web.StreamResponse(status=answer.status, headers={"Content-Type": answer.content_type,
+                                                                 **answer.headers})
+    response.content_length = len(answer.body)
+    await response.prepare(request)
+    if answer.truncate_at is not None:
+        await response.write(answer.body[: answer.truncate_at])
+        request.transport.abort()
+        raise asyncio.CancelledError
+    await response.write(answer.body)
+    await response.write_eof()
+    return response
 
 
 class SimulatorApi:
@@ -58,12 +112,20 @@ class SimulatorApi:
         self.last_query: dict[str, str] = {}
         self.paused = False
 
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        return await send(request, await self(read_request(request)))
+
     async def __call__(self, request: Request) -> Response:
         if request.path.startswith("/_sim/"):
             return self._control(request)
         if request.headers.get("authorization") != f"Bearer {self.api_key}":
             return _json({"detail": "Invalid authentication credentials"}, 401)
-        parts = request.path.strip("/").split("/")
+        parts = list(request.parts)
         if parts[:3] != ["api", "v1", "chat"] or len(parts) > 5:
             return _json({"detail": "Not Found"}, 404)
         endpoint = "list" if len(parts) == 3 else "retrieve" if len(parts) == 4 else "summary"

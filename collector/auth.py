@@ -1,0 +1,137 @@
+"""The live web config: TLS context, extra headers, and basic auth that cannot stall the server.
+
+bcrypt runs in a small thread pool, never on the event loop, and at most
+``MAX_PENDING`` checks wait at once: past that a request is refused at once
+(401) instead of queueing. An unknown user is checked against a dummy hash of
+the same cost, so a guess costs the same whoever it names. A password that
+was verified once is remembered (as a keyed digest), so a legitimate scraper
+pays bcrypt once, not every scrape.
+
+The file is re-read when it changes: users, headers and the certificate pair
+(for rotation) take effect; a bad new file is logged and the last good one stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import ssl
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import bcrypt
+import structlog
+
+from collector.errors import ConfigError
+from collector.webconfig import WebConfigFile, parse_web_config, ssl_context
+
+MAX_PENDING = 16
+BCRYPT_THREADS = 2
+MAX_REMEMBERED = 64
+
+
+def _cost(hashed: str) -> int:
+    return int(hashed.split("$")[2])
+
+
+class WebConfig:
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.log = structlog.get_logger("collector.web")
+        self.file = parse_web_config(path) if path else WebConfigFile()
+        self._mtime = self._stat()
+        tls = self.file.tls_server_config
+        self.ssl_context: ssl.SSLContext | None = ssl_context(tls, path.parent) if tls else None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending = 0
+        self._remembered: set[bytes] = set()
+        self._dummy = self._dummy_hash()
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.file.http_server_config.headers
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.file.basic_auth_users)
+
+    def _dummy_hash(self) -> bytes:
+        users = self.file.basic_auth_users
+        cost = max((_cost(h) for h in users.values()), default=4)
+        return bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=cost)) if users else b""
+
+    def _stat(self) -> float | None:
+        try:
+            return os.stat(self.path).st_mtime_ns if self.path else None
+        except OSError:
+            return None
+
+    def refresh(self) -> None:
+        """Re-read the file if it changed; keep the old settings if the new ones are bad."""
+        mtime = self._stat()
+        if self.path is None or mtime == self._mtime:
+            return
+        self._mtime = mtime
+        try:
+            new = parse_web_config(self.path)
+            if (new.tls_server_config is None) != (self.ssl_context is None):
+                raise ConfigError("turning TLS on or off needs a restart")
+            if new.tls_server_config is not None:
+                tls = new.tls_server_config
+                self.ssl_context.load_cert_chain(str(self.path.parent / tls.cert_file),
+                                                 str(self.path.parent / tls.key_file))
+        except (ConfigError, OSError, ssl.SSLError) as exc:
+            self.log.error("web config not reloaded; the previous one stays in force", error=str(exc))
+            return
+        self.file = new
+        self._remembered.clear()
+        self._dummy = self._dummy_hash()
+        self.log.info("web config reloaded")
+
+    async def authorized(self, header: str | None) -> bool:
+        users = self.file.basic_auth_users
+        if not users:
+            return True
+        if not header or not header[:6].lower() == "basic ":
+            return False
+        try:
+            name, sep, password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            return False
+        if not sep:
+            return False
+        hashed = users.get(name)
+        target = hashed.encode() if hashed is not None else self._dummy
+        token = hashlib.sha256(target + b"\0" + password.encode()).digest()
+        if hashed is not None and any(hmac.compare_digest(token, seen) for seen in self._remembered):
+            return True
+        if self._pending >= MAX_PENDING:
+            return False
+        self._pending += 1
+        try:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(BCRYPT_THREADS, thread_name_prefix="bcrypt")
+            ok = await asyncio.get_running_loop().run_in_executor(self._pool, _check, password.encode(), target)
+        finally:
+            self._pending -= 1
+        if ok and hashed is not None:
+            if len(self._remembered) >= MAX_REMEMBERED:
+                self._remembered.clear()
+            self._remembered.add(token)
+            return True
+        return False
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _check(password: bytes, hashed: bytes) -> bool:
+    try:
+        return bcrypt.checkpw(password, hashed)
+    except ValueError:
+        return False

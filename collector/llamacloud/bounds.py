@@ -1,0 +1,69 @@
+"""Bounds on what an upstream answer may be: size, status, and the session IDs it names.
+
+Every answer is hostile until checked. The body is read through httpx (which
+decodes gzip) in pieces, and the read stops as soon as either the bytes on the
+wire or the decoded bytes pass ``limit``: a gzip bomb or a lying
+``Content-Length`` costs at most one piece past the cap. Nothing here parses
+HTTP; aiohttp and httpx do that.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+DEFAULT_MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+MAX_SESSION_ID_LENGTH = 256
+"""Real IDs are UUIDs (36 characters); a longer one is not a session ID but an attack on labels and paths."""
+
+
+class BodyTooLarge(Exception):
+    """The body, on the wire or decoded, is larger than the configured cap."""
+
+
+class BadStatus(Exception):
+    """A status code outside 100-599: a protocol error, never a label value."""
+
+
+def check_status(status: int) -> int:
+    if not 100 <= status <= 599:
+        raise BadStatus(f"status code {str(status)[:12]} is outside 100-599")
+    return status
+
+
+def declared_length(response: httpx.Response) -> int | None:
+    """The ``Content-Length`` the server announced, when it is a plain non-negative integer."""
+    value = response.headers.get("content-length", "")
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+async def read_capped(response: httpx.Response, limit: int) -> bytes:
+    """The decoded body, or ``BodyTooLarge`` as soon as it (or its wire size) passes ``limit``."""
+    declared = declared_length(response)
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(f"Content-Length {declared} is over the {limit}-byte cap")
+    pieces: list[bytes] = []
+    size = 0
+    async for piece in response.aiter_bytes():
+        size += len(piece)
+        if size > limit or response.num_bytes_downloaded > limit:
+            raise BodyTooLarge(f"body is over the {limit}-byte cap")
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+def session_id_problem(session_id: str) -> str | None:
+    """Why ``session_id`` cannot name a session (None when it can).
+
+    It goes into the URL as one percent-encoded path segment, so any character
+    is safe there, but ``.`` and ``..`` would be normalised away and send the
+    authenticated request elsewhere.
+    """
+    if not session_id:
+        return "empty session ID"
+    if len(session_id) > MAX_SESSION_ID_LENGTH:
+        return f"session ID of {len(session_id)} characters (over {MAX_SESSION_ID_LENGTH})"
+    if session_id in (".", ".."):
+        return f"session ID {session_id!r} is a relative path segment"
+    if not session_id.isprintable():
+        return "session ID with control characters"
+    return None
