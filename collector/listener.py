@@ -15,7 +15,7 @@ import ssl
 
 from aiohttp import web
 
-MAX_CONNECTIONS = 256
+MAX_CONNECTIONS = 1024
 KEEPALIVE_TIMEOUT = 15.0
 SHUTDOWN_TIMEOUT = 2.0
 

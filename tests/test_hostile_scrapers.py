@@ -1,0 +1,211 @@
+"""Hostile scrapers over real sockets, against the collector as a real process fed by the simulator.
+
+Malformed and ambiguous requests get 400 and are never read as a second
+request; clients that pipeline and never read, half-sent heads, and password
+guessers cannot stall /metrics, the poll cycles or memory; a flood of bad
+requests is not a flood of log lines. Each test ends with the same checks:
+alive, /metrics within 3 s, cycles still finishing, exact counts, sane values,
+peak RSS under 400 MB, no traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+import signal
+
+import bcrypt
+import httpx
+import pytest
+
+from tests.helpers import Samples, assert_samples_match, family, parse, remote_truth
+from tests.stack import Processes, free_port, wait_until
+
+MAX_RSS_MB = 400
+
+
+class Stack:
+    def __init__(self, procs: Processes, *args: str) -> None:
+        self.procs = procs
+        sim_port, self.port = free_port(), free_port()
+        self.sim = f"http://127.0.0.1:{sim_port}"
+        procs.collector("sim", "simulate", "--port", str(sim_port), "--sessions", "30", "--rate", "0",
+                        env={"LLAMA_CLOUD_API_KEY": "k"})
+        wait_until(lambda: httpx.get(self.sim + "/_sim/stats").status_code == 200, 30, "simulator")
+        self.proc = procs.collector("collector", "run", "--base-url", self.sim, "--interval", "1",
+                                    "--listen", f"127.0.0.1:{self.port}", "--log-format", "json", *args,
+                                    env={"LLAMA_CLOUD_API_KEY": "k"})
+        wait_until(lambda: httpx.get(self.url("/readyz")).status_code == 200, 30, "first sync")
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def scrape(self, **kwargs) -> Samples:
+        response = httpx.get(self.url("/metrics"), timeout=3, **kwargs)
+        response.raise_for_status()
+        return parse(response.text)
+
+    def log_lines(self) -> int:
+        return self.procs.log("collector").count("\n")
+
+    def assert_healthy(self, **kwargs) -> None:
+        """Alive, answering within 3 s, still cycling, exact, sane, bounded, and quiet about it."""
+        assert self.proc.poll() is None, "the collector died"
+        httpx.get(self.sim + "/_sim/touch", params={"fraction": 0.2})
+        first = self.scrape(**kwargs)
+        cycles = sum(family(first, "llamacloud_collector_polls_total").values())
+        runs, events = remote_truth(self.sim)
+        samples = wait_until(lambda: (s := self.scrape(**kwargs)) and
+                             sum(family(s, "llamacloud_collector_polls_total").values()) >= cycles + 2 and s,
+                             20, "two more cycles")
+        assert_samples_match(samples, runs, events)
+        for (name, _), v in samples.items():
+            if name.startswith("llamacloud_chat_"):
+                assert math.isfinite(v) and v >= 0, (name, v)
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            peak = next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
+        assert peak < MAX_RSS_MB, peak
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(15) == 0
+        self.procs.procs.pop("collector")
+        assert "Traceback" not in self.procs.log("collector")
+
+
+@pytest.fixture
+def procs(tmp_path):
+    processes = Processes(tmp_path)
+    yield processes
+    processes.stop_all()
+
+
+async def exchange(port: int, raw: bytes, wait: float = 2.0) -> bytes:
+    """Send raw bytes, read whatever comes back until the server closes or ``wait`` passes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    await writer.drain()
+    chunks = []
+    try:
+        async with asyncio.timeout(wait):
+            while chunk := await reader.read(65536):
+                chunks.append(chunk)
+    except TimeoutError:
+        pass
+    writer.close()
+    return b"".join(chunks)
+
+
+MALFORMED = {
+    "content_length_text": b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    "content_length_negative": b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    "double_content_length": b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 38\r\n\r\n"
+                             b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n",
+    "te_and_cl": b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"0\r\n\r\nGET /readyz HTTP/1.1\r\nHost: x\r\n\r\n",
+    "bad_request_line": b"GET /metrics HTTP/9.9 extra\r\n\r\n",
+    "header_without_colon": b"GET /metrics HTTP/1.1\r\nHost x\r\n\r\n",
+    "control_in_path": b"GET /met\x01rics HTTP/1.1\r\nHost: x\r\n\r\n",
+    "huge_header": b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n",
+    "bare_lf_smuggle": b"GET /healthz HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n\n0\n\nGET /readyz HTTP/1.1\n\n",
+}
+
+
+def test_malformed_and_ambiguous_requests_get_400_and_no_second_request(procs):
+    stack = Stack(procs)
+    for name, raw in MALFORMED.items():
+        answer = asyncio.run(exchange(stack.port, raw))
+        assert answer.split(b" ", 2)[1] in (b"400", b"413", b"431"), (name, answer[:200])
+        assert b" 200 OK\r\n" not in answer, f"{name}: a smuggled second request was answered"
+    chunked_body = (b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"21\r\nGET /readyz HTTP/1.1\r\nHost: x\r\n\r\n\r\n0\r\n\r\n")
+    answer = asyncio.run(exchange(stack.port, chunked_body))
+    assert answer.count(b"HTTP/1.1 ") == 1 and b"ready" not in answer  # the body is a body, not a request
+    for method in (b"PUT", b"DELETE", b"OPTIONS", b"TRACE"):
+        answer = asyncio.run(exchange(stack.port, method + b" /metrics HTTP/1.1\r\nHost: x\r\n\r\n", wait=0.5))
+        assert answer.startswith(b"HTTP/1.1 405"), (method, answer[:100])
+    stack.assert_healthy()
+
+
+def test_a_flood_of_bad_requests_is_a_bounded_number_of_log_lines(procs):
+    stack = Stack(procs)
+    before = stack.log_lines()
+
+    async def flood():
+        async def one(i):
+            await exchange(stack.port, MALFORMED[list(MALFORMED)[i % len(MALFORMED)]], wait=1)
+        await asyncio.gather(*(one(i) for i in range(600)))
+    asyncio.run(flood())
+    cycles_logged = 8  # about one poll-cycle line a second while the flood runs
+    assert stack.log_lines() - before < 60 + cycles_logged
+    stack.assert_healthy()
+
+
+def test_pipelining_clients_that_never_read_cannot_stall_scrapes_cycles_or_memory(procs):
+    stack = Stack(procs)
+
+    async def attack():
+        held = []
+        for _ in range(300):
+            reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 50)  # and never read
+            held.append(writer)
+        await asyncio.sleep(2)
+        return held
+    loop = asyncio.new_event_loop()
+    held = loop.run_until_complete(attack())
+    try:
+        stack.assert_healthy()  # while 300 greedy clients are still connected
+    finally:
+        for writer in held:
+            writer.transport.abort()
+        loop.close()
+
+
+def test_half_sent_heads_are_dropped_and_do_not_block_others(procs):
+    stack = Stack(procs)
+
+    async def slowloris():
+        held = []
+        for _ in range(200):
+            reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # and never finish the head
+            held.append((reader, writer))
+        answer = await asyncio.to_thread(httpx.get, stack.url("/metrics"), timeout=3)
+        assert answer.status_code == 200
+        closed = await asyncio.wait_for(held[0][0].read(), 30)  # dropped after the keep-alive timeout
+        return closed, held
+    closed, held = asyncio.run(slowloris())
+    assert closed == b""
+    stack.assert_healthy()
+
+
+def test_password_guessers_cannot_slow_a_legitimate_scrape(procs, tmp_path):
+    hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=11)).decode()
+    config = tmp_path / "web.yml"
+    config.write_text(f"basic_auth_users:\n  prom: '{hashed}'\n")
+    stack = Stack(procs, "--web-config", str(config))
+    good = ("prom", "right")
+    assert httpx.get(stack.url("/metrics"), auth=good, timeout=10).status_code == 200  # pays bcrypt once
+
+    async def guess():
+        stop = asyncio.Event()
+
+        async def guesser(i: int):
+            async with httpx.AsyncClient(timeout=30) as http:
+                while not stop.is_set():
+                    user = "prom" if i % 2 else f"user{i}"  # known and unknown users cost the same
+                    await http.get(stack.url("/metrics"), auth=(user, f"guess{i}"))
+        tasks = [asyncio.create_task(guesser(i)) for i in range(20)]
+        await asyncio.sleep(1)
+        statuses = []
+        for _ in range(5):
+            response = await asyncio.to_thread(httpx.get, stack.url("/metrics"), auth=good, timeout=3)
+            statuses.append(response.status_code)
+        unauth = await asyncio.to_thread(httpx.get, stack.url("/healthz"), timeout=3)
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return statuses, unauth.status_code
+    statuses, health = asyncio.run(guess())
+    assert statuses == [200] * 5 and health == 200
+    token = base64.b64encode(b"prom:right").decode()
+    stack.assert_healthy(headers={"Authorization": f"Basic {token}"})

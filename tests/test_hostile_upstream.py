@@ -1,0 +1,149 @@
+"""A hostile upstream, one test per class of bad answer, against the collector as a real process.
+
+Each test syncs against a well-behaved API, turns one fault on, adds runs to good
+sessions, lets cycles run into the fault, then turns it off. Every test asserts:
+the process lives, /metrics answers within 3 s, cycles keep finishing, the good
+sessions are counted exactly, every chat value is finite and non-negative, peak
+RSS stays under 400 MB, the fault left its mark in a counter, and no traceback
+was logged. SIGTERM then ends it with status 0.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from collections import Counter
+
+import httpx
+import pytest
+
+from collector.simulator.world import RunTruth
+from tests.helpers import Samples, assert_samples_match, family, parse, value
+from tests.hostile import HOSTILE_ID, HostileApi
+from tests.stack import Processes, free_port, wait_until
+
+MAX_RSS_MB = 400
+ARGS = ("--interval", "2", "--read-timeout", "0.5", "--connect-timeout", "0.5",
+        "--max-response-bytes", str(4 << 20), "--log-format", "json")
+
+R, E = "llamacloud_collector_api_requests_total", "llamacloud_collector_invalid_payloads_total"
+# mode: (result of the cycles that meet it, a counter that must move: (name, labels))
+MODES = {
+    "content_length_text": ("partial", (R, {"operation": "retrieve", "code": "error"})),
+    "content_length_negative": ("partial", (R, {"operation": "retrieve", "code": "error"})),
+    "content_length_double": ("partial", (R, {"operation": "retrieve", "code": "error"})),
+    "content_length_huge": ("partial", (E, {"operation": "retrieve"})),
+    "chunk_not_hex": ("partial", (R, {"operation": "retrieve", "code": "error"})),
+    "status_huge": ("partial", (R, {"operation": "retrieve", "code": "error"})),
+    "status_low": ("partial", (R, {"operation": "retrieve", "code": "error"})),
+    "reset": ("partial", (R, {"operation": "retrieve", "code": "error"})),
+    "trickle": ("partial", ("llamacloud_collector_api_retries_total", {"operation": "retrieve", "reason": "timeout"})),
+    "gzip_bomb": ("partial", (E, {"operation": "retrieve"})),
+    "oversize": ("partial", (E, {"operation": "retrieve"})),
+    "deep": ("partial", (E, {"operation": "retrieve"})),
+    "other_session": ("partial", (E, {"operation": "retrieve"})),
+    "no_content": ("partial", (E, {"operation": "retrieve"})),
+    "bad_numbers": ("success", ("llamacloud_collector_invalid_values_total", {"field": "turns"})),
+    "continue_first": ("success", (R, {"operation": "retrieve", "code": "200"})),
+    "trailers": ("success", (R, {"operation": "retrieve", "code": "200"})),
+    "list_long_id": ("partial", (E, {"operation": "list"})),
+    "list_relative_ids": ("partial", (E, {"operation": "list"})),
+    "list_deep": ("failure", (E, {"operation": "list"})),
+    "list_endless": ("failure", (R, {"operation": "list", "code": "200"})),
+}
+LISTING_FAILS = {"list_deep", "list_endless"}
+HOSTILE_IS_GOOD = {"continue_first", "trailers"}
+
+
+@pytest.fixture
+def api():
+    server = HostileApi()
+    port = server.start()
+    server.url = f"http://127.0.0.1:{port}"
+    yield server
+    server.stop()
+
+
+def scrape(port: int) -> Samples:
+    response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=3)  # answers within 3 s, whatever upstream does
+    response.raise_for_status()
+    return parse(response.text)
+
+
+def polls(samples: Samples) -> float:
+    return sum(family(samples, "llamacloud_collector_polls_total").values())
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
+
+
+def truth(api: HostileApi, mode: str) -> tuple[list[RunTruth], Counter]:
+    runs, events = list(api.world.runs), Counter(api.world.events)
+    if mode == "bad_numbers":  # one extra run whose every usage value was refused: counted, with no value
+        runs.append(RunTruth(HOSTILE_ID, False, None, None, None, None, None, (), ()))
+        events.update({"user_input": 1, "stop": 1})
+    return runs, events
+
+
+def assert_sane(samples: Samples) -> None:
+    for (name, _), v in samples.items():
+        if name.startswith("llamacloud_chat_"):
+            assert math.isfinite(v) and v >= 0, (name, v)
+
+
+def run_through(api: HostileApi, procs: Processes, mode: str) -> None:
+    port = free_port()
+    proc = procs.collector("collector", "run", "--base-url", api.url, "--listen", f"127.0.0.1:{port}", *ARGS,
+                           env={"LLAMA_CLOUD_API_KEY": "hostile-key"})
+    wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200, 30, "first sync")
+    result, (name, labels) = MODES[mode]
+    before = scrape(port)
+
+    def add_runs() -> None:
+        good = [s for s in api.world.sessions.values() if s.session_id != HOSTILE_ID and s.pending is None]
+        for session in good[:3]:
+            api.world.add_run(session)
+        if mode in HOSTILE_IS_GOOD:
+            api.world.add_run(api.world.sessions[HOSTILE_ID])
+        api.mode = mode
+
+    api.call(add_runs)
+    start = polls(before)
+    seen = wait_until(lambda: (s := scrape(port)) and polls(s) >= start + 3 and s, 60, "three cycles into the fault")
+    assert proc.poll() is None, "the collector died"
+    assert_sane(seen)
+    assert value(seen, "llamacloud_collector_polls_total", result=result) > \
+        (value(before, "llamacloud_collector_polls_total", result=result) or 0), f"no {result} cycle"
+    assert (value(seen, name, **labels) or 0) > (value(before, name, **labels) or 0), (name, labels)
+    codes = {dict(k)["code"] for k in family(seen, R)}
+    assert codes <= {"error"} | {str(c) for c in range(100, 600)}, codes
+    if mode not in LISTING_FAILS:
+        assert_samples_match(seen, *truth(api, mode))  # good sessions counted exactly, the fault or not
+    api.call(setattr, api, "mode", None)
+    current = polls(seen)
+    after = wait_until(lambda: (s := scrape(port)) and polls(s) >= current + 2 and s, 60, "recovery")
+    assert_samples_match(after, *truth(api, mode))
+    assert_sane(after)
+    if mode == "bad_numbers":  # refused once per run, not once per fetch
+        for field in ("duration_ms", "total_input_tokens", "total_output_tokens", "turns"):
+            assert value(after, "llamacloud_collector_invalid_values_total", field=field) == 1, field
+    assert peak_rss_mb(proc.pid) < MAX_RSS_MB
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0
+    procs.procs.pop("collector")
+    log = procs.log("collector")
+    assert "Traceback" not in log and "hostile-key" not in log
+
+
+@pytest.fixture
+def procs(tmp_path):
+    processes = Processes(tmp_path)
+    yield processes
+    processes.stop_all()
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_hostile_upstream(api, procs, mode):
+    run_through(api, procs, mode)
