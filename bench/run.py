@@ -50,7 +50,7 @@ def sim_stats(url: str) -> dict:
 async def measure_cycle(collector: CollectorService, sim: str) -> dict:
     before = sim_stats(sim)
     cpu, wall = time.process_time(), time.perf_counter()
-    report = await collector.poller.cycle()
+    report = await collector.run_cycle()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     after = sim_stats(sim)
     calls = {k: after["calls"].get(k, 0) - before["calls"].get(k, 0) for k in ("list", "retrieve", "summary")}

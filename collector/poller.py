@@ -18,7 +18,10 @@ from collector.aggregates import Aggregates, Buckets
 from collector.derive import ErrorClassifier
 from collector.errors import AuthError, FetchError, NotFound, PayloadError, StateError
 from collector.llamacloud.client import LlamaCloudClient
-from collector.llamacloud.models import Summary
+from collector.llamacloud.models import Listed, Summary
+
+Found = Listed | Summary
+"""A session as discovery found it: a listing item, or a configured ID's summary."""
 from collector.metrics import SelfMetrics
 from collector.state import (
     CollectorState,
@@ -88,7 +91,7 @@ class Poller:
         self.cycle_finished: float | None = None
         self.snapshot: Snapshot = take_snapshot(self.state, self.poll, config.series_limit)
 
-    def _wanted(self, summary: Summary) -> bool:
+    def _wanted(self, summary: Found) -> bool:
         cfg = self.config
         if cfg.total_shards > 1 and shard_of(summary.session_id, cfg.total_shards) != cfg.shard:
             return False
@@ -97,7 +100,7 @@ class Poller:
         return not cfg.index_ids or any(i in cfg.index_ids for i in summary.index_ids)
 
     async def discover(self, deadline: float | None = None,
-                       report: CycleReport | None = None) -> tuple[list[Summary], set[str]]:
+                       report: CycleReport | None = None) -> tuple[list[Found], set[str]]:
         """The sessions to watch, and the IDs known to be gone."""
         report = report or CycleReport()
         if self.config.discover:
@@ -109,7 +112,7 @@ class Poller:
             wanted = [s for s in listing.sessions if self._wanted(s)]
             return wanted, set(self.state.sessions) - {s.session_id for s in wanted}
 
-        found: list[Summary] = []
+        found: list[Found] = []
         gone: set[str] = set()
         answered = 0
 
@@ -155,7 +158,7 @@ class Poller:
             return self._failed(report, f"discovery failed: {type(exc).__name__}: {str(exc)[:200]}",
                                 started, wall_start)
 
-        changed: list[tuple[Summary, str]] = []
+        changed: list[tuple[Found, str]] = []
         for summary in targets:
             prev = work.known(summary.session_id)
             if is_unchanged(prev, summary):
@@ -183,11 +186,11 @@ class Poller:
         self._finish(report, None, started, wall_start, up=False)
         return report
 
-    async def _fetch_all(self, changed: list[tuple[Summary, str]], work: CollectorState,
+    async def _fetch_all(self, changed: list[tuple[Found, str]], work: CollectorState,
                          deadline: float, report: CycleReport) -> None:
         pending = {summary.session_id for summary, _ in changed}
 
-        async def one(summary: Summary, reason: str) -> None:
+        async def one(summary: Found, reason: str) -> None:
             sid = summary.session_id
             try:
                 session = await self.client.retrieve(sid, deadline)

@@ -26,8 +26,7 @@ import structlog
 from collector.aggregates import Aggregates, Buckets
 from collector.errors import ConfigError, StateError
 from collector.settings import state_path_problem
-from collector.llamacloud.models import JobMetadata
-from collector.state import CollectorState, SessionState
+from collector.state import CollectorState, LastRun, SessionState
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -36,6 +35,7 @@ CREATE TABLE IF NOT EXISTS sessions (session_id TEXT PRIMARY KEY, state TEXT NOT
 CREATE TABLE IF NOT EXISTS retired (position INTEGER PRIMARY KEY, session_id TEXT NOT NULL, state TEXT NOT NULL);
 """
 SESSION_FIELDS = [f.name for f in fields(SessionState)]
+LAST_RUN_FIELDS = frozenset(f.name for f in fields(LastRun))
 
 
 def fingerprint(buckets: Buckets, rules: list[tuple[str, str]], label_limit: int) -> str:
@@ -45,14 +45,14 @@ def fingerprint(buckets: Buckets, rules: list[tuple[str, str]], label_limit: int
 
 def encode_session(s: SessionState) -> str:
     values = [getattr(s, name) for name in SESSION_FIELDS]
-    values[SESSION_FIELDS.index("job")] = s.job.model_dump() if s.job else None
+    values[SESSION_FIELDS.index("job")] = asdict(s.job) if s.job else None
     return json.dumps(values, separators=(",", ":"))
 
 
 def decode_session(text: str) -> SessionState:
     data = dict(zip(SESSION_FIELDS, json.loads(text), strict=True))
     data["index_ids"] = tuple(data["index_ids"])
-    data["job"] = JobMetadata(**data["job"]) if data["job"] else None
+    data["job"] = LastRun(**{k: v for k, v in data["job"].items() if k in LAST_RUN_FIELDS}) if data["job"] else None
     data["high_water"] = tuple(data["high_water"]) if data["high_water"] else None
     return SessionState(**data)
 

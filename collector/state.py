@@ -15,7 +15,7 @@ from typing import Protocol
 
 from collector.aggregates import Aggregates
 from collector.derive import ErrorClassifier, derive, finished_prefix, history_intact
-from collector.llamacloud.models import JobMetadata, Session, Summary
+from collector.llamacloud.models import JobMetadata, Listed, Session, Summary
 
 
 def parse_timestamp(value: str) -> float | None:
@@ -29,6 +29,21 @@ def parse_timestamp(value: str) -> float | None:
 
 
 @dataclass(frozen=True, slots=True)
+class LastRun:
+    """What the per-session gauges show of ``job_metadata``, checked; a tenth of a pydantic model's memory."""
+
+    duration_ms: float | None = None
+    total_input_tokens: float | None = None
+    total_output_tokens: float | None = None
+    turns: float | None = None
+    is_error: bool | None = None
+
+    @classmethod
+    def of(cls, job: JobMetadata) -> LastRun:
+        return cls(job.duration_ms, job.total_input_tokens, job.total_output_tokens, job.turns, job.is_error)
+
+
+@dataclass(frozen=True, slots=True)
 class SessionState:
     session_id: str
     last_updated_at: str
@@ -36,7 +51,7 @@ class SessionState:
     title: str | None = None
     shared_access: str | None = None
     index_ids: tuple[str, ...] = ()
-    job: JobMetadata | None = None
+    job: LastRun | None = None
     cursor: int = 0
     events_seen: int = 0
     stop_signature: str | None = None
@@ -81,6 +96,7 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
     if refused:
         aggregates.invalid_values.update(f"job_metadata.{name}" for name in refused)
         job = job.checked()
+    last_run = LastRun.of(job) if job is not None else None
     aggregates.add_runs(result.runs)
     aggregates.add_events(result.event_counts)
     since = None
@@ -94,7 +110,7 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
         title=session.generated_title,
         shared_access=session.shared_access,
         index_ids=tuple(sorted(session.index_ids)),
-        job=job,
+        job=last_run,
         cursor=result.cursor,
         events_seen=result.events_seen,
         stop_signature=result.stop_signature,
@@ -108,7 +124,7 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
     )
 
 
-def is_unchanged(prev: SessionState | None, summary: Summary) -> bool:
+def is_unchanged(prev: SessionState | None, summary: Listed | Summary) -> bool:
     return prev is not None and prev.last_updated_at == summary.last_updated_at
 
 

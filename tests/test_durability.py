@@ -6,8 +6,7 @@ from collector.app import SimulatorService
 from collector.simulator.api import Fault
 from collector.simulator.world import World, populate
 from collector.sqlite_store import SCHEMA_VERSION, decode_session, encode_session
-from collector.state import SessionState
-from collector.llamacloud.models import JobMetadata
+from collector.state import LastRun, SessionState
 from tests.helpers import assert_matches_truth, collector_for, run_async, scrape, value
 
 
@@ -30,9 +29,16 @@ async def one_cycle(sim, state_path, **flags):
 
 def test_session_state_round_trips():
     state = SessionState("s", "2026-01-01T00:00:00+00:00", 1.0, "t", "query", ("a", "b"),
-                         JobMetadata(duration_ms=5.0, is_error=True), 10, 12, "abc", 3, 1, 100, 20, 11, 5.0,
+                         LastRun(duration_ms=5.0, turns=2, is_error=True), 10, 12, "abc", 3, 1, 100, 20, 11, 5.0,
                          (8, 9, "def"))
     assert decode_session(encode_session(state)) == state
+
+
+def test_a_session_row_written_by_0_1_0_still_loads():
+    old = ('["s","2026-01-01T00:00:00+00:00",1.0,"t","query",["a"],{"duration_ms":5.0,"total_input_tokens":null,'
+           '"total_output_tokens":null,"turns":null,"is_error":true,"error":"boom"},1,2,"abc",1,0,0,0,null,null,null]')
+    state = decode_session(old)
+    assert state.job == LastRun(duration_ms=5.0, is_error=True) and state.cursor == 1
 
 
 def test_restart_with_state_keeps_counters_and_fetches_only_changed(tmp_path):

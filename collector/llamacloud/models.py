@@ -15,8 +15,8 @@ import math
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Tag, TypeAdapter,
-                      ValidationError, model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, StringConstraints, Tag,
+                      TypeAdapter, ValidationError, model_validator)
 from pydantic.dataclasses import dataclass
 
 from collector.llamacloud.bounds import session_id_problem
@@ -212,16 +212,36 @@ class Session(Summary):
         return self
 
 
+PageToken = Annotated[str, StringConstraints(max_length=4096)]
+"""Sent back in the next request's URL; a longer one is an attack, not a cursor."""
+
+
+@dataclass(slots=True, frozen=True, config=EVENT_CONFIG)
+class Listed:
+    """A ``list`` item, as far as discovery and change detection read it.
+
+    The rest of the summary (title, ``job_metadata``) comes with ``retrieve``; not
+    building it here keeps a 10,000-session listing small and cheap to validate.
+    """
+
+    session_id: SessionId
+    last_updated_at: str
+    index_ids: StrTuple = ()
+
+
+LISTED_ADAPTER = TypeAdapter(Listed)
+
+
 class SessionPage(_Payload):
-    items: Annotated[tuple[Summary, ...], BeforeValidator(_none_to_empty)] = ()
-    next_page_token: str | None = None
+    items: Annotated[tuple[Listed, ...], BeforeValidator(_none_to_empty)] = ()
+    next_page_token: PageToken | None = None
     unreadable: tuple[str, ...] = ()
     """IDs (or "?") of items that did not validate; the rest of the page still counts."""
 
 
 class _RawPage(_Payload):
     items: Annotated[tuple[Any, ...], BeforeValidator(_none_to_empty)] = ()
-    next_page_token: str | None = None
+    next_page_token: PageToken | None = None
 
 
 def parse_page(body: bytes) -> SessionPage:
@@ -233,7 +253,7 @@ def parse_page(body: bytes) -> SessionPage:
     items, unreadable = [], []
     for item in raw.items:
         try:
-            items.append(Summary.model_validate(item))
+            items.append(LISTED_ADAPTER.validate_python(item))
         except ValidationError:
             sid = item.get("session_id") if isinstance(item, dict) else None
             unreadable.append(sid if isinstance(sid, str) else "?")
