@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from scripts.rules import RATIO, load_spec
+
 DS = {"type": "prometheus", "uid": "${datasource}"}
-J = 'job=~"$job"'
+J = 'job=~"$job", instance=~"$instance"'
 RI = "$__rate_interval"
 TAG = "llamacloud"
 
@@ -32,9 +34,21 @@ def panel(kind: str, title: str, description: str, unit: str, targets: list[dict
     return result
 
 
-def stat(title: str, description: str, unit: str, expr: str, **kw: Any) -> dict[str, Any]:
+def steps(base: str, *marks: tuple[float, str]) -> dict[str, Any]:
+    """Explicit thresholds: ``base`` colour below the first mark, then each mark's colour from its value up."""
+    return {"mode": "absolute", "steps": [{"color": base, "value": None},
+                                          *({"color": c, "value": v} for v, c in marks)]}
+
+
+NEUTRAL = steps("text")
+"""A count with no good or bad value: shown plain, never Grafana's default red at 80."""
+
+
+def stat(title: str, description: str, unit: str, expr: str, thresholds: dict[str, Any],
+         mappings: list[dict] | None = None, **kw: Any) -> dict[str, Any]:
     return panel("stat", title, description, unit, [q(expr, instant=True)], w=kw.pop("w", 4), h=kw.pop("h", 4),
-                 panel_options={"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "value"}, **kw)
+                 panel_options={"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "value"},
+                 defaults={"thresholds": thresholds, "mappings": mappings or []}, **kw)
 
 
 def series(title: str, description: str, unit: str, *targets: dict, **kw: Any) -> dict[str, Any]:
@@ -58,14 +72,18 @@ def layout(panels: list[dict]) -> list[dict]:
     return panels
 
 
+def _query_variable(name: str, query: str) -> dict[str, Any]:
+    return {"name": name, "label": name, "type": "query", "datasource": DS, "query": {"query": query, "refId": name},
+            "definition": query, "refresh": 2, "includeAll": True, "multi": True, "allValue": ".*",
+            "current": {"text": "All", "value": "$__all"}, "sort": 1}
+
+
 def variables(extra: list[dict] | None = None) -> dict[str, Any]:
-    job = {"name": "job", "label": "job", "type": "query", "datasource": DS,
-           "query": {"query": "label_values(llamacloud_collector_build_info, job)", "refId": "job"},
-           "definition": "label_values(llamacloud_collector_build_info, job)", "refresh": 2,
-           "includeAll": True, "multi": True, "allValue": ".*", "current": {"text": "All", "value": "$__all"}}
     source = {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
               "current": {}, "hide": 0}
-    return {"list": [source, job, *(extra or [])]}
+    job = _query_variable("job", "label_values(llamacloud_collector_build_info, job)")
+    instance = _query_variable("instance", 'label_values(llamacloud_collector_build_info{job=~"$job"}, instance)')
+    return {"list": [source, job, instance, *(extra or [])]}
 
 
 def dashboard(uid: str, title: str, description: str, panels: list[dict],
@@ -80,10 +98,18 @@ def dashboard(uid: str, title: str, description: str, panels: list[dict],
     }
 
 
+YES_NO = [{"type": "value", "options": {"0": {"text": "no"}, "1": {"text": "yes"}}}]
+UP_DOWN = [{"type": "value", "options": {"0": {"text": "down"}, "1": {"text": "up"}}}]
 RUNS = f"llamacloud_chat_runs_total{{{J}}}"
 ERRS = f'llamacloud_chat_runs_total{{{J}, outcome="error"}}'
-SLO = {"name": "slo", "label": "SLO (run success ratio)", "type": "custom", "query": "0.99,0.995,0.999,0.95",
-       "current": {"text": "0.99", "value": "0.99"}, "options": []}
+OBJECTIVE = load_spec()["objective"]
+"""The SLO objective the rules are generated with: the dashboards' default and their colours."""
+BUDGET = round(1 - OBJECTIVE, 6)
+SLO = {"name": "slo", "label": "SLO (run success ratio)", "type": "custom",
+       "query": ",".join(dict.fromkeys(str(v) for v in (OBJECTIVE, 0.99, 0.995, 0.999, 0.95))),
+       "current": {"text": str(OBJECTIVE), "value": str(OBJECTIVE)}, "options": []}
+BURN = steps("green", (1, "yellow"), (6, "orange"), (14.4, "red"))
+"""Burn rate: the SRE workbook's alert levels (tickets from 1x and 3x, pages from 6x and 14.4x)."""
 
 
 def quantiles(metric: str, by: str = "", unit: str = "s") -> list[dict]:
@@ -95,23 +121,30 @@ def quantiles(metric: str, by: str = "", unit: str = "s") -> list[dict]:
 
 def overview() -> dict[str, Any]:
     panels = [
-        stat("Runs (range)", "Finished chat runs in the selected range.", "short", f"sum(increase({RUNS}[$__range]))"),
-        stat("Error ratio (range)", "Share of finished runs that failed in the selected range.", "percentunit",
-             f"sum(increase({ERRS}[$__range])) / sum(increase({RUNS}[$__range]))"),
-        stat("Error budget remaining", "Share of the SLO's error budget left over the selected range "
-             "(1 - error ratio / (1 - SLO)).", "percentunit",
-             f"1 - (sum(increase({ERRS}[$__range])) / sum(increase({RUNS}[$__range]))) / (1 - $slo)"),
+        stat("Runs (range)", "Finished chat runs in the selected range.", "short", f"sum(increase({RUNS}[$__range]))",
+             NEUTRAL),
+        stat("Error ratio (range)", f"Share of finished runs that failed in the selected range. Red above the "
+             f"error budget of the {OBJECTIVE} objective ({BUDGET:.2%}).", "percentunit",
+             f"sum(increase({ERRS}[$__range])) / sum(increase({RUNS}[$__range]))",
+             steps("green", (BUDGET, "red"))),
+        stat("Error budget burn (1h)", "How many times faster than the SLO allows the error budget burns, over "
+             "the last hour (error ratio / (1 - SLO)). 14.4 and 6 page, 3 and 1 open tickets.", "x",
+             f"max({RATIO}1h{{job=~\"$job\"}}) / (1 - $slo)", BURN),
         stat("Runs in progress", "Sessions whose history ends in an unfinished run.", "short",
-             f"sum(llamacloud_chat_runs_in_progress{{{J}}})"),
-        stat("Oldest run in progress", "How long the oldest unfinished run has been running, "
-             "from when the collector first saw it.", "s", f"max(llamacloud_chat_oldest_run_in_progress_seconds{{{J}}})"),
+             f"sum(llamacloud_chat_runs_in_progress{{{J}}})", NEUTRAL),
+        stat("Oldest run in progress", "How long the oldest unfinished run has been running, from when the "
+             "collector first saw it. Red from 30 minutes, as LlamaCloudChatRunStuck.", "s",
+             f"time() - min(llamacloud_chat_oldest_run_in_progress_seen_timestamp_seconds{{{J}}})",
+             steps("green", (600, "yellow"), (1800, "red"))),
         stat("Tokens (range)", "Input plus output tokens of runs finished in the range.", "short",
-             f"sum(increase(llamacloud_chat_tokens_total{{{J}}}[$__range]))"),
+             f"sum(increase(llamacloud_chat_tokens_total{{{J}}}[$__range]))", NEUTRAL),
         series("Runs per minute by outcome", "Finished chat runs per minute, success and error.", "cpm",
                q(f"sum by (outcome) (rate({RUNS}[{RI}])) * 60", "{{outcome}}"), w=12),
-        series("Error ratio against the SLO", "Share of runs that failed (5m), against the error budget line "
-               "1 - SLO.", "percentunit",
-               q(f"sum(rate({ERRS}[5m])) / sum(rate({RUNS}[5m]))", "error ratio"),
+        series("Error ratio against the SLO", "Share of runs that failed, against the error budget line "
+               "1 - SLO, and the 1h and 6h ratios the burn-rate alerts read.", "percentunit",
+               q(f"sum(rate({ERRS}[{RI}])) / sum(rate({RUNS}[{RI}]))", "error ratio"),
+               q(f'max({RATIO}1h{{job=~"$job"}})', "1h (alerts)"),
+               q(f'max({RATIO}6h{{job=~"$job"}})', "6h (alerts)"),
                q("1 - $slo", "error budget (1 - SLO)"), w=12),
         series("Run duration p50 / p95 / p99", "Quantiles of finished-run duration.", "s",
                *quantiles("llamacloud_chat_run_duration_seconds"), w=12),
@@ -119,12 +152,12 @@ def overview() -> dict[str, Any]:
               [q(f"sum by (le) (increase(llamacloud_chat_run_duration_seconds_bucket{{{J}}}[{RI}]))", "{{le}}",
                  fmt="heatmap")], w=12, panel_options={"calculate": False, "yAxis": {"unit": "s"}}),
         series("Tokens per minute", "Input and output tokens per minute of finished runs.", "short",
-               q(f"sum by (type) (rate(llamacloud_chat_tokens_total{{{J}}}[{RI}])) * 60", "{{type}}")),
+               q(f"sum by (token_type) (rate(llamacloud_chat_tokens_total{{{J}}}[{RI}])) * 60", "{{token_type}}")),
         series("Tokens per run", "Mean and p95 tokens per run, input and output.", "short",
-               q(f"sum by (type) (rate(llamacloud_chat_run_tokens_sum{{{J}}}[{RI}])) / "
-                 f"sum by (type) (rate(llamacloud_chat_run_tokens_count{{{J}}}[{RI}]))", "mean {{type}}"),
-               q(f"histogram_quantile(0.95, sum by (le, type) (rate(llamacloud_chat_run_tokens_bucket{{{J}}}[{RI}])))",
-                 "p95 {{type}}")),
+               q(f"sum by (token_type) (rate(llamacloud_chat_run_tokens_sum{{{J}}}[{RI}])) / "
+                 f"sum by (token_type) (rate(llamacloud_chat_run_tokens_count{{{J}}}[{RI}]))", "mean {{token_type}}"),
+               q(f"histogram_quantile(0.95, sum by (le, token_type) "
+                 f"(rate(llamacloud_chat_run_tokens_bucket{{{J}}}[{RI}])))", "p95 {{token_type}}")),
         series("Turns per run", "Mean and p95 turns per finished run.", "short",
                q(f"sum(rate(llamacloud_chat_run_turns_sum{{{J}}}[{RI}])) / "
                  f"sum(rate(llamacloud_chat_run_turns_count{{{J}}}[{RI}]))", "mean"),
@@ -142,7 +175,8 @@ def overview() -> dict[str, Any]:
                w=12),
         series("Runs in progress", "Unfinished runs, and the age of the oldest.", "short",
                q(f"sum(llamacloud_chat_runs_in_progress{{{J}}})", "in progress"),
-               q(f"max(llamacloud_chat_oldest_run_in_progress_seconds{{{J}}})", "oldest (s)"), w=12,
+               q(f"time() - min(llamacloud_chat_oldest_run_in_progress_seen_timestamp_seconds{{{J}}})", "oldest (s)"),
+               w=12,
                overrides=[{"matcher": {"id": "byName", "options": "oldest (s)"},
                            "properties": [{"id": "unit", "value": "s"}, {"id": "custom.axisPlacement",
                                                                          "value": "right"}]}]),
@@ -165,23 +199,26 @@ def session() -> dict[str, Any]:
     panels = [
         table("Session info", "Access, bound indexes (and title with --expose-titles).",
               f"llamacloud_chat_session_info{{{s}}}", w=24, h=4),
-        stat("Last run duration", "Duration of the session's most recent run (job_metadata).", "s",
-             f"max(llamacloud_chat_session_last_run_duration_seconds{{{s}}})"),
+        stat("Last run duration", "Duration of the session's most recent run (job_metadata). Yellow from 60 s, "
+             "red from 120 s, as LlamaCloudChatRunDurationHigh.", "s",
+             f"max(llamacloud_chat_session_last_run_duration_seconds{{{s}}})",
+             steps("green", (60, "yellow"), (120, "red"))),
         stat("Last run input tokens", "Input tokens of the most recent run.", "short",
-             f'max(llamacloud_chat_session_last_run_tokens{{{s}, type="input"}})'),
+             f'max(llamacloud_chat_session_last_run_tokens{{{s}, token_type="input"}})', NEUTRAL),
         stat("Last run output tokens", "Output tokens of the most recent run.", "short",
-             f'max(llamacloud_chat_session_last_run_tokens{{{s}, type="output"}})'),
+             f'max(llamacloud_chat_session_last_run_tokens{{{s}, token_type="output"}})', NEUTRAL),
         stat("Last run turns", "Turns of the most recent run.", "short",
-             f"max(llamacloud_chat_session_last_run_turns{{{s}}})"),
-        stat("Last run failed", "1 when the most recent run failed.", "bool_yes_no",
-             f"max(llamacloud_chat_session_last_run_error{{{s}}})"),
+             f"max(llamacloud_chat_session_last_run_turns{{{s}}})", NEUTRAL),
+        stat("Last run failed", "Whether the most recent run failed: red when it did.", "none",
+             f"max(llamacloud_chat_session_last_run_error{{{s}}})", steps("green", (1, "red")), YES_NO),
         stat("Last updated", "When the session last changed upstream.", "dateTimeFromNow",
-             f"max(llamacloud_chat_session_last_updated_timestamp_seconds{{{s}}}) * 1000"),
+             f"max(llamacloud_chat_session_last_updated_timestamp_seconds{{{s}}}) * 1000", NEUTRAL),
         series("Runs over time", "Finished runs of the session by outcome.", "short",
                q(f"sum by (outcome) (increase(llamacloud_chat_session_runs_total{{{s}}}[{RI}]))", "{{outcome}}"),
                w=12),
         series("Tokens over time", "Tokens used by the session's finished runs.", "short",
-               q(f"sum by (type) (increase(llamacloud_chat_session_tokens_total{{{s}}}[{RI}]))", "{{type}}"), w=12),
+               q(f"sum by (token_type) (increase(llamacloud_chat_session_tokens_total{{{s}}}[{RI}]))",
+                 "{{token_type}}"), w=12),
         series("Runs (cumulative)", "Finished runs of the session since the collector started counting.", "short",
                q(f"sum by (outcome) (llamacloud_chat_session_runs_total{{{s}}})", "{{outcome}}"), w=24),
     ]
@@ -192,30 +229,36 @@ def session() -> dict[str, Any]:
 def health() -> dict[str, Any]:
     a = "llamacloud_collector_api_requests_total"
     panels = [
-        stat("Up", "1 when the last poll reached the API and it answered (lowest across instances).", "bool_yes_no",
-             f"min(llamacloud_collector_up{{{J}}})"),
-        stat("Since last successful poll", "Seconds since the last successful poll finished.", "s",
-             f"time() - max(llamacloud_collector_last_success_timestamp_seconds{{{J}}})"),
+        stat("Up", "Whether the last poll reached the API and it answered (lowest across instances): red when "
+             "it did not.", "none", f"min(llamacloud_collector_up{{{J}}})", steps("red", (1, "green")), UP_DOWN),
+        stat("Since last successful poll, in intervals", "Time since the last successful poll, in poll "
+             "intervals. Red from 3, as LlamaCloudCollectorPollStale.", "x",
+             f"max((time() - llamacloud_collector_last_success_timestamp_seconds{{{J}}}) "
+             f"/ llamacloud_collector_poll_interval_seconds{{{J}}})", steps("green", (2, "yellow"), (3, "red"))),
         stat("Sessions watched", "Sessions watched across shards.", "short",
-             f"sum(llamacloud_collector_sessions_watched{{{J}}})"),
+             f"sum(llamacloud_collector_sessions_watched{{{J}}})", NEUTRAL),
         stat("Shards reporting", "Collector shards scraped, out of the configured total.", "short",
-             f"count(llamacloud_collector_shard{{{J}}})"),
-        stat("Invalid payloads (range)", "API answers that failed validation: schema drift.", "short",
-             f"sum(increase(llamacloud_collector_invalid_payloads_total{{{J}}}[$__range]))"),
-        stat("History resets (range)", "Histories that shrank or changed and were re-synced.", "short",
-             f"sum(increase(llamacloud_collector_history_resets_total{{{J}}}[$__range]))"),
+             f"count(llamacloud_collector_shard{{{J}}})", NEUTRAL),
+        stat("Invalid payloads (range)", "API answers that failed validation: schema drift or a hostile answer. "
+             "Orange from 1.", "short",
+             f"sum(increase(llamacloud_collector_invalid_payloads_total{{{J}}}[$__range]))",
+             steps("green", (1, "orange"))),
+        stat("History resets (range)", "Histories that shrank or changed and were re-synced. Yellow from 1.",
+             "short", f"sum(increase(llamacloud_collector_history_resets_total{{{J}}}[$__range]))",
+             steps("green", (1, "yellow"))),
         series("Poll duration", "Duration of the last poll cycle per instance.", "s",
                q(f"max by (instance) (llamacloud_collector_poll_duration_seconds{{{J}}})", "{{instance}}")),
         series("Polls by result", "Poll cycles per minute by result.", "cpm",
                q(f"sum by (result) (rate(llamacloud_collector_polls_total{{{J}}}[{RI}])) * 60", "{{result}}")),
-        series("API requests by endpoint and code", "Requests per second to the LlamaCloud API.", "reqps",
-               q(f"sum by (endpoint, code) (rate({a}{{{J}}}[{RI}]))", "{{endpoint}} {{code}}")),
-        series("API latency p95", "p95 API request latency by endpoint.", "s",
-               q(f"histogram_quantile(0.95, sum by (le, endpoint) "
-                 f"(rate(llamacloud_collector_api_request_duration_seconds_bucket{{{J}}}[{RI}])))", "{{endpoint}}")),
+        series("API requests by operation and code", "Requests per second to the LlamaCloud API; code error is a "
+               "transport or protocol failure.", "reqps",
+               q(f"sum by (operation, code) (rate({a}{{{J}}}[{RI}]))", "{{operation}} {{code}}")),
+        series("API latency p95", "p95 API request latency by operation, whole exchange.", "s",
+               q(f"histogram_quantile(0.95, sum by (le, operation) "
+                 f"(rate(llamacloud_collector_api_request_duration_seconds_bucket{{{J}}}[{RI}])))", "{{operation}}")),
         series("Retries and 429s", "Retried requests by reason, and 429 answers.", "reqps",
-               q(f"sum by (endpoint, reason) (rate(llamacloud_collector_api_retries_total{{{J}}}[{RI}]))",
-                 "retry {{endpoint}} {{reason}}"),
+               q(f"sum by (operation, reason) (rate(llamacloud_collector_api_retries_total{{{J}}}[{RI}]))",
+                 "retry {{operation}} {{reason}}"),
                q(f'sum(rate({a}{{{J}, code="429"}}[{RI}]))', "429")),
         series("Sessions fetched and unchanged", "Sessions retrieved (new, changed) and skipped as unchanged.",
                "short",
@@ -223,9 +266,12 @@ def health() -> dict[str, Any]:
                q(f"sum(increase(llamacloud_collector_sessions_unchanged_total{{{J}}}[{RI}]))", "unchanged")),
         series("Sessions watched", "Sessions watched per instance.", "short",
                q(f"sum by (instance) (llamacloud_collector_sessions_watched{{{J}}})", "{{instance}}")),
-        series("Invalid payloads and history resets", "Schema drift and rewritten histories.", "short",
-               q(f"sum by (endpoint) (increase(llamacloud_collector_invalid_payloads_total{{{J}}}[{RI}]))",
-                 "invalid {{endpoint}}"),
+        series("Invalid payloads, values and history resets", "Schema drift or hostile answers, refused values "
+               "(negative, NaN, infinite, over 2^53) and rewritten histories.", "short",
+               q(f"sum by (operation) (increase(llamacloud_collector_invalid_payloads_total{{{J}}}[{RI}]))",
+                 "invalid {{operation}}"),
+               q(f"sum by (field) (increase(llamacloud_collector_invalid_values_total{{{J}}}[{RI}]))",
+                 "refused {{field}}"),
                q(f"sum(increase(llamacloud_collector_history_resets_total{{{J}}}[{RI}]))", "history resets")),
         series("Dropped series", "Sessions and label values over a limit, not exposed as their own series.", "short",
                q(f"sum by (family) (llamacloud_collector_series_dropped{{{J}}})", "{{family}}")),

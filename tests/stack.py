@@ -111,18 +111,30 @@ def start_alertmanager(procs: Processes, webhook_port: int) -> int:
     return port
 
 
-def start_prometheus(procs: Processes, targets: list[int], rule_files: list[Path], am_port: int | None) -> str:
+OPERATOR_LABELS = {"namespace": "monitoring", "service": "llamacloud-collector", "pod": "llamacloud-collector-0",
+                   "container": "collector", "endpoint": "http-metrics"}
+"""The target labels the Prometheus Operator attaches to a ServiceMonitor's targets."""
+
+
+def start_prometheus(procs: Processes, targets: list[int], rule_files: list[Path], am_port: int | None,
+                     plain_job: str | None = None) -> str:
+    """Prometheus scraping ``targets`` the way the Prometheus Operator does (job ``llamacloud-collector``,
+    its target labels, ``honor_labels: false``); with ``plain_job``, also a plain scrape of the same targets."""
     port = free_port()
     config = procs.folder / "prometheus.yml"
     alerting = (f"alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am_port}']\n"
                 if am_port else "")
+    addresses = json.dumps([f"127.0.0.1:{t}" for t in targets])
+    jobs = ("  - job_name: llamacloud-collector\n    honor_labels: false\n    static_configs:\n"
+            f"      - targets: {addresses}\n        labels: {json.dumps(OPERATOR_LABELS)}\n")
+    if plain_job:
+        jobs += f"  - job_name: {plain_job}\n    static_configs:\n      - targets: {addresses}\n"
     config.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        f"rule_files: {json.dumps([str(p) for p in rule_files])}\n{alerting}"
-        "scrape_configs:\n  - job_name: llamacloud-collector\n    static_configs:\n"
-        f"      - targets: {json.dumps([f'127.0.0.1:{t}' for t in targets])}\n")
+        f"rule_files: {json.dumps([str(p) for p in rule_files])}\n{alerting}scrape_configs:\n{jobs}")
     procs.start("prometheus", [require("prometheus"), f"--config.file={config}",
                                f"--storage.tsdb.path={procs.folder / 'tsdb'}",
+                               "--enable-feature=exemplar-storage",
                                f"--web.listen-address=127.0.0.1:{port}"])
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: httpx.get(url + "/-/ready").status_code == 200, 30, "prometheus")

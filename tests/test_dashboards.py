@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from scripts.rules import load_spec
+
 ROOT = Path(__file__).resolve().parent.parent
 FILES = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 
@@ -29,7 +31,8 @@ def test_dashboard_conventions(path):
     assert "${DS_" not in text and '"__inputs"' not in text
     variables = {v["name"]: v for v in board["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
-    assert variables["job"]["type"] == "query"
+    assert variables["job"]["type"] == "query" and variables["instance"]["type"] == "query"
+    assert '$job' in variables["instance"]["query"]["query"]
     assert board["links"] and board["links"][0]["tags"] == ["llamacloud"] and "llamacloud" in board["tags"]
     ids = [p["id"] for p in panels(board)]
     assert len(ids) == len(set(ids))
@@ -43,3 +46,44 @@ def test_dashboard_conventions(path):
         assert grid["x"] + grid["w"] <= 24
     uids = re.findall(r'"uid":\s*"([^"]+)"', text)
     assert set(uids) <= {board["uid"], "${datasource}"}
+
+
+def all_panels():
+    for path in FILES:
+        yield from panels(json.loads(path.read_text()))
+
+
+def test_every_rate_uses_the_rate_interval():
+    for p in all_panels():
+        for target in p["targets"]:
+            for window in re.findall(r"\b(?:rate|irate)\([^\[]*\[([^\]]+)\]", target["expr"]):
+                assert window == "$__rate_interval", (p["title"], target["expr"])
+
+
+def test_every_stat_has_explicit_thresholds_not_grafanas_default():
+    for p in all_panels():
+        if p["type"] != "stat":
+            continue
+        thresholds = p["fieldConfig"]["defaults"]["thresholds"]
+        steps = thresholds["steps"]
+        assert thresholds["mode"] == "absolute" and steps[0]["value"] is None, p["title"]
+        assert {"value": 80, "color": "red"} not in steps, p["title"]
+
+
+def color_at(panel, value):
+    color = None
+    for step in panel["fieldConfig"]["defaults"]["thresholds"]["steps"]:
+        if step["value"] is None or value >= step["value"]:
+            color = step["color"]
+    return color
+
+
+def test_up_zero_is_red_and_the_error_ratio_is_coloured_against_the_objective():
+    by_title = {p["title"]: p for p in all_panels()}
+    assert color_at(by_title["Up"], 0) == "red" and color_at(by_title["Up"], 1) == "green"
+    budget = 1 - load_spec()["objective"]
+    ratio = by_title["Error ratio (range)"]
+    assert color_at(ratio, budget * 0.9) == "green" and color_at(ratio, budget * 1.1) == "red"
+    burn = by_title["Error budget burn (1h)"]
+    assert [color_at(burn, x) for x in (0.5, 2, 10, 20)] == ["green", "yellow", "orange", "red"]
+    assert color_at(by_title["Runs (range)"], 1000) == "text"  # a plain count is never painted red

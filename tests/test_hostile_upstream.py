@@ -111,7 +111,7 @@ def run_through(api: HostileApi, procs: Processes, mode: str) -> None:
 
     api.call(add_runs)
     start = polls(before)
-    seen = wait_until(lambda: (s := scrape(port)) and polls(s) >= start + 3 and s, 60, "three cycles into the fault")
+    seen = wait_until(lambda: (s := scrape(port)) and polls(s) >= start + 2 and s, 60, "two cycles into the fault")
     assert proc.poll() is None, "the collector died"
     assert_sane(seen)
     assert value(seen, "llamacloud_collector_polls_total", result=result) > \

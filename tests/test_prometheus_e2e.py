@@ -6,19 +6,22 @@ import pytest
 
 from scripts.dashboards import DASHBOARDS
 from scripts.rules import alert_rules, dump, load_spec, recording_rules
-from tests.stack import (Processes, Webhook, firing, free_port, query, start_alertmanager, start_prometheus,
-                         wait_until)
+from tests.stack import (OPERATOR_LABELS, Processes, Webhook, firing, free_port, query, start_alertmanager,
+                         start_prometheus, wait_until)
 
 KEY = "llx-e2e-key"
 CORE = {"Runs per minute by outcome", "Error ratio against the SLO", "Run duration p50 / p95 / p99",
         "Tokens per minute", "Tokens per run", "Turns per run", "Tool calls by tool", "Errors by type",
-        "Runs (range)", "Up", "Sessions watched", "API requests by endpoint and code", "Poll duration",
-        "Session info", "Last run duration", "Runs over time", "Process memory"}
+        "Runs (range)", "Up", "Sessions watched", "API requests by operation and code", "Poll duration",
+        "Session info", "Last run duration", "Runs over time", "Process memory", "Error budget burn (1h)",
+        "Since last successful poll, in intervals"}
+OPERATOR_JOB, PLAIN_JOB = "llamacloud-collector", "plain"
+TARGET_LABELS = {"job", "instance", *OPERATOR_LABELS}
 
 
-def substitute(expr: str, session_id: str) -> str:
+def substitute(expr: str, session_id: str, job: str = OPERATOR_JOB) -> str:
     return (expr.replace("$__rate_interval", "1m").replace("$__range", "10m").replace("$slo", "0.99")
-            .replace('"$job"', '".*"').replace("$session_id", session_id))
+            .replace('"$job"', f'"{job}"').replace('"$instance"', '".*"').replace("$session_id", session_id))
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,7 @@ def stack(tmp_path_factory):
     folder = tmp_path_factory.mktemp("stack")
     procs, hook = Processes(folder), Webhook()
     rules = folder / "alerts.yaml"
-    fast = {"LlamaCloudCollectorPollStale": {"threshold": 4}, "LlamaCloudChatErrorRatioHigh": {"min_runs": 5}}
+    fast = {"LlamaCloudChatErrorRatioHigh": {"min_runs": 5}}
     rules.write_text(dump(alert_rules(load_spec(), for_override="0s", params=fast)))
     recording = folder / "recording.yaml"
     recording.write_text(dump(recording_rules(load_spec())))
@@ -38,7 +41,7 @@ def stack(tmp_path_factory):
     procs.collector("collector", "--listen", f"127.0.0.1:{col_port}", "--interval", "1",
                     env={"LLAMA_CLOUD_API_KEY": KEY, "LLAMA_CLOUD_BASE_URL": sim})
     am = start_alertmanager(procs, hook.port)
-    prom = start_prometheus(procs, [col_port], [rules, recording], am)
+    prom = start_prometheus(procs, [col_port], [rules, recording], am, plain_job=PLAIN_JOB)
     try:
         wait_until(lambda: query(prom, "llamacloud_chat_runs_total"), 60, "first scrape with chat families")
         yield {"prom": prom, "sim": sim, "procs": procs, "hook": hook}
@@ -56,8 +59,43 @@ def test_failing_runs_fire_error_alerts_and_alertmanager_delivers(stack):
     wait_until(lambda: want <= firing(prom).get("firing", set()), 60, f"{want} firing")
     wait_until(lambda: "LlamaCloudChatErrorRatioHigh" in stack["hook"].alert_names(), 60, "webhook delivery")
     alerts = [a for m in stack["hook"].received for a in m["alerts"]]
-    sample = next(a for a in alerts if a["labels"]["alertname"] == "LlamaCloudChatErrorRatioHigh")
+    sample = next(a for a in alerts if a["labels"]["alertname"] == "LlamaCloudChatErrorRatioHigh"
+                  and a["labels"]["job"] == OPERATOR_JOB)
     assert sample["labels"]["severity"] == "warning" and "runbook_url" in sample["annotations"]
+    assert not any(k.startswith("exported_") for a in alerts for k in a["labels"])
+
+
+def test_operator_target_labels_clash_with_no_exported_label(stack):
+    prom = stack["prom"]
+    series = httpx.get(prom + "/api/v1/series", params={"match[]": '{__name__=~"llamacloud_.+"}'}).json()["data"]
+    names = {k for s in series for k in s}
+    assert not {n for n in names if n.startswith("exported_")}, names
+    operator = [s for s in series if s["job"] == OPERATOR_JOB]
+    assert operator and all(s["endpoint"] == "http-metrics" and s["pod"] == "llamacloud-collector-0"
+                            for s in operator)
+
+
+def test_every_dashboard_query_answers_the_same_as_with_a_plain_scrape(stack):
+    prom = stack["prom"]
+    wait_until(lambda: query(prom, "rate(llamacloud_chat_runs_total[1m])"), 30, "two scrapes")
+    session_id = query(prom, "llamacloud_chat_session_info")[0]["metric"]["session_id"]
+
+    def shape(expr: str, job: str) -> list[frozenset]:
+        result = query(prom, substitute(expr, session_id, job))
+        if result and not isinstance(result[0], dict):  # a scalar: no series at all
+            return [frozenset()]
+        return sorted((frozenset((k, v) for k, v in r["metric"].items() if k not in TARGET_LABELS)
+                       for r in result), key=sorted)
+    compared = 0
+    for build in DASHBOARDS.values():
+        for panel in build()["panels"]:
+            for target in panel["targets"]:
+                if "job:" in target["expr"]:  # recording rules aggregate by job: both jobs have them
+                    continue
+                compared += 1
+                assert shape(target["expr"], OPERATOR_JOB) == shape(target["expr"], PLAIN_JOB), \
+                    (panel["title"], target["expr"])
+    print(f"\n{compared} dashboard queries give the same series under the Operator's labels and a plain scrape")
 
 
 def test_every_panel_query_is_valid_and_core_panels_return_data(stack):

@@ -54,11 +54,49 @@ def test_alerts_carry_severity_summary_description_runbook_and_prefix():
         assert url.endswith("/docs/runbook.md#" + anchor(rule["alert"])) and anchor(rule["alert"]) in sections
 
 
-def test_recording_rules_cover_every_window():
-    records = {r["record"] for r in yaml.safe_load((PROM / "recording.yaml").read_text())["groups"][0]["rules"]}
-    for window in ("5m", "30m", "1h", "2h", "6h", "1d", "3d"):
-        for kind in ("runs", "run_errors", "run_error_ratio"):
-            assert f"job:llamacloud_chat_{kind}:rate{window}" in records
+def recorded() -> list[dict]:
+    return [r for g in yaml.safe_load((PROM / "recording.yaml").read_text())["groups"] for r in g["rules"]]
+
+
+def test_every_recording_rule_is_read_by_an_alert_or_a_panel():
+    alerts = (PROM / "alerts.yaml").read_text()
+    panels = "".join(p.read_text() for p in (ROOT / "grafana" / "dashboards").glob("*.json"))
+    for rule in recorded():
+        assert rule["record"] in alerts or rule["record"] in panels, f"{rule['record']} is never read"
+
+
+def test_ratio_rules_follow_the_naming_convention_and_cover_the_burn_rate_windows():
+    names = [r["record"] for r in recorded()]
+    for name in names:
+        assert re.fullmatch(r"job:llamacloud_\w+_per_llamacloud_\w+:ratio_rate\d+[mhd]", name), name
+    windows = {n.rsplit("ratio_rate", 1)[1] for n in names}
+    assert windows == {"5m", "30m", "1h", "2h", "6h", "1d", "3d"}
+
+
+def test_day_long_windows_are_not_evaluated_every_30_seconds():
+    groups = yaml.safe_load((PROM / "recording.yaml").read_text())["groups"]
+    for group in groups:
+        for rule in group["rules"]:
+            if rule["record"].endswith(("1d", "3d")):
+                assert group["interval"] == "5m", rule["record"]
+
+
+def test_the_four_burn_rate_alerts_of_the_sre_workbook():
+    spec = {a["alert"]: a for a in load_spec()["alerts"]}
+    want = {"LlamaCloudChatErrorBudgetBurnFast": (14.4, "1h", "5m", "critical"),
+            "LlamaCloudChatErrorBudgetBurnHigh": (6, "6h", "30m", "critical"),
+            "LlamaCloudChatErrorBudgetBurnMedium": (3, "1d", "2h", "warning"),
+            "LlamaCloudChatErrorBudgetBurnSlow": (1, "3d", "6h", "warning")}
+    for name, (burn, long, short, severity) in want.items():
+        alert = spec[name]
+        assert alert["params"]["burn"] == burn and alert["severity"] == severity
+        assert f"ratio_rate{long} >" in alert["expr"] and f"ratio_rate{short} >" in alert["expr"]
+        assert "${burn}" in alert["description"] and "${objective}" in alert["description"]
+
+
+def test_interval_dependent_alerts_read_the_interval_metric():
+    rules = {r["alert"]: r for r in yaml.safe_load((PROM / "alerts.yaml").read_text())["groups"][0]["rules"]}
+    assert "llamacloud_collector_poll_interval_seconds" in rules["LlamaCloudCollectorPollStale"]["expr"]
 
 
 def test_session_alert_keeps_session_id():
