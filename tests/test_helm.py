@@ -37,7 +37,17 @@ MATRIX = {
                       "config": {"projectId": "p1", "sessionIds": ["s1", "s2"], "indexIds": ["i1"], "interval": 30,
                                  "errorRules": [{"type": "quota", "pattern": "quota"}],
                                  "buckets": {"turns": [1, 2, 4]}, "discover": True}},
-    "alerts-tuned": {**KEY, "prometheusRule": {"enabled": True, "objective": 0.995, "alerts": {
+    "web-config": {**KEY, "webConfig": {"existingSecret": "collector-web"},
+                   "extraVolumes": [{"name": "ca", "configMap": {"name": "ca-bundle"}}],
+                   "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ca", "readOnly": True}],
+                   "probes": {"liveness": {"periodSeconds": 7}, "readiness": {"enabled": False}},
+                   "serviceMonitor": {"enabled": True, "targetLabels": ["team"],
+                                      "tlsConfig": {"ca": {"secret": {"name": "collector-web", "key": "ca.crt"}},
+                                                    "serverName": "llamacloud-collector"},
+                                      "basicAuth": {"username": {"name": "scrape", "key": "user"},
+                                                    "password": {"name": "scrape", "key": "password"}}}},
+    "as-subchart": {**KEY, "global": {"imageRegistry": "registry.example", "storageClass": "fast"}},
+    "alerts-tuned": {**KEY, "slo": {"objective": 0.995}, "prometheusRule": {"enabled": True, "alerts": {
         "LlamaCloudChatErrorRatioHigh": {"threshold": 0.05, "for": "5m", "severity": "critical"},
         "LlamaCloudChatSessionLastRunFailed": {"enabled": False}}}},
 }
@@ -73,8 +83,10 @@ def test_matrix_renders_and_validates(case):
     listen = next(a for a in container["args"] if a.startswith("--listen="))
     port = int(load_settings({"listen": listen.split("=", 1)[1]}, {}).listen.rsplit(":", 1)[1])
     assert port == 9742 == container["ports"][0]["containerPort"] and container["ports"][0]["name"] == "http-metrics"
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-metrics"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-metrics"}
+    scheme = "HTTPS" if MATRIX[case].get("webConfig") else "HTTP"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-metrics", "scheme": scheme}
+    if "readinessProbe" in container or not MATRIX[case].get("probes"):
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-metrics", "scheme": scheme}
     assert container["resources"] == {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
     key_env = next(e for e in container["env"] if e["name"] == "LLAMA_CLOUD_API_KEY")
     ref = key_env["valueFrom"]["secretKeyRef"]
@@ -154,10 +166,12 @@ def test_dashboards_configmaps_are_labelled_and_hold_the_dashboards():
 def test_prometheus_rule_follows_values():
     (rule,) = by_kind(render(MATRIX["alerts-tuned"]), "PrometheusRule")
     alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
-    assert "LlamaCloudChatSessionLastRunFailed" not in alerts and len(alerts) == 14
+    assert "LlamaCloudChatSessionLastRunFailed" not in alerts and len(alerts) == 16
     tuned = alerts["LlamaCloudChatErrorRatioHigh"]
     assert "> 0.05" in tuned["expr"] and tuned["for"] == "5m" and tuned["labels"]["severity"] == "critical"
     assert "(1 - 0.995)" in alerts["LlamaCloudChatErrorBudgetBurnFast"]["expr"]
+    for name in ("Fast", "High", "Medium", "Slow"):  # the description shows the objective in force
+        assert "the 0.995 success objective" in alerts[f"LlamaCloudChatErrorBudgetBurn{name}"]["annotations"]["description"]
     assert "{{ $labels.job }}" in tuned["annotations"]["description"]  # Prometheus templates survive Helm
     default = by_kind(render({**KEY, "prometheusRule": {"enabled": True}}), "PrometheusRule")[0]
     shipped = yaml.safe_load((CHART.parent.parent / "deploy" / "prometheus" / "alerts.yaml").read_text())
@@ -174,6 +188,10 @@ def test_prometheus_rule_follows_values():
     ({**KEY, "config": {"interval": -5}}, "/config/interval"),
     ({**KEY, "serviceMonitor": {"interval": "often"}}, "/serviceMonitor/interval"),
     ({**KEY, "prometheusRule": {"alerts": {"X": {"severity": "loud"}}}}, "severity"),
+    ({**KEY, "slo": {"objective": 1.5}}, "/slo/objective"),
+    ({**KEY, "serviceMonitor": {"scheme": "ftp"}}, "/serviceMonitor/scheme"),
+    ({**KEY, "probes": {"liveness": {"periodSeconds": 0}}}, "/probes/liveness/periodSeconds"),
+    ({**KEY, "webConfig": {"secret": "x"}}, "additional properties 'secret'"),
 ])
 def test_schema_rejects_wrong_values(values, fragment):
     with pytest.raises(helm_python.HelmValuesError) as err:
@@ -199,3 +217,56 @@ def test_readme_documents_every_value():
                 yield path
     missing = [k for k in keys(values) if f"`{k}`" not in readme]
     assert missing == []
+
+
+def collector_container(objects: list[dict]) -> dict:
+    (deploy,) = by_kind(objects, "Deployment")
+    return deploy["spec"]["template"]["spec"]["containers"][0], deploy["spec"]["template"]["spec"]
+
+
+def test_web_config_secret_is_mounted_passed_and_probed_over_https():
+    objects = render(MATRIX["web-config"])
+    container, pod = collector_container(objects)
+    assert "--web-config=/etc/llamacloud-collector/web/web-config.yml" in container["args"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["web-config"]["mountPath"] == "/etc/llamacloud-collector/web" and mounts["ca"]["readOnly"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["web-config"]["secret"]["secretName"] == "collector-web" and "ca" in volumes
+    probe = container["livenessProbe"]
+    assert probe["httpGet"]["scheme"] == "HTTPS" and probe["periodSeconds"] == 7 and "enabled" not in probe
+    assert "readinessProbe" not in container
+    (monitor,) = by_kind(objects, "ServiceMonitor")
+    endpoint = monitor["spec"]["endpoints"][0]
+    assert endpoint["scheme"] == "https" and endpoint["tlsConfig"]["serverName"] == "llamacloud-collector"
+    assert endpoint["basicAuth"]["password"] == {"name": "scrape", "key": "password"}
+    assert monitor["spec"]["targetLabels"] == ["team"]
+    plain, _ = collector_container(render(KEY))
+    assert plain["livenessProbe"]["httpGet"]["scheme"] == "HTTP" and "--web-config" not in " ".join(plain["args"])
+    basic_only, _ = collector_container(render({**KEY, "webConfig": {"existingSecret": "w", "tls": False}}))
+    assert basic_only["readinessProbe"]["httpGet"]["scheme"] == "HTTP"  # probes need no auth, only TLS
+
+
+def test_the_chart_works_as_a_subchart(tmp_path):
+    parent = tmp_path / "platform"
+    (parent / "charts").mkdir(parents=True)
+    (parent / "Chart.yaml").write_text("apiVersion: v2\nname: platform\nversion: 1.0.0\n"
+                                       "dependencies:\n  - name: llamacloud-collector\n    version: '>=0'\n")
+    (parent / "values.yaml").write_text("global:\n  imageRegistry: registry.example\n"
+                                        "llamacloud-collector:\n  apiKey:\n    existingSecret: llamacloud\n"
+                                        "  serviceMonitor:\n    enabled: true\n")
+    import shutil
+    shutil.copytree(CHART, parent / "charts" / "llamacloud-collector")
+    out = helm_python.Chart.load(str(parent)).render(values={}, name="platform", namespace="obs")
+    objects = [d for path, text in sorted(out.items()) if path.endswith(".yaml") for d in documents(text)]
+    assert {o["kind"] for o in objects} >= {"Deployment", "Service", "ServiceMonitor"}
+    assert validate_all(objects) == len(objects)
+
+
+def test_readme_lists_every_alert_and_its_params():
+    from scripts.rules import load_spec
+    readme = (CHART / "README.md").read_text()
+    for alert in load_spec()["alerts"]:
+        row = next((line for line in readme.splitlines() if line.startswith(f"| `{alert['alert']}` |")), None)
+        assert row is not None, alert["alert"]
+        for param in alert["params"]:
+            assert f"`{param}`" in row, (alert["alert"], param)

@@ -42,3 +42,23 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "llamacloud-collector.sharded" -}}
 {{- if gt (int .Values.sharding.shards) 1 }}true{{ end }}
 {{- end }}
+
+{{/* HTTPS when the web config turns TLS on (or the ServiceMonitor says so), else HTTP; upper case for probes. */}}
+{{- define "llamacloud-collector.scheme" -}}
+{{- if .Values.serviceMonitor.scheme -}}
+{{- upper .Values.serviceMonitor.scheme -}}
+{{- else if and .Values.webConfig.existingSecret .Values.webConfig.tls -}}
+HTTPS
+{{- else -}}
+HTTP
+{{- end -}}
+{{- end }}
+
+{{/* Probes follow TLS from the web config only: they carry no credentials and need none. */}}
+{{- define "llamacloud-collector.probeScheme" -}}
+{{- if and .Values.webConfig.existingSecret .Values.webConfig.tls -}}
+HTTPS
+{{- else -}}
+HTTP
+{{- end -}}
+{{- end }}

@@ -36,6 +36,9 @@ spec:
         {{- if include "llamacloud-collector.sharded" . }}
         - --total-shards={{ .Values.sharding.shards }}
         {{- end }}
+        {{- if .Values.webConfig.existingSecret }}
+        - --web-config=/etc/llamacloud-collector/web/{{ .Values.webConfig.key }}
+        {{- end }}
         {{- range .Values.extraArgs }}
         - {{ . | quote }}
         {{- end }}
@@ -58,20 +61,26 @@ spec:
         - name: http-metrics
           containerPort: 9742
           protocol: TCP
+      {{- with .Values.probes.liveness }}
+      {{- if .enabled }}
       livenessProbe:
         httpGet:
           path: /healthz
           port: http-metrics
-        initialDelaySeconds: 10
-        periodSeconds: 20
-        timeoutSeconds: 5
-        failureThreshold: 3
+          scheme: {{ include "llamacloud-collector.probeScheme" $ }}
+        {{- toYaml (omit . "enabled") | nindent 8 }}
+      {{- end }}
+      {{- end }}
+      {{- with .Values.probes.readiness }}
+      {{- if .enabled }}
       readinessProbe:
         httpGet:
           path: /readyz
           port: http-metrics
-        periodSeconds: 10
-        timeoutSeconds: 5
+          scheme: {{ include "llamacloud-collector.probeScheme" $ }}
+        {{- toYaml (omit . "enabled") | nindent 8 }}
+      {{- end }}
+      {{- end }}
       resources:
         {{- toYaml .Values.resources | nindent 8 }}
       securityContext:
@@ -86,6 +95,14 @@ spec:
         - name: state
           mountPath: /var/lib/llamacloud-collector
         {{- end }}
+        {{- if .Values.webConfig.existingSecret }}
+        - name: web-config
+          mountPath: /etc/llamacloud-collector/web
+          readOnly: true
+        {{- end }}
+        {{- with .Values.extraVolumeMounts }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
   volumes:
     - name: config
       configMap:
@@ -97,6 +114,14 @@ spec:
     - name: state
       persistentVolumeClaim:
         claimName: {{ include "llamacloud-collector.fullname" . }}
+    {{- end }}
+    {{- if .Values.webConfig.existingSecret }}
+    - name: web-config
+      secret:
+        secretName: {{ .Values.webConfig.existingSecret }}
+    {{- end }}
+    {{- with .Values.extraVolumes }}
+    {{- toYaml . | nindent 4 }}
     {{- end }}
   {{- with .Values.nodeSelector }}
   nodeSelector:
