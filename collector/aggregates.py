@@ -20,26 +20,54 @@ MAX_LABEL_LENGTH = 128
 """A tool name or index ID longer than this is not a name but a payload; it counts as ``_other``."""
 
 
-class Histogram:
-    """Counts per bucket (not cumulative) plus the sum; ``le`` bounds are inclusive."""
+EXEMPLAR_LABEL = "session_id"
+EXEMPLAR_LIMIT = 128
+"""OpenMetrics: an exemplar's label names and values together hold at most 128 characters."""
 
-    __slots__ = ("bounds", "counts", "total")
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """An exemplar: the most recent run that landed in a bucket or series, and which session it was."""
+
+    session_id: str
+    value: float
+    timestamp: float
+
+    @classmethod
+    def of(cls, session_id: str, value: float, timestamp: float) -> Mark | None:
+        """None when the ID would break the 128-character limit: left out, never cut."""
+        if len(EXEMPLAR_LABEL) + len(session_id) > EXEMPLAR_LIMIT:
+            return None
+        return cls(session_id, value, timestamp)
+
+
+class Histogram:
+    """Counts per bucket (not cumulative), the sum, and each bucket's latest exemplar; ``le`` is inclusive."""
+
+    __slots__ = ("bounds", "counts", "total", "marks")
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = tuple(bounds)
         self.counts = [0] * (len(self.bounds) + 1)
         self.total = 0.0
+        self.marks: list[Mark | None] = [None] * (len(self.bounds) + 1)
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+    def observe(self, value: float, session_id: str | None = None, now: float = 0.0) -> None:
+        index = bisect.bisect_left(self.bounds, value)
+        self.counts[index] += 1
         self.total += value
+        if session_id is not None:
+            self.marks[index] = Mark.of(session_id, value, now) or self.marks[index]
 
-    def cumulative(self) -> list[tuple[str, int]]:
-        """``(le, count)`` pairs as the exposition wants them, ending with +Inf."""
+    def cumulative(self) -> list[tuple[str, int, Mark | None]]:
+        """``(le, count, exemplar)`` as the exposition wants them, ending with +Inf.
+
+        A bucket's exemplar is the latest run whose value fell in that bucket alone
+        (above the previous bound), so its value always lies inside the bucket."""
         out, running = [], 0
-        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+        for bound, count, mark in zip((*self.bounds, float("inf")), self.counts, self.marks, strict=True):
             running += count
-            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running, mark))
         return out
 
     @property
@@ -90,6 +118,8 @@ class Aggregates:
     events: Counter = field(default_factory=Counter)
     invalid_values: Counter = field(default_factory=Counter)
     history_resets: int = 0
+    run_marks: dict[str, Mark] = field(default_factory=dict)
+    """The latest run of each ``outcome``, as the exemplar of ``llamacloud_chat_runs_total``."""
     duration: Histogram = field(init=False)
     tokens: dict[str, Histogram] = field(init=False)
     turns: Histogram = field(init=False)
@@ -109,21 +139,27 @@ class Aggregates:
         for kind in ("input", "output"):
             self.tokens_total[kind] += 0
 
-    def add_runs(self, runs: Iterable[RunRecord]) -> None:
+    def add_runs(self, runs: Iterable[RunRecord], session_id: str | None = None, now: float = 0.0) -> None:
+        """Count ``runs``; with ``session_id``, each also becomes the exemplar of what it landed in."""
+        sid = session_id
         for run in runs:
             self.invalid_values.update(run.refused)
-            self.runs["error" if run.failed else "success"] += 1
+            outcome = "error" if run.failed else "success"
+            self.runs[outcome] += 1
+            mark = Mark.of(sid, 1.0, now) if sid is not None else None
+            if mark is not None:
+                self.run_marks[outcome] = mark
             if run.failed:
                 self.errors[run.error_type] += 1
             if run.duration_seconds is not None:
-                self.duration.observe(run.duration_seconds)
+                self.duration.observe(run.duration_seconds, sid, now)
             for kind, value in (("input", run.input_tokens), ("output", run.output_tokens)):
                 if value is not None:
-                    self.tokens[kind].observe(value)
+                    self.tokens[kind].observe(value, sid, now)
                     self.tokens_total[kind] += value
             if run.turns is not None:
-                self.turns.observe(run.turns)
-            self.tool_calls_per_run.observe(len(run.tool_calls))
+                self.turns.observe(run.turns, sid, now)
+            self.tool_calls_per_run.observe(len(run.tool_calls), sid, now)
             for call in run.tool_calls:
                 outcome = "result" if call.has_result else "no_result"
                 self.tool_calls[(self.tools(call.name), outcome)] += 1
@@ -154,7 +190,8 @@ class Aggregates:
             labels.dropped |= old.dropped
 
     def to_dict(self) -> dict:
-        hist = lambda h: {"bounds": list(h.bounds), "counts": h.counts, "total": h.total}  # noqa: E731
+        hist = lambda h: {"bounds": list(h.bounds), "counts": h.counts, "total": h.total,  # noqa: E731
+                          "marks": [_mark_out(m) for m in h.marks]}
         return {
             **{name: [[list(k) if isinstance(k, tuple) else k, v] for k, v in getattr(self, name).items()]
                for name in COUNTERS},
@@ -164,6 +201,7 @@ class Aggregates:
             "tokens": {k: hist(h) for k, h in self.tokens.items()},
             "tools": [sorted(self.tools.admitted), sorted(self.tools.dropped)],
             "indexes": [sorted(self.indexes.admitted), sorted(self.indexes.dropped)],
+            "run_marks": {k: _mark_out(m) for k, m in self.run_marks.items()},
         }
 
     @classmethod
@@ -180,13 +218,25 @@ class Aggregates:
         def hist(d: dict) -> Histogram:
             h = Histogram(d["bounds"])
             h.counts, h.total = list(d["counts"]), d["total"]
+            marks = [_mark_in(m) for m in d.get("marks", ())]  # none in a 0.1.0 file: absent until the next run
+            if len(marks) == len(h.counts):
+                h.marks = marks
             return h
         agg.duration, agg.turns = hist(data["duration"]), hist(data["turns"])
         agg.tool_calls_per_run = hist(data["tool_calls_per_run"])
         agg.tokens = {k: hist(v) for k, v in data["tokens"].items()}
         for labels, (admitted, dropped) in ((agg.tools, data["tools"]), (agg.indexes, data["indexes"])):
             labels.admitted, labels.dropped = set(admitted), set(dropped)
+        agg.run_marks = {k: m for k, m in ((k, _mark_in(v)) for k, v in data.get("run_marks", {}).items()) if m}
         return agg
+
+
+def _mark_out(mark: Mark | None) -> list | None:
+    return None if mark is None else [mark.session_id, mark.value, mark.timestamp]
+
+
+def _mark_in(data: list | None) -> Mark | None:
+    return None if data is None else Mark.of(str(data[0]), float(data[1]), float(data[2]))
 
 
 def _check_counts(data: dict) -> None:

@@ -57,7 +57,7 @@ def poll_config(settings: Settings) -> PollConfig:
         interval=settings.interval, discover=settings.discovery, session_ids=settings.session_ids,
         index_ids=settings.index_ids, shard=settings.shard, total_shards=settings.total_shards,
         max_concurrency=settings.max_concurrency, series_limit=settings.session_series_limit,
-        buckets=settings.buckets.as_buckets(), label_limit=settings.label_value_limit,
+        buckets=settings.buckets.as_buckets(), label_limit=settings.label_value_limit, log_runs=settings.log_runs,
     )
 
 

@@ -25,6 +25,7 @@ from collector.llamacloud.models import (
 )
 
 OTHER_ERROR = "_OTHER"
+ERROR_TEXT_LIMIT = 500
 CLASSIFIED_PREFIX = 4096
 """Only the start of an error text is matched: a megabyte of text costs no more than this."""
 
@@ -74,6 +75,8 @@ class RunRecord:
     skipped_index_ids: tuple[str, ...]
     refused: tuple[str, ...] = ()
     """Usage fields the API sent with an impossible value (now unknown), for ``invalid_values_total``."""
+    error: str | None = None
+    """The start of ``stop.error`` (``ERROR_TEXT_LIMIT`` characters), for the failed-run log line."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +137,7 @@ def _run_record(run_events: Sequence[object], stop: StopEvent,
         tool_calls=tuple(ToolCall(c.name, c.call_id in results) for c in calls),
         skipped_index_ids=tuple(stop.skipped_index_ids),
         refused=refused,
+        error=stop.error[:ERROR_TEXT_LIMIT] if failed and stop.error else None,
     )
 
 

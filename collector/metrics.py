@@ -18,8 +18,10 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
 
 from collector import __version__
+from collector.aggregates import EXEMPLAR_LABEL, Mark
 from collector.aggregates import Histogram as Hist
 from collector.state import SessionState, Snapshot
 
@@ -65,10 +67,16 @@ class SelfMetrics:
         self.invalid_payloads.labels(operation).inc()
 
 
+def _exemplar(mark: Mark | None) -> Exemplar | None:
+    """OpenMetrics only: prometheus_client's text format leaves exemplars out."""
+    return None if mark is None else Exemplar({EXEMPLAR_LABEL: mark.session_id}, mark.value, mark.timestamp)
+
+
 def _histogram(name: str, doc: str, labels: list[str], series: list[tuple[list[str], Hist]]) -> Metric:
     family = HistogramMetricFamily(name, doc, labels=labels)
     for values, hist in series:
-        family.add_metric(values, hist.cumulative(), hist.total)
+        buckets = [(le, count, _exemplar(mark)) if mark else (le, count) for le, count, mark in hist.cumulative()]
+        family.add_metric(values, buckets, hist.total)
     return family
 
 
@@ -129,7 +137,10 @@ class SnapshotCollector(Collector):
 
     def _chat_families(self, snap: Snapshot) -> Iterator[Metric]:
         a, p = snap.aggregates, "llamacloud_chat_"
-        yield _counter(p + "runs", "Finished chat runs by outcome.", ["outcome"], a.runs)
+        runs = CounterMetricFamily(p + "runs", "Finished chat runs by outcome.", labels=["outcome"])
+        for outcome, value in sorted(a.runs.items()):
+            runs.add_metric([outcome], value, exemplar=_exemplar(a.run_marks.get(outcome)))
+        yield runs
         yield _counter(p + "run_errors", "Failed chat runs by classified error type.", ["error_type"], a.errors)
         yield _histogram(p + "run_duration_seconds", "Duration of finished chat runs.", [],
                          [([], a.duration)])

@@ -23,6 +23,7 @@ from collector.llamacloud.models import Listed, Summary
 Found = Listed | Summary
 """A session as discovery found it: a listing item, or a configured ID's summary."""
 from collector.metrics import SelfMetrics
+from collector.runlog import LogRuns, log_runs
 from collector.state import (
     CollectorState,
     PollStatus,
@@ -60,6 +61,7 @@ class PollConfig:
     series_limit: int = 500
     buckets: Buckets | None = None
     label_limit: int = 50
+    log_runs: LogRuns = "failed"
 
 
 @dataclass
@@ -85,6 +87,7 @@ class Poller:
         self.classifier, self.metrics = classifier, metrics
         self.clock, self.monotonic = clock, monotonic
         self.log = structlog.get_logger("collector.poller")
+        self.runs_log = structlog.get_logger("collector.runs")
         self.state = store.load() or CollectorState(Aggregates(config.buckets, config.label_limit))
         self.poll = PollStatus()
         self.cycle_started: float | None = None
@@ -147,6 +150,7 @@ class Poller:
         deadline = started + self.config.interval * 0.9
         report = CycleReport()
         work = self.state.begin()
+        counted: list | None = [] if self.config.log_runs != "none" and work.synced else None
         try:
             async with asyncio.timeout(max(0.0, deadline - started)):
                 targets, gone = await self.discover(deadline, report)
@@ -169,7 +173,7 @@ class Poller:
                 changed.append((summary, "new" if prev is None else "changed"))
         self.metrics.unchanged.inc(report.unchanged)
         runs_before = sum(work.aggregates.runs.values())
-        await self._fetch_all(changed, work, deadline, report)
+        await self._fetch_all(changed, work, deadline, report, counted)
         for session_id in gone:
             report.removed += work.drop(session_id)
         report.runs_added = sum(work.aggregates.runs.values()) - runs_before
@@ -178,6 +182,8 @@ class Poller:
         if report.failed == 0:
             work.mark_synced()
         self._finish(report, work, started, wall_start, up=True)
+        if counted:  # committed and persisted: a restart cannot count these again
+            log_runs(self.runs_log, self.config.log_runs, counted)
         return report
 
     def _failed(self, report: CycleReport, error: str, started: float, wall_start: float) -> CycleReport:
@@ -187,7 +193,7 @@ class Poller:
         return report
 
     async def _fetch_all(self, changed: list[tuple[Found, str]], work: CollectorState,
-                         deadline: float, report: CycleReport) -> None:
+                         deadline: float, report: CycleReport, counted: list | None) -> None:
         pending = {summary.session_id for summary, _ in changed}
 
         async def one(summary: Found, reason: str) -> None:
@@ -201,7 +207,7 @@ class Poller:
                     self.log.info("stale read ignored; refetched next cycle", session_id=sid)
                 else:
                     work.put(update_session(prev, session, work.aggregates, self.classifier, self.clock(),
-                                            listed_at=summary.last_updated_at))
+                                            listed_at=summary.last_updated_at, counted=counted))
             except NotFound:
                 report.removed += work.drop(sid)
             except PayloadError as exc:

@@ -49,6 +49,7 @@ ENV_VARS: dict[str, str] = {
     "read_timeout": "COLLECTOR_READ_TIMEOUT",
     "label_value_limit": "COLLECTOR_LABEL_VALUE_LIMIT",
     "max_response_bytes": "COLLECTOR_MAX_RESPONSE_BYTES",
+    "log_runs": "COLLECTOR_LOG_RUNS",
 }
 CONFIG_ENV = "COLLECTOR_CONFIG"
 LIST_FIELDS = frozenset({"session_ids", "index_ids"})
@@ -123,6 +124,7 @@ class Settings(BaseSettings):
     read_timeout: float = Field(default=30.0, gt=0)
     label_value_limit: int = Field(default=50, ge=1)
     max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=65536, le=1 << 34)
+    log_runs: Literal["failed", "all", "none"] = "failed"
     error_rules: tuple[ErrorRule, ...] = tuple(ErrorRule(type=t, pattern=p) for t, p in DEFAULT_ERROR_RULES)
     buckets: BucketSettings = BucketSettings()
 

@@ -14,7 +14,7 @@ from datetime import datetime, UTC
 from typing import Protocol
 
 from collector.aggregates import Aggregates
-from collector.derive import ErrorClassifier, derive, finished_prefix, history_intact
+from collector.derive import ErrorClassifier, RunRecord, derive, finished_prefix, history_intact
 from collector.llamacloud.models import JobMetadata, Listed, Session, Summary
 
 
@@ -66,7 +66,8 @@ class SessionState:
 
 
 def update_session(prev: SessionState | None, session: Session, aggregates: Aggregates,
-                   classifier: ErrorClassifier, now: float, listed_at: str | None = None) -> SessionState:
+                   classifier: ErrorClassifier, now: float, listed_at: str | None = None,
+                   counted: list[tuple[str, RunRecord]] | None = None) -> SessionState:
     """Count what is new in ``session`` into ``aggregates``; return the session's new state.
 
     A history that shrank, or whose last counted ``stop`` changed, is a reset:
@@ -76,6 +77,7 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
     back (a transient short read), counting resumes from where it was.
     ``listed_at`` is the ``last_updated_at`` the listing showed: the key change
     detection compares next cycle, whatever format or later value retrieve gave.
+    Each run counted is also appended to ``counted``, for the run log.
     """
     events = session.events
     base = prev or SessionState(session.session_id, session.last_updated_at)
@@ -97,7 +99,9 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
         aggregates.invalid_values.update(f"job_metadata.{name}" for name in refused)
         job = job.checked()
     last_run = LastRun.of(job) if job is not None else None
-    aggregates.add_runs(result.runs)
+    aggregates.add_runs(result.runs, base.session_id, now)
+    if counted is not None:
+        counted.extend((base.session_id, run) for run in result.runs)
     aggregates.add_events(result.event_counts)
     since = None
     if result.in_progress_start is not None:

@@ -12,8 +12,11 @@ RI = "$__rate_interval"
 TAG = "llamacloud"
 
 
-def q(expr: str, legend: str = "", instant: bool = False, fmt: str | None = None) -> dict[str, Any]:
+def q(expr: str, legend: str = "", instant: bool = False, fmt: str | None = None,
+      exemplar: bool = False) -> dict[str, Any]:
     target: dict[str, Any] = {"datasource": DS, "expr": expr, "legendFormat": legend or "__auto"}
+    if exemplar:  # each exemplar names the session of the run; the datasource links it to the drill-down
+        target["exemplar"] = True
     if instant:
         target.update(instant=True, range=False)
     if fmt:
@@ -115,8 +118,8 @@ BURN = steps("green", (1, "yellow"), (6, "orange"), (14.4, "red"))
 def quantiles(metric: str, by: str = "", unit: str = "s") -> list[dict]:
     group = f"le{', ' + by if by else ''}"
     suffix = f" {{{{{by}}}}}" if by else ""
-    return [q(f"histogram_quantile({p}, sum by ({group}) (rate({metric}_bucket{{{J}}}[{RI}])))", f"p{int(p * 100)}{suffix}")
-            for p in (0.5, 0.95, 0.99)]
+    return [q(f"histogram_quantile({p}, sum by ({group}) (rate({metric}_bucket{{{J}}}[{RI}])))", f"p{int(p * 100)}{suffix}",
+              exemplar=True) for p in (0.5, 0.95, 0.99)]
 
 
 def overview() -> dict[str, Any]:
@@ -138,11 +141,12 @@ def overview() -> dict[str, Any]:
              steps("green", (600, "yellow"), (1800, "red"))),
         stat("Tokens (range)", "Input plus output tokens of runs finished in the range.", "short",
              f"sum(increase(llamacloud_chat_tokens_total{{{J}}}[$__range]))", NEUTRAL),
-        series("Runs per minute by outcome", "Finished chat runs per minute, success and error.", "cpm",
-               q(f"sum by (outcome) (rate({RUNS}[{RI}])) * 60", "{{outcome}}"), w=12),
+        series("Runs per minute by outcome", "Finished chat runs per minute, success and error. Exemplars (the "
+               "dots) name a session of each outcome: click one to open it in the session drill-down.", "cpm",
+               q(f"sum by (outcome) (rate({RUNS}[{RI}])) * 60", "{{outcome}}", exemplar=True), w=12),
         series("Error ratio against the SLO", "Share of runs that failed, against the error budget line "
                "1 - SLO, and the 1h and 6h ratios the burn-rate alerts read.", "percentunit",
-               q(f"sum(rate({ERRS}[{RI}])) / sum(rate({RUNS}[{RI}]))", "error ratio"),
+               q(f"sum(rate({ERRS}[{RI}])) / sum(rate({RUNS}[{RI}]))", "error ratio", exemplar=True),
                q(f'max({RATIO}1h{{job=~"$job"}})', "1h (alerts)"),
                q(f'max({RATIO}6h{{job=~"$job"}})', "6h (alerts)"),
                q("1 - $slo", "error budget (1 - SLO)"), w=12),
@@ -170,8 +174,10 @@ def overview() -> dict[str, Any]:
         series("Skipped index queries by index", "Index queries runs could not make, per index.", "short",
                q(f"sum by (index_id) (increase(llamacloud_chat_skipped_index_queries_total{{{J}}}[{RI}]))",
                  "{{index_id}}")),
-        series("Errors by type", "Failed runs per minute by classified error type.", "cpm",
+        series("Errors by type", "Failed runs per minute by classified error type; the exemplars are failed runs: "
+               "click one to open its session.", "cpm",
                q(f"sum by (error_type) (rate(llamacloud_chat_run_errors_total{{{J}}}[{RI}])) * 60", "{{error_type}}"),
+               q(f"sum(rate({ERRS}[{RI}])) * 60", "all failed runs", exemplar=True),
                w=12),
         series("Runs in progress", "Unfinished runs, and the age of the oldest.", "short",
                q(f"sum(llamacloud_chat_runs_in_progress{{{J}}})", "in progress"),

@@ -38,7 +38,8 @@ def alert_rules(spec: dict[str, Any], for_override: str | None = None,
             "for": for_override or a["for"],
             "labels": {"severity": a["severity"]},
             "annotations": {"summary": a["summary"], "description": _fill(a["description"].strip(), values),
-                            "runbook_url": f"{spec['runbook']}#{anchor(a['alert'])}"},
+                            "runbook_url": f"{spec['runbook']}#{anchor(a['alert'])}",
+                            **({"dashboard_url": _fill(a["dashboard"], values)} if "dashboard" in a else {})},
         })
     return {"groups": [{"name": "llamacloud-collector.alerts", "rules": rules}]}
 
@@ -130,6 +131,7 @@ def helm_rules(spec: dict[str, Any]) -> str:
             "            description: "
             + _fill(_helm_escape(yaml.safe_dump(a["description"].strip(), width=1000).splitlines()[0]), values),
             f'            runbook_url: {{{{ $.Values.prometheusRule.runbookBaseUrl }}}}#{anchor(name)}',
+            *([f"            dashboard_url: {_fill(_helm_escape(a['dashboard']), values)}"] if "dashboard" in a else []),
             "{{- end }}",
         ]
     out.append("{{- end }}")

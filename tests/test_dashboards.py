@@ -87,3 +87,10 @@ def test_up_zero_is_red_and_the_error_ratio_is_coloured_against_the_objective():
     burn = by_title["Error budget burn (1h)"]
     assert [color_at(burn, x) for x in (0.5, 2, 10, 20)] == ["green", "yellow", "orange", "red"]
     assert color_at(by_title["Runs (range)"], 1000) == "text"  # a plain count is never painted red
+
+
+def test_the_overview_asks_for_exemplars_on_its_error_and_duration_panels():
+    board = json.loads((ROOT / "grafana" / "dashboards" / "chat-overview.json").read_text())
+    asking = {p["title"] for p in panels(board) if any(t.get("exemplar") for t in p["targets"])}
+    assert {"Errors by type", "Error ratio against the SLO", "Run duration p50 / p95 / p99",
+            "Runs per minute by outcome"} <= asking

@@ -65,6 +65,24 @@ def test_failing_runs_fire_error_alerts_and_alertmanager_delivers(stack):
     assert not any(k.startswith("exported_") for a in alerts for k in a["labels"])
 
 
+def test_prometheus_stores_exemplars_that_name_the_failing_sessions(stack):
+    prom, sim = stack["prom"], stack["sim"]
+    failed = {r["session_id"] for r in httpx.get(sim + "/_sim/truth").json()["runs"] if r["failed"]}
+
+    def found() -> set[str]:
+        body = httpx.get(prom + "/api/v1/query_exemplars", params={
+            "query": f'llamacloud_chat_runs_total{{job="{OPERATOR_JOB}", outcome="error"}}',
+            "start": "0", "end": "9999999999"}).json()
+        assert body["status"] == "success", body
+        return {e["labels"]["session_id"] for series in body["data"] for e in series["exemplars"]}
+    seen = wait_until(found, 60, "exemplars of failed runs")
+    assert seen <= failed, seen - failed
+    body = httpx.get(prom + "/api/v1/query_exemplars", params={
+        "query": f'llamacloud_chat_run_duration_seconds_bucket{{job="{OPERATOR_JOB}"}}',
+        "start": "0", "end": "9999999999"}).json()
+    assert any(e["labels"]["session_id"] for series in body["data"] for e in series["exemplars"])
+
+
 def test_operator_target_labels_clash_with_no_exported_label(stack):
     prom = stack["prom"]
     series = httpx.get(prom + "/api/v1/series", params={"match[]": '{__name__=~"llamacloud_.+"}'}).json()["data"]

@@ -123,3 +123,7 @@ def test_compose_configs_are_valid():
         assert yaml.safe_load(path.read_text())["apiVersion"] == 1
     datasource = yaml.safe_load((compose / "grafana/provisioning/datasources/prometheus.yml").read_text())
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    (link,) = datasource["datasources"][0]["jsonData"]["exemplarTraceIdDestinations"]
+    assert link["name"] == "session_id"
+    assert link["url"].startswith("/d/llamacloud-chat-session/") and "var-session_id=$${__value.raw}" in link["url"]
+    assert "--enable-feature=exemplar-storage" in stack["services"]["prometheus"]["command"]
