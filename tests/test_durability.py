@@ -1,7 +1,10 @@
 """State across restarts (SQLite), corrupt and old files, failed writes, changed buckets, resets."""
 
+import io
+import json
 import sqlite3
 
+from collector import logs
 from collector.app import SimulatorService
 from collector.simulator.api import Fault
 from collector.simulator.world import World, populate
@@ -123,8 +126,12 @@ def test_failed_writes_are_counted_and_retried(tmp_path):
         store.db.execute(f"PRAGMA max_page_count = {pages}")  # disk full: the file cannot grow
         for _ in range(40):
             sim.world.new_session(runs=3)
+        stream = io.StringIO()
+        logs.configure("info", "json", stream=stream)
         await collector.poller.cycle()
         assert value(await scrape(collector.port), "llamacloud_collector_state_write_failures_total") == 2
+        (line,) = [json.loads(x) for x in stream.getvalue().splitlines() if "state not saved" in x]
+        assert "full" in line["error"] and "rollback" not in line["error"], line  # the real cause, not ROLLBACK's
         store.db.execute("PRAGMA max_page_count = 1073741823")
         await collector.poller.cycle()  # recovers with a full rewrite
         await collector.stop()

@@ -1,0 +1,200 @@
+"""The counting core in-process, on a fake API client and injected clocks: each test names one behaviour
+that a planted bug once broke without any test noticing (issue "Tests that catch every counting bug")."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from collector.aggregates import OTHER_LABEL, Aggregates, Buckets
+from collector.derive import ErrorClassifier, RunRecord, ToolCall
+from collector.errors import FetchError, NotFound
+from collector.llamacloud.client import Listing
+from collector.llamacloud.models import parse_page, parse_session
+from collector.metrics import SelfMetrics
+from collector.poller import PollConfig, Poller
+from collector.state import MemoryStore
+from tests.helpers import run_async
+
+BUCKETS = Buckets((1.0, 10.0), (10.0, 100.0), (1.0, 4.0), (0.0, 2.0))
+
+
+def run_events(failed: bool = False, tool: str | None = None) -> list[dict]:
+    events = [{"type": "user_input", "content": "q"}]
+    if tool:
+        events += [{"type": "tool_call", "name": tool, "call_id": "c", "arguments": {}},
+                   {"type": "tool_result", "name": tool, "call_id": "c", "result": "r"}]
+    return events + [{"type": "stop", "is_error": failed, "error": "boom" if failed else None,
+                      "usage": {"duration_ms": 500, "total_input_tokens": 5, "total_output_tokens": 7, "turns": 1}}]
+
+
+class FakeApi:
+    """What a poller reads of the API, in memory. ``answers[sid]`` queues one-off retrieve answers
+    (a body dict, or an exception to raise); ``summary_errors`` makes ``summary`` fail for an ID."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, dict] = {}
+        self.listed: list[str] | None = None
+        self.answers: dict[str, list] = {}
+        self.summary_errors: dict[str, Exception] = {}
+        self.retrieved: Counter = Counter()
+
+    def put(self, sid: str, updated: str, events: list[dict]) -> None:
+        self.sessions[sid] = {"session_id": sid, "last_updated_at": updated, "events": events}
+
+    def _summary(self, sid: str) -> dict:
+        return {k: v for k, v in self.sessions[sid].items() if k != "events"}
+
+    async def list_sessions(self, deadline=None) -> Listing:
+        ids = self.listed if self.listed is not None else list(self.sessions)
+        page = parse_page(json.dumps({"items": [self._summary(i) for i in ids]}).encode())
+        return Listing(list(page.items), [])
+
+    async def summary(self, sid: str, deadline=None):
+        if sid in self.summary_errors:
+            raise self.summary_errors[sid]
+        from collector.llamacloud.models import Summary
+        return Summary.model_validate(self._summary(sid))
+
+    async def retrieve(self, sid: str, deadline=None):
+        self.retrieved[sid] += 1
+        queued = self.answers.get(sid)
+        body = queued.pop(0) if queued else self.sessions[sid]
+        if isinstance(body, Exception):
+            raise body
+        return parse_session(json.dumps(body).encode())
+
+
+def poller(api: FakeApi, now: list[float] | None = None, **config) -> Poller:
+    clock = (lambda: now[0]) if now is not None else (lambda: 1000.0)
+    return Poller(api, MemoryStore(), PollConfig(interval=60.0, buckets=BUCKETS, **config), ErrorClassifier(),
+                  SelfMetrics(CollectorRegistry()), clock=clock)
+
+
+def cycle(p: Poller):
+    return run_async(p.cycle())
+
+
+def total_runs(p: Poller) -> int:
+    return sum(p.state.aggregates.runs.values())
+
+
+def test_a_lagging_replica_is_ignored_and_the_run_it_hid_is_counted_next_cycle():
+    api = FakeApi()
+    api.put("s", "2026-01-01T00:00:00+00:00", run_events() * 2)
+    p = poller(api)
+    cycle(p)
+    stale = json.loads(json.dumps(api.sessions["s"]))
+    api.put("s", "2026-01-01T00:05:00+00:00", run_events() * 3)
+    cycle(p)
+    api.put("s", "2026-01-01T00:10:00+00:00", run_events() * 4)  # a fourth run, listed at 00:10
+    api.answers["s"] = [stale]  # ... but one replica still answers with the 00:00 history
+    cycle(p)
+    assert total_runs(p) == 3 and p.state.aggregates.history_resets == 0
+    cycle(p)  # still listed as changed: fetched again, and this time the replica has caught up
+    assert total_runs(p) == 4 and api.retrieved["s"] == 4
+
+
+@pytest.mark.parametrize("distinct,admitted", [(2, {"t0", "t1"}), (3, {"t0", "t1", OTHER_LABEL})])
+def test_the_tool_label_limit_admits_exactly_its_number_of_values(distinct, admitted):
+    aggregates = Aggregates(BUCKETS, label_limit=2)
+    runs = [RunRecord(False, None, 1.0, 1, 1, 1, (ToolCall(f"t{i}", True),), (f"i{i}",)) for i in range(distinct)]
+    aggregates.add_runs(runs)
+    assert {tool for tool, _ in aggregates.tool_calls} == admitted
+    assert set(aggregates.skipped_index_queries) == {a.replace("t", "i") if a != OTHER_LABEL else a for a in admitted}
+    assert len(aggregates.tools.dropped) == distinct - 2
+
+
+def test_a_cut_in_progress_tail_that_comes_back_is_not_counted_twice():
+    api = FakeApi()
+    history = run_events() * 3  # 6 events
+    tail = [{"type": "user_input", "content": "q"}, {"type": "text", "content": "partial"}]
+    api.put("s", "2026-01-01T00:00:00+00:00", history + tail)
+    p = poller(api)
+    cycle(p)
+    api.put("s", "2026-01-01T00:01:00+00:00", history)  # a short read: the unfinished run is cut off
+    cycle(p)
+    api.put("s", "2026-01-01T00:02:00+00:00", history + tail + [{"type": "text", "content": "more"}])
+    cycle(p)
+    assert sum(p.state.aggregates.events.values()) == 9  # 6 + 2 + 1: the tail once, not twice
+    assert p.state.aggregates.history_resets == 1 and total_runs(p) == 3
+
+
+def test_a_cycle_with_failed_fetches_does_not_mark_the_state_synced():
+    api = FakeApi()
+    for i in range(3):
+        api.put(f"s{i}", "2026-01-01T00:00:00+00:00", run_events())
+    api.answers["s1"] = [FetchError("retrieve: HTTP 502", operation="retrieve")]
+    p = poller(api)
+    report = cycle(p)
+    assert report.result == "partial" and not p.state.synced and not p.snapshot.ready
+    cycle(p)
+    assert p.state.synced and p.snapshot.ready and total_runs(p) == 3
+
+
+def test_a_floor_is_raised_to_only_once_the_re_derivation_has_synced():
+    api = FakeApi()
+    api.put("a", "2026-01-01T00:00:00+00:00", run_events())
+    api.put("b", "2026-01-01T00:00:00+00:00", run_events())
+    p = poller(api)
+    floor = Aggregates(BUCKETS, 50)
+    floor.runs["success"] = 5  # stored counters from before the buckets changed
+    p.state.floor = floor
+    api.answers["b"] = [FetchError("retrieve: timed out", operation="retrieve")]
+    cycle(p)
+    assert p.state.aggregates.runs["success"] == 1 and p.state.floor is floor  # partial: not yet
+    cycle(p)
+    assert p.state.aggregates.runs["success"] == 5 and p.state.floor is None and p.state.synced
+
+
+def test_a_session_back_in_the_listing_unchanged_is_watched_again_at_once():
+    api = FakeApi()
+    for sid in ("a", "b"):
+        api.put(sid, "2026-01-01T00:00:00+00:00", run_events())
+    p = poller(api)
+    cycle(p)
+    api.listed = ["a"]
+    cycle(p)
+    assert set(p.state.sessions) == {"a"}
+    api.listed = None
+    report = cycle(p)
+    assert set(p.state.sessions) == {"a", "b"} and report.unchanged == 2 and api.retrieved["b"] == 1
+    assert p.snapshot.sessions_watched == 2 and total_runs(p) == 2
+
+
+def test_when_every_configured_session_fails_the_cycle_is_a_failure():
+    api = FakeApi()
+    for sid in ("a", "b"):
+        api.put(sid, "2026-01-01T00:00:00+00:00", run_events())
+        api.summary_errors[sid] = FetchError("summary: HTTP 503", operation="summary")
+    p = poller(api, discover=False, session_ids=("a", "b"))
+    report = cycle(p)
+    assert report.result == "failure" and not p.snapshot.poll.up
+    del api.summary_errors["a"]
+    report = cycle(p)
+    assert report.result == "partial" and p.snapshot.poll.up and total_runs(p) == 1
+    api.summary_errors["b"] = NotFound("summary: HTTP 404", operation="summary", status=404)
+    assert cycle(p).result == "success"  # a deleted session is an answer, not a failure
+
+
+def test_an_unfinished_run_keeps_the_time_it_was_first_seen_across_refetches():
+    api = FakeApi()
+    unfinished = run_events() + [{"type": "user_input", "content": "q"}]
+    api.put("s", "2026-01-01T00:00:00+00:00", unfinished)
+    api.put("other", "2026-01-01T00:00:00+00:00", run_events())
+    now = [100.0]
+    p = poller(api, now)
+    cycle(p)
+    assert p.snapshot.oldest_in_progress_since == 100.0
+    now[0] = 200.0
+    api.put("s", "2026-01-01T00:01:00+00:00", unfinished + [{"type": "text_delta", "content": "x"}])
+    cycle(p)
+    assert api.retrieved["s"] == 2  # the in-progress session itself was fetched again
+    assert p.snapshot.oldest_in_progress_since == 100.0 and p.snapshot.runs_in_progress == 1
+    now[0] = 300.0
+    api.put("s", "2026-01-01T00:02:00+00:00", unfinished + run_events()[1:] + [{"type": "user_input", "content": "q"}])
+    cycle(p)
+    assert p.snapshot.oldest_in_progress_since == 300.0  # that run finished; a new one started
