@@ -23,7 +23,8 @@ from collector.errors import ConfigError
 from collector.listener import Listener, serve
 from collector.llamacloud.client import LlamaCloudClient
 from collector.metrics import SelfMetrics, SnapshotCollector
-from collector.poller import CycleReport, PollConfig, Poller
+from collector.poller import CycleReport, Poller
+from collector.selection import PollConfig
 from collector.server import Endpoints
 from collector.settings import Settings, split_listen
 from collector.scheduler import start_scheduler

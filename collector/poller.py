@@ -7,61 +7,28 @@ persists it and publishes an immutable snapshot for the scrapes.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
 
-from collector.aggregates import Aggregates, Buckets
+from collector.aggregates import Aggregates
 from collector.derive import ErrorClassifier
 from collector.errors import AuthError, FetchError, NotFound, PayloadError, StateError
 from collector.llamacloud.client import LlamaCloudClient
-from collector.llamacloud.models import Listed, Summary
-
-Found = Listed | Summary
-"""A session as discovery found it: a listing item, or a configured ID's summary."""
 from collector.metrics import SelfMetrics
-from collector.runlog import LogRuns, log_runs
+from collector.runlog import log_runs
+from collector.selection import Found, PollConfig, older, shard_of, wanted
 from collector.state import (
     CollectorState,
     PollStatus,
-    SessionState,
     Snapshot,
     StateStore,
     is_unchanged,
-    parse_timestamp,
     take_snapshot,
     update_session,
 )
-
-
-def _older(last_updated_at: str, prev: SessionState) -> bool:
-    """A response older than what was already counted: a lagging replica, not a new history."""
-    ts = parse_timestamp(last_updated_at)
-    return ts is not None and prev.updated_ts is not None and ts < prev.updated_ts
-
-
-def shard_of(session_id: str, total_shards: int) -> int:
-    """Stable shard of a session: the same on every pod and every restart."""
-    digest = hashlib.sha256(session_id.encode()).digest()
-    return int.from_bytes(digest[:8], "big") % total_shards
-
-
-@dataclass(frozen=True)
-class PollConfig:
-    interval: float
-    discover: bool = True
-    session_ids: tuple[str, ...] = ()
-    index_ids: tuple[str, ...] = ()
-    shard: int = 0
-    total_shards: int = 1
-    max_concurrency: int = 8
-    series_limit: int = 500
-    buckets: Buckets | None = None
-    label_limit: int = 50
-    log_runs: LogRuns = "failed"
 
 
 @dataclass
@@ -94,14 +61,6 @@ class Poller:
         self.cycle_finished: float | None = None
         self.snapshot: Snapshot = take_snapshot(self.state, self.poll, config.series_limit)
 
-    def _wanted(self, summary: Found) -> bool:
-        cfg = self.config
-        if cfg.total_shards > 1 and shard_of(summary.session_id, cfg.total_shards) != cfg.shard:
-            return False
-        if summary.session_id in cfg.session_ids:
-            return True
-        return not cfg.index_ids or any(i in cfg.index_ids for i in summary.index_ids)
-
     async def discover(self, deadline: float | None = None,
                        report: CycleReport | None = None) -> tuple[list[Found], set[str]]:
         """The sessions to watch, and the IDs known to be gone."""
@@ -112,8 +71,8 @@ class Poller:
                 report.invalid += len(listing.unreadable)
                 self.log.warning("unreadable sessions in the listing, skipped this cycle",
                                  count=len(listing.unreadable), session_ids=listing.unreadable[:10])
-            wanted = [s for s in listing.sessions if self._wanted(s)]
-            return wanted, set(self.state.sessions) - {s.session_id for s in wanted}
+            watched = [s for s in listing.sessions if wanted(self.config, s)]
+            return watched, set(self.state.sessions) - {s.session_id for s in watched}
 
         found: list[Found] = []
         gone: set[str] = set()
@@ -134,7 +93,7 @@ class Poller:
                 report.errors.append(str(exc))
                 return
             answered += 1
-            if self._wanted(summary):
+            if wanted(self.config, summary):
                 found.append(summary)
 
         ids = [i for i in self.config.session_ids
@@ -203,7 +162,7 @@ class Poller:
                 self.metrics.fetches.labels(reason).inc()
                 report.fetched += 1
                 prev = work.known(sid)
-                if prev is not None and _older(session.last_updated_at, prev):
+                if prev is not None and older(session.last_updated_at, prev):
                     self.log.info("stale read ignored; refetched next cycle", session_id=sid)
                 else:
                     work.put(update_session(prev, session, work.aggregates, self.classifier, self.clock(),

@@ -15,7 +15,8 @@ from collector.errors import FetchError, NotFound
 from collector.llamacloud.client import Listing
 from collector.llamacloud.models import parse_page, parse_session
 from collector.metrics import SelfMetrics
-from collector.poller import PollConfig, Poller
+from collector.poller import Poller
+from collector.selection import PollConfig
 from collector.state import MemoryStore
 from tests.helpers import run_async
 

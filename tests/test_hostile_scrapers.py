@@ -95,6 +95,16 @@ async def exchange(port: int, raw: bytes, wait: float = 2.0) -> bytes:
     return b"".join(chunks)
 
 
+async def hold(port: int, count: int, payload: bytes) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """``count`` connections that each send ``payload`` and then neither send nor read anything more."""
+    held = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(payload)
+        held.append((reader, writer))
+    return held
+
+
 MALFORMED = {
     "content_length_text": b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
     "content_length_negative": b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
@@ -144,11 +154,7 @@ def test_pipelining_clients_that_never_read_cannot_stall_scrapes_cycles_or_memor
     stack = Stack(procs)
 
     async def attack():
-        held = []
-        for _ in range(300):
-            reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
-            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 50)  # and never read
-            held.append(writer)
+        held = await hold(stack.port, 300, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 50)  # never read
         await asyncio.sleep(2)
         return held
     loop = asyncio.new_event_loop()
@@ -156,7 +162,7 @@ def test_pipelining_clients_that_never_read_cannot_stall_scrapes_cycles_or_memor
     try:
         stack.assert_healthy()  # while 300 greedy clients are still connected
     finally:
-        for writer in held:
+        for _, writer in held:
             writer.transport.abort()
         loop.close()
 
@@ -165,11 +171,7 @@ def test_half_sent_heads_are_dropped_and_do_not_block_others(procs):
     stack = Stack(procs)
 
     async def slowloris():
-        held = []
-        for _ in range(200):
-            reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
-            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # and never finish the head
-            held.append((reader, writer))
+        held = await hold(stack.port, 200, b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # head unfinished
         answer = await asyncio.to_thread(httpx.get, stack.url("/metrics"), timeout=3)
         assert answer.status_code == 200
         closed = await asyncio.wait_for(held[0][0].read(), 30)  # dropped after the keep-alive timeout

@@ -3,7 +3,7 @@
 from collections import Counter
 
 from collector.app import SimulatorService
-from collector.poller import shard_of
+from collector.selection import shard_of
 from collector.simulator.world import World, populate
 from tests.helpers import assert_samples_match, collector_for, family, run_async, scrape, value
 

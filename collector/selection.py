@@ -1,0 +1,53 @@
+"""Which sessions a collector watches, and which answers it takes: its settings for a cycle, its shard,
+the ``--index-id`` filter, and the test that tells a lagging replica from a new history."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from collector.aggregates import Buckets
+from collector.llamacloud.models import Listed, Summary
+from collector.runlog import LogRuns
+from collector.state import SessionState, parse_timestamp
+
+Found = Listed | Summary
+"""A session as discovery found it: a listing item, or a configured ID's summary."""
+
+
+@dataclass(frozen=True)
+class PollConfig:
+    """A poller's settings, built once from ``Settings``."""
+
+    interval: float
+    discover: bool = True
+    session_ids: tuple[str, ...] = ()
+    index_ids: tuple[str, ...] = ()
+    shard: int = 0
+    total_shards: int = 1
+    max_concurrency: int = 8
+    series_limit: int = 500
+    buckets: Buckets | None = None
+    label_limit: int = 50
+    log_runs: LogRuns = "failed"
+
+
+def shard_of(session_id: str, total_shards: int) -> int:
+    """Stable shard of a session: the same on every pod and every restart."""
+    digest = hashlib.sha256(session_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % total_shards
+
+
+def wanted(config: PollConfig, summary: Found) -> bool:
+    """This collector's shard, and (for discovered sessions) bound to one of the ``--index-id`` indexes."""
+    if config.total_shards > 1 and shard_of(summary.session_id, config.total_shards) != config.shard:
+        return False
+    if summary.session_id in config.session_ids:
+        return True
+    return not config.index_ids or any(i in config.index_ids for i in summary.index_ids)
+
+
+def older(last_updated_at: str, prev: SessionState) -> bool:
+    """A response older than what was already counted: a lagging replica, not a new history."""
+    ts = parse_timestamp(last_updated_at)
+    return ts is not None and prev.updated_ts is not None and ts < prev.updated_ts

@@ -1,0 +1,170 @@
+"""Response bounds in-process, over httpx.MockTransport: size caps, status range, session IDs, paging limits."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from collector.errors import FetchError, PayloadError
+from collector.llamacloud.bounds import (MAX_SESSION_ID_LENGTH, BadStatus, BodyTooLarge, check_status,
+                                         declared_length, read_capped, session_id_problem)
+from collector.llamacloud.client import LlamaCloudClient, RetryPolicy, session_path
+from collector.metrics import SelfMetrics
+from tests.helpers import run_async
+
+SESSION = {"session_id": "s1", "last_updated_at": "2026-01-01T00:00:00+00:00", "events": []}
+
+
+def streamed(body: bytes, headers: dict | None = None, chunk: int = 1000) -> httpx.Response:
+    pieces = [body[i:i + chunk] for i in range(0, len(body), chunk)] or [b""]
+
+    class Stream(httpx.AsyncByteStream):
+        async def __aiter__(self):
+            for piece in pieces:
+                yield piece
+
+    return httpx.Response(200, headers=headers or {}, stream=Stream())
+
+
+def read(response: httpx.Response, limit: int) -> bytes:
+    return run_async(read_capped(response, limit))
+
+
+def test_a_body_exactly_at_the_cap_is_read_and_one_byte_more_is_refused():
+    assert read(streamed(b"x" * 5000), 5000) == b"x" * 5000
+    with pytest.raises(BodyTooLarge):
+        read(streamed(b"x" * 5001), 5000)
+
+
+def test_a_declared_length_over_the_cap_is_refused_before_reading():
+    class Never(httpx.AsyncByteStream):
+        async def __aiter__(self):
+            raise AssertionError("the body was read")
+            yield b""  # pragma: no cover
+    with pytest.raises(BodyTooLarge, match="Content-Length 4000000000"):
+        read(httpx.Response(200, headers={"Content-Length": "4000000000"}, stream=Never()), 1 << 20)
+    assert read(streamed(b"ok", {"Content-Length": "2"}), 2) == b"ok"
+
+
+@pytest.mark.parametrize("value,want", [("12", 12), ("0", 0), ("", None), ("-5", None), ("abc", None),
+                                        ("1e3", None), ("+7", None), ("0x1F", None)])
+def test_declared_length_takes_only_a_plain_non_negative_integer(value, want):
+    assert declared_length(httpx.Response(200, headers={"Content-Length": value} if value else {})) == want
+
+
+def test_a_gzip_bomb_stops_at_the_cap_on_the_decoded_size():
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    bomb = packer.compress(bytes(64 << 20)) + packer.flush()  # 64 MiB of zeros in about 64 KiB
+    assert len(bomb) < 200_000
+    with pytest.raises(BodyTooLarge):
+        read(streamed(bomb, {"Content-Encoding": "gzip"}, chunk=16384), 1 << 20)
+    small = gzip.compress(b"y" * 1000)
+    assert read(streamed(small, {"Content-Encoding": "gzip"}), 1000) == b"y" * 1000
+
+
+def test_the_wire_size_counts_too():
+    compressed = gzip.compress(bytes(range(256)) * 400)  # does not compress well: wire size near body size
+    with pytest.raises(BodyTooLarge):
+        read(streamed(compressed, {"Content-Encoding": "gzip"}), len(compressed) - 1)
+
+
+@pytest.mark.parametrize("status,ok", [(99, False), (100, True), (200, True), (599, True), (600, False),
+                                       (0, False), (10**20, False)])
+def test_status_codes_outside_100_to_599_are_protocol_errors(status, ok):
+    if ok:
+        assert check_status(status) == status
+    else:
+        with pytest.raises(BadStatus):
+            check_status(status)
+
+
+@pytest.mark.parametrize("session_id,problem", [
+    ("s1", None), ("a/b", None), ("...", None), ("ünï", None), ("x" * MAX_SESSION_ID_LENGTH, None),
+    ("x" * (MAX_SESSION_ID_LENGTH + 1), "257 characters"), (".", "relative"), ("..", "relative"),
+    ("", "empty"), ("a\nb", "control"), ("a\x00", "control"),
+])
+def test_session_ids_that_cannot_name_a_session(session_id, problem):
+    found = session_id_problem(session_id)
+    assert (found is None) if problem is None else (problem in found)
+
+
+def test_a_session_id_is_one_encoded_path_segment():
+    assert session_path("a/b?c#d e") == "/api/v1/chat/a%2Fb%3Fc%23d%20e"
+    assert session_path("s1", "/summary") == "/api/v1/chat/s1/summary"
+    for bad in (".", ".."):
+        with pytest.raises(ValueError):
+            session_path(bad)
+
+
+def client_for(handler, registry: CollectorRegistry, **kwargs) -> LlamaCloudClient:
+    async def no_sleep(_):
+        return None
+    return LlamaCloudClient(base_url="https://api.test", api_key="k", transport=httpx.MockTransport(handler),
+                            observer=SelfMetrics(registry), sleep=no_sleep, rng=lambda: 0.0,
+                            retry=RetryPolicy(max_attempts=2), **kwargs)
+
+
+def test_a_refused_id_is_never_requested_and_counts_as_invalid():
+    seen = []
+    registry = CollectorRegistry()
+    client = client_for(lambda r: seen.append(r) or httpx.Response(200, json=SESSION), registry)
+    with pytest.raises(PayloadError, match="relative"):
+        run_async(client.retrieve(".."))
+    assert seen == []
+    assert registry.get_sample_value("llamacloud_collector_invalid_payloads_total", {"operation": "retrieve"}) == 1
+
+
+def test_an_answer_that_names_another_session_is_invalid():
+    registry = CollectorRegistry()
+    client = client_for(lambda r: httpx.Response(200, json={**SESSION, "session_id": "s2"}), registry)
+    with pytest.raises(PayloadError, match="another session"):
+        run_async(client.retrieve("s1"))
+    assert registry.get_sample_value("llamacloud_collector_invalid_payloads_total", {"operation": "retrieve"}) == 1
+
+
+def test_an_oversized_answer_is_invalid_and_not_retried():
+    calls = []
+    registry = CollectorRegistry()
+    body = json.dumps({**SESSION, "pad": "p" * 100_000}).encode()
+    client = client_for(lambda r: calls.append(r) or httpx.Response(200, content=body), registry,
+                        max_response_bytes=65536)
+    with pytest.raises(PayloadError, match="too large"):
+        run_async(client.retrieve("s1"))
+    assert len(calls) == 1
+    assert registry.get_sample_value("llamacloud_collector_api_requests_total",
+                                     {"operation": "retrieve", "code": "error"}) == 1
+
+
+def test_an_endless_listing_stops_at_the_page_cap():
+    pages = []
+
+    def handler(request):
+        pages.append(request)
+        return httpx.Response(200, json={"items": [], "next_page_token": f"t{len(pages)}"})
+    client = client_for(handler, CollectorRegistry(), max_pages=7)
+    with pytest.raises(FetchError, match="more than 7 pages"):
+        run_async(client.list_sessions())
+    assert len(pages) == 7
+
+
+def test_the_cycle_deadline_is_checked_between_pages():
+    now = [0.0]
+
+    def handler(request):
+        now[0] += 10.0  # each page takes ten seconds
+        return httpx.Response(200, json={"items": [], "next_page_token": f"t{now[0]}"})
+    client = client_for(handler, CollectorRegistry(), clock=lambda: now[0])
+    with pytest.raises(FetchError, match="deadline reached after 3 pages"):
+        run_async(client.list_sessions(deadline=25.0))
+
+
+def test_a_repeated_page_token_ends_the_listing():
+    tokens = iter(["a", "b", "a"])
+    client = client_for(lambda r: httpx.Response(200, json={"items": [], "next_page_token": next(tokens)}),
+                        CollectorRegistry())
+    assert run_async(client.list_sessions()).sessions == []
