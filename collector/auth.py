@@ -48,6 +48,8 @@ class WebConfig:
         self.ssl_context: ssl.SSLContext | None = ssl_context(tls, path.parent) if tls else None
         self._pool: ThreadPoolExecutor | None = None
         self._pending = 0
+        self.bcrypt_checks = 0
+        """bcrypt runs so far: a known and an unknown user cost one each."""
         self._remembered: set[bytes] = set()
         self._dummy = self._dummy_hash()
 
@@ -112,6 +114,7 @@ class WebConfig:
         if self._pending >= MAX_PENDING:
             return False
         self._pending += 1
+        self.bcrypt_checks += 1
         try:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(BCRYPT_THREADS, thread_name_prefix="bcrypt")

@@ -1,5 +1,6 @@
 """The endpoints in-process: /healthz liveness on an injected clock, Accept-Encoding q-values, the render cache."""
 
+import base64
 import gzip
 
 import pytest
@@ -58,3 +59,55 @@ def test_metrics_are_rendered_once_per_snapshot_and_format():
     assert om.endswith(b"# EOF\n") and cache.renders == 2
     fresh, _ = cache.body(object(), "", False)
     assert b"things_total 1.0" in fresh and cache.renders == 3
+
+
+def test_an_unknown_user_costs_a_bcrypt_check_like_a_known_one_and_a_right_password_is_remembered(tmp_path):
+    import bcrypt
+
+    from collector.auth import _cost
+    from tests.helpers import run_async
+
+    hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=5)).decode()
+    path = tmp_path / "web.yml"
+    path.write_text(f"basic_auth_users:\n  prom: '{hashed}'\n")
+    web = WebConfig(path)
+
+    def check(user: str, password: str) -> bool:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return run_async(web.authorized(f"Basic {token}"))
+    assert _cost(web._dummy.decode()) == 5  # the dummy hash has the users' cost
+    assert not check("nobody", "guess") and web.bcrypt_checks == 1
+    assert not check("prom", "guess") and web.bcrypt_checks == 2
+    assert check("prom", "right") and web.bcrypt_checks == 3
+    assert check("prom", "right") and web.bcrypt_checks == 3  # remembered: no second bcrypt
+    assert not check("prom", "wrong") and web.bcrypt_checks == 4  # a failure is never remembered
+    assert not run_async(web.authorized("Bearer x")) and not run_async(web.authorized("Basic !!!"))
+    web.close()
+
+
+def test_a_connection_over_the_cap_is_closed_at_once(tmp_path):
+    import asyncio
+
+    from aiohttp import web as aioweb
+
+    from collector.listener import serve
+
+    async def scenario():
+        async def ok(_):
+            return aioweb.Response(text="ok")
+        app = aioweb.Application()
+        app.router.add_get("/", ok)
+        listener = await serve(app, "127.0.0.1", 0, max_connections=2, keepalive_timeout=30)
+        try:
+            held = [await asyncio.open_connection("127.0.0.1", listener.port) for _ in range(2)]
+            await asyncio.sleep(0.1)
+            reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # refused: closed before a byte
+            reader, writer = held[0]
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await asyncio.wait_for(reader.readuntil(b"ok"), 5)).startswith(b"HTTP/1.1 200")
+            for _, w in held:
+                w.close()
+        finally:
+            await listener.close()
+    asyncio.run(scenario())
