@@ -80,7 +80,8 @@ class SqliteStore:
         if self.db is not None:
             self.db.close()
             self.db = None
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.clock()))
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         for suffix in ("", "-wal", "-shm"):
             source = Path(str(self.path) + suffix)
             if source.is_file() and not source.is_symlink():  # only regular files are ever moved
@@ -110,7 +111,7 @@ class SqliteStore:
         if int(meta["schema_version"]) != SCHEMA_VERSION:
             self.log.warning("state file has another schema version; rebuilding from the API",
                              found=meta["schema_version"], expected=SCHEMA_VERSION)
-            self.db.executescript("DELETE FROM meta; DELETE FROM sessions;")
+            self.db.executescript("DELETE FROM meta; DELETE FROM sessions; DELETE FROM retired;")
             return None
         aggregates = Aggregates.from_dict(json.loads(meta["aggregates"]), self.buckets, self.label_limit)
         if meta["fingerprint"] != self.fingerprint:

@@ -122,6 +122,7 @@ def test_a_cut_in_progress_tail_that_comes_back_is_not_counted_twice():
     cycle(p)
     assert sum(p.state.aggregates.events.values()) == 9  # 6 + 2 + 1: the tail once, not twice
     assert p.state.aggregates.history_resets == 1 and total_runs(p) == 3
+    assert p.snapshot.runs_in_progress == 1  # resumed at the counted position: the run is still open
 
 
 def test_a_cycle_with_failed_fetches_does_not_mark_the_state_synced():

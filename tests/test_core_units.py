@@ -1,0 +1,167 @@
+"""Small exact checks on the counting core's building blocks: each pins a boundary or a field that a
+mutation test showed no other test would notice changing (see docs/testing.md)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from collector.aggregates import OTHER_LABEL, Aggregates, BoundedLabels, Buckets, Mark
+from collector.derive import ErrorClassifier, RunRecord, ToolCall, finished_prefix, history_intact, stop_signature
+from collector.errors import FetchError
+from collector.llamacloud.models import JobMetadata, PlainEvent, Session, StopEvent
+from collector.metrics import SelfMetrics
+from collector.poller import Poller
+from collector.selection import PollConfig, older, wanted
+from collector.state import CollectorState, LastRun, MemoryStore, SessionState, parse_timestamp, update_session
+from tests.helpers import run_async
+
+BUCKETS = Buckets((1.0, 10.0), (10.0, 100.0), (1.0, 4.0), (0.0, 2.0))
+STOP = StopEvent(type="stop", is_error=False)
+USER = PlainEvent(type="user_input")
+
+
+def test_finished_prefix_and_history_intact_at_their_edges():
+    assert finished_prefix([]) == 0 and finished_prefix([USER]) == 0
+    assert finished_prefix([STOP]) == 1 and finished_prefix([USER, STOP]) == 2
+    assert finished_prefix([USER, STOP, USER]) == 2
+    assert history_intact([], 0, 0, None) is True and history_intact([USER], 0, 1, None) is True
+    assert history_intact([USER], 1, 1, None) is False  # the counted position is not a stop any more
+    assert history_intact([STOP], 1, 1, stop_signature(STOP)) is True
+    assert history_intact([STOP], 1, 1, "other") is False
+    assert history_intact([USER, STOP], 2, 3, stop_signature(STOP)) is False  # shorter than seen
+
+
+def test_label_values_at_the_length_limit():
+    labels = BoundedLabels(2)
+    assert labels("x" * 128) == "x" * 128
+    assert labels("y" * 129) == OTHER_LABEL and labels.dropped == set()  # an over-long value is not kept
+    assert labels("a") == "a" and labels("b") == OTHER_LABEL and labels.dropped == {"b"}
+    assert labels("z" * 128) == OTHER_LABEL and labels.dropped == {"b", "z" * 128}
+
+
+def test_a_copy_of_the_aggregates_is_independent():
+    original = Aggregates(BUCKETS, 5)
+    copy = original.copy()
+    copy.add_runs([RunRecord(True, "timeout", 2.0, 20, 30, 2, (), ("i",))], "s", 1.0)
+    assert original.runs["error"] == 0 and original.duration.count == 0 and not original.skipped_index_queries
+    assert not original.indexes.admitted and copy.indexes.admitted == {"i"}
+
+
+def test_raising_to_a_floor_keeps_the_larger_of_each_and_unions_the_label_sets():
+    mine, floor = Aggregates(BUCKETS, 5), Aggregates(BUCKETS, 5)
+    mine.add_runs([RunRecord(False, None, 2.0, 20, 30, 2, (), ("a",))])
+    floor.add_runs([RunRecord(False, None, 50.0, 50, 60, 3, (), ("b",))] * 2)
+    floor.tokens["input"].total = 999.0
+    mine.raise_to(floor)
+    assert mine.runs["success"] == 2 and mine.duration.count == 2 and mine.tokens["input"].count == 2
+    assert mine.tokens["input"].total == 999.0 and mine.indexes.admitted == {"a", "b"}
+    same = Aggregates(BUCKETS, 5)
+    same.add_runs([RunRecord(False, None, 2.0, 20, 30, 2, (), ())])
+    richer = Aggregates(BUCKETS, 5)
+    richer.add_runs([RunRecord(False, None, 9.0, 20, 30, 2, (), ())])
+    same.raise_to(richer)  # as many runs on both sides: the re-derived histogram stays as it is
+    assert same.duration.total == 2.0
+    mine.indexes.dropped, floor.indexes.dropped = {"x"}, {"y"}
+    mine.raise_to(floor)
+    assert mine.indexes.dropped == {"x", "y"}
+
+
+def stored(**changes) -> dict:
+    data = Aggregates(BUCKETS, 5)
+    data.add_runs([RunRecord(False, None, 2.0, 20, 30, 2, (ToolCall("t", True),), ())], "s", 7.0)
+    out = data.to_dict()
+    out.update(changes)
+    return out
+
+
+def test_aggregates_written_by_0_1_0_load_with_the_new_families_at_zero():
+    old = stored()
+    for key in ("invalid_values", "run_marks"):
+        del old[key]
+    for hist in (old["duration"], old["turns"], old["tool_calls_per_run"], *old["tokens"].values()):
+        del hist["marks"]
+    loaded = Aggregates.from_dict(old, BUCKETS, 9)
+    assert loaded.invalid_values == {} and loaded.run_marks == {} and loaded.label_limit == 9
+    assert loaded.runs["success"] == 1 and all(m is None for m in loaded.duration.marks)
+    assert loaded.tools.limit == 9
+
+
+@pytest.mark.parametrize("where", ["duration", "turns", "tool_calls_per_run"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0])
+def test_a_stored_count_that_is_negative_or_not_finite_is_refused(where, bad):
+    data = stored()
+    data[where]["total"] = bad
+    with pytest.raises(ValueError, match="stored aggregates hold a negative or non-finite count"):
+        Aggregates.from_dict(data, BUCKETS, 5)
+    runs = stored(runs=[["success", bad]])
+    with pytest.raises(ValueError, match="negative or non-finite"):
+        Aggregates.from_dict(runs, BUCKETS, 5)
+
+
+def test_stored_exemplars_keep_their_timestamp():
+    loaded = Aggregates.from_dict(stored(), BUCKETS, 5)
+    assert loaded.run_marks["success"] == Mark("s", 1.0, 7.0)
+    assert [m for m in loaded.duration.marks if m] == [Mark("s", 2.0, 7.0)]
+
+
+def test_sharding_applies_from_two_shards():
+    listed = Session(session_id="s1", last_updated_at="x")
+    owners = [wanted(PollConfig(interval=1, shard=i, total_shards=2), listed) for i in (0, 1)]
+    assert sorted(owners) == [False, True]
+    assert wanted(PollConfig(interval=1, index_ids=("i1",)), listed) is False
+    assert wanted(PollConfig(interval=1, index_ids=("i1",), session_ids=("s1",)), listed) is True
+
+
+def test_only_a_strictly_older_answer_is_a_lagging_replica():
+    prev = SessionState("s", "2026-01-01T00:00:00+00:00", updated_ts=parse_timestamp("2026-01-01T00:00:00+00:00"))
+    assert older("2025-12-31T23:59:59+00:00", prev) is True
+    assert older("2026-01-01T00:00:00+00:00", prev) is False
+    assert older("not a time", prev) is False
+
+
+def test_timestamps_without_a_zone_are_utc():
+    assert parse_timestamp("2026-01-01T00:00:00") == parse_timestamp("2026-01-01T00:00:00+00:00") == 1767225600.0
+    assert parse_timestamp("2026-01-01T02:00:00+02:00") == 1767225600.0
+    assert parse_timestamp("yesterday") is None
+
+
+def test_job_metadata_becomes_a_checked_last_run():
+    session = Session.model_validate({"session_id": "s", "last_updated_at": "2026-01-01T00:00:00", "events": [],
+                                      "job_metadata": {"duration_ms": -3, "total_input_tokens": 11,
+                                                       "total_output_tokens": 12, "turns": 2, "is_error": True}})
+    aggregates = Aggregates(BUCKETS, 5)
+    state = update_session(None, session, aggregates, ErrorClassifier(), 5.0)
+    assert state.job == LastRun(None, 11, 12, 2, True)
+    assert aggregates.invalid_values == {"job_metadata.duration_ms": 1}
+    assert LastRun.of(JobMetadata(duration_ms=1.0, total_input_tokens=2, total_output_tokens=3, turns=4,
+                                  is_error=False)) == LastRun(1.0, 2, 3, 4, False)
+
+
+def test_dropping_retires_a_session_without_its_title_and_keeps_at_most_the_limit(monkeypatch):
+    state = CollectorState(Aggregates(BUCKETS, 5))
+    state.put(SessionState("s", "t", title="private", job=LastRun(1.0)))
+    assert state.drop("s") is True and state.drop("s") is False and state.drop("never") is False
+    assert "s" not in state.changed and state.removed == {"s"} and state.retired_changed
+    assert state.retired["s"].title is None and state.retired["s"].job is None
+    monkeypatch.setattr("collector.state.RETIRED_LIMIT", 3)
+    for i in range(5):
+        state.put(SessionState(f"r{i}", "t"))
+        state.drop(f"r{i}")
+    assert list(state.retired) == ["r2", "r3", "r4"]  # the oldest retired go first
+
+
+def test_a_failed_cycle_publishes_down_with_its_reason_and_start_time():
+    class Down:
+        async def list_sessions(self, deadline=None):
+            raise FetchError("list: HTTP 500", operation="list")
+
+    poller = Poller(Down(), MemoryStore(), PollConfig(interval=60.0, buckets=BUCKETS), ErrorClassifier(),
+                    SelfMetrics(CollectorRegistry()), clock=lambda: 1234.5)
+    report = run_async(poller.cycle())
+    assert report.result == "failure" and report.errors == ["list: HTTP 500"]
+    poll = poller.snapshot.poll
+    assert poll.up is False and poll.started_at == 1234.5 and poll.message == "list: HTTP 500"
+    assert math.isclose(poll.finished_at, 1234.5)

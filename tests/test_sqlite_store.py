@@ -1,0 +1,226 @@
+"""The SQLite state store on its own: what it writes, what it reads back, and what it does with a bad file."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sqlite3
+
+import pytest
+import structlog
+
+from collector import logs
+from collector.aggregates import Aggregates, Buckets, Mark
+from collector.derive import RunRecord
+from collector.errors import ConfigError, StateError
+from collector.sqlite_store import SCHEMA_VERSION, SqliteStore, decode_session, encode_session, fingerprint
+from collector.state import CollectorState, LastRun, SessionState
+
+BUCKETS = Buckets((1.0, 10.0), (10.0, 100.0), (1.0, 4.0), (0.0, 2.0))
+RULES = [("timeout", "time"), ("internal", "internal")]
+NOW = 1_790_000_000.0
+STAMP = "20260921T141320"  # NOW in UTC
+
+
+def store(path, buckets=BUCKETS, rules=RULES, limit=50) -> SqliteStore:
+    return SqliteStore(path, buckets, rules, limit, clock=lambda: NOW)
+
+
+def session(sid: str, cursor: int = 2, **kw) -> SessionState:
+    return SessionState(sid, "2026-01-01T00:00:00+00:00", 1.0, f"title {sid}", "query", ("i1",),
+                        LastRun(1500.0, 10, 20, 2, False), cursor, cursor + 1, "sig", 2, 1, 30, 40, None, None,
+                        **kw)
+
+
+def state_with(*sessions: SessionState, synced: bool = True) -> CollectorState:
+    aggregates = Aggregates(BUCKETS, 50)
+    aggregates.add_runs([RunRecord(False, None, 2.0, 5, 6, 1, (), ())], "s1", NOW)
+    state = CollectorState(aggregates, synced=synced)
+    for s in sessions:
+        state.put(s)
+    return state
+
+
+@pytest.fixture
+def captured():
+    stream = io.StringIO()
+    logs.configure("info", "json", stream=stream)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    structlog.reset_defaults()
+
+
+def test_a_saved_state_loads_back_whole(tmp_path):
+    db = tmp_path / "state.db"
+    first = store(db)
+    assert first.load() is None  # a new file: nothing to resume
+    saved = state_with(session("s1"), session("s2", cursor=4), synced=True)
+    saved.drop("s2")
+    first.save(saved)
+    first.close()
+    assert first.db is None
+    loaded = store(db).load()
+    assert loaded.sessions == {"s1": session("s1")} and loaded.synced is True and loaded.floor is None
+    assert list(loaded.retired) == ["s2"] and loaded.retired["s2"].cursor == 4
+    assert loaded.retired["s2"].title is None and loaded.retired["s2"].job is None
+    assert loaded.aggregates.to_dict() == saved.aggregates.to_dict()
+    assert loaded.aggregates.run_marks["success"] == Mark("s1", 1.0, NOW)
+
+
+def test_later_saves_write_only_what_changed_and_keep_the_retired_order(tmp_path):
+    db = tmp_path / "state.db"
+    s = store(db)
+    s.load()
+    state = state_with(session("a"), session("b"), session("c"))
+    s.save(state)
+    work = state.begin()
+    work.put(session("a", cursor=8))
+    work.drop("c")
+    work.drop("b")
+    s.save(work)
+    with sqlite3.connect(db) as conn:
+        rows = dict(conn.execute("SELECT session_id, state FROM sessions"))
+        retired = [r[0] for r in conn.execute("SELECT session_id FROM retired ORDER BY position")]
+        meta = dict(conn.execute("SELECT key, value FROM meta"))
+    assert set(rows) == {"a"} and decode_session(rows["a"]).cursor == 8
+    assert retired == ["c", "b"]  # oldest retired first: the first to go past the limit
+    assert meta["schema_version"] == str(SCHEMA_VERSION) and meta["synced"] == "1" and meta["floor"] == ""
+    assert meta["saved_at"] == str(NOW) and meta["fingerprint"] == fingerprint(BUCKETS, RULES, 50)
+    loaded = store(db).load()
+    assert list(loaded.retired) == ["c", "b"] and set(loaded.sessions) == {"a"}
+
+
+def test_an_unsynced_state_and_its_floor_survive_a_restart(tmp_path):
+    """A re-derivation interrupted by a restart must still raise the counters to the floor once synced."""
+    db = tmp_path / "state.db"
+    s = store(db)
+    s.load()
+    floor = Aggregates(BUCKETS, 50)
+    floor.runs["success"] = 9
+    state = state_with(session("a"), synced=False)
+    state.floor = floor
+    s.save(state)
+    loaded = store(db).load()
+    assert loaded.synced is False and loaded.floor.runs["success"] == 9
+    assert loaded.floor.buckets == BUCKETS and loaded.floor.label_limit == 50
+    loaded.mark_synced()
+    assert loaded.aggregates.runs["success"] == 9 and loaded.floor is None
+
+
+def test_changed_buckets_start_a_re_derivation_with_the_stored_counters_as_floor(tmp_path, captured):
+    db = tmp_path / "state.db"
+    s = store(db)
+    s.load()
+    s.save(state_with(session("a")))
+    other = Buckets((2.0,), (10.0,), (1.0,), (0.0,))
+    loaded = store(db, buckets=other, limit=7).load()
+    assert loaded.sessions == {} and loaded.synced is False
+    assert loaded.floor.runs["success"] == 1 and loaded.aggregates.buckets == other
+    assert loaded.aggregates.label_limit == 7 and loaded.aggregates.runs["success"] == 0
+    assert any(e["event"] == "buckets or rules changed; re-deriving every session, counters kept"
+               for e in captured())
+    for changed in (dict(rules=RULES[:1]), dict(limit=51)):  # rules and the label limit count too
+        assert store(db, **changed).load().floor is not None
+
+
+def test_another_schema_version_is_rebuilt_from_the_api(tmp_path, captured):
+    db = tmp_path / "state.db"
+    s = store(db)
+    s.load()
+    s.save(state_with(session("a"), session("b")))
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    fresh = store(db)
+    assert fresh.load() is None
+    (line,) = [e for e in captured() if "schema version" in e["event"]]
+    assert line["found"] == "99" and line["expected"] == SCHEMA_VERSION and line["level"] == "warning"
+    with sqlite3.connect(db) as conn:
+        for table in ("meta", "sessions", "retired"):
+            assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0, table
+    fresh.save(state_with(session("c")))  # a full rewrite, then readable again
+    assert set(store(db).load().sessions) == {"c"}
+
+
+def test_a_corrupt_file_and_its_journals_are_moved_aside(tmp_path, captured):
+    db = tmp_path / "state.db"
+    db.write_bytes(b"this is not a database" * 100)
+    (tmp_path / "state.db-wal").write_bytes(b"wal")
+    (tmp_path / "state.db-shm").write_bytes(b"shm")
+    s = store(db)
+    assert s.load() is None
+    aside = tmp_path / f"state.db.corrupt-{STAMP}"
+    assert aside.read_bytes().startswith(b"this is not")
+    assert (tmp_path / f"state.db.corrupt-{STAMP}-wal").read_bytes() == b"wal"
+    assert (tmp_path / f"state.db.corrupt-{STAMP}-shm").is_file()  # SQLite rewrites the shared-memory index
+    (line,) = [e for e in captured() if e["event"] == "state file unreadable; moved aside, resyncing from the API"]
+    assert line["path"] == str(db) and line["moved_to"] == str(aside) and "DatabaseError" in line["reason"]
+    s.save(state_with(session("a")))  # the new file works
+    assert set(store(db).load().sessions) == {"a"}
+
+
+def test_only_regular_files_are_moved_aside(tmp_path):
+    db = tmp_path / "state.db"
+    db.write_bytes(b"garbage")
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"keep me")
+    (tmp_path / "state.db-wal").symlink_to(target)
+    (tmp_path / "state.db-shm").mkdir()
+    store(db)._move_aside("test")
+    assert not db.exists() and (tmp_path / f"state.db.corrupt-{STAMP}").read_bytes() == b"garbage"
+    assert (tmp_path / "state.db-wal").is_symlink() and target.read_bytes() == b"keep me"
+    assert (tmp_path / "state.db-shm").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "state.db-shm", "state.db-wal",
+                                                          f"state.db.corrupt-{STAMP}"]
+
+
+def test_a_file_that_cannot_be_moved_aside_runs_without_state(tmp_path, captured):
+    db = tmp_path / "state.db"
+    db.write_bytes(b"garbage" * 100)
+    (tmp_path / f"state.db.corrupt-{STAMP}").mkdir()  # the name it would move to is taken by a directory
+    s = store(db)
+    assert s.load() is None and s.db is None
+    (line,) = [e for e in captured() if e["event"] == "state file unreadable and cannot be moved; running without it"]
+    assert line["path"] == str(db) and "Is a directory" in line["reason"]
+    assert db.read_bytes() == b"garbage" * 100  # left where it was, untouched
+
+
+def test_a_failed_write_is_a_state_error_and_the_next_save_rewrites_everything(tmp_path):
+    db = tmp_path / "state.db"
+    s = store(db)
+    s.load()
+    state = state_with(session("a"), session("b"))
+    s.save(state)
+    s.db.execute("PRAGMA query_only = ON")
+    work = state.begin()
+    work.put(session("a", cursor=9))
+    with pytest.raises(StateError, match="cannot write state"):
+        s.save(work)
+    assert s.full_rewrite is True and not s.db.in_transaction
+    s.db.execute("PRAGMA query_only = OFF")
+    later = work.begin()  # a new cycle's copy: its own change set does not list "b"
+    s.save(later)
+    assert s.full_rewrite is False
+    loaded = store(db).load()
+    assert set(loaded.sessions) == {"a", "b"} and loaded.sessions["a"].cursor == 9
+
+
+def test_a_bad_path_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"state_path \(--state-path, COLLECTOR_STATE_PATH\): .*is a directory"):
+        store(tmp_path)
+
+
+def test_encoded_sessions_are_compact_and_strict(tmp_path):
+    text = encode_session(session("s"))
+    assert ", " not in text and ": " not in text  # compact JSON: 10,000 rows are rewritten often
+    with pytest.raises(ValueError):
+        decode_session(json.dumps(json.loads(text)[:-1]))  # a row from another layout is refused
+    no_job = json.loads(text)
+    no_job[6] = None
+    assert decode_session(json.dumps(no_job)).job is None
+
+
+def test_the_fingerprint_does_not_depend_on_key_order():
+    a = fingerprint(Buckets((1.0,), (2.0,), (3.0,), (4.0,)), [("x", "y")], 5)
+    assert a == fingerprint(Buckets((1.0,), (2.0,), (3.0,), (4.0,)), [("x", "y")], 5)
+    assert a != fingerprint(Buckets((1.0,), (2.0,), (3.0,), (4.0,)), [("x", "y")], 6)
+    assert len(a) == 16
