@@ -1,0 +1,90 @@
+"""An in-memory stand-in for the API client, and a poller on it with injected clocks, for in-process tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+
+from prometheus_client import CollectorRegistry
+
+from collector.aggregates import Buckets
+from collector.derive import ErrorClassifier
+from collector.llamacloud.client import Listing
+from collector.llamacloud.models import Summary, parse_page, parse_session
+from collector.metrics import SelfMetrics
+from collector.poller import Poller
+from collector.selection import PollConfig
+from collector.state import MemoryStore
+from tests.helpers import run_async
+
+BUCKETS = Buckets((1.0, 10.0), (10.0, 100.0), (1.0, 4.0), (0.0, 2.0))
+
+
+def run_events(failed: bool = False, tool: str | None = None) -> list[dict]:
+    events = [{"type": "user_input", "content": "q"}]
+    if tool:
+        events += [{"type": "tool_call", "name": tool, "call_id": "c", "arguments": {}},
+                   {"type": "tool_result", "name": tool, "call_id": "c", "result": "r"}]
+    return events + [{"type": "stop", "is_error": failed, "error": "boom" if failed else None,
+                      "usage": {"duration_ms": 500, "total_input_tokens": 5, "total_output_tokens": 7, "turns": 1}}]
+
+
+class FakeApi:
+    """What a poller reads of the API, in memory. ``answers[sid]`` queues one-off retrieve answers
+    (a body dict, or an exception to raise); ``summary_errors`` makes ``summary`` fail for an ID."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, dict] = {}
+        self.listed: list[str] | None = None
+        self.answers: dict[str, list] = {}
+        self.summary_errors: dict[str, Exception] = {}
+        self.retrieved: Counter = Counter()
+        self.deadlines: list[float | None] = []
+        self.list_delay = 0.0
+
+    def put(self, sid: str, updated: str, events: list[dict]) -> None:
+        self.sessions[sid] = {"session_id": sid, "last_updated_at": updated, "events": events}
+
+    def _summary(self, sid: str) -> dict:
+        return {k: v for k, v in self.sessions[sid].items() if k != "events"}
+
+    async def list_sessions(self, deadline=None) -> Listing:
+        self.deadlines.append(deadline)
+        if self.list_delay:
+            await asyncio.sleep(self.list_delay)
+        ids = self.listed if self.listed is not None else list(self.sessions)
+        page = parse_page(json.dumps({"items": [self._summary(i) for i in ids]}).encode())
+        return Listing(list(page.items), [])
+
+    async def summary(self, sid: str, deadline=None):
+        self.deadlines.append(deadline)
+        if sid in self.summary_errors:
+            raise self.summary_errors[sid]
+        return Summary.model_validate(self._summary(sid))
+
+    async def retrieve(self, sid: str, deadline=None):
+        self.deadlines.append(deadline)
+        self.retrieved[sid] += 1
+        queued = self.answers.get(sid)
+        body = queued.pop(0) if queued else self.sessions[sid]
+        if isinstance(body, Exception):
+            raise body
+        return parse_session(json.dumps(body).encode())
+
+
+def poller(api: FakeApi, now: list[float] | None = None, monotonic=None, interval: float = 60.0,
+           **config) -> Poller:
+    clock = (lambda: now[0]) if now is not None else (lambda: 1000.0)
+    return Poller(api, MemoryStore(), PollConfig(interval=interval, buckets=BUCKETS, **config), ErrorClassifier(),
+                  SelfMetrics(CollectorRegistry()), clock=clock, **({"monotonic": monotonic} if monotonic else {}))
+
+
+def cycle(p: Poller):
+    return run_async(p.cycle())
+
+
+def total_runs(p: Poller) -> int:
+    return sum(p.state.aggregates.runs.values())
+
+

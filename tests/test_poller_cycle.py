@@ -1,0 +1,157 @@
+"""What one poll cycle reports and logs, on the in-memory client: the report's every field, the deadline
+handed to each API call, the log lines an operator searches for, and the run log."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import structlog
+
+from collector import logs
+from collector.errors import FetchError, NotFound, PayloadError
+from tests.fakes import FakeApi, cycle, poller, run_events
+
+T0 = "2026-01-01T00:00:00+00:00"
+
+
+@pytest.fixture
+def captured():
+    stream = io.StringIO()
+    logs.configure("info", "json", stream=stream)
+    yield lambda event=None: [e for e in map(json.loads, stream.getvalue().splitlines())
+                              if event is None or e["event"] == event]
+    structlog.reset_defaults()
+
+
+def populated(n: int = 4) -> FakeApi:
+    api = FakeApi()
+    for i in range(n):
+        api.put(f"s{i}", T0, run_events() + run_events(failed=True))
+    return api
+
+
+def test_the_report_counts_every_kind_of_outcome(captured):
+    api = populated(5)
+    p = poller(api, monotonic=lambda: 100.0, interval=10.0)
+    first = cycle(p)
+    assert (first.result, first.fetched, first.unchanged, first.runs_added, first.watched) == ("success", 5, 0, 10, 5)
+    assert api.deadlines and set(api.deadlines) == {109.0}  # 90% of the interval, on the injected clock
+    api.put("s0", "2026-01-01T00:01:00+00:00", run_events() * 3)
+    api.put("s1", "2026-01-01T00:01:00+00:00", run_events() * 3)
+    api.put("s2", "2026-01-01T00:01:00+00:00", run_events() * 3)
+    api.put("s3", "2026-01-01T00:01:00+00:00", run_events() * 3)
+    api.answers = {"s0": [FetchError("retrieve: HTTP 502", operation="retrieve")],
+                   "s1": [PayloadError("retrieve: invalid payload at events", operation="retrieve")],
+                   "s2": [NotFound("retrieve: HTTP 404", operation="retrieve", status=404)],
+                   "s3": [RuntimeError("a bug in one session")]}
+    report = cycle(p)
+    assert report.result == "partial" and report.fetched == 0 and report.unchanged == 1
+    assert (report.failed, report.invalid, report.removed, report.runs_added) == (1, 2, 1, 0)
+    assert report.errors == ["retrieve: HTTP 502"] and report.watched == 4
+    (invalid,) = captured("invalid payload, session skipped this cycle")
+    assert invalid["session_id"] == "s1" and invalid["error"] == "retrieve: invalid payload at events"
+    (bug,) = captured("session not counted this cycle")
+    assert bug["session_id"] == "s3" and bug["error"] == "RuntimeError: a bug in one session"
+    assert bug["level"] == "error" and "exception" not in bug  # no traceback
+    (line,) = [e for e in captured("poll cycle") if e["result"] == "partial"]
+    assert (line["fetched"], line["failed"], line["invalid"], line["removed"]) == (0, 1, 2, 1)
+    assert line["error"] == "retrieve: HTTP 502" and line["level"] == "warning"
+
+
+def test_a_stale_read_is_logged_with_its_session(captured):
+    api = populated(1)
+    p = poller(api)
+    cycle(p)
+    stale = dict(api.sessions["s0"], last_updated_at="2025-12-31T00:00:00+00:00")
+    api.put("s0", "2026-01-01T00:05:00+00:00", run_events() * 3)
+    api.answers["s0"] = [stale]
+    report = cycle(p)
+    assert report.fetched == 1 and report.runs_added == 0
+    (line,) = captured("stale read ignored; refetched next cycle")
+    assert line["session_id"] == "s0"
+
+
+def test_unreadable_listing_items_are_counted_and_named(captured):
+    api = populated(2)
+    p = poller(api)
+
+    async def listing(deadline=None):
+        from collector.llamacloud.client import Listing
+        from collector.llamacloud.models import parse_page
+        page = parse_page(json.dumps({"items": [api._summary("s0"), {"session_id": "..", "last_updated_at": T0}]
+                                      + [{"session_id": f"bad{i}", "last_updated_at": None} for i in range(11)]
+                                      }).encode())
+        return Listing(list(page.items), list(page.unreadable))
+    api.list_sessions = listing
+    report = cycle(p)
+    assert report.result == "partial" and report.invalid == 12 and report.watched == 1
+    (line,) = captured("unreadable sessions in the listing, skipped this cycle")
+    assert line["count"] == 12 and line["session_ids"] == [".."] + [f"bad{i}" for i in range(9)]
+
+
+def test_discovery_that_outlasts_the_deadline_fails_the_cycle():
+    api = populated(1)
+    api.list_delay = 0.3
+    p = poller(api, interval=0.001)  # a deadline of 0.9 ms: the listing takes 300 ms
+    report = cycle(p)
+    assert report.result == "failure" and report.errors == ["discovery did not finish by the cycle deadline"]
+    assert p.snapshot.poll.up is False and p.snapshot.poll.started_at == 1000.0
+
+
+def test_a_bug_in_discovery_fails_the_cycle_with_one_line():
+    api = populated(1)
+
+    async def broken(deadline=None):
+        raise KeyError("items")
+    api.list_sessions = broken
+    report = cycle(poller(api))
+    assert report.result == "failure" and report.errors == ["discovery failed: KeyError: 'items'"]
+
+
+def test_configured_sessions_are_read_one_by_one_within_this_shard():
+    from collector.selection import shard_of
+
+    api = populated(6)
+    ids = tuple(api.sessions)
+    mine = {i for i in ids if shard_of(i, 2) == 1}
+    p = poller(api, discover=False, session_ids=ids, shard=1, total_shards=2, monotonic=lambda: 5.0)
+    report = cycle(p)
+    assert set(p.state.sessions) == mine and report.watched == len(mine) and 0 < len(mine) < 6
+    assert set(api.deadlines) == {59.0}
+    api.summary_errors = {i: NotFound("summary: HTTP 404", operation="summary", status=404) for i in mine}
+    report = cycle(p)
+    assert report.result == "success" and report.removed == len(mine) and p.state.sessions == {}
+
+
+def test_when_no_configured_session_answers_the_first_error_is_the_reason():
+    api = populated(2)
+    api.summary_errors = {"s0": FetchError("summary: HTTP 503", operation="summary"),
+                          "s1": PayloadError("summary: invalid", operation="summary")}
+    report = cycle(poller(api, discover=False, session_ids=("s0", "s1"), max_concurrency=1))
+    assert report.result == "failure" and report.errors[0] == "summary: HTTP 503"
+    assert report.errors[-1] == "summary: HTTP 503"  # the cycle's reason is the first error, reported last
+
+
+def test_failed_runs_are_logged_once_after_the_first_sync(captured):
+    api = populated(2)
+    p = poller(api)
+    cycle(p)
+    assert captured("chat run failed") == []  # history of the first sync: counted, not logged
+    api.put("s0", "2026-01-01T00:01:00+00:00", api.sessions["s0"]["events"] + run_events(failed=True))
+    cycle(p)
+    cycle(p)
+    (line,) = captured("chat run failed")
+    assert line["session_id"] == "s0" and line["error"] == "boom" and line["duration_seconds"] == 0.5
+    quiet = poller(populated(1), log_runs="none")
+    cycle(quiet)
+    quiet.client.put("s0", "2026-01-01T00:01:00+00:00", quiet.client.sessions["s0"]["events"] + run_events(True))
+    cycle(quiet)
+    assert len(captured("chat run failed")) == 1
+    everything = poller(populated(1), log_runs="all")
+    cycle(everything)
+    everything.client.put("s0", "2026-01-01T00:01:00+00:00",
+                          everything.client.sessions["s0"]["events"] + run_events() * 3 + run_events(True))
+    cycle(everything)
+    assert len(captured("chat run finished")) == 3 and len(captured("chat run failed")) == 2
