@@ -205,15 +205,13 @@ class Poller:
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None
 
-    def persist(self) -> bool:
+    def persist(self) -> None:
         """Write the committed state; a failure is logged and counted, and retried next cycle."""
         try:
             self.store.save(self.state)
         except StateError as exc:
             self.metrics.state_write_failures.inc()
             self.log.error("state not saved; will retry next cycle", error=str(exc))
-            return False
-        return True
 
     def _finish(self, report: CycleReport, work: CollectorState | None, started: float,
                 wall_start: float, *, up: bool) -> None:

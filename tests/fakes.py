@@ -42,6 +42,8 @@ class FakeApi:
         self.retrieved: Counter = Counter()
         self.deadlines: list[float | None] = []
         self.list_delay = 0.0
+        self.retrieve_delay = 0.0
+        self.summaries: Counter = Counter()
 
     def put(self, sid: str, updated: str, events: list[dict]) -> None:
         self.sessions[sid] = {"session_id": sid, "last_updated_at": updated, "events": events}
@@ -59,12 +61,15 @@ class FakeApi:
 
     async def summary(self, sid: str, deadline=None):
         self.deadlines.append(deadline)
+        self.summaries[sid] += 1
         if sid in self.summary_errors:
             raise self.summary_errors[sid]
         return Summary.model_validate(self._summary(sid))
 
     async def retrieve(self, sid: str, deadline=None):
         self.deadlines.append(deadline)
+        if self.retrieve_delay:
+            await asyncio.sleep(self.retrieve_delay)
         self.retrieved[sid] += 1
         queued = self.answers.get(sid)
         body = queued.pop(0) if queued else self.sessions[sid]

@@ -168,3 +168,20 @@ def test_a_repeated_page_token_ends_the_listing():
     client = client_for(lambda r: httpx.Response(200, json={"items": [], "next_page_token": next(tokens)}),
                         CollectorRegistry())
     assert run_async(client.list_sessions()).sessions == []
+
+
+def test_decoded_pieces_add_up_towards_the_cap():
+    import random
+    text = "".join(random.Random(3).choice("abcdefgh ") for _ in range(30_000)).encode()
+    packed = gzip.compress(text)
+    assert len(packed) < 20_000 < len(text)  # on the wire under the cap, decoded over it
+    with pytest.raises(BodyTooLarge, match="^body is over the 20000-byte cap$"):
+        read(streamed(packed, {"Content-Encoding": "gzip"}, chunk=200), 20_000)
+
+
+def test_messages_say_what_is_wrong():
+    with pytest.raises(BadStatus, match="^status code 100000000000 is outside 100-599$"):
+        check_status(10**20)
+    assert session_id_problem("") == "empty session ID"
+    assert session_id_problem("a\tb") == "session ID with control characters"
+    assert session_id_problem(".") == "session ID '.' is a relative path segment"

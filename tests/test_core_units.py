@@ -165,3 +165,94 @@ def test_a_failed_cycle_publishes_down_with_its_reason_and_start_time():
     poll = poller.snapshot.poll
     assert poll.up is False and poll.started_at == 1234.5 and poll.message == "list: HTTP 500"
     assert math.isclose(poll.finished_at, 1234.5)
+
+
+def test_fresh_aggregates_expose_both_outcomes_and_token_types_at_zero():
+    fresh = Aggregates(BUCKETS, 5)
+    assert dict(fresh.runs) == {"success": 0, "error": 0} and dict(fresh.tokens_total) == {"input": 0, "output": 0}
+
+
+def test_counting_runs_records_refused_values_and_exemplar_times():
+    aggregates = Aggregates(BUCKETS, 5)
+    aggregates.add_runs([RunRecord(False, None, 2.0, 20, 30, 3, (), (), ("turns", "duration_ms"))], "s", 42.0)
+    assert aggregates.invalid_values == {"turns": 1, "duration_ms": 1}
+    marks = [m for h in (aggregates.duration, aggregates.turns, aggregates.tool_calls_per_run,
+                         *aggregates.tokens.values()) for m in h.marks if m]
+    assert len(marks) == 5 and {m.timestamp for m in marks} == {42.0}
+
+
+def test_the_stored_count_message_is_exact():
+    data = stored()
+    data["duration"]["total"] = -1.0
+    with pytest.raises(ValueError, match="^stored aggregates hold a negative or non-finite count$"):
+        Aggregates.from_dict(data, BUCKETS, 5)
+
+
+def session_of(events: list[dict], **extra) -> Session:
+    from collector.llamacloud.models import parse_session
+    import json
+    return parse_session(json.dumps({"session_id": "s", "last_updated_at": "2026-01-01T00:00:00",
+                                     "events": events, **extra}).encode())
+
+
+def test_a_history_of_a_lone_stop_is_not_a_reset_when_polled_again():
+    lone = session_of([{"type": "stop", "is_error": False}])
+    aggregates = Aggregates(BUCKETS, 5)
+    state = update_session(None, lone, aggregates, ErrorClassifier(), 1.0)
+    state = update_session(state, lone, aggregates, ErrorClassifier(), 2.0)
+    assert aggregates.history_resets == 0 and aggregates.runs["success"] == 1
+
+
+def test_only_a_user_input_opens_a_run_in_progress():
+    after_stop = session_of([{"type": "user_input"}, {"type": "stop", "is_error": False}, {"type": "text"}])
+    state = update_session(None, after_stop, Aggregates(BUCKETS, 5), ErrorClassifier(), 1.0)
+    assert state.in_progress_start is None and state.in_progress_since is None
+    opened = session_of([{"type": "user_input"}, {"type": "stop", "is_error": False}, {"type": "text"},
+                         {"type": "user_input"}])
+    state = update_session(None, opened, Aggregates(BUCKETS, 5), ErrorClassifier(), 1.0)
+    assert state.in_progress_start == 3 and state.in_progress_since == 1.0
+
+
+def test_a_run_record_carries_what_derivation_checked():
+    from collector.derive import derive
+    events = session_of([{"type": "user_input"},
+                         {"type": "stop", "is_error": False, "error": "a warning, not a failure",
+                          "usage": {"duration_ms": 1500, "total_input_tokens": -1, "turns": 2}}]).events
+    (run,) = derive(events, 0, 0, ErrorClassifier()).runs
+    assert run.error is None and run.failed is False  # error text of a successful run is not kept
+    assert run.refused == ("total_input_tokens",) and run.input_tokens is None
+    assert run.duration_seconds == 1.5 and run.turns == 2 and run.output_tokens is None
+
+
+def test_per_session_counters_and_the_exemplar_time_of_an_update():
+    events = [{"type": "user_input"}, {"type": "stop", "is_error": False,
+                                       "usage": {"total_input_tokens": 10, "total_output_tokens": None}},
+              {"type": "user_input"}, {"type": "stop", "is_error": True, "error": "boom",
+                                       "usage": {"total_input_tokens": None, "total_output_tokens": 7}}]
+    aggregates = Aggregates(BUCKETS, 5)
+    state = update_session(None, session_of(events), aggregates, ErrorClassifier(), 77.0)
+    assert (state.runs_success, state.runs_error, state.tokens_input, state.tokens_output) == (1, 1, 10, 7)
+    assert aggregates.run_marks["error"] == Mark("s", 1.0, 77.0)
+
+
+def test_putting_a_session_back_undoes_its_retirement():
+    state = CollectorState(Aggregates(BUCKETS, 5))
+    state.put(SessionState("s", "t"))
+    state.drop("s")
+    state.retired_changed = False
+    state.put(SessionState("s", "t2"))
+    assert "s" not in state.removed and "s" not in state.retired and state.retired_changed is True
+    assert state.sessions["s"].last_updated_at == "t2" and "s" in state.changed
+    state.retired_changed = False
+    state.put(SessionState("fresh", "t"))
+    assert state.retired_changed is False  # nothing was retired: the retired table needs no rewrite
+
+
+def test_no_series_are_counted_as_dropped_under_the_limit():
+    from collector.state import PollStatus, take_snapshot
+    state = CollectorState(Aggregates(BUCKETS, 5))
+    for i in range(3):
+        state.put(SessionState(f"s{i}", "t", updated_ts=float(i)))
+    assert take_snapshot(state, PollStatus(), 5).sessions_over_limit == 0
+    limited = take_snapshot(state, PollStatus(), 2)
+    assert limited.sessions_over_limit == 1 and [s.session_id for s in limited.sessions] == ["s2", "s1"]

@@ -155,3 +155,86 @@ def test_failed_runs_are_logged_once_after_the_first_sync(captured):
                           everything.client.sessions["s0"]["events"] + run_events() * 3 + run_events(True))
     cycle(everything)
     assert len(captured("chat run finished")) == 3 and len(captured("chat run failed")) == 2
+
+
+def test_the_published_poll_status_and_the_cycle_line(captured):
+    api = populated(3)
+    ticks = iter([100.0, 100.0, 100.123456, 100.123456, 200.0, 200.0, 200.5, 200.5])
+    p = poller(api, monotonic=lambda: next(ticks))
+    cycle(p)
+    poll = p.snapshot.poll
+    assert poll.result == "success" and poll.up is True and poll.last_success == 1000.0 and poll.message == ""
+    assert abs(poll.duration - 0.123456) < 1e-9 and p.cycle_started == 100.0 and p.cycle_finished == 100.123456
+    (line,) = captured("poll cycle")
+    assert line["level"] == "info" and line["duration_seconds"] == 0.123 and line["sessions_watched"] == 3
+    assert (line["fetched"], line["unchanged"], line["runs_added"], line["error"]) == (3, 0, 6, None)
+    api.answers["s0"] = [FetchError("retrieve: HTTP 502", operation="retrieve")]
+    api.put("s0", "2026-01-01T00:09:00+00:00", run_events())
+    cycle(p)
+    poll = p.snapshot.poll
+    assert poll.result == "partial" and poll.last_success == 1000.0 and poll.message == "retrieve: HTTP 502"
+    later = captured("poll cycle")[-1]
+    assert later["level"] == "warning" and later["unchanged"] == 2 and later["duration_seconds"] == 0.5
+
+
+def test_every_failure_of_a_kind_is_counted(captured):
+    api = populated(6)
+    p = poller(api)
+    cycle(p)
+    for i in range(6):
+        api.put(f"s{i}", "2026-01-01T00:01:00+00:00", run_events())
+    api.answers = {"s0": [NotFound("gone", operation="retrieve", status=404)],
+                   "s1": [NotFound("gone", operation="retrieve", status=404)],
+                   "s2": [PayloadError("bad", operation="retrieve")], "s3": [PayloadError("bad", operation="retrieve")],
+                   "s4": [FetchError("down", operation="retrieve")], "s5": [RuntimeError("x" * 500)]}
+    report = cycle(p)
+    assert (report.removed, report.invalid, report.failed) == (2, 3, 1)
+    assert p.metrics.invalid_payloads.labels("retrieve")._value.get() == 1  # the bug is an invalid payload
+    (bug,) = captured("session not counted this cycle")
+    assert bug["error"] == "RuntimeError: " + "x" * 200
+
+
+def test_fetches_that_outlast_the_deadline_are_failed_and_fetched_next_cycle():
+    api = populated(3)
+    p = poller(api)
+    cycle(p)
+    for i in range(3):
+        api.put(f"s{i}", "2026-01-01T00:01:00+00:00", api.sessions[f"s{i}"]["events"] + run_events())
+    fast = poller(api, interval=0.001)
+    fast.state, fast.snapshot = p.state, p.snapshot
+    api.retrieve_delay = 0.3
+    report = cycle(fast)
+    assert report.result == "partial" and report.failed == 3 and report.fetched == 0
+    assert report.errors == ["cycle deadline reached with 3 sessions not fetched; they are fetched next cycle"]
+    api.retrieve_delay = 0.0
+    report = cycle(p)
+    assert report.fetched == 3 and report.runs_added == 3 and p.state.aggregates.history_resets == 0
+
+
+def test_configured_ids_of_other_shards_are_never_asked_for():
+    from collector.selection import shard_of
+
+    api = populated(8)
+    ids = tuple(api.sessions)
+    cycle(poller(api, discover=False, session_ids=ids, shard=0, total_shards=2))
+    assert set(api.summaries) == {i for i in ids if shard_of(i, 2) == 0}
+    api.summaries.clear()
+    cycle(poller(api, discover=False, session_ids=ids))
+    assert set(api.summaries) == set(ids)
+
+
+def test_a_refused_key_stops_the_cycle_with_its_own_message():
+    from collector.errors import AuthError
+
+    api = populated(3)
+    api.summary_errors = {"s1": AuthError("summary: HTTP 401: the API key was refused", operation="summary",
+                                          status=401)}
+    report = cycle(poller(api, discover=False, session_ids=tuple(api.sessions)))
+    assert report.result == "failure" and report.errors == ["summary: HTTP 401: the API key was refused"]
+
+
+def test_failures_of_configured_sessions_are_each_counted():
+    api = populated(3)
+    api.summary_errors = {"s0": FetchError("a", operation="summary"), "s1": FetchError("b", operation="summary")}
+    report = cycle(poller(api, discover=False, session_ids=tuple(api.sessions), max_concurrency=1))
+    assert report.result == "partial" and report.failed == 2 and report.errors == ["a", "b"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sqlite3
 
 import pytest
@@ -65,6 +64,7 @@ def test_a_saved_state_loads_back_whole(tmp_path):
     assert loaded.retired["s2"].title is None and loaded.retired["s2"].job is None
     assert loaded.aggregates.to_dict() == saved.aggregates.to_dict()
     assert loaded.aggregates.run_marks["success"] == Mark("s1", 1.0, NOW)
+    assert loaded.aggregates.label_limit == 50 and loaded.aggregates.tools.limit == 50
 
 
 def test_later_saves_write_only_what_changed_and_keep_the_retired_order(tmp_path):
@@ -132,13 +132,45 @@ def test_another_schema_version_is_rebuilt_from_the_api(tmp_path, captured):
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     fresh = store(db)
     assert fresh.load() is None
-    (line,) = [e for e in captured() if "schema version" in e["event"]]
+    (line,) = captured_events(captured, "state file has another schema version; rebuilding from the API")
     assert line["found"] == "99" and line["expected"] == SCHEMA_VERSION and line["level"] == "warning"
     with sqlite3.connect(db) as conn:
         for table in ("meta", "sessions", "retired"):
             assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0, table
+    assert not list(tmp_path.glob("*corrupt*"))  # emptied in place, not moved aside as unreadable
     fresh.save(state_with(session("c")))  # a full rewrite, then readable again
     assert set(store(db).load().sessions) == {"c"}
+
+
+def captured_events(captured, event: str) -> list[dict]:
+    return [e for e in captured() if e["event"] == event]
+
+
+def test_loading_logs_where_and_how_many(tmp_path, captured):
+    db = tmp_path / "state.db"
+    s = store(db)
+    s.load()
+    s.save(state_with(session("a"), session("b")))
+    s.close()
+    s.save(state_with(session("c")))  # a closed store reconnects to write
+    loaded = store(db).load()
+    assert set(loaded.sessions) == {"a", "b", "c"}
+    (line,) = captured_events(captured, "state loaded")
+    assert line["path"] == str(db) and line["sessions"] == 3 and line["level"] == "info"
+
+
+def test_a_re_derivation_rewrites_every_row_so_sessions_gone_meanwhile_leave_the_file(tmp_path):
+    db = tmp_path / "state.db"
+    s = store(db)
+    s.load()
+    s.save(state_with(session("a"), session("b")))
+    other = Buckets((2.0,), (10.0,), (1.0,), (0.0,))
+    again = store(db, buckets=other)
+    state = again.load()  # re-derivation: starts with no sessions
+    state.put(session("a"))  # "b" was deleted upstream while the collector was down
+    again.save(state)
+    with sqlite3.connect(db) as conn:
+        assert [r[0] for r in conn.execute("SELECT session_id FROM sessions")] == ["a"]
 
 
 def test_a_corrupt_file_and_its_journals_are_moved_aside(tmp_path, captured):
