@@ -76,14 +76,14 @@ class Poller:
 
         found: list[Found] = []
         gone: set[str] = set()
-        answered = 0
+        answered = False
 
         async def one(session_id: str) -> None:
             nonlocal answered
             try:
                 summary = await self.client.summary(session_id, deadline)
             except NotFound:
-                answered += 1
+                answered = True
                 gone.add(session_id)
                 return
             except (FetchError, PayloadError) as exc:
@@ -92,15 +92,15 @@ class Poller:
                 report.failed += 1
                 report.errors.append(str(exc))
                 return
-            answered += 1
+            answered = True
             if wanted(self.config, summary):
                 found.append(summary)
 
         ids = [i for i in self.config.session_ids
                if self.config.total_shards == 1 or shard_of(i, self.config.total_shards) == self.config.shard]
         await self._pool(one, [(i,) for i in ids])
-        if ids and not answered:
-            raise FetchError(report.errors[0] if report.errors else "no session answered", operation="summary")
+        if ids and not answered:  # every one failed, and said why
+            raise FetchError(report.errors[0], operation="summary")
         return found, gone
 
     async def cycle(self) -> CycleReport:

@@ -43,6 +43,8 @@ class FakeApi:
         self.deadlines: list[float | None] = []
         self.list_delay = 0.0
         self.retrieve_delay = 0.0
+        self.slow: set[str] = set()
+        """Sessions whose retrieve takes ``retrieve_delay``; all of them when empty."""
         self.summaries: Counter = Counter()
 
     def put(self, sid: str, updated: str, events: list[dict]) -> None:
@@ -68,7 +70,7 @@ class FakeApi:
 
     async def retrieve(self, sid: str, deadline=None):
         self.deadlines.append(deadline)
-        if self.retrieve_delay:
+        if self.retrieve_delay and (not self.slow or sid in self.slow):
             await asyncio.sleep(self.retrieve_delay)
         self.retrieved[sid] += 1
         queued = self.answers.get(sid)

@@ -122,6 +122,17 @@ def test_only_a_strictly_older_answer_is_a_lagging_replica():
     assert older("not a time", prev) is False
 
 
+def test_timestamps_without_a_zone_are_utc_whatever_the_machine_zone(monkeypatch):
+    import time
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert parse_timestamp("2026-01-01T00:00:00") == 1767225600.0
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 def test_timestamps_without_a_zone_are_utc():
     assert parse_timestamp("2026-01-01T00:00:00") == parse_timestamp("2026-01-01T00:00:00+00:00") == 1767225600.0
     assert parse_timestamp("2026-01-01T02:00:00+02:00") == 1767225600.0
@@ -227,11 +238,12 @@ def test_a_run_record_carries_what_derivation_checked():
 def test_per_session_counters_and_the_exemplar_time_of_an_update():
     events = [{"type": "user_input"}, {"type": "stop", "is_error": False,
                                        "usage": {"total_input_tokens": 10, "total_output_tokens": None}},
+              {"type": "user_input"}, {"type": "stop", "is_error": False},
               {"type": "user_input"}, {"type": "stop", "is_error": True, "error": "boom",
                                        "usage": {"total_input_tokens": None, "total_output_tokens": 7}}]
     aggregates = Aggregates(BUCKETS, 5)
     state = update_session(None, session_of(events), aggregates, ErrorClassifier(), 77.0)
-    assert (state.runs_success, state.runs_error, state.tokens_input, state.tokens_output) == (1, 1, 10, 7)
+    assert (state.runs_success, state.runs_error, state.tokens_input, state.tokens_output) == (2, 1, 10, 7)
     assert aggregates.run_marks["error"] == Mark("s", 1.0, 77.0)
 
 

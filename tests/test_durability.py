@@ -130,7 +130,8 @@ def test_failed_writes_are_counted_and_retried(tmp_path):
         logs.configure("info", "json", stream=stream)
         await collector.poller.cycle()
         assert value(await scrape(collector.port), "llamacloud_collector_state_write_failures_total") == 2
-        (line,) = [json.loads(x) for x in stream.getvalue().splitlines() if "state not saved" in x]
+        (line,) = [e for e in map(json.loads, stream.getvalue().splitlines())
+                   if e["event"] == "state not saved; will retry next cycle"]
         assert "full" in line["error"] and "rollback" not in line["error"], line  # the real cause, not ROLLBACK's
         store.db.execute("PRAGMA max_page_count = 1073741823")
         await collector.poller.cycle()  # recovers with a full rewrite

@@ -104,10 +104,12 @@ def test_a_bug_in_discovery_fails_the_cycle_with_one_line():
     api = populated(1)
 
     async def broken(deadline=None):
-        raise KeyError("items")
+        raise KeyError("i" * 300)
     api.list_sessions = broken
-    report = cycle(poller(api))
-    assert report.result == "failure" and report.errors == ["discovery failed: KeyError: 'items'"]
+    p = poller(api)
+    report = cycle(p)
+    assert report.result == "failure" and report.errors == ["discovery failed: KeyError: '" + "i" * 199]
+    assert p.snapshot.poll.started_at == 1000.0
 
 
 def test_configured_sessions_are_read_one_by_one_within_this_shard():
@@ -160,10 +162,13 @@ def test_failed_runs_are_logged_once_after_the_first_sync(captured):
 def test_the_published_poll_status_and_the_cycle_line(captured):
     api = populated(3)
     ticks = iter([100.0, 100.0, 100.123456, 100.123456, 200.0, 200.0, 200.5, 200.5])
-    p = poller(api, monotonic=lambda: next(ticks))
+    wall = [1000.0]
+    p = poller(api, now=wall, monotonic=lambda: next(ticks))
     cycle(p)
     poll = p.snapshot.poll
     assert poll.result == "success" and poll.up is True and poll.last_success == 1000.0 and poll.message == ""
+    assert poll.started_at == 1000.0 and poll.finished_at == 1000.0
+    wall[0] = 2000.0
     assert abs(poll.duration - 0.123456) < 1e-9 and p.cycle_started == 100.0 and p.cycle_finished == 100.123456
     (line,) = captured("poll cycle")
     assert line["level"] == "info" and line["duration_seconds"] == 0.123 and line["sessions_watched"] == 3
@@ -173,22 +178,24 @@ def test_the_published_poll_status_and_the_cycle_line(captured):
     cycle(p)
     poll = p.snapshot.poll
     assert poll.result == "partial" and poll.last_success == 1000.0 and poll.message == "retrieve: HTTP 502"
+    assert poll.started_at == 2000.0  # a partial cycle is not a success: last_success stays
     later = captured("poll cycle")[-1]
     assert later["level"] == "warning" and later["unchanged"] == 2 and later["duration_seconds"] == 0.5
 
 
 def test_every_failure_of_a_kind_is_counted(captured):
-    api = populated(6)
+    api = populated(7)
     p = poller(api)
     cycle(p)
-    for i in range(6):
+    for i in range(7):
         api.put(f"s{i}", "2026-01-01T00:01:00+00:00", run_events())
     api.answers = {"s0": [NotFound("gone", operation="retrieve", status=404)],
                    "s1": [NotFound("gone", operation="retrieve", status=404)],
                    "s2": [PayloadError("bad", operation="retrieve")], "s3": [PayloadError("bad", operation="retrieve")],
-                   "s4": [FetchError("down", operation="retrieve")], "s5": [RuntimeError("x" * 500)]}
+                   "s4": [FetchError("down", operation="retrieve")], "s5": [RuntimeError("x" * 500)],
+                   "s6": [FetchError("down too", operation="retrieve")]}
     report = cycle(p)
-    assert (report.removed, report.invalid, report.failed) == (2, 3, 1)
+    assert (report.removed, report.invalid, report.failed) == (2, 3, 2)
     assert p.metrics.invalid_payloads.labels("retrieve")._value.get() == 1  # the bug is an invalid payload
     (bug,) = captured("session not counted this cycle")
     assert bug["error"] == "RuntimeError: " + "x" * 200
@@ -209,6 +216,21 @@ def test_fetches_that_outlast_the_deadline_are_failed_and_fetched_next_cycle():
     api.retrieve_delay = 0.0
     report = cycle(p)
     assert report.fetched == 3 and report.runs_added == 3 and p.state.aggregates.history_resets == 0
+
+
+def test_only_the_fetches_still_running_at_the_deadline_count_as_failed():
+    api = populated(4)
+    p = poller(api)
+    cycle(p)
+    for i in range(4):
+        api.put(f"s{i}", "2026-01-01T00:01:00+00:00", api.sessions[f"s{i}"]["events"] + run_events())
+    api.answers["s0"] = [FetchError("down", operation="retrieve")]
+    api.retrieve_delay, api.slow = 0.5, {"s3"}
+    fast = poller(api, interval=0.2)
+    fast.state, fast.snapshot = p.state, p.snapshot
+    report = cycle(fast)
+    assert report.failed == 2 and report.fetched == 2  # s0 failed, s3 still running; s1 and s2 counted
+    assert report.errors[-1].startswith("cycle deadline reached with 1 sessions")
 
 
 def test_configured_ids_of_other_shards_are_never_asked_for():
