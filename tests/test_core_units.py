@@ -268,3 +268,22 @@ def test_no_series_are_counted_as_dropped_under_the_limit():
     assert take_snapshot(state, PollStatus(), 5).sessions_over_limit == 0
     limited = take_snapshot(state, PollStatus(), 2)
     assert limited.sessions_over_limit == 1 and [s.session_id for s in limited.sessions] == ["s2", "s1"]
+
+
+def test_a_value_above_the_last_bound_lands_in_the_inf_bucket_only():
+    from collector.aggregates import Histogram
+    hist = Histogram((1.0, 2.0))
+    for value in (0.5, 2.0, 5.0):
+        hist.observe(value)
+    assert hist.counts == [1, 1, 1] and [(le, n) for le, n, _ in hist.cumulative()] == [
+        ("1.0", 1), ("2.0", 2), ("+Inf", 3)]
+
+
+def test_per_session_counters_add_up_across_updates():
+    events = [{"type": "user_input"}, {"type": "stop", "is_error": True, "error": "x",
+                                       "usage": {"total_input_tokens": 1, "total_output_tokens": 2}}]
+    aggregates = Aggregates(BUCKETS, 5)
+    state = update_session(None, session_of(events), aggregates, ErrorClassifier(), 1.0)
+    more = session_of(events * 2 + [{"type": "user_input"}, {"type": "stop", "is_error": False}])
+    state = update_session(state, more, aggregates, ErrorClassifier(), 2.0)
+    assert (state.runs_error, state.runs_success, state.tokens_input, state.tokens_output) == (2, 1, 2, 4)

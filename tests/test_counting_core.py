@@ -53,6 +53,13 @@ def test_a_cut_in_progress_tail_that_comes_back_is_not_counted_twice():
     assert sum(p.state.aggregates.events.values()) == 9  # 6 + 2 + 1: the tail once, not twice
     assert p.state.aggregates.history_resets == 1 and total_runs(p) == 3
     assert p.snapshot.runs_in_progress == 1  # resumed at the counted position: the run is still open
+    finished = history + tail + [{"type": "text", "content": "more"}] + run_events()[1:] + run_events()
+    api.put("s", "2026-01-01T00:03:00+00:00", finished)  # the open run ends, and one more runs
+    cycle(p)
+    api.put("s", "2026-01-01T00:04:00+00:00", finished + run_events())
+    cycle(p)
+    assert total_runs(p) == 6 and sum(p.state.aggregates.events.values()) == len(finished) + 2
+    assert p.state.aggregates.history_resets == 1 and p.state.sessions["s"].high_water is None
 
 
 def test_a_cycle_with_failed_fetches_does_not_mark_the_state_synced():
