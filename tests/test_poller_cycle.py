@@ -201,14 +201,21 @@ def test_every_failure_of_a_kind_is_counted(captured):
     assert bug["error"] == "RuntimeError: " + "x" * 200
 
 
-def test_fetches_that_outlast_the_deadline_are_failed_and_fetched_next_cycle():
-    api = populated(3)
+def synced_then_one_more_run_each(n: int, interval: float):
+    """A synced poller, each session one run further upstream, and a poller on the same state with a short
+    deadline (``interval``)."""
+    api = populated(n)
     p = poller(api)
     cycle(p)
-    for i in range(3):
+    for i in range(n):
         api.put(f"s{i}", "2026-01-01T00:01:00+00:00", api.sessions[f"s{i}"]["events"] + run_events())
-    fast = poller(api, interval=0.001)
+    fast = poller(api, interval=interval)
     fast.state, fast.snapshot = p.state, p.snapshot
+    return api, p, fast
+
+
+def test_fetches_that_outlast_the_deadline_are_failed_and_fetched_next_cycle():
+    api, p, fast = synced_then_one_more_run_each(3, interval=0.001)
     api.retrieve_delay = 0.3
     report = cycle(fast)
     assert report.result == "partial" and report.failed == 3 and report.fetched == 0
@@ -219,15 +226,9 @@ def test_fetches_that_outlast_the_deadline_are_failed_and_fetched_next_cycle():
 
 
 def test_only_the_fetches_still_running_at_the_deadline_count_as_failed():
-    api = populated(4)
-    p = poller(api)
-    cycle(p)
-    for i in range(4):
-        api.put(f"s{i}", "2026-01-01T00:01:00+00:00", api.sessions[f"s{i}"]["events"] + run_events())
+    api, _, fast = synced_then_one_more_run_each(4, interval=0.2)
     api.answers["s0"] = [FetchError("down", operation="retrieve")]
     api.retrieve_delay, api.slow = 0.5, {"s3"}
-    fast = poller(api, interval=0.2)
-    fast.state, fast.snapshot = p.state, p.snapshot
     report = cycle(fast)
     assert report.failed == 2 and report.fetched == 2  # s0 failed, s3 still running; s1 and s2 counted
     assert report.errors[-1].startswith("cycle deadline reached with 1 sessions")
