@@ -13,9 +13,8 @@ import time
 
 import httpx
 import structlog
-from prometheus_client import CollectorRegistry, ProcessCollector
-
 from aiohttp import web
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from collector.auth import WebConfig
 from collector.derive import ErrorClassifier
@@ -34,8 +33,6 @@ from collector.sqlite_store import SqliteStore
 from collector.state import MemoryStore, StateStore
 
 SHUTDOWN_GRACE = 5.0
-
-
 FULL_COLLECTION_EVERY = 10
 
 
