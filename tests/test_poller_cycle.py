@@ -215,8 +215,9 @@ def synced_then_one_more_run_each(n: int, interval: float):
 
 
 def test_fetches_that_outlast_the_deadline_are_failed_and_fetched_next_cycle():
-    api, p, fast = synced_then_one_more_run_each(3, interval=0.001)
-    api.retrieve_delay = 0.3
+    # 90 ms for the cycle: the listing fits in it, the fetches (500 ms each) do not
+    api, p, fast = synced_then_one_more_run_each(3, interval=0.1)
+    api.retrieve_delay = 0.5
     report = cycle(fast)
     assert report.result == "partial" and report.failed == 3 and report.fetched == 0
     assert report.errors == ["cycle deadline reached with 3 sessions not fetched; they are fetched next cycle"]
