@@ -109,6 +109,7 @@ def run_through(api: HostileApi, procs: Processes, mode: str) -> None:
             api.world.add_run(api.world.sessions[HOSTILE_ID])
         api.mode = mode
 
+    api.prepare(mode)
     api.call(add_runs)
     start = polls(before)
     seen = wait_until(lambda: (s := scrape(port)) and polls(s) >= start + 2 and s, 60, "two cycles into the fault")
