@@ -88,11 +88,12 @@ class BoundedLabels:
     def __call__(self, value: str) -> str:
         if value in self.admitted:
             return value
-        if len(self.admitted) < self.limit and len(value) <= MAX_LABEL_LENGTH:
+        if len(value) > MAX_LABEL_LENGTH:  # never kept, not even as a dropped value
+            return OTHER_LABEL
+        if len(self.admitted) < self.limit:
             self.admitted.add(value)
             return value
-        if len(value) <= MAX_LABEL_LENGTH:
-            self.dropped.add(value)
+        self.dropped.add(value)
         return OTHER_LABEL
 
 

@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from collector.llamacloud.models import (
-    INVALID,
-    MEASURES,
     PlainEvent,
     StopEvent,
     ToolCallEvent,
     ToolResultEvent,
     event_label,
+    known,
+    refused,
 )
 
 OTHER_ERROR = "_OTHER"
@@ -123,10 +123,8 @@ def _run_record(run_events: Sequence[object], stop: StopEvent,
             results.add(event.call_id)
     usage = stop.usage
     failed = stop.failed
-    refused = tuple(name for name in MEASURES if getattr(usage, name) is INVALID)
     duration_ms, input_tokens, output_tokens, turns = (
-        None if value is INVALID else value
-        for value in (usage.duration_ms, usage.total_input_tokens, usage.total_output_tokens, usage.turns))
+        known(value) for value in (usage.duration_ms, usage.total_input_tokens, usage.total_output_tokens, usage.turns))
     return RunRecord(
         failed=failed,
         error_type=classifier.classify(stop.error) if failed else None,
@@ -136,7 +134,7 @@ def _run_record(run_events: Sequence[object], stop: StopEvent,
         turns=turns,
         tool_calls=tuple(ToolCall(c.name, c.call_id in results) for c in calls),
         skipped_index_ids=tuple(stop.skipped_index_ids),
-        refused=refused,
+        refused=refused(usage),
         error=stop.error[:ERROR_TEXT_LIMIT] if failed and stop.error else None,
     )
 

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from collector.aggregates import Aggregates
 from collector.derive import ErrorClassifier, RunRecord, derive, finished_prefix, history_intact
-from collector.llamacloud.models import JobMetadata, Listed, Session, Summary
+from collector.llamacloud.models import JobMetadata, Listed, Session, Summary, known, refused
 
 
 def parse_timestamp(value: str) -> float | None:
@@ -40,7 +40,9 @@ class LastRun:
 
     @classmethod
     def of(cls, job: JobMetadata) -> LastRun:
-        return cls(job.duration_ms, job.total_input_tokens, job.total_output_tokens, job.turns, job.is_error)
+        """The job's measures, an ``INVALID`` one as unknown."""
+        return cls(known(job.duration_ms), known(job.total_input_tokens), known(job.total_output_tokens),
+                   known(job.turns), job.is_error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,13 +94,11 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
         seen = len(events)
     result = derive(events, cursor, seen, classifier)
     job = session.job_metadata
-    refused = job.refused() if job is not None else ()
+    last_run = LastRun.of(job) if job is not None else None
     # Everything above only reads; the counting below cannot fail half way.
     aggregates.history_resets += reset
-    if refused:
-        aggregates.invalid_values.update(f"job_metadata.{name}" for name in refused)
-        job = job.checked()
-    last_run = LastRun.of(job) if job is not None else None
+    if job is not None:
+        aggregates.invalid_values.update(f"job_metadata.{name}" for name in refused(job))
     aggregates.add_runs(result.runs, base.session_id, now)
     if counted is not None:
         counted.extend((base.session_id, run) for run in result.runs)

@@ -102,17 +102,20 @@ class JobMetadata(_Payload):
     is_error: bool | None = None
     error: str | None = None
 
-    def refused(self) -> tuple[str, ...]:
-        """Names of the measures that are ``INVALID``."""
-        return tuple(name for name in MEASURES if getattr(self, name) is INVALID)
-
-    def checked(self) -> JobMetadata:
-        """This metadata with every ``INVALID`` measure unknown (None)."""
-        bad = self.refused()
-        return self.model_copy(update=dict.fromkeys(bad)) if bad else self
 
 
 MEASURES = ("duration_ms", "total_input_tokens", "total_output_tokens", "turns")
+"""The ``Measure`` fields of ``JobMetadata`` and of a stop's ``Usage``."""
+
+
+def refused(measured: Any) -> tuple[str, ...]:
+    """Names of the measures of ``measured`` (job metadata or usage) that are ``INVALID``."""
+    return tuple(name for name in MEASURES if getattr(measured, name) is INVALID)
+
+
+def known(value: Any) -> Any:
+    """A measure as counters take it: ``INVALID`` becomes unknown (None)."""
+    return None if value is INVALID else value
 
 
 class Summary(_Payload):
