@@ -56,6 +56,7 @@ def poll_config(settings: Settings) -> PollConfig:
         index_ids=settings.index_ids, shard=settings.shard, total_shards=settings.total_shards,
         max_concurrency=settings.max_concurrency, series_limit=settings.session_series_limit,
         buckets=settings.buckets.as_buckets(), label_limit=settings.label_value_limit, log_runs=settings.log_runs,
+        page_size=settings.page_size,
     )
 
 
@@ -64,7 +65,8 @@ def build_client(settings: Settings, api_key: str, observer=None,
     return LlamaCloudClient(
         base_url=settings.base_url, api_key=api_key, project_id=settings.project_id,
         organization_id=settings.organization_id, connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout, max_connections=settings.max_concurrency,
+        read_timeout=settings.read_timeout, max_connections=settings.max_concurrency + 1,  # + the listing
+        page_size=settings.page_size,
         max_response_bytes=settings.max_response_bytes, transport=transport, observer=observer,
     )
 
@@ -124,13 +126,13 @@ class CollectorService:
             self._cycle = None
 
     async def start(self, schedule: bool = True) -> None:
-        endpoints = Endpoints(self.registry, self.poller, self.settings.interval, self.web)
+        endpoints = Endpoints(self.registry, self.poller, self.poller.cadence, self.web)
         self.server = await listen(endpoints.app(), self.settings.listen, ssl_context=self.web.ssl_context)
         self.log.info("collector started", listen=self.settings.listen, port=self.port,
                       base_url=self.settings.base_url, discover=self.settings.discovery,
                       interval=self.settings.interval, tls=self.web.ssl_context is not None)
         if schedule:
-            self.scheduler = start_scheduler(self._job, self.settings.interval)
+            self.scheduler = start_scheduler(self._job, self.poller.cadence)
 
     async def stop(self) -> None:
         """Stop scheduling, give a running cycle a few seconds to commit, then abandon it safely."""

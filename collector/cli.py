@@ -60,6 +60,8 @@ def _collector_flags(parser: argparse.ArgumentParser) -> None:
     add("--label-value-limit", dest="label_value_limit", type=int)
     add("--log-runs", dest="log_runs", choices=("failed", "all", "none"),
         help="one log line per failed run (default), every run, or none (COLLECTOR_LOG_RUNS)")
+    add("--page-size", dest="page_size", type=int,
+        help="sessions asked for per listing page; the API may send fewer (COLLECTOR_PAGE_SIZE)")
     add("--max-response-bytes", dest="max_response_bytes", type=int,
         help="cap on an API response body, compressed and decompressed (COLLECTOR_MAX_RESPONSE_BYTES)")
 

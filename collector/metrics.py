@@ -119,6 +119,10 @@ class SnapshotCollector(Collector):
                      poll.last_success)
         yield _gauge(p + "poll_duration_seconds", "Duration of the last poll cycle.", poll.duration)
         yield _gauge(p + "sessions_watched", "Sessions this collector watches.", snap.sessions_watched)
+        yield _gauge(p + "sessions_failing", "Sessions whose last fetch failed on their own (the API answered "
+                     "others); retried with backoff.", poll.sessions_failing)
+        yield _gauge(p + "listing_pass_duration_seconds", "Wall time of the last complete listing pass "
+                     "(every page, or every configured ID); it may span cycles.", poll.listing_pass_duration)
         yield _gauge(p + "poll_interval_seconds", "The configured poll interval (--interval).", self._interval)
         yield _counter(p + "invalid_values", "Values refused from otherwise valid payloads (negative, NaN, "
                        "infinite, over 2^53), by field; the run's field is unknown.", ["field"],

@@ -1,22 +1,32 @@
-"""One poll cycle: discover -> detect change -> fetch changed (bounded) -> derive -> commit.
+"""One poll cycle: page the listing while fetching what changed (bounded), derive, commit.
 
-The cycle works on a copy of the state and commits it whole at the end, then
-persists it and publishes an immutable snapshot for the scrapes.
+A **listing pass** (every page, first to last, or every configured ID) may span
+cycles. Each cycle works on a copy of the committed state; at its deadline it
+commits what it finished, and the pass carries on next cycle from the saved
+page token, with the sessions it listed but did not fetch yet fetched first.
+Only a complete pass tells which sessions are gone.
+
+A session whose fetch fails while the API answers others **fails on its own**:
+it is retried with per-session backoff and shown in ``sessions_failing``, and it
+never holds back the first sync (DESIGN §4). A cycle in which the API answered
+nothing is an outage: its failures are retried next cycle, with no backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
 
 from collector.aggregates import Aggregates
+from collector.cadence import Cadence, Deadline
 from collector.derive import ErrorClassifier
 from collector.errors import AuthError, FetchError, NotFound, PayloadError, StateError
-from collector.llamacloud.client import LlamaCloudClient
+from collector.llamacloud.models import SessionPage
 from collector.metrics import SelfMetrics
 from collector.runlog import log_runs
 from collector.selection import Found, PollConfig, older, shard_of, wanted
@@ -30,6 +40,10 @@ from collector.state import (
     update_session,
 )
 
+MAX_BACKOFF_INTERVALS = 10
+"""A session that keeps failing on its own is retried at most this many intervals apart."""
+ERROR_TEXT = 200
+
 
 @dataclass
 class CycleReport:
@@ -41,169 +55,378 @@ class CycleReport:
     failed: int = 0
     invalid: int = 0
     removed: int = 0
+    pages: int = 0
+    carried: int = 0
+    """Sessions listed but not fetched by the deadline: fetched first next cycle."""
+    backing_off: int = 0
+    """Failing sessions skipped this cycle, waiting for their next retry."""
+    pass_complete: bool = False
     duration: float = 0.0
     errors: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Failing:
+    """A session that fails on its own: how often in a row, and the cycle of its next try."""
+
+    failures: int
+    retry_cycle: int
+
+
+@dataclass
+class Job:
+    """A session to fetch: its listing item, or (configured IDs) only its ID, read with ``summary`` first."""
+
+    session_id: str
+    found: Found | None = None
+    reason: str = "changed"
+
+
+@dataclass
+class ListingPass:
+    """Every page of the listing (or every configured ID) once, over as many cycles as it takes."""
+
+    started: float
+    """Monotonic time of the first page, for ``listing_pass_duration_seconds``."""
+    token: str | None = None
+    tokens: set[str] = field(default_factory=set)
+    pages: int = 0
+    listed_all: bool = False
+    seen: set[str] = field(default_factory=set)
+    """Wanted sessions this pass listed (or configured IDs that answered or failed on their own)."""
+    todo: deque[Job] = field(default_factory=deque)
+    queued: set[str] = field(default_factory=set)
+    """IDs in ``todo`` or being fetched: a session listed twice in a pass is fetched once at a time."""
+    fetched_ok: int = 0
+    failed: int = 0
+    """Sessions that failed on their own in this pass (or waited for their retry): a pass in which every
+    fetch failed is an outage, not a sync."""
+
+    def push(self, job: Job, *, front: bool = False) -> None:
+        if job.session_id in self.queued and not front:
+            return
+        self.queued.add(job.session_id)
+        (self.todo.appendleft if front else self.todo.append)(job)
+
+
+@dataclass
+class _Run:
+    """What one cycle carries while it runs."""
+
+    work: CollectorState
+    report: CycleReport
+    deadline: Deadline
+    listing: ListingPass
+    counted: list | None
+    answered: bool = False
+    """The API answered at least one request this cycle."""
+    sessions_answered: int = 0
+    """Sessions the API answered for (a history, or 404): failures beside them are the sessions' own."""
+    inflight: dict[str, Job] = field(default_factory=dict)
+    failures: dict[str, tuple[Job, str]] = field(default_factory=dict)
+    listing_error: str | None = None
+    fatal: BaseException | None = None
+    listing_ended: bool = False
+    cut: bool = False
+    """The deadline came before the pass was done."""
+
+
 class Poller:
-    def __init__(self, client: LlamaCloudClient, store: StateStore, config: PollConfig,
+    def __init__(self, client, store: StateStore, config: PollConfig,
                  classifier: ErrorClassifier, metrics: SelfMetrics, *,
                  clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.client, self.store, self.config = client, store, config
         self.classifier, self.metrics = classifier, metrics
+        self.cadence = Cadence(config.interval)
         self.clock, self.monotonic = clock, monotonic
         self.log = structlog.get_logger("collector.poller")
         self.runs_log = structlog.get_logger("collector.runs")
         self.state = store.load() or CollectorState(Aggregates(config.buckets, config.label_limit))
         self.poll = PollStatus()
+        self.cycles = 0
+        self.listing: ListingPass | None = None
+        self.failing: dict[str, Failing] = {}
+        self.last_pass_duration: float | None = None
         self.cycle_started: float | None = None
         self.cycle_finished: float | None = None
         self.snapshot: Snapshot = take_snapshot(self.state, self.poll, config.series_limit)
 
-    async def discover(self, deadline: float | None = None,
-                       report: CycleReport | None = None) -> tuple[list[Found], set[str]]:
-        """The sessions to watch, and the IDs known to be gone."""
-        report = report or CycleReport()
-        if self.config.discover:
-            listing = await self.client.list_sessions(deadline)
-            if listing.unreadable:
-                report.invalid += len(listing.unreadable)
-                self.log.warning("unreadable sessions in the listing, skipped this cycle",
-                                 count=len(listing.unreadable), session_ids=listing.unreadable[:10])
-            watched = [s for s in listing.sessions if wanted(self.config, s)]
-            return watched, set(self.state.sessions) - {s.session_id for s in watched}
-
-        found: list[Found] = []
-        gone: set[str] = set()
-        answered = False
-
-        async def one(session_id: str) -> None:
-            nonlocal answered
-            try:
-                summary = await self.client.summary(session_id, deadline)
-            except NotFound:
-                answered = True
-                gone.add(session_id)
-                return
-            except (FetchError, PayloadError) as exc:
-                if isinstance(exc, AuthError):
-                    raise
-                report.failed += 1
-                report.errors.append(str(exc))
-                return
-            answered = True
-            if wanted(self.config, summary):
-                found.append(summary)
-
-        ids = [i for i in self.config.session_ids
-               if self.config.total_shards == 1 or shard_of(i, self.config.total_shards) == self.config.shard]
-        await self._pool(one, [(i,) for i in ids])
-        if ids and not answered:  # every one failed, and said why
-            raise FetchError(report.errors[0], operation="summary")
-        return found, gone
+    # -- the cycle --------------------------------------------------------------------------------------
 
     async def cycle(self) -> CycleReport:
         started, wall_start = self.monotonic(), self.clock()
         self.cycle_started = started
-        deadline = started + self.config.interval * 0.9
-        report = CycleReport()
+        self.cycles += 1
         work = self.state.begin()
         counted: list | None = [] if self.config.log_runs != "none" and work.synced else None
-        try:
-            async with asyncio.timeout(max(0.0, deadline - started)):
-                targets, gone = await self.discover(deadline, report)
-        except (FetchError, PayloadError) as exc:
-            return self._failed(report, str(exc), started, wall_start)
-        except TimeoutError:
-            return self._failed(report, "discovery did not finish by the cycle deadline", started, wall_start)
-        except Exception as exc:  # noqa: BLE001 - whatever the listing does, the loop goes on
-            return self._failed(report, f"discovery failed: {type(exc).__name__}: {str(exc)[:200]}",
-                                started, wall_start)
-
-        changed: list[tuple[Found, str]] = []
-        for summary in targets:
-            prev = work.known(summary.session_id)
-            if is_unchanged(prev, summary):
-                report.unchanged += 1
-                if summary.session_id not in work.sessions:
-                    work.put(prev)  # back in the listing, unchanged: watched again as it was
-            else:
-                changed.append((summary, "new" if prev is None else "changed"))
-        self.metrics.unchanged.inc(report.unchanged)
+        if self.listing is None:
+            self.listing = self._new_pass()
+        run = _Run(work, CycleReport(), self.cadence.deadline(self.monotonic), self.listing, counted)
         runs_before = sum(work.aggregates.runs.values())
-        await self._fetch_all(changed, work, deadline, report, counted)
-        for session_id in gone:
-            report.removed += work.drop(session_id)
+        try:
+            await self._run_pass(run)
+        except AuthError as exc:
+            return self._failed(run, str(exc), started, wall_start)
+        except Exception as exc:  # noqa: BLE001 - whatever a bug does, the loop goes on
+            return self._failed(run, f"cycle failed: {type(exc).__name__}: {str(exc)[:ERROR_TEXT]}",
+                                started, wall_start)
+        if not run.answered and (run.listing_error or run.failures):  # an outage: the API answered nothing
+            return self._failed(run, run.listing_error or next(iter(run.failures.values()))[1], started, wall_start)
+        self._settle_failures(run)
+        self._maybe_complete(run)
+        report = run.report
         report.runs_added = sum(work.aggregates.runs.values()) - runs_before
-        if report.failed or report.invalid:
-            report.result = "partial"
-        if report.failed == 0:
-            work.mark_synced()
+        report.carried = len(run.listing.todo)
+        if run.cut:
+            report.errors.append(f"cycle deadline reached at page {run.listing.pages} of the listing pass with "
+                                 f"{report.carried} sessions not fetched; the pass carries on next cycle")
+        clean = not (report.failed or report.invalid or run.listing_error)
+        report.result = "success" if report.pass_complete and clean else "partial"
+        if run.listing_error:
+            report.errors.insert(0, run.listing_error)
+        self.metrics.unchanged.inc(report.unchanged)
         self._finish(report, work, started, wall_start, up=True)
         if counted:  # committed and persisted: a restart cannot count these again
             log_runs(self.runs_log, self.config.log_runs, counted)
         return report
 
-    def _failed(self, report: CycleReport, error: str, started: float, wall_start: float) -> CycleReport:
-        report.result = "failure"
-        report.errors.append(error)
-        self._finish(report, None, started, wall_start, up=False)
-        return report
+    def _new_pass(self) -> ListingPass:
+        listing = ListingPass(started=self.monotonic())
+        if not self.config.discover:
+            ids = [i for i in self.config.session_ids
+                   if self.config.total_shards == 1 or shard_of(i, self.config.total_shards) == self.config.shard]
+            for session_id in ids:
+                listing.push(Job(session_id))
+            listing.listed_all = True
+        return listing
 
-    async def _fetch_all(self, changed: list[tuple[Found, str]], work: CollectorState,
-                         deadline: float, report: CycleReport, counted: list | None) -> None:
-        pending = {summary.session_id for summary, _ in changed}
+    async def _run_pass(self, run: _Run) -> None:
+        """List and fetch at once, ``max_concurrency`` fetches at a time, until done or the deadline."""
+        listing = run.listing
+        wake, room = asyncio.Event(), asyncio.Event()
+        backlog = max(2 * self.config.page_size, 4 * self.config.max_concurrency)
 
-        async def one(summary: Found, reason: str) -> None:
-            sid = summary.session_id
+        async def lister() -> None:
             try:
-                session = await self.client.retrieve(sid, deadline)
-                self.metrics.fetches.labels(reason).inc()
-                report.fetched += 1
-                prev = work.known(sid)
-                if prev is not None and older(session.last_updated_at, prev):
-                    self.log.info("stale read ignored; refetched next cycle", session_id=sid)
-                else:
-                    work.put(update_session(prev, session, work.aggregates, self.classifier, self.clock(),
-                                            listed_at=summary.last_updated_at, counted=counted))
-            except NotFound:
-                report.removed += work.drop(sid)
-            except PayloadError as exc:
-                report.invalid += 1
-                self.log.warning("invalid payload, session skipped this cycle", session_id=sid, error=str(exc))
-            except FetchError as exc:
-                report.failed += 1
-                report.errors.append(str(exc))
-            except Exception as exc:  # noqa: BLE001 - one session's answer must never stop the others
-                report.invalid += 1
-                self.metrics.invalid_payload("retrieve")
-                self.log.error("session not counted this cycle", session_id=sid,
-                               error=f"{type(exc).__name__}: {str(exc)[:200]}")
-            pending.discard(sid)  # not on cancellation: an unfinished fetch counts as failed
-
-        try:
-            async with asyncio.timeout(max(0.0, deadline - self.monotonic())):
-                await self._pool(one, changed)
-        except TimeoutError:
-            report.failed += len(pending)
-            report.errors.append(f"cycle deadline reached with {len(pending)} sessions not fetched; "
-                                 "they are fetched next cycle")
-
-    async def _pool(self, work: Callable, items: list) -> None:
-        """Run ``work(*item)`` for every item, ``max_concurrency`` at a time, with that many tasks."""
-        shared = iter(items)
+                while not listing.listed_all:
+                    while len(listing.todo) >= backlog:  # the fetches set the pace; memory stays bounded
+                        room.clear()
+                        await room.wait()
+                    if not await self._next_page(run):
+                        return
+                    wake.set()
+            finally:
+                run.listing_ended = True
+                wake.set()
 
         async def worker() -> None:
-            for item in shared:  # each item is taken once; asyncio switches only at awaits
-                await work(*item)
+            while True:
+                if listing.todo:
+                    job = listing.todo.popleft()
+                    room.set()
+                    run.inflight[job.session_id] = job
+                    await self._work(run, job)
+                    del run.inflight[job.session_id]
+                    listing.queued.discard(job.session_id)
+                elif run.listing_ended or listing.listed_all:
+                    return
+                else:
+                    wake.clear()
+                    await wake.wait()
 
         try:
-            async with asyncio.TaskGroup() as group:  # an error (or a cancel) stops every worker
-                for _ in range(min(self.config.max_concurrency, len(items))):
-                    group.create_task(worker())
+            async with asyncio.timeout(run.deadline.remaining()):
+                async with asyncio.TaskGroup() as group:
+                    if not listing.listed_all:
+                        group.create_task(lister())
+                    else:
+                        run.listing_ended = True
+                    for _ in range(self.config.max_concurrency):
+                        group.create_task(worker())
+        except TimeoutError:
+            run.cut = True
+            for job in reversed(list(run.inflight.values())):  # cut off mid-fetch: nothing of it counted
+                listing.push(job, front=True)
+            run.inflight.clear()
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None
+
+    async def _next_page(self, run: _Run) -> bool:
+        """Read the next page into the pass; False when the listing cannot go on this cycle."""
+        listing = run.listing
+        try:
+            page = await self.client.list_page(listing.token, run.deadline)
+        except AuthError:
+            raise
+        except (FetchError, PayloadError) as exc:
+            if run.deadline.expired():  # a deadline mid-page is no error: the pass resumes there
+                run.cut = True
+            else:
+                run.listing_error = str(exc)
+            return False
+        run.answered = True
+        self._take_page(run, page)
+        return not listing.listed_all
+
+    def _take_page(self, run: _Run, page: SessionPage) -> None:
+        """Decide for every item of ``page`` at once, then move the pass on: a page is taken whole."""
+        listing, report = run.listing, run.report
+        report.pages += 1
+        listing.pages += 1
+        if page.unreadable:
+            report.invalid += len(page.unreadable)
+            self.log.warning("unreadable sessions in the listing, skipped this cycle",
+                             count=len(page.unreadable), session_ids=[i[:80] for i in page.unreadable[:10]])
+        for item in page.items:
+            if wanted(self.config, item):
+                listing.seen.add(item.session_id)
+                self._consider(run, item, None)
+        token = page.next_page_token
+        if not token or token in listing.tokens:
+            listing.listed_all = True
+        elif listing.pages >= self.config.max_pages:
+            listing.listed_all = True
+            run.listing_error = f"list: more than {self.config.max_pages} pages; the listing does not end"
+        else:
+            listing.tokens.add(token)
+            listing.token = token
+
+    def _consider(self, run: _Run, found: Found, job: Job | None) -> Job | None:
+        """The fetch ``found`` needs (None: unchanged, or a failing session not due yet)."""
+        sid = found.session_id
+        work, report = run.work, run.report
+        failing = self.failing.get(sid)
+        if failing is not None and failing.retry_cycle > self.cycles:
+            report.backing_off += 1
+            run.listing.failed += 1
+            return None
+        prev = work.known(sid)
+        if is_unchanged(prev, found):
+            report.unchanged += 1
+            if sid not in work.sessions:
+                work.put(prev)  # back in the listing, unchanged: watched again as it was
+            self._recovered(sid)
+            return None
+        fetch = Job(sid, found, "new" if prev is None else "changed")
+        if job is None:
+            run.listing.push(fetch)
+        return fetch
+
+    async def _work(self, run: _Run, job: Job) -> None:
+        """One session: its summary first when it was configured by ID, then its history if it changed."""
+        sid = job.session_id
+        try:
+            if job.found is None:
+                if (f := self.failing.get(sid)) is not None and f.retry_cycle > self.cycles:
+                    run.listing.seen.add(sid)
+                    run.report.backing_off += 1
+                    run.listing.failed += 1
+                    return
+                summary = await self.client.summary(sid, run.deadline)
+                run.answered = True
+                if not wanted(self.config, summary):
+                    return
+                run.listing.seen.add(sid)
+                fetch = self._consider(run, summary, job)
+                if fetch is None:
+                    return
+                job = fetch
+            await self._fetch(run, job)
+        except NotFound:
+            run.answered = True
+            run.sessions_answered += 1
+            run.report.removed += run.work.drop(sid)
+            self.failing.pop(sid, None)
+        except AuthError:
+            raise
+        except PayloadError as exc:  # not an answer: an HTML error page from a proxy is one too
+            run.report.invalid += 1
+            run.failures[sid] = (job, str(exc))
+        except FetchError as exc:
+            run.report.failed += 1
+            run.failures[sid] = (job, str(exc))
+        except Exception as exc:  # noqa: BLE001 - one session's answer must never stop the others
+            run.report.invalid += 1
+            self.metrics.invalid_payload("retrieve")
+            run.failures[sid] = (job, f"{type(exc).__name__}: {str(exc)[:ERROR_TEXT]}")
+        if job.found is None or sid in run.failures:
+            run.listing.seen.add(sid)  # a configured ID that fails is still watched
+
+    async def _fetch(self, run: _Run, job: Job) -> None:
+        sid, work = job.session_id, run.work
+        session = await self.client.retrieve(sid, run.deadline)
+        run.answered = True
+        run.sessions_answered += 1
+        run.listing.fetched_ok += 1
+        self.metrics.fetches.labels(job.reason).inc()
+        run.report.fetched += 1
+        prev = work.known(sid)
+        if prev is not None and older(session.last_updated_at, prev):
+            self.log.info("stale read ignored; refetched next cycle", session_id=sid[:80])
+        else:
+            listed_at = job.found.last_updated_at if job.found is not None else None
+            work.put(update_session(prev, session, work.aggregates, self.classifier, self.clock(),
+                                    listed_at=listed_at, counted=run.counted))
+        self._recovered(sid)
+
+    # -- failing sessions and the end of a pass ---------------------------------------------------------
+
+    def _settle_failures(self, run: _Run) -> None:
+        """Failures while the API answered other sessions back off; those of an outage are simply retried."""
+        on_their_own = run.sessions_answered > 0 or (run.answered and len(run.failures) == 1)
+        for sid, (job, error) in run.failures.items():
+            if on_their_own or sid in self.failing:
+                self._mark_failing(sid, error)
+                run.listing.failed += 1
+            else:
+                run.listing.push(job)
+        run.report.errors.extend(error for _, error in list(run.failures.values())[:5])
+
+    def _mark_failing(self, sid: str, error: str) -> None:
+        failing = self.failing.get(sid)
+        if failing is None:
+            failing = self.failing[sid] = Failing(0, 0)
+            self.log.warning("session failing", session_id=sid[:80], error=error[:500],
+                             note="retried with backoff; the other sessions go on")
+        failing.failures += 1
+        failing.retry_cycle = self.cycles + min(2 ** (failing.failures - 1), MAX_BACKOFF_INTERVALS)
+
+    def _recovered(self, sid: str) -> None:
+        failing = self.failing.pop(sid, None)
+        if failing is not None:
+            self.log.info("session recovered", session_id=sid[:80], failures=failing.failures)
+
+    def _maybe_complete(self, run: _Run) -> None:
+        """A pass whose every page was read and every listed session attempted: gone sessions, first sync."""
+        listing = run.listing
+        if not listing.listed_all or listing.todo or run.inflight or (run.listing_error and self.config.discover):
+            if run.listing_error and listing.listed_all:  # an endless listing: start over, no verdict on it
+                self.listing = None
+            return
+        work = run.work
+        for sid in set(work.sessions) - listing.seen:  # only a complete pass knows who is gone
+            run.report.removed += work.drop(sid)
+        for sid in set(self.failing) - listing.seen:
+            del self.failing[sid]
+        if listing.fetched_ok or not listing.failed:
+            work.mark_synced()
+        self.last_pass_duration = self.monotonic() - listing.started
+        run.report.pass_complete = True
+        self.listing = None
+
+    # -- committing -------------------------------------------------------------------------------------
+
+    def _failed(self, run: _Run, error: str, started: float, wall_start: float) -> CycleReport:
+        report = run.report
+        for job in reversed(list(run.inflight.values())):
+            run.listing.push(job, front=True)
+        for job, _error in run.failures.values():
+            run.listing.push(job)
+        report.result = "failure"
+        report.errors.insert(0, error)
+        self._finish(report, None, started, wall_start, up=False)
+        return report
 
     def persist(self) -> None:
         """Write the committed state; a failure is logged and counted, and retried next cycle."""
@@ -226,11 +449,15 @@ class Poller:
             up=up, result=report.result, started_at=wall_start, finished_at=now, duration=report.duration,
             last_success=now if report.result == "success" else self.poll.last_success,
             message=report.errors[0] if report.errors else "",
+            sessions_failing=len(self.failing), listing_pass_duration=self.last_pass_duration,
         )
         self.snapshot = take_snapshot(self.state, self.poll, self.config.series_limit)
         self.cycle_finished = self.monotonic()
         log = self.log.info if report.result == "success" else self.log.warning
         log("poll cycle", result=report.result, sessions_watched=report.watched, fetched=report.fetched,
             unchanged=report.unchanged, runs_added=report.runs_added, failed=report.failed,
-            invalid=report.invalid, removed=report.removed, duration_seconds=round(report.duration, 3),
-            error=report.errors[0] if report.errors else None)
+            invalid=report.invalid, removed=report.removed, pages=report.pages, carried=report.carried,
+            sessions_failing=len(self.failing), pass_complete=report.pass_complete,
+            duration_seconds=round(report.duration, 3),
+            error=report.errors[0][:ERROR_TEXT] if report.errors else None)
+

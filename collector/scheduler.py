@@ -3,28 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-
-def jitter_for(interval: float) -> float:
-    """A small jitter, so a fleet of collectors does not poll in lockstep."""
-    return min(interval * 0.1, 5.0)
+from collector.cadence import Cadence
 
 
-def start_scheduler(job: Callable[[], Awaitable[None]], interval: float) -> AsyncIOScheduler:
+def start_scheduler(job: Callable[[], Awaitable[None]], cadence: Cadence) -> AsyncIOScheduler:
     """Start on the running loop: first run immediately, one at a time, missed runs coalesced."""
     scheduler = AsyncIOScheduler(timezone=UTC)
     scheduler.add_job(
         job,
-        IntervalTrigger(seconds=interval, jitter=jitter_for(interval), timezone=UTC),
+        IntervalTrigger(seconds=cadence.interval, jitter=cadence.jitter, timezone=UTC),
         id="poll",
         next_run_time=datetime.now(UTC),
         max_instances=1,
         coalesce=True,
-        misfire_grace_time=max(1, int(interval)),
+        misfire_grace_time=max(1, int(cadence.interval)),
     )
     scheduler.start()
     return scheduler

@@ -30,6 +30,9 @@ class PollConfig:
     buckets: Buckets | None = None
     label_limit: int = 50
     log_runs: LogRuns = "failed"
+    page_size: int = 100
+    max_pages: int = 10_000
+    """A million sessions at 100 a page; a listing that goes on past this is endless, not large."""
 
 
 def shard_of(session_id: str, total_shards: int) -> int:

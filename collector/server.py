@@ -23,9 +23,9 @@ from prometheus_client.exposition import choose_encoder
 
 from collector import __version__
 from collector.auth import WebConfig
+from collector.cadence import Cadence
 from collector.poller import Poller
 
-STALE_INTERVALS = 3
 SEND_TIMEOUT = 10.0
 WRITE_PIECE = 64 * 1024
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
@@ -85,9 +85,9 @@ class MetricsCache:
 
 
 class Endpoints:
-    def __init__(self, registry: CollectorRegistry, poller: Poller, interval: float, web_config: WebConfig,
+    def __init__(self, registry: CollectorRegistry, poller: Poller, cadence: Cadence, web_config: WebConfig,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.poller, self.interval, self.web = poller, interval, web_config
+        self.poller, self.cadence, self.web = poller, cadence, web_config
         self.cache = MetricsCache(registry)
         self.monotonic = monotonic
         self.started = monotonic()
@@ -143,10 +143,10 @@ class Endpoints:
         return response
 
     def alive(self) -> bool:
-        """False when no cycle has started or finished for 3 intervals: a stuck loop."""
+        """False when no cycle has started or finished within the cadence's liveness window: a stuck loop."""
         marks = [m for m in (self.poller.cycle_started, self.poller.cycle_finished) if m is not None]
         last = max(marks) if marks else self.started
-        return self.monotonic() - last <= STALE_INTERVALS * self.interval + 5
+        return self.monotonic() - last <= self.cadence.liveness
 
     async def healthz(self, _: web.Request) -> web.Response:
         return web.Response(text="ok\n") if self.alive() else web.Response(status=503, text="poll loop stuck\n")

@@ -50,6 +50,7 @@ ENV_VARS: dict[str, str] = {
     "label_value_limit": "COLLECTOR_LABEL_VALUE_LIMIT",
     "max_response_bytes": "COLLECTOR_MAX_RESPONSE_BYTES",
     "log_runs": "COLLECTOR_LOG_RUNS",
+    "page_size": "COLLECTOR_PAGE_SIZE",
 }
 CONFIG_ENV = "COLLECTOR_CONFIG"
 LIST_FIELDS = frozenset({"session_ids", "index_ids"})
@@ -125,6 +126,7 @@ class Settings(BaseSettings):
     label_value_limit: int = Field(default=50, ge=1)
     max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=65536, le=1 << 34)
     log_runs: Literal["failed", "all", "none"] = "failed"
+    page_size: int = Field(default=100, ge=1, le=1000)
     error_rules: tuple[ErrorRule, ...] = tuple(ErrorRule(type=t, pattern=p) for t, p in DEFAULT_ERROR_RULES)
     buckets: BucketSettings = BucketSettings()
 

@@ -33,6 +33,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (session_id TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS retired (position INTEGER PRIMARY KEY, session_id TEXT NOT NULL, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS prior (session_id TEXT PRIMARY KEY, state TEXT NOT NULL);
 """
 SESSION_FIELDS = [f.name for f in fields(SessionState)]
 LAST_RUN_FIELDS = frozenset(f.name for f in fields(LastRun))
@@ -111,22 +112,29 @@ class SqliteStore:
         if int(meta["schema_version"]) != SCHEMA_VERSION:
             self.log.warning("state file has another schema version; rebuilding from the API",
                              found=meta["schema_version"], expected=SCHEMA_VERSION)
-            self.db.executescript("DELETE FROM meta; DELETE FROM sessions; DELETE FROM retired;")
+            self.db.executescript("DELETE FROM meta; DELETE FROM sessions; DELETE FROM retired; DELETE FROM prior;")
             return None
         aggregates = Aggregates.from_dict(json.loads(meta["aggregates"]), self.buckets, self.label_limit)
-        if meta["fingerprint"] != self.fingerprint:
-            self.log.warning("buckets or rules changed; re-deriving every session, counters kept")
-            self.full_rewrite = True
-            return CollectorState(Aggregates(self.buckets, self.label_limit), floor=aggregates)
+        floor = Aggregates.from_dict(json.loads(meta["floor"]), self.buckets, self.label_limit) \
+            if meta.get("floor") else None
+
         def states(query: str) -> dict[str, SessionState]:
             return {sid: decode_session(text) for sid, text in self.db.execute(query)}
         sessions = states("SELECT session_id, state FROM sessions")
         retired = states("SELECT session_id, state FROM retired ORDER BY position")
+        prior = states("SELECT session_id, state FROM prior")
+        if meta["fingerprint"] != self.fingerprint:
+            self.log.warning("buckets or rules changed; re-deriving every session, counters kept")
+            self.full_rewrite = True
+            if floor is not None:  # changed again before the last re-derivation synced: keep the larger
+                aggregates.raise_to(floor)
+            # where counting stood, for the sessions not re-derived by the sync (an earlier prior wins)
+            return CollectorState(Aggregates(self.buckets, self.label_limit), floor=aggregates,
+                                  prior={**retired, **sessions, **prior})
         self.full_rewrite = False
         self.log.info("state loaded", path=str(self.path), sessions=len(sessions))
-        floor = Aggregates.from_dict(json.loads(meta["floor"]), self.buckets, self.label_limit) \
-            if meta.get("floor") else None
-        return CollectorState(aggregates, sessions, synced=meta["synced"] == "1", floor=floor, retired=retired)
+        return CollectorState(aggregates, sessions, synced=meta["synced"] == "1", floor=floor, retired=retired,
+                              prior=prior)
 
     def save(self, state: CollectorState) -> None:
         try:
@@ -150,6 +158,9 @@ class SqliteStore:
             db.executemany("INSERT OR REPLACE INTO sessions VALUES (?, ?)",
                            [(s.session_id, encode_session(s)) for s in rows])
             if self.full_rewrite or state.retired_changed:
+                db.execute("DELETE FROM prior")
+                db.executemany("INSERT INTO prior VALUES (?, ?)",
+                               [(sid, encode_session(r)) for sid, r in state.prior.items()])
                 db.execute("DELETE FROM retired")
                 db.executemany("INSERT INTO retired VALUES (?, ?, ?)",
                                [(i, sid, encode_session(r)) for i, (sid, r) in enumerate(state.retired.items())])

@@ -145,6 +145,10 @@ class CollectorState:
     retired: dict[str, SessionState] = field(default_factory=dict)
     """Sessions no longer listed, most recent last: one that comes back resumes from its cursor
     instead of being counted again (a listing that skipped it, a summary that did not validate)."""
+    prior: dict[str, SessionState] = field(default_factory=dict)
+    """While a re-derivation runs (``floor`` set): where counting stood in each stored session when the
+    floor was saved. At the sync, a session not re-derived yet (failing, or not listed) retires with that
+    cursor, so when it is read again only its runs after the floor are counted, never its old ones twice."""
     changed: set[str] = field(default_factory=set)
     removed: set[str] = field(default_factory=set)
     retired_changed: bool = False
@@ -152,7 +156,7 @@ class CollectorState:
     def begin(self) -> CollectorState:
         """A working copy for one cycle; session states are immutable, so shallow dict copies."""
         return CollectorState(self.aggregates.copy(), dict(self.sessions), self.synced, self.floor,
-                              dict(self.retired))
+                              dict(self.retired), dict(self.prior))
 
     def known(self, session_id: str) -> SessionState | None:
         return self.sessions.get(session_id) or self.retired.get(session_id)
@@ -171,8 +175,7 @@ class CollectorState:
             return False
         self.removed.add(session_id)
         self.retired[session_id] = replace(state, title=None, job=None)
-        while len(self.retired) > RETIRED_LIMIT:
-            del self.retired[next(iter(self.retired))]
+        self._trim_retired()
         self.retired_changed = True
         return True
 
@@ -180,7 +183,17 @@ class CollectorState:
         if not self.synced and self.floor is not None:
             self.aggregates.raise_to(self.floor)
             self.floor = None
+            for sid, state in self.prior.items():
+                if sid not in self.sessions:
+                    self.retired[sid] = replace(state, title=None, job=None)
+            self._trim_retired()
+            self.prior = {}
+            self.retired_changed = True
         self.synced = True
+
+    def _trim_retired(self) -> None:
+        while len(self.retired) > RETIRED_LIMIT:
+            del self.retired[next(iter(self.retired))]
 
 
 @dataclass(frozen=True)
@@ -192,6 +205,9 @@ class PollStatus:
     duration: float | None = None
     last_success: float | None = None
     message: str = ""
+    sessions_failing: int = 0
+    listing_pass_duration: float | None = None
+    """Wall time of the last complete listing pass, which may span cycles."""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from collector.aggregates import Buckets
 from collector.derive import ErrorClassifier
 from collector.llamacloud.client import Listing
-from collector.llamacloud.models import Summary, parse_page, parse_session
+from collector.llamacloud.models import SessionPage, Summary, parse_page, parse_session
 from collector.metrics import SelfMetrics
 from collector.poller import Poller
 from collector.selection import PollConfig
@@ -40,12 +40,17 @@ class FakeApi:
         self.answers: dict[str, list] = {}
         self.summary_errors: dict[str, Exception] = {}
         self.retrieved: Counter = Counter()
-        self.deadlines: list[float | None] = []
+        self.deadlines: list = []
         self.list_delay = 0.0
         self.retrieve_delay = 0.0
         self.slow: set[str] = set()
         """Sessions whose retrieve takes ``retrieve_delay``; all of them when empty."""
         self.summaries: Counter = Counter()
+        self.page_size = 1000
+        self.pages_listed = 0
+        self.list_errors: list[Exception] = []
+        self.on_list = None
+        """Called at each page: a test moves its clocks here."""
 
     def put(self, sid: str, updated: str, events: list[dict]) -> None:
         self.sessions[sid] = {"session_id": sid, "last_updated_at": updated, "events": events}
@@ -53,13 +58,31 @@ class FakeApi:
     def _summary(self, sid: str) -> dict:
         return {k: v for k, v in self.sessions[sid].items() if k != "events"}
 
-    async def list_sessions(self, deadline=None) -> Listing:
+    async def list_page(self, token=None, deadline=None) -> SessionPage:
+        """``page_size`` sessions after ``token`` (an offset); a listing error queued in ``list_errors`` first."""
         self.deadlines.append(deadline)
+        self.pages_listed += 1
+        if self.on_list is not None:
+            self.on_list()
         if self.list_delay:
             await asyncio.sleep(self.list_delay)
+        if self.list_errors:
+            raise self.list_errors.pop(0)
         ids = self.listed if self.listed is not None else list(self.sessions)
-        page = parse_page(json.dumps({"items": [self._summary(i) for i in ids]}).encode())
-        return Listing(list(page.items), [])
+        start = int(token or 0)
+        end = start + self.page_size
+        body = {"items": [self._summary(i) for i in ids[start:end]],
+                "next_page_token": str(end) if end < len(ids) else None}
+        return parse_page(json.dumps(body).encode())
+
+    async def list_sessions(self, deadline=None) -> Listing:
+        listing, token = Listing([], []), None
+        while True:
+            page = await self.list_page(token, deadline)
+            listing.sessions.extend(page.items)
+            token = page.next_page_token
+            if not token:
+                return listing
 
     async def summary(self, sid: str, deadline=None):
         self.deadlines.append(deadline)

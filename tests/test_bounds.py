@@ -10,9 +10,17 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from collector.cadence import Deadline
 from collector.errors import FetchError, PayloadError
-from collector.llamacloud.bounds import (MAX_SESSION_ID_LENGTH, BadStatus, BodyTooLarge, check_status,
-                                         declared_length, read_capped, session_id_problem)
+from collector.llamacloud.bounds import (
+    MAX_SESSION_ID_LENGTH,
+    BadStatus,
+    BodyTooLarge,
+    check_status,
+    declared_length,
+    read_capped,
+    session_id_problem,
+)
 from collector.llamacloud.client import LlamaCloudClient, RetryPolicy, session_path
 from collector.metrics import SelfMetrics
 from tests.helpers import run_async
@@ -160,7 +168,7 @@ def test_the_cycle_deadline_is_checked_between_pages():
         return httpx.Response(200, json={"items": [], "next_page_token": f"t{now[0]}"})
     client = client_for(handler, CollectorRegistry(), clock=lambda: now[0])
     with pytest.raises(FetchError, match="deadline reached after 3 pages"):
-        run_async(client.list_sessions(deadline=25.0))
+        run_async(client.list_sessions(deadline=Deadline(25.0, lambda: now[0])))
 
 
 def test_a_repeated_page_token_ends_the_listing():

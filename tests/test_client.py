@@ -6,6 +6,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from collector.cadence import Deadline
 from collector.errors import AuthError, FetchError, NotFound, PayloadError
 from collector.llamacloud.client import LlamaCloudClient, RetryPolicy, retry_after
 from collector.metrics import SelfMetrics
@@ -116,7 +117,7 @@ def test_retry_never_sleeps_past_the_deadline():
     answers = Recorder(ok({}, 429, **{"Retry-After": "120"}), ok(SUMMARY))
     client, sleeps, _ = make(answers, clock=lambda: 100.0)
     with pytest.raises(FetchError, match="429"):
-        run_async(client.summary("s1", deadline=150.0))
+        run_async(client.summary("s1", deadline=Deadline(150.0, lambda: 100.0)))
     assert sleeps == [] and len(answers.requests) == 1
 
 

@@ -166,7 +166,7 @@ def test_dropping_retires_a_session_without_its_title_and_keeps_at_most_the_limi
 
 def test_a_failed_cycle_publishes_down_with_its_reason_and_start_time():
     class Down:
-        async def list_sessions(self, deadline=None):
+        async def list_page(self, token=None, deadline=None):
             raise FetchError("list: HTTP 500", operation="list")
 
     poller = Poller(Down(), MemoryStore(), PollConfig(interval=60.0, buckets=BUCKETS), ErrorClassifier(),

@@ -62,31 +62,55 @@ def test_a_cut_in_progress_tail_that_comes_back_is_not_counted_twice():
     assert p.state.aggregates.history_resets == 1 and p.state.sessions["s"].high_water is None
 
 
-def test_a_cycle_with_failed_fetches_does_not_mark_the_state_synced():
+def test_a_session_failing_on_its_own_does_not_hold_back_the_first_sync():
     api = FakeApi()
     for i in range(3):
         api.put(f"s{i}", "2026-01-01T00:00:00+00:00", run_events())
     api.answers["s1"] = [FetchError("retrieve: HTTP 502", operation="retrieve")]
     p = poller(api)
     report = cycle(p)
-    assert report.result == "partial" and not p.state.synced and not p.snapshot.ready
+    assert report.result == "partial" and p.state.synced and p.snapshot.ready and total_runs(p) == 2
+    assert p.snapshot.poll.sessions_failing == 1
     cycle(p)
-    assert p.state.synced and p.snapshot.ready and total_runs(p) == 3
+    assert total_runs(p) == 3 and p.snapshot.poll.sessions_failing == 0
 
 
-def test_a_floor_is_raised_to_only_once_the_re_derivation_has_synced():
+def test_a_cycle_in_which_every_fetch_fails_is_an_outage_not_a_sync():
+    api = FakeApi()
+    for i in range(3):
+        api.put(f"s{i}", "2026-01-01T00:00:00+00:00", run_events())
+        api.answers[f"s{i}"] = [FetchError("retrieve: HTTP 503", operation="retrieve")]
+    p = poller(api)
+    report = cycle(p)
+    assert not p.state.synced and not p.snapshot.ready and p.snapshot.poll.sessions_failing == 0
+    assert report.carried == 3  # retried next cycle, with no backoff
+    cycle(p)
+    assert p.state.synced and total_runs(p) == 3
+
+
+def test_a_floor_is_raised_at_the_sync_and_a_late_session_counts_only_its_new_runs():
+    from collector.derive import ErrorClassifier
+    from collector.llamacloud.models import parse_session
+    from collector.state import update_session
+
     api = FakeApi()
     api.put("a", "2026-01-01T00:00:00+00:00", run_events())
-    api.put("b", "2026-01-01T00:00:00+00:00", run_events())
+    api.put("b", "2026-01-01T00:00:00+00:00", run_events() * 4)
     p = poller(api)
     floor = Aggregates(BUCKETS, 50)
-    floor.runs["success"] = 5  # stored counters from before the buckets changed
+    floor.runs["success"] = 5  # stored counters from before the buckets changed: a's run and b's four
     p.state.floor = floor
+    counted_b = update_session(None, parse_session(json.dumps(api.sessions["b"]).encode()), Aggregates(BUCKETS, 50),
+                               ErrorClassifier(), 1.0)
+    p.state.prior = {"b": counted_b}
     api.answers["b"] = [FetchError("retrieve: timed out", operation="retrieve")]
+    cycle(p)  # b fails on its own: the sync goes on without it, raised to the floor
+    assert p.state.synced and p.state.floor is None and p.state.aggregates.runs["success"] == 5
+    assert "b" in p.state.retired  # where b's counting stood when the floor was saved
+    api.put("b", "2026-01-01T00:05:00+00:00", run_events() * 5)
+    cycle(p)  # b recovers with one run more: only that one is new
     cycle(p)
-    assert p.state.aggregates.runs["success"] == 1 and p.state.floor is floor  # partial: not yet
-    cycle(p)
-    assert p.state.aggregates.runs["success"] == 5 and p.state.floor is None and p.state.synced
+    assert p.state.aggregates.runs["success"] == 6
 
 
 def test_a_session_back_in_the_listing_unchanged_is_watched_again_at_once():

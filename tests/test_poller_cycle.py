@@ -37,7 +37,7 @@ def test_the_report_counts_every_kind_of_outcome(captured):
     p = poller(api, monotonic=lambda: 100.0, interval=10.0)
     first = cycle(p)
     assert (first.result, first.fetched, first.unchanged, first.runs_added, first.watched) == ("success", 5, 0, 10, 5)
-    assert api.deadlines and set(api.deadlines) == {109.0}  # 90% of the interval, on the injected clock
+    assert api.deadlines and {d.at for d in api.deadlines} == {109.0}  # 90% of the interval, on the injected clock
     api.put("s0", "2026-01-01T00:01:00+00:00", run_events() * 3)
     api.put("s1", "2026-01-01T00:01:00+00:00", run_events() * 3)
     api.put("s2", "2026-01-01T00:01:00+00:00", run_events() * 3)
@@ -49,12 +49,12 @@ def test_the_report_counts_every_kind_of_outcome(captured):
     report = cycle(p)
     assert report.result == "partial" and report.fetched == 0 and report.unchanged == 1
     assert (report.failed, report.invalid, report.removed, report.runs_added) == (1, 2, 1, 0)
-    assert report.errors == ["retrieve: HTTP 502"] and report.watched == 4
-    (invalid,) = captured("invalid payload, session skipped this cycle")
-    assert invalid["session_id"] == "s1" and invalid["error"] == "retrieve: invalid payload at events"
-    (bug,) = captured("session not counted this cycle")
-    assert bug["session_id"] == "s3" and bug["error"] == "RuntimeError: a bug in one session"
-    assert bug["level"] == "error" and "exception" not in bug  # no traceback
+    assert report.errors[0] == "retrieve: HTTP 502" and report.watched == 4
+    failing = {e["session_id"]: e for e in captured("session failing")}
+    assert set(failing) == {"s0", "s1", "s3"} and p.snapshot.poll.sessions_failing == 3
+    assert failing["s1"]["error"] == "retrieve: invalid payload at events"
+    assert failing["s3"]["error"] == "RuntimeError: a bug in one session"
+    assert failing["s3"]["level"] == "warning" and "exception" not in failing["s3"]  # no traceback
     (line,) = [e for e in captured("poll cycle") if e["result"] == "partial"]
     assert (line["fetched"], line["failed"], line["invalid"], line["removed"]) == (0, 1, 2, 1)
     assert line["error"] == "retrieve: HTTP 502" and line["level"] == "warning"
@@ -77,38 +77,36 @@ def test_unreadable_listing_items_are_counted_and_named(captured):
     api = populated(2)
     p = poller(api)
 
-    async def listing(deadline=None):
-        from collector.llamacloud.client import Listing
+    async def listing(token=None, deadline=None):
         from collector.llamacloud.models import parse_page
-        page = parse_page(json.dumps({"items": [api._summary("s0"), {"session_id": "..", "last_updated_at": T0}]
+        return parse_page(json.dumps({"items": [api._summary("s0"), {"session_id": "..", "last_updated_at": T0}]
                                       + [{"session_id": f"bad{i}", "last_updated_at": None} for i in range(11)]
                                       }).encode())
-        return Listing(list(page.items), list(page.unreadable))
-    api.list_sessions = listing
+    api.list_page = listing
     report = cycle(p)
     assert report.result == "partial" and report.invalid == 12 and report.watched == 1
     (line,) = captured("unreadable sessions in the listing, skipped this cycle")
     assert line["count"] == 12 and line["session_ids"] == [".."] + [f"bad{i}" for i in range(9)]
 
 
-def test_discovery_that_outlasts_the_deadline_fails_the_cycle():
+def test_a_listing_that_outlasts_the_deadline_is_partial_and_carries_on():
     api = populated(1)
     api.list_delay = 0.3
     p = poller(api, interval=0.001)  # a deadline of 0.9 ms: the listing takes 300 ms
     report = cycle(p)
-    assert report.result == "failure" and report.errors == ["discovery did not finish by the cycle deadline"]
-    assert p.snapshot.poll.up is False and p.snapshot.poll.started_at == 1000.0
+    assert report.result == "partial" and report.errors[0].startswith("cycle deadline reached at page 0")
+    assert p.snapshot.poll.up is True and p.snapshot.poll.started_at == 1000.0 and not p.snapshot.ready
 
 
 def test_a_bug_in_discovery_fails_the_cycle_with_one_line():
     api = populated(1)
 
-    async def broken(deadline=None):
+    async def broken(token=None, deadline=None):
         raise KeyError("i" * 300)
-    api.list_sessions = broken
+    api.list_page = broken
     p = poller(api)
     report = cycle(p)
-    assert report.result == "failure" and report.errors == ["discovery failed: KeyError: '" + "i" * 199]
+    assert report.result == "failure" and report.errors == ["cycle failed: KeyError: '" + "i" * 199]
     assert p.snapshot.poll.started_at == 1000.0
 
 
@@ -121,7 +119,7 @@ def test_configured_sessions_are_read_one_by_one_within_this_shard():
     p = poller(api, discover=False, session_ids=ids, shard=1, total_shards=2, monotonic=lambda: 5.0)
     report = cycle(p)
     assert set(p.state.sessions) == mine and report.watched == len(mine) and 0 < len(mine) < 6
-    assert set(api.deadlines) == {59.0}
+    assert {d.at for d in api.deadlines} == {59.0}
     api.summary_errors = {i: NotFound("summary: HTTP 404", operation="summary", status=404) for i in mine}
     report = cycle(p)
     assert report.result == "success" and report.removed == len(mine) and p.state.sessions == {}
@@ -133,7 +131,6 @@ def test_when_no_configured_session_answers_the_first_error_is_the_reason():
                           "s1": PayloadError("summary: invalid", operation="summary")}
     report = cycle(poller(api, discover=False, session_ids=("s0", "s1"), max_concurrency=1))
     assert report.result == "failure" and report.errors[0] == "summary: HTTP 503"
-    assert report.errors[-1] == "summary: HTTP 503"  # the cycle's reason is the first error, reported last
 
 
 def test_failed_runs_are_logged_once_after_the_first_sync(captured):
@@ -161,9 +158,9 @@ def test_failed_runs_are_logged_once_after_the_first_sync(captured):
 
 def test_the_published_poll_status_and_the_cycle_line(captured):
     api = populated(3)
-    ticks = iter([100.0, 100.0, 100.123456, 100.123456, 200.0, 200.0, 200.5, 200.5])
-    wall = [1000.0]
-    p = poller(api, now=wall, monotonic=lambda: next(ticks))
+    mono, wall = [100.0], [1000.0]
+    p = poller(api, now=wall, monotonic=lambda: mono[0])
+    api.on_list = lambda: mono.__setitem__(0, 100.123456)
     cycle(p)
     poll = p.snapshot.poll
     assert poll.result == "success" and poll.up is True and poll.last_success == 1000.0 and poll.message == ""
@@ -175,6 +172,8 @@ def test_the_published_poll_status_and_the_cycle_line(captured):
     assert (line["fetched"], line["unchanged"], line["runs_added"], line["error"]) == (3, 0, 6, None)
     api.answers["s0"] = [FetchError("retrieve: HTTP 502", operation="retrieve")]
     api.put("s0", "2026-01-01T00:09:00+00:00", run_events())
+    mono[0] = 200.0
+    api.on_list = lambda: mono.__setitem__(0, 200.5)
     cycle(p)
     poll = p.snapshot.poll
     assert poll.result == "partial" and poll.last_success == 1000.0 and poll.message == "retrieve: HTTP 502"
@@ -197,7 +196,7 @@ def test_every_failure_of_a_kind_is_counted(captured):
     report = cycle(p)
     assert (report.removed, report.invalid, report.failed) == (2, 3, 2)
     assert p.metrics.invalid_payloads.labels("retrieve")._value.get() == 1  # the bug is an invalid payload
-    (bug,) = captured("session not counted this cycle")
+    (bug,) = [e for e in captured("session failing") if e["session_id"] == "s5"]
     assert bug["error"] == "RuntimeError: " + "x" * 200
 
 
@@ -214,16 +213,19 @@ def synced_then_one_more_run_each(n: int, interval: float):
     return api, p, fast
 
 
-def test_fetches_that_outlast_the_deadline_are_failed_and_fetched_next_cycle():
+def test_fetches_that_outlast_the_deadline_are_carried_and_fetched_first_next_cycle():
     # 90 ms for the cycle: the listing fits in it, the fetches (500 ms each) do not
     api, p, fast = synced_then_one_more_run_each(3, interval=0.1)
     api.retrieve_delay = 0.5
     report = cycle(fast)
-    assert report.result == "partial" and report.failed == 3 and report.fetched == 0
-    assert report.errors == ["cycle deadline reached with 3 sessions not fetched; they are fetched next cycle"]
+    assert report.result == "partial" and report.carried == 3 and report.fetched == 0 and report.failed == 0
+    assert report.errors == ["cycle deadline reached at page 1 of the listing pass with 3 sessions not fetched; "
+                             "the pass carries on next cycle"]
     api.retrieve_delay = 0.0
-    report = cycle(p)
-    assert report.fetched == 3 and report.runs_added == 3 and p.state.aggregates.history_resets == 0
+    pages = api.pages_listed
+    report = cycle(fast)
+    assert report.fetched == 3 and report.runs_added == 3 and fast.state.aggregates.history_resets == 0
+    assert api.pages_listed == pages and report.pass_complete  # the listing was done: only the fetches were left
 
 
 def test_only_the_fetches_still_running_at_the_deadline_count_as_failed():
@@ -231,8 +233,8 @@ def test_only_the_fetches_still_running_at_the_deadline_count_as_failed():
     api.answers["s0"] = [FetchError("down", operation="retrieve")]
     api.retrieve_delay, api.slow = 0.5, {"s3"}
     report = cycle(fast)
-    assert report.failed == 2 and report.fetched == 2  # s0 failed, s3 still running; s1 and s2 counted
-    assert report.errors[-1].startswith("cycle deadline reached with 1 sessions")
+    assert report.failed == 1 and report.fetched == 2 and report.carried == 1  # s3 still running: carried
+    assert report.errors[0] == "down" and report.errors[-1].startswith("cycle deadline reached at page 1")
 
 
 def test_configured_ids_of_other_shards_are_never_asked_for():

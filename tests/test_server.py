@@ -7,6 +7,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from collector.auth import WebConfig
+from collector.cadence import Cadence
 from collector.server import Endpoints, MetricsCache, accepts_gzip
 
 
@@ -18,7 +19,7 @@ class FakePoller:
 def test_healthz_fails_when_no_cycle_started_or_finished_for_three_intervals():
     now = [1000.0]
     poller = FakePoller()
-    endpoints = Endpoints(CollectorRegistry(), poller, interval=60.0, web_config=WebConfig(None),
+    endpoints = Endpoints(CollectorRegistry(), poller, cadence=Cadence(60.0), web_config=WebConfig(None),
                           monotonic=lambda: now[0])
     assert endpoints.alive()  # just started
     now[0] += 3 * 60 + 10

@@ -9,7 +9,9 @@ Retries 429, 502, 503, 504 and transport or protocol failures with full-jitter
 exponential backoff, honours ``Retry-After``, and never sleeps past the
 caller's deadline. 401, 403 and 404 are not retried, nor is an answer that is
 too large or does not decode. Every request is reported to an ``ApiObserver``.
-The transport, clock, sleep and random source are injectable for tests.
+The transport, clock, sleep and random source are injectable for tests. A
+caller's time limit comes as a ``Deadline`` on the caller's clock; the client
+only asks it what is left.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from httpx_aiohttp import HttpxAiohttpClient
 from pydantic import BaseModel, ValidationError
 
 from collector import __version__
+from collector.cadence import Deadline
 from collector.errors import AuthError, FetchError, NotFound, PayloadError
 from collector.llamacloud.bounds import (DEFAULT_MAX_RESPONSE_BYTES, BadStatus, BodyTooLarge, check_status,
                                          read_capped, session_id_problem)
@@ -116,6 +119,7 @@ class LlamaCloudClient:
         max_connections: int = 8,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_pages: int = MAX_PAGES,
+        page_size: int = PAGE_SIZE,
         transport: httpx.AsyncBaseTransport | None = None,
         observer: ApiObserver | None = None,
         retry: RetryPolicy = RetryPolicy(),
@@ -140,7 +144,7 @@ class LlamaCloudClient:
         self._headers = headers
         self._timeouts = {"connect": connect_timeout, "read": read_timeout, "pool": connect_timeout}
         self._exchange_timeout = read_timeout + connect_timeout
-        self._max_bytes, self._max_pages = max_response_bytes, max_pages
+        self._max_bytes, self._max_pages, self._page_size = max_response_bytes, max_pages, page_size
         self._observer = observer or NullObserver()
         self._retry = retry
         self._clock, self._wall_clock, self._sleep, self._rng = clock, wall_clock, sleep, rng
@@ -154,31 +158,36 @@ class LlamaCloudClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def list_sessions(self, deadline: float | None = None) -> Listing:
+    async def list_page(self, token: str | None = None, deadline: Deadline | None = None) -> SessionPage:
+        """One page of the listing: ``token`` is the previous page's ``next_page_token`` (None: the first)."""
+        params = {"page_size": self._page_size, **({"page_token": token} if token else {})}
+        page = await self._get("list", "/api/v1/chat", SessionPage, deadline, params, parse=parse_page)
+        for _ in page.unreadable:
+            self._observer.invalid_payload("list")
+        return page
+
+    async def list_sessions(self, deadline: Deadline | None = None) -> Listing:
         """Every session of the project, following ``next_page_token``, within ``max_pages`` and the deadline."""
         listing = Listing([], [])
         token: str | None = None
         seen: set[str] = set()
         for pages in range(1, self._max_pages + 1):
-            params = {"page_size": PAGE_SIZE, **({"page_token": token} if token else {})}
-            page = await self._get("list", "/api/v1/chat", SessionPage, deadline, params, parse=parse_page)
+            page = await self.list_page(token, deadline)
             listing.sessions.extend(page.items)
             listing.unreadable.extend(page.unreadable)
-            for _ in page.unreadable:
-                self._observer.invalid_payload("list")
             token = page.next_page_token
             if not token or token in seen:
                 return listing
             seen.add(token)
-            if deadline is not None and self._clock() >= deadline:
+            if deadline is not None and deadline.expired():
                 raise FetchError(f"list: cycle deadline reached after {pages} pages", operation="list")
         raise FetchError(f"list: more than {self._max_pages} pages; the listing does not end", operation="list")
 
-    async def summary(self, session_id: str, deadline: float | None = None) -> Summary:
+    async def summary(self, session_id: str, deadline: Deadline | None = None) -> Summary:
         return self._same_session("summary", session_id, await self._get(
             "summary", self._path("summary", session_id, "/summary"), Summary, deadline))
 
-    async def retrieve(self, session_id: str, deadline: float | None = None) -> Session:
+    async def retrieve(self, session_id: str, deadline: Deadline | None = None) -> Session:
         return self._same_session("retrieve", session_id, await self._get(
             "retrieve", self._path("retrieve", session_id), Session, deadline, parse=parse_session))
 
@@ -209,13 +218,12 @@ class LlamaCloudClient:
             finally:
                 await response.aclose()
 
-    async def _get(self, operation: str, path: str, model: type[M], deadline: float | None,
+    async def _get(self, operation: str, path: str, model: type[M], deadline: Deadline | None,
                    params: dict | None = None, parse: Callable[[bytes], M] | None = None) -> M:
         attempt = 0
         while True:
             started = self._clock()
-            timeout = self._exchange_timeout if deadline is None else min(self._exchange_timeout,
-                                                                          deadline - started)
+            timeout = self._exchange_timeout if deadline is None else deadline.within(self._exchange_timeout)
             try:
                 if timeout <= 0:
                     raise TimeoutError
@@ -242,9 +250,7 @@ class LlamaCloudClient:
                 wait = retry_after(answer.retry_after, self._wall_clock())
             attempt += 1
             delay = wait if wait is not None else self._retry.backoff(attempt, self._rng)
-            if attempt >= self._retry.max_attempts or (
-                deadline is not None and self._clock() + delay > deadline
-            ):
+            if attempt >= self._retry.max_attempts or (deadline is not None and delay > deadline.remaining()):
                 raise failure
             self._observer.retry(operation, reason)
             await self._sleep(delay)
