@@ -159,11 +159,12 @@ class SimulatorService:
     """The fake API with live traffic: ``rate`` world ticks per second."""
 
     def __init__(self, *, sessions: int = 40, runs: int = 3, seed: int = 1, rate: float = 2.0,
-                 api_key: str = "simulator", world: World | None = None, address: str = "127.0.0.1:0") -> None:
+                 api_key: str = "simulator", world: World | None = None, address: str = "127.0.0.1:0",
+                 latency: float = 0.0) -> None:
         self.world = world or populate(World(seed=seed), sessions, runs)
         self.address = address
         self.faults = Faults()
-        self.api = SimulatorApi(self.world, api_key, self.faults)
+        self.api = SimulatorApi(self.world, api_key, self.faults, latency)
         self.rate = rate
         self.server: Listener | None = None
         self._traffic: asyncio.Task | None = None

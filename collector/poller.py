@@ -18,7 +18,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -40,6 +40,8 @@ from collector.state import (
     update_session,
 )
 
+MAX_CUTS = 2
+"""A fetch still running at the deadline is carried to the next cycle once; a second time, it hangs."""
 MAX_BACKOFF_INTERVALS = 10
 """A session that keeps failing on its own is retried at most this many intervals apart."""
 ERROR_TEXT = 200
@@ -80,6 +82,8 @@ class Job:
     session_id: str
     found: Found | None = None
     reason: str = "changed"
+    cuts: int = 0
+    """Cycles whose deadline cut this fetch off: at ``MAX_CUTS`` it is a timeout of the session's own."""
 
 
 @dataclass
@@ -129,6 +133,11 @@ class _Run:
     listing_ended: bool = False
     cut: bool = False
     """The deadline came before the pass was done."""
+    listing_cut: bool = False
+    """... while a listing page was being read."""
+    listing_inflight: bool = False
+    hung: set[str] = field(default_factory=set)
+    """Sessions cut off at the deadline ``MAX_CUTS`` cycles in a row: they hang on their own."""
 
 
 class Poller:
@@ -171,8 +180,10 @@ class Poller:
         except Exception as exc:  # noqa: BLE001 - whatever a bug does, the loop goes on
             return self._failed(run, f"cycle failed: {type(exc).__name__}: {str(exc)[:ERROR_TEXT]}",
                                 started, wall_start)
-        if not run.answered and (run.listing_error or run.failures):  # an outage: the API answered nothing
-            return self._failed(run, run.listing_error or next(iter(run.failures.values()))[1], started, wall_start)
+        fresh = [error for sid, (_, error) in run.failures.items() if sid not in self.failing and sid not in run.hung]
+        if not run.answered and (run.listing_error or fresh or run.listing_cut):  # an outage: nothing answered
+            reason = run.listing_error or (fresh[0] if fresh else "no answer from the API by the cycle deadline")
+            return self._failed(run, reason, started, wall_start)
         self._settle_failures(run)
         self._maybe_complete(run)
         report = run.report
@@ -210,6 +221,10 @@ class Poller:
         async def lister() -> None:
             try:
                 while not listing.listed_all:
+                    if run.deadline.expired():  # checked between pages too, on the deadline's own clock
+                        run.cut = True
+                        run.listing_cut = not run.answered
+                        return
                     while len(listing.todo) >= backlog:  # the fetches set the pace; memory stays bounded
                         room.clear()
                         await room.wait()
@@ -222,6 +237,9 @@ class Poller:
 
         async def worker() -> None:
             while True:
+                if run.deadline.expired():
+                    run.cut = run.cut or bool(listing.todo)
+                    return
                 if listing.todo:
                     job = listing.todo.popleft()
                     room.set()
@@ -246,8 +264,17 @@ class Poller:
                         group.create_task(worker())
         except TimeoutError:
             run.cut = True
+            run.listing_cut = run.listing_inflight and not run.answered
             for job in reversed(list(run.inflight.values())):  # cut off mid-fetch: nothing of it counted
-                listing.push(job, front=True)
+                job.cuts += 1
+                if job.cuts >= MAX_CUTS:  # it hangs: a timeout of its own, not the others' business
+                    listing.queued.discard(job.session_id)
+                    run.hung.add(job.session_id)
+                    run.report.failed += 1
+                    run.failures[job.session_id] = (replace(job, cuts=0), "retrieve: no answer by the cycle "
+                                                    f"deadline, {MAX_CUTS} cycles in a row")
+                else:
+                    listing.push(job, front=True)
             run.inflight.clear()
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None
@@ -255,6 +282,7 @@ class Poller:
     async def _next_page(self, run: _Run) -> bool:
         """Read the next page into the pass; False when the listing cannot go on this cycle."""
         listing = run.listing
+        run.listing_inflight = True
         try:
             page = await self.client.list_page(listing.token, run.deadline)
         except AuthError:
@@ -262,9 +290,12 @@ class Poller:
         except (FetchError, PayloadError) as exc:
             if run.deadline.expired():  # a deadline mid-page is no error: the pass resumes there
                 run.cut = True
+                run.listing_cut = not run.answered
             else:
                 run.listing_error = str(exc)
+            run.listing_inflight = False
             return False
+        run.listing_inflight = False  # still set if the deadline cancels the read: then the listing was cut
         run.answered = True
         self._take_page(run, page)
         return not listing.listed_all
@@ -376,7 +407,7 @@ class Poller:
         """Failures while the API answered other sessions back off; those of an outage are simply retried."""
         on_their_own = run.sessions_answered > 0 or (run.answered and len(run.failures) == 1)
         for sid, (job, error) in run.failures.items():
-            if on_their_own or sid in self.failing:
+            if on_their_own or sid in self.failing or sid in run.hung:
                 self._mark_failing(sid, error)
                 run.listing.failed += 1
             else:

@@ -62,6 +62,7 @@ class FakeApi:
         """``page_size`` sessions after ``token`` (an offset); a listing error queued in ``list_errors`` first."""
         self.deadlines.append(deadline)
         self.pages_listed += 1
+        await asyncio.sleep(0)  # a real page is an await: the fetches run meanwhile
         if self.on_list is not None:
             self.on_list()
         if self.list_delay:
@@ -93,6 +94,7 @@ class FakeApi:
 
     async def retrieve(self, sid: str, deadline=None):
         self.deadlines.append(deadline)
+        await asyncio.sleep(0)
         if self.retrieve_delay and (not self.slow or sid in self.slow):
             await asyncio.sleep(self.retrieve_delay)
         self.retrieved[sid] += 1

@@ -89,13 +89,13 @@ def test_unreadable_listing_items_are_counted_and_named(captured):
     assert line["count"] == 12 and line["session_ids"] == [".."] + [f"bad{i}" for i in range(9)]
 
 
-def test_a_listing_that_outlasts_the_deadline_is_partial_and_carries_on():
+def test_a_listing_that_never_answers_by_the_deadline_fails_the_cycle():
     api = populated(1)
     api.list_delay = 0.3
     p = poller(api, interval=0.001)  # a deadline of 0.9 ms: the listing takes 300 ms
     report = cycle(p)
-    assert report.result == "partial" and report.errors[0].startswith("cycle deadline reached at page 0")
-    assert p.snapshot.poll.up is True and p.snapshot.poll.started_at == 1000.0 and not p.snapshot.ready
+    assert report.result == "failure" and report.errors[0] == "no answer from the API by the cycle deadline"
+    assert p.snapshot.poll.up is False and p.snapshot.poll.started_at == 1000.0 and not p.snapshot.ready
 
 
 def test_a_bug_in_discovery_fails_the_cycle_with_one_line():

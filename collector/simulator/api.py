@@ -104,8 +104,10 @@ async def send(request: web.Request, answer: Response) -> web.StreamResponse:
 
 
 class SimulatorApi:
-    def __init__(self, world: World, api_key: str, faults: Faults | None = None) -> None:
+    def __init__(self, world: World, api_key: str, faults: Faults | None = None, latency: float = 0.0) -> None:
         self.world, self.api_key = world, api_key
+        self.latency = latency
+        """Seconds added to every API answer: a real API is 50-300 ms away."""
         self.faults = faults or Faults()
         self.calls: Counter = Counter()
         self.bytes_sent = 0
@@ -123,6 +125,8 @@ class SimulatorApi:
     async def __call__(self, request: Request) -> Response:
         if request.path.startswith("/_sim/"):
             return self._control(request)
+        if self.latency:
+            await asyncio.sleep(self.latency)
         if request.headers.get("authorization") != f"Bearer {self.api_key}":
             return _json({"detail": "Invalid authentication credentials"}, 401)
         parts = list(request.parts)
@@ -149,7 +153,7 @@ class SimulatorApi:
     def _answer(self, endpoint: str, parts: list[str], request: Request) -> Response:
         world = self.world
         if endpoint == "list":
-            size = max(1, min(100, int(request.query.get("page_size") or 20)))
+            size = max(1, min(1000, int(request.query.get("page_size") or 20)))
             after = int(request.query.get("page_token") or 0)
             page, more = world.page_after(after, size)
             token = str(page[-1].seq) if more else None
