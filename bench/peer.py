@@ -13,10 +13,12 @@ from collections import Counter
 from llama_cloud import LlamaCloud
 
 
-def cycle(client: LlamaCloud) -> dict:
+def cycle(client: LlamaCloud, limit: int | None = None) -> dict:
     runs, tokens, events = Counter(), Counter(), Counter()
     sessions = 0
     for summary in client.chat.list(page_size=100):
+        if limit is not None and sessions >= limit:
+            break
         sessions += 1
         session = client.chat.retrieve(summary.session_id)
         for event in session.events:
@@ -38,10 +40,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--api-key", default="simulator")
+    parser.add_argument("--limit", type=int, help="stop after this many sessions (figures are then per session)")
     args = parser.parse_args()
     client = LlamaCloud(api_key=args.api_key, base_url=args.base_url, max_retries=2)
     cpu, wall = time.process_time(), time.perf_counter()
-    result = cycle(client)
+    result = cycle(client, args.limit)
     result.update(cpu_seconds=time.process_time() - cpu, wall_seconds=time.perf_counter() - wall,
                   peak_rss_mb=peak_rss_mb())
     print(json.dumps(result))

@@ -2,6 +2,13 @@
 
     python bench/run.py                      # 10,000 sessions x 5 runs (about 3 minutes)
     python bench/run.py --sessions 2000      # quicker
+    python bench/run.py --sessions 100000 --latency-ms 100 --max-concurrency 32   # a big project, far away
+
+With ``--latency-ms`` every API answer is delayed, as a real API 50-300 ms away is; the
+figures then include the listing pass (every page, one after another) and the freshness:
+the time from a new failed run on the last page to the counter moving, with the scheduler
+at ``--interval``. The SDK peer is then run on ``--peer-limit`` sessions and its figures are
+per session, scaled to the whole project.
 
 The collector runs in this process (its CPU is this process's CPU); the simulator and the
 peer run in their own processes. Prints a table of figures and ratios. Not a test: nothing
@@ -12,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import gzip
 import json
 import os
@@ -27,15 +35,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from collector.app import CollectorService  # noqa: E402
+from collector.cadence import Cadence  # noqa: E402
 from collector.settings import load_settings  # noqa: E402
 from bench.peer import peak_rss_mb  # noqa: E402
 from tests.stack import free_port, wait_until  # noqa: E402
 
 
-def start_simulator(sessions: int, runs: int) -> tuple[subprocess.Popen, str]:
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
+
+
+def start_simulator(sessions: int, runs: int, latency_ms: float = 0.0) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "collector", "simulate", "--port", str(port), "--sessions",
-                             str(sessions), "--runs", str(runs), "--rate", "0", "--seed", "1"],
+                             str(sessions), "--runs", str(runs), "--rate", "0", "--seed", "1",
+                             "--latency-ms", str(latency_ms)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
                             env={**os.environ, "LLAMA_CLOUD_API_KEY": "simulator"})
     url = f"http://127.0.0.1:{port}"
@@ -71,15 +86,41 @@ def measure_metrics(port: int, rounds: int = 30) -> dict:
             "bytes": size, "gzip_bytes": gz}
 
 
-async def collector_phase(sim: str, sessions: int) -> dict:
+async def freshness(collector: CollectorService, sim: str, interval: float) -> dict:
+    """Cycles as the scheduler runs them, every ``interval``: how long a new failed run on the last page
+    takes to reach the counter, added just after a pass went by it (the slow case)."""
+    poller = collector.poller
+    poller.cadence = Cadence(interval)
+    while poller.listing is not None:  # finish any pass under way
+        await collector.run_cycle()
+    errors = poller.snapshot.aggregates.runs["error"]
+    await asyncio.to_thread(httpx.get, sim + "/_sim/touch", params={"last": "1", "fail": "1"}, timeout=60)
+    added, cycles = time.perf_counter(), 0
+    while poller.snapshot.aggregates.runs["error"] == errors:
+        started = time.perf_counter()
+        await collector.run_cycle()
+        cycles += 1
+        if poller.snapshot.aggregates.runs["error"] == errors:
+            await asyncio.sleep(max(0.0, interval - (time.perf_counter() - started)))
+    return {"seconds": time.perf_counter() - added, "cycles": cycles, "interval": interval,
+            "pass_seconds": poller.last_pass_duration}
+
+
+async def collector_phase(sim: str, sessions: int, args) -> dict:
     settings = load_settings({"base_url": sim, "listen": "127.0.0.1:0", "interval": 3600.0,
-                              "log_level": "warning"}, {})
+                              "log_level": "warning", "page_size": args.page_size,
+                              "max_concurrency": args.max_concurrency}, {})
+    gc.collect()
+    before = rss_mb()
     collector = CollectorService(settings, "simulator")
     await collector.start(schedule=False)
     out = {"initial": await measure_cycle(collector, sim), "idle": await measure_cycle(collector, sim)}
+    gc.collect()
+    out["rss_rest_mb"], out["rss_before_mb"] = rss_mb(), before
     httpx.get(sim + "/_sim/touch", params={"fraction": 0.1}, timeout=60)
     out["changed_10pct"] = await measure_cycle(collector, sim)
     out["metrics"] = await asyncio.to_thread(measure_metrics, collector.port)
+    out["freshness"] = await freshness(collector, sim, args.interval)
     out["peak_rss_mb"] = peak_rss_mb()
     await collector.stop()
     return out
@@ -98,25 +139,38 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--big-events", type=int, default=100_000)
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay added to every API answer")
+    parser.add_argument("--page-size", type=int, default=100)
+    parser.add_argument("--max-concurrency", type=int, default=8)
+    parser.add_argument("--interval", type=float, default=60.0, help="the scheduler's interval, for freshness")
+    parser.add_argument("--peer-limit", type=int, help="sessions the SDK peer reads (default: all, or 2,000 "
+                        "with --latency-ms); its figures are scaled to the whole project")
+    parser.add_argument("--skip-big", action="store_true", help="skip the one-big-session measure")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    limit = args.peer_limit or (min(args.sessions, 2000) if args.latency_ms else None)
 
-    sim_proc, sim = start_simulator(args.sessions, args.runs)
+    sim_proc, sim = start_simulator(args.sessions, args.runs, args.latency_ms)
     try:
-        ours = asyncio.run(collector_phase(sim, args.sessions))
+        ours = asyncio.run(collector_phase(sim, args.sessions, args))
         before = sim_stats(sim)
-        peer = run_json(["bench/peer.py", "--base-url", sim])
+        peer = run_json(["bench/peer.py", "--base-url", sim, *(["--limit", str(limit)] if limit else [])])
         after = sim_stats(sim)
         peer["calls"] = sum(after["calls"].get(k, 0) - before["calls"].get(k, 0) for k in after["calls"])
+        scale = args.sessions / max(1, peer["sessions"])
+        for key in ("cpu_seconds", "wall_seconds", "calls"):
+            peer[key] *= scale
     finally:
         sim_proc.terminate()
         sim_proc.wait()
-    big_proc, big_sim = start_simulator(1, 1)  # the big session with one small one for warm-up
-    try:
-        big = run_json(["bench/big_session.py", "--base-url", big_sim, "--events", str(args.big_events)])
-    finally:
-        big_proc.terminate()
-        big_proc.wait()
+    big = None
+    if not args.skip_big:
+        big_proc, big_sim = start_simulator(1, 1)  # the big session with one small one for warm-up
+        try:
+            big = run_json(["bench/big_session.py", "--base-url", big_sim, "--events", str(args.big_events)])
+        finally:
+            big_proc.terminate()
+            big_proc.wait()
     report(args, ours, peer, big)
     if args.json:
         Path(args.json).write_text(json.dumps({"ours": ours, "peer": peer, "big": big}, indent=2))
@@ -147,13 +201,22 @@ def report(args, ours: dict, peer: dict, big: dict) -> None:
         ("/metrics size (gzip)", f"{metrics['bytes'] / 1024:.0f} KiB ({metrics['gzip_bytes'] / 1024:.0f} KiB)", "", ""),
         ("peak RSS", f"{ours['peak_rss_mb']:.0f} MB", f"{peer['peak_rss_mb']:.0f} MB",
          f"{peer['peak_rss_mb'] / ours['peak_rss_mb']:.1f}x"),
-        (f"one session of {big['events']:,} events", f"{big['bytes'] / 2**20:.1f} MiB payload, peak RSS growth "
-         f"{big['peak_rss_mb'] - big['rss_before_mb']:.0f} MB = "
-         f"{(big['peak_rss_mb'] - big['rss_before_mb']) * 2**20 / big['bytes']:.1f}x payload, "
-         f"CPU {big['cpu_seconds']:.2f} s", "", ""),
+        ("RSS at rest per 1,000 sessions", f"{(ours['rss_rest_mb'] - ours['rss_before_mb']) / (n / 1000):.2f} MB "
+         f"({ours['rss_rest_mb']:.0f} MB in all)", "", ""),
+        ("listing pass (idle cycle wall)", f"{idle['wall']:.2f} s ({idle['calls']['list']} pages)", "", ""),
+        (f"freshness at --interval {ours['freshness']['interval']:g}",
+         f"{ours['freshness']['seconds']:.1f} s ({ours['freshness']['cycles']} cycles; pass "
+         f"{ours['freshness']['pass_seconds'] or 0:.1f} s)", f"{peer['wall_seconds']:.0f} s (one peer cycle)", ""),
     ]
+    if big is not None:
+        rows.append((f"one session of {big['events']:,} events", f"{big['bytes'] / 2**20:.1f} MiB payload, peak "
+                     f"RSS growth {big['peak_rss_mb'] - big['rss_before_mb']:.0f} MB = "
+                     f"{(big['peak_rss_mb'] - big['rss_before_mb']) * 2**20 / big['bytes']:.1f}x payload, "
+                     f"CPU {big['cpu_seconds']:.2f} s", "", ""))
     print(f"\nllamacloud-collector benchmark: {n:,} sessions x {args.runs} runs, {os.cpu_count()} CPUs, "
-          f"simulator in another process\n")
+          f"simulator in another process, {args.latency_ms:g} ms added to each API answer, page size "
+          f"{args.page_size}, concurrency {args.max_concurrency}"
+          + (f"; SDK peer on {peer['sessions']:,} sessions, scaled" if peer['sessions'] < n else "") + "\n")
     width = max(len(r[0]) for r in rows)
     print(f"| {'measure':<{width}} | collector | SDK peer (one cycle) | peer / collector |")
     print(f"|{'-' * (width + 2)}|---|---|---|")

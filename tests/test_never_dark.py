@@ -14,6 +14,7 @@ import structlog
 from collector import logs
 from collector.errors import FetchError, PayloadError
 from tests.fakes import FakeApi, cycle, poller, run_events, total_runs
+from tests.helpers import run_async
 
 T0, T1 = "2026-01-01T00:00:00+00:00", "2026-01-01T00:01:00+00:00"
 
@@ -189,6 +190,36 @@ def test_cancelled_at_shutdown_a_cycle_commits_nothing():
         with pytest.raises(asyncio.CancelledError):
             await task
         return p
-    from tests.helpers import run_async
     p = run_async(scenario())
     assert total_runs(p) == 0 and not p.state.sessions
+
+
+def test_over_loopback_a_listing_longer_than_the_interval_still_gets_ready_and_counts_exactly():
+    from collector.app import SimulatorService
+    from tests.helpers import assert_matches_truth, collector_for, scrape, value
+
+    async def scenario():
+        sim = SimulatorService(sessions=1500, runs=2, seed=3, rate=0, latency=0.01)  # 10 ms from the API
+        await sim.start()
+        collector = collector_for(sim, interval=1.0, page_size=50)  # 30 pages, 1,500 fetches: > 0.9 s
+        await collector.start(schedule=False)
+        try:
+            results = []
+            for _ in range(200):  # as many cycles as this machine needs; each ends by its deadline
+                results.append((await collector.poller.cycle()).result)
+                if collector.poller.snapshot.ready:
+                    break
+            assert collector.poller.snapshot.ready and "partial" in results and "failure" not in results
+            samples = await scrape(collector.port)
+            assert_matches_truth(samples, sim)
+            assert value(samples, "llamacloud_collector_listing_pass_duration_seconds") > 0.9
+            assert sim.api.calls["list"] == 30  # the pass resumed from its page token every cycle
+            last = list(sim.world.sessions.values())[-1]
+            sim.world.add_run(last, fail=True)  # a new failed run on the last page ...
+            for _ in range(3):
+                await collector.poller.cycle()  # ... is counted within a pass plus a cycle
+            assert_matches_truth(await scrape(collector.port), sim)
+        finally:
+            await collector.stop()
+            await sim.stop()
+    run_async(scenario())

@@ -209,7 +209,8 @@ class SimulatorApi:
         if request.path == "/_sim/touch":
             fraction = float(request.query.get("fraction", "0.1"))
             fail = {"1": True, "0": False}.get(request.query.get("fail", ""))
-            chosen = world.rng.sample(list(world.sessions), int(len(world.sessions) * fraction))
+            chosen = ([next(reversed(world.sessions))] if request.query.get("last") == "1" else
+                      world.rng.sample(list(world.sessions), int(len(world.sessions) * fraction)))
             for session_id in chosen:
                 world.add_run(world.sessions[session_id], fail)
             return _json({"changed": len(chosen)})
