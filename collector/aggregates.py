@@ -38,7 +38,7 @@ class Mark:
         """None when the ID would break the 128-character limit: left out, never cut."""
         if len(EXEMPLAR_LABEL) + len(session_id) > EXEMPLAR_LIMIT:
             return None
-        return cls(session_id, value, timestamp)
+        return cls(session_id, float(value), float(timestamp))
 
 
 class Histogram:

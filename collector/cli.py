@@ -16,19 +16,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 import structlog
-from prometheus_client import CollectorRegistry
 
 from collector import __version__, logs
 from collector.app import CollectorService, SimulatorService, build_client, poll_config
-from collector.derive import ErrorClassifier
+from collector.cadence import Deadline
 from collector.errors import AuthError, CollectorError, ConfigError
-from collector.metrics import SelfMetrics
-from collector.poller import Poller
+from collector.selection import shard_of, wanted
 from collector.settings import Settings, load_settings
-from collector.state import MemoryStore
 
 PROG = "llamacloud-collector"
 COMMANDS = ("run", "demo", "simulate", "check")
+CHECK_SECONDS = 60.0
+"""``check`` gives up after this long, whatever the API does."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -146,12 +145,25 @@ async def _simulate(args: argparse.Namespace, environ: Mapping[str, str]) -> int
     return 0
 
 
+async def _discover(client, settings: Settings) -> list:
+    """What ``check`` would watch: the whole listing, or each configured ID's summary (this shard's)."""
+    config = poll_config(settings)
+    if settings.discovery:
+        listing = await client.list_sessions(Deadline.after(CHECK_SECONDS))
+        return [s for s in listing.sessions if wanted(config, s)]
+    found = []
+    for session_id in settings.session_ids:
+        if settings.total_shards == 1 or shard_of(session_id, settings.total_shards) == settings.shard:
+            summary = await client.summary(session_id, Deadline.after(CHECK_SECONDS))
+            if wanted(config, summary):
+                found.append(summary)
+    return found
+
+
 async def _check(settings: Settings, key: str) -> int:
     client = build_client(settings, key)
-    poller = Poller(client, MemoryStore(), poll_config(settings), ErrorClassifier(),
-                    SelfMetrics(CollectorRegistry()))
     try:
-        sessions, _ = await poller.discover()
+        sessions = await _discover(client, settings)
     except AuthError as exc:
         raise CollectorError(f"check failed: HTTP {exc.status} from {settings.base_url}: the API key was "
                              "refused; fix LLAMA_CLOUD_API_KEY (or the file in COLLECTOR_API_KEY_FILE)") from None

@@ -36,6 +36,7 @@ from collector.state import (
     Snapshot,
     StateStore,
     is_unchanged,
+    parse_timestamp,
     take_snapshot,
     update_session,
 )
@@ -138,6 +139,11 @@ class _Run:
     listing_inflight: bool = False
     hung: set[str] = field(default_factory=set)
     """Sessions cut off at the deadline ``MAX_CUTS`` cycles in a row: they hang on their own."""
+
+
+def _before(a: str, b: str) -> bool:
+    ta, tb = parse_timestamp(a), parse_timestamp(b)
+    return ta is not None and tb is not None and ta < tb
 
 
 class Poller:
@@ -397,6 +403,8 @@ class Poller:
             self.log.info("stale read ignored; refetched next cycle", session_id=sid[:80])
         else:
             listed_at = job.found.last_updated_at if job.found is not None else None
+            if listed_at is not None and _before(session.last_updated_at, listed_at):
+                listed_at = None  # an answer older than the listing: keyed on its own time, so it is read again
             work.put(update_session(prev, session, work.aggregates, self.classifier, self.clock(),
                                     listed_at=listed_at, counted=run.counted))
         self._recovered(sid)

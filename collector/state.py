@@ -89,7 +89,8 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
         cursor, seen, high_water = high_water[0], high_water[1], None
     elif prev is not None and not history_intact(events, cursor, seen, prev.stop_signature):
         reset = True
-        high_water = high_water or (cursor, seen, prev.stop_signature)
+        if high_water is None or cursor >= high_water[0]:  # keep the furthest position counted so far
+            high_water = (cursor, seen, prev.stop_signature)
         cursor = finished_prefix(events)
         seen = len(events)
     result = derive(events, cursor, seen, classifier)
