@@ -37,7 +37,7 @@ def alert_rules(spec: dict[str, Any], for_override: str | None = None,
             else _fill(a["expr"], values).strip(),
             "for": for_override or a["for"],
             "labels": {"severity": a["severity"]},
-            "annotations": {"summary": a["summary"], "description": _fill(a["description"].strip(), values),
+            "annotations": {"summary": _fill(a["summary"], values), "description": _fill(a["description"].strip(), values),
                             "runbook_url": f"{spec['runbook']}#{anchor(a['alert'])}",
                             **({"dashboard_url": _fill(a["dashboard"], values)} if "dashboard" in a else {})},
         })
@@ -127,7 +127,8 @@ def helm_rules(spec: dict[str, Any]) -> str:
             "            {{- toYaml . | nindent 12 }}",
             "            {{- end }}",
             "          annotations:",
-            f"            summary: {yaml.safe_dump(a['summary'], width=1000).splitlines()[0]}",
+            "            summary: "
+            + _fill(_helm_escape(yaml.safe_dump(a["summary"], width=1000).splitlines()[0]), values),
             "            description: "
             + _fill(_helm_escape(yaml.safe_dump(a["description"].strip(), width=1000).splitlines()[0]), values),
             f'            runbook_url: {{{{ $.Values.prometheusRule.runbookBaseUrl }}}}#{anchor(name)}',
