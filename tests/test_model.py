@@ -63,14 +63,13 @@ class Upstream:
         self.indexed: dict[str, bool] = {}
         self.deleted: set[str] = set()
         self.version: dict[str, int] = {}
-        self.rewritten: dict[str, tuple[int, int]] = {}
+        self.rewritten: dict[str, dict[int, int]] = {}
         self.next_stop = 0
 
     def body(self, sid: str, version: int | None = None) -> dict:
         events: list[dict] = []
         for stop_id, failed in self.runs[sid]:
-            rewritten_stop, times = self.rewritten.get(sid, (None, 0))
-            tweak = times if stop_id == rewritten_stop else 0
+            tweak = self.rewritten.get(sid, {}).get(stop_id, 0)
             events += [{"type": "user_input", "content": "q"},
                        {"type": "stop", "is_error": failed, "error": "boom" if failed else None,
                         "usage": {"duration_ms": 700 + stop_id + tweak, "total_input_tokens": 3,
@@ -146,20 +145,25 @@ class CountingCore(RuleBasedStateMachine):
         self.up.version[sid] += 1
         self._publish(sid)
 
-    def _cycle(self) -> None:
+    def _cycle(self):
         self._note_watched()
         self.pass_watched |= {sid for sid in self.up.runs if self._watched(sid)}
         report = run_async(self.poller.cycle())
         if report.pass_complete:
             self.last_pass_watched, self.pass_watched = self.pass_watched, set()
+        return report
 
     def _settle(self) -> None:
-        """No faults, and cycles until a pass completes with nothing failing (backoff is 10 at most)."""
+        """No faults, the pass under way finished, then one whole pass more with nothing failing (backoff is
+        10 intervals at most): a pass that began before the last upstream change may not have seen it."""
         self.api.answers.clear()
-        for _ in range(40):
-            self._cycle()
-            if self.poller.listing is None and not self.poller.failing and self.poller.snapshot.ready:
-                break
+        fresh = self.poller.listing is None
+        for _ in range(60):
+            report = self._cycle()
+            if report.pass_complete:
+                if fresh and not self.poller.failing and self.poller.snapshot.ready:
+                    return
+                fresh = True
 
     def _new_process(self) -> None:
         self.poller.store.close()
@@ -214,12 +218,14 @@ class CountingCore(RuleBasedStateMachine):
             return
         self._settle()  # everything counted; the rewrite must not count anything again
         last_stop = self.up.runs[sid][-1][0]
-        self.up.rewritten[sid] = (last_stop, self.up.rewritten.get(sid, (None, 0))[1] + 1)
+        rewrites = self.up.rewritten.setdefault(sid, {})
+        rewrites[last_stop] = rewrites.get(last_stop, 0) + 1  # for good: a rewrite is not a transient read
         self._touch(sid)
         self._settle()
 
     @rule(pick=st.integers(0, 1000))
     def deleted(self, pick):
+        self._settle()  # read to its end first: runs nobody could read before the deletion are not owed
         sid = self._live(pick)
         if sid is not None:
             self.up.deleted.add(sid)
@@ -235,6 +241,7 @@ class CountingCore(RuleBasedStateMachine):
 
     @rule(pick=st.integers(0, 1000))
     def index_binding_flips(self, pick):
+        self._settle()  # likewise for a session about to leave the filter
         sid = self._live(pick)
         if sid is not None:
             self.up.indexed[sid] = not self.up.indexed[sid]

@@ -213,7 +213,8 @@ def test_over_loopback_a_listing_longer_than_the_interval_still_gets_ready_and_c
             samples = await scrape(collector.port)
             assert_matches_truth(samples, sim)
             assert value(samples, "llamacloud_collector_listing_pass_duration_seconds") > 0.9
-            assert sim.api.calls["list"] == 30  # the pass resumed from its page token every cycle
+            # the pass resumed from its page token every cycle (a page cut off by a deadline is read again)
+            assert 30 <= sim.api.calls["list"] < 30 + len(results)
             last = list(sim.world.sessions.values())[-1]
             sim.world.add_run(last, fail=True)  # a new failed run on the last page ...
             for _ in range(3):
