@@ -1,0 +1,108 @@
+"""State files across releases (DESIGN §4): every release's file loads with counters exact, nothing refetched
+that did not change, and what this release writes reads back field for field.
+
+The fixtures under tests/fixtures/state/ were written by the releases themselves with
+scripts/state_fixture.py: the state file after a clean stop, the upstream it was written from, and what
+that release exposed. docs/testing.md says how to add the fixture of each new release.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from collector.derive import ErrorClassifier
+from collector.metrics import SelfMetrics, SnapshotCollector
+from collector.poller import Poller
+from collector.selection import PollConfig
+from collector.settings import load_settings
+from collector.sqlite_store import SqliteStore
+from tests.fakes import FakeApi, run_events
+from tests.helpers import parse, run_async
+
+FIXTURES = Path(__file__).parent / "fixtures" / "state"
+RELEASES = sorted(p.name for p in FIXTURES.iterdir() if (p / "state.db").is_file())
+
+
+RENAMED_LABELS = {"llamacloud_chat_events_total": {"type": "event_type"}}
+"""0.1.0's label names, as CHANGELOG.md lists them: the values are the contract, the names changed once."""
+TOKEN_FAMILIES = ("llamacloud_chat_run_tokens", "llamacloud_chat_tokens_total", "llamacloud_chat_session_tokens_total",
+                  "llamacloud_chat_session_last_run_tokens")
+GONE = ("llamacloud_chat_oldest_run_in_progress_seconds",)  # an age then; a timestamp now
+
+
+def chat_samples(text: str) -> dict:
+    out = {}
+    for (name, labels), value in parse(text).items():
+        if not name.startswith("llamacloud_chat_") or name in GONE:
+            continue
+        renames = RENAMED_LABELS.get(name, {"type": "token_type"} if name.startswith(TOKEN_FAMILIES) else {})
+        out[(name, frozenset((renames.get(k, k), v) for k, v in labels))] = value
+    return out
+
+
+def comparable(samples: dict) -> dict:
+    return {k: v for k, v in samples.items() if not k[0].startswith("llamacloud_chat_oldest_run_in_progress")}
+
+
+def open_release(name: str, tmp_path: Path):
+    shutil.copy(FIXTURES / name / "state.db", tmp_path / "state.db")
+    api = FakeApi()
+    for body in json.loads((FIXTURES / name / "upstream.json").read_text()):
+        api.sessions[body["session_id"]] = body
+    settings = load_settings({}, {})
+    rules = [(r.type, r.pattern) for r in settings.error_rules]
+
+    def start() -> Poller:
+        store = SqliteStore(tmp_path / "state.db", settings.buckets.as_buckets(), rules, settings.label_value_limit)
+        return Poller(api, store, PollConfig(interval=60.0, buckets=settings.buckets.as_buckets()),
+                      ErrorClassifier(rules), SelfMetrics(CollectorRegistry()))
+    return api, start
+
+
+def exposition(poller: Poller) -> str:
+    registry = CollectorRegistry()
+    registry.register(SnapshotCollector(lambda: poller.snapshot, interval=60.0))
+    return generate_latest(registry).decode()
+
+
+def test_every_release_has_a_fixture():
+    assert "0.1.0" in RELEASES and len(RELEASES) >= 2
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_a_release_file_loads_exactly_and_only_changed_sessions_are_fetched(release, tmp_path):
+    api, start = open_release(release, tmp_path)
+    poller = start()
+    assert poller.state.synced and poller.snapshot.ready  # no resync: counters as the release left them
+    expected = chat_samples((FIXTURES / release / "metrics.txt").read_text())
+    assert comparable(chat_samples(exposition(poller))) == comparable(expected)
+    report = run_async(poller.cycle())
+    assert report.fetched == 0 and sum(api.retrieved.values()) == 0 and report.unchanged == len(api.sessions)
+    assert comparable(chat_samples(exposition(poller))) == comparable(expected)
+    sid = next(iter(api.sessions))
+    body = api.sessions[sid]
+    api.put(sid, "2030-01-01T00:00:00+00:00", body["events"] + run_events(failed=True))
+    run_async(poller.cycle())
+    assert dict(api.retrieved) == {sid: 1}
+    runs = {k: v for k, v in chat_samples(exposition(poller)).items() if k[0] == "llamacloud_chat_runs_total"}
+    assert runs[("llamacloud_chat_runs_total", frozenset({("outcome", "error")}))] == \
+        expected[("llamacloud_chat_runs_total", frozenset({("outcome", "error")}))] + 1
+    poller.store.close()
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_what_this_release_writes_reads_back_field_for_field(release, tmp_path):
+    api, start = open_release(release, tmp_path)
+    first = start()
+    run_async(first.cycle())
+    first.store.close()
+    again = start()
+    assert again.state.sessions == first.state.sessions and again.state.retired == first.state.retired
+    assert again.state.aggregates.to_dict() == first.state.aggregates.to_dict()
+    assert again.state.synced and again.state.floor is None
+    again.store.close()
