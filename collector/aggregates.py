@@ -10,7 +10,7 @@ import bisect
 import copy
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from collector.derive import RunRecord
@@ -129,10 +129,9 @@ class Aggregates:
     indexes: BoundedLabels = field(init=False)
 
     def __post_init__(self) -> None:
-        self.duration = Histogram(self.buckets.duration)
-        self.tokens = {"input": Histogram(self.buckets.tokens), "output": Histogram(self.buckets.tokens)}
-        self.turns = Histogram(self.buckets.turns)
-        self.tool_calls_per_run = Histogram(self.buckets.tool_calls)
+        for name, bucket_field, kinds in HISTOGRAMS:
+            bounds = getattr(self.buckets, bucket_field)
+            setattr(self, name, {k: Histogram(bounds) for k in kinds} if kinds else Histogram(bounds))
         self.tools = BoundedLabels(self.label_limit)
         self.indexes = BoundedLabels(self.label_limit)
         for outcome in ("success", "error"):
@@ -180,74 +179,170 @@ class Aggregates:
             for key, value in theirs.items():
                 mine[key] = max(mine[key], value)
         self.history_resets = max(self.history_resets, floor.history_resets)
-        pairs = [(self.duration, floor.duration), (self.turns, floor.turns),
-                 (self.tool_calls_per_run, floor.tool_calls_per_run)]
-        pairs += [(self.tokens[k], floor.tokens[k]) for k in self.tokens if k in floor.tokens]
-        for mine, theirs in pairs:
-            if mine.bounds == theirs.bounds and theirs.count > mine.count:
-                mine.counts, mine.total = list(theirs.counts), max(mine.total, theirs.total)
+        theirs = dict(floor.histograms())
+        for key, mine in self.histograms():
+            old = theirs.get(key)
+            if old is not None and mine.bounds == old.bounds and old.count > mine.count:
+                mine.counts, mine.total = list(old.counts), max(mine.total, old.total)
         for labels, old in ((self.tools, floor.tools), (self.indexes, floor.indexes)):
             labels.admitted |= old.admitted
             labels.dropped |= old.dropped
 
+    def histograms(self) -> Iterator[tuple[tuple[str, str | None], Histogram]]:
+        """Every histogram of ``HISTOGRAMS``, keyed by (name, kind): a kind for the labelled ones."""
+        for name, _, kinds in HISTOGRAMS:
+            held = getattr(self, name)
+            if kinds:
+                yield from (((name, k), h) for k, h in held.items())
+            else:
+                yield (name, None), held
+
     def to_dict(self) -> dict:
-        hist = lambda h: {"bounds": list(h.bounds), "counts": h.counts, "total": h.total,  # noqa: E731
-                          "marks": [_mark_out(m) for m in h.marks]}
-        return {
-            **{name: [[list(k) if isinstance(k, tuple) else k, v] for k, v in getattr(self, name).items()]
-               for name in COUNTERS},
-            "history_resets": self.history_resets,
-            "duration": hist(self.duration), "turns": hist(self.turns),
-            "tool_calls_per_run": hist(self.tool_calls_per_run),
-            "tokens": {k: hist(h) for k, h in self.tokens.items()},
-            "tools": [sorted(self.tools.admitted), sorted(self.tools.dropped)],
-            "indexes": [sorted(self.indexes.admitted), sorted(self.indexes.dropped)],
-            "run_marks": {k: _mark_out(m) for k, m in self.run_marks.items()},
-        }
+        out: dict = {name: [[list(k) if isinstance(k, tuple) else k, v] for k, v in getattr(self, name).items()]
+                     for name in COUNTERS}
+        out["history_resets"] = self.history_resets
+        for (name, kind), h in self.histograms():
+            stored = {"bounds": list(h.bounds), "counts": h.counts, "total": h.total,
+                      "marks": [_mark_out(m) for m in h.marks]}
+            if kind is None:
+                out[name] = stored
+            else:
+                out.setdefault(name, {})[kind] = stored
+        out["tools"] = [sorted(self.tools.admitted), sorted(self.tools.dropped)]
+        out["indexes"] = [sorted(self.indexes.admitted), sorted(self.indexes.dropped)]
+        out["run_marks"] = {k: _mark_out(m) for k, m in self.run_marks.items()}
+        return out
 
     @classmethod
-    def from_dict(cls, data: dict, buckets: Buckets, label_limit: int) -> Aggregates:
-        """Rebuild stored aggregates; histograms keep their stored bounds."""
+    def from_dict(cls, data: object, buckets: Buckets, label_limit: int, *, same_bounds: bool = True) -> Aggregates:
+        """Stored aggregates, every value checked (``StoredValueError`` when one is impossible).
+
+        A field missing from an older file takes its default (a family added since starts at 0);
+        a field this release does not know raises ``UnknownField``: a newer release wrote it.
+        With ``same_bounds``, a histogram's stored bounds must be the configured ones."""
+        if not isinstance(data, dict):
+            raise StoredValueError("aggregates are not a mapping")
+        unknown = set(data) - STORED_FIELDS
+        if unknown:
+            raise UnknownField(f"aggregates field {sorted(unknown)[0]!r}")
         agg = cls(buckets, label_limit)
         for name in COUNTERS:
             target = getattr(agg, name)
-            for key, value in data.get(name, ()):  # a family added since the file was written starts at 0
-                target[tuple(key) if isinstance(key, list) else key] = value
-        agg.history_resets = data["history_resets"]
-        _check_counts(data)
-
-        def hist(d: dict) -> Histogram:
-            h = Histogram(d["bounds"])
-            h.counts, h.total = list(d["counts"]), d["total"]
-            marks = [_mark_in(m) for m in d.get("marks", ())]  # none in a 0.1.0 file: absent until the next run
-            if len(marks) == len(h.counts):
-                h.marks = marks
-            return h
-        agg.duration, agg.turns = hist(data["duration"]), hist(data["turns"])
-        agg.tool_calls_per_run = hist(data["tool_calls_per_run"])
-        agg.tokens = {k: hist(v) for k, v in data["tokens"].items()}
-        for labels, (admitted, dropped) in ((agg.tools, data["tools"]), (agg.indexes, data["indexes"])):
-            labels.admitted, labels.dropped = set(admitted), set(dropped)
-        agg.run_marks = {k: m for k, m in ((k, _mark_in(v)) for k, v in data.get("run_marks", {}).items()) if m}
+            for item in _items(data.get(name, []), name):
+                key, value = _counter_key(item, name), count(item[1], name)
+                target[key] = value
+        agg.history_resets = count(data.get("history_resets", 0), "history_resets")
+        for (name, kind), h in list(agg.histograms()):
+            stored = data.get(name)
+            if stored is None:
+                continue  # none in an older file: starts empty
+            if kind is not None:
+                if not isinstance(stored, dict):
+                    raise StoredValueError(f"{name} is not a mapping")
+                stored = stored.get(kind)
+                if stored is None:
+                    continue
+            loaded = _histogram(stored, f"{name}.{kind}" if kind else name)
+            if same_bounds and loaded.bounds != h.bounds:
+                raise StoredValueError(f"{name}: stored bounds differ from the configured ones")
+            if kind is None:
+                setattr(agg, name, loaded)
+            else:
+                getattr(agg, name)[kind] = loaded
+        for labels, key in ((agg.tools, "tools"), (agg.indexes, "indexes")):
+            stored = data.get(key, [[], []])
+            if not (isinstance(stored, list) and len(stored) == 2 and all(isinstance(v, list) for v in stored)
+                    and all(isinstance(x, str) for v in stored for x in v)):
+                raise StoredValueError(f"{key}: not two lists of label values")
+            labels.admitted, labels.dropped = set(stored[0]), set(stored[1])
+        marks = data.get("run_marks", {})
+        if not isinstance(marks, dict):
+            raise StoredValueError("run_marks is not a mapping")
+        agg.run_marks = {k: m for k, m in ((k, _mark_in(v)) for k, v in marks.items() if k in ("success", "error"))
+                         if m}
         return agg
+
+
+class StoredValueError(ValueError):
+    """A stored value that no release writes: negative, not finite, over 2**53, of the wrong type."""
+
+
+class UnknownField(ValueError):
+    """A stored field this release does not know: a newer release wrote the file."""
+
+
+MAX_COUNT = 2**53
+
+
+def count(value: object, where: str) -> int:
+    """A stored count: an exact integer in [0, 2**53] (a bool is not one)."""
+    if type(value) is not int or not 0 <= value <= MAX_COUNT:
+        raise StoredValueError(f"{where}: {str(value)[:40]!r} is not a count")
+    return value
+
+
+def finite(value: object, where: str) -> float:
+    """A stored sum or time: a finite number in [0, 2**53]."""
+    if type(value) not in (int, float) or not math.isfinite(value) or not 0 <= value <= MAX_COUNT:
+        raise StoredValueError(f"{where}: {str(value)[:40]!r} is not a finite non-negative number")
+    return float(value)
+
+
+def _items(value: object, where: str) -> list:
+    if not isinstance(value, list) or not all(isinstance(i, list) and len(i) == 2 for i in value):
+        raise StoredValueError(f"{where}: not a list of [key, value] pairs")
+    return value
+
+
+def _counter_key(item: list, where: str) -> str | tuple[str, ...]:
+    key = item[0]
+    if isinstance(key, str):
+        return key
+    if isinstance(key, list) and key and all(isinstance(k, str) for k in key):
+        return tuple(key)
+    raise StoredValueError(f"{where}: key {str(key)[:40]!r} is not a label value")
+
+
+def _histogram(stored: object, where: str) -> Histogram:
+    if not isinstance(stored, dict) or not {"bounds", "counts", "total"} <= set(stored):
+        raise StoredValueError(f"{where}: not a histogram")
+    bounds = stored["bounds"]
+    if not isinstance(bounds, list) or not bounds:
+        raise StoredValueError(f"{where}: no bounds")
+    values = [float(b) if type(b) in (int, float) and math.isfinite(b) else math.nan for b in bounds]
+    if any(math.isnan(v) for v in values) or any(b <= a for a, b in zip(values, values[1:], strict=False)):
+        raise StoredValueError(f"{where}: bounds are not finite and increasing")
+    counts = stored["counts"]
+    if not isinstance(counts, list) or len(counts) != len(values) + 1:
+        raise StoredValueError(f"{where}: {len(values) + 1} counts expected")
+    h = Histogram(values)
+    h.counts = [count(c, where) for c in counts]
+    h.total = finite(stored["total"], where)
+    marks = [_mark_in(m) for m in stored.get("marks", ())]  # none in a 0.1.0 file: absent until the next run
+    if len(marks) == len(h.counts):
+        h.marks = marks
+    return h
 
 
 def _mark_out(mark: Mark | None) -> list | None:
     return None if mark is None else [mark.session_id, mark.value, mark.timestamp]
 
 
-def _mark_in(data: list | None) -> Mark | None:
-    return None if data is None else Mark.of(str(data[0]), float(data[1]), float(data[2]))
-
-
-def _check_counts(data: dict) -> None:
-    """A stored count that is negative or not finite is a corrupt file (or one written before values
-    were checked): raise, so the store is moved aside and rebuilt from the API."""
-    numbers = [v for name in COUNTERS for _, v in data.get(name, ())] + [data["history_resets"]]
-    for h in (data["duration"], data["turns"], data["tool_calls_per_run"], *data["tokens"].values()):
-        numbers += [*h["counts"], h["total"]]
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in numbers):
-        raise ValueError("stored aggregates hold a negative or non-finite count")
+def _mark_in(data: object) -> Mark | None:
+    """A stored exemplar; one that is not a (session ID, finite value, finite time) is dropped, not fatal."""
+    if not (isinstance(data, list) and len(data) == 3 and isinstance(data[0], str)
+            and all(type(v) in (int, float) and math.isfinite(v) for v in data[1:])):
+        return None
+    return Mark.of(data[0], float(data[1]), float(data[2]))
 
 
 COUNTERS = ("runs", "errors", "tokens_total", "tool_calls", "skipped_index_queries", "events", "invalid_values")
+HISTOGRAMS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("duration", "duration", ()),
+    ("tokens", "tokens", ("input", "output")),
+    ("turns", "turns", ()),
+    ("tool_calls_per_run", "tool_calls", ()),
+)
+"""(attribute, field of ``Buckets``, label values): adding a histogram is one entry here."""
+STORED_FIELDS = frozenset({*COUNTERS, *(name for name, _, _ in HISTOGRAMS), "history_resets", "tools", "indexes",
+                           "run_marks"})

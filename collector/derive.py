@@ -24,6 +24,13 @@ from collector.llamacloud.models import (
     refused,
 )
 
+DERIVATION_VERSION = 1
+"""What a stored count means. Bump it whenever ``derive``, ``update_session`` or ``stop_signature`` changes
+what a stored cursor, signature or count stands for: a file of an older version is then re-derived from
+the full histories, with its stored totals as the floor, exactly as a change of buckets is. A change that
+leaves every stored value meaning the same (a new field with a default, a fix that only counts new events
+differently) needs no bump. A file of a newer version is refused."""
+
 OTHER_ERROR = "_OTHER"
 ERROR_TEXT_LIMIT = 500
 CLASSIFIED_PREFIX = 4096

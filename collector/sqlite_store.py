@@ -18,44 +18,37 @@ import json
 import os
 import sqlite3
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import structlog
 
-from collector.aggregates import Aggregates, Buckets
+from collector.aggregates import Aggregates, Buckets, StoredValueError, UnknownField
+from collector.derive import DERIVATION_VERSION
 from collector.errors import ConfigError, StateError
 from collector.settings import state_path_problem
-from collector.state import CollectorState, LastRun, SessionState
+from collector.state import RETIRED_LIMIT, CollectorState, SessionState
+from collector.stored import decode_session, encode_session
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: positional session rows (0.1.0 on); 2: named rows and the ``prior`` table. Every version up to this
+one is read; a file of a later one is refused and left in place."""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (session_id TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS retired (position INTEGER PRIMARY KEY, session_id TEXT NOT NULL, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS prior (session_id TEXT PRIMARY KEY, state TEXT NOT NULL);
 """
-SESSION_FIELDS = [f.name for f in fields(SessionState)]
-LAST_RUN_FIELDS = frozenset(f.name for f in fields(LastRun))
 
 
 def fingerprint(buckets: Buckets, rules: list[tuple[str, str]], label_limit: int) -> str:
+    """What the configuration makes of a run: buckets, rules, label limit (unchanged since 0.1.0)."""
     text = json.dumps([asdict(buckets), rules, label_limit], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def encode_session(s: SessionState) -> str:
-    values = [getattr(s, name) for name in SESSION_FIELDS]
-    values[SESSION_FIELDS.index("job")] = asdict(s.job) if s.job else None
-    return json.dumps(values, separators=(",", ":"))
-
-
-def decode_session(text: str) -> SessionState:
-    data = dict(zip(SESSION_FIELDS, json.loads(text), strict=True))
-    data["index_ids"] = tuple(data["index_ids"])
-    data["job"] = LastRun(**{k: v for k, v in data["job"].items() if k in LAST_RUN_FIELDS}) if data["job"] else None
-    data["high_water"] = tuple(data["high_water"]) if data["high_water"] else None
-    return SessionState(**data)
+class NewerStateFile(ConfigError):
+    """The file was written by a newer release: it is refused (exit 2) and left where it is."""
 
 
 class SqliteStore:
@@ -91,17 +84,44 @@ class SqliteStore:
                        path=str(self.path), moved_to=str(aside), reason=reason)
 
     def load(self) -> CollectorState | None:
+        """The stored state; None for a new file. A corrupt file is moved aside, and whatever totals it
+        still holds become the floor of the resync; a newer release's file raises ``NewerStateFile``."""
+        floor: Aggregates | None = None
         try:
             return self._load()
-        except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as exc:
+        except (UnknownField, NewerStateFile) as exc:
+            if self.db is not None:
+                self.db.close()
+                self.db = None
+            if isinstance(exc, NewerStateFile):
+                raise
+            raise NewerStateFile(f"state_path (--state-path, COLLECTOR_STATE_PATH): {self.path} holds a "
+                                 f"{exc} that this release does not know: a newer release wrote it; it is left "
+                                 "in place (restore a backup, or start without it)") from None
+        except (sqlite3.DatabaseError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            floor = self._salvage()
             try:
-                self._move_aside(f"{type(exc).__name__}: {exc}")
+                self._move_aside(f"{type(exc).__name__}: {str(exc)[:200]}")
             except OSError as move_error:
                 self.log.error("state file unreadable and cannot be moved; running without it",
                                path=str(self.path), reason=str(move_error))
                 self.db = None
                 return None
             self.db = self._connect()
+        self.full_rewrite = True
+        if floor is None:
+            return None
+        self.log.warning("totals read from the corrupt file kept as the floor of the resync",
+                         runs=sum(floor.runs.values()))
+        return CollectorState(Aggregates(self.buckets, self.label_limit), floor=floor)
+
+    def _salvage(self) -> Aggregates | None:
+        """The aggregates of a file that failed to load, if they at least are sound."""
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key = 'aggregates'").fetchone() if self.db else None
+            return Aggregates.from_dict(json.loads(row[0]), self.buckets, self.label_limit, same_bounds=False) \
+                if row else None
+        except (sqlite3.Error, ValueError, KeyError, TypeError, RecursionError):
             return None
 
     def _load(self) -> CollectorState | None:
@@ -109,30 +129,44 @@ class SqliteStore:
         meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
         if not meta:
             return None
-        if int(meta["schema_version"]) != SCHEMA_VERSION:
-            self.log.warning("state file has another schema version; rebuilding from the API",
-                             found=meta["schema_version"], expected=SCHEMA_VERSION)
-            self.db.executescript("DELETE FROM meta; DELETE FROM sessions; DELETE FROM retired; DELETE FROM prior;")
-            return None
-        aggregates = Aggregates.from_dict(json.loads(meta["aggregates"]), self.buckets, self.label_limit)
-        floor = Aggregates.from_dict(json.loads(meta["floor"]), self.buckets, self.label_limit) \
+        schema, derivation = int(meta["schema_version"]), int(meta.get("derivation_version", "1"))
+        if schema > SCHEMA_VERSION or derivation > DERIVATION_VERSION:
+            raise NewerStateFile(
+                f"state_path (--state-path, COLLECTOR_STATE_PATH): {self.path} was written by a newer release "
+                f"(schema {schema}, derivation {derivation}; this release reads up to schema {SCHEMA_VERSION}, "
+                f"derivation {DERIVATION_VERSION}); it is left in place")
+        if schema < 1:
+            raise StoredValueError(f"schema version {schema}")
+        same = meta["fingerprint"] == self.fingerprint and derivation == DERIVATION_VERSION
+        aggregates = Aggregates.from_dict(json.loads(meta["aggregates"]), self.buckets, self.label_limit,
+                                          same_bounds=same)
+        floor = Aggregates.from_dict(json.loads(meta["floor"]), self.buckets, self.label_limit, same_bounds=False) \
             if meta.get("floor") else None
 
         def states(query: str) -> dict[str, SessionState]:
-            return {sid: decode_session(text) for sid, text in self.db.execute(query)}
+            out = {}
+            for sid, text in self.db.execute(query):
+                state = decode_session(text)
+                if state.session_id != sid:
+                    raise StoredValueError("a row whose key is not the session it holds")
+                out[sid] = state
+            return out
         sessions = states("SELECT session_id, state FROM sessions")
-        retired = states("SELECT session_id, state FROM retired ORDER BY position")
+        retired = states(f"SELECT session_id, state FROM retired ORDER BY position DESC LIMIT {RETIRED_LIMIT}")
+        retired = dict(reversed(list(retired.items())))  # the most recent, oldest first, at most the cap
         prior = states("SELECT session_id, state FROM prior")
-        if meta["fingerprint"] != self.fingerprint:
-            self.log.warning("buckets or rules changed; re-deriving every session, counters kept")
+        if sum(aggregates.runs.values()) and not (sessions or retired or prior):
+            raise StoredValueError("aggregates without any session: the sessions were lost")
+        if not same:
+            self.log.warning("buckets, rules or derivation changed; re-deriving every session, counters kept")
             self.full_rewrite = True
             if floor is not None:  # changed again before the last re-derivation synced: keep the larger
                 aggregates.raise_to(floor)
             # where counting stood, for the sessions not re-derived by the sync (an earlier prior wins)
             return CollectorState(Aggregates(self.buckets, self.label_limit), floor=aggregates,
                                   prior={**retired, **sessions, **prior})
-        self.full_rewrite = False
-        self.log.info("state loaded", path=str(self.path), sessions=len(sessions))
+        self.full_rewrite = schema < SCHEMA_VERSION  # an older layout: written anew, by name, once
+        self.log.info("state loaded", path=str(self.path), sessions=len(sessions), schema=schema)
         return CollectorState(aggregates, sessions, synced=meta["synced"] == "1", floor=floor, retired=retired,
                               prior=prior)
 
@@ -165,6 +199,7 @@ class SqliteStore:
                 db.executemany("INSERT INTO retired VALUES (?, ?, ?)",
                                [(i, sid, encode_session(r)) for i, (sid, r) in enumerate(state.retired.items())])
             meta = {"schema_version": str(SCHEMA_VERSION), "fingerprint": self.fingerprint,
+                    "derivation_version": str(DERIVATION_VERSION),
                     "synced": "1" if state.synced else "0", "saved_at": str(self.clock()),
                     "aggregates": json.dumps(state.aggregates.to_dict()),
                     "floor": json.dumps(state.floor.to_dict()) if state.floor else ""}

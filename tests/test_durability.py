@@ -4,6 +4,8 @@ import io
 import json
 import sqlite3
 
+import pytest
+
 from collector import logs
 from collector.app import SimulatorService
 from collector.simulator.api import Fault
@@ -90,7 +92,9 @@ def test_corrupt_file_is_moved_aside_and_resynced(tmp_path):
     run_async(scenario())
 
 
-def test_other_schema_version_is_rebuilt_not_misread(tmp_path):
+def test_a_newer_release_file_exits_2_and_is_left_in_place(tmp_path):
+    from collector.sqlite_store import NewerStateFile
+
     async def scenario():
         sim = await new_sim()
         db = tmp_path / "state.db"
@@ -98,12 +102,10 @@ def test_other_schema_version_is_rebuilt_not_misread(tmp_path):
         await first.stop()
         with sqlite3.connect(db) as conn:
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
-            conn.execute("UPDATE meta SET value = '{}' WHERE key = 'aggregates'")  # would crash a misreader
-        calls = sim.api.calls["retrieve"]
-        second = await one_cycle(sim, db)
-        assert sim.api.calls["retrieve"] - calls == 20  # rebuilt from the API
-        assert_matches_truth(await scrape(second.port), sim)
-        await second.stop()
+        before = db.read_bytes()
+        with pytest.raises(NewerStateFile):
+            await one_cycle(sim, db)
+        assert db.read_bytes() == before and not list(tmp_path.glob("*corrupt*"))
         await sim.stop()
     run_async(scenario())
 

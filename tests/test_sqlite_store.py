@@ -117,29 +117,27 @@ def test_changed_buckets_start_a_re_derivation_with_the_stored_counters_as_floor
     assert loaded.sessions == {} and loaded.synced is False
     assert loaded.floor.runs["success"] == 1 and loaded.aggregates.buckets == other
     assert loaded.aggregates.label_limit == 7 and loaded.aggregates.runs["success"] == 0
-    assert any(e["event"] == "buckets or rules changed; re-deriving every session, counters kept"
+    assert any(e["event"] == "buckets, rules or derivation changed; re-deriving every session, counters kept"
                for e in captured())
     for changed in (dict(rules=RULES[:1]), dict(limit=51)):  # rules and the label limit count too
         assert store(db, **changed).load().floor is not None
 
 
-def test_another_schema_version_is_rebuilt_from_the_api(tmp_path, captured):
+def test_a_newer_schema_version_is_refused_and_left_in_place(tmp_path):
+    from collector.sqlite_store import NewerStateFile
+
     db = tmp_path / "state.db"
     s = store(db)
     s.load()
     s.save(state_with(session("a"), session("b")))
+    s.close()
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    fresh = store(db)
-    assert fresh.load() is None
-    (line,) = captured_events(captured, "state file has another schema version; rebuilding from the API")
-    assert line["found"] == "99" and line["expected"] == SCHEMA_VERSION and line["level"] == "warning"
-    with sqlite3.connect(db) as conn:
-        for table in ("meta", "sessions", "retired"):
-            assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0, table
-    assert not list(tmp_path.glob("*corrupt*"))  # emptied in place, not moved aside as unreadable
-    fresh.save(state_with(session("c")))  # a full rewrite, then readable again
-    assert set(store(db).load().sessions) == {"c"}
+    before = db.read_bytes()
+    with pytest.raises(NewerStateFile, match=r"written by a newer release \(schema 99, derivation 1; this release "
+                                             r"reads up to schema 2, derivation 1\); it is left in place"):
+        store(db).load()
+    assert db.read_bytes() == before and not list(tmp_path.glob("*corrupt*"))  # never wiped, never moved
 
 
 def captured_events(captured, event: str) -> list[dict]:
@@ -241,14 +239,15 @@ def test_a_bad_path_is_a_config_error(tmp_path):
         store(tmp_path)
 
 
-def test_encoded_sessions_are_compact_and_strict(tmp_path):
+def test_encoded_sessions_are_compact_named_and_strict(tmp_path):
     text = encode_session(session("s"))
     assert ", " not in text and ": " not in text  # compact JSON: 10,000 rows are rewritten often
+    row = json.loads(text)
+    assert isinstance(row, dict) and row["session_id"] == "s"
     with pytest.raises(ValueError):
-        decode_session(json.dumps(json.loads(text)[:-1]))  # a row from another layout is refused
-    no_job = json.loads(text)
-    no_job[6] = None
-    assert decode_session(json.dumps(no_job)).job is None
+        decode_session(json.dumps(list(row.values())[:-1]))  # a positional row of another length is refused
+    del row["job"], row["high_water"]  # an older release's row: missing fields take their defaults
+    assert decode_session(json.dumps(row)).job is None
 
 
 def test_the_fingerprint_does_not_depend_on_key_order():
