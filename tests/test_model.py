@@ -23,7 +23,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -380,13 +379,5 @@ class CountingCoreWithBucketChanges(CountingCore):
 
 CountingCore.TestCase.settings = settings.get_profile(PROFILE)
 CountingCoreWithBucketChanges.TestCase.settings = settings.get_profile(PROFILE)
-XFAIL = pytest.mark.xfail(strict=False, reason=(
-    "open findings of this model (issue 21), not fixed yet: histories reset twice (a rewrite and a short read), "
-    "lagging first reads under a cut deadline, and a reset during a re-derivation can count a run again"))
-test_counting_core_model = XFAIL(CountingCore.TestCase)
-# Found by this model, not fixed yet: a history that resets (a short read) while a re-derivation runs is
-# re-derived from its short form; after the sync raises the counters to the floor, the rest of the history
-# is counted again on top of it. The floor cannot tell which of its runs a session still holds.
-test_counting_core_model_with_bucket_changes = pytest.mark.xfail(
-    reason="re-derivation after a change of buckets: a reset session's runs are counted again over the floor",
-    strict=False)(CountingCoreWithBucketChanges.TestCase)
+test_counting_core_model = CountingCore.TestCase
+test_counting_core_model_with_bucket_changes = CountingCoreWithBucketChanges.TestCase

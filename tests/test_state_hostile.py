@@ -1,0 +1,184 @@
+"""A hostile or damaged state file (issue "State files as a trust boundary"): each case is one mutation of a
+real file, crafted here. Every one is refused or moved aside; no impossible value reaches the counters,
+nothing is counted twice, and what the file still holds of its totals becomes the floor."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from collector.derive import ErrorClassifier
+from collector.metrics import SelfMetrics, SnapshotCollector
+from collector.poller import Poller
+from collector.selection import PollConfig
+from collector.sqlite_store import NewerStateFile, SqliteStore
+from collector.state import MemoryStore
+from tests.fakes import BUCKETS, FakeApi, run_events
+from tests.helpers import parse, run_async
+
+RULES: list[tuple[str, str]] = []
+T0 = "2026-01-01T00:00:00+00:00"
+
+
+def project() -> FakeApi:
+    api = FakeApi()
+    for i in range(4):
+        api.put(f"s{i}", T0, run_events() * 3 + run_events(failed=True))  # 4 runs each: 16 in all
+    return api
+
+
+def poller_on(api: FakeApi, path: Path | None) -> Poller:
+    store = SqliteStore(path, BUCKETS, RULES, 50) if path else MemoryStore()
+    return Poller(api, store, PollConfig(interval=60.0, buckets=BUCKETS), ErrorClassifier(RULES),
+                  SelfMetrics(CollectorRegistry()))
+
+
+def written(tmp_path: Path) -> tuple[FakeApi, Path]:
+    """A real file: 16 runs counted, then one session deleted upstream (its 4 runs live only in the file)."""
+    api, db = project(), tmp_path / "state.db"
+    p = poller_on(api, db)
+    run_async(p.cycle())
+    p.store.close()
+    return api, db
+
+
+def exposed(p: Poller) -> dict:
+    registry = CollectorRegistry()
+    registry.register(SnapshotCollector(lambda: p.snapshot, interval=60.0))
+    samples = parse(generate_latest(registry).decode())  # a scrape that fails would raise here
+    assert all(v >= 0 and v == v and v != float("inf") for v in samples.values())
+    return samples
+
+
+def runs(p: Poller) -> float:
+    s = exposed(p)
+    return sum(v for (name, _), v in s.items() if name == "llamacloud_chat_runs_total")
+
+
+def edit(db: Path, sql: str, *args) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute(sql, args)
+
+
+def edit_json(db: Path, table: str, key_col: str, key: str, change) -> None:
+    col = "value" if table == "meta" else "state"
+    with sqlite3.connect(db) as conn:
+        (text,) = conn.execute(f"SELECT {col} FROM {table} WHERE {key_col} = ?", (key,)).fetchone()
+        data = json.loads(text)
+        change(data)
+        conn.execute(f"UPDATE {table} SET {col} = ? WHERE {key_col} = ?", (json.dumps(data), key))
+
+
+def reopen(api: FakeApi, db: Path, tmp_path: Path) -> Poller:
+    p = poller_on(api, db)
+    for _ in range(3):
+        run_async(p.cycle())
+    return p
+
+
+def aside(tmp_path: Path) -> list[Path]:
+    return [f for f in tmp_path.iterdir() if ".corrupt-" in f.name and not f.name.endswith(("-wal", "-shm"))]
+
+
+def session_set(field, value):
+    return lambda row: row.__setitem__(field, value)
+
+
+@pytest.mark.parametrize("field,value", [("runs_success", -7), ("runs_success", float("nan")),
+                                         ("tokens_input", float("inf")), ("runs_error", 1e308),
+                                         ("cursor", "8"), ("updated_ts", "yesterday"), ("job", {"turns": "x"}),
+                                         ("index_ids", "idx"), ("high_water", [1, 2])])
+def test_an_impossible_session_value_moves_the_file_aside_and_counts_stay_exact(tmp_path, field, value):
+    api, db = written(tmp_path)
+    edit_json(db, "sessions", "session_id", "s1", session_set(field, value))
+    p = reopen(api, db, tmp_path)
+    assert len(aside(tmp_path)) == 1 and runs(p) == 16  # the floor from the file's totals, nothing twice
+
+
+@pytest.mark.parametrize("change", [
+    lambda a: a.__setitem__("runs", [["success", 1e308], ["error", 4]]),
+    lambda a: a.__setitem__("runs", [["success", 13.5], ["error", 4]]),
+    lambda a: a.__setitem__("runs", [["success", True], ["error", 4]]),
+    lambda a: a["duration"].__setitem__("total", 1e308),
+    lambda a: a["duration"].__setitem__("bounds", ["nan", 10.0]),
+    lambda a: a["duration"].__setitem__("bounds", ["1", 10.0]),
+    lambda a: a["duration"].__setitem__("counts", [1, 2]),
+    lambda a: a["turns"].__setitem__("counts", [1, "2", 0]),
+    lambda a: a["duration"].__setitem__("bounds", [2.0, 10.0]),  # not the configured bounds
+], ids=["huge", "fraction", "boolean", "huge-sum", "nan-bound", "string-bound", "short-counts", "string-count",
+        "other-bounds"])
+def test_impossible_aggregates_move_the_file_aside_and_never_reach_a_scrape(tmp_path, change):
+    api, db = written(tmp_path)
+    edit_json(db, "meta", "key", "aggregates", change)
+    p = reopen(api, db, tmp_path)
+    assert len(aside(tmp_path)) == 1 and runs(p) == 16  # rebuilt from the API; every scrape renders
+
+
+def test_aggregates_without_their_sessions_are_corrupt_not_counted_again(tmp_path):
+    api, db = written(tmp_path)
+    edit(db, "DROP TABLE sessions")
+    p = reopen(api, db, tmp_path)
+    assert len(aside(tmp_path)) == 1 and runs(p) == 16  # not 32: the totals are the floor of the resync
+
+
+def test_emptied_session_rows_are_corrupt_not_counted_again(tmp_path):
+    api, db = written(tmp_path)
+    edit(db, "DELETE FROM sessions")
+    p = reopen(api, db, tmp_path)
+    assert len(aside(tmp_path)) == 1 and runs(p) == 16
+
+
+def test_a_row_whose_key_is_another_session_is_corrupt(tmp_path):
+    api, db = written(tmp_path)
+    edit(db, "UPDATE sessions SET session_id = 'sX' WHERE session_id = 's1'")
+    p = reopen(api, db, tmp_path)
+    assert len(aside(tmp_path)) == 1 and runs(p) == 16  # not 20
+
+
+def test_a_deleted_sessions_runs_survive_a_corrupt_row_through_the_floor(tmp_path):
+    api, db = written(tmp_path)
+    del api.sessions["s3"]  # its 4 runs now live only in the file
+    edit_json(db, "sessions", "session_id", "s1", session_set("cursor", -1))
+    p = reopen(api, db, tmp_path)
+    assert len(aside(tmp_path)) == 1 and runs(p) == 16  # the floor keeps them: no counter goes back
+
+
+def test_an_unknown_field_means_a_newer_release_wrote_the_file(tmp_path):
+    api, db = written(tmp_path)
+    edit_json(db, "sessions", "session_id", "s1", session_set("born_at", 1.0))
+    before = db.read_bytes()
+    with pytest.raises(NewerStateFile, match="session field 'born_at' that this release does not know"):
+        poller_on(api, db)
+    assert db.read_bytes() == before and aside(tmp_path) == []
+
+
+def test_a_newer_derivation_version_is_refused(tmp_path):
+    api, db = written(tmp_path)
+    edit(db, "INSERT OR REPLACE INTO meta VALUES ('derivation_version', '99')")
+    with pytest.raises(NewerStateFile, match="derivation 99"):
+        poller_on(api, db)
+    assert aside(tmp_path) == []
+
+
+def test_an_older_derivation_version_re_derives_with_the_totals_as_floor(tmp_path, monkeypatch):
+    api, db = written(tmp_path)
+    monkeypatch.setattr("collector.sqlite_store.DERIVATION_VERSION", 2)
+    p = poller_on(api, db)
+    assert p.state.floor is not None and sum(p.state.floor.runs.values()) == 16 and not p.state.synced
+    run_async(p.cycle())
+    assert runs(p) == 16 and p.state.synced and aside(tmp_path) == []
+
+
+def test_the_retired_cap_holds_on_load(tmp_path, monkeypatch):
+    api, db = written(tmp_path)
+    monkeypatch.setattr("collector.sqlite_store.RETIRED_LIMIT", 5)
+    row = json.dumps({"session_id": "r", "last_updated_at": T0})
+    with sqlite3.connect(db) as conn:
+        conn.executemany("INSERT INTO retired VALUES (?, ?, ?)",
+                         [(i, f"r{i}", row.replace('"r"', f'"r{i}"')) for i in range(50)])
+    p = poller_on(api, db)
+    assert list(p.state.retired) == [f"r{i}" for i in range(45, 50)]  # the most recent five
