@@ -94,7 +94,7 @@ class CollectorService:
             store = SqliteStore(settings.state_path, settings.buckets.as_buckets(), rules,
                                 settings.label_value_limit)
         self.poller = Poller(self.client, store or MemoryStore(), poll_config(settings), ErrorClassifier(rules),
-                             self.self_metrics, clock=clock)
+                             self.self_metrics, clock=clock, load=False)
         self.registry.register(SnapshotCollector(
             lambda: self.poller.snapshot, interval=settings.interval, expose_titles=settings.expose_titles,
             shard=settings.shard, total_shards=settings.total_shards))
@@ -131,6 +131,8 @@ class CollectorService:
         self.log.info("collector started", listen=self.settings.listen, port=self.port,
                       base_url=self.settings.base_url, discover=self.settings.discovery,
                       interval=self.settings.interval, tls=self.web.ssl_context is not None)
+        # a big state file loads in a thread: /healthz answers meanwhile, /readyz once it is in
+        await asyncio.to_thread(self.poller.load_state)
         if schedule:
             self.scheduler = start_scheduler(self._job, self.poller.cadence)
 

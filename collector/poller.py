@@ -150,14 +150,14 @@ class Poller:
     def __init__(self, client, store: StateStore, config: PollConfig,
                  classifier: ErrorClassifier, metrics: SelfMetrics, *,
                  clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, load: bool = True) -> None:
         self.client, self.store, self.config = client, store, config
         self.classifier, self.metrics = classifier, metrics
         self.cadence = Cadence(config.interval)
         self.clock, self.monotonic = clock, monotonic
         self.log = structlog.get_logger("collector.poller")
         self.runs_log = structlog.get_logger("collector.runs")
-        self.state = store.load() or CollectorState(Aggregates(config.buckets, config.label_limit))
+        self.state = CollectorState(Aggregates(config.buckets, config.label_limit))
         self.poll = PollStatus()
         self.cycles = 0
         self.listing: ListingPass | None = None
@@ -166,6 +166,15 @@ class Poller:
         self.cycle_started: float | None = None
         self.cycle_finished: float | None = None
         self.snapshot: Snapshot = take_snapshot(self.state, self.poll, config.series_limit)
+        if load:
+            self.load_state()
+
+    def load_state(self) -> None:
+        """The stored state, once, before the first cycle; a service runs it in a thread, off the loop."""
+        loaded = self.store.load()
+        if loaded is not None:
+            self.state = loaded
+            self.snapshot = take_snapshot(self.state, self.poll, self.config.series_limit)
 
     # -- the cycle --------------------------------------------------------------------------------------
 

@@ -18,7 +18,9 @@ import json
 import os
 import sqlite3
 import time
+from contextlib import closing
 from dataclasses import asdict
+from urllib.parse import quote
 from pathlib import Path
 
 import structlog
@@ -62,6 +64,29 @@ class SqliteStore:
         self.log = structlog.get_logger("collector.state")
         self.db: sqlite3.Connection | None = None
         self.full_rewrite = True
+        self._refuse_newer()
+
+    def _refuse_newer(self) -> None:
+        """Before anything writes to it: a file of a newer release raises ``NewerStateFile``, untouched."""
+        if not self.path.is_file():
+            return
+        try:
+            with closing(sqlite3.connect(f"file:{quote(str(self.path))}?mode=ro", uri=True)) as db:
+                if not db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone():
+                    return
+                meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN "
+                                       "('schema_version', 'derivation_version')").fetchall())
+        except sqlite3.Error:
+            return  # unreadable: load() moves it aside
+        try:
+            schema, derivation = int(meta.get("schema_version", 1)), int(meta.get("derivation_version", 1))
+        except (TypeError, ValueError):
+            return
+        if schema > SCHEMA_VERSION or derivation > DERIVATION_VERSION:
+            raise NewerStateFile(
+                f"state_path (--state-path, COLLECTOR_STATE_PATH): {self.path} was written by a newer release "
+                f"(schema {schema}, derivation {derivation}; this release reads up to schema {SCHEMA_VERSION}, "
+                f"derivation {DERIVATION_VERSION}); it is left in place")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)

@@ -182,3 +182,20 @@ def test_the_retired_cap_holds_on_load(tmp_path, monkeypatch):
                          [(i, f"r{i}", row.replace('"r"', f'"r{i}"')) for i in range(50)])
     p = poller_on(api, db)
     assert list(p.state.retired) == [f"r{i}" for i in range(45, 50)]  # the most recent five
+
+
+def test_the_collector_exits_2_with_one_line_on_a_newer_release_file(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    _, db = written(tmp_path)
+    edit(db, "UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+    before = db.read_bytes()
+    result = subprocess.run([sys.executable, "-m", "collector", "run", "--state-path", str(db), "--listen",
+                             "127.0.0.1:0", "--base-url", "http://127.0.0.1:9"], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "LLAMA_CLOUD_API_KEY": "k"})
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "written by a newer release (schema 7" in lines[0] and str(db) in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout and db.read_bytes() == before
