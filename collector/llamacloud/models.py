@@ -92,19 +92,27 @@ class _Payload(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-class JobMetadata(_Payload):
-    """Usage and status of a session's most recent run."""
+class Measures(_Payload):
+    """The four measures of a run, as a stop's ``usage`` and ``job_metadata`` both carry them: declared once."""
 
     duration_ms: Measure = None
     total_input_tokens: Measure = None
     total_output_tokens: Measure = None
     turns: Measure = None
+
+
+class JobMetadata(Measures):
+    """Usage and status of a session's most recent run."""
+
     is_error: bool | None = None
     error: str | None = None
 
 
+class Usage(Measures):
+    """A stop's usage."""
 
-MEASURES = ("duration_ms", "total_input_tokens", "total_output_tokens", "turns")
+
+MEASURES = tuple(Measures.model_fields)
 """The ``Measure`` fields of ``JobMetadata`` and of a stop's ``Usage``."""
 
 
@@ -128,14 +136,6 @@ class Summary(_Payload):
 
 
 EVENT_CONFIG = ConfigDict(extra="ignore")
-
-
-@dataclass(slots=True, frozen=True, config=EVENT_CONFIG)
-class Usage:
-    duration_ms: Measure = None
-    total_input_tokens: Measure = None
-    total_output_tokens: Measure = None
-    turns: Measure = None
 
 
 NO_USAGE = Usage()
