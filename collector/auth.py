@@ -133,8 +133,13 @@ class WebConfig:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+BCRYPT_MAX_BYTES = 72
+"""bcrypt reads only this much of a password; Go's exporter-toolkit compares the first 72 bytes, and so do we
+(bcrypt 5 raises on a longer one instead of cutting it)."""
+
+
 def _check(password: bytes, hashed: bytes) -> bool:
     try:
-        return bcrypt.checkpw(password, hashed)
+        return bcrypt.checkpw(password[:BCRYPT_MAX_BYTES], hashed)
     except ValueError:
         return False

@@ -60,8 +60,18 @@ def accepts_gzip(header: str) -> bool:
     return quality is not None and quality > 0
 
 
+FORMATS = {"openmetrics": "application/openmetrics-text; version=1.0.0", "text": "text/plain; version=0.0.4"}
+"""The closed set of formats served: what a client sends only picks one, never a key of its own."""
+
+
+def negotiated(accept: str) -> str:
+    """``openmetrics`` when the client asks for it, else ``text``; parameters (version, escaping) are not echoed."""
+    _, content_type = choose_encoder(accept[:4096])
+    return "openmetrics" if content_type.startswith("application/openmetrics-text") else "text"
+
+
 class MetricsCache:
-    """``/metrics`` bodies for one snapshot, by content type and encoding."""
+    """``/metrics`` bodies for one snapshot, by format and encoding: at most four, whatever clients send."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
@@ -72,7 +82,7 @@ class MetricsCache:
     def body(self, snapshot: object, accept: str, gzipped: bool) -> tuple[bytes, str]:
         if snapshot is not self.snapshot:
             self.snapshot, self.bodies = snapshot, {}
-        encoder, content_type = choose_encoder(accept)
+        encoder, content_type = choose_encoder(FORMATS[negotiated(accept)])
         key = (content_type, gzipped)
         body = self.bodies.get(key)
         if body is None:

@@ -112,3 +112,37 @@ def test_a_connection_over_the_cap_is_closed_at_once(tmp_path):
         finally:
             await listener.close()
     asyncio.run(scenario())
+
+
+def test_the_render_cache_holds_at_most_four_bodies_whatever_clients_send():
+    registry = CollectorRegistry()
+    Counter("things", "Things.", registry=registry).inc()
+    cache = MetricsCache(registry)
+    snapshot = object()
+    types = set()
+    for i in range(1000):
+        for gz in (False, True):
+            _, content_type = cache.body(snapshot, f"application/openmetrics-text; version=1.0.{i}; escaping=x{i}", gz)
+            types.add(content_type)
+            cache.body(snapshot, f"text/plain; version=0.0.{i}", gz)
+    assert len(cache.bodies) <= 4 and cache.renders == 2
+    (only,) = types  # one content type, never the client's words
+    assert only.startswith("application/openmetrics-text; version=1.0.0") and "escaping=x" not in only
+
+
+def test_a_bcrypt_password_over_72_bytes_is_compared_on_its_first_72_as_go_does(tmp_path):
+    import bcrypt
+
+    from tests.helpers import run_async
+
+    long = "p" * 72 + "-rest-ignored"
+    hashed = bcrypt.hashpw(long.encode()[:72], bcrypt.gensalt(rounds=4)).decode()
+    path = tmp_path / "web.yml"
+    path.write_text(f"basic_auth_users:\n  prom: '{hashed}'\n")
+    web = WebConfig(path)
+
+    def check(password: str) -> bool:
+        token = base64.b64encode(f"prom:{password}".encode()).decode()
+        return run_async(web.authorized(f"Basic {token}"))
+    assert check(long) and check("p" * 72 + "anything") and not check("p" * 71)
+    web.close()
