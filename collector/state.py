@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, UTC
 from typing import Protocol
 
-from collector.aggregates import Aggregates
+from collector.aggregates import MAX_LABEL_LENGTH, Aggregates
 from collector.derive import ErrorClassifier, RunRecord, derive, finished_prefix, history_intact
 from collector.llamacloud.models import JobMetadata, Listed, Session, Summary, known, refused
 
@@ -118,8 +118,8 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
         last_updated_at=listed_at or session.last_updated_at,
         updated_ts=parse_timestamp(session.last_updated_at),
         title=session.generated_title,
-        shared_access=session.shared_access,
-        index_ids=tuple(sorted(session.index_ids)),
+        shared_access=session.shared_access if session.shared_access in SHARED_ACCESS else None,
+        index_ids=bounded_index_ids(session.index_ids),
         job=last_run,
         cursor=result.cursor,
         events_seen=result.events_seen,
@@ -132,6 +132,16 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
         in_progress_since=since,
         high_water=high_water,
     )
+
+
+MAX_INDEX_IDS = 32
+"""Index IDs kept per session (for ``session_info``): a real session is bound to a few."""
+SHARED_ACCESS = frozenset({"query", "read_only"})
+
+
+def bounded_index_ids(index_ids: tuple[str, ...]) -> tuple[str, ...]:
+    """The session's index IDs that can be label values, sorted, at most ``MAX_INDEX_IDS``."""
+    return tuple(sorted({i for i in index_ids if 0 < len(i) <= MAX_LABEL_LENGTH}))[:MAX_INDEX_IDS]
 
 
 def is_unchanged(prev: SessionState | None, summary: Listed | Summary) -> bool:

@@ -287,3 +287,16 @@ def test_per_session_counters_add_up_across_updates():
     more = session_of(events * 2 + [{"type": "user_input"}, {"type": "stop", "is_error": False}])
     state = update_session(state, more, aggregates, ErrorClassifier(), 2.0)
     assert (state.runs_error, state.runs_success, state.tokens_input, state.tokens_output) == (2, 1, 2, 4)
+
+
+def test_per_session_label_values_are_bounded_whatever_the_api_sends():
+    from collector.state import MAX_INDEX_IDS
+
+    ids = [f"idx-{i:05d}-" + "x" * 90 for i in range(10_000)] + ["y" * 500]
+    session = session_of([{"type": "user_input"}, {"type": "stop", "is_error": False}], index_ids=ids, shared_access="everyone; drop table")
+    state = update_session(None, session, Aggregates(BUCKETS, 5), ErrorClassifier(), 1.0)
+    assert len(state.index_ids) == MAX_INDEX_IDS and all(len(i) <= 128 for i in state.index_ids)
+    assert state.shared_access is None  # not one of the API's two values: no label value of its own
+    ok = update_session(None, session_of([{"type": "user_input"}, {"type": "stop", "is_error": False}], shared_access="read_only"), Aggregates(BUCKETS, 5),
+                        ErrorClassifier(), 1.0)
+    assert ok.shared_access == "read_only"
