@@ -13,6 +13,8 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from prometheus_client.utils import floatToGoString
+
 from collector.derive import RunRecord
 
 OTHER_LABEL = "_other"
@@ -62,12 +64,15 @@ class Histogram:
     def cumulative(self) -> list[tuple[str, int, Mark | None]]:
         """``(le, count, exemplar)`` as the exposition wants them, ending with +Inf.
 
+        ``le`` is written as Prometheus' own clients write it (``1.048576e+06``), which is also what
+        Prometheus 3 normalises every ``le`` to on ingestion: a series keeps its identity across 2 -> 3.
+
         A bucket's exemplar is the latest run whose value fell in that bucket alone
         (above the previous bound), so its value always lies inside the bucket."""
         out, running = [], 0
         for bound, count, mark in zip((*self.bounds, float("inf")), self.counts, self.marks, strict=True):
             running += count
-            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running, mark))
+            out.append((floatToGoString(bound), running, mark))
         return out
 
     @property

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
 
 from collector.app import CollectorService, SimulatorService
 from collector.settings import load_settings
@@ -61,7 +62,7 @@ def _hist(values: Iterable[float], bounds: tuple[float, ...], name: str, **label
     running = 0
     for bound, count in zip((*bounds, float("inf")), counts, strict=True):
         running += count
-        le = "+Inf" if bound == float("inf") else repr(float(bound))
+        le = floatToGoString(bound)  # DESIGN §5: as prometheus_client writes it
         out[(name + "_bucket", frozenset({**labels, "le": le}.items()))] = running
     out[(name + "_count", frozenset(labels.items()))] = len(values)
     out[(name + "_sum", frozenset(labels.items()))] = sum(values)

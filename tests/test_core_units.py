@@ -300,3 +300,15 @@ def test_per_session_label_values_are_bounded_whatever_the_api_sends():
     ok = update_session(None, session_of([{"type": "user_input"}, {"type": "stop", "is_error": False}], shared_access="read_only"), Aggregates(BUCKETS, 5),
                         ErrorClassifier(), 1.0)
     assert ok.shared_access == "read_only"
+
+
+def test_bucket_bounds_are_written_as_prometheus_client_writes_them():
+    from prometheus_client.utils import floatToGoString
+
+    from collector.aggregates import Histogram
+    from collector.settings import DURATION_BUCKETS, TOKEN_BUCKETS, TURN_BUCKETS
+
+    for bounds in (DURATION_BUCKETS, TOKEN_BUCKETS, TURN_BUCKETS, (1e-7, 0.5, 1e21)):
+        written = [le for le, _, _ in Histogram(bounds).cumulative()]
+        assert written == [floatToGoString(b) for b in bounds] + ["+Inf"]
+    assert [le for le, _, _ in Histogram(TOKEN_BUCKETS).cumulative()][10] == "1.048576e+06"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.utils import floatToGoString
 
 from collector.derive import ErrorClassifier
 from collector.metrics import SelfMetrics, SnapshotCollector
@@ -41,7 +42,9 @@ def chat_samples(text: str) -> dict:
         if not name.startswith("llamacloud_chat_") or name in GONE:
             continue
         renames = RENAMED_LABELS.get(name, {"type": "token_type"} if name.startswith(TOKEN_FAMILIES) else {})
-        out[(name, frozenset((renames.get(k, k), v) for k, v in labels))] = value
+        # 0.2.0 writes bucket bounds as Go does (1.048576e+06, not 1048576.0): the same bound, as Prometheus 3 sees it
+        out[(name, frozenset((renames.get(k, k), floatToGoString(float(v)) if k == "le" else v)
+                             for k, v in labels))] = value
     return out
 
 
