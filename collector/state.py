@@ -93,12 +93,13 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
             high_water = (cursor, seen, prev.stop_signature)
         cursor = finished_prefix(events)
         seen = len(events)
-    if high_water is not None:  # a mark is held: nothing under it is counted again, however the history reads
-        cursor = max(cursor, finished_prefix(events[:high_water[0]]))
-        seen = max(seen, min(high_water[1], len(events)))
-    result = derive(events, cursor, seen, classifier)
-    if high_water is not None and result.cursor >= high_water[0] and result.events_seen >= high_water[1]:
-        high_water = None  # counted past it: the mark has nothing left to guard
+    # While a mark is held and the history is shorter than it, the read may be a partial view of the
+    # history counted before: nothing past the reset position is counted yet. Once the history is as long
+    # as the mark and still not the one counted, it diverged for good: counting goes on from the reset.
+    waiting = high_water is not None and len(events) < high_water[1]
+    if high_water is not None and not waiting:
+        high_water = None
+    result = derive(events[:seen] if waiting else events, cursor, seen, classifier)
     job = session.job_metadata
     last_run = LastRun.of(job) if job is not None else None
     # Everything above only reads; the counting below cannot fail half way.
@@ -203,10 +204,11 @@ class CollectorState:
                 current = self.sessions.get(sid)
                 if current is None:
                     self.retired[sid] = replace(state, title=None, job=None)
-                elif current.cursor < state.cursor and current.high_water is None:
+                    continue
+                counted = state.high_water or (state.cursor, state.events_seen, state.stop_signature)
+                if current.cursor < counted[0] and current.high_water is None:
                     # re-derived from a shorter read than was counted: the floor holds the rest
-                    self.sessions[sid] = replace(current, high_water=(state.cursor, state.events_seen,
-                                                                      state.stop_signature))
+                    self.sessions[sid] = replace(current, high_water=counted)
                     self.changed.add(sid)
             self._trim_retired()
             self.prior = {}

@@ -71,7 +71,7 @@ class Upstream:
             tweak = self.rewritten.get(sid, {}).get(stop_id, 0)
             events += [{"type": "user_input", "content": "q"},
                        {"type": "stop", "is_error": failed, "error": "boom" if failed else None,
-                        "usage": {"duration_ms": 700 + stop_id + tweak, "total_input_tokens": 3,
+                        "usage": {"duration_ms": 700 + 1000 * stop_id + tweak, "total_input_tokens": 3,
                                   "total_output_tokens": 4, "turns": 1}}]
         if self.open[sid]:
             events.append({"type": "user_input", "content": "still thinking"})
@@ -91,6 +91,7 @@ class CountingCore(RuleBasedStateMachine):
         self.api.page_size = 2
         self.now = [0.0]
         self.api.on_list = lambda: self.now.__setitem__(0, self.now[0] + 1.0)
+        self.shrunk: dict[str, tuple[int, set[int]]] = {}
         self.seen: dict[str, set[int]] = {}
         """Stops the collector may count: those that existed in a session while it was watched."""
         self.errors_seen: set[int] = set()
@@ -129,8 +130,14 @@ class CountingCore(RuleBasedStateMachine):
         for sid in self.up.runs:
             if self._watched(sid):
                 stops = {stop for stop, _ in self.up.runs[sid]}
+                if sid in self.shrunk:
+                    length, before = self.shrunk[sid]
+                    if len(self.up.body(sid)["events"]) < length:
+                        stops &= before  # not owed yet: the history is still shorter than what was counted
+                    else:
+                        del self.shrunk[sid]
                 self.seen.setdefault(sid, set()).update(stops)
-                self.errors_seen.update(stop for stop, failed in self.up.runs[sid] if failed)
+                self.errors_seen.update(stop for stop, failed in self.up.runs[sid] if failed and stop in stops)
 
     def _pick(self, pick: int, candidates) -> str | None:
         """One of ``candidates``, so that every rule acts on a session it applies to."""
@@ -209,6 +216,22 @@ class CountingCore(RuleBasedStateMachine):
         self.api.answers[sid] = [dict(short, last_updated_at=self.api.sessions[sid]["last_updated_at"])]
         self._cycle()  # the short read ...
         self._touch(sid)  # ... then the full history again
+
+    @rule(pick=st.integers(0, 1000), keep=st.integers(0, 2))
+    def history_shrinks_for_good(self, pick, keep):
+        """Upstream loses the last runs for good and leaves a run open: what it lost stays counted, and the
+        runs it gets next are owed once the history is as long as what was counted (before that, a short
+        history cannot be told from a partial read of the old one)."""
+        sid = self._live(pick)
+        if sid is None or len(self.up.runs[sid]) <= keep:
+            return
+        self._settle()
+        counted_events = len(self.api.sessions[sid]["events"])
+        self.up.runs[sid] = self.up.runs[sid][:keep]
+        self.up.open[sid] = True
+        self.shrunk[sid] = (counted_events, {stop for stop, _ in self.up.runs[sid]})
+        self._touch(sid)
+        self._settle()  # the collector reads the short history: a reset (read later, it would be a rewrite)
 
     @rule(pick=st.integers(0, 1000))
     def stop_rewritten(self, pick):
@@ -290,7 +313,7 @@ class CountingCore(RuleBasedStateMachine):
     def restart_without_state(self):
         self.persistent = False
         self._new_process()
-        self.seen, self.errors_seen = {}, set()  # a new process re-derives what upstream shows now
+        self.seen, self.errors_seen, self.shrunk = {}, set(), {}  # a new process re-derives what upstream shows
         self.relaxed, self.floor_runs, self.last_exposed = False, 0, None
 
     @rule(which=st.integers(0, len(BUCKET_SETS) - 1))
