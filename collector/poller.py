@@ -42,7 +42,8 @@ from collector.state import (
 )
 
 MAX_CUTS = 2
-"""A fetch still running at the deadline is carried to the next cycle once; a second time, it hangs."""
+"""A fetch still running at the deadline is carried to the next cycle; cut again, after waiting a whole
+budget in all, it hangs (a fetch cut just after it started, on a busy machine, is only carried)."""
 MAX_BACKOFF_INTERVALS = 10
 """A session that keeps failing on its own is retried at most this many intervals apart."""
 ERROR_TEXT = 200
@@ -84,7 +85,9 @@ class Job:
     found: Found | None = None
     reason: str = "changed"
     cuts: int = 0
-    """Cycles whose deadline cut this fetch off: at ``MAX_CUTS`` it is a timeout of the session's own."""
+    waited: float = 0.0
+    """Cycles whose deadline cut this fetch off, and how long it had been waiting for its answer by then:
+    ``MAX_CUTS`` cuts and a whole cycle's budget of waiting make it a hang of the session's own."""
 
 
 @dataclass
@@ -128,6 +131,7 @@ class _Run:
     sessions_answered: int = 0
     """Sessions the API answered for (a history, or 404): failures beside them are the sessions' own."""
     inflight: dict[str, Job] = field(default_factory=dict)
+    started: dict[str, float] = field(default_factory=dict)
     failures: dict[str, tuple[Job, str]] = field(default_factory=dict)
     listing_error: str | None = None
     fatal: BaseException | None = None
@@ -230,8 +234,17 @@ class Poller:
     async def _run_pass(self, run: _Run) -> None:
         """List and fetch at once, ``max_concurrency`` fetches at a time, until done or the deadline."""
         listing = run.listing
-        wake, room = asyncio.Event(), asyncio.Event()
+        room = asyncio.Event()
+        idle: deque[asyncio.Future] = deque()
         backlog = max(2 * self.config.page_size, 4 * self.config.max_concurrency)
+
+        def wake(n: int) -> None:
+            """Wake ``n`` idle workers, not all of them: 64 workers woken per page cost a core at 100 ms."""
+            while n > 0 and idle:
+                waiter = idle.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    n -= 1
 
         async def lister() -> None:
             try:
@@ -245,10 +258,10 @@ class Poller:
                         await room.wait()
                     if not await self._next_page(run):
                         return
-                    wake.set()
+                    wake(len(listing.todo))
             finally:
                 run.listing_ended = True
-                wake.set()
+                wake(len(idle))
 
         async def worker() -> None:
             while True:
@@ -259,14 +272,16 @@ class Poller:
                     job = listing.todo.popleft()
                     room.set()
                     run.inflight[job.session_id] = job
+                    run.started[job.session_id] = self.monotonic()
                     await self._work(run, job)
                     del run.inflight[job.session_id]
                     listing.queued.discard(job.session_id)
                 elif run.listing_ended or listing.listed_all:
                     return
                 else:
-                    wake.clear()
-                    await wake.wait()
+                    waiter = asyncio.get_running_loop().create_future()
+                    idle.append(waiter)
+                    await waiter
 
         try:
             async with asyncio.timeout(run.deadline.remaining()):
@@ -280,14 +295,16 @@ class Poller:
         except TimeoutError:
             run.cut = True
             run.listing_cut = run.listing_inflight and not run.answered
+            now = self.monotonic()
             for job in reversed(list(run.inflight.values())):  # cut off mid-fetch: nothing of it counted
                 job.cuts += 1
-                if job.cuts >= MAX_CUTS:  # it hangs: a timeout of its own, not the others' business
+                job.waited += now - run.started.get(job.session_id, now)
+                if job.cuts >= MAX_CUTS and job.waited >= self.cadence.budget:  # it hangs, on its own
                     listing.queued.discard(job.session_id)
                     run.hung.add(job.session_id)
                     run.report.failed += 1
-                    run.failures[job.session_id] = (replace(job, cuts=0), "retrieve: no answer by the cycle "
-                                                    f"deadline, {MAX_CUTS} cycles in a row")
+                    run.failures[job.session_id] = (replace(job, cuts=0, waited=0.0), "retrieve: no answer "
+                                                    f"in {job.waited:.1f} s, over {job.cuts} cycles")
                 else:
                     listing.push(job, front=True)
             run.inflight.clear()
