@@ -102,6 +102,8 @@ class CountingCore(RuleBasedStateMachine):
         self.relaxed = False
         self.last_exposed: tuple[int, int] | None = None
         self.pass_watched: set[str] = set()
+        self.was_ready = False
+        self.pass_began_with = 0
         self.last_pass_watched: set[str] = set()
         self.poller = self._start()
 
@@ -153,6 +155,8 @@ class CountingCore(RuleBasedStateMachine):
 
     def _cycle(self):
         self._note_watched()
+        if self.poller.listing is None:  # a pass begins with this cycle
+            self.pass_began_with = sum(len(s) for s in self.seen.values())
         self.pass_watched |= {sid for sid in self.up.runs if self._watched(sid)}
         report = run_async(self.poller.cycle())
         if report.pass_complete:
@@ -174,6 +178,7 @@ class CountingCore(RuleBasedStateMachine):
     def _new_process(self) -> None:
         self.poller.store.close()
         self.poller = self._start()
+        self.was_ready = self.poller.snapshot.ready
 
     # -- rules: upstream ----------------------------------------------------------------------------------
 
@@ -205,16 +210,18 @@ class CountingCore(RuleBasedStateMachine):
         self.up.open[sid] = keep_open
         self._touch(sid)
 
-    @rule(pick=st.integers(0, 1000))
-    def history_cut_short_then_restored(self, pick):
+    @rule(pick=st.integers(0, 1000), cuts=st.lists(st.floats(0.0, 0.99), min_size=1, max_size=2))
+    def history_cut_short_then_restored(self, pick, cuts):
+        """One or two short reads in a row (a lagging replica, a cut body), then the whole history again."""
         sid = self._live(pick)
         if sid is None or not self.up.runs[sid]:
             return
-        short = copy.deepcopy(self.api.sessions[sid])
-        short["events"] = short["events"][: len(short["events"]) // 2]
-        self._touch(sid)
-        self.api.answers[sid] = [dict(short, last_updated_at=self.api.sessions[sid]["last_updated_at"])]
-        self._cycle()  # the short read ...
+        for fraction in cuts:
+            short = copy.deepcopy(self.api.sessions[sid])
+            short["events"] = short["events"][: int(len(short["events"]) * fraction)]
+            self._touch(sid)
+            self.api.answers[sid] = [dict(short, last_updated_at=self.api.sessions[sid]["last_updated_at"])]
+            self._cycle()  # the short read ...
         self._touch(sid)  # ... then the full history again
 
     @rule(pick=st.integers(0, 1000), keep=st.integers(0, 2))
@@ -359,6 +366,15 @@ class CountingCore(RuleBasedStateMachine):
         self.last_exposed = (total, errors)
 
     @invariant()
+    def the_first_sync_shows_every_run(self):
+        """Ready means every watched session was read (none fails here once settled): no partial total."""
+        ready = self.poller.snapshot.ready
+        if ready and not self.was_ready and not self.api.answers and not self.relaxed and not self.poller.failing:
+            total, _ = self._exposed()  # at least every run that existed when the synced pass began
+            assert total >= self.pass_began_with, ("exposed before the first full sync", total, self.pass_began_with)
+        self.was_ready = ready
+
+    @invariant()
     def per_session_series_only_for_watched_sessions(self):
         snap = self.poller.snapshot
         if snap.ready:  # only a complete pass decides who is gone: watched in this pass or the last
@@ -391,6 +407,8 @@ class CountingCore(RuleBasedStateMachine):
             assert self.floor_runs <= total <= possible, (self.floor_runs, total, possible)
         else:
             assert (total, errors) == (possible, len(self.errors_seen))
+        shown = {s.session_id for s in self.poller.snapshot.sessions}
+        assert shown == {sid for sid in self.up.runs if self._watched(sid)}, shown  # every watched one, only
 
     def teardown(self):
         self.poller.store.close()
