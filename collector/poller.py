@@ -186,7 +186,7 @@ class Poller:
         started, wall_start = self.monotonic(), self.clock()
         self.cycle_started = started
         self.cycles += 1
-        work = self.state.begin()
+        work = self.state.begin()  # journaled in place: a cycle touches only what changes
         counted: list | None = [] if self.config.log_runs != "none" and work.synced else None
         if self.listing is None:
             self.listing = self._new_pass()
@@ -199,6 +199,9 @@ class Poller:
         except Exception as exc:  # noqa: BLE001 - whatever a bug does, the loop goes on
             return self._failed(run, f"cycle failed: {type(exc).__name__}: {str(exc)[:ERROR_TEXT]}",
                                 started, wall_start)
+        except BaseException:  # cancelled at shutdown: nothing of this cycle is kept
+            work.rollback()
+            raise
         fresh = [error for sid, (_, error) in run.failures.items() if sid not in self.failing and sid not in run.hung]
         if not run.answered and (run.listing_error or fresh or run.listing_cut):  # an outage: nothing answered
             reason = run.listing_error or (fresh[0] if fresh else "no answer from the API by the cycle deadline")
@@ -490,6 +493,7 @@ class Poller:
             run.listing.push(job)
         report.result = "failure"
         report.errors.insert(0, error)
+        run.work.rollback()
         self._finish(report, None, started, wall_start, up=False)
         return report
 
@@ -504,6 +508,7 @@ class Poller:
     def _finish(self, report: CycleReport, work: CollectorState | None, started: float,
                 wall_start: float, *, up: bool) -> None:
         if work is not None:
+            work.commit()
             self.state = work
             self.persist()
         now = self.clock()

@@ -171,35 +171,74 @@ class CollectorState:
     retired_changed: bool = False
 
     def begin(self) -> CollectorState:
-        """A working copy for one cycle; session states are immutable, so shallow dict copies."""
-        return CollectorState(self.aggregates.copy(), dict(self.sessions), self.synced, self.floor,
-                              dict(self.retired), dict(self.prior))
+        """Start a cycle on this state itself. Nothing is copied but the (small) aggregates: each session
+        a cycle touches is journaled on the way, so ``rollback`` restores the committed state exactly."""
+        self._undo: dict[str, SessionState | None] = {}
+        self._saved = (self.aggregates, self.synced, self.floor, self.prior, self.retired_changed)
+        self._retired_before: dict[str, SessionState] | None = None
+        self.aggregates = self.aggregates.copy()
+        self.changed, self.removed = set(), set()
+        return self
+
+    def commit(self) -> None:
+        self._undo, self._retired_before = {}, None
+
+    def rollback(self) -> None:
+        """Undo everything since ``begin``: an abandoned cycle leaves nothing half-counted."""
+        for sid, before in getattr(self, "_undo", {}).items():
+            if before is None:
+                self.sessions.pop(sid, None)
+            else:
+                self.sessions[sid] = before
+        if getattr(self, "_retired_before", None) is not None:
+            self.retired = self._retired_before
+        if hasattr(self, "_saved"):
+            self.aggregates, self.synced, self.floor, self.prior, self.retired_changed = self._saved
+        self.changed, self.removed = set(), set()
+        self.commit()
+
+    def _set(self, sid: str, state: SessionState | None) -> None:
+        undo = getattr(self, "_undo", None)
+        if undo is not None and sid not in undo:
+            undo[sid] = self.sessions.get(sid)
+        if state is None:
+            self.sessions.pop(sid, None)
+        else:
+            self.sessions[sid] = state
+
+    def _touch_retired(self) -> None:
+        if getattr(self, "_undo", None) is not None and self._retired_before is None:
+            self._retired_before = dict(self.retired)  # at most RETIRED_LIMIT entries
+        self.retired_changed = True
 
     def known(self, session_id: str) -> SessionState | None:
         return self.sessions.get(session_id) or self.retired.get(session_id)
 
     def put(self, session: SessionState) -> None:
-        self.sessions[session.session_id] = session
+        self._set(session.session_id, session)
         self.changed.add(session.session_id)
         self.removed.discard(session.session_id)
-        if self.retired.pop(session.session_id, None) is not None:
-            self.retired_changed = True
+        if session.session_id in self.retired:
+            self._touch_retired()
+            del self.retired[session.session_id]
 
     def drop(self, session_id: str) -> bool:
         self.changed.discard(session_id)
-        state = self.sessions.pop(session_id, None)
+        state = self.sessions.get(session_id)
         if state is None:
             return False
+        self._set(session_id, None)
         self.removed.add(session_id)
+        self._touch_retired()
         self.retired[session_id] = replace(state, title=None, job=None)
         self._trim_retired()
-        self.retired_changed = True
         return True
 
     def mark_synced(self) -> None:
         if not self.synced and self.floor is not None:
             self.aggregates.raise_to(self.floor)
             self.floor = None
+            self._touch_retired()
             for sid, state in self.prior.items():
                 current = self.sessions.get(sid)
                 if current is None:
@@ -208,11 +247,10 @@ class CollectorState:
                 counted = state.high_water or (state.cursor, state.events_seen, state.stop_signature)
                 if current.cursor < counted[0] and current.high_water is None:
                     # re-derived from a shorter read than was counted: the floor holds the rest
-                    self.sessions[sid] = replace(current, high_water=counted)
+                    self._set(sid, replace(current, high_water=counted))
                     self.changed.add(sid)
             self._trim_retired()
             self.prior = {}
-            self.retired_changed = True
         self.synced = True
 
     def _trim_retired(self) -> None:
