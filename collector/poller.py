@@ -276,9 +276,10 @@ class Poller:
                     room.set()
                     run.inflight[job.session_id] = job
                     run.started[job.session_id] = self.monotonic()
-                    await self._work(run, job)
+                    requeued = await self._work(run, job)
                     del run.inflight[job.session_id]
-                    listing.queued.discard(job.session_id)
+                    if not requeued:
+                        listing.queued.discard(job.session_id)
                 elif run.listing_ended or listing.listed_all:
                     return
                 else:
@@ -379,8 +380,9 @@ class Poller:
             run.listing.push(fetch)
         return fetch
 
-    async def _work(self, run: _Run, job: Job) -> None:
-        """One session: its summary first when it was configured by ID, then its history if it changed."""
+    async def _work(self, run: _Run, job: Job) -> bool:
+        """One session: its summary first when it was configured by ID, then its history if it changed.
+        True when it went back to the front of the queue (the deadline cut it off)."""
         sid = job.session_id
         try:
             if job.found is None:
@@ -388,15 +390,15 @@ class Poller:
                     run.listing.seen.add(sid)
                     run.report.backing_off += 1
                     run.listing.failed += 1
-                    return
+                    return False
                 summary = await self.client.summary(sid, run.deadline)
                 run.answered = True
                 if not wanted(self.config, summary):
-                    return
+                    return False
                 run.listing.seen.add(sid)
                 fetch = self._consider(run, summary, job)
                 if fetch is None:
-                    return
+                    return False
                 job = fetch
             await self._fetch(run, job)
         except NotFound:
@@ -410,6 +412,10 @@ class Poller:
             run.report.invalid += 1
             run.failures[sid] = (job, str(exc))
         except FetchError as exc:
+            if run.deadline.expired():  # cut off by the cycle's deadline, not by the session: carried
+                run.cut = True
+                run.listing.todo.appendleft(job)  # still in ``queued``: never fetched twice at once
+                return True
             run.report.failed += 1
             run.failures[sid] = (job, str(exc))
         except Exception as exc:  # noqa: BLE001 - one session's answer must never stop the others
@@ -418,6 +424,7 @@ class Poller:
             run.failures[sid] = (job, f"{type(exc).__name__}: {str(exc)[:ERROR_TEXT]}")
         if job.found is None or sid in run.failures:
             run.listing.seen.add(sid)  # a configured ID that fails is still watched
+        return False
 
     async def _fetch(self, run: _Run, job: Job) -> None:
         sid, work = job.session_id, run.work

@@ -224,3 +224,22 @@ def test_over_loopback_a_listing_longer_than_the_interval_still_gets_ready_and_c
             await collector.stop()
             await sim.stop()
     run_async(scenario())
+
+
+def test_a_fetch_the_cycle_deadline_times_out_is_carried_not_failing():
+    api = project(4)
+    now = [0.0]
+
+    class Slow(FakeApi):
+        async def retrieve(self, sid, deadline=None):
+            if sid == "s3" and now[0] < 100:
+                now[0] = 100.0  # the client gave up because the cycle's deadline came: no fault of s3
+                raise FetchError("retrieve: timed out", operation="retrieve")
+            return await super().retrieve(sid, deadline)
+    slow = Slow()
+    slow.sessions = api.sessions
+    p = poller(slow, interval=60.0, monotonic=lambda: now[0], max_concurrency=1)
+    first = cycle(p)
+    assert first.carried == 1 and first.failed == 0 and not p.failing and not p.snapshot.ready
+    cycle(p)
+    assert p.snapshot.ready and total_runs(p) == 8 and not p.failing
