@@ -194,3 +194,41 @@ def test_messages_say_what_is_wrong():
     assert session_id_problem("") == "empty session ID"
     assert session_id_problem("a\tb") == "session ID with control characters"
     assert session_id_problem(".") == "session ID '.' is a relative path segment"
+
+
+def test_large_bodies_take_turns_so_the_bodies_in_flight_stay_bounded():
+    import asyncio
+
+    from collector.llamacloud.bounds import LARGE_BODY
+
+    body = json.dumps({**SESSION, "generated_title": "x" * (3 * LARGE_BODY)}).encode()
+    in_flight: dict[str, int] = {}
+    peak = [0]
+
+    def handler(request):
+        sid = request.url.path.rsplit("/", 1)[-1]
+
+        class Stream(httpx.AsyncByteStream):
+            async def __aiter__(self):
+                for start in range(0, len(body), 65536):
+                    in_flight[sid] = start + 65536
+                    peak[0] = max(peak[0], sum(in_flight.values()))
+                    await asyncio.sleep(0)
+                    yield body[start:start + 65536]
+                in_flight[sid] = 0  # read, and (the gate's turn) parsed next
+        return httpx.Response(200, headers={"content-type": "application/json"},
+                              stream=Stream())
+
+    client = client_for(handler, CollectorRegistry())
+
+    async def fetch_all():
+        async def one(i):
+            try:
+                await client.retrieve(f"s{i}")
+            except PayloadError:
+                pass  # another session's answer, by design of this test
+        await asyncio.gather(*(one(i) for i in range(8)))
+    run_async(fetch_all())
+    # one large body at a time, each of the others at most LARGE_BODY (plus a piece) while it waits
+    assert peak[0] <= len(body) + 7 * (LARGE_BODY + 2 * 65536), peak[0]
+    assert peak[0] < 4 * len(body)  # 8 whole bodies at once would be 8 times one

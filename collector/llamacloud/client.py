@@ -33,8 +33,8 @@ from pydantic import BaseModel, ValidationError
 from collector import __version__
 from collector.cadence import Deadline
 from collector.errors import AuthError, FetchError, NotFound, PayloadError
-from collector.llamacloud.bounds import (DEFAULT_MAX_RESPONSE_BYTES, BadStatus, BodyTooLarge, check_status,
-                                         read_capped, session_id_problem)
+from collector.llamacloud.bounds import (DEFAULT_MAX_RESPONSE_BYTES, BadStatus, BodyTooLarge, Claim, LargeBodies,
+                                         check_status, read_capped, session_id_problem)
 from collector.llamacloud.models import Listed, Session, SessionPage, Summary, parse_page, parse_session
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
@@ -145,6 +145,7 @@ class LlamaCloudClient:
         self._timeouts = {"connect": connect_timeout, "read": read_timeout, "pool": connect_timeout}
         self._exchange_timeout = read_timeout + connect_timeout
         self._max_bytes, self._max_pages, self._page_size = max_response_bytes, max_pages, page_size
+        self._large = LargeBodies()
         self._observer = observer or NullObserver()
         self._retry = retry
         self._clock, self._wall_clock, self._sleep, self._rng = clock, wall_clock, sleep, rng
@@ -204,7 +205,7 @@ class LlamaCloudClient:
             raise PayloadError(f"{operation}: the answer names another session", operation=operation)
         return answer
 
-    async def _exchange(self, path: str, params: dict, timeout: float) -> _Answer:
+    async def _exchange(self, path: str, params: dict, timeout: float, claim: Claim) -> _Answer:
         """One GET, from request to last body byte, within ``timeout`` and the size cap."""
         url = f"{self._base}{path}?{urlencode(params)}" if params else self._base + path
         request = httpx.Request("GET", url, headers=self._headers, extensions={"timeout": self._timeouts})
@@ -212,7 +213,7 @@ class LlamaCloudClient:
             response = await self._transport.handle_async_request(request)
             try:
                 status = check_status(response.status_code)
-                body = await read_capped(response, self._max_bytes) if 200 <= status < 300 else b""
+                body = await read_capped(response, self._max_bytes, claim) if 200 <= status < 300 else b""
                 return _Answer(status, body, response.headers.get("content-type", ""),
                                response.headers.get("retry-after"))
             finally:
@@ -224,25 +225,34 @@ class LlamaCloudClient:
         while True:
             started = self._clock()
             timeout = self._exchange_timeout if deadline is None else deadline.within(self._exchange_timeout)
+            claim = self._large.claim()  # a large body holds the gate from its read to the end of its parse
             try:
                 if timeout <= 0:
                     raise TimeoutError
-                answer = await self._exchange(path, {**self._params, **(params or {})}, timeout)
+                answer = await self._exchange(path, {**self._params, **(params or {})}, timeout, claim)
             except (BodyTooLarge, httpx.DecodingError) as exc:  # the same answer again would not help
+                claim.release()
                 self._observer.request(operation, "error", self._clock() - started)
                 self._observer.invalid_payload(operation)
                 what = "too large" if isinstance(exc, BodyTooLarge) else "undecodable body"
                 raise PayloadError(f"{operation}: {what}: {_describe(exc)}", operation=operation) from None
             except (TimeoutError, httpx.HTTPError, aiohttp.ClientError, BadStatus, ValueError, OSError) as exc:
+                claim.release()
                 self._observer.request(operation, "error", self._clock() - started)
                 reason, wait = failure_reason(exc), None
                 failure = FetchError(f"{operation}: timed out" if reason == "timeout" else
                                      f"{operation}: transport error: {_describe(exc)}", operation=operation)
-            else:
+            except BaseException:
+                claim.release()
+                raise
+            else:  # only a 2xx body is read, so only it can hold the gate
                 status = answer.status
                 self._observer.request(operation, str(status), self._clock() - started)
                 if 200 <= status < 300:
-                    return self._parse(operation, answer, parse or model.model_validate_json)
+                    try:
+                        return self._parse(operation, answer, parse or model.model_validate_json)
+                    finally:
+                        claim.release()
                 reason = str(status)
                 failure = _status_error(operation, status)
                 if status not in RETRY_STATUS:
