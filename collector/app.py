@@ -33,6 +33,9 @@ from collector.sqlite_store import SqliteStore
 from collector.state import MemoryStore, StateStore
 
 SHUTDOWN_GRACE = 5.0
+WEB_CONFIG_CHECK = 5.0
+"""Seconds between checks of the web config file, outside the request path (a broken TLS context could
+otherwise keep every request, and so every reload, out)."""
 FULL_COLLECTION_EVERY = 10
 
 
@@ -102,6 +105,7 @@ class CollectorService:
         self.scheduler = None
         self._cycles = 0
         self._cycle: asyncio.Task | None = None
+        self._watch: asyncio.Task | None = None
 
     @property
     def port(self) -> int:
@@ -131,13 +135,26 @@ class CollectorService:
         self.log.info("collector started", listen=self.settings.listen, port=self.port,
                       base_url=self.settings.base_url, discover=self.settings.discovery,
                       interval=self.settings.interval, tls=self.web.ssl_context is not None)
+        self._watch = asyncio.create_task(self._watch_web_config())
         # a big state file loads in a thread: /healthz answers meanwhile, /readyz once it is in
         await asyncio.to_thread(self.poller.load_state)
         if schedule:
             self.scheduler = start_scheduler(self._job, self.poller.cadence)
 
+    async def _watch_web_config(self) -> None:
+        while True:
+            await asyncio.sleep(WEB_CONFIG_CHECK)
+            self.web.refresh()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the web config now."""
+        self.log.info("SIGHUP: re-reading the web config")
+        self.web.refresh(force=True)
+
     async def stop(self) -> None:
         """Stop scheduling, give a running cycle a few seconds to commit, then abandon it safely."""
+        if self._watch is not None:
+            self._watch.cancel()
         if self.scheduler is not None:
             self.scheduler.pause()
         cycle = self._cycle

@@ -46,6 +46,10 @@ class WebConfig:
         self._mtime = self._stat()
         tls = self.file.tls_server_config
         self.ssl_context: ssl.SSLContext | None = ssl_context(tls, path.parent) if tls else None
+        """The context the listener was started with; each handshake switches to ``_current``."""
+        self._current = self.ssl_context
+        if self.ssl_context is not None:
+            self.ssl_context.sni_callback = self._pick_context
         self._pool: ThreadPoolExecutor | None = None
         self._pending = 0
         self.bcrypt_checks = 0
@@ -72,23 +76,44 @@ class WebConfig:
         except OSError:
             return None
 
-    def refresh(self) -> None:
-        """Re-read the file if it changed; keep the old settings if the new ones are bad."""
+    def _pick_context(self, ssl_object: ssl.SSLObject, _server_name: str | None, _context: ssl.SSLContext) -> None:
+        """At each handshake: the certificate loaded last, without touching the listener's own context."""
+        current = self._current
+        if current is not None and current is not ssl_object.context:
+            ssl_object.context = current
+        return None
+
+    def refresh(self, force: bool = False) -> None:
+        """Re-read the file if it changed. A reload is applied whole or not at all: a file that is empty,
+        does not parse, removes every user, or changes what cannot be applied live keeps the previous one
+        in force, with one line saying why. A new certificate is loaded into a fresh context, used by the
+        next handshakes once it loads; until then the previous one serves."""
         mtime = self._stat()
-        if self.path is None or mtime == self._mtime:
+        if self.path is None or (mtime == self._mtime and not force):
             return
         self._mtime = mtime
         try:
+            if self.path.stat().st_size == 0:
+                raise ConfigError(f"{self.path} is empty (a write in progress?)")
             new = parse_web_config(self.path)
+            if self.file.basic_auth_users and not new.basic_auth_users:
+                raise ConfigError("it removes every basic-auth user, which would open /metrics to anyone")
             if (new.tls_server_config is None) != (self.ssl_context is None):
                 raise ConfigError("turning TLS on or off needs a restart")
+            fresh = None
             if new.tls_server_config is not None:
-                tls = new.tls_server_config
-                self.ssl_context.load_cert_chain(str(self.path.parent / tls.cert_file),
-                                                 str(self.path.parent / tls.key_file))
+                old = self.file.tls_server_config
+                live = ("client_auth_type", "client_ca_file", "min_version", "max_version", "cipher_suites",
+                        "prefer_server_cipher_suites")
+                changed = [k for k in live if getattr(old, k) != getattr(new.tls_server_config, k)]
+                if changed:
+                    raise ConfigError(f"changing {', '.join(changed)} needs a restart")
+                fresh = ssl_context(new.tls_server_config, self.path.parent)
         except (ConfigError, OSError, ssl.SSLError) as exc:
             self.log.error("web config not reloaded; the previous one stays in force", error=str(exc))
             return
+        if fresh is not None:
+            self._current = fresh
         self.file = new
         self._remembered.clear()
         self._dummy = self._dummy_hash()

@@ -108,6 +108,10 @@ async def _until_signalled(*services: Any) -> None:
         "unhandled error in the event loop", error=repr(context.get("exception")), message=context.get("message")))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloadable = [s for s in services if hasattr(s, "reload")]
+    loop.add_signal_handler(signal.SIGHUP, lambda: [s.reload() for s in reloadable])
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):  # commonly sent, never meant to kill: ignored, said once
+        loop.add_signal_handler(sig, lambda sig=sig: log.info("signal ignored", signal=signal.Signals(sig).name))
     try:
         for service in services:
             await service.start()

@@ -36,11 +36,12 @@ def pki(tmp_path_factory):
     d = tmp_path_factory.mktemp("pki")
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
             "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
-    for name, extra in (("server", ["-addext", "subjectAltName=IP:127.0.0.1"]), ("client", []), ("rogue", [])):
+    for name, extra in (("server", ["-addext", "subjectAltName=IP:127.0.0.1"]),
+                        ("server2", ["-addext", "subjectAltName=IP:127.0.0.1"]), ("client", []), ("rogue", [])):
         openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", *extra,
                 "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"))
-    for name, ca in (("server", "ca"), ("client", "ca")):
-        san = ["-copy_extensions", "copy"] if name == "server" else []
+    for name, ca in (("server", "ca"), ("server2", "ca"), ("client", "ca")):
+        san = ["-copy_extensions", "copy"] if name.startswith("server") else []
         openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / f"{ca}.pem"), "-CAkey",
                 str(d / f"{ca}.key"), "-CAcreateserial", "-days", "1", *san, "-out", str(d / f"{name}.pem"))
     openssl("x509", "-req", "-in", str(d / "rogue.csr"), "-signkey", str(d / "rogue.key"), "-days", "1",
@@ -228,3 +229,99 @@ def test_stdlib_logging_goes_through_the_same_redaction():
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert lines[0]["event"] == "job raised: key [REDACTED]" and lines[0]["level"] == "warning"
     assert "llx-topsecret" not in stream.getvalue() and "ValueError" in lines[1]["event"]
+
+
+def served_cn(port: int, pki) -> str:
+    """The CN of the certificate the server presents now (a fresh handshake, no SNI: an IP target)."""
+    import socket
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        return dict(x[0] for x in tls.getpeercert()["subject"])["commonName"]
+
+
+def test_a_rotation_half_written_keeps_serving_and_the_new_pair_is_used_once_whole(tmp_path, pki):
+    import shutil
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    shutil.copy(pki / "server.pem", cert)
+    shutil.copy(pki / "server.key", key)
+    config, running = serve_with(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n", tmp_path)
+
+    async def scenario():
+        async with running as port:
+            web = running.collector.web
+            assert await asyncio.to_thread(served_cn, port, pki) == "server"
+            shutil.copy(pki / "server2.pem", cert)  # the new certificate first ...
+            os.utime(config, (1, 1))
+            web.refresh()  # ... a reload now finds a pair that does not match
+            assert await asyncio.to_thread(served_cn, port, pki) == "server"  # the previous pair still serves
+            shutil.copy(pki / "server2.key", key)  # ... then its key
+            os.utime(config, (2, 2))
+            web.refresh()
+            assert await asyncio.to_thread(served_cn, port, pki) == "server2"  # swapped in once it loads
+    run_async(scenario())
+
+
+@pytest.mark.parametrize("change", ["tighten", "empty", "no_users", "garbage"])
+def test_a_reload_that_cannot_apply_whole_keeps_the_previous_config(tmp_path, pki, change):
+    users = f"basic_auth_users:\n  prom: '{hashed('s3cret')}'\n"
+    config, running = serve_with(tls_lines(pki) + users, tmp_path)
+    stream = io.StringIO()
+    logs.configure("info", "json", stream=stream)
+
+    async def scenario():
+        async with running as port:
+            url = f"https://127.0.0.1:{port}"
+            new = {"tighten": tls_lines(pki, client_auth_type="RequireAndVerifyClientCert",
+                                        client_ca_file=str(pki / "ca.pem"), min_version="TLS13") + users,
+                   "empty": "", "no_users": tls_lines(pki), "garbage": "tls_server_config: [\n"}[change]
+            config.write_text(new)
+            os.utime(config, (3, 3))
+            verify = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+            verify.maximum_version = ssl.TLSVersion.TLSv1_2
+            async with httpx.AsyncClient(verify=verify) as http:
+                for _ in range(5):  # no certificate, TLS 1.2, no password: as before, never fail-open
+                    assert (await http.get(url + "/metrics")).status_code == 401
+                    assert (await http.get(url + "/metrics", auth=("prom", "s3cret"))).status_code == 200
+    run_async(scenario())
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    refused = [e for e in lines if e["event"] == "web config not reloaded; the previous one stays in force"]
+    assert len(refused) == 1 and not any(e["event"] == "web config reloaded" for e in lines)
+    reason = {"tighten": "client_auth_type, client_ca_file, min_version needs a restart", "empty": "is empty",
+              "no_users": "removes every basic-auth user", "garbage": ""}[change]
+    assert reason in refused[0]["error"]
+    structlog.reset_defaults()
+
+
+def test_sighup_re_reads_the_web_config_and_usr1_usr2_are_ignored(tmp_path):
+    import signal
+    import sys
+
+    from tests.stack import free_port, wait_until
+
+    port = free_port()
+    config = tmp_path / "web.yml"
+    config.write_text(f"basic_auth_users:\n  prom: '{hashed('one')}'\n")
+    proc = subprocess.Popen([sys.executable, "-m", "collector", "run", "--base-url", "http://127.0.0.1:9",
+                             "--listen", f"127.0.0.1:{port}", "--web-config", str(config), "--log-format", "json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "LLAMA_CLOUD_API_KEY": "test-key-0123456789"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: httpx.get(url + "/healthz").status_code == 200, 30, "listening")
+        for sig in (signal.SIGUSR1, signal.SIGUSR2):
+            proc.send_signal(sig)
+        config.write_text(f"basic_auth_users:\n  prom: '{hashed('two')}'\n")
+        os.utime(config, (5, 5))
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: httpx.get(url + "/metrics", auth=("prom", "two")).status_code == 200, 30, "reloaded")
+        assert proc.poll() is None  # alive after HUP, USR1 and USR2
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in out
+    events = [json.loads(line)["event"] for line in out.splitlines() if line.startswith("{")]
+    assert events.count("signal ignored") == 2 and "SIGHUP: re-reading the web config" in events
+    assert "web config reloaded" in events and "collector stopped" in events
