@@ -22,7 +22,7 @@ from collector.app import CollectorService, SimulatorService, build_client, poll
 from collector.cadence import Deadline
 from collector.errors import AuthError, CollectorError, ConfigError
 from collector.selection import shard_of, wanted
-from collector.settings import Settings, load_settings
+from collector.settings import Settings, check_environment, load_settings
 
 PROG = "llamacloud-collector"
 COMMANDS = ("run", "demo", "simulate", "check")
@@ -201,7 +201,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return asyncio.run(_demo(args, environ))
         settings = load_settings(_flags(args), environ)
         key = settings.key()
-        logs.configure(settings.log_level, settings.log_format, [key])
+        secrets = check_environment(environ)
+        logs.configure(settings.log_level, settings.log_format, [key, *secrets])
         if args.command == "check":
             return asyncio.run(_check(settings, key))
         return asyncio.run(_run(settings, key))

@@ -7,6 +7,7 @@ a key file, and never appears in a message.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -61,6 +62,10 @@ TURN_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 TOOL_CALL_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128)
 
 
+class BaseUrlSecret(ValueError):
+    """A base URL with userinfo: refused, and its value never echoed."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -80,6 +85,8 @@ class ErrorRule(_Strict):
 
 
 def _increasing(values: tuple[float, ...]) -> tuple[float, ...]:
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError("bucket bounds must be finite numbers (+Inf is always added)")
     if not values or any(b <= a for a, b in zip(values, values[1:], strict=False)):
         raise ValueError("buckets must be a non-empty, strictly increasing list")
     return values
@@ -110,7 +117,7 @@ class Settings(BaseSettings):
     session_ids: tuple[str, ...] = ()
     discover: bool | None = None
     index_ids: tuple[str, ...] = ()
-    interval: float = Field(default=60.0, gt=0)
+    interval: float = Field(default=60.0, ge=1, le=86400, allow_inf_nan=False)
     listen: str = "0.0.0.0:9742"
     state_path: Path | None = None
     max_concurrency: int = Field(default=8, ge=1, le=256)
@@ -121,8 +128,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     expose_titles: bool = False
     web_config: Path | None = None
-    connect_timeout: float = Field(default=5.0, gt=0)
-    read_timeout: float = Field(default=30.0, gt=0)
+    connect_timeout: float = Field(default=5.0, gt=0, le=600, allow_inf_nan=False)
+    read_timeout: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
     label_value_limit: int = Field(default=50, ge=1)
     max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=65536, le=1 << 34)
     log_runs: Literal["failed", "all", "none"] = "failed"
@@ -137,8 +144,14 @@ class Settings(BaseSettings):
     @field_validator("base_url")
     @classmethod
     def _url(cls, value: str) -> str:
+        if any(c in value for c in "\r\n\t\x00") or not value.isprintable():
+            raise ValueError("holds control characters (a CR or LF?); the value is not shown")
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http:// or https:// URL")
+        netloc = value.split("://", 1)[1].split("/", 1)[0]
+        if "@" in netloc:
+            raise BaseUrlSecret("holds credentials (user:password@); the key goes in LLAMA_CLOUD_API_KEY, "
+                                "and the value is not shown")
         return value.rstrip("/")
 
     @field_validator("log_level", mode="before")
@@ -223,26 +236,86 @@ def split_listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_DEPTH = 32
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML mapping with a key twice is refused: last-wins hides a typo."""
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001
+        keys = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in keys
+            except TypeError:
+                duplicate = False
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {str(key)[:40]!r}",
+                                                        key_node.start_mark)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                keys.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _depth(value: Any, limit: int = MAX_CONFIG_DEPTH) -> int:
+    stack, deepest = [(value, 1)], 0
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            break
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
 def _read_config(path: str) -> dict[str, Any]:
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config: {path} is over {MAX_CONFIG_BYTES} bytes; a settings file is a few hundred")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config: {path} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
+    try:
+        nesting = max((m.end() - m.start() for m in re.finditer(r"[\[{]+", text)), default=0)
+        if nesting > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"config: {path} nests deeper than {MAX_CONFIG_DEPTH} levels")
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config: {path} is not valid YAML{where}") from None
+        problem = getattr(exc, "problem", None) or ""
+        detail = f": {problem}" if "duplicate key" in str(problem) else ""
+        raise ConfigError(f"config: {path} is not valid YAML{where}{detail}") from None
+    except (RecursionError, MemoryError):
+        raise ConfigError(f"config: {path} is too deeply nested or too large to read") from None
+    except ValueError:  # Python refuses to read an integer of thousands of digits
+        raise ConfigError(f"config: {path} holds a value too large to read (a number of thousands of digits?)") \
+            from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config: {path} must hold a mapping of settings")
+    if _depth(data) > MAX_CONFIG_DEPTH:
+        raise ConfigError(f"config: {path} nests deeper than {MAX_CONFIG_DEPTH} levels")
+    odd = [k for k in data if not isinstance(k, str)]
+    if odd:
+        raise ConfigError(f"config: {path}: setting names must be strings, not {str(odd[0])[:40]!r}")
     if "api_key" in data:
         raise ConfigError(f"config: {path}: api_key is not accepted in a file; "
                           "use LLAMA_CLOUD_API_KEY or api_key_file")
     unknown = sorted(set(data) - set(Settings.model_fields))
     if unknown:
-        raise ConfigError(f"config: {path}: unknown setting {unknown[0]!r}")
+        raise ConfigError(f"config: {path}: unknown setting {unknown[0][:60]!r}")
     return data
 
 
@@ -269,8 +342,8 @@ def _describe(error: dict[str, Any]) -> str:
         return error["msg"].removeprefix("Value error, ")
     label = ".".join(loc)
     message = error["msg"].removeprefix("Value error, ")
-    shown = "" if name == "api_key" or "input" not in error or isinstance(error["input"], (dict, list)) \
-        else f" (got {error['input']!r})"
+    hidden = name in ("api_key", "base_url") or "input" not in error or isinstance(error["input"], (dict, list))
+    shown = "" if hidden else f" (got {str(error['input'])[:80]!r})"
     return f"{label}{' (' + ', '.join(where) + ')' if where else ''}: {message}{shown}"
 
 
@@ -283,3 +356,45 @@ def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Setti
         return Settings(**merged)
     except ValidationError as exc:
         raise ConfigError(_describe(exc.errors()[0])) from None
+
+
+PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def check_environment(environ: Mapping[str, str]) -> list[str]:
+    """The proxy and CA settings httpx reads from the environment, checked before a client is built:
+    a ConfigError that names the variable (never its value), else the secrets they hold (proxy passwords),
+    for the log redactor."""
+    import ssl
+
+    import httpx
+
+    secrets: list[str] = []
+    for name in PROXY_VARS:
+        value = environ.get(name)
+        if not value:
+            continue
+        try:
+            url = httpx.URL(value if "://" in value else f"http://{value}")
+            if not url.host:
+                raise ValueError
+        except (httpx.InvalidURL, ValueError, TypeError):
+            raise ConfigError(f"{name}: not a valid proxy URL (characters such as # / ? in a password must be "
+                              "percent-encoded); the value is not shown") from None
+        if url.scheme not in ("http", "https"):
+            raise ConfigError(f"{name}: {url.scheme}:// proxies are not supported; use an http:// proxy")
+        if url.password:
+            secrets.append(url.password)
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+        value = environ.get(name)
+        if not value:
+            continue
+        try:
+            if name == "SSL_CERT_FILE":
+                ssl.create_default_context(cafile=value)
+            elif not os.path.isdir(value):
+                raise OSError("not a directory")
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"{name}: cannot load CA certificates from {value[:200]}: "
+                              f"{getattr(exc, 'strerror', None) or exc}") from None
+    return secrets

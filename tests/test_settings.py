@@ -60,7 +60,7 @@ def test_key_from_env_or_file(tmp_path):
 
 
 @pytest.mark.parametrize("flags,env,config,fragment", [
-    ({"interval": -1.0}, {}, None, "interval (--interval, COLLECTOR_INTERVAL): Input should be greater than 0"),
+    ({"interval": -1.0}, {}, None, "interval (--interval, COLLECTOR_INTERVAL): Input should be greater than or equal to 1"),
     ({}, {"COLLECTOR_LISTEN": "9742"}, None, "listen (--listen, COLLECTOR_LISTEN): must be host:port"),
     ({}, {"COLLECTOR_LISTEN": "host:99999"}, None, "listen"),
     ({"shard": 3, "total_shards": 3}, {}, None, "shard (--shard, COLLECTOR_SHARD) must be less than total_shards"),

@@ -1,0 +1,66 @@
+"""Every operator mistake is one line and exit 2, naming the setting, never a secret (issue "Every operator
+mistake is one line"). Each case runs through the real command line."""
+
+from __future__ import annotations
+
+import pytest
+
+from collector.cli import main
+
+KEY = {"LLAMA_CLOUD_API_KEY": "llx-test-key-0123456789"}
+
+
+def run(capsys, argv, env):
+    code = main(argv, {**KEY, **env})
+    err = capsys.readouterr().err
+    return code, err
+
+
+def config(tmp_path, content: bytes | str) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return str(path)
+
+
+CASES = {
+    "yaml nested 100k deep": (b"interval: " + b"[" * 100_000 + b"]" * 100_000 + b"\n", "nests deeper"),
+    "an integer of 5,000 digits": (b"interval: " + b"9" * 5000 + b"\n", "too large to read"),
+    "non-string keys beside an unknown key": (b"1: a\nintervall: 5\n", "setting names must be strings"),
+    "a Latin-1 file": ("title: caf\xe9\n".encode("latin-1"), "is not UTF-8"),
+    "interval .inf": (b"interval: .inf\n", "interval (--interval, COLLECTOR_INTERVAL)"),
+    "interval 1e300": (b"interval: 1e300\n", "interval (--interval, COLLECTOR_INTERVAL)"),
+    "interval under a second": (b"interval: 0.001\n", "greater than or equal to 1"),
+    "duplicate keys": (b"interval: 5\ninterval: 10\n", "duplicate key 'interval'"),
+    "a NaN bucket bound": (b"buckets:\n  duration: [1, .nan, 3]\n", "must be finite"),
+    "an infinite bucket bound": (b"buckets:\n  duration: [1, 2, .inf]\n", "must be finite"),
+    "a file over 1 MiB": (b"# " + b"x" * (2 << 20) + b"\n", "is over 1048576 bytes"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_bad_config_file_is_one_line_and_exit_2(tmp_path, capsys, name):
+    content, fragment = CASES[name]
+    code, err = run(capsys, ["check", "--config", config(tmp_path, content)], {})
+    assert code == 2 and err.count("\n") == 1 and err.startswith("llamacloud-collector: error:"), err[:300]
+    assert fragment in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("env,fragment,secret", [
+    ({"HTTPS_PROXY": "http://user:S3cr#tPW@proxy.example:3128"}, "HTTPS_PROXY: not a valid proxy URL", "S3cr"),
+    ({"HTTPS_PROXY": "socks5://user:S3cretPW@proxy.example:1080"}, "socks5:// proxies are not supported",
+     "S3cretPW"),
+    ({"LLAMA_CLOUD_BASE_URL": "https://user:SECRETPW@api.example"}, "holds credentials", "SECRETPW"),
+    ({"LLAMA_CLOUD_BASE_URL": "https://api.example/\r\nX-Evil: 1"}, "control characters", "X-Evil"),
+    ({"SSL_CERT_FILE": "/nonexistent/ca.pem"}, "SSL_CERT_FILE: cannot load CA certificates", None),
+])
+def test_a_bad_environment_is_one_line_and_exit_2_without_the_secret(tmp_path, capsys, env, fragment, secret):
+    code, err = run(capsys, ["check"], env)
+    assert code == 2 and err.count("\n") == 1 and fragment in err and "Traceback" not in err, err[:300]
+    assert secret is None or secret not in err
+
+
+def test_a_certificate_file_that_is_not_pem_is_refused(tmp_path, capsys):
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate\n")
+    code, err = run(capsys, ["check"], {"SSL_CERT_FILE": str(bad)})
+    assert code == 2 and "SSL_CERT_FILE" in err and err.count("\n") == 1
