@@ -54,6 +54,8 @@ ENV_VARS: dict[str, str] = {
     "page_size": "COLLECTOR_PAGE_SIZE",
 }
 CONFIG_ENV = "COLLECTOR_CONFIG"
+FLAGS = {"session_ids": "--session-id", "index_ids": "--index-id"}
+"""Settings whose flag is not the field name: the repeatable ones are spelled in the singular."""
 LIST_FIELDS = frozenset({"session_ids", "index_ids"})
 
 DURATION_BUCKETS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 51.2, 102.4, 204.8, 409.6, 600, 1200)
@@ -335,7 +337,8 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
 def _describe(error: dict[str, Any]) -> str:
     loc = [str(p) for p in error["loc"]]
     name = loc[0] if loc else "settings"
-    where = [f"--{name.replace('_', '-')}"] if name in ENV_VARS and name != "api_key" else []
+    flag = FLAGS.get(name, f"--{name.replace('_', '-')}")
+    where = [flag] if name in ENV_VARS and name != "api_key" else []
     if name in ENV_VARS:
         where.append(ENV_VARS[name])
     if not loc:

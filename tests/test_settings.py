@@ -164,3 +164,11 @@ def test_cli_process_bad_setting_no_traceback():
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
     assert "shard" in result.stderr and "llx-canary-123" not in result.stderr
+
+
+@pytest.mark.parametrize("field,flag,env", [("session_ids", "--session-id", "COLLECTOR_SESSION_IDS"),
+                                            ("index_ids", "--index-id", "COLLECTOR_INDEX_IDS")])
+def test_a_bad_repeatable_value_names_the_real_flag(field, flag, env):
+    with pytest.raises(ConfigError) as caught:
+        load_settings({field: [["not", "a", "string"]]}, {})
+    assert f"({flag}, {env})" in str(caught.value)
