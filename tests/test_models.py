@@ -61,3 +61,18 @@ def test_odd_events_do_not_fail_the_session():
         {"type": None}, {"no_type": 1}, {"type": "stop", "usage": None, "skipped_index_ids": None}]})
     assert [models.event_label(e) for e in session.events] == ["_unknown", "_unknown", "stop"]
     assert Session.model_validate_json(b'{"session_id":"a","last_updated_at":"x","events":null}').events == ()
+
+
+def test_a_json_boolean_is_never_a_measure():
+    from collector.llamacloud.models import INVALID, JobMetadata, refused
+
+    session = parse_session(json.dumps({
+        "session_id": "s", "last_updated_at": "t",
+        "job_metadata": {"duration_ms": True, "total_input_tokens": False, "turns": 3},
+        "events": [{"type": "user_input"}, {"type": "stop", "is_error": False,
+                                              "usage": {"duration_ms": True, "total_output_tokens": 7}}]}).encode())
+    job = session.job_metadata
+    assert isinstance(job, JobMetadata) and job.duration_ms is INVALID and job.total_input_tokens is INVALID
+    assert job.turns == 3 and refused(job) == ("duration_ms", "total_input_tokens")
+    (run,) = derive(session.events, 0, 0, ErrorClassifier()).runs
+    assert run.duration_seconds is None and run.output_tokens == 7 and run.refused == ("duration_ms",)
