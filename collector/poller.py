@@ -15,6 +15,7 @@ nothing is an outage: its failures are retried next cycle, with no backoff.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from collector.state import (
 MAX_CUTS = 2
 """A fetch still running at the deadline is carried to the next cycle; cut again, after waiting a whole
 budget in all, it hangs (a fetch cut just after it started, on a busy machine, is only carried)."""
+GONE_SLICE = 20_000
 MAX_BACKOFF_INTERVALS = 10
 """A session that keeps failing on its own is retried at most this many intervals apart."""
 ERROR_TEXT = 200
@@ -169,6 +171,7 @@ class Poller:
         self.last_pass_duration: float | None = None
         self.cycle_started: float | None = None
         self.cycle_finished: float | None = None
+        self._saving = threading.Lock()
         self.snapshot: Snapshot = take_snapshot(self.state, self.poll, config.series_limit)
         if load:
             self.load_state()
@@ -207,7 +210,7 @@ class Poller:
             reason = run.listing_error or (fresh[0] if fresh else "no answer from the API by the cycle deadline")
             return self._failed(run, reason, started, wall_start)
         self._settle_failures(run)
-        self._maybe_complete(run)
+        await self._maybe_complete(run)
         report = run.report
         report.runs_added = sum(work.aggregates.runs.values()) - runs_before
         report.carried = len(run.listing.todo)
@@ -219,7 +222,10 @@ class Poller:
         if run.listing_error:
             report.errors.insert(0, run.listing_error)
         self.metrics.unchanged.inc(report.unchanged)
-        self._finish(report, work, started, wall_start, up=True)
+        work.commit()
+        self.state = work
+        await asyncio.to_thread(self.persist)  # a save of a million removed rows takes seconds: off the loop
+        self._finish(report, None, started, wall_start, up=True)
         if counted:  # committed and persisted: a restart cannot count these again
             log_runs(self.runs_log, self.config.log_runs, counted)
         return report
@@ -472,7 +478,7 @@ class Poller:
         if failing is not None:
             self.log.info("session recovered", session_id=sid[:80], failures=failing.failures)
 
-    def _maybe_complete(self, run: _Run) -> None:
+    async def _maybe_complete(self, run: _Run) -> None:
         """A pass whose every page was read and every listed session attempted: gone sessions, first sync."""
         listing = run.listing
         if not listing.listed_all or listing.todo or run.inflight or (run.listing_error and self.config.discover):
@@ -480,8 +486,11 @@ class Poller:
                 self.listing = None
             return
         work = run.work
-        for sid in set(work.sessions) - listing.seen:  # only a complete pass knows who is gone
-            run.report.removed += work.drop(sid)
+        gone = [sid for sid in work.sessions if sid not in listing.seen]  # only a complete pass knows
+        for start in range(0, len(gone), GONE_SLICE):  # a million gone at once never stalls the endpoints
+            run.report.removed += work.drop_many(gone[start:start + GONE_SLICE])
+            if len(gone) > GONE_SLICE:
+                await asyncio.sleep(0)
         for sid in set(self.failing) - listing.seen:
             del self.failing[sid]
         if listing.fetched_ok or not listing.failed:
@@ -506,6 +515,10 @@ class Poller:
 
     def persist(self) -> None:
         """Write the committed state; a failure is logged and counted, and retried next cycle."""
+        with self._saving:  # the cycle saves in a thread; a shutdown save waits for it
+            self._save()
+
+    def _save(self) -> None:
         try:
             self.store.save(self.state)
         except StateError as exc:
@@ -514,7 +527,7 @@ class Poller:
 
     def _finish(self, report: CycleReport, work: CollectorState | None, started: float,
                 wall_start: float, *, up: bool) -> None:
-        if work is not None:
+        if work is not None:  # only in tests and tools that finish a cycle by hand
             work.commit()
             self.state = work
             self.persist()

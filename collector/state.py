@@ -234,6 +234,27 @@ class CollectorState:
         self._trim_retired()
         return True
 
+    def drop_many(self, session_ids: list[str]) -> int:
+        """``drop`` for many at once (a pass that found thousands gone): the retired cap is applied once,
+        not per session, so a million sessions leave in linear time."""
+        dropped: list[SessionState] = []
+        for sid in session_ids:
+            state = self.sessions.get(sid)
+            if state is None:
+                continue
+            self.changed.discard(sid)
+            self._set(sid, None)
+            self.removed.add(sid)
+            dropped.append(state)
+        if dropped:
+            self._touch_retired()
+            for state in dropped[-RETIRED_LIMIT:]:
+                self.retired.pop(state.session_id, None)
+                self.retired[state.session_id] = replace(state, title=None, job=None)
+            if len(self.retired) > RETIRED_LIMIT:
+                self.retired = dict(list(self.retired.items())[-RETIRED_LIMIT:])
+        return len(dropped)
+
     def mark_synced(self) -> None:
         if not self.synced and self.floor is not None:
             self.aggregates.raise_to(self.floor)

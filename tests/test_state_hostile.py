@@ -199,3 +199,36 @@ def test_the_collector_exits_2_with_one_line_on_a_newer_release_file(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "written by a newer release (schema 7" in lines[0] and str(db) in lines[0]
     assert "Traceback" not in result.stderr + result.stdout and db.read_bytes() == before
+
+
+def test_a_file_with_many_sessions_no_longer_listed_leaves_in_slices_keeping_the_cap(tmp_path):
+    import asyncio
+
+    from collector.state import RETIRED_LIMIT
+
+    api, db = written(tmp_path)
+    row = '{"session_id":"%s","last_updated_at":"2020-01-01T00:00:00+00:00","cursor":2,"events_seen":2}'
+    with sqlite3.connect(db) as conn:
+        conn.executemany("INSERT INTO sessions VALUES (?, ?)", ((f"gone-{i}", row % f"gone-{i}")
+                                                                 for i in range(60_000)))
+
+    async def scenario():
+        p = poller_on(api, db)
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0)
+                ticks += 1
+        task = asyncio.ensure_future(ticker())
+        report = await p.cycle()
+        task.cancel()
+        return p, report, ticks
+    p, report, ticks = run_async(scenario())
+    assert report.removed == 60_000 and len(p.state.sessions) == 4 and runs(p) == 16
+    assert len(p.state.retired) == RETIRED_LIMIT and "gone-59999" in p.state.retired  # the most recent kept
+    assert ticks >= 3  # the endpoints ran between the slices and during the save
+    p.store.close()
+    again = poller_on(api, db)
+    assert len(again.state.sessions) == 4 and len(again.state.retired) == RETIRED_LIMIT
