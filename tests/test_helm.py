@@ -273,3 +273,12 @@ def test_readme_lists_every_alert_and_its_params():
         assert row is not None, alert["alert"]
         for param in alert["params"]:
             assert f"`{param}`" in row, (alert["alert"], param)
+
+
+def test_scrape_classic_histograms_renders_a_valid_service_monitor():
+    docs = render({**KEY, "serviceMonitor": {"enabled": True, "scrapeClassicHistograms": True}})
+    (monitor,) = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    assert monitor["spec"]["scrapeClassicHistograms"] is True
+    validate_all(docs)
+    (plain,) = by_kind(render({**KEY, "serviceMonitor": {"enabled": True}}), "ServiceMonitor")
+    assert "scrapeClassicHistograms" not in plain["spec"]

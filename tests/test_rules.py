@@ -73,12 +73,15 @@ def test_ratio_rules_follow_the_naming_convention_and_cover_the_burn_rate_window
     assert windows == {"5m", "30m", "1h", "2h", "6h", "1d", "3d"}
 
 
-def test_day_long_windows_are_not_evaluated_every_30_seconds():
+def test_day_long_windows_are_evaluated_seldom_but_inside_prometheus_3s_lookback():
     groups = yaml.safe_load((PROM / "recording.yaml").read_text())["groups"]
+    seconds = {"30s": 30, "2m": 120, "5m": 300}
     for group in groups:
         for rule in group["rules"]:
             if rule["record"].endswith(("1d", "3d")):
-                assert group["interval"] == "5m", rule["record"]
+                # not every 30 s (a rate[3d] is expensive); under half the 5 m lookback, so that with
+                # Prometheus 3's left-open ranges a reader always finds a sample, even after a late run
+                assert 30 < seconds[group["interval"]] <= 150, rule["record"]
 
 
 def test_the_four_burn_rate_alerts_of_the_sre_workbook():
