@@ -53,7 +53,8 @@ def _collector_flags(parser: argparse.ArgumentParser) -> None:
     add("--log-format", dest="log_format", choices=("json", "console"))
     add("--log-level", dest="log_level")
     add("--expose-titles", dest="expose_titles", action=argparse.BooleanOptionalAction)
-    add("--web-config", dest="web_config", help="exporter-toolkit web config (TLS, basic auth)")
+    add("--web-config", "--web.config.file", dest="web_config",
+        help="exporter-toolkit web config (TLS, basic auth); --web.config.file as Prometheus' exporters spell it")
     add("--connect-timeout", dest="connect_timeout", type=float)
     add("--read-timeout", dest="read_timeout", type=float)
     add("--label-value-limit", dest="label_value_limit", type=int)

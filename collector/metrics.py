@@ -26,6 +26,8 @@ from collector.aggregates import Histogram as Hist
 from collector.state import SessionState, Snapshot
 
 TITLE_LIMIT = 64
+AS_OF = "; as of the last poll, not of this scrape."
+"""The chat families come from the last committed poll (writing_exporters, "Scheduling")."""
 
 
 class SelfMetrics:
@@ -141,28 +143,28 @@ class SnapshotCollector(Collector):
 
     def _chat_families(self, snap: Snapshot) -> Iterator[Metric]:
         a, p = snap.aggregates, "llamacloud_chat_"
-        runs = CounterMetricFamily(p + "runs", "Finished chat runs by outcome.", labels=["outcome"])
+        runs = CounterMetricFamily(p + "runs", "Finished chat runs by outcome" + AS_OF, labels=["outcome"])
         for outcome, value in sorted(a.runs.items()):
             runs.add_metric([outcome], value, exemplar=_exemplar(a.run_marks.get(outcome)))
         yield runs
-        yield _counter(p + "run_errors", "Failed chat runs by classified error type.", ["error_type"], a.errors)
-        yield _histogram(p + "run_duration_seconds", "Duration of finished chat runs.", [],
+        yield _counter(p + "run_errors", "Failed chat runs by classified error type" + AS_OF, ["error_type"], a.errors)
+        yield _histogram(p + "run_duration_seconds", "Duration of finished chat runs" + AS_OF, [],
                          [([], a.duration)])
-        yield _histogram(p + "run_tokens", "Tokens per finished chat run.", ["token_type"],
+        yield _histogram(p + "run_tokens", "Tokens per finished chat run" + AS_OF, ["token_type"],
                          [([kind], hist) for kind, hist in sorted(a.tokens.items())])
-        yield _counter(p + "tokens", "Tokens used by finished chat runs.", ["token_type"], a.tokens_total)
-        yield _histogram(p + "run_turns", "Turns per finished chat run.", [], [([], a.turns)])
-        yield _histogram(p + "run_tool_calls", "Tool calls per finished chat run.", [],
+        yield _counter(p + "tokens", "Tokens used by finished chat runs" + AS_OF, ["token_type"], a.tokens_total)
+        yield _histogram(p + "run_turns", "Turns per finished chat run" + AS_OF, [], [([], a.turns)])
+        yield _histogram(p + "run_tool_calls", "Tool calls per finished chat run" + AS_OF, [],
                          [([], a.tool_calls_per_run)])
-        yield _counter(p + "tool_calls", "Tool calls by tool, and whether a result came back.",
+        yield _counter(p + "tool_calls", "Tool calls by tool, and whether a result came back" + AS_OF,
                        ["tool", "outcome"], a.tool_calls)
-        yield _counter(p + "skipped_index_queries", "Index queries a run could not make.", ["index_id"],
+        yield _counter(p + "skipped_index_queries", "Index queries a run could not make" + AS_OF, ["index_id"],
                        a.skipped_index_queries)
-        yield _counter(p + "events", "Chat events by type.", ["event_type"], a.events)
-        yield _gauge(p + "runs_in_progress", "Sessions whose history ends in an unfinished run.",
+        yield _counter(p + "events", "Chat events by type" + AS_OF, ["event_type"], a.events)
+        yield _gauge(p + "runs_in_progress", "Sessions whose history ends in an unfinished run" + AS_OF,
                      snap.runs_in_progress)
         yield _gauge(p + "oldest_run_in_progress_seen_timestamp_seconds", "When the collector first saw the "
-                     "oldest unfinished run (events carry no timestamps); absent when none is in progress.",
+                     "oldest unfinished run (events carry no timestamps); absent when none is in progress" + AS_OF,
                      snap.oldest_in_progress_since)
 
     def _session_families(self, sessions: tuple[SessionState, ...]) -> Iterator[Metric]:

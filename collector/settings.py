@@ -159,7 +159,10 @@ class Settings(BaseSettings):
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
-        return value.lower() if isinstance(value, str) else value
+        if not isinstance(value, str):
+            return value
+        value = value.lower()
+        return "warning" if value == "warn" else value  # as Prometheus' own exporters spell it
 
     @field_validator("listen")
     @classmethod

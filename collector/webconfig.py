@@ -13,7 +13,8 @@
 
 Every key is checked; an unknown one, or one this server cannot honour
 (``RequestClientCert``, ``RequireAnyClientCert``, ``curve_preferences``,
-``client_allowed_sans``, ``http2: true``), is a ConfigError: nothing fails open.
+``client_allowed_sans``), is a ConfigError: nothing fails open. ``http2: true`` (the toolkit's default)
+is accepted with one warning line and served as HTTP/1.1.
 Paths are relative to the file. Basic auth is checked in ``auth.py``.
 """
 
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
+import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from collector.errors import ConfigError
@@ -103,9 +105,10 @@ class HttpServerConfig(_Strict):
 
     @field_validator("http2")
     @classmethod
-    def _no_http2(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("HTTP/2 is not supported; remove http2 or set it to false")
+    def _http2(cls, value: bool) -> bool:
+        if value:  # the exporter-toolkit's default: a web config copied from a Go exporter must start
+            structlog.get_logger("collector.web").warning(
+                "web config asks for http2; this server speaks HTTP/1.1 only, and serves it that way")
         return value
 
     @field_validator("headers")

@@ -172,3 +172,30 @@ def test_a_bad_repeatable_value_names_the_real_flag(field, flag, env):
     with pytest.raises(ConfigError) as caught:
         load_settings({field: [["not", "a", "string"]]}, {})
     assert f"({flag}, {env})" in str(caught.value)
+
+
+def test_names_users_bring_from_prometheus_exporters_are_accepted(tmp_path):
+    from collector.cli import build_parser
+
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users: {}\n")
+    args = build_parser().parse_args(["run", "--web.config.file", str(web), "--log-level", "warn"])
+    settings = load_settings({k: v for k, v in vars(args).items() if k != "command"}, {})
+    assert settings.web_config == web and settings.log_level == "warning"
+    assert load_settings({}, {"COLLECTOR_LOG_LEVEL": "WARN"}).log_level == "warning"
+
+
+def test_chat_help_says_the_values_are_as_of_the_last_poll():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from collector.aggregates import Aggregates
+    from collector.metrics import SnapshotCollector
+    from collector.state import CollectorState, PollStatus, take_snapshot
+    from tests.fakes import BUCKETS
+
+    state = CollectorState(Aggregates(BUCKETS, 5), synced=True)
+    registry = CollectorRegistry()
+    registry.register(SnapshotCollector(lambda: take_snapshot(state, PollStatus(), 10), interval=60.0))
+    helps = [line for line in generate_latest(registry).decode().splitlines()
+             if line.startswith("# HELP llamacloud_chat_") and "_session_" not in line]
+    assert helps and all(line.endswith("as of the last poll, not of this scrape.") for line in helps), helps

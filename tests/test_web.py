@@ -170,7 +170,6 @@ def test_tls_versions_ciphers_and_headers_are_honoured(tmp_path, pki):
      "unknown key 'tls_server_config.curve_preferences'"),
     ("http_server_config:\n  headers:\n    Set-Cookie: a=b\n", "cannot be set"),
     ("http_server_config:\n  headers:\n    X-Frame-Options: allow\n", "must be one of"),
-    ("http_server_config:\n  http2: true\n", "HTTP/2 is not supported"),
     ("http_server_config:\n  surprise: 1\n", "unknown key 'http_server_config.surprise'"),
     (": : :\n", "not valid YAML"),
     ("- a\n", "must hold a mapping"),
@@ -325,3 +324,17 @@ def test_sighup_re_reads_the_web_config_and_usr1_usr2_are_ignored(tmp_path):
     events = [json.loads(line)["event"] for line in out.splitlines() if line.startswith("{")]
     assert events.count("signal ignored") == 2 and "SIGHUP: re-reading the web config" in events
     assert "web config reloaded" in events and "collector stopped" in events
+
+
+def test_http2_true_as_go_exporters_default_is_accepted_with_one_warning(tmp_path):
+    from collector.webconfig import parse_web_config
+
+    stream = io.StringIO()
+    logs.configure("info", "json", stream=stream)
+    path = tmp_path / "web.yml"
+    path.write_text("http_server_config:\n  http2: true\n")
+    assert parse_web_config(path).http_server_config.http2 is True
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [e["event"] for e in lines] == ["web config asks for http2; this server speaks HTTP/1.1 only, and "
+                                           "serves it that way"]
+    structlog.reset_defaults()
