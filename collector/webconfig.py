@@ -24,8 +24,8 @@ import ssl
 from pathlib import Path
 from typing import Literal
 
-import yaml
 import structlog
+import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from collector.errors import ConfigError
