@@ -39,6 +39,23 @@ otherwise keep every request, and so every reload, out)."""
 FULL_COLLECTION_EVERY = 10
 
 
+def plain_http_far(base_url: str) -> bool:
+    """An ``http://`` base URL whose host is not a loopback address or name."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base_url)
+    if parts.scheme != "http":
+        return False
+    host = parts.hostname or ""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
 def settle_memory(cycles: int) -> None:
     """After a committed cycle, move what survived it out of the garbage collector's way.
 
@@ -135,6 +152,9 @@ class CollectorService:
         self.log.info("collector started", listen=self.settings.listen, port=self.port,
                       base_url=self.settings.base_url, discover=self.settings.discovery,
                       interval=self.settings.interval, tls=self.web.ssl_context is not None)
+        if plain_http_far(self.settings.base_url):
+            self.log.warning("base_url is plain http:// to a host that is not this machine: the API key goes "
+                             "out in clear; use https://", base_url=self.settings.base_url)
         self._watch = asyncio.create_task(self._watch_web_config())
         # a big state file loads in a thread: /healthz answers meanwhile, /readyz once it is in
         await asyncio.to_thread(self.poller.load_state)

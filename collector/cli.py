@@ -153,13 +153,14 @@ async def _simulate(args: argparse.Namespace, environ: Mapping[str, str]) -> int
 async def _discover(client, settings: Settings) -> list:
     """What ``check`` would watch: the whole listing, or each configured ID's summary (this shard's)."""
     config = poll_config(settings)
+    deadline = Deadline.after(CHECK_SECONDS)  # one for the whole check, whatever the API answers
     if settings.discovery:
-        listing = await client.list_sessions(Deadline.after(CHECK_SECONDS))
+        listing = await client.list_sessions(deadline)
         return [s for s in listing.sessions if wanted(config, s)]
     found = []
     for session_id in settings.session_ids:
         if settings.total_shards == 1 or shard_of(session_id, settings.total_shards) == settings.shard:
-            summary = await client.summary(session_id, Deadline.after(CHECK_SECONDS))
+            summary = await client.summary(session_id, deadline)
             if wanted(config, summary):
                 found.append(summary)
     return found

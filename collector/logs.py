@@ -36,6 +36,18 @@ class Redactor:
         return self.scrub(event_dict)
 
 
+MAX_VALUE = 600
+"""A logged string longer than this is cut, with its length said: an upstream can send megabytes in an ID
+or an error, and a log line per cycle must stay a line (a run's error text is 500 at most)."""
+
+
+def bounded(_logger: Any, _name: str, event_dict: dict) -> dict:
+    for key, value in event_dict.items():
+        if isinstance(value, str) and len(value) > MAX_VALUE and key != "exception":
+            event_dict[key] = f"{value[:200]}... ({len(value)} characters)"
+    return event_dict
+
+
 class _ToStructlog(logging.Handler):
     """Routes stdlib logging (APScheduler, asyncio) through structlog: same format, same redaction."""
 
@@ -59,6 +71,7 @@ def configure(level: str = "info", fmt: str | None = None, secrets: Iterable[str
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             Redactor(secrets),
+            bounded,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),

@@ -23,11 +23,20 @@ def wanted(mode: LogRuns, run: RunRecord) -> bool:
     return mode == "all" or (mode == "failed" and run.failed)
 
 
-def log_runs(log: Any, mode: LogRuns, counted: Iterable[tuple[str, RunRecord]]) -> int:
-    """Write a line for each run ``mode`` asks for; returns how many were written."""
-    written = 0
+MAX_LINES_PER_CYCLE = 300
+"""Run lines one cycle writes at most; the rest are one line that says how many (a flood of failures must
+not become a flood of logs on the event loop)."""
+
+
+def log_runs(log: Any, mode: LogRuns, counted: Iterable[tuple[str, RunRecord]],
+             limit: int = MAX_LINES_PER_CYCLE) -> int:
+    """Write a line for each run ``mode`` asks for, at most ``limit``; returns how many were written."""
+    written = skipped = 0
     for session_id, run in counted:
         if not wanted(mode, run):
+            continue
+        if written >= limit:
+            skipped += 1
             continue
         fields = {"session_id": session_id, "duration_seconds": run.duration_seconds,
                   "input_tokens": run.input_tokens, "output_tokens": run.output_tokens, "turns": run.turns,
@@ -37,4 +46,7 @@ def log_runs(log: Any, mode: LogRuns, counted: Iterable[tuple[str, RunRecord]]) 
         else:
             log.info("chat run finished", **fields)
         written += 1
+    if skipped:
+        log.warning("more runs not logged this cycle", count=skipped, limit=limit,
+                    note="every run is counted; only its log line was left out")
     return written

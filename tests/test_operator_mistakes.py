@@ -64,3 +64,38 @@ def test_a_certificate_file_that_is_not_pem_is_refused(tmp_path, capsys):
     bad.write_text("not a certificate\n")
     code, err = run(capsys, ["check"], {"SSL_CERT_FILE": str(bad)})
     assert code == 2 and "SSL_CERT_FILE" in err and err.count("\n") == 1
+
+
+def test_plain_http_to_a_far_host_is_warned_about_once():
+    from collector.app import plain_http_far
+
+    assert plain_http_far("http://api.example.com") and plain_http_far("http://10.0.0.7:8080")
+    assert not plain_http_far("http://127.0.0.1:8000") and not plain_http_far("http://localhost:1")
+    assert not plain_http_far("http://[::1]:8000") and not plain_http_far("https://api.example.com")
+
+
+def test_check_gives_up_by_its_deadline_whatever_retry_after_says(capsys):
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    async def busy(_):
+        return web.json_response({"detail": "slow down"}, status=429, headers={"Retry-After": "86400"})
+
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", busy)
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = site._server.sockets[0].getsockname()[1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        code, err = run(capsys, ["check", "--base-url", f"http://127.0.0.1:{port}"], {})
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+    assert code == 1 and err.count("\n") == 1 and "HTTP 429" in err  # at once: a day's wait is past the deadline

@@ -107,3 +107,25 @@ def test_the_error_text_a_run_carries_is_cut_to_500_characters():
         {"type": "user_input", "content": "q"}, {"type": "stop", "is_error": False, "error": None}]}
     failed, ok = derive(parse_session(json.dumps(body).encode()).events, 0, 0, ErrorClassifier()).runs
     assert failed.error == "e" * 500 and ok.error is None
+
+
+def test_failed_run_lines_are_capped_per_cycle_with_one_line_for_the_rest():
+    import io
+    import json
+
+    import structlog
+
+    from collector import logs
+    from collector.derive import RunRecord
+    from collector.runlog import log_runs
+
+    stream = io.StringIO()
+    logs.configure("info", "json", stream=stream)
+    runs = [("s", RunRecord(True, "internal", 1.0, 1, 1, 1, (), (), error="boom"))] * 1000
+    assert log_runs(structlog.get_logger("collector.runs"), "failed", runs, limit=300) == 300
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(lines) == 301 and lines[-1]["event"] == "more runs not logged this cycle" and lines[-1]["count"] == 700
+    structlog.get_logger("x").warning("huge", session_id="x" * 5_000_000)
+    huge = json.loads(stream.getvalue().splitlines()[-1])
+    assert len(huge["session_id"]) < 300 and "(5000000 characters)" in huge["session_id"]
+    structlog.reset_defaults()

@@ -338,3 +338,23 @@ def test_http2_true_as_go_exporters_default_is_accepted_with_one_warning(tmp_pat
     assert [e["event"] for e in lines] == ["web config asks for http2; this server speaks HTTP/1.1 only, and "
                                            "serves it that way"]
     structlog.reset_defaults()
+
+
+def test_an_untrusted_api_certificate_is_one_clear_line_and_not_retried(tmp_path, pki):
+    from collector.errors import FetchError as Fetch
+    from collector.llamacloud.client import LlamaCloudClient
+
+    _, running = serve_with(tls_lines(pki), tmp_path)  # a TLS server signed by a CA nobody trusts here
+
+    async def scenario():
+        async with running as port:
+            client = LlamaCloudClient(base_url=f"https://127.0.0.1:{port}", api_key="k" * 20)
+            try:
+                with pytest.raises(Fetch) as caught:
+                    await client.list_page()
+            finally:
+                await client.aclose()
+            return str(caught.value)
+    message = run_async(scenario())
+    assert "certificate is not trusted" in message and "SSL_CERT_FILE" in message
+    assert "certificate verify failed" in message or "self-signed" in message or "unable to get" in message

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -239,6 +240,11 @@ class LlamaCloudClient:
             except (TimeoutError, httpx.HTTPError, aiohttp.ClientError, BadStatus, ValueError, OSError) as exc:
                 claim.release()
                 self._observer.request(operation, "error", self._clock() - started)
+                untrusted = untrusted_certificate(exc)
+                if untrusted is not None:  # it will not fix itself within a cycle: said once, not retried
+                    raise FetchError(f"{operation}: the server's TLS certificate is not trusted ({untrusted}); "
+                                     "to trust a private CA, set SSL_CERT_FILE or SSL_CERT_DIR",
+                                     operation=operation) from None
                 reason, wait = failure_reason(exc), None
                 failure = FetchError(f"{operation}: timed out" if reason == "timeout" else
                                      f"{operation}: transport error: {_describe(exc)}", operation=operation)
@@ -282,6 +288,20 @@ class LlamaCloudClient:
         except (ValueError, UnicodeDecodeError, RecursionError, MemoryError) as exc:
             self._observer.invalid_payload(operation)
             raise PayloadError(f"{operation}: invalid payload: {str(exc)[:200]}", operation=operation) from None
+
+
+def untrusted_certificate(exc: BaseException) -> str | None:
+    """Why the server's certificate was refused, when that is what failed (anywhere in the chain)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, aiohttp.ClientConnectorCertificateError):  # an ssl.CertificateError too
+            current = current.certificate_error
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return (getattr(current, "verify_message", None) or str(current))[:160]
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def failure_reason(exc: BaseException) -> str:
