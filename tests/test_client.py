@@ -151,3 +151,16 @@ def test_a_body_that_claims_gzip_and_is_not_is_an_invalid_payload():
     with pytest.raises(PayloadError, match="undecodable"):
         run_async(client.retrieve("s1"))
     assert registry.get_sample_value("llamacloud_collector_invalid_payloads_total", {"operation": "retrieve"}) == 1
+
+
+def test_a_redirect_is_not_followed_and_says_where_it_points():
+    import httpx as _httpx
+
+    from collector.errors import FetchError as _Fetch
+    from collector.llamacloud.client import LlamaCloudClient as _Client
+
+    def handler(request):
+        return _httpx.Response(301, headers={"Location": "https://api.example/api/v1/chat"})
+    client = _Client(base_url="http://api.example", api_key="k" * 20, transport=_httpx.MockTransport(handler))
+    with pytest.raises(_Fetch, match="HTTP 301 redirect to https://api.example/api/v1/chat: set --base-url"):
+        run_async(client.list_page())

@@ -101,10 +101,12 @@ def session_path(session_id: str, suffix: str = "") -> str:
 
 
 class _Answer:
-    __slots__ = ("status", "body", "content_type", "retry_after")
+    __slots__ = ("status", "body", "content_type", "retry_after", "location")
 
-    def __init__(self, status: int, body: bytes, content_type: str, retry_after: str | None) -> None:
+    def __init__(self, status: int, body: bytes, content_type: str, retry_after: str | None,
+                 location: str | None = None) -> None:
         self.status, self.body, self.content_type, self.retry_after = status, body, content_type, retry_after
+        self.location = location
 
 
 class LlamaCloudClient:
@@ -216,7 +218,7 @@ class LlamaCloudClient:
                 status = check_status(response.status_code)
                 body = await read_capped(response, self._max_bytes, claim) if 200 <= status < 300 else b""
                 return _Answer(status, body, response.headers.get("content-type", ""),
-                               response.headers.get("retry-after"))
+                               response.headers.get("retry-after"), response.headers.get("location"))
             finally:
                 await response.aclose()
 
@@ -260,7 +262,7 @@ class LlamaCloudClient:
                     finally:
                         claim.release()
                 reason = str(status)
-                failure = _status_error(operation, status)
+                failure = _status_error(operation, status, answer.location)
                 if status not in RETRY_STATUS:
                     raise failure
                 wait = retry_after(answer.retry_after, self._wall_clock())
@@ -322,9 +324,14 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _status_error(operation: str, status: int) -> FetchError:
+def _status_error(operation: str, status: int, location: str | None = None) -> FetchError:
     if status in (401, 403):
         return AuthError(f"{operation}: HTTP {status}: the API key was refused", operation=operation, status=status)
     if status == 404:
         return NotFound(f"{operation}: HTTP 404: not found", operation=operation, status=status)
+    if 300 <= status < 400:  # not followed: the key must not go wherever a redirect points
+        where = " ".join(str(location or "?").split())[:200]
+        return FetchError(f"{operation}: HTTP {status} redirect to {where}: set --base-url to where the API is "
+                          "(an http:// URL the server moves to https:// is the usual cause)",
+                          operation=operation, status=status)
     return FetchError(f"{operation}: HTTP {status}", operation=operation, status=status)
