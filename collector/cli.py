@@ -23,6 +23,7 @@ from collector.cadence import Deadline
 from collector.errors import AuthError, CollectorError, ConfigError
 from collector.selection import shard_of, wanted
 from collector.settings import Settings, check_environment, load_settings
+from collector.webconfig import parse_web_config
 
 PROG = "llamacloud-collector"
 COMMANDS = ("run", "demo", "simulate", "check")
@@ -204,6 +205,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         settings = load_settings(_flags(args), environ)
         key = settings.key()
         secrets = check_environment(environ)
+        if settings.web_config is not None:  # its password hashes are credentials too: never in a log line
+            secrets += list(parse_web_config(settings.web_config).basic_auth_users.values())
         logs.configure(settings.log_level, settings.log_format, [key, *secrets])
         if args.command == "check":
             return asyncio.run(_check(settings, key))
