@@ -63,3 +63,12 @@ def test_no_proxy_hosts_are_reached_directly():
     result = check(f"http://127.0.0.1:{port}", {"HTTP_PROXY": f"http://127.0.0.1:{dead}", "NO_PROXY": "127.0.0.1"})
     assert result.returncode == 0, result.stderr
     assert lines and lines[0].startswith(b"GET /api/v1/chat?")  # origin form: no proxy in between
+
+
+def test_no_proxy_cidr_entries_are_honoured():
+    port, lines = start_proxy()
+    dead = free_port()
+    result = check(f"http://127.0.0.1:{port}", {"HTTP_PROXY": f"http://127.0.0.1:{dead}",
+                                                 "NO_PROXY": "localhost,10.0.0.0/8,127.0.0.0/8"})
+    assert result.returncode == 0, result.stderr
+    assert lines and lines[0].startswith(b"GET /api/v1/chat?")  # reached directly, not through the proxy

@@ -17,10 +17,12 @@ only asks it what is left.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import os
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Protocol, TypeVar
@@ -135,7 +137,7 @@ class LlamaCloudClient:
         headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json",
                    "Accept-Encoding": "gzip", "User-Agent": f"llamacloud-collector/{__version__}"}
         self._http = HttpxAiohttpClient(
-            transport=transport, trust_env=True,
+            transport=transport, trust_env=True, mounts=no_proxy_cidr_mounts(base_url, os.environ),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         )
         # httpx picks the transport once: aiohttp direct, or through the proxy the environment names
@@ -290,6 +292,26 @@ class LlamaCloudClient:
         except (ValueError, UnicodeDecodeError, RecursionError, MemoryError) as exc:
             self._observer.invalid_payload(operation)
             raise PayloadError(f"{operation}: invalid payload: {str(exc)[:200]}", operation=operation) from None
+
+
+def no_proxy_cidr_mounts(base_url: str, environ: Mapping[str, str]) -> dict[str, None]:
+    """``NO_PROXY`` CIDR entries (``10.0.0.0/8``, common in Kubernetes), which httpx does not read: when the
+    base URL's host is an address inside one, it is reached directly."""
+    host = httpx.URL(base_url).host
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return {}
+    entries = (environ.get("NO_PROXY") or environ.get("no_proxy") or "").split(",")
+    for entry in (e.strip() for e in entries):
+        if "/" not in entry:
+            continue
+        try:
+            if address in ipaddress.ip_network(entry, strict=False):
+                return {f"all://{host if address.version == 4 else f'[{host}]'}": None}
+        except ValueError:
+            continue
+    return {}
 
 
 def untrusted_certificate(exc: BaseException) -> str | None:
