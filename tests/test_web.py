@@ -358,3 +358,22 @@ def test_an_untrusted_api_certificate_is_one_clear_line_and_not_retried(tmp_path
     message = run_async(scenario())
     assert "certificate is not trusted" in message and "SSL_CERT_FILE" in message
     assert "certificate verify failed" in message or "self-signed" in message or "unable to get" in message
+
+
+def test_ssl_cert_file_trusts_a_private_ca(tmp_path, pki):
+    import sys
+
+    _, running = serve_with(tls_lines(pki), tmp_path)
+
+    async def scenario():
+        async with running as port:
+            def check(env):
+                return subprocess.run([sys.executable, "-m", "collector", "check", "--base-url",
+                                       f"https://127.0.0.1:{port}"], capture_output=True, text=True, timeout=60,
+                                      env={**os.environ, "LLAMA_CLOUD_API_KEY": "k" * 20, **env})
+            return (await asyncio.to_thread(check, {}),
+                    await asyncio.to_thread(check, {"SSL_CERT_FILE": str(pki / "ca.pem")}))
+    untrusted, trusted = run_async(scenario())
+    assert untrusted.returncode == 1 and "certificate is not trusted" in untrusted.stderr
+    # trusted: the TLS handshake succeeds; this server is no chat API, so the answer is a 404
+    assert "certificate" not in trusted.stderr and "HTTP 404" in trusted.stderr, trusted.stderr
