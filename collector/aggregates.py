@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+import hashlib
 import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -80,15 +81,23 @@ class Histogram:
         return sum(self.counts)
 
 
-class BoundedLabels:
-    """Admits the first ``limit`` distinct values of a label; the rest become ``_other``."""
+DROPPED_TRACKED = 10_000
+"""Distinct dropped values told apart (by an 8-byte digest) before the count saturates: memory and the
+state file stay bounded whatever names an upstream invents (tool names embedding request IDs)."""
 
-    __slots__ = ("limit", "admitted", "dropped")
+
+class BoundedLabels:
+    """Admits the first ``limit`` distinct values of a label; the rest become ``_other``, and only their
+    number is kept (``dropped``), never the values."""
+
+    __slots__ = ("limit", "admitted", "dropped", "_seen")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.admitted: set[str] = set()
-        self.dropped: set[str] = set()
+        self.dropped = 0
+        """How many distinct values became ``_other`` (exact up to ``DROPPED_TRACKED``, then at least)."""
+        self._seen: set[bytes] = set()
 
     def __call__(self, value: str) -> str:
         if value in self.admitted:
@@ -98,7 +107,11 @@ class BoundedLabels:
         if len(self.admitted) < self.limit:
             self.admitted.add(value)
             return value
-        self.dropped.add(value)
+        if len(self._seen) < DROPPED_TRACKED:
+            digest = hashlib.blake2b(value.encode(), digest_size=8).digest()
+            if digest not in self._seen:
+                self._seen.add(digest)
+                self.dropped += 1
         return OTHER_LABEL
 
 
@@ -191,7 +204,7 @@ class Aggregates:
                 mine.counts, mine.total = list(old.counts), max(mine.total, old.total)
         for labels, old in ((self.tools, floor.tools), (self.indexes, floor.indexes)):
             labels.admitted |= old.admitted
-            labels.dropped |= old.dropped
+            labels.dropped = max(labels.dropped, old.dropped)
 
     def histograms(self) -> Iterator[tuple[tuple[str, str | None], Histogram]]:
         """Every histogram of ``HISTOGRAMS``, keyed by (name, kind): a kind for the labelled ones."""
@@ -213,8 +226,8 @@ class Aggregates:
                 out[name] = stored
             else:
                 out.setdefault(name, {})[kind] = stored
-        out["tools"] = [sorted(self.tools.admitted), sorted(self.tools.dropped)]
-        out["indexes"] = [sorted(self.indexes.admitted), sorted(self.indexes.dropped)]
+        out["tools"] = [sorted(self.tools.admitted), self.tools.dropped]
+        out["indexes"] = [sorted(self.indexes.admitted), self.indexes.dropped]
         out["run_marks"] = {k: _mark_out(m) for k, m in self.run_marks.items()}
         return out
 
@@ -255,11 +268,14 @@ class Aggregates:
             else:
                 getattr(agg, name)[kind] = loaded
         for labels, key in ((agg.tools, "tools"), (agg.indexes, "indexes")):
-            stored = data.get(key, [[], []])
-            if not (isinstance(stored, list) and len(stored) == 2 and all(isinstance(v, list) for v in stored)
-                    and all(isinstance(x, str) for v in stored for x in v)):
-                raise StoredValueError(f"{key}: not two lists of label values")
-            labels.admitted, labels.dropped = set(stored[0]), set(stored[1])
+            stored = data.get(key, [[], 0])
+            if not (isinstance(stored, list) and len(stored) == 2 and isinstance(stored[0], list)
+                    and all(isinstance(x, str) for x in stored[0])):
+                raise StoredValueError(f"{key}: not the admitted label values and a dropped count")
+            dropped = stored[1]
+            if isinstance(dropped, list):  # before 0.2.0 the dropped values themselves were kept
+                dropped = len(dropped)
+            labels.admitted, labels.dropped = set(stored[0]), count(dropped, key)
         marks = data.get("run_marks", {})
         if not isinstance(marks, dict):
             raise StoredValueError("run_marks is not a mapping")

@@ -134,8 +134,8 @@ class SnapshotCollector(Collector):
         dropped = GaugeMetricFamily(p + "series_dropped", "Sessions or label values over a limit, "
                                     "not exposed as their own series.", labels=["family"])
         dropped.add_metric(["sessions"], snap.sessions_over_limit)
-        dropped.add_metric(["tool"], len(snap.aggregates.tools.dropped))
-        dropped.add_metric(["index_id"], len(snap.aggregates.indexes.dropped))
+        dropped.add_metric(["tool"], snap.aggregates.tools.dropped)
+        dropped.add_metric(["index_id"], snap.aggregates.indexes.dropped)
         yield dropped
         yield _gauge(p + "shard", "This collector's shard (--shard).", self._shard[0])
         yield _gauge(p + "total_shards", "How many shards share the sessions (--total-shards).", self._shard[1])

@@ -37,9 +37,10 @@ def test_finished_prefix_and_history_intact_at_their_edges():
 def test_label_values_at_the_length_limit():
     labels = BoundedLabels(2)
     assert labels("x" * 128) == "x" * 128
-    assert labels("y" * 129) == OTHER_LABEL and labels.dropped == set()  # an over-long value is not kept
-    assert labels("a") == "a" and labels("b") == OTHER_LABEL and labels.dropped == {"b"}
-    assert labels("z" * 128) == OTHER_LABEL and labels.dropped == {"b", "z" * 128}
+    assert labels("y" * 129) == OTHER_LABEL and labels.dropped == 0  # an over-long value is not counted
+    assert labels("a") == "a" and labels("b") == OTHER_LABEL and labels.dropped == 1
+    assert labels("b") == OTHER_LABEL and labels.dropped == 1  # distinct values, not uses
+    assert labels("z" * 128) == OTHER_LABEL and labels.dropped == 2
 
 
 def test_a_copy_of_the_aggregates_is_independent():
@@ -64,9 +65,9 @@ def test_raising_to_a_floor_keeps_the_larger_of_each_and_unions_the_label_sets()
     richer.add_runs([RunRecord(False, None, 9.0, 20, 30, 2, (), ())])
     same.raise_to(richer)  # as many runs on both sides: the re-derived histogram stays as it is
     assert same.duration.total == 2.0
-    mine.indexes.dropped, floor.indexes.dropped = {"x"}, {"y"}
+    mine.indexes.dropped, floor.indexes.dropped = 1, 3
     mine.raise_to(floor)
-    assert mine.indexes.dropped == {"x", "y"}
+    assert mine.indexes.dropped == 3
 
 
 def stored(**changes) -> dict:
@@ -312,3 +313,18 @@ def test_bucket_bounds_are_written_as_prometheus_client_writes_them():
         written = [le for le, _, _ in Histogram(bounds).cumulative()]
         assert written == [floatToGoString(b) for b in bounds] + ["+Inf"]
     assert [le for le, _, _ in Histogram(TOKEN_BUCKETS).cumulative()][10] == "1.048576e+06"
+
+
+def test_dropped_label_values_are_counted_never_kept_whatever_an_upstream_invents():
+    from collector.aggregates import DROPPED_TRACKED, BoundedLabels
+
+    labels = BoundedLabels(2)
+    for i in range(3 * DROPPED_TRACKED):
+        labels(f"tool-{i:06d}-" + "r" * 100)  # a request ID in every name
+    assert len(labels.admitted) == 2 and labels.dropped == DROPPED_TRACKED  # then at least that many
+    aggregates = Aggregates(BUCKETS, 2)
+    aggregates.tools = labels
+    stored = aggregates.to_dict()
+    assert stored["tools"] == [sorted(labels.admitted), DROPPED_TRACKED] and len(repr(stored)) < 10_000
+    old = dict(stored, tools=[sorted(labels.admitted), ["x", "y", "z"]])  # a 0.1.0 file kept the values
+    assert Aggregates.from_dict(old, BUCKETS, 2).tools.dropped == 3

@@ -36,7 +36,7 @@ def test_the_tool_label_limit_admits_exactly_its_number_of_values(distinct, admi
     aggregates.add_runs(runs)
     assert {tool for tool, _ in aggregates.tool_calls} == admitted
     assert set(aggregates.skipped_index_queries) == {a.replace("t", "i") if a != OTHER_LABEL else a for a in admitted}
-    assert len(aggregates.tools.dropped) == distinct - 2
+    assert aggregates.tools.dropped == distinct - 2
 
 
 def test_a_cut_in_progress_tail_that_comes_back_is_not_counted_twice():
