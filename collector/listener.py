@@ -18,6 +18,91 @@ from aiohttp import web
 MAX_CONNECTIONS = 1024
 KEEPALIVE_TIMEOUT = 15.0
 SHUTDOWN_TIMEOUT = 2.0
+HEAD_TIMEOUT = 5.0
+"""A connection must bring a whole request head within this long of opening (after an answer, within the
+keep-alive timeout); the
+application's first sight of a request disarms it (aiohttp parses; nothing here reads the bytes)."""
+PER_PEER_SHARE = 16
+"""One peer address holds at most 1/16 of the connection cap (64 of 1,024): a slow-head attacker from one
+host cannot lock out Prometheus and the kubelet, which connect from others."""
+
+
+class Guard(asyncio.Protocol):
+    """Wraps aiohttp's protocol for one connection: the per-peer share and the head deadline."""
+
+    def __init__(self, inner: asyncio.Protocol, peers: dict[str, int], per_peer: int) -> None:
+        self.inner, self.peers, self.per_peer = inner, peers, per_peer
+        self.peer: str | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else None
+        if self.peer is not None and self.peers.get(self.peer, 0) >= self.per_peer:
+            self.peer = None
+            transport.abort()
+            return
+        if self.peer is not None:
+            self.peers[self.peer] = self.peers.get(self.peer, 0) + 1
+        self.transport = transport
+        GUARDS[transport] = self
+        self.arm()
+        self.inner.connection_made(transport)
+
+    def arm(self, seconds: float = HEAD_TIMEOUT) -> None:
+        self.disarm()
+        self.timer = asyncio.get_running_loop().call_later(seconds, self._too_slow)
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _too_slow(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.disarm()
+        if self.transport is not None:
+            GUARDS.pop(self.transport, None)
+            if self.peer is not None:
+                left = self.peers.get(self.peer, 1) - 1
+                if left:
+                    self.peers[self.peer] = left
+                else:
+                    self.peers.pop(self.peer, None)
+            self.inner.connection_lost(exc)
+
+
+GUARDS: dict[asyncio.BaseTransport, Guard] = {}
+"""Open connections by transport, so a request handler can disarm (and an answer re-arm) its head timer."""
+
+
+@web.middleware
+async def head_deadline(request: web.Request, handler):  # noqa: ANN001
+    """A request reached the application: its head arrived in time. The next one gets its own deadline."""
+    guard = GUARDS.get(request.transport) if request.transport is not None else None
+    if guard is not None:
+        guard.disarm()
+    try:
+        return await handler(request)
+    finally:
+        if guard is not None and guard.transport is not None and not guard.transport.is_closing():
+            guard.arm(KEEPALIVE_TIMEOUT)  # the next head may follow an idle keep-alive gap
 
 
 class _Refused(asyncio.Protocol):
@@ -45,15 +130,19 @@ async def serve(app: web.Application, host: str, port: int, *, ssl_context: ssl.
     """Listen on ``host:port``; the caller closes the returned listener."""
     quiet = logging.getLogger("collector.http")
     quiet.setLevel(logging.CRITICAL)  # aiohttp's per-request debug and client-error lines stay out of the log
+    app.middlewares.insert(0, head_deadline)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=keepalive_timeout,
                            shutdown_timeout=SHUTDOWN_TIMEOUT, logger=quiet)
     await runner.setup()
     handler = runner.server
 
+    peers: dict[str, int] = {}
+    per_peer = max(8, max_connections // PER_PEER_SHARE)
+
     def factory() -> asyncio.Protocol:
         if len(handler.connections) >= max_connections:
             return _Refused()
-        return handler()
+        return Guard(handler(), peers, per_peer)
 
     loop = asyncio.get_running_loop()
     try:

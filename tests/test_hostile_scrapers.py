@@ -79,27 +79,32 @@ def procs(tmp_path):
     processes.stop_all()
 
 
-async def exchange(port: int, raw: bytes, wait: float = 2.0) -> bytes:
+async def exchange(port: int, raw: bytes, wait: float = 2.0, local: str = "127.0.0.1") -> bytes:
     """Send raw bytes, read whatever comes back until the server closes or ``wait`` passes."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(raw)
-    await writer.drain()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(local, 0))
     chunks = []
     try:
+        writer.write(raw)
+        await writer.drain()
         async with asyncio.timeout(wait):
             while chunk := await reader.read(65536):
                 chunks.append(chunk)
-    except TimeoutError:
+    except (TimeoutError, ConnectionError):  # past its share, a flooding peer is reset at once
         pass
     writer.close()
     return b"".join(chunks)
 
 
+ATTACKER = "127.0.0.2"
+"""Another loopback address: the attack comes from another peer than the scrapes and probes, as in a cluster."""
+
+
 async def hold(port: int, count: int, payload: bytes) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
-    """``count`` connections that each send ``payload`` and then neither send nor read anything more."""
+    """``count`` connections that each send ``payload`` and then neither send nor read anything more
+    (those past the per-peer share are closed by the server at once)."""
     held = []
     for _ in range(count):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(ATTACKER, 0))
         writer.write(payload)
         held.append((reader, writer))
     return held
@@ -142,7 +147,7 @@ def test_a_flood_of_bad_requests_is_a_bounded_number_of_log_lines(procs):
 
     async def flood():
         async def one(i):
-            await exchange(stack.port, MALFORMED[list(MALFORMED)[i % len(MALFORMED)]], wait=1)
+            await exchange(stack.port, MALFORMED[list(MALFORMED)[i % len(MALFORMED)]], wait=1, local=ATTACKER)
         await asyncio.gather(*(one(i) for i in range(600)))
     asyncio.run(flood())
     cycles_logged = 8  # about one poll-cycle line a second while the flood runs
@@ -174,7 +179,7 @@ def test_half_sent_heads_are_dropped_and_do_not_block_others(procs):
         held = await hold(stack.port, 200, b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # head unfinished
         answer = await asyncio.to_thread(httpx.get, stack.url("/metrics"), timeout=3)
         assert answer.status_code == 200
-        closed = await asyncio.wait_for(held[0][0].read(), 30)  # dropped after the keep-alive timeout
+        closed = await asyncio.wait_for(held[0][0].read(), 30)  # dropped after the head timeout
         return closed, held
     closed, held = asyncio.run(slowloris())
     assert closed == b""
@@ -211,3 +216,51 @@ def test_password_guessers_cannot_slow_a_legitimate_scrape(procs, tmp_path):
     assert statuses == [200] * 5 and health == 200
     token = base64.b64encode(b"prom:right").decode()
     stack.assert_healthy(headers={"Authorization": f"Basic {token}"})
+
+
+def test_a_slow_head_attack_from_one_peer_leaves_scrapes_and_probes_served(procs):
+    """1,100 connections from one peer, each sending a header byte every second: every scrape and probe
+    from another peer is answered, the attacker holds at most its share, and its heads time out."""
+    stack = Stack(procs)
+
+    async def attack():
+        held = []
+        for _ in range(1100):
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", stack.port, local_addr=(ATTACKER, 0))
+            except OSError:
+                continue
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            held.append((reader, writer))
+
+        async def trickle():
+            for _ in range(12):
+                await asyncio.sleep(1)
+                for _, writer in held:
+                    if not writer.transport.is_closing():
+                        writer.write(b"X")
+        trickling = asyncio.create_task(trickle())
+        ok = 0
+        async with httpx.AsyncClient(timeout=3) as http:
+            for i in range(20):
+                path = "/metrics" if i % 2 else "/healthz"
+                ok += (await http.get(stack.url(path))).status_code == 200
+                await asyncio.sleep(0.5)
+        await trickling
+        alive = sum(1 for _, w in held if not w.transport.is_closing() and not w.transport.get_extra_info("socket")
+                    is None)
+        closed = 0
+        for reader, _ in held:
+            try:
+                closed += await asyncio.wait_for(reader.read(1), 0.05) == b""
+            except ConnectionError:
+                closed += 1  # reset: refused past the share, or aborted at the head timeout
+            except TimeoutError:
+                pass
+        for _, writer in held:
+            writer.transport.abort()
+        return ok, len(held), closed, alive
+    ok, opened, closed, _ = asyncio.run(attack())
+    assert ok == 20, ok  # every legitimate scrape and probe answered during the attack
+    assert closed >= opened - 64 - 5  # past its share refused at once, the rest dropped at the head timeout
+    stack.assert_healthy()
