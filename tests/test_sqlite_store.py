@@ -255,3 +255,45 @@ def test_the_fingerprint_does_not_depend_on_key_order():
     assert a == fingerprint(Buckets((1.0,), (2.0,), (3.0,), (4.0,)), [("x", "y")], 5)
     assert a != fingerprint(Buckets((1.0,), (2.0,), (3.0,), (4.0,)), [("x", "y")], 6)
     assert len(a) == 16
+
+
+def test_a_failed_write_is_followed_by_a_rewrite_of_the_retired_rows_too(tmp_path):
+    db = tmp_path / "state.db"
+    s = store(db)
+    s.load()
+    state = state_with(session("a"), session("b"))
+    s.save(state)
+    s.db.execute("PRAGMA query_only = ON")
+    work = state.begin()
+    work.drop("b")  # retired in a cycle whose save fails
+    with pytest.raises(StateError):
+        s.save(work)
+    s.db.execute("PRAGMA query_only = OFF")
+    work.commit()
+    s.save(work.begin())  # the next cycle changes nothing of the retired: the full rewrite must write them
+    loaded = store(db).load()
+    assert set(loaded.sessions) == {"a"} and list(loaded.retired) == ["b"]
+
+
+def test_two_changes_of_buckets_before_the_sync_keep_the_first_floor(tmp_path):
+    db = tmp_path / "state.db"
+    first = store(db)
+    first.load()
+    ten = Aggregates(BUCKETS, 50)
+    ten.add_runs([RunRecord(False, None, 2.0, 5, 6, 1, (), ())] * 10)
+    saved = CollectorState(ten, synced=True)
+    saved.put(session("a"))
+    first.save(saved)
+    first.close()
+    other = Buckets((5.0,), (50.0,), (2.0,), (1.0,))
+    second = store(db, buckets=other)
+    partial = second.load()
+    assert partial.floor.runs["success"] == 10 and not partial.synced
+    partial.aggregates.add_runs([RunRecord(False, None, 2.0, 5, 6, 1, (), ())])  # re-derived: 1 run so far
+    second.save(partial)
+    second.close()
+    third = store(db, buckets=Buckets((7.0,), (70.0,), (3.0,), (1.0,)))
+    again = third.load()  # the buckets changed again before the re-derivation synced
+    assert again.floor.runs["success"] == 10  # not 1: the floor is the larger of the two
+    again.mark_synced()
+    assert again.aggregates.runs["success"] == 10
