@@ -210,7 +210,11 @@ class Poller:
             reason = run.listing_error or (fresh[0] if fresh else "no answer from the API by the cycle deadline")
             return self._failed(run, reason, started, wall_start)
         self._settle_failures(run)
-        await self._maybe_complete(run)
+        try:
+            await self._maybe_complete(run)  # yields between slices of a big removal
+        except BaseException:  # cancelled there at shutdown: nothing of this cycle is kept
+            work.rollback()
+            raise
         report = run.report
         report.runs_added = sum(work.aggregates.runs.values()) - runs_before
         report.carried = len(run.listing.todo)
