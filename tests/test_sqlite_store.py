@@ -214,19 +214,25 @@ def test_a_file_that_cannot_be_moved_aside_runs_without_state(tmp_path, captured
     assert db.read_bytes() == b"garbage" * 100  # left where it was, untouched
 
 
-def test_a_failed_write_is_a_state_error_and_the_next_save_rewrites_everything(tmp_path):
-    db = tmp_path / "state.db"
+def saved_then_failed(db, change):
+    """A store with sessions a and b saved, then a cycle's ``change`` whose save fails (read-only)."""
     s = store(db)
     s.load()
     state = state_with(session("a"), session("b"))
     s.save(state)
     s.db.execute("PRAGMA query_only = ON")
     work = state.begin()
-    work.put(session("a", cursor=9))
+    change(work)
     with pytest.raises(StateError, match="cannot write state"):
         s.save(work)
     assert s.full_rewrite is True and not s.db.in_transaction
     s.db.execute("PRAGMA query_only = OFF")
+    return s, work
+
+
+def test_a_failed_write_is_a_state_error_and_the_next_save_rewrites_everything(tmp_path):
+    db = tmp_path / "state.db"
+    s, work = saved_then_failed(db, lambda w: w.put(session("a", cursor=9)))
     later = work.begin()  # a new cycle's copy: its own change set does not list "b"
     s.save(later)
     assert s.full_rewrite is False
@@ -259,16 +265,7 @@ def test_the_fingerprint_does_not_depend_on_key_order():
 
 def test_a_failed_write_is_followed_by_a_rewrite_of_the_retired_rows_too(tmp_path):
     db = tmp_path / "state.db"
-    s = store(db)
-    s.load()
-    state = state_with(session("a"), session("b"))
-    s.save(state)
-    s.db.execute("PRAGMA query_only = ON")
-    work = state.begin()
-    work.drop("b")  # retired in a cycle whose save fails
-    with pytest.raises(StateError):
-        s.save(work)
-    s.db.execute("PRAGMA query_only = OFF")
+    s, work = saved_then_failed(db, lambda w: w.drop("b"))  # retired in a cycle whose save fails
     work.commit()
     s.save(work.begin())  # the next cycle changes nothing of the retired: the full rewrite must write them
     loaded = store(db).load()
