@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from prometheus_client.utils import floatToGoString
 
 from collector.derive import RunRecord
+from collector.llamacloud.models import MAX_MEASURE
 
 OTHER_LABEL = "_other"
 MAX_LABEL_LENGTH = 128
@@ -292,7 +293,7 @@ class UnknownField(ValueError):
     """A stored field this release does not know: a newer release wrote the file."""
 
 
-MAX_COUNT = 2**53
+MAX_COUNT = MAX_MEASURE
 
 
 def count(value: object, where: str) -> int:

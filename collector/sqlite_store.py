@@ -82,6 +82,9 @@ class SqliteStore:
             schema, derivation = int(meta.get("schema_version", 1)), int(meta.get("derivation_version", 1))
         except (TypeError, ValueError):
             return
+        self._refuse_versions(schema, derivation)
+
+    def _refuse_versions(self, schema: int, derivation: int) -> None:
         if schema > SCHEMA_VERSION or derivation > DERIVATION_VERSION:
             raise NewerStateFile(
                 f"state_path (--state-path, COLLECTOR_STATE_PATH): {self.path} was written by a newer release "
@@ -155,11 +158,7 @@ class SqliteStore:
         if not meta:
             return None
         schema, derivation = int(meta["schema_version"]), int(meta.get("derivation_version", "1"))
-        if schema > SCHEMA_VERSION or derivation > DERIVATION_VERSION:
-            raise NewerStateFile(
-                f"state_path (--state-path, COLLECTOR_STATE_PATH): {self.path} was written by a newer release "
-                f"(schema {schema}, derivation {derivation}; this release reads up to schema {SCHEMA_VERSION}, "
-                f"derivation {DERIVATION_VERSION}); it is left in place")
+        self._refuse_versions(schema, derivation)
         if schema < 1:
             raise StoredValueError(f"schema version {schema}")
         same = meta["fingerprint"] == self.fingerprint and derivation == DERIVATION_VERSION

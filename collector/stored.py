@@ -9,10 +9,9 @@ Rows of schema 1 (release 0.1.0 and every release until named rows) are position
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, fields
 
-from collector.aggregates import MAX_COUNT, StoredValueError, UnknownField, count
+from collector.aggregates import StoredValueError, UnknownField, count, finite
 from collector.state import LastRun, SessionState
 
 LEGACY_FIELDS = ("session_id", "last_updated_at", "updated_ts", "title", "shared_access", "index_ids", "job",
@@ -42,11 +41,7 @@ def _text(value: object, where: str, optional: bool = True) -> str | None:
 
 
 def _number(value: object, where: str) -> float | None:
-    if value is None:
-        return None
-    if type(value) not in (int, float) or not math.isfinite(value) or not 0 <= value <= MAX_COUNT:
-        raise StoredValueError(f"session {where}: {str(value)[:40]!r} is not a finite non-negative number")
-    return value
+    return None if value is None else finite(value, f"session {where}")
 
 
 def _job(value: object) -> LastRun | None:
