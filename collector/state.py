@@ -169,45 +169,48 @@ class CollectorState:
     changed: set[str] = field(default_factory=set)
     removed: set[str] = field(default_factory=set)
     retired_changed: bool = False
+    _undo: dict[str, SessionState | None] | None = field(default=None, init=False, repr=False, compare=False)
+    """While a cycle runs: each touched session's committed state (None: it was absent)."""
+    _retired_before: dict[str, SessionState] | None = field(default=None, init=False, repr=False, compare=False)
+    _saved: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def begin(self) -> CollectorState:
         """Start a cycle on this state itself. Nothing is copied but the (small) aggregates: each session
         a cycle touches is journaled on the way, so ``rollback`` restores the committed state exactly."""
-        self._undo: dict[str, SessionState | None] = {}
+        self._undo = {}
         self._saved = (self.aggregates, self.synced, self.floor, self.prior, self.retired_changed)
-        self._retired_before: dict[str, SessionState] | None = None
+        self._retired_before = None
         self.aggregates = self.aggregates.copy()
         self.changed, self.removed = set(), set()
         return self
 
     def commit(self) -> None:
-        self._undo, self._retired_before = {}, None
+        self._undo, self._retired_before, self._saved = None, None, None
 
     def rollback(self) -> None:
         """Undo everything since ``begin``: an abandoned cycle leaves nothing half-counted."""
-        for sid, before in getattr(self, "_undo", {}).items():
+        for sid, before in (self._undo or {}).items():
             if before is None:
                 self.sessions.pop(sid, None)
             else:
                 self.sessions[sid] = before
-        if getattr(self, "_retired_before", None) is not None:
+        if self._retired_before is not None:
             self.retired = self._retired_before
-        if hasattr(self, "_saved"):
+        if self._saved is not None:
             self.aggregates, self.synced, self.floor, self.prior, self.retired_changed = self._saved
         self.changed, self.removed = set(), set()
         self.commit()
 
     def _set(self, sid: str, state: SessionState | None) -> None:
-        undo = getattr(self, "_undo", None)
-        if undo is not None and sid not in undo:
-            undo[sid] = self.sessions.get(sid)
+        if self._undo is not None and sid not in self._undo:
+            self._undo[sid] = self.sessions.get(sid)
         if state is None:
             self.sessions.pop(sid, None)
         else:
             self.sessions[sid] = state
 
     def _touch_retired(self) -> None:
-        if getattr(self, "_undo", None) is not None and self._retired_before is None:
+        if self._undo is not None and self._retired_before is None:
             self._retired_before = dict(self.retired)  # at most RETIRED_LIMIT entries
         self.retired_changed = True
 
@@ -223,16 +226,7 @@ class CollectorState:
             del self.retired[session.session_id]
 
     def drop(self, session_id: str) -> bool:
-        self.changed.discard(session_id)
-        state = self.sessions.get(session_id)
-        if state is None:
-            return False
-        self._set(session_id, None)
-        self.removed.add(session_id)
-        self._touch_retired()
-        self.retired[session_id] = replace(state, title=None, job=None)
-        self._trim_retired()
-        return True
+        return self.drop_many([session_id]) == 1
 
     def drop_many(self, session_ids: list[str]) -> int:
         """``drop`` for many at once (a pass that found thousands gone): the retired cap is applied once,
@@ -251,8 +245,7 @@ class CollectorState:
             for state in dropped[-RETIRED_LIMIT:]:
                 self.retired.pop(state.session_id, None)
                 self.retired[state.session_id] = replace(state, title=None, job=None)
-            if len(self.retired) > RETIRED_LIMIT:
-                self.retired = dict(list(self.retired.items())[-RETIRED_LIMIT:])
+            self._trim_retired()
         return len(dropped)
 
     def mark_synced(self) -> None:
@@ -275,8 +268,13 @@ class CollectorState:
         self.synced = True
 
     def _trim_retired(self) -> None:
-        while len(self.retired) > RETIRED_LIMIT:
-            del self.retired[next(iter(self.retired))]
+        """The oldest retired go first; many at once are cut in one copy, not one by one."""
+        excess = len(self.retired) - RETIRED_LIMIT
+        if excess > 16:
+            self.retired = dict(list(self.retired.items())[excess:])
+        else:
+            for _ in range(max(0, excess)):
+                del self.retired[next(iter(self.retired))]
 
 
 @dataclass(frozen=True)
