@@ -21,7 +21,7 @@ from collector import __version__, logs
 from collector.app import CollectorService, SimulatorService, build_client, poll_config
 from collector.cadence import Deadline
 from collector.errors import AuthError, CollectorError, ConfigError
-from collector.selection import shard_of, wanted
+from collector.selection import in_shard, wanted
 from collector.settings import Settings, check_environment, load_settings
 from collector.webconfig import parse_web_config
 
@@ -160,7 +160,7 @@ async def _discover(client, settings: Settings) -> list:
         return [s for s in listing.sessions if wanted(config, s)]
     found = []
     for session_id in settings.session_ids:
-        if settings.total_shards == 1 or shard_of(session_id, settings.total_shards) == settings.shard:
+        if in_shard(config, session_id):
             summary = await client.summary(session_id, deadline)
             if wanted(config, summary):
                 found.append(summary)

@@ -30,14 +30,13 @@ from collector.errors import AuthError, FetchError, NotFound, PayloadError, Stat
 from collector.llamacloud.models import SessionPage
 from collector.metrics import SelfMetrics
 from collector.runlog import log_runs
-from collector.selection import Found, PollConfig, older, shard_of, wanted
+from collector.selection import Found, PollConfig, answered_before, in_shard, older, wanted
 from collector.state import (
     CollectorState,
     PollStatus,
     Snapshot,
     StateStore,
     is_unchanged,
-    parse_timestamp,
     take_snapshot,
     update_session,
 )
@@ -136,7 +135,6 @@ class _Run:
     started: dict[str, float] = field(default_factory=dict)
     failures: dict[str, tuple[Job, str]] = field(default_factory=dict)
     listing_error: str | None = None
-    fatal: BaseException | None = None
     listing_ended: bool = False
     cut: bool = False
     """The deadline came before the pass was done."""
@@ -145,11 +143,6 @@ class _Run:
     listing_inflight: bool = False
     hung: set[str] = field(default_factory=set)
     """Sessions cut off at the deadline ``MAX_CUTS`` cycles in a row: they hang on their own."""
-
-
-def _before(a: str, b: str) -> bool:
-    ta, tb = parse_timestamp(a), parse_timestamp(b)
-    return ta is not None and tb is not None and ta < tb
 
 
 class Poller:
@@ -237,9 +230,7 @@ class Poller:
     def _new_pass(self) -> ListingPass:
         listing = ListingPass(started=self.monotonic())
         if not self.config.discover:
-            ids = [i for i in self.config.session_ids
-                   if self.config.total_shards == 1 or shard_of(i, self.config.total_shards) == self.config.shard]
-            for session_id in ids:
+            for session_id in (i for i in self.config.session_ids if in_shard(self.config, i)):
                 listing.push(Job(session_id))
             listing.listed_all = True
         return listing
@@ -358,7 +349,8 @@ class Poller:
         for item in page.items:
             if wanted(self.config, item):
                 listing.seen.add(item.session_id)
-                self._consider(run, item, None)
+                if (job := self._consider(run, item)) is not None:
+                    listing.push(job)
         token = page.next_page_token
         if not token or token in listing.tokens:
             listing.listed_all = True
@@ -369,26 +361,29 @@ class Poller:
             listing.tokens.add(token)
             listing.token = token
 
-    def _consider(self, run: _Run, found: Found, job: Job | None) -> Job | None:
+    def _backing_off(self, run: _Run, sid: str) -> bool:
+        """A failing session whose next retry is not due yet: it counts as failed in this pass."""
+        failing = self.failing.get(sid)
+        if failing is None or failing.retry_cycle <= self.cycles:
+            return False
+        run.report.backing_off += 1
+        run.listing.failed += 1
+        return True
+
+    def _consider(self, run: _Run, found: Found) -> Job | None:
         """The fetch ``found`` needs (None: unchanged, or a failing session not due yet)."""
         sid = found.session_id
-        work, report = run.work, run.report
-        failing = self.failing.get(sid)
-        if failing is not None and failing.retry_cycle > self.cycles:
-            report.backing_off += 1
-            run.listing.failed += 1
+        work = run.work
+        if self._backing_off(run, sid):
             return None
         prev = work.known(sid)
         if is_unchanged(prev, found):
-            report.unchanged += 1
+            run.report.unchanged += 1
             if sid not in work.sessions:
                 work.put(prev)  # back in the listing, unchanged: watched again as it was
             self._recovered(sid)
             return None
-        fetch = Job(sid, found, "new" if prev is None else "changed")
-        if job is None:
-            run.listing.push(fetch)
-        return fetch
+        return Job(sid, found, "new" if prev is None else "changed")
 
     async def _work(self, run: _Run, job: Job) -> bool:
         """One session: its summary first when it was configured by ID, then its history if it changed.
@@ -396,17 +391,15 @@ class Poller:
         sid = job.session_id
         try:
             if job.found is None:
-                if (f := self.failing.get(sid)) is not None and f.retry_cycle > self.cycles:
+                if self._backing_off(run, sid):
                     run.listing.seen.add(sid)
-                    run.report.backing_off += 1
-                    run.listing.failed += 1
                     return False
                 summary = await self.client.summary(sid, run.deadline)
                 run.answered = True
                 if not wanted(self.config, summary):
                     return False
                 run.listing.seen.add(sid)
-                fetch = self._consider(run, summary, job)
+                fetch = self._consider(run, summary)
                 if fetch is None:
                     return False
                 job = fetch
@@ -449,7 +442,7 @@ class Poller:
             self.log.info("stale read ignored; refetched next cycle", session_id=sid[:80])
         else:
             listed_at = job.found.last_updated_at if job.found is not None else None
-            if listed_at is not None and _before(session.last_updated_at, listed_at):
+            if listed_at is not None and answered_before(session.last_updated_at, listed_at):
                 listed_at = None  # an answer older than the listing: keyed on its own time, so it is read again
             work.put(update_session(prev, session, work.aggregates, self.classifier, self.clock(),
                                     listed_at=listed_at, counted=run.counted))

@@ -41,13 +41,23 @@ def shard_of(session_id: str, total_shards: int) -> int:
     return int.from_bytes(digest[:8], "big") % total_shards
 
 
+def in_shard(config: PollConfig, session_id: str) -> bool:
+    return config.total_shards == 1 or shard_of(session_id, config.total_shards) == config.shard
+
+
 def wanted(config: PollConfig, summary: Found) -> bool:
     """This collector's shard, and (for discovered sessions) bound to one of the ``--index-id`` indexes."""
-    if config.total_shards > 1 and shard_of(summary.session_id, config.total_shards) != config.shard:
+    if not in_shard(config, summary.session_id):
         return False
     if summary.session_id in config.session_ids:
         return True
     return not config.index_ids or any(i in config.index_ids for i in summary.index_ids)
+
+
+def answered_before(answer: str, listed: str) -> bool:
+    """A ``retrieve`` answer older than the listing that sent for it (a lagging replica's first read)."""
+    ta, tb = parse_timestamp(answer), parse_timestamp(listed)
+    return ta is not None and tb is not None and ta < tb
 
 
 def older(last_updated_at: str, prev: SessionState) -> bool:
