@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import random
 import time
+from urllib.parse import urlsplit
 
 import httpx
 import structlog
@@ -41,9 +43,6 @@ FULL_COLLECTION_EVERY = 10
 
 def plain_http_far(base_url: str) -> bool:
     """An ``http://`` base URL whose host is not a loopback address or name."""
-    import ipaddress
-    from urllib.parse import urlsplit
-
     parts = urlsplit(base_url)
     if parts.scheme != "http":
         return False

@@ -64,10 +64,6 @@ TURN_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 TOOL_CALL_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128)
 
 
-class BaseUrlSecret(ValueError):
-    """A base URL with userinfo: refused, and its value never echoed."""
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -152,7 +148,7 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL")
         netloc = value.split("://", 1)[1].split("/", 1)[0]
         if "@" in netloc:
-            raise BaseUrlSecret("holds credentials (user:password@); the key goes in LLAMA_CLOUD_API_KEY, "
+            raise ValueError("holds credentials (user:password@); the key goes in LLAMA_CLOUD_API_KEY, "
                                 "and the value is not shown")
         return value.rstrip("/")
 
