@@ -232,42 +232,37 @@ class LlamaCloudClient:
             timeout = self._exchange_timeout if deadline is None else deadline.within(self._exchange_timeout)
             claim = self._large.claim()  # a large body holds the gate from its read to the end of its parse
             try:
-                if timeout <= 0:
-                    raise TimeoutError
-                answer = await self._exchange(path, {**self._params, **(params or {})}, timeout, claim)
-            except (BodyTooLarge, httpx.DecodingError) as exc:  # the same answer again would not help
-                claim.release()
-                self._observer.request(operation, "error", self._clock() - started)
-                self._observer.invalid_payload(operation)
-                what = "too large" if isinstance(exc, BodyTooLarge) else "undecodable body"
-                raise PayloadError(f"{operation}: {what}: {_describe(exc)}", operation=operation) from None
-            except (TimeoutError, httpx.HTTPError, aiohttp.ClientError, BadStatus, ValueError, OSError) as exc:
-                claim.release()
-                self._observer.request(operation, "error", self._clock() - started)
-                untrusted = untrusted_certificate(exc)
-                if untrusted is not None:  # it will not fix itself within a cycle: said once, not retried
-                    raise FetchError(f"{operation}: the server's TLS certificate is not trusted ({untrusted}); "
-                                     "to trust a private CA, set SSL_CERT_FILE or SSL_CERT_DIR",
-                                     operation=operation) from None
-                reason, wait = failure_reason(exc), None
-                failure = FetchError(f"{operation}: timed out" if reason == "timeout" else
-                                     f"{operation}: transport error: {_describe(exc)}", operation=operation)
-            except BaseException:
-                claim.release()
-                raise
-            else:  # only a 2xx body is read, so only it can hold the gate
-                status = answer.status
-                self._observer.request(operation, str(status), self._clock() - started)
-                if 200 <= status < 300:
-                    try:
+                try:
+                    if timeout <= 0:
+                        raise TimeoutError
+                    answer = await self._exchange(path, {**self._params, **(params or {})}, timeout, claim)
+                except (BodyTooLarge, httpx.DecodingError) as exc:  # the same answer again would not help
+                    self._observer.request(operation, "error", self._clock() - started)
+                    self._observer.invalid_payload(operation)
+                    what = "too large" if isinstance(exc, BodyTooLarge) else "undecodable body"
+                    raise PayloadError(f"{operation}: {what}: {_describe(exc)}", operation=operation) from None
+                except (TimeoutError, httpx.HTTPError, aiohttp.ClientError, BadStatus, ValueError, OSError) as exc:
+                    self._observer.request(operation, "error", self._clock() - started)
+                    untrusted = untrusted_certificate(exc)
+                    if untrusted is not None:  # it will not fix itself within a cycle: said once, not retried
+                        raise FetchError(f"{operation}: the server's TLS certificate is not trusted ({untrusted}); "
+                                         "to trust a private CA, set SSL_CERT_FILE or SSL_CERT_DIR",
+                                         operation=operation) from None
+                    reason, wait = failure_reason(exc), None
+                    failure = FetchError(f"{operation}: timed out" if reason == "timeout" else
+                                         f"{operation}: transport error: {_describe(exc)}", operation=operation)
+                else:
+                    status = answer.status
+                    self._observer.request(operation, str(status), self._clock() - started)
+                    if 200 <= status < 300:
                         return self._parse(operation, answer, parse or model.model_validate_json)
-                    finally:
-                        claim.release()
-                reason = str(status)
-                failure = _status_error(operation, status, answer.location)
-                if status not in RETRY_STATUS:
-                    raise failure
-                wait = retry_after(answer.retry_after, self._wall_clock())
+                    reason = str(status)
+                    failure = _status_error(operation, status, answer.location)
+                    if status not in RETRY_STATUS:
+                        raise failure
+                    wait = retry_after(answer.retry_after, self._wall_clock())
+            finally:
+                claim.release()
             attempt += 1
             delay = wait if wait is not None else self._retry.backoff(attempt, self._rng)
             if attempt >= self._retry.max_attempts or (deadline is not None and delay > deadline.remaining()):
