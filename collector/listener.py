@@ -20,8 +20,8 @@ KEEPALIVE_TIMEOUT = 15.0
 SHUTDOWN_TIMEOUT = 2.0
 HEAD_TIMEOUT = 5.0
 """A connection must bring a whole request head within this long of opening (after an answer, within the
-keep-alive timeout); the
-application's first sight of a request disarms it (aiohttp parses; nothing here reads the bytes)."""
+keep-alive timeout); the application's first sight of a request disarms it (aiohttp parses; nothing here
+reads the bytes)."""
 PER_PEER_SHARE = 16
 """One peer address holds at most 1/16 of the connection cap (64 of 1,024): a slow-head attacker from one
 host cannot lock out Prometheus and the kubelet, which connect from others."""
