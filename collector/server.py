@@ -27,7 +27,7 @@ from collector.cadence import Cadence
 from collector.poller import Poller
 
 SEND_TIMEOUT = 10.0
-WRITE_PIECE = 64 * 1024
+WRITE_PIECE = 32 * 1024
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 
@@ -147,7 +147,7 @@ class Endpoints:
                     for start in range(0, len(body), WRITE_PIECE):  # waits for the client between pieces:
                         await response.write(view[start:start + WRITE_PIECE])  # never a whole copy per client
                 await response.write_eof()
-        except TimeoutError:  # a client that does not read: let go of it
+        except (TimeoutError, ConnectionError):  # a client that does not read, or left mid-answer: let go of it
             if request.transport is not None:
                 request.transport.abort()
         return response
