@@ -282,3 +282,29 @@ def test_scrape_classic_histograms_renders_a_valid_service_monitor():
     validate_all(docs)
     (plain,) = by_kind(render({**KEY, "serviceMonitor": {"enabled": True}}), "ServiceMonitor")
     assert "scrapeClassicHistograms" not in plain["spec"]
+
+
+def notes(values: dict) -> str:
+    out = helm_python.Chart.load(str(CHART)).render(values={**KEY, **values}, name="rel", namespace="obs")
+    return next(text for path, text in out.items() if path.endswith("NOTES.txt"))
+
+
+@pytest.mark.parametrize(("values", "warned"), [
+    ({}, False),  # 3 x (32 MiB + 8 x 1 MiB) + 96 MiB = 216 MiB under the default 256Mi
+    ({"config": {"maxResponseBytes": 256 << 20}}, True),  # the old default cap: OOM-killed by one large answer
+    ({"config": {"maxResponseBytes": 256 << 20}, "resources": {"limits": {"memory": "1Gi"}}}, False),
+    ({"resources": {"limits": {"memory": "200M"}}}, True),  # decimal units: 200 MB < 216 MiB
+    ({"config": {"maxConcurrency": 64}, "resources": {"limits": {"memory": "268435456"}}}, True),
+    ({"resources": {"limits": {}}}, False),  # no limit: nothing to compare with
+])
+def test_notes_warn_when_the_memory_limit_cannot_hold_the_response_cap(values, warned):
+    assert ("WARNING: resources.limits.memory" in notes(values)) is warned
+
+
+def test_the_response_cap_reaches_the_collector_and_is_bounded_by_the_schema(tmp_path):
+    objects = render({**KEY, "config": {"maxResponseBytes": 8 << 20}})
+    path = tmp_path / "config.yaml"
+    path.write_text(by_kind(objects, "ConfigMap")[0]["data"]["config.yaml"])
+    assert load_settings({"config": str(path)}, {}).max_response_bytes == 8 << 20
+    with pytest.raises(Exception, match="maxResponseBytes"):
+        render({**KEY, "config": {"maxResponseBytes": 1024}})

@@ -62,3 +62,25 @@ HTTPS
 HTTP
 {{- end -}}
 {{- end }}
+
+{{/*
+A Kubernetes memory quantity ("256Mi", "1G", "268435456") in bytes; empty when it is not one of those forms.
+*/}}
+{{- define "llamacloud-collector.bytes" -}}
+{{- $q := toString . -}}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $q -}}
+{{- $units := dict "" 1 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 -}}
+{{- $unit := trimPrefix $number $q -}}
+{{- if and $number (hasKey $units $unit) -}}
+{{- mulf (float64 $number) (get $units $unit) | int64 -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Memory the collector may need at once, in bytes: about 3 x (one response cap + 1 MiB per fetch worker), the
+bodies in flight as bytes, decoded text and parsed objects, plus 96 MiB for the process and its state.
+*/}}
+{{- define "llamacloud-collector.memoryNeeded" -}}
+{{- $c := .Values.config -}}
+{{- add (mul 3 (add (int64 $c.maxResponseBytes) (mul (int64 $c.maxConcurrency) 1048576))) 100663296 -}}
+{{- end -}}
