@@ -20,6 +20,10 @@ from collector.derive import RunRecord
 from collector.llamacloud.models import MAX_MEASURE
 
 OTHER_LABEL = "_other"
+NO_INDEX = "_none"
+"""The ``index_id`` under which the runs of a session bound to no index count."""
+MAX_RUN_INDEXES = 32
+"""A session bound to more indexes than this counts its runs under the first 32 (sorted) and ``_other``."""
 MAX_LABEL_LENGTH = 128
 """A tool name or index ID longer than this is not a name but a payload; it counts as ``_other``."""
 
@@ -137,6 +141,10 @@ class Aggregates:
     skipped_index_queries: Counter = field(default_factory=Counter)
     events: Counter = field(default_factory=Counter)
     invalid_values: Counter = field(default_factory=Counter)
+    index_runs: Counter = field(default_factory=Counter)
+    """(index_id, outcome): every run under each index its session is bound to, ``_none`` when unbound."""
+    index_errors: Counter = field(default_factory=Counter)
+    """(index_id, error_type): the failed runs of ``index_runs``."""
     history_resets: int = 0
     run_marks: dict[str, Mark] = field(default_factory=dict)
     """The latest run of each ``outcome``, as the exemplar of ``llamacloud_chat_runs_total``."""
@@ -158,16 +166,25 @@ class Aggregates:
         for kind in ("input", "output"):
             self.tokens_total[kind] += 0
 
-    def add_runs(self, runs: Iterable[RunRecord], session_id: str | None = None, now: float = 0.0) -> None:
-        """Count ``runs``; with ``session_id``, each also becomes the exemplar of what it landed in."""
+    def add_runs(self, runs: Iterable[RunRecord], session_id: str | None = None, now: float = 0.0,
+                 index_ids: Iterable[str] = ()) -> None:
+        """Count ``runs`` of a session bound to ``index_ids``; with ``session_id``, each also becomes the
+        exemplar of what it landed in."""
         sid = session_id
+        indexes: set[str] | None = None  # bounded on the first run: a session without runs admits no label
         for run in runs:
+            if indexes is None:
+                indexes = self._run_indexes(index_ids)
             self.invalid_values.update(run.refused)
             outcome = "error" if run.failed else "success"
             self.runs[outcome] += 1
             mark = Mark.of(sid, 1.0, now) if sid is not None else None
             if mark is not None:
                 self.run_marks[outcome] = mark
+            for index_id in indexes:
+                self.index_runs[(index_id, outcome)] += 1
+                if run.failed:
+                    self.index_errors[(index_id, run.error_type)] += 1
             if run.failed:
                 self.errors[run.error_type] += 1
             if run.duration_seconds is not None:
@@ -184,6 +201,14 @@ class Aggregates:
                 self.tool_calls[(self.tools(call.name), outcome)] += 1
             for index_id in run.skipped_index_ids:
                 self.skipped_index_queries[self.indexes(index_id)] += 1
+
+    def _run_indexes(self, index_ids: Iterable[str]) -> set[str]:
+        """The ``index_id`` values one run counts under: each bound index once, bounded, else ``_none``."""
+        distinct = sorted(set(index_ids))
+        if not distinct:
+            return {NO_INDEX}
+        labels = {self.indexes(i) for i in distinct[:MAX_RUN_INDEXES]}
+        return labels | {OTHER_LABEL} if len(distinct) > MAX_RUN_INDEXES else labels
 
     def add_events(self, counts: dict[str, int]) -> None:
         self.events.update(counts)
@@ -358,7 +383,10 @@ def _mark_in(data: object) -> Mark | None:
     return Mark.of(data[0], float(data[1]), float(data[2]))
 
 
-COUNTERS = ("runs", "errors", "tokens_total", "tool_calls", "skipped_index_queries", "events", "invalid_values")
+COUNTERS = ("runs", "errors", "tokens_total", "tool_calls", "skipped_index_queries", "events", "invalid_values",
+            "index_runs", "index_errors")
+"""Every counter, stored by name: one missing from an older file starts at 0 (the index families, added in
+0.3.0, count the runs from the upgrade on; the run totals keep theirs)."""
 HISTOGRAMS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("duration", "duration", ()),
     ("tokens", "tokens", ("input", "output")),

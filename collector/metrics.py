@@ -160,6 +160,11 @@ class SnapshotCollector(Collector):
                        ["tool", "outcome"], a.tool_calls)
         yield _counter(p + "skipped_index_queries", "Index queries a run could not make" + AS_OF, ["index_id"],
                        a.skipped_index_queries)
+        yield _counter(p + "index_runs", "Finished chat runs by index of their session (a session bound to two "
+                       "counts under both; _none: bound to none) and outcome" + AS_OF, ["index_id", "outcome"],
+                       a.index_runs)
+        yield _counter(p + "index_run_errors", "Failed chat runs by index of their session and classified error "
+                       "type" + AS_OF, ["index_id", "error_type"], a.index_errors)
         yield _counter(p + "events", "Chat events by type" + AS_OF, ["event_type"], a.events)
         yield _gauge(p + "runs_in_progress", "Sessions whose history ends in an unfinished run" + AS_OF,
                      snap.runs_in_progress)

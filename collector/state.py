@@ -106,7 +106,7 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
     aggregates.history_resets += reset
     if job is not None:
         aggregates.invalid_values.update(f"job_metadata.{name}" for name in refused(job))
-    aggregates.add_runs(result.runs, base.session_id, now)
+    aggregates.add_runs(result.runs, base.session_id, now, session.index_ids)
     if counted is not None:
         counted.extend((base.session_id, run) for run in result.runs)
     aggregates.add_events(result.event_counts)

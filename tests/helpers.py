@@ -90,6 +90,13 @@ def expected(runs: list[RunTruth], events: Counter) -> Samples:
         out[(p + "tool_calls_total", frozenset({"tool": tool, "outcome": outcome}.items()))] = n
     for index_id, n in Counter(i for r in runs for i in r.skipped_index_ids).items():
         out[(p + "skipped_index_queries_total", frozenset({"index_id": index_id}.items()))] = n
+    # DESIGN §5, typed out: a run counts under each index of its session, under _none when it has none
+    for (index_id, outcome), n in Counter((i, "error" if r.failed else "success")
+                                          for r in runs for i in (r.index_ids or ("_none",))).items():
+        out[(p + "index_runs_total", frozenset({"index_id": index_id, "outcome": outcome}.items()))] = n
+    for (index_id, error_type), n in Counter((i, r.error_type) for r in runs if r.failed
+                                             for i in (r.index_ids or ("_none",))).items():
+        out[(p + "index_run_errors_total", frozenset({"index_id": index_id, "error_type": error_type}.items()))] = n
     for kind, n in events.items():
         out[(p + "events_total", frozenset({"event_type": kind}.items()))] = n
     return out
@@ -110,7 +117,8 @@ def remote_truth(base_url: str) -> tuple[list[RunTruth], Counter]:
     """The ground truth of a simulator running in another process."""
     body = httpx.get(base_url + "/_sim/truth", timeout=30).json()
     runs = [RunTruth(**{**r, "tool_calls": tuple(map(tuple, r["tool_calls"])),
-                        "skipped_index_ids": tuple(r["skipped_index_ids"])}) for r in body["runs"]]
+                        "skipped_index_ids": tuple(r["skipped_index_ids"]),
+                        "index_ids": tuple(r.get("index_ids", ()))}) for r in body["runs"]]
     return runs, Counter(body["events"])
 
 

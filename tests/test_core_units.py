@@ -328,3 +328,39 @@ def test_dropped_label_values_are_counted_never_kept_whatever_an_upstream_invent
     assert stored["tools"] == [sorted(labels.admitted), DROPPED_TRACKED] and len(repr(stored)) < 10_000
     old = dict(stored, tools=[sorted(labels.admitted), ["x", "y", "z"]])  # a 0.1.0 file kept the values
     assert Aggregates.from_dict(old, BUCKETS, 2).tools.dropped == 3
+
+
+def test_a_run_counts_under_each_index_of_its_session_once_and_unbound_under_none():
+    agg = Aggregates(BUCKETS, 3)
+    ok, failed = RunRecord(False, None, 2.0, 20, 30, 2, (), ()), RunRecord(True, "timeout", 2.0, 20, 30, 2, (), ())
+    agg.add_runs([ok, failed], "s1", 1.0, ("i2", "i1", "i2"))  # listed twice: counted once
+    agg.add_runs([ok], "s2", 1.0, ())
+    agg.add_runs([failed], "s3", 1.0, ("i3", "i4", "x" * 129))  # past the limit of 3, and not a label value
+    assert agg.index_runs == {("i1", "success"): 1, ("i1", "error"): 1, ("i2", "success"): 1, ("i2", "error"): 1,
+                              ("_none", "success"): 1, ("i3", "error"): 1, ("_other", "error"): 1}
+    assert agg.index_errors == {("i1", "timeout"): 1, ("i2", "timeout"): 1, ("i3", "timeout"): 1,
+                                ("_other", "timeout"): 1}
+    assert agg.runs == {"success": 2, "error": 2}  # the run total counts each run once
+    assert agg.indexes.dropped == 1  # i4; the 129-character one is never a value
+    many = Aggregates(BUCKETS, 100)
+    many.add_runs([ok], "s4", 1.0, tuple(f"i{n:02d}" for n in range(40)))
+    assert sum(many.index_runs.values()) == 33 and many.index_runs[("_other", "success")] == 1
+    assert ("i31", "success") in many.index_runs and ("i32", "success") not in many.index_runs
+    idle = Aggregates(BUCKETS, 1)
+    idle.add_runs([], "s5", 1.0, ("i9",))  # no run: no label admitted
+    assert idle.indexes.admitted == set() and idle.index_runs == {}
+
+
+def test_index_families_round_trip_start_at_zero_from_an_older_file_and_keep_their_floor():
+    agg = Aggregates(BUCKETS, 5)
+    agg.add_runs([RunRecord(True, "auth", 2.0, 20, 30, 2, (), ())] * 3, "s", 1.0, ("i1",))
+    data = agg.to_dict()
+    back = Aggregates.from_dict(data, BUCKETS, 5)
+    assert back.index_runs == {("i1", "error"): 3} and back.index_errors == {("i1", "auth"): 3}
+    older = {k: v for k, v in data.items() if k not in ("index_runs", "index_errors")}  # 0.2.0 wrote neither
+    upgraded = Aggregates.from_dict(older, BUCKETS, 5)
+    assert upgraded.index_runs == {} and upgraded.runs["error"] == 3
+    rederived = Aggregates(BUCKETS, 5)
+    rederived.add_runs([RunRecord(True, "auth", 2.0, 20, 30, 2, (), ())], "s", 1.0, ("i1",))
+    rederived.raise_to(back)
+    assert rederived.index_runs[("i1", "error")] == 3 and rederived.index_errors[("i1", "auth")] == 3

@@ -408,6 +408,15 @@ class CountingCore(RuleBasedStateMachine):
             assert self.floor_runs <= total <= possible, (self.floor_runs, total, possible)
         else:
             assert (total, errors) == (possible, len(self.errors_seen))
+            # Each session has one index or none, so the index runs add up to the runs; after a re-derivation
+            # they may add up to more (a run re-counted under the index its session has now; none goes back).
+            agg = self.poller.snapshot.aggregates
+            by_index = {o: sum(v for (_, outcome), v in agg.index_runs.items() if outcome == o) for o in agg.runs}
+            index_errors = sum(agg.index_errors.values())
+            if self.relaxed:
+                assert all(by_index[o] >= n for o, n in agg.runs.items()) and index_errors >= errors
+            else:
+                assert by_index == dict(agg.runs) and index_errors == errors, (by_index, agg.runs)
         shown = {s.session_id for s in self.poller.snapshot.sessions}
         assert shown == {sid for sid in self.up.runs if self._watched(sid)}, shown  # every watched one, only
 

@@ -47,6 +47,8 @@ class RunTruth:
     turns: int | None
     tool_calls: tuple[tuple[str, bool], ...]
     skipped_index_ids: tuple[str, ...]
+    index_ids: tuple[str, ...] = ()
+    """The indexes the run's session was bound to (none: it counts under ``_none``)."""
 
 
 @dataclass
@@ -150,7 +152,7 @@ class World:
                      "skipped_index_ids": skipped or None})
         truth = RunTruth(session.session_id, failed, error_type, usage.get("duration_ms"),
                          usage["total_input_tokens"], usage["total_output_tokens"], usage["turns"],
-                         tuple(calls), tuple(skipped))
+                         tuple(calls), tuple(skipped), tuple(session.index_ids or ()))
         return head, tail, truth
 
     def _finish(self, session: SimSession, tail: list[dict], truth: RunTruth) -> None:
