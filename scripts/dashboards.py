@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from scripts.rules import RATIO, load_spec
+from scripts.rules import INDEX_RATIO, RATIO, load_spec
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 J = 'job=~"$job", instance=~"$instance"'
@@ -61,6 +61,32 @@ def series(title: str, description: str, unit: str, *targets: dict, **kw: Any) -
 def table(title: str, description: str, expr: str, **kw: Any) -> dict[str, Any]:
     return panel("table", title, description, kw.pop("unit", "short"), [q(expr, instant=True, fmt="table")],
                  transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}], **kw)
+
+
+def by_index() -> dict[str, Any]:
+    """One row per index: runs in the range, the recorded 30m error ratio, and its most frequent error type."""
+    window = load_spec()["index_ratio_window"]
+    targets = [
+        q(f"sum by (index_id) (increase(llamacloud_chat_index_runs_total{{{J}}}[$__range]))", instant=True,
+          fmt="table"),
+        q(f'max by (index_id) ({INDEX_RATIO}{window}{{job=~"$job"}})', instant=True, fmt="table"),
+        q(f"topk by (index_id) (1, sum by (index_id, error_type) "
+          f"(increase(llamacloud_chat_index_run_errors_total{{{J}}}[$__range])))", instant=True, fmt="table"),
+    ]
+    names = {"index_id": "Index", "Value #A": "Runs (range)", "Value #B": f"Error ratio ({window})",
+             "error_type": "Top error type", "Value #C": "Its failed runs (range)"}
+    ratio = {"matcher": {"id": "byName", "options": names["Value #B"]},
+             "properties": [{"id": "unit", "value": "percentunit"},
+                            {"id": "thresholds", "value": steps("green", (0.05, "yellow"), (0.2, "red"))},
+                            {"id": "custom.cellOptions", "value": {"type": "color-text"}}]}
+    return panel("table", "By index", "Runs, error ratio and top error type of each index its sessions are bound "
+                 "to (a session bound to two counts under both; _none: bound to none; _other: past "
+                 f"--label-value-limit). Red from 20%, as LlamaCloudChatIndexErrorRatioHigh.", "short", targets,
+                 w=24, h=9, overrides=[ratio],
+                 transformations=[{"id": "merge", "options": {}},
+                                  {"id": "organize", "options": {"excludeByName": {"Time": True},
+                                                                 "renameByName": names}}],
+                 panel_options={"sortBy": [{"displayName": names["Value #B"], "desc": True}]})
 
 
 def layout(panels: list[dict]) -> list[dict]:
@@ -186,6 +212,7 @@ def overview() -> dict[str, Any]:
                overrides=[{"matcher": {"id": "byName", "options": "oldest (s)"},
                            "properties": [{"id": "unit", "value": "s"}, {"id": "custom.axisPlacement",
                                                                          "value": "right"}]}]),
+        by_index(),
         table("Top sessions by errors", "Sessions with the most failed runs in the range.",
               f'topk(10, sum by (session_id) (increase(llamacloud_chat_session_runs_total{{{J}, outcome="error"}}[$__range])))',
               w=12, h=9),

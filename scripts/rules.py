@@ -54,9 +54,22 @@ def ratio_rule(window: str) -> dict[str, str]:
                     f"sum by (job) (rate(llamacloud_chat_runs_total[{window}]))\n"}
 
 
+INDEX_RATIO = "job_index_id:llamacloud_chat_index_run_errors_per_llamacloud_chat_index_runs:ratio_rate"
+
+
+def index_ratio_rule(window: str) -> dict[str, str]:
+    """The failed share of each index's finished runs (a run counts under each index of its session); an
+    index without runs in the window has no ratio rather than NaN, so the table shows no 0/0."""
+    return {"record": f"{INDEX_RATIO}{window}",
+            "expr": f'sum by (job, index_id) (rate(llamacloud_chat_index_runs_total{{outcome="error"}}[{window}]))\n/\n'
+                    f"(sum by (job, index_id) (rate(llamacloud_chat_index_runs_total[{window}])) > 0)\n"}
+
+
 def recording_groups(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"name": f"llamacloud-collector.slo-{interval}", "interval": interval,
-             "rules": [ratio_rule(w) for w in windows]} for interval, windows in spec["windows"].items()]
+    groups = [{"name": f"llamacloud-collector.slo-{interval}", "interval": interval,
+               "rules": [ratio_rule(w) for w in windows]} for interval, windows in spec["windows"].items()]
+    groups[0]["rules"].append(index_ratio_rule(spec["index_ratio_window"]))
+    return groups
 
 
 def recording_rules(spec: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ CORE = {"Runs per minute by outcome", "Error ratio against the SLO", "Run durati
         "Tokens per minute", "Tokens per run", "Turns per run", "Tool calls by tool", "Errors by type",
         "Runs (range)", "Up", "Sessions watched", "API requests by operation and code", "Poll duration",
         "Session info", "Last run duration", "Runs over time", "Process memory", "Error budget burn (1h)",
-        "Since last successful poll, in intervals"}
+        "Since last successful poll, in intervals", "By index"}
 OPERATOR_JOB, PLAIN_JOB = "llamacloud-collector", "plain"
 TARGET_LABELS = {"job", "instance", *OPERATOR_LABELS}
 
@@ -29,7 +29,7 @@ def stack(tmp_path_factory):
     folder = tmp_path_factory.mktemp("stack")
     procs, hook = Processes(folder), Webhook()
     rules = folder / "alerts.yaml"
-    fast = {"LlamaCloudChatErrorRatioHigh": {"min_runs": 5}}
+    fast = {"LlamaCloudChatErrorRatioHigh": {"min_runs": 5}, "LlamaCloudChatIndexErrorRatioHigh": {"min_runs": 2}}
     rules.write_text(dump(alert_rules(load_spec(), for_override="0s", params=fast)))
     recording = folder / "recording.yaml"
     recording.write_text(dump(recording_rules(load_spec())))
@@ -63,6 +63,27 @@ def test_failing_runs_fire_error_alerts_and_alertmanager_delivers(stack):
                   and a["labels"]["job"] == OPERATOR_JOB)
     assert sample["labels"]["severity"] == "warning" and "runbook_url" in sample["annotations"]
     assert not any(k.startswith("exported_") for a in alerts for k in a["labels"])
+
+
+def test_a_failing_index_fires_its_alert_and_the_by_index_table_names_it(stack):
+    prom, sim = stack["prom"], stack["sim"]
+    wait_until(lambda: query(prom, "sum(llamacloud_chat_index_runs_total)"), 30, "index runs counted")
+    truth = httpx.get(sim + "/_sim/truth").json()["runs"]
+    httpx.get(sim + "/_sim/touch", params={"fraction": 1, "fail": 1})  # every index gets failing runs
+    bound = {i for r in truth for i in (r["index_ids"] or ["_none"])}
+
+    def firing_indexes() -> set[str]:
+        alerts = query(prom, 'ALERTS{alertname="LlamaCloudChatIndexErrorRatioHigh", alertstate="firing", '
+                             f'job="{OPERATOR_JOB}"}}')
+        return {a["metric"]["index_id"] for a in alerts}
+    fired = wait_until(firing_indexes, 90, "LlamaCloudChatIndexErrorRatioHigh firing")
+    assert fired <= bound, fired - bound
+    panel = next(p for p in DASHBOARDS["chat-overview.json"]()["panels"] if p["title"] == "By index")
+    runs, ratio, top = (query(prom, substitute(t["expr"], "")) for t in panel["targets"])
+    assert {r["metric"]["index_id"] for r in runs} == bound  # every index, and _none, has a row
+    ratio_of = {r["metric"]["index_id"]: float(r["value"][1]) for r in ratio}
+    assert fired <= set(ratio_of) and all(0 <= v <= 1 for v in ratio_of.values())
+    assert all(len([t for t in top if t["metric"]["index_id"] == i]) == 1 for i in fired)  # one top error type
 
 
 def test_prometheus_stores_exemplars_that_name_the_failing_sessions(stack):
