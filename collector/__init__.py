@@ -1,3 +1,5 @@
 """llamacloud-collector: Prometheus metrics for LlamaCloud chat sessions."""
 
-__version__ = "0.1.0"
+from collector.build import VERSION as __version__
+
+__all__ = ["__version__"]

@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import structlog
 
 from collector import __version__, logs
+from collector.build import REVISION
 from collector.app import CollectorService, SimulatorService, build_client, poll_config
 from collector.cadence import Deadline
 from collector.errors import AuthError, CollectorError, ConfigError
@@ -70,7 +71,7 @@ def _collector_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Prometheus metrics for LlamaCloud chat.",
                      argument_default=argparse.SUPPRESS)
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__} (revision {REVISION})")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     run = sub.add_parser("run", help="run the collector (default)", argument_default=argparse.SUPPRESS)
     check = sub.add_parser("check", help="call the API once and print what would be watched",

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 
 from collector import __version__
+from collector.build import REVISION
 from collector.aggregates import EXEMPLAR_LABEL, Mark
 from collector.aggregates import Histogram as Hist
 from collector.state import SessionState, Snapshot
@@ -139,7 +140,8 @@ class SnapshotCollector(Collector):
         yield dropped
         yield _gauge(p + "shard", "This collector's shard (--shard).", self._shard[0])
         yield _gauge(p + "total_shards", "How many shards share the sessions (--total-shards).", self._shard[1])
-        yield _gauge(p + "build_info", "Build information.", 1.0, {"version": __version__})
+        yield _gauge(p + "build_info", "Build information: version and source revision.", 1.0,
+                     {"version": __version__, "revision": REVISION})
 
     def _chat_families(self, snap: Snapshot) -> Iterator[Metric]:
         a, p = snap.aggregates, "llamacloud_chat_"
