@@ -12,6 +12,8 @@ import os
 import secrets
 import signal
 import sys
+import types as types_
+import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -23,7 +25,7 @@ from collector.app import CollectorService, SimulatorService, build_client, poll
 from collector.cadence import Deadline
 from collector.errors import AuthError, CollectorError, ConfigError
 from collector.selection import in_shard, wanted
-from collector.settings import Settings, check_environment, load_settings
+from collector.settings import CONFIG_ENV, OPTIONS, Settings, check_environment, load_settings
 from collector.webconfig import parse_web_config
 
 PROG = "llamacloud-collector"
@@ -37,35 +39,34 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+def _kind(name: str) -> dict[str, Any]:
+    """argparse's part of a setting, from its type: a switch, a repeatable flag, a number or a string."""
+    annotation = Settings.model_fields[name].annotation
+    types = [t for t in typing.get_args(annotation) if t is not type(None)] \
+        if isinstance(annotation, types_.UnionType) or typing.get_origin(annotation) is typing.Union else [annotation]
+    kind = types[0]
+    if kind is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if typing.get_origin(kind) is tuple:
+        return {"action": "append"}
+    if kind in (int, float):
+        return {"type": kind}
+    return {}
+
+
+def add_setting(parser: argparse.ArgumentParser, name: str) -> None:
+    """The flag of one ``Settings`` field, as its declaration says (help names the env var too)."""
+    option = OPTIONS[name]
+    if option.flag is not None:
+        parser.add_argument(option.flag, *option.aliases, dest=name, help=f"{option.help} ({option.env})",
+                            **_kind(name))
+
+
 def _collector_flags(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--config", help="YAML file with any setting (COLLECTOR_CONFIG)")
-    add("--base-url", dest="base_url", help="API base URL (LLAMA_CLOUD_BASE_URL)")
-    add("--api-key-file", dest="api_key_file", help="file holding the API key (COLLECTOR_API_KEY_FILE)")
-    add("--project-id", dest="project_id")
-    add("--organization-id", dest="organization_id")
-    add("--session-id", dest="session_ids", action="append", help="watch this session (repeatable)")
-    add("--discover", action=argparse.BooleanOptionalAction, help="list all sessions of the project")
-    add("--index-id", dest="index_ids", action="append", help="only discovered sessions bound to this index")
-    add("--state-path", dest="state_path", help="SQLite file that keeps counters across restarts")
-    add("--max-concurrency", dest="max_concurrency", type=int)
-    add("--session-series-limit", dest="session_series_limit", type=int)
-    add("--shard", type=int)
-    add("--total-shards", dest="total_shards", type=int)
-    add("--log-format", dest="log_format", choices=("json", "console"))
-    add("--log-level", dest="log_level")
-    add("--expose-titles", dest="expose_titles", action=argparse.BooleanOptionalAction)
-    add("--web-config", "--web.config.file", dest="web_config",
-        help="exporter-toolkit web config (TLS, basic auth); --web.config.file as Prometheus' exporters spell it")
-    add("--connect-timeout", dest="connect_timeout", type=float)
-    add("--read-timeout", dest="read_timeout", type=float)
-    add("--label-value-limit", dest="label_value_limit", type=int)
-    add("--log-runs", dest="log_runs", choices=("failed", "all", "none"),
-        help="one log line per failed run (default), every run, or none (COLLECTOR_LOG_RUNS)")
-    add("--page-size", dest="page_size", type=int,
-        help="sessions asked for per listing page; the API may send fewer (COLLECTOR_PAGE_SIZE)")
-    add("--max-response-bytes", dest="max_response_bytes", type=int,
-        help="cap on an API response body, compressed and decompressed (COLLECTOR_MAX_RESPONSE_BYTES)")
+    parser.add_argument("--config", help=f"YAML file with any setting ({CONFIG_ENV})")
+    for name in OPTIONS:
+        if name not in ("listen", "interval"):  # every command that serves has these two
+            add_setting(parser, name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,14 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
                           argument_default=argparse.SUPPRESS)
     simulate = sub.add_parser("simulate", help="the fake LlamaCloud API alone")
     for p in (run, check, demo):
-        p.add_argument("--listen", help="host:port for the endpoints (COLLECTOR_LISTEN)")
-        p.add_argument("--interval", type=float, help="seconds between polls (COLLECTOR_INTERVAL)")
+        add_setting(p, "listen")
+        add_setting(p, "interval")
     for p in (run, check):
         _collector_flags(p)
     demo.add_argument("--seed", type=int)
     demo.add_argument("--sessions", type=int)
     demo.add_argument("--rate", type=float)
-    demo.add_argument("--log-format", dest="log_format", choices=("json", "console"))
+    add_setting(demo, "log_format")
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--port", type=int, default=8000)
     simulate.add_argument("--sessions", type=int, default=40)

@@ -11,7 +11,9 @@ import math
 import os
 import re
 import stat
+import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,37 +28,7 @@ from collector.llamacloud.bounds import DEFAULT_MAX_RESPONSE_BYTES
 
 DEFAULT_BASE_URL = "https://api.cloud.llamaindex.ai"
 
-ENV_VARS: dict[str, str] = {
-    "base_url": "LLAMA_CLOUD_BASE_URL",
-    "api_key": "LLAMA_CLOUD_API_KEY",
-    "api_key_file": "COLLECTOR_API_KEY_FILE",
-    "project_id": "LLAMA_CLOUD_PROJECT_ID",
-    "organization_id": "LLAMA_CLOUD_ORGANIZATION_ID",
-    "session_ids": "COLLECTOR_SESSION_IDS",
-    "discover": "COLLECTOR_DISCOVER",
-    "index_ids": "COLLECTOR_INDEX_IDS",
-    "interval": "COLLECTOR_INTERVAL",
-    "listen": "COLLECTOR_LISTEN",
-    "state_path": "COLLECTOR_STATE_PATH",
-    "max_concurrency": "COLLECTOR_MAX_CONCURRENCY",
-    "session_series_limit": "COLLECTOR_SESSION_SERIES_LIMIT",
-    "shard": "COLLECTOR_SHARD",
-    "total_shards": "COLLECTOR_TOTAL_SHARDS",
-    "log_format": "COLLECTOR_LOG_FORMAT",
-    "log_level": "COLLECTOR_LOG_LEVEL",
-    "expose_titles": "COLLECTOR_EXPOSE_TITLES",
-    "web_config": "COLLECTOR_WEB_CONFIG",
-    "connect_timeout": "COLLECTOR_CONNECT_TIMEOUT",
-    "read_timeout": "COLLECTOR_READ_TIMEOUT",
-    "label_value_limit": "COLLECTOR_LABEL_VALUE_LIMIT",
-    "max_response_bytes": "COLLECTOR_MAX_RESPONSE_BYTES",
-    "log_runs": "COLLECTOR_LOG_RUNS",
-    "page_size": "COLLECTOR_PAGE_SIZE",
-}
 CONFIG_ENV = "COLLECTOR_CONFIG"
-FLAGS = {"session_ids": "--session-id", "index_ids": "--index-id"}
-"""Settings whose flag is not the field name: the repeatable ones are spelled in the singular."""
-LIST_FIELDS = frozenset({"session_ids", "index_ids"})
 
 DURATION_BUCKETS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 51.2, 102.4, 204.8, 409.6, 600, 1200)
 TOKEN_BUCKETS = tuple(float(4**i) for i in range(14))  # 1, 4, 16, ... 67108864
@@ -102,36 +74,97 @@ class BucketSettings(_Strict):
         return Buckets(self.duration, self.tokens, self.turns, self.tool_calls)
 
 
+@dataclass(frozen=True)
+class Option:
+    """How a setting is given: its flag (None: only in the environment or the file), env var and help."""
+
+    name: str
+    env: str
+    flag: str | None
+    help: str
+    aliases: tuple[str, ...] = ()
+    shown: str | None = None
+    """The README's default, where the value itself is not what a reader needs."""
+
+
+def setting(default: Any, *, env: str, help: str, flag: str | None = "", aliases: tuple[str, ...] = (),
+            shown: str | None = None, **limits: Any) -> Any:
+    """A ``Settings`` field with its flag, env var and help: the one declaration that argparse, ``ENV_VARS``,
+    the error messages and the README's table are generated from. The flag defaults to the field's name."""
+    option = {"env": env, "flag": flag, "help": help, "aliases": list(aliases), "shown": shown}
+    return Field(default=default, description=help, json_schema_extra={"option": option}, **limits)
+
+
 class Settings(BaseSettings):
     """Every setting of the collector. Sources are merged by ``load_settings``."""
 
     model_config = SettingsConfigDict(extra="forbid", frozen=True)
 
-    base_url: str = DEFAULT_BASE_URL
-    api_key: SecretStr | None = Field(default=None, repr=False)
-    api_key_file: Path | None = None
-    project_id: str | None = None
-    organization_id: str | None = None
-    session_ids: tuple[str, ...] = ()
-    discover: bool | None = None
-    index_ids: tuple[str, ...] = ()
-    interval: float = Field(default=60.0, ge=1, le=86400, allow_inf_nan=False)
-    listen: str = "0.0.0.0:9742"
-    state_path: Path | None = None
-    max_concurrency: int = Field(default=8, ge=1, le=256)
-    session_series_limit: int = Field(default=500, ge=0)
-    shard: int = Field(default=0, ge=0)
-    total_shards: int = Field(default=1, ge=1)
-    log_format: Literal["json", "console"] | None = None
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    expose_titles: bool = False
-    web_config: Path | None = None
-    connect_timeout: float = Field(default=5.0, gt=0, le=600, allow_inf_nan=False)
-    read_timeout: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
-    label_value_limit: int = Field(default=50, ge=1)
-    max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=65536, le=1 << 34)
-    log_runs: Literal["failed", "all", "none"] = "failed"
-    page_size: int = Field(default=100, ge=1, le=1000)
+    base_url: str = setting(
+        DEFAULT_BASE_URL, env="LLAMA_CLOUD_BASE_URL",
+        help="API base URL (EU: `https://api.cloud.eu.llamaindex.ai`)")
+    api_key: SecretStr | None = setting(
+        None, env="LLAMA_CLOUD_API_KEY", flag=None, shown="required for `run`, `check`", repr=False,
+        help="the API key; never a flag, never logged")
+    api_key_file: Path | None = setting(
+        None, env="COLLECTOR_API_KEY_FILE",
+        help="read the key from a file; when set it wins over `LLAMA_CLOUD_API_KEY`, and one that cannot be "
+             "read is an error")
+    project_id: str | None = setting(None, env="LLAMA_CLOUD_PROJECT_ID", help="passed as `project_id`")
+    organization_id: str | None = setting(None, env="LLAMA_CLOUD_ORGANIZATION_ID",
+                                          help="passed as `organization_id`")
+    session_ids: tuple[str, ...] = setting(
+        (), env="COLLECTOR_SESSION_IDS", flag="--session-id", help="watch these sessions (via `summary`)")
+    discover: bool | None = setting(
+        None, env="COLLECTOR_DISCOVER", shown="on when no session IDs are given",
+        help="page through `list` to find sessions")
+    index_ids: tuple[str, ...] = setting(
+        (), env="COLLECTOR_INDEX_IDS", flag="--index-id",
+        help="keep only discovered sessions bound to one of these indexes")
+    interval: float = setting(60.0, env="COLLECTOR_INTERVAL", ge=1, le=86400, allow_inf_nan=False,
+                              help="seconds between polls (1 to 86400)")
+    listen: str = setting("0.0.0.0:9742", env="COLLECTOR_LISTEN", help="`host:port` of the endpoints")
+    state_path: Path | None = setting(
+        None, env="COLLECTOR_STATE_PATH", shown="none (memory only)",
+        help="state file that keeps counters across restarts; a regular file or absent (a directory, device "
+             "or symbolic link is refused)")
+    max_concurrency: int = setting(8, env="COLLECTOR_MAX_CONCURRENCY", ge=1, le=256,
+                                   help="session fetches in flight (1 to 256)")
+    session_series_limit: int = setting(
+        500, env="COLLECTOR_SESSION_SERIES_LIMIT", ge=0,
+        help="sessions with per-session series (most recently updated first)")
+    shard: int = setting(0, env="COLLECTOR_SHARD", ge=0,
+                         help="watch only the sessions whose ID hashes to this shard")
+    total_shards: int = setting(1, env="COLLECTOR_TOTAL_SHARDS", ge=1, help="how many shards share the sessions")
+    log_format: Literal["json", "console"] | None = setting(
+        None, env="COLLECTOR_LOG_FORMAT", shown="json when not a TTY", help="`json` or `console`")
+    log_level: Literal["debug", "info", "warning", "error"] = setting(
+        "info", env="COLLECTOR_LOG_LEVEL", help="`debug`, `info`, `warning` (or `warn`), `error`")
+    expose_titles: bool = setting(
+        False, env="COLLECTOR_EXPOSE_TITLES", help="add `title` to `session_info` (titles may hold personal data)")
+    web_config: Path | None = setting(
+        None, env="COLLECTOR_WEB_CONFIG", aliases=("--web.config.file",),
+        help="TLS, client certificates, headers and basic auth, [exporter-toolkit format]"
+             "(https://github.com/prometheus/exporter-toolkit/blob/master/docs/web-configuration.md); re-read on "
+             "change; `--web.config.file` as Prometheus' exporters spell it")
+    connect_timeout: float = setting(
+        5.0, env="COLLECTOR_CONNECT_TIMEOUT", gt=0, le=600, allow_inf_nan=False,
+        help="API connect timeout, seconds; one API exchange, from request to last body byte, may take it plus "
+             "the read timeout (and never past the cycle's deadline)")
+    read_timeout: float = setting(30.0, env="COLLECTOR_READ_TIMEOUT", gt=0, le=3600, allow_inf_nan=False,
+                                  help="API read timeout, seconds")
+    label_value_limit: int = setting(
+        50, env="COLLECTOR_LABEL_VALUE_LIMIT", ge=1,
+        help="distinct `tool` and `index_id` values; the rest become `_other`")
+    max_response_bytes: int = setting(
+        DEFAULT_MAX_RESPONSE_BYTES, env="COLLECTOR_MAX_RESPONSE_BYTES", ge=65536, le=1 << 34,
+        shown="`33554432` (32 MiB)",
+        help="cap on one API response body, on the wire and decompressed; a larger one is an invalid payload")
+    log_runs: Literal["failed", "all", "none"] = setting(
+        "failed", env="COLLECTOR_LOG_RUNS",
+        help="one JSON log line per failed run (`failed`), per run (`all`), or none")
+    page_size: int = setting(100, env="COLLECTOR_PAGE_SIZE", ge=1, le=1000,
+                             help="sessions asked for per listing page (1 to 1000); the API may send fewer")
     error_rules: tuple[ErrorRule, ...] = tuple(ErrorRule(type=t, pattern=p) for t, p in DEFAULT_ERROR_RULES)
     buckets: BucketSettings = BucketSettings()
 
@@ -203,6 +236,25 @@ class Settings(BaseSettings):
         if self.api_key is not None and self.api_key.get_secret_value().strip():
             return _header_safe(self.api_key.get_secret_value().strip(), "LLAMA_CLOUD_API_KEY")
         raise ConfigError("missing API key: set LLAMA_CLOUD_API_KEY or COLLECTOR_API_KEY_FILE (--api-key-file)")
+
+
+def _options() -> dict[str, Option]:
+    out = {}
+    for name, info in Settings.model_fields.items():
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and isinstance(extra.get("option"), dict):
+            o: dict[str, Any] = extra["option"]
+            flag = f"--{name.replace('_', '-')}" if o["flag"] == "" else o["flag"]
+            out[name] = Option(name, o["env"], flag, o["help"], tuple(o["aliases"]), o["shown"])
+    return out
+
+
+OPTIONS: dict[str, Option] = _options()
+"""Every setting given by flag or env var, in declaration order."""
+ENV_VARS: dict[str, str] = {name: o.env for name, o in OPTIONS.items()}
+LIST_FIELDS = frozenset(name for name, info in Settings.model_fields.items() if name in OPTIONS
+                        and typing.get_origin(info.annotation) is tuple)
+"""Repeatable settings: a flag per value, comma-separated in the environment."""
 
 
 def _header_safe(key: str, where: str) -> str:
@@ -336,10 +388,8 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
 def _describe(error: dict[str, Any]) -> str:
     loc = [str(p) for p in error["loc"]]
     name = loc[0] if loc else "settings"
-    flag = FLAGS.get(name, f"--{name.replace('_', '-')}")
-    where = [flag] if name in ENV_VARS and name != "api_key" else []
-    if name in ENV_VARS:
-        where.append(ENV_VARS[name])
+    option = OPTIONS.get(name)
+    where = [w for w in (option.flag, option.env) if w] if option else []
     if not loc:
         return error["msg"].removeprefix("Value error, ")
     label = ".".join(loc)

@@ -164,3 +164,17 @@ def test_a_redirect_is_not_followed_and_says_where_it_points():
     client = _Client(base_url="http://api.example", api_key="k" * 20, transport=_httpx.MockTransport(handler))
     with pytest.raises(_Fetch, match="HTTP 301 redirect to https://api.example/api/v1/chat: set --base-url"):
         run_async(client.list_page())
+
+
+def test_the_private_httpx_call_the_client_relies_on_is_still_there_and_picks_the_mounted_transport():
+    """client.py sends straight to the transport httpx would pick for the base URL (proxy, NO_PROXY and
+    mounts applied), through httpx's private ``_transport_for_url``. If httpx renames or changes it, this
+    fails first, by name: move to the public mounts API or pin httpx below that release."""
+    import inspect
+
+    assert hasattr(httpx.AsyncClient, "_transport_for_url"), "httpx moved AsyncClient._transport_for_url"
+    assert list(inspect.signature(httpx.AsyncClient._transport_for_url).parameters) == ["self", "url"]
+    default, special = httpx.MockTransport(lambda r: httpx.Response(200)), httpx.MockTransport(lambda r: httpx.Response(204))
+    client = httpx.AsyncClient(transport=default, mounts={"https://api.special": special})
+    assert client._transport_for_url(httpx.URL("https://api.special/v1")) is special
+    assert client._transport_for_url(httpx.URL("https://api.other/v1")) is default
