@@ -34,10 +34,10 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.peer import peak_rss_mb  # noqa: E402
 from collector.app import CollectorService  # noqa: E402
 from collector.cadence import Cadence  # noqa: E402
 from collector.settings import load_settings  # noqa: E402
-from bench.peer import peak_rss_mb  # noqa: E402
 from tests.stack import free_port, wait_until  # noqa: E402
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import copy
 import hashlib
+import itertools
 import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -52,7 +53,7 @@ class Mark:
 class Histogram:
     """Counts per bucket (not cumulative), the sum, and each bucket's latest exemplar; ``le`` is inclusive."""
 
-    __slots__ = ("bounds", "counts", "total", "marks")
+    __slots__ = ("bounds", "counts", "marks", "total")
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = tuple(bounds)
@@ -95,7 +96,7 @@ class BoundedLabels:
     """Admits the first ``limit`` distinct values of a label; the rest become ``_other``, and only their
     number is kept (``dropped``), never the values."""
 
-    __slots__ = ("limit", "admitted", "dropped", "_seen")
+    __slots__ = ("_seen", "admitted", "dropped", "limit")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -357,7 +358,7 @@ def _histogram(stored: object, where: str) -> Histogram:
     if not isinstance(bounds, list) or not bounds:
         raise StoredValueError(f"{where}: no bounds")
     values = [float(b) if type(b) in (int, float) and math.isfinite(b) else math.nan for b in bounds]
-    if any(math.isnan(v) for v in values) or any(b <= a for a, b in zip(values, values[1:], strict=False)):
+    if any(math.isnan(v) for v in values) or any(b <= a for a, b in itertools.pairwise(values)):
         raise StoredValueError(f"{where}: bounds are not finite and increasing")
     counts = stored["counts"]
     if not isinstance(counts, list) or len(counts) != len(values) + 1:

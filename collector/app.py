@@ -25,10 +25,10 @@ from collector.listener import Listener, serve
 from collector.llamacloud.client import LlamaCloudClient
 from collector.metrics import SelfMetrics, SnapshotCollector
 from collector.poller import CycleReport, Poller
+from collector.scheduler import start_scheduler
 from collector.selection import PollConfig
 from collector.server import Endpoints
 from collector.settings import Settings, split_listen
-from collector.scheduler import start_scheduler
 from collector.simulator.api import Faults, SimulatorApi
 from collector.simulator.world import World, populate
 from collector.sqlite_store import SqliteStore

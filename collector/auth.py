@@ -123,7 +123,7 @@ class WebConfig:
         users = self.file.basic_auth_users
         if not users:
             return True
-        if not header or not header[:6].lower() == "basic ":
+        if not header or header[:6].lower() != "basic ":
             return False
         try:
             name, sep, password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")

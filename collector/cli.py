@@ -20,8 +20,8 @@ from typing import Any, NoReturn
 import structlog
 
 from collector import __version__, logs
-from collector.build import REVISION
 from collector.app import CollectorService, SimulatorService, build_client, poll_config
+from collector.build import REVISION
 from collector.cadence import Deadline
 from collector.errors import AuthError, CollectorError, ConfigError
 from collector.selection import in_shard, wanted
@@ -221,6 +221,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 1
     except KeyboardInterrupt:
         return 0
-    except Exception:  # a bug: one redacted log line with the traceback, not a raw dump
+    except Exception:  # noqa: BLE001 - a bug: one redacted log line with the traceback, not a raw dump
         structlog.get_logger("collector").exception("fatal error")
         return 1

@@ -101,7 +101,7 @@ GUARDS: dict[asyncio.BaseTransport, Guard] = {}
 
 
 @web.middleware
-async def head_deadline(request: web.Request, handler):  # noqa: ANN001
+async def head_deadline(request: web.Request, handler):
     """A request reached the application: its head arrived in time. The next one gets its own deadline."""
     guard = GUARDS.get(request.transport) if request.transport is not None else None
     if guard is not None:

@@ -21,9 +21,9 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 
 from collector import __version__
-from collector.build import REVISION
 from collector.aggregates import EXEMPLAR_LABEL, Mark
 from collector.aggregates import Histogram as Hist
+from collector.build import REVISION
 from collector.state import SessionState, Snapshot
 
 TITLE_LIMIT = 64

@@ -7,6 +7,7 @@ a key file, and never appears in a message.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -57,7 +58,7 @@ class ErrorRule(_Strict):
 def _increasing(values: tuple[float, ...]) -> tuple[float, ...]:
     if not all(math.isfinite(v) for v in values):
         raise ValueError("bucket bounds must be finite numbers (+Inf is always added)")
-    if not values or any(b <= a for a, b in zip(values, values[1:], strict=False)):
+    if not values or any(b <= a for a, b in itertools.pairwise(values)):
         raise ValueError("buckets must be a non-empty, strictly increasing list")
     return values
 
@@ -169,7 +170,7 @@ class Settings(BaseSettings):
     buckets: BucketSettings = BucketSettings()
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, **_sources):  # noqa: ANN001
+    def settings_customise_sources(cls, settings_cls, init_settings, **_sources):
         return (init_settings,)  # load_settings merges flags, env and file itself
 
     @field_validator("base_url")
@@ -296,7 +297,7 @@ MAX_CONFIG_DEPTH = 32
 class _UniqueKeyLoader(yaml.SafeLoader):
     """A YAML mapping with a key twice is refused: last-wins hides a typo."""
 
-    def construct_mapping(self, node, deep=False):  # noqa: ANN001
+    def construct_mapping(self, node, deep=False):
         keys = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
@@ -342,7 +343,7 @@ def _read_config(path: str) -> dict[str, Any]:
         nesting = max((m.end() - m.start() for m in re.finditer(r"[\[{]+", text)), default=0)
         if nesting > MAX_CONFIG_DEPTH:
             raise ConfigError(f"config: {path} nests deeper than {MAX_CONFIG_DEPTH} levels")
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

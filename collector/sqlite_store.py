@@ -20,8 +20,8 @@ import sqlite3
 import time
 from contextlib import closing
 from dataclasses import asdict
-from urllib.parse import quote
 from pathlib import Path
+from urllib.parse import quote
 
 import structlog
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field, replace
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from typing import Protocol
 
 from collector.aggregates import MAX_LABEL_LENGTH, Aggregates

@@ -81,7 +81,7 @@ def by_index() -> dict[str, Any]:
                             {"id": "custom.cellOptions", "value": {"type": "color-text"}}]}
     return panel("table", "By index", "Runs, error ratio and top error type of each index its sessions are bound "
                  "to (a session bound to two counts under both; _none: bound to none; _other: past "
-                 f"--label-value-limit). Red from 20%, as LlamaCloudChatIndexErrorRatioHigh.", "short", targets,
+                 "--label-value-limit). Red from 20%, as LlamaCloudChatIndexErrorRatioHigh.", "short", targets,
                  w=24, h=9, overrides=[ratio],
                  transformations=[{"id": "merge", "options": {}},
                                   {"id": "organize", "options": {"excludeByName": {"Time": True},

@@ -26,8 +26,8 @@ def run_events(failed: bool = False, tool: str | None = None) -> list[dict]:
     if tool:
         events += [{"type": "tool_call", "name": tool, "call_id": "c", "arguments": {}},
                    {"type": "tool_result", "name": tool, "call_id": "c", "result": "r"}]
-    return events + [{"type": "stop", "is_error": failed, "error": "boom" if failed else None,
-                      "usage": {"duration_ms": 500, "total_input_tokens": 5, "total_output_tokens": 7, "turns": 1}}]
+    usage = {"duration_ms": 500, "total_input_tokens": 5, "total_output_tokens": 7, "turns": 1}
+    return [*events, {"type": "stop", "is_error": failed, "error": "boom" if failed else None, "usage": usage}]
 
 
 class FakeApi:

@@ -47,7 +47,7 @@ def _gzip_bomb(size: int) -> bytes:
 class HostileApi:
     def __init__(self, sessions: int = 12, runs: int = 2, seed: int = 5) -> None:
         self.world = populate(World(seed=seed), sessions, runs)
-        for odd in ODD_IDS + (HOSTILE_ID,):
+        for odd in (*ODD_IDS, HOSTILE_ID):
             session = self.world.new_session()
             del self.world.sessions[session.session_id]
             session.session_id = odd

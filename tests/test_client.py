@@ -147,7 +147,7 @@ def test_a_body_that_claims_gzip_and_is_not_is_an_invalid_payload():
     def bad(request):
         return httpx.Response(200, stream=httpx.ByteStream(b"not gzip at all"),
                               headers={"content-encoding": "gzip", "content-type": "application/json"})
-    client, sleeps, registry = make(bad)
+    client, _sleeps, registry = make(bad)
     with pytest.raises(PayloadError, match="undecodable"):
         run_async(client.retrieve("s1"))
     assert registry.get_sample_value("llamacloud_collector_invalid_payloads_total", {"operation": "retrieve"}) == 1

@@ -180,7 +180,7 @@ def test_explicit_session_ids_use_summary_and_index_filter_limits_discovery():
         sim = SimulatorService(sessions=12, runs=2, seed=5, rate=0)
         await sim.start()
         ids = list(sim.world.sessions)[:3]
-        collector = collector_for(sim, session_ids=ids + ["does-not-exist"])
+        collector = collector_for(sim, session_ids=[*ids, "does-not-exist"])
         await collector.start(schedule=False)
         await collector.poller.cycle()
         assert set(collector.poller.state.sessions) == set(ids)

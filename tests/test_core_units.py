@@ -201,8 +201,9 @@ def test_the_stored_count_message_is_exact():
 
 
 def session_of(events: list[dict], **extra) -> Session:
-    from collector.llamacloud.models import parse_session
     import json
+
+    from collector.llamacloud.models import parse_session
     return parse_session(json.dumps({"session_id": "s", "last_updated_at": "2026-01-01T00:00:00",
                                      "events": events, **extra}).encode())
 
@@ -294,12 +295,12 @@ def test_per_session_label_values_are_bounded_whatever_the_api_sends():
     from collector.state import MAX_INDEX_IDS
 
     ids = [f"idx-{i:05d}-" + "x" * 90 for i in range(10_000)] + ["y" * 500]
-    session = session_of([{"type": "user_input"}, {"type": "stop", "is_error": False}], index_ids=ids, shared_access="everyone; drop table")
+    run = [{"type": "user_input"}, {"type": "stop", "is_error": False}]
+    session = session_of(run, index_ids=ids, shared_access="everyone; drop table")
     state = update_session(None, session, Aggregates(BUCKETS, 5), ErrorClassifier(), 1.0)
     assert len(state.index_ids) == MAX_INDEX_IDS and all(len(i) <= 128 for i in state.index_ids)
     assert state.shared_access is None  # not one of the API's two values: no label value of its own
-    ok = update_session(None, session_of([{"type": "user_input"}, {"type": "stop", "is_error": False}], shared_access="read_only"), Aggregates(BUCKETS, 5),
-                        ErrorClassifier(), 1.0)
+    ok = update_session(None, session_of(run, shared_access="read_only"), Aggregates(BUCKETS, 5), ErrorClassifier(), 1.0)
     assert ok.shared_access == "read_only"
 
 

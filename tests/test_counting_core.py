@@ -145,7 +145,7 @@ def test_when_every_configured_session_fails_the_cycle_is_a_failure():
 
 def test_an_unfinished_run_keeps_the_time_it_was_first_seen_across_refetches():
     api = FakeApi()
-    unfinished = run_events() + [{"type": "user_input", "content": "q"}]
+    unfinished = [*run_events(), {"type": "user_input", "content": "q"}]
     api.put("s", "2026-01-01T00:00:00+00:00", unfinished)
     api.put("other", "2026-01-01T00:00:00+00:00", run_events())
     now = [100.0]
@@ -153,7 +153,7 @@ def test_an_unfinished_run_keeps_the_time_it_was_first_seen_across_refetches():
     cycle(p)
     assert p.snapshot.oldest_in_progress_since == 100.0
     now[0] = 200.0
-    api.put("s", "2026-01-01T00:01:00+00:00", unfinished + [{"type": "text_delta", "content": "x"}])
+    api.put("s", "2026-01-01T00:01:00+00:00", [*unfinished, {"type": "text_delta", "content": "x"}])
     cycle(p)
     assert api.retrieved["s"] == 2  # the in-progress session itself was fetched again
     assert p.snapshot.oldest_in_progress_since == 100.0 and p.snapshot.runs_in_progress == 1

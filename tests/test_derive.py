@@ -65,8 +65,8 @@ def test_history_check_detects_shrink_and_rewrite(session):
     done = derive(events, 0, 0, ErrorClassifier())
     assert history_intact(events, done.cursor, done.events_seen, done.stop_signature)
     assert not history_intact(events[:10], done.cursor, done.events_seen, done.stop_signature)
-    rewritten = session.model_copy(update={"events": events[:13] + (
-        dataclasses.replace(events[13], is_error=False),) + events[14:]})
+    flipped = dataclasses.replace(events[13], is_error=False)
+    rewritten = session.model_copy(update={"events": (*events[:13], flipped, *events[14:])})
     assert not history_intact(rewritten.events, done.cursor, done.events_seen, done.stop_signature)
 
 

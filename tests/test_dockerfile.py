@@ -84,7 +84,7 @@ def test_install_steps_build_a_working_entry_command(tmp_path):
     env.pop("PYTHONPATH", None)
     entry = json.loads(dict(final)["ENTRYPOINT"])
     port = free_port()
-    proc = subprocess.Popen(entry + ["demo", "--listen", f"127.0.0.1:{port}"], env=env, cwd=tmp_path,
+    proc = subprocess.Popen([*entry, "demo", "--listen", f"127.0.0.1:{port}"], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200, 60, "the image's demo")
@@ -105,8 +105,9 @@ def test_hadolint_finds_nothing():
 
 
 def test_the_image_installs_only_hash_pinned_dependencies_that_satisfy_pyproject():
-    from packaging.requirements import Requirement
     import tomllib
+
+    from packaging.requirements import Requirement
 
     lock = (ROOT / "deploy" / "requirements.lock").read_text()
     pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^\s;]+)", lock, re.M))

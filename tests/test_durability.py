@@ -153,7 +153,7 @@ def test_changed_buckets_rederive_without_going_backwards(tmp_path):
         first = await one_cycle(sim, db)
         before = await scrape(first.port)
         await first.stop()
-        gone = list(sim.world.sessions)[0]
+        gone = next(iter(sim.world.sessions))
         sim.world.delete(gone)
         rules = [{"type": "everything", "pattern": "."}]
         second = collector_for(sim, state_path=str(db), buckets={"turns": [1, 10, 100]}, error_rules=rules)

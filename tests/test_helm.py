@@ -162,7 +162,7 @@ def test_dashboards_configmaps_are_labelled_and_hold_the_dashboards():
     for m in maps:
         assert m["metadata"]["labels"]["grafana_dashboard"] == "1" and m["metadata"]["namespace"] == "grafana"
         assert m["metadata"]["annotations"]["grafana_folder"] == "LlamaCloud"
-        (name, body), = m["data"].items()
+        (_name, body), = m["data"].items()
         assert json.loads(body)["uid"].startswith("llamacloud-")
 
 

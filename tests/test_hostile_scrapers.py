@@ -200,7 +200,7 @@ def test_half_sent_heads_are_dropped_and_do_not_block_others(procs):
         assert answer.status_code == 200
         closed = await asyncio.wait_for(held[0][0].read(), 30)  # dropped after the head timeout
         return closed, held
-    closed, held = asyncio.run(slowloris())
+    closed, _held = asyncio.run(slowloris())
     assert closed == b""
     stack.assert_healthy()
 
@@ -266,8 +266,7 @@ def test_a_slow_head_attack_from_one_peer_leaves_scrapes_and_probes_served(procs
                 ok += (await http.get(stack.url(path))).status_code == 200
                 await asyncio.sleep(0.5)
         await trickling
-        alive = sum(1 for _, w in held if not w.transport.is_closing() and not w.transport.get_extra_info("socket")
-                    is None)
+        alive = sum(1 for _, w in held if not w.transport.is_closing() and w.transport.get_extra_info("socket") is not None)
         closed = 0
         for reader, _ in held:
             try:

@@ -26,6 +26,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from prometheus_client import CollectorRegistry
 
 from collector.aggregates import Buckets
 from collector.cadence import Cadence
@@ -36,7 +37,6 @@ from collector.poller import Poller
 from collector.selection import PollConfig
 from collector.sqlite_store import SqliteStore
 from collector.state import MemoryStore
-from prometheus_client import CollectorRegistry
 from tests.fakes import FakeApi
 from tests.helpers import run_async
 

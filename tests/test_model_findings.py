@@ -52,7 +52,7 @@ def test_a_rewrite_then_a_short_read_never_counts_a_run_twice():
 def test_a_read_between_a_short_and_the_whole_history_counts_nothing_again():
     api = FakeApi()
     whole = stop(1) + stop(2) + stop(3)
-    api.put("s", T[0], whole + [{"type": "user_input"}])
+    api.put("s", T[0], [*whole, {"type": "user_input"}])
     p = poller(api)
     cycle(p)
     assert total_runs(p) == 3
@@ -67,12 +67,13 @@ def test_a_read_between_a_short_and_the_whole_history_counts_nothing_again():
 
 
 def test_a_short_read_during_a_re_derivation_is_not_counted_again_over_the_floor(tmp_path):
+    from prometheus_client import CollectorRegistry
+
     from collector.derive import ErrorClassifier
     from collector.metrics import SelfMetrics
     from collector.poller import Poller
     from collector.selection import PollConfig
     from collector.sqlite_store import SqliteStore
-    from prometheus_client import CollectorRegistry
 
     api = FakeApi()
     api.put("s", T[0], run_events() * 2)

@@ -215,7 +215,7 @@ def synced_then_one_more_run_each(n: int, interval: float):
 
 def test_fetches_that_outlast_the_deadline_are_carried_and_fetched_first_next_cycle():
     # 90 ms for the cycle: the listing fits in it, the fetches (500 ms each) do not
-    api, p, fast = synced_then_one_more_run_each(3, interval=0.1)
+    api, _p, fast = synced_then_one_more_run_each(3, interval=0.1)
     api.retrieve_delay = 0.5
     report = cycle(fast)
     assert report.result == "partial" and report.carried == 3 and report.fetched == 0 and report.failed == 0

@@ -1,13 +1,23 @@
 """End to end with a real Prometheus and Alertmanager: dashboards return data, alerts fire and are delivered."""
 
 import json
+
 import httpx
 import pytest
 
 from scripts.dashboards import DASHBOARDS
 from scripts.rules import alert_rules, dump, load_spec, recording_rules
-from tests.stack import (OPERATOR_LABELS, Processes, Webhook, firing, free_port, query, start_alertmanager,
-                         start_prometheus, wait_until)
+from tests.stack import (
+    OPERATOR_LABELS,
+    Processes,
+    Webhook,
+    firing,
+    free_port,
+    query,
+    start_alertmanager,
+    start_prometheus,
+    wait_until,
+)
 
 KEY = "llx-e2e-key"
 CORE = {"Runs per minute by outcome", "Error ratio against the SLO", "Run duration p50 / p95 / p99",

@@ -99,9 +99,9 @@ def test_version_and_build_info_name_the_version_and_revision(capsys):
     from prometheus_client import CollectorRegistry, generate_latest
 
     from collector import __version__
+    from collector.aggregates import Aggregates, Buckets
     from collector.build import REVISION
     from collector.cli import main
-    from collector.aggregates import Aggregates, Buckets
     from collector.metrics import SnapshotCollector
     from collector.state import CollectorState, PollStatus, take_snapshot
     with pytest.raises(SystemExit) as exited:

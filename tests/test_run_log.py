@@ -59,7 +59,7 @@ def test_exactly_one_line_per_failed_run_across_a_restart_with_state(tmp_path):
         first.send_signal(signal.SIGTERM)
         assert first.wait(15) == 0
         procs.procs.pop("first")
-        second, port = start("second")
+        _second, port = start("second")
         httpx.get(sim + "/_sim/touch", params={"fraction": 0.3, "fail": 1})
         truth = remote_truth(sim)[0]
         wait_until(lambda: counted(port) == sum(r.failed for r in truth), 30, "the new failed runs counted")

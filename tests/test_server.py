@@ -126,8 +126,8 @@ def test_each_connection_has_a_bounded_kernel_send_buffer():
     async def scenario():
         listener = await listening.serve(aioweb.Application(), "127.0.0.1", 0, max_connections=300)
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
-            while not listening.GUARDS:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+            while not listening.GUARDS:  # noqa: ASYNC110 - the server's accept callback fills it
                 await asyncio.sleep(0.01)
             (guard,) = listening.GUARDS.values()
             sock = guard.transport.get_extra_info("socket")

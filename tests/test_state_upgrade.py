@@ -100,7 +100,7 @@ def test_a_release_file_loads_exactly_and_only_changed_sessions_are_fetched(rele
 
 @pytest.mark.parametrize("release", RELEASES)
 def test_what_this_release_writes_reads_back_field_for_field(release, tmp_path):
-    api, start = open_release(release, tmp_path)
+    _api, start = open_release(release, tmp_path)
     first = start()
     run_async(first.cycle())
     first.store.close()

@@ -139,7 +139,7 @@ def test_tls_versions_ciphers_and_headers_are_honoured(tmp_path, pki):
     async def scenario():
         async with running as port:
             ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
-            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
             tls = writer.get_extra_info("ssl_object")
             assert tls.version() == "TLSv1.2" and tls.cipher()[0] == "ECDHE-RSA-AES256-GCM-SHA384"
             writer.close()

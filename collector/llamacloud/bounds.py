@@ -34,7 +34,7 @@ class LargeBodies:
 class Claim:
     """One request's turn at the gate: taken when its body grows large, released once it is parsed."""
 
-    __slots__ = ("_lock", "_held")
+    __slots__ = ("_held", "_lock")
 
     def __init__(self, lock: asyncio.Lock) -> None:
         self._lock, self._held = lock, False

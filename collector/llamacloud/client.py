@@ -36,8 +36,16 @@ from pydantic import BaseModel, ValidationError
 from collector import __version__
 from collector.cadence import Deadline
 from collector.errors import AuthError, FetchError, NotFound, PayloadError
-from collector.llamacloud.bounds import (DEFAULT_MAX_RESPONSE_BYTES, BadStatus, BodyTooLarge, Claim, LargeBodies,
-                                         check_status, read_capped, session_id_problem)
+from collector.llamacloud.bounds import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    BadStatus,
+    BodyTooLarge,
+    Claim,
+    LargeBodies,
+    check_status,
+    read_capped,
+    session_id_problem,
+)
 from collector.llamacloud.models import Listed, Session, SessionPage, Summary, parse_page, parse_session
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
@@ -103,7 +111,7 @@ def session_path(session_id: str, suffix: str = "") -> str:
 
 
 class _Answer:
-    __slots__ = ("status", "body", "content_type", "retry_after", "location")
+    __slots__ = ("body", "content_type", "location", "retry_after", "status")
 
     def __init__(self, status: int, body: bytes, content_type: str, retry_after: str | None,
                  location: str | None = None) -> None:
@@ -210,11 +218,11 @@ class LlamaCloudClient:
             raise PayloadError(f"{operation}: the answer names another session", operation=operation)
         return answer
 
-    async def _exchange(self, path: str, params: dict, timeout: float, claim: Claim) -> _Answer:
-        """One GET, from request to last body byte, within ``timeout`` and the size cap."""
+    async def _exchange(self, path: str, params: dict, seconds: float, claim: Claim) -> _Answer:
+        """One GET, from request to last body byte, within ``seconds`` and the size cap."""
         url = f"{self._base}{path}?{urlencode(params)}" if params else self._base + path
         request = httpx.Request("GET", url, headers=self._headers, extensions={"timeout": self._timeouts})
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(seconds):
             response = await self._transport.handle_async_request(request)
             try:
                 status = check_status(response.status_code)
