@@ -331,7 +331,8 @@ def count(value: object, where: str) -> int:
 
 def finite(value: object, where: str) -> float:
     """A stored sum or time: a finite number in [0, 2**53]."""
-    if type(value) not in (int, float) or not math.isfinite(value) or not 0 <= value <= MAX_COUNT:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+            or not 0 <= value <= MAX_COUNT:
         raise StoredValueError(f"{where}: {str(value)[:40]!r} is not a finite non-negative number")
     return float(value)
 

@@ -70,13 +70,7 @@ def settle_memory(cycles: int) -> None:
 
 
 def poll_config(settings: Settings) -> PollConfig:
-    return PollConfig(
-        interval=settings.interval, discover=settings.discovery, session_ids=settings.session_ids,
-        index_ids=settings.index_ids, shard=settings.shard, total_shards=settings.total_shards,
-        max_concurrency=settings.max_concurrency, series_limit=settings.session_series_limit,
-        buckets=settings.buckets.as_buckets(), label_limit=settings.label_value_limit, log_runs=settings.log_runs,
-        page_size=settings.page_size,
-    )
+    return PollConfig.from_settings(settings)
 
 
 def build_client(settings: Settings, api_key: str, observer=None,
@@ -125,6 +119,7 @@ class CollectorService:
 
     @property
     def port(self) -> int:
+        assert self.server is not None, "started"
         return self.server.port
 
     async def run_cycle(self) -> CycleReport:
@@ -209,6 +204,7 @@ class SimulatorService:
 
     @property
     def port(self) -> int:
+        assert self.server is not None, "started"
         return self.server.port
 
     @property

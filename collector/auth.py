@@ -45,7 +45,7 @@ class WebConfig:
         self.file = parse_web_config(path) if path else WebConfigFile()
         self._mtime = self._stat()
         tls = self.file.tls_server_config
-        self.ssl_context: ssl.SSLContext | None = ssl_context(tls, path.parent) if tls else None
+        self.ssl_context: ssl.SSLContext | None = ssl_context(tls, path.parent) if tls and path else None
         """The context the listener was started with; each handshake switches to ``_current``."""
         self._current = self.ssl_context
         if self.ssl_context is not None:

@@ -113,9 +113,14 @@ async def _until_signalled(*services: Any) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     reloadable = [s for s in services if hasattr(s, "reload")]
-    loop.add_signal_handler(signal.SIGHUP, lambda: [s.reload() for s in reloadable])
+    def reload() -> None:
+        for service in reloadable:
+            service.reload()
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    def ignored(sig: signal.Signals) -> None:
+        log.info("signal ignored", signal=sig.name)
     for sig in (signal.SIGUSR1, signal.SIGUSR2):  # commonly sent, never meant to kill: ignored, said once
-        loop.add_signal_handler(sig, lambda sig=sig: log.info("signal ignored", signal=signal.Signals(sig).name))
+        loop.add_signal_handler(sig, ignored, sig)
     try:
         for service in services:
             await service.start()

@@ -123,10 +123,9 @@ def _run_record(run_events: Sequence[object], stop: StopEvent,
     calls: list[ToolCallEvent] = []
     results: set[str] = set()
     for event in run_events:
-        kind = type(event)
-        if kind is ToolCallEvent:
+        if isinstance(event, ToolCallEvent):
             calls.append(event)
-        elif kind is ToolResultEvent:
+        elif isinstance(event, ToolResultEvent):
             results.add(event.call_id)
     usage = stop.usage
     failed = stop.failed
@@ -171,8 +170,8 @@ def derive(events: Sequence[object], cursor: int, events_seen: int,
     last = events[start - 1] if start > 0 else None
     signature = stop_signature(last) if isinstance(last, StopEvent) else None
     in_progress_start = next(
-        (i for i in range(start, len(events))
-         if isinstance(events[i], PlainEvent) and events[i].type == "user_input"),
+        (i for i, event in enumerate(events[start:], start)
+         if isinstance(event, PlainEvent) and event.type == "user_input"),
         None,
     )
     counts = Counter(map(event_label, events[events_seen:]))

@@ -39,9 +39,10 @@ class Guard(asyncio.Protocol):
         self.inner, self.peers, self.per_peer = inner, peers, per_peer
         self.peer: str | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.transport: asyncio.BaseTransport | None = None
+        self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # a stream server's (TCP or TLS) transports are
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else None
         if self.peer is not None and self.peers.get(self.peer, 0) >= self.per_peer:
@@ -117,6 +118,7 @@ class _Refused(asyncio.Protocol):
     """A connection over the cap: closed before a byte is read."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
         transport.abort()
 
 
@@ -143,6 +145,7 @@ async def serve(app: web.Application, host: str, port: int, *, ssl_context: ssl.
                            shutdown_timeout=SHUTDOWN_TIMEOUT, logger=quiet)
     await runner.setup()
     handler = runner.server
+    assert handler is not None, "set up above"
 
     peers: dict[str, int] = {}
     per_peer = max(8, max_connections // PER_PEER_SHARE)

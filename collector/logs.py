@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -32,7 +32,7 @@ class Redactor:
             return type(value)(self.scrub(v) for v in value)
         return value
 
-    def __call__(self, _logger: Any, _name: str, event_dict: dict) -> dict:
+    def __call__(self, _logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         return self.scrub(event_dict)
 
 
@@ -41,7 +41,7 @@ MAX_VALUE = 600
 or an error, and a log line per cycle must stay a line (a run's error text is 500 at most)."""
 
 
-def bounded(_logger: Any, _name: str, event_dict: dict) -> dict:
+def bounded(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in event_dict.items():
         if isinstance(value, str) and len(value) > MAX_VALUE and key != "exception":
             event_dict[key] = f"{value[:200]}... ({len(value)} characters)"

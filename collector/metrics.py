@@ -9,6 +9,7 @@ request counters (``SelfMetrics``) are ordinary prometheus_client metrics.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import (
@@ -78,7 +79,8 @@ def _exemplar(mark: Mark | None) -> Exemplar | None:
 def _histogram(name: str, doc: str, labels: list[str], series: list[tuple[list[str], Hist]]) -> Metric:
     family = HistogramMetricFamily(name, doc, labels=labels)
     for values, hist in series:
-        buckets = [(le, count, _exemplar(mark)) if mark else (le, count) for le, count, mark in hist.cumulative()]
+        buckets: list[Any] = [(le, count, _exemplar(mark)) if mark else (le, count)
+                              for le, count, mark in hist.cumulative()]
         family.add_metric(values, buckets, hist.total)
     return family
 

@@ -377,7 +377,7 @@ class Poller:
         if self._backing_off(run, sid):
             return None
         prev = work.known(sid)
-        if is_unchanged(prev, found):
+        if prev is not None and is_unchanged(prev, found):
             run.report.unchanged += 1
             if sid not in work.sessions:
                 work.put(prev)  # back in the listing, unchanged: watched again as it was

@@ -9,30 +9,43 @@ from dataclasses import dataclass
 from collector.aggregates import Buckets
 from collector.llamacloud.models import Listed, Summary
 from collector.runlog import LogRuns
+from collector.settings import Settings
 from collector.state import SessionState, parse_timestamp
 
 Found = Listed | Summary
 """A session as discovery found it: a listing item, or a configured ID's summary."""
 
 
+MAX_PAGES = 10_000
+"""A million sessions at 100 a page; a listing that goes on past this is endless, not large."""
+
+
 @dataclass(frozen=True)
 class PollConfig:
-    """A poller's settings, built once from ``Settings``."""
+    """A poller's settings: no defaults of its own, built by ``from_settings``."""
 
     interval: float
-    discover: bool = True
-    session_ids: tuple[str, ...] = ()
-    index_ids: tuple[str, ...] = ()
-    shard: int = 0
-    total_shards: int = 1
-    max_concurrency: int = 8
-    series_limit: int = 500
-    buckets: Buckets | None = None
-    label_limit: int = 50
-    log_runs: LogRuns = "failed"
-    page_size: int = 100
-    max_pages: int = 10_000
-    """A million sessions at 100 a page; a listing that goes on past this is endless, not large."""
+    discover: bool
+    session_ids: tuple[str, ...]
+    index_ids: tuple[str, ...]
+    shard: int
+    total_shards: int
+    max_concurrency: int
+    series_limit: int
+    buckets: Buckets
+    label_limit: int
+    log_runs: LogRuns
+    page_size: int
+    max_pages: int = MAX_PAGES
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PollConfig:
+        return cls(
+            interval=settings.interval, discover=settings.discovery, session_ids=settings.session_ids,
+            index_ids=settings.index_ids, shard=settings.shard, total_shards=settings.total_shards,
+            max_concurrency=settings.max_concurrency, series_limit=settings.session_series_limit,
+            buckets=settings.buckets.as_buckets(), label_limit=settings.label_value_limit,
+            log_runs=settings.log_runs, page_size=settings.page_size)
 
 
 def shard_of(session_id: str, total_shards: int) -> int:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from collector.aggregates import Buckets
 from collector.derive import DEFAULT_ERROR_RULES
@@ -92,8 +92,8 @@ def setting(default: Any, *, env: str, help: str, flag: str | None = "", aliases
             shown: str | None = None, **limits: Any) -> Any:
     """A ``Settings`` field with its flag, env var and help: the one declaration that argparse, ``ENV_VARS``,
     the error messages and the README's table are generated from. The flag defaults to the field's name."""
-    option = {"env": env, "flag": flag, "help": help, "aliases": list(aliases), "shown": shown}
-    return Field(default=default, description=help, json_schema_extra={"option": option}, **limits)
+    option: dict[str, Any] = {"env": env, "flag": flag, "help": help, "aliases": list(aliases), "shown": shown}
+    return Field(default=default, description=help, json_schema_extra=typing.cast(Any, {"option": option}), **limits)
 
 
 class Settings(BaseSettings):
@@ -170,7 +170,11 @@ class Settings(BaseSettings):
     buckets: BucketSettings = BucketSettings()
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, **_sources):
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings,)  # load_settings merges flags, env and file itself
 
     @field_validator("base_url")
@@ -244,7 +248,7 @@ def _options() -> dict[str, Option]:
     for name, info in Settings.model_fields.items():
         extra = info.json_schema_extra
         if isinstance(extra, dict) and isinstance(extra.get("option"), dict):
-            o: dict[str, Any] = extra["option"]
+            o = typing.cast(dict[str, Any], extra["option"])
             flag = f"--{name.replace('_', '-')}" if o["flag"] == "" else o["flag"]
             out[name] = Option(name, o["env"], flag, o["help"], tuple(o["aliases"]), o["shown"])
     return out
@@ -386,7 +390,7 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: Mapping[str, Any]) -> str:
     loc = [str(p) for p in error["loc"]]
     name = loc[0] if loc else "settings"
     option = OPTIONS.get(name)

@@ -18,6 +18,7 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import asdict
 from pathlib import Path
@@ -153,8 +154,8 @@ class SqliteStore:
             return None
 
     def _load(self) -> CollectorState | None:
-        self.db = self._connect()
-        meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+        db = self.db = self._connect()
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         if not meta:
             return None
         schema, derivation = int(meta["schema_version"]), int(meta.get("derivation_version", "1"))
@@ -169,7 +170,7 @@ class SqliteStore:
 
         def states(query: str) -> dict[str, SessionState]:
             out = {}
-            for sid, text in self.db.execute(query):
+            for sid, text in db.execute(query):
                 state = decode_session(text)
                 if state.session_id != sid:
                     raise StoredValueError("a row whose key is not the session it holds")
@@ -205,8 +206,10 @@ class SqliteStore:
 
     def _save(self, state: CollectorState) -> None:
         db = self.db
+        assert db is not None, "save() connects first"
         db.execute("BEGIN IMMEDIATE")
         try:
+            rows: Iterable[SessionState]
             if self.full_rewrite:
                 db.execute("DELETE FROM sessions")
                 rows = state.sessions.values()

@@ -21,8 +21,9 @@ Paths are relative to the file. Basic auth is checked in ``auth.py``.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 import yaml
@@ -139,7 +140,7 @@ class WebConfigFile(_Strict):
         return value
 
 
-def _describe(error: dict) -> str:
+def _describe(error: Mapping[str, Any]) -> str:
     where = ".".join(str(p) for p in error["loc"]) or "file"
     if error["type"] == "extra_forbidden":
         return f"unknown key {where!r}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from dataclasses import replace
 
 from prometheus_client import CollectorRegistry
 
@@ -15,6 +16,7 @@ from collector.llamacloud.models import SessionPage, Summary, parse_page, parse_
 from collector.metrics import SelfMetrics
 from collector.poller import Poller
 from collector.selection import PollConfig
+from collector.settings import Settings
 from collector.state import MemoryStore
 from tests.helpers import run_async
 
@@ -108,7 +110,7 @@ class FakeApi:
 def poller(api: FakeApi, now: list[float] | None = None, monotonic=None, interval: float = 60.0,
            **config) -> Poller:
     clock = (lambda: now[0]) if now is not None else (lambda: 1000.0)
-    return Poller(api, MemoryStore(), PollConfig(interval=interval, buckets=BUCKETS, **config), ErrorClassifier(),
+    return Poller(api, MemoryStore(), poll_config(interval=interval, buckets=BUCKETS, **config), ErrorClassifier(),
                   SelfMetrics(CollectorRegistry()), clock=clock, **({"monotonic": monotonic} if monotonic else {}))
 
 
@@ -120,3 +122,6 @@ def total_runs(p: Poller) -> int:
     return sum(p.state.aggregates.runs.values())
 
 
+def poll_config(**overrides) -> PollConfig:
+    """A poller's config as the default settings give it, with ``overrides``."""
+    return replace(PollConfig.from_settings(Settings()), **overrides)

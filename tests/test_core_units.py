@@ -14,8 +14,9 @@ from collector.errors import FetchError
 from collector.llamacloud.models import JobMetadata, PlainEvent, Session, StopEvent
 from collector.metrics import SelfMetrics
 from collector.poller import Poller
-from collector.selection import PollConfig, older, wanted
+from collector.selection import older, wanted
 from collector.state import CollectorState, LastRun, MemoryStore, SessionState, parse_timestamp, update_session
+from tests.fakes import poll_config
 from tests.helpers import run_async
 
 BUCKETS = Buckets((1.0, 10.0), (10.0, 100.0), (1.0, 4.0), (0.0, 2.0))
@@ -110,10 +111,10 @@ def test_stored_exemplars_keep_their_timestamp():
 
 def test_sharding_applies_from_two_shards():
     listed = Session(session_id="s1", last_updated_at="x")
-    owners = [wanted(PollConfig(interval=1, shard=i, total_shards=2), listed) for i in (0, 1)]
+    owners = [wanted(poll_config(interval=1, shard=i, total_shards=2), listed) for i in (0, 1)]
     assert sorted(owners) == [False, True]
-    assert wanted(PollConfig(interval=1, index_ids=("i1",)), listed) is False
-    assert wanted(PollConfig(interval=1, index_ids=("i1",), session_ids=("s1",)), listed) is True
+    assert wanted(poll_config(interval=1, index_ids=("i1",)), listed) is False
+    assert wanted(poll_config(interval=1, index_ids=("i1",), session_ids=("s1",)), listed) is True
 
 
 def test_only_a_strictly_older_answer_is_a_lagging_replica():
@@ -170,7 +171,7 @@ def test_a_failed_cycle_publishes_down_with_its_reason_and_start_time():
         async def list_page(self, token=None, deadline=None):
             raise FetchError("list: HTTP 500", operation="list")
 
-    poller = Poller(Down(), MemoryStore(), PollConfig(interval=60.0, buckets=BUCKETS), ErrorClassifier(),
+    poller = Poller(Down(), MemoryStore(), poll_config(interval=60.0, buckets=BUCKETS), ErrorClassifier(),
                     SelfMetrics(CollectorRegistry()), clock=lambda: 1234.5)
     report = run_async(poller.cycle())
     assert report.result == "failure" and report.errors == ["list: HTTP 500"]

@@ -34,10 +34,9 @@ from collector.derive import DEFAULT_ERROR_RULES, ErrorClassifier
 from collector.errors import FetchError, PayloadError
 from collector.metrics import SelfMetrics
 from collector.poller import Poller
-from collector.selection import PollConfig
 from collector.sqlite_store import SqliteStore
 from collector.state import MemoryStore
-from tests.fakes import FakeApi
+from tests.fakes import FakeApi, poll_config
 from tests.helpers import run_async
 
 settings.register_profile("ci", max_examples=100, stateful_step_count=30, derandomize=True, deadline=None,
@@ -113,7 +112,7 @@ class CountingCore(RuleBasedStateMachine):
         rules = [list(r) for r in DEFAULT_ERROR_RULES]
         store = SqliteStore(self.dir / "state.db", self.buckets, [tuple(r) for r in rules], 50) \
             if self.persistent else MemoryStore()
-        config = PollConfig(interval=60.0, buckets=self.buckets, page_size=2,
+        config = poll_config(interval=60.0, buckets=self.buckets, page_size=2,
                             index_ids=(INDEX,) if self.filtered else ())
         return Poller(self.api, store, config, ErrorClassifier(), SelfMetrics(CollectorRegistry()),
                       clock=lambda: 1000.0 + self.now[0], monotonic=lambda: self.now[0])

@@ -7,7 +7,7 @@ import copy
 
 from collector.aggregates import Aggregates
 from collector.derive import RunRecord
-from tests.fakes import BUCKETS, FakeApi, cycle, poller, run_events, total_runs
+from tests.fakes import BUCKETS, FakeApi, cycle, poll_config, poller, run_events, total_runs
 
 T = [f"2026-01-01T00:00:{i:02d}+00:00" for i in range(60)]
 
@@ -72,7 +72,6 @@ def test_a_short_read_during_a_re_derivation_is_not_counted_again_over_the_floor
     from collector.derive import ErrorClassifier
     from collector.metrics import SelfMetrics
     from collector.poller import Poller
-    from collector.selection import PollConfig
     from collector.sqlite_store import SqliteStore
 
     api = FakeApi()
@@ -80,7 +79,7 @@ def test_a_short_read_during_a_re_derivation_is_not_counted_again_over_the_floor
     db = tmp_path / "state.db"
 
     def start(buckets):
-        return Poller(api, SqliteStore(db, buckets, [], 50), PollConfig(interval=60.0, buckets=buckets),
+        return Poller(api, SqliteStore(db, buckets, [], 50), poll_config(interval=60.0, buckets=buckets),
                       ErrorClassifier([]), SelfMetrics(CollectorRegistry()))
     p = start(BUCKETS)
     cycle(p)

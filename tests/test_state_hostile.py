@@ -14,10 +14,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from collector.derive import ErrorClassifier
 from collector.metrics import SelfMetrics, SnapshotCollector
 from collector.poller import Poller
-from collector.selection import PollConfig
 from collector.sqlite_store import NewerStateFile, SqliteStore
 from collector.state import MemoryStore
-from tests.fakes import BUCKETS, FakeApi, run_events
+from tests.fakes import BUCKETS, FakeApi, poll_config, run_events
 from tests.helpers import parse, run_async
 
 RULES: list[tuple[str, str]] = []
@@ -33,7 +32,7 @@ def project() -> FakeApi:
 
 def poller_on(api: FakeApi, path: Path | None) -> Poller:
     store = SqliteStore(path, BUCKETS, RULES, 50) if path else MemoryStore()
-    return Poller(api, store, PollConfig(interval=60.0, buckets=BUCKETS), ErrorClassifier(RULES),
+    return Poller(api, store, poll_config(interval=60.0, buckets=BUCKETS), ErrorClassifier(RULES),
                   SelfMetrics(CollectorRegistry()))
 
 

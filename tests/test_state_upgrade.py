@@ -19,10 +19,9 @@ from prometheus_client.utils import floatToGoString
 from collector.derive import ErrorClassifier
 from collector.metrics import SelfMetrics, SnapshotCollector
 from collector.poller import Poller
-from collector.selection import PollConfig
 from collector.settings import load_settings
 from collector.sqlite_store import SqliteStore
-from tests.fakes import FakeApi, run_events
+from tests.fakes import FakeApi, poll_config, run_events
 from tests.helpers import parse, run_async
 
 FIXTURES = Path(__file__).parent / "fixtures" / "state"
@@ -62,7 +61,7 @@ def open_release(name: str, tmp_path: Path):
 
     def start() -> Poller:
         store = SqliteStore(tmp_path / "state.db", settings.buckets.as_buckets(), rules, settings.label_value_limit)
-        return Poller(api, store, PollConfig(interval=60.0, buckets=settings.buckets.as_buckets()),
+        return Poller(api, store, poll_config(interval=60.0, buckets=settings.buckets.as_buckets()),
                       ErrorClassifier(rules), SelfMetrics(CollectorRegistry()))
     return api, start
 

@@ -53,6 +53,8 @@ PAGE_SIZE = 100
 MAX_PAGES = 10_000
 """A million sessions at 100 a page; a listing that goes on past this is endless, not large."""
 M = TypeVar("M", bound=BaseModel)
+S = TypeVar("S", bound=Summary)
+"""A session-shaped answer (summary or retrieve): it names its session."""
 
 
 class ApiObserver(Protocol):
@@ -212,7 +214,7 @@ class LlamaCloudClient:
             self._observer.invalid_payload(operation)
             raise PayloadError(f"{operation}: {exc}", operation=operation) from None
 
-    def _same_session(self, operation: str, session_id: str, answer: M) -> M:
+    def _same_session(self, operation: str, session_id: str, answer: S) -> S:
         if answer.session_id != session_id:
             self._observer.invalid_payload(operation)
             raise PayloadError(f"{operation}: the answer names another session", operation=operation)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import (
     AfterValidator,
@@ -215,8 +215,12 @@ Event = Annotated[
 class Session(Summary):
     """A session with its full, ordered event history (``null`` events read as none)."""
 
-    # No before-validator here: one would turn the whole JSON history into Python objects first.
-    events: tuple[Event, ...] | None = ()
+    # No before-validator here: one would turn the whole JSON history into Python objects first. The API may
+    # send null; the after-validator makes it (), so once validated it is always a tuple, as typed for readers.
+    if TYPE_CHECKING:
+        events: tuple[Event, ...]
+    else:
+        events: tuple[Event, ...] | None = ()
 
     @model_validator(mode="after")
     def _no_null_events(self) -> Session:
@@ -275,7 +279,7 @@ def parse_page(body: bytes) -> SessionPage:
 
 _EVENTS_KEY = re.compile(r'"events"\s*:\s*\[')
 _SPACE = re.compile(r"[\s,]*")
-EVENT_ADAPTER = TypeAdapter(Event)
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 
 def parse_session(body: bytes) -> Session:
@@ -302,7 +306,7 @@ def _parse_large(body: bytes) -> Session:
         return Session.model_validate_json(text)
     decoder, events, index = json.JSONDecoder(), [], match.end()
     while True:
-        index = _SPACE.match(text, index).end()
+        index = _SPACE.match(text, index).end()  # type: ignore[union-attr]  # [\s,]* matches everywhere
         if index >= len(text):
             raise ValueError("events: unterminated array")
         if text[index] == "]":

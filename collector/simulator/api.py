@@ -88,7 +88,8 @@ def read_request(request: web.Request) -> Request:
 async def send(request: web.Request, answer: Response) -> web.StreamResponse:
     """Write ``answer``, including the faults that need the raw connection."""
     if answer.reset:
-        request.transport.abort()
+        if request.transport is not None:
+            request.transport.abort()
         raise asyncio.CancelledError  # aiohttp ends the handler quietly; there is no one to answer
     response = web.StreamResponse(status=answer.status, headers={"Content-Type": answer.content_type,
                                                                  **answer.headers})
@@ -96,7 +97,8 @@ async def send(request: web.Request, answer: Response) -> web.StreamResponse:
     await response.prepare(request)
     if answer.truncate_at is not None:
         await response.write(answer.body[: answer.truncate_at])
-        request.transport.abort()
+        if request.transport is not None:
+            request.transport.abort()
         raise asyncio.CancelledError
     await response.write(answer.body)
     await response.write_eof()

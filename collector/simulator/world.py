@@ -15,6 +15,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from collector.llamacloud.models import KNOWN_EVENT_TYPES, UNKNOWN
 
@@ -131,7 +132,8 @@ class World:
             tail.append({"type": "tool_call", "name": name, "call_id": call_id, "arguments": {"query": "q3"}})
             answered = rng.random() < 0.9
             if answered:
-                result = {"type": "tool_result", "name": name, "call_id": call_id, "result": "3 nodes found"}
+                result: dict[str, Any] = {"type": "tool_result", "name": name, "call_id": call_id,
+                                          "result": "3 nodes found"}
                 if rng.random() < 0.2:
                     result["image_attachment"] = {"attachment_name": "page-3.png", "source_id": self._uuid()}
                 tail.append(result)
@@ -142,9 +144,10 @@ class World:
         tail.append({"type": "text", "content": "The answer is in the attached report, page 3."})
         failed = rng.random() < self.error_rate if fail is None else fail
         error_type = rng.choice(tuple(ERROR_MESSAGES)) if failed else None
-        error = rng.choice(ERROR_MESSAGES[error_type]) if failed else None
-        usage = {"duration_ms": round(rng.lognormvariate(7.6, 1.0), 1), "total_input_tokens": rng.randint(200, 24000),
-                 "total_output_tokens": rng.randint(20, 3000), "turns": 1 + len(calls)}
+        error = rng.choice(ERROR_MESSAGES[error_type]) if error_type is not None else None
+        usage: dict[str, Any] = {"duration_ms": round(rng.lognormvariate(7.6, 1.0), 1),
+                                 "total_input_tokens": rng.randint(200, 24000),
+                                 "total_output_tokens": rng.randint(20, 3000), "turns": 1 + len(calls)}
         if rng.random() < 0.05:
             del usage["duration_ms"]
         skipped = [rng.choice(session.index_ids)] if session.index_ids and rng.random() < 0.1 else []
@@ -201,6 +204,7 @@ class World:
         if session.pending is not None:
             tail, truth = session.pending, session.pending_truth
             session.pending = session.pending_truth = None
+            assert truth is not None, "a pending run has its truth"
             self._finish(session, tail, truth)
 
     def delete(self, session_id: str) -> None:
