@@ -17,7 +17,6 @@ import signal
 
 import bcrypt
 import httpx
-import pytest
 
 from tests.helpers import Samples, assert_samples_match, family, parse, remote_truth
 from tests.stack import Processes, free_port, wait_until
@@ -70,13 +69,6 @@ class Stack:
         assert self.proc.wait(15) == 0
         self.procs.procs.pop("collector")
         assert "Traceback" not in self.procs.log("collector")
-
-
-@pytest.fixture
-def procs(tmp_path):
-    processes = Processes(tmp_path)
-    yield processes
-    processes.stop_all()
 
 
 async def exchange(port: int, raw: bytes, wait: float = 2.0, local: str = "127.0.0.1") -> bytes:

@@ -138,13 +138,6 @@ def run_through(api: HostileApi, procs: Processes, mode: str) -> None:
     assert "Traceback" not in log and "hostile-key" not in log
 
 
-@pytest.fixture
-def procs(tmp_path):
-    processes = Processes(tmp_path)
-    yield processes
-    processes.stop_all()
-
-
 @pytest.mark.parametrize("mode", list(MODES))
 def test_hostile_upstream(api, procs, mode):
     run_through(api, procs, mode)

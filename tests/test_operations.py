@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.helpers import assert_samples_match, parse, remote_truth
-from tests.stack import Processes, free_port, wait_until
+from tests.stack import free_port, wait_until
 
 CANARY = "llx-CANARY-7d1f0e9a8b2c4d6e"
 
@@ -48,13 +48,6 @@ def test_operator_mistake_exits_2_with_one_line(tmp_path, name, config, args, en
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], result.stderr
     assert "Traceback" not in result.stderr and CANARY not in result.stderr + result.stdout
-
-
-@pytest.fixture
-def procs(tmp_path):
-    p = Processes(tmp_path)
-    yield p
-    p.stop_all()
 
 
 def start_sim(procs, sessions=20, rate=0.0):
