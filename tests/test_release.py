@@ -10,6 +10,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / ".github" / "workflows" / "release.yml"
+CI = ROOT / ".github" / "workflows" / "ci.yml"
 LINT = ROOT / "tests" / "actionlint"
 
 
@@ -23,8 +24,8 @@ def actionlint(*paths: Path) -> list[dict]:
     return json.loads(result.stdout)
 
 
-def test_release_workflow_is_clean_under_actionlint(tmp_path):
-    assert actionlint(WORKFLOW) == []
+def test_release_and_ci_workflows_are_clean_under_actionlint(tmp_path):
+    assert actionlint(WORKFLOW, CI) == []
     broken = tmp_path / "broken.yml"  # the linter really runs: an injectable expression is caught
     broken.write_text(WORKFLOW.read_text().replace('echo "version=$version"',
                                                    'echo "version=${{ github.event.head_commit.message }}"'))
@@ -113,3 +114,11 @@ def test_version_and_build_info_name_the_version_and_revision(capsys):
     registry.register(SnapshotCollector(lambda: snapshot, interval=60))
     text = generate_latest(registry).decode()
     assert f'llamacloud_collector_build_info{{revision="{REVISION}",version="{__version__}"}} 1.0' in text
+
+
+def test_ci_runs_the_readme_test_command_on_the_machine_kind_of_the_suite():
+    flow = yaml.safe_load(CI.read_text())
+    job = flow["jobs"]["test"]
+    assert job["container"].endswith("-bookworm")
+    assert [s["run"] for s in job["steps"] if "run" in s] == ["bash scripts/test.sh"]
+    assert set(flow[True]) == {"push", "pull_request"}
