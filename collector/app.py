@@ -1,7 +1,8 @@
 """Wiring: settings in, a running collector (client, poller, endpoints, scheduler) out.
 
-``CollectorService`` and ``SimulatorService`` start and stop in-process, on
-the running event loop, so ``run``, ``demo`` and the tests share one path.
+``CollectorService`` starts and stops in-process, on the running event loop, so
+``run``, ``demo``, ``check`` and the tests share one composition (the simulator
+is wired in ``collector.simulator.service``).
 """
 
 from __future__ import annotations
@@ -9,28 +10,23 @@ from __future__ import annotations
 import asyncio
 import gc
 import ipaddress
-import random
 import time
 from urllib.parse import urlsplit
 
 import httpx
 import structlog
-from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from collector.auth import WebConfig
 from collector.derive import ErrorClassifier
-from collector.errors import ConfigError
-from collector.listener import Listener, serve
+from collector.listener import Listener, listen
 from collector.llamacloud.client import LlamaCloudClient
 from collector.metrics import SelfMetrics, SnapshotCollector
 from collector.poller import CycleReport, Poller
 from collector.scheduler import start_scheduler
 from collector.selection import PollConfig
 from collector.server import Endpoints
-from collector.settings import Settings, split_listen
-from collector.simulator.api import Faults, SimulatorApi
-from collector.simulator.world import World, populate
+from collector.settings import Settings
 from collector.sqlite_store import SqliteStore
 from collector.state import MemoryStore, StateStore
 
@@ -82,14 +78,6 @@ def build_client(settings: Settings, api_key: str, observer=None,
         page_size=settings.page_size,
         max_response_bytes=settings.max_response_bytes, transport=transport, observer=observer,
     )
-
-
-async def listen(app: web.Application, address: str, **kwargs) -> Listener:
-    host, port = split_listen(address)
-    try:
-        return await serve(app, host, port, **kwargs)
-    except OSError as exc:
-        raise ConfigError(f"listen: cannot listen on {address}: {exc.strerror or exc}") from None
 
 
 class CollectorService:
@@ -186,47 +174,3 @@ class CollectorService:
         self.poller.persist()
         self.poller.store.close()
         self.log.info("collector stopped")
-
-
-class SimulatorService:
-    """The fake API with live traffic: ``rate`` world ticks per second."""
-
-    def __init__(self, *, sessions: int = 40, runs: int = 3, seed: int = 1, rate: float = 2.0,
-                 api_key: str = "simulator", world: World | None = None, address: str = "127.0.0.1:0",
-                 latency: float = 0.0) -> None:
-        self.world = world or populate(World(seed=seed), sessions, runs)
-        self.address = address
-        self.faults = Faults()
-        self.api = SimulatorApi(self.world, api_key, self.faults, latency)
-        self.rate = rate
-        self.server: Listener | None = None
-        self._traffic: asyncio.Task | None = None
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None, "started"
-        return self.server.port
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def _run_traffic(self) -> None:
-        rng = random.Random(self.world.rng.random())
-        while True:
-            await asyncio.sleep(rng.expovariate(self.rate))
-            if not self.api.paused:
-                self.world.tick()
-
-    async def start(self) -> None:
-        self.server = await listen(self.api.app(), self.address, max_connections=4096)
-        structlog.get_logger("simulator").info("simulator listening", url=self.base_url,
-                                               sessions=len(self.world.sessions))
-        if self.rate > 0:
-            self._traffic = asyncio.create_task(self._run_traffic())
-
-    async def stop(self) -> None:
-        if self._traffic is not None:
-            self._traffic.cancel()
-        if self.server is not None:
-            await self.server.close()

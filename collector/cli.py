@@ -20,12 +20,13 @@ from typing import Any, NoReturn
 import structlog
 
 from collector import __version__, logs
-from collector.app import CollectorService, SimulatorService, build_client, poll_config
+from collector.app import CollectorService, build_client, poll_config
 from collector.build import REVISION
 from collector.cadence import Deadline
 from collector.errors import AuthError, CollectorError, ConfigError
 from collector.selection import in_shard, wanted
 from collector.settings import CONFIG_ENV, OPTIONS, Settings, check_environment, load_settings
+from collector.simulator.service import SimulatorService
 from collector.webconfig import parse_web_config
 
 PROG = "llamacloud-collector"

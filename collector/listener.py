@@ -13,8 +13,12 @@ import asyncio
 import logging
 import socket
 import ssl
+from typing import Any
 
 from aiohttp import web
+
+from collector.errors import ConfigError
+from collector.settings import split_listen
 
 MAX_CONNECTIONS = 1024
 KEEPALIVE_TIMEOUT = 15.0
@@ -163,3 +167,12 @@ async def serve(app: web.Application, host: str, port: int, *, ssl_context: ssl.
         await runner.cleanup()
         raise
     return Listener(runner, server)
+
+
+async def listen(app: web.Application, address: str, **kwargs: Any) -> Listener:
+    """``serve`` on a ``host:port`` setting; an address that cannot be bound is a ``ConfigError`` naming it."""
+    host, port = split_listen(address)
+    try:
+        return await serve(app, host, port, **kwargs)
+    except OSError as exc:
+        raise ConfigError(f"listen: cannot listen on {address}: {exc.strerror or exc}") from None

@@ -33,7 +33,7 @@ AS_OF = "; as of the last poll, not of this scrape."
 
 
 class SelfMetrics:
-    """Counters the client and poller update as they go (an ``ApiObserver``)."""
+    """Counters the client and poller update as they go (an ``ApiObserver`` and a ``PollObserver``)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         p = "llamacloud_collector_"
@@ -49,7 +49,7 @@ class SelfMetrics:
         self.polls = Counter(p + "polls", "Poll cycles by result.", ["result"], registry=registry)
         self.fetches = Counter(p + "session_fetches", "Sessions retrieved, by reason.", ["reason"],
                                registry=registry)
-        self.unchanged = Counter(p + "sessions_unchanged", "Sessions skipped because last_updated_at "
+        self.sessions_unchanged = Counter(p + "sessions_unchanged", "Sessions skipped because last_updated_at "
                                  "did not change.", registry=registry)
         self.state_write_failures = Counter(p + "state_write_failures", "State store writes that failed "
                                             "(retried next cycle).", registry=registry)
@@ -69,6 +69,19 @@ class SelfMetrics:
 
     def invalid_payload(self, operation: str) -> None:
         self.invalid_payloads.labels(operation).inc()
+
+    # what the poller reports (poller.PollObserver)
+    def poll(self, result: str) -> None:
+        self.polls.labels(result).inc()
+
+    def fetched(self, reason: str) -> None:
+        self.fetches.labels(reason).inc()
+
+    def unchanged(self, count: int) -> None:
+        self.sessions_unchanged.inc(count)
+
+    def state_write_failed(self) -> None:
+        self.state_write_failures.inc()
 
 
 def _exemplar(mark: Mark | None) -> Exemplar | None:

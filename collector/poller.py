@@ -20,23 +20,22 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import structlog
 
 from collector.aggregates import Aggregates
 from collector.cadence import Cadence, Deadline
-from collector.derive import ErrorClassifier
+from collector.derive import ErrorClassifier, RunRecord
 from collector.errors import AuthError, FetchError, NotFound, PayloadError, StateError
-from collector.llamacloud.models import SessionPage
-from collector.metrics import SelfMetrics
+from collector.llamacloud.models import Session, SessionPage, Summary
 from collector.runlog import log_runs
-from collector.selection import Found, PollConfig, answered_before, in_shard, older, wanted
+from collector.selection import Found, PollConfig, answered_before, in_shard, is_unchanged, older, wanted
 from collector.state import (
     CollectorState,
     PollStatus,
     Snapshot,
     StateStore,
-    is_unchanged,
     take_snapshot,
     update_session,
 )
@@ -126,7 +125,7 @@ class _Run:
     report: CycleReport
     deadline: Deadline
     listing: ListingPass
-    counted: list | None
+    counted: list[tuple[str, RunRecord]] | None
     answered: bool = False
     """The API answered at least one request this cycle."""
     sessions_answered: int = 0
@@ -145,9 +144,27 @@ class _Run:
     """Sessions cut off at the deadline ``MAX_CUTS`` cycles in a row: they hang on their own."""
 
 
+class SessionSource(Protocol):
+    """What the poller reads: pages of the listing, a configured ID's summary, a session's history."""
+
+    async def list_page(self, token: str | None, deadline: Deadline | None) -> SessionPage: ...
+    async def summary(self, session_id: str, deadline: Deadline | None) -> Summary: ...
+    async def retrieve(self, session_id: str, deadline: Deadline | None) -> Session: ...
+
+
+class PollObserver(Protocol):
+    """What the poller reports as it goes (``metrics.SelfMetrics`` in the collector)."""
+
+    def poll(self, result: str) -> None: ...
+    def fetched(self, reason: str) -> None: ...
+    def unchanged(self, count: int) -> None: ...
+    def state_write_failed(self) -> None: ...
+    def invalid_payload(self, operation: str) -> None: ...
+
+
 class Poller:
-    def __init__(self, client, store: StateStore, config: PollConfig,
-                 classifier: ErrorClassifier, metrics: SelfMetrics, *,
+    def __init__(self, client: SessionSource, store: StateStore, config: PollConfig,
+                 classifier: ErrorClassifier, metrics: PollObserver, *,
                  clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic, load: bool = True) -> None:
         self.client, self.store, self.config = client, store, config
@@ -183,7 +200,7 @@ class Poller:
         self.cycle_started = started
         self.cycles += 1
         work = self.state.begin()  # journaled in place: a cycle touches only what changes
-        counted: list | None = [] if self.config.log_runs != "none" and work.synced else None
+        counted: list[tuple[str, RunRecord]] | None = [] if self.config.log_runs != "none" and work.synced else None
         if self.listing is None:
             self.listing = self._new_pass()
         run = _Run(work, CycleReport(), self.cadence.deadline(self.monotonic), self.listing, counted)
@@ -218,7 +235,7 @@ class Poller:
         report.result = "success" if report.pass_complete and clean else "partial"
         if run.listing_error:
             report.errors.insert(0, run.listing_error)
-        self.metrics.unchanged.inc(report.unchanged)
+        self.metrics.unchanged(report.unchanged)
         work.commit()
         self.state = work
         await asyncio.to_thread(self.persist)  # a save of a million removed rows takes seconds: off the loop
@@ -435,7 +452,7 @@ class Poller:
         run.answered = True
         run.sessions_answered += 1
         run.listing.fetched_ok += 1
-        self.metrics.fetches.labels(job.reason).inc()
+        self.metrics.fetched(job.reason)
         run.report.fetched += 1
         prev = work.known(sid)
         if prev is not None and older(session.last_updated_at, prev):
@@ -444,8 +461,11 @@ class Poller:
             listed_at = job.found.last_updated_at if job.found is not None else None
             if listed_at is not None and answered_before(session.last_updated_at, listed_at):
                 listed_at = None  # an answer older than the listing: keyed on its own time, so it is read again
-            work.put(update_session(prev, session, work.aggregates, self.classifier, self.clock(),
-                                    listed_at=listed_at, counted=run.counted))
+            state, runs = update_session(prev, session, work.aggregates, self.classifier, self.clock(),
+                                         listed_at=listed_at)
+            work.put(state)
+            if run.counted is not None:  # kept only when runs are logged
+                run.counted.extend((sid, r) for r in runs)
         self._recovered(sid)
 
     # -- failing sessions and the end of a pass ---------------------------------------------------------
@@ -519,7 +539,7 @@ class Poller:
         try:
             self.store.save(self.state)
         except StateError as exc:
-            self.metrics.state_write_failures.inc()
+            self.metrics.state_write_failed()
             self.log.error("state not saved; will retry next cycle", error=str(exc))
 
     def _finish(self, report: CycleReport, work: CollectorState | None, started: float,
@@ -531,7 +551,7 @@ class Poller:
         now = self.clock()
         report.duration = self.monotonic() - started
         report.watched = len(self.state.sessions)
-        self.metrics.polls.labels(report.result).inc()
+        self.metrics.poll(report.result)
         self.poll = PollStatus(
             up=up, result=report.result, started_at=wall_start, finished_at=now, duration=report.duration,
             last_success=now if report.result == "success" else self.poll.last_success,

@@ -1,5 +1,6 @@
 """Which sessions a collector watches, and which answers it takes: its settings for a cycle, its shard,
-the ``--index-id`` filter, and the test that tells a lagging replica from a new history."""
+the ``--index-id`` filter, and change detection (what is unchanged, and the test that tells a lagging
+replica from a new history)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,11 @@ def wanted(config: PollConfig, summary: Found) -> bool:
     if summary.session_id in config.session_ids:
         return True
     return not config.index_ids or any(i in config.index_ids for i in summary.index_ids)
+
+
+def is_unchanged(prev: SessionState | None, summary: Found) -> bool:
+    """The listing shows the ``last_updated_at`` the session was counted at: nothing to fetch."""
+    return prev is not None and prev.last_updated_at == summary.last_updated_at
 
 
 def answered_before(answer: str, listed: str) -> bool:

@@ -15,6 +15,7 @@ import gzip
 import html
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import structlog
 from aiohttp import web
@@ -24,7 +25,7 @@ from prometheus_client.exposition import choose_encoder
 from collector import __version__
 from collector.auth import WebConfig
 from collector.cadence import Cadence
-from collector.poller import Poller
+from collector.state import Snapshot
 
 SEND_TIMEOUT = 10.0
 WRITE_PIECE = 32 * 1024
@@ -94,8 +95,19 @@ class MetricsCache:
         return body, content_type
 
 
+class StatusSource(Protocol):
+    """What the endpoints read of the poll loop: its latest snapshot, and when a cycle last started and ended."""
+
+    @property
+    def snapshot(self) -> Snapshot: ...
+    @property
+    def cycle_started(self) -> float | None: ...
+    @property
+    def cycle_finished(self) -> float | None: ...
+
+
 class Endpoints:
-    def __init__(self, registry: CollectorRegistry, poller: Poller, cadence: Cadence, web_config: WebConfig,
+    def __init__(self, registry: CollectorRegistry, poller: StatusSource, cadence: Cadence, web_config: WebConfig,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.poller, self.cadence, self.web = poller, cadence, web_config
         self.cache = MetricsCache(registry)

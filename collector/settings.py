@@ -11,7 +11,6 @@ import itertools
 import math
 import os
 import re
-import stat
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from collector.aggregates import Buckets
 from collector.derive import DEFAULT_ERROR_RULES
 from collector.errors import ConfigError
 from collector.llamacloud.bounds import DEFAULT_MAX_RESPONSE_BYTES
+from collector.paths import state_path_problem
 
 DEFAULT_BASE_URL = "https://api.cloud.llamaindex.ai"
 
@@ -268,23 +268,6 @@ def _header_safe(key: str, where: str) -> str:
         raise ConfigError(f"api key: {where} holds characters that cannot go in an HTTP header "
                           "(spaces, control characters or non-ASCII); the key is not shown")
     return key
-
-
-def state_path_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be the state file: it must be a regular file, or absent in a directory."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return None if path.parent.is_dir() else f"directory {path.parent} does not exist"
-    except OSError as exc:
-        return f"cannot inspect {path}: {exc.strerror}"
-    if stat.S_ISLNK(mode):
-        return f"{path} is a symbolic link; give the real file's path"
-    if stat.S_ISDIR(mode):
-        return f"{path} is a directory; give a file path inside it, e.g. {path / 'state.db'}"
-    if not stat.S_ISREG(mode):
-        return f"{path} is not a regular file"
-    return None
 
 
 def split_listen(value: str) -> tuple[str, int]:

@@ -29,7 +29,7 @@ import structlog
 from collector.aggregates import Aggregates, Buckets, StoredValueError, UnknownField
 from collector.derive import DERIVATION_VERSION
 from collector.errors import ConfigError, StateError
-from collector.settings import state_path_problem
+from collector.paths import state_path_problem
 from collector.state import RETIRED_LIMIT, CollectorState, SessionState
 from collector.stored import decode_session, encode_session
 

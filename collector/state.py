@@ -11,11 +11,11 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from collector.aggregates import MAX_LABEL_LENGTH, Aggregates
 from collector.derive import ErrorClassifier, RunRecord, derive, finished_prefix, history_intact
-from collector.llamacloud.models import JobMetadata, Listed, Session, Summary, known, refused
+from collector.llamacloud.models import JobMetadata, Session, known, refused
 
 
 def parse_timestamp(value: str) -> float | None:
@@ -67,10 +67,16 @@ class SessionState:
     """(cursor, events_seen, stop_signature) from before a reset, in case the longer history returns."""
 
 
+class Update(NamedTuple):
+    """What counting one read of a session gave: its new state, and the runs it counted (for the run log)."""
+
+    state: SessionState
+    runs: tuple[RunRecord, ...]
+
+
 def update_session(prev: SessionState | None, session: Session, aggregates: Aggregates,
-                   classifier: ErrorClassifier, now: float, listed_at: str | None = None,
-                   counted: list[tuple[str, RunRecord]] | None = None) -> SessionState:
-    """Count what is new in ``session`` into ``aggregates``; return the session's new state.
+                   classifier: ErrorClassifier, now: float, listed_at: str | None = None) -> Update:
+    """Count what is new in ``session`` into ``aggregates``; return the session's new state and its runs.
 
     A history that shrank, or whose last counted ``stop`` changed, is a reset:
     it is counted in ``history_resets`` and what it shows now is taken as
@@ -79,7 +85,6 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
     back (a transient short read), counting resumes from where it was.
     ``listed_at`` is the ``last_updated_at`` the listing showed: the key change
     detection compares next cycle, whatever format or later value retrieve gave.
-    Each run counted is also appended to ``counted``, for the run log.
     """
     events = session.events
     base = prev or SessionState(session.session_id, session.last_updated_at)
@@ -107,14 +112,12 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
     if job is not None:
         aggregates.invalid_values.update(f"job_metadata.{name}" for name in refused(job))
     aggregates.add_runs(result.runs, base.session_id, now, session.index_ids)
-    if counted is not None:
-        counted.extend((base.session_id, run) for run in result.runs)
     aggregates.add_events(result.event_counts)
     since = None
     if result.in_progress_start is not None:
         same_run = base.in_progress_start == result.in_progress_start
         since = base.in_progress_since if same_run and base.in_progress_since else now
-    return replace(
+    state = replace(
         base,
         last_updated_at=listed_at or session.last_updated_at,
         updated_ts=parse_timestamp(session.last_updated_at),
@@ -133,6 +136,7 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
         in_progress_since=since,
         high_water=high_water,
     )
+    return Update(state, tuple(result.runs))
 
 
 MAX_INDEX_IDS = 32
@@ -143,10 +147,6 @@ SHARED_ACCESS = frozenset({"query", "read_only"})
 def bounded_index_ids(index_ids: tuple[str, ...]) -> tuple[str, ...]:
     """The session's index IDs that can be label values, sorted, at most ``MAX_INDEX_IDS``."""
     return tuple(sorted({i for i in index_ids if 0 < len(i) <= MAX_LABEL_LENGTH}))[:MAX_INDEX_IDS]
-
-
-def is_unchanged(prev: SessionState | None, summary: Listed | Summary) -> bool:
-    return prev is not None and prev.last_updated_at == summary.last_updated_at
 
 
 RETIRED_LIMIT = 10_000

@@ -11,8 +11,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
-from collector.app import CollectorService, SimulatorService
+from collector.app import CollectorService
 from collector.settings import load_settings
+from collector.simulator.service import SimulatorService
 from collector.simulator.world import RunTruth
 
 Samples = dict[tuple[str, frozenset], float]

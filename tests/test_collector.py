@@ -2,7 +2,7 @@
 
 import httpx
 
-from collector.app import SimulatorService
+from collector.simulator.service import SimulatorService
 from collector.simulator.world import World, populate
 from tests.helpers import assert_matches_truth, collector_for, family, run_async, scrape, value
 

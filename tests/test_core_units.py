@@ -146,7 +146,7 @@ def test_job_metadata_becomes_a_checked_last_run():
                                       "job_metadata": {"duration_ms": -3, "total_input_tokens": 11,
                                                        "total_output_tokens": 12, "turns": 2, "is_error": True}})
     aggregates = Aggregates(BUCKETS, 5)
-    state = update_session(None, session, aggregates, ErrorClassifier(), 5.0)
+    state = update_session(None, session, aggregates, ErrorClassifier(), 5.0).state
     assert state.job == LastRun(None, 11, 12, 2, True)
     assert aggregates.invalid_values == {"job_metadata.duration_ms": 1}
     assert LastRun.of(JobMetadata(duration_ms=1.0, total_input_tokens=2, total_output_tokens=3, turns=4,
@@ -212,18 +212,18 @@ def session_of(events: list[dict], **extra) -> Session:
 def test_a_history_of_a_lone_stop_is_not_a_reset_when_polled_again():
     lone = session_of([{"type": "stop", "is_error": False}])
     aggregates = Aggregates(BUCKETS, 5)
-    state = update_session(None, lone, aggregates, ErrorClassifier(), 1.0)
-    state = update_session(state, lone, aggregates, ErrorClassifier(), 2.0)
+    state = update_session(None, lone, aggregates, ErrorClassifier(), 1.0).state
+    state = update_session(state, lone, aggregates, ErrorClassifier(), 2.0).state
     assert aggregates.history_resets == 0 and aggregates.runs["success"] == 1
 
 
 def test_only_a_user_input_opens_a_run_in_progress():
     after_stop = session_of([{"type": "user_input"}, {"type": "stop", "is_error": False}, {"type": "text"}])
-    state = update_session(None, after_stop, Aggregates(BUCKETS, 5), ErrorClassifier(), 1.0)
+    state = update_session(None, after_stop, Aggregates(BUCKETS, 5), ErrorClassifier(), 1.0).state
     assert state.in_progress_start is None and state.in_progress_since is None
     opened = session_of([{"type": "user_input"}, {"type": "stop", "is_error": False}, {"type": "text"},
                          {"type": "user_input"}])
-    state = update_session(None, opened, Aggregates(BUCKETS, 5), ErrorClassifier(), 1.0)
+    state = update_session(None, opened, Aggregates(BUCKETS, 5), ErrorClassifier(), 1.0).state
     assert state.in_progress_start == 3 and state.in_progress_since == 1.0
 
 
@@ -245,7 +245,7 @@ def test_per_session_counters_and_the_exemplar_time_of_an_update():
               {"type": "user_input"}, {"type": "stop", "is_error": True, "error": "boom",
                                        "usage": {"total_input_tokens": None, "total_output_tokens": 7}}]
     aggregates = Aggregates(BUCKETS, 5)
-    state = update_session(None, session_of(events), aggregates, ErrorClassifier(), 77.0)
+    state = update_session(None, session_of(events), aggregates, ErrorClassifier(), 77.0).state
     assert (state.runs_success, state.runs_error, state.tokens_input, state.tokens_output) == (2, 1, 10, 7)
     assert aggregates.run_marks["error"] == Mark("s", 1.0, 77.0)
 
@@ -286,9 +286,9 @@ def test_per_session_counters_add_up_across_updates():
     events = [{"type": "user_input"}, {"type": "stop", "is_error": True, "error": "x",
                                        "usage": {"total_input_tokens": 1, "total_output_tokens": 2}}]
     aggregates = Aggregates(BUCKETS, 5)
-    state = update_session(None, session_of(events), aggregates, ErrorClassifier(), 1.0)
+    state = update_session(None, session_of(events), aggregates, ErrorClassifier(), 1.0).state
     more = session_of(events * 2 + [{"type": "user_input"}, {"type": "stop", "is_error": False}])
-    state = update_session(state, more, aggregates, ErrorClassifier(), 2.0)
+    state = update_session(state, more, aggregates, ErrorClassifier(), 2.0).state
     assert (state.runs_error, state.runs_success, state.tokens_input, state.tokens_output) == (2, 1, 2, 4)
 
 
@@ -298,10 +298,10 @@ def test_per_session_label_values_are_bounded_whatever_the_api_sends():
     ids = [f"idx-{i:05d}-" + "x" * 90 for i in range(10_000)] + ["y" * 500]
     run = [{"type": "user_input"}, {"type": "stop", "is_error": False}]
     session = session_of(run, index_ids=ids, shared_access="everyone; drop table")
-    state = update_session(None, session, Aggregates(BUCKETS, 5), ErrorClassifier(), 1.0)
+    state = update_session(None, session, Aggregates(BUCKETS, 5), ErrorClassifier(), 1.0).state
     assert len(state.index_ids) == MAX_INDEX_IDS and all(len(i) <= 128 for i in state.index_ids)
     assert state.shared_access is None  # not one of the API's two values: no label value of its own
-    ok = update_session(None, session_of(run, shared_access="read_only"), Aggregates(BUCKETS, 5), ErrorClassifier(), 1.0)
+    ok = update_session(None, session_of(run, shared_access="read_only"), Aggregates(BUCKETS, 5), ErrorClassifier(), 1.0).state
     assert ok.shared_access == "read_only"
 
 

@@ -7,8 +7,8 @@ import sqlite3
 import pytest
 
 from collector import logs
-from collector.app import SimulatorService
 from collector.simulator.api import Fault
+from collector.simulator.service import SimulatorService
 from collector.simulator.world import World, populate
 from collector.sqlite_store import SCHEMA_VERSION, decode_session, encode_session
 from collector.state import LastRun, SessionState

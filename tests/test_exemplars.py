@@ -8,7 +8,7 @@ import httpx
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
 from collector.aggregates import Histogram, Mark
-from collector.app import SimulatorService
+from collector.simulator.service import SimulatorService
 from collector.simulator.world import World, populate
 from tests.helpers import collector_for, run_async
 

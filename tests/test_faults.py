@@ -5,8 +5,8 @@ import socket
 
 import pytest
 
-from collector.app import SimulatorService
 from collector.simulator.api import Fault
+from collector.simulator.service import SimulatorService
 from collector.simulator.world import World, populate
 from tests.helpers import assert_matches_truth, collector_for, run_async, scrape, value
 

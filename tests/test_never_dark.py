@@ -195,7 +195,7 @@ def test_cancelled_at_shutdown_a_cycle_commits_nothing():
 
 
 def test_over_loopback_a_listing_longer_than_the_interval_still_gets_ready_and_counts_exactly():
-    from collector.app import SimulatorService
+    from collector.simulator.service import SimulatorService
     from tests.helpers import assert_matches_truth, collector_for, scrape, value
 
     async def scenario():

@@ -2,8 +2,8 @@
 
 from collections import Counter
 
-from collector.app import SimulatorService
 from collector.selection import shard_of
+from collector.simulator.service import SimulatorService
 from collector.simulator.world import World, populate
 from tests.helpers import assert_samples_match, collector_for, family, run_async, scrape, value
 

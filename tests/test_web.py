@@ -14,10 +14,10 @@ import pytest
 import structlog
 
 from collector import logs
-from collector.app import SimulatorService
 from collector.auth import WebConfig
 from collector.cli import main
 from collector.errors import ConfigError
+from collector.simulator.service import SimulatorService
 from tests.helpers import collector_for, run_async
 from tests.tools import require
 
