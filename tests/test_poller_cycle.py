@@ -264,3 +264,62 @@ def test_failures_of_configured_sessions_are_each_counted():
     api.summary_errors = {"s0": FetchError("a", operation="summary"), "s1": FetchError("b", operation="summary")}
     report = cycle(poller(api, discover=False, session_ids=tuple(api.sessions), max_concurrency=1))
     assert report.result == "partial" and report.failed == 2 and report.errors == ["a", "b"]
+
+
+def test_a_cycle_reports_every_count_exactly_and_logs_the_same_line():
+    """Three pages (one unreadable item), a fetch that fails on its own, then an idle cycle: the report and
+    its "poll cycle" log line hold each count exactly (mutation testing found each unpinned)."""
+    api = FakeApi()
+    api.page_size = 3
+    for i in range(6):
+        api.put(f"s{i}", f"2026-01-01T00:00:0{i}Z", run_events(failed=i == 0))
+    api.sessions["bad"] = {"session_id": "bad", "last_updated_at": 5}  # listed, but not a session
+    api.listed = ["s0", "s1", "bad", "s2", "s3", "s4", "s5"]
+    api.answers["s5"] = [FetchError("retrieve: HTTP 500", operation="retrieve")]
+    p = poller(api)
+    with structlog.testing.capture_logs() as captured:
+        first = cycle(p)
+    assert (first.result, first.watched, first.fetched, first.unchanged, first.runs_added, first.failed,
+            first.invalid, first.removed, first.pages, first.carried, first.backing_off, first.pass_complete) == \
+        ("partial", 5, 5, 0, 5, 1, 1, 0, 3, 0, 0, True)
+    assert first.errors[0].startswith("retrieve: HTTP 500")
+    line = next(e for e in captured if e["event"] == "poll cycle")
+    assert {k: line[k] for k in ("result", "sessions_watched", "fetched", "unchanged", "runs_added", "failed",
+                                 "invalid", "removed", "pages", "carried", "sessions_failing", "pass_complete")} == {
+        "result": "partial", "sessions_watched": 5, "fetched": 5, "unchanged": 0, "runs_added": 5, "failed": 1,
+        "invalid": 1, "removed": 0, "pages": 3, "carried": 0, "sessions_failing": 1, "pass_complete": True}
+    assert line["error"].startswith("retrieve: HTTP 500") and line["log_level"] == "warning"
+    failing = next(e for e in captured if e["event"] == "session failing")
+    assert failing["session_id"] == "s5" and failing["note"] == "retried with backoff; the other sessions go on"
+    assert p.failing["s5"].failures == 1 and p.failing["s5"].retry_cycle == p.cycles + 1
+    with structlog.testing.capture_logs() as captured:
+        second = cycle(p)  # s5 retried at once (backoff 1), answers now
+    assert (second.result, second.watched, second.fetched, second.unchanged, second.runs_added, second.pages,
+            second.invalid) == ("partial", 6, 1, 5, 1, 3, 1)  # still partial: the unreadable item
+    assert next(e for e in captured if e["event"] == "session recovered")["failures"] == 1
+    assert not p.failing
+
+
+def test_a_lone_session_that_fails_while_the_listing_answers_fails_on_its_own_and_backing_off_is_counted():
+    api = FakeApi()
+    api.put("only", "2026-01-01T00:00:00Z", run_events())
+    api.answers["only"] = [FetchError("retrieve: HTTP 500", operation="retrieve")] * 3
+    p = poller(api)
+    first = cycle(p)
+    assert p.cycles == 1 and first.failed == 1  # the listing answered: it fails on its own, not an outage
+    assert (p.failing["only"].failures, p.failing["only"].retry_cycle) == (1, 2)
+    cycle(p)
+    assert (p.failing["only"].failures, p.failing["only"].retry_cycle) == (2, 4)
+    third = cycle(p)
+    assert (third.result, third.backing_off, third.failed) == ("success", 1, 0)
+    cycle(p)
+    assert (p.failing["only"].failures, p.failing["only"].retry_cycle) == (3, 8)
+    many = FakeApi()
+    for sid in ("a", "b", "c", "d"):
+        many.put(sid, "2026-01-01T00:00:00Z", run_events())
+        if sid != "d":
+            many.answers[sid] = [FetchError("retrieve: HTTP 500", operation="retrieve")] * 2
+    q = poller(many)
+    cycle(q)
+    cycle(q)
+    assert cycle(q).backing_off == 3 and set(q.failing) == {"a", "b", "c"}
