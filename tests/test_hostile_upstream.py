@@ -82,7 +82,8 @@ def peak_rss_mb(pid: int) -> float:
 def truth(api: HostileApi, mode: str) -> tuple[list[RunTruth], Counter]:
     runs, events = list(api.world.runs), Counter(api.world.events)
     if mode == "bad_numbers":  # one extra run whose every usage value was refused: counted, with no value
-        runs.append(RunTruth(HOSTILE_ID, False, None, None, None, None, None, (), ()))
+        bound = tuple(api.world.sessions[HOSTILE_ID].index_ids or ())  # it counts under its session's indexes
+        runs.append(RunTruth(HOSTILE_ID, False, None, None, None, None, None, (), (), bound))
         events.update({"user_input": 1, "stop": 1})
     return runs, events
 
