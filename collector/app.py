@@ -11,6 +11,7 @@ import asyncio
 import gc
 import ipaddress
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -20,7 +21,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from collector.auth import WebConfig
 from collector.derive import ErrorClassifier
 from collector.listener import Listener, listen
-from collector.llamacloud.client import LlamaCloudClient
+from collector.llamacloud.client import ApiObserver, LlamaCloudClient
 from collector.metrics import SelfMetrics, SnapshotCollector
 from collector.poller import CycleReport, Poller
 from collector.scheduler import start_scheduler
@@ -69,15 +70,16 @@ def poll_config(settings: Settings) -> PollConfig:
     return PollConfig.from_settings(settings)
 
 
-def build_client(settings: Settings, api_key: str, observer=None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> LlamaCloudClient:
-    return LlamaCloudClient(
-        base_url=settings.base_url, api_key=api_key, project_id=settings.project_id,
-        organization_id=settings.organization_id, connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout, max_connections=settings.max_concurrency + 1,  # + the listing
-        page_size=settings.page_size,
-        max_response_bytes=settings.max_response_bytes, transport=transport, observer=observer,
-    )
+def build_client(settings: Settings, api_key: str, observer: ApiObserver | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None, **injected: Any) -> LlamaCloudClient:
+    """The client's values from the settings, and nowhere else (it has no defaults of its own for them);
+    ``injected`` are the seams tests replace (clock, sleep, rng, retry) or a bound they tighten."""
+    return LlamaCloudClient(**{
+        "base_url": settings.base_url, "api_key": api_key, "project_id": settings.project_id,
+        "organization_id": settings.organization_id, "connect_timeout": settings.connect_timeout,
+        "read_timeout": settings.read_timeout, "max_connections": settings.max_concurrency + 1,  # + the listing
+        "page_size": settings.page_size, "max_response_bytes": settings.max_response_bytes,
+        "transport": transport, "observer": observer, **injected})
 
 
 class CollectorService:

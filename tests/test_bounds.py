@@ -10,6 +10,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from collector.app import build_client
 from collector.cadence import Deadline
 from collector.errors import FetchError, PayloadError
 from collector.llamacloud.bounds import (
@@ -23,6 +24,7 @@ from collector.llamacloud.bounds import (
 )
 from collector.llamacloud.client import LlamaCloudClient, RetryPolicy, session_path
 from collector.metrics import SelfMetrics
+from collector.settings import Settings
 from tests.helpers import run_async
 
 SESSION = {"session_id": "s1", "last_updated_at": "2026-01-01T00:00:00+00:00", "events": []}
@@ -112,9 +114,9 @@ def test_a_session_id_is_one_encoded_path_segment():
 def client_for(handler, registry: CollectorRegistry, **kwargs) -> LlamaCloudClient:
     async def no_sleep(_):
         return None
-    return LlamaCloudClient(base_url="https://api.test", api_key="k", transport=httpx.MockTransport(handler),
-                            observer=SelfMetrics(registry), sleep=no_sleep, rng=lambda: 0.0,
-                            retry=RetryPolicy(max_attempts=2), **kwargs)
+    return build_client(Settings(base_url="https://api.test"), "k", SelfMetrics(registry),
+                        httpx.MockTransport(handler), sleep=no_sleep, rng=lambda: 0.0,
+                        retry=RetryPolicy(max_attempts=2), **kwargs)
 
 
 def test_a_refused_id_is_never_requested_and_counts_as_invalid():

@@ -6,10 +6,12 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from collector.app import build_client
 from collector.cadence import Deadline
 from collector.errors import AuthError, FetchError, NotFound, PayloadError
-from collector.llamacloud.client import LlamaCloudClient, RetryPolicy, retry_after
+from collector.llamacloud.client import RetryPolicy, retry_after
 from collector.metrics import SelfMetrics
+from collector.settings import Settings
 from tests.helpers import run_async
 
 SUMMARY = {"session_id": "s1", "last_updated_at": "2026-01-01T00:00:00+00:00", "shared_access": "query"}
@@ -36,9 +38,9 @@ def make(handler, **kwargs):
 
     registry = CollectorRegistry()
     metrics = SelfMetrics(registry)
-    client = LlamaCloudClient(base_url="https://api.test", api_key="llx-key", project_id="p1",
-                              transport=httpx.MockTransport(handler), observer=metrics, sleep=fake_sleep,
-                              rng=lambda: 1.0, wall_clock=lambda: 1_000_000.0, **kwargs)
+    client = build_client(Settings(base_url="https://api.test", project_id="p1"), "llx-key", metrics,
+                          httpx.MockTransport(handler), sleep=fake_sleep, rng=lambda: 1.0,
+                          wall_clock=lambda: 1_000_000.0, **kwargs)
     return client, sleeps, registry
 
 
@@ -157,11 +159,10 @@ def test_a_redirect_is_not_followed_and_says_where_it_points():
     import httpx as _httpx
 
     from collector.errors import FetchError as _Fetch
-    from collector.llamacloud.client import LlamaCloudClient as _Client
 
     def handler(request):
         return _httpx.Response(301, headers={"Location": "https://api.example/api/v1/chat"})
-    client = _Client(base_url="http://api.example", api_key="k" * 20, transport=_httpx.MockTransport(handler))
+    client = build_client(Settings(base_url="http://api.example"), "k" * 20, transport=_httpx.MockTransport(handler))
     with pytest.raises(_Fetch, match="HTTP 301 redirect to https://api.example/api/v1/chat: set --base-url"):
         run_async(client.list_page())
 

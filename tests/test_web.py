@@ -341,14 +341,15 @@ def test_http2_true_as_go_exporters_default_is_accepted_with_one_warning(tmp_pat
 
 
 def test_an_untrusted_api_certificate_is_one_clear_line_and_not_retried(tmp_path, pki):
+    from collector.app import build_client
     from collector.errors import FetchError as Fetch
-    from collector.llamacloud.client import LlamaCloudClient
+    from collector.settings import Settings
 
     _, running = serve_with(tls_lines(pki), tmp_path)  # a TLS server signed by a CA nobody trusts here
 
     async def scenario():
         async with running as port:
-            client = LlamaCloudClient(base_url=f"https://127.0.0.1:{port}", api_key="k" * 20)
+            client = build_client(Settings(base_url=f"https://127.0.0.1:{port}"), "k" * 20)
             try:
                 with pytest.raises(Fetch) as caught:
                     await client.list_page()

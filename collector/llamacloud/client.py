@@ -37,7 +37,6 @@ from collector import __version__
 from collector.cadence import Deadline
 from collector.errors import AuthError, FetchError, NotFound, PayloadError
 from collector.llamacloud.bounds import (
-    DEFAULT_MAX_RESPONSE_BYTES,
     BadStatus,
     BodyTooLarge,
     Claim,
@@ -129,12 +128,12 @@ class LlamaCloudClient:
         api_key: str,
         project_id: str | None = None,
         organization_id: str | None = None,
-        connect_timeout: float = 5.0,
-        read_timeout: float = 30.0,
-        max_connections: int = 8,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        connect_timeout: float,
+        read_timeout: float,
+        max_connections: int,
+        max_response_bytes: int,
+        page_size: int,
         max_pages: int = MAX_PAGES,
-        page_size: int = PAGE_SIZE,
         transport: httpx.AsyncBaseTransport | None = None,
         observer: ApiObserver | None = None,
         retry: RetryPolicy = RetryPolicy(),
