@@ -392,6 +392,7 @@ class CountingCore(RuleBasedStateMachine):
             return
         assert loaded.sessions == state.sessions
         assert loaded.retired == state.retired
+        assert loaded.prior == state.prior and loaded.synced == state.synced
         assert json.dumps(loaded.aggregates.to_dict(), sort_keys=True) == \
             json.dumps(state.aggregates.to_dict(), sort_keys=True)
 

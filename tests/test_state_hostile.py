@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from collector.aggregates import Buckets
 from collector.derive import ErrorClassifier
 from collector.metrics import SelfMetrics, SnapshotCollector
 from collector.poller import Poller
@@ -231,3 +232,40 @@ def test_a_file_with_many_sessions_no_longer_listed_leaves_in_slices_keeping_the
     p.store.close()
     again = poller_on(api, db)
     assert len(again.state.sessions) == 4 and len(again.state.retired) == RETIRED_LIMIT
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    ("DELETE FROM sessions", "StoredValueError: aggregates without any session: the sessions were lost"),
+    ("UPDATE sessions SET session_id = 'sX' WHERE session_id = 's1'",
+     "StoredValueError: a row whose key is not the session it holds"),
+    ("UPDATE meta SET value = '0' WHERE key = 'schema_version'", "StoredValueError: schema version 0"),
+])
+def test_the_line_of_a_file_moved_aside_says_what_was_wrong_in_it(tmp_path, damage, reason):
+    import structlog
+
+    _api, db = written(tmp_path)
+    edit(db, damage)
+    with structlog.testing.capture_logs() as captured:
+        store = SqliteStore(db, BUCKETS, RULES, 50)
+        store.load()
+        store.close()
+    line = next(e for e in captured if e["event"] == "state file unreadable; moved aside, resyncing from the API")
+    assert line["reason"] == reason and line["log_level"] == "error" and line["path"] == str(db)
+    assert line["moved_to"] == str(aside(tmp_path)[0])
+    kept = next(e for e in captured if e["event"] == "totals read from the corrupt file kept as the floor of the resync")
+    assert kept["runs"] == 16
+
+
+def test_what_a_re_derivation_left_to_do_is_saved_and_read_back(tmp_path):
+    """The cursors of sessions a re-derivation has not reached yet (``prior``) survive a restart."""
+    _api, db = written(tmp_path)
+    changed = Buckets(BUCKETS.duration, BUCKETS.tokens, BUCKETS.turns, (0.0, 5.0))
+    store = SqliteStore(db, changed, RULES, 50)  # new buckets: a re-derivation is due
+    state = store.load()
+    assert state is not None and set(state.prior) == {"s0", "s1", "s2", "s3"} and state.floor is not None
+    store.save(state)
+    store.close()
+    again = SqliteStore(db, changed, RULES, 50)
+    loaded = again.load()
+    again.close()
+    assert loaded is not None and loaded.prior == state.prior and loaded.sessions == {}
