@@ -243,3 +243,43 @@ def test_a_fetch_the_cycle_deadline_times_out_is_carried_not_failing():
     assert first.carried == 1 and first.failed == 0 and not p.failing and not p.snapshot.ready
     cycle(p)
     assert p.snapshot.ready and total_runs(p) == 8 and not p.failing
+
+
+def test_a_cycle_cancelled_after_some_fetches_leaves_the_state_exactly_as_it_was():
+    """Counting is all or nothing per cycle too: a cycle cut off after counting some sessions is rolled back
+    field for field (sessions, retired sessions and every aggregate), and the next cycle counts it all once."""
+    import copy
+
+    api = project(4)
+    p = poller(api)
+    cycle(p)
+    before = (copy.deepcopy(p.state.sessions), dict(p.state.retired), json.dumps(p.state.aggregates.to_dict()))
+    for sid in ("s0", "s1"):
+        api.put(sid, "2026-01-02T00:00:00Z", run_events() * 3)
+    del api.sessions["s3"]
+    api.slow, api.retrieve_delay = {"s1"}, 5.0
+
+    async def cancelled():
+        task = asyncio.ensure_future(p.cycle())
+        while api.retrieved["s0"] < 2:  # s0 fetched and counted in this cycle; s1 still on its way
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    run_async(cancelled())
+    assert (p.state.sessions, dict(p.state.retired), json.dumps(p.state.aggregates.to_dict())) == before
+    api.retrieve_delay = 0.0
+    cycle(p)  # ends the pass the cancelled cycle began (its fetches were not carried: they start over)
+    cycle(p)
+    assert total_runs(p) == 8 + 2  # s0 and s1 gained one run each; s3's two runs stay counted
+
+
+def test_the_listing_pass_duration_is_the_wall_time_from_its_first_page_to_its_end():
+    api = project(6)
+    api.page_size = 2
+    clock = [100.0]
+    api.on_list = lambda: clock.__setitem__(0, clock[0] + 2.0)  # each page takes 2 s
+    p = poller(api, monotonic=lambda: clock[0])
+    cycle(p)
+    assert p.last_pass_duration == pytest.approx(6.0)  # three pages of 2 s; the fetches take no time here
+    assert p.snapshot.poll.listing_pass_duration == pytest.approx(6.0)
