@@ -366,3 +366,15 @@ def test_index_families_round_trip_start_at_zero_from_an_older_file_and_keep_the
     rederived.add_runs([RunRecord(True, "auth", 2.0, 20, 30, 2, (), ())], "s", 1.0, ("i1",))
     rederived.raise_to(back)
     assert rederived.index_runs[("i1", "error")] == 3 and rederived.index_errors[("i1", "auth")] == 3
+
+
+def test_index_ids_kept_per_session_are_the_label_values_at_the_length_edges():
+    from collector.state import bounded_index_ids
+    assert bounded_index_ids(("", "a", "x" * 128, "y" * 129, "a")) == ("a", "x" * 128)
+
+
+def test_a_stored_exemplar_with_a_value_or_time_that_is_not_finite_is_dropped():
+    from collector.aggregates import _mark_in
+    assert _mark_in(["s", 1.0, 2.0]) == Mark("s", 1.0, 2.0)
+    for bad in (["s", 1.0, float("nan")], ["s", float("inf"), 2.0], ["s", "1", 2.0], [1, 1.0, 2.0], ["s", 1.0]):
+        assert _mark_in(bad) is None, bad

@@ -261,7 +261,7 @@ def test_a_cycle_cancelled_after_some_fetches_leaves_the_state_exactly_as_it_was
 
     async def cancelled():
         task = asyncio.ensure_future(p.cycle())
-        while api.retrieved["s0"] < 2:  # s0 fetched and counted in this cycle; s1 still on its way
+        while api.retrieved["s0"] < 2:  # noqa: ASYNC110 - s0 fetched and counted in this cycle; s1 on its way
             await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
