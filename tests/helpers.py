@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -47,6 +48,22 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 
 def family(samples: Samples, name: str) -> dict[frozenset, float]:
     return {labels: v for (n, labels), v in samples.items() if n == name}
+
+
+@contextlib.asynccontextmanager
+async def running(sim: SimulatorService | None = None, *, sessions: int = 30, runs: int = 4, seed: int = 7,
+                  **flags) -> AsyncIterator[tuple[SimulatorService, CollectorService]]:
+    """The simulator-plus-collector pair of most in-process tests, started (the collector unscheduled: the
+    test runs its cycles) and stopped again whatever the test does."""
+    sim = sim or SimulatorService(sessions=sessions, runs=runs, seed=seed, rate=0)
+    await sim.start()
+    collector = collector_for(sim, **flags)
+    try:
+        await collector.start(schedule=False)
+        yield sim, collector
+    finally:
+        await collector.stop()
+        await sim.stop()
 
 
 def collector_for(sim: SimulatorService, key: str = "simulator", **flags) -> CollectorService:

@@ -4,26 +4,12 @@ import httpx
 
 from collector.simulator.service import SimulatorService
 from collector.simulator.world import World, populate
-from tests.helpers import assert_matches_truth, collector_for, family, run_async, scrape, value
-
-
-async def started(sessions=30, runs=4, seed=7, **flags):
-    sim = SimulatorService(sessions=sessions, runs=runs, seed=seed, rate=0)
-    await sim.start()
-    collector = collector_for(sim, **flags)
-    await collector.start(schedule=False)
-    return sim, collector
-
-
-async def stop(sim, collector):
-    await collector.stop()
-    await sim.stop()
+from tests.helpers import assert_matches_truth, collector_for, family, run_async, running, scrape, value
 
 
 def test_every_family_equals_ground_truth_and_idle_cycles_fetch_nothing():
     async def scenario():
-        sim, collector = await started()
-        try:
+        async with running() as (sim, collector):
             before = await scrape(collector.port)
             assert not any(name.startswith("llamacloud_chat_") for name, _ in before), "hidden until synced"
             await collector.poller.cycle()
@@ -36,15 +22,12 @@ def test_every_family_equals_ground_truth_and_idle_cycles_fetch_nothing():
             idle = {k: sim.api.calls[k] - calls.get(k, 0) for k in sim.api.calls}
             assert idle == {"list": 1, "retrieve": 0}
             assert_matches_truth(await scrape(collector.port), sim)
-        finally:
-            await stop(sim, collector)
     run_async(scenario())
 
 
 def test_new_runs_are_counted_exactly_once():
     async def scenario():
-        sim, collector = await started()
-        try:
+        async with running() as (sim, collector):
             await collector.poller.cycle()
             world = sim.world
             for session in list(world.sessions.values())[:5]:
@@ -56,20 +39,14 @@ def test_new_runs_are_counted_exactly_once():
             assert_matches_truth(samples, sim)
             assert value(samples, "llamacloud_collector_session_fetches_total", reason="changed") == 5
             assert value(samples, "llamacloud_collector_session_fetches_total", reason="new") == 31
-        finally:
-            await stop(sim, collector)
     run_async(scenario())
 
 
 def test_unfinished_run_counts_only_when_its_stop_arrives():
     async def scenario():
         clock = [1000.0]
-        sim = SimulatorService(sessions=3, runs=1, seed=3, rate=0)
-        await sim.start()
-        collector = collector_for(sim)
-        collector.poller.clock = lambda: clock[0]
-        await collector.start(schedule=False)
-        try:
+        async with running(SimulatorService(sessions=3, runs=1, seed=3, rate=0)) as (sim, collector):
+            collector.poller.clock = lambda: clock[0]
             session = next(s for s in sim.world.sessions.values() if s.pending is None)
             sim.world.start_run(session)
             await collector.poller.cycle()
@@ -87,15 +64,12 @@ def test_unfinished_run_counts_only_when_its_stop_arrives():
             samples = await scrape(collector.port)
             assert_matches_truth(samples, sim)
             assert value(samples, "llamacloud_chat_runs_in_progress") == 1
-        finally:
-            await stop(sim, collector)
     run_async(scenario())
 
 
 def test_session_that_disappears_keeps_its_contribution():
     async def scenario():
-        sim, collector = await started(sessions=10, runs=3)
-        try:
+        async with running(sessions=10, runs=3) as (sim, collector):
             await collector.poller.cycle()
             gone = next(iter(sim.world.sessions))
             sim.world.delete(gone)
@@ -107,15 +81,12 @@ def test_session_that_disappears_keeps_its_contribution():
                          index_ids="") is None
             assert not any(dict(k).get("session_id") == gone for k in
                            family(samples, "llamacloud_chat_session_runs_total"))
-        finally:
-            await stop(sim, collector)
     run_async(scenario())
 
 
 def test_per_session_series_match_each_session():
     async def scenario():
-        sim, collector = await started(sessions=8, runs=3, session_series_limit=5)
-        try:
+        async with running(sessions=8, runs=3, session_series_limit=5) as (sim, collector):
             await collector.poller.cycle()
             samples = await scrape(collector.port)
             runs = family(samples, "llamacloud_chat_session_runs_total")
@@ -138,21 +109,16 @@ def test_per_session_series_match_each_session():
                              shared_access=s.shared_access, index_ids=",".join(s.index_ids or []))
                 assert info == 1.0
             assert not any("title" in dict(k) for k in family(samples, "llamacloud_chat_session_info"))
-        finally:
-            await stop(sim, collector)
     run_async(scenario())
 
 
 def test_titles_only_with_expose_titles_and_truncated():
     async def scenario():
-        sim, collector = await started(sessions=2, runs=1, expose_titles=True)
-        try:
+        async with running(sessions=2, runs=1, expose_titles=True) as (sim, collector):
             next(iter(sim.world.sessions.values())).title = "x" * 100
             await collector.poller.cycle()
             titles = {dict(k)["title"] for k in family(await scrape(collector.port), "llamacloud_chat_session_info")}
             assert "x" * 64 in titles and all(len(t) <= 64 for t in titles)
-        finally:
-            await stop(sim, collector)
     run_async(scenario())
 
 
@@ -199,33 +165,28 @@ def test_explicit_session_ids_use_summary_and_index_filter_limits_discovery():
 
 def test_endpoints_readiness_gzip_openmetrics_and_methods():
     async def scenario():
-        sim, collector = await started(sessions=3, runs=1)
-        base = f"http://127.0.0.1:{collector.port}"
-        try:
-            async with httpx.AsyncClient() as http:
-                assert (await http.get(base + "/readyz")).status_code == 503
-                assert (await http.get(base + "/healthz")).status_code == 200
-                await collector.poller.cycle()
-                assert (await http.get(base + "/readyz")).status_code == 200
-                om = await http.get(base + "/metrics", headers={"Accept": "application/openmetrics-text"})
-                assert om.headers["content-type"].startswith("application/openmetrics-text")
-                assert om.text.rstrip().endswith("# EOF")
-                gz = await http.get(base + "/metrics", headers={"Accept-Encoding": "gzip"})
-                assert gz.headers["content-encoding"] == "gzip" and "llamacloud_chat_runs_total" in gz.text
-                assert (await http.head(base + "/metrics")).status_code == 200
-                assert (await http.post(base + "/metrics", content=b"x")).status_code == 405
-                page = await http.get(base + "/")
-                assert "/metrics" in page.text and "success" in page.text
-                assert (await http.get(base + "/nope")).status_code == 404
-        finally:
-            await stop(sim, collector)
+        async with running(sessions=3, runs=1) as (_sim, collector), httpx.AsyncClient() as http:
+            base = f"http://127.0.0.1:{collector.port}"
+            assert (await http.get(base + "/readyz")).status_code == 503
+            assert (await http.get(base + "/healthz")).status_code == 200
+            await collector.poller.cycle()
+            assert (await http.get(base + "/readyz")).status_code == 200
+            om = await http.get(base + "/metrics", headers={"Accept": "application/openmetrics-text"})
+            assert om.headers["content-type"].startswith("application/openmetrics-text")
+            assert om.text.rstrip().endswith("# EOF")
+            gz = await http.get(base + "/metrics", headers={"Accept-Encoding": "gzip"})
+            assert gz.headers["content-encoding"] == "gzip" and "llamacloud_chat_runs_total" in gz.text
+            assert (await http.head(base + "/metrics")).status_code == 200
+            assert (await http.post(base + "/metrics", content=b"x")).status_code == 405
+            page = await http.get(base + "/")
+            assert "/metrics" in page.text and "success" in page.text
+            assert (await http.get(base + "/nope")).status_code == 404
     run_async(scenario())
 
 
 def test_api_down_sets_up_to_zero_and_keeps_serving():
     async def scenario():
-        sim, collector = await started(sessions=3, runs=1)
-        try:
+        async with running(sessions=3, runs=1) as (sim, collector):
             await collector.poller.cycle()
             await sim.stop()
             collector.poller.config = collector.poller.config.__class__(
@@ -236,15 +197,12 @@ def test_api_down_sets_up_to_zero_and_keeps_serving():
             assert value(samples, "llamacloud_collector_up") == 0
             assert value(samples, "llamacloud_collector_polls_total", result="failure") == 1
             assert_matches_truth(samples, sim)  # the counted runs are still served
-        finally:
-            await collector.stop()
     run_async(scenario())
 
 
 def test_timestamp_format_differences_do_not_defeat_change_detection():
     async def scenario():
-        sim, collector = await started(sessions=5, runs=2)
-        try:
+        async with running(sessions=5, runs=2) as (sim, collector):
             original = sim.api._answer
 
             def retrieve_in_z_format(endpoint, parts, request):
@@ -258,15 +216,12 @@ def test_timestamp_format_differences_do_not_defeat_change_detection():
             await collector.poller.cycle()
             assert sim.api.calls["retrieve"] == fetched  # the idle cycle fetched nothing
             assert_matches_truth(await scrape(collector.port), sim)
-        finally:
-            await stop(sim, collector)
     run_async(scenario())
 
 
 def test_a_session_missing_from_one_listing_is_not_counted_twice():
     async def scenario():
-        sim, collector = await started(sessions=6, runs=3)
-        try:
+        async with running(sessions=6, runs=3) as (sim, collector):
             await collector.poller.cycle()
             hidden = next(s for s in sim.world.sessions.values() if s.pending is None)
             original = sim.api._answer
@@ -289,6 +244,4 @@ def test_a_session_missing_from_one_listing_is_not_counted_twice():
             samples = await scrape(collector.port)
             assert_matches_truth(samples, sim)
             assert value(samples, "llamacloud_collector_sessions_watched") == 6
-        finally:
-            await stop(sim, collector)
     run_async(scenario())
