@@ -14,6 +14,7 @@ Each test module is classified here, once; a new module that is not fails collec
 from __future__ import annotations
 
 import pytest
+import structlog
 
 from tests.stack import Processes
 
@@ -61,6 +62,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         name = getattr(item, "originalname", item.name)
         for tier in TESTS.get((module, name), MODULES[module]):
             item.add_marker(tier)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging():
+    """A test that configures structlog (to a buffer it then closes) leaves the next test the defaults."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture
