@@ -10,7 +10,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from collector.aggregates import Histogram, Mark
 from collector.simulator.service import SimulatorService
 from collector.simulator.world import World, populate
-from tests.helpers import collector_for, run_async
+from tests.helpers import collector_for, run_async, running
 
 OPENMETRICS = {"Accept": "application/openmetrics-text; version=1.0.0"}
 HISTOGRAMS = {  # family -> the value of one run it observes, from the simulator's record of the run
@@ -69,11 +69,7 @@ def check_against_truth(found, world: World) -> int:
 def test_exemplars_name_real_runs_lie_in_their_bucket_and_stay_out_of_the_text_format():
     async def scenario():
         world = populate(World(seed=44, error_rate=0.3), 30, 3)
-        sim = SimulatorService(world=world, rate=0)
-        await sim.start()
-        collector = collector_for(sim)
-        await collector.start(schedule=False)
-        try:
+        async with running(SimulatorService(world=world, rate=0)) as (_sim, collector):
             await collector.poller.cycle()
             for session in list(world.sessions.values())[:10]:
                 world.add_run(session, fail=True)
@@ -91,9 +87,6 @@ def test_exemplars_name_real_runs_lie_in_their_bucket_and_stay_out_of_the_text_f
             async with httpx.AsyncClient() as http:
                 plain = (await http.get(f"http://127.0.0.1:{collector.port}/metrics")).text
             assert " # {" not in plain and "session_id=" not in plain.split("llamacloud_chat_session_")[0]
-        finally:
-            await collector.stop()
-            await sim.stop()
     run_async(scenario())
 
 

@@ -196,14 +196,11 @@ def test_cancelled_at_shutdown_a_cycle_commits_nothing():
 
 def test_over_loopback_a_listing_longer_than_the_interval_still_gets_ready_and_counts_exactly():
     from collector.simulator.service import SimulatorService
-    from tests.helpers import assert_matches_truth, collector_for, scrape, value
+    from tests.helpers import assert_matches_truth, running, scrape, value
 
     async def scenario():
         sim = SimulatorService(sessions=1500, runs=2, seed=3, rate=0, latency=0.01)  # 10 ms from the API
-        await sim.start()
-        collector = collector_for(sim, interval=1.0, page_size=50)  # 30 pages, 1,500 fetches: > 0.9 s
-        await collector.start(schedule=False)
-        try:
+        async with running(sim, interval=1.0, page_size=50) as (sim, collector):  # 30 pages, 1,500 fetches: > 0.9 s
             results = []
             for _ in range(200):  # as many cycles as this machine needs; each ends by its deadline
                 results.append((await collector.poller.cycle()).result)
@@ -220,9 +217,6 @@ def test_over_loopback_a_listing_longer_than_the_interval_still_gets_ready_and_c
             for _ in range(3):
                 await collector.poller.cycle()  # ... is counted within a pass plus a cycle
             assert_matches_truth(await scrape(collector.port), sim)
-        finally:
-            await collector.stop()
-            await sim.stop()
     run_async(scenario())
 
 
