@@ -269,3 +269,26 @@ def test_what_a_re_derivation_left_to_do_is_saved_and_read_back(tmp_path):
     loaded = again.load()
     again.close()
     assert loaded is not None and loaded.prior == state.prior and loaded.sessions == {}
+
+
+@pytest.mark.parametrize(("schema", "derivation"), [("99", "1"), ("2", "99"), ("3", None)])
+def test_a_newer_release_file_is_refused_before_anything_writes_to_it(tmp_path, schema, derivation):
+    """The versions are read on a read-only connection first: the file of a newer release keeps its bytes
+    and its journal mode (opening it for writing would have turned it to WAL)."""
+    db = tmp_path / "state.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (schema,))
+        if derivation is not None:
+            conn.execute("INSERT INTO meta VALUES ('derivation_version', ?)", (derivation,))
+    conn.close()
+    before = db.read_bytes()
+    with pytest.raises(NewerStateFile) as refused:
+        SqliteStore(db, BUCKETS, RULES, 50).load()
+    version = f"schema {schema}, derivation {derivation or 1}; this release reads up to schema 2, derivation 1"
+    assert str(refused.value) == (f"state_path (--state-path, COLLECTOR_STATE_PATH): {db} was written by a newer "
+                                  f"release ({version}); it is left in place")
+    assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["state.db"]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    conn.close()
