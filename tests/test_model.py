@@ -20,6 +20,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -422,6 +423,7 @@ class CountingCore(RuleBasedStateMachine):
 
     def teardown(self):
         self.poller.store.close()
+        shutil.rmtree(self.dir)
 
 
 class CountingCoreWithBucketChanges(CountingCore):
@@ -432,3 +434,11 @@ CountingCore.TestCase.settings = settings.get_profile(PROFILE)
 CountingCoreWithBucketChanges.TestCase.settings = settings.get_profile(PROFILE)
 test_counting_core_model = CountingCore.TestCase
 test_counting_core_model_with_bucket_changes = CountingCoreWithBucketChanges.TestCase
+
+
+def test_each_example_removes_its_state_directory():
+    """The long profile runs tens of thousands of examples; each must leave nothing behind in /tmp."""
+    machine = CountingCore()
+    assert machine.dir.is_dir()
+    machine.teardown()
+    assert not machine.dir.exists()
