@@ -182,6 +182,8 @@ class Poller:
         self.cycle_started: float | None = None
         self.cycle_finished: float | None = None
         self._saving = threading.Lock()
+        self.loaded = False
+        """The store has been read. Until then nothing is written: a refused file keeps its bytes."""
         self.snapshot: Snapshot = take_snapshot(self.state, self.poll, config.series_limit)
         if load:
             self.load_state()
@@ -192,6 +194,7 @@ class Poller:
         if loaded is not None:
             self.state = loaded
             self.snapshot = take_snapshot(self.state, self.poll, self.config.series_limit)
+        self.loaded = True
 
     # -- the cycle --------------------------------------------------------------------------------------
 
@@ -531,7 +534,10 @@ class Poller:
         return report
 
     def persist(self) -> None:
-        """Write the committed state; a failure is logged and counted, and retried next cycle."""
+        """Write the committed state; a failure is logged and counted, and retried next cycle. A state never
+        loaded is never written: a shutdown after a refused load would replace the file with nothing."""
+        if not self.loaded:
+            return
         with self._saving:  # the cycle saves in a thread; a shutdown save waits for it
             self._save()
 

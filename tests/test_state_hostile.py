@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,12 @@ def edit_json(db: Path, table: str, key_col: str, key: str, change) -> None:
         data = json.loads(text)
         change(data)
         conn.execute(f"UPDATE {table} SET {col} = ? WHERE {key_col} = ?", (json.dumps(data), key))
+
+
+def dump(db: Path) -> str:
+    """The file's content as SQL: its bytes change when SQLite folds the WAL back in on a close."""
+    with closing(sqlite3.connect(db)) as conn:
+        return "\n".join(conn.iterdump())
 
 
 def reopen(api: FakeApi, db: Path, tmp_path: Path) -> Poller:
@@ -184,21 +191,45 @@ def test_the_retired_cap_holds_on_load(tmp_path, monkeypatch):
     assert list(p.state.retired) == [f"r{i}" for i in range(45, 50)]  # the most recent five
 
 
-def test_the_collector_exits_2_with_one_line_on_a_newer_release_file(tmp_path):
+@pytest.mark.parametrize("newer", ["schema", "field"])
+def test_the_collector_exits_2_on_a_newer_release_file_and_leaves_it_untouched(tmp_path, newer):
+    """A newer schema is refused before the collector starts: one line. An unknown field is found while the
+    file loads, after the listener is up; the shutdown that follows must not write the empty state over it."""
     import os
     import subprocess
     import sys
 
     _, db = written(tmp_path)
-    edit(db, "UPDATE meta SET value = '7' WHERE key = 'schema_version'")
-    before = db.read_bytes()
+    if newer == "schema":
+        edit(db, "UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+        said = "written by a newer release (schema 7"
+    else:
+        edit_json(db, "sessions", "session_id", "s1", session_set("born_at", 1.0))
+        said = "session field 'born_at' that this release does not know"
+    before = dump(db)
     result = subprocess.run([sys.executable, "-m", "collector", "run", "--state-path", str(db), "--listen",
                              "127.0.0.1:0", "--base-url", "http://127.0.0.1:9"], capture_output=True, text=True,
                             timeout=60, env={**os.environ, "LLAMA_CLOUD_API_KEY": "k"})
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "written by a newer release (schema 7" in lines[0] and str(db) in lines[0]
-    assert "Traceback" not in result.stderr + result.stdout and db.read_bytes() == before
+    assert said in lines[-1] and str(db) in lines[-1] and lines[-1].startswith("llamacloud-collector: error: ")
+    assert len(lines) == 1 if newer == "schema" else all(line.startswith("{") for line in lines[:-1]), lines
+    assert "Traceback" not in result.stderr + result.stdout
+    assert dump(db) == before and aside(tmp_path) == []
+
+
+def test_a_refused_load_is_never_followed_by_a_write(tmp_path):
+    api, db = written(tmp_path)
+    edit_json(db, "sessions", "session_id", "s1", session_set("born_at", 1.0))
+    before = dump(db)
+    store = SqliteStore(db, BUCKETS, RULES, 50)
+    p = Poller(api, store, poll_config(interval=60.0, buckets=BUCKETS), ErrorClassifier(RULES),
+               SelfMetrics(CollectorRegistry()), load=False)
+    with pytest.raises(NewerStateFile):
+        p.load_state()
+    p.persist()  # what a shutdown does
+    store.close()
+    assert dump(db) == before
 
 
 def test_a_file_with_many_sessions_no_longer_listed_leaves_in_slices_keeping_the_cap(tmp_path):
