@@ -15,7 +15,7 @@ from prometheus_client.utils import floatToGoString
 from collector.app import CollectorService
 from collector.settings import load_settings
 from collector.simulator.service import SimulatorService
-from collector.simulator.world import RunTruth
+from collector.simulator.world import RunTruth, World
 
 Samples = dict[tuple[str, frozenset], float]
 
@@ -51,19 +51,41 @@ def family(samples: Samples, name: str) -> dict[frozenset, float]:
 
 
 @contextlib.asynccontextmanager
-async def running(sim: SimulatorService | None = None, *, sessions: int = 30, runs: int = 4, seed: int = 7,
-                  **flags) -> AsyncIterator[tuple[SimulatorService, CollectorService]]:
-    """The simulator-plus-collector pair of most in-process tests, started (the collector unscheduled: the
-    test runs its cycles) and stopped again whatever the test does."""
-    sim = sim or SimulatorService(sessions=sessions, runs=runs, seed=seed, rate=0)
+async def simulating(sim: SimulatorService | None = None, *, world: World | None = None, sessions: int = 30,
+                     runs: int = 4, seed: int = 7) -> AsyncIterator[SimulatorService]:
+    """A simulator, started and stopped again: ``world`` if given, else ``sessions`` of ``runs`` each."""
+    if sim is None:
+        sim = SimulatorService(world=world, rate=0) if world is not None else \
+            SimulatorService(sessions=sessions, runs=runs, seed=seed, rate=0)
     await sim.start()
+    try:
+        yield sim
+    finally:
+        await sim.stop()
+
+
+@contextlib.asynccontextmanager
+async def collecting(sim: SimulatorService, *, cycle: bool = False, **flags) -> AsyncIterator[CollectorService]:
+    """A collector of ``sim``, started unscheduled (the test runs its cycles; ``cycle`` runs the first) and
+    stopped again whatever the test does. Several may run in turn against one simulator (a restart)."""
     collector = collector_for(sim, **flags)
     try:
         await collector.start(schedule=False)
-        yield sim, collector
+        if cycle:
+            await collector.poller.cycle()
+        yield collector
     finally:
         await collector.stop()
-        await sim.stop()
+
+
+@contextlib.asynccontextmanager
+async def running(sim: SimulatorService | None = None, *, world: World | None = None, sessions: int = 30,
+                  runs: int = 4, seed: int = 7, cycle: bool = False,
+                  **flags) -> AsyncIterator[tuple[SimulatorService, CollectorService]]:
+    """The simulator-plus-collector pair of most in-process tests (``simulating`` and ``collecting``)."""
+    async with simulating(sim, world=world, sessions=sessions, runs=runs, seed=seed) as sim, \
+            collecting(sim, cycle=cycle, **flags) as collector:
+        yield sim, collector
 
 
 def collector_for(sim: SimulatorService, key: str = "simulator", **flags) -> CollectorService:

@@ -2,9 +2,8 @@
 
 import httpx
 
-from collector.simulator.service import SimulatorService
 from collector.simulator.world import World, populate
-from tests.helpers import assert_matches_truth, collector_for, family, run_async, running, scrape, value
+from tests.helpers import assert_matches_truth, collecting, family, run_async, running, scrape, simulating, value
 
 
 def test_every_family_equals_ground_truth_and_idle_cycles_fetch_nothing():
@@ -45,7 +44,7 @@ def test_new_runs_are_counted_exactly_once():
 def test_unfinished_run_counts_only_when_its_stop_arrives():
     async def scenario():
         clock = [1000.0]
-        async with running(SimulatorService(sessions=3, runs=1, seed=3, rate=0)) as (sim, collector):
+        async with running(sessions=3, runs=1, seed=3) as (sim, collector):
             collector.poller.clock = lambda: clock[0]
             session = next(s for s in sim.world.sessions.values() if s.pending is None)
             sim.world.start_run(session)
@@ -124,42 +123,28 @@ def test_titles_only_with_expose_titles_and_truncated():
 
 def test_restart_without_state_rederives_identical_values():
     async def scenario():
-        world = populate(World(seed=11), 20, 4)
-        sim = SimulatorService(world=world, rate=0)
-        await sim.start()
         values = []
-        for _ in range(2):
-            collector = collector_for(sim)
-            await collector.start(schedule=False)
-            await collector.poller.cycle()
-            samples = await scrape(collector.port)
-            values.append({k: v for k, v in samples.items() if k[0].startswith("llamacloud_chat_")
-                           and "oldest" not in k[0]})
-            await collector.stop()
-        await sim.stop()
+        async with simulating(world=populate(World(seed=11), 20, 4)) as sim:
+            for _ in range(2):
+                async with collecting(sim, cycle=True) as collector:
+                    samples = await scrape(collector.port)
+                values.append({k: v for k, v in samples.items() if k[0].startswith("llamacloud_chat_")
+                               and "oldest" not in k[0]})
         assert values[0] == values[1] and values[0]
     run_async(scenario())
 
 
 def test_explicit_session_ids_use_summary_and_index_filter_limits_discovery():
     async def scenario():
-        sim = SimulatorService(sessions=12, runs=2, seed=5, rate=0)
-        await sim.start()
-        ids = list(sim.world.sessions)[:3]
-        collector = collector_for(sim, session_ids=[*ids, "does-not-exist"])
-        await collector.start(schedule=False)
-        await collector.poller.cycle()
-        assert set(collector.poller.state.sessions) == set(ids)
-        assert sim.api.calls["summary"] == 4 and sim.api.calls["list"] == 0
-        await collector.stop()
-        index = next(s.index_ids[0] for s in sim.world.sessions.values() if s.index_ids)
-        collector = collector_for(sim, index_ids=[index])
-        await collector.start(schedule=False)
-        await collector.poller.cycle()
-        want = {s.session_id for s in sim.world.sessions.values() if index in (s.index_ids or [])}
-        assert set(collector.poller.state.sessions) == want and want
-        await collector.stop()
-        await sim.stop()
+        async with simulating(sessions=12, runs=2, seed=5) as sim:
+            ids = list(sim.world.sessions)[:3]
+            async with collecting(sim, cycle=True, session_ids=[*ids, "does-not-exist"]) as collector:
+                assert set(collector.poller.state.sessions) == set(ids)
+                assert sim.api.calls["summary"] == 4 and sim.api.calls["list"] == 0
+            index = next(s.index_ids[0] for s in sim.world.sessions.values() if s.index_ids)
+            async with collecting(sim, cycle=True, index_ids=[index]) as collector:
+                want = {s.session_id for s in sim.world.sessions.values() if index in (s.index_ids or [])}
+                assert set(collector.poller.state.sessions) == want and want
     run_async(scenario())
 
 

@@ -8,28 +8,18 @@ import pytest
 
 from collector import logs
 from collector.simulator.api import Fault
-from collector.simulator.service import SimulatorService
 from collector.simulator.world import World, populate
 from collector.sqlite_store import SCHEMA_VERSION, decode_session, encode_session
 from collector.state import LastRun, SessionState
-from tests.helpers import assert_matches_truth, collector_for, run_async, scrape, value
+from tests.helpers import assert_matches_truth, collecting, run_async, scrape, simulating, value
 
 
 def chat_values(samples):
     return {k: v for k, v in samples.items() if k[0].startswith("llamacloud_chat_") and "oldest" not in k[0]}
 
 
-async def new_sim(sessions=20, runs=3, seed=13):
-    sim = SimulatorService(world=populate(World(seed=seed), sessions, runs), rate=0)
-    await sim.start()
-    return sim
-
-
-async def one_cycle(sim, state_path, **flags):
-    collector = collector_for(sim, state_path=str(state_path), **flags)
-    await collector.start(schedule=False)
-    await collector.poller.cycle()
-    return collector
+def project(sessions=20, runs=3, seed=13):
+    return simulating(world=populate(World(seed=seed), sessions, runs))
 
 
 def test_session_state_round_trips():
@@ -48,30 +38,26 @@ def test_a_session_row_written_by_0_1_0_still_loads():
 
 def test_restart_with_state_keeps_counters_and_fetches_only_changed(tmp_path):
     async def scenario():
-        sim = await new_sim()
         db = tmp_path / "state.db"
-        first = await one_cycle(sim, db)
-        before = chat_values(await scrape(first.port))
-        await first.stop()
-        changed = list(sim.world.sessions.values())[:4]
-        for session in changed:
-            sim.world.add_run(session)
-        sim.world.delete(list(sim.world.sessions)[-1])
-        calls = dict(sim.api.calls)
-        second = collector_for(sim, state_path=str(db))
-        await second.start(schedule=False)
-        loaded = await scrape(second.port)
-        assert chat_values(loaded) == before, "the state load is the first sync: same values at once"
-        await second.poller.cycle()
-        assert sim.api.calls["retrieve"] - calls["retrieve"] == 4
-        samples = await scrape(second.port)
-        assert_matches_truth(samples, sim)
-        assert value(samples, "llamacloud_collector_sessions_watched") == 19
-        await second.stop()
+        async with project() as sim:
+            async with collecting(sim, cycle=True, state_path=str(db)) as first:
+                before = chat_values(await scrape(first.port))
+            changed = list(sim.world.sessions.values())[:4]
+            for session in changed:
+                sim.world.add_run(session)
+            sim.world.delete(list(sim.world.sessions)[-1])
+            calls = dict(sim.api.calls)
+            async with collecting(sim, state_path=str(db)) as second:
+                loaded = await scrape(second.port)
+                assert chat_values(loaded) == before, "the state load is the first sync: same values at once"
+                await second.poller.cycle()
+                assert sim.api.calls["retrieve"] - calls["retrieve"] == 4
+                samples = await scrape(second.port)
+                assert_matches_truth(samples, sim)
+                assert value(samples, "llamacloud_collector_sessions_watched") == 19
         with sqlite3.connect(db) as conn:  # the deleted session is kept as retired, should it come back
             assert conn.execute("SELECT count(*) FROM retired").fetchone()[0] == 1
             assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == 19
-        await sim.stop()
     run_async(scenario())
 
 
@@ -79,16 +65,13 @@ def test_corrupt_file_is_moved_aside_and_resynced(tmp_path):
     async def scenario():
         db = tmp_path / "state.db"
         db.write_bytes(b"this is not a database" * 100)
-        sim = await new_sim()
-        collector = await one_cycle(sim, db)
-        assert_matches_truth(await scrape(collector.port), sim)
-        aside = list(tmp_path.glob("state.db.corrupt-*"))
-        assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not")
-        await collector.stop()
-        again = await one_cycle(sim, db)  # the new file is good: no second move
-        assert len(list(tmp_path.glob("state.db.corrupt-*"))) == 1
-        await again.stop()
-        await sim.stop()
+        async with project() as sim:
+            async with collecting(sim, cycle=True, state_path=str(db)) as collector:
+                assert_matches_truth(await scrape(collector.port), sim)
+                aside = list(tmp_path.glob("state.db.corrupt-*"))
+                assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not")
+            async with collecting(sim, cycle=True, state_path=str(db)):  # the new file is good: no second move
+                assert len(list(tmp_path.glob("state.db.corrupt-*"))) == 1
     run_async(scenario())
 
 
@@ -96,103 +79,92 @@ def test_a_newer_release_file_exits_2_and_is_left_in_place(tmp_path):
     from collector.sqlite_store import NewerStateFile
 
     async def scenario():
-        sim = await new_sim()
         db = tmp_path / "state.db"
-        first = await one_cycle(sim, db)
-        await first.stop()
-        with sqlite3.connect(db) as conn:
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
-        before = db.read_bytes()
-        with pytest.raises(NewerStateFile):
-            await one_cycle(sim, db)
-        assert db.read_bytes() == before and not list(tmp_path.glob("*corrupt*"))
-        await sim.stop()
+        async with project() as sim:
+            async with collecting(sim, cycle=True, state_path=str(db)):
+                pass
+            with sqlite3.connect(db) as conn:
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+            before = db.read_bytes()
+            with pytest.raises(NewerStateFile):
+                async with collecting(sim, cycle=True, state_path=str(db)):
+                    pass
+            assert db.read_bytes() == before and not list(tmp_path.glob("*corrupt*"))
     run_async(scenario())
 
 
 def test_failed_writes_are_counted_and_retried(tmp_path):
     async def scenario():
-        sim = await new_sim()
         db = tmp_path / "state.db"
-        collector = await one_cycle(sim, db)
-        store = collector.poller.store
-        store.db.execute("PRAGMA query_only = ON")  # a read-only volume: SQLite refuses every write
-        sim.world.add_run(next(iter(sim.world.sessions.values())))
-        report = await collector.poller.cycle()
-        samples = await scrape(collector.port)
-        assert value(samples, "llamacloud_collector_state_write_failures_total") == 1
-        assert report.result == "success"
-        assert_matches_truth(samples, sim)  # still serving the new numbers
-        store.db.execute("PRAGMA query_only = OFF")
-        pages = store.db.execute("PRAGMA page_count").fetchone()[0]
-        store.db.execute(f"PRAGMA max_page_count = {pages}")  # disk full: the file cannot grow
-        for _ in range(40):
-            sim.world.new_session(runs=3)
-        stream = io.StringIO()
-        logs.configure("info", "json", stream=stream)
-        await collector.poller.cycle()
-        assert value(await scrape(collector.port), "llamacloud_collector_state_write_failures_total") == 2
-        (line,) = [e for e in map(json.loads, stream.getvalue().splitlines())
-                   if e["event"] == "state not saved; will retry next cycle"]
-        assert "full" in line["error"] and "rollback" not in line["error"], line  # the real cause, not ROLLBACK's
-        store.db.execute("PRAGMA max_page_count = 1073741823")
-        await collector.poller.cycle()  # recovers with a full rewrite
-        await collector.stop()
-        restarted = collector_for(sim, state_path=str(db))
-        await restarted.start(schedule=False)
-        assert_matches_truth(await scrape(restarted.port), sim)
-        await restarted.stop()
-        await sim.stop()
+        async with project() as sim:
+            async with collecting(sim, cycle=True, state_path=str(db)) as collector:
+                store = collector.poller.store
+                store.db.execute("PRAGMA query_only = ON")  # a read-only volume: SQLite refuses every write
+                sim.world.add_run(next(iter(sim.world.sessions.values())))
+                report = await collector.poller.cycle()
+                samples = await scrape(collector.port)
+                assert value(samples, "llamacloud_collector_state_write_failures_total") == 1
+                assert report.result == "success"
+                assert_matches_truth(samples, sim)  # still serving the new numbers
+                store.db.execute("PRAGMA query_only = OFF")
+                pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+                store.db.execute(f"PRAGMA max_page_count = {pages}")  # disk full: the file cannot grow
+                for _ in range(40):
+                    sim.world.new_session(runs=3)
+                stream = io.StringIO()
+                logs.configure("info", "json", stream=stream)
+                await collector.poller.cycle()
+                assert value(await scrape(collector.port), "llamacloud_collector_state_write_failures_total") == 2
+                (line,) = [e for e in map(json.loads, stream.getvalue().splitlines())
+                           if e["event"] == "state not saved; will retry next cycle"]
+                assert "full" in line["error"] and "rollback" not in line["error"], line  # the real cause
+                store.db.execute("PRAGMA max_page_count = 1073741823")
+                await collector.poller.cycle()  # recovers with a full rewrite
+            async with collecting(sim, state_path=str(db)) as restarted:
+                assert_matches_truth(await scrape(restarted.port), sim)
     run_async(scenario())
 
 
 def test_changed_buckets_rederive_without_going_backwards(tmp_path):
     async def scenario():
-        sim = await new_sim()
         db = tmp_path / "state.db"
-        first = await one_cycle(sim, db)
-        before = await scrape(first.port)
-        await first.stop()
-        gone = next(iter(sim.world.sessions))
-        sim.world.delete(gone)
-        rules = [{"type": "everything", "pattern": "."}]
-        second = collector_for(sim, state_path=str(db), buckets={"turns": [1, 10, 100]}, error_rules=rules)
-        await second.start(schedule=False)
-        assert not any(k[0] == "llamacloud_chat_runs_total" for k in await scrape(second.port)), "hidden until synced"
-        calls = sim.api.calls["retrieve"]
-        await second.poller.cycle()
-        assert sim.api.calls["retrieve"] - calls == 19  # every session re-derived
-        after = await scrape(second.port)
-        for key, old in before.items():
-            if key[0].endswith("_total") and key[0].startswith("llamacloud_chat_") and "session" not in key[0]:
-                assert after.get(key, 0) >= old, key
-        assert value(after, "llamacloud_chat_runs_total", outcome="error") == sum(r.failed for r in sim.world.runs)
-        assert value(after, "llamacloud_chat_run_errors_total", error_type="everything") is not None
-        assert value(after, "llamacloud_chat_run_turns_bucket", le="10.0") is not None
-        await second.stop()
-        await sim.stop()
+        async with project() as sim:
+            async with collecting(sim, cycle=True, state_path=str(db)) as first:
+                before = await scrape(first.port)
+            gone = next(iter(sim.world.sessions))
+            sim.world.delete(gone)
+            rules = [{"type": "everything", "pattern": "."}]
+            async with collecting(sim, state_path=str(db), buckets={"turns": [1, 10, 100]},
+                                  error_rules=rules) as second:
+                samples = await scrape(second.port)
+                assert not any(k[0] == "llamacloud_chat_runs_total" for k in samples), "hidden until synced"
+                calls = sim.api.calls["retrieve"]
+                await second.poller.cycle()
+                assert sim.api.calls["retrieve"] - calls == 19  # every session re-derived
+                after = await scrape(second.port)
+            for key, old in before.items():
+                if key[0].endswith("_total") and key[0].startswith("llamacloud_chat_") and "session" not in key[0]:
+                    assert after.get(key, 0) >= old, key
+            assert value(after, "llamacloud_chat_runs_total", outcome="error") == sum(r.failed for r in sim.world.runs)
+            assert value(after, "llamacloud_chat_run_errors_total", error_type="everything") is not None
+            assert value(after, "llamacloud_chat_run_turns_bucket", le="10.0") is not None
     run_async(scenario())
 
 
 def test_shrunk_history_counts_a_reset_and_nothing_twice():
     async def scenario():
-        sim = await new_sim(sessions=5, runs=4)
-        collector = collector_for(sim)
-        await collector.start(schedule=False)
-        await collector.poller.cycle()
-        session = next(s for s in sim.world.sessions.values() if s.pending is None)
-        sim.world.add_run(session)
-        sim.faults.add(Fault("shrink", "retrieve"))
-        await collector.poller.cycle()
-        samples = await scrape(collector.port)
-        assert value(samples, "llamacloud_collector_history_resets_total") == 1
-        runs_after_shrink = sum(v for k, v in samples.items() if k[0] == "llamacloud_chat_runs_total")
-        assert runs_after_shrink == len(sim.world.runs) - 1  # the shrunk read showed no new stop
-        sim.world.add_run(session)  # the full history returns, one run longer
-        await collector.poller.cycle()
-        samples = await scrape(collector.port)
-        assert_matches_truth(samples, sim)
-        assert value(samples, "llamacloud_collector_history_resets_total") == 1
-        await collector.stop()
-        await sim.stop()
+        async with project(sessions=5, runs=4) as sim, collecting(sim, cycle=True) as collector:
+            session = next(s for s in sim.world.sessions.values() if s.pending is None)
+            sim.world.add_run(session)
+            sim.faults.add(Fault("shrink", "retrieve"))
+            await collector.poller.cycle()
+            samples = await scrape(collector.port)
+            assert value(samples, "llamacloud_collector_history_resets_total") == 1
+            runs_after_shrink = sum(v for k, v in samples.items() if k[0] == "llamacloud_chat_runs_total")
+            assert runs_after_shrink == len(sim.world.runs) - 1  # the shrunk read showed no new stop
+            sim.world.add_run(session)  # the full history returns, one run longer
+            await collector.poller.cycle()
+            samples = await scrape(collector.port)
+            assert_matches_truth(samples, sim)
+            assert value(samples, "llamacloud_collector_history_resets_total") == 1
     run_async(scenario())

@@ -8,9 +8,8 @@ import httpx
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
 from collector.aggregates import Histogram, Mark
-from collector.simulator.service import SimulatorService
 from collector.simulator.world import World, populate
-from tests.helpers import collector_for, run_async, running
+from tests.helpers import collecting, run_async, running, simulating
 
 OPENMETRICS = {"Accept": "application/openmetrics-text; version=1.0.0"}
 HISTOGRAMS = {  # family -> the value of one run it observes, from the simulator's record of the run
@@ -69,7 +68,7 @@ def check_against_truth(found, world: World) -> int:
 def test_exemplars_name_real_runs_lie_in_their_bucket_and_stay_out_of_the_text_format():
     async def scenario():
         world = populate(World(seed=44, error_rate=0.3), 30, 3)
-        async with running(SimulatorService(world=world, rate=0)) as (_sim, collector):
+        async with running(world=world) as (_sim, collector):
             await collector.poller.cycle()
             for session in list(world.sessions.values())[:10]:
                 world.add_run(session, fail=True)
@@ -108,20 +107,11 @@ def test_an_exemplar_lies_inside_its_own_bucket_and_a_long_id_is_left_out_not_cu
 def test_exemplars_survive_a_restart_with_state(tmp_path):
     async def scenario():
         world = populate(World(seed=45, error_rate=0.3), 12, 2)
-        sim = SimulatorService(world=world, rate=0)
-        await sim.start()
         db = tmp_path / "state.db"
-        first = collector_for(sim, state_path=str(db))
-        await first.start(schedule=False)
-        await first.poller.cycle()
-        before = sorted(map(repr, exemplars(await openmetrics(first.port))))
-        await first.stop()
-        second = collector_for(sim, state_path=str(db))
-        await second.start(schedule=False)
-        try:
-            after = sorted(map(repr, exemplars(await openmetrics(second.port))))
-            assert before and after == before
-        finally:
-            await second.stop()
-            await sim.stop()
+        async with simulating(world=world) as sim:
+            async with collecting(sim, cycle=True, state_path=str(db)) as first:
+                before = sorted(map(repr, exemplars(await openmetrics(first.port))))
+            async with collecting(sim, state_path=str(db)) as second:
+                after = sorted(map(repr, exemplars(await openmetrics(second.port))))
+        assert before and after == before
     run_async(scenario())

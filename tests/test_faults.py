@@ -6,25 +6,15 @@ import socket
 import pytest
 
 from collector.simulator.api import Fault
-from collector.simulator.service import SimulatorService
 from collector.simulator.world import World, populate
-from tests.helpers import assert_matches_truth, collector_for, run_async, scrape, value
+from tests.helpers import assert_matches_truth, run_async, running, scrape, value
 
 FAST = {"interval": 3.0, "read_timeout": 0.5, "connect_timeout": 0.5}
 
 
-async def synced(sessions=8, runs=2, seed=31, **flags):
-    sim = SimulatorService(world=populate(World(seed=seed), sessions, runs), rate=0)
-    await sim.start()
-    collector = collector_for(sim, **{**FAST, **flags})
-    await collector.start(schedule=False)
-    await collector.poller.cycle()
-    return sim, collector
-
-
-async def close(sim, collector):
-    await collector.stop()
-    await sim.stop()
+def synced(sessions=8, runs=2, seed=31, **flags):
+    """The pair after its first cycle, with fast timeouts."""
+    return running(world=populate(World(seed=seed), sessions, runs), cycle=True, **{**FAST, **flags})
 
 
 def change_one(sim):
@@ -67,8 +57,7 @@ CASES = [
                          ids=[f"{c[0].kind}-{c[0].status}-{c[0].endpoint}" for c in CASES])
 def test_fault_is_reported_and_recovered_exactly(fault, times, result, up, moved):
     async def scenario():
-        sim, collector = await synced()
-        try:
+        async with synced() as (sim, collector):
             change_one(sim)
             sim.faults.add(fault, times)
             name, labels = moved
@@ -88,15 +77,12 @@ def test_fault_is_reported_and_recovered_exactly(fault, times, result, up, moved
             samples = await scrape(collector.port)
             assert_matches_truth(samples, sim)
             assert value(samples, "llamacloud_collector_up") == 1
-        finally:
-            await close(sim, collector)
     run_async(scenario())
 
 
 def test_scrapes_answer_while_a_cycle_waits_on_a_slow_api():
     async def scenario():
-        sim, collector = await synced(read_timeout=10.0, interval=10.0)
-        try:
+        async with synced(read_timeout=10.0, interval=10.0) as (sim, collector):
             change_one(sim)
             sim.faults.add(Fault("slow", "retrieve", delay=3.0))
             cycle = asyncio.create_task(collector.poller.cycle())
@@ -106,8 +92,6 @@ def test_scrapes_answer_while_a_cycle_waits_on_a_slow_api():
             assert value(samples, "llamacloud_chat_runs_total", outcome="success") is not None
             await cycle
             assert_matches_truth(await scrape(collector.port), sim)
-        finally:
-            await close(sim, collector)
     run_async(scenario())
 
 
@@ -125,18 +109,16 @@ def test_connect_timeout_on_a_black_hole():
             except BlockingIOError:
                 pass
             fillers.append(c)
-        sim = SimulatorService(sessions=1, rate=0)
-        await sim.start()
-        collector = collector_for(sim, **{**FAST, "base_url": f"http://127.0.0.1:{hole.getsockname()[1]}"})
-        await collector.start(schedule=False)
         try:
-            report = await collector.poller.cycle()
-            samples = await scrape(collector.port)
-            assert report.result == "failure" and ("timed out" in report.errors[0] or "deadline" in report.errors[0])
-            assert value(samples, "llamacloud_collector_up") == 0
-            assert value(samples, "llamacloud_collector_api_requests_total", operation="list", code="error") >= 1
+            async with running(sessions=1, **{**FAST, "base_url": f"http://127.0.0.1:{hole.getsockname()[1]}"}) \
+                    as (_sim, collector):
+                report = await collector.poller.cycle()
+                samples = await scrape(collector.port)
+                assert report.result == "failure" and ("timed out" in report.errors[0]
+                                                       or "deadline" in report.errors[0])
+                assert value(samples, "llamacloud_collector_up") == 0
+                assert value(samples, "llamacloud_collector_api_requests_total", operation="list", code="error") >= 1
         finally:
-            await close(sim, collector)
             for c in fillers:
                 c.close()
             hole.close()
@@ -145,23 +127,19 @@ def test_connect_timeout_on_a_black_hole():
 
 def test_huge_payload_is_processed():
     async def scenario():
-        sim, collector = await synced(read_timeout=30.0)
-        try:
+        async with synced(read_timeout=30.0) as (sim, collector):
             session = next(s for s in sim.world.sessions.values() if s.pending is None)
             sim.world.add_huge_run(session, 20 * 1024 * 1024)
             assert len(session.detail_bytes()) > 20 * 1024 * 1024
             report = await collector.poller.cycle()
             assert report.result == "success" and report.runs_added == 1
             assert_matches_truth(await scrape(collector.port), sim)
-        finally:
-            await close(sim, collector)
     run_async(scenario())
 
 
 def test_session_deleted_between_list_and_retrieve():
     async def scenario():
-        sim, collector = await synced()
-        try:
+        async with synced() as (sim, collector):
             seen_events = sim.world.events.copy()
             session = change_one(sim)
             lost = sim.world.runs[-1]  # deleted before the collector could see it
@@ -174,15 +152,12 @@ def test_session_deleted_between_list_and_retrieve():
             sim.world.events = seen_events
             assert_matches_truth(samples, sim)  # the deleted session's earlier runs stay counted
             assert session.session_id not in collector.poller.state.sessions
-        finally:
-            await close(sim, collector)
     run_async(scenario())
 
 
 def test_unknown_event_type_is_counted_not_fatal():
     async def scenario():
-        sim, collector = await synced()
-        try:
+        async with synced() as (sim, collector):
             change_one(sim)
             sim.faults.add(Fault("unknown_event", "retrieve"))
             report = await collector.poller.cycle()
@@ -190,15 +165,12 @@ def test_unknown_event_type_is_counted_not_fatal():
             assert report.result == "success"
             assert sim.world.events["_unknown"] >= 1
             assert_matches_truth(samples, sim)
-        finally:
-            await close(sim, collector)
     run_async(scenario())
 
 
 def test_auth_failure_reports_and_recovers():
     async def scenario():
-        sim, collector = await synced()
-        try:
+        async with synced() as (sim, collector):
             sim.api.api_key = "rotated"
             report = await collector.poller.cycle()
             samples = await scrape(collector.port)
@@ -208,18 +180,13 @@ def test_auth_failure_reports_and_recovers():
             sim.api.api_key = "simulator"
             await collector.poller.cycle()
             assert value(await scrape(collector.port), "llamacloud_collector_up") == 1
-        finally:
-            await close(sim, collector)
     run_async(scenario())
 
 
 def test_explicit_sessions_with_a_refused_key_fail_the_cycle_cleanly():
     async def scenario():
-        sim = SimulatorService(world=populate(World(seed=31), 20, 1), rate=0)
-        await sim.start()
-        collector = collector_for(sim, session_ids=list(sim.world.sessions), **FAST)
-        await collector.start(schedule=False)
-        try:
+        world = populate(World(seed=31), 20, 1)
+        async with running(world=world, session_ids=list(world.sessions), **FAST) as (sim, collector):
             sim.api.api_key = "rotated"
             report = await collector.poller.cycle()
             calls = sim.api.calls["summary"]
@@ -227,6 +194,4 @@ def test_explicit_sessions_with_a_refused_key_fail_the_cycle_cleanly():
             assert report.result == "failure" and "401" in report.errors[0]
             assert sim.api.calls["summary"] == calls, "no worker keeps calling after the cycle failed"
             assert calls <= 8  # one round of workers, not all 20 sessions
-        finally:
-            await close(sim, collector)
     run_async(scenario())

@@ -1,11 +1,11 @@
 """Sharding: 3 shards against one simulator partition the sessions and sum to the truth."""
 
+import contextlib
 from collections import Counter
 
 from collector.selection import shard_of
-from collector.simulator.service import SimulatorService
 from collector.simulator.world import World, populate
-from tests.helpers import assert_samples_match, collector_for, family, run_async, scrape, value
+from tests.helpers import assert_samples_match, collecting, family, run_async, scrape, simulating, value
 
 
 def test_shard_of_is_stable_and_balanced():
@@ -20,13 +20,11 @@ def test_shard_of_is_stable_and_balanced():
 
 def test_three_shards_partition_sessions_and_sum_to_truth():
     async def scenario():
-        sim = SimulatorService(world=populate(World(seed=17), 60, 3), rate=0)
-        await sim.start()
-        shards = [collector_for(sim, shard=i, total_shards=3) for i in range(3)]
-        for c in shards:
-            await c.start(schedule=False)
-            await c.poller.cycle()
-        samples = [await scrape(c.port) for c in shards]
+        async with contextlib.AsyncExitStack() as stack:
+            sim = await stack.enter_async_context(simulating(world=populate(World(seed=17), 60, 3)))
+            shards = [await stack.enter_async_context(collecting(sim, cycle=True, shard=i, total_shards=3))
+                      for i in range(3)]
+            samples = [await scrape(c.port) for c in shards]
         owned = [{dict(k)["session_id"] for k in family(s, "llamacloud_chat_session_info")} for s in samples]
         assert all(owned) and sum(len(o) for o in owned) == 60
         assert set.union(*owned) == set(sim.world.sessions)
@@ -39,8 +37,5 @@ def test_three_shards_partition_sessions_and_sum_to_truth():
                 if key[0].startswith("llamacloud_chat_") and "session" not in key[0] and "progress" not in key[0]:
                     summed[key] += v
         assert_samples_match(dict(summed), sim.world.runs, sim.world.events)
-        assert sum(sim.api.calls[e] for e in ("retrieve",)) == 60  # each session fetched by one shard only
-        for c in shards:
-            await c.stop()
-        await sim.stop()
+        assert sim.api.calls["retrieve"] == 60  # each session fetched by one shard only
     run_async(scenario())

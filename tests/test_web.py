@@ -1,12 +1,14 @@
 """TLS, mTLS, headers and basic auth from an exporter-toolkit web config, re-read on change; log redaction."""
 
 import asyncio
+import contextlib
 import io
 import json
 import os
 import re
 import ssl
 import subprocess
+from collections.abc import AsyncIterator
 
 import bcrypt
 import httpx
@@ -14,11 +16,11 @@ import pytest
 import structlog
 
 from collector import logs
+from collector.app import CollectorService
 from collector.auth import WebConfig
 from collector.cli import main
 from collector.errors import ConfigError
-from collector.simulator.service import SimulatorService
-from tests.helpers import collector_for, run_async
+from tests.helpers import run_async, running
 from tests.tools import require
 
 
@@ -50,23 +52,15 @@ def pki(tmp_path_factory):
 
 
 def serve_with(config_text: str, tmp_path):
-    """A collector (against an idle simulator) serving with this web config; yields its port."""
+    """A collector (against an idle simulator) serving with this web config, after its first cycle."""
     config = tmp_path / "web.yml"
     config.write_text(config_text)
 
-    class Running:
-        async def __aenter__(self):
-            self.sim = SimulatorService(sessions=2, runs=1, rate=0)
-            await self.sim.start()
-            self.collector = collector_for(self.sim, web_config=str(config))
-            await self.collector.start(schedule=False)
-            await self.collector.poller.cycle()
-            return self.collector.port
-
-        async def __aexit__(self, *exc):
-            await self.collector.stop()
-            await self.sim.stop()
-    return config, Running()
+    @contextlib.asynccontextmanager
+    async def serving() -> AsyncIterator[CollectorService]:
+        async with running(sessions=2, runs=1, cycle=True, web_config=str(config)) as (_sim, collector):
+            yield collector
+    return config, serving()
 
 
 def tls_lines(pki, **extra: str) -> str:
@@ -76,10 +70,11 @@ def tls_lines(pki, **extra: str) -> str:
 
 
 def test_tls_and_basic_auth_and_reload(tmp_path, pki):
-    config, running = serve_with(tls_lines(pki) + f"basic_auth_users:\n  prom: '{hashed('s3cret')}'\n", tmp_path)
+    config, served = serve_with(tls_lines(pki) + f"basic_auth_users:\n  prom: '{hashed('s3cret')}'\n", tmp_path)
 
     async def scenario():
-        async with running as port:
+        async with served as collector:
+            port = collector.port
             url = f"https://127.0.0.1:{port}"
             verify = ssl.create_default_context(cafile=str(pki / "ca.pem"))
             async with httpx.AsyncClient(verify=verify) as http:
@@ -104,7 +99,7 @@ def test_tls_and_basic_auth_and_reload(tmp_path, pki):
 @pytest.mark.parametrize("auth_type", ["RequireAndVerifyClientCert", "VerifyClientCertIfGiven"])
 def test_client_certificates_are_asked_for_and_verified(tmp_path, pki, auth_type):
     text = tls_lines(pki, client_auth_type=auth_type, client_ca_file=str(pki / "ca.pem"))
-    _, running = serve_with(text, tmp_path)
+    _, served = serve_with(text, tmp_path)
 
     def context(cert: str | None) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
@@ -117,7 +112,8 @@ def test_client_certificates_are_asked_for_and_verified(tmp_path, pki, auth_type
             return (await http.get(f"https://127.0.0.1:{port}/metrics")).status_code
 
     async def scenario():
-        async with running as port:
+        async with served as collector:
+            port = collector.port
             assert await get(port, "client") == 200
             with pytest.raises(httpx.TransportError):
                 await get(port, "rogue")  # a certificate the CA did not sign
@@ -134,10 +130,11 @@ def test_tls_versions_ciphers_and_headers_are_honoured(tmp_path, pki):
                      cipher_suites="[TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384]")
     text += ("http_server_config:\n  headers:\n    X-Frame-Options: deny\n"
              "    Strict-Transport-Security: max-age=31536000\n")
-    _, running = serve_with(text, tmp_path)
+    _, served = serve_with(text, tmp_path)
 
     async def scenario():
-        async with running as port:
+        async with served as collector:
+            port = collector.port
             ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
             _reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
             tls = writer.get_extra_info("ssl_object")
@@ -244,11 +241,12 @@ def test_a_rotation_half_written_keeps_serving_and_the_new_pair_is_used_once_who
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
     shutil.copy(pki / "server.pem", cert)
     shutil.copy(pki / "server.key", key)
-    config, running = serve_with(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n", tmp_path)
+    config, served = serve_with(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n", tmp_path)
 
     async def scenario():
-        async with running as port:
-            web = running.collector.web
+        async with served as collector:
+            port = collector.port
+            web = collector.web
             assert await asyncio.to_thread(served_cn, port, pki) == "server"
             shutil.copy(pki / "server2.pem", cert)  # the new certificate first ...
             os.utime(config, (1, 1))
@@ -264,12 +262,13 @@ def test_a_rotation_half_written_keeps_serving_and_the_new_pair_is_used_once_who
 @pytest.mark.parametrize("change", ["tighten", "empty", "no_users", "garbage"])
 def test_a_reload_that_cannot_apply_whole_keeps_the_previous_config(tmp_path, pki, change):
     users = f"basic_auth_users:\n  prom: '{hashed('s3cret')}'\n"
-    config, running = serve_with(tls_lines(pki) + users, tmp_path)
+    config, served = serve_with(tls_lines(pki) + users, tmp_path)
     stream = io.StringIO()
     logs.configure("info", "json", stream=stream)
 
     async def scenario():
-        async with running as port:
+        async with served as collector:
+            port = collector.port
             url = f"https://127.0.0.1:{port}"
             new = {"tighten": tls_lines(pki, client_auth_type="RequireAndVerifyClientCert",
                                         client_ca_file=str(pki / "ca.pem"), min_version="TLS13") + users,
@@ -345,10 +344,11 @@ def test_an_untrusted_api_certificate_is_one_clear_line_and_not_retried(tmp_path
     from collector.errors import FetchError as Fetch
     from collector.settings import Settings
 
-    _, running = serve_with(tls_lines(pki), tmp_path)  # a TLS server signed by a CA nobody trusts here
+    _, served = serve_with(tls_lines(pki), tmp_path)  # a TLS server signed by a CA nobody trusts here
 
     async def scenario():
-        async with running as port:
+        async with served as collector:
+            port = collector.port
             client = build_client(Settings(base_url=f"https://127.0.0.1:{port}"), "k" * 20)
             try:
                 with pytest.raises(Fetch) as caught:
@@ -364,10 +364,11 @@ def test_an_untrusted_api_certificate_is_one_clear_line_and_not_retried(tmp_path
 def test_ssl_cert_file_trusts_a_private_ca(tmp_path, pki):
     import sys
 
-    _, running = serve_with(tls_lines(pki), tmp_path)
+    _, served = serve_with(tls_lines(pki), tmp_path)
 
     async def scenario():
-        async with running as port:
+        async with served as collector:
+            port = collector.port
             def check(env):
                 return subprocess.run([sys.executable, "-m", "collector", "check", "--base-url",
                                        f"https://127.0.0.1:{port}"], capture_output=True, text=True, timeout=60,
