@@ -132,12 +132,12 @@ class SqliteStore:
             floor = self._salvage()
             try:
                 self._move_aside(f"{type(exc).__name__}: {str(exc)[:200]}")
-            except OSError as move_error:
-                self.log.error("state file unreadable and cannot be moved; running without it",
+            except OSError as move_error:  # left in place: saves retry on it; the floor still holds
+                self.log.error("state file unreadable and cannot be moved; resyncing from the API in its place",
                                path=str(self.path), reason=str(move_error))
                 self.db = None
-                return None
-            self.db = self._connect()
+            else:
+                self.db = self._connect()
         self.full_rewrite = True
         if floor is None:
             return None

@@ -209,9 +209,26 @@ def test_a_file_that_cannot_be_moved_aside_runs_without_state(tmp_path, captured
     (tmp_path / f"state.db.corrupt-{STAMP}").mkdir()  # the name it would move to is taken by a directory
     s = store(db)
     assert s.load() is None and s.db is None
-    (line,) = [e for e in captured() if e["event"] == "state file unreadable and cannot be moved; running without it"]
+    event = "state file unreadable and cannot be moved; resyncing from the API in its place"
+    (line,) = [e for e in captured() if e["event"] == event]
     assert line["path"] == str(db) and "Is a directory" in line["reason"]
     assert db.read_bytes() == b"garbage" * 100  # left where it was, untouched
+    with pytest.raises(StateError):  # and every save fails on it, counted, until an operator moves it
+        s.save(state_with(session("a")))
+
+
+def test_a_damaged_file_that_cannot_be_moved_aside_keeps_its_totals_as_the_floor(tmp_path):
+    db = tmp_path / "state.db"
+    s = store(db)
+    s.load()
+    s.save(state_with(session("a"), session("b")))
+    s.close()
+    with sqlite3.connect(db) as conn:  # readable SQLite, impossible content: moved aside, floor salvaged
+        conn.execute("DELETE FROM sessions")
+    (tmp_path / f"state.db.corrupt-{STAMP}").mkdir()
+    loaded = store(db).load()
+    assert loaded is not None and loaded.floor is not None
+    assert loaded.floor.runs == state_with(session("a")).aggregates.runs
 
 
 def saved_then_failed(db, change):
