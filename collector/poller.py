@@ -105,10 +105,11 @@ class ListingPass:
     todo: deque[Job] = field(default_factory=deque)
     queued: set[str] = field(default_factory=set)
     """IDs in ``todo`` or being fetched: a session listed twice in a pass is fetched once at a time."""
-    fetched_ok: int = 0
-    failed: int = 0
-    """Sessions that failed on their own in this pass (or waited for their retry): a pass in which every
-    fetch failed is an outage, not a sync."""
+    some_fetched: bool = False
+    """A session's history was read in this pass."""
+    some_failed: bool = False
+    """A session failed on its own in this pass (or waited for its retry): a pass in which every fetch
+    failed is an outage, not a sync."""
 
     def push(self, job: Job, *, front: bool = False) -> None:
         if job.session_id in self.queued and not front:
@@ -387,7 +388,7 @@ class Poller:
         if failing is None or failing.retry_cycle <= self.cycles:
             return False
         run.report.backing_off += 1
-        run.listing.failed += 1
+        run.listing.some_failed = True
         return True
 
     def _consider(self, run: _Run, found: Found) -> Job | None:
@@ -454,7 +455,7 @@ class Poller:
         session = await self.client.retrieve(sid, run.deadline)
         run.answered = True
         run.sessions_answered += 1
-        run.listing.fetched_ok += 1
+        run.listing.some_fetched = True
         self.metrics.fetched(job.reason)
         run.report.fetched += 1
         prev = work.known(sid)
@@ -479,19 +480,18 @@ class Poller:
         for sid, (job, error) in run.failures.items():
             if on_their_own or sid in self.failing or sid in run.hung:
                 self._mark_failing(sid, error)
-                run.listing.failed += 1
+                run.listing.some_failed = True
             else:
                 run.listing.push(job)
         run.report.errors.extend(error for _, error in list(run.failures.values())[:5])
 
     def _mark_failing(self, sid: str, error: str) -> None:
-        failing = self.failing.get(sid)
-        if failing is None:
-            failing = self.failing[sid] = Failing(0, 0)
+        before = self.failing.get(sid)
+        if before is None:
             self.log.warning("session failing", session_id=sid[:80], error=error[:500],
                              note="retried with backoff; the other sessions go on")
-        failing.failures += 1
-        failing.retry_cycle = self.cycles + min(2 ** (failing.failures - 1), MAX_BACKOFF_INTERVALS)
+        failures = 1 if before is None else before.failures + 1
+        self.failing[sid] = Failing(failures, self.cycles + min(2 ** (failures - 1), MAX_BACKOFF_INTERVALS))
 
     def _recovered(self, sid: str) -> None:
         failing = self.failing.pop(sid, None)
@@ -513,7 +513,7 @@ class Poller:
                 await asyncio.sleep(0)
         for sid in set(self.failing) - listing.seen:
             del self.failing[sid]
-        if listing.fetched_ok or not listing.failed:
+        if listing.some_fetched or not listing.some_failed:
             work.mark_synced()
         self.last_pass_duration = self.monotonic() - listing.started
         run.report.pass_complete = True

@@ -11,7 +11,7 @@ import structlog
 
 from collector import logs
 from collector.errors import FetchError, NotFound, PayloadError
-from tests.fakes import FakeApi, cycle, poller, run_events
+from tests.fakes import FakeApi, cycle, poller, run_events, total_runs
 
 T0 = "2026-01-01T00:00:00+00:00"
 
@@ -298,6 +298,40 @@ def test_a_cycle_reports_every_count_exactly_and_logs_the_same_line():
             second.invalid) == ("partial", 6, 1, 5, 1, 3, 1)  # still partial: the unreadable item
     assert next(e for e in captured if e["event"] == "session recovered")["failures"] == 1
     assert not p.failing
+
+
+def test_a_failing_session_is_said_once_cut_to_size_and_a_cycle_reports_five_errors(captured):
+    api = FakeApi()
+    long_id = "s" * 100
+    for sid in (long_id, *(f"b{i}" for i in range(6))):
+        api.put(sid, "2026-01-01T00:00:00Z", run_events())
+        api.answers[sid] = [FetchError(f"retrieve: HTTP 500 {sid} " + "e" * 600, operation="retrieve")] * 2
+    api.put("fine", "2026-01-01T00:00:00Z", run_events())
+    p = poller(api)
+    report = cycle(p)
+    assert report.failed == 7 and len(report.errors) == 5 and report.errors[0].startswith("retrieve: HTTP 500 s")
+    cycle(p)  # failing again, backing off after: no second line
+    lines = [e for e in captured() if e["event"] == "session failing"]
+    assert len(lines) == 7 and {len(e["error"]) for e in lines} == {500}
+    (first,) = [e for e in lines if e["session_id"].startswith("s")]
+    assert first["session_id"] == long_id[:80]
+
+
+def test_a_pass_in_which_every_fetch_failed_or_waited_is_not_the_first_sync():
+    """Synced with no history read, the families would show 0 runs for a session that has one, then jump."""
+    api = FakeApi()
+    api.put("only", "2026-01-01T00:00:00Z", run_events())
+    api.answers["only"] = [FetchError("retrieve: HTTP 500", operation="retrieve")] * 3
+    p = poller(api)
+    reports = [cycle(p) for _ in range(7)]  # fails in cycles 1, 2 and 4; waits for its retry in 3, 5 to 7
+    assert [r.failed for r in reports] == [1, 1, 0, 1, 0, 0, 0] and reports[2].backing_off == 1
+    assert all(r.pass_complete for r in reports) and not p.state.synced and not p.snapshot.ready
+    assert cycle(p).failed == 0  # the retry of cycle 8 reads it
+    assert p.state.synced and p.snapshot.ready and total_runs(p) == 1
+    api.put("broken", "2026-01-01T00:00:00Z", run_events())
+    api.answers["broken"] = [FetchError("retrieve: HTTP 500", operation="retrieve")] * 9
+    beside = poller(api)
+    assert cycle(beside).failed == 1 and beside.state.synced  # one read beside it: the pass is a sync
 
 
 def test_a_lone_session_that_fails_while_the_listing_answers_fails_on_its_own_and_backing_off_is_counted():
