@@ -47,6 +47,8 @@ GONE_SLICE = 20_000
 MAX_BACKOFF_INTERVALS = 10
 """A session that keeps failing on its own is retried at most this many intervals apart."""
 ERROR_TEXT = 200
+ID_TEXT = 80
+"""A session ID in a log line is cut to this (an ID is the API's: hostile until checked)."""
 
 
 @dataclass
@@ -129,8 +131,8 @@ class _Run:
     counted: list[tuple[str, RunRecord]] | None
     answered: bool = False
     """The API answered at least one request this cycle."""
-    sessions_answered: int = 0
-    """Sessions the API answered for (a history, or 404): failures beside them are the sessions' own."""
+    session_answered: bool = False
+    """The API answered for a session (a history, or 404): failures beside it are the sessions' own."""
     inflight: dict[str, Job] = field(default_factory=dict)
     started: dict[str, float] = field(default_factory=dict)
     failures: dict[str, tuple[Job, str]] = field(default_factory=dict)
@@ -366,7 +368,7 @@ class Poller:
         if page.unreadable:
             report.invalid += len(page.unreadable)
             self.log.warning("unreadable sessions in the listing, skipped this cycle",
-                             count=len(page.unreadable), session_ids=[i[:80] for i in page.unreadable[:10]])
+                             count=len(page.unreadable), session_ids=[i[:ID_TEXT] for i in page.unreadable[:10]])
         for item in page.items:
             if wanted(self.config, item):
                 listing.seen.add(item.session_id)
@@ -411,7 +413,8 @@ class Poller:
         True when it went back to the front of the queue (the deadline cut it off)."""
         sid = job.session_id
         try:
-            if job.found is None:
+            found = job.found
+            if found is None:
                 if self._backing_off(run, sid):
                     run.listing.seen.add(sid)
                     return False
@@ -423,11 +426,11 @@ class Poller:
                 fetch = self._consider(run, summary)
                 if fetch is None:
                     return False
-                job = fetch
-            await self._fetch(run, job)
+                job, found = fetch, summary
+            await self._fetch(run, job, found)
         except NotFound:
             run.answered = True
-            run.sessions_answered += 1
+            run.session_answered = True
             run.report.removed += run.work.drop(sid)
             self.failing.pop(sid, None)
         except AuthError:
@@ -450,21 +453,22 @@ class Poller:
             run.listing.seen.add(sid)  # a configured ID that fails is still watched
         return False
 
-    async def _fetch(self, run: _Run, job: Job) -> None:
+    async def _fetch(self, run: _Run, job: Job, found: Found) -> None:
+        """The history of a session as ``found`` in the listing (or by its summary)."""
         sid, work = job.session_id, run.work
         session = await self.client.retrieve(sid, run.deadline)
         run.answered = True
-        run.sessions_answered += 1
+        run.session_answered = True
         run.listing.some_fetched = True
         self.metrics.fetched(job.reason)
         run.report.fetched += 1
         prev = work.known(sid)
         if prev is not None and older(session.last_updated_at, prev):
-            self.log.info("stale read ignored; refetched next cycle", session_id=sid[:80])
+            self.log.info("stale read ignored; refetched next cycle", session_id=sid[:ID_TEXT])
         else:
-            listed_at = job.found.last_updated_at if job.found is not None else None
-            if listed_at is not None and answered_before(session.last_updated_at, listed_at):
-                listed_at = None  # an answer older than the listing: keyed on its own time, so it is read again
+            # an answer older than the listing is keyed on its own time, so that it is read again
+            listed_at = None if answered_before(session.last_updated_at, found.last_updated_at) \
+                else found.last_updated_at
             state, runs = update_session(prev, session, work.aggregates, self.classifier, self.clock(),
                                          listed_at=listed_at)
             work.put(state)
@@ -476,7 +480,7 @@ class Poller:
 
     def _settle_failures(self, run: _Run) -> None:
         """Failures while the API answered other sessions back off; those of an outage are simply retried."""
-        on_their_own = run.sessions_answered > 0 or (run.answered and len(run.failures) == 1)
+        on_their_own = run.session_answered or (run.answered and len(run.failures) == 1)
         for sid, (job, error) in run.failures.items():
             if on_their_own or sid in self.failing or sid in run.hung:
                 self._mark_failing(sid, error)
@@ -488,7 +492,7 @@ class Poller:
     def _mark_failing(self, sid: str, error: str) -> None:
         before = self.failing.get(sid)
         if before is None:
-            self.log.warning("session failing", session_id=sid[:80], error=error[:500],
+            self.log.warning("session failing", session_id=sid[:ID_TEXT], error=error[:500],
                              note="retried with backoff; the other sessions go on")
         failures = 1 if before is None else before.failures + 1
         self.failing[sid] = Failing(failures, self.cycles + min(2 ** (failures - 1), MAX_BACKOFF_INTERVALS))
@@ -496,12 +500,12 @@ class Poller:
     def _recovered(self, sid: str) -> None:
         failing = self.failing.pop(sid, None)
         if failing is not None:
-            self.log.info("session recovered", session_id=sid[:80], failures=failing.failures)
+            self.log.info("session recovered", session_id=sid[:ID_TEXT], failures=failing.failures)
 
     async def _maybe_complete(self, run: _Run) -> None:
         """A pass whose every page was read and every listed session attempted: gone sessions, first sync."""
         listing = run.listing
-        if not listing.listed_all or listing.todo or run.inflight or (run.listing_error and self.config.discover):
+        if not listing.listed_all or listing.todo or (run.listing_error and self.config.discover):
             if run.listing_error and listing.listed_all:  # an endless listing: start over, no verdict on it
                 self.listing = None
             return
@@ -528,7 +532,7 @@ class Poller:
         for job, _error in run.failures.values():
             run.listing.push(job)
         report.result = "failure"
-        report.errors.insert(0, error)
+        report.errors.append(error)  # the first: a failed cycle has settled nothing
         run.work.rollback()
         self._finish(report, None, started, wall_start, up=False)
         return report

@@ -228,6 +228,15 @@ def test_fetches_that_outlast_the_deadline_are_carried_and_fetched_first_next_cy
     assert api.pages_listed == pages and report.pass_complete  # the listing was done: only the fetches were left
 
 
+def test_the_deadline_line_names_the_page_the_pass_had_reached():
+    api, _p, fast = synced_then_one_more_run_each(3, interval=0.5)  # 3 pages listed in microseconds, of 0.45 s
+    api.page_size, api.retrieve_delay = 1, 5.0  # no fetch ends in time
+    report = cycle(fast)
+    assert report.pages == 3 and report.errors == [
+        "cycle deadline reached at page 3 of the listing pass with 3 sessions not fetched; the pass carries on "
+        "next cycle"]
+
+
 def test_only_the_fetches_still_running_at_the_deadline_count_as_failed():
     api, _, fast = synced_then_one_more_run_each(4, interval=0.2)
     api.answers["s0"] = [FetchError("down", operation="retrieve")]
@@ -257,6 +266,22 @@ def test_a_refused_key_stops_the_cycle_with_its_own_message():
                                           status=401)}
     report = cycle(poller(api, discover=False, session_ids=tuple(api.sessions)))
     assert report.result == "failure" and report.errors == ["summary: HTTP 401: the API key was refused"]
+
+
+def test_fetches_in_flight_when_the_key_is_refused_go_back_and_are_read_once_it_works():
+    """Otherwise the pass would end without them, and a first sync show their runs as never there."""
+    from collector.errors import AuthError
+
+    api = populated(3)
+    api.answers["s0"] = [AuthError("retrieve: HTTP 401: the API key was refused", operation="retrieve", status=401)]
+    api.retrieve_delay, api.slow = 0.05, {"s1", "s2"}
+    p = poller(api)
+    report = cycle(p)
+    assert report.result == "failure" and report.errors == ["retrieve: HTTP 401: the API key was refused"]
+    assert not p.state.synced and total_runs(p) == 0
+    api.retrieve_delay = 0.0
+    again = cycle(p)
+    assert again.fetched == 3 and again.pass_complete and p.state.synced and total_runs(p) == 6
 
 
 def test_failures_of_configured_sessions_are_each_counted():
