@@ -382,3 +382,69 @@ def test_a_lone_session_that_fails_while_the_listing_answers_fails_on_its_own_an
     cycle(q)
     cycle(q)
     assert cycle(q).backing_off == 3 and set(q.failing) == {"a", "b", "c"}
+
+
+class Paged(FakeApi):
+    """A listing whose page tokens are ``links`` (token to the next one): an endless or a looping listing."""
+
+    def __init__(self, links: dict[str | None, str]) -> None:
+        super().__init__()
+        self.links = links
+
+    async def list_page(self, token=None, deadline=None):
+        from collector.llamacloud.models import parse_page
+
+        self.pages_listed += 1
+        ids = sorted(self.sessions)
+        item = ids[self.pages_listed % len(ids)]
+        body = {"items": [self._summary(item)], "next_page_token": self.links.get(token, f"{token}+")}
+        return parse_page(json.dumps(body).encode())
+
+
+def test_an_endless_listing_stops_at_max_pages_says_so_and_starts_over():
+    api = Paged({None: "p"})  # p, p+, p++, ...: never the same token twice
+    api.put("a", T0, run_events())
+    api.put("b", T0, run_events())
+    p = poller(api, max_pages=5)
+    first = cycle(p)
+    assert (first.result, first.pages, first.fetched) == ("partial", 5, 2)
+    assert first.errors == ["list: more than 5 pages; the listing does not end"]
+    assert p.listing is None and not p.state.synced  # no verdict on who is gone: the next pass starts over
+    second = cycle(p)
+    assert (second.pages, second.unchanged, api.pages_listed) == (5, 5, 10) and not p.state.synced
+
+
+def test_a_listing_whose_tokens_loop_ends_at_the_first_repeat():
+    api = Paged({None: "x", "x": "y", "y": "x"})
+    api.put("a", T0, run_events())
+    p = poller(api, max_pages=5)
+    report = cycle(p)
+    assert (report.result, report.pages, report.errors) == ("success", 3, []) and p.state.synced
+
+
+def test_unreadable_items_on_every_page_are_all_counted():
+    api = FakeApi()
+    api.page_size = 2
+    for sid in ("s0", "s1"):
+        api.put(sid, T0, run_events())
+    for bad in ("bad0", "bad1"):
+        api.sessions[bad] = {"session_id": bad, "last_updated_at": 5}
+    api.listed = ["s0", "bad0", "s1", "bad1"]
+    report = cycle(poller(api))
+    assert (report.pages, report.invalid, report.fetched) == (2, 2, 2)
+
+
+def test_a_failing_session_whose_change_is_withdrawn_recovers():
+    """It failed to fetch a newer history; the listing then shows the one already counted: nothing to fetch,
+    and no longer failing."""
+    api = FakeApi()
+    api.put("s", T0, run_events())
+    p = poller(api)
+    cycle(p)
+    api.put("s", "2026-01-01T00:05:00+00:00", run_events() + run_events())
+    api.answers["s"] = [FetchError("retrieve: HTTP 500", operation="retrieve")]
+    cycle(p)
+    assert set(p.failing) == {"s"}
+    api.put("s", T0, run_events())
+    report = cycle(p)  # its retry is due: the listing shows what was counted
+    assert report.unchanged == 1 and report.fetched == 0 and not p.failing and total_runs(p) == 1
