@@ -42,6 +42,8 @@ class FakeApi:
         self.answers: dict[str, list] = {}
         self.summary_errors: dict[str, Exception] = {}
         self.retrieved: Counter = Counter()
+        self.fetch_order: list[str] = []
+        """Each ``retrieve`` as it began."""
         self.deadlines: list = []
         self.list_delay = 0.0
         self.retrieve_delay = 0.0
@@ -96,6 +98,7 @@ class FakeApi:
 
     async def retrieve(self, sid: str, deadline=None):
         self.deadlines.append(deadline)
+        self.fetch_order.append(sid)
         await asyncio.sleep(0)
         if self.retrieve_delay and (not self.slow or sid in self.slow):
             await asyncio.sleep(self.retrieve_delay)

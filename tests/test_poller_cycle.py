@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 
 import pytest
 import structlog
@@ -448,3 +449,41 @@ def test_a_failing_session_whose_change_is_withdrawn_recovers():
     api.put("s", T0, run_events())
     report = cycle(p)  # its retry is due: the listing shows what was counted
     assert report.unchanged == 1 and report.fetched == 0 and not p.failing and total_runs(p) == 1
+
+
+def test_a_fetch_cut_off_mid_answer_goes_first_next_cycle_before_the_ones_that_waited():
+    api, _p, fast = synced_then_one_more_run_each(3, interval=0.2)
+    fast.config = replace(fast.config, max_concurrency=1)  # s0 in flight at the deadline, s1 and s2 queued
+    api.retrieve_delay, api.slow = 5.0, {"s0"}
+    assert cycle(fast).carried == 3
+    api.retrieve_delay, api.fetch_order = 0.0, []
+    cycle(fast)
+    assert api.fetch_order == ["s0", "s1", "s2"]
+
+
+def test_a_configured_session_that_fails_beside_answering_ones_backs_off_and_stays_watched():
+    api = populated(2)
+    p = poller(api, discover=False, session_ids=("s0", "s1"))
+    cycle(p)
+    api.summary_errors = {"s1": FetchError("summary: HTTP 500", operation="summary")}
+    failed = cycle(p)  # s0's summary answered (unchanged, not fetched): s1 fails on its own, no outage
+    assert (failed.result, failed.failed, failed.unchanged, failed.fetched) == ("partial", 1, 1, 0)
+    assert set(p.failing) == {"s1"}
+    cycle(p)  # retried at once, fails again: next retry two cycles on
+    asked = api.summaries["s1"]
+    waiting = cycle(p)
+    assert (waiting.backing_off, waiting.invalid, waiting.failed, api.summaries["s1"]) == (1, 0, 0, asked)
+    assert waiting.pass_complete and set(p.state.sessions) == {"s0", "s1"}  # waiting is not gone
+
+
+def test_a_failing_session_that_is_then_deleted_is_no_longer_failing():
+    api = populated(2)
+    p = poller(api)
+    cycle(p)
+    api.put("s1", "2026-01-01T00:05:00+00:00", run_events())
+    api.answers["s1"] = [FetchError("retrieve: HTTP 500", operation="retrieve"),
+                         NotFound("retrieve: HTTP 404", operation="retrieve", status=404)]
+    cycle(p)
+    assert set(p.failing) == {"s1"}
+    report = cycle(p)
+    assert report.removed == 1 and not p.failing and set(p.state.sessions) == {"s0"}
