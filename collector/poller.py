@@ -440,17 +440,16 @@ class Poller:
             run.failures[sid] = (job, str(exc))
         except FetchError as exc:
             if run.deadline.expired():  # cut off by the cycle's deadline, not by the session: carried
-                run.cut = True
                 run.listing.todo.appendleft(job)  # still in ``queued``: never fetched twice at once
-                return True
+                return True  # the worker then finds the deadline passed with work left: the cycle was cut
             run.report.failed += 1
             run.failures[sid] = (job, str(exc))
         except Exception as exc:  # noqa: BLE001 - one session's answer must never stop the others
             run.report.invalid += 1
             self.metrics.invalid_payload("retrieve")
             run.failures[sid] = (job, f"{type(exc).__name__}: {str(exc)[:ERROR_TEXT]}")
-        if job.found is None or sid in run.failures:
-            run.listing.seen.add(sid)  # a configured ID that fails is still watched
+        if sid in run.failures:
+            run.listing.seen.add(sid)  # a configured ID whose summary fails is still watched
         return False
 
     async def _fetch(self, run: _Run, job: Job, found: Found) -> None:

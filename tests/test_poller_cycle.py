@@ -3,6 +3,7 @@ handed to each API call, the log lines an operator searches for, and the run log
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from dataclasses import replace
@@ -12,6 +13,7 @@ import structlog
 
 from collector import logs
 from collector.errors import FetchError, NotFound, PayloadError
+from collector.poller import Poller
 from tests.fakes import FakeApi, cycle, poller, run_events, total_runs
 
 T0 = "2026-01-01T00:00:00+00:00"
@@ -487,3 +489,63 @@ def test_a_failing_session_that_is_then_deleted_is_no_longer_failing():
     assert set(p.failing) == {"s1"}
     report = cycle(p)
     assert report.removed == 1 and not p.failing and set(p.state.sessions) == {"s0"}
+
+
+class GivesUpAtTheDeadline(FakeApi):
+    """The client's own deadline ends a request (a FetchError as the deadline passes), before the cycle's
+    timer: the ``at``-th page, or the retrieve of ``sid``, moves the clock past the deadline and fails."""
+
+    def __init__(self, clock: list[float], page: int | None = None, sid: str | None = None) -> None:
+        super().__init__()
+        self.clock, self.page, self.sid = clock, page, sid
+        self.answered = asyncio.Event()
+
+    def _give_up(self, operation: str):
+        self.clock[0] += 3600.0
+        raise FetchError(f"{operation}: no answer by the deadline", operation=operation)
+
+    async def list_page(self, token=None, deadline=None):
+        if self.pages_listed + 1 == self.page:
+            while len(self.retrieved) < self.pages_listed:  # every session listed so far fetched: none waits
+                self.answered.clear()
+                await self.answered.wait()
+            self.pages_listed += 1
+            self._give_up("list")
+        return await super().list_page(token, deadline)
+
+    async def retrieve(self, sid: str, deadline=None):
+        if sid == self.sid:
+            self._give_up("retrieve")
+        try:
+            return await super().retrieve(sid, deadline)
+        finally:
+            self.answered.set()
+
+
+def deadline_api(**where) -> tuple[GivesUpAtTheDeadline, Poller]:
+    clock = [0.0]
+    api = GivesUpAtTheDeadline(clock, **where)
+    api.page_size = 1
+    for i in range(3):
+        api.put(f"s{i}", T0, run_events())
+    return api, poller(api, monotonic=lambda: clock[0], max_concurrency=1)
+
+
+def test_a_listing_that_gives_up_at_the_deadline_is_cut_not_failed_and_resumes():
+    _, p = deadline_api(page=2)
+    report = cycle(p)
+    assert (report.result, report.failed, report.fetched) == ("partial", 0, 1)
+    assert report.errors == ["cycle deadline reached at page 1 of the listing pass with 0 sessions not fetched; "
+                             "the pass carries on next cycle"]
+    assert not p.listing.listed_all and p.listing.token == "1"  # the next cycle reads page 2 again
+    _, first = deadline_api(page=1)
+    outage = cycle(first)  # nothing answered by the deadline: an outage
+    assert (outage.result, outage.errors) == ("failure", ["no answer from the API by the cycle deadline"])
+
+
+def test_a_fetch_that_gives_up_at_the_deadline_is_carried_not_failed():
+    _, p = deadline_api(sid="s0")
+    report = cycle(p)
+    assert (report.result, report.failed, report.fetched) == ("partial", 0, 0) and not p.failing
+    assert report.errors[-1].startswith("cycle deadline reached at page ")
+    assert p.listing.todo[0].session_id == "s0" and "s0" in p.listing.queued  # first next cycle, once
