@@ -245,7 +245,7 @@ class Poller:
         work.commit()
         self.state = work
         await asyncio.to_thread(self.persist)  # a save of a million removed rows takes seconds: off the loop
-        self._finish(report, None, started, wall_start, up=True)
+        self._finish(report, started, wall_start, up=True)
         if counted:  # committed and persisted: a restart cannot count these again
             log_runs(self.runs_log, self.config.log_runs, counted)
         return report
@@ -533,7 +533,7 @@ class Poller:
         report.result = "failure"
         report.errors.append(error)  # the first: a failed cycle has settled nothing
         run.work.rollback()
-        self._finish(report, None, started, wall_start, up=False)
+        self._finish(report, started, wall_start, up=False)
         return report
 
     def persist(self) -> None:
@@ -551,12 +551,8 @@ class Poller:
             self.metrics.state_write_failed()
             self.log.error("state not saved; will retry next cycle", error=str(exc))
 
-    def _finish(self, report: CycleReport, work: CollectorState | None, started: float,
-                wall_start: float, *, up: bool) -> None:
-        if work is not None:  # only in tests and tools that finish a cycle by hand
-            work.commit()
-            self.state = work
-            self.persist()
+    def _finish(self, report: CycleReport, started: float, wall_start: float, *, up: bool) -> None:
+        """The cycle's status, snapshot and log line, once its work is committed (or rolled back)."""
         now = self.clock()
         report.duration = self.monotonic() - started
         report.watched = len(self.state.sessions)
