@@ -202,7 +202,7 @@ class Poller:
     # -- the cycle --------------------------------------------------------------------------------------
 
     async def cycle(self) -> CycleReport:
-        started, wall_start = self.monotonic(), self.clock()
+        started = self.monotonic()
         self.cycle_started = started
         self.cycles += 1
         work = self.state.begin()  # journaled in place: a cycle touches only what changes
@@ -214,17 +214,16 @@ class Poller:
         try:
             await self._run_pass(run)
         except AuthError as exc:
-            return self._failed(run, str(exc), started, wall_start)
+            return self._failed(run, str(exc), started)
         except Exception as exc:  # noqa: BLE001 - whatever a bug does, the loop goes on
-            return self._failed(run, f"cycle failed: {type(exc).__name__}: {str(exc)[:ERROR_TEXT]}",
-                                started, wall_start)
+            return self._failed(run, f"cycle failed: {type(exc).__name__}: {str(exc)[:ERROR_TEXT]}", started)
         except BaseException:  # cancelled at shutdown: nothing of this cycle is kept
             work.rollback()
             raise
         fresh = [error for sid, (_, error) in run.failures.items() if sid not in self.failing and sid not in run.hung]
         if not run.answered and (run.listing_error or fresh or run.listing_cut):  # an outage: nothing answered
             reason = run.listing_error or (fresh[0] if fresh else "no answer from the API by the cycle deadline")
-            return self._failed(run, reason, started, wall_start)
+            return self._failed(run, reason, started)
         self._settle_failures(run)
         try:
             await self._maybe_complete(run)  # yields between slices of a big removal
@@ -245,7 +244,7 @@ class Poller:
         work.commit()
         self.state = work
         await asyncio.to_thread(self.persist)  # a save of a million removed rows takes seconds: off the loop
-        self._finish(report, started, wall_start, up=True)
+        self._finish(report, started, up=True)
         if counted:  # committed and persisted: a restart cannot count these again
             log_runs(self.runs_log, self.config.log_runs, counted)
         return report
@@ -524,7 +523,7 @@ class Poller:
 
     # -- committing -------------------------------------------------------------------------------------
 
-    def _failed(self, run: _Run, error: str, started: float, wall_start: float) -> CycleReport:
+    def _failed(self, run: _Run, error: str, started: float) -> CycleReport:
         report = run.report
         for job in reversed(list(run.inflight.values())):
             run.listing.push(job, front=True)
@@ -533,7 +532,7 @@ class Poller:
         report.result = "failure"
         report.errors.append(error)  # the first: a failed cycle has settled nothing
         run.work.rollback()
-        self._finish(report, started, wall_start, up=False)
+        self._finish(report, started, up=False)
         return report
 
     def persist(self) -> None:
@@ -551,14 +550,14 @@ class Poller:
             self.metrics.state_write_failed()
             self.log.error("state not saved; will retry next cycle", error=str(exc))
 
-    def _finish(self, report: CycleReport, started: float, wall_start: float, *, up: bool) -> None:
+    def _finish(self, report: CycleReport, started: float, *, up: bool) -> None:
         """The cycle's status, snapshot and log line, once its work is committed (or rolled back)."""
         now = self.clock()
         report.duration = self.monotonic() - started
         report.watched = len(self.state.sessions)
         self.metrics.poll(report.result)
         self.poll = PollStatus(
-            up=up, result=report.result, started_at=wall_start, finished_at=now, duration=report.duration,
+            up=up, result=report.result, finished_at=now, duration=report.duration,
             last_success=now if report.result == "success" else self.poll.last_success,
             message=report.errors[0] if report.errors else "",
             sessions_failing=len(self.failing), listing_pass_duration=self.last_pass_duration,

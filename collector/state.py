@@ -281,7 +281,6 @@ class CollectorState:
 class PollStatus:
     up: bool = False
     result: str | None = None
-    started_at: float | None = None
     finished_at: float | None = None
     duration: float | None = None
     last_success: float | None = None

@@ -4,6 +4,7 @@ handed to each API call, the log lines an operator searches for, and the run log
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 from dataclasses import replace
@@ -15,6 +16,7 @@ from collector import logs
 from collector.errors import FetchError, NotFound, PayloadError
 from collector.poller import Poller
 from tests.fakes import FakeApi, cycle, poller, run_events, total_runs
+from tests.helpers import run_async
 
 T0 = "2026-01-01T00:00:00+00:00"
 
@@ -98,7 +100,7 @@ def test_a_listing_that_never_answers_by_the_deadline_fails_the_cycle():
     p = poller(api, interval=0.001)  # a deadline of 0.9 ms: the listing takes 300 ms
     report = cycle(p)
     assert report.result == "failure" and report.errors[0] == "no answer from the API by the cycle deadline"
-    assert p.snapshot.poll.up is False and p.snapshot.poll.started_at == 1000.0 and not p.snapshot.ready
+    assert p.snapshot.poll.up is False and p.snapshot.poll.finished_at == 1000.0 and not p.snapshot.ready
 
 
 def test_a_bug_in_discovery_fails_the_cycle_with_one_line():
@@ -110,7 +112,7 @@ def test_a_bug_in_discovery_fails_the_cycle_with_one_line():
     p = poller(api)
     report = cycle(p)
     assert report.result == "failure" and report.errors == ["cycle failed: KeyError: '" + "i" * 199]
-    assert p.snapshot.poll.started_at == 1000.0
+    assert p.snapshot.poll.finished_at == 1000.0
 
 
 def test_configured_sessions_are_read_one_by_one_within_this_shard():
@@ -167,7 +169,7 @@ def test_the_published_poll_status_and_the_cycle_line(captured):
     cycle(p)
     poll = p.snapshot.poll
     assert poll.result == "success" and poll.up is True and poll.last_success == 1000.0 and poll.message == ""
-    assert poll.started_at == 1000.0 and poll.finished_at == 1000.0
+    assert poll.finished_at == 1000.0
     wall[0] = 2000.0
     assert abs(poll.duration - 0.123456) < 1e-9 and p.cycle_started == 100.0 and p.cycle_finished == 100.123456
     (line,) = captured("poll cycle")
@@ -180,7 +182,7 @@ def test_the_published_poll_status_and_the_cycle_line(captured):
     cycle(p)
     poll = p.snapshot.poll
     assert poll.result == "partial" and poll.last_success == 1000.0 and poll.message == "retrieve: HTTP 502"
-    assert poll.started_at == 2000.0  # a partial cycle is not a success: last_success stays
+    assert poll.finished_at == 2000.0  # a partial cycle is not a success: last_success stays
     later = captured("poll cycle")[-1]
     assert later["level"] == "warning" and later["unchanged"] == 2 and later["duration_seconds"] == 0.5
 
@@ -549,3 +551,46 @@ def test_a_fetch_that_gives_up_at_the_deadline_is_carried_not_failed():
     assert (report.result, report.failed, report.fetched) == ("partial", 0, 0) and not p.failing
     assert report.errors[-1].startswith("cycle deadline reached at page ")
     assert p.listing.todo[0].session_id == "s0" and "s0" in p.listing.queued  # first next cycle, once
+
+
+@pytest.mark.parametrize("page_size,concurrency,pages", [(10, 1, 3), (1, 4, 20)])
+def test_the_listing_runs_at_most_a_backlog_ahead_of_the_fetches(page_size, concurrency, pages):
+    """The backlog is the larger of two pages and four fetches per worker: with every fetch stuck, the lister
+    reads until that many wait, then waits itself (the queue, and memory, stay bounded)."""
+    api = FakeApi()
+    api.page_size, api.retrieve_delay = page_size, 3600.0
+    for i in range(100):
+        api.put(f"s{i:03}", T0, run_events())
+    p = poller(api, page_size=page_size, max_concurrency=concurrency)
+
+    async def scenario():
+        task = asyncio.create_task(p.cycle())
+        for _ in range(10_000):  # turns of the event loop, not time: the lister needs a few per page
+            await asyncio.sleep(0)
+            if api.pages_listed >= pages:
+                break
+        for _ in range(1_000):  # and would read on within a few more, were it not waiting
+            await asyncio.sleep(0)
+        listed = api.pages_listed
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return listed
+    assert run_async(scenario()) == pages
+
+
+def test_a_listing_error_comes_first_before_the_sessions_that_failed():
+    api = FakeApi()
+    api.page_size = 1
+    for sid in ("s0", "s1", "s2"):
+        api.put(sid, T0, run_events())
+    api.answers["s0"] = [FetchError("retrieve: HTTP 502", operation="retrieve")]
+    api.answers["s1"] = [FetchError("retrieve: HTTP 503", operation="retrieve")]
+
+    def third_page_fails():
+        if api.pages_listed == 3:
+            api.list_errors.append(FetchError("list: HTTP 500", operation="list"))
+    api.on_list = third_page_fails
+    report = cycle(poller(api))
+    assert report.result == "partial"
+    assert report.errors == ["list: HTTP 500", "retrieve: HTTP 502", "retrieve: HTTP 503"]
