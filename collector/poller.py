@@ -139,10 +139,7 @@ class _Run:
     listing_error: str | None = None
     listing_ended: bool = False
     cut: bool = False
-    """The deadline came before the pass was done."""
-    listing_cut: bool = False
-    """... while a listing page was being read."""
-    listing_inflight: bool = False
+    """The deadline came before the pass was done (while the listing was still read, if not ``listed_all``)."""
     hung: set[str] = field(default_factory=set)
     """Sessions cut off at the deadline ``MAX_CUTS`` cycles in a row: they hang on their own."""
 
@@ -221,7 +218,8 @@ class Poller:
             work.rollback()
             raise
         fresh = [error for sid, (_, error) in run.failures.items() if sid not in self.failing and sid not in run.hung]
-        if not run.answered and (run.listing_error or fresh or run.listing_cut):  # an outage: nothing answered
+        listing_cut = run.cut and not run.listing.listed_all
+        if not run.answered and (run.listing_error or fresh or listing_cut):  # an outage: nothing answered
             reason = run.listing_error or (fresh[0] if fresh else "no answer from the API by the cycle deadline")
             return self._failed(run, reason, started)
         self._settle_failures(run)
@@ -277,7 +275,6 @@ class Poller:
                 while not listing.listed_all:
                     if run.deadline.expired():  # checked between pages too, on the deadline's own clock
                         run.cut = True
-                        run.listing_cut = not run.answered
                         return
                     while len(listing.todo) >= backlog:  # the fetches set the pace; memory stays bounded
                         room.clear()
@@ -315,17 +312,14 @@ class Poller:
                 async with asyncio.TaskGroup() as group:
                     if not listing.listed_all:
                         group.create_task(lister())
-                    else:
-                        run.listing_ended = True
                     for _ in range(self.config.max_concurrency):
                         group.create_task(worker())
         except TimeoutError:
             run.cut = True
-            run.listing_cut = run.listing_inflight and not run.answered
             now = self.monotonic()
             for job in reversed(list(run.inflight.values())):  # cut off mid-fetch: nothing of it counted
                 job.cuts += 1
-                job.waited += now - run.started.get(job.session_id, now)
+                job.waited += now - run.started[job.session_id]
                 if job.cuts >= MAX_CUTS and job.waited >= self.cadence.budget:  # it hangs, on its own
                     listing.queued.discard(job.session_id)
                     run.hung.add(job.session_id)
@@ -341,7 +335,6 @@ class Poller:
     async def _next_page(self, run: _Run) -> bool:
         """Read the next page into the pass; False when the listing cannot go on this cycle."""
         listing = run.listing
-        run.listing_inflight = True
         try:
             page = await self.client.list_page(listing.token, run.deadline)
         except AuthError:
@@ -349,12 +342,9 @@ class Poller:
         except (FetchError, PayloadError) as exc:
             if run.deadline.expired():  # a deadline mid-page is no error: the pass resumes there
                 run.cut = True
-                run.listing_cut = not run.answered
             else:
                 run.listing_error = str(exc)
-            run.listing_inflight = False
             return False
-        run.listing_inflight = False  # still set if the deadline cancels the read: then the listing was cut
         run.answered = True
         self._take_page(run, page)
         return not listing.listed_all

@@ -594,3 +594,32 @@ def test_a_listing_error_comes_first_before_the_sessions_that_failed():
     report = cycle(poller(api))
     assert report.result == "partial"
     assert report.errors == ["list: HTTP 500", "retrieve: HTTP 502", "retrieve: HTTP 503"]
+
+
+class Stuck(FakeApi):
+    """The fetch of ``s0`` never answers; each one moves the clock on by the next of ``waits`` first."""
+
+    def __init__(self, clock: list[float], waits: list[float]) -> None:
+        super().__init__()
+        self.clock, self.waits = clock, waits
+
+    async def retrieve(self, sid: str, deadline=None):
+        if sid == "s0":
+            self.clock[0] += self.waits.pop(0)
+            await asyncio.Event().wait()
+        return await super().retrieve(sid, deadline)
+
+
+@pytest.mark.parametrize("shares,hung_at", [((0.5, 0.5), 2), ((0.5, 0.125, 0.5), 3), ((0.25, 0.25, 0.25, 0.5), 4)])
+def test_a_fetch_hangs_once_it_was_cut_twice_and_waited_a_whole_budget_in_all(shares, hung_at):
+    """Cut off at the deadline, a fetch is carried; it hangs on its own (failed, backing off) once cut
+    ``MAX_CUTS`` times and waiting, over those cycles, at least one cycle's budget (exactly one, first)."""
+    clock = [0.0]
+    api = Stuck(clock, [])
+    api.put("s0", T0, run_events())
+    p = poller(api, interval=0.2, monotonic=lambda: clock[0])
+    api.waits = [share * p.cadence.budget for share in shares]  # halves and quarters: sums without rounding
+    reports = [cycle(p) for _ in range(hung_at)]
+    assert [r.failed for r in reports] == [0] * (hung_at - 1) + [1]
+    assert [r.carried for r in reports] == [1] * (hung_at - 1) + [0]
+    assert reports[-1].errors[0].startswith("retrieve: no answer in ") and set(p.failing) == {"s0"}
