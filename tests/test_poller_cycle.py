@@ -597,29 +597,54 @@ def test_a_listing_error_comes_first_before_the_sessions_that_failed():
 
 
 class Stuck(FakeApi):
-    """The fetch of ``s0`` never answers; each one moves the clock on by the next of ``waits`` first."""
+    """Fetches that follow a script per session: a number moves the clock on by that much, then the fetch
+    never answers; an exception is raised; None (or an empty script) answers."""
 
-    def __init__(self, clock: list[float], waits: list[float]) -> None:
+    def __init__(self, clock: list[float], scripts: dict[str, list]) -> None:
         super().__init__()
-        self.clock, self.waits = clock, waits
+        self.clock, self.scripts = clock, scripts
 
     async def retrieve(self, sid: str, deadline=None):
-        if sid == "s0":
-            self.clock[0] += self.waits.pop(0)
+        step = self.scripts[sid].pop(0) if self.scripts.get(sid) else None
+        if isinstance(step, Exception):
+            raise step
+        if step is not None:
+            self.clock[0] += step
             await asyncio.Event().wait()
         return await super().retrieve(sid, deadline)
+
+
+def stuck(*sids: str) -> tuple[Stuck, Poller]:
+    clock = [0.0]
+    api = Stuck(clock, {})
+    for sid in sids:
+        api.put(sid, T0, run_events())
+    return api, poller(api, interval=0.2, monotonic=lambda: clock[0])
 
 
 @pytest.mark.parametrize("shares,hung_at", [((0.5, 0.5), 2), ((0.5, 0.125, 0.5), 3), ((0.25, 0.25, 0.25, 0.5), 4)])
 def test_a_fetch_hangs_once_it_was_cut_twice_and_waited_a_whole_budget_in_all(shares, hung_at):
     """Cut off at the deadline, a fetch is carried; it hangs on its own (failed, backing off) once cut
     ``MAX_CUTS`` times and waiting, over those cycles, at least one cycle's budget (exactly one, first)."""
-    clock = [0.0]
-    api = Stuck(clock, [])
-    api.put("s0", T0, run_events())
-    p = poller(api, interval=0.2, monotonic=lambda: clock[0])
-    api.waits = [share * p.cadence.budget for share in shares]  # halves and quarters: sums without rounding
+    api, p = stuck("s0")
+    api.scripts["s0"] = [share * p.cadence.budget for share in shares]  # halves and quarters: sums exact
     reports = [cycle(p) for _ in range(hung_at)]
     assert [r.failed for r in reports] == [0] * (hung_at - 1) + [1]
     assert [r.carried for r in reports] == [1] * (hung_at - 1) + [0]
     assert reports[-1].errors[0].startswith("retrieve: no answer in ") and set(p.failing) == {"s0"}
+
+
+@pytest.mark.parametrize("after", [(1.0,), (0.25, 0.25)])
+def test_a_hung_fetch_put_back_by_a_failed_cycle_starts_its_count_again(after):
+    """A cycle that is an outage puts its failures back in the queue: the hung fetch among them starts
+    counting its cuts and its waiting again, so it is carried again, not hung at once."""
+    api, p = stuck("s0", "s1")
+    budget = p.cadence.budget
+    api.scripts = {"s0": [0.5 * budget, 0.5 * budget] + [share * budget for share in after], "s1": [0.0]}
+    first = cycle(p)  # the listing answers; both fetches cut
+    assert (first.carried, first.failed) == (2, 0)
+    api.scripts["s1"] = [FetchError("retrieve: HTTP 500", operation="retrieve")]
+    second = cycle(p)  # nothing answers: s1 fails, s0 hangs (two cuts, a budget): an outage
+    assert (second.result, second.failed, second.errors) == ("failure", 2, ["retrieve: HTTP 500"])
+    later = [cycle(p) for _ in after]  # one cut of a whole budget, or two of a quarter: not a hang yet
+    assert [(r.failed, r.carried) for r in later] == [(0, 1)] * len(after) and "s0" not in p.failing
