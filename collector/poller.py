@@ -404,18 +404,10 @@ class Poller:
         try:
             found = job.found
             if found is None:
-                if self._backing_off(run, sid):
-                    run.listing.seen.add(sid)
+                summarised = await self._summarised(run, sid)
+                if summarised is None:
                     return False
-                summary = await self.client.summary(sid, run.deadline)
-                run.answered = True
-                if not wanted(self.config, summary):
-                    return False
-                run.listing.seen.add(sid)
-                fetch = self._consider(run, summary)
-                if fetch is None:
-                    return False
-                job, found = fetch, summary
+                job, found = summarised
             await self._fetch(run, job, found)
         except NotFound:
             run.answered = True
@@ -440,6 +432,20 @@ class Poller:
         if sid in run.failures:
             run.listing.seen.add(sid)  # a configured ID whose summary fails is still watched
         return False
+
+    async def _summarised(self, run: _Run, sid: str) -> tuple[Job, Summary] | None:
+        """A configured ID: its summary, and the fetch it needs (None: waiting for its retry, not wanted
+        here, or unchanged)."""
+        if self._backing_off(run, sid):
+            run.listing.seen.add(sid)
+            return None
+        summary = await self.client.summary(sid, run.deadline)
+        run.answered = True
+        if not wanted(self.config, summary):
+            return None
+        run.listing.seen.add(sid)
+        fetch = self._consider(run, summary)
+        return None if fetch is None else (fetch, summary)
 
     async def _fetch(self, run: _Run, job: Job, found: Found) -> None:
         """The history of a session as ``found`` in the listing (or by its summary)."""

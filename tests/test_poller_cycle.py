@@ -648,3 +648,29 @@ def test_a_hung_fetch_put_back_by_a_failed_cycle_starts_its_count_again(after):
     assert (second.result, second.failed, second.errors) == ("failure", 2, ["retrieve: HTTP 500"])
     later = [cycle(p) for _ in after]  # one cut of a whole budget, or two of a quarter: not a hang yet
     assert [(r.failed, r.carried) for r in later] == [(0, 1)] * len(after) and "s0" not in p.failing
+
+
+class LateAnswers(FakeApi):
+    """Each fetch answers, once the deadline's clock has moved on by ``step``: a slow API, as the deadline
+    sees it, that the cycle's own timer has not caught yet."""
+
+    def __init__(self, clock: list[float], step: float) -> None:
+        super().__init__()
+        self.clock, self.step = clock, step
+
+    async def retrieve(self, sid: str, deadline=None):
+        self.clock[0] += self.step
+        return await super().retrieve(sid, deadline)
+
+
+def test_the_deadline_between_two_fetches_cuts_the_cycle_and_says_so():
+    clock = [0.0]
+    api = LateAnswers(clock, 0.0)
+    for sid in ("s0", "s1", "s2"):
+        api.put(sid, T0, run_events())
+    p = poller(api, interval=60.0, monotonic=lambda: clock[0], max_concurrency=1)
+    api.step = p.cadence.budget  # the first answer comes as the deadline passes: the others wait
+    report = cycle(p)
+    assert (report.result, report.fetched, report.carried) == ("partial", 1, 2)
+    assert report.errors == ["cycle deadline reached at page 1 of the listing pass with 2 sessions not fetched; "
+                             "the pass carries on next cycle"]
