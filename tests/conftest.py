@@ -13,6 +13,9 @@ Each test module is classified here, once; a new module that is not fails collec
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 import structlog
 
@@ -42,7 +45,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "test_proxy": ("process",), "test_soak": ("process", "soak"),
 }
 TESTS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("test_state_hostile", "test_the_collector_exits_2_with_one_line_on_a_newer_release_file"): ("process",),
+    ("test_state_hostile", "test_the_collector_exits_2_on_a_newer_release_file_and_leaves_it_untouched"): ("process",),
     ("test_settings", "test_cli_process_bad_setting_no_traceback"): ("process",),
     ("test_run_log", "test_exactly_one_line_per_failed_run_across_a_restart_with_state"): ("process",),
 }
@@ -55,6 +58,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for module, name in TESTS:  # a renamed test must not fall back to its module's tier unseen
+        if f"def {name}(" not in (here / f"{module}.py").read_text():
+            raise pytest.UsageError(f"tests/conftest.py: TESTS names {module}::{name}, which does not exist")
     for item in items:
         module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
         if module not in MODULES:
@@ -62,6 +69,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         name = getattr(item, "originalname", item.name)
         for tier in TESTS.get((module, name), MODULES[module]):
             item.add_marker(tier)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """The unit tier is what mutation testing runs: a process started from it would run unmutated code."""
+    if request.node.get_closest_marker("unit") is not None:
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"{request.node.nodeid} starts a process: give it the process tier in TESTS")
+        monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    yield
 
 
 @pytest.fixture(autouse=True)
