@@ -116,7 +116,7 @@ class SqliteStore:
     def load(self) -> CollectorState | None:
         """The stored state; None for a new file. A corrupt file is moved aside, and whatever totals it
         still holds become the floor of the resync; a newer release's file raises ``NewerStateFile``."""
-        floor: Aggregates | None = None
+        floor: Aggregates | None
         try:
             return self._load()
         except (UnknownField, NewerStateFile) as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -155,12 +156,60 @@ def test_a_deleted_sessions_runs_survive_a_corrupt_row_through_the_floor(tmp_pat
 
 
 def test_an_unknown_field_means_a_newer_release_wrote_the_file(tmp_path):
-    api, db = written(tmp_path)
+    _api, db = written(tmp_path)
     edit_json(db, "sessions", "session_id", "s1", session_set("born_at", 1.0))
     before = db.read_bytes()
-    with pytest.raises(NewerStateFile, match="session field 'born_at' that this release does not know"):
-        poller_on(api, db)
+    store = SqliteStore(db, BUCKETS, RULES, 50)
+    with pytest.raises(NewerStateFile) as refused:
+        store.load()
+    assert str(refused.value) == (f"state_path (--state-path, COLLECTOR_STATE_PATH): {db} holds a session field "
+                                  "'born_at' that this release does not know: a newer release wrote it; it is left "
+                                  "in place (restore a backup, or start without it)")
+    assert store.db is None, "the file is let go at once"
     assert db.read_bytes() == before and aside(tmp_path) == []
+
+
+def test_a_file_of_this_derivation_loads_as_it_is_whatever_its_number(tmp_path, monkeypatch):
+    """The stored derivation version is read back, not assumed to be 1."""
+    monkeypatch.setattr("collector.sqlite_store.DERIVATION_VERSION", 2)
+    _api, db = written(tmp_path)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'derivation_version'").fetchone() == ("2",)
+    state = SqliteStore(db, BUCKETS, RULES, 50).load()
+    assert state is not None and state.synced and state.floor is None and len(state.sessions) == 4
+
+
+def test_a_loaded_file_is_saved_by_its_changes_and_says_what_it_loaded(tmp_path):
+    import structlog
+
+    _api, db = written(tmp_path)
+    store = SqliteStore(db, BUCKETS, RULES, 50)
+    with structlog.testing.capture_logs() as captured:
+        state = store.load()
+    (line,) = [e for e in captured if e["event"] == "state loaded"]
+    assert (line["path"], line["sessions"], line["schema"]) == (str(db), 4, 2)
+    work = state.begin()
+    work.put(replace(work.sessions["s1"], title="renamed"))
+    work.commit()
+    before = store.db.total_changes
+    store.save(work)
+    (meta,) = store.db.execute("SELECT count(*) FROM meta").fetchone()
+    assert store.db.total_changes - before == 1 + meta  # the one session row and the meta: no full rewrite
+    store.close()
+
+
+def test_the_totals_of_a_damaged_file_written_with_other_buckets_are_still_its_floor(tmp_path):
+    """The floor is read with the bounds the file was written with; the resync keeps the label limit."""
+    api, db = project(), tmp_path / "state.db"
+    other = Buckets(BUCKETS.duration, BUCKETS.tokens, BUCKETS.turns, (0.0, 5.0))
+    first = Poller(api, SqliteStore(db, other, RULES, 50), poll_config(interval=60.0, buckets=other),
+                   ErrorClassifier(RULES), SelfMetrics(CollectorRegistry()))
+    run_async(first.cycle())
+    first.store.close()
+    edit(db, "DELETE FROM sessions")  # aggregates without sessions: moved aside, totals salvaged
+    state = SqliteStore(db, BUCKETS, RULES, 7).load()
+    assert state is not None and state.floor is not None and sum(state.floor.runs.values()) == 16
+    assert state.floor.label_limit == 7 and state.aggregates.label_limit == 7 and len(aside(tmp_path)) == 1
 
 
 def test_a_newer_derivation_version_is_refused(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from collector.derive import ErrorClassifier
 from collector.metrics import SelfMetrics, SnapshotCollector
 from collector.poller import Poller
 from collector.settings import load_settings
-from collector.sqlite_store import SqliteStore
+from collector.sqlite_store import SCHEMA_VERSION, SqliteStore
 from tests.fakes import FakeApi, poll_config, run_events
 from tests.helpers import parse, run_async
 
@@ -108,3 +109,17 @@ def test_what_this_release_writes_reads_back_field_for_field(release, tmp_path):
     assert again.state.aggregates.to_dict() == first.state.aggregates.to_dict()
     assert again.state.synced and again.state.floor is None
     again.store.close()
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_the_first_save_writes_every_row_by_field_name(release, tmp_path):
+    """An older layout (0.1.0 stored a session as a JSON list) is converted whole on the first save."""
+    _api, start = open_release(release, tmp_path)
+    poller = start()
+    run_async(poller.cycle())  # an idle cycle: nothing changed, yet the old rows are written anew
+    poller.store.close()
+    with sqlite3.connect(tmp_path / "state.db") as conn:
+        rows = [json.loads(text) for table in ("sessions", "retired")
+                for (text,) in conn.execute(f"SELECT state FROM {table}")]
+        (schema,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    assert rows and all(isinstance(row, dict) for row in rows) and schema == str(SCHEMA_VERSION)
