@@ -319,8 +319,8 @@ def test_a_file_with_many_sessions_no_longer_listed_leaves_in_slices_keeping_the
     ("UPDATE sessions SET session_id = 'sX' WHERE session_id = 's1'",
      "StoredValueError: a row whose key is not the session it holds"),
     ("UPDATE meta SET value = '0' WHERE key = 'schema_version'", "StoredValueError: schema version 0"),
-    (f"UPDATE meta SET value = '{'9' * 150}x' WHERE key = 'schema_version'",  # the message cut to 200
-     "ValueError: " + ("invalid literal for int() with base 10: '" + "9" * 150 + "x'")[:200]),
+    (f"UPDATE meta SET value = '{'9' * 250}x' WHERE key = 'schema_version'",  # the message cut to 200
+     "ValueError: " + ("invalid literal for int() with base 10: '" + "9" * 250 + "x'")[:200]),
 ])
 def test_the_line_of_a_file_moved_aside_says_what_was_wrong_in_it(tmp_path, damage, reason):
     import structlog
