@@ -41,6 +41,15 @@ def state_with(*sessions: SessionState, synced: bool = True) -> CollectorState:
     return state
 
 
+def saved(db) -> SqliteStore:
+    """A file holding sessions a and b, and its store, closed."""
+    s = store(db)
+    s.load()
+    s.save(state_with(session("a"), session("b")))
+    s.close()
+    return s
+
+
 @pytest.fixture
 def captured():
     stream = io.StringIO()
@@ -127,10 +136,7 @@ def test_a_newer_schema_version_is_refused_and_left_in_place(tmp_path):
     from collector.sqlite_store import NewerStateFile
 
     db = tmp_path / "state.db"
-    s = store(db)
-    s.load()
-    s.save(state_with(session("a"), session("b")))
-    s.close()
+    saved(db)
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     before = db.read_bytes()
@@ -146,10 +152,7 @@ def captured_events(captured, event: str) -> list[dict]:
 
 def test_loading_logs_where_and_how_many(tmp_path, captured):
     db = tmp_path / "state.db"
-    s = store(db)
-    s.load()
-    s.save(state_with(session("a"), session("b")))
-    s.close()
+    s = saved(db)
     s.save(state_with(session("c")))  # a closed store reconnects to write
     loaded = store(db).load()
     assert set(loaded.sessions) == {"a", "b", "c"}
@@ -219,10 +222,7 @@ def test_a_file_that_cannot_be_moved_aside_runs_without_state(tmp_path, captured
 
 def test_a_damaged_file_that_cannot_be_moved_aside_keeps_its_totals_as_the_floor(tmp_path):
     db = tmp_path / "state.db"
-    s = store(db)
-    s.load()
-    s.save(state_with(session("a"), session("b")))
-    s.close()
+    saved(db)
     with sqlite3.connect(db) as conn:  # readable SQLite, impossible content: moved aside, floor salvaged
         conn.execute("DELETE FROM sessions")
     (tmp_path / f"state.db.corrupt-{STAMP}").mkdir()
