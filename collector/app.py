@@ -66,10 +66,6 @@ def settle_memory(cycles: int) -> None:
     gc.freeze()
 
 
-def poll_config(settings: Settings) -> PollConfig:
-    return PollConfig.from_settings(settings)
-
-
 def build_client(settings: Settings, api_key: str, observer: ApiObserver | None = None,
                  transport: httpx.AsyncBaseTransport | None = None, **injected: Any) -> LlamaCloudClient:
     """The client's values from the settings, and nowhere else (it has no defaults of its own for them);
@@ -96,7 +92,7 @@ class CollectorService:
         if store is None and settings.state_path is not None:
             store = SqliteStore(settings.state_path, settings.buckets.as_buckets(), rules,
                                 settings.label_value_limit)
-        self.poller = Poller(self.client, store or MemoryStore(), poll_config(settings), ErrorClassifier(rules),
+        self.poller = Poller(self.client, store or MemoryStore(), PollConfig.from_settings(settings), ErrorClassifier(rules),
                              self.self_metrics, clock=clock, load=False)
         self.registry.register(SnapshotCollector(
             lambda: self.poller.snapshot, interval=settings.interval, expose_titles=settings.expose_titles,

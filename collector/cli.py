@@ -20,11 +20,11 @@ from typing import Any, NoReturn
 import structlog
 
 from collector import __version__, logs
-from collector.app import CollectorService, build_client, poll_config
+from collector.app import CollectorService, build_client
 from collector.build import REVISION
 from collector.cadence import Deadline
 from collector.errors import AuthError, CollectorError, ConfigError
-from collector.selection import in_shard, wanted
+from collector.selection import PollConfig, in_shard, wanted
 from collector.settings import CONFIG_ENV, OPTIONS, Settings, check_environment, load_settings
 from collector.simulator.service import SimulatorService
 from collector.webconfig import parse_web_config
@@ -161,7 +161,7 @@ async def _simulate(args: argparse.Namespace, environ: Mapping[str, str]) -> int
 
 async def _discover(client, settings: Settings) -> list:
     """What ``check`` would watch: the whole listing, or each configured ID's summary (this shard's)."""
-    config = poll_config(settings)
+    config = PollConfig.from_settings(settings)
     deadline = Deadline.after(CHECK_SECONDS)  # one for the whole check, whatever the API answers
     if settings.discovery:
         listing = await client.list_sessions(deadline)

@@ -8,6 +8,7 @@ import hashlib
 from dataclasses import dataclass
 
 from collector.aggregates import Buckets
+from collector.llamacloud.client import MAX_PAGES
 from collector.llamacloud.models import Listed, Summary
 from collector.runlog import LogRuns
 from collector.settings import Settings
@@ -15,10 +16,6 @@ from collector.state import SessionState, parse_timestamp
 
 Found = Listed | Summary
 """A session as discovery found it: a listing item, or a configured ID's summary."""
-
-
-MAX_PAGES = 10_000
-"""A million sessions at 100 a page; a listing that goes on past this is endless, not large."""
 
 
 @dataclass(frozen=True)
@@ -68,9 +65,9 @@ def wanted(config: PollConfig, summary: Found) -> bool:
     return not config.index_ids or any(i in config.index_ids for i in summary.index_ids)
 
 
-def is_unchanged(prev: SessionState | None, summary: Found) -> bool:
+def is_unchanged(prev: SessionState, summary: Found) -> bool:
     """The listing shows the ``last_updated_at`` the session was counted at: nothing to fetch."""
-    return prev is not None and prev.last_updated_at == summary.last_updated_at
+    return prev.last_updated_at == summary.last_updated_at
 
 
 def answered_before(answer: str, listed: str) -> bool:

@@ -48,7 +48,6 @@ from collector.llamacloud.bounds import (
 from collector.llamacloud.models import Listed, Session, SessionPage, Summary, parse_page, parse_session
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
-PAGE_SIZE = 100
 MAX_PAGES = 10_000
 """A million sessions at 100 a page; a listing that goes on past this is endless, not large."""
 M = TypeVar("M", bound=BaseModel)
