@@ -64,9 +64,26 @@ class Histogram:
     def observe(self, value: float, session_id: str | None = None, now: float = 0.0) -> None:
         index = bisect.bisect_left(self.bounds, value)
         self.counts[index] += 1
-        self.total += value
+        self.total = min(MAX_MEASURE, self.total + value)  # never a sum the state file would refuse
         if session_id is not None:
             self.marks[index] = Mark.of(session_id, value, now) or self.marks[index]
+
+    def take(self, value: float) -> bool:
+        """Take one observation out of these (old) buckets, from ``value``'s own if it holds one, else from
+        the nearest that does; False when none is left. The sum stays: it is never moved, only added."""
+        index = bisect.bisect_left(self.bounds, value)
+        order = sorted(range(len(self.counts)), key=lambda i: abs(i - index))
+        for i in order:
+            if self.counts[i] > 0:
+                self.counts[i] -= 1
+                return True
+        return False
+
+    def fold(self, old: Histogram) -> None:
+        """Add ``old``'s observations as observations above every bound (``+Inf``): ``_count``, ``_sum``
+        and ``+Inf`` keep them, whatever bounds they were made with."""
+        self.counts[-1] += old.count
+        self.total = min(MAX_MEASURE, self.total + old.total)
 
     def cumulative(self) -> list[tuple[str, int, Mark | None]]:
         """``(le, count, exemplar)`` as the exposition wants them, ending with +Inf.
@@ -188,20 +205,68 @@ class Aggregates:
                     self.index_errors[(index_id, run.error_type)] += 1
             if run.failed:
                 self.errors[run.error_type] += 1
-            if run.duration_seconds is not None:
-                self.duration.observe(run.duration_seconds, sid, now)
+            for hist, value in self._observations(run):
+                hist.observe(value, sid, now)
             for kind, value in (("input", run.input_tokens), ("output", run.output_tokens)):
                 if value is not None:
-                    self.tokens[kind].observe(value, sid, now)
-                    self.tokens_total[kind] += value
-            if run.turns is not None:
-                self.turns.observe(run.turns, sid, now)
-            self.tool_calls_per_run.observe(len(run.tool_calls), sid, now)
+                    self.tokens_total[kind] = min(MAX_MEASURE, self.tokens_total[kind] + value)
             for call in run.tool_calls:
                 outcome = "result" if call.has_result else "no_result"
                 self.tool_calls[(self.tools(call.name), outcome)] += 1
             for index_id in run.skipped_index_ids:
                 self.skipped_index_queries[self.indexes(index_id)] += 1
+
+    def _observations(self, run: RunRecord) -> Iterator[tuple[Histogram, float]]:
+        """Each histogram a run is observed in, with its value."""
+        if run.duration_seconds is not None:
+            yield self.duration, run.duration_seconds
+        for kind, value in (("input", run.input_tokens), ("output", run.output_tokens)):
+            if value is not None:
+                yield self.tokens[kind], value
+        if run.turns is not None:
+            yield self.turns, run.turns
+        yield self.tool_calls_per_run, len(run.tool_calls)
+
+    def replay(self, runs: Iterable[RunRecord], floor: Aggregates) -> None:
+        """Runs counted before new bucket bounds, observed again in the new buckets (never in a counter):
+        each one moves out of ``floor`` (the old bounds' observations), and only if it is still there."""
+        old = dict(floor.histograms())
+        mine = {id(h): key for key, h in self.histograms()}
+        for run in runs:
+            for hist, value in self._observations(run):
+                if old[mine[id(hist)]].take(value):
+                    index = bisect.bisect_left(hist.bounds, value)
+                    hist.counts[index] += 1
+
+    def fold(self, floor: Aggregates) -> None:
+        """``floor``'s observations (made with the old bounds) into ``_count``, ``_sum`` and ``+Inf``."""
+        old = dict(floor.histograms())
+        for key, hist in self.histograms():
+            hist.fold(old[key])
+
+    def bounds_changed(self) -> bool:
+        """A histogram held with other bounds than the configured ones (a stored one, before ``rebucket``)."""
+        return any(h.bounds != tuple(getattr(self.buckets, field_name))
+                   for (name, _), h in self.histograms()
+                   for field_name in (BUCKET_FIELDS[name],))
+
+    def rebucket(self) -> Aggregates:
+        """Every histogram whose bounds are not the configured ones starts anew on them; what it held is
+        returned as the floor to replay from (``replay``) and to fold (``fold``). Counters are untouched."""
+        floor = Aggregates(self.buckets, self.label_limit)
+        for name, bucket_field, kinds in HISTOGRAMS:
+            bounds = tuple(getattr(self.buckets, bucket_field))
+            held = getattr(self, name)
+            for kind in kinds or (None,):
+                hist = held[kind] if kind else held
+                if hist.bounds == bounds:
+                    continue
+                if kind:
+                    getattr(floor, name)[kind], held[kind] = hist, Histogram(bounds)
+                else:
+                    setattr(floor, name, hist)
+                    setattr(self, name, Histogram(bounds))
+        return floor
 
     def _run_indexes(self, index_ids: Iterable[str]) -> set[str]:
         """The ``index_id`` values one run counts under: each bound index once, bounded, else ``_none``."""
@@ -227,8 +292,13 @@ class Aggregates:
         theirs = dict(floor.histograms())
         for key, mine in self.histograms():
             old = theirs.get(key)
-            if old is not None and mine.bounds == old.bounds and old.count > mine.count:
+            if old is None or old.count <= mine.count:
+                continue
+            if mine.bounds == old.bounds:
                 mine.counts, mine.total = list(old.counts), max(mine.total, old.total)
+            else:  # other bounds: the finite buckets are what was re-derived; _count, _sum and +Inf hold
+                mine.counts[-1] += old.count - mine.count
+                mine.total = max(mine.total, old.total)
         for labels, old in ((self.tools, floor.tools), (self.indexes, floor.indexes)):
             labels.admitted |= old.admitted
             labels.dropped = max(labels.dropped, old.dropped)
@@ -396,5 +466,6 @@ HISTOGRAMS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("tool_calls_per_run", "tool_calls", ()),
 )
 """(attribute, field of ``Buckets``, label values): adding a histogram is one entry here."""
+BUCKET_FIELDS = {name: bucket_field for name, bucket_field, _ in HISTOGRAMS}
 STORED_FIELDS = frozenset({*COUNTERS, *(name for name, _, _ in HISTOGRAMS), "history_resets", "tools", "indexes",
                            "run_marks"})

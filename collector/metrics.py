@@ -32,6 +32,11 @@ AS_OF = "; as of the last poll, not of this scrape."
 """The chat families come from the last committed poll (writing_exporters, "Scheduling")."""
 
 
+ANOMALIES = ("short_pass", "pass_restarted", "timestamp_backwards")
+"""``listing_anomalies_total{kind}``: a complete pass that listed under half of the watched sessions (nothing
+retired), a pass that could not go on and started over, a ``last_updated_at`` that went backwards."""
+
+
 class SelfMetrics:
     """Counters the client and poller update as they go (an ``ApiObserver`` and a ``PollObserver``)."""
 
@@ -53,6 +58,10 @@ class SelfMetrics:
                                  "did not change.", registry=registry)
         self.state_write_failures = Counter(p + "state_write_failures", "State store writes that failed "
                                             "(retried next cycle).", registry=registry)
+        self.listing_anomalies = Counter(p + "listing_anomalies", "Listings the collector did not take at their "
+                                         "word (DESIGN §4), by kind.", ["kind"], registry=registry)
+        for kind in ANOMALIES:
+            self.listing_anomalies.labels(kind)
         for result in ("success", "partial", "failure"):
             self.polls.labels(result)
         for reason in ("new", "changed"):
@@ -82,6 +91,9 @@ class SelfMetrics:
 
     def state_write_failed(self) -> None:
         self.state_write_failures.inc()
+
+    def anomaly(self, kind: str) -> None:
+        self.listing_anomalies.labels(kind).inc()
 
 
 def _exemplar(mark: Mark | None) -> Exemplar | None:

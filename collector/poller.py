@@ -15,6 +15,7 @@ nothing is an outage: its failures are retried next cycle, with no backoff.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
 from collections import deque
@@ -26,7 +27,7 @@ import structlog
 
 from collector.aggregates import Aggregates
 from collector.cadence import Cadence, Deadline
-from collector.derive import ErrorClassifier, RunRecord
+from collector.derive import ErrorClassifier, RunRecord, history_intact
 from collector.errors import AuthError, FetchError, NotFound, PayloadError, StateError
 from collector.llamacloud.models import Session, SessionPage, Summary
 from collector.runlog import log_runs
@@ -44,6 +45,14 @@ MAX_CUTS = 2
 """A fetch still running at the deadline is carried to the next cycle; cut again, after waiting a whole
 budget in all, it hangs (a fetch cut just after it started, on a busy machine, is only carried)."""
 GONE_SLICE = 20_000
+PAGE_STRIKES = 3
+"""A page that fails this many cycles in a row (or is refused twice) ends the pass there (DESIGN §4)."""
+IDLE_PAGES = 100
+"""Pages in a row that list no session new to the pass: the listing goes round without a repeated token."""
+SHORT_PASSES_AGREE = 3
+"""Complete passes in a row that list under half of the watched sessions before that is taken as the truth."""
+LOGGED_BACKWARDS = 10_000
+"""Sessions whose backwards ``last_updated_at`` was logged (once each); past this it is only counted."""
 MAX_BACKOFF_INTERVALS = 10
 """A session that keeps failing on its own is retried at most this many intervals apart."""
 ERROR_TEXT = 200
@@ -99,9 +108,14 @@ class ListingPass:
     started: float
     """Monotonic time of the first page, for ``listing_pass_duration_seconds``."""
     token: str | None = None
-    tokens: set[str] = field(default_factory=set)
+    tokens: set[bytes] = field(default_factory=set)
+    """Digests of the page tokens this pass followed: a token seen again ends the pass."""
     pages: int = 0
+    idle_pages: int = 0
+    """Pages in a row that listed no wanted session new to this pass."""
     listed_all: bool = False
+    truncated: bool = False
+    """The pass ended at a page that keeps failing (or a listing that goes round): it retires nothing."""
     seen: set[str] = field(default_factory=set)
     """Wanted sessions this pass listed (or configured IDs that answered or failed on their own)."""
     todo: deque[Job] = field(default_factory=deque)
@@ -137,6 +151,9 @@ class _Run:
     started: dict[str, float] = field(default_factory=dict)
     failures: dict[str, tuple[Job, str]] = field(default_factory=dict)
     listing_error: str | None = None
+    """The listing failed this cycle: the pass waits where it is."""
+    listing_problem: str | None = None
+    """Something the listing did that makes the cycle partial without stopping the pass (DESIGN §4)."""
     listing_ended: bool = False
     cut: bool = False
     """The deadline came before the pass was done (while the listing was still read, if not ``listed_all``)."""
@@ -160,6 +177,7 @@ class PollObserver(Protocol):
     def unchanged(self, count: int) -> None: ...
     def state_write_failed(self) -> None: ...
     def invalid_payload(self, operation: str) -> None: ...
+    def anomaly(self, kind: str) -> None: ...
 
 
 class Poller:
@@ -178,6 +196,12 @@ class Poller:
         self.cycles = 0
         self.listing: ListingPass | None = None
         self.failing: dict[str, Failing] = {}
+        self.unconfirmed: set[str] = set()
+        """Watched sessions the last complete pass did not list: gone if the next one does not either."""
+        self.short_passes = 0
+        self.strikes: tuple[int, int] = (0, 0)
+        """(page position in the pass, cycles in a row it failed)."""
+        self.backwards: set[str] = set()
         self.last_pass_duration: float | None = None
         self.cycle_started: float | None = None
         self.cycle_finished: float | None = None
@@ -234,10 +258,11 @@ class Poller:
         if run.cut:
             report.errors.append(f"cycle deadline reached at page {run.listing.pages} of the listing pass with "
                                  f"{report.carried} sessions not fetched; the pass carries on next cycle")
-        clean = not (report.failed or report.invalid or run.listing_error)
+        clean = not (report.failed or report.invalid or run.listing_error or run.listing_problem)
         report.result = "success" if report.pass_complete and clean else "partial"
-        if run.listing_error:
-            report.errors.insert(0, run.listing_error)
+        for problem in (run.listing_problem, run.listing_error):
+            if problem:
+                report.errors.insert(0, problem)
         self.metrics.unchanged(report.unchanged)
         work.commit()
         self.state = work
@@ -342,12 +367,45 @@ class Poller:
         except (FetchError, PayloadError) as exc:
             if run.deadline.expired():  # a deadline mid-page is no error: the pass resumes there
                 run.cut = True
-            else:
-                run.listing_error = str(exc)
-            return False
+                return False
+            return self._page_failed(run, exc)
         run.answered = True
+        if listing.pages + 1 >= self.strikes[0]:
+            self.strikes = (0, 0)
         self._take_page(run, page)
         return not listing.listed_all
+
+    def _page_failed(self, run: _Run, exc: FetchError | PayloadError) -> bool:
+        """A page the API did not give: wait for it (page 1, or a first failure), start the pass over from
+        page 1 (a resumed token refused, a page that is invalid), or, when the same page keeps failing, end
+        the pass there without a verdict on the sessions behind it. True when the listing goes on now."""
+        listing = run.listing
+        position = listing.pages + 1
+        if listing.token is None:  # page 1: nothing to start over from; an outage if nothing else answered
+            run.listing_error = str(exc)
+            return False
+        strikes = self.strikes[1] + 1 if self.strikes[0] == position else 1
+        self.strikes = (position, strikes)
+        status = getattr(exc, "status", None)
+        refused = isinstance(exc, PayloadError) or (status is not None and 400 <= status < 500 and status != 429)
+        if strikes >= PAGE_STRIKES or (refused and strikes >= 2):
+            listing.listed_all = listing.truncated = True
+            self._restarted(run, f"list: page {position} keeps failing ({str(exc)[:ERROR_TEXT]}); the pass ends "
+                            "there, retires nothing, and the next starts over from page 1")
+            return False
+        if refused:
+            self._restarted(run, f"list: page {position} refused ({str(exc)[:ERROR_TEXT]}); the pass starts over "
+                            "from page 1")
+            listing.token, listing.pages, listing.idle_pages = None, 0, 0
+            listing.tokens.clear()
+            return True
+        run.listing_error = str(exc)
+        return False
+
+    def _restarted(self, run: _Run, why: str) -> None:
+        self.metrics.anomaly("pass_restarted")
+        self.log.warning("listing pass restarted", reason=why)
+        run.listing_problem = why
 
     def _take_page(self, run: _Run, page: SessionPage) -> None:
         """Decide for every item of ``page`` at once, then move the pass on: a page is taken whole."""
@@ -358,19 +416,26 @@ class Poller:
             report.invalid += len(page.unreadable)
             self.log.warning("unreadable sessions in the listing, skipped this cycle",
                              count=len(page.unreadable), session_ids=[i[:ID_TEXT] for i in page.unreadable[:10]])
+        new = False
         for item in page.items:
             if wanted(self.config, item):
+                new = new or item.session_id not in listing.seen
                 listing.seen.add(item.session_id)
                 if (job := self._consider(run, item)) is not None:
                     listing.push(job)
+            else:
+                new = True  # another shard's or index's: nothing tells whether the listing went round
+        listing.idle_pages = 0 if new else listing.idle_pages + 1
         token = page.next_page_token
-        if not token or token in listing.tokens:
+        digest = hashlib.blake2b(token.encode(), digest_size=8).digest() if token else b""
+        if not token or digest in listing.tokens:  # the end, or a token seen before: the pass went round
             listing.listed_all = True
-        elif listing.pages >= self.config.max_pages:
-            listing.listed_all = True
-            run.listing_error = f"list: more than {self.config.max_pages} pages; the listing does not end"
+        elif listing.idle_pages >= IDLE_PAGES:
+            listing.listed_all = listing.truncated = True
+            self._restarted(run, f"list: {IDLE_PAGES} pages in a row listed no session new to the pass; the pass "
+                            "ends there, retires nothing, and the next starts over from page 1")
         else:
-            listing.tokens.add(token)
+            listing.tokens.add(digest)
             listing.token = token
 
     def _backing_off(self, run: _Run, sid: str) -> bool:
@@ -389,7 +454,7 @@ class Poller:
         if self._backing_off(run, sid):
             return None
         prev = work.known(sid)
-        if prev is not None and is_unchanged(prev, found):
+        if prev is not None and is_unchanged(prev, found) and sid not in work.replay:
             run.report.unchanged += 1
             if sid not in work.sessions:
                 work.put(prev)  # back in the listing, unchanged: watched again as it was
@@ -457,18 +522,33 @@ class Poller:
         self.metrics.fetched(job.reason)
         run.report.fetched += 1
         prev = work.known(sid)
-        if prev is not None and older(session.last_updated_at, prev):
+        backwards = prev is not None and older(session.last_updated_at, prev)
+        if backwards and prev is not None and \
+                not history_intact(session.events, prev.cursor, prev.events_seen, prev.stop_signature):
             self.log.info("stale read ignored; refetched next cycle", session_id=sid[:ID_TEXT])
         else:
+            if backwards:  # the counted prefix is intact: a clock put back, not a lagging replica
+                self._went_backwards(sid)
             # an answer older than the listing is keyed on its own time, so that it is read again
             listed_at = None if answered_before(session.last_updated_at, found.last_updated_at) \
                 else found.last_updated_at
+            replay = work.histogram_floor if sid in work.replay else None
             state, runs = update_session(prev, session, work.aggregates, self.classifier, self.clock(),
-                                         listed_at=listed_at)
+                                         listed_at=listed_at, replay_into=replay)
+            work.replayed(sid)
             work.put(state)
             if run.counted is not None:  # kept only when runs are logged
                 run.counted.extend((sid, r) for r in runs)
         self._recovered(sid)
+
+    def _went_backwards(self, sid: str) -> None:
+        """A ``last_updated_at`` older than the one counted, over a history that still holds what was counted:
+        counted (DESIGN §4), logged once per session."""
+        self.metrics.anomaly("timestamp_backwards")
+        if sid not in self.backwards and len(self.backwards) < LOGGED_BACKWARDS:
+            self.backwards.add(sid)
+            self.log.warning("last_updated_at went backwards; the history is counted all the same",
+                             session_id=sid[:ID_TEXT])
 
     # -- failing sessions and the end of a pass ---------------------------------------------------------
 
@@ -500,22 +580,40 @@ class Poller:
         """A pass whose every page was read and every listed session attempted: gone sessions, first sync."""
         listing = run.listing
         if not listing.listed_all or listing.todo or (run.listing_error and self.config.discover):
-            if run.listing_error and listing.listed_all:  # an endless listing: start over, no verdict on it
-                self.listing = None
             return
         work = run.work
-        gone = [sid for sid in work.sessions if sid not in listing.seen]  # only a complete pass knows
-        for start in range(0, len(gone), GONE_SLICE):  # a million gone at once never stalls the endpoints
-            run.report.removed += work.drop_many(gone[start:start + GONE_SLICE])
-            if len(gone) > GONE_SLICE:
-                await asyncio.sleep(0)
-        for sid in set(self.failing) - listing.seen:
-            del self.failing[sid]
+        if not listing.truncated:  # a pass that ended at a failing page knows nothing of what lies behind it
+            for start, gone in enumerate(self._gone(run)):  # a million gone never stalls the endpoints
+                run.report.removed += work.drop_many(gone)
+                if start:
+                    await asyncio.sleep(0)
+            for sid in set(self.failing) - listing.seen:
+                del self.failing[sid]
+            self.last_pass_duration = self.monotonic() - listing.started
         if listing.some_fetched or not listing.some_failed:
             work.mark_synced()
-        self.last_pass_duration = self.monotonic() - listing.started
+        work.end_replay()
         run.report.pass_complete = True
         self.listing = None
+
+    def _gone(self, run: _Run) -> list[list[str]]:
+        """The watched sessions a complete pass shows gone, in slices: those the last complete pass did not
+        list either. A pass that lists under half of the watched sessions retires nothing, until
+        ``SHORT_PASSES_AGREE`` passes in a row say so (DESIGN §4: one listing is never trusted alone)."""
+        sessions, seen = run.work.sessions, run.listing.seen
+        missing = [sid for sid in sessions if sid not in seen]
+        short = self.config.discover and 2 * (len(sessions) - len(missing)) < len(sessions)
+        self.short_passes = self.short_passes + 1 if short else 0
+        if short and self.short_passes < SHORT_PASSES_AGREE:
+            self.metrics.anomaly("short_pass")
+            run.listing_problem = (f"list: a complete pass listed {len(sessions) - len(missing)} of the "
+                                   f"{len(sessions)} sessions watched; none is retired on its word")
+            self.log.warning("listing pass short; nothing retired", listed=len(sessions) - len(missing),
+                             watched=len(sessions), passes_in_a_row=self.short_passes)
+            return []
+        gone = missing if short else [sid for sid in missing if sid in self.unconfirmed]
+        self.unconfirmed = set() if short else set(missing) - set(gone)
+        return [gone[start:start + GONE_SLICE] for start in range(0, len(gone), GONE_SLICE)]
 
     # -- committing -------------------------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ import hashlib
 from dataclasses import dataclass
 
 from collector.aggregates import Buckets
-from collector.llamacloud.client import MAX_PAGES
 from collector.llamacloud.models import Listed, Summary
 from collector.runlog import LogRuns
 from collector.settings import Settings
@@ -34,7 +33,6 @@ class PollConfig:
     label_limit: int
     log_runs: LogRuns
     page_size: int
-    max_pages: int = MAX_PAGES
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PollConfig:

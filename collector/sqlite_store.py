@@ -30,7 +30,7 @@ from collector.aggregates import Aggregates, Buckets, StoredValueError, UnknownF
 from collector.derive import DERIVATION_VERSION
 from collector.errors import ConfigError, StateError
 from collector.paths import state_path_problem
-from collector.state import RETIRED_LIMIT, CollectorState, SessionState
+from collector.state import CollectorState, SessionState
 from collector.stored import decode_session, encode_session
 
 SCHEMA_VERSION = 2
@@ -41,7 +41,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (session_id TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS retired (position INTEGER PRIMARY KEY, session_id TEXT NOT NULL, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS prior (session_id TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS retired_session ON retired (session_id);
+CREATE TABLE IF NOT EXISTS replay (session_id TEXT PRIMARY KEY);
 """
+RETIRED_ROW = "SELECT state FROM retired WHERE session_id = ? ORDER BY position DESC LIMIT 1"
 
 
 def fingerprint(buckets: Buckets, rules: list[tuple[str, str]], label_limit: int) -> str:
@@ -164,39 +167,73 @@ class SqliteStore:
         self._refuse_versions(schema, derivation)
         if schema < 1:
             raise StoredValueError(f"schema version {schema}")
-        same = meta["fingerprint"] == self.fingerprint and derivation == DERIVATION_VERSION
+        same = derivation == DERIVATION_VERSION  # new rules or label limits apply from now on: no re-derivation
         aggregates = Aggregates.from_dict(json.loads(meta["aggregates"]), self.buckets, self.label_limit,
-                                          same_bounds=same)
+                                          same_bounds=False)
         floor = Aggregates.from_dict(json.loads(meta["floor"]), self.buckets, self.label_limit, same_bounds=False) \
             if meta.get("floor") else None
+        histogram_floor = Aggregates.from_dict(json.loads(meta["histogram_floor"]), self.buckets,
+                                               self.label_limit, same_bounds=False) \
+            if meta.get("histogram_floor") else None
 
         def states(query: str) -> dict[str, SessionState]:
             out = {}
             for sid, text in db.execute(query):
-                state = decode_session(text)
-                if state.session_id != sid:
-                    raise StoredValueError("a row whose key is not the session it holds")
-                out[sid] = state
+                out[sid] = self._decoded(sid, text)
             return out
         sessions = states("SELECT session_id, state FROM sessions")  # pragma: no mutate
-        newest = f"SELECT session_id, state FROM retired ORDER BY position DESC LIMIT {RETIRED_LIMIT}"  # pragma: no mutate
-        retired = states(newest)
-        retired = dict(reversed(list(retired.items())))  # the most recent, oldest first, at most the cap
         prior = states("SELECT session_id, state FROM prior")  # pragma: no mutate
-        if sum(aggregates.runs.values()) and not (sessions or retired or prior):
+        retired_any = db.execute("SELECT 1 FROM retired LIMIT 1").fetchone() is not None  # pragma: no mutate
+        if sum(aggregates.runs.values()) and not (sessions or retired_any or prior):
             raise StoredValueError("aggregates without any session: the sessions were lost")
         if not same:
-            self.log.warning("buckets, rules or derivation changed; re-deriving every session, counters kept")
+            self.log.warning("derivation changed; re-deriving every session, counters kept")
             self.full_rewrite = True
             if floor is not None:  # changed again before the last re-derivation synced: keep the larger
                 aggregates.raise_to(floor)
+            retired = {sid: self._decoded(sid, text) for sid, text in db.execute(  # pragma: no mutate
+                "SELECT session_id, state FROM retired ORDER BY position")}
             # where counting stood, for the sessions not re-derived by the sync (an earlier prior wins)
             return CollectorState(Aggregates(self.buckets, self.label_limit), floor=aggregates,
-                                  prior={**retired, **sessions, **prior})
-        self.full_rewrite = schema < SCHEMA_VERSION  # an older layout: written anew, by name, once
+                                  prior={**retired, **sessions, **prior}, archive=self.retired_session)
+        for sid, text in db.execute("SELECT session_id, state FROM retired"):  # pragma: no mutate
+            self._decoded(sid, text)  # every row is read once here, kept on disk, and read again on return
+        replay = {sid for (sid,) in db.execute("SELECT session_id FROM replay")}  # pragma: no mutate
+        if aggregates.bounds_changed():
+            self.log.warning("bucket bounds changed; each session's runs are replayed into the new buckets, "
+                             "_count, _sum and +Inf keep every run counted")
+            rebucketed = aggregates.rebucket()
+            if histogram_floor is not None:  # changed again before the last replay ended: still to place
+                rebucketed.fold(histogram_floor)
+            histogram_floor, replay = rebucketed, set(sessions)
+            self.full_rewrite = True
+        else:
+            self.full_rewrite = schema < SCHEMA_VERSION  # an older layout: written anew, by name, once
         self.log.info("state loaded", path=str(self.path), sessions=len(sessions), schema=schema)
-        return CollectorState(aggregates, sessions, synced=meta["synced"] == "1", floor=floor, retired=retired,
-                              prior=prior)
+        return CollectorState(aggregates, sessions, synced=meta["synced"] == "1", floor=floor, prior=prior,
+                              histogram_floor=histogram_floor, replay=replay & set(sessions),
+                              archive=self.retired_session)
+
+    @staticmethod
+    def _decoded(sid: str, text: str) -> SessionState:
+        state = decode_session(text)
+        if state.session_id != sid:
+            raise StoredValueError("a row whose key is not the session it holds")
+        return state
+
+    def retired_session(self, session_id: str) -> SessionState | None:
+        """A retired session's saved state (None when it never left, or was never saved). A row that no
+        longer reads is logged and taken as absent: the session is then counted as new."""
+        if self.db is None:
+            return None
+        row = self.db.execute(RETIRED_ROW, (session_id,)).fetchone()
+        if row is None:
+            return None
+        try:
+            return self._decoded(session_id, row[0])
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            self.log.error("retired session unreadable in the state file", error=str(exc)[:200])
+            return None
 
     def save(self, state: CollectorState) -> None:
         try:
@@ -221,20 +258,27 @@ class SqliteStore:
                 rows = [state.sessions[s] for s in state.changed if s in state.sessions]
             db.executemany("INSERT OR REPLACE INTO sessions VALUES (?, ?)",  # pragma: no mutate
                            [(s.session_id, encode_session(s)) for s in rows])
-            if self.full_rewrite or state.retired_changed:
+            if self.full_rewrite or state.prior_changed:
                 db.execute("DELETE FROM prior")  # pragma: no mutate
                 db.executemany("INSERT INTO prior VALUES (?, ?)",  # pragma: no mutate
                                [(sid, encode_session(r)) for sid, r in state.prior.items()])
-                db.execute("DELETE FROM retired")  # pragma: no mutate
-                db.executemany("INSERT INTO retired VALUES (?, ?, ?)",  # pragma: no mutate
-                               [(i, sid, encode_session(r)) for i, (sid, r) in enumerate(state.retired.items())])
+            # retired sessions live here, never all in memory: each is written once when it leaves
+            db.executemany("DELETE FROM retired WHERE session_id = ?", [(s,) for s in state.retired])  # pragma: no mutate
+            db.executemany("INSERT INTO retired (session_id, state) VALUES (?, ?)",  # pragma: no mutate
+                           [(sid, encode_session(r)) for sid, r in state.retired.items()])
+            db.execute("DELETE FROM replay")  # pragma: no mutate
+            db.executemany("INSERT INTO replay VALUES (?)", [(s,) for s in state.replay])  # pragma: no mutate
             meta = {"schema_version": str(SCHEMA_VERSION), "fingerprint": self.fingerprint,
                     "derivation_version": str(DERIVATION_VERSION),
                     "synced": "1" if state.synced else "0", "saved_at": str(self.clock()),
                     "aggregates": json.dumps(state.aggregates.to_dict()),
-                    "floor": json.dumps(state.floor.to_dict()) if state.floor else ""}
+                    "floor": json.dumps(state.floor.to_dict()) if state.floor else "",
+                    "histogram_floor": json.dumps(state.histogram_floor.to_dict()) if state.histogram_floor else ""}
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())  # pragma: no mutate
             db.execute("COMMIT")  # pragma: no mutate
+            state.retired.clear()  # saved: read back from here when one comes back
+            state.archive = self.retired_session
+            state.prior_changed = False
         except BaseException:
             if db.in_transaction:  # a failed COMMIT may have ended it already; keep the real error
                 try:

@@ -9,23 +9,39 @@ A ``StateStore`` persists the committed state; ``MemoryStore`` keeps nothing.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import NamedTuple, Protocol
 
 from collector.aggregates import MAX_LABEL_LENGTH, Aggregates
 from collector.derive import ErrorClassifier, RunRecord, derive, finished_prefix, history_intact
-from collector.llamacloud.models import JobMetadata, Session, known, refused
+from collector.llamacloud.models import MAX_MEASURE, JobMetadata, Session, known, refused
 
 
 def parse_timestamp(value: str) -> float | None:
+    """Seconds since 1970 of an ISO timestamp; None when it is not one, or before 1970 (Go's zero time):
+    the state file holds no time it would refuse to read back (DESIGN §4)."""
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+    try:
+        seconds = parsed.timestamp()
+    except (OverflowError, ValueError):
+        return None
+    return seconds if 0 <= seconds <= MAX_MEASURE else None
+
+
+MAX_TITLE = 1024
+"""A title is cut to this before it is kept (the per-session series show 64 characters of it)."""
+
+
+def saturating(total: int, more: int) -> int:
+    """A stored sum: it stops at 2**53 instead of passing what the state file reads back as a count."""
+    return min(MAX_MEASURE, total + more)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +91,8 @@ class Update(NamedTuple):
 
 
 def update_session(prev: SessionState | None, session: Session, aggregates: Aggregates,
-                   classifier: ErrorClassifier, now: float, listed_at: str | None = None) -> Update:
+                   classifier: ErrorClassifier, now: float, listed_at: str | None = None,
+                   replay_into: Aggregates | None = None) -> Update:
     """Count what is new in ``session`` into ``aggregates``; return the session's new state and its runs.
 
     A history that shrank, or whose last counted ``stop`` changed, is a reset:
@@ -85,6 +102,9 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
     back (a transient short read), counting resumes from where it was.
     ``listed_at`` is the ``last_updated_at`` the listing showed: the key change
     detection compares next cycle, whatever format or later value retrieve gave.
+    With ``replay_into`` (the old bounds' observations, after new buckets), the runs
+    counted before are observed again into the histograms' new buckets, never into
+    a counter, each taking its place from that floor.
     """
     events = session.events
     base = prev or SessionState(session.session_id, session.last_updated_at)
@@ -105,10 +125,17 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
     if high_water is not None and not waiting:
         high_water = None
     result = derive(events[:seen] if waiting else events, cursor, seen, classifier)
+    replayed = derive(events[:base.cursor], 0, 0, classifier).runs \
+        if replay_into is not None and prev is not None and not reset and cursor == base.cursor else ()
+    updated_ts = parse_timestamp(session.last_updated_at)
     job = session.job_metadata
     last_run = LastRun.of(job) if job is not None else None
     # Everything above only reads; the counting below cannot fail half way.
     aggregates.history_resets += reset
+    if replay_into is not None:
+        aggregates.replay(replayed, replay_into)
+    if updated_ts is None:
+        aggregates.invalid_values["last_updated_at"] += 1
     if job is not None:
         aggregates.invalid_values.update(f"job_metadata.{name}" for name in refused(job))
     aggregates.add_runs(result.runs, base.session_id, now, session.index_ids)
@@ -120,8 +147,8 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
     state = replace(
         base,
         last_updated_at=listed_at or session.last_updated_at,
-        updated_ts=parse_timestamp(session.last_updated_at),
-        title=session.generated_title,
+        updated_ts=updated_ts,
+        title=None if session.generated_title is None else session.generated_title[:MAX_TITLE],
         shared_access=session.shared_access if session.shared_access in SHARED_ACCESS else None,
         index_ids=bounded_index_ids(session.index_ids),
         job=last_run,
@@ -130,8 +157,8 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
         stop_signature=result.stop_signature,
         runs_success=base.runs_success + sum(1 for r in result.runs if not r.failed),
         runs_error=base.runs_error + sum(1 for r in result.runs if r.failed),
-        tokens_input=base.tokens_input + sum(r.input_tokens or 0 for r in result.runs),
-        tokens_output=base.tokens_output + sum(r.output_tokens or 0 for r in result.runs),
+        tokens_input=saturating(base.tokens_input, sum(r.input_tokens or 0 for r in result.runs)),
+        tokens_output=saturating(base.tokens_output, sum(r.output_tokens or 0 for r in result.runs)),
         in_progress_start=result.in_progress_start,
         in_progress_since=since,
         high_water=high_water,
@@ -149,7 +176,8 @@ def bounded_index_ids(index_ids: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted({i for i in index_ids if 0 < len(i) <= MAX_LABEL_LENGTH}))[:MAX_INDEX_IDS]
 
 
-RETIRED_LIMIT = 10_000
+Archive = Callable[[str], "SessionState | None"]
+"""Where retired sessions live once saved (the state file): looked up when one comes back, never all read."""
 
 
 @dataclass
@@ -158,34 +186,46 @@ class CollectorState:
     sessions: dict[str, SessionState] = field(default_factory=dict)
     synced: bool = False
     floor: Aggregates | None = None
-    """Stored aggregates to raise to once a re-derivation (new buckets or rules) has synced."""
+    """Stored aggregates to raise to once a re-derivation (a new derivation version, a salvaged file) has
+    synced."""
     retired: dict[str, SessionState] = field(default_factory=dict)
-    """Sessions no longer listed, most recent last: one that comes back resumes from its cursor
-    instead of being counted again (a listing that skipped it, a summary that did not validate)."""
+    """Sessions no longer listed, in a compact form (no title, no last run): one that comes back resumes
+    from its cursor instead of being counted again, however many left meanwhile (DESIGN §4). With a state
+    file these are only the ones not saved yet: the store keeps the rest on disk (``archive``)."""
+    archive: Archive | None = field(default=None, compare=False)
     prior: dict[str, SessionState] = field(default_factory=dict)
     """While a re-derivation runs (``floor`` set): where counting stood in each stored session when the
     floor was saved. At the sync, a session not re-derived yet (failing, or not listed) retires with that
     cursor, so when it is read again only its runs after the floor are counted, never its old ones twice."""
+    histogram_floor: Aggregates | None = None
+    """After new bucket bounds: the observations made under the old bounds that no session has replayed
+    into the new buckets yet. Exposed in ``_count``, ``_sum`` and ``+Inf`` (so they never go backwards),
+    and folded there for good at the end of the next complete pass (DESIGN §4)."""
+    replay: set[str] = field(default_factory=set)
+    """Sessions whose counted runs are still to be replayed into the new buckets (fetched once more)."""
     changed: set[str] = field(default_factory=set)
     removed: set[str] = field(default_factory=set)
-    retired_changed: bool = False
+    prior_changed: bool = False
     _undo: dict[str, SessionState | None] | None = field(default=None, init=False, repr=False, compare=False)
     """While a cycle runs: each touched session's committed state (None: it was absent)."""
-    _retired_before: dict[str, SessionState] | None = field(default=None, init=False, repr=False, compare=False)
+    _undo_retired: dict[str, SessionState | None] = field(default_factory=dict, init=False, repr=False,
+                                                          compare=False)
     _saved: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def begin(self) -> CollectorState:
         """Start a cycle on this state itself. Nothing is copied but the (small) aggregates: each session
         a cycle touches is journaled on the way, so ``rollback`` restores the committed state exactly."""
-        self._undo = {}
-        self._saved = (self.aggregates, self.synced, self.floor, self.prior, self.retired_changed)
-        self._retired_before = None
+        self._undo, self._undo_retired = {}, {}
+        self._saved = (self.aggregates, self.synced, self.floor, self.prior, self.prior_changed,
+                       self.histogram_floor, set(self.replay) if self.replay else self.replay)
         self.aggregates = self.aggregates.copy()
+        if self.histogram_floor is not None:
+            self.histogram_floor = self.histogram_floor.copy()
         self.changed, self.removed = set(), set()
         return self
 
     def commit(self) -> None:
-        self._undo, self._retired_before, self._saved = None, None, None
+        self._undo, self._undo_retired, self._saved = None, {}, None
 
     def rollback(self) -> None:
         """Undo everything since ``begin``: an abandoned cycle leaves nothing half-counted."""
@@ -194,10 +234,14 @@ class CollectorState:
                 self.sessions.pop(sid, None)
             else:
                 self.sessions[sid] = before
-        if self._retired_before is not None:
-            self.retired = self._retired_before
+        for sid, before in self._undo_retired.items():
+            if before is None:
+                self.retired.pop(sid, None)
+            else:
+                self.retired[sid] = before
         if self._saved is not None:
-            self.aggregates, self.synced, self.floor, self.prior, self.retired_changed = self._saved
+            (self.aggregates, self.synced, self.floor, self.prior, self.prior_changed, self.histogram_floor,
+             self.replay) = self._saved
         self.changed, self.removed = set(), set()
         self.commit()
 
@@ -209,29 +253,35 @@ class CollectorState:
         else:
             self.sessions[sid] = state
 
-    def _touch_retired(self) -> None:
-        if self._undo is not None and self._retired_before is None:
-            self._retired_before = dict(self.retired)  # at most RETIRED_LIMIT entries
-        self.retired_changed = True
+    def _set_retired(self, sid: str, state: SessionState | None) -> None:
+        if self._undo is not None and sid not in self._undo_retired:
+            self._undo_retired[sid] = self.retired.get(sid)
+        if state is None:
+            self.retired.pop(sid, None)
+        else:
+            self.retired.pop(sid, None)  # re-inserted last: the most recently retired come last
+            self.retired[sid] = replace(state, title=None, job=None)
 
     def known(self, session_id: str) -> SessionState | None:
-        return self.sessions.get(session_id) or self.retired.get(session_id)
+        """Where counting stands for a session: watched, retired, or retired and saved (never forgotten)."""
+        found = self.sessions.get(session_id) or self.retired.get(session_id)
+        if found is None and self.archive is not None:
+            found = self.archive(session_id)
+        return found
 
     def put(self, session: SessionState) -> None:
         self._set(session.session_id, session)
         self.changed.add(session.session_id)
         self.removed.discard(session.session_id)
         if session.session_id in self.retired:
-            self._touch_retired()
-            del self.retired[session.session_id]
+            self._set_retired(session.session_id, None)
 
     def drop(self, session_id: str) -> bool:
         return self.drop_many([session_id]) == 1
 
     def drop_many(self, session_ids: list[str]) -> int:
-        """``drop`` for many at once (a pass that found thousands gone): the retired cap is applied once,
-        not per session, so a million sessions leave in linear time."""
-        dropped: list[SessionState] = []
+        """Retire the watched sessions among ``session_ids``: their series go, their cursors stay."""
+        dropped = 0
         for sid in session_ids:
             state = self.sessions.get(sid)
             if state is None:
@@ -239,42 +289,46 @@ class CollectorState:
             self.changed.discard(sid)
             self._set(sid, None)
             self.removed.add(sid)
-            dropped.append(state)
-        if dropped:
-            self._touch_retired()
-            for state in dropped[-RETIRED_LIMIT:]:
-                self.retired.pop(state.session_id, None)
-                self.retired[state.session_id] = replace(state, title=None, job=None)
-            self._trim_retired()
-        return len(dropped)
+            self._set_retired(sid, state)
+            dropped += 1
+        return dropped
+
+    def replayed(self, session_id: str) -> None:
+        self.replay.discard(session_id)
+
+    def end_replay(self) -> None:
+        """A complete pass after new bucket bounds: what no session replayed stays in ``_count``, ``_sum``
+        and ``+Inf`` for good."""
+        if self.histogram_floor is not None:
+            self.aggregates.fold(self.histogram_floor)
+            self.histogram_floor = None
+        self.replay = set()
+
+    def exposed(self) -> Aggregates:
+        """The aggregates as scrapes see them: with the old bounds' observations not replayed yet."""
+        if self.histogram_floor is None:
+            return self.aggregates
+        folded = self.aggregates.copy()
+        folded.fold(self.histogram_floor)
+        return folded
 
     def mark_synced(self) -> None:
         if not self.synced and self.floor is not None:
             self.aggregates.raise_to(self.floor)
             self.floor = None
-            self._touch_retired()
             for sid, state in self.prior.items():
                 current = self.sessions.get(sid)
                 if current is None:
-                    self.retired[sid] = replace(state, title=None, job=None)
+                    self._set_retired(sid, state)
                     continue
                 counted = state.high_water or (state.cursor, state.events_seen, state.stop_signature)
                 if current.cursor < counted[0] and current.high_water is None:
                     # re-derived from a shorter read than was counted: the floor holds the rest
                     self._set(sid, replace(current, high_water=counted))
                     self.changed.add(sid)
-            self._trim_retired()
             self.prior = {}
+            self.prior_changed = True
         self.synced = True
-
-    def _trim_retired(self) -> None:
-        """The oldest retired go first; many at once are cut in one copy, not one by one."""
-        excess = len(self.retired) - RETIRED_LIMIT
-        if excess > 16:
-            self.retired = dict(list(self.retired.items())[excess:])
-        else:
-            for _ in range(max(0, excess)):
-                del self.retired[next(iter(self.retired))]
 
 
 @dataclass(frozen=True)
@@ -309,7 +363,7 @@ def take_snapshot(state: CollectorState, poll: PollStatus, series_limit: int) ->
     since = [s.in_progress_since for s in sessions if s.in_progress_since is not None]
     return Snapshot(
         ready=state.synced,
-        aggregates=state.aggregates,  # committed state is never mutated; each cycle works on a copy
+        aggregates=state.exposed(),  # committed state is never mutated; each cycle works on a copy
         sessions=tuple(shown),
         sessions_watched=len(state.sessions),
         sessions_over_limit=max(0, len(state.sessions) - series_limit),

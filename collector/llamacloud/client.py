@@ -48,8 +48,9 @@ from collector.llamacloud.bounds import (
 from collector.llamacloud.models import Listed, Session, SessionPage, Summary, parse_page, parse_session
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
-MAX_PAGES = 10_000
-"""A million sessions at 100 a page; a listing that goes on past this is endless, not large."""
+MAX_PAGES = 100_000
+"""``list_sessions`` (the ``check`` command) only: ten million sessions at 100 a page. The poll loop's passes
+end at a repeated token or a listing that goes round, never at a page count (DESIGN §4)."""
 M = TypeVar("M", bound=BaseModel)
 S = TypeVar("S", bound=Summary)
 """A session-shaped answer (summary or retrieve): it names its session."""

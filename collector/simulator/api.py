@@ -2,7 +2,11 @@
 
 Same paths, cursor paging, bearer auth and payload shapes as the real API.
 Faults are queued with ``Faults.add`` (or ``GET /_sim/fault?kind=...``) and
-consumed by the next matching requests. It is served by ``aiohttp.web``; as a
+consumed by the next matching requests: ``endpoint`` is ``list``, ``retrieve``,
+``summary``, ``*``, or ``list_first`` / ``list_next`` for a listing page asked
+without / with a page token. How the listing behaves for good (order, a page size
+cap, a page whose token is too long, cursors forgotten) is set with
+``GET /_sim/listing?...`` (``Listing``); the world's clock with ``/_sim/clock``. It is served by ``aiohttp.web``; as a
 test double it keeps raw control of the connection where a fault needs it
 (a reset, a body cut short).
 """
@@ -20,7 +24,10 @@ from aiohttp import web
 from collector.simulator.world import World
 
 FAULT_KINDS = ("status", "reset", "cut", "bad_json", "html", "content_type", "slow", "gone", "shrink",
-               "unknown_event")
+               "unknown_event", "empty", "truncate", "loop")
+"""``empty``: a listing page answered ``{"items": [], "next_page_token": null}``; ``truncate``: the page as it
+is, with no next page (the listing ends early); ``loop``: the page's next token is the one it was asked with
+(the listing loops back)."""
 
 
 @dataclass
@@ -40,9 +47,9 @@ class Faults:
     def add(self, fault: Fault, times: int = 1) -> None:
         self.queue.extend([fault] * times)
 
-    def take(self, endpoint: str) -> Fault | None:
+    def take(self, endpoint: str, *aliases: str) -> Fault | None:
         for i, fault in enumerate(self.queue):
-            if fault.endpoint in ("*", endpoint):
+            if fault.endpoint in ("*", endpoint, *aliases):
                 del self.queue[i]
                 self.injected[fault.kind] += 1
                 return fault
@@ -73,6 +80,26 @@ class Response:
     """Announce the whole Content-Length, send only this many body bytes, then drop the connection."""
     reset: bool = False
     """Drop the connection without answering."""
+
+
+@dataclass
+class Listing:
+    """How the listing behaves until changed: what ``GET /_sim/listing`` sets."""
+
+    newest_first: bool = False
+    """List the most recently changed first; a page token is then a position in the order of the moment."""
+    page_cap: int | None = None
+    """At most this many items a page, whatever ``page_size`` asks."""
+    long_token_page: int | None = None
+    """This page (1 = the first) carries a ``next_page_token`` of ``long_token_length`` characters."""
+    long_token_length: int = 5000
+    epoch: int = 0
+    """Raised by ``forget_cursors``: a page token issued in an earlier epoch is refused with 400."""
+    refused: int = 0
+    """Page tokens refused so far."""
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
 
 
 def _json(payload: object, status: int = 200) -> Response:
@@ -115,6 +142,7 @@ class SimulatorApi:
         self.bytes_sent = 0
         self.last_query: dict[str, str] = {}
         self.paused = False
+        self.listing = Listing()
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -139,7 +167,8 @@ class SimulatorApi:
             return _json({"detail": "Not Found"}, 404)
         self.calls[endpoint] += 1
         self.last_query = dict(request.query)
-        fault = self.faults.take(endpoint)
+        aliases = () if endpoint != "list" else ("list_next",) if request.query.get("page_token") else ("list_first",)
+        fault = self.faults.take(endpoint, *aliases)
         if fault is not None and fault.delay:
             await asyncio.sleep(fault.delay)
         if fault is not None and fault.kind == "gone" and len(parts) > 3:
@@ -148,18 +177,14 @@ class SimulatorApi:
             self.world.add_unknown_event(parts[3])
         response = self._answer(endpoint, parts, request)
         if fault is not None:
-            response = self._fault(fault, response, parts)
+            response = self._fault(fault, response, parts, request)
         self.bytes_sent += len(response.body)
         return response
 
     def _answer(self, endpoint: str, parts: list[str], request: Request) -> Response:
         world = self.world
         if endpoint == "list":
-            size = max(1, min(1000, int(request.query.get("page_size") or 20)))
-            after = int(request.query.get("page_token") or 0)
-            page, more = world.page_after(after, size)
-            token = str(page[-1].seq) if more else None
-            return _json({"items": [s.summary() for s in page], "next_page_token": token})
+            return self._list(request)
         session = world.sessions.get(parts[3])
         if session is None:
             return _json({"detail": "Chat session not found"}, 404)
@@ -167,7 +192,55 @@ class SimulatorApi:
             return _json(session.summary())
         return Response(200, session.detail_bytes(), "application/json")
 
-    def _fault(self, fault: Fault, real: Response, parts: list[str]) -> Response:
+    # -- the listing ------------------------------------------------------------------------------------
+
+    def _token(self, kind: str, number: int, page: int) -> str:
+        """A page token: ``[epoch:]`` then ``n`` and a position (newest first) or the last item's seq. Zeros pad
+        the number on the page that carries a long token, so it still reads as the same token."""
+        listing = self.listing
+        head = f"{listing.epoch}:" if listing.epoch else ""
+        kind = "n" if kind == "offset" else ""
+        digits = str(number)
+        if listing.long_token_page == page:
+            digits = digits.rjust(max(len(digits), listing.long_token_length - len(head) - len(kind)), "0")
+        return head + kind + digits
+
+    def _read_token(self, token: str) -> tuple[str, int] | None:
+        """``(kind, number)`` of a token this simulator issued in the current epoch; None: refused."""
+        epoch, _, body = token.rpartition(":")
+        if (int(epoch) if epoch.isdigit() else 0 if not epoch else -1) != self.listing.epoch:
+            return None
+        kind = "offset" if body.startswith("n") else "seq"
+        digits = body[1:] if kind == "offset" else body
+        if not digits.isdigit() or (kind == "offset") != self.listing.newest_first:
+            return None
+        return kind, int(digits)
+
+    def _list(self, request: Request) -> Response:
+        world, listing = self.world, self.listing
+        size = max(1, min(1000, int(request.query.get("page_size") or 20)))
+        if listing.page_cap:
+            size = min(size, listing.page_cap)
+        raw = request.query.get("page_token")
+        if raw:
+            read = self._read_token(raw)
+            if read is None:
+                listing.refused += 1
+                return _json({"detail": "Invalid or expired page token"}, 400)
+            kind, number = read
+        else:
+            kind, number = ("offset" if listing.newest_first else "seq"), 0
+        if kind == "offset":
+            page, more = world.page_at(number, size)
+            start, next_number = number, number + len(page)
+        else:
+            start = world.position(number)
+            page, more = world.page_after(number, size)
+            next_number = page[-1].seq if page else number
+        token = self._token(kind, next_number, start // size + 1) if more else None
+        return _json({"items": [s.summary() for s in page], "next_page_token": token})
+
+    def _fault(self, fault: Fault, real: Response, parts: list[str], request: Request | None = None) -> Response:
         """The answer a fault turns ``real`` into."""
         kind = fault.kind
         if kind == "status":
@@ -189,6 +262,13 @@ class SimulatorApi:
             body = json.loads(real.body)
             body["events"] = body["events"][: len(body["events"]) // 2]
             return _json(body)
+        if kind in ("empty", "truncate", "loop") and len(parts) == 3 and real.status == 200:
+            body = json.loads(real.body)
+            if kind == "empty":
+                body["items"] = []
+            asked = request.query.get("page_token") if request is not None else None
+            body["next_page_token"] = asked or None if kind == "loop" else None
+            return _json(body)
         return real  # slow (already delayed), gone (deleted), unknown_event (added to the session)
 
     def _control(self, request: Request) -> Response:
@@ -196,8 +276,39 @@ class SimulatorApi:
         if request.path == "/_sim/stats":
             truth = {"runs": len(world.runs), "errors": sum(r.failed for r in world.runs),
                      "sessions": len(world.sessions), "calls": dict(self.calls), "bytes_sent": self.bytes_sent,
-                     "faults_injected": dict(self.faults.injected)}
+                     "faults_injected": dict(self.faults.injected), "listing": self.listing.as_dict(),
+                     "clock_offset": world.clock_offset}
             return _json(truth)
+        if request.path == "/_sim/totals":
+            return _json(totals(world))
+        if request.path == "/_sim/sessions":  # oldest first, as the default listing pages
+            runs = Counter(r.session_id for r in world.runs)
+            order = world.newest_first() if self.listing.newest_first else world.listing_order()
+            return _json({"sessions": [{"session_id": s.session_id, "runs": runs[s.session_id],
+                                        "last_updated_at": s.last_updated_at} for s in order]})
+        if request.path == "/_sim/listing":
+            return self._listing_control(request.query)
+        if request.path == "/_sim/clock":
+            if "offset" in request.query:
+                world.set_clock_offset(float(request.query["offset"]))
+            return _json({"offset": world.clock_offset})
+        if request.path == "/_sim/delete":
+            gone = world.delete_oldest(int(request.query.get("count", "1")))
+            return _json({"deleted": len(gone), "sessions": len(world.sessions)})
+        if request.path == "/_sim/extreme":
+            q = request.query
+            try:
+                session = world.extreme_session(q.get("what", ""), int(q.get("runs", 2)),
+                                                int(q.get("title_chars", 70_000)), int(q.get("tokens", 2**53)))
+            except ValueError as exc:
+                return _json({"detail": str(exc)}, 400)
+            return _json({"session_id": session.session_id, "last_updated_at": session.last_updated_at,
+                          "title_chars": len(session.title), "bytes": len(session.detail_bytes())})
+        if request.path == "/_sim/decoy":
+            q = request.query
+            session = world.decoy_session(int(q.get("runs", 5)), int(q.get("decoy_runs", 50)),
+                                          int(q.get("pad", 1_100_000)))
+            return _json({"session_id": session.session_id, "bytes": len(session.detail_bytes())})
         if request.path == "/_sim/truth":
             return _json({"runs": [r.__dict__ for r in world.runs], "events": dict(world.events)})
         if request.path == "/_sim/traffic":
@@ -211,7 +322,9 @@ class SimulatorApi:
         if request.path == "/_sim/touch":
             fraction = float(request.query.get("fraction", "0.1"))
             fail = {"1": True, "0": False}.get(request.query.get("fail", ""))
+            first = int(request.query.get("first", "0"))
             chosen = ([next(reversed(world.sessions))] if request.query.get("last") == "1" else
+                      [s.session_id for s in world.listing_order()[:first]] if first else
                       world.rng.sample(list(world.sessions), int(len(world.sessions) * fraction)))
             for session_id in chosen:
                 world.add_run(world.sessions[session_id], fail)
@@ -223,3 +336,35 @@ class SimulatorApi:
             self.faults.add(fault, int(q.get("times", 1)))
             return _json({"queued": len(self.faults.queue)})
         return _json({"detail": "Not Found"}, 404)
+
+    def _listing_control(self, q: dict[str, str]) -> Response:
+        """``order=newest|oldest``, ``page_cap=N`` (0: none), ``long_token_page=N`` (0: none) with
+        ``long_token_length``, ``forget_cursors=1`` (every token issued before is refused from now on)."""
+        listing = self.listing
+        if "order" in q:
+            newest = q["order"] == "newest"
+            if newest != listing.newest_first:
+                listing.epoch += 1  # a token of the old order means nothing in the new one
+            listing.newest_first = newest
+        if "page_cap" in q:
+            listing.page_cap = int(q["page_cap"]) or None
+        if "long_token_page" in q:
+            listing.long_token_page = int(q["long_token_page"]) or None
+        if "long_token_length" in q:
+            listing.long_token_length = int(q["long_token_length"])
+        if q.get("forget_cursors") == "1":
+            listing.epoch += 1
+        return _json(listing.as_dict())
+
+
+def totals(world: World) -> dict:
+    """Sums of the truth a benchmark compares with, without shipping every run (``/_sim/truth``)."""
+    runs = world.runs
+    durations = [r.duration_ms for r in runs if r.duration_ms is not None]
+    return {"runs": len(runs), "errors": sum(r.failed for r in runs),
+            "input_tokens": sum(r.input_tokens or 0 for r in runs),
+            "output_tokens": sum(r.output_tokens or 0 for r in runs),
+            "duration_count": len(durations), "duration_seconds_sum": sum(durations) / 1000,
+            "tool_calls": sum(len(r.tool_calls) for r in runs),
+            "index_runs": sum(len(r.index_ids) or 1 for r in runs),
+            "sessions": len(world.sessions)}

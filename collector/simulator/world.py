@@ -64,6 +64,10 @@ class SimSession:
     job_metadata: dict | None = None
     pending: list[dict] | None = None
     pending_truth: RunTruth | None = None
+    touched: float = 0.0
+    """World time of the last change (``last_updated_at`` as a number): the newest-first order."""
+    leading: dict | None = None
+    """Top-level fields an API may add, sent before the summary fields and ``events`` in ``retrieve``."""
     _detail: bytes | None = None
 
     def summary(self) -> dict:
@@ -73,7 +77,7 @@ class SimSession:
 
     def detail_bytes(self) -> bytes:
         if self._detail is None:
-            self._detail = json.dumps({**self.summary(), "events": self.events}).encode()
+            self._detail = json.dumps({**(self.leading or {}), **self.summary(), "events": self.events}).encode()
         return self._detail
 
 
@@ -89,14 +93,24 @@ class World:
         self.events: Counter = Counter()
         self._seq = 0
         self._last_ts = 0.0
+        self.clock_offset = 0.0
+        """Seconds the world's clock is ahead (or behind, negative) of ``clock``: an upstream clock that is off."""
 
     def _uuid(self) -> str:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
 
     def _touch(self, session: SimSession) -> None:
-        self._last_ts = max(self.clock(), self._last_ts + 1e-6)
+        self._last_ts = max(self.clock() + self.clock_offset, self._last_ts + 1e-6)
+        session.touched = self._last_ts
         session.last_updated_at = datetime.fromtimestamp(self._last_ts, UTC).isoformat()
         session._detail = None
+
+    def set_clock_offset(self, seconds: float) -> None:
+        """Shift the world's clock: what changes from now on is stamped ``seconds`` off the real time. Moved
+        back, it stamps new runs earlier than the ones before (a fast clock corrected)."""
+        if seconds < self.clock_offset:
+            self._last_ts = 0.0  # timestamps may go backwards from here on
+        self.clock_offset = seconds
 
     def _append(self, session: SimSession, events: list[dict]) -> None:
         session.events.extend(events)
@@ -118,8 +132,10 @@ class World:
             self.add_run(session)
         return session
 
-    def _make_run(self, session: SimSession, fail: bool | None = None) -> tuple[list[dict], list[dict], RunTruth]:
-        """The opening events of a run, the rest of them, and its truth (``fail`` forces the outcome)."""
+    def _make_run(self, session: SimSession, fail: bool | None = None,
+                  input_tokens: int | None = None) -> tuple[list[dict], list[dict], RunTruth]:
+        """The opening events of a run, the rest of them, and its truth (``fail`` forces the outcome,
+        ``input_tokens`` the run's input tokens)."""
         rng = self.rng
         head: list[dict] = [{"type": "user_input", "content": rng.choice(QUESTIONS)}]
         if rng.random() < 0.6:
@@ -150,6 +166,8 @@ class World:
                                  "total_output_tokens": rng.randint(20, 3000), "turns": 1 + len(calls)}
         if rng.random() < 0.05:
             del usage["duration_ms"]
+        if input_tokens is not None:
+            usage["total_input_tokens"] = input_tokens
         skipped = [rng.choice(session.index_ids)] if session.index_ids and rng.random() < 0.1 else []
         tail.append({"type": "stop", "is_error": failed, "error": error, "usage": usage,
                      "skipped_index_ids": skipped or None})
@@ -166,11 +184,11 @@ class World:
         self.runs.append(truth)
         self._touch(session)
 
-    def add_run(self, session: SimSession, fail: bool | None = None) -> None:
+    def add_run(self, session: SimSession, fail: bool | None = None, input_tokens: int | None = None) -> None:
         """A whole run, start to stop (finishing a pending one first)."""
         if session.pending is not None:
             self.finish_pending(session)
-        head, tail, truth = self._make_run(session, fail)
+        head, tail, truth = self._make_run(session, fail, input_tokens)
         self._append(session, head)
         self._finish(session, tail, truth)
 
@@ -218,6 +236,65 @@ class World:
         start = bisect.bisect_right(self._order, after_seq)
         seqs = self._order[start:start + size]
         return [self._by_seq[q] for q in seqs], start + size < len(self._order)
+
+    def position(self, after_seq: int) -> int:
+        """How many sessions of the oldest-first listing come up to ``after_seq``."""
+        return bisect.bisect_right(self._order, after_seq)
+
+    def newest_first(self) -> list[SimSession]:
+        """Every session, the most recently changed first: the order some APIs list in."""
+        return sorted(self.sessions.values(), key=lambda s: (s.touched, s.seq), reverse=True)
+
+    def page_at(self, offset: int, size: int) -> tuple[list[SimSession], bool]:
+        """The newest-first listing from position ``offset``, and whether more follow. An offset is taken in
+        the order of the moment: a session changed mid-pass moves to the front, and the pages after shift."""
+        order = self.newest_first()
+        return order[offset:offset + size], offset + size < len(order)
+
+    def listing_order(self) -> list[SimSession]:
+        """Every session, oldest first (as ``page_after`` pages)."""
+        return [self._by_seq[q] for q in self._order]
+
+    def delete_oldest(self, count: int) -> list[str]:
+        """Delete the ``count`` sessions listed first; their runs stay in the truth."""
+        gone = [self._by_seq[q].session_id for q in self._order[:max(0, count)]]
+        for session_id in gone:
+            self.delete(session_id)
+        return gone
+
+    # -- sessions an API is free to send, at the edge of what a collector must take ---------------------
+
+    def extreme_session(self, what: str, runs: int = 2, title_chars: int = 70_000,
+                        tokens: int = 2**53) -> SimSession:
+        """A new session with one extreme value: ``zero_time`` (``last_updated_at`` of Go's zero time),
+        ``long_title`` (a ``generated_title`` of ``title_chars``), or ``big_tokens`` (``runs`` runs of
+        ``tokens`` input tokens each)."""
+        if what not in ("zero_time", "long_title", "big_tokens"):
+            raise ValueError(f"unknown extreme: {what}")
+        session = self.new_session()
+        if what == "long_title":
+            session.title = ("A very long generated title " * (title_chars // 28 + 1))[:title_chars]
+        for _ in range(runs):
+            self.add_run(session, input_tokens=tokens if what == "big_tokens" else None)
+        if what == "zero_time":
+            session.last_updated_at = "0001-01-01T00:00:00Z"
+        session._detail = None
+        return session
+
+    def decoy_session(self, runs: int = 5, decoy_runs: int = 50, pad: int = 1_100_000) -> SimSession:
+        """A new session of ``runs`` runs whose ``retrieve`` body opens with an unknown top-level field
+        ``debug`` holding its own ``"events": [...]`` (``decoy_runs`` runs that are not the history) and
+        ``pad`` characters of text: a body over 1 MiB when ``pad`` is."""
+        session = self.new_session(runs=runs)
+        decoy: list[dict] = []
+        for _ in range(decoy_runs):
+            decoy += [{"type": "user_input", "content": "decoy"},
+                      {"type": "stop", "is_error": False, "error": None,
+                       "usage": {"duration_ms": 1.0, "total_input_tokens": 1, "total_output_tokens": 1, "turns": 1},
+                       "skipped_index_ids": None}]
+        session.leading = {"debug": {"events": decoy, "note": "x" * pad}}
+        session._detail = None
+        return session
 
     def grow_to(self, session: SimSession, events: int, content: int) -> None:
         """Add runs until the session holds ``events`` events, with ``content``-byte texts."""
