@@ -72,7 +72,9 @@ def test_session_that_disappears_keeps_its_contribution():
             await collector.poller.cycle()
             gone = next(iter(sim.world.sessions))
             sim.world.delete(gone)
-            await collector.poller.cycle()
+            await collector.poller.cycle()  # one pass without it: unconfirmed, still watched
+            assert value(await scrape(collector.port), "llamacloud_collector_sessions_watched") == 10
+            await collector.poller.cycle()  # two in a row: gone
             samples = await scrape(collector.port)
             assert_matches_truth(samples, sim)  # the truth still holds the deleted session's runs
             assert value(samples, "llamacloud_collector_sessions_watched") == 9
@@ -217,9 +219,11 @@ def test_a_session_missing_from_one_listing_is_not_counted_twice():
                 return response
             sim.api._answer = listing_without
             report = await collector.poller.cycle()
+            assert report.invalid == 1
+            report = await collector.poller.cycle()  # missing from two passes in a row: retired
             samples = await scrape(collector.port)
             assert report.invalid == 1 and value(samples, "llamacloud_collector_sessions_watched") == 5
-            assert value(samples, "llamacloud_collector_invalid_payloads_total", operation="list") == 1
+            assert value(samples, "llamacloud_collector_invalid_payloads_total", operation="list") == 2
             sim.api._answer = original
             await collector.poller.cycle()  # back, unchanged: restored without a fetch
             sim.world.add_run(hidden)

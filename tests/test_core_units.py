@@ -153,17 +153,16 @@ def test_job_metadata_becomes_a_checked_last_run():
                                   is_error=False)) == LastRun(1.0, 2, 3, 4, False)
 
 
-def test_dropping_retires_a_session_without_its_title_and_keeps_at_most_the_limit(monkeypatch):
+def test_dropping_retires_a_session_without_its_title_and_forgets_none():
     state = CollectorState(Aggregates(BUCKETS, 5))
     state.put(SessionState("s", "t", title="private", job=LastRun(1.0)))
     assert state.drop("s") is True and state.drop("s") is False and state.drop("never") is False
-    assert "s" not in state.changed and state.removed == {"s"} and state.retired_changed
+    assert "s" not in state.changed and state.removed == {"s"}
     assert state.retired["s"].title is None and state.retired["s"].job is None
-    monkeypatch.setattr("collector.state.RETIRED_LIMIT", 3)
-    for i in range(5):
+    for i in range(20_005):
         state.put(SessionState(f"r{i}", "t"))
-        state.drop(f"r{i}")
-    assert list(state.retired) == ["r2", "r3", "r4"]  # the oldest retired go first
+    state.drop_many([f"r{i}" for i in range(20_005)])
+    assert len(state.retired) == 20_006 and state.known("r0") is not None  # no cap: a cursor is never forgotten
 
 
 def test_a_failed_cycle_publishes_down_with_its_reason_and_start_time():
@@ -254,13 +253,9 @@ def test_putting_a_session_back_undoes_its_retirement():
     state = CollectorState(Aggregates(BUCKETS, 5))
     state.put(SessionState("s", "t"))
     state.drop("s")
-    state.retired_changed = False
     state.put(SessionState("s", "t2"))
-    assert "s" not in state.removed and "s" not in state.retired and state.retired_changed is True
+    assert "s" not in state.removed and "s" not in state.retired
     assert state.sessions["s"].last_updated_at == "t2" and "s" in state.changed
-    state.retired_changed = False
-    state.put(SessionState("fresh", "t"))
-    assert state.retired_changed is False  # nothing was retired: the retired table needs no rewrite
 
 
 def test_no_series_are_counted_as_dropped_under_the_limit():

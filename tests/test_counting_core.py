@@ -121,6 +121,8 @@ def test_a_session_back_in_the_listing_unchanged_is_watched_again_at_once():
     cycle(p)
     api.listed = ["a"]
     cycle(p)
+    assert set(p.state.sessions) == {"a", "b"}  # one pass without it: unconfirmed, still watched
+    cycle(p)
     assert set(p.state.sessions) == {"a"}
     api.listed = None
     report = cycle(p)

@@ -51,6 +51,7 @@ def test_restart_with_state_keeps_counters_and_fetches_only_changed(tmp_path):
                 loaded = await scrape(second.port)
                 assert chat_values(loaded) == before, "the state load is the first sync: same values at once"
                 await second.poller.cycle()
+                await second.poller.cycle()  # the deleted session missing from two passes: retired
                 assert sim.api.calls["retrieve"] - calls["retrieve"] == 4
                 samples = await scrape(second.port)
                 assert_matches_truth(samples, sim)
@@ -125,7 +126,9 @@ def test_failed_writes_are_counted_and_retried(tmp_path):
     run_async(scenario())
 
 
-def test_changed_buckets_rederive_without_going_backwards(tmp_path):
+def test_changed_buckets_and_rules_keep_every_count_exact(tmp_path):
+    """New bucket bounds replay the runs into the new buckets while _count, _sum and +Inf keep every run,
+    even a deleted session's; a new error rule applies to the runs counted from then on (DESIGN §4)."""
     async def scenario():
         db = tmp_path / "state.db"
         async with project() as sim:
@@ -136,18 +139,29 @@ def test_changed_buckets_rederive_without_going_backwards(tmp_path):
             rules = [{"type": "everything", "pattern": "."}]
             async with collecting(sim, state_path=str(db), buckets={"turns": [1, 10, 100]},
                                   error_rules=rules) as second:
-                samples = await scrape(second.port)
-                assert not any(k[0] == "llamacloud_chat_runs_total" for k in samples), "hidden until synced"
+                def unbucketed(samples):
+                    return {k: v for k, v in chat_values(samples).items() if not k[0].endswith("_bucket")}
+                loaded = await scrape(second.port)
+                assert unbucketed(loaded) == unbucketed(before), "exposed at once, as they were"
                 calls = sim.api.calls["retrieve"]
                 await second.poller.cycle()
-                assert sim.api.calls["retrieve"] - calls == 19  # every session re-derived
+                assert sim.api.calls["retrieve"] - calls == 19  # every listed session replayed
+                session = next(s for s in sim.world.sessions.values() if s.pending is None)
+                sim.world.add_run(session, fail=True)
+                await second.poller.cycle()
                 after = await scrape(second.port)
             for key, old in before.items():
-                if key[0].endswith("_total") and key[0].startswith("llamacloud_chat_") and "session" not in key[0]:
+                if key[0].startswith("llamacloud_chat_") and "session" not in key[0] and \
+                        key[0].endswith(("_total", "_count", "_sum")):
                     assert after.get(key, 0) >= old, key
+            runs = len(sim.world.runs)
             assert value(after, "llamacloud_chat_runs_total", outcome="error") == sum(r.failed for r in sim.world.runs)
-            assert value(after, "llamacloud_chat_run_errors_total", error_type="everything") is not None
-            assert value(after, "llamacloud_chat_run_turns_bucket", le="10.0") is not None
+            assert value(after, "llamacloud_chat_run_turns_count") == runs  # the deleted session's too
+            assert value(after, "llamacloud_chat_run_turns_bucket", le="+Inf") == runs
+            assert 0 < value(after, "llamacloud_chat_run_turns_bucket", le="10.0") <= runs
+            assert value(after, "llamacloud_chat_run_errors_total", error_type="everything") == 1  # the new run
+            errors = sum(v for k, v in after.items() if k[0] == "llamacloud_chat_run_errors_total")
+            assert errors == value(after, "llamacloud_chat_runs_total", outcome="error")
     run_async(scenario())
 
 

@@ -127,6 +127,9 @@ def test_a_session_is_gone_only_when_a_complete_pass_did_not_list_it():
     assert "s0" in p.state.sessions  # the pass is not done: nothing is known to be gone yet
     while not cycle(p).pass_complete:
         assert "s0" in p.state.sessions
+    assert "s0" in p.state.sessions and "s0" in p.unconfirmed  # one complete pass without it: unconfirmed
+    while not cycle(p).pass_complete:
+        assert "s0" in p.state.sessions
     assert "s0" not in p.state.sessions and "s0" in p.state.retired and total_runs(p) == counted
 
 

@@ -69,8 +69,8 @@ def test_a_stale_read_is_logged_with_its_session(captured):
     api = populated(1)
     p = poller(api)
     cycle(p)
-    stale = dict(api.sessions["s0"], last_updated_at="2025-12-31T00:00:00+00:00")
-    api.put("s0", "2026-01-01T00:05:00+00:00", run_events() * 3)
+    stale = dict(api.sessions["s0"], last_updated_at="2025-12-31T00:00:00+00:00", events=run_events())
+    api.put("s0", "2026-01-01T00:05:00+00:00", run_events() * 3)  # a lagging replica answers an older prefix
     api.answers["s0"] = [stale]
     report = cycle(p)
     assert report.fetched == 1 and report.runs_added == 0
@@ -406,23 +406,25 @@ class Paged(FakeApi):
         return parse_page(json.dumps(body).encode())
 
 
-def test_an_endless_listing_stops_at_max_pages_says_so_and_starts_over():
-    api = Paged({None: "p"})  # p, p+, p++, ...: never the same token twice
+def test_an_endless_listing_ends_where_it_goes_round_says_so_and_starts_over():
+    from collector.poller import IDLE_PAGES
+    api = Paged({None: "p"})  # p, p+, p++, ...: never the same token twice, and the same two sessions
     api.put("a", T0, run_events())
     api.put("b", T0, run_events())
-    p = poller(api, max_pages=5)
+    p = poller(api)
     first = cycle(p)
-    assert (first.result, first.pages, first.fetched) == ("partial", 5, 2)
-    assert first.errors == ["list: more than 5 pages; the listing does not end"]
-    assert p.listing is None and not p.state.synced  # no verdict on who is gone: the next pass starts over
+    assert (first.result, first.pages, first.fetched) == ("partial", IDLE_PAGES + 2, 2)
+    assert first.errors[0].startswith(f"list: {IDLE_PAGES} pages in a row listed no session new to the pass")
+    assert p.listing is None and p.state.synced  # synced on what it read; no verdict on who is gone
+    assert p.metrics.listing_anomalies.labels("pass_restarted")._value.get() == 1
     second = cycle(p)
-    assert (second.pages, second.unchanged, api.pages_listed) == (5, 5, 10) and not p.state.synced
+    assert (second.pages, second.fetched, api.pages_listed) == (IDLE_PAGES + 2, 0, 2 * IDLE_PAGES + 4)
 
 
 def test_a_listing_whose_tokens_loop_ends_at_the_first_repeat():
     api = Paged({None: "x", "x": "y", "y": "x"})
     api.put("a", T0, run_events())
-    p = poller(api, max_pages=5)
+    p = poller(api)
     report = cycle(p)
     assert (report.result, report.pages, report.errors) == ("success", 3, []) and p.state.synced
 

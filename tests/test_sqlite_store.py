@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
+from contextlib import closing
+from dataclasses import replace
 
 import pytest
 import structlog
@@ -58,6 +60,11 @@ def captured():
     structlog.reset_defaults()
 
 
+def retired_rows(db) -> list[str]:
+    with closing(sqlite3.connect(db)) as conn:
+        return [r[0] for r in conn.execute("SELECT session_id FROM retired ORDER BY position")]
+
+
 def test_a_saved_state_loads_back_whole(tmp_path):
     db = tmp_path / "state.db"
     first = store(db)
@@ -69,8 +76,9 @@ def test_a_saved_state_loads_back_whole(tmp_path):
     assert first.db is None
     loaded = store(db).load()
     assert loaded.sessions == {"s1": session("s1")} and loaded.synced is True and loaded.floor is None
-    assert list(loaded.retired) == ["s2"] and loaded.retired["s2"].cursor == 4
-    assert loaded.retired["s2"].title is None and loaded.retired["s2"].job is None
+    assert loaded.retired == {} and retired_rows(db) == ["s2"]  # on disk, read when it comes back
+    back = loaded.known("s2")
+    assert back is not None and back.cursor == 4 and back.title is None and back.job is None
     assert loaded.aggregates.to_dict() == saved.aggregates.to_dict()
     assert loaded.aggregates.run_marks["success"] == Mark("s1", 1.0, NOW)
     assert loaded.aggregates.label_limit == 50 and loaded.aggregates.tools.limit == 50
@@ -92,11 +100,11 @@ def test_later_saves_write_only_what_changed_and_keep_the_retired_order(tmp_path
         retired = [r[0] for r in conn.execute("SELECT session_id FROM retired ORDER BY position")]
         meta = dict(conn.execute("SELECT key, value FROM meta"))
     assert set(rows) == {"a"} and decode_session(rows["a"]).cursor == 8
-    assert retired == ["c", "b"]  # oldest retired first: the first to go past the limit
+    assert retired == ["c", "b"]  # in the order they left
     assert meta["schema_version"] == str(SCHEMA_VERSION) and meta["synced"] == "1" and meta["floor"] == ""
     assert meta["saved_at"] == str(NOW) and meta["fingerprint"] == fingerprint(BUCKETS, RULES, 50)
     loaded = store(db).load()
-    assert list(loaded.retired) == ["c", "b"] and set(loaded.sessions) == {"a"}
+    assert set(loaded.sessions) == {"a"} and loaded.known("b") == replace(session("b"), title=None, job=None)
 
 
 def test_an_unsynced_state_and_its_floor_survive_a_restart(tmp_path):
@@ -116,20 +124,22 @@ def test_an_unsynced_state_and_its_floor_survive_a_restart(tmp_path):
     assert loaded.aggregates.runs["success"] == 9 and loaded.floor is None
 
 
-def test_changed_buckets_start_a_re_derivation_with_the_stored_counters_as_floor(tmp_path, captured):
+def test_changed_buckets_replay_each_session_into_the_new_buckets_with_the_counters_kept(tmp_path, captured):
     db = tmp_path / "state.db"
     s = store(db)
     s.load()
     s.save(state_with(session("a")))
     other = Buckets((2.0,), (10.0,), (1.0,), (0.0,))
     loaded = store(db, buckets=other, limit=7).load()
-    assert loaded.sessions == {} and loaded.synced is False
-    assert loaded.floor.runs["success"] == 1 and loaded.aggregates.buckets == other
-    assert loaded.aggregates.label_limit == 7 and loaded.aggregates.runs["success"] == 0
-    assert any(e["event"] == "buckets, rules or derivation changed; re-deriving every session, counters kept"
-               for e in captured())
-    for changed in (dict(rules=RULES[:1]), dict(limit=51)):  # rules and the label limit count too
-        assert store(db, **changed).load().floor is not None
+    assert set(loaded.sessions) == {"a"} and loaded.synced is True and loaded.replay == {"a"}
+    assert loaded.floor is None and loaded.aggregates.runs["success"] == 1  # the counters as they were
+    assert loaded.aggregates.buckets == other and loaded.aggregates.label_limit == 7
+    assert loaded.aggregates.duration.bounds == (2.0,) and loaded.aggregates.duration.count == 0
+    assert loaded.histogram_floor.duration.count == 1 and loaded.exposed().duration.count == 1
+    assert any(e["event"].startswith("bucket bounds changed; each session's runs are replayed") for e in captured())
+    for changed in (dict(rules=RULES[:1]), dict(limit=51)):  # rules and the label limit apply from now on
+        again = store(db, **changed).load()
+        assert again.floor is None and again.histogram_floor is None and again.replay == set()
 
 
 def test_a_newer_schema_version_is_refused_and_left_in_place(tmp_path):
@@ -160,18 +170,21 @@ def test_loading_logs_where_and_how_many(tmp_path, captured):
     assert line["path"] == str(db) and line["sessions"] == 3 and line["level"] == "info"
 
 
-def test_a_re_derivation_rewrites_every_row_so_sessions_gone_meanwhile_leave_the_file(tmp_path):
+def test_a_replay_interrupted_by_a_restart_goes_on_where_it_was(tmp_path):
     db = tmp_path / "state.db"
     s = store(db)
     s.load()
     s.save(state_with(session("a"), session("b")))
     other = Buckets((2.0,), (10.0,), (1.0,), (0.0,))
     again = store(db, buckets=other)
-    state = again.load()  # re-derivation: starts with no sessions
-    state.put(session("a"))  # "b" was deleted upstream while the collector was down
+    state = again.load()
+    state.replayed("a")
     again.save(state)
-    with sqlite3.connect(db) as conn:
-        assert [r[0] for r in conn.execute("SELECT session_id FROM sessions")] == ["a"]
+    again.close()
+    resumed = store(db, buckets=other).load()
+    assert resumed.replay == {"b"} and resumed.histogram_floor is not None
+    resumed.end_replay()
+    assert resumed.aggregates.duration.count == 1 and resumed.histogram_floor is None  # in +Inf: none replayed
 
 
 def test_a_corrupt_file_and_its_journals_are_moved_aside(tmp_path, captured):
@@ -284,12 +297,12 @@ def test_a_failed_write_is_followed_by_a_rewrite_of_the_retired_rows_too(tmp_pat
     db = tmp_path / "state.db"
     s, work = saved_then_failed(db, lambda w: w.drop("b"))  # retired in a cycle whose save fails
     work.commit()
-    s.save(work.begin())  # the next cycle changes nothing of the retired: the full rewrite must write them
+    s.save(work.begin())  # the next cycle changes nothing of the retired: they are still to be written
     loaded = store(db).load()
-    assert set(loaded.sessions) == {"a"} and list(loaded.retired) == ["b"]
+    assert set(loaded.sessions) == {"a"} and retired_rows(db) == ["b"]
 
 
-def test_two_changes_of_buckets_before_the_sync_keep_the_first_floor(tmp_path):
+def test_two_changes_of_buckets_before_the_replay_ended_keep_every_observation(tmp_path):
     db = tmp_path / "state.db"
     first = store(db)
     first.load()
@@ -302,12 +315,14 @@ def test_two_changes_of_buckets_before_the_sync_keep_the_first_floor(tmp_path):
     other = Buckets((5.0,), (50.0,), (2.0,), (1.0,))
     second = store(db, buckets=other)
     partial = second.load()
-    assert partial.floor.runs["success"] == 10 and not partial.synced
-    partial.aggregates.add_runs([RunRecord(False, None, 2.0, 5, 6, 1, (), ())])  # re-derived: 1 run so far
+    assert partial.histogram_floor.duration.count == 10 and partial.synced
+    partial.aggregates.replay([RunRecord(False, None, 2.0, 5, 6, 1, (), ())], partial.histogram_floor)
+    partial.aggregates.add_runs([RunRecord(False, None, 2.0, 5, 6, 1, (), ())])  # a new run meanwhile
     second.save(partial)
     second.close()
     third = store(db, buckets=Buckets((7.0,), (70.0,), (3.0,), (1.0,)))
-    again = third.load()  # the buckets changed again before the re-derivation synced
-    assert again.floor.runs["success"] == 10  # not 1: the floor is the larger of the two
-    again.mark_synced()
-    assert again.aggregates.runs["success"] == 10
+    again = third.load()  # the buckets changed again before the replay ended
+    assert again.exposed().duration.count == 11 and again.aggregates.runs["success"] == 11
+    again.end_replay()
+    assert again.aggregates.duration.count == 11 and again.aggregates.duration.total == 22.0
+

@@ -211,8 +211,8 @@ class SimulatorApi:
         if (int(epoch) if epoch.isdigit() else 0 if not epoch else -1) != self.listing.epoch:
             return None
         kind = "offset" if body.startswith("n") else "seq"
-        digits = body[1:] if kind == "offset" else body
-        if not digits.isdigit() or (kind == "offset") != self.listing.newest_first:
+        digits = (body[1:] if kind == "offset" else body).lstrip("0") or "0"
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > 18 or (kind == "offset") != self.listing.newest_first:
             return None
         return kind, int(digits)
 
