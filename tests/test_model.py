@@ -34,7 +34,7 @@ from collector.cadence import Cadence
 from collector.derive import DEFAULT_ERROR_RULES, ErrorClassifier
 from collector.errors import FetchError, PayloadError
 from collector.metrics import SelfMetrics
-from collector.poller import Poller
+from collector.poller import SHORT_PASSES_AGREE, Poller
 from collector.sqlite_store import SqliteStore
 from collector.state import MemoryStore
 from tests.fakes import FakeApi, poll_config
@@ -105,6 +105,7 @@ class CountingCore(RuleBasedStateMachine):
         self.was_ready = False
         self.pass_began_with = 0
         self.last_pass_watched: set[str] = set()
+        self.earlier_passes_watched: list[set[str]] = []
         self.poller = self._start()
 
     # -- wiring ---------------------------------------------------------------------------------------
@@ -160,6 +161,7 @@ class CountingCore(RuleBasedStateMachine):
         self.pass_watched |= {sid for sid in self.up.runs if self._watched(sid)}
         report = run_async(self.poller.cycle())
         if report.pass_complete:
+            self.earlier_passes_watched = [self.last_pass_watched, *self.earlier_passes_watched][:SHORT_PASSES_AGREE]
             self.last_pass_watched, self.pass_watched = self.pass_watched, set()
         return report
 
@@ -168,11 +170,14 @@ class CountingCore(RuleBasedStateMachine):
         10 intervals at most): a pass that began before the last upstream change may not have seen it."""
         self.api.answers.clear()
         fresh = self.poller.listing is None
-        for _ in range(60):
+        agreed = 0  # gone takes two passes, and a short pass three in a row (DESIGN §4)
+        for _ in range(90):
             report = self._cycle()
             if report.pass_complete:
                 if fresh and not self.poller.failing and self.poller.snapshot.ready:
-                    return
+                    agreed += 1
+                    if agreed > SHORT_PASSES_AGREE:
+                        return
                 fresh = True
 
     def _new_process(self) -> None:
@@ -329,8 +334,7 @@ class CountingCore(RuleBasedStateMachine):
             return
         if self.poller.snapshot.ready:
             self.floor_runs = max(self.floor_runs, self._exposed()[0])
-        self.buckets = BUCKET_SETS[which]
-        self.relaxed = True
+        self.buckets = BUCKET_SETS[which]  # replayed into the new buckets: every count stays exact
         self._new_process()
 
     @rule()
@@ -377,9 +381,9 @@ class CountingCore(RuleBasedStateMachine):
     @invariant()
     def per_session_series_only_for_watched_sessions(self):
         snap = self.poller.snapshot
-        if snap.ready:  # only a complete pass decides who is gone: watched in this pass or the last
+        if snap.ready:  # gone after two complete passes without it, three when they list under half
             shown = {s.session_id for s in snap.sessions}
-            assert shown <= self.last_pass_watched | self.pass_watched, shown
+            assert shown <= self.last_pass_watched.union(self.pass_watched, *self.earlier_passes_watched), shown
 
     @invariant()
     def state_file_reads_back_field_for_field(self):
@@ -392,7 +396,9 @@ class CountingCore(RuleBasedStateMachine):
         if loaded is None or state.floor is not None or loaded.floor is not None:
             return
         assert loaded.sessions == state.sessions
-        assert loaded.retired == state.retired
+        assert loaded.retired == state.retired == {}  # saved: on disk, read when one comes back
+        assert loaded.replay == state.replay
+        assert (loaded.histogram_floor is None) == (state.histogram_floor is None)
         assert loaded.prior == state.prior and loaded.synced == state.synced
         assert json.dumps(loaded.aggregates.to_dict(), sort_keys=True) == \
             json.dumps(state.aggregates.to_dict(), sort_keys=True)
