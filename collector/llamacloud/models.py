@@ -10,6 +10,7 @@ where a list is expected becomes an empty list.
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import re
@@ -32,7 +33,16 @@ from pydantic.dataclasses import dataclass
 from collector.llamacloud.bounds import session_id_problem
 
 LEAN_THRESHOLD = 1 << 20
-_UNREAD_STRINGS = re.compile(rb'"(content|result)"\s*:\s*"(?:[^"\\]|\\.)*"')
+_JSON_SPACE = rb"[ \t\n\r]*"
+_JSON_STRING = (  # a string as pydantic's JSON parser accepts one, once the body is known to be UTF-8
+    rb'"(?:[^"\\\x00-\x1f]++'
+    rb'|\\["\\/bfnrt]'
+    rb"|\\u(?![dD][89a-fA-F])[0-9a-fA-F]{4}"  # not a surrogate ...
+    rb"|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"  # ... unless a high one then a low one
+    rb')*+"'
+)
+_UNREAD_STRINGS = re.compile(rb'"(content|result)"' + _JSON_SPACE + rb":" + _JSON_SPACE + _JSON_STRING)
+_UTF8_CHUNK = 1 << 20
 
 
 def lean_json(body: bytes) -> bytes:
@@ -40,10 +50,19 @@ def lean_json(body: bytes) -> bytes:
 
     Parsing JSON builds a tree about three times the size of its input; dropping the
     texts first keeps a history of tens of MB within a small multiple of its size.
-    A quote inside a JSON string is always escaped, so only real keys match.
+    A quote inside a JSON string is always escaped, so a match starts at a real key named
+    ``content`` or ``result``, or inside a key that ends with one (``"x\\"content"``); either way
+    its value is never read. Only a string the JSON parser accepts is blanked, in a body that
+    is UTF-8 (else ``UnicodeDecodeError``, a ``ValueError``): a control character, a bad
+    escape, a lone surrogate or a bad byte in a text is left for the parser to refuse, as it
+    refuses it in a small body. So the body means the same, or is refused the same, after.
     """
     if len(body) < LEAN_THRESHOLD:
         return body
+    decoder, view = codecs.getincrementaldecoder("utf-8")(), memoryview(body)
+    for start in range(0, len(body), _UTF8_CHUNK):  # checked a chunk at a time: no copy of the whole body
+        decoder.decode(view[start : start + _UTF8_CHUNK])
+    decoder.decode(b"", final=True)
     return _UNREAD_STRINGS.sub(rb'"\1":""', body)
 
 
@@ -136,9 +155,15 @@ def known(value: Any) -> Any:
     return None if value is INVALID else value
 
 
+MAX_TIMESTAMP_TEXT = 64
+"""Characters of a ``last_updated_at`` (a real ISO timestamp has about 32): a longer one makes its payload invalid."""
+
+Timestamp = Annotated[str, StringConstraints(max_length=MAX_TIMESTAMP_TEXT)]
+
+
 class Summary(_Payload):
     session_id: SessionId
-    last_updated_at: str
+    last_updated_at: Timestamp
     generated_title: str | None = None
     index_ids: StrTuple = ()
     shared_access: str | None = None
@@ -242,7 +267,7 @@ class Listed:
     """
 
     session_id: SessionId
-    last_updated_at: str
+    last_updated_at: Timestamp
     index_ids: StrTuple = ()
 
 
@@ -277,9 +302,17 @@ def parse_page(body: bytes) -> SessionPage:
     return SessionPage(items=tuple(items), next_page_token=raw.next_page_token, unreadable=tuple(unreadable))
 
 
-_EVENTS_KEY = re.compile(r'"events"\s*:\s*\[')
-_SPACE = re.compile(r"[\s,]*")
+_SPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace; ``\\s`` would take more
+_decode = json.JSONDecoder().raw_decode
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+EVENTS_CHUNK = 1 << 16
+"""Characters of a large body's ``events`` array validated at once."""
+
+
+class _Events(_Payload):
+    """A slice of an ``events`` array, as deep in its JSON as in a body: the parser's nesting limit is the same."""
+
+    events: tuple[Event, ...]
 
 
 def parse_session(body: bytes) -> Session:
@@ -287,9 +320,9 @@ def parse_session(body: bytes) -> Session:
 
     Parsing a whole history at once builds a JSON tree of about 500 bytes per event
     (50 MB for 100,000 events) before any model exists. Above ``LEAN_THRESHOLD`` the
-    unread texts are dropped (``lean_json``) and the ``events`` array is decoded one
-    element at a time. Nested content lives inside that array, so the first
-    ``"events": [`` is the top-level key. Raises ``ValueError`` on a bad body.
+    unread texts are dropped (``lean_json``) and the top-level ``events`` array is
+    validated a slice at a time (``_parse_large``), with the same answer, or the same
+    refusal, as ``Session.model_validate_json``. Raises ``ValueError`` on a bad body.
     """
     if len(body) < LEAN_THRESHOLD:
         return Session.model_validate_json(body)
@@ -299,22 +332,89 @@ def parse_session(body: bytes) -> Session:
         raise ValueError("JSON nested too deeply") from None
 
 
+def _space(text: str, index: int) -> int:
+    return _SPACE.match(text, index).end()  # type: ignore[union-attr]  # * matches everywhere
+
+
 def _parse_large(body: bytes) -> Session:
+    """``Session.model_validate_json(body)``, with the history in the top-level ``events`` key, wherever it is.
+
+    The stdlib decoder only finds where each top-level value and each event ends (an
+    unknown field before ``events`` may hold an ``events`` of its own, or a text that
+    looks like one); pydantic's parser then reads every character, the events a slice
+    at a time at their depth in the body, the other fields with ``[]`` for the history.
+    As there, the last of duplicate keys wins and the others are parsed, not validated.
+    """
     text = lean_json(body).decode("utf-8")
-    match = _EVENTS_KEY.search(text)
-    if match is None:
+    index = _space(text, 0)
+    if not text.startswith("{", index):
+        raise ValueError("a session is a JSON object")
+    history: tuple[int, int, list[Any] | Exception] | None = None
+    index = _space(text, index + 1)
+    if text.startswith("}", index):
+        index += 1
+    else:
+        while True:
+            if not text.startswith('"', index):
+                raise ValueError(f"expected a key at {index}")
+            key, index = _decode(text, index)
+            index = _space(text, index)
+            if not text.startswith(":", index):
+                raise ValueError(f"expected ':' at {index}")
+            index = _space(text, index + 1)
+            if key == "events" and text.startswith("[", index):
+                start = index
+                events, index = _events(text, index)
+                history = (start, index, events)
+            else:
+                history = None if key == "events" else history
+                index = _decode(text, index)[1]
+            index = _space(text, index)
+            if text.startswith(",", index):
+                index = _space(text, index + 1)
+            elif text.startswith("}", index):
+                index += 1
+                break
+            else:
+                raise ValueError(f"expected ',' or '}}' at {index}")
+    if _space(text, index) != len(text):
+        raise ValueError(f"data after the session at {index}")
+    if history is None:
         return Session.model_validate_json(text)
-    decoder, events, index = json.JSONDecoder(), [], match.end()
-    while True:
-        index = _SPACE.match(text, index).end()  # type: ignore[union-attr]  # [\s,]* matches everywhere
-        if index >= len(text):
-            raise ValueError("events: unterminated array")
-        if text[index] == "]":
-            break
-        item, index = decoder.raw_decode(text, index)
-        events.append(EVENT_ADAPTER.validate_python(item))
-    rest = Session.model_validate_json(text[: match.end()] + text[index:])
+    start, end, events = history
+    rest = Session.model_validate_json(text[:start] + "[]" + text[end:])
+    if isinstance(events, Exception):
+        raise events
     return rest.model_copy(update={"events": tuple(events)})
+
+
+def _events(text: str, index: int) -> tuple[list[Any] | Exception, int]:
+    """The events of the array at ``index``, or what refused them (raised only if no later key replaces
+    them), and the index after it."""
+    events: list[Any] = []
+    refused: Exception | None = None
+    index = _space(text, index + 1)
+    if text.startswith("]", index):
+        return events, index + 1
+    first = index
+    while True:
+        end = _decode(text, index)[1]
+        index = end if text.startswith((",", "]"), end) else _space(text, end)
+        last = text.startswith("]", index)
+        if not last and not text.startswith(",", index):
+            raise ValueError(f"events: expected ',' or ']' at {index}")
+        if last or end - first >= EVENTS_CHUNK:
+            if refused is None:
+                try:
+                    events.extend(_Events.model_validate_json('{"events":[' + text[first:end] + "]}").events)
+                except (ValueError, TypeError) as exc:  # a ValidationError is a ValueError
+                    refused = exc
+            if last:
+                return (events if refused is None else refused), index + 1
+            first = -1
+        index = _space(text, index + 1)
+        if first < 0:
+            first = index
 
 
 def event_label(event: Any) -> str:
