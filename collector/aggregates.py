@@ -205,11 +205,11 @@ class Aggregates:
                     self.index_errors[(index_id, run.error_type)] += 1
             if run.failed:
                 self.errors[run.error_type] += 1
-            for hist, value in self._observations(run):
-                hist.observe(value, sid, now)
-            for kind, value in (("input", run.input_tokens), ("output", run.output_tokens)):
-                if value is not None:
-                    self.tokens_total[kind] = min(MAX_MEASURE, self.tokens_total[kind] + value)
+            for hist, observed in self._observations(run):
+                hist.observe(observed, sid, now)
+            for kind, tokens in (("input", run.input_tokens), ("output", run.output_tokens)):
+                if tokens is not None:
+                    self.tokens_total[kind] = min(MAX_MEASURE, self.tokens_total[kind] + tokens)
             for call in run.tool_calls:
                 outcome = "result" if call.has_result else "no_result"
                 self.tool_calls[(self.tools(call.name), outcome)] += 1
