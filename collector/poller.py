@@ -202,6 +202,8 @@ class Poller:
         self.strikes: tuple[int, int] = (0, 0)
         """(page position in the pass, cycles in a row it failed)."""
         self.backwards: set[str] = set()
+        self.stale: dict[str, str] = {}
+        """Sessions whose last answer was ignored as stale, with its ``last_updated_at``."""
         self.last_pass_duration: float | None = None
         self.cycle_started: float | None = None
         self.cycle_finished: float | None = None
@@ -523,10 +525,11 @@ class Poller:
         run.report.fetched += 1
         prev = work.known(sid)
         backwards = prev is not None and older(session.last_updated_at, prev)
-        if backwards and prev is not None and \
+        if backwards and prev is not None and self._stale(sid, session.last_updated_at) and \
                 not history_intact(session.events, prev.cursor, prev.events_seen, prev.stop_signature):
             self.log.info("stale read ignored; refetched next cycle", session_id=sid[:ID_TEXT])
         else:
+            self.stale.pop(sid, None)
             if backwards:  # the counted prefix is intact: a clock put back, not a lagging replica
                 self._went_backwards(sid)
             # an answer older than the listing is keyed on its own time, so that it is read again
@@ -540,6 +543,15 @@ class Poller:
             if run.counted is not None:  # kept only when runs are logged
                 run.counted.extend((sid, r) for r in runs)
         self._recovered(sid)
+
+    def _stale(self, sid: str, answered: str) -> bool:
+        """An older answer than was counted, over a shorter history, is a lagging replica's the first time;
+        the same answer again is the upstream's truth (a clock put back), taken as a reset: a stale read is
+        never trusted to hide a session for good either."""
+        if self.stale.get(sid) == answered or len(self.stale) >= LOGGED_BACKWARDS:
+            return False
+        self.stale[sid] = answered
+        return True
 
     def _went_backwards(self, sid: str) -> None:
         """A ``last_updated_at`` older than the one counted, over a history that still holds what was counted:

@@ -215,6 +215,21 @@ def test_a_timestamp_that_went_backwards_hides_no_run_and_is_logged_once(capture
     assert cycle(p).fetched == 0  # keyed on what the listing shows: unchanged now
 
 
+def test_the_same_older_shorter_answer_twice_is_the_truth_not_a_lagging_replica():
+    api = FakeApi()
+    api.put("s", "2026-01-01T01:00:00+00:00", run_events() * 6)
+    p = poller(api)
+    cycle(p)
+    api.put("s", "2026-01-01T00:10:00+00:00", run_events() * 2)  # re-created, on a clock put back
+    assert cycle(p).runs_added == 0 and p.state.aggregates.history_resets == 0  # once: a lagging replica
+    cycle(p)  # twice: the upstream's truth, re-synced (DESIGN §4: what it shows now is taken as counted)
+    assert p.state.aggregates.history_resets == 1 and "s" not in p.stale
+    api.put("s", "2026-01-01T00:11:00+00:00", run_events() * 3)
+    cycle(p)
+    assert total_runs(p) == 6  # the high-water mark holds until the history passes what was counted
+    assert cycle(p).fetched == 0  # and it is no longer read every cycle
+
+
 # 4. values the state file would refuse --------------------------------------------------------------------
 
 def test_the_extremes_the_api_may_send_round_trip_through_the_state_file(tmp_path):
