@@ -6,9 +6,16 @@ consumed by the next matching requests: ``endpoint`` is ``list``, ``retrieve``,
 ``summary``, ``*``, or ``list_first`` / ``list_next`` for a listing page asked
 without / with a page token. How the listing behaves for good (order, a page size
 cap, a page whose token is too long, cursors forgotten) is set with
-``GET /_sim/listing?...`` (``Listing``); the world's clock with ``/_sim/clock``. It is served by ``aiohttp.web``; as a
-test double it keeps raw control of the connection where a fault needs it
-(a reset, a body cut short).
+``GET /_sim/listing?...`` (``Listing``); the world's clock with ``/_sim/clock``.
+
+Controls (``GET``): ``stats``, ``totals`` (sums of the truth), ``truth``, ``sessions`` (in listing order,
+with their runs), ``traffic?pause=1``, ``touch?fraction=|first=N|last=1[&fail=1|0]``, ``big``,
+``fault?kind=&endpoint=&times=``, ``listing?order=newest|oldest&page_cap=&long_token_page=&long_token_length=
+&forget_cursors=1``, ``clock?offset=SECONDS``, ``delete?count=N`` (the oldest), ``extreme?what=zero_time|
+long_title|big_tokens``, ``decoy?runs=&decoy_runs=&pad=`` (a body with a leading ``debug.events``).
+
+It is served by ``aiohttp.web``; as a test double it keeps raw control of the
+connection where a fault needs it (a reset, a body cut short).
 """
 
 from __future__ import annotations
@@ -281,7 +288,7 @@ class SimulatorApi:
             return _json(truth)
         if request.path == "/_sim/totals":
             return _json(totals(world))
-        if request.path == "/_sim/sessions":  # oldest first, as the default listing pages
+        if request.path == "/_sim/sessions":  # in the order the listing pages them now
             runs = Counter(r.session_id for r in world.runs)
             order = world.newest_first() if self.listing.newest_first else world.listing_order()
             return _json({"sessions": [{"session_id": s.session_id, "runs": runs[s.session_id],
