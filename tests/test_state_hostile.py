@@ -237,12 +237,26 @@ def test_retired_sessions_stay_on_disk_and_are_read_when_one_comes_back(tmp_path
     assert p.state.retired == {} and p.state.known("r7").cursor == 2  # none held in memory, none forgotten
 
 
-def test_a_damaged_retired_row_moves_the_file_aside_at_load(tmp_path):
+@pytest.mark.parametrize("row", ['{"session_id": "r", "cursor"', '{"session_id": "other"}', '["other"]'])
+def test_a_retired_row_that_is_not_its_session_moves_the_file_aside_at_load(tmp_path, row):
+    api, db = written(tmp_path)
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO retired VALUES (?, ?, ?)", (0, "r", row))
+    p = reopen(api, db, tmp_path)
+    assert len(aside(tmp_path)) == 1 and runs(p) == 16
+
+
+def test_a_retired_row_with_an_impossible_value_is_logged_when_its_session_comes_back(tmp_path):
+    import structlog
+
     api, db = written(tmp_path)
     with sqlite3.connect(db) as conn:
         conn.execute("INSERT INTO retired VALUES (?, ?, ?)", (0, "r", '{"session_id": "r", "cursor": -1}'))
-    p = reopen(api, db, tmp_path)
-    assert len(aside(tmp_path)) == 1 and runs(p) == 16
+    p = poller_on(api, db)
+    with structlog.testing.capture_logs() as captured:
+        assert p.state.known("r") is None and p.state.known("s1") is not None
+    (line,) = [e for e in captured if e["event"] == "retired session unreadable in the state file"]
+    assert "not a string" in line["error"] and aside(tmp_path) == []
 
 
 @pytest.mark.parametrize("newer", ["schema", "field"])
