@@ -33,8 +33,9 @@ from collector.state import MemoryStore, StateStore
 
 SHUTDOWN_GRACE = 5.0
 WEB_CONFIG_CHECK = 5.0
-"""Seconds between checks of the web config file, outside the request path (a broken TLS context could
-otherwise keep every request, and so every reload, out)."""
+"""Seconds between checks of the web config file and of the certificate, key and client CA files it names
+(by content), outside the request path (a broken TLS context could otherwise keep every request, and so
+every reload, out)."""
 FULL_COLLECTION_EVERY = 10
 
 
@@ -142,9 +143,14 @@ class CollectorService:
             self.scheduler = start_scheduler(self._job, self.poller.cadence)
 
     async def _watch_web_config(self) -> None:
+        """The web config and the certificate files it names, by content too: a rotated pair is served
+        within one check, whatever the request traffic."""
         while True:
             await asyncio.sleep(WEB_CONFIG_CHECK)
-            self.web.refresh()
+            try:
+                self.web.refresh(contents=True)
+            except Exception as exc:  # noqa: BLE001 - a bug must not end the checks: one line, no dump
+                self.log.error("web config check crashed", error=f"{type(exc).__name__}: {str(exc)[:300]}")
 
     def reload(self) -> None:
         """SIGHUP: re-read the web config now."""

@@ -281,8 +281,20 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_CONFIG_DEPTH = 32
 
 
+class _AliasRefused(yaml.composer.ComposerError):
+    """An alias (``*name``, a ``<<`` merge of one) in the settings file."""
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """A YAML mapping with a key twice is refused: last-wins hides a typo."""
+    """A YAML mapping with a key twice is refused: last-wins hides a typo. An alias is refused where
+    the composer meets it: a settings file needs none, and a few hundred bytes of aliases nested a few deep
+    stand for billions of values to every walk of the result (the depth check below, pydantic)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _AliasRefused(None, None, f"*{str(event.anchor)[:40]}", event.start_mark)
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
         keys = set()
@@ -331,6 +343,10 @@ def _read_config(path: str) -> dict[str, Any]:
         if nesting > MAX_CONFIG_DEPTH:
             raise ConfigError(f"config: {path} nests deeper than {MAX_CONFIG_DEPTH} levels")
         data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _AliasRefused as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else 0
+        raise ConfigError(f"config: {path}: YAML aliases are not accepted ({exc.problem} at line {line}); "
+                          "write the value out where it is used") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -147,13 +147,28 @@ def _describe(error: Mapping[str, Any]) -> str:
     return f"{where}: {error['msg'].removeprefix('Value error, ')}"
 
 
+MAX_WEB_CONFIG_BYTES = 1 << 20
+
+
 def parse_web_config(path: Path) -> WebConfigFile:
+    """The file, validated. YAML aliases are accepted, as Go's exporter-toolkit accepts them: PyYAML builds
+    an alias as a second reference to one object, and every value of this schema is flat (a string, a list
+    or map of strings), which pydantic refuses at the first value of another shape without walking into it,
+    so an alias bomb costs what its bytes do. Nothing here walks the tree; nesting too deep to read, or a
+    file over ``MAX_WEB_CONFIG_BYTES``, is one ConfigError line."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_WEB_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"web_config: cannot read {path}: {exc.strerror}") from None
+    if len(raw) > MAX_WEB_CONFIG_BYTES:
+        raise ConfigError(f"web_config: {path} is over {MAX_WEB_CONFIG_BYTES} bytes; a web config is a few hundred")
+    try:
+        data = yaml.safe_load(raw.decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError):
         raise ConfigError(f"web_config: {path} is not valid YAML") from None
+    except (RecursionError, MemoryError, ValueError):
+        raise ConfigError(f"web_config: {path} is too deeply nested or holds a value too large to read") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 
 from collector.cli import main
+from collector.webconfig import parse_web_config
+from tests.test_settings import alias_bomb, at_most
 
 KEY = {"LLAMA_CLOUD_API_KEY": "llx-test-key-0123456789"}
 
@@ -34,15 +36,56 @@ CASES = {
     "a NaN bucket bound": (b"buckets:\n  duration: [1, .nan, 3]\n", "must be finite"),
     "an infinite bucket bound": (b"buckets:\n  duration: [1, 2, .inf]\n", "must be finite"),
     "a file over 1 MiB": (b"# " + b"x" * (2 << 20) + b"\n", "is over 1048576 bytes"),
+    "aliases nested 9 deep under a known key": (alias_bomb("buckets").encode(), "YAML aliases are not accepted"),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_a_bad_config_file_is_one_line_and_exit_2(tmp_path, capsys, name):
     content, fragment = CASES[name]
-    code, err = run(capsys, ["check", "--config", config(tmp_path, content)], {})
+    with at_most(60):  # generous: a regression fails instead of running for minutes
+        code, err = run(capsys, ["check", "--config", config(tmp_path, content)], {})
     assert code == 2 and err.count("\n") == 1 and err.startswith("llamacloud-collector: error:"), err[:300]
     assert fragment in err and "Traceback" not in err
+
+
+def nested_aliases(head: str) -> bytes:
+    """Nine anchors, each a list of nine aliases of the one before, under ``head``."""
+    lines = [f"    - &a [{', '.join(['x'] * 9)}]"]
+    lines += [f"    - &{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi", strict=True)]
+    return (head + "\n" + "\n".join(lines) + "\n").encode()
+
+
+WEB_CASES = {
+    "aliases nested 9 deep under cipher_suites": (
+        nested_aliases("tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites:"),
+        "tls_server_config.cipher_suites.0: Input should be a valid string"),
+    "aliases nested 9 deep under a user": (nested_aliases("basic_auth_users:\n  prom:"),
+                                           "basic_auth_users.prom: Input should be a valid string"),
+    "yaml nested 100k deep": (b"basic_auth_users: " + b"[" * 100_000 + b"]" * 100_000 + b"\n", "too deeply nested"),
+    "a file over 1 MiB": (b"# " + b"x" * (2 << 20) + b"\n", "is over 1048576 bytes"),
+}
+
+
+@pytest.mark.parametrize("name", list(WEB_CASES))
+def test_a_bad_web_config_is_one_line_and_exit_2(tmp_path, capsys, name):
+    """The web config accepts YAML aliases, as Go's exporter-toolkit does; its schema is flat, so nothing
+    walks what they expand to, and a bomb costs what its bytes do."""
+    content, fragment = WEB_CASES[name]
+    path = tmp_path / "web.yml"
+    path.write_bytes(content)
+    with at_most(60):
+        code, err = run(capsys, ["check", "--web-config", str(path)], {})
+    assert code == 2 and err.count("\n") == 1 and err.startswith("llamacloud-collector: error: web_config:"), \
+        err[:300]
+    assert fragment in err and "Traceback" not in err
+
+
+def test_an_alias_in_a_web_config_is_read_as_go_reads_it(tmp_path):
+    hashed = "$2b$04$" + "a" * 53
+    path = tmp_path / "web.yml"
+    path.write_text(f"basic_auth_users:\n  prom: &h '{hashed}'\n  grafana: *h\n")
+    assert parse_web_config(path).basic_auth_users == {"prom": hashed, "grafana": hashed}
 
 
 @pytest.mark.parametrize("env,fragment,secret", [

@@ -1,6 +1,8 @@
 """Settings precedence (flags > env > file > defaults) and one-line errors."""
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 
@@ -85,6 +87,50 @@ def test_bad_settings_name_the_setting(tmp_path, flags, env, config, fragment):
     assert "llx-secret" not in str(err.value)
 
 
+def alias_bomb(key: str) -> str:
+    """About 400 bytes under a known key: nine anchors, each a list of nine aliases of the one before, so
+    9**9 values to any walk of the expanded tree (issue 27, item 8: over 100 s of CPU in `check`)."""
+    names = "abcdefghi"
+    lines = [f"{key}:"]
+    for i, name in enumerate(names):
+        items = ["x"] * 9 if i == 0 else [f"*{names[i - 1]}"] * 9
+        head = f"  {name}: " if key == "buckets" else "  - "
+        lines.append(f"{head}&{name} [{', '.join(items)}]")
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def at_most(seconds: float):
+    """A generous bound, so that a regression fails instead of walking 9**9 values for many minutes:
+    SIGALRM interrupts the Python loop in this (the main) thread."""
+    def expired(*_):
+        raise TimeoutError(f"still loading after {seconds} s")
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("text", ["interval: &i 5\nread_timeout: *i\n", "defaults: &d {interval: 5}\n<<: *d\n",
+                                  alias_bomb("buckets"), alias_bomb("error_rules")])
+def test_yaml_aliases_in_the_settings_file_are_refused(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught, at_most(60):
+        load_settings({"config": str(path)}, {})
+    message = str(caught.value)
+    assert message.startswith(f"config: {path}: YAML aliases are not accepted (*") and "\n" not in message
+
+
+def test_an_anchor_that_no_alias_uses_is_harmless_and_accepted(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("buckets:\n  turns: &t [1, 2, 3]\n")
+    assert load_settings({"config": str(path)}, {}).buckets.turns == (1, 2, 3)
+
+
 def test_empty_shard_from_the_downward_api_is_an_error():
     with pytest.raises(ConfigError, match="needs Kubernetes 1.28"):
         load_settings({}, {"COLLECTOR_SHARD": "", "COLLECTOR_TOTAL_SHARDS": "3"})
@@ -157,13 +203,18 @@ def test_cli_exits_2_with_one_line(capsys, argv, env, fragment):
     assert err.count("\n") == 1 and err.startswith("llamacloud-collector: error:") and fragment in err
 
 
-def test_cli_process_bad_setting_no_traceback():
-    result = subprocess.run([sys.executable, "-m", "collector", "--shard", "2", "--total-shards", "2"],
+@pytest.mark.parametrize("case", ["shard", "aliases"])
+def test_cli_process_bad_setting_no_traceback(tmp_path, case):
+    bomb = tmp_path / "c.yaml"
+    bomb.write_text(alias_bomb("error_rules"))
+    args, fragment = {"shard": (["--shard", "2", "--total-shards", "2"], "shard"),
+                      "aliases": (["check", "--config", str(bomb)], f"{bomb}: YAML aliases are not accepted")}[case]
+    result = subprocess.run([sys.executable, "-m", "collector", *args],  # a generous timeout: never a timing
                             capture_output=True, text=True, timeout=60,
                             env={"LLAMA_CLOUD_API_KEY": "llx-canary-123", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
-    assert "shard" in result.stderr and "llx-canary-123" not in result.stderr
+    assert fragment in result.stderr and "llx-canary-123" not in result.stderr
 
 
 @pytest.mark.parametrize("field,flag,env", [("session_ids", "--session-id", "COLLECTOR_SESSION_IDS"),

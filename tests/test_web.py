@@ -8,6 +8,7 @@ import os
 import re
 import ssl
 import subprocess
+import time
 from collections.abc import AsyncIterator
 
 import bcrypt
@@ -15,7 +16,7 @@ import httpx
 import pytest
 import structlog
 
-from collector import logs
+from collector import app, auth, logs
 from collector.app import CollectorService
 from collector.auth import WebConfig
 from collector.cli import main
@@ -48,6 +49,18 @@ def pki(tmp_path_factory):
                 str(d / f"{ca}.key"), "-CAcreateserial", "-days", "1", *san, "-out", str(d / f"{name}.pem"))
     openssl("x509", "-req", "-in", str(d / "rogue.csr"), "-signkey", str(d / "rogue.key"), "-days", "1",
             "-out", str(d / "rogue.pem"))
+    # "renewed": a new certificate for server.key (cert-manager's rotationPolicy Never keeps the key);
+    # "client2": a client certificate from a second CA, trusted once the client CA file is rotated to hold it
+    openssl("req", "-new", "-key", str(d / "server.key"), "-subj", "/CN=renewed",
+            "-addext", "subjectAltName=IP:127.0.0.1", "-out", str(d / "renewed.csr"))
+    openssl("x509", "-req", "-in", str(d / "renewed.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
+            "-CAcreateserial", "-days", "1", "-copy_extensions", "copy", "-out", str(d / "renewed.pem"))
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca2",
+            "-keyout", str(d / "ca2.key"), "-out", str(d / "ca2.pem"))
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=client2", "-keyout", str(d / "client2.key"),
+            "-out", str(d / "client2.csr"))
+    openssl("x509", "-req", "-in", str(d / "client2.csr"), "-CA", str(d / "ca2.pem"), "-CAkey", str(d / "ca2.key"),
+            "-CAcreateserial", "-days", "1", "-out", str(d / "client2.pem"))
     return d
 
 
@@ -257,6 +270,150 @@ def test_a_rotation_half_written_keeps_serving_and_the_new_pair_is_used_once_who
             web.refresh()
             assert await asyncio.to_thread(served_cn, port, pki) == "server2"  # swapped in once it loads
     run_async(scenario())
+
+
+WAIT = 60.0
+"""A generous bound on waiting for a condition: the checks run every 0.1 s in these tests."""
+
+
+async def until(check, what: str) -> None:
+    """Wait on a condition (an async callable), never a fixed sleep; fail after ``WAIT`` seconds."""
+    deadline = time.monotonic() + WAIT
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out after {WAIT}s waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def cn_is(port: int, pki, name: str):
+    """A condition: a fresh handshake gets the certificate for ``name``."""
+    async def check() -> bool:
+        return await asyncio.to_thread(served_cn, port, pki) == name
+    return check
+
+
+def events(stream: io.StringIO, event: str) -> list[dict]:
+    return [e for e in map(json.loads, stream.getvalue().splitlines()) if e["event"] == event]
+
+
+REFUSED = "web config not reloaded; the previous one stays in force"
+
+
+def test_a_certificate_renewed_without_touching_the_web_config_is_served_within_one_check(tmp_path, pki,
+                                                                                          monkeypatch):
+    """cert-manager renews the certificate a Secret mounts (here for the same key, so only the cert file
+    changes) and nobody touches web.yml: the periodic check sees it and new handshakes get it."""
+    import shutil
+    monkeypatch.setattr(app, "WEB_CONFIG_CHECK", 0.1)
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    shutil.copy(pki / "server.pem", cert)
+    shutil.copy(pki / "server.key", key)
+    config, served = serve_with(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n", tmp_path)
+    written = config.stat()
+
+    async def scenario():
+        async with served as collector:
+            assert await cn_is(collector.port, pki, "server")()
+            cert.write_bytes((pki / "renewed.pem").read_bytes())  # in place: the key file is not touched
+            # handshakes only, no request: the periodic check finds it
+            await until(cn_is(collector.port, pki, "renewed"), "the renewed certificate served")
+    run_async(scenario())
+    assert config.stat().st_mtime_ns == written.st_mtime_ns and config.stat().st_ino == written.st_ino
+
+
+def test_a_secret_volume_swap_applies_the_pair_whole_or_not_at_all(tmp_path, pki, monkeypatch):
+    """A Kubernetes Secret volume: tls.crt -> ..data/tls.crt, and ..data is a symlink swapped atomically to
+    a new directory. A swap to a pair that does not match (a broken Secret, a rotation half done) keeps the
+    previous certificate with one line saying why; the next swap to a good pair is served."""
+    import shutil
+    monkeypatch.setattr(app, "WEB_CONFIG_CHECK", 0.1)
+    volume = tmp_path / "secret"
+    volume.mkdir()
+
+    def swap(version: str, cert_from: str, key_from: str) -> None:
+        (volume / version).mkdir()
+        shutil.copy(pki / f"{cert_from}.pem", volume / version / "tls.crt")
+        shutil.copy(pki / f"{key_from}.key", volume / version / "tls.key")
+        os.symlink(version, volume / "..data_tmp")
+        os.replace(volume / "..data_tmp", volume / "..data")
+
+    swap("..v1", "server", "server")
+    for name in ("tls.crt", "tls.key"):
+        os.symlink(f"..data/{name}", volume / name)
+    _, served = serve_with("tls_server_config:\n  cert_file: secret/tls.crt\n  key_file: secret/tls.key\n",
+                           tmp_path)  # paths relative to web.yml
+    stream = io.StringIO()
+    logs.configure("info", "json", stream=stream)
+
+    async def refused() -> bool:
+        return bool(events(stream, REFUSED))
+
+    async def scenario():
+        async with served as collector:
+            port = collector.port
+            assert await cn_is(port, pki, "server")()
+            swap("..v2", "server2", "server")  # the new certificate with the old key
+            await until(refused, "the mismatched pair refused")
+            for _ in range(3):  # the previous pair still serves; nothing changed since, so no second line
+                assert await cn_is(port, pki, "server")()
+                collector.web.refresh(contents=True)
+            swap("..v3", "server2", "server2")
+            await until(cn_is(port, pki, "server2"), "the new pair served")
+    run_async(scenario())
+    (line,) = events(stream, REFUSED)
+    assert "cannot load TLS certificate or key" in line["error"] and str(volume / "tls.crt") in line["changed"]
+    reloaded = events(stream, "web config reloaded")
+    assert len(reloaded) == 1 and {str(volume / "tls.crt"), str(volume / "tls.key")} <= set(reloaded[0]["changed"])
+    structlog.reset_defaults()
+
+
+def test_a_rotated_client_ca_file_is_trusted_within_one_check(tmp_path, pki, monkeypatch):
+    import shutil
+    monkeypatch.setattr(app, "WEB_CONFIG_CHECK", 0.1)
+    bundle = tmp_path / "ca.crt"
+    shutil.copy(pki / "ca.pem", bundle)
+    text = tls_lines(pki, client_auth_type="RequireAndVerifyClientCert", client_ca_file=str(bundle))
+    _, served = serve_with(text, tmp_path)
+
+    async def get(port: int, client: str) -> int | None:
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        ctx.load_cert_chain(str(pki / f"{client}.pem"), str(pki / f"{client}.key"))
+        try:
+            async with httpx.AsyncClient(verify=ctx) as http:
+                return (await http.get(f"https://127.0.0.1:{port}/healthz")).status_code
+        except httpx.TransportError:
+            return None
+
+    async def scenario():
+        async with served as collector:
+            port = collector.port
+
+            async def trusted() -> bool:
+                return await get(port, "client2") == 200
+            assert await get(port, "client") == 200
+            assert await get(port, "client2") is None  # its CA is not trusted yet
+            bundle.write_bytes((pki / "ca.pem").read_bytes() + (pki / "ca2.pem").read_bytes())
+            await until(trusted, "the second CA trusted")
+            assert await get(port, "client") == 200
+    run_async(scenario())
+
+
+def test_a_rewrite_its_stat_cannot_show_is_found_by_content_at_the_periodic_check(tmp_path, pki, monkeypatch):
+    """Two writes within one clock tick, of the same size and inode, have the same stat: the request path
+    (stat only) misses such a rewrite, the periodic check (content) does not."""
+    import shutil
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    shutil.copy(pki / "server.pem", cert)
+    shutil.copy(pki / "server.key", key)
+    config = tmp_path / "web.yml"
+    config.write_text(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n")
+    monkeypatch.setattr(auth, "_stat", lambda path: (0, 0, 0, 0, 0))
+    web = WebConfig(config)
+    first = web._current
+    cert.write_bytes((pki / "renewed.pem").read_bytes())
+    web.refresh()
+    assert web._current is first
+    web.refresh(contents=True)
+    assert web._current is not first and web._current is not None
 
 
 @pytest.mark.parametrize("change", ["tighten", "empty", "no_users", "garbage"])
