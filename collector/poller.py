@@ -41,9 +41,10 @@ from collector.state import (
     update_session,
 )
 
-MAX_CUTS = 2
-"""A fetch still running at the deadline is carried to the next cycle; cut again, after waiting a whole
-budget in all, it hangs (a fetch cut just after it started, on a busy machine, is only carried)."""
+HANG_SHARE = 0.5
+"""A fetch still running at the deadline is carried to the next cycle; once it has waited this share of a
+cycle's budget in all (over the cycles that cut it), it hangs on its own: one cut of a fetch that had half a
+cycle is enough, while one cut just after it started, on a busy machine, is only carried (issue 27)."""
 GONE_SLICE = 20_000
 PAGE_STRIKES = 3
 """A page that fails this many cycles in a row (or is refused twice) ends the pass there (DESIGN §4)."""
@@ -97,8 +98,11 @@ class Job:
     reason: str = "changed"
     cuts: int = 0
     waited: float = 0.0
+    suspect: bool = False
+    """Cut by a deadline before, or a failing session's retry: such fetches take at most half of the
+    workers, so sessions that hang never starve the others (issue 27)."""
     """Cycles whose deadline cut this fetch off, and how long it had been waiting for its answer by then:
-    ``MAX_CUTS`` cuts and a whole cycle's budget of waiting make it a hang of the session's own."""
+    ``HANG_SHARE`` of a cycle's budget of waiting makes it a hang of the session's own."""
 
 
 @dataclass
@@ -119,6 +123,8 @@ class ListingPass:
     seen: set[str] = field(default_factory=set)
     """Wanted sessions this pass listed (or configured IDs that answered or failed on their own)."""
     todo: deque[Job] = field(default_factory=deque)
+    suspects: deque[Job] = field(default_factory=deque)
+    """Jobs that may hang (``Job.suspect``), fetched first but by at most half of the workers."""
     queued: set[str] = field(default_factory=set)
     """IDs in ``todo`` or being fetched: a session listed twice in a pass is fetched once at a time."""
     some_fetched: bool = False
@@ -131,7 +137,12 @@ class ListingPass:
         if job.session_id in self.queued and not front:
             return
         self.queued.add(job.session_id)
-        (self.todo.appendleft if front else self.todo.append)(job)
+        queue = self.suspects if job.suspect or job.cuts else self.todo
+        (queue.appendleft if front else queue.append)(job)
+
+    @property
+    def waiting(self) -> int:
+        return len(self.todo) + len(self.suspects)
 
 
 @dataclass
@@ -149,6 +160,8 @@ class _Run:
     """The API answered for a session (a history, or 404): failures beside it are the sessions' own."""
     inflight: dict[str, Job] = field(default_factory=dict)
     started: dict[str, float] = field(default_factory=dict)
+    suspects: int = 0
+    """Suspect jobs being fetched now."""
     failures: dict[str, tuple[Job, str]] = field(default_factory=dict)
     listing_error: str | None = None
     """The listing failed this cycle: the pass waits where it is."""
@@ -158,7 +171,7 @@ class _Run:
     cut: bool = False
     """The deadline came before the pass was done (while the listing was still read, if not ``listed_all``)."""
     hung: set[str] = field(default_factory=set)
-    """Sessions cut off at the deadline ``MAX_CUTS`` cycles in a row: they hang on their own."""
+    """Sessions cut off at the deadline after waiting ``HANG_SHARE`` of a budget: they hang on their own."""
 
 
 class SessionSource(Protocol):
@@ -256,7 +269,7 @@ class Poller:
             raise
         report = run.report
         report.runs_added = sum(work.aggregates.runs.values()) - runs_before
-        report.carried = len(run.listing.todo)
+        report.carried = run.listing.waiting
         if run.cut:
             report.errors.append(f"cycle deadline reached at page {run.listing.pages} of the listing pass with "
                                  f"{report.carried} sessions not fetched; the pass carries on next cycle")
@@ -308,26 +321,41 @@ class Poller:
                         await room.wait()
                     if not await self._next_page(run):
                         return
-                    wake(len(listing.todo))
+                    wake(listing.waiting)
             finally:
                 run.listing_ended = True
                 wake(len(idle))
 
+        half = max(1, self.config.max_concurrency // 2)
+
+        def take() -> Job | None:
+            """The next job: one that may hang first, while they hold under half of the workers."""
+            if listing.suspects and run.suspects < half:
+                run.suspects += 1
+                return listing.suspects.popleft()
+            return listing.todo.popleft() if listing.todo else None
+
         async def worker() -> None:
             while True:
                 if run.deadline.expired():
-                    run.cut = run.cut or bool(listing.todo)
+                    run.cut = run.cut or bool(listing.waiting)
                     return
-                if listing.todo:
-                    job = listing.todo.popleft()
+                job = take()
+                if job is not None:
+                    suspect = job.suspect or job.cuts > 0
                     room.set()
                     run.inflight[job.session_id] = job
                     run.started[job.session_id] = self.monotonic()
-                    requeued = await self._work(run, job)
+                    try:
+                        requeued = await self._work(run, job)
+                    finally:
+                        if suspect:  # its slot is free: the next that may hang, or the end for the idle
+                            run.suspects -= 1
+                            wake(1 if listing.suspects else len(idle))
                     del run.inflight[job.session_id]
                     if not requeued:
                         listing.queued.discard(job.session_id)
-                elif run.listing_ended or listing.listed_all:
+                elif (run.listing_ended or listing.listed_all) and not listing.suspects:
                     return
                 else:
                     waiter = asyncio.get_running_loop().create_future()
@@ -347,7 +375,8 @@ class Poller:
             for job in reversed(list(run.inflight.values())):  # cut off mid-fetch: nothing of it counted
                 job.cuts += 1
                 job.waited += now - run.started[job.session_id]
-                if job.cuts >= MAX_CUTS and job.waited >= self.cadence.budget:  # it hangs, on its own
+                failed_before = job.session_id in self.failing  # cuts survive a backoff: hung at its first
+                if failed_before or job.waited >= HANG_SHARE * self.cadence.budget:  # it hangs
                     listing.queued.discard(job.session_id)
                     run.hung.add(job.session_id)
                     run.report.failed += 1
@@ -462,7 +491,7 @@ class Poller:
                 work.put(prev)  # back in the listing, unchanged: watched again as it was
             self._recovered(sid)
             return None
-        return Job(sid, found, "new" if prev is None else "changed")
+        return Job(sid, found, "new" if prev is None else "changed", suspect=sid in self.failing)
 
     async def _work(self, run: _Run, job: Job) -> bool:
         """One session: its summary first when it was configured by ID, then its history if it changed.
@@ -488,7 +517,7 @@ class Poller:
             run.failures[sid] = (job, str(exc))
         except FetchError as exc:
             if run.deadline.expired():  # cut off by the cycle's deadline, not by the session: carried
-                run.listing.todo.appendleft(job)  # still in ``queued``: never fetched twice at once
+                run.listing.push(job, front=True)  # still in ``queued``: never fetched twice at once
                 return True  # the worker then finds the deadline passed with work left: the cycle was cut
             run.report.failed += 1
             run.failures[sid] = (job, str(exc))
@@ -591,7 +620,7 @@ class Poller:
     async def _maybe_complete(self, run: _Run) -> None:
         """A pass whose every page was read and every listed session attempted: gone sessions, first sync."""
         listing = run.listing
-        if not listing.listed_all or listing.todo or (run.listing_error and self.config.discover):
+        if not listing.listed_all or listing.waiting or (run.listing_error and self.config.discover):
             return
         work = run.work
         if not listing.truncated:  # a pass that ended at a failing page knows nothing of what lies behind it

@@ -179,3 +179,37 @@ def test_the_private_httpx_call_the_client_relies_on_is_still_there_and_picks_th
     client = httpx.AsyncClient(transport=default, mounts={"https://api.special": special})
     assert client._transport_for_url(httpx.URL("https://api.special/v1")) is special
     assert client._transport_for_url(httpx.URL("https://api.other/v1")) is default
+
+
+def test_a_large_body_that_trickles_gives_up_the_gate_and_the_next_one_is_read(monkeypatch):
+    """Issue 27: one answer trickling (or stalled) past ``GATE_HOLD`` once it holds the large-body gate fails
+    on its own ("too slow"), and the other large answers waiting for their turn are read."""
+    import asyncio
+
+    monkeypatch.setattr("collector.llamacloud.bounds.GATE_HOLD", 0.2)
+    history = [{"type": "user_input", "content": "x" * 1000}, {"type": "stop", "is_error": False}] * 700
+    body = json.dumps({**SUMMARY, "session_id": "fast", "events": history}).encode()  # about 1.5 MB
+    stalled = asyncio.Event()
+
+    class Trickle(httpx.AsyncByteStream):
+        async def __aiter__(self):
+            yield b'{"session_id": "slow", "events": [' + b" " * (2 << 20)  # past LARGE_BODY: takes the gate
+            stalled.set()
+            await asyncio.Event().wait()  # then nothing more, ever
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/slow"):
+            return httpx.Response(200, stream=Trickle(), headers={"content-type": "application/json"})
+        return httpx.Response(200, content=body, headers={"content-type": "application/json"})
+
+    client, _, _ = make(handler)
+
+    async def scenario():
+        slow = asyncio.ensure_future(client.retrieve("slow"))
+        await stalled.wait()
+        async with asyncio.timeout(60):  # a bound on a broken build, not a timed assertion
+            fast = await client.retrieve("fast")
+        with pytest.raises(PayloadError, match=r"retrieve: too slow: BodyTooSlow: body of \d+ bytes still arriving"):
+            await slow
+        return fast
+    assert len(run_async(scenario()).events) == 1400

@@ -17,6 +17,9 @@ DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 """DESIGN §6: with ``LargeBodies``, the bodies in flight together fit the chart's 256 Mi limit with room."""
 LARGE_BODY = 1 << 20
 """Past this many bytes a body waits for its turn: one large body at a time, read and parsed."""
+GATE_HOLD = 10.0
+"""Seconds a body may take to arrive once it holds the gate (32 MiB at 3.2 MB/s): one that trickles or
+stalls gives the turn up and fails on its own, so it never holds back every other large session."""
 
 
 class LargeBodies:
@@ -34,15 +37,22 @@ class LargeBodies:
 class Claim:
     """One request's turn at the gate: taken when its body grows large, released once it is parsed."""
 
-    __slots__ = ("_held", "_lock")
+    __slots__ = ("_held", "_lock", "until")
 
     def __init__(self, lock: asyncio.Lock) -> None:
         self._lock, self._held = lock, False
+        self.until = 0.0
+        """The loop time by which the body must have arrived, once the gate is held."""
+
+    @property
+    def held(self) -> bool:
+        return self._held
 
     async def take(self) -> None:
         if not self._held:
             await self._lock.acquire()
             self._held = True
+            self.until = asyncio.get_running_loop().time() + GATE_HOLD
 
     def release(self) -> None:
         if self._held:
@@ -54,6 +64,10 @@ MAX_SESSION_ID_LENGTH = 256
 
 class BodyTooLarge(Exception):
     """The body, on the wire or decoded, is larger than the configured cap."""
+
+
+class BodyTooSlow(Exception):
+    """A large body that did not arrive within ``GATE_HOLD`` of taking its turn."""
 
 
 class BadStatus(Exception):
@@ -81,7 +95,21 @@ async def read_capped(response: httpx.Response, limit: int, claim: Claim | None 
         raise BodyTooLarge(f"Content-Length {declared} is over the {limit}-byte cap")
     pieces: list[bytes] = []
     size = 0
-    async for piece in response.aiter_bytes():
+    stream = aiter(response.aiter_bytes())
+    while True:
+        try:
+            if claim is not None and claim.held:  # holding the gate: the body arrives in time, or lets go
+                async with asyncio.timeout_at(claim.until):
+                    piece = await anext(stream)
+            else:
+                piece = await anext(stream)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            if claim is None or asyncio.get_running_loop().time() < claim.until:
+                raise
+            raise BodyTooSlow(f"body of {size} bytes still arriving {GATE_HOLD:g} s after it took its turn "
+                              "for large bodies") from None
         size += len(piece)
         if size > limit or response.num_bytes_downloaded > limit:
             raise BodyTooLarge(f"body is over the {limit}-byte cap")

@@ -39,6 +39,7 @@ from collector.errors import AuthError, FetchError, NotFound, PayloadError
 from collector.llamacloud.bounds import (
     BadStatus,
     BodyTooLarge,
+    BodyTooSlow,
     Claim,
     LargeBodies,
     check_status,
@@ -245,10 +246,10 @@ class LlamaCloudClient:
                     if timeout <= 0:
                         raise TimeoutError
                     answer = await self._exchange(path, {**self._params, **(params or {})}, timeout, claim)
-                except (BodyTooLarge, httpx.DecodingError) as exc:  # the same answer again would not help
+                except (BodyTooLarge, BodyTooSlow, httpx.DecodingError) as exc:  # the same again would not help
                     self._observer.request(operation, "error", self._clock() - started)
                     self._observer.invalid_payload(operation)
-                    what = "too large" if isinstance(exc, BodyTooLarge) else "undecodable body"
+                    what = {BodyTooLarge: "too large", BodyTooSlow: "too slow"}.get(type(exc), "undecodable body")
                     raise PayloadError(f"{operation}: {what}: {_describe(exc)}", operation=operation) from None
                 except (TimeoutError, httpx.HTTPError, aiohttp.ClientError, BadStatus, ValueError, OSError) as exc:
                     self._observer.request(operation, "error", self._clock() - started)
