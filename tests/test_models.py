@@ -76,3 +76,12 @@ def test_a_json_boolean_is_never_a_measure():
     assert job.turns == 3 and refused(job) == ("duration_ms", "total_input_tokens")
     (run,) = derive(session.events, 0, 0, ErrorClassifier()).runs
     assert run.duration_seconds is None and run.output_tokens == 7 and run.refused == ("duration_ms",)
+
+
+def test_an_event_whose_type_is_not_a_string_is_an_unknown_event():
+    from collector.llamacloud.models import UnknownEvent, parse_session
+
+    body = {"session_id": "s", "last_updated_at": "2026-01-01T00:00:00Z",
+            "events": [{"type": ["stop"]}, {"type": {"a": 1}}, {"type": "stop", "is_error": False}]}
+    events = parse_session(json.dumps(body).encode()).events
+    assert [type(e) for e in events[:2]] == [UnknownEvent, UnknownEvent] and len(events) == 3

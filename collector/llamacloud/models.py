@@ -14,6 +14,7 @@ import codecs
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -42,6 +43,7 @@ _JSON_STRING = (  # a string as pydantic's JSON parser accepts one, once the bod
     rb')*+"'
 )
 _UNREAD_STRINGS = re.compile(rb'"(content|result)"' + _JSON_SPACE + rb":" + _JSON_SPACE + _JSON_STRING)
+_BLANKED = {b"content": b'"content":""', b"result": b'"result":""'}
 _UTF8_CHUNK = 1 << 20
 
 
@@ -63,7 +65,13 @@ def lean_json(body: bytes) -> bytes:
     for start in range(0, len(body), _UTF8_CHUNK):  # checked a chunk at a time: no copy of the whole body
         decoder.decode(view[start : start + _UTF8_CHUNK])
     decoder.decode(b"", final=True)
-    return _UNREAD_STRINGS.sub(rb'"\1":""', body)
+    lean, done = bytearray(), 0
+    for match in _UNREAD_STRINGS.finditer(body):  # not re.sub: it holds every piece until the end (6x the body)
+        lean += view[done : match.start()]
+        lean += _BLANKED[match[1]]
+        done = match.end()
+    lean += view[done:]
+    return bytes(lean)
 
 
 PLAIN_EVENT_TYPES = frozenset({"user_input", "thinking_delta", "thinking", "text_delta", "text"})
@@ -218,6 +226,8 @@ class UnknownEvent:
 
 def _event_tag(value: Any) -> str:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    if not isinstance(kind, str):  # a list or a mapping is no type this release knows: an unknown event
+        return "unknown"
     if kind in PLAIN_EVENT_TYPES:
         return "plain"
     if kind in ("tool_call", "tool_result", "stop"):
@@ -302,9 +312,11 @@ def parse_page(body: bytes) -> SessionPage:
     return SessionPage(items=tuple(items), next_page_token=raw.next_page_token, unreadable=tuple(unreadable))
 
 
-_SPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace; ``\\s`` would take more
+_SPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace, no more: \s would take \f, \v and others
 _decode = json.JSONDecoder().raw_decode
-EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+"""``raw_decode`` without its frame (no stub names it): StopIteration where no value is."""
+_SPACES = " \t\n\r"
 EVENTS_CHUNK = 1 << 16
 """Characters of a large body's ``events`` array validated at once."""
 
@@ -367,7 +379,8 @@ def _parse_large(body: bytes) -> Session:
                 events, index = _events(text, index)
                 history = (start, index, events)
             else:
-                history = None if key == "events" else history
+                if key == "events":  # not an array: pydantic reads it, from the whole text
+                    history = None
                 index = _decode(text, index)[1]
             index = _space(text, index)
             if text.startswith(",", index):
@@ -377,11 +390,9 @@ def _parse_large(body: bytes) -> Session:
                 break
             else:
                 raise ValueError(f"expected ',' or '}}' at {index}")
-    if _space(text, index) != len(text):
-        raise ValueError(f"data after the session at {index}")
     if history is None:
         return Session.model_validate_json(text)
-    start, end, events = history
+    start, end, events = history  # pydantic reads all but the history: what follows the object too
     rest = Session.model_validate_json(text[:start] + "[]" + text[end:])
     if isinstance(events, Exception):
         raise events
@@ -390,16 +401,20 @@ def _parse_large(body: bytes) -> Session:
 
 def _events(text: str, index: int) -> tuple[list[Any] | Exception, int]:
     """The events of the array at ``index``, or what refused them (raised only if no later key replaces
-    them), and the index after it."""
+    them), and the index after the array. Pydantic reads each slice whole; the comma between two slices,
+    which it does not see, is checked here."""
     events: list[Any] = []
     refused: Exception | None = None
-    index = _space(text, index + 1)
+    first = index + 1  # where the slice not yet validated starts
+    index = _space(text, first)
     if text.startswith("]", index):
         return events, index + 1
-    first = index
     while True:
-        end = _decode(text, index)[1]
-        index = end if text.startswith((",", "]"), end) else _space(text, end)
+        try:
+            end = _scan(text, index)[1]
+        except StopIteration:
+            raise ValueError(f"events: expected a value at {index}") from None
+        index = end if text.startswith(",", end) else _space(text, end)  # no regex per event in a compact body
         last = text.startswith("]", index)
         if not last and not text.startswith(",", index):
             raise ValueError(f"events: expected ',' or ']' at {index}")
@@ -411,10 +426,10 @@ def _events(text: str, index: int) -> tuple[list[Any] | Exception, int]:
                     refused = exc
             if last:
                 return (events if refused is None else refused), index + 1
-            first = -1
-        index = _space(text, index + 1)
-        if first < 0:
-            first = index
+            first = index + 1
+        index += 1
+        if text[index : index + 1] in _SPACES:  # also at the end of the text, where the scan then fails
+            index = _space(text, index)
 
 
 def event_label(event: Any) -> str:
