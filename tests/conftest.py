@@ -37,7 +37,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "test_readme": ("unit",), "test_server": ("unit",), "test_sharding": ("unit",),
     "test_simulator_oracle": ("unit",), "test_sqlite_store": ("unit",), "test_state_upgrade": ("unit",),
     "test_stored_messages": ("unit",), "test_state_hostile": ("unit",), "test_settings": ("unit",),
-    "test_run_log": ("unit",), "test_upstream_exact": ("unit",), "test_loop_model": ("unit",),
+    "test_run_log": ("unit",), "test_upstream_exact": ("unit",), "test_loop_model": ("unit",), "test_large_body": ("unit",),
     "test_helm": ("tools",), "test_one_declaration": ("tools",), "test_kustomize": ("tools", "process"),
     "test_rules": ("tools", "process"), "test_release": ("tools", "process"), "test_dockerfile": ("tools", "process"),
     "test_prometheus_e2e": ("tools", "process"), "test_web": ("tools", "process"), "test_process": ("process",),
