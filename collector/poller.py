@@ -31,7 +31,7 @@ from collector.derive import ErrorClassifier, RunRecord, history_intact
 from collector.errors import AuthError, FetchError, NotFound, PayloadError, StateError
 from collector.llamacloud.models import Session, SessionPage, Summary
 from collector.runlog import log_runs
-from collector.selection import Found, PollConfig, answered_before, in_shard, is_unchanged, older, wanted
+from collector.selection import Found, PollConfig, in_shard, is_unchanged, older, same_instant, wanted
 from collector.state import (
     CollectorState,
     PollStatus,
@@ -561,9 +561,9 @@ class Poller:
             self.stale.pop(sid, None)
             if backwards:  # the counted prefix is intact: a clock put back, not a lagging replica
                 self._went_backwards(sid)
-            # an answer older than the listing is keyed on its own time, so that it is read again
-            listed_at = None if answered_before(session.last_updated_at, found.last_updated_at) \
-                else found.last_updated_at
+            # an answer of another version than the listing showed is keyed on its own time: read again
+            listed_at = found.last_updated_at if same_instant(session.last_updated_at, found.last_updated_at) \
+                else None
             replay = work.histogram_floor if sid in work.replay else None
             state, runs = update_session(prev, session, work.aggregates, self.classifier, self.clock(),
                                          listed_at=listed_at, replay_into=replay)
@@ -654,6 +654,8 @@ class Poller:
             return []
         gone = missing if short else [sid for sid in missing if sid in self.unconfirmed]
         self.unconfirmed = set() if short else set(missing) - set(gone)
+        if short:  # accepted: the next short pass starts its own count again
+            self.short_passes = 0
         return [gone[start:start + GONE_SLICE] for start in range(0, len(gone), GONE_SLICE)]
 
     # -- committing -------------------------------------------------------------------------------------

@@ -68,10 +68,14 @@ def is_unchanged(prev: SessionState, summary: Found) -> bool:
     return prev.last_updated_at == summary.last_updated_at
 
 
-def answered_before(answer: str, listed: str) -> bool:
-    """A ``retrieve`` answer older than the listing that sent for it (a lagging replica's first read)."""
+def same_instant(answer: str, listed: str) -> bool:
+    """A ``retrieve`` answer of the version the listing showed: the same text, or the same instant written
+    another way (``Z`` for ``+00:00``). Anything else (a lagging replica, a clock put back, a time that does
+    not parse) is keyed on the answer's own time, so that the listing's version is read next cycle."""
+    if answer == listed:
+        return True
     ta, tb = parse_timestamp(answer), parse_timestamp(listed)
-    return ta is not None and tb is not None and ta < tb
+    return ta is not None and ta == tb
 
 
 def older(last_updated_at: str, prev: SessionState) -> bool:
