@@ -76,6 +76,7 @@ def build_client(settings: Settings, api_key: str, observer: ApiObserver | None 
         "organization_id": settings.organization_id, "connect_timeout": settings.connect_timeout,
         "read_timeout": settings.read_timeout, "max_connections": settings.max_concurrency + 1,  # + the listing
         "page_size": settings.page_size, "max_response_bytes": settings.max_response_bytes,
+        "max_events": settings.max_events_per_session,
         "transport": transport, "observer": observer, **injected})
 
 

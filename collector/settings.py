@@ -161,6 +161,9 @@ class Settings(BaseSettings):
         DEFAULT_MAX_RESPONSE_BYTES, env="COLLECTOR_MAX_RESPONSE_BYTES", ge=65536, le=1 << 34,
         shown="`33554432` (32 MiB)",
         help="cap on one API response body, on the wire and decompressed; a larger one is an invalid payload")
+    max_events_per_session: int = setting(
+        1_000_000, env="COLLECTOR_MAX_EVENTS_PER_SESSION", ge=1, le=1 << 31, shown="`1000000`",
+        help="events in one session's history; a longer one fails on its own, like an over-size body")
     log_runs: Literal["failed", "all", "none"] = setting(
         "failed", env="COLLECTOR_LOG_RUNS",
         help="one JSON log line per failed run (`failed`), per run (`all`), or none")

@@ -213,3 +213,19 @@ def test_a_large_body_that_trickles_gives_up_the_gate_and_the_next_one_is_read(m
             await slow
         return fast
     assert len(run_async(scenario()).events) == 1400
+
+
+@pytest.mark.parametrize("pad", [0, 1 << 20], ids=["small body", "body over 1 MiB"])
+def test_a_history_over_max_events_per_session_is_an_invalid_payload(pad):
+    """Issue 27: ``--max-events-per-session`` bounds a history as ``--max-response-bytes`` bounds a body, on
+    both parse paths; the session then fails on its own (the poller's rule for an invalid payload)."""
+    events = [{"type": "user_input", "content": "q"}, {"type": "stop", "is_error": False}] * 3
+    body = {**SUMMARY, "events": events, "padding": "x" * pad}
+    registry = CollectorRegistry()
+    client = build_client(Settings(base_url="https://api.test", max_events_per_session=5), "llx-key",
+                          SelfMetrics(registry), httpx.MockTransport(lambda request: ok(body)))
+    with pytest.raises(PayloadError, match=r"a history of over 5 events \(--max-events-per-session\)"):
+        run_async(client.retrieve("s1"))
+    within = build_client(Settings(base_url="https://api.test", max_events_per_session=6), "llx-key",
+                          SelfMetrics(CollectorRegistry()), httpx.MockTransport(lambda request: ok(body)))
+    assert len(run_async(within.retrieve("s1")).events) == 6

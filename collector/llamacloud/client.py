@@ -134,6 +134,7 @@ class LlamaCloudClient:
         max_connections: int,
         max_response_bytes: int,
         page_size: int,
+        max_events: int,
         max_pages: int = MAX_PAGES,
         transport: httpx.AsyncBaseTransport | None = None,
         observer: ApiObserver | None = None,
@@ -160,6 +161,7 @@ class LlamaCloudClient:
         self._timeouts = {"connect": connect_timeout, "read": read_timeout, "pool": connect_timeout}
         self._exchange_timeout = read_timeout + connect_timeout
         self._max_bytes, self._max_pages, self._page_size = max_response_bytes, max_pages, page_size
+        self._max_events = max_events
         self._large = LargeBodies()
         self._observer = observer or NullObserver()
         self._retry = retry
@@ -205,7 +207,10 @@ class LlamaCloudClient:
 
     async def retrieve(self, session_id: str, deadline: Deadline | None = None) -> Session:
         return self._same_session("retrieve", session_id, await self._get(
-            "retrieve", self._path("retrieve", session_id), Session, deadline, parse=parse_session))
+            "retrieve", self._path("retrieve", session_id), Session, deadline, parse=self._parse_session))
+
+    def _parse_session(self, body: bytes) -> Session:
+        return parse_session(body, self._max_events)
 
     def _path(self, operation: str, session_id: str, suffix: str = "") -> str:
         try:

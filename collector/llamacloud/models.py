@@ -327,7 +327,16 @@ class _Events(_Payload):
     events: tuple[Event, ...]
 
 
-def parse_session(body: bytes) -> Session:
+class TooManyEvents(ValueError):
+    """A history longer than ``--max-events-per-session``: the session fails on its own, like an over-size body."""
+
+
+def over_limit(count: int, max_events: int | None) -> None:
+    if max_events is not None and count > max_events:
+        raise TooManyEvents(f"a history of over {max_events} events (--max-events-per-session)")
+
+
+def parse_session(body: bytes, max_events: int | None = None) -> Session:
     """Validate a ``retrieve`` body; a large one event by event, to keep memory near its size.
 
     Parsing a whole history at once builds a JSON tree of about 500 bytes per event
@@ -337,9 +346,11 @@ def parse_session(body: bytes) -> Session:
     refusal, as ``Session.model_validate_json``. Raises ``ValueError`` on a bad body.
     """
     if len(body) < LEAN_THRESHOLD:
-        return Session.model_validate_json(body)
+        session = Session.model_validate_json(body)
+        over_limit(len(session.events), max_events)
+        return session
     try:
-        return _parse_large(body)
+        return _parse_large(body, max_events)
     except RecursionError:  # the stdlib decoder's own limit; pydantic's parser says "recursion limit"
         raise ValueError("JSON nested too deeply") from None
 
@@ -348,7 +359,7 @@ def _space(text: str, index: int) -> int:
     return _SPACE.match(text, index).end()  # type: ignore[union-attr]  # * matches everywhere
 
 
-def _parse_large(body: bytes) -> Session:
+def _parse_large(body: bytes, max_events: int | None = None) -> Session:
     """``Session.model_validate_json(body)``, with the history in the top-level ``events`` key, wherever it is.
 
     The stdlib decoder only finds where each top-level value and each event ends (an
@@ -376,7 +387,7 @@ def _parse_large(body: bytes) -> Session:
             index = _space(text, index + 1)
             if key == "events" and text.startswith("[", index):
                 start = index
-                events, index = _events(text, index)
+                events, index = _events(text, index, max_events)
                 history = (start, index, events)
             else:
                 if key == "events":  # not an array: pydantic reads it, from the whole text
@@ -399,7 +410,7 @@ def _parse_large(body: bytes) -> Session:
     return rest.model_copy(update={"events": tuple(events)})
 
 
-def _events(text: str, index: int) -> tuple[list[Any] | Exception, int]:
+def _events(text: str, index: int, max_events: int | None = None) -> tuple[list[Any] | Exception, int]:
     """The events of the array at ``index``, or what refused them (raised only if no later key replaces
     them), and the index after the array. Pydantic reads each slice whole; the comma between two slices,
     which it does not see, is checked here."""
@@ -424,6 +435,7 @@ def _events(text: str, index: int) -> tuple[list[Any] | Exception, int]:
                     events.extend(_Events.model_validate_json('{"events":[' + text[first:end] + "]}").events)
                 except (ValueError, TypeError) as exc:  # a ValidationError is a ValueError
                     refused = exc
+                over_limit(len(events), max_events)  # a slice past the bound: no more is built
             if last:
                 return (events if refused is None else refused), index + 1
             first = index + 1
