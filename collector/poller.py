@@ -646,6 +646,7 @@ class Poller:
         short = self.config.discover and 2 * (len(sessions) - len(missing)) < len(sessions)
         self.short_passes = self.short_passes + 1 if short else 0
         if short and self.short_passes < SHORT_PASSES_AGREE:
+            self.unconfirmed &= set(missing)  # what it did list is confirmed all the same
             self.metrics.anomaly("short_pass")
             run.listing_problem = (f"list: a complete pass listed {len(sessions) - len(missing)} of the "
                                    f"{len(sessions)} sessions watched; none is retired on its word")
