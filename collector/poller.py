@@ -41,10 +41,11 @@ from collector.state import (
     update_session,
 )
 
-HANG_SHARE = 0.5
+HANG_SHARE = 0.9
 """A fetch still running at the deadline is carried to the next cycle; once it has waited this share of a
-cycle's budget in all (over the cycles that cut it), it hangs on its own: one cut of a fetch that had half a
-cycle is enough, while one cut just after it started, on a busy machine, is only carried (issue 27)."""
+cycle's budget in all (over the cycles that cut it), it hangs on its own: one cut of a fetch that had (nearly)
+the whole cycle is enough, while one cut of a fetch that started late, or waited on a busy loop, is only
+carried (issue 27)."""
 GONE_SLICE = 20_000
 PAGE_STRIKES = 3
 """A page that fails this many cycles in a row (or is refused twice) ends the pass there (DESIGN §4)."""
