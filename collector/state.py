@@ -229,16 +229,9 @@ class CollectorState:
 
     def rollback(self) -> None:
         """Undo everything since ``begin``: an abandoned cycle leaves nothing half-counted."""
-        for sid, before in (self._undo or {}).items():
-            if before is None:
-                self.sessions.pop(sid, None)
-            else:
-                self.sessions[sid] = before
-        for sid, before in self._undo_retired.items():
-            if before is None:
-                self.retired.pop(sid, None)
-            else:
-                self.retired[sid] = before
+        for table, undo in ((self.sessions, self._undo or {}), (self.retired, self._undo_retired)):
+            for sid, before in undo.items():
+                _journaled(table, None, sid, before)
         if self._saved is not None:
             (self.aggregates, self.synced, self.floor, self.prior, self.prior_changed, self.histogram_floor,
              self.replay) = self._saved
@@ -246,21 +239,12 @@ class CollectorState:
         self.commit()
 
     def _set(self, sid: str, state: SessionState | None) -> None:
-        if self._undo is not None and sid not in self._undo:
-            self._undo[sid] = self.sessions.get(sid)
-        if state is None:
-            self.sessions.pop(sid, None)
-        else:
-            self.sessions[sid] = state
+        _journaled(self.sessions, self._undo, sid, state)
 
     def _set_retired(self, sid: str, state: SessionState | None) -> None:
-        if self._undo is not None and sid not in self._undo_retired:
-            self._undo_retired[sid] = self.retired.get(sid)
-        if state is None:
-            self.retired.pop(sid, None)
-        else:
-            self.retired.pop(sid, None)  # re-inserted last: the most recently retired come last
-            self.retired[sid] = replace(state, title=None, job=None)
+        """Retire (or, with None, un-retire) a session: the most recently retired come last."""
+        _journaled(self.retired, self._undo_retired if self._undo is not None else None, sid,
+                   None if state is None else replace(state, title=None, job=None))
 
     def known(self, session_id: str) -> SessionState | None:
         """Where counting stands for a session: watched, retired, or retired and saved (never forgotten)."""
@@ -329,6 +313,17 @@ class CollectorState:
             self.prior = {}
             self.prior_changed = True
         self.synced = True
+
+
+def _journaled(table: dict[str, SessionState], undo: dict[str, SessionState | None] | None, sid: str,
+               state: SessionState | None) -> None:
+    """Set ``sid`` in ``table`` (None: remove it, else put it last), first noting in ``undo`` (when a cycle
+    journals) what it held, so that a rollback restores it."""
+    if undo is not None and sid not in undo:
+        undo[sid] = table.get(sid)
+    table.pop(sid, None)
+    if state is not None:
+        table[sid] = state
 
 
 @dataclass(frozen=True)
