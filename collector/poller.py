@@ -453,6 +453,7 @@ class Poller:
             if wanted(self.config, item):
                 new = new or item.session_id not in listing.seen
                 listing.seen.add(item.session_id)
+                self.unconfirmed.discard(item.session_id)  # listed, by any pass: confirmed
                 if (job := self._consider(run, item)) is not None:
                     listing.push(job)
             else:
@@ -647,7 +648,6 @@ class Poller:
         short = self.config.discover and 2 * (len(sessions) - len(missing)) < len(sessions)
         self.short_passes = self.short_passes + 1 if short else 0
         if short and self.short_passes < SHORT_PASSES_AGREE:
-            self.unconfirmed &= set(missing)  # what it did list is confirmed all the same
             self.metrics.anomaly("short_pass")
             run.listing_problem = (f"list: a complete pass listed {len(sessions) - len(missing)} of the "
                                    f"{len(sessions)} sessions watched; none is retired on its word")

@@ -318,3 +318,36 @@ def test_a_busy_session_that_moves_to_a_page_already_read_keeps_its_series():
     api.on_list = None
     cycle(p)
     assert total_runs(p) == 401 and len(p.state.sessions) == 400
+
+
+def test_a_session_listed_by_a_pass_that_ended_early_is_not_gone_after_the_next_miss():
+    """Found by the loop model's long profile: a pass that ended at a failing page listed s3 between two
+    complete passes that missed it; "two consecutive complete passes" must not skip the pass that saw it."""
+    api = project(4)
+    api.page_size = 1
+    p = poller(api)
+    cycle(p)
+    everyone = list(api.sessions)
+    api.listed = everyone[:3]
+    while not cycle(p).pass_complete:
+        pass
+    assert "s00003" in p.unconfirmed
+    original = api.list_page
+
+    async def second_page_invalid(token=None, deadline=None):
+        if token == "1":
+            raise PayloadError("list: invalid payload at items", operation="list")
+        return await original(token, deadline)
+    api.list_page = second_page_invalid  # type: ignore[method-assign]
+    api.listed = ["s00003", *everyone[:3]]
+    for _ in range(PAGE_STRIKES):
+        cycle(p)
+    assert "s00003" not in p.unconfirmed  # listed on page 1 of a pass that ended at page 2
+    api.list_page = original  # type: ignore[method-assign]
+    api.listed = everyone[:3]
+    while not cycle(p).pass_complete:
+        pass
+    assert "s00003" in p.state.sessions  # one complete pass without it: unconfirmed again, not gone
+    while not cycle(p).pass_complete:
+        pass
+    assert "s00003" not in p.state.sessions and total_runs(p) == 4
