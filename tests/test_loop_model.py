@@ -1058,15 +1058,24 @@ class LoopModel(RuleBasedStateMachine):
             if self.poller is not None and not self.broken:
                 self._heal("the end of the example")
         finally:
-            self._stop()
-            self.loop.run_until_complete(self.loop.shutdown_default_executor())
-            self.loop.close()
-            shutil.rmtree(self.dir, ignore_errors=True)
-            structlog.reset_defaults()
+            try:
+                self._stop()
+                self.loop.run_until_complete(self.loop.shutdown_default_executor())
+            finally:  # thousands of examples in the long profile: none may leave its directory behind
+                self.loop.close()
+                shutil.rmtree(self.dir, ignore_errors=True)
+                structlog.reset_defaults()
 
 
 LoopModel.TestCase.settings = PROFILE
 test_loop_model = LoopModel.TestCase
+
+
+def test_each_example_removes_its_state_directory():
+    machine = LoopModel()
+    machine.init(n=1, page_size=1, seed=0)
+    machine.teardown()
+    assert not machine.dir.exists()
 
 
 # -- what the machine found, as plain tests ------------------------------------------------------------------
