@@ -88,7 +88,7 @@ class CollectorService:
         self.registry = CollectorRegistry()
         self.self_metrics = SelfMetrics(self.registry)
         ProcessCollector(registry=self.registry)
-        self.web = WebConfig(settings.web_config)
+        self.web = WebConfig(settings.web_config, refused=self.self_metrics.auth_refused)
         self.client = build_client(settings, api_key, self.self_metrics, transport)
         rules = [(r.type, r.pattern) for r in settings.error_rules]
         if store is None and settings.state_path is not None:

@@ -1,11 +1,19 @@
 """The live web config: TLS context, extra headers, and basic auth that cannot stall the server.
 
-bcrypt runs in a small thread pool, never on the event loop, and at most
-``MAX_PENDING`` checks wait at once: past that a request is refused at once
-(401) instead of queueing. An unknown user is checked against a dummy hash of
-the same cost, so a guess costs the same whoever it names. A password that
-was verified once is remembered (as a keyed digest), so a legitimate scraper
-pays bcrypt once, not every scrape.
+bcrypt runs in a small thread pool, never on the event loop. An unknown user is
+checked against a dummy hash of the same cost, so a guess costs the same whoever
+it names. A password verified once is remembered (as a digest keyed by the
+user's hash, so it outlives a reload that keeps that hash), so a legitimate
+scraper pays bcrypt once, not every scrape; a password found wrong is remembered
+too, and refused again without bcrypt.
+
+A flood of wrong credentials cannot take the checks a known user needs: at most
+``MAX_PENDING`` checks wait or run, at most ``PER_PEER_PENDING`` of them from one
+peer (an IPv4 address, an IPv6 /64), and the checks of peers whose credentials
+were wrong within ``SUSPECT_FOR``, like a peer's checks past its first waiting
+one, wait behind the others; when every place is taken, a newcomer from a peer
+without failures or checks waiting takes the place of the newest of those. What is refused is counted by reason (``missing``,
+``wrong``, ``busy``) and logged at most once a minute.
 
 The file is re-read when it, or a certificate, key or client CA file it names, changes (cert-manager
 rotates the pair a Secret mounts without touching the web config): users, headers and the certificate
@@ -19,11 +27,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import os
 import ssl
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import bcrypt
@@ -33,8 +46,38 @@ from collector.errors import ConfigError
 from collector.webconfig import WebConfigFile, parse_web_config, ssl_context
 
 MAX_PENDING = 16
+"""bcrypt checks waiting or running, in all: past that a request is refused at once (401), not queued."""
+PER_PEER_PENDING = 4
+"""... of them from one peer (a scraper sends one scrape at a time)."""
 BCRYPT_THREADS = 2
 MAX_REMEMBERED = 64
+MAX_WRONG_REMEMBERED = 4096
+"""Passwords found wrong (as digests, 32 bytes each), the oldest forgotten first."""
+SUSPECT_FOR = 60.0
+"""Seconds a peer whose credentials were wrong waits behind the others."""
+MAX_SUSPECTS = 4096
+LOG_EVERY = 60.0
+"""At most one line about refused credentials per this many seconds (a flood is not a flood of lines)."""
+
+
+@dataclass(eq=False)
+class _Check:
+    """One bcrypt check, waiting or running; ``result`` is True or False from bcrypt, None if it gave way."""
+
+    peer: str
+    password: bytes
+    target: bytes
+    result: asyncio.Future[bool | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+def _credentials(header: str | None) -> tuple[str, str] | None:
+    if not header or header[:6].lower() != "basic ":
+        return None
+    try:
+        name, sep, password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return None
+    return (name, password) if sep else None
 
 
 def _cost(hashed: str) -> int:
@@ -42,8 +85,12 @@ def _cost(hashed: str) -> int:
 
 
 class WebConfig:
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, refused: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
+        self.on_refused = refused
+        """Told the reason of each refusal (the self-metric)."""
+        self.clock = clock
         self.log = structlog.get_logger("collector.web")
         self._stats: dict[Path, Stat | None] = {}
         self._digests: dict[Path, bytes | None] = {}
@@ -59,10 +106,20 @@ class WebConfig:
         if self.ssl_context is not None:
             self.ssl_context.sni_callback = self._pick_context
         self._pool: ThreadPoolExecutor | None = None
-        self._pending = 0
         self.bcrypt_checks = 0
         """bcrypt runs so far: a known and an unknown user cost one each."""
         self._remembered: set[bytes] = set()
+        self._wrong: OrderedDict[bytes, None] = OrderedDict()
+        self._clean: deque[_Check] = deque()
+        """Checks waiting, for peers without recent failures: run first."""
+        self._suspect: deque[_Check] = deque()
+        self._running = 0
+        self._by_peer: Counter[str] = Counter()
+        self._suspects: OrderedDict[str, float] = OrderedDict()
+        """Peers whose credentials were wrong, and when last."""
+        self.refusals: Counter[str] = Counter()
+        self._unlogged = 0
+        self._next_log = 0.0
         self._dummy = self._dummy_hash()
 
     @property
@@ -155,43 +212,113 @@ class WebConfig:
             return
         if fresh is not None:
             self._current = fresh
-        self.file = new
-        self._remembered.clear()
+        self.file = new  # remembered passwords stay: each is keyed by its user's hash, which a change replaces
         self._dummy = self._dummy_hash()
         self.log.info("web config reloaded", changed=files)
 
-    async def authorized(self, header: str | None) -> bool:
+    async def authorized(self, header: str | None, peer: str = "") -> bool:
+        """Whether the ``Authorization`` header names a user with the right password; ``peer`` (see
+        ``listener.peer_key``) is who sent it, for the share of checks it may hold."""
         users = self.file.basic_auth_users
         if not users:
             return True
-        if not header or header[:6].lower() != "basic ":
-            return False
-        try:
-            name, sep, password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
-        except (ValueError, binascii.Error, UnicodeDecodeError):
-            return False
-        if not sep:
-            return False
+        credentials = _credentials(header)
+        if credentials is None:
+            return self._refuse("missing", peer)
+        name, password = credentials
         hashed = users.get(name)
         target = hashed.encode() if hashed is not None else self._dummy
         token = hashlib.sha256(target + b"\0" + password.encode()).digest()
         if hashed is not None and any(hmac.compare_digest(token, seen) for seen in self._remembered):
             return True
-        if self._pending >= MAX_PENDING:
-            return False
-        self._pending += 1
-        self.bcrypt_checks += 1
-        try:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(BCRYPT_THREADS, thread_name_prefix="bcrypt")
-            ok = await asyncio.get_running_loop().run_in_executor(self._pool, _check, password.encode(), target)
-        finally:
-            self._pending -= 1
+        if token in self._wrong:  # the same wrong password again: no bcrypt for it
+            self._wrong.move_to_end(token)
+            self._suspected(peer)
+            return self._refuse("wrong", peer)
+        check = self._enqueue(peer, password.encode(), target)
+        if check is None:
+            return self._refuse("busy", peer)
+        ok = await check.result
+        if ok is None:
+            return self._refuse("busy", peer)
         if ok and hashed is not None:
             if len(self._remembered) >= MAX_REMEMBERED:
                 self._remembered.clear()
             self._remembered.add(token)
             return True
+        self._wrong[token] = None
+        if len(self._wrong) > MAX_WRONG_REMEMBERED:
+            self._wrong.popitem(last=False)
+        self._suspected(peer)
+        return self._refuse("wrong", peer)
+
+    def _suspect_now(self, peer: str) -> bool:
+        failed = self._suspects.get(peer)
+        return failed is not None and self.clock() - failed < SUSPECT_FOR
+
+    def _suspected(self, peer: str) -> None:
+        self._suspects.pop(peer, None)
+        self._suspects[peer] = self.clock()
+        if len(self._suspects) > MAX_SUSPECTS:
+            self._suspects.popitem(last=False)
+
+    def _enqueue(self, peer: str, password: bytes, target: bytes) -> _Check | None:
+        """A place in the queue of checks, or None when the peer's share, or every place, is taken."""
+        if self._by_peer[peer] >= PER_PEER_PENDING:
+            return None
+        suspect = self._suspect_now(peer) or self._by_peer[peer] > 0  # a peer's second check waits its turn too
+        if self._running + len(self._clean) + len(self._suspect) >= MAX_PENDING:
+            if suspect or not self._suspect:
+                return None
+            bumped = self._suspect.pop()  # the newest waiting check of a peer with failures gives way
+            self._left(bumped)
+            if not bumped.result.done():
+                bumped.result.set_result(None)
+        check = _Check(peer, password, target)
+        (self._suspect if suspect else self._clean).append(check)
+        self._by_peer[peer] += 1
+        self._dispatch()
+        return check
+
+    def _left(self, check: _Check) -> None:
+        self._by_peer[check.peer] -= 1
+        if self._by_peer[check.peer] <= 0:
+            del self._by_peer[check.peer]
+
+    def _dispatch(self) -> None:
+        """Start waiting checks while a thread is free: peers without failures first."""
+        while self._running < BCRYPT_THREADS and (self._clean or self._suspect):
+            check = (self._clean or self._suspect).popleft()
+            if check.result.done():  # its request is gone
+                self._left(check)
+                continue
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(BCRYPT_THREADS, thread_name_prefix="bcrypt")
+            self._running += 1
+            self.bcrypt_checks += 1
+            running = asyncio.get_running_loop().run_in_executor(self._pool, _check, check.password, check.target)
+            running.add_done_callback(functools.partial(self._finished, check))
+
+    def _finished(self, check: _Check, done: asyncio.Future[bool]) -> None:
+        self._running -= 1
+        self._left(check)
+        if not check.result.done():
+            check.result.set_result(False if done.cancelled() or done.exception() else done.result())
+        self._dispatch()
+
+    def _refuse(self, reason: str, peer: str) -> bool:
+        """Count a refusal (and log one line a minute at most, saying how many went unlogged)."""
+        self.refusals[reason] += 1
+        if self.on_refused is not None:
+            self.on_refused(reason)
+        now = self.clock()
+        if now < self._next_log:
+            self._unlogged += 1
+            return False
+        self._next_log = now + LOG_EVERY
+        self.log.warning("basic auth refused", reason=reason, peer=peer[:64],
+                         refused_unlogged=self._unlogged)
+        self._unlogged = 0
         return False
 
     def close(self) -> None:

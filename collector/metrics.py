@@ -37,6 +37,10 @@ ANOMALIES = ("short_pass", "pass_restarted", "timestamp_backwards")
 retired), a pass that could not go on and started over, a ``last_updated_at`` that went backwards."""
 
 
+AUTH_REFUSALS = ("missing", "wrong", "busy")
+"""``scrape_auth_refusals_total{reason}``: see ``collector.auth``."""
+
+
 class SelfMetrics:
     """Counters the client and poller update as they go (an ``ApiObserver`` and a ``PollObserver``)."""
 
@@ -60,6 +64,12 @@ class SelfMetrics:
                                             "(retried next cycle).", registry=registry)
         self.listing_anomalies = Counter(p + "listing_anomalies", "Listings the collector did not take at their "
                                          "word (DESIGN §4), by kind.", ["kind"], registry=registry)
+        self.auth_refusals = Counter(p + "scrape_auth_refusals", "Requests to /metrics or / refused by basic auth, "
+                                     "by reason: missing (no or malformed credentials), wrong (unknown user or wrong "
+                                     "password), busy (no place to check them: a flood).", ["reason"],
+                                     registry=registry)
+        for reason in AUTH_REFUSALS:
+            self.auth_refusals.labels(reason)
         for kind in ANOMALIES:
             self.listing_anomalies.labels(kind)
         for result in ("success", "partial", "failure"):
@@ -94,6 +104,10 @@ class SelfMetrics:
 
     def anomaly(self, kind: str) -> None:
         self.listing_anomalies.labels(kind).inc()
+
+    # what the web config's basic auth reports (auth.WebConfig)
+    def auth_refused(self, reason: str) -> None:
+        self.auth_refusals.labels(reason).inc()
 
 
 def _exemplar(mark: Mark | None) -> Exemplar | None:

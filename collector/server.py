@@ -2,8 +2,9 @@
 
 Every answer is built from the latest snapshot; nothing here touches the API,
 so a scrape never waits on it. ``/metrics`` is rendered once per snapshot,
-format and encoding, then served from that cache; a client that does not read
-its answer is dropped after ``SEND_TIMEOUT``. ``/healthz`` and ``/readyz``
+format and encoding, then served from that cache, a piece at a time: the next
+piece is written once the last one has left the process, so a client that does
+not read holds one piece, and it is reset after ``SEND_TIMEOUT``. ``/healthz`` and ``/readyz``
 need no auth (kubelet probes carry none); ``/metrics`` and ``/`` do when the
 web config sets users.
 """
@@ -22,13 +23,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from collector import __version__
+from collector import __version__, listener
 from collector.auth import WebConfig
 from collector.cadence import Cadence
+from collector.listener import SEND_TIMEOUT, peer_key
 from collector.state import Snapshot
 
-SEND_TIMEOUT = 10.0
-WRITE_PIECE = 32 * 1024
+WRITE_PIECE = 16 * 1024
+"""What one connection's answer holds in the process at most (Envoy's edge default per connection is 32 KiB)."""
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 
@@ -129,7 +131,9 @@ class Endpoints:
         """Auth where it applies, the configured headers on every answer, and no traceback for a bug."""
         self.web.refresh()
         try:
-            if request.path not in OPEN_PATHS and not await self.web.authorized(request.headers.get("Authorization")):
+            if request.path not in OPEN_PATHS and not await self.web.authorized(
+                    request.headers.get("Authorization"),
+                    peer_key(request.transport.get_extra_info("peername") if request.transport else None)):
                 response: web.StreamResponse = web.Response(
                     status=401, text="unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="llamacloud-collector"'})
             else:
@@ -156,12 +160,12 @@ class Endpoints:
                 await response.prepare(request)
                 if request.method != "HEAD":
                     view = memoryview(body)
-                    for start in range(0, len(body), WRITE_PIECE):  # waits for the client between pieces:
-                        await response.write(view[start:start + WRITE_PIECE])  # never a whole copy per client
+                    for start in range(0, len(body), WRITE_PIECE):  # never a whole copy per client:
+                        await response.write(view[start:start + WRITE_PIECE])
+                        await listener.drained(request)  # the next piece once this one left the process
                 await response.write_eof()
         except (TimeoutError, ConnectionError):  # a client that does not read, or left mid-answer: let go of it
-            if request.transport is not None:
-                request.transport.abort()
+            listener.give_up(request)
         return response
 
     def alive(self) -> bool:

@@ -1,11 +1,12 @@
 """Hostile scrapers over real sockets, against the collector as a real process fed by the simulator.
 
 Malformed and ambiguous requests get 400 and are never read as a second
-request; clients that pipeline and never read, half-sent heads, and password
-guessers cannot stall /metrics, the poll cycles or memory; a flood of bad
-requests is not a flood of log lines. Each test ends with the same checks:
-alive, /metrics within 3 s, cycles still finishing, exact counts, sane values,
-peak RSS under 400 MB, no traceback.
+request; clients that pipeline and never read, half-sent heads, slots held from
+many addresses and password floods cannot stall /metrics, the poll cycles or
+memory, or lock the legitimate scraper out; a flood of bad requests is not a
+flood of log lines. Each test ends with the same checks: alive, /metrics within
+3 s, cycles still finishing, exact counts, sane values, peak RSS within the
+chart's memory limit, no traceback.
 """
 
 from __future__ import annotations
@@ -13,67 +14,110 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import os
 import signal
+import socket
+import ssl
 
 import bcrypt
 import httpx
 
+from collector.listener import MAX_CONNECTIONS
 from tests.helpers import Samples, assert_samples_match, family, parse, remote_truth
 from tests.stack import Processes, free_port, wait_until
 
-MAX_RSS_MB = 400
+MAX_RSS_MB = 256
+"""The chart's memory limit (256 Mi): the collector's peak RSS (VmHWM, in MiB) stays under it, whatever the attack."""
+WAIT = 60.0
+"""A generous bound on any wait for a condition (nothing here asserts how long a thing took)."""
 
 
 class Stack:
-    def __init__(self, procs: Processes, *args: str, sessions: int = 30) -> None:
+    def __init__(self, procs: Processes, *args: str, sessions: int = 30, verify: ssl.SSLContext | None = None) -> None:
         self.procs = procs
         sim_port, self.port = free_port(), free_port()
         self.sim = f"http://127.0.0.1:{sim_port}"
+        self.scheme = "https" if verify is not None else "http"
+        self.verify: ssl.SSLContext | bool = verify if verify is not None else True
         procs.collector("sim", "simulate", "--port", str(sim_port), "--sessions", str(sessions), "--rate", "0",
                         env={"LLAMA_CLOUD_API_KEY": "k"})
         wait_until(lambda: httpx.get(self.sim + "/_sim/stats").status_code == 200, 30, "simulator")
         self.proc = procs.collector("collector", "run", "--base-url", self.sim, "--interval", "1",
                                     "--listen", f"127.0.0.1:{self.port}", "--log-format", "json", *args,
                                     env={"LLAMA_CLOUD_API_KEY": "k"})
-        wait_until(lambda: httpx.get(self.url("/readyz")).status_code == 200, 30, "first sync")
+        wait_until(lambda: self.get("/readyz").status_code == 200, 30, "first sync")
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
+
+    def get(self, path: str, **kwargs) -> httpx.Response:
+        """One request on a connection of its own, as a probe or a scrape makes it."""
+        return httpx.get(self.url(path), timeout=kwargs.pop("timeout", 3), verify=self.verify,
+                         headers={"Connection": "close", **kwargs.pop("headers", {})}, **kwargs)
 
     def scrape(self, **kwargs) -> Samples:
-        response = httpx.get(self.url("/metrics"), timeout=3, **kwargs)
+        response = self.get("/metrics", **kwargs)
         response.raise_for_status()
         return parse(response.text)
 
     def log_lines(self) -> int:
         return self.procs.log("collector").count("\n")
 
-    def assert_healthy(self, **kwargs) -> None:
-        """Alive, answering within 3 s, still cycling, exact, sane, bounded, and quiet about it."""
+    def peak_rss_mb(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
+
+    def held(self) -> int:
+        """Connections the collector holds open on its port now (its sockets, matched in /proc/net/tcp)."""
+        inodes = set()
+        for fd in os.listdir(f"/proc/{self.proc.pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{self.proc.pid}/fd/{fd}")
+            except OSError:
+                continue  # closed meanwhile
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+        held = 0
+        with open("/proc/net/tcp") as table:
+            for line in list(table)[1:]:
+                fields = line.split()
+                if int(fields[1].split(":")[1], 16) == self.port and fields[3] != "0A" and fields[9] in inodes:
+                    held += 1  # ("0A": the listening socket)
+        return held
+
+    def assert_healthy(self, **kwargs) -> float:
+        """Alive, answering within 3 s, still cycling, exact, sane, bounded, and quiet about it; the peak RSS."""
         assert self.proc.poll() is None, "the collector died"
         httpx.get(self.sim + "/_sim/touch", params={"fraction": 0.2})
         first = self.scrape(**kwargs)
         cycles = sum(family(first, "llamacloud_collector_polls_total").values())
         runs, events = remote_truth(self.sim)
-        samples = wait_until(lambda: (s := self.scrape(**kwargs)) and
-                             sum(family(s, "llamacloud_collector_polls_total").values()) >= cycles + 2 and s,
-                             20, "two more cycles")
-        assert_samples_match(samples, runs, events)
+
+        def exact() -> Samples | None:
+            samples = self.scrape(**kwargs)
+            if sum(family(samples, "llamacloud_collector_polls_total").values()) < cycles + 2:
+                return None
+            assert_samples_match(samples, runs, events)  # retried until it holds (a busy machine: partial cycles)
+            return samples
+        samples = wait_until(exact, WAIT, "two more cycles, and exact counts")
         for (name, _), v in samples.items():
             if name.startswith("llamacloud_chat_"):
                 assert math.isfinite(v) and v >= 0, (name, v)
-        with open(f"/proc/{self.proc.pid}/status") as status:
-            peak = next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
+        peak = self.peak_rss_mb()
         assert peak < MAX_RSS_MB, peak
         self.proc.send_signal(signal.SIGTERM)
         assert self.proc.wait(15) == 0
         self.procs.procs.pop("collector")
         assert "Traceback" not in self.procs.log("collector")
+        return peak
 
 
 async def exchange(port: int, raw: bytes, wait: float = 2.0, local: str = "127.0.0.1") -> bytes:
     """Send raw bytes, read whatever comes back until the server closes or ``wait`` passes."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(local, 0))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(local, 0))
+    except ConnectionError:  # past its share, a flooding peer is reset at once, even before connect returns
+        return b""
     chunks = []
     try:
         writer.write(raw)
@@ -96,7 +140,10 @@ async def hold(port: int, count: int, payload: bytes) -> list[tuple[asyncio.Stre
     (those past the per-peer share are closed by the server at once)."""
     held = []
     for _ in range(count):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(ATTACKER, 0))
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(ATTACKER, 0))
+        except ConnectionError:
+            continue  # reset at once, past its share
         writer.write(payload)
         held.append((reader, writer))
     return held
@@ -147,40 +194,111 @@ def test_a_flood_of_bad_requests_is_a_bounded_number_of_log_lines(procs):
     stack.assert_healthy()
 
 
-def test_pipelining_clients_that_never_read_cannot_stall_scrapes_cycles_or_memory(procs):
-    """900 clients from 900 addresses (past any per-peer share) pipeline 200 scrapes of a 600 kB answer each
-    and never read; then they leave mid-answer. Every probe is answered within 3 s throughout (a connection
-    burst past the listen backlog was reset), and leaving is not an error line (it was one per client)."""
-    stack = Stack(procs, sessions=3000)
+def test_clients_that_never_read_from_many_addresses_cost_bounded_memory_in_total(procs):
+    """1,100 clients from 1,100 addresses (past the cap of 1,024 connections, and any per-peer share) each
+    pipeline 7,000 requests (256 KiB) for a 2.5 MB /metrics answer (2,000 session series) and never read;
+    then they leave mid-answer. A client whose answer is unread gets no new one, and holds one piece of it,
+    so the peak RSS stays under the chart's 256 Mi (the issue: 610 MB for 300 such clients); every probe and
+    scrape from another address is answered (at the cap, each takes the place of a client that does not
+    read); leaving is not an error line."""
+    stack = Stack(procs, "--session-series-limit", "2000", sessions=2000)
+    assert len(stack.get("/metrics", timeout=30).content) > 2_000_000
     before = stack.log_lines()
+    pipelined = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 7000
 
-    async def attack():
+    async def attack() -> tuple[list[socket.socket], list[int], int]:
+        loop = asyncio.get_running_loop()
         held = []
-        for i in range(900):
-            peer = f"127.0.{1 + i // 200}.{1 + i % 200}"
-            reader, writer = await asyncio.open_connection("127.0.0.1", stack.port, local_addr=(peer, 0))
-            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 200)  # never read
-            held.append((reader, writer))
-        statuses = []
-        async with httpx.AsyncClient(timeout=3) as http:
-            for _ in range(12):
-                response = await http.get(stack.url("/metrics"), headers={"Connection": "close"})
-                statuses.append(response.status_code)
-                await asyncio.sleep(0.5)
-        return held, statuses
-    loop = asyncio.new_event_loop()
-    held, statuses = loop.run_until_complete(attack())
-
-    async def leave():
-        for _, writer in held:
-            writer.transport.abort()  # gone mid-answer (an answer gives up on a client only after 10 s)
-        await asyncio.sleep(0)  # the loop closes the sockets (a reset each)
-    loop.run_until_complete(leave())
-    loop.close()
+        for i in range(1100):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # takes next to nothing of an answer
+            sock.bind((f"127.1.{i // 200}.{1 + i % 200}", 0))
+            sock.setblocking(False)
+            try:
+                await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", stack.port)), WAIT)
+                sock.send(pipelined)  # what the kernel takes of it; never read
+            except (BlockingIOError, ConnectionError):
+                pass  # reset at the cap: one of the others took its place
+            held.append(sock)
+        statuses, most = [], 0
+        for i in range(12):
+            most = max(most, await asyncio.to_thread(stack.held))
+            statuses.append((await asyncio.to_thread(stack.get, "/metrics" if i % 2 else "/healthz")).status_code)
+        return held, statuses, most
+    held, statuses, most = asyncio.run(attack())
+    for sock in held:  # gone mid-answer (an answer gives up on a client only after 10 s): a reset each
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()
     assert statuses == [200] * 12
-    stack.assert_healthy()
+    assert most <= MAX_CONNECTIONS + HELD_SLACK, most
+    peak = stack.assert_healthy()
     lines = stack.procs.log("collector").splitlines()[before:]
     assert [line for line in lines if '"level": "error"' in line] == []
+    print(f"\nnever-reading clients: 1,100 x 256 KiB pipelined; peak RSS {peak:.0f} MiB; held at most {most}; "
+          f"probes and scrapes answered {statuses.count(200)}/12")
+
+
+HELD_SLACK = 64
+"""Sockets seen in /proc for an instant beyond the slots, while attackers reconnect hundreds of times a
+second: accepted and not yet admitted, or reset and not yet closed (a few turns of a busy loop). The slots
+themselves never pass the cap (tests/test_server.py); what is held most of the time (the median) is at most
+the cap."""
+
+
+def test_slots_held_from_many_addresses_leave_a_place_for_every_newcomer(procs):
+    """20 addresses x 64 keep-alive connections (1,280, past the cap of 1,024), each sending an ordinary
+    GET /healthz every 3 s, and reconnecting a second after it is closed: the collector holds at most 1,024
+    (the issue: 1,277), and every scrape and probe from another address is answered (the issue: 0 of 37
+    scrapes), each taking the place of the longest idle connection of an address holding the most."""
+    stack = Stack(procs)
+
+    async def attack() -> tuple[list[int], list[int], int]:
+        stop, all_open = asyncio.Event(), asyncio.Event()
+        opened = [0]
+
+        async def pause(seconds: float) -> None:
+            try:
+                await asyncio.wait_for(stop.wait(), seconds)
+            except TimeoutError:
+                pass
+
+        async def holder(peer: str) -> None:
+            while not stop.is_set():
+                writer = None
+                try:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port, local_addr=(peer, 0))
+                    opened[0] += 1
+                    if opened[0] >= 1280:
+                        all_open.set()
+                    while not stop.is_set():
+                        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                        await asyncio.wait_for(reader.readuntil(b"ok\n"), WAIT)
+                        await pause(3)
+                except (OSError, asyncio.IncompleteReadError, TimeoutError):
+                    pass  # refused or evicted: connect again
+                finally:
+                    if writer is not None:
+                        writer.transport.abort()
+                await pause(1)
+        holders = [asyncio.create_task(holder(f"127.2.0.{1 + i // 64}")) for i in range(1280)]
+        await asyncio.wait_for(all_open.wait(), WAIT)
+        await asyncio.to_thread(wait_until, lambda: stack.held() <= MAX_CONNECTIONS, WAIT,  # the burst settled
+                                "the connections held back under the cap")
+        held, statuses = [], []
+        for i in range(20):
+            held.append(await asyncio.to_thread(stack.held))
+            statuses.append((await asyncio.to_thread(stack.get, "/metrics" if i % 2 else "/healthz")).status_code)
+        stop.set()
+        await asyncio.gather(*holders)
+        return held, statuses, opened[0]
+    held, statuses, opened = asyncio.run(attack())
+    assert opened >= 1280
+    assert sorted(held)[len(held) // 2] <= MAX_CONNECTIONS and max(held) <= MAX_CONNECTIONS + HELD_SLACK, held
+    assert max(held) >= MAX_CONNECTIONS - 64, held  # (the attack did fill the slots)
+    assert statuses == [200] * 20
+    peak = stack.assert_healthy()
+    print(f"\nslots held: 20 x 64 keep-alive; held {sorted(held)[len(held) // 2]} (median), {max(held)} (max); "
+          f"scrapes and probes answered {statuses.count(200)}/20; peak RSS {peak:.0f} MiB")
 
 
 def test_half_sent_heads_are_dropped_and_do_not_block_others(procs):
@@ -190,43 +308,68 @@ def test_half_sent_heads_are_dropped_and_do_not_block_others(procs):
         held = await hold(stack.port, 200, b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # head unfinished
         answer = await asyncio.to_thread(httpx.get, stack.url("/metrics"), timeout=3)
         assert answer.status_code == 200
-        closed = await asyncio.wait_for(held[0][0].read(), 30)  # dropped after the head timeout
+        try:
+            closed = await asyncio.wait_for(held[0][0].read(), 30)  # dropped after the head timeout
+        except ConnectionError:
+            closed = b""  # with a reset
         return closed, held
     closed, _held = asyncio.run(slowloris())
     assert closed == b""
     stack.assert_healthy()
 
 
-def test_password_guessers_cannot_slow_a_legitimate_scrape(procs, tmp_path):
-    hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=11)).decode()
-    config = tmp_path / "web.yml"
-    config.write_text(f"basic_auth_users:\n  prom: '{hashed}'\n")
-    stack = Stack(procs, "--web-config", str(config))
-    good = ("prom", "right")
-    assert httpx.get(stack.url("/metrics"), auth=good, timeout=10).status_code == 200  # pays bcrypt once
+def test_a_wrong_password_flood_leaves_the_right_password_through_from_start_and_after_a_rotation(
+        procs, tmp_path):
+    """32 loops send wrong passwords from the collector's start on (half for the known user, half for unknown
+    ones, from 8 addresses), and the first scrape comes once the flood is on; halfway the password is rotated
+    and the web config re-read (SIGHUP), so the new one too is checked for the first time under the flood.
+    The right password gets 200 on at least 90% of scrapes (the issue: 401 on 28 of 28), probes are answered,
+    and the refusals are counted."""
+    def config(password: bytes) -> str:
+        return f"basic_auth_users:\n  prom: '{bcrypt.hashpw(password, bcrypt.gensalt(rounds=11)).decode()}'\n"
+    web = tmp_path / "web.yml"
+    web.write_text(config(b"right"))
+    stack = Stack(procs, "--web-config", str(web))
 
-    async def guess():
+    async def flood() -> tuple[list[int], list[int], int]:
         stop = asyncio.Event()
+        guesses = [0]
 
-        async def guesser(i: int):
-            async with httpx.AsyncClient(timeout=30) as http:
+        async def guesser(i: int) -> None:
+            transport = httpx.AsyncHTTPTransport(local_address=f"127.3.0.{1 + i % 8}")
+            async with httpx.AsyncClient(timeout=30, transport=transport) as http:
                 while not stop.is_set():
                     user = "prom" if i % 2 else f"user{i}"  # known and unknown users cost the same
-                    await http.get(stack.url("/metrics"), auth=(user, f"guess{i}"))
-        tasks = [asyncio.create_task(guesser(i)) for i in range(20)]
-        await asyncio.sleep(1)
-        statuses = []
-        for _ in range(5):
-            response = await asyncio.to_thread(httpx.get, stack.url("/metrics"), auth=good, timeout=3)
-            statuses.append(response.status_code)
-        unauth = await asyncio.to_thread(httpx.get, stack.url("/healthz"), timeout=3)
+                    try:
+                        await http.get(stack.url("/metrics"), auth=(user, f"guess-{i}-{guesses[0]}"))
+                    except httpx.TransportError:
+                        pass
+                    guesses[0] += 1
+        guessers = [asyncio.create_task(guesser(i)) for i in range(32)]
+        await asyncio.to_thread(wait_until, lambda: guesses[0] >= 200, WAIT, "the flood on")
+        statuses, probes = [], []
+        for password in ("right", "rotated"):
+            if password == "rotated":
+                web.write_text(config(b"rotated"))
+                stack.proc.send_signal(signal.SIGHUP)
+                await asyncio.to_thread(wait_until, lambda: "web config reloaded" in stack.procs.log("collector"),
+                                        WAIT, "the web config re-read")
+            for _ in range(15):
+                response = await asyncio.to_thread(stack.get, "/metrics", auth=("prom", password), timeout=10)
+                statuses.append(response.status_code)
+                probes.append((await asyncio.to_thread(stack.get, "/healthz")).status_code)
         stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        return statuses, unauth.status_code
-    statuses, health = asyncio.run(guess())
-    assert statuses == [200] * 5 and health == 200
-    token = base64.b64encode(b"prom:right").decode()
-    stack.assert_healthy(headers={"Authorization": f"Basic {token}"})
+        await asyncio.gather(*guessers)
+        return statuses, probes, guesses[0]
+    statuses, probes, guesses = asyncio.run(flood())
+    assert statuses.count(200) >= 0.9 * len(statuses), statuses
+    assert probes == [200] * len(probes)
+    auth = {"Authorization": "Basic " + base64.b64encode(b"prom:rotated").decode()}
+    refused = family(stack.scrape(headers=auth), "llamacloud_collector_scrape_auth_refusals_total")
+    assert refused[frozenset({("reason", "wrong")})] > 0, refused
+    peak = stack.assert_healthy(headers=auth)
+    print(f"\npassword flood: 32 loops, {guesses} guesses; right password 200 on {statuses.count(200)}/"
+          f"{len(statuses)}; probes {probes.count(200)}/{len(probes)}; refused {dict(refused)}; peak RSS {peak:.0f} MiB")
 
 
 def test_a_slow_head_attack_from_one_peer_leaves_scrapes_and_probes_served(procs):

@@ -536,3 +536,128 @@ def test_ssl_cert_file_trusts_a_private_ca(tmp_path, pki):
     assert untrusted.returncode == 1 and "certificate is not trusted" in untrusted.stderr
     # trusted: the TLS handshake succeeds; this server is no chat API, so the answer is a 404
     assert "certificate" not in trusted.stderr and "HTTP 404" in trusted.stderr, trusted.stderr
+
+
+def client_hello() -> bytes:
+    """The first flight of a real TLS client, to send and then stall."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def test_tls_handshakes_that_never_start_are_counted_from_accept_and_cost_bounded_memory(procs, tmp_path, pki):
+    """With TLS on: a burst of 3,000 connections from one address that never send a ClientHello, then, for
+    the rest of the test, 1,000 such connections from 20 addresses and 200 that send a ClientHello and stall
+    (from 10 more), each connecting again a second after it is closed. Every one counts from accept: per
+    address at most 8 handshakes (128 in all), each closed 5 s after accept. The peak RSS stays under the
+    chart's 256 Mi (the issue: 957 MB for the 3,000, 280 MB for 700), and every probe and scrape over HTTPS
+    from another address is answered (each newcomer takes the place of the oldest handshake of an address
+    holding the most)."""
+    from tests.test_hostile_scrapers import MAX_RSS_MB, WAIT, Stack
+
+    config = tmp_path / "web.yml"
+    config.write_text(tls_lines(pki))
+    stack = Stack(procs, "--web-config", str(config), verify=ssl.create_default_context(cafile=str(pki / "ca.pem")))
+    hello = client_hello()
+
+    async def attack() -> tuple[list[int], int, bool]:
+        stop = asyncio.Event()
+        opened = [0]
+        burst = []
+        for _ in range(3000):  # one address, all at once
+            try:
+                burst.append(await asyncio.open_connection("127.0.0.1", stack.port, local_addr=("127.6.0.1", 0)))
+            except OSError:
+                pass  # reset at once: past its share of handshakes (or of the listen backlog)
+        timed_out = False
+        if burst:  # an admitted one is closed at the handshake timeout
+            with contextlib.suppress(ConnectionError):
+                await asyncio.wait_for(burst[0][0].read(), WAIT)
+            timed_out = True
+        for _, writer in burst:
+            writer.transport.abort()
+
+        async def attacker(peer: str, payload: bytes) -> None:
+            while not stop.is_set():
+                writer = None
+                opened[0] += 1
+                try:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port, local_addr=(peer, 0))
+                    writer.write(payload)
+                    await asyncio.wait_for(reader.read(), WAIT)  # until the collector closes it
+                except (OSError, TimeoutError):
+                    pass
+                finally:
+                    if writer is not None:
+                        writer.transport.abort()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1)
+        attackers = [asyncio.create_task(attacker(f"127.6.1.{1 + i // 50}", b"")) for i in range(1000)]
+        attackers += [asyncio.create_task(attacker(f"127.6.2.{1 + i // 20}", hello)) for i in range(200)]
+        statuses: list[int] = []
+        while opened[0] < 3 * 1200 and len(statuses) < 400:  # each attacker has had its handshake timed out
+            path = "/metrics" if len(statuses) % 2 else "/healthz"
+            statuses.append((await asyncio.to_thread(stack.get, path)).status_code)
+        stop.set()
+        await asyncio.gather(*attackers)
+        return statuses, opened[0], timed_out
+    statuses, opened, timed_out = run_async(attack())
+    assert timed_out and opened >= 2 * 1200  # (connections attempted: the attack went on)
+    assert statuses == [200] * len(statuses)
+    peak = stack.assert_healthy()
+    assert peak < MAX_RSS_MB
+    print(f"\nTLS handshakes: 3,000 from one address, then 1,200 reconnecting ({opened} attempts); "
+          f"probes and scrapes answered {statuses.count(200)}/{len(statuses)}; peak RSS {peak:.0f} MiB")
+
+
+def test_over_tls_a_client_that_does_not_read_its_answer_gets_no_new_one(pki):
+    """Over TLS, the answer waits in the TLS layer too (asyncio lets it hold 512 KiB): three pipelined
+    requests for a 1 MB answer, never read, and the second is not begun while the first is in the process."""
+    import socket
+
+    from aiohttp import web as aioweb
+
+    from collector import listener as listening
+    from collector.webconfig import TlsServerConfig, ssl_context
+
+    begun = []
+
+    async def big(request):
+        begun.append(request)
+        return aioweb.Response(body=bytes(1_000_000))
+
+    async def scenario():
+        app = aioweb.Application()
+        app.router.add_get("/big", big)
+        context = ssl_context(TlsServerConfig(cert_file=str(pki / "server.pem"), key_file=str(pki / "server.key")),
+                              pki)
+        listener = await listening.serve(app, "127.0.0.1", 0, ssl_context=context)
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", listener.port))
+        reader, writer = await asyncio.open_connection(sock=raw, ssl=ssl.create_default_context(
+            cafile=str(pki / "ca.pem")), server_hostname="127.0.0.1", limit=4096)  # stops reading at 8 KiB
+        try:
+            writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+
+            async def full() -> bool:
+                return listener.slots.count == 1 and listener.slots.guards()[0].writing_paused
+            await until(full, "the kernel's buffers full")
+            for _ in range(20):  # whenever it is looked at, while the client reads nothing
+                assert len(begun) == 1
+                await asyncio.sleep(0.01)
+            received = 0
+            while received < 3 * 1_000_000:
+                chunk = await asyncio.wait_for(reader.read(1 << 20), WAIT)
+                assert chunk
+                received += len(chunk)
+            assert len(begun) == 3
+        finally:
+            writer.transport.abort()
+            await listener.close()
+    run_async(scenario())
