@@ -137,6 +137,26 @@ class BoundedLabels:
                 self.dropped += 1
         return OTHER_LABEL
 
+    def seeded(self) -> BoundedLabels:
+        """An empty copy that admits what this one admitted, and has the same room left."""
+        copy_ = BoundedLabels(self.limit)
+        copy_.admitted = set(self.admitted)
+        return copy_
+
+    def absorb(self, value: str) -> str:
+        """``value`` as a ``seeded`` copy counted it, as this one counts it now: a value the copy admitted is
+        admitted here too while there is room (else ``_other``); ``_other`` and ``_none`` stay."""
+        return value if value in (OTHER_LABEL, NO_INDEX) else self(value)
+
+    def absorb_dropped(self, other: BoundedLabels) -> None:
+        """The distinct values ``other`` dropped that this one had not."""
+        for digest in other._seen:
+            if len(self._seen) >= DROPPED_TRACKED:
+                return
+            if digest not in self._seen:
+                self._seen.add(digest)
+                self.dropped += 1
+
 
 @dataclass(frozen=True)
 class Buckets:
@@ -281,6 +301,41 @@ class Aggregates:
 
     def copy(self) -> Aggregates:
         return copy.deepcopy(self)
+
+    def seeded(self) -> Aggregates:
+        """An empty ``Aggregates`` to count one session into apart (in a thread, while the loop counts others),
+        then ``merge`` back: the same bounds, and the label values admitted so far. Made on the loop."""
+        delta = Aggregates(self.buckets, self.label_limit)
+        for (name, kind), hist in self.histograms():
+            if kind is None:
+                setattr(delta, name, Histogram(hist.bounds))
+            else:
+                getattr(delta, name)[kind] = Histogram(hist.bounds)
+        delta.tools, delta.indexes = self.tools.seeded(), self.indexes.seeded()
+        return delta
+
+    def merge(self, delta: Aggregates) -> None:
+        """Add ``delta`` (made by ``seeded``) in, as if its session had been counted here: counters and
+        histograms add (sums saturating), its exemplars are the latest, and the label values it admitted are
+        admitted here while there is room, ``_other`` once the room went to others meanwhile."""
+        for name in COUNTERS:
+            mine, labels = getattr(self, name), BOUNDED_KEYS.get(name)
+            for key, value in getattr(delta, name).items():
+                if labels is not None:
+                    own = getattr(self, labels)
+                    key = (own.absorb(key[0]), *key[1:]) if isinstance(key, tuple) else own.absorb(key)
+                mine[key] = min(MAX_MEASURE, mine[key] + value) if name in SATURATING else mine[key] + value
+        for labels in ("tools", "indexes"):
+            getattr(self, labels).absorb_dropped(getattr(delta, labels))
+        self.history_resets += delta.history_resets
+        self.run_marks.update(delta.run_marks)
+        theirs = dict(delta.histograms())
+        for key, hist in self.histograms():
+            other = theirs[key]
+            assert other.bounds == hist.bounds, "seeded from these"
+            hist.counts = [a + b for a, b in zip(hist.counts, other.counts, strict=True)]
+            hist.total = min(MAX_MEASURE, hist.total + other.total)
+            hist.marks = [b or a for a, b in zip(hist.marks, other.marks, strict=True)]
 
     def raise_to(self, floor: Aggregates) -> None:
         """Make every counter at least ``floor``'s (after a re-derivation: counters never go back)."""
@@ -459,6 +514,11 @@ COUNTERS = ("runs", "errors", "tokens_total", "tool_calls", "skipped_index_queri
             "index_runs", "index_errors")
 """Every counter, stored by name: one missing from an older file starts at 0 (the index families, added in
 0.3.0, count the runs from the upgrade on; the run totals keep theirs)."""
+BOUNDED_KEYS = {"tool_calls": "tools", "skipped_index_queries": "indexes", "index_runs": "indexes",
+                "index_errors": "indexes"}
+"""Counters whose key is (or starts with) a bounded label value, and the ``BoundedLabels`` that bounds it."""
+SATURATING = frozenset({"tokens_total"})
+"""Counters that stop at ``MAX_MEASURE`` rather than grow past what the state file accepts."""
 HISTOGRAMS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("duration", "duration", ()),
     ("tokens", "tokens", ("input", "output")),

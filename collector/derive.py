@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from collector.llamacloud.models import (
@@ -154,18 +154,21 @@ def finished_prefix(events: Sequence[object]) -> int:
 
 
 def derive(events: Sequence[object], cursor: int, events_seen: int,
-           classifier: ErrorClassifier) -> Derivation:
+           classifier: ErrorClassifier, sink: Callable[[RunRecord], None] | None = None) -> Derivation:
     """Derive the runs finished in ``events[cursor:]``.
 
     ``events_seen`` is how many events were already counted by type; the
     caller has checked ``history_intact`` (or passes zeros to start over).
+    With a ``sink``, each run goes to it as it is derived and none is kept
+    (a million runs held at once would be 120 MB).
     """
     runs: list[RunRecord] = []
+    emit = runs.append if sink is None else sink
     start = cursor
     for index in range(cursor, len(events)):
         event = events[index]
         if type(event) is StopEvent:
-            runs.append(_run_record(events[start:index], event, classifier))
+            emit(_run_record(events[start:index], event, classifier))
             start = index + 1
     last = events[start - 1] if start > 0 else None
     signature = stop_signature(last) if isinstance(last, StopEvent) else None

@@ -15,6 +15,7 @@ nothing is an outage: its failures are retried next cycle, with no backoff.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import threading
 import time
@@ -30,13 +31,16 @@ from collector.cadence import Cadence, Deadline
 from collector.derive import ErrorClassifier, RunRecord, history_intact
 from collector.errors import AuthError, FetchError, NotFound, PayloadError, StateError
 from collector.llamacloud.models import Session, SessionPage, Summary
-from collector.runlog import log_runs
+from collector.runlog import MAX_LINES_PER_CYCLE, log_runs
+from collector.runlog import wanted as log_wanted
 from collector.selection import Found, PollConfig, in_shard, is_unchanged, older, same_instant, wanted
 from collector.state import (
     CollectorState,
     PollStatus,
+    SessionState,
     Snapshot,
     StateStore,
+    Update,
     take_snapshot,
     update_session,
 )
@@ -155,6 +159,8 @@ class _Run:
     deadline: Deadline
     listing: ListingPass
     counted: list[tuple[str, RunRecord]] | None
+    left_out: int = 0
+    """Runs counted but not kept for the run log (large histories keep at most what it writes)."""
     answered: bool = False
     """The API answered at least one request this cycle."""
     session_answered: bool = False
@@ -175,12 +181,51 @@ class _Run:
     """Sessions cut off at the deadline after waiting ``HANG_SHARE`` of a budget: they hang on their own."""
 
 
+SEED_WAIT = 60.0
+"""Seconds the parse thread waits for the loop to seed a large history's ``Aggregates``."""
+MAX_CARRIED = 8
+"""Large histories counted apart after their cycle's deadline, kept for their session's next fetch."""
+
+
+@dataclass(frozen=True)
+class Apart:
+    """A large history counted in the parse thread (``Poller._apart``), for the loop to merge."""
+
+    last_updated_at: str
+    intact: bool
+    """``prev``'s counted prefix is in this history (``history_intact``)."""
+    update: Update
+    delta: Aggregates
+
+
+@dataclass(frozen=True)
+class Carried:
+    """What a parse thread gave after its fetch was cut off: kept for the session's next fetch."""
+
+    ticket: object
+    """The fetch it was started for: that fetch, if it saw the answer after all, takes it out."""
+    prev: SessionState | None
+    """The state it was counted from: used only while the session is still in that one."""
+    outcome: Apart | str
+    """What it counted, or why the history was refused."""
+
+
+async def _seed(work: CollectorState) -> Aggregates:
+    return work.aggregates.seeded()
+
+
+def listed_at(session: Session, found: Found) -> str | None:
+    """An answer of another version than the listing showed is keyed on its own time: read again next cycle."""
+    return found.last_updated_at if same_instant(session.last_updated_at, found.last_updated_at) else None
+
+
 class SessionSource(Protocol):
     """What the poller reads: pages of the listing, a configured ID's summary, a session's history."""
 
     async def list_page(self, token: str | None, deadline: Deadline | None) -> SessionPage: ...
     async def summary(self, session_id: str, deadline: Deadline | None) -> Summary: ...
-    async def retrieve(self, session_id: str, deadline: Deadline | None) -> Session: ...
+    async def retrieve(self, session_id: str, deadline: Deadline | None,
+                       off_loop: Callable[[Callable[[], Session]], Apart] | None = None) -> Session | Apart: ...
 
 
 class PollObserver(Protocol):
@@ -213,9 +258,14 @@ class Poller:
         self.unconfirmed: set[str] = set()
         """Watched sessions the last complete pass did not list: gone if the next one does not either."""
         self.short_passes = 0
+        self.short_missing: set[str] = set()
+        """Watched sessions that no pass listed since the run of short passes began: the only ones its third
+        pass may retire (short passes agree only on what none of them listed)."""
         self.strikes: tuple[int, int] = (0, 0)
         """(page position in the pass, cycles in a row it failed)."""
         self.backwards: set[str] = set()
+        self.carried: dict[str, Carried] = {}
+        """Large histories counted apart while the deadline cut their cycle (``_apart``), by session."""
         self.stale: dict[str, str] = {}
         """Sessions whose last answer was ignored as stale, with its ``last_updated_at``."""
         self.last_pass_duration: float | None = None
@@ -224,6 +274,8 @@ class Poller:
         self._saving = threading.Lock()
         self.loaded = False
         """The store has been read. Until then nothing is written: a refused file keeps its bytes."""
+        self.loaded_at: float | None = None
+        """When the load finished (monotonic): liveness counts from then, not from the start."""
         self.snapshot: Snapshot = take_snapshot(self.state, self.poll, config.series_limit)
         if load:
             self.load_state()
@@ -235,6 +287,7 @@ class Poller:
             self.state = loaded
             self.snapshot = take_snapshot(self.state, self.poll, self.config.series_limit)
         self.loaded = True
+        self.loaded_at = self.monotonic()
 
     # -- the cycle --------------------------------------------------------------------------------------
 
@@ -259,6 +312,9 @@ class Poller:
             raise
         fresh = [error for sid, (_, error) in run.failures.items() if sid not in self.failing and sid not in run.hung]
         listing_cut = run.cut and not run.listing.listed_all
+        if not run.answered and fresh and self.config.discover and not (run.listing_error or listing_cut) \
+                and await self._api_answers(run):
+            run.answered = run.session_answered = True  # the API is up: these sessions fail on their own
         if not run.answered and (run.listing_error or fresh or listing_cut):  # an outage: nothing answered
             reason = run.listing_error or (fresh[0] if fresh else "no answer from the API by the cycle deadline")
             return self._failed(run, reason, started)
@@ -284,8 +340,8 @@ class Poller:
         self.state = work
         await asyncio.to_thread(self.persist)  # a save of a million removed rows takes seconds: off the loop
         self._finish(report, started, up=True)
-        if counted:  # committed and persisted: a restart cannot count these again
-            log_runs(self.runs_log, self.config.log_runs, counted)
+        if counted or run.left_out:  # committed and persisted: a restart cannot count these again
+            log_runs(self.runs_log, self.config.log_runs, counted or (), left_out=run.left_out)
         return report
 
     def _new_pass(self) -> ListingPass:
@@ -454,6 +510,7 @@ class Poller:
                 new = new or item.session_id not in listing.seen
                 listing.seen.add(item.session_id)
                 self.unconfirmed.discard(item.session_id)  # listed, by any pass: confirmed
+                self.short_missing.discard(item.session_id)
                 if (job := self._consider(run, item)) is not None:
                     listing.push(job)
             else:
@@ -546,34 +603,88 @@ class Poller:
         return None if fetch is None else (fetch, summary)
 
     async def _fetch(self, run: _Run, job: Job, found: Found) -> None:
-        """The history of a session as ``found`` in the listing (or by its summary)."""
+        """The history of a session as ``found`` in the listing (or by its summary). A large one is parsed
+        and counted in a thread, into its own ``Aggregates`` (``_apart``), then merged here on the loop."""
         sid, work = job.session_id, run.work
-        session = await self.client.retrieve(sid, run.deadline)
+        prev = work.known(sid)
+        replay = work.histogram_floor if sid in work.replay else None  # a replay reads the floor: on the loop
+        carried = self.carried.pop(sid, None)
+        answer: Session | Apart
+        if carried is not None and carried.prev == prev and replay is None:
+            if isinstance(carried.outcome, Apart):
+                answer = carried.outcome  # counted apart after the deadline cut its cycle: not read again
+            else:  # refused apart after the deadline cut its cycle (a history over the event limit)
+                self.metrics.invalid_payload("retrieve")
+                raise PayloadError(f"retrieve: invalid payload: {carried.outcome}", operation="retrieve")
+        else:
+            ticket = object()
+            apart = None if replay is not None else functools.partial(
+                self._apart, asyncio.get_running_loop(), run.work, sid, prev, found, self.clock(), ticket)
+            try:
+                answer = await self.client.retrieve(sid, run.deadline, apart)
+            except asyncio.CancelledError:  # cut off: what its thread gives stays for the next fetch
+                raise
+            except Exception:
+                self._uncarry(sid, ticket)
+                raise
+            self._uncarry(sid, ticket)
+            self.metrics.fetched(job.reason)
+            run.report.fetched += 1
         run.answered = True
         run.session_answered = True
         run.listing.some_fetched = True
-        self.metrics.fetched(job.reason)
-        run.report.fetched += 1
-        prev = work.known(sid)
-        backwards = prev is not None and older(session.last_updated_at, prev)
-        if backwards and prev is not None and self._stale(sid, session.last_updated_at) and \
-                not history_intact(session.events, prev.cursor, prev.events_seen, prev.stop_signature):
+        answered_at = answer.last_updated_at
+        backwards = prev is not None and older(answered_at, prev)
+        if backwards and prev is not None and self._stale(sid, answered_at) and not (
+                answer.intact if isinstance(answer, Apart) else
+                history_intact(answer.events, prev.cursor, prev.events_seen, prev.stop_signature)):
             self.log.info("stale read ignored; refetched next cycle", session_id=sid[:ID_TEXT])
         else:
             self.stale.pop(sid, None)
             if backwards:  # the counted prefix is intact: a clock put back, not a lagging replica
                 self._went_backwards(sid)
-            # an answer of another version than the listing showed is keyed on its own time: read again
-            listed_at = found.last_updated_at if same_instant(session.last_updated_at, found.last_updated_at) \
-                else None
-            replay = work.histogram_floor if sid in work.replay else None
-            state, runs = update_session(prev, session, work.aggregates, self.classifier, self.clock(),
-                                         listed_at=listed_at, replay_into=replay)
+            if isinstance(answer, Apart):
+                work.aggregates.merge(answer.delta)
+                update = answer.update
+            else:
+                update = update_session(prev, answer, work.aggregates, self.classifier, self.clock(),
+                                        listed_at=listed_at(answer, found), replay_into=replay)
             work.replayed(sid)
-            work.put(state)
+            work.put(update.state)
             if run.counted is not None:  # kept only when runs are logged
-                run.counted.extend((sid, r) for r in runs)
+                run.counted.extend((sid, r) for r in update.runs)
+                run.left_out += update.left_out
         self._recovered(sid)
+
+    def _apart(self, loop: asyncio.AbstractEventLoop, work: CollectorState, sid: str, prev: SessionState | None,
+               found: Found, now: float, ticket: object, read: Callable[[], Session]) -> Apart:
+        """In the parse thread: a large history read and counted into its own ``Aggregates``, seeded on the loop
+        with the label values admitted so far. Touches nothing the loop does. What it gives (or the refusal
+        of the history) is also left for the session's next fetch (``carried``), in case the deadline cut
+        this one while it ran: a history that takes longer than a cycle is still counted, or refused, once."""
+        try:
+            session = read()
+        except Exception as exc:  # only its text is kept: its traceback holds the body and what was parsed
+            loop.call_soon_threadsafe(self._carry, sid, Carried(ticket, prev, str(exc)[:ERROR_TEXT]))
+            raise
+        delta = asyncio.run_coroutine_threadsafe(_seed(work), loop).result(SEED_WAIT)
+        intact = prev is None or history_intact(session.events, prev.cursor, prev.events_seen, prev.stop_signature)
+        mode = self.config.log_runs
+        update = update_session(prev, session, delta, self.classifier, now, listed_at=listed_at(session, found),
+                                stream=(lambda r: log_wanted(mode, r), MAX_LINES_PER_CYCLE))
+        result = Apart(session.last_updated_at, intact, update, delta)
+        loop.call_soon_threadsafe(self._carry, sid, Carried(ticket, prev, result))
+        return result
+
+    def _uncarry(self, sid: str, ticket: object) -> None:
+        """The fetch saw its thread's outcome after all: it is not kept for the next one (never merged twice)."""
+        if getattr(self.carried.get(sid), "ticket", None) is ticket:
+            del self.carried[sid]
+
+    def _carry(self, sid: str, carried: Carried) -> None:
+        self.carried[sid] = carried
+        while len(self.carried) > MAX_CARRIED:
+            del self.carried[next(iter(self.carried))]
 
     def _stale(self, sid: str, answered: str) -> bool:
         """An older answer than was counted, over a shorter history, is a lagging replica's the first time;
@@ -642,11 +753,18 @@ class Poller:
     def _gone(self, run: _Run) -> list[list[str]]:
         """The watched sessions a complete pass shows gone, in slices: those the last complete pass did not
         list either. A pass that lists under half of the watched sessions retires nothing, until
-        ``SHORT_PASSES_AGREE`` passes in a row say so (DESIGN §4: one listing is never trusted alone)."""
+        ``SHORT_PASSES_AGREE`` passes in a row say so, and then only the sessions none of them listed (DESIGN §4:
+        one listing is never trusted alone; an unstable listing's short passes each list others)."""
         sessions, seen = run.work.sessions, run.listing.seen
         missing = [sid for sid in sessions if sid not in seen]
         short = self.config.discover and 2 * (len(sessions) - len(missing)) < len(sessions)
         self.short_passes = self.short_passes + 1 if short else 0
+        if not short:
+            self.short_missing = set()
+        elif self.short_passes == 1:
+            self.short_missing = set(missing)
+        else:  # what a pass listed left it in ``_take_page``; what is no longer watched leaves it here
+            self.short_missing.intersection_update(missing)
         if short and self.short_passes < SHORT_PASSES_AGREE:
             self.metrics.anomaly("short_pass")
             run.listing_problem = (f"list: a complete pass listed {len(sessions) - len(missing)} of the "
@@ -654,13 +772,25 @@ class Poller:
             self.log.warning("listing pass short; nothing retired", listed=len(sessions) - len(missing),
                              watched=len(sessions), passes_in_a_row=self.short_passes)
             return []
-        gone = missing if short else [sid for sid in missing if sid in self.unconfirmed]
-        self.unconfirmed = set() if short else set(missing) - set(gone)
+        agreed = self.short_missing if short else self.unconfirmed
+        gone = [sid for sid in missing if sid in agreed]
+        self.unconfirmed = set(missing) - set(gone)  # missed by a complete pass taken at its word: unconfirmed
         if short:  # accepted: the next short pass starts its own count again
             self.short_passes = 0
+            self.short_missing = set()
         return [gone[start:start + GONE_SLICE] for start in range(0, len(gone), GONE_SLICE)]
 
     # -- committing -------------------------------------------------------------------------------------
+
+    async def _api_answers(self, run: _Run) -> bool:
+        """A second look before a cycle whose only requests failed is called an outage: the listing's first page.
+        Without it, sessions that fail on their own, left last in a pass that lists nothing more, would be
+        retried as an outage every cycle, and the pass would never end (found by tests/test_hostile_history)."""
+        try:
+            await self.client.list_page(None, run.deadline)
+        except Exception:  # noqa: BLE001 - any failure: the outage it looked like
+            return False
+        return True
 
     def _failed(self, run: _Run, error: str, started: float) -> CycleReport:
         report = run.report

@@ -29,9 +29,10 @@ not become a flood of logs on the event loop)."""
 
 
 def log_runs(log: Any, mode: LogRuns, counted: Iterable[tuple[str, RunRecord]],
-             limit: int = MAX_LINES_PER_CYCLE) -> int:
-    """Write a line for each run ``mode`` asks for, at most ``limit``; returns how many were written."""
-    written = skipped = 0
+             limit: int = MAX_LINES_PER_CYCLE, left_out: int = 0) -> int:
+    """Write a line for each run ``mode`` asks for, at most ``limit``; returns how many were written.
+    ``left_out`` more were wanted but not kept (a large history keeps at most ``limit``)."""
+    written, skipped = 0, left_out
     for session_id, run in counted:
         if not wanted(mode, run):
             continue

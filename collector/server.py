@@ -106,6 +106,8 @@ class StatusSource(Protocol):
     def cycle_started(self) -> float | None: ...
     @property
     def cycle_finished(self) -> float | None: ...
+    @property
+    def loaded_at(self) -> float | None: ...
 
 
 class Endpoints:
@@ -169,9 +171,13 @@ class Endpoints:
         return response
 
     def alive(self) -> bool:
-        """False when no cycle has started or finished within the cadence's liveness window: a stuck loop."""
+        """False when no cycle has started or finished within the cadence's liveness window: a stuck loop. The
+        window counts from the end of the state's load, not from the start: a big state file loads in a thread
+        while /healthz answers, and the first cycle waits for it."""
+        if self.poller.loaded_at is None:
+            return True  # still loading (in a thread, off the loop): not stuck
         marks = [m for m in (self.poller.cycle_started, self.poller.cycle_finished) if m is not None]
-        last = max(marks) if marks else self.started
+        last = max(marks, default=max(self.started, self.poller.loaded_at))
         return self.monotonic() - last <= self.cadence.liveness
 
     async def healthz(self, _: web.Request) -> web.Response:

@@ -9,7 +9,7 @@ A ``StateStore`` persists the committed state; ``MemoryStore`` keeps nothing.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import NamedTuple, Protocol
@@ -88,11 +88,72 @@ class Update(NamedTuple):
 
     state: SessionState
     runs: tuple[RunRecord, ...]
+    left_out: int = 0
+    """Runs counted but not in ``runs`` (streamed: only those the run log wants are kept, a few)."""
+
+
+STREAM_CHUNK = 4096
+"""Runs derived before they are counted, when a history is streamed into its own ``Aggregates``."""
+
+
+class _Tally:
+    """The runs of one streamed history: counted into ``aggregates`` a chunk at a time, summed for the
+    session's state, and kept only while ``keep`` wants them, ``limit`` at most."""
+
+    def __init__(self, aggregates: Aggregates, session_id: str, now: float, index_ids: tuple[str, ...],
+                 keep: Callable[[RunRecord], bool], limit: int) -> None:
+        self.aggregates, self.session_id, self.now, self.index_ids = aggregates, session_id, now, index_ids
+        self.keep, self.limit = keep, limit
+        self.chunk: list[RunRecord] = []
+        self.kept: list[RunRecord] = []
+        self.left_out = 0
+        self.sums = RunSums()
+
+    def __call__(self, run: RunRecord) -> None:
+        self.sums.add(run)
+        if self.keep(run):
+            if len(self.kept) < self.limit:
+                self.kept.append(run)
+            else:
+                self.left_out += 1
+        self.chunk.append(run)
+        if len(self.chunk) >= STREAM_CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        self.aggregates.add_runs(self.chunk, self.session_id, self.now, self.index_ids)
+        self.chunk = []
+
+
+@dataclass
+class RunSums:
+    """What a session's state keeps of its runs."""
+
+    success: int = 0
+    error: int = 0
+    tokens_input: int = 0
+    tokens_output: int = 0
+
+    def add(self, run: RunRecord) -> None:
+        if run.failed:
+            self.error += 1
+        else:
+            self.success += 1
+        self.tokens_input = saturating(self.tokens_input, run.input_tokens or 0)
+        self.tokens_output = saturating(self.tokens_output, run.output_tokens or 0)
+
+    @classmethod
+    def of(cls, runs: Iterable[RunRecord]) -> RunSums:
+        sums = cls()
+        for run in runs:
+            sums.add(run)
+        return sums
 
 
 def update_session(prev: SessionState | None, session: Session, aggregates: Aggregates,
                    classifier: ErrorClassifier, now: float, listed_at: str | None = None,
-                   replay_into: Aggregates | None = None) -> Update:
+                   replay_into: Aggregates | None = None, *,
+                   stream: tuple[Callable[[RunRecord], bool], int] | None = None) -> Update:
     """Count what is new in ``session`` into ``aggregates``; return the session's new state and its runs.
 
     A history that shrank, or whose last counted ``stop`` changed, is a reset:
@@ -105,6 +166,11 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
     With ``replay_into`` (the old bounds' observations, after new buckets), the runs
     counted before are observed again into the histograms' new buckets, never into
     a counter, each taking its place from that floor.
+
+    With ``stream`` (``keep``, ``limit``), ``aggregates`` must be the session's own
+    (``Aggregates.seeded``, merged by the caller): runs are counted into it as they are
+    derived, never all held at once, and ``runs`` holds at most ``limit`` of those ``keep``
+    wants. No replay then.
     """
     events = session.events
     base = prev or SessionState(session.session_id, session.last_updated_at)
@@ -124,7 +190,9 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
     waiting = high_water is not None and len(events) < high_water[1]
     if high_water is not None and not waiting:
         high_water = None
-    result = derive(events[:seen] if waiting else events, cursor, seen, classifier)
+    tally = None if stream is None else _Tally(aggregates, base.session_id, now, session.index_ids, *stream)
+    assert tally is None or replay_into is None, "a replay reads the shared floor: never streamed"
+    result = derive(events[:seen] if waiting else events, cursor, seen, classifier, sink=tally)
     replayed = derive(events[:base.cursor], 0, 0, classifier).runs \
         if replay_into is not None and prev is not None and not reset and cursor == base.cursor else ()
     updated_ts = parse_timestamp(session.last_updated_at)
@@ -138,7 +206,12 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
         aggregates.invalid_values["last_updated_at"] += 1
     if job is not None:
         aggregates.invalid_values.update(f"job_metadata.{name}" for name in refused(job))
-    aggregates.add_runs(result.runs, base.session_id, now, session.index_ids)
+    if tally is None:
+        aggregates.add_runs(result.runs, base.session_id, now, session.index_ids)
+        sums = RunSums.of(result.runs)
+    else:
+        tally.flush()
+        sums = tally.sums
     aggregates.add_events(result.event_counts)
     since = None
     if result.in_progress_start is not None:
@@ -155,15 +228,17 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
         cursor=result.cursor,
         events_seen=result.events_seen,
         stop_signature=result.stop_signature,
-        runs_success=base.runs_success + sum(1 for r in result.runs if not r.failed),
-        runs_error=base.runs_error + sum(1 for r in result.runs if r.failed),
-        tokens_input=saturating(base.tokens_input, sum(r.input_tokens or 0 for r in result.runs)),
-        tokens_output=saturating(base.tokens_output, sum(r.output_tokens or 0 for r in result.runs)),
+        runs_success=base.runs_success + sums.success,
+        runs_error=base.runs_error + sums.error,
+        tokens_input=saturating(base.tokens_input, sums.tokens_input),
+        tokens_output=saturating(base.tokens_output, sums.tokens_output),
         in_progress_start=result.in_progress_start,
         in_progress_since=since,
         high_water=high_water,
     )
-    return Update(state, tuple(result.runs))
+    if tally is None:
+        return Update(state, tuple(result.runs))
+    return Update(state, tuple(tally.kept), tally.left_out)
 
 
 MAX_INDEX_IDS = 32

@@ -49,6 +49,8 @@ class FakeApi:
         self.retrieve_delay = 0.0
         self.slow: set[str] = set()
         """Sessions whose retrieve takes ``retrieve_delay``; all of them when empty."""
+        self.large: set[str] | bool = set()
+        """Sessions answered as large bodies are: parsed and counted in a thread (``True``: all of them)."""
         self.summaries: Counter = Counter()
         self.page_size = 1000
         self.pages_listed = 0
@@ -96,7 +98,9 @@ class FakeApi:
             raise self.summary_errors[sid]
         return Summary.model_validate(self._summary(sid))
 
-    async def retrieve(self, sid: str, deadline=None):
+    async def retrieve(self, sid: str, deadline=None, off_loop=None):
+        """The session's history; one in ``large`` (or every one, with ``large=True``) is given to ``off_loop`` in
+        a thread, as the real client does with a body over ``LARGE_BODY``."""
         self.deadlines.append(deadline)
         self.fetch_order.append(sid)
         await asyncio.sleep(0)
@@ -107,7 +111,10 @@ class FakeApi:
         body = queued.pop(0) if queued else self.sessions[sid]
         if isinstance(body, Exception):
             raise body
-        return parse_session(json.dumps(body).encode())
+        session = parse_session(json.dumps(body).encode())
+        if off_loop is not None and (self.large is True or sid in self.large) and session.session_id == sid:
+            return await asyncio.to_thread(off_loop, lambda: session)
+        return session
 
 
 def poller(api: FakeApi, now: list[float] | None = None, monotonic=None, interval: float = 60.0,

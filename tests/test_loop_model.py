@@ -1230,3 +1230,12 @@ def test_finding_a_session_a_short_pass_listed_is_not_retired_by_the_passes_arou
            ("listing_fault", {"kind": "truncated", "times": 1, "then": 1}),
            ("listing_shape", {"order": "oldest", "short": False, "duplicates": False, "then": 0}),
            ("listing_fault", {"kind": "loop", "times": 1, "then": 1}))
+
+
+def test_finding_short_passes_that_disagree_retire_only_what_none_of_them_listed():
+    """"A session is gone only when two consecutive complete passes did not list it"; "when three consecutive
+    complete passes agree, the short listing is taken as the truth": a listing shuffled at every page gave three
+    short passes in a row ([s2], [s2], [s0]) and the third retired s2, which the pass before had listed (any
+    three short passes counted as agreeing). Found by the long profile on the tree with issue 26's fixes."""
+    replay(("init", {"n": 3, "page_size": 1, "seed": 151}), ("cycles", {"n": 1}),
+           ("listing_shape", {"order": "shuffled", "short": False, "duplicates": False, "then": 4}))

@@ -226,7 +226,7 @@ def test_a_fetch_the_cycle_deadline_times_out_is_carried_not_failing():
     now = [0.0]
 
     class Slow(FakeApi):
-        async def retrieve(self, sid, deadline=None):
+        async def retrieve(self, sid, deadline=None, off_loop=None):
             if sid == "s3" and now[0] < 100:
                 now[0] = 100.0  # the client gave up because the cycle's deadline came: no fault of s3
                 raise FetchError("retrieve: timed out", operation="retrieve")

@@ -521,7 +521,7 @@ class GivesUpAtTheDeadline(FakeApi):
             self._give_up("list")
         return await super().list_page(token, deadline)
 
-    async def retrieve(self, sid: str, deadline=None):
+    async def retrieve(self, sid: str, deadline=None, off_loop=None):
         if sid == self.sid:
             self._give_up("retrieve")
         try:
@@ -610,7 +610,7 @@ class Stuck(FakeApi):
         super().__init__()
         self.clock, self.scripts = clock, scripts
 
-    async def retrieve(self, sid: str, deadline=None):
+    async def retrieve(self, sid: str, deadline=None, off_loop=None):
         step = self.scripts[sid].pop(0) if self.scripts.get(sid) else None
         if isinstance(step, Exception):
             raise step
@@ -650,6 +650,7 @@ def test_a_hung_fetch_put_back_by_a_failed_cycle_starts_its_count_again(after):
     first = cycle(p)  # the listing answers; both fetches cut
     assert (first.carried, first.failed) == (2, 0)
     api.scripts["s1"] = [FetchError("retrieve: HTTP 500", operation="retrieve")]
+    api.list_errors = [FetchError("list: HTTP 503", operation="list")]  # the second look at the listing too
     second = cycle(p)  # nothing answers: s1 fails, s0 hangs (two cuts, a budget): an outage
     assert (second.result, second.failed, second.errors) == ("failure", 2, ["retrieve: HTTP 500"])
     later = [cycle(p) for _ in after]  # one cut of half a budget, or two of a quarter: not a hang yet
@@ -664,7 +665,7 @@ class LateAnswers(FakeApi):
         super().__init__()
         self.clock, self.step = clock, step
 
-    async def retrieve(self, sid: str, deadline=None):
+    async def retrieve(self, sid: str, deadline=None, off_loop=None):
         self.clock[0] += self.step
         return await super().retrieve(sid, deadline)
 
@@ -680,3 +681,32 @@ def test_the_deadline_between_two_fetches_cuts_the_cycle_and_says_so():
     assert (report.result, report.fetched, report.carried) == ("partial", 1, 2)
     assert report.errors == ["cycle deadline reached at page 1 of the listing pass with 2 sessions not fetched; "
                              "the pass carries on next cycle"]
+
+
+def test_sessions_failing_on_their_own_last_in_a_pass_do_not_make_every_cycle_an_outage():
+    """Two new sessions whose answers are refused (over the size cap, say), the only fetches of a cycle that lists
+    nothing more, were retried as an outage every cycle: the pass never ended and no other change was counted.
+    A look at the listing's first page shows the API is up: they fail on their own (tests/test_hostile_history)."""
+    from collector.errors import PayloadError
+    from tests.fakes import FakeApi, cycle, poller, run_events, total_runs
+
+    api = FakeApi()
+    for i in range(3):
+        api.put(f"s{i}", "2026-01-01T00:00:00Z", run_events())
+    now = [1000.0]
+    p = poller(api, now=now)
+    cycle(p)
+    for sid in ("big1", "big2"):
+        api.put(sid, "2026-01-01T00:00:01Z", run_events())
+        api.answers[sid] = [PayloadError("retrieve: too large", operation="retrieve")] * 100
+    api.page_size = 2  # the pass carries over: the new ones are fetched in a cycle that lists nothing more
+    results = []
+    for _ in range(6):
+        now[0] += 60
+        results.append(cycle(p).result)
+    api.put("s0", "2026-01-01T00:00:05Z", run_events() + run_events())
+    for _ in range(3):
+        now[0] += 60
+        results.append(cycle(p).result)
+    assert "failure" not in results, results
+    assert total_runs(p) == 4 and set(p.failing) == {"big1", "big2"}

@@ -15,6 +15,7 @@ from collector.server import Endpoints, MetricsCache, accepts_gzip
 class FakePoller:
     cycle_started = None
     cycle_finished = None
+    loaded_at: float | None = 0.0
 
 
 def test_healthz_fails_when_no_cycle_started_or_finished_for_three_intervals():
@@ -33,6 +34,21 @@ def test_healthz_fails_when_no_cycle_started_or_finished_for_three_intervals():
     assert not endpoints.alive()  # started 190 s ago and never finished: stuck
     poller.cycle_finished = now[0]
     assert endpoints.alive()
+
+
+def test_liveness_does_not_count_the_state_load():
+    now = [1000.0]
+    poller = FakePoller()
+    poller.loaded_at = None
+    endpoints = Endpoints(CollectorRegistry(), poller, cadence=Cadence(10.0), web_config=WebConfig(None),
+                          monotonic=lambda: now[0])
+    now[0] += 600
+    assert endpoints.alive()  # a big state file still loading, in a thread: not a stuck loop
+    poller.loaded_at = now[0]
+    now[0] += Cadence(10.0).liveness
+    assert endpoints.alive()  # the window counts from the end of the load
+    now[0] += 1
+    assert not endpoints.alive()  # loaded, and no cycle since: stuck
 
 
 @pytest.mark.parametrize("header,want", [

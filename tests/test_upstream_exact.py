@@ -108,6 +108,27 @@ def test_memory_only_forgets_no_cursor_either():
     assert cycle(p).fetched == 0 and total_runs(p) == 10_500
 
 
+def test_short_passes_that_disagree_retire_nothing_one_of_them_listed():
+    """Found by the loop model's long profile: an unstable listing (shuffled at every page) gave three short
+    passes in a row, each listing another session; the third was taken as the truth and retired the session the
+    pass before it had listed. Short passes agree only on what none of them listed (DESIGN §4)."""
+    api = project(SHORT_PASSES_AGREE)
+    p = poller(api)
+    cycle(p)
+    everyone = list(api.sessions)
+    for sid in everyone:  # each short pass lists another one: they agree on nothing
+        api.listed = [sid]
+        report = cycle(p)
+        assert report.pass_complete and report.removed == 0
+    assert set(p.state.sessions) == set(everyone) and anomalies(p, "short_pass") == SHORT_PASSES_AGREE - 1
+    last = everyone[-1]
+    for _ in range(SHORT_PASSES_AGREE):  # now they agree: the others are gone, counted once
+        cycle(p)
+    assert set(p.state.sessions) == {last} and total_runs(p) == SHORT_PASSES_AGREE
+    api.listed = None  # they come back: nothing counted again
+    assert cycle(p).fetched == 0 and total_runs(p) == SHORT_PASSES_AGREE
+
+
 # 2. a refused page token -----------------------------------------------------------------------------------
 
 class Forgetful(FakeApi):

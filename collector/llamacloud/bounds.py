@@ -10,8 +10,14 @@ HTTP; aiohttp and httpx do that.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import TypeVar
 
 import httpx
+
+A = TypeVar("A")
+R = TypeVar("R")
 
 DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 """DESIGN §6: with ``LargeBodies``, the bodies in flight together fit the chart's 256 Mi limit with room."""
@@ -37,10 +43,10 @@ class LargeBodies:
 class Claim:
     """One request's turn at the gate: taken when its body grows large, released once it is parsed."""
 
-    __slots__ = ("_held", "_lock", "until")
+    __slots__ = ("_handed", "_held", "_lock", "until")
 
     def __init__(self, lock: asyncio.Lock) -> None:
-        self._lock, self._held = lock, False
+        self._lock, self._held, self._handed = lock, False, False
         self.until = 0.0
         """The loop time by which the body must have arrived, once the gate is held."""
 
@@ -55,9 +61,38 @@ class Claim:
             self.until = asyncio.get_running_loop().time() + GATE_HOLD
 
     def release(self) -> None:
+        if self._held and not self._handed:
+            self._let_go()
+
+    def _let_go(self) -> None:
         if self._held:
             self._held = False
             self._lock.release()
+
+    async def in_thread(self, executor: Executor, fn: Callable[[A], R], arg: A) -> R:
+        """``fn(arg)`` in ``executor``. The turn is held until it returns, even when the caller gives up
+        first (a cycle's deadline): a thread cannot be stopped, and the memory it holds is the gate's."""
+        future = asyncio.get_running_loop().run_in_executor(executor, _bare, fn, arg)
+        self._handed = True
+        future.add_done_callback(self._thread_done)
+        return await asyncio.shield(future)
+
+    def _thread_done(self, future: asyncio.Future) -> None:
+        self._let_go()
+        if not future.cancelled():
+            future.exception()  # retrieved, also when no one awaits it any more
+def _bare(fn: Callable[[A], R], arg: A) -> R:
+    """``fn(arg)``, whose failure carries no traceback: the frames of a parse hold the body, its text and the
+    events parsed so far (hundreds of MB), and an exception kept a while (or caught in a reference cycle that
+    ``gc.freeze`` then keeps) would keep them too."""
+    try:
+        return fn(arg)
+    except Exception as exc:  # noqa: BLE001 - raised again, bare
+        error = exc
+    del arg
+    raise error.with_traceback(None)
+
+
 MAX_SESSION_ID_LENGTH = 256
 """Real IDs are UUIDs (36 characters); a longer one is not a session ID but an attack on labels and paths."""
 

@@ -17,12 +17,14 @@ only asks it what is left.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import os
 import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Protocol, TypeVar
@@ -37,6 +39,7 @@ from collector import __version__
 from collector.cadence import Deadline
 from collector.errors import AuthError, FetchError, NotFound, PayloadError
 from collector.llamacloud.bounds import (
+    LARGE_BODY,
     BadStatus,
     BodyTooLarge,
     BodyTooSlow,
@@ -53,6 +56,8 @@ MAX_PAGES = 100_000
 """``list_sessions`` (the ``check`` command) only: ten million sessions at 100 a page. The poll loop's passes
 end at a repeated token or a listing that goes round, never at a page count (DESIGN §4)."""
 M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R")
+T = TypeVar("T")
 S = TypeVar("S", bound=Summary)
 """A session-shaped answer (summary or retrieve): it names its session."""
 
@@ -163,12 +168,15 @@ class LlamaCloudClient:
         self._max_bytes, self._max_pages, self._page_size = max_response_bytes, max_pages, page_size
         self._max_events = max_events
         self._large = LargeBodies()
+        self._threads = ThreadPoolExecutor(1, thread_name_prefix="parse")
+        """Where large bodies are parsed, one at a time (the gate lets one through)."""
         self._observer = observer or NullObserver()
         self._retry = retry
         self._clock, self._wall_clock, self._sleep, self._rng = clock, wall_clock, sleep, rng
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
     async def __aenter__(self) -> LlamaCloudClient:
         return self
@@ -205,12 +213,26 @@ class LlamaCloudClient:
         return self._same_session("summary", session_id, await self._get(
             "summary", self._path("summary", session_id, "/summary"), Summary, deadline))
 
-    async def retrieve(self, session_id: str, deadline: Deadline | None = None) -> Session:
-        return self._same_session("retrieve", session_id, await self._get(
-            "retrieve", self._path("retrieve", session_id), Session, deadline, parse=self._parse_session))
+    async def retrieve(self, session_id: str, deadline: Deadline | None = None,
+                       off_loop: Callable[[Callable[[], Session]], T] | None = None) -> Session | T:
+        """The session's history. A large body (over ``LARGE_BODY``) is handled in a thread, off the event loop:
+        ``off_loop`` is called there with the function that parses it, and its result is returned instead. A
+        history of a million events is never held, parsed or counted on the loop. The gate of large bodies is
+        held until that thread is done, even when the caller gives up first (the cycle's deadline)."""
 
-    def _parse_session(self, body: bytes) -> Session:
-        return parse_session(body, self._max_events)
+        def read(body: bytes) -> Session:
+            session = parse_session(body, self._max_events)
+            if session.session_id != session_id:
+                raise ValueError("the answer names another session")
+            return session
+
+        def parse(body: bytes) -> Session | T:
+            if off_loop is None or len(body) <= LARGE_BODY:
+                return parse_session(body, self._max_events)
+            return off_loop(functools.partial(read, body))
+
+        answer = await self._get("retrieve", self._path("retrieve", session_id), Session, deadline, parse=parse)
+        return self._same_session("retrieve", session_id, answer) if isinstance(answer, Session) else answer
 
     def _path(self, operation: str, session_id: str, suffix: str = "") -> str:
         try:
@@ -240,7 +262,7 @@ class LlamaCloudClient:
                 await response.aclose()
 
     async def _get(self, operation: str, path: str, model: type[M], deadline: Deadline | None,
-                   params: dict | None = None, parse: Callable[[bytes], M] | None = None) -> M:
+                   params: dict | None = None, parse: Callable[[bytes], R] | None = None) -> M | R:
         attempt = 0
         while True:
             started = self._clock()
@@ -270,7 +292,8 @@ class LlamaCloudClient:
                     status = answer.status
                     self._observer.request(operation, str(status), self._clock() - started)
                     if 200 <= status < 300:
-                        return self._parse(operation, answer, parse or model.model_validate_json)
+                        reader: Callable[[bytes], M | R] = parse or model.model_validate_json
+                        return await self._parse(operation, answer, reader, claim)
                     reason = str(status)
                     failure = _status_error(operation, status, answer.location)
                     if status not in RETRY_STATUS:
@@ -285,14 +308,18 @@ class LlamaCloudClient:
             self._observer.retry(operation, reason)
             await self._sleep(delay)
 
-    def _parse(self, operation: str, answer: _Answer, parse: Callable[[bytes], M]) -> M:
+    async def _parse(self, operation: str, answer: _Answer, parse: Callable[[bytes], R], claim: Claim) -> R:
+        """The answer's body as ``parse`` reads it: a large one in a thread, off the loop, whose claim on the
+        gate of large bodies lasts until the thread is done."""
         content_type = answer.content_type
         if content_type and "json" not in content_type:  # an error page; no header at all is tried as JSON
             self._observer.invalid_payload(operation)
             raise PayloadError(f"{operation}: expected JSON, got content type {content_type[:60]!r}",
                                operation=operation)
         try:
-            return parse(answer.body)
+            if len(answer.body) <= LARGE_BODY:
+                return parse(answer.body)
+            return await claim.in_thread(self._threads, parse, answer.body)
         except ValidationError as exc:
             self._observer.invalid_payload(operation)
             first = exc.errors(include_input=False, include_url=False)[0]

@@ -12,7 +12,8 @@ Controls (``GET``): ``stats``, ``totals`` (sums of the truth), ``truth``, ``sess
 with their runs), ``traffic?pause=1``, ``touch?fraction=|first=N|last=1[&fail=1|0]``, ``big``,
 ``fault?kind=&endpoint=&times=``, ``listing?order=newest|oldest&page_cap=&long_token_page=&long_token_length=
 &forget_cursors=1``, ``clock?offset=SECONDS``, ``delete?count=N`` (the oldest), ``extreme?what=zero_time|
-long_title|big_tokens``, ``decoy?runs=&decoy_runs=&pad=`` (a body with a leading ``debug.events``).
+long_title|big_tokens``, ``decoy?runs=&decoy_runs=&pad=`` (a body with a leading ``debug.events``), ``bare?kind=stop&count=N`` (a
+session of N minimal events).
 
 It is served by ``aiohttp.web``; as a test double it keeps raw control of the
 connection where a fault needs it (a reset, a body cut short).
@@ -316,6 +317,10 @@ class SimulatorApi:
             session = world.decoy_session(int(q.get("runs", 5)), int(q.get("decoy_runs", 50)),
                                           int(q.get("pad", 1_100_000)))
             return _json({"session_id": session.session_id, "bytes": len(session.detail_bytes())})
+        if request.path == "/_sim/bare":
+            session = world.bare_session(request.query.get("kind", "stop"), int(request.query.get("count", "1000")))
+            return _json({"session_id": session.session_id, "bytes": len(session.detail_bytes()),
+                          "events": len(session.events), "bare_runs": world.bare_runs})
         if request.path == "/_sim/truth":
             return _json({"runs": [r.__dict__ for r in world.runs], "events": dict(world.events)})
         if request.path == "/_sim/traffic":
@@ -368,7 +373,7 @@ def totals(world: World) -> dict:
     """Sums of the truth a benchmark compares with, without shipping every run (``/_sim/truth``)."""
     runs = world.runs
     durations = [r.duration_ms for r in runs if r.duration_ms is not None]
-    return {"runs": len(runs), "errors": sum(r.failed for r in runs),
+    return {"runs": len(runs), "bare_runs": world.bare_runs, "errors": sum(r.failed for r in runs),
             "input_tokens": sum(r.input_tokens or 0 for r in runs),
             "output_tokens": sum(r.output_tokens or 0 for r in runs),
             "duration_count": len(durations), "duration_seconds_sum": sum(durations) / 1000,

@@ -68,6 +68,8 @@ class SimSession:
     """World time of the last change (``last_updated_at`` as a number): the newest-first order."""
     leading: dict | None = None
     """Top-level fields an API may add, sent before the summary fields and ``events`` in ``retrieve``."""
+    compact: bool = False
+    """Sent without spaces (``bare_session``): the most events an answer holds under the size cap."""
     _detail: bytes | None = None
 
     def summary(self) -> dict:
@@ -77,7 +79,8 @@ class SimSession:
 
     def detail_bytes(self) -> bytes:
         if self._detail is None:
-            self._detail = json.dumps({**(self.leading or {}), **self.summary(), "events": self.events}).encode()
+            self._detail = json.dumps({**(self.leading or {}), **self.summary(), "events": self.events},
+                                      separators=(",", ":") if self.compact else None).encode()
         return self._detail
 
 
@@ -90,6 +93,8 @@ class World:
         self._order: list[int] = []  # seq of every live session, ascending: cursor paging
         self._by_seq: dict[int, SimSession] = {}
         self.runs: list[RunTruth] = []
+        self.bare_runs = 0
+        """Runs of ``bare_session`` histories: successes without usage, under ``index_id="_none"``."""
         self.events: Counter = Counter()
         self._seq = 0
         self._last_ts = 0.0
@@ -293,6 +298,19 @@ class World:
                        "usage": {"duration_ms": 1.0, "total_input_tokens": 1, "total_output_tokens": 1, "turns": 1},
                        "skipped_index_ids": None}]
         session.leading = {"debug": {"events": decoy, "note": "x" * pad}}
+        session._detail = None
+        return session
+
+    def bare_session(self, kind: str, count: int) -> SimSession:
+        """A session of ``count`` minimal events of one ``kind`` (``{"type": "stop"}`` is a run with no usage):
+        the smallest body per event an API can send, to attack memory and the loop. Its runs are counted in
+        ``bare_runs``, not in ``runs`` (a million truths would make ``/_sim/truth`` 200 MB)."""
+        session = self.new_session()
+        session.index_ids, session.compact = None, True
+        self._append(session, [{"type": kind} for _ in range(count)])
+        if kind == "stop":
+            self.bare_runs += count
+        self._touch(session)
         session._detail = None
         return session
 
