@@ -90,7 +90,7 @@ def test_matrix_renders_and_validates(case):
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-metrics", "scheme": scheme}
     if "readinessProbe" in container or not MATRIX[case].get("probes"):
         assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-metrics", "scheme": scheme}
-    assert container["resources"] == {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
+    assert container["resources"] == {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "384Mi"}}
     key_env = next(e for e in container["env"] if e["name"] == "LLAMA_CLOUD_API_KEY")
     ref = key_env["valueFrom"]["secretKeyRef"]
     api = MATRIX[case]["apiKey"]
@@ -290,11 +290,13 @@ def notes(values: dict) -> str:
 
 
 @pytest.mark.parametrize(("values", "warned"), [
-    ({}, False),  # 3 x (32 MiB + 8 x 1 MiB) + 96 MiB = 216 MiB under the default 256Mi
+    ({}, False),  # 64 + 2 x 32 + 8 x 1 + 80 B x 1,000,000 (76.3) + 48 = 260.3 MiB under the default 384Mi
+    ({"resources": {"limits": {"memory": "256Mi"}}}, True),  # the old limit: below the budget of the defaults
+    ({"resources": {"limits": {"memory": "256Mi"}}, "config": {"maxEventsPerSession": 900_000}}, False),  # 252.6
     ({"config": {"maxResponseBytes": 256 << 20}}, True),  # the old default cap: OOM-killed by one large answer
     ({"config": {"maxResponseBytes": 256 << 20}, "resources": {"limits": {"memory": "1Gi"}}}, False),
-    ({"resources": {"limits": {"memory": "200M"}}}, True),  # decimal units: 200 MB < 216 MiB
-    ({"config": {"maxConcurrency": 64}, "resources": {"limits": {"memory": "268435456"}}}, True),
+    ({"resources": {"limits": {"memory": "272M"}}}, True),  # decimal units: 272 MB < 260.3 MiB
+    ({"config": {"maxConcurrency": 64}, "resources": {"limits": {"memory": "300Mi"}}}, True),
     ({"resources": {"limits": {}}}, False),  # no limit: nothing to compare with
 ])
 def test_notes_warn_when_the_memory_limit_cannot_hold_the_response_cap(values, warned):

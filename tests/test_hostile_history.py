@@ -126,3 +126,48 @@ def test_a_history_past_the_event_limit_fails_on_its_own_and_the_others_count(pr
     assert peak < MAX_RSS_MB, peak
     log = collector.procs.log("collector")
     assert "max-events-per-session" in log and "Traceback" not in log
+
+
+def test_a_state_file_of_a_million_retired_sessions_loads_while_probes_pass_and_counts_stay_exact(procs, tmp_path):
+    """Issue 27, item 7: the retired rows stay on disk (none is materialised at load), and liveness counts from
+    the end of the load, not from the start: with ``--interval 10``, /healthz never says 503."""
+    import sqlite3
+
+    from collector.state import SessionState
+    from collector.stored import encode_session
+
+    state = tmp_path / "state.db"
+    sim_port, port = free_port(), free_port()
+    sim, url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{port}"
+    procs.collector("sim", "simulate", "--port", str(sim_port), "--sessions", "5", "--rate", "0",
+                    env={"LLAMA_CLOUD_API_KEY": "k"})
+    wait_until(lambda: httpx.get(sim + "/_sim/stats").status_code == 200, 30, "simulator")
+    args = ("run", "--base-url", sim, "--interval", "10", "--listen", f"127.0.0.1:{port}", "--state-path", str(state))
+    procs.collector("collector", *args, env={"LLAMA_CLOUD_API_KEY": "k"})
+    wait_until(lambda: httpx.get(url + "/readyz").status_code == 200, 60, "first sync")
+    procs.stop("collector")
+    with sqlite3.connect(state) as db:  # a million sessions that once were, as the collector writes them
+        db.executemany("INSERT INTO retired (session_id, state) VALUES (?, ?)",
+                       ((f"gone-{i:07d}", encode_session(SessionState(f"gone-{i:07d}", "2026-01-01T00:00:00Z")))
+                        for i in range(1_000_000)))
+    collector = procs.collector("collector", *args, env={"LLAMA_CLOUD_API_KEY": "k"})
+    wait_until(lambda: httpx.get(url + "/healthz").status_code, 60, "listening (the load starts after)")
+    probes = Probes(url)
+    probes.start()
+    try:
+        wait_until(lambda: httpx.get(url + "/readyz").status_code == 200, WAIT, "the state loaded")
+        assert httpx.get(sim + "/_sim/touch", params={"first": 5}).json()["changed"] == 5
+        truth = httpx.get(sim + "/_sim/totals").json()["runs"]
+
+        def counted() -> bool:
+            samples = parse(httpx.get(url + "/metrics", timeout=30).text)
+            return sum(family(samples, "llamacloud_chat_runs_total").values()) == truth
+        wait_until(counted, WAIT, "the new runs counted, none twice")
+    finally:
+        probes.stop.set()
+        probes.join()
+    assert probes.missed == 0 and probes.answered, (probes.missed, max(probes.answered, default=None))
+    with open(f"/proc/{collector.pid}/status") as status:
+        peak = next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
+    assert peak < MAX_RSS_MB, peak
+    assert "Traceback" not in procs.log("collector")

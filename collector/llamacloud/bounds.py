@@ -121,14 +121,14 @@ def declared_length(response: httpx.Response) -> int | None:
     return int(value) if value.isascii() and value.isdigit() else None
 
 
-async def read_capped(response: httpx.Response, limit: int, claim: Claim | None = None) -> bytes:
+async def read_capped(response: httpx.Response, limit: int, claim: Claim | None = None) -> bytearray:
     """The decoded body, or ``BodyTooLarge`` as soon as it (or its wire size) passes ``limit``.
 
     With a ``claim``, a body that passes ``LARGE_BODY`` waits for its turn before it reads on."""
     declared = declared_length(response)
     if declared is not None and declared > limit:
         raise BodyTooLarge(f"Content-Length {declared} is over the {limit}-byte cap")
-    pieces: list[bytes] = []
+    body = bytearray()  # grown in place (a large block is remapped, not copied): never the pieces and their join
     size = 0
     stream = aiter(response.aiter_bytes())
     while True:
@@ -148,10 +148,10 @@ async def read_capped(response: httpx.Response, limit: int, claim: Claim | None 
         size += len(piece)
         if size > limit or response.num_bytes_downloaded > limit:
             raise BodyTooLarge(f"body is over the {limit}-byte cap")
-        pieces.append(piece)
+        body += piece
         if claim is not None and size > LARGE_BODY:
             await claim.take()
-    return b"".join(pieces)
+    return body
 
 
 def session_id_problem(session_id: str) -> str | None:

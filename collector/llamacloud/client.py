@@ -49,7 +49,7 @@ from collector.llamacloud.bounds import (
     read_capped,
     session_id_problem,
 )
-from collector.llamacloud.models import Listed, Session, SessionPage, Summary, parse_page, parse_session
+from collector.llamacloud.models import Body, Listed, Session, SessionPage, Summary, parse_page, parse_session
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 MAX_PAGES = 100_000
@@ -120,7 +120,7 @@ def session_path(session_id: str, suffix: str = "") -> str:
 class _Answer:
     __slots__ = ("body", "content_type", "location", "retry_after", "status")
 
-    def __init__(self, status: int, body: bytes, content_type: str, retry_after: str | None,
+    def __init__(self, status: int, body: Body, content_type: str, retry_after: str | None,
                  location: str | None = None) -> None:
         self.status, self.body, self.content_type, self.retry_after = status, body, content_type, retry_after
         self.location = location
@@ -220,13 +220,13 @@ class LlamaCloudClient:
         history of a million events is never held, parsed or counted on the loop. The gate of large bodies is
         held until that thread is done, even when the caller gives up first (the cycle's deadline)."""
 
-        def read(body: bytes) -> Session:
+        def read(body: Body) -> Session:
             session = parse_session(body, self._max_events)
             if session.session_id != session_id:
                 raise ValueError("the answer names another session")
             return session
 
-        def parse(body: bytes) -> Session | T:
+        def parse(body: Body) -> Session | T:
             if off_loop is None or len(body) <= LARGE_BODY:
                 return parse_session(body, self._max_events)
             return off_loop(functools.partial(read, body))
@@ -262,7 +262,7 @@ class LlamaCloudClient:
                 await response.aclose()
 
     async def _get(self, operation: str, path: str, model: type[M], deadline: Deadline | None,
-                   params: dict | None = None, parse: Callable[[bytes], R] | None = None) -> M | R:
+                   params: dict | None = None, parse: Callable[[Body], R] | None = None) -> M | R:
         attempt = 0
         while True:
             started = self._clock()
@@ -292,7 +292,7 @@ class LlamaCloudClient:
                     status = answer.status
                     self._observer.request(operation, str(status), self._clock() - started)
                     if 200 <= status < 300:
-                        reader: Callable[[bytes], M | R] = parse or model.model_validate_json
+                        reader: Callable[[Body], M | R] = parse or model.model_validate_json
                         return await self._parse(operation, answer, reader, claim)
                     reason = str(status)
                     failure = _status_error(operation, status, answer.location)
@@ -308,7 +308,7 @@ class LlamaCloudClient:
             self._observer.retry(operation, reason)
             await self._sleep(delay)
 
-    async def _parse(self, operation: str, answer: _Answer, parse: Callable[[bytes], R], claim: Claim) -> R:
+    async def _parse(self, operation: str, answer: _Answer, parse: Callable[[Body], R], claim: Claim) -> R:
         """The answer's body as ``parse`` reads it: a large one in a thread, off the loop, whose claim on the
         gate of large bodies lasts until the thread is done."""
         content_type = answer.content_type

@@ -33,6 +33,8 @@ from pydantic.dataclasses import dataclass
 
 from collector.llamacloud.bounds import session_id_problem
 
+Body = bytes | bytearray
+"""An answer's body as read (grown in a ``bytearray``: no copy of tens of MB to make it ``bytes``)."""
 LEAN_THRESHOLD = 1 << 20
 _JSON_SPACE = rb"[ \t\n\r]*"
 _JSON_STRING = (  # a string as pydantic's JSON parser accepts one, once the body is known to be UTF-8
@@ -47,7 +49,7 @@ _BLANKED = {b"content": b'"content":""', b"result": b'"result":""'}
 _UTF8_CHUNK = 1 << 20
 
 
-def lean_json(body: bytes) -> bytes:
+def lean_json(body: Body) -> Body:
     """A large body without the text of ``content`` and ``result`` strings, which derivation never reads.
 
     Parsing JSON builds a tree about three times the size of its input; dropping the
@@ -70,8 +72,10 @@ def lean_json(body: bytes) -> bytes:
         lean += view[done : match.start()]
         lean += _BLANKED[match[1]]
         done = match.end()
+    if not done:
+        return body  # no text to drop: no copy of the body either
     lean += view[done:]
-    return bytes(lean)
+    return lean  # not bytes(lean): a second copy of a body of tens of MB
 
 
 PLAIN_EVENT_TYPES = frozenset({"user_input", "thinking_delta", "thinking", "text_delta", "text"})
@@ -296,7 +300,7 @@ class _RawPage(_Payload):
     next_page_token: PageToken | None = None
 
 
-def parse_page(body: bytes) -> SessionPage:
+def parse_page(body: Body) -> SessionPage:
     """A ``list`` page; one bad item is skipped and reported, not the whole page."""
     try:
         return SessionPage.model_validate_json(body)
@@ -336,7 +340,7 @@ def over_limit(count: int, max_events: int | None) -> None:
         raise TooManyEvents(f"a history of over {max_events} events (--max-events-per-session)")
 
 
-def parse_session(body: bytes, max_events: int | None = None) -> Session:
+def parse_session(body: Body, max_events: int | None = None) -> Session:
     """Validate a ``retrieve`` body; a large one event by event, to keep memory near its size.
 
     Parsing a whole history at once builds a JSON tree of about 500 bytes per event
@@ -359,7 +363,7 @@ def _space(text: str, index: int) -> int:
     return _SPACE.match(text, index).end()  # type: ignore[union-attr]  # * matches everywhere
 
 
-def _parse_large(body: bytes, max_events: int | None = None) -> Session:
+def _parse_large(body: Body, max_events: int | None = None) -> Session:
     """``Session.model_validate_json(body)``, with the history in the top-level ``events`` key, wherever it is.
 
     The stdlib decoder only finds where each top-level value and each event ends (an

@@ -80,7 +80,13 @@ A Kubernetes memory quantity ("256Mi", "1G", "268435456") in bytes; empty when i
 Memory the collector may need at once, in bytes: about 3 x (one response cap + 1 MiB per fetch worker), the
 bodies in flight as bytes, decoded text and parsed objects, plus 96 MiB for the process and its state.
 */}}
+{{- /* The memory budget of README "Sizing", from the settings, without the sessions' share (1.5 KiB each):
+64 MiB at rest + 2 x the response cap + 1 MiB per fetch worker (the bodies in flight: the large one as bytes and
+as text) + 80 bytes per event of the largest history (at most one cap of 16-byte events) + 48 MiB for 1,024
+scraper connections. */ -}}
 {{- define "llamacloud-collector.memoryNeeded" -}}
 {{- $c := .Values.config -}}
-{{- add (mul 3 (add (int64 $c.maxResponseBytes) (mul (int64 $c.maxConcurrency) 1048576))) 100663296 -}}
+{{- $cap := int64 $c.maxResponseBytes -}}
+{{- $events := min (int64 $c.maxEventsPerSession) (div $cap 16) -}}
+{{- add 67108864 (mul 2 $cap) (mul (int64 $c.maxConcurrency) 1048576) (mul 80 $events) 50331648 -}}
 {{- end -}}
