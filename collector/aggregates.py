@@ -23,6 +23,8 @@ from collector.llamacloud.models import MAX_MEASURE
 OTHER_LABEL = "_other"
 NO_INDEX = "_none"
 """The ``index_id`` under which the runs of a session bound to no index count."""
+PLACEHOLDERS = frozenset({OTHER_LABEL, NO_INDEX})
+"""Label values the collector writes itself: a tool or an index named so upstream counts as ``_other``."""
 MAX_RUN_INDEXES = 32
 """A session bound to more indexes than this counts its runs under the first 32 (sorted) and ``_other``."""
 MAX_LABEL_LENGTH = 128
@@ -109,6 +111,10 @@ DROPPED_TRACKED = 10_000
 state file stay bounded whatever names an upstream invents (tool names embedding request IDs)."""
 
 
+def _digest(value: str) -> bytes:
+    return hashlib.blake2b(value.encode(), digest_size=8).digest()
+
+
 class BoundedLabels:
     """Admits the first ``limit`` distinct values of a label; the rest become ``_other``, and only their
     number is kept (``dropped``), never the values."""
@@ -125,13 +131,13 @@ class BoundedLabels:
     def __call__(self, value: str) -> str:
         if value in self.admitted:
             return value
-        if len(value) > MAX_LABEL_LENGTH:  # never kept, not even as a dropped value
+        if len(value) > MAX_LABEL_LENGTH or value in PLACEHOLDERS:  # never kept, not even as a dropped value
             return OTHER_LABEL
         if len(self.admitted) < self.limit:
             self.admitted.add(value)
             return value
         if len(self._seen) < DROPPED_TRACKED:
-            digest = hashlib.blake2b(value.encode(), digest_size=8).digest()
+            digest = _digest(value)
             if digest not in self._seen:
                 self._seen.add(digest)
                 self.dropped += 1
@@ -145,17 +151,25 @@ class BoundedLabels:
 
     def absorb(self, value: str) -> str:
         """``value`` as a ``seeded`` copy counted it, as this one counts it now: a value the copy admitted is
-        admitted here too while there is room (else ``_other``); ``_other`` and ``_none`` stay."""
-        return value if value in (OTHER_LABEL, NO_INDEX) else self(value)
+        admitted here too while there is room (else ``_other``); the placeholders stay (a value is never one)."""
+        return value if value in PLACEHOLDERS else self(value)
 
     def absorb_dropped(self, other: BoundedLabels) -> None:
-        """The distinct values ``other`` dropped that this one had not."""
-        for digest in other._seen:
+        """The distinct values ``other`` dropped that this one had not, nor admitted since ``other`` was seeded."""
+        admitted = {_digest(value) for value in self.admitted}
+        for digest in other._seen - admitted:
             if len(self._seen) >= DROPPED_TRACKED:
                 return
             if digest not in self._seen:
                 self._seen.add(digest)
                 self.dropped += 1
+
+
+def latest(mine: Mark | None, theirs: Mark | None) -> Mark | None:
+    """The later exemplar (a session counted apart may have started before one counted here since)."""
+    if mine is None or (theirs is not None and theirs.timestamp >= mine.timestamp):
+        return theirs
+    return mine
 
 
 @dataclass(frozen=True)
@@ -328,14 +342,15 @@ class Aggregates:
         for labels in ("tools", "indexes"):
             getattr(self, labels).absorb_dropped(getattr(delta, labels))
         self.history_resets += delta.history_resets
-        self.run_marks.update(delta.run_marks)
+        for outcome, mark in delta.run_marks.items():
+            self.run_marks[outcome] = latest(self.run_marks.get(outcome), mark) or mark
         theirs = dict(delta.histograms())
         for key, hist in self.histograms():
             other = theirs[key]
             assert other.bounds == hist.bounds, "seeded from these"
             hist.counts = [a + b for a, b in zip(hist.counts, other.counts, strict=True)]
             hist.total = min(MAX_MEASURE, hist.total + other.total)
-            hist.marks = [b or a for a, b in zip(hist.marks, other.marks, strict=True)]
+            hist.marks = [latest(a, b) for a, b in zip(hist.marks, other.marks, strict=True)]
 
     def raise_to(self, floor: Aggregates) -> None:
         """Make every counter at least ``floor``'s (after a re-derivation: counters never go back)."""

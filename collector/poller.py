@@ -208,6 +208,9 @@ class Carried:
     """The state it was counted from: used only while the session is still in that one."""
     outcome: Apart | str
     """What it counted, or why the history was refused."""
+    listed: str
+    """The version the listing showed: a refusal holds only while it still does (a count holds whatever the
+    version: it counted an intact prefix, and the rest is read next cycle)."""
 
 
 async def _seed(work: CollectorState) -> Aggregates:
@@ -264,6 +267,8 @@ class Poller:
         self.strikes: tuple[int, int] = (0, 0)
         """(page position in the pass, cycles in a row it failed)."""
         self.backwards: set[str] = set()
+        self.listing_only = 0
+        """Cycles in a row in which only the listing answered and every fetch failed (``_api_answers``)."""
         self.carried: dict[str, Carried] = {}
         """Large histories counted apart while the deadline cut their cycle (``_apart``), by session."""
         self.stale: dict[str, str] = {}
@@ -314,7 +319,12 @@ class Poller:
         listing_cut = run.cut and not run.listing.listed_all
         if not run.answered and fresh and self.config.discover and not (run.listing_error or listing_cut) \
                 and await self._api_answers(run):
-            run.answered = run.session_answered = True  # the API is up: these sessions fail on their own
+            run.answered = True  # the API is up: one failure is its session's own (``_settle_failures``)
+            self.listing_only += 1
+            if self.listing_only >= PAGE_STRIKES:  # a few cycles in a row: so are several (else the pass wedges)
+                run.session_answered = True
+        if run.session_answered:
+            self.listing_only = 0
         if not run.answered and (run.listing_error or fresh or listing_cut):  # an outage: nothing answered
             reason = run.listing_error or (fresh[0] if fresh else "no answer from the API by the cycle deadline")
             return self._failed(run, reason, started)
@@ -610,7 +620,8 @@ class Poller:
         replay = work.histogram_floor if sid in work.replay else None  # a replay reads the floor: on the loop
         carried = self.carried.pop(sid, None)
         answer: Session | Apart
-        if carried is not None and carried.prev == prev and replay is None:
+        if carried is not None and carried.prev == prev and replay is None and (
+                isinstance(carried.outcome, Apart) or carried.listed == found.last_updated_at):
             if isinstance(carried.outcome, Apart):
                 answer = carried.outcome  # counted apart after the deadline cut its cycle: not read again
             else:  # refused apart after the deadline cut its cycle (a history over the event limit)
@@ -665,7 +676,8 @@ class Poller:
         try:
             session = read()
         except Exception as exc:  # only its text is kept: its traceback holds the body and what was parsed
-            loop.call_soon_threadsafe(self._carry, sid, Carried(ticket, prev, str(exc)[:ERROR_TEXT]))
+            refusal = Carried(ticket, prev, str(exc)[:ERROR_TEXT], found.last_updated_at)
+            loop.call_soon_threadsafe(self._carry, sid, refusal)
             raise
         delta = asyncio.run_coroutine_threadsafe(_seed(work), loop).result(SEED_WAIT)
         intact = prev is None or history_intact(session.events, prev.cursor, prev.events_seen, prev.stop_signature)
@@ -673,7 +685,7 @@ class Poller:
         update = update_session(prev, session, delta, self.classifier, now, listed_at=listed_at(session, found),
                                 stream=(lambda r: log_wanted(mode, r), MAX_LINES_PER_CYCLE))
         result = Apart(session.last_updated_at, intact, update, delta)
-        loop.call_soon_threadsafe(self._carry, sid, Carried(ticket, prev, result))
+        loop.call_soon_threadsafe(self._carry, sid, Carried(ticket, prev, result, found.last_updated_at))
         return result
 
     def _uncarry(self, sid: str, ticket: object) -> None:
@@ -784,8 +796,10 @@ class Poller:
 
     async def _api_answers(self, run: _Run) -> bool:
         """A second look before a cycle whose only requests failed is called an outage: the listing's first page.
-        Without it, sessions that fail on their own, left last in a pass that lists nothing more, would be
-        retried as an outage every cycle, and the pass would never end (found by tests/test_hostile_history)."""
+        If it answers, one failing session fails on its own, and several do once ``PAGE_STRIKES`` cycles in a
+        row saw the same (a retrieve endpoint down for a cycle or two is still an outage). Without it, sessions
+        that fail on their own, left last in a pass that lists nothing more, were retried as an outage every
+        cycle, and the pass never ended (found by tests/test_hostile_history)."""
         try:
             await self.client.list_page(None, run.deadline)
         except Exception:  # noqa: BLE001 - any failure: the outage it looked like

@@ -42,7 +42,8 @@ MODULES: dict[str, tuple[str, ...]] = {
     "test_rules": ("tools", "process"), "test_release": ("tools", "process"), "test_dockerfile": ("tools", "process"),
     "test_prometheus_e2e": ("tools", "process"), "test_web": ("tools", "process"), "test_process": ("process",),
     "test_hostile_scrapers": ("process",),
-    "test_hostile_history": ("process",), "test_huge_history": ("unit",), "test_hostile_upstream": ("process",),
+    "test_hostile_history": ("process",), "test_huge_history": ("unit",),
+    "test_huge_history_attack": ("unit",), "test_hostile_upstream": ("process",),
     "test_operations": ("process",),
     "test_proxy": ("process",), "test_soak": ("process", "soak"),
 }

@@ -139,7 +139,7 @@ def test_a_carried_count_of_another_state_is_not_merged():
     p = poller(api)
     cycle(p)
     stale = Apart("2026-01-01T00:00:00Z", True, None, Aggregates(BUCKETS, 5))  # type: ignore[arg-type]
-    p.carried["s0"] = Carried(object(), None, stale)  # counted from no state: the session has one now
+    p.carried["s0"] = Carried(object(), None, stale, "")  # counted from no state: the session has one now
     api.put("s0", "2026-01-01T00:00:09Z", run_events() * 2)
     cycle(p)
     assert total_runs(p) == 2 and api.retrieved["s0"] == 2 and not p.carried
@@ -154,7 +154,8 @@ def test_a_refusal_in_the_thread_after_the_deadline_is_kept_for_the_next_fetch()
     p = poller(api)
     cycle(p)
     api.put("s0", "2026-01-01T00:00:09Z", run_events() * 2)
-    p.carried["s0"] = Carried(object(), p.state.known("s0"), str(TooManyEvents("a history of over 9 events")))
+    refused = str(TooManyEvents("a history of over 9 events"))
+    p.carried["s0"] = Carried(object(), p.state.known("s0"), refused, "2026-01-01T00:00:09Z")
     report = cycle(p)
     assert report.invalid == 1 and api.retrieved["s0"] == 1 and "over 9 events" in report.errors[0]
     assert total_runs(p) == 1 and "s0" in p.failing and not p.carried

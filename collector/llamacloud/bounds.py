@@ -90,7 +90,11 @@ def _bare(fn: Callable[[A], R], arg: A) -> R:
     except Exception as exc:  # noqa: BLE001 - raised again, bare
         error = exc
     del arg
-    raise error.with_traceback(None)
+    error.__context__ = error.__cause__ = None  # an exception it replaced holds the same frames
+    try:
+        raise error.with_traceback(None)
+    finally:
+        del error  # else this frame, in the traceback raised, and ``error`` hold each other: a cycle
 
 
 MAX_SESSION_ID_LENGTH = 256
