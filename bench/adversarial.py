@@ -192,17 +192,40 @@ class Stack:
         self.count += 1
         log = self.folder / f"{self.name}-{self.count}-{label}.log"
         with open(log, "w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "collector", *argv], stdout=out, stderr=subprocess.STDOUT,
-                                    cwd=cwd, env=_env({"LLAMA_CLOUD_API_KEY": KEY, "PYTHONPATH": str(cwd)}),
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "collector", *argv],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=_env({"LLAMA_CLOUD_API_KEY": KEY, "PYTHONPATH": str(cwd)}),
+                start_new_session=True,
+            )
         self.procs.append(proc)
         return proc, log
 
     def sim(self, sessions: int, runs: int = 1, seed: int = 26, latency_ms: float = 0.0) -> Sim:
         port = free_port()
-        proc, log = self._start("simulator", ["simulate", "--host", "127.0.0.1", "--port", str(port), "--sessions",
-                                              str(sessions), "--runs", str(runs), "--seed", str(seed), "--rate", "0",
-                                              "--latency-ms", str(latency_ms)], ROOT)
+        proc, log = self._start(
+            "simulator",
+            [
+                "simulate",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--sessions",
+                str(sessions),
+                "--runs",
+                str(runs),
+                "--seed",
+                str(seed),
+                "--rate",
+                "0",
+                "--latency-ms",
+                str(latency_ms),
+            ],
+            ROOT,
+        )
         sim = Sim(proc, port)
         if not wait(lambda: proc.poll() is None and sim.stats(), 120):
             raise RuntimeError(f"simulator did not start (log: {log})")
@@ -210,9 +233,24 @@ class Stack:
 
     def collector(self, sim: Sim, *flags: str, label: str = "collector") -> Col:
         port = free_port()
-        proc, log = self._start(label, ["run", "--base-url", sim.url, "--listen", f"127.0.0.1:{port}",
-                                        "--interval", str(INTERVAL), "--log-level", "info", "--log-format", "json",
-                                        *flags], self.tree)
+        proc, log = self._start(
+            label,
+            [
+                "run",
+                "--base-url",
+                sim.url,
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--interval",
+                str(INTERVAL),
+                "--log-level",
+                "info",
+                "--log-format",
+                "json",
+                *flags,
+            ],
+            self.tree,
+        )
         col = Col(proc, port, log)
         if not wait(lambda: proc.poll() is None and HTTP.get(col.url + "/healthz"), 60):
             tail = log.read_text()[-600:] if log.exists() else ""
@@ -263,8 +301,10 @@ def common(col: Col, samples: Samples, before: Samples | None = None) -> str:
     shown = delta(p, polls(before)) if before is not None else {k: int(v) for k, v in p.items() if v}
     anom = anomalies(samples)
     anom_text = "family absent" if anom is None else ({k: int(v) for k, v in anom.items() if v} or "none")
-    return (f"readyz {'ready' if col.ready() else 'NOT ready'}; up {fmt(gauge(samples, P + 'up'))}; "
-            f"polls{' since' if before is not None else ''} {shown or '{}'}; listing_anomalies {anom_text}")
+    return (
+        f"readyz {'ready' if col.ready() else 'NOT ready'}; up {fmt(gauge(samples, P + 'up'))}; "
+        f"polls{' since' if before is not None else ''} {shown or '{}'}; listing_anomalies {anom_text}"
+    )
 
 
 def synced(col: Col, sim: Sim, timeout: float) -> bool:
@@ -286,14 +326,25 @@ def situation_1(stack: Stack, n: int) -> list[Result]:
     col = stack.collector(sim)
     sync_timeout = 60 + n / 50
     ok = synced(col, sim, sync_timeout)
-    variants = [("1a", "one empty listing (200, items [], next_page_token null)", "empty", "list_first"),
-                ("1b", "one truncated listing (page 1, then next_page_token null)", "truncate", "list_first"),
-                ("1c", "one looping listing (a page's next token = the one it was asked with)", "loop", "list_next")]
+    variants = [
+        ("1a", "one empty listing (200, items [], next_page_token null)", "empty", "list_first"),
+        ("1b", "one truncated listing (page 1, then next_page_token null)", "truncate", "list_first"),
+        ("1c", "one looping listing (a page's next token = the one it was asked with)", "loop", "list_next"),
+    ]
     if not ok:
         s = col.scrape()
-        return [Result(k, t, False, [f"{n:,} sessions: first sync not reached in {sync_timeout:.0f} s: runs "
-                                     f"expected {sim.totals()['runs']:,}, got {fmt(runs(s))}; {common(col, s)}"])
-                for k, t, _, _ in variants]
+        return [
+            Result(
+                k,
+                t,
+                False,
+                [
+                    f"{n:,} sessions: first sync not reached in {sync_timeout:.0f} s: runs "
+                    f"expected {sim.totals()['runs']:,}, got {fmt(runs(s))}; {common(col, s)}"
+                ],
+            )
+            for k, t, _, _ in variants
+        ]
     out = []
     for key, title, kind, endpoint in variants:
         before, truth_before = col.scrape(), sim.totals()
@@ -313,16 +364,30 @@ def situation_1(stack: Stack, n: int) -> list[Result]:
         fetch_before = by_label(before, P + "session_fetches_total", "reason")
         new = int(fetch.get("new", 0) - fetch_before.get("new", 0))
         watched = gauge(before, P + "sessions_watched")
-        exact = (got_runs[1] is not None and got_runs[1] - (got_runs[0] or 0) == truth["runs"] - truth_before["runs"]
-                 and got_runs[1] == truth["runs"] and got_tokens[1] == truth["input_tokens"])
+        exact = (
+            got_runs[1] is not None
+            and got_runs[1] - (got_runs[0] or 0) == truth["runs"] - truth_before["runs"]
+            and got_runs[1] == truth["runs"]
+            and got_tokens[1] == truth["input_tokens"]
+        )
         kept = watched is not None and watched_min >= watched
         passed = hit and exact and new == 0 and kept
-        out.append(report(Result(key, title, passed, [
-            f"{n:,} sessions: runs expected {truth['runs']:,}, got {fmt(got_runs[0])} -> {fmt(got_runs[1])}; "
-            f"tokens{{input}} expected {truth['input_tokens']:,}, got {fmt(got_tokens[0])} -> {fmt(got_tokens[1])}",
-            f"histories refetched as new: {new:,} (expected 0); sessions_watched min {fmt(watched_min)} of "
-            f"{fmt(watched)} (expected none retired); fault served: {'yes' if hit else 'NO'}",
-            common(col, after, before)])))
+        out.append(
+            report(
+                Result(
+                    key,
+                    title,
+                    passed,
+                    [
+                        f"{n:,} sessions: runs expected {truth['runs']:,}, got {fmt(got_runs[0])} -> {fmt(got_runs[1])}; "
+                        f"tokens{{input}} expected {truth['input_tokens']:,}, got {fmt(got_tokens[0])} -> {fmt(got_tokens[1])}",
+                        f"histories refetched as new: {new:,} (expected 0); sessions_watched min {fmt(watched_min)} of "
+                        f"{fmt(watched)} (expected none retired); fault served: {'yes' if hit else 'NO'}",
+                        common(col, after, before),
+                    ],
+                )
+            )
+        )
     return out
 
 
@@ -334,8 +399,16 @@ def situation_2(stack: Stack) -> list[Result]:
     title = "a resumed page token refused with 400 (the API forgot its cursors)"
     if not synced(col, sim, 90):
         s = col.scrape()
-        out.append(report(Result("2a", title, False, [f"first sync not reached: runs expected "
-                                                         f"{sim.totals()['runs']:,}, got {fmt(runs(s))}; {common(col, s)}"])))
+        out.append(
+            report(
+                Result(
+                    "2a",
+                    title,
+                    False,
+                    [f"first sync not reached: runs expected {sim.totals()['runs']:,}, got {fmt(runs(s))}; {common(col, s)}"],
+                )
+            )
+        )
     else:
         before, provoked, tries = col.scrape(), False, 0
         while not provoked and tries < 4:  # the pass must be mid-way when the cursors are forgotten
@@ -346,16 +419,28 @@ def situation_2(stack: Stack) -> list[Result]:
             more_cycles(col, 3, 30)
             provoked = sim.stats()["listing"]["refused"] > refused
         start = col.cycles()
-        counted = wait(lambda: col.runs() == sim.totals()["runs"] or col.cycles() >= start + 12, 60) and \
-            col.runs() == sim.totals()["runs"]
+        counted = (
+            wait(lambda: col.runs() == sim.totals()["runs"] or col.cycles() >= start + 12, 60)
+            and col.runs() == sim.totals()["runs"]
+        )
         after, truth = col.scrape(), sim.totals()
         up = gauge(after, P + "up")
-        out.append(report(Result("2a", title, bool(counted and up == 1 and provoked), [
-            f"300 sessions, pages of 10, 100 ms each: tokens refused by the API {sim.stats()['listing']['refused']} "
-            f"(provoked after {tries} tries: {'yes' if provoked else 'NO'})",
-            f"runs expected {truth['runs']:,}, got {fmt(runs(before))} -> {fmt(runs(after))} "
-            f"(within 12 more cycles: {'yes' if counted else 'no'})",
-            common(col, after, before)])))
+        out.append(
+            report(
+                Result(
+                    "2a",
+                    title,
+                    bool(counted and up == 1 and provoked),
+                    [
+                        f"300 sessions, pages of 10, 100 ms each: tokens refused by the API {sim.stats()['listing']['refused']} "
+                        f"(provoked after {tries} tries: {'yes' if provoked else 'NO'})",
+                        f"runs expected {truth['runs']:,}, got {fmt(runs(before))} -> {fmt(runs(after))} "
+                        f"(within 12 more cycles: {'yes' if counted else 'no'})",
+                        common(col, after, before),
+                    ],
+                )
+            )
+        )
     stack.close()
 
     # 2b: page 3 always carries a next_page_token of 5,000 characters
@@ -373,14 +458,23 @@ def situation_2(stack: Stack) -> list[Result]:
     after = col.scrape()
     got = runs(after)
     inv = by_label(after, P + "invalid_payloads_total", "operation").get("list", 0)
-    out.append(report(Result("2b", "page 3's next_page_token is 5,000 characters (over the 4,096 bound)",
-                             ready and got in (reach2b, reach3b), [
-        f"300 sessions, pages of 20: readyz within 45 s: {'yes' if ready else 'NO'}; invalid list payloads "
-        f"{fmt(inv)}",
-        f"runs reachable (pages 1-2, or 1-3 with page 3's items) {reach2:,} or {reach3:,}, got {fmt(runs(s1))}; "
-        f"after 5 new runs on page 1: expected {reach2b:,} or {reach3b:,}, got {fmt(got)} "
-        f"(all {sim.totals()['runs']:,} upstream)",
-        common(col, after)])))
+    out.append(
+        report(
+            Result(
+                "2b",
+                "page 3's next_page_token is 5,000 characters (over the 4,096 bound)",
+                ready and got in (reach2b, reach3b),
+                [
+                    f"300 sessions, pages of 20: readyz within 45 s: {'yes' if ready else 'NO'}; invalid list payloads "
+                    f"{fmt(inv)}",
+                    f"runs reachable (pages 1-2, or 1-3 with page 3's items) {reach2:,} or {reach3:,}, got {fmt(runs(s1))}; "
+                    f"after 5 new runs on page 1: expected {reach2b:,} or {reach3b:,}, got {fmt(got)} "
+                    f"(all {sim.totals()['runs']:,} upstream)",
+                    common(col, after),
+                ],
+            )
+        )
+    )
     return out
 
 
@@ -389,8 +483,16 @@ def situation_3(stack: Stack) -> list[Result]:
     col = stack.collector(sim)
     if not synced(col, sim, 60):
         s = col.scrape()
-        return [report(Result("3", "a last_updated_at that moves backwards", False,
-                              [f"first sync not reached: runs got {fmt(runs(s))}; {common(col, s)}"]))]
+        return [
+            report(
+                Result(
+                    "3",
+                    "a last_updated_at that moves backwards",
+                    False,
+                    [f"first sync not reached: runs got {fmt(runs(s))}; {common(col, s)}"],
+                )
+            )
+        ]
     sim.get("/_sim/clock", offset=3600)
     sim.get("/_sim/touch", fraction=1)  # 20 runs stamped an hour ahead
     ahead = synced(col, sim, 20)
@@ -403,17 +505,29 @@ def situation_3(stack: Stack) -> list[Result]:
     wait(lambda: col.runs() == sim.totals()["runs"] or col.cycles() >= start + 10, 40)
     after, truth = col.scrape(), sim.totals()
     stale = col.log.read_text().count("stale read")
-    return [report(Result("3", "a last_updated_at an hour ahead, then corrected back", runs(after) == truth["runs"], [
-        f"20 sessions: runs stamped ahead counted: {'yes' if ahead else 'NO'} ({fmt(runs(before))} of {at_fix:,}); "
-        f"after the correction and 40 new runs: expected {truth['runs']:,}, got {fmt(runs(after))}",
-        f"'stale read' log lines: {stale}; {common(col, after, before)}"]))]
+    return [
+        report(
+            Result(
+                "3",
+                "a last_updated_at an hour ahead, then corrected back",
+                runs(after) == truth["runs"],
+                [
+                    f"20 sessions: runs stamped ahead counted: {'yes' if ahead else 'NO'} ({fmt(runs(before))} of {at_fix:,}); "
+                    f"after the correction and 40 new runs: expected {truth['runs']:,}, got {fmt(runs(after))}",
+                    f"'stale read' log lines: {stale}; {common(col, after, before)}",
+                ],
+            )
+        )
+    ]
 
 
 def situation_4(stack: Stack, folder: Path) -> list[Result]:
     out = []
-    cases = [("4a", "zero_time", "a last_updated_at of Go's zero time (0001-01-01T00:00:00Z)"),
-             ("4b", "long_title", "a generated_title of 70,000 characters (over 64 KiB)"),
-             ("4c", "big_tokens", "two runs of 2**53 input tokens each")]
+    cases = [
+        ("4a", "zero_time", "a last_updated_at of Go's zero time (0001-01-01T00:00:00Z)"),
+        ("4b", "long_title", "a generated_title of 70,000 characters (over 64 KiB)"),
+        ("4c", "big_tokens", "two runs of 2**53 input tokens each"),
+    ]
     for key, what, title in cases:
         state = folder / f"state-{what}.db"
         sim = stack.sim(10)
@@ -430,14 +544,24 @@ def situation_4(stack: Stack, folder: Path) -> list[Result]:
         ra, rb = runs(a), runs(b)
         passed = second and rb == truth["runs"] and (ra is None or (rb is not None and rb >= ra)) and not corrupt
         direction = "-" if ra is None or rb is None else "never backwards" if rb >= ra else "WENT BACKWARDS"
-        out.append(report(Result(key, title + ", across a restart with --state-path", passed, [
-            f"10 sessions + the extreme one ({extreme['bytes']:,} bytes): first run synced "
-            f"{'yes' if first else 'NO'}, runs {fmt(ra)}, tokens{{input}} {fmt(tokens(a))}; stopped (exit {code_a}); "
-            f"3 runs added meanwhile",
-            f"after the restart: runs expected {truth['runs']:,}, got {fmt(rb)} ({direction}); "
-            f"tokens{{input}} {fmt(tokens(b))} (upstream sum {truth['input_tokens']:,}); "
-            f"files moved aside: {corrupt or 'none'}",
-            common(col, b)])))
+        out.append(
+            report(
+                Result(
+                    key,
+                    title + ", across a restart with --state-path",
+                    passed,
+                    [
+                        f"10 sessions + the extreme one ({extreme['bytes']:,} bytes): first run synced "
+                        f"{'yes' if first else 'NO'}, runs {fmt(ra)}, tokens{{input}} {fmt(tokens(a))}; stopped (exit {code_a}); "
+                        f"3 runs added meanwhile",
+                        f"after the restart: runs expected {truth['runs']:,}, got {fmt(rb)} ({direction}); "
+                        f"tokens{{input}} {fmt(tokens(b))} (upstream sum {truth['input_tokens']:,}); "
+                        f"files moved aside: {corrupt or 'none'}",
+                        common(col, b),
+                    ],
+                )
+            )
+        )
         stack.close()
     return out
 
@@ -464,14 +588,30 @@ def situation_5(stack: Stack, folder: Path) -> list[Result]:
     count_a, count_b = gauge(a, name + "_count"), gauge(b, name + "_count")
     sum_a, sum_b = gauge(a, name + "_sum"), gauge(b, name + "_sum")
     inf_b = b.get((name + "_bucket", frozenset({"le": "+Inf"}.items())))
-    passed = (runs(b) == truth["runs"] and count_b == truth["duration_count"] and inf_b == count_b
-              and sum_b is not None and abs(sum_b - truth["duration_seconds_sum"]) <= 1e-6 * truth["duration_seconds_sum"])
-    out.append(report(Result("5a", "new bucket bounds (README's) after 10 of 20 sessions left the listing", passed, [
-        f"sessions retired before the restart: {'yes' if left else 'NO'}; runs expected {truth['runs']:,}, got "
-        f"{fmt(runs(a))} -> {fmt(runs(b))}",
-        f"duration _count expected {truth['duration_count']:,}, got {fmt(count_a)} -> {fmt(count_b)} (+Inf {fmt(inf_b)}); "
-        f"_sum expected {truth['duration_seconds_sum']:,.3f}, got {fmt(sum_a)} -> {fmt(sum_b)}",
-        common(col, b)])))
+    passed = (
+        runs(b) == truth["runs"]
+        and count_b == truth["duration_count"]
+        and inf_b == count_b
+        and sum_b is not None
+        and abs(sum_b - truth["duration_seconds_sum"]) <= 1e-6 * truth["duration_seconds_sum"]
+    )
+    out.append(
+        report(
+            Result(
+                "5a",
+                "new bucket bounds (README's) after 10 of 20 sessions left the listing",
+                passed,
+                [
+                    f"sessions retired before the restart: {'yes' if left else 'NO'}; runs expected {truth['runs']:,}, got "
+                    f"{fmt(runs(a))} -> {fmt(runs(b))}",
+                    f"duration _count expected {truth['duration_count']:,}, got {fmt(count_a)} -> {fmt(count_b)} "
+                    f"(+Inf {fmt(inf_b)}); "
+                    f"_sum expected {truth['duration_seconds_sum']:,.3f}, got {fmt(sum_a)} -> {fmt(sum_b)}",
+                    common(col, b),
+                ],
+            )
+        )
+    )
     stack.close()
 
     # 5b: the README's error rules replace the default ones
@@ -493,12 +633,22 @@ def situation_5(stack: Stack, folder: Path) -> list[Result]:
     errs_a, errs_b = by_label(a, C + "run_errors_total", "error_type"), by_label(b, C + "run_errors_total", "error_type")
     failed_a, failed_b = (by_label(s, C + "runs_total", "outcome").get("error") for s in (a, b))
     passed = failed_b == truth["errors"] and sum(errs_b.values()) == truth["errors"] and runs(b) == truth["runs"]
-    out.append(report(Result("5b", "error rules changed (the README's example) across a restart", passed, [
-        f"failed runs expected {truth['errors']:,}, runs_total{{error}} {fmt(failed_a)} -> {fmt(failed_b)}; "
-        f"sum of run_errors_total over error_type {fmt(sum(errs_a.values()))} -> "
-        f"{fmt(sum(errs_b.values()))}",
-        f"by type after: { {k: int(v) for k, v in sorted(errs_b.items())} }",
-        common(col, b)])))
+    out.append(
+        report(
+            Result(
+                "5b",
+                "error rules changed (the README's example) across a restart",
+                passed,
+                [
+                    f"failed runs expected {truth['errors']:,}, runs_total{{error}} {fmt(failed_a)} -> {fmt(failed_b)}; "
+                    f"sum of run_errors_total over error_type {fmt(sum(errs_a.values()))} -> "
+                    f"{fmt(sum(errs_b.values()))}",
+                    f"by type after: { {k: int(v) for k, v in sorted(errs_b.items())} }",
+                    common(col, b),
+                ],
+            )
+        )
+    )
     stack.close()
 
     # 5c: --label-value-limit lowered
@@ -521,12 +671,22 @@ def situation_5(stack: Stack, folder: Path) -> list[Result]:
         return int(sum(v for (n, _), v in s.items() if n == C + "index_runs_total"))
 
     passed = tool_sum(b) == truth["tool_calls"] and runs(b) == truth["runs"] and tool_sum(b) >= tool_sum(a)
-    out.append(report(Result("5c", "--label-value-limit 50 -> 2 across a restart", passed, [
-        f"runs expected {truth['runs']:,}, got {fmt(runs(a))} -> {fmt(runs(b))}; tool calls (sum over tool, "
-        f"outcome) expected {truth['tool_calls']:,}, got {tool_sum(a):,} -> {tool_sum(b):,}",
-        f"index runs (sum over index_id; '_other' may merge two indexes of one run) upstream "
-        f"{truth['index_runs']:,}, got {index_sum(a):,} -> {index_sum(b):,}",
-        common(col, b)])))
+    out.append(
+        report(
+            Result(
+                "5c",
+                "--label-value-limit 50 -> 2 across a restart",
+                passed,
+                [
+                    f"runs expected {truth['runs']:,}, got {fmt(runs(a))} -> {fmt(runs(b))}; tool calls (sum over tool, "
+                    f"outcome) expected {truth['tool_calls']:,}, got {tool_sum(a):,} -> {tool_sum(b):,}",
+                    f"index runs (sum over index_id; '_other' may merge two indexes of one run) upstream "
+                    f"{truth['index_runs']:,}, got {index_sum(a):,} -> {index_sum(b):,}",
+                    common(col, b),
+                ],
+            )
+        )
+    )
     stack.close()
     return out
 
@@ -546,11 +706,21 @@ def situation_6(stack: Stack) -> list[Result]:
             per_session[sid] = per_session.get(sid, 0) + v
     got_a, got_b = per_session.get(empty["session_id"]), per_session.get(fifty["session_id"])
     passed = ready and runs(after) == truth["runs"] and got_a == 5 and got_b == 5
-    return [report(Result("6", "bodies over 1 MiB with an unknown top-level 'debug' holding its own 'events'", passed, [
-        f"5 plain sessions + 2 of 5 runs each ({empty['bytes']:,} and {fifty['bytes']:,} bytes; decoy events: "
-        f"[] and 50 runs): runs expected {truth['runs']:,}, got {fmt(runs(after))}",
-        f"the decoy sessions: expected 5 and 5 runs, got {fmt(got_a)} and {fmt(got_b)}",
-        common(col, after)]))]
+    return [
+        report(
+            Result(
+                "6",
+                "bodies over 1 MiB with an unknown top-level 'debug' holding its own 'events'",
+                passed,
+                [
+                    f"5 plain sessions + 2 of 5 runs each ({empty['bytes']:,} and {fifty['bytes']:,} bytes; decoy events: "
+                    f"[] and 50 runs): runs expected {truth['runs']:,}, got {fmt(runs(after))}",
+                    f"the decoy sessions: expected 5 and 5 runs, got {fmt(got_a)} and {fmt(got_b)}",
+                    common(col, after),
+                ],
+            )
+        )
+    ]
 
 
 def situation_7(stack: Stack, n: int) -> list[Result]:
@@ -559,17 +729,29 @@ def situation_7(stack: Stack, n: int) -> list[Result]:
     col = stack.collector(sim)  # asks --page-size 100, gets 1 a page
     started = time.monotonic()
     # bounded by the listing's own work: ready, or pages enough for three whole passes, or the time
-    done = wait(lambda: (col.ready() and col.runs() == sim.totals()["runs"])
-                or sim.stats()["calls"].get("list", 0) >= 3 * n, 120 + n / 25, step=0.5)
+    done = wait(
+        lambda: (col.ready() and col.runs() == sim.totals()["runs"]) or sim.stats()["calls"].get("list", 0) >= 3 * n,
+        120 + n / 25,
+        step=0.5,
+    )
     elapsed = time.monotonic() - started
     after, truth, stats = col.scrape(), sim.totals(), sim.stats()
     ready = col.ready()
     passed = bool(done and ready and runs(after) == truth["runs"])
-    return [report(Result("7", f"a listing of {n:,} pages (the API sends 1 item a page whatever page_size asks)",
-                          passed, [
-        f"{n:,} sessions: readyz {'ready' if ready else 'NOT ready'} after {elapsed:.0f} s and "
-        f"{stats['calls'].get('list', 0):,} list requests; runs expected {truth['runs']:,}, got {fmt(runs(after))}",
-        common(col, after)]))]
+    return [
+        report(
+            Result(
+                "7",
+                f"a listing of {n:,} pages (the API sends 1 item a page whatever page_size asks)",
+                passed,
+                [
+                    f"{n:,} sessions: readyz {'ready' if ready else 'NOT ready'} after {elapsed:.0f} s and "
+                    f"{stats['calls'].get('list', 0):,} list requests; runs expected {truth['runs']:,}, got {fmt(runs(after))}",
+                    common(col, after),
+                ],
+            )
+        )
+    ]
 
 
 def situation_8(stack: Stack, seconds: float) -> list[Result]:
@@ -578,8 +760,16 @@ def situation_8(stack: Stack, seconds: float) -> list[Result]:
     col = stack.collector(sim, "--page-size", "20")
     if not synced(col, sim, 60):
         s = col.scrape()
-        return [report(Result("8", "busy sessions in a newest-first listing", False,
-                              [f"first sync not reached: runs got {fmt(runs(s))}; {common(col, s)}"]))]
+        return [
+            report(
+                Result(
+                    "8",
+                    "busy sessions in a newest-first listing",
+                    False,
+                    [f"first sync not reached: runs got {fmt(runs(s))}; {common(col, s)}"],
+                )
+            )
+        ]
     before = col.scrape()
     known = session_ids(before)
     watched = gauge(before, P + "sessions_watched")
@@ -599,15 +789,24 @@ def situation_8(stack: Stack, seconds: float) -> list[Result]:
     start = col.cycles()
     wait(lambda: col.runs() == sim.totals()["runs"] or col.cycles() >= start + 15, 40)
     after, truth = col.scrape(), sim.totals()
-    fetch = delta(by_label(after, P + "session_fetches_total", "reason"),
-                  by_label(before, P + "session_fetches_total", "reason"))
+    fetch = delta(by_label(after, P + "session_fetches_total", "reason"), by_label(before, P + "session_fetches_total", "reason"))
     passed = not lost and runs(after) == truth["runs"] and watched_min >= (watched or 0)
-    return [report(Result("8", "busy sessions in a newest-first listing (pages of 20, 20 ms a page)", passed, [
-        f"400 sessions, {touches} touches of 4 sessions over {seconds:.0f} s, {scrapes} scrapes: sessions whose "
-        f"series went away {len(lost)} of {len(known)} (expected 0); sessions_watched min {fmt(watched_min)} of "
-        f"{fmt(watched)}",
-        f"runs expected {truth['runs']:,}, got {fmt(runs(before))} -> {fmt(runs(after))}; fetches since {fetch}",
-        common(col, after, before)]))]
+    return [
+        report(
+            Result(
+                "8",
+                "busy sessions in a newest-first listing (pages of 20, 20 ms a page)",
+                passed,
+                [
+                    f"400 sessions, {touches} touches of 4 sessions over {seconds:.0f} s, {scrapes} scrapes: sessions whose "
+                    f"series went away {len(lost)} of {len(known)} (expected 0); sessions_watched min {fmt(watched_min)} of "
+                    f"{fmt(watched)}",
+                    f"runs expected {truth['runs']:,}, got {fmt(runs(before))} -> {fmt(runs(after))}; fetches since {fetch}",
+                    common(col, after, before),
+                ],
+            )
+        )
+    ]
 
 
 # -- main --------------------------------------------------------------------------------------------------
@@ -619,23 +818,33 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, help="sessions for situations 1 and 7 (overrides --small)")
     parser.add_argument("--only", help="comma-separated situation numbers, e.g. 1,4,5")
     parser.add_argument("--busy-seconds", type=float, default=15.0, help="situation 8: how long sessions are touched")
-    parser.add_argument("--collector-tree", type=Path, default=ROOT,
-                        help="run the collector CLI from this source tree (default: this one)")
-    parser.add_argument("--logs", type=Path, help="folder for the processes' logs and state files (default: a new "
-                        "temporary folder, kept)")
+    parser.add_argument(
+        "--collector-tree", type=Path, default=ROOT, help="run the collector CLI from this source tree (default: this one)"
+    )
+    parser.add_argument(
+        "--logs", type=Path, help="folder for the processes' logs and state files (default: a new temporary folder, kept)"
+    )
     args = parser.parse_args()
     n = args.sessions or (300 if args.small else 10_500)
     only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 9))
     folder = args.logs or Path(tempfile.mkdtemp(prefix="adversarial-"))
     folder.mkdir(parents=True, exist_ok=True)
     tree = args.collector_tree.resolve()
-    print(f"issue 26, eight situations over loopback: collector from {tree}, simulator from {ROOT}; "
-          f"{n:,} sessions for 1 and 7; --interval {INTERVAL:g}; logs in {folder}\n")
+    print(
+        f"issue 26, eight situations over loopback: collector from {tree}, simulator from {ROOT}; "
+        f"{n:,} sessions for 1 and 7; --interval {INTERVAL:g}; logs in {folder}\n"
+    )
     sys.stdout.flush()
     situations: dict[int, Callable[[Stack], list[Result]]] = {
-        1: lambda s: situation_1(s, n), 2: situation_2, 3: situation_3, 4: lambda s: situation_4(s, folder),
-        5: lambda s: situation_5(s, folder), 6: situation_6, 7: lambda s: situation_7(s, n),
-        8: lambda s: situation_8(s, args.busy_seconds)}
+        1: lambda s: situation_1(s, n),
+        2: situation_2,
+        3: situation_3,
+        4: lambda s: situation_4(s, folder),
+        5: lambda s: situation_5(s, folder),
+        6: situation_6,
+        7: lambda s: situation_7(s, n),
+        8: lambda s: situation_8(s, args.busy_seconds),
+    }
     results: list[Result] = []
     started = time.monotonic()
     for number in sorted(only):
@@ -648,8 +857,10 @@ def main() -> int:
         finally:
             stack.close()
         print(f"       ({time.monotonic() - t0:.0f} s)")
-    print(f"\nsummary ({time.monotonic() - started:.0f} s): "
-          + ", ".join(f"{r.key} {'PASS' if r.passed else 'FAIL'}" for r in results))
+    print(
+        f"\nsummary ({time.monotonic() - started:.0f} s): "
+        + ", ".join(f"{r.key} {'PASS' if r.passed else 'FAIL'}" for r in results)
+    )
     print(f"situations: {sum(r.passed for r in results)} PASS, {sum(not r.passed for r in results)} FAIL")
     return 0 if all(r.passed for r in results) else 1
 

@@ -25,16 +25,12 @@ def rss_mb() -> float:
     return 0.0
 
 
-
-
 async def run(base_url: str, events: int) -> dict:
-    settings = load_settings({"base_url": base_url, "listen": "127.0.0.1:0", "interval": 3600.0,
-                              "log_level": "warning"}, {})
+    settings = load_settings({"base_url": base_url, "listen": "127.0.0.1:0", "interval": 3600.0, "log_level": "warning"}, {})
     collector = CollectorService(settings, "simulator")
     await collector.start(schedule=False)
     await collector.poller.cycle()  # warm-up on a small session: imports, caches, pools
-    big = await asyncio.to_thread(lambda: httpx.get(base_url + "/_sim/big", params={"events": events},
-                                                    timeout=600).json())
+    big = await asyncio.to_thread(lambda: httpx.get(base_url + "/_sim/big", params={"events": events}, timeout=600).json())
     before = rss_mb()
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")  # reset the high-water mark, so the peak below is this cycle's
@@ -43,8 +39,14 @@ async def run(base_url: str, events: int) -> dict:
     cpu = time.process_time() - cpu
     peak = peak_rss_mb()
     await collector.stop()
-    return {**big, "runs_added": report.runs_added, "result": report.result, "rss_before_mb": before,
-            "peak_rss_mb": peak, "cpu_seconds": cpu}
+    return {
+        **big,
+        "runs_added": report.runs_added,
+        "result": report.result,
+        "rss_before_mb": before,
+        "peak_rss_mb": peak,
+        "cpu_seconds": cpu,
+    }
 
 
 def main() -> None:

@@ -43,14 +43,16 @@ def wait(check, seconds: float) -> None:
 
 def runs(url: str) -> float:
     text = httpx.get(url + "/metrics", timeout=60).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("llamacloud_chat_runs_total{"))
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("llamacloud_chat_runs_total{"))
 
 
 def refused(url: str) -> float:
     text = httpx.get(url + "/metrics", timeout=60).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith('llamacloud_collector_invalid_payloads_total{operation="retrieve"}'))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith('llamacloud_collector_invalid_payloads_total{operation="retrieve"}')
+    )
 
 
 def main() -> None:
@@ -63,15 +65,35 @@ def main() -> None:
     sim, url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{port}"
     env = {**os.environ, "LLAMA_CLOUD_API_KEY": "k"}
     logs = tempfile.mkdtemp(prefix="huge-history-")
-    procs = [subprocess.Popen([sys.executable, "-m", "collector", "simulate", "--port", str(sim_port), "--sessions",
-                               "5", "--rate", "0"], env=env, stdout=open(f"{logs}/sim.log", "w"),  # noqa: SIM115
-                              stderr=subprocess.STDOUT)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "collector", "simulate", "--port", str(sim_port), "--sessions", "5", "--rate", "0"],
+            env=env,
+            stdout=open(f"{logs}/sim.log", "w"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
+    ]
     try:
         wait(lambda: httpx.get(sim + "/_sim/stats").status_code == 200, 30)
-        collector = subprocess.Popen([sys.executable, "-m", "collector", "run", "--base-url", sim, "--interval",
-                                      args.interval, "--listen", f"127.0.0.1:{port}", "--log-format", "json"],
-                                     env=env, stdout=open(f"{logs}/collector.log", "w"),  # noqa: SIM115
-                                     stderr=subprocess.STDOUT)
+        collector = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "collector",
+                "run",
+                "--base-url",
+                sim,
+                "--interval",
+                args.interval,
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--log-format",
+                "json",
+            ],
+            env=env,
+            stdout=open(f"{logs}/collector.log", "w"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
         procs.append(collector)
         wait(lambda: httpx.get(url + "/readyz").status_code == 200, 60)
         before, refused_before = runs(url), refused(url)
@@ -101,14 +123,25 @@ def main() -> None:
         with open(f"/proc/{collector.pid}/status") as status:
             peak = next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
         latencies.sort()
-        print(json.dumps({
-            "events": args.events, "kind": args.kind, "body_bytes": made["bytes"],
-            "outcome": "counted" if counts else "refused", "seconds_to_count_or_refuse": round(took, 1),
-            "runs_counted": runs(url) - before, "healthz_probes": len(latencies), "healthz_missed": missed[0],
-            "healthz_p50_ms": round(1000 * latencies[len(latencies) // 2], 1) if latencies else None,
-            "healthz_max_ms": round(1000 * latencies[-1], 1) if latencies else None,
-            "peak_rss_mib": round(peak, 1), "logs": logs,
-        }, indent=1))
+        print(
+            json.dumps(
+                {
+                    "events": args.events,
+                    "kind": args.kind,
+                    "body_bytes": made["bytes"],
+                    "outcome": "counted" if counts else "refused",
+                    "seconds_to_count_or_refuse": round(took, 1),
+                    "runs_counted": runs(url) - before,
+                    "healthz_probes": len(latencies),
+                    "healthz_missed": missed[0],
+                    "healthz_p50_ms": round(1000 * latencies[len(latencies) // 2], 1) if latencies else None,
+                    "healthz_max_ms": round(1000 * latencies[-1], 1) if latencies else None,
+                    "peak_rss_mib": round(peak, 1),
+                    "logs": logs,
+                },
+                indent=1,
+            )
+        )
     finally:
         for proc in reversed(procs):
             proc.terminate()

@@ -45,8 +45,7 @@ def main() -> None:
     client = LlamaCloud(api_key=args.api_key, base_url=args.base_url, max_retries=2)
     cpu, wall = time.process_time(), time.perf_counter()
     result = cycle(client, args.limit)
-    result.update(cpu_seconds=time.process_time() - cpu, wall_seconds=time.perf_counter() - wall,
-                  peak_rss_mb=peak_rss_mb())
+    result.update(cpu_seconds=time.process_time() - cpu, wall_seconds=time.perf_counter() - wall, peak_rss_mb=peak_rss_mb())
     print(json.dumps(result))
 
 

@@ -48,11 +48,30 @@ def rss_mb() -> float:
 
 def start_simulator(sessions: int, runs: int, latency_ms: float = 0.0) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "collector", "simulate", "--port", str(port), "--sessions",
-                             str(sessions), "--runs", str(runs), "--rate", "0", "--seed", "1",
-                             "--latency-ms", str(latency_ms)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
-                            env={**os.environ, "LLAMA_CLOUD_API_KEY": "simulator"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "collector",
+            "simulate",
+            "--port",
+            str(port),
+            "--sessions",
+            str(sessions),
+            "--runs",
+            str(runs),
+            "--rate",
+            "0",
+            "--seed",
+            "1",
+            "--latency-ms",
+            str(latency_ms),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env={**os.environ, "LLAMA_CLOUD_API_KEY": "simulator"},
+    )
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: httpx.get(url + "/_sim/stats").status_code == 200, 300, "simulator", interval=1)
     return proc, url
@@ -69,8 +88,15 @@ async def measure_cycle(collector: CollectorService, sim: str) -> dict:
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     after = sim_stats(sim)
     calls = {k: after["calls"].get(k, 0) - before["calls"].get(k, 0) for k in ("list", "retrieve", "summary")}
-    return {"cpu": cpu, "wall": wall, "calls": calls, "bytes": after["bytes_sent"] - before["bytes_sent"],
-            "result": report.result, "fetched": report.fetched, "runs_added": report.runs_added}
+    return {
+        "cpu": cpu,
+        "wall": wall,
+        "calls": calls,
+        "bytes": after["bytes_sent"] - before["bytes_sent"],
+        "result": report.result,
+        "fetched": report.fetched,
+        "runs_added": report.runs_added,
+    }
 
 
 def measure_metrics(port: int, rounds: int = 30) -> dict:
@@ -82,8 +108,12 @@ def measure_metrics(port: int, rounds: int = 30) -> dict:
             times.append(time.perf_counter() - started)
             size = len(body)
         gz = len(gzip.compress(body, 5))
-    return {"median_ms": statistics.median(times) * 1000, "p95_ms": sorted(times)[int(rounds * 0.95) - 1] * 1000,
-            "bytes": size, "gzip_bytes": gz}
+    return {
+        "median_ms": statistics.median(times) * 1000,
+        "p95_ms": sorted(times)[int(rounds * 0.95) - 1] * 1000,
+        "bytes": size,
+        "gzip_bytes": gz,
+    }
 
 
 async def freshness(collector: CollectorService, sim: str, interval: float) -> dict:
@@ -102,14 +132,26 @@ async def freshness(collector: CollectorService, sim: str, interval: float) -> d
         cycles += 1
         if poller.snapshot.aggregates.runs["error"] == errors:
             await asyncio.sleep(max(0.0, interval - (time.perf_counter() - started)))
-    return {"seconds": time.perf_counter() - added, "cycles": cycles, "interval": interval,
-            "pass_seconds": poller.last_pass_duration}
+    return {
+        "seconds": time.perf_counter() - added,
+        "cycles": cycles,
+        "interval": interval,
+        "pass_seconds": poller.last_pass_duration,
+    }
 
 
 async def collector_phase(sim: str, sessions: int, args) -> dict:
-    settings = load_settings({"base_url": sim, "listen": "127.0.0.1:0", "interval": 3600.0,
-                              "log_level": "warning", "page_size": args.page_size,
-                              "max_concurrency": args.max_concurrency}, {})
+    settings = load_settings(
+        {
+            "base_url": sim,
+            "listen": "127.0.0.1:0",
+            "interval": 3600.0,
+            "log_level": "warning",
+            "page_size": args.page_size,
+            "max_concurrency": args.max_concurrency,
+        },
+        {},
+    )
     gc.collect()
     before = rss_mb()
     collector = CollectorService(settings, "simulator")
@@ -127,8 +169,14 @@ async def collector_phase(sim: str, sessions: int, args) -> dict:
 
 
 def run_json(args: list[str]) -> dict:
-    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=3600,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=3600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     if result.returncode != 0:
         raise SystemExit(f"{args[0]} failed: {result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -143,8 +191,12 @@ def main() -> None:
     parser.add_argument("--page-size", type=int, default=100)
     parser.add_argument("--max-concurrency", type=int, default=8)
     parser.add_argument("--interval", type=float, default=60.0, help="the scheduler's interval, for freshness")
-    parser.add_argument("--peer-limit", type=int, help="sessions the SDK peer reads (default: all, or 2,000 "
-                        "with --latency-ms); its figures are scaled to the whole project")
+    parser.add_argument(
+        "--peer-limit",
+        type=int,
+        help="sessions the SDK peer reads (default: all, or 2,000 "
+        "with --latency-ms); its figures are scaled to the whole project",
+    )
     parser.add_argument("--skip-big", action="store_true", help="skip the one-big-session measure")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
@@ -181,42 +233,92 @@ def report(args, ours: dict, peer: dict, big: dict) -> None:
     init, idle, changed, metrics = ours["initial"], ours["idle"], ours["changed_10pct"], ours["metrics"]
     calls = lambda c: sum(c.values())  # noqa: E731
     rows = [
-        ("initial sync: wall", f"{init['wall']:.2f} s", f"{peer['wall_seconds']:.2f} s",
-         f"{peer['wall_seconds'] / init['wall']:.1f}x"),
-        ("initial sync: CPU", f"{init['cpu']:.2f} s", f"{peer['cpu_seconds']:.2f} s",
-         f"{peer['cpu_seconds'] / init['cpu']:.1f}x"),
-        ("initial sync: CPU per session", f"{init['cpu'] / n * 1000:.3f} ms", f"{peer['cpu_seconds'] / n * 1000:.3f} ms",
-         f"{peer['cpu_seconds'] / init['cpu']:.1f}x"),
+        (
+            "initial sync: wall",
+            f"{init['wall']:.2f} s",
+            f"{peer['wall_seconds']:.2f} s",
+            f"{peer['wall_seconds'] / init['wall']:.1f}x",
+        ),
+        (
+            "initial sync: CPU",
+            f"{init['cpu']:.2f} s",
+            f"{peer['cpu_seconds']:.2f} s",
+            f"{peer['cpu_seconds'] / init['cpu']:.1f}x",
+        ),
+        (
+            "initial sync: CPU per session",
+            f"{init['cpu'] / n * 1000:.3f} ms",
+            f"{peer['cpu_seconds'] / n * 1000:.3f} ms",
+            f"{peer['cpu_seconds'] / init['cpu']:.1f}x",
+        ),
         ("initial sync: API calls", f"{calls(init['calls'])} ({init['calls']['list']} list)", f"{peer['calls']}", ""),
-        ("idle cycle: CPU", f"{idle['cpu'] * 1000:.0f} ms", f"{peer['cpu_seconds'] * 1000:.0f} ms",
-         f"{peer['cpu_seconds'] / idle['cpu']:.0f}x"),
-        ("idle cycle: API calls", f"{idle['calls']['list']} list, {idle['calls']['retrieve']} retrieve",
-         f"{peer['calls']}", f"{peer['calls'] / max(1, calls(idle['calls'])):.0f}x"),
+        (
+            "idle cycle: CPU",
+            f"{idle['cpu'] * 1000:.0f} ms",
+            f"{peer['cpu_seconds'] * 1000:.0f} ms",
+            f"{peer['cpu_seconds'] / idle['cpu']:.0f}x",
+        ),
+        (
+            "idle cycle: API calls",
+            f"{idle['calls']['list']} list, {idle['calls']['retrieve']} retrieve",
+            f"{peer['calls']}",
+            f"{peer['calls'] / max(1, calls(idle['calls'])):.0f}x",
+        ),
         ("idle cycle: bytes received", f"{idle['bytes'] / 2**20:.1f} MiB", "", ""),
-        ("10% changed: CPU", f"{changed['cpu']:.2f} s", f"{peer['cpu_seconds']:.2f} s",
-         f"{peer['cpu_seconds'] / changed['cpu']:.1f}x"),
-        ("10% changed: API calls", f"{changed['calls']['list']} list, {changed['calls']['retrieve']} retrieve",
-         f"{peer['calls']}", ""),
+        (
+            "10% changed: CPU",
+            f"{changed['cpu']:.2f} s",
+            f"{peer['cpu_seconds']:.2f} s",
+            f"{peer['cpu_seconds'] / changed['cpu']:.1f}x",
+        ),
+        (
+            "10% changed: API calls",
+            f"{changed['calls']['list']} list, {changed['calls']['retrieve']} retrieve",
+            f"{peer['calls']}",
+            "",
+        ),
         ("/metrics latency (median, p95)", f"{metrics['median_ms']:.1f} ms, {metrics['p95_ms']:.1f} ms", "", ""),
         ("/metrics size (gzip)", f"{metrics['bytes'] / 1024:.0f} KiB ({metrics['gzip_bytes'] / 1024:.0f} KiB)", "", ""),
-        ("peak RSS", f"{ours['peak_rss_mb']:.0f} MB", f"{peer['peak_rss_mb']:.0f} MB",
-         f"{peer['peak_rss_mb'] / ours['peak_rss_mb']:.1f}x"),
-        ("RSS at rest per 1,000 sessions", f"{(ours['rss_rest_mb'] - ours['rss_before_mb']) / (n / 1000):.2f} MB "
-         f"({ours['rss_rest_mb']:.0f} MB in all)", "", ""),
+        (
+            "peak RSS",
+            f"{ours['peak_rss_mb']:.0f} MB",
+            f"{peer['peak_rss_mb']:.0f} MB",
+            f"{peer['peak_rss_mb'] / ours['peak_rss_mb']:.1f}x",
+        ),
+        (
+            "RSS at rest per 1,000 sessions",
+            f"{(ours['rss_rest_mb'] - ours['rss_before_mb']) / (n / 1000):.2f} MB ({ours['rss_rest_mb']:.0f} MB in all)",
+            "",
+            "",
+        ),
         ("listing pass (idle cycle wall)", f"{idle['wall']:.2f} s ({idle['calls']['list']} pages)", "", ""),
-        (f"freshness at --interval {ours['freshness']['interval']:g}",
-         f"{ours['freshness']['seconds']:.1f} s ({ours['freshness']['cycles']} cycles; pass "
-         f"{ours['freshness']['pass_seconds'] or 0:.1f} s)", f"{peer['wall_seconds']:.0f} s (one peer cycle)", ""),
+        (
+            f"freshness at --interval {ours['freshness']['interval']:g}",
+            f"{ours['freshness']['seconds']:.1f} s ({ours['freshness']['cycles']} cycles; pass "
+            f"{ours['freshness']['pass_seconds'] or 0:.1f} s)",
+            f"{peer['wall_seconds']:.0f} s (one peer cycle)",
+            "",
+        ),
     ]
     if big is not None:
-        rows.append((f"one session of {big['events']:,} events", f"{big['bytes'] / 2**20:.1f} MiB payload, peak "
-                     f"RSS growth {big['peak_rss_mb'] - big['rss_before_mb']:.0f} MB = "
-                     f"{(big['peak_rss_mb'] - big['rss_before_mb']) * 2**20 / big['bytes']:.1f}x payload, "
-                     f"CPU {big['cpu_seconds']:.2f} s", "", ""))
-    print(f"\nllamacloud-collector benchmark: {n:,} sessions x {args.runs} runs, {os.cpu_count()} CPUs, "
-          f"simulator in another process, {args.latency_ms:g} ms added to each API answer, page size "
-          f"{args.page_size}, concurrency {args.max_concurrency}"
-          + (f"; SDK peer on {peer['sessions']:,} sessions, scaled" if peer['sessions'] < n else "") + "\n")
+        rows.append(
+            (
+                f"one session of {big['events']:,} events",
+                f"{big['bytes'] / 2**20:.1f} MiB payload, peak "
+                f"RSS growth {big['peak_rss_mb'] - big['rss_before_mb']:.0f} MB = "
+                f"{(big['peak_rss_mb'] - big['rss_before_mb']) * 2**20 / big['bytes']:.1f}x payload, "
+                f"CPU {big['cpu_seconds']:.2f} s",
+                "",
+                "",
+            )
+        )
+    print(
+        f"\nllamacloud-collector benchmark: {n:,} sessions x {args.runs} runs, {os.cpu_count()} CPUs, "
+        f"simulator in another process, {args.latency_ms:g} ms added to each API answer, page size "
+        f"{args.page_size}, concurrency {args.max_concurrency}"
+        + (f"; SDK peer on {peer['sessions']:,} sessions, scaled" if peer["sessions"] < n else "")
+        + "\n"
+    )
     width = max(len(r[0]) for r in rows)
     print(f"| {'measure':<{width}} | collector | SDK peer (one cycle) | peer / collector |")
     print(f"|{'-' * (width + 2)}|---|---|---|")

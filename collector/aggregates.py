@@ -218,8 +218,9 @@ class Aggregates:
         for kind in ("input", "output"):
             self.tokens_total[kind] += 0
 
-    def add_runs(self, runs: Iterable[RunRecord], session_id: str | None = None, now: float = 0.0,
-                 index_ids: Iterable[str] = ()) -> None:
+    def add_runs(
+        self, runs: Iterable[RunRecord], session_id: str | None = None, now: float = 0.0, index_ids: Iterable[str] = ()
+    ) -> None:
         """Count ``runs`` of a session bound to ``index_ids``; with ``session_id``, each also becomes the
         exemplar of what it landed in."""
         sid = session_id
@@ -280,9 +281,11 @@ class Aggregates:
 
     def bounds_changed(self) -> bool:
         """A histogram held with other bounds than the configured ones (a stored one, before ``rebucket``)."""
-        return any(h.bounds != tuple(getattr(self.buckets, field_name))
-                   for (name, _), h in self.histograms()
-                   for field_name in (BUCKET_FIELDS[name],))
+        return any(
+            h.bounds != tuple(getattr(self.buckets, field_name))
+            for (name, _), h in self.histograms()
+            for field_name in (BUCKET_FIELDS[name],)
+        )
 
     def rebucket(self) -> Aggregates:
         """Every histogram whose bounds are not the configured ones starts anew on them; what it held is
@@ -383,12 +386,12 @@ class Aggregates:
                 yield (name, None), held
 
     def to_dict(self) -> dict:
-        out: dict = {name: [[list(k) if isinstance(k, tuple) else k, v] for k, v in getattr(self, name).items()]
-                     for name in COUNTERS}
+        out: dict = {
+            name: [[list(k) if isinstance(k, tuple) else k, v] for k, v in getattr(self, name).items()] for name in COUNTERS
+        }
         out["history_resets"] = self.history_resets
         for (name, kind), h in self.histograms():
-            stored = {"bounds": list(h.bounds), "counts": h.counts, "total": h.total,
-                      "marks": [_mark_out(m) for m in h.marks]}
+            stored = {"bounds": list(h.bounds), "counts": h.counts, "total": h.total, "marks": [_mark_out(m) for m in h.marks]}
             if kind is None:
                 out[name] = stored
             else:
@@ -436,8 +439,12 @@ class Aggregates:
                 getattr(agg, name)[kind] = loaded
         for labels, key in ((agg.tools, "tools"), (agg.indexes, "indexes")):
             stored = data.get(key, [[], 0])
-            if not (isinstance(stored, list) and len(stored) == 2 and isinstance(stored[0], list)
-                    and all(isinstance(x, str) for x in stored[0])):
+            if not (
+                isinstance(stored, list)
+                and len(stored) == 2
+                and isinstance(stored[0], list)
+                and all(isinstance(x, str) for x in stored[0])
+            ):
                 raise StoredValueError(f"{key}: not the admitted label values and a dropped count")
             dropped = stored[1]
             if isinstance(dropped, list):  # before 0.2.0 the dropped values themselves were kept
@@ -446,8 +453,7 @@ class Aggregates:
         marks = data.get("run_marks", {})
         if not isinstance(marks, dict):
             raise StoredValueError("run_marks is not a mapping")
-        agg.run_marks = {k: m for k, m in ((k, _mark_in(v)) for k, v in marks.items() if k in ("success", "error"))
-                         if m}
+        agg.run_marks = {k: m for k, m in ((k, _mark_in(v)) for k, v in marks.items() if k in ("success", "error")) if m}
         return agg
 
 
@@ -471,8 +477,7 @@ def count(value: object, where: str) -> int:
 
 def finite(value: object, where: str) -> float:
     """A stored sum or time: a finite number in [0, 2**53]."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
-            or not 0 <= value <= MAX_COUNT:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or not 0 <= value <= MAX_COUNT:
         raise StoredValueError(f"{where}: {str(value)[:40]!r} is not a finite non-negative number")
     return float(value)
 
@@ -519,18 +524,30 @@ def _mark_out(mark: Mark | None) -> list | None:
 
 def _mark_in(data: object) -> Mark | None:
     """A stored exemplar; one that is not a (session ID, finite value, finite time) is dropped, not fatal."""
-    if not (isinstance(data, list) and len(data) == 3 and isinstance(data[0], str)
-            and all(type(v) in (int, float) and math.isfinite(v) for v in data[1:])):
+    if not (
+        isinstance(data, list)
+        and len(data) == 3
+        and isinstance(data[0], str)
+        and all(type(v) in (int, float) and math.isfinite(v) for v in data[1:])
+    ):
         return None
     return Mark.of(data[0], float(data[1]), float(data[2]))
 
 
-COUNTERS = ("runs", "errors", "tokens_total", "tool_calls", "skipped_index_queries", "events", "invalid_values",
-            "index_runs", "index_errors")
+COUNTERS = (
+    "runs",
+    "errors",
+    "tokens_total",
+    "tool_calls",
+    "skipped_index_queries",
+    "events",
+    "invalid_values",
+    "index_runs",
+    "index_errors",
+)
 """Every counter, stored by name: one missing from an older file starts at 0 (the index families, added in
 0.3.0, count the runs from the upgrade on; the run totals keep theirs)."""
-BOUNDED_KEYS = {"tool_calls": "tools", "skipped_index_queries": "indexes", "index_runs": "indexes",
-                "index_errors": "indexes"}
+BOUNDED_KEYS = {"tool_calls": "tools", "skipped_index_queries": "indexes", "index_runs": "indexes", "index_errors": "indexes"}
 """Counters whose key is (or starts with) a bounded label value, and the ``BoundedLabels`` that bounds it."""
 SATURATING = frozenset({"tokens_total"})
 """Counters that stop at ``MAX_MEASURE`` rather than grow past what the state file accepts."""
@@ -542,5 +559,4 @@ HISTOGRAMS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 )
 """(attribute, field of ``Buckets``, label values): adding a histogram is one entry here."""
 BUCKET_FIELDS = {name: bucket_field for name, bucket_field, _ in HISTOGRAMS}
-STORED_FIELDS = frozenset({*COUNTERS, *(name for name, _, _ in HISTOGRAMS), "history_resets", "tools", "indexes",
-                           "run_marks"})
+STORED_FIELDS = frozenset({*COUNTERS, *(name for name, _, _ in HISTOGRAMS), "history_resets", "tools", "indexes", "run_marks"})

@@ -67,22 +67,44 @@ def settle_memory(cycles: int) -> None:
     gc.freeze()
 
 
-def build_client(settings: Settings, api_key: str, observer: ApiObserver | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None, **injected: Any) -> LlamaCloudClient:
+def build_client(
+    settings: Settings,
+    api_key: str,
+    observer: ApiObserver | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    **injected: Any,
+) -> LlamaCloudClient:
     """The client's values from the settings, and nowhere else (it has no defaults of its own for them);
     ``injected`` are the seams tests replace (clock, sleep, rng, retry) or a bound they tighten."""
-    return LlamaCloudClient(**{
-        "base_url": settings.base_url, "api_key": api_key, "project_id": settings.project_id,
-        "organization_id": settings.organization_id, "connect_timeout": settings.connect_timeout,
-        "read_timeout": settings.read_timeout, "max_connections": settings.max_concurrency + 1,  # + the listing
-        "page_size": settings.page_size, "max_response_bytes": settings.max_response_bytes,
-        "max_events": settings.max_events_per_session,
-        "transport": transport, "observer": observer, **injected})
+    return LlamaCloudClient(
+        **{
+            "base_url": settings.base_url,
+            "api_key": api_key,
+            "project_id": settings.project_id,
+            "organization_id": settings.organization_id,
+            "connect_timeout": settings.connect_timeout,
+            "read_timeout": settings.read_timeout,
+            "max_connections": settings.max_concurrency + 1,  # + the listing
+            "page_size": settings.page_size,
+            "max_response_bytes": settings.max_response_bytes,
+            "max_events": settings.max_events_per_session,
+            "transport": transport,
+            "observer": observer,
+            **injected,
+        }
+    )
 
 
 class CollectorService:
-    def __init__(self, settings: Settings, api_key: str, *, store: StateStore | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None, clock=time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        api_key: str,
+        *,
+        store: StateStore | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock=time.time,
+    ) -> None:
         self.settings = settings
         self.log = structlog.get_logger("collector")
         self.registry = CollectorRegistry()
@@ -92,13 +114,25 @@ class CollectorService:
         self.client = build_client(settings, api_key, self.self_metrics, transport)
         rules = [(r.type, r.pattern) for r in settings.error_rules]
         if store is None and settings.state_path is not None:
-            store = SqliteStore(settings.state_path, settings.buckets.as_buckets(), rules,
-                                settings.label_value_limit)
-        self.poller = Poller(self.client, store or MemoryStore(), PollConfig.from_settings(settings), ErrorClassifier(rules),
-                             self.self_metrics, clock=clock, load=False)
-        self.registry.register(SnapshotCollector(
-            lambda: self.poller.snapshot, interval=settings.interval, expose_titles=settings.expose_titles,
-            shard=settings.shard, total_shards=settings.total_shards))
+            store = SqliteStore(settings.state_path, settings.buckets.as_buckets(), rules, settings.label_value_limit)
+        self.poller = Poller(
+            self.client,
+            store or MemoryStore(),
+            PollConfig.from_settings(settings),
+            ErrorClassifier(rules),
+            self.self_metrics,
+            clock=clock,
+            load=False,
+        )
+        self.registry.register(
+            SnapshotCollector(
+                lambda: self.poller.snapshot,
+                interval=settings.interval,
+                expose_titles=settings.expose_titles,
+                shard=settings.shard,
+                total_shards=settings.total_shards,
+            )
+        )
         self.server: Listener | None = None
         self.scheduler = None
         self._cycles = 0
@@ -131,12 +165,20 @@ class CollectorService:
     async def start(self, schedule: bool = True) -> None:
         endpoints = Endpoints(self.registry, self.poller, self.poller.cadence, self.web)
         self.server = await listen(endpoints.app(), self.settings.listen, ssl_context=self.web.ssl_context)
-        self.log.info("collector started", listen=self.settings.listen, port=self.port,
-                      base_url=self.settings.base_url, discover=self.settings.discovery,
-                      interval=self.settings.interval, tls=self.web.ssl_context is not None)
+        self.log.info(
+            "collector started",
+            listen=self.settings.listen,
+            port=self.port,
+            base_url=self.settings.base_url,
+            discover=self.settings.discovery,
+            interval=self.settings.interval,
+            tls=self.web.ssl_context is not None,
+        )
         if plain_http_far(self.settings.base_url):
-            self.log.warning("base_url is plain http:// to a host that is not this machine: the API key goes "
-                             "out in clear; use https://", base_url=self.settings.base_url)
+            self.log.warning(
+                "base_url is plain http:// to a host that is not this machine: the API key goes out in clear; use https://",
+                base_url=self.settings.base_url,
+            )
         self._watch = asyncio.create_task(self._watch_web_config())
         # a big state file loads in a thread: /healthz answers meanwhile, /readyz once it is in
         await asyncio.to_thread(self.poller.load_state)

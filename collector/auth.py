@@ -85,8 +85,9 @@ def _cost(hashed: str) -> int:
 
 
 class WebConfig:
-    def __init__(self, path: Path | None, refused: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, path: Path | None, refused: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.path = path
         self.on_refused = refused
         """Told the reason of each refusal (the self-metric)."""
@@ -200,15 +201,20 @@ class WebConfig:
             fresh = None
             if new.tls_server_config is not None:
                 old = self.file.tls_server_config
-                live = ("client_auth_type", "client_ca_file", "min_version", "max_version", "cipher_suites",
-                        "prefer_server_cipher_suites")
+                live = (
+                    "client_auth_type",
+                    "client_ca_file",
+                    "min_version",
+                    "max_version",
+                    "cipher_suites",
+                    "prefer_server_cipher_suites",
+                )
                 changed = [k for k in live if getattr(old, k) != getattr(new.tls_server_config, k)]
                 if changed:
                     raise ConfigError(f"changing {', '.join(changed)} needs a restart")
                 fresh = ssl_context(new.tls_server_config, self.path.parent)
         except (ConfigError, OSError, ssl.SSLError) as exc:
-            self.log.error("web config not reloaded; the previous one stays in force", error=str(exc),
-                           changed=files)
+            self.log.error("web config not reloaded; the previous one stays in force", error=str(exc), changed=files)
             return
         if fresh is not None:
             self._current = fresh
@@ -316,8 +322,7 @@ class WebConfig:
             self._unlogged += 1
             return False
         self._next_log = now + LOG_EVERY
-        self.log.warning("basic auth refused", reason=reason, peer=peer[:64],
-                         refused_unlogged=self._unlogged)
+        self.log.warning("basic auth refused", reason=reason, peer=peer[:64], refused_unlogged=self._unlogged)
         self._unlogged = 0
         return False
 

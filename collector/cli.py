@@ -43,8 +43,11 @@ class _Parser(argparse.ArgumentParser):
 def _kind(name: str) -> dict[str, Any]:
     """argparse's part of a setting, from its type: a switch, a repeatable flag, a number or a string."""
     annotation = Settings.model_fields[name].annotation
-    types = [t for t in typing.get_args(annotation) if t is not type(None)] \
-        if isinstance(annotation, types_.UnionType) or typing.get_origin(annotation) is typing.Union else [annotation]
+    types = (
+        [t for t in typing.get_args(annotation) if t is not type(None)]
+        if isinstance(annotation, types_.UnionType) or typing.get_origin(annotation) is typing.Union
+        else [annotation]
+    )
     kind = types[0]
     if kind is bool:
         return {"action": argparse.BooleanOptionalAction}
@@ -59,8 +62,7 @@ def add_setting(parser: argparse.ArgumentParser, name: str) -> None:
     """The flag of one ``Settings`` field, as its declaration says (help names the env var too)."""
     option = OPTIONS[name]
     if option.flag is not None:
-        parser.add_argument(option.flag, *option.aliases, dest=name, help=f"{option.help} ({option.env})",
-                            **_kind(name))
+        parser.add_argument(option.flag, *option.aliases, dest=name, help=f"{option.help} ({option.env})", **_kind(name))
 
 
 def _collector_flags(parser: argparse.ArgumentParser) -> None:
@@ -71,15 +73,14 @@ def _collector_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Prometheus metrics for LlamaCloud chat.",
-                     argument_default=argparse.SUPPRESS)
+    parser = _Parser(prog=PROG, description="Prometheus metrics for LlamaCloud chat.", argument_default=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__} (revision {REVISION})")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     run = sub.add_parser("run", help="run the collector (default)", argument_default=argparse.SUPPRESS)
-    check = sub.add_parser("check", help="call the API once and print what would be watched",
-                           argument_default=argparse.SUPPRESS)
-    demo = sub.add_parser("demo", help="simulator with live traffic plus the collector, no key needed",
-                          argument_default=argparse.SUPPRESS)
+    check = sub.add_parser("check", help="call the API once and print what would be watched", argument_default=argparse.SUPPRESS)
+    demo = sub.add_parser(
+        "demo", help="simulator with live traffic plus the collector, no key needed", argument_default=argparse.SUPPRESS
+    )
     simulate = sub.add_parser("simulate", help="the fake LlamaCloud API alone")
     for p in (run, check, demo):
         add_setting(p, "listen")
@@ -96,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--runs", type=int, default=3, help="runs per session at start")
     simulate.add_argument("--seed", type=int, default=1)
     simulate.add_argument("--rate", type=float, default=2.0, help="live traffic: runs per second")
-    simulate.add_argument("--latency-ms", dest="latency_ms", type=float, default=0.0,
-                          help="delay added to every API answer, as a distant API has")
+    simulate.add_argument(
+        "--latency-ms", dest="latency_ms", type=float, default=0.0, help="delay added to every API answer, as a distant API has"
+    )
     return parser
 
 
@@ -109,17 +111,24 @@ async def _until_signalled(*services: Any) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     log = structlog.get_logger("collector")
-    loop.set_exception_handler(lambda _, context: log.error(
-        "unhandled error in the event loop", error=repr(context.get("exception")), message=context.get("message")))
+    loop.set_exception_handler(
+        lambda _, context: log.error(
+            "unhandled error in the event loop", error=repr(context.get("exception")), message=context.get("message")
+        )
+    )
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     reloadable = [s for s in services if hasattr(s, "reload")]
+
     def reload() -> None:
         for service in reloadable:
             service.reload()
+
     loop.add_signal_handler(signal.SIGHUP, reload)
+
     def ignored(sig: signal.Signals) -> None:
         log.info("signal ignored", signal=sig.name)
+
     for sig in (signal.SIGUSR1, signal.SIGUSR2):  # commonly sent, never meant to kill: ignored, said once
         loop.add_signal_handler(sig, ignored, sig)
     try:
@@ -138,8 +147,9 @@ async def _run(settings: Settings, key: str) -> int:
 
 async def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     key = secrets.token_urlsafe(24)
-    sim = SimulatorService(sessions=getattr(args, "sessions", 40), seed=getattr(args, "seed", 1),
-                           rate=getattr(args, "rate", 2.0), api_key=key)
+    sim = SimulatorService(
+        sessions=getattr(args, "sessions", 40), seed=getattr(args, "seed", 1), rate=getattr(args, "rate", 2.0), api_key=key
+    )
     await sim.start()
     flags = {"interval": 5.0, **_flags(args, ("seed", "sessions", "rate")), "base_url": sim.base_url}
     settings = load_settings(flags, {k: v for k, v in environ.items() if not k.startswith("LLAMA_CLOUD_")})
@@ -152,9 +162,15 @@ async def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 async def _simulate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    sim = SimulatorService(sessions=args.sessions, runs=args.runs, seed=args.seed, rate=args.rate,
-                           api_key=environ.get("LLAMA_CLOUD_API_KEY") or "simulator",
-                           address=f"{args.host}:{args.port}", latency=max(0.0, args.latency_ms) / 1000.0)
+    sim = SimulatorService(
+        sessions=args.sessions,
+        runs=args.runs,
+        seed=args.seed,
+        rate=args.rate,
+        api_key=environ.get("LLAMA_CLOUD_API_KEY") or "simulator",
+        address=f"{args.host}:{args.port}",
+        latency=max(0.0, args.latency_ms) / 1000.0,
+    )
     await _until_signalled(sim)
     return 0
 
@@ -180,18 +196,21 @@ async def _check(settings: Settings, key: str) -> int:
     try:
         sessions = await _discover(client, settings)
     except AuthError as exc:
-        raise CollectorError(f"check failed: HTTP {exc.status} from {settings.base_url}: the API key was "
-                             "refused; fix LLAMA_CLOUD_API_KEY (or the file in COLLECTOR_API_KEY_FILE)") from None
+        raise CollectorError(
+            f"check failed: HTTP {exc.status} from {settings.base_url}: the API key was "
+            "refused; fix LLAMA_CLOUD_API_KEY (or the file in COLLECTOR_API_KEY_FILE)"
+        ) from None
     except CollectorError as exc:
         raise CollectorError(f"check failed: {settings.base_url}: {exc}") from None
     finally:
         await client.aclose()
     mode = "discovery" if settings.discovery else f"{len(settings.session_ids)} configured session IDs"
-    print(f"OK: {settings.base_url} answered; {len(sessions)} sessions would be watched ({mode}, "
-          f"shard {settings.shard} of {settings.total_shards})")
+    print(
+        f"OK: {settings.base_url} answered; {len(sessions)} sessions would be watched ({mode}, "
+        f"shard {settings.shard} of {settings.total_shards})"
+    )
     for summary in sorted(sessions, key=lambda s: s.last_updated_at, reverse=True)[:50]:
-        print(f"  {summary.session_id}  updated {summary.last_updated_at}  "
-              f"indexes {','.join(summary.index_ids) or '-'}")
+        print(f"  {summary.session_id}  updated {summary.last_updated_at}  indexes {','.join(summary.index_ids) or '-'}")
     if len(sessions) > 50:
         print(f"  ... and {len(sessions) - 50} more")
     return 0

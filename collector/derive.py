@@ -102,13 +102,21 @@ class Derivation:
 
 def stop_signature(event: StopEvent) -> str:
     u = event.usage
-    text = repr((event.is_error, event.error, u.duration_ms, u.total_input_tokens,
-                 u.total_output_tokens, u.turns, event.skipped_index_ids))
+    text = repr(
+        (
+            event.is_error,
+            event.error,
+            u.duration_ms,
+            u.total_input_tokens,
+            u.total_output_tokens,
+            u.turns,
+            event.skipped_index_ids,
+        )
+    )
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-def history_intact(events: Sequence[object], cursor: int, events_seen: int,
-                   signature: str | None) -> bool:
+def history_intact(events: Sequence[object], cursor: int, events_seen: int, signature: str | None) -> bool:
     """False when the history shrank or the last counted stop is not the same any more."""
     if len(events) < max(cursor, events_seen):
         return False
@@ -118,8 +126,7 @@ def history_intact(events: Sequence[object], cursor: int, events_seen: int,
     return isinstance(last, StopEvent) and stop_signature(last) == signature
 
 
-def _run_record(run_events: Sequence[object], stop: StopEvent,
-                classifier: ErrorClassifier) -> RunRecord:
+def _run_record(run_events: Sequence[object], stop: StopEvent, classifier: ErrorClassifier) -> RunRecord:
     calls: list[ToolCallEvent] = []
     results: set[str] = set()
     for event in run_events:
@@ -130,7 +137,8 @@ def _run_record(run_events: Sequence[object], stop: StopEvent,
     usage = stop.usage
     failed = stop.failed
     duration_ms, input_tokens, output_tokens, turns = (
-        known(value) for value in (usage.duration_ms, usage.total_input_tokens, usage.total_output_tokens, usage.turns))
+        known(value) for value in (usage.duration_ms, usage.total_input_tokens, usage.total_output_tokens, usage.turns)
+    )
     return RunRecord(
         failed=failed,
         error_type=classifier.classify(stop.error) if failed else None,
@@ -153,8 +161,13 @@ def finished_prefix(events: Sequence[object]) -> int:
     return 0
 
 
-def derive(events: Sequence[object], cursor: int, events_seen: int,
-           classifier: ErrorClassifier, sink: Callable[[RunRecord], None] | None = None) -> Derivation:
+def derive(
+    events: Sequence[object],
+    cursor: int,
+    events_seen: int,
+    classifier: ErrorClassifier,
+    sink: Callable[[RunRecord], None] | None = None,
+) -> Derivation:
     """Derive the runs finished in ``events[cursor:]``.
 
     ``events_seen`` is how many events were already counted by type; the
@@ -173,8 +186,7 @@ def derive(events: Sequence[object], cursor: int, events_seen: int,
     last = events[start - 1] if start > 0 else None
     signature = stop_signature(last) if isinstance(last, StopEvent) else None
     in_progress_start = next(
-        (i for i, event in enumerate(events[start:], start)
-         if isinstance(event, PlainEvent) and event.type == "user_input"),
+        (i for i, event in enumerate(events[start:], start) if isinstance(event, PlainEvent) and event.type == "user_input"),
         None,
     )
     counts = Counter(map(event_label, events[events_seen:]))

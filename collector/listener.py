@@ -256,9 +256,15 @@ class Guard(asyncio.BufferedProtocol):
         self.server.slots.by_handler[self.handler] = self
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.add_done_callback(self._handshake_done)
-        self.inner = _TlsProtocol(asyncio.get_running_loop(), self.handler, self.server.ssl_context, done,
-                                  server_side=True, ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
-                                  ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT)
+        self.inner = _TlsProtocol(
+            asyncio.get_running_loop(),
+            self.handler,
+            self.server.ssl_context,
+            done,
+            server_side=True,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+            ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT,
+        )
         self.inner.connection_made(self.view)
 
     def _handshake_done(self, done: asyncio.Future[None]) -> None:
@@ -431,8 +437,7 @@ class Slots:
         most = max(sizes.values(), default=0)
         if most <= holds + (1 if holds else 0):
             return False  # a place moves only to a peer holding none, or to even out shares: never back and forth
-        candidates = (g for key, n in sizes.items() if n == most for g in self.peers.get(key, ())
-                      if g.shaking or not handshakes)
+        candidates = (g for key, n in sizes.items() if n == most for g in self.peers.get(key, ()) if g.shaking or not handshakes)
         victim = min(candidates, key=lambda g: (EVICTION_ORDER[g.state], g.since), default=None)
         if victim is None:
             return False
@@ -470,8 +475,7 @@ class Slots:
 class Server:
     """What every guard of one listener shares."""
 
-    def __init__(self, handler: Any, ssl_context: ssl.SSLContext | None, slots: Slots,
-                 keepalive_timeout: float) -> None:
+    def __init__(self, handler: Any, ssl_context: ssl.SSLContext | None, slots: Slots, keepalive_timeout: float) -> None:
         self.handler, self.ssl_context, self.slots = handler, ssl_context, slots
         self.keepalive_timeout = keepalive_timeout
 
@@ -542,16 +546,29 @@ class Listener:
             guard.give_up()
 
 
-async def serve(app: web.Application, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
-                max_connections: int = MAX_CONNECTIONS, keepalive_timeout: float = KEEPALIVE_TIMEOUT) -> Listener:
+async def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    max_connections: int = MAX_CONNECTIONS,
+    keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+) -> Listener:
     """Listen on ``host:port``; the caller closes the returned listener."""
     quiet = logging.getLogger("collector.http")
     quiet.setLevel(logging.CRITICAL)  # aiohttp's per-request debug and client-error lines stay out of the log
     slots = Slots(max_connections, max(8, max_connections // PER_PEER_SHARE), PER_PEER_HANDSHAKES)
     app[SLOTS] = slots
     app.middlewares.insert(0, gate)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=keepalive_timeout,
-                           shutdown_timeout=SHUTDOWN_TIMEOUT, logger=quiet)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=keepalive_timeout,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        logger=quiet,
+    )
     await runner.setup()
     handler = runner.server
     assert handler is not None, "set up above"

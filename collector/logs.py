@@ -58,13 +58,11 @@ class _ToStructlog(logging.Handler):
         structlog.get_logger(record.name).log(record.levelno, event)
 
 
-def configure(level: str = "info", fmt: str | None = None, secrets: Iterable[str] = (),
-              stream: TextIO | None = None) -> None:
+def configure(level: str = "info", fmt: str | None = None, secrets: Iterable[str] = (), stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
     if fmt is None:
         fmt = "console" if stream.isatty() else "json"
-    renderer = structlog.dev.ConsoleRenderer(colors=False) if fmt == "console" \
-        else structlog.processors.JSONRenderer()
+    renderer = structlog.dev.ConsoleRenderer(colors=False) if fmt == "console" else structlog.processors.JSONRenderer()
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,

@@ -46,28 +46,47 @@ class SelfMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         p = "llamacloud_collector_"
-        self.api_requests = Counter(p + "api_requests", "API requests by operation and HTTP status "
-                                    "(error for transport and protocol failures).", ["operation", "code"], registry=registry)
-        self.api_duration = Histogram(p + "api_request_duration_seconds", "API request latency, whole exchange.",
-                                      ["operation"], registry=registry,
-                                      buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-        self.api_retries = Counter(p + "api_retries", "API requests retried, by operation and reason.",
-                                   ["operation", "reason"], registry=registry)
-        self.invalid_payloads = Counter(p + "invalid_payloads", "API answers that failed validation.",
-                                        ["operation"], registry=registry)
+        self.api_requests = Counter(
+            p + "api_requests",
+            "API requests by operation and HTTP status (error for transport and protocol failures).",
+            ["operation", "code"],
+            registry=registry,
+        )
+        self.api_duration = Histogram(
+            p + "api_request_duration_seconds",
+            "API request latency, whole exchange.",
+            ["operation"],
+            registry=registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.api_retries = Counter(
+            p + "api_retries", "API requests retried, by operation and reason.", ["operation", "reason"], registry=registry
+        )
+        self.invalid_payloads = Counter(
+            p + "invalid_payloads", "API answers that failed validation.", ["operation"], registry=registry
+        )
         self.polls = Counter(p + "polls", "Poll cycles by result.", ["result"], registry=registry)
-        self.fetches = Counter(p + "session_fetches", "Sessions retrieved, by reason.", ["reason"],
-                               registry=registry)
-        self.sessions_unchanged = Counter(p + "sessions_unchanged", "Sessions skipped because last_updated_at "
-                                 "did not change.", registry=registry)
-        self.state_write_failures = Counter(p + "state_write_failures", "State store writes that failed "
-                                            "(retried next cycle).", registry=registry)
-        self.listing_anomalies = Counter(p + "listing_anomalies", "Listings the collector did not take at their "
-                                         "word (DESIGN §4), by kind.", ["kind"], registry=registry)
-        self.auth_refusals = Counter(p + "scrape_auth_refusals", "Requests to /metrics or / refused by basic auth, "
-                                     "by reason: missing (no or malformed credentials), wrong (unknown user or wrong "
-                                     "password), busy (no place to check them: a flood).", ["reason"],
-                                     registry=registry)
+        self.fetches = Counter(p + "session_fetches", "Sessions retrieved, by reason.", ["reason"], registry=registry)
+        self.sessions_unchanged = Counter(
+            p + "sessions_unchanged", "Sessions skipped because last_updated_at did not change.", registry=registry
+        )
+        self.state_write_failures = Counter(
+            p + "state_write_failures", "State store writes that failed (retried next cycle).", registry=registry
+        )
+        self.listing_anomalies = Counter(
+            p + "listing_anomalies",
+            "Listings the collector did not take at their word (DESIGN §4), by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.auth_refusals = Counter(
+            p + "scrape_auth_refusals",
+            "Requests to /metrics or / refused by basic auth, "
+            "by reason: missing (no or malformed credentials), wrong (unknown user or wrong "
+            "password), busy (no place to check them: a flood).",
+            ["reason"],
+            registry=registry,
+        )
         for reason in AUTH_REFUSALS:
             self.auth_refusals.labels(reason)
         for kind in ANOMALIES:
@@ -118,8 +137,7 @@ def _exemplar(mark: Mark | None) -> Exemplar | None:
 def _histogram(name: str, doc: str, labels: list[str], series: list[tuple[list[str], Hist]]) -> Metric:
     family = HistogramMetricFamily(name, doc, labels=labels)
     for values, hist in series:
-        buckets: list[Any] = [(le, count, _exemplar(mark)) if mark else (le, count)
-                              for le, count, mark in hist.cumulative()]
+        buckets: list[Any] = [(le, count, _exemplar(mark)) if mark else (le, count) for le, count, mark in hist.cumulative()]
         family.add_metric(values, buckets, hist.total)
     return family
 
@@ -139,8 +157,15 @@ def _gauge(name: str, doc: str, value: float | None, labels: dict[str, str] | No
 
 
 class SnapshotCollector(Collector):
-    def __init__(self, snapshot: Callable[[], Snapshot], *,
-                 interval: float, expose_titles: bool = False, shard: int = 0, total_shards: int = 1) -> None:
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        *,
+        interval: float,
+        expose_titles: bool = False,
+        shard: int = 0,
+        total_shards: int = 1,
+    ) -> None:
         self._snapshot = snapshot
         self._interval = interval
         self._expose_titles = expose_titles
@@ -159,30 +184,48 @@ class SnapshotCollector(Collector):
     def _self_families(self, snap: Snapshot) -> Iterator[Metric]:
         p, poll = "llamacloud_collector_", snap.poll
         yield _gauge(p + "up", "1 when the last poll reached the API and it answered.", 1.0 if poll.up else 0.0)
-        yield _gauge(p + "last_success_timestamp_seconds", "When the last successful poll finished.",
-                     poll.last_success)
+        yield _gauge(p + "last_success_timestamp_seconds", "When the last successful poll finished.", poll.last_success)
         yield _gauge(p + "poll_duration_seconds", "Duration of the last poll cycle.", poll.duration)
         yield _gauge(p + "sessions_watched", "Sessions this collector watches.", snap.sessions_watched)
-        yield _gauge(p + "sessions_failing", "Sessions whose last fetch failed on their own (the API answered "
-                     "others); retried with backoff.", poll.sessions_failing)
-        yield _gauge(p + "listing_pass_duration_seconds", "Wall time of the last complete listing pass "
-                     "(every page, or every configured ID); it may span cycles.", poll.listing_pass_duration)
+        yield _gauge(
+            p + "sessions_failing",
+            "Sessions whose last fetch failed on their own (the API answered others); retried with backoff.",
+            poll.sessions_failing,
+        )
+        yield _gauge(
+            p + "listing_pass_duration_seconds",
+            "Wall time of the last complete listing pass (every page, or every configured ID); it may span cycles.",
+            poll.listing_pass_duration,
+        )
         yield _gauge(p + "poll_interval_seconds", "The configured poll interval (--interval).", self._interval)
-        yield _counter(p + "invalid_values", "Values refused from otherwise valid payloads (negative, NaN, "
-                       "infinite, over 2^53), by field; the run's field is unknown.", ["field"],
-                       snap.aggregates.invalid_values)
-        yield _counter(p + "history_resets", "Session histories that shrank or changed and were re-synced.",
-                       [], {(): snap.aggregates.history_resets})
-        dropped = GaugeMetricFamily(p + "series_dropped", "Sessions or label values over a limit, "
-                                    "not exposed as their own series.", labels=["family"])
+        yield _counter(
+            p + "invalid_values",
+            "Values refused from otherwise valid payloads (negative, NaN, "
+            "infinite, over 2^53), by field; the run's field is unknown.",
+            ["field"],
+            snap.aggregates.invalid_values,
+        )
+        yield _counter(
+            p + "history_resets",
+            "Session histories that shrank or changed and were re-synced.",
+            [],
+            {(): snap.aggregates.history_resets},
+        )
+        dropped = GaugeMetricFamily(
+            p + "series_dropped", "Sessions or label values over a limit, not exposed as their own series.", labels=["family"]
+        )
         dropped.add_metric(["sessions"], snap.sessions_over_limit)
         dropped.add_metric(["tool"], snap.aggregates.tools.dropped)
         dropped.add_metric(["index_id"], snap.aggregates.indexes.dropped)
         yield dropped
         yield _gauge(p + "shard", "This collector's shard (--shard).", self._shard[0])
         yield _gauge(p + "total_shards", "How many shards share the sessions (--total-shards).", self._shard[1])
-        yield _gauge(p + "build_info", "Build information: version and source revision.", 1.0,
-                     {"version": __version__, "revision": REVISION})
+        yield _gauge(
+            p + "build_info",
+            "Build information: version and source revision.",
+            1.0,
+            {"version": __version__, "revision": REVISION},
+        )
 
     def _chat_families(self, snap: Snapshot) -> Iterator[Metric]:
         a, p = snap.aggregates, "llamacloud_chat_"
@@ -191,48 +234,61 @@ class SnapshotCollector(Collector):
             runs.add_metric([outcome], value, exemplar=_exemplar(a.run_marks.get(outcome)))
         yield runs
         yield _counter(p + "run_errors", "Failed chat runs by classified error type" + AS_OF, ["error_type"], a.errors)
-        yield _histogram(p + "run_duration_seconds", "Duration of finished chat runs" + AS_OF, [],
-                         [([], a.duration)])
-        yield _histogram(p + "run_tokens", "Tokens per finished chat run" + AS_OF, ["token_type"],
-                         [([kind], hist) for kind, hist in sorted(a.tokens.items())])
+        yield _histogram(p + "run_duration_seconds", "Duration of finished chat runs" + AS_OF, [], [([], a.duration)])
+        yield _histogram(
+            p + "run_tokens",
+            "Tokens per finished chat run" + AS_OF,
+            ["token_type"],
+            [([kind], hist) for kind, hist in sorted(a.tokens.items())],
+        )
         yield _counter(p + "tokens", "Tokens used by finished chat runs" + AS_OF, ["token_type"], a.tokens_total)
         yield _histogram(p + "run_turns", "Turns per finished chat run" + AS_OF, [], [([], a.turns)])
-        yield _histogram(p + "run_tool_calls", "Tool calls per finished chat run" + AS_OF, [],
-                         [([], a.tool_calls_per_run)])
-        yield _counter(p + "tool_calls", "Tool calls by tool, and whether a result came back" + AS_OF,
-                       ["tool", "outcome"], a.tool_calls)
-        yield _counter(p + "skipped_index_queries", "Index queries a run could not make" + AS_OF, ["index_id"],
-                       a.skipped_index_queries)
-        yield _counter(p + "index_runs", "Finished chat runs by index of their session (a session bound to two "
-                       "counts under both; _none: bound to none) and outcome" + AS_OF, ["index_id", "outcome"],
-                       a.index_runs)
-        yield _counter(p + "index_run_errors", "Failed chat runs by index of their session and classified error "
-                       "type" + AS_OF, ["index_id", "error_type"], a.index_errors)
+        yield _histogram(p + "run_tool_calls", "Tool calls per finished chat run" + AS_OF, [], [([], a.tool_calls_per_run)])
+        yield _counter(
+            p + "tool_calls", "Tool calls by tool, and whether a result came back" + AS_OF, ["tool", "outcome"], a.tool_calls
+        )
+        yield _counter(
+            p + "skipped_index_queries", "Index queries a run could not make" + AS_OF, ["index_id"], a.skipped_index_queries
+        )
+        yield _counter(
+            p + "index_runs",
+            "Finished chat runs by index of their session (a session bound to two "
+            "counts under both; _none: bound to none) and outcome" + AS_OF,
+            ["index_id", "outcome"],
+            a.index_runs,
+        )
+        yield _counter(
+            p + "index_run_errors",
+            "Failed chat runs by index of their session and classified error type" + AS_OF,
+            ["index_id", "error_type"],
+            a.index_errors,
+        )
         yield _counter(p + "events", "Chat events by type" + AS_OF, ["event_type"], a.events)
-        yield _gauge(p + "runs_in_progress", "Sessions whose history ends in an unfinished run" + AS_OF,
-                     snap.runs_in_progress)
-        yield _gauge(p + "oldest_run_in_progress_seen_timestamp_seconds", "When the collector first saw the "
-                     "oldest unfinished run (events carry no timestamps); absent when none is in progress" + AS_OF,
-                     snap.oldest_in_progress_since)
+        yield _gauge(p + "runs_in_progress", "Sessions whose history ends in an unfinished run" + AS_OF, snap.runs_in_progress)
+        yield _gauge(
+            p + "oldest_run_in_progress_seen_timestamp_seconds",
+            "When the collector first saw the "
+            "oldest unfinished run (events carry no timestamps); absent when none is in progress" + AS_OF,
+            snap.oldest_in_progress_since,
+        )
 
     def _session_families(self, sessions: tuple[SessionState, ...]) -> Iterator[Metric]:
         p = "llamacloud_chat_session_"
         info_labels = ["session_id", "shared_access", "index_ids"] + (["title"] if self._expose_titles else [])
         info = GaugeMetricFamily(p + "info", "Chat session information; always 1.", labels=info_labels)
-        updated = GaugeMetricFamily(p + "last_updated_timestamp_seconds", "When the session last changed.",
-                                    labels=["session_id"])
-        runs = CounterMetricFamily(p + "runs", "Finished runs of the session by outcome.",
-                                   labels=["session_id", "outcome"])
-        tokens = CounterMetricFamily(p + "tokens", "Tokens used by the session's finished runs.",
-                                     labels=["session_id", "token_type"])
-        duration = GaugeMetricFamily(p + "last_run_duration_seconds", "Duration of the last run "
-                                     "(job_metadata).", labels=["session_id"])
-        last_tokens = GaugeMetricFamily(p + "last_run_tokens", "Tokens of the last run (job_metadata).",
-                                        labels=["session_id", "token_type"])
-        turns = GaugeMetricFamily(p + "last_run_turns", "Turns of the last run (job_metadata).",
-                                  labels=["session_id"])
-        error = GaugeMetricFamily(p + "last_run_error", "1 when the last run failed (job_metadata).",
-                                  labels=["session_id"])
+        updated = GaugeMetricFamily(p + "last_updated_timestamp_seconds", "When the session last changed.", labels=["session_id"])
+        runs = CounterMetricFamily(p + "runs", "Finished runs of the session by outcome.", labels=["session_id", "outcome"])
+        tokens = CounterMetricFamily(
+            p + "tokens", "Tokens used by the session's finished runs.", labels=["session_id", "token_type"]
+        )
+        duration = GaugeMetricFamily(
+            p + "last_run_duration_seconds", "Duration of the last run (job_metadata).", labels=["session_id"]
+        )
+        last_tokens = GaugeMetricFamily(
+            p + "last_run_tokens", "Tokens of the last run (job_metadata).", labels=["session_id", "token_type"]
+        )
+        turns = GaugeMetricFamily(p + "last_run_turns", "Turns of the last run (job_metadata).", labels=["session_id"])
+        error = GaugeMetricFamily(p + "last_run_error", "1 when the last run failed (job_metadata).", labels=["session_id"])
         for s in sessions:
             sid = s.session_id
             values = [sid, s.shared_access or "", ",".join(s.index_ids)]

@@ -227,8 +227,9 @@ class SessionSource(Protocol):
 
     async def list_page(self, token: str | None, deadline: Deadline | None) -> SessionPage: ...
     async def summary(self, session_id: str, deadline: Deadline | None) -> Summary: ...
-    async def retrieve(self, session_id: str, deadline: Deadline | None,
-                       off_loop: Callable[[Callable[[], Session]], Apart] | None = None) -> Session | Apart: ...
+    async def retrieve(
+        self, session_id: str, deadline: Deadline | None, off_loop: Callable[[Callable[[], Session]], Apart] | None = None
+    ) -> Session | Apart: ...
 
 
 class PollObserver(Protocol):
@@ -243,10 +244,18 @@ class PollObserver(Protocol):
 
 
 class Poller:
-    def __init__(self, client: SessionSource, store: StateStore, config: PollConfig,
-                 classifier: ErrorClassifier, metrics: PollObserver, *,
-                 clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic, load: bool = True) -> None:
+    def __init__(
+        self,
+        client: SessionSource,
+        store: StateStore,
+        config: PollConfig,
+        classifier: ErrorClassifier,
+        metrics: PollObserver,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        load: bool = True,
+    ) -> None:
         self.client, self.store, self.config = client, store, config
         self.classifier, self.metrics = classifier, metrics
         self.cadence = Cadence(config.interval)
@@ -317,8 +326,13 @@ class Poller:
             raise
         fresh = [error for sid, (_, error) in run.failures.items() if sid not in self.failing and sid not in run.hung]
         listing_cut = run.cut and not run.listing.listed_all
-        if not run.answered and fresh and self.config.discover and not (run.listing_error or listing_cut) \
-                and await self._api_answers(run):
+        if (
+            not run.answered
+            and fresh
+            and self.config.discover
+            and not (run.listing_error or listing_cut)
+            and await self._api_answers(run)
+        ):
             run.answered = True  # the API is up: one failure is its session's own (``_settle_failures``)
             self.listing_only += 1
             if self.listing_only >= PAGE_STRIKES:  # a few cycles in a row: so are several (else the pass wedges)
@@ -338,8 +352,10 @@ class Poller:
         report.runs_added = sum(work.aggregates.runs.values()) - runs_before
         report.carried = run.listing.waiting
         if run.cut:
-            report.errors.append(f"cycle deadline reached at page {run.listing.pages} of the listing pass with "
-                                 f"{report.carried} sessions not fetched; the pass carries on next cycle")
+            report.errors.append(
+                f"cycle deadline reached at page {run.listing.pages} of the listing pass with "
+                f"{report.carried} sessions not fetched; the pass carries on next cycle"
+            )
         clean = not (report.failed or report.invalid or run.listing_error or run.listing_problem)
         report.result = "success" if report.pass_complete and clean else "partial"
         for problem in (run.listing_problem, run.listing_error):
@@ -447,8 +463,10 @@ class Poller:
                     listing.queued.discard(job.session_id)
                     run.hung.add(job.session_id)
                     run.report.failed += 1
-                    run.failures[job.session_id] = (replace(job, cuts=0, waited=0.0), "retrieve: no answer "
-                                                    f"in {job.waited:.1f} s, over {job.cuts} cycles")
+                    run.failures[job.session_id] = (
+                        replace(job, cuts=0, waited=0.0),
+                        f"retrieve: no answer in {job.waited:.1f} s, over {job.cuts} cycles",
+                    )
                 else:
                     listing.push(job, front=True)
             run.inflight.clear()
@@ -488,12 +506,14 @@ class Poller:
         refused = isinstance(exc, PayloadError) or (status is not None and 400 <= status < 500 and status != 429)
         if strikes >= PAGE_STRIKES or (refused and strikes >= 2):
             listing.listed_all = listing.truncated = True
-            self._restarted(run, f"list: page {position} keeps failing ({str(exc)[:ERROR_TEXT]}); the pass ends "
-                            "there, retires nothing, and the next starts over from page 1")
+            self._restarted(
+                run,
+                f"list: page {position} keeps failing ({str(exc)[:ERROR_TEXT]}); the pass ends "
+                "there, retires nothing, and the next starts over from page 1",
+            )
             return False
         if refused:
-            self._restarted(run, f"list: page {position} refused ({str(exc)[:ERROR_TEXT]}); the pass starts over "
-                            "from page 1")
+            self._restarted(run, f"list: page {position} refused ({str(exc)[:ERROR_TEXT]}); the pass starts over from page 1")
             listing.token, listing.pages, listing.idle_pages = None, 0, 0
             listing.tokens.clear()
             return True
@@ -512,8 +532,11 @@ class Poller:
         listing.pages += 1
         if page.unreadable:
             report.invalid += len(page.unreadable)
-            self.log.warning("unreadable sessions in the listing, skipped this cycle",
-                             count=len(page.unreadable), session_ids=[i[:ID_TEXT] for i in page.unreadable[:10]])
+            self.log.warning(
+                "unreadable sessions in the listing, skipped this cycle",
+                count=len(page.unreadable),
+                session_ids=[i[:ID_TEXT] for i in page.unreadable[:10]],
+            )
         new = False
         for item in page.items:
             if wanted(self.config, item):
@@ -532,8 +555,11 @@ class Poller:
             listing.listed_all = True
         elif listing.idle_pages >= IDLE_PAGES:
             listing.listed_all = listing.truncated = True
-            self._restarted(run, f"list: {IDLE_PAGES} pages in a row listed no session new to the pass; the pass "
-                            "ends there, retires nothing, and the next starts over from page 1")
+            self._restarted(
+                run,
+                f"list: {IDLE_PAGES} pages in a row listed no session new to the pass; the pass "
+                "ends there, retires nothing, and the next starts over from page 1",
+            )
         else:
             listing.tokens.add(digest)
             listing.token = token
@@ -620,8 +646,12 @@ class Poller:
         replay = work.histogram_floor if sid in work.replay else None  # a replay reads the floor: on the loop
         carried = self.carried.pop(sid, None)
         answer: Session | Apart
-        if carried is not None and carried.prev == prev and replay is None and (
-                isinstance(carried.outcome, Apart) or carried.listed == found.last_updated_at):
+        if (
+            carried is not None
+            and carried.prev == prev
+            and replay is None
+            and (isinstance(carried.outcome, Apart) or carried.listed == found.last_updated_at)
+        ):
             if isinstance(carried.outcome, Apart):
                 answer = carried.outcome  # counted apart after the deadline cut its cycle: not read again
             else:  # refused apart after the deadline cut its cycle (a history over the event limit)
@@ -629,8 +659,11 @@ class Poller:
                 raise PayloadError(f"retrieve: invalid payload: {carried.outcome}", operation="retrieve")
         else:
             ticket = object()
-            apart = None if replay is not None else functools.partial(
-                self._apart, asyncio.get_running_loop(), run.work, sid, prev, found, self.clock(), ticket)
+            apart = (
+                None
+                if replay is not None
+                else functools.partial(self._apart, asyncio.get_running_loop(), run.work, sid, prev, found, self.clock(), ticket)
+            )
             try:
                 answer = await self.client.retrieve(sid, run.deadline, apart)
             except asyncio.CancelledError:  # cut off: what its thread gives stays for the next fetch
@@ -646,9 +679,16 @@ class Poller:
         run.listing.some_fetched = True
         answered_at = answer.last_updated_at
         backwards = prev is not None and older(answered_at, prev)
-        if backwards and prev is not None and self._stale(sid, answered_at) and not (
-                answer.intact if isinstance(answer, Apart) else
-                history_intact(answer.events, prev.cursor, prev.events_seen, prev.stop_signature)):
+        if (
+            backwards
+            and prev is not None
+            and self._stale(sid, answered_at)
+            and not (
+                answer.intact
+                if isinstance(answer, Apart)
+                else history_intact(answer.events, prev.cursor, prev.events_seen, prev.stop_signature)
+            )
+        ):
             self.log.info("stale read ignored; refetched next cycle", session_id=sid[:ID_TEXT])
         else:
             self.stale.pop(sid, None)
@@ -658,8 +698,15 @@ class Poller:
                 work.aggregates.merge(answer.delta)
                 update = answer.update
             else:
-                update = update_session(prev, answer, work.aggregates, self.classifier, self.clock(),
-                                        listed_at=listed_at(answer, found), replay_into=replay)
+                update = update_session(
+                    prev,
+                    answer,
+                    work.aggregates,
+                    self.classifier,
+                    self.clock(),
+                    listed_at=listed_at(answer, found),
+                    replay_into=replay,
+                )
             work.replayed(sid)
             work.put(update.state)
             if run.counted is not None:  # kept only when runs are logged
@@ -667,8 +714,17 @@ class Poller:
                 run.left_out += update.left_out
         self._recovered(sid)
 
-    def _apart(self, loop: asyncio.AbstractEventLoop, work: CollectorState, sid: str, prev: SessionState | None,
-               found: Found, now: float, ticket: object, read: Callable[[], Session]) -> Apart:
+    def _apart(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        work: CollectorState,
+        sid: str,
+        prev: SessionState | None,
+        found: Found,
+        now: float,
+        ticket: object,
+        read: Callable[[], Session],
+    ) -> Apart:
         """In the parse thread: a large history read and counted into its own ``Aggregates``, seeded on the loop
         with the label values admitted so far. Touches nothing the loop does. What it gives (or the refusal
         of the history) is also left for the session's next fetch (``carried``), in case the deadline cut
@@ -682,8 +738,15 @@ class Poller:
         delta = asyncio.run_coroutine_threadsafe(_seed(work), loop).result(SEED_WAIT)
         intact = prev is None or history_intact(session.events, prev.cursor, prev.events_seen, prev.stop_signature)
         mode = self.config.log_runs
-        update = update_session(prev, session, delta, self.classifier, now, listed_at=listed_at(session, found),
-                                stream=(lambda r: log_wanted(mode, r), MAX_LINES_PER_CYCLE))
+        update = update_session(
+            prev,
+            session,
+            delta,
+            self.classifier,
+            now,
+            listed_at=listed_at(session, found),
+            stream=(lambda r: log_wanted(mode, r), MAX_LINES_PER_CYCLE),
+        )
         result = Apart(session.last_updated_at, intact, update, delta)
         loop.call_soon_threadsafe(self._carry, sid, Carried(ticket, prev, result, found.last_updated_at))
         return result
@@ -713,8 +776,7 @@ class Poller:
         self.metrics.anomaly("timestamp_backwards")
         if sid not in self.backwards and len(self.backwards) < LOGGED_BACKWARDS:
             self.backwards.add(sid)
-            self.log.warning("last_updated_at went backwards; the history is counted all the same",
-                             session_id=sid[:ID_TEXT])
+            self.log.warning("last_updated_at went backwards; the history is counted all the same", session_id=sid[:ID_TEXT])
 
     # -- failing sessions and the end of a pass ---------------------------------------------------------
 
@@ -732,8 +794,12 @@ class Poller:
     def _mark_failing(self, sid: str, error: str) -> None:
         before = self.failing.get(sid)
         if before is None:
-            self.log.warning("session failing", session_id=sid[:ID_TEXT], error=error[:500],
-                             note="retried with backoff; the other sessions go on")
+            self.log.warning(
+                "session failing",
+                session_id=sid[:ID_TEXT],
+                error=error[:500],
+                note="retried with backoff; the other sessions go on",
+            )
         failures = 1 if before is None else before.failures + 1
         self.failing[sid] = Failing(failures, self.cycles + min(2 ** (failures - 1), MAX_BACKOFF_INTERVALS))
 
@@ -779,10 +845,16 @@ class Poller:
             self.short_missing.intersection_update(missing)
         if short and self.short_passes < SHORT_PASSES_AGREE:
             self.metrics.anomaly("short_pass")
-            run.listing_problem = (f"list: a complete pass listed {len(sessions) - len(missing)} of the "
-                                   f"{len(sessions)} sessions watched; none is retired on its word")
-            self.log.warning("listing pass short; nothing retired", listed=len(sessions) - len(missing),
-                             watched=len(sessions), passes_in_a_row=self.short_passes)
+            run.listing_problem = (
+                f"list: a complete pass listed {len(sessions) - len(missing)} of the "
+                f"{len(sessions)} sessions watched; none is retired on its word"
+            )
+            self.log.warning(
+                "listing pass short; nothing retired",
+                listed=len(sessions) - len(missing),
+                watched=len(sessions),
+                passes_in_a_row=self.short_passes,
+            )
             return []
         agreed = self.short_missing if short else self.unconfirmed
         gone = [sid for sid in missing if sid in agreed]
@@ -790,7 +862,7 @@ class Poller:
         if short:  # accepted: the next short pass starts its own count again
             self.short_passes = 0
             self.short_missing = set()
-        return [gone[start:start + GONE_SLICE] for start in range(0, len(gone), GONE_SLICE)]
+        return [gone[start : start + GONE_SLICE] for start in range(0, len(gone), GONE_SLICE)]
 
     # -- committing -------------------------------------------------------------------------------------
 
@@ -840,18 +912,32 @@ class Poller:
         report.watched = len(self.state.sessions)
         self.metrics.poll(report.result)
         self.poll = PollStatus(
-            up=up, result=report.result, finished_at=now, duration=report.duration,
+            up=up,
+            result=report.result,
+            finished_at=now,
+            duration=report.duration,
             last_success=now if report.result == "success" else self.poll.last_success,
             message=report.errors[0] if report.errors else "",
-            sessions_failing=len(self.failing), listing_pass_duration=self.last_pass_duration,
+            sessions_failing=len(self.failing),
+            listing_pass_duration=self.last_pass_duration,
         )
         self.snapshot = take_snapshot(self.state, self.poll, self.config.series_limit)
         self.cycle_finished = self.monotonic()
         log = self.log.info if report.result == "success" else self.log.warning
-        log("poll cycle", result=report.result, sessions_watched=report.watched, fetched=report.fetched,
-            unchanged=report.unchanged, runs_added=report.runs_added, failed=report.failed,
-            invalid=report.invalid, removed=report.removed, pages=report.pages, carried=report.carried,
-            sessions_failing=len(self.failing), pass_complete=report.pass_complete,
+        log(
+            "poll cycle",
+            result=report.result,
+            sessions_watched=report.watched,
+            fetched=report.fetched,
+            unchanged=report.unchanged,
+            runs_added=report.runs_added,
+            failed=report.failed,
+            invalid=report.invalid,
+            removed=report.removed,
+            pages=report.pages,
+            carried=report.carried,
+            sessions_failing=len(self.failing),
+            pass_complete=report.pass_complete,
             duration_seconds=round(report.duration, 3),
-            error=report.errors[0][:ERROR_TEXT] if report.errors else None)
-
+            error=report.errors[0][:ERROR_TEXT] if report.errors else None,
+        )

@@ -28,8 +28,9 @@ MAX_LINES_PER_CYCLE = 300
 not become a flood of logs on the event loop)."""
 
 
-def log_runs(log: Any, mode: LogRuns, counted: Iterable[tuple[str, RunRecord]],
-             limit: int = MAX_LINES_PER_CYCLE, left_out: int = 0) -> int:
+def log_runs(
+    log: Any, mode: LogRuns, counted: Iterable[tuple[str, RunRecord]], limit: int = MAX_LINES_PER_CYCLE, left_out: int = 0
+) -> int:
     """Write a line for each run ``mode`` asks for, at most ``limit``; returns how many were written.
     ``left_out`` more were wanted but not kept (a large history keeps at most ``limit``)."""
     written, skipped = 0, left_out
@@ -39,15 +40,24 @@ def log_runs(log: Any, mode: LogRuns, counted: Iterable[tuple[str, RunRecord]],
         if written >= limit:
             skipped += 1
             continue
-        fields = {"session_id": session_id, "duration_seconds": run.duration_seconds,
-                  "input_tokens": run.input_tokens, "output_tokens": run.output_tokens, "turns": run.turns,
-                  "tool_calls": len(run.tool_calls)}
+        fields = {
+            "session_id": session_id,
+            "duration_seconds": run.duration_seconds,
+            "input_tokens": run.input_tokens,
+            "output_tokens": run.output_tokens,
+            "turns": run.turns,
+            "tool_calls": len(run.tool_calls),
+        }
         if run.failed:
             log.warning("chat run failed", error_type=run.error_type, error=run.error, **fields)
         else:
             log.info("chat run finished", **fields)
         written += 1
     if skipped:
-        log.warning("more runs not logged this cycle", count=skipped, limit=limit,
-                    note="every run is counted; only its log line was left out")
+        log.warning(
+            "more runs not logged this cycle",
+            count=skipped,
+            limit=limit,
+            note="every run is counted; only its log line was left out",
+        )
     return written

@@ -37,11 +37,19 @@ class PollConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> PollConfig:
         return cls(
-            interval=settings.interval, discover=settings.discovery, session_ids=settings.session_ids,
-            index_ids=settings.index_ids, shard=settings.shard, total_shards=settings.total_shards,
-            max_concurrency=settings.max_concurrency, series_limit=settings.session_series_limit,
-            buckets=settings.buckets.as_buckets(), label_limit=settings.label_value_limit,
-            log_runs=settings.log_runs, page_size=settings.page_size)
+            interval=settings.interval,
+            discover=settings.discovery,
+            session_ids=settings.session_ids,
+            index_ids=settings.index_ids,
+            shard=settings.shard,
+            total_shards=settings.total_shards,
+            max_concurrency=settings.max_concurrency,
+            series_limit=settings.session_series_limit,
+            buckets=settings.buckets.as_buckets(),
+            label_limit=settings.label_value_limit,
+            log_runs=settings.log_runs,
+            page_size=settings.page_size,
+        )
 
 
 def shard_of(session_id: str, total_shards: int) -> int:

@@ -111,8 +111,14 @@ class StatusSource(Protocol):
 
 
 class Endpoints:
-    def __init__(self, registry: CollectorRegistry, poller: StatusSource, cadence: Cadence, web_config: WebConfig,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        poller: StatusSource,
+        cadence: Cadence,
+        web_config: WebConfig,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.poller, self.cadence, self.web = poller, cadence, web_config
         self.cache = MetricsCache(registry)
         self.monotonic = monotonic
@@ -128,16 +134,19 @@ class Endpoints:
         return app
 
     @web.middleware
-    async def _guard(self, request: web.Request,
-                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         """Auth where it applies, the configured headers on every answer, and no traceback for a bug."""
         self.web.refresh()
         try:
             if request.path not in OPEN_PATHS and not await self.web.authorized(
-                    request.headers.get("Authorization"),
-                    peer_key(request.transport.get_extra_info("peername") if request.transport else None)):
+                request.headers.get("Authorization"),
+                peer_key(request.transport.get_extra_info("peername") if request.transport else None),
+            ):
                 response: web.StreamResponse = web.Response(
-                    status=401, text="unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="llamacloud-collector"'})
+                    status=401, text="unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="llamacloud-collector"'}
+                )
             else:
                 response = await handler(request)
         except web.HTTPException as exc:  # 404, 405: aiohttp answers them; they carry the headers too
@@ -153,9 +162,14 @@ class Endpoints:
     async def metrics(self, request: web.Request) -> web.StreamResponse:
         gzipped = accepts_gzip(request.headers.get("Accept-Encoding", ""))
         body, content_type = self.cache.body(self.poller.snapshot, request.headers.get("Accept", ""), gzipped)
-        response = web.StreamResponse(headers={"Content-Type": content_type, "Vary": "Accept, Accept-Encoding",
-                                               **({"Content-Encoding": "gzip"} if gzipped else {}),
-                                               **self.web.headers})
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": content_type,
+                "Vary": "Accept, Accept-Encoding",
+                **({"Content-Encoding": "gzip"} if gzipped else {}),
+                **self.web.headers,
+            }
+        )
         response.content_length = len(body)
         try:
             async with asyncio.timeout(SEND_TIMEOUT):
@@ -163,7 +177,7 @@ class Endpoints:
                 if request.method != "HEAD":
                     view = memoryview(body)
                     for start in range(0, len(body), WRITE_PIECE):  # never a whole copy per client:
-                        await response.write(view[start:start + WRITE_PIECE])
+                        await response.write(view[start : start + WRITE_PIECE])
                         await listener.drained(request)  # the next piece once this one left the process
                 await response.write_eof()
         except (TimeoutError, ConnectionError):  # a client that does not read, or left mid-answer: let go of it
@@ -195,8 +209,10 @@ class Endpoints:
             ("ready", "yes" if snap.ready else "no (first sync not finished)"),
             ("last poll", poll.result or "none yet"),
             ("API reachable", "yes" if poll.up else "no"),
-            ("last poll finished", time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(poll.finished_at))
-             if poll.finished_at else "never"),
+            (
+                "last poll finished",
+                time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(poll.finished_at)) if poll.finished_at else "never",
+            ),
             ("poll duration", f"{poll.duration:.3f} s" if poll.duration is not None else "-"),
             ("sessions watched", str(snap.sessions_watched)),
             ("runs counted", str(sum(snap.aggregates.runs.values()))),

@@ -88,8 +88,16 @@ class Option:
     """The README's default, where the value itself is not what a reader needs."""
 
 
-def setting(default: Any, *, env: str, help: str, flag: str | None = "", aliases: tuple[str, ...] = (),
-            shown: str | None = None, **limits: Any) -> Any:
+def setting(
+    default: Any,
+    *,
+    env: str,
+    help: str,
+    flag: str | None = "",
+    aliases: tuple[str, ...] = (),
+    shown: str | None = None,
+    **limits: Any,
+) -> Any:
     """A ``Settings`` field with its flag, env var and help: the one declaration that argparse, ``ENV_VARS``,
     the error messages and the README's table are generated from. The flag defaults to the field's name."""
     option: dict[str, Any] = {"env": env, "flag": flag, "help": help, "aliases": list(aliases), "shown": shown}
@@ -102,82 +110,119 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="forbid", frozen=True)
 
     base_url: str = setting(
-        DEFAULT_BASE_URL, env="LLAMA_CLOUD_BASE_URL",
-        help="API base URL (EU: `https://api.cloud.eu.llamaindex.ai`)")
+        DEFAULT_BASE_URL, env="LLAMA_CLOUD_BASE_URL", help="API base URL (EU: `https://api.cloud.eu.llamaindex.ai`)"
+    )
     api_key: SecretStr | None = setting(
-        None, env="LLAMA_CLOUD_API_KEY", flag=None, shown="required for `run`, `check`", repr=False,
-        help="the API key; never a flag, never logged")
+        None,
+        env="LLAMA_CLOUD_API_KEY",
+        flag=None,
+        shown="required for `run`, `check`",
+        repr=False,
+        help="the API key; never a flag, never logged",
+    )
     api_key_file: Path | None = setting(
-        None, env="COLLECTOR_API_KEY_FILE",
-        help="read the key from a file; when set it wins over `LLAMA_CLOUD_API_KEY`, and one that cannot be "
-             "read is an error")
+        None,
+        env="COLLECTOR_API_KEY_FILE",
+        help="read the key from a file; when set it wins over `LLAMA_CLOUD_API_KEY`, and one that cannot be read is an error",
+    )
     project_id: str | None = setting(None, env="LLAMA_CLOUD_PROJECT_ID", help="passed as `project_id`")
-    organization_id: str | None = setting(None, env="LLAMA_CLOUD_ORGANIZATION_ID",
-                                          help="passed as `organization_id`")
+    organization_id: str | None = setting(None, env="LLAMA_CLOUD_ORGANIZATION_ID", help="passed as `organization_id`")
     session_ids: tuple[str, ...] = setting(
-        (), env="COLLECTOR_SESSION_IDS", flag="--session-id", help="watch these sessions (via `summary`)")
+        (), env="COLLECTOR_SESSION_IDS", flag="--session-id", help="watch these sessions (via `summary`)"
+    )
     discover: bool | None = setting(
-        None, env="COLLECTOR_DISCOVER", shown="on when no session IDs are given",
-        help="page through `list` to find sessions")
+        None, env="COLLECTOR_DISCOVER", shown="on when no session IDs are given", help="page through `list` to find sessions"
+    )
     index_ids: tuple[str, ...] = setting(
-        (), env="COLLECTOR_INDEX_IDS", flag="--index-id",
-        help="keep only discovered sessions bound to one of these indexes")
-    interval: float = setting(60.0, env="COLLECTOR_INTERVAL", ge=1, le=86400, allow_inf_nan=False,
-                              help="seconds between polls (1 to 86400)")
+        (), env="COLLECTOR_INDEX_IDS", flag="--index-id", help="keep only discovered sessions bound to one of these indexes"
+    )
+    interval: float = setting(
+        60.0, env="COLLECTOR_INTERVAL", ge=1, le=86400, allow_inf_nan=False, help="seconds between polls (1 to 86400)"
+    )
     listen: str = setting("0.0.0.0:9742", env="COLLECTOR_LISTEN", help="`host:port` of the endpoints")
     state_path: Path | None = setting(
-        None, env="COLLECTOR_STATE_PATH", shown="none (memory only)",
+        None,
+        env="COLLECTOR_STATE_PATH",
+        shown="none (memory only)",
         help="state file that keeps counters across restarts; a regular file or absent (a directory, device "
-             "or symbolic link is refused)")
-    max_concurrency: int = setting(8, env="COLLECTOR_MAX_CONCURRENCY", ge=1, le=256,
-                                   help="session fetches in flight (1 to 256)")
+        "or symbolic link is refused)",
+    )
+    max_concurrency: int = setting(8, env="COLLECTOR_MAX_CONCURRENCY", ge=1, le=256, help="session fetches in flight (1 to 256)")
     session_series_limit: int = setting(
-        500, env="COLLECTOR_SESSION_SERIES_LIMIT", ge=0,
-        help="sessions with per-session series (most recently updated first)")
-    shard: int = setting(0, env="COLLECTOR_SHARD", ge=0,
-                         help="watch only the sessions whose ID hashes to this shard")
+        500, env="COLLECTOR_SESSION_SERIES_LIMIT", ge=0, help="sessions with per-session series (most recently updated first)"
+    )
+    shard: int = setting(0, env="COLLECTOR_SHARD", ge=0, help="watch only the sessions whose ID hashes to this shard")
     total_shards: int = setting(1, env="COLLECTOR_TOTAL_SHARDS", ge=1, help="how many shards share the sessions")
     log_format: Literal["json", "console"] | None = setting(
-        None, env="COLLECTOR_LOG_FORMAT", shown="json when not a TTY", help="`json` or `console`")
+        None, env="COLLECTOR_LOG_FORMAT", shown="json when not a TTY", help="`json` or `console`"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = setting(
-        "info", env="COLLECTOR_LOG_LEVEL", help="`debug`, `info`, `warning` (or `warn`), `error`")
+        "info", env="COLLECTOR_LOG_LEVEL", help="`debug`, `info`, `warning` (or `warn`), `error`"
+    )
     expose_titles: bool = setting(
-        False, env="COLLECTOR_EXPOSE_TITLES", help="add `title` to `session_info` (titles may hold personal data)")
+        False, env="COLLECTOR_EXPOSE_TITLES", help="add `title` to `session_info` (titles may hold personal data)"
+    )
     web_config: Path | None = setting(
-        None, env="COLLECTOR_WEB_CONFIG", aliases=("--web.config.file",),
+        None,
+        env="COLLECTOR_WEB_CONFIG",
+        aliases=("--web.config.file",),
         help="TLS, client certificates, headers and basic auth, [exporter-toolkit format]"
-             "(https://github.com/prometheus/exporter-toolkit/blob/master/docs/web-configuration.md); re-read on "
-             "change; `--web.config.file` as Prometheus' exporters spell it")
+        "(https://github.com/prometheus/exporter-toolkit/blob/master/docs/web-configuration.md); re-read on "
+        "change; `--web.config.file` as Prometheus' exporters spell it",
+    )
     connect_timeout: float = setting(
-        5.0, env="COLLECTOR_CONNECT_TIMEOUT", gt=0, le=600, allow_inf_nan=False,
+        5.0,
+        env="COLLECTOR_CONNECT_TIMEOUT",
+        gt=0,
+        le=600,
+        allow_inf_nan=False,
         help="API connect timeout, seconds; one API exchange, from request to last body byte, may take it plus "
-             "the read timeout (and never past the cycle's deadline)")
-    read_timeout: float = setting(30.0, env="COLLECTOR_READ_TIMEOUT", gt=0, le=3600, allow_inf_nan=False,
-                                  help="API read timeout, seconds")
+        "the read timeout (and never past the cycle's deadline)",
+    )
+    read_timeout: float = setting(
+        30.0, env="COLLECTOR_READ_TIMEOUT", gt=0, le=3600, allow_inf_nan=False, help="API read timeout, seconds"
+    )
     label_value_limit: int = setting(
-        50, env="COLLECTOR_LABEL_VALUE_LIMIT", ge=1,
-        help="distinct `tool` and `index_id` values; the rest become `_other`")
+        50, env="COLLECTOR_LABEL_VALUE_LIMIT", ge=1, help="distinct `tool` and `index_id` values; the rest become `_other`"
+    )
     max_response_bytes: int = setting(
-        DEFAULT_MAX_RESPONSE_BYTES, env="COLLECTOR_MAX_RESPONSE_BYTES", ge=65536, le=1 << 34,
+        DEFAULT_MAX_RESPONSE_BYTES,
+        env="COLLECTOR_MAX_RESPONSE_BYTES",
+        ge=65536,
+        le=1 << 34,
         shown="`33554432` (32 MiB)",
-        help="cap on one API response body, on the wire and decompressed; a larger one is an invalid payload")
+        help="cap on one API response body, on the wire and decompressed; a larger one is an invalid payload",
+    )
     max_events_per_session: int = setting(
-        1_000_000, env="COLLECTOR_MAX_EVENTS_PER_SESSION", ge=1, le=1 << 31, shown="`1000000`",
-        help="events in one session's history; a longer one fails on its own, like an over-size body")
+        1_000_000,
+        env="COLLECTOR_MAX_EVENTS_PER_SESSION",
+        ge=1,
+        le=1 << 31,
+        shown="`1000000`",
+        help="events in one session's history; a longer one fails on its own, like an over-size body",
+    )
     log_runs: Literal["failed", "all", "none"] = setting(
-        "failed", env="COLLECTOR_LOG_RUNS",
-        help="one JSON log line per failed run (`failed`), per run (`all`), or none")
-    page_size: int = setting(100, env="COLLECTOR_PAGE_SIZE", ge=1, le=1000,
-                             help="sessions asked for per listing page (1 to 1000); the API may send fewer")
+        "failed", env="COLLECTOR_LOG_RUNS", help="one JSON log line per failed run (`failed`), per run (`all`), or none"
+    )
+    page_size: int = setting(
+        100,
+        env="COLLECTOR_PAGE_SIZE",
+        ge=1,
+        le=1000,
+        help="sessions asked for per listing page (1 to 1000); the API may send fewer",
+    )
     error_rules: tuple[ErrorRule, ...] = tuple(ErrorRule(type=t, pattern=p) for t, p in DEFAULT_ERROR_RULES)
     buckets: BucketSettings = BucketSettings()
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource,
-                                   dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource,
-                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings,)  # load_settings merges flags, env and file itself
 
     @field_validator("base_url")
@@ -189,8 +234,9 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL")
         netloc = value.split("://", 1)[1].split("/", 1)[0]
         if "@" in netloc:
-            raise ValueError("holds credentials (user:password@); the key goes in LLAMA_CLOUD_API_KEY, "
-                                "and the value is not shown")
+            raise ValueError(
+                "holds credentials (user:password@); the key goes in LLAMA_CLOUD_API_KEY, and the value is not shown"
+            )
         return value.rstrip("/")
 
     @field_validator("log_level", mode="before")
@@ -210,8 +256,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _shards(self) -> Settings:
         if self.shard >= self.total_shards:
-            raise ValueError(f"shard (--shard, COLLECTOR_SHARD) must be less than total_shards "
-                             f"(--total-shards, COLLECTOR_TOTAL_SHARDS): {self.shard} >= {self.total_shards}")
+            raise ValueError(
+                f"shard (--shard, COLLECTOR_SHARD) must be less than total_shards "
+                f"(--total-shards, COLLECTOR_TOTAL_SHARDS): {self.shard} >= {self.total_shards}"
+            )
         return self
 
     @field_validator("state_path")
@@ -233,13 +281,13 @@ class Settings(BaseSettings):
             try:
                 text = self.api_key_file.read_bytes().decode("utf-8").strip()
             except OSError as exc:
-                raise ConfigError(f"api_key_file (--api-key-file, COLLECTOR_API_KEY_FILE): cannot read "
-                                  f"{self.api_key_file}: {exc.strerror}") from None
+                raise ConfigError(
+                    f"api_key_file (--api-key-file, COLLECTOR_API_KEY_FILE): cannot read {self.api_key_file}: {exc.strerror}"
+                ) from None
             except UnicodeDecodeError:
                 text = "\x80"  # not UTF-8: refused below as not header-safe
             if not text:
-                raise ConfigError(f"api_key_file (--api-key-file, COLLECTOR_API_KEY_FILE): "
-                                  f"{self.api_key_file} is empty")
+                raise ConfigError(f"api_key_file (--api-key-file, COLLECTOR_API_KEY_FILE): {self.api_key_file} is empty")
             return _header_safe(text, f"the key in {self.api_key_file}")
         if self.api_key is not None and self.api_key.get_secret_value().strip():
             return _header_safe(self.api_key.get_secret_value().strip(), "LLAMA_CLOUD_API_KEY")
@@ -260,16 +308,19 @@ def _options() -> dict[str, Option]:
 OPTIONS: dict[str, Option] = _options()
 """Every setting given by flag or env var, in declaration order."""
 ENV_VARS: dict[str, str] = {name: o.env for name, o in OPTIONS.items()}
-LIST_FIELDS = frozenset(name for name, info in Settings.model_fields.items() if name in OPTIONS
-                        and typing.get_origin(info.annotation) is tuple)
+LIST_FIELDS = frozenset(
+    name for name, info in Settings.model_fields.items() if name in OPTIONS and typing.get_origin(info.annotation) is tuple
+)
 """Repeatable settings: a flag per value, comma-separated in the environment."""
 
 
 def _header_safe(key: str, where: str) -> str:
     """The key goes into an Authorization header: printable ASCII without spaces, or a ConfigError."""
     if not all(33 <= ord(c) <= 126 for c in key):
-        raise ConfigError(f"api key: {where} holds characters that cannot go in an HTTP header "
-                          "(spaces, control characters or non-ASCII); the key is not shown")
+        raise ConfigError(
+            f"api key: {where} holds characters that cannot go in an HTTP header "
+            "(spaces, control characters or non-ASCII); the key is not shown"
+        )
     return key
 
 
@@ -308,8 +359,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             except TypeError:
                 duplicate = False
             if duplicate:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {str(key)[:40]!r}",
-                                                        key_node.start_mark)
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {str(key)[:40]!r}", key_node.start_mark)
             if isinstance(key, (str, int, float, bool)) or key is None:
                 keys.add(key)
         return super().construct_mapping(node, deep=deep)
@@ -348,8 +398,9 @@ def _read_config(path: str) -> dict[str, Any]:
         data = yaml.load(text, Loader=_UniqueKeyLoader)
     except _AliasRefused as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else 0
-        raise ConfigError(f"config: {path}: YAML aliases are not accepted ({exc.problem} at line {line}); "
-                          "write the value out where it is used") from None
+        raise ConfigError(
+            f"config: {path}: YAML aliases are not accepted ({exc.problem} at line {line}); write the value out where it is used"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -359,8 +410,7 @@ def _read_config(path: str) -> dict[str, Any]:
     except (RecursionError, MemoryError):
         raise ConfigError(f"config: {path} is too deeply nested or too large to read") from None
     except ValueError:  # Python refuses to read an integer of thousands of digits
-        raise ConfigError(f"config: {path} holds a value too large to read (a number of thousands of digits?)") \
-            from None
+        raise ConfigError(f"config: {path} holds a value too large to read (a number of thousands of digits?)") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -371,8 +421,7 @@ def _read_config(path: str) -> dict[str, Any]:
     if odd:
         raise ConfigError(f"config: {path}: setting names must be strings, not {str(odd[0])[:40]!r}")
     if "api_key" in data:
-        raise ConfigError(f"config: {path}: api_key is not accepted in a file; "
-                          "use LLAMA_CLOUD_API_KEY or api_key_file")
+        raise ConfigError(f"config: {path}: api_key is not accepted in a file; use LLAMA_CLOUD_API_KEY or api_key_file")
     unknown = sorted(set(data) - set(Settings.model_fields))
     if unknown:
         raise ConfigError(f"config: {path}: unknown setting {unknown[0][:60]!r}")
@@ -384,8 +433,10 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     for name, var in ENV_VARS.items():
         raw = environ.get(var)
         if raw == "" and name == "shard":
-            raise ConfigError("shard (COLLECTOR_SHARD) is set but empty; on Kubernetes it comes from the pod's "
-                              "apps.kubernetes.io/pod-index label, which needs Kubernetes 1.28 or newer")
+            raise ConfigError(
+                "shard (COLLECTOR_SHARD) is set but empty; on Kubernetes it comes from the pod's "
+                "apps.kubernetes.io/pod-index label, which needs Kubernetes 1.28 or newer"
+            )
         if raw is None or (raw == "" and name != "api_key"):
             continue
         values[name] = [p.strip() for p in raw.split(",") if p.strip()] if name in LIST_FIELDS else raw
@@ -438,8 +489,10 @@ def check_environment(environ: Mapping[str, str]) -> list[str]:
             if not url.host:
                 raise ValueError
         except (httpx.InvalidURL, ValueError, TypeError):
-            raise ConfigError(f"{name}: not a valid proxy URL (characters such as # / ? in a password must be "
-                              "percent-encoded); the value is not shown") from None
+            raise ConfigError(
+                f"{name}: not a valid proxy URL (characters such as # / ? in a password must be "
+                "percent-encoded); the value is not shown"
+            ) from None
         if url.scheme not in ("http", "https"):
             raise ConfigError(f"{name}: {url.scheme}:// proxies are not supported; use an http:// proxy")
         if url.password:
@@ -454,6 +507,7 @@ def check_environment(environ: Mapping[str, str]) -> list[str]:
             elif not os.path.isdir(value):
                 raise OSError("not a directory")
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"{name}: cannot load CA certificates from {value[:200]}: "
-                              f"{getattr(exc, 'strerror', None) or exc}") from None
+            raise ConfigError(
+                f"{name}: cannot load CA certificates from {value[:200]}: {getattr(exc, 'strerror', None) or exc}"
+            ) from None
     return secrets

@@ -62,8 +62,7 @@ class NewerStateFile(ConfigError):
 
 
 class SqliteStore:
-    def __init__(self, path: Path, buckets: Buckets, rules: list[tuple[str, str]], label_limit: int,
-                 clock=time.time) -> None:
+    def __init__(self, path: Path, buckets: Buckets, rules: list[tuple[str, str]], label_limit: int, clock=time.time) -> None:
         problem = state_path_problem(path)
         if problem:
             raise ConfigError(f"state_path (--state-path, COLLECTOR_STATE_PATH): {problem}")
@@ -83,8 +82,12 @@ class SqliteStore:
                 exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"  # pragma: no mutate
                 if not db.execute(exists).fetchone():
                     return
-                meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN "  # pragma: no mutate
-                                       "('schema_version', 'derivation_version')").fetchall())
+                meta = dict(
+                    db.execute(
+                        "SELECT key, value FROM meta WHERE key IN "  # pragma: no mutate
+                        "('schema_version', 'derivation_version')"
+                    ).fetchall()
+                )
         except sqlite3.Error:
             return  # unreadable: load() moves it aside
         try:
@@ -98,7 +101,8 @@ class SqliteStore:
             raise NewerStateFile(
                 f"state_path (--state-path, COLLECTOR_STATE_PATH): {self.path} was written by a newer release "
                 f"(schema {schema}, derivation {derivation}; this release reads up to schema {SCHEMA_VERSION}, "
-                f"derivation {DERIVATION_VERSION}); it is left in place")
+                f"derivation {DERIVATION_VERSION}); it is left in place"
+            )
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -117,8 +121,9 @@ class SqliteStore:
             source = Path(str(self.path) + suffix)
             if source.is_file() and not source.is_symlink():  # only regular files are ever moved
                 os.replace(source, Path(str(aside) + suffix))
-        self.log.error("state file unreadable; moved aside, resyncing from the API",
-                       path=str(self.path), moved_to=str(aside), reason=reason)
+        self.log.error(
+            "state file unreadable; moved aside, resyncing from the API", path=str(self.path), moved_to=str(aside), reason=reason
+        )
 
     def load(self) -> CollectorState | None:
         """The stored state; None for a new file. A corrupt file is moved aside, and whatever totals it
@@ -132,24 +137,28 @@ class SqliteStore:
                 self.db = None
             if isinstance(exc, NewerStateFile):
                 raise
-            raise NewerStateFile(f"state_path (--state-path, COLLECTOR_STATE_PATH): {self.path} holds a "
-                                 f"{exc} that this release does not know: a newer release wrote it; it is left "
-                                 "in place (restore a backup, or start without it)") from None
+            raise NewerStateFile(
+                f"state_path (--state-path, COLLECTOR_STATE_PATH): {self.path} holds a "
+                f"{exc} that this release does not know: a newer release wrote it; it is left "
+                "in place (restore a backup, or start without it)"
+            ) from None
         except (sqlite3.DatabaseError, ValueError, KeyError, TypeError, RecursionError) as exc:
             floor = self._salvage()
             try:
                 self._move_aside(f"{type(exc).__name__}: {str(exc)[:200]}")
             except OSError as move_error:  # left in place: saves retry on it; the floor still holds
-                self.log.error("state file unreadable and cannot be moved; resyncing from the API in its place",
-                               path=str(self.path), reason=str(move_error))
+                self.log.error(
+                    "state file unreadable and cannot be moved; resyncing from the API in its place",
+                    path=str(self.path),
+                    reason=str(move_error),
+                )
                 self.db = None
             else:
                 self.db = self._connect()
         self.full_rewrite = True
         if floor is None:
             return None
-        self.log.warning("totals read from the corrupt file kept as the floor of the resync",
-                         runs=sum(floor.runs.values()))
+        self.log.warning("totals read from the corrupt file kept as the floor of the resync", runs=sum(floor.runs.values()))
         return CollectorState(Aggregates(self.buckets, self.label_limit), floor=floor)
 
     def _salvage(self) -> Aggregates | None:
@@ -157,8 +166,7 @@ class SqliteStore:
         try:
             query = "SELECT value FROM meta WHERE key = 'aggregates'"  # pragma: no mutate
             row = self.db.execute(query).fetchone() if self.db else None
-            return Aggregates.from_dict(json.loads(row[0]), self.buckets, self.label_limit, same_bounds=False) \
-                if row else None
+            return Aggregates.from_dict(json.loads(row[0]), self.buckets, self.label_limit, same_bounds=False) if row else None
         except (sqlite3.Error, ValueError, KeyError, TypeError, RecursionError):
             return None
 
@@ -172,19 +180,24 @@ class SqliteStore:
         if schema < 1:
             raise StoredValueError(f"schema version {schema}")
         same = derivation == DERIVATION_VERSION  # new rules or label limits apply from now on: no re-derivation
-        aggregates = Aggregates.from_dict(json.loads(meta["aggregates"]), self.buckets, self.label_limit,
-                                          same_bounds=False)
-        floor = Aggregates.from_dict(json.loads(meta["floor"]), self.buckets, self.label_limit, same_bounds=False) \
-            if meta.get("floor") else None
-        histogram_floor = Aggregates.from_dict(json.loads(meta["histogram_floor"]), self.buckets,
-                                               self.label_limit, same_bounds=False) \
-            if meta.get("histogram_floor") else None
+        aggregates = Aggregates.from_dict(json.loads(meta["aggregates"]), self.buckets, self.label_limit, same_bounds=False)
+        floor = (
+            Aggregates.from_dict(json.loads(meta["floor"]), self.buckets, self.label_limit, same_bounds=False)
+            if meta.get("floor")
+            else None
+        )
+        histogram_floor = (
+            Aggregates.from_dict(json.loads(meta["histogram_floor"]), self.buckets, self.label_limit, same_bounds=False)
+            if meta.get("histogram_floor")
+            else None
+        )
 
         def states(query: str) -> dict[str, SessionState]:
             out = {}
             for sid, text in db.execute(query):
                 out[sid] = self._decoded(sid, text)
             return out
+
         sessions = states("SELECT session_id, state FROM sessions")  # pragma: no mutate
         prior = states("SELECT session_id, state FROM prior")  # pragma: no mutate
         retired_any = db.execute("SELECT 1 FROM retired LIMIT 1").fetchone() is not None  # pragma: no mutate
@@ -195,17 +208,27 @@ class SqliteStore:
             self.full_rewrite = True
             if floor is not None:  # changed again before the last re-derivation synced: keep the larger
                 aggregates.raise_to(floor)
-            retired = {sid: self._decoded(sid, text) for sid, text in db.execute(  # pragma: no mutate
-                "SELECT session_id, state FROM retired ORDER BY position")}
+            retired = {
+                sid: self._decoded(sid, text)
+                for sid, text in db.execute(  # pragma: no mutate
+                    "SELECT session_id, state FROM retired ORDER BY position"
+                )
+            }
             # where counting stood, for the sessions not re-derived by the sync (an earlier prior wins)
-            return CollectorState(Aggregates(self.buckets, self.label_limit), floor=aggregates,
-                                  prior={**retired, **sessions, **prior}, archive=self.retired_session)
+            return CollectorState(
+                Aggregates(self.buckets, self.label_limit),
+                floor=aggregates,
+                prior={**retired, **sessions, **prior},
+                archive=self.retired_session,
+            )
         if db.execute(DAMAGED_RETIRED).fetchone() is not None:  # checked by SQLite: a million rows in seconds
             raise StoredValueError("a retired row that is not the session its key names")
         replay = {sid for (sid,) in db.execute("SELECT session_id FROM replay")}  # pragma: no mutate
         if aggregates.bounds_changed():
-            self.log.warning("bucket bounds changed; each session's runs are replayed into the new buckets, "
-                             "_count, _sum and +Inf keep every run counted")
+            self.log.warning(
+                "bucket bounds changed; each session's runs are replayed into the new buckets, "
+                "_count, _sum and +Inf keep every run counted"
+            )
             rebucketed = aggregates.rebucket()
             if histogram_floor is not None:  # changed again before the last replay ended: still to place
                 rebucketed.fold(histogram_floor)
@@ -214,9 +237,16 @@ class SqliteStore:
         else:
             self.full_rewrite = schema < SCHEMA_VERSION  # an older layout: written anew, by name, once
         self.log.info("state loaded", path=str(self.path), sessions=len(sessions), schema=schema)
-        return CollectorState(aggregates, sessions, synced=meta["synced"] == "1", floor=floor, prior=prior,
-                              histogram_floor=histogram_floor, replay=replay & set(sessions),
-                              archive=self.retired_session)
+        return CollectorState(
+            aggregates,
+            sessions,
+            synced=meta["synced"] == "1",
+            floor=floor,
+            prior=prior,
+            histogram_floor=histogram_floor,
+            replay=replay & set(sessions),
+            archive=self.retired_session,
+        )
 
     @staticmethod
     def _decoded(sid: str, text: str) -> SessionState:
@@ -260,24 +290,34 @@ class SqliteStore:
             else:
                 db.executemany("DELETE FROM sessions WHERE session_id = ?", [(s,) for s in state.removed])  # pragma: no mutate
                 rows = [state.sessions[s] for s in state.changed if s in state.sessions]
-            db.executemany("INSERT OR REPLACE INTO sessions VALUES (?, ?)",  # pragma: no mutate
-                           [(s.session_id, encode_session(s)) for s in rows])
+            db.executemany(
+                "INSERT OR REPLACE INTO sessions VALUES (?, ?)",  # pragma: no mutate
+                [(s.session_id, encode_session(s)) for s in rows],
+            )
             if self.full_rewrite or state.prior_changed:
                 db.execute("DELETE FROM prior")  # pragma: no mutate
-                db.executemany("INSERT INTO prior VALUES (?, ?)",  # pragma: no mutate
-                               [(sid, encode_session(r)) for sid, r in state.prior.items()])
+                db.executemany(
+                    "INSERT INTO prior VALUES (?, ?)",  # pragma: no mutate
+                    [(sid, encode_session(r)) for sid, r in state.prior.items()],
+                )
             # retired sessions live here, never all in memory: each is written once when it leaves
             db.executemany("DELETE FROM retired WHERE session_id = ?", [(s,) for s in state.retired])  # pragma: no mutate
-            db.executemany("INSERT INTO retired (session_id, state) VALUES (?, ?)",  # pragma: no mutate
-                           [(sid, encode_session(r)) for sid, r in state.retired.items()])
+            db.executemany(
+                "INSERT INTO retired (session_id, state) VALUES (?, ?)",  # pragma: no mutate
+                [(sid, encode_session(r)) for sid, r in state.retired.items()],
+            )
             db.execute("DELETE FROM replay")  # pragma: no mutate
             db.executemany("INSERT INTO replay VALUES (?)", [(s,) for s in state.replay])  # pragma: no mutate
-            meta = {"schema_version": str(SCHEMA_VERSION), "fingerprint": self.fingerprint,
-                    "derivation_version": str(DERIVATION_VERSION),
-                    "synced": "1" if state.synced else "0", "saved_at": str(self.clock()),
-                    "aggregates": json.dumps(state.aggregates.to_dict()),
-                    "floor": json.dumps(state.floor.to_dict()) if state.floor else "",
-                    "histogram_floor": json.dumps(state.histogram_floor.to_dict()) if state.histogram_floor else ""}
+            meta = {
+                "schema_version": str(SCHEMA_VERSION),
+                "fingerprint": self.fingerprint,
+                "derivation_version": str(DERIVATION_VERSION),
+                "synced": "1" if state.synced else "0",
+                "saved_at": str(self.clock()),
+                "aggregates": json.dumps(state.aggregates.to_dict()),
+                "floor": json.dumps(state.floor.to_dict()) if state.floor else "",
+                "histogram_floor": json.dumps(state.histogram_floor.to_dict()) if state.histogram_floor else "",
+            }
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())  # pragma: no mutate
             db.execute("COMMIT")  # pragma: no mutate
             state.retired.clear()  # saved: read back from here when one comes back

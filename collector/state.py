@@ -57,8 +57,9 @@ class LastRun:
     @classmethod
     def of(cls, job: JobMetadata) -> LastRun:
         """The job's measures, an ``INVALID`` one as unknown."""
-        return cls(known(job.duration_ms), known(job.total_input_tokens), known(job.total_output_tokens),
-                   known(job.turns), job.is_error)
+        return cls(
+            known(job.duration_ms), known(job.total_input_tokens), known(job.total_output_tokens), known(job.turns), job.is_error
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +101,15 @@ class _Tally:
     """The runs of one streamed history: counted into ``aggregates`` a chunk at a time, summed for the
     session's state, and kept only while ``keep`` wants them, ``limit`` at most."""
 
-    def __init__(self, aggregates: Aggregates, session_id: str, now: float, index_ids: tuple[str, ...],
-                 keep: Callable[[RunRecord], bool], limit: int) -> None:
+    def __init__(
+        self,
+        aggregates: Aggregates,
+        session_id: str,
+        now: float,
+        index_ids: tuple[str, ...],
+        keep: Callable[[RunRecord], bool],
+        limit: int,
+    ) -> None:
         self.aggregates, self.session_id, self.now, self.index_ids = aggregates, session_id, now, index_ids
         self.keep, self.limit = keep, limit
         self.chunk: list[RunRecord] = []
@@ -150,10 +158,17 @@ class RunSums:
         return sums
 
 
-def update_session(prev: SessionState | None, session: Session, aggregates: Aggregates,
-                   classifier: ErrorClassifier, now: float, listed_at: str | None = None,
-                   replay_into: Aggregates | None = None, *,
-                   stream: tuple[Callable[[RunRecord], bool], int] | None = None) -> Update:
+def update_session(
+    prev: SessionState | None,
+    session: Session,
+    aggregates: Aggregates,
+    classifier: ErrorClassifier,
+    now: float,
+    listed_at: str | None = None,
+    replay_into: Aggregates | None = None,
+    *,
+    stream: tuple[Callable[[RunRecord], bool], int] | None = None,
+) -> Update:
     """Count what is new in ``session`` into ``aggregates``; return the session's new state and its runs.
 
     A history that shrank, or whose last counted ``stop`` changed, is a reset:
@@ -193,8 +208,11 @@ def update_session(prev: SessionState | None, session: Session, aggregates: Aggr
     tally = None if stream is None else _Tally(aggregates, base.session_id, now, session.index_ids, *stream)
     assert tally is None or replay_into is None, "a replay reads the shared floor: never streamed"
     result = derive(events[:seen] if waiting else events, cursor, seen, classifier, sink=tally)
-    replayed = derive(events[:base.cursor], 0, 0, classifier).runs \
-        if replay_into is not None and prev is not None and not reset and cursor == base.cursor else ()
+    replayed = (
+        derive(events[: base.cursor], 0, 0, classifier).runs
+        if replay_into is not None and prev is not None and not reset and cursor == base.cursor
+        else ()
+    )
     updated_ts = parse_timestamp(session.last_updated_at)
     job = session.job_metadata
     last_run = LastRun.of(job) if job is not None else None
@@ -283,16 +301,22 @@ class CollectorState:
     prior_changed: bool = False
     _undo: dict[str, SessionState | None] | None = field(default=None, init=False, repr=False, compare=False)
     """While a cycle runs: each touched session's committed state (None: it was absent)."""
-    _undo_retired: dict[str, SessionState | None] = field(default_factory=dict, init=False, repr=False,
-                                                          compare=False)
+    _undo_retired: dict[str, SessionState | None] = field(default_factory=dict, init=False, repr=False, compare=False)
     _saved: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def begin(self) -> CollectorState:
         """Start a cycle on this state itself. Nothing is copied but the (small) aggregates: each session
         a cycle touches is journaled on the way, so ``rollback`` restores the committed state exactly."""
         self._undo, self._undo_retired = {}, {}
-        self._saved = (self.aggregates, self.synced, self.floor, self.prior, self.prior_changed,
-                       self.histogram_floor, set(self.replay) if self.replay else self.replay)
+        self._saved = (
+            self.aggregates,
+            self.synced,
+            self.floor,
+            self.prior,
+            self.prior_changed,
+            self.histogram_floor,
+            set(self.replay) if self.replay else self.replay,
+        )
         self.aggregates = self.aggregates.copy()
         if self.histogram_floor is not None:
             self.histogram_floor = self.histogram_floor.copy()
@@ -308,8 +332,9 @@ class CollectorState:
             for sid, before in undo.items():
                 _journaled(table, None, sid, before)
         if self._saved is not None:
-            (self.aggregates, self.synced, self.floor, self.prior, self.prior_changed, self.histogram_floor,
-             self.replay) = self._saved
+            (self.aggregates, self.synced, self.floor, self.prior, self.prior_changed, self.histogram_floor, self.replay) = (
+                self._saved
+            )
         self.changed, self.removed = set(), set()
         self.commit()
 
@@ -318,8 +343,12 @@ class CollectorState:
 
     def _set_retired(self, sid: str, state: SessionState | None) -> None:
         """Retire (or, with None, un-retire) a session: the most recently retired come last."""
-        _journaled(self.retired, self._undo_retired if self._undo is not None else None, sid,
-                   None if state is None else replace(state, title=None, job=None))
+        _journaled(
+            self.retired,
+            self._undo_retired if self._undo is not None else None,
+            sid,
+            None if state is None else replace(state, title=None, job=None),
+        )
 
     def known(self, session_id: str) -> SessionState | None:
         """Where counting stands for a session: watched, retired, or retired and saved (never forgotten)."""
@@ -390,8 +419,9 @@ class CollectorState:
         self.synced = True
 
 
-def _journaled(table: dict[str, SessionState], undo: dict[str, SessionState | None] | None, sid: str,
-               state: SessionState | None) -> None:
+def _journaled(
+    table: dict[str, SessionState], undo: dict[str, SessionState | None] | None, sid: str, state: SessionState | None
+) -> None:
     """Set ``sid`` in ``table`` (None: remove it, else put it last), first noting in ``undo`` (when a cycle
     journals) what it held, so that a rollback restores it."""
     if undo is not None and sid not in undo:

@@ -14,9 +14,25 @@ from dataclasses import asdict, fields
 from collector.aggregates import StoredValueError, UnknownField, count, finite
 from collector.state import LastRun, SessionState
 
-LEGACY_FIELDS = ("session_id", "last_updated_at", "updated_ts", "title", "shared_access", "index_ids", "job",
-                 "cursor", "events_seen", "stop_signature", "runs_success", "runs_error", "tokens_input",
-                 "tokens_output", "in_progress_start", "in_progress_since", "high_water")
+LEGACY_FIELDS = (
+    "session_id",
+    "last_updated_at",
+    "updated_ts",
+    "title",
+    "shared_access",
+    "index_ids",
+    "job",
+    "cursor",
+    "events_seen",
+    "stop_signature",
+    "runs_success",
+    "runs_error",
+    "tokens_input",
+    "tokens_output",
+    "in_progress_start",
+    "in_progress_since",
+    "high_water",
+)
 """The positional row of schema 1. Frozen: new fields go by name, never here."""
 SESSION_FIELDS = frozenset(f.name for f in fields(SessionState))
 LAST_RUN_FIELDS = frozenset(f.name for f in fields(LastRun))
@@ -55,8 +71,7 @@ def _job(value: object) -> LastRun | None:
     is_error = value.get("is_error")
     if is_error is not None and type(is_error) is not bool:
         raise StoredValueError("session job.is_error: not a boolean")
-    return LastRun(**{k: _number(value.get(k), f"job.{k}") for k in LAST_RUN_FIELDS - {"is_error"}},
-                   is_error=is_error)
+    return LastRun(**{k: _number(value.get(k), f"job.{k}") for k in LAST_RUN_FIELDS - {"is_error"}}, is_error=is_error)
 
 
 def _high_water(value: object) -> tuple[int, int, str | None] | None:
@@ -64,8 +79,7 @@ def _high_water(value: object) -> tuple[int, int, str | None] | None:
         return None
     if not isinstance(value, list) or len(value) != 3:
         raise StoredValueError("session high_water: not [cursor, events_seen, signature]")
-    return count(value[0], "session high_water"), count(value[1], "session high_water"), \
-        _text(value[2], "high_water")
+    return count(value[0], "session high_water"), count(value[1], "session high_water"), _text(value[2], "high_water")
 
 
 def decode_session(text: str) -> SessionState:

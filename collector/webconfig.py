@@ -31,10 +31,17 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from collector.errors import ConfigError
 
-TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
-                "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
-CLIENT_AUTH = {"NoClientCert": ssl.CERT_NONE, "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
-               "RequireAndVerifyClientCert": ssl.CERT_REQUIRED}
+TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+CLIENT_AUTH = {
+    "NoClientCert": ssl.CERT_NONE,
+    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+}
 UNVERIFIED_AUTH = ("RequestClientCert", "RequireAnyClientCert")
 """Go can ask for a certificate without verifying it; OpenSSL through Python cannot, so these are refused."""
 
@@ -85,8 +92,10 @@ class TlsServerConfig(_Strict):
     @classmethod
     def _auth_type(cls, value: str) -> str:
         if value in UNVERIFIED_AUTH:
-            raise ValueError(f"{value} (a certificate that is not verified) is not supported; use "
-                             "VerifyClientCertIfGiven or RequireAndVerifyClientCert with client_ca_file")
+            raise ValueError(
+                f"{value} (a certificate that is not verified) is not supported; use "
+                "VerifyClientCertIfGiven or RequireAndVerifyClientCert with client_ca_file"
+            )
         if value not in CLIENT_AUTH:
             raise ValueError(f"must be one of {', '.join(CLIENT_AUTH)}")
         return value
@@ -109,7 +118,8 @@ class HttpServerConfig(_Strict):
     def _http2(cls, value: bool) -> bool:
         if value:  # the exporter-toolkit's default: a web config copied from a Go exporter must start
             structlog.get_logger("collector.web").warning(
-                "web config asks for http2; this server speaks HTTP/1.1 only, and serves it that way")
+                "web config asks for http2; this server speaks HTTP/1.1 only, and serves it that way"
+            )
         return value
 
     @field_validator("headers")
@@ -196,15 +206,16 @@ def ssl_context(config: TlsServerConfig, base: Path) -> ssl.SSLContext:
     context.verify_mode = CLIENT_AUTH[config.client_auth_type]
     if context.verify_mode != ssl.CERT_NONE:
         if not config.client_ca_file:
-            raise ConfigError(f"web_config: tls_server_config.client_auth_type {config.client_auth_type} "
-                              "needs client_ca_file")
+            raise ConfigError(f"web_config: tls_server_config.client_auth_type {config.client_auth_type} needs client_ca_file")
         try:
             context.load_verify_locations(cafile=str(base / config.client_ca_file))
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"web_config: cannot load client_ca_file: {exc}") from None
     elif config.client_ca_file:
-        raise ConfigError("web_config: client_ca_file is set but client_auth_type is NoClientCert; "
-                          "set VerifyClientCertIfGiven or RequireAndVerifyClientCert")
+        raise ConfigError(
+            "web_config: client_ca_file is set but client_auth_type is NoClientCert; "
+            "set VerifyClientCertIfGiven or RequireAndVerifyClientCert"
+        )
     if config.cipher_suites:
         try:
             context.set_ciphers(":".join(CIPHER_SUITES[name] for name in config.cipher_suites))

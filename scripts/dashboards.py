@@ -12,8 +12,7 @@ RI = "$__rate_interval"
 TAG = "llamacloud"
 
 
-def q(expr: str, legend: str = "", instant: bool = False, fmt: str | None = None,
-      exemplar: bool = False) -> dict[str, Any]:
+def q(expr: str, legend: str = "", instant: bool = False, fmt: str | None = None, exemplar: bool = False) -> dict[str, Any]:
     target: dict[str, Any] = {"datasource": DS, "expr": expr, "legendFormat": legend or "__auto"}
     if exemplar:  # each exemplar names the session of the run; the datasource links it to the drill-down
         target["exemplar"] = True
@@ -24,34 +23,51 @@ def q(expr: str, legend: str = "", instant: bool = False, fmt: str | None = None
     return target
 
 
-def panel(kind: str, title: str, description: str, unit: str, targets: list[dict], w: int = 8, h: int = 8,
-          **options: Any) -> dict[str, Any]:
+def panel(
+    kind: str, title: str, description: str, unit: str, targets: list[dict], w: int = 8, h: int = 8, **options: Any
+) -> dict[str, Any]:
     for i, t in enumerate(targets):
         t["refId"] = chr(ord("A") + i)
     defaults: dict[str, Any] = {"unit": unit}
     defaults.update(options.pop("defaults", {}))
-    result = {"type": kind, "title": title, "description": description, "datasource": DS, "targets": targets,
-              "fieldConfig": {"defaults": defaults, "overrides": options.pop("overrides", [])},
-              "gridPos": {"w": w, "h": h}, "options": options.pop("panel_options", {})}
+    result = {
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "targets": targets,
+        "fieldConfig": {"defaults": defaults, "overrides": options.pop("overrides", [])},
+        "gridPos": {"w": w, "h": h},
+        "options": options.pop("panel_options", {}),
+    }
     result.update(options)
     return result
 
 
 def steps(base: str, *marks: tuple[float, str]) -> dict[str, Any]:
     """Explicit thresholds: ``base`` colour below the first mark, then each mark's colour from its value up."""
-    return {"mode": "absolute", "steps": [{"color": base, "value": None},
-                                          *({"color": c, "value": v} for v, c in marks)]}
+    return {"mode": "absolute", "steps": [{"color": base, "value": None}, *({"color": c, "value": v} for v, c in marks)]}
 
 
 NEUTRAL = steps("text")
 """A count with no good or bad value: shown plain, never Grafana's default red at 80."""
 
 
-def stat(title: str, description: str, unit: str, expr: str, thresholds: dict[str, Any],
-         mappings: list[dict] | None = None, **kw: Any) -> dict[str, Any]:
-    return panel("stat", title, description, unit, [q(expr, instant=True)], w=kw.pop("w", 4), h=kw.pop("h", 4),
-                 panel_options={"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "value"},
-                 defaults={"thresholds": thresholds, "mappings": mappings or []}, **kw)
+def stat(
+    title: str, description: str, unit: str, expr: str, thresholds: dict[str, Any], mappings: list[dict] | None = None, **kw: Any
+) -> dict[str, Any]:
+    return panel(
+        "stat",
+        title,
+        description,
+        unit,
+        [q(expr, instant=True)],
+        w=kw.pop("w", 4),
+        h=kw.pop("h", 4),
+        panel_options={"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "value"},
+        defaults={"thresholds": thresholds, "mappings": mappings or []},
+        **kw,
+    )
 
 
 def series(title: str, description: str, unit: str, *targets: dict, **kw: Any) -> dict[str, Any]:
@@ -59,34 +75,62 @@ def series(title: str, description: str, unit: str, *targets: dict, **kw: Any) -
 
 
 def table(title: str, description: str, expr: str, **kw: Any) -> dict[str, Any]:
-    return panel("table", title, description, kw.pop("unit", "short"), [q(expr, instant=True, fmt="table")],
-                 transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}], **kw)
+    return panel(
+        "table",
+        title,
+        description,
+        kw.pop("unit", "short"),
+        [q(expr, instant=True, fmt="table")],
+        transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}],
+        **kw,
+    )
 
 
 def by_index() -> dict[str, Any]:
     """One row per index: runs in the range, the recorded 30m error ratio, and its most frequent error type."""
     window = load_spec()["index_ratio_window"]
     targets = [
-        q(f"sum by (index_id) (increase(llamacloud_chat_index_runs_total{{{J}}}[$__range]))", instant=True,
-          fmt="table"),
+        q(f"sum by (index_id) (increase(llamacloud_chat_index_runs_total{{{J}}}[$__range]))", instant=True, fmt="table"),
         q(f'max by (index_id) ({INDEX_RATIO}{window}{{job=~"$job"}})', instant=True, fmt="table"),
-        q(f"topk by (index_id) (1, sum by (index_id, error_type) "
-          f"(increase(llamacloud_chat_index_run_errors_total{{{J}}}[$__range])))", instant=True, fmt="table"),
+        q(
+            f"topk by (index_id) (1, sum by (index_id, error_type) "
+            f"(increase(llamacloud_chat_index_run_errors_total{{{J}}}[$__range])))",
+            instant=True,
+            fmt="table",
+        ),
     ]
-    names = {"index_id": "Index", "Value #A": "Runs (range)", "Value #B": f"Error ratio ({window})",
-             "error_type": "Top error type", "Value #C": "Its failed runs (range)"}
-    ratio = {"matcher": {"id": "byName", "options": names["Value #B"]},
-             "properties": [{"id": "unit", "value": "percentunit"},
-                            {"id": "thresholds", "value": steps("green", (0.05, "yellow"), (0.2, "red"))},
-                            {"id": "custom.cellOptions", "value": {"type": "color-text"}}]}
-    return panel("table", "By index", "Runs, error ratio and top error type of each index its sessions are bound "
-                 "to (a session bound to two counts under both; _none: bound to none; _other: past "
-                 "--label-value-limit). Red from 20%, as LlamaCloudChatIndexErrorRatioHigh.", "short", targets,
-                 w=24, h=9, overrides=[ratio],
-                 transformations=[{"id": "merge", "options": {}},
-                                  {"id": "organize", "options": {"excludeByName": {"Time": True},
-                                                                 "renameByName": names}}],
-                 panel_options={"sortBy": [{"displayName": names["Value #B"], "desc": True}]})
+    names = {
+        "index_id": "Index",
+        "Value #A": "Runs (range)",
+        "Value #B": f"Error ratio ({window})",
+        "error_type": "Top error type",
+        "Value #C": "Its failed runs (range)",
+    }
+    ratio = {
+        "matcher": {"id": "byName", "options": names["Value #B"]},
+        "properties": [
+            {"id": "unit", "value": "percentunit"},
+            {"id": "thresholds", "value": steps("green", (0.05, "yellow"), (0.2, "red"))},
+            {"id": "custom.cellOptions", "value": {"type": "color-text"}},
+        ],
+    }
+    return panel(
+        "table",
+        "By index",
+        "Runs, error ratio and top error type of each index its sessions are bound "
+        "to (a session bound to two counts under both; _none: bound to none; _other: past "
+        "--label-value-limit). Red from 20%, as LlamaCloudChatIndexErrorRatioHigh.",
+        "short",
+        targets,
+        w=24,
+        h=9,
+        overrides=[ratio],
+        transformations=[
+            {"id": "merge", "options": {}},
+            {"id": "organize", "options": {"excludeByName": {"Time": True}, "renameByName": names}},
+        ],
+        panel_options={"sortBy": [{"displayName": names["Value #B"], "desc": True}]},
+    )
 
 
 def layout(panels: list[dict]) -> list[dict]:
@@ -102,28 +146,55 @@ def layout(panels: list[dict]) -> list[dict]:
 
 
 def _query_variable(name: str, query: str) -> dict[str, Any]:
-    return {"name": name, "label": name, "type": "query", "datasource": DS, "query": {"query": query, "refId": name},
-            "definition": query, "refresh": 2, "includeAll": True, "multi": True, "allValue": ".*",
-            "current": {"text": "All", "value": "$__all"}, "sort": 1}
+    return {
+        "name": name,
+        "label": name,
+        "type": "query",
+        "datasource": DS,
+        "query": {"query": query, "refId": name},
+        "definition": query,
+        "refresh": 2,
+        "includeAll": True,
+        "multi": True,
+        "allValue": ".*",
+        "current": {"text": "All", "value": "$__all"},
+        "sort": 1,
+    }
 
 
 def variables(extra: list[dict] | None = None) -> dict[str, Any]:
-    source = {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
-              "current": {}, "hide": 0}
+    source = {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus", "current": {}, "hide": 0}
     job = _query_variable("job", "label_values(llamacloud_collector_build_info, job)")
     instance = _query_variable("instance", 'label_values(llamacloud_collector_build_info{job=~"$job"}, instance)')
     return {"list": [source, job, instance, *(extra or [])]}
 
 
-def dashboard(uid: str, title: str, description: str, panels: list[dict],
-              extra_vars: list[dict] | None = None) -> dict[str, Any]:
+def dashboard(uid: str, title: str, description: str, panels: list[dict], extra_vars: list[dict] | None = None) -> dict[str, Any]:
     return {
-        "uid": uid, "title": title, "description": description, "tags": [TAG], "editable": True,
-        "schemaVersion": 39, "version": 1, "timezone": "browser", "refresh": "30s",
-        "time": {"from": "now-6h", "to": "now"}, "graphTooltip": 1,
-        "links": [{"type": "dashboards", "tags": [TAG], "asDropdown": False, "includeVars": True,
-                   "keepTime": True, "title": "LlamaCloud dashboards"}],
-        "templating": variables(extra_vars), "annotations": {"list": []}, "panels": layout(panels),
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": [TAG],
+        "editable": True,
+        "schemaVersion": 39,
+        "version": 1,
+        "timezone": "browser",
+        "refresh": "30s",
+        "time": {"from": "now-6h", "to": "now"},
+        "graphTooltip": 1,
+        "links": [
+            {
+                "type": "dashboards",
+                "tags": [TAG],
+                "asDropdown": False,
+                "includeVars": True,
+                "keepTime": True,
+                "title": "LlamaCloud dashboards",
+            }
+        ],
+        "templating": variables(extra_vars),
+        "annotations": {"list": []},
+        "panels": layout(panels),
     }
 
 
@@ -134,9 +205,14 @@ ERRS = f'llamacloud_chat_runs_total{{{J}, outcome="error"}}'
 OBJECTIVE = load_spec()["objective"]
 """The SLO objective the rules are generated with: the dashboards' default and their colours."""
 BUDGET = round(1 - OBJECTIVE, 6)
-SLO = {"name": "slo", "label": "SLO (run success ratio)", "type": "custom",
-       "query": ",".join(dict.fromkeys(str(v) for v in (OBJECTIVE, 0.99, 0.995, 0.999, 0.95))),
-       "current": {"text": str(OBJECTIVE), "value": str(OBJECTIVE)}, "options": []}
+SLO = {
+    "name": "slo",
+    "label": "SLO (run success ratio)",
+    "type": "custom",
+    "query": ",".join(dict.fromkeys(str(v) for v in (OBJECTIVE, 0.99, 0.995, 0.999, 0.95))),
+    "current": {"text": str(OBJECTIVE), "value": str(OBJECTIVE)},
+    "options": [],
+}
 BURN = steps("green", (1, "yellow"), (6, "orange"), (14.4, "red"))
 """Burn rate: the SRE workbook's alert levels (tickets from 1x and 3x, pages from 6x and 14.4x)."""
 
@@ -144,177 +220,417 @@ BURN = steps("green", (1, "yellow"), (6, "orange"), (14.4, "red"))
 def quantiles(metric: str, by: str = "", unit: str = "s") -> list[dict]:
     group = f"le{', ' + by if by else ''}"
     suffix = f" {{{{{by}}}}}" if by else ""
-    return [q(f"histogram_quantile({p}, sum by ({group}) (rate({metric}_bucket{{{J}}}[{RI}])))", f"p{int(p * 100)}{suffix}",
-              exemplar=True) for p in (0.5, 0.95, 0.99)]
+    return [
+        q(
+            f"histogram_quantile({p}, sum by ({group}) (rate({metric}_bucket{{{J}}}[{RI}])))",
+            f"p{int(p * 100)}{suffix}",
+            exemplar=True,
+        )
+        for p in (0.5, 0.95, 0.99)
+    ]
 
 
 def overview() -> dict[str, Any]:
     panels = [
-        stat("Runs (range)", "Finished chat runs in the selected range.", "short", f"sum(increase({RUNS}[$__range]))",
-             NEUTRAL),
-        stat("Error ratio (range)", f"Share of finished runs that failed in the selected range. Red above the "
-             f"error budget of the {OBJECTIVE} objective ({BUDGET:.2%}).", "percentunit",
-             f"sum(increase({ERRS}[$__range])) / sum(increase({RUNS}[$__range]))",
-             steps("green", (BUDGET, "red"))),
-        stat("Error budget burn (1h)", "How many times faster than the SLO allows the error budget burns, over "
-             "the last hour (error ratio / (1 - SLO)). 14.4 and 6 page, 3 and 1 open tickets.", "x",
-             f"max({RATIO}1h{{job=~\"$job\"}}) / (1 - $slo)", BURN),
-        stat("Runs in progress", "Sessions whose history ends in an unfinished run.", "short",
-             f"sum(llamacloud_chat_runs_in_progress{{{J}}})", NEUTRAL),
-        stat("Oldest run in progress", "How long the oldest unfinished run has been running, from when the "
-             "collector first saw it. Red from 30 minutes, as LlamaCloudChatRunStuck.", "s",
-             f"time() - min(llamacloud_chat_oldest_run_in_progress_seen_timestamp_seconds{{{J}}})",
-             steps("green", (600, "yellow"), (1800, "red"))),
-        stat("Tokens (range)", "Input plus output tokens of runs finished in the range.", "short",
-             f"sum(increase(llamacloud_chat_tokens_total{{{J}}}[$__range]))", NEUTRAL),
-        series("Runs per minute by outcome", "Finished chat runs per minute, success and error. Exemplars (the "
-               "dots) name a session of each outcome: click one to open it in the session drill-down.", "cpm",
-               q(f"sum by (outcome) (rate({RUNS}[{RI}])) * 60", "{{outcome}}", exemplar=True), w=12),
-        series("Error ratio against the SLO", "Share of runs that failed, against the error budget line "
-               "1 - SLO, and the 1h and 6h ratios the burn-rate alerts read.", "percentunit",
-               q(f"sum(rate({ERRS}[{RI}])) / sum(rate({RUNS}[{RI}]))", "error ratio", exemplar=True),
-               q(f'max({RATIO}1h{{job=~"$job"}})', "1h (alerts)"),
-               q(f'max({RATIO}6h{{job=~"$job"}})', "6h (alerts)"),
-               q("1 - $slo", "error budget (1 - SLO)"), w=12),
-        series("Run duration p50 / p95 / p99", "Quantiles of finished-run duration.", "s",
-               *quantiles("llamacloud_chat_run_duration_seconds"), w=12),
-        panel("heatmap", "Run duration heatmap", "Distribution of finished-run durations.", "s",
-              [q(f"sum by (le) (increase(llamacloud_chat_run_duration_seconds_bucket{{{J}}}[{RI}]))", "{{le}}",
-                 fmt="heatmap")], w=12, panel_options={"calculate": False, "yAxis": {"unit": "s"}}),
-        series("Tokens per minute", "Input and output tokens per minute of finished runs.", "short",
-               q(f"sum by (token_type) (rate(llamacloud_chat_tokens_total{{{J}}}[{RI}])) * 60", "{{token_type}}")),
-        series("Tokens per run", "Mean and p95 tokens per run, input and output.", "short",
-               q(f"sum by (token_type) (rate(llamacloud_chat_run_tokens_sum{{{J}}}[{RI}])) / "
-                 f"sum by (token_type) (rate(llamacloud_chat_run_tokens_count{{{J}}}[{RI}]))", "mean {{token_type}}"),
-               q(f"histogram_quantile(0.95, sum by (le, token_type) "
-                 f"(rate(llamacloud_chat_run_tokens_bucket{{{J}}}[{RI}])))", "p95 {{token_type}}")),
-        series("Turns per run", "Mean and p95 turns per finished run.", "short",
-               q(f"sum(rate(llamacloud_chat_run_turns_sum{{{J}}}[{RI}])) / "
-                 f"sum(rate(llamacloud_chat_run_turns_count{{{J}}}[{RI}]))", "mean"),
-               q(f"histogram_quantile(0.95, sum by (le) (rate(llamacloud_chat_run_turns_bucket{{{J}}}[{RI}])))", "p95")),
-        series("Tool calls by tool", "Tool calls per minute by tool.", "cpm",
-               q(f"sum by (tool) (rate(llamacloud_chat_tool_calls_total{{{J}}}[{RI}])) * 60", "{{tool}}")),
-        series("Tool calls left without a result", "Tool calls per minute that got no tool_result in their run.",
-               "cpm", q(f'sum by (tool) (rate(llamacloud_chat_tool_calls_total{{{J}, outcome="no_result"}}[{RI}])) * 60',
-                        "{{tool}}")),
-        series("Skipped index queries by index", "Index queries runs could not make, per index.", "short",
-               q(f"sum by (index_id) (increase(llamacloud_chat_skipped_index_queries_total{{{J}}}[{RI}]))",
-                 "{{index_id}}")),
-        series("Errors by type", "Failed runs per minute by classified error type; the exemplars are failed runs: "
-               "click one to open its session.", "cpm",
-               q(f"sum by (error_type) (rate(llamacloud_chat_run_errors_total{{{J}}}[{RI}])) * 60", "{{error_type}}"),
-               q(f"sum(rate({ERRS}[{RI}])) * 60", "all failed runs", exemplar=True),
-               w=12),
-        series("Runs in progress", "Unfinished runs, and the age of the oldest.", "short",
-               q(f"sum(llamacloud_chat_runs_in_progress{{{J}}})", "in progress"),
-               q(f"time() - min(llamacloud_chat_oldest_run_in_progress_seen_timestamp_seconds{{{J}}})", "oldest (s)"),
-               w=12,
-               overrides=[{"matcher": {"id": "byName", "options": "oldest (s)"},
-                           "properties": [{"id": "unit", "value": "s"}, {"id": "custom.axisPlacement",
-                                                                         "value": "right"}]}]),
+        stat("Runs (range)", "Finished chat runs in the selected range.", "short", f"sum(increase({RUNS}[$__range]))", NEUTRAL),
+        stat(
+            "Error ratio (range)",
+            f"Share of finished runs that failed in the selected range. Red above the "
+            f"error budget of the {OBJECTIVE} objective ({BUDGET:.2%}).",
+            "percentunit",
+            f"sum(increase({ERRS}[$__range])) / sum(increase({RUNS}[$__range]))",
+            steps("green", (BUDGET, "red")),
+        ),
+        stat(
+            "Error budget burn (1h)",
+            "How many times faster than the SLO allows the error budget burns, over "
+            "the last hour (error ratio / (1 - SLO)). 14.4 and 6 page, 3 and 1 open tickets.",
+            "x",
+            f'max({RATIO}1h{{job=~"$job"}}) / (1 - $slo)',
+            BURN,
+        ),
+        stat(
+            "Runs in progress",
+            "Sessions whose history ends in an unfinished run.",
+            "short",
+            f"sum(llamacloud_chat_runs_in_progress{{{J}}})",
+            NEUTRAL,
+        ),
+        stat(
+            "Oldest run in progress",
+            "How long the oldest unfinished run has been running, from when the "
+            "collector first saw it. Red from 30 minutes, as LlamaCloudChatRunStuck.",
+            "s",
+            f"time() - min(llamacloud_chat_oldest_run_in_progress_seen_timestamp_seconds{{{J}}})",
+            steps("green", (600, "yellow"), (1800, "red")),
+        ),
+        stat(
+            "Tokens (range)",
+            "Input plus output tokens of runs finished in the range.",
+            "short",
+            f"sum(increase(llamacloud_chat_tokens_total{{{J}}}[$__range]))",
+            NEUTRAL,
+        ),
+        series(
+            "Runs per minute by outcome",
+            "Finished chat runs per minute, success and error. Exemplars (the "
+            "dots) name a session of each outcome: click one to open it in the session drill-down.",
+            "cpm",
+            q(f"sum by (outcome) (rate({RUNS}[{RI}])) * 60", "{{outcome}}", exemplar=True),
+            w=12,
+        ),
+        series(
+            "Error ratio against the SLO",
+            "Share of runs that failed, against the error budget line "
+            "1 - SLO, and the 1h and 6h ratios the burn-rate alerts read.",
+            "percentunit",
+            q(f"sum(rate({ERRS}[{RI}])) / sum(rate({RUNS}[{RI}]))", "error ratio", exemplar=True),
+            q(f'max({RATIO}1h{{job=~"$job"}})', "1h (alerts)"),
+            q(f'max({RATIO}6h{{job=~"$job"}})', "6h (alerts)"),
+            q("1 - $slo", "error budget (1 - SLO)"),
+            w=12,
+        ),
+        series(
+            "Run duration p50 / p95 / p99",
+            "Quantiles of finished-run duration.",
+            "s",
+            *quantiles("llamacloud_chat_run_duration_seconds"),
+            w=12,
+        ),
+        panel(
+            "heatmap",
+            "Run duration heatmap",
+            "Distribution of finished-run durations.",
+            "s",
+            [q(f"sum by (le) (increase(llamacloud_chat_run_duration_seconds_bucket{{{J}}}[{RI}]))", "{{le}}", fmt="heatmap")],
+            w=12,
+            panel_options={"calculate": False, "yAxis": {"unit": "s"}},
+        ),
+        series(
+            "Tokens per minute",
+            "Input and output tokens per minute of finished runs.",
+            "short",
+            q(f"sum by (token_type) (rate(llamacloud_chat_tokens_total{{{J}}}[{RI}])) * 60", "{{token_type}}"),
+        ),
+        series(
+            "Tokens per run",
+            "Mean and p95 tokens per run, input and output.",
+            "short",
+            q(
+                f"sum by (token_type) (rate(llamacloud_chat_run_tokens_sum{{{J}}}[{RI}])) / "
+                f"sum by (token_type) (rate(llamacloud_chat_run_tokens_count{{{J}}}[{RI}]))",
+                "mean {{token_type}}",
+            ),
+            q(
+                f"histogram_quantile(0.95, sum by (le, token_type) (rate(llamacloud_chat_run_tokens_bucket{{{J}}}[{RI}])))",
+                "p95 {{token_type}}",
+            ),
+        ),
+        series(
+            "Turns per run",
+            "Mean and p95 turns per finished run.",
+            "short",
+            q(
+                f"sum(rate(llamacloud_chat_run_turns_sum{{{J}}}[{RI}])) / "
+                f"sum(rate(llamacloud_chat_run_turns_count{{{J}}}[{RI}]))",
+                "mean",
+            ),
+            q(f"histogram_quantile(0.95, sum by (le) (rate(llamacloud_chat_run_turns_bucket{{{J}}}[{RI}])))", "p95"),
+        ),
+        series(
+            "Tool calls by tool",
+            "Tool calls per minute by tool.",
+            "cpm",
+            q(f"sum by (tool) (rate(llamacloud_chat_tool_calls_total{{{J}}}[{RI}])) * 60", "{{tool}}"),
+        ),
+        series(
+            "Tool calls left without a result",
+            "Tool calls per minute that got no tool_result in their run.",
+            "cpm",
+            q(f'sum by (tool) (rate(llamacloud_chat_tool_calls_total{{{J}, outcome="no_result"}}[{RI}])) * 60', "{{tool}}"),
+        ),
+        series(
+            "Skipped index queries by index",
+            "Index queries runs could not make, per index.",
+            "short",
+            q(f"sum by (index_id) (increase(llamacloud_chat_skipped_index_queries_total{{{J}}}[{RI}]))", "{{index_id}}"),
+        ),
+        series(
+            "Errors by type",
+            "Failed runs per minute by classified error type; the exemplars are failed runs: click one to open its session.",
+            "cpm",
+            q(f"sum by (error_type) (rate(llamacloud_chat_run_errors_total{{{J}}}[{RI}])) * 60", "{{error_type}}"),
+            q(f"sum(rate({ERRS}[{RI}])) * 60", "all failed runs", exemplar=True),
+            w=12,
+        ),
+        series(
+            "Runs in progress",
+            "Unfinished runs, and the age of the oldest.",
+            "short",
+            q(f"sum(llamacloud_chat_runs_in_progress{{{J}}})", "in progress"),
+            q(f"time() - min(llamacloud_chat_oldest_run_in_progress_seen_timestamp_seconds{{{J}}})", "oldest (s)"),
+            w=12,
+            overrides=[
+                {
+                    "matcher": {"id": "byName", "options": "oldest (s)"},
+                    "properties": [{"id": "unit", "value": "s"}, {"id": "custom.axisPlacement", "value": "right"}],
+                }
+            ],
+        ),
         by_index(),
-        table("Top sessions by errors", "Sessions with the most failed runs in the range.",
-              f'topk(10, sum by (session_id) (increase(llamacloud_chat_session_runs_total{{{J}, outcome="error"}}[$__range])))',
-              w=12, h=9),
-        table("Top sessions by tokens", "Sessions that used the most tokens in the range.",
-              f"topk(10, sum by (session_id) (increase(llamacloud_chat_session_tokens_total{{{J}}}[$__range])))",
-              w=12, h=9),
+        table(
+            "Top sessions by errors",
+            "Sessions with the most failed runs in the range.",
+            f'topk(10, sum by (session_id) (increase(llamacloud_chat_session_runs_total{{{J}, outcome="error"}}[$__range])))',
+            w=12,
+            h=9,
+        ),
+        table(
+            "Top sessions by tokens",
+            "Sessions that used the most tokens in the range.",
+            f"topk(10, sum by (session_id) (increase(llamacloud_chat_session_tokens_total{{{J}}}[$__range])))",
+            w=12,
+            h=9,
+        ),
     ]
-    return dashboard("llamacloud-chat-overview", "LlamaCloud chat / Overview",
-                     "Chat runs, errors against the SLO, duration, tokens, tools and skipped indexes.", panels, [SLO])
+    return dashboard(
+        "llamacloud-chat-overview",
+        "LlamaCloud chat / Overview",
+        "Chat runs, errors against the SLO, duration, tokens, tools and skipped indexes.",
+        panels,
+        [SLO],
+    )
 
 
 def session() -> dict[str, Any]:
     s = f'{J}, session_id="$session_id"'
-    var = {"name": "session_id", "label": "session", "type": "query", "datasource": DS, "refresh": 2,
-           "query": {"query": f"label_values(llamacloud_chat_session_info{{{J}}}, session_id)", "refId": "s"},
-           "definition": f"label_values(llamacloud_chat_session_info{{{J}}}, session_id)", "sort": 1}
+    var = {
+        "name": "session_id",
+        "label": "session",
+        "type": "query",
+        "datasource": DS,
+        "refresh": 2,
+        "query": {"query": f"label_values(llamacloud_chat_session_info{{{J}}}, session_id)", "refId": "s"},
+        "definition": f"label_values(llamacloud_chat_session_info{{{J}}}, session_id)",
+        "sort": 1,
+    }
     panels = [
-        table("Session info", "Access, bound indexes (and title with --expose-titles).",
-              f"llamacloud_chat_session_info{{{s}}}", w=24, h=4),
-        stat("Last run duration", "Duration of the session's most recent run (job_metadata). Yellow from 60 s, "
-             "red from 120 s, as LlamaCloudChatRunDurationHigh.", "s",
-             f"max(llamacloud_chat_session_last_run_duration_seconds{{{s}}})",
-             steps("green", (60, "yellow"), (120, "red"))),
-        stat("Last run input tokens", "Input tokens of the most recent run.", "short",
-             f'max(llamacloud_chat_session_last_run_tokens{{{s}, token_type="input"}})', NEUTRAL),
-        stat("Last run output tokens", "Output tokens of the most recent run.", "short",
-             f'max(llamacloud_chat_session_last_run_tokens{{{s}, token_type="output"}})', NEUTRAL),
-        stat("Last run turns", "Turns of the most recent run.", "short",
-             f"max(llamacloud_chat_session_last_run_turns{{{s}}})", NEUTRAL),
-        stat("Last run failed", "Whether the most recent run failed: red when it did.", "none",
-             f"max(llamacloud_chat_session_last_run_error{{{s}}})", steps("green", (1, "red")), YES_NO),
-        stat("Last updated", "When the session last changed upstream.", "dateTimeFromNow",
-             f"max(llamacloud_chat_session_last_updated_timestamp_seconds{{{s}}}) * 1000", NEUTRAL),
-        series("Runs over time", "Finished runs of the session by outcome.", "short",
-               q(f"sum by (outcome) (increase(llamacloud_chat_session_runs_total{{{s}}}[{RI}]))", "{{outcome}}"),
-               w=12),
-        series("Tokens over time", "Tokens used by the session's finished runs.", "short",
-               q(f"sum by (token_type) (increase(llamacloud_chat_session_tokens_total{{{s}}}[{RI}]))",
-                 "{{token_type}}"), w=12),
-        series("Runs (cumulative)", "Finished runs of the session since the collector started counting.", "short",
-               q(f"sum by (outcome) (llamacloud_chat_session_runs_total{{{s}}})", "{{outcome}}"), w=24),
+        table(
+            "Session info",
+            "Access, bound indexes (and title with --expose-titles).",
+            f"llamacloud_chat_session_info{{{s}}}",
+            w=24,
+            h=4,
+        ),
+        stat(
+            "Last run duration",
+            "Duration of the session's most recent run (job_metadata). Yellow from 60 s, "
+            "red from 120 s, as LlamaCloudChatRunDurationHigh.",
+            "s",
+            f"max(llamacloud_chat_session_last_run_duration_seconds{{{s}}})",
+            steps("green", (60, "yellow"), (120, "red")),
+        ),
+        stat(
+            "Last run input tokens",
+            "Input tokens of the most recent run.",
+            "short",
+            f'max(llamacloud_chat_session_last_run_tokens{{{s}, token_type="input"}})',
+            NEUTRAL,
+        ),
+        stat(
+            "Last run output tokens",
+            "Output tokens of the most recent run.",
+            "short",
+            f'max(llamacloud_chat_session_last_run_tokens{{{s}, token_type="output"}})',
+            NEUTRAL,
+        ),
+        stat(
+            "Last run turns",
+            "Turns of the most recent run.",
+            "short",
+            f"max(llamacloud_chat_session_last_run_turns{{{s}}})",
+            NEUTRAL,
+        ),
+        stat(
+            "Last run failed",
+            "Whether the most recent run failed: red when it did.",
+            "none",
+            f"max(llamacloud_chat_session_last_run_error{{{s}}})",
+            steps("green", (1, "red")),
+            YES_NO,
+        ),
+        stat(
+            "Last updated",
+            "When the session last changed upstream.",
+            "dateTimeFromNow",
+            f"max(llamacloud_chat_session_last_updated_timestamp_seconds{{{s}}}) * 1000",
+            NEUTRAL,
+        ),
+        series(
+            "Runs over time",
+            "Finished runs of the session by outcome.",
+            "short",
+            q(f"sum by (outcome) (increase(llamacloud_chat_session_runs_total{{{s}}}[{RI}]))", "{{outcome}}"),
+            w=12,
+        ),
+        series(
+            "Tokens over time",
+            "Tokens used by the session's finished runs.",
+            "short",
+            q(f"sum by (token_type) (increase(llamacloud_chat_session_tokens_total{{{s}}}[{RI}]))", "{{token_type}}"),
+            w=12,
+        ),
+        series(
+            "Runs (cumulative)",
+            "Finished runs of the session since the collector started counting.",
+            "short",
+            q(f"sum by (outcome) (llamacloud_chat_session_runs_total{{{s}}})", "{{outcome}}"),
+            w=24,
+        ),
     ]
-    return dashboard("llamacloud-chat-session", "LlamaCloud chat / Session drill-down",
-                     "One chat session: its last run and its runs and tokens over time.", panels, [var])
+    return dashboard(
+        "llamacloud-chat-session",
+        "LlamaCloud chat / Session drill-down",
+        "One chat session: its last run and its runs and tokens over time.",
+        panels,
+        [var],
+    )
 
 
 def health() -> dict[str, Any]:
     a = "llamacloud_collector_api_requests_total"
     panels = [
-        stat("Up", "Whether the last poll reached the API and it answered (lowest across instances): red when "
-             "it did not.", "none", f"min(llamacloud_collector_up{{{J}}})", steps("red", (1, "green")), UP_DOWN),
-        stat("Since last successful poll, in intervals", "Time since the last successful poll, in poll "
-             "intervals. Red from 3, as LlamaCloudCollectorPollStale.", "x",
-             f"max((time() - llamacloud_collector_last_success_timestamp_seconds{{{J}}}) "
-             f"/ llamacloud_collector_poll_interval_seconds{{{J}}})", steps("green", (2, "yellow"), (3, "red"))),
-        stat("Sessions watched", "Sessions watched across shards.", "short",
-             f"sum(llamacloud_collector_sessions_watched{{{J}}})", NEUTRAL),
-        stat("Shards reporting", "Collector shards scraped, out of the configured total.", "short",
-             f"count(llamacloud_collector_shard{{{J}}})", NEUTRAL),
-        stat("Invalid payloads (range)", "API answers that failed validation: schema drift or a hostile answer. "
-             "Orange from 1.", "short",
-             f"sum(increase(llamacloud_collector_invalid_payloads_total{{{J}}}[$__range]))",
-             steps("green", (1, "orange"))),
-        stat("History resets (range)", "Histories that shrank or changed and were re-synced. Yellow from 1.",
-             "short", f"sum(increase(llamacloud_collector_history_resets_total{{{J}}}[$__range]))",
-             steps("green", (1, "yellow"))),
-        series("Poll duration", "Duration of the last poll cycle per instance.", "s",
-               q(f"max by (instance) (llamacloud_collector_poll_duration_seconds{{{J}}})", "{{instance}}")),
-        series("Polls by result", "Poll cycles per minute by result.", "cpm",
-               q(f"sum by (result) (rate(llamacloud_collector_polls_total{{{J}}}[{RI}])) * 60", "{{result}}")),
-        series("API requests by operation and code", "Requests per second to the LlamaCloud API; code error is a "
-               "transport or protocol failure.", "reqps",
-               q(f"sum by (operation, code) (rate({a}{{{J}}}[{RI}]))", "{{operation}} {{code}}")),
-        series("API latency p95", "p95 API request latency by operation, whole exchange.", "s",
-               q(f"histogram_quantile(0.95, sum by (le, operation) "
-                 f"(rate(llamacloud_collector_api_request_duration_seconds_bucket{{{J}}}[{RI}])))", "{{operation}}")),
-        series("Retries and 429s", "Retried requests by reason, and 429 answers.", "reqps",
-               q(f"sum by (operation, reason) (rate(llamacloud_collector_api_retries_total{{{J}}}[{RI}]))",
-                 "retry {{operation}} {{reason}}"),
-               q(f'sum(rate({a}{{{J}, code="429"}}[{RI}]))', "429")),
-        series("Sessions fetched and unchanged", "Sessions retrieved (new, changed) and skipped as unchanged.",
-               "short",
-               q(f"sum by (reason) (increase(llamacloud_collector_session_fetches_total{{{J}}}[{RI}]))", "{{reason}}"),
-               q(f"sum(increase(llamacloud_collector_sessions_unchanged_total{{{J}}}[{RI}]))", "unchanged")),
-        series("Sessions watched", "Sessions watched per instance.", "short",
-               q(f"sum by (instance) (llamacloud_collector_sessions_watched{{{J}}})", "{{instance}}")),
-        series("Invalid payloads, values and history resets", "Schema drift or hostile answers, refused values "
-               "(negative, NaN, infinite, over 2^53) and rewritten histories.", "short",
-               q(f"sum by (operation) (increase(llamacloud_collector_invalid_payloads_total{{{J}}}[{RI}]))",
-                 "invalid {{operation}}"),
-               q(f"sum by (field) (increase(llamacloud_collector_invalid_values_total{{{J}}}[{RI}]))",
-                 "refused {{field}}"),
-               q(f"sum(increase(llamacloud_collector_history_resets_total{{{J}}}[{RI}]))", "history resets")),
-        series("Dropped series", "Sessions and label values over a limit, not exposed as their own series.", "short",
-               q(f"sum by (family) (llamacloud_collector_series_dropped{{{J}}})", "{{family}}")),
-        series("Process CPU", "CPU seconds per second used by each collector.", "percentunit",
-               q(f"rate(process_cpu_seconds_total{{{J}}}[{RI}])", "{{instance}}")),
-        series("Process memory", "Resident memory of each collector.", "bytes",
-               q(f"process_resident_memory_bytes{{{J}}}", "{{instance}}")),
+        stat(
+            "Up",
+            "Whether the last poll reached the API and it answered (lowest across instances): red when it did not.",
+            "none",
+            f"min(llamacloud_collector_up{{{J}}})",
+            steps("red", (1, "green")),
+            UP_DOWN,
+        ),
+        stat(
+            "Since last successful poll, in intervals",
+            "Time since the last successful poll, in poll intervals. Red from 3, as LlamaCloudCollectorPollStale.",
+            "x",
+            f"max((time() - llamacloud_collector_last_success_timestamp_seconds{{{J}}}) "
+            f"/ llamacloud_collector_poll_interval_seconds{{{J}}})",
+            steps("green", (2, "yellow"), (3, "red")),
+        ),
+        stat(
+            "Sessions watched",
+            "Sessions watched across shards.",
+            "short",
+            f"sum(llamacloud_collector_sessions_watched{{{J}}})",
+            NEUTRAL,
+        ),
+        stat(
+            "Shards reporting",
+            "Collector shards scraped, out of the configured total.",
+            "short",
+            f"count(llamacloud_collector_shard{{{J}}})",
+            NEUTRAL,
+        ),
+        stat(
+            "Invalid payloads (range)",
+            "API answers that failed validation: schema drift or a hostile answer. Orange from 1.",
+            "short",
+            f"sum(increase(llamacloud_collector_invalid_payloads_total{{{J}}}[$__range]))",
+            steps("green", (1, "orange")),
+        ),
+        stat(
+            "History resets (range)",
+            "Histories that shrank or changed and were re-synced. Yellow from 1.",
+            "short",
+            f"sum(increase(llamacloud_collector_history_resets_total{{{J}}}[$__range]))",
+            steps("green", (1, "yellow")),
+        ),
+        series(
+            "Poll duration",
+            "Duration of the last poll cycle per instance.",
+            "s",
+            q(f"max by (instance) (llamacloud_collector_poll_duration_seconds{{{J}}})", "{{instance}}"),
+        ),
+        series(
+            "Polls by result",
+            "Poll cycles per minute by result.",
+            "cpm",
+            q(f"sum by (result) (rate(llamacloud_collector_polls_total{{{J}}}[{RI}])) * 60", "{{result}}"),
+        ),
+        series(
+            "API requests by operation and code",
+            "Requests per second to the LlamaCloud API; code error is a transport or protocol failure.",
+            "reqps",
+            q(f"sum by (operation, code) (rate({a}{{{J}}}[{RI}]))", "{{operation}} {{code}}"),
+        ),
+        series(
+            "API latency p95",
+            "p95 API request latency by operation, whole exchange.",
+            "s",
+            q(
+                f"histogram_quantile(0.95, sum by (le, operation) "
+                f"(rate(llamacloud_collector_api_request_duration_seconds_bucket{{{J}}}[{RI}])))",
+                "{{operation}}",
+            ),
+        ),
+        series(
+            "Retries and 429s",
+            "Retried requests by reason, and 429 answers.",
+            "reqps",
+            q(
+                f"sum by (operation, reason) (rate(llamacloud_collector_api_retries_total{{{J}}}[{RI}]))",
+                "retry {{operation}} {{reason}}",
+            ),
+            q(f'sum(rate({a}{{{J}, code="429"}}[{RI}]))', "429"),
+        ),
+        series(
+            "Sessions fetched and unchanged",
+            "Sessions retrieved (new, changed) and skipped as unchanged.",
+            "short",
+            q(f"sum by (reason) (increase(llamacloud_collector_session_fetches_total{{{J}}}[{RI}]))", "{{reason}}"),
+            q(f"sum(increase(llamacloud_collector_sessions_unchanged_total{{{J}}}[{RI}]))", "unchanged"),
+        ),
+        series(
+            "Sessions watched",
+            "Sessions watched per instance.",
+            "short",
+            q(f"sum by (instance) (llamacloud_collector_sessions_watched{{{J}}})", "{{instance}}"),
+        ),
+        series(
+            "Invalid payloads, values and history resets",
+            "Schema drift or hostile answers, refused values (negative, NaN, infinite, over 2^53) and rewritten histories.",
+            "short",
+            q(
+                f"sum by (operation) (increase(llamacloud_collector_invalid_payloads_total{{{J}}}[{RI}]))",
+                "invalid {{operation}}",
+            ),
+            q(f"sum by (field) (increase(llamacloud_collector_invalid_values_total{{{J}}}[{RI}]))", "refused {{field}}"),
+            q(f"sum(increase(llamacloud_collector_history_resets_total{{{J}}}[{RI}]))", "history resets"),
+        ),
+        series(
+            "Dropped series",
+            "Sessions and label values over a limit, not exposed as their own series.",
+            "short",
+            q(f"sum by (family) (llamacloud_collector_series_dropped{{{J}}})", "{{family}}"),
+        ),
+        series(
+            "Process CPU",
+            "CPU seconds per second used by each collector.",
+            "percentunit",
+            q(f"rate(process_cpu_seconds_total{{{J}}}[{RI}])", "{{instance}}"),
+        ),
+        series(
+            "Process memory",
+            "Resident memory of each collector.",
+            "bytes",
+            q(f"process_resident_memory_bytes{{{J}}}", "{{instance}}"),
+        ),
     ]
-    return dashboard("llamacloud-collector-health", "LlamaCloud chat / Collector health",
-                     "Is the collector polling, how the API answers, and what it costs.", panels)
+    return dashboard(
+        "llamacloud-collector-health",
+        "LlamaCloud chat / Collector health",
+        "Is the collector polling, how the API answers, and what it costs.",
+        panels,
+    )
 
 
 DASHBOARDS = {"chat-overview.json": overview, "chat-session.json": session, "collector-health.json": health}

@@ -27,16 +27,18 @@ def outputs() -> dict[Path, str]:
     files: dict[Path, str] = {}
     for name, build in DASHBOARDS.items():
         text = json.dumps(build(), indent=2) + "\n"
-        for folder in ("grafana/dashboards", "helm/llamacloud-collector/dashboards",
-                       "deploy/kubernetes/base/dashboards"):
+        for folder in ("grafana/dashboards", "helm/llamacloud-collector/dashboards", "deploy/kubernetes/base/dashboards"):
             files[ROOT / folder / name] = text
     alerts, recording = alert_rules(spec), recording_rules(spec)
     files[ROOT / "deploy/prometheus/alerts.yaml"] = HEADER + dump(alerts)
     files[ROOT / "deploy/prometheus/recording.yaml"] = HEADER + dump(recording)
     files[ROOT / "helm/llamacloud-collector/templates/prometheusrule.yaml"] = helm_rules(spec)
-    rule = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
-            "metadata": {"name": "llamacloud-collector", "labels": {"app.kubernetes.io/name": "llamacloud-collector"}},
-            "spec": {"groups": recording["groups"] + alerts["groups"]}}
+    rule = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "llamacloud-collector", "labels": {"app.kubernetes.io/name": "llamacloud-collector"}},
+        "spec": {"groups": recording["groups"] + alerts["groups"]},
+    }
     files[ROOT / "deploy/kubernetes/base/prometheusrule.yaml"] = HEADER + dump(rule)
     files[ROOT / "README.md"] = with_table((ROOT / "README.md").read_text())
     return files

@@ -25,22 +25,29 @@ def _fill(text: str, values: dict[str, Any]) -> str:
     return PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), text)
 
 
-def alert_rules(spec: dict[str, Any], for_override: str | None = None,
-                params: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def alert_rules(
+    spec: dict[str, Any], for_override: str | None = None, params: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """The alerting rule file with defaults filled in; overrides are for fast end-to-end tests."""
     rules = []
     for a in spec["alerts"]:
         values = {"objective": spec["objective"], **a["params"], **(params or {}).get(a["alert"], {})}
-        rules.append({
-            "alert": a["alert"],
-            "expr": _fill(a["expr"], values).strip() + "\n" if "\n" in a["expr"].strip()
-            else _fill(a["expr"], values).strip(),
-            "for": for_override or a["for"],
-            "labels": {"severity": a["severity"]},
-            "annotations": {"summary": _fill(a["summary"], values), "description": _fill(a["description"].strip(), values),
-                            "runbook_url": f"{spec['runbook']}#{anchor(a['alert'])}",
-                            **({"dashboard_url": _fill(a["dashboard"], values)} if "dashboard" in a else {})},
-        })
+        rules.append(
+            {
+                "alert": a["alert"],
+                "expr": _fill(a["expr"], values).strip() + "\n"
+                if "\n" in a["expr"].strip()
+                else _fill(a["expr"], values).strip(),
+                "for": for_override or a["for"],
+                "labels": {"severity": a["severity"]},
+                "annotations": {
+                    "summary": _fill(a["summary"], values),
+                    "description": _fill(a["description"].strip(), values),
+                    "runbook_url": f"{spec['runbook']}#{anchor(a['alert'])}",
+                    **({"dashboard_url": _fill(a["dashboard"], values)} if "dashboard" in a else {}),
+                },
+            }
+        )
     return {"groups": [{"name": "llamacloud-collector.alerts", "rules": rules}]}
 
 
@@ -49,9 +56,11 @@ RATIO = "job:llamacloud_chat_run_errors_per_llamacloud_chat_runs:ratio_rate"
 
 def ratio_rule(window: str) -> dict[str, str]:
     """``level:metric_per_metric:ratio_rate<window>``: the failed share of finished runs."""
-    return {"record": f"{RATIO}{window}",
-            "expr": f'sum by (job) (rate(llamacloud_chat_runs_total{{outcome="error"}}[{window}]))\n/\n'
-                    f"sum by (job) (rate(llamacloud_chat_runs_total[{window}]))\n"}
+    return {
+        "record": f"{RATIO}{window}",
+        "expr": f'sum by (job) (rate(llamacloud_chat_runs_total{{outcome="error"}}[{window}]))\n/\n'
+        f"sum by (job) (rate(llamacloud_chat_runs_total[{window}]))\n",
+    }
 
 
 INDEX_RATIO = "job_index_id:llamacloud_chat_index_run_errors_per_llamacloud_chat_index_runs:ratio_rate"
@@ -60,14 +69,18 @@ INDEX_RATIO = "job_index_id:llamacloud_chat_index_run_errors_per_llamacloud_chat
 def index_ratio_rule(window: str) -> dict[str, str]:
     """The failed share of each index's finished runs (a run counts under each index of its session); an
     index without runs in the window has no ratio rather than NaN, so the table shows no 0/0."""
-    return {"record": f"{INDEX_RATIO}{window}",
-            "expr": f'sum by (job, index_id) (rate(llamacloud_chat_index_runs_total{{outcome="error"}}[{window}]))\n/\n'
-                    f"(sum by (job, index_id) (rate(llamacloud_chat_index_runs_total[{window}])) > 0)\n"}
+    return {
+        "record": f"{INDEX_RATIO}{window}",
+        "expr": f'sum by (job, index_id) (rate(llamacloud_chat_index_runs_total{{outcome="error"}}[{window}]))\n/\n'
+        f"(sum by (job, index_id) (rate(llamacloud_chat_index_runs_total[{window}])) > 0)\n",
+    }
 
 
 def recording_groups(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    groups = [{"name": f"llamacloud-collector.slo-{interval}", "interval": interval,
-               "rules": [ratio_rule(w) for w in windows]} for interval, windows in spec["windows"].items()]
+    groups = [
+        {"name": f"llamacloud-collector.slo-{interval}", "interval": interval, "rules": [ratio_rule(w) for w in windows]}
+        for interval, windows in spec["windows"].items()
+    ]
     groups[0]["rules"].append(index_ratio_rule(spec["index_ratio_window"]))
     return groups
 
@@ -80,8 +93,7 @@ class _Dumper(yaml.SafeDumper):
     pass
 
 
-_Dumper.add_representer(str, lambda d, s: d.represent_scalar(
-    "tag:yaml.org,2002:str", s, style="|" if "\n" in s else None))
+_Dumper.add_representer(str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None))
 
 
 def dump(document: Any) -> str:
@@ -91,7 +103,7 @@ def dump(document: Any) -> str:
 
 def _helm_escape(text: str) -> str:
     """Prometheus' own {{ }} templates, kept literal through Helm."""
-    return re.sub(r"\{\{(.*?)\}\}", lambda m: '{{`{{' + m.group(1) + '}}`}}', text)
+    return re.sub(r"\{\{(.*?)\}\}", lambda m: "{{`{{" + m.group(1) + "}}`}}", text)
 
 
 def _indent(text: str, spaces: int) -> str:
@@ -109,10 +121,10 @@ def helm_rules(spec: dict[str, Any]) -> str:
         "apiVersion: monitoring.coreos.com/v1",
         "kind: PrometheusRule",
         "metadata:",
-        "  name: {{ include \"llamacloud-collector.fullname\" . }}",
+        '  name: {{ include "llamacloud-collector.fullname" . }}',
         "  namespace: {{ .Values.prometheusRule.namespace | default .Release.Namespace }}",
         "  labels:",
-        "    {{- include \"llamacloud-collector.labels\" . | nindent 4 }}",
+        '    {{- include "llamacloud-collector.labels" . | nindent 4 }}',
         "    {{- with .Values.prometheusRule.labels }}",
         "    {{- toYaml . | nindent 4 }}",
         "    {{- end }}",
@@ -124,12 +136,12 @@ def helm_rules(spec: dict[str, Any]) -> str:
     ]
     for a in spec["alerts"]:
         name = a["alert"]
-        values = {k: f'{{{{ $a.{k} | default {v!r} }}}}'.replace("'", '"') for k, v in a["params"].items()}
+        values = {k: f"{{{{ $a.{k} | default {v!r} }}}}".replace("'", '"') for k, v in a["params"].items()}
         values["objective"] = "{{ $objective }}"
         expr = _fill(a["expr"].strip(), values)
         out += [
             f'{{{{- $a = index $alerts "{name}" | default dict }}}}',
-            "{{- if ne (toString $a.enabled) \"false\" }}",
+            '{{- if ne (toString $a.enabled) "false" }}',
             f"        - alert: {name}",
             "          expr: |",
             _indent(expr, 12),
@@ -140,11 +152,10 @@ def helm_rules(spec: dict[str, Any]) -> str:
             "            {{- toYaml . | nindent 12 }}",
             "            {{- end }}",
             "          annotations:",
-            "            summary: "
-            + _fill(_helm_escape(yaml.safe_dump(a["summary"], width=1000).splitlines()[0]), values),
+            "            summary: " + _fill(_helm_escape(yaml.safe_dump(a["summary"], width=1000).splitlines()[0]), values),
             "            description: "
             + _fill(_helm_escape(yaml.safe_dump(a["description"].strip(), width=1000).splitlines()[0]), values),
-            f'            runbook_url: {{{{ $.Values.prometheusRule.runbookBaseUrl }}}}#{anchor(name)}',
+            f"            runbook_url: {{{{ $.Values.prometheusRule.runbookBaseUrl }}}}#{anchor(name)}",
             *([f"            dashboard_url: {_fill(_helm_escape(a['dashboard']), values)}"] if "dashboard" in a else []),
             "{{- end }}",
         ]

@@ -54,30 +54,68 @@ def main() -> None:
     work = Path(tempfile.mkdtemp())
     env = {**os.environ, "LLAMA_CLOUD_API_KEY": KEY, "PYTHONPATH": os.getcwd()}
     sim_port, col_port = free_port(), free_port()
-    sim = subprocess.Popen([sys.executable, "-m", "collector", "simulate", "--port", str(sim_port), "--sessions",
-                            "12", "--runs", "3", "--seed", "5", "--rate", "0"], env=env)
+    sim = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "collector",
+            "simulate",
+            "--port",
+            str(sim_port),
+            "--sessions",
+            "12",
+            "--runs",
+            "3",
+            "--seed",
+            "5",
+            "--rate",
+            "0",
+        ],
+        env=env,
+    )
     base = f"http://127.0.0.1:{sim_port}"
     try:
         wait(lambda: httpx.get(base + "/_sim/stats").status_code == 200, 30, "simulator")
-        col = subprocess.Popen([sys.executable, "-m", "collector", "run", "--base-url", base, "--listen",
-                                f"127.0.0.1:{col_port}", "--interval", "1", "--state-path", str(work / "state.db"),
-                                "--log-format", "json"], env=env, stdout=subprocess.DEVNULL)
+        col = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "collector",
+                "run",
+                "--base-url",
+                base,
+                "--listen",
+                f"127.0.0.1:{col_port}",
+                "--interval",
+                "1",
+                "--state-path",
+                str(work / "state.db"),
+                "--log-format",
+                "json",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
         metrics = f"http://127.0.0.1:{col_port}/metrics"
         wait(lambda: httpx.get(f"http://127.0.0.1:{col_port}/readyz").status_code == 200, 30, "first sync")
         for fail in ("1", "0"):
             httpx.get(base + "/_sim/touch", params={"fraction": "0.25", "fail": fail})
             time.sleep(2.5)
         stats = httpx.get(base + "/_sim/stats").json()
-        wait(lambda: f'llamacloud_chat_runs_total{{outcome="error"}} {float(stats["errors"])}'
-             in httpx.get(metrics).text, 30, "every run counted")
+        wait(
+            lambda: f'llamacloud_chat_runs_total{{outcome="error"}} {float(stats["errors"])}' in httpx.get(metrics).text,
+            30,
+            "every run counted",
+        )
         (out / "metrics.txt").write_text(httpx.get(metrics).text)
         col.send_signal(signal.SIGTERM)
         col.wait(30)
         headers = {"Authorization": f"Bearer {KEY}"}
         listing, token = [], None
         while True:
-            page = httpx.get(base + "/api/v1/chat", params={"page_size": 100, **({"page_token": token} if token
-                                                                                  else {})}, headers=headers).json()
+            page = httpx.get(
+                base + "/api/v1/chat", params={"page_size": 100, **({"page_token": token} if token else {})}, headers=headers
+            ).json()
             listing += page["items"]
             token = page.get("next_page_token")
             if not token:

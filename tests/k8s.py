@@ -13,8 +13,11 @@ import yaml
 
 SCHEMAS = Path(__file__).parent / "schemas" / "monitoring.coreos.com"
 KUBE_VERSIONS = ("1.28.0", "1.33.0")
-CRDS = {"ServiceMonitor": "servicemonitor_v1.json", "PodMonitor": "podmonitor_v1.json",
-        "PrometheusRule": "prometheusrule_v1.json"}
+CRDS = {
+    "ServiceMonitor": "servicemonitor_v1.json",
+    "PodMonitor": "podmonitor_v1.json",
+    "PrometheusRule": "prometheusrule_v1.json",
+}
 
 
 @cache

@@ -103,39 +103,63 @@ def start_alertmanager(procs: Processes, webhook_port: int) -> int:
     config.write_text(
         "route:\n  receiver: hook\n  group_by: [alertname]\n  group_wait: 1s\n  group_interval: 1s\n"
         "  repeat_interval: 1h\nreceivers:\n  - name: hook\n    webhook_configs:\n"
-        f"      - url: http://127.0.0.1:{webhook_port}/\n")
-    procs.start("alertmanager", [require("prometheus-alertmanager"), f"--config.file={config}",
-                                 f"--storage.path={procs.folder / 'am-data'}",
-                                 f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="])
+        f"      - url: http://127.0.0.1:{webhook_port}/\n"
+    )
+    procs.start(
+        "alertmanager",
+        [
+            require("prometheus-alertmanager"),
+            f"--config.file={config}",
+            f"--storage.path={procs.folder / 'am-data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+    )
     wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/-/ready").status_code == 200, 30, "alertmanager")
     return port
 
 
-OPERATOR_LABELS = {"namespace": "monitoring", "service": "llamacloud-collector", "pod": "llamacloud-collector-0",
-                   "container": "collector", "endpoint": "http-metrics"}
+OPERATOR_LABELS = {
+    "namespace": "monitoring",
+    "service": "llamacloud-collector",
+    "pod": "llamacloud-collector-0",
+    "container": "collector",
+    "endpoint": "http-metrics",
+}
 """The target labels the Prometheus Operator attaches to a ServiceMonitor's targets."""
 
 
-def start_prometheus(procs: Processes, targets: list[int], rule_files: list[Path], am_port: int | None,
-                     plain_job: str | None = None) -> str:
+def start_prometheus(
+    procs: Processes, targets: list[int], rule_files: list[Path], am_port: int | None, plain_job: str | None = None
+) -> str:
     """Prometheus scraping ``targets`` the way the Prometheus Operator does (job ``llamacloud-collector``,
     its target labels, ``honor_labels: false``); with ``plain_job``, also a plain scrape of the same targets."""
     port = free_port()
     config = procs.folder / "prometheus.yml"
-    alerting = (f"alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am_port}']\n"
-                if am_port else "")
+    alerting = (
+        f"alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am_port}']\n" if am_port else ""
+    )
     addresses = json.dumps([f"127.0.0.1:{t}" for t in targets])
-    jobs = ("  - job_name: llamacloud-collector\n    honor_labels: false\n    static_configs:\n"
-            f"      - targets: {addresses}\n        labels: {json.dumps(OPERATOR_LABELS)}\n")
+    jobs = (
+        "  - job_name: llamacloud-collector\n    honor_labels: false\n    static_configs:\n"
+        f"      - targets: {addresses}\n        labels: {json.dumps(OPERATOR_LABELS)}\n"
+    )
     if plain_job:
         jobs += f"  - job_name: {plain_job}\n    static_configs:\n      - targets: {addresses}\n"
     config.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        f"rule_files: {json.dumps([str(p) for p in rule_files])}\n{alerting}scrape_configs:\n{jobs}")
-    procs.start("prometheus", [require("prometheus"), f"--config.file={config}",
-                               f"--storage.tsdb.path={procs.folder / 'tsdb'}",
-                               "--enable-feature=exemplar-storage",
-                               f"--web.listen-address=127.0.0.1:{port}"])
+        f"rule_files: {json.dumps([str(p) for p in rule_files])}\n{alerting}scrape_configs:\n{jobs}"
+    )
+    procs.start(
+        "prometheus",
+        [
+            require("prometheus"),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={procs.folder / 'tsdb'}",
+            "--enable-feature=exemplar-storage",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+    )
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: httpx.get(url + "/-/ready").status_code == 200, 30, "prometheus")
     return url

@@ -31,7 +31,7 @@ SESSION = {"session_id": "s1", "last_updated_at": "2026-01-01T00:00:00+00:00", "
 
 
 def streamed(body: bytes, headers: dict | None = None, chunk: int = 1000) -> httpx.Response:
-    pieces = [body[i:i + chunk] for i in range(0, len(body), chunk)] or [b""]
+    pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)] or [b""]
 
     class Stream(httpx.AsyncByteStream):
         async def __aiter__(self):
@@ -56,13 +56,15 @@ def test_a_declared_length_over_the_cap_is_refused_before_reading():
         async def __aiter__(self):
             raise AssertionError("the body was read")
             yield b""  # pragma: no cover
+
     with pytest.raises(BodyTooLarge, match="Content-Length 4000000000"):
         read(httpx.Response(200, headers={"Content-Length": "4000000000"}, stream=Never()), 1 << 20)
     assert read(streamed(b"ok", {"Content-Length": "2"}), 2) == b"ok"
 
 
-@pytest.mark.parametrize("value,want", [("12", 12), ("0", 0), ("", None), ("-5", None), ("abc", None),
-                                        ("1e3", None), ("+7", None), ("0x1F", None)])
+@pytest.mark.parametrize(
+    "value,want", [("12", 12), ("0", 0), ("", None), ("-5", None), ("abc", None), ("1e3", None), ("+7", None), ("0x1F", None)]
+)
 def test_declared_length_takes_only_a_plain_non_negative_integer(value, want):
     assert declared_length(httpx.Response(200, headers={"Content-Length": value} if value else {})) == want
 
@@ -83,8 +85,9 @@ def test_the_wire_size_counts_too():
         read(streamed(compressed, {"Content-Encoding": "gzip"}), len(compressed) - 1)
 
 
-@pytest.mark.parametrize("status,ok", [(99, False), (100, True), (200, True), (599, True), (600, False),
-                                       (0, False), (10**20, False)])
+@pytest.mark.parametrize(
+    "status,ok", [(99, False), (100, True), (200, True), (599, True), (600, False), (0, False), (10**20, False)]
+)
 def test_status_codes_outside_100_to_599_are_protocol_errors(status, ok):
     if ok:
         assert check_status(status) == status
@@ -93,11 +96,22 @@ def test_status_codes_outside_100_to_599_are_protocol_errors(status, ok):
             check_status(status)
 
 
-@pytest.mark.parametrize("session_id,problem", [
-    ("s1", None), ("a/b", None), ("...", None), ("ünï", None), ("x" * MAX_SESSION_ID_LENGTH, None),
-    ("x" * (MAX_SESSION_ID_LENGTH + 1), "257 characters"), (".", "relative"), ("..", "relative"),
-    ("", "empty"), ("a\nb", "control"), ("a\x00", "control"),
-])
+@pytest.mark.parametrize(
+    "session_id,problem",
+    [
+        ("s1", None),
+        ("a/b", None),
+        ("...", None),
+        ("ünï", None),
+        ("x" * MAX_SESSION_ID_LENGTH, None),
+        ("x" * (MAX_SESSION_ID_LENGTH + 1), "257 characters"),
+        (".", "relative"),
+        ("..", "relative"),
+        ("", "empty"),
+        ("a\nb", "control"),
+        ("a\x00", "control"),
+    ],
+)
 def test_session_ids_that_cannot_name_a_session(session_id, problem):
     found = session_id_problem(session_id)
     assert (found is None) if problem is None else (problem in found)
@@ -114,9 +128,17 @@ def test_a_session_id_is_one_encoded_path_segment():
 def client_for(handler, registry: CollectorRegistry, **kwargs) -> LlamaCloudClient:
     async def no_sleep(_):
         return None
-    return build_client(Settings(base_url="https://api.test"), "k", SelfMetrics(registry),
-                        httpx.MockTransport(handler), sleep=no_sleep, rng=lambda: 0.0,
-                        retry=RetryPolicy(max_attempts=2), **kwargs)
+
+    return build_client(
+        Settings(base_url="https://api.test"),
+        "k",
+        SelfMetrics(registry),
+        httpx.MockTransport(handler),
+        sleep=no_sleep,
+        rng=lambda: 0.0,
+        retry=RetryPolicy(max_attempts=2),
+        **kwargs,
+    )
 
 
 def test_a_refused_id_is_never_requested_and_counts_as_invalid():
@@ -141,13 +163,11 @@ def test_an_oversized_answer_is_invalid_and_not_retried():
     calls = []
     registry = CollectorRegistry()
     body = json.dumps({**SESSION, "pad": "p" * 100_000}).encode()
-    client = client_for(lambda r: calls.append(r) or httpx.Response(200, content=body), registry,
-                        max_response_bytes=65536)
+    client = client_for(lambda r: calls.append(r) or httpx.Response(200, content=body), registry, max_response_bytes=65536)
     with pytest.raises(PayloadError, match="too large"):
         run_async(client.retrieve("s1"))
     assert len(calls) == 1
-    assert registry.get_sample_value("llamacloud_collector_api_requests_total",
-                                     {"operation": "retrieve", "code": "error"}) == 1
+    assert registry.get_sample_value("llamacloud_collector_api_requests_total", {"operation": "retrieve", "code": "error"}) == 1
 
 
 def test_an_endless_listing_stops_at_the_page_cap():
@@ -156,6 +176,7 @@ def test_an_endless_listing_stops_at_the_page_cap():
     def handler(request):
         pages.append(request)
         return httpx.Response(200, json={"items": [], "next_page_token": f"t{len(pages)}"})
+
     client = client_for(handler, CollectorRegistry(), max_pages=7)
     with pytest.raises(FetchError, match="more than 7 pages"):
         run_async(client.list_sessions())
@@ -168,6 +189,7 @@ def test_the_cycle_deadline_is_checked_between_pages():
     def handler(request):
         now[0] += 10.0  # each page takes ten seconds
         return httpx.Response(200, json={"items": [], "next_page_token": f"t{now[0]}"})
+
     client = client_for(handler, CollectorRegistry(), clock=lambda: now[0])
     with pytest.raises(FetchError, match="deadline reached after 3 pages"):
         run_async(client.list_sessions(deadline=Deadline(25.0, lambda: now[0])))
@@ -175,13 +197,13 @@ def test_the_cycle_deadline_is_checked_between_pages():
 
 def test_a_repeated_page_token_ends_the_listing():
     tokens = iter(["a", "b", "a"])
-    client = client_for(lambda r: httpx.Response(200, json={"items": [], "next_page_token": next(tokens)}),
-                        CollectorRegistry())
+    client = client_for(lambda r: httpx.Response(200, json={"items": [], "next_page_token": next(tokens)}), CollectorRegistry())
     assert run_async(client.list_sessions()).sessions == []
 
 
 def test_decoded_pieces_add_up_towards_the_cap():
     import random
+
     rng = random.Random(3)
     text = "".join(rng.choice("abcdefgh ") for _ in range(30_000)).encode()
     packed = gzip.compress(text)
@@ -216,10 +238,10 @@ def test_large_bodies_take_turns_so_the_bodies_in_flight_stay_bounded():
                     in_flight[sid] = start + 65536
                     peak[0] = max(peak[0], sum(in_flight.values()))
                     await asyncio.sleep(0)
-                    yield body[start:start + 65536]
+                    yield body[start : start + 65536]
                 in_flight[sid] = 0  # read, and (the gate's turn) parsed next
-        return httpx.Response(200, headers={"content-type": "application/json"},
-                              stream=Stream())
+
+        return httpx.Response(200, headers={"content-type": "application/json"}, stream=Stream())
 
     client = client_for(handler, CollectorRegistry())
 
@@ -229,7 +251,9 @@ def test_large_bodies_take_turns_so_the_bodies_in_flight_stay_bounded():
                 await client.retrieve(f"s{i}")
             except PayloadError:
                 pass  # another session's answer, by design of this test
+
         await asyncio.gather(*(one(i) for i in range(8)))
+
     run_async(fetch_all())
     # one large body at a time, each of the others at most LARGE_BODY (plus a piece) while it waits
     assert peak[0] <= len(body) + 7 * (LARGE_BODY + 2 * 65536), peak[0]

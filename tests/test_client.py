@@ -38,9 +38,16 @@ def make(handler, **kwargs):
 
     registry = CollectorRegistry()
     metrics = SelfMetrics(registry)
-    client = build_client(Settings(base_url="https://api.test", project_id="p1"), "llx-key", metrics,
-                          httpx.MockTransport(handler), sleep=fake_sleep, rng=lambda: 1.0,
-                          wall_clock=lambda: 1_000_000.0, **kwargs)
+    client = build_client(
+        Settings(base_url="https://api.test", project_id="p1"),
+        "llx-key",
+        metrics,
+        httpx.MockTransport(handler),
+        sleep=fake_sleep,
+        rng=lambda: 1.0,
+        wall_clock=lambda: 1_000_000.0,
+        **kwargs,
+    )
     return client, sleeps, registry
 
 
@@ -49,8 +56,10 @@ def ok(payload, status=200, **headers):
 
 
 def test_list_follows_page_tokens_and_passes_project():
-    pages = Recorder(ok({"items": [SUMMARY], "next_page_token": "t1"}),
-                     ok({"items": [{**SUMMARY, "session_id": "s2"}], "next_page_token": None}))
+    pages = Recorder(
+        ok({"items": [SUMMARY], "next_page_token": "t1"}),
+        ok({"items": [{**SUMMARY, "session_id": "s2"}], "next_page_token": None}),
+    )
     client, _, registry = make(pages)
     listing = run_async(client.list_sessions())
     assert [s.session_id for s in listing.sessions] == ["s1", "s2"] and listing.unreadable == []
@@ -58,8 +67,7 @@ def test_list_follows_page_tokens_and_passes_project():
     assert first.url.params["page_size"] == "100" and "page_token" not in first.url.params
     assert second.url.params["page_token"] == "t1" and second.url.params["project_id"] == "p1"
     assert first.headers["authorization"] == "Bearer llx-key"
-    assert registry.get_sample_value("llamacloud_collector_api_requests_total",
-                                     {"operation": "list", "code": "200"}) == 2
+    assert registry.get_sample_value("llamacloud_collector_api_requests_total", {"operation": "list", "code": "200"}) == 2
 
 
 def test_429_honours_retry_after_then_succeeds():
@@ -67,10 +75,8 @@ def test_429_honours_retry_after_then_succeeds():
     client, sleeps, registry = make(answers)
     summary = run_async(client.summary("s1"))
     assert summary.session_id == "s1" and sleeps == [7.0]
-    assert registry.get_sample_value("llamacloud_collector_api_retries_total",
-                                     {"operation": "summary", "reason": "429"}) == 1
-    assert registry.get_sample_value("llamacloud_collector_api_requests_total",
-                                     {"operation": "summary", "code": "429"}) == 1
+    assert registry.get_sample_value("llamacloud_collector_api_retries_total", {"operation": "summary", "reason": "429"}) == 1
+    assert registry.get_sample_value("llamacloud_collector_api_requests_total", {"operation": "summary", "code": "429"}) == 1
 
 
 def test_retry_after_http_date():
@@ -91,10 +97,8 @@ def test_transport_errors_retry_and_are_counted_as_error():
     client, sleeps, registry = make(answers)
     run_async(client.summary("s1"))
     assert len(sleeps) == 2
-    assert registry.get_sample_value("llamacloud_collector_api_requests_total",
-                                     {"operation": "summary", "code": "error"}) == 2
-    assert registry.get_sample_value("llamacloud_collector_api_retries_total",
-                                     {"operation": "summary", "reason": "timeout"}) == 1
+    assert registry.get_sample_value("llamacloud_collector_api_requests_total", {"operation": "summary", "code": "error"}) == 2
+    assert registry.get_sample_value("llamacloud_collector_api_retries_total", {"operation": "summary", "reason": "timeout"}) == 1
 
 
 @pytest.mark.parametrize("status,error", [(401, AuthError), (403, AuthError), (404, NotFound), (500, FetchError)])
@@ -123,12 +127,17 @@ def test_retry_never_sleeps_past_the_deadline():
     assert sleeps == [] and len(answers.requests) == 1
 
 
-@pytest.mark.parametrize("response,fragment", [
-    (httpx.Response(200, content=b"<html>oops</html>", headers={"content-type": "text/html"}), "content type"),
-    (httpx.Response(200, content=b'{"session_id": "s1", "last_upd', headers={"content-type": "application/json"}),
-     "invalid payload"),
-    (ok({"session_id": 5}), "invalid payload at session_id"),
-])
+@pytest.mark.parametrize(
+    "response,fragment",
+    [
+        (httpx.Response(200, content=b"<html>oops</html>", headers={"content-type": "text/html"}), "content type"),
+        (
+            httpx.Response(200, content=b'{"session_id": "s1", "last_upd', headers={"content-type": "application/json"}),
+            "invalid payload",
+        ),
+        (ok({"session_id": 5}), "invalid payload at session_id"),
+    ],
+)
 def test_bad_payloads_raise_payload_error_and_are_counted(response, fragment):
     client, _, registry = make(Recorder(response))
     with pytest.raises(PayloadError, match=fragment):
@@ -137,18 +146,29 @@ def test_bad_payloads_raise_payload_error_and_are_counted(response, fragment):
 
 
 def test_retrieve_parses_events_tolerantly():
-    body = {**SUMMARY, "events": [{"type": "user_input", "content": "hi"}, {"type": "new_kind", "x": 1},
-                                  {"type": "stop", "is_error": False, "usage": {"turns": 1}, "extra": 2}]}
-    client, _, _ = make(Recorder(httpx.Response(200, content=json.dumps(body).encode(),
-                                                headers={"content-type": "application/json"})))
+    body = {
+        **SUMMARY,
+        "events": [
+            {"type": "user_input", "content": "hi"},
+            {"type": "new_kind", "x": 1},
+            {"type": "stop", "is_error": False, "usage": {"turns": 1}, "extra": 2},
+        ],
+    }
+    client, _, _ = make(
+        Recorder(httpx.Response(200, content=json.dumps(body).encode(), headers={"content-type": "application/json"}))
+    )
     session = run_async(client.retrieve("s1"))
     assert [e.type for e in session.events] == ["user_input", "new_kind", "stop"]
 
 
 def test_a_body_that_claims_gzip_and_is_not_is_an_invalid_payload():
     def bad(request):
-        return httpx.Response(200, stream=httpx.ByteStream(b"not gzip at all"),
-                              headers={"content-encoding": "gzip", "content-type": "application/json"})
+        return httpx.Response(
+            200,
+            stream=httpx.ByteStream(b"not gzip at all"),
+            headers={"content-encoding": "gzip", "content-type": "application/json"},
+        )
+
     client, _sleeps, registry = make(bad)
     with pytest.raises(PayloadError, match="undecodable"):
         run_async(client.retrieve("s1"))
@@ -162,6 +182,7 @@ def test_a_redirect_is_not_followed_and_says_where_it_points():
 
     def handler(request):
         return _httpx.Response(301, headers={"Location": "https://api.example/api/v1/chat"})
+
     client = build_client(Settings(base_url="http://api.example"), "k" * 20, transport=_httpx.MockTransport(handler))
     with pytest.raises(_Fetch, match="HTTP 301 redirect to https://api.example/api/v1/chat: set --base-url"):
         run_async(client.list_page())
@@ -212,6 +233,7 @@ def test_a_large_body_that_trickles_gives_up_the_gate_and_the_next_one_is_read(m
         with pytest.raises(PayloadError, match=r"retrieve: too slow: BodyTooSlow: body of \d+ bytes still arriving"):
             await slow
         return fast
+
     assert len(run_async(scenario()).events) == 1400
 
 
@@ -222,10 +244,18 @@ def test_a_history_over_max_events_per_session_is_an_invalid_payload(pad):
     events = [{"type": "user_input", "content": "q"}, {"type": "stop", "is_error": False}] * 3
     body = {**SUMMARY, "events": events, "padding": "x" * pad}
     registry = CollectorRegistry()
-    client = build_client(Settings(base_url="https://api.test", max_events_per_session=5), "llx-key",
-                          SelfMetrics(registry), httpx.MockTransport(lambda request: ok(body)))
+    client = build_client(
+        Settings(base_url="https://api.test", max_events_per_session=5),
+        "llx-key",
+        SelfMetrics(registry),
+        httpx.MockTransport(lambda request: ok(body)),
+    )
     with pytest.raises(PayloadError, match=r"a history of over 5 events \(--max-events-per-session\)"):
         run_async(client.retrieve("s1"))
-    within = build_client(Settings(base_url="https://api.test", max_events_per_session=6), "llx-key",
-                          SelfMetrics(CollectorRegistry()), httpx.MockTransport(lambda request: ok(body)))
+    within = build_client(
+        Settings(base_url="https://api.test", max_events_per_session=6),
+        "llx-key",
+        SelfMetrics(CollectorRegistry()),
+        httpx.MockTransport(lambda request: ok(body)),
+    )
     assert len(run_async(within.retrieve("s1")).events) == 6

@@ -21,6 +21,7 @@ def test_every_family_equals_ground_truth_and_idle_cycles_fetch_nothing():
             idle = {k: sim.api.calls[k] - calls.get(k, 0) for k in sim.api.calls}
             assert idle == {"list": 1, "retrieve": 0}
             assert_matches_truth(await scrape(collector.port), sim)
+
     run_async(scenario())
 
 
@@ -38,6 +39,7 @@ def test_new_runs_are_counted_exactly_once():
             assert_matches_truth(samples, sim)
             assert value(samples, "llamacloud_collector_session_fetches_total", reason="changed") == 5
             assert value(samples, "llamacloud_collector_session_fetches_total", reason="new") == 31
+
     run_async(scenario())
 
 
@@ -63,6 +65,7 @@ def test_unfinished_run_counts_only_when_its_stop_arrives():
             samples = await scrape(collector.port)
             assert_matches_truth(samples, sim)
             assert value(samples, "llamacloud_chat_runs_in_progress") == 1
+
     run_async(scenario())
 
 
@@ -78,10 +81,9 @@ def test_session_that_disappears_keeps_its_contribution():
             samples = await scrape(collector.port)
             assert_matches_truth(samples, sim)  # the truth still holds the deleted session's runs
             assert value(samples, "llamacloud_collector_sessions_watched") == 9
-            assert value(samples, "llamacloud_chat_session_info", session_id=gone, shared_access="query",
-                         index_ids="") is None
-            assert not any(dict(k).get("session_id") == gone for k in
-                           family(samples, "llamacloud_chat_session_runs_total"))
+            assert value(samples, "llamacloud_chat_session_info", session_id=gone, shared_access="query", index_ids="") is None
+            assert not any(dict(k).get("session_id") == gone for k in family(samples, "llamacloud_chat_session_runs_total"))
+
     run_async(scenario())
 
 
@@ -97,19 +99,25 @@ def test_per_session_series_match_each_session():
             assert value(samples, "llamacloud_collector_series_dropped", family="sessions") == 3
             for s in newest:
                 truth = [r for r in sim.world.runs if r.session_id == s.session_id]
-                assert value(samples, "llamacloud_chat_session_runs_total", session_id=s.session_id,
-                             outcome="error") == sum(r.failed for r in truth)
-                assert value(samples, "llamacloud_chat_session_tokens_total", session_id=s.session_id,
-                             token_type="input") == sum(r.input_tokens for r in truth)
+                assert value(samples, "llamacloud_chat_session_runs_total", session_id=s.session_id, outcome="error") == sum(
+                    r.failed for r in truth
+                )
+                assert value(samples, "llamacloud_chat_session_tokens_total", session_id=s.session_id, token_type="input") == sum(
+                    r.input_tokens for r in truth
+                )
                 job = s.job_metadata
-                assert value(samples, "llamacloud_chat_session_last_run_error",
-                             session_id=s.session_id) == float(job["is_error"])
-                assert value(samples, "llamacloud_chat_session_last_run_turns",
-                             session_id=s.session_id) == job["turns"]
-                info = value(samples, "llamacloud_chat_session_info", session_id=s.session_id,
-                             shared_access=s.shared_access, index_ids=",".join(s.index_ids or []))
+                assert value(samples, "llamacloud_chat_session_last_run_error", session_id=s.session_id) == float(job["is_error"])
+                assert value(samples, "llamacloud_chat_session_last_run_turns", session_id=s.session_id) == job["turns"]
+                info = value(
+                    samples,
+                    "llamacloud_chat_session_info",
+                    session_id=s.session_id,
+                    shared_access=s.shared_access,
+                    index_ids=",".join(s.index_ids or []),
+                )
                 assert info == 1.0
             assert not any("title" in dict(k) for k in family(samples, "llamacloud_chat_session_info"))
+
     run_async(scenario())
 
 
@@ -120,6 +128,7 @@ def test_titles_only_with_expose_titles_and_truncated():
             await collector.poller.cycle()
             titles = {dict(k)["title"] for k in family(await scrape(collector.port), "llamacloud_chat_session_info")}
             assert "x" * 64 in titles and all(len(t) <= 64 for t in titles)
+
     run_async(scenario())
 
 
@@ -130,9 +139,9 @@ def test_restart_without_state_rederives_identical_values():
             for _ in range(2):
                 async with collecting(sim, cycle=True) as collector:
                     samples = await scrape(collector.port)
-                values.append({k: v for k, v in samples.items() if k[0].startswith("llamacloud_chat_")
-                               and "oldest" not in k[0]})
+                values.append({k: v for k, v in samples.items() if k[0].startswith("llamacloud_chat_") and "oldest" not in k[0]})
         assert values[0] == values[1] and values[0]
+
     run_async(scenario())
 
 
@@ -147,6 +156,7 @@ def test_explicit_session_ids_use_summary_and_index_filter_limits_discovery():
             async with collecting(sim, cycle=True, index_ids=[index]) as collector:
                 want = {s.session_id for s in sim.world.sessions.values() if index in (s.index_ids or [])}
                 assert set(collector.poller.state.sessions) == want and want
+
     run_async(scenario())
 
 
@@ -168,6 +178,7 @@ def test_endpoints_readiness_gzip_openmetrics_and_methods():
             page = await http.get(base + "/")
             assert "/metrics" in page.text and "success" in page.text
             assert (await http.get(base + "/nope")).status_code == 404
+
     run_async(scenario())
 
 
@@ -182,6 +193,7 @@ def test_api_down_sets_up_to_zero_and_keeps_serving():
             assert value(samples, "llamacloud_collector_up") == 0
             assert value(samples, "llamacloud_collector_polls_total", result="failure") == 1
             assert_matches_truth(samples, sim)  # the counted runs are still served
+
     run_async(scenario())
 
 
@@ -195,12 +207,14 @@ def test_timestamp_format_differences_do_not_defeat_change_detection():
                 if endpoint == "retrieve":  # same instant, another spelling than the listing
                     response.body = response.body.replace(b'+00:00"', b'Z"')
                 return response
+
             sim.api._answer = retrieve_in_z_format
             await collector.poller.cycle()
             fetched = sim.api.calls["retrieve"]
             await collector.poller.cycle()
             assert sim.api.calls["retrieve"] == fetched  # the idle cycle fetched nothing
             assert_matches_truth(await scrape(collector.port), sim)
+
     run_async(scenario())
 
 
@@ -217,6 +231,7 @@ def test_a_session_missing_from_one_listing_is_not_counted_twice():
                     response.body = response.body.replace(hidden.session_id.encode(), b"x" * 8)
                     response.body = response.body.replace(b'"session_id": "xxxxxxxx", ', b'"session_id": 7, ')
                 return response
+
             sim.api._answer = listing_without
             report = await collector.poller.cycle()
             assert report.invalid == 1
@@ -231,4 +246,5 @@ def test_a_session_missing_from_one_listing_is_not_counted_twice():
             samples = await scrape(collector.port)
             assert_matches_truth(samples, sim)
             assert value(samples, "llamacloud_collector_sessions_watched") == 6
+
     run_async(scenario())

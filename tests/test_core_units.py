@@ -126,6 +126,7 @@ def test_only_a_strictly_older_answer_is_a_lagging_replica():
 
 def test_timestamps_without_a_zone_are_utc_whatever_the_machine_zone(monkeypatch):
     import time
+
     monkeypatch.setenv("TZ", "Asia/Tokyo")
     time.tzset()
     try:
@@ -142,15 +143,27 @@ def test_timestamps_without_a_zone_are_utc():
 
 
 def test_job_metadata_becomes_a_checked_last_run():
-    session = Session.model_validate({"session_id": "s", "last_updated_at": "2026-01-01T00:00:00", "events": [],
-                                      "job_metadata": {"duration_ms": -3, "total_input_tokens": 11,
-                                                       "total_output_tokens": 12, "turns": 2, "is_error": True}})
+    session = Session.model_validate(
+        {
+            "session_id": "s",
+            "last_updated_at": "2026-01-01T00:00:00",
+            "events": [],
+            "job_metadata": {
+                "duration_ms": -3,
+                "total_input_tokens": 11,
+                "total_output_tokens": 12,
+                "turns": 2,
+                "is_error": True,
+            },
+        }
+    )
     aggregates = Aggregates(BUCKETS, 5)
     state = update_session(None, session, aggregates, ErrorClassifier(), 5.0).state
     assert state.job == LastRun(None, 11, 12, 2, True)
     assert aggregates.invalid_values == {"job_metadata.duration_ms": 1}
-    assert LastRun.of(JobMetadata(duration_ms=1.0, total_input_tokens=2, total_output_tokens=3, turns=4,
-                                  is_error=False)) == LastRun(1.0, 2, 3, 4, False)
+    assert LastRun.of(
+        JobMetadata(duration_ms=1.0, total_input_tokens=2, total_output_tokens=3, turns=4, is_error=False)
+    ) == LastRun(1.0, 2, 3, 4, False)
 
 
 def test_dropping_retires_a_session_without_its_title_and_forgets_none():
@@ -170,8 +183,14 @@ def test_a_failed_cycle_publishes_down_with_its_reason_and_start_time():
         async def list_page(self, token=None, deadline=None):
             raise FetchError("list: HTTP 500", operation="list")
 
-    poller = Poller(Down(), MemoryStore(), poll_config(interval=60.0, buckets=BUCKETS), ErrorClassifier(),
-                    SelfMetrics(CollectorRegistry()), clock=lambda: 1234.5)
+    poller = Poller(
+        Down(),
+        MemoryStore(),
+        poll_config(interval=60.0, buckets=BUCKETS),
+        ErrorClassifier(),
+        SelfMetrics(CollectorRegistry()),
+        clock=lambda: 1234.5,
+    )
     report = run_async(poller.cycle())
     assert report.result == "failure" and report.errors == ["list: HTTP 500"]
     poll = poller.snapshot.poll
@@ -188,8 +207,12 @@ def test_counting_runs_records_refused_values_and_exemplar_times():
     aggregates = Aggregates(BUCKETS, 5)
     aggregates.add_runs([RunRecord(False, None, 2.0, 20, 30, 3, (), (), ("turns", "duration_ms"))], "s", 42.0)
     assert aggregates.invalid_values == {"turns": 1, "duration_ms": 1}
-    marks = [m for h in (aggregates.duration, aggregates.turns, aggregates.tool_calls_per_run,
-                         *aggregates.tokens.values()) for m in h.marks if m]
+    marks = [
+        m
+        for h in (aggregates.duration, aggregates.turns, aggregates.tool_calls_per_run, *aggregates.tokens.values())
+        for m in h.marks
+        if m
+    ]
     assert len(marks) == 5 and {m.timestamp for m in marks} == {42.0}
 
 
@@ -204,8 +227,10 @@ def session_of(events: list[dict], **extra) -> Session:
     import json
 
     from collector.llamacloud.models import parse_session
-    return parse_session(json.dumps({"session_id": "s", "last_updated_at": "2026-01-01T00:00:00",
-                                     "events": events, **extra}).encode())
+
+    return parse_session(
+        json.dumps({"session_id": "s", "last_updated_at": "2026-01-01T00:00:00", "events": events, **extra}).encode()
+    )
 
 
 def test_a_history_of_a_lone_stop_is_not_a_reset_when_polled_again():
@@ -220,17 +245,25 @@ def test_only_a_user_input_opens_a_run_in_progress():
     after_stop = session_of([{"type": "user_input"}, {"type": "stop", "is_error": False}, {"type": "text"}])
     state = update_session(None, after_stop, Aggregates(BUCKETS, 5), ErrorClassifier(), 1.0).state
     assert state.in_progress_start is None and state.in_progress_since is None
-    opened = session_of([{"type": "user_input"}, {"type": "stop", "is_error": False}, {"type": "text"},
-                         {"type": "user_input"}])
+    opened = session_of([{"type": "user_input"}, {"type": "stop", "is_error": False}, {"type": "text"}, {"type": "user_input"}])
     state = update_session(None, opened, Aggregates(BUCKETS, 5), ErrorClassifier(), 1.0).state
     assert state.in_progress_start == 3 and state.in_progress_since == 1.0
 
 
 def test_a_run_record_carries_what_derivation_checked():
     from collector.derive import derive
-    events = session_of([{"type": "user_input"},
-                         {"type": "stop", "is_error": False, "error": "a warning, not a failure",
-                          "usage": {"duration_ms": 1500, "total_input_tokens": -1, "turns": 2}}]).events
+
+    events = session_of(
+        [
+            {"type": "user_input"},
+            {
+                "type": "stop",
+                "is_error": False,
+                "error": "a warning, not a failure",
+                "usage": {"duration_ms": 1500, "total_input_tokens": -1, "turns": 2},
+            },
+        ]
+    ).events
     (run,) = derive(events, 0, 0, ErrorClassifier()).runs
     assert run.error is None and run.failed is False  # error text of a successful run is not kept
     assert run.refused == ("total_input_tokens",) and run.input_tokens is None
@@ -238,11 +271,14 @@ def test_a_run_record_carries_what_derivation_checked():
 
 
 def test_per_session_counters_and_the_exemplar_time_of_an_update():
-    events = [{"type": "user_input"}, {"type": "stop", "is_error": False,
-                                       "usage": {"total_input_tokens": 10, "total_output_tokens": None}},
-              {"type": "user_input"}, {"type": "stop", "is_error": False},
-              {"type": "user_input"}, {"type": "stop", "is_error": True, "error": "boom",
-                                       "usage": {"total_input_tokens": None, "total_output_tokens": 7}}]
+    events = [
+        {"type": "user_input"},
+        {"type": "stop", "is_error": False, "usage": {"total_input_tokens": 10, "total_output_tokens": None}},
+        {"type": "user_input"},
+        {"type": "stop", "is_error": False},
+        {"type": "user_input"},
+        {"type": "stop", "is_error": True, "error": "boom", "usage": {"total_input_tokens": None, "total_output_tokens": 7}},
+    ]
     aggregates = Aggregates(BUCKETS, 5)
     state = update_session(None, session_of(events), aggregates, ErrorClassifier(), 77.0).state
     assert (state.runs_success, state.runs_error, state.tokens_input, state.tokens_output) == (2, 1, 10, 7)
@@ -260,6 +296,7 @@ def test_putting_a_session_back_undoes_its_retirement():
 
 def test_no_series_are_counted_as_dropped_under_the_limit():
     from collector.state import PollStatus, take_snapshot
+
     state = CollectorState(Aggregates(BUCKETS, 5))
     for i in range(3):
         state.put(SessionState(f"s{i}", "t", updated_ts=float(i)))
@@ -270,16 +307,18 @@ def test_no_series_are_counted_as_dropped_under_the_limit():
 
 def test_a_value_above_the_last_bound_lands_in_the_inf_bucket_only():
     from collector.aggregates import Histogram
+
     hist = Histogram((1.0, 2.0))
     for value in (0.5, 2.0, 5.0):
         hist.observe(value)
-    assert hist.counts == [1, 1, 1] and [(le, n) for le, n, _ in hist.cumulative()] == [
-        ("1.0", 1), ("2.0", 2), ("+Inf", 3)]
+    assert hist.counts == [1, 1, 1] and [(le, n) for le, n, _ in hist.cumulative()] == [("1.0", 1), ("2.0", 2), ("+Inf", 3)]
 
 
 def test_per_session_counters_add_up_across_updates():
-    events = [{"type": "user_input"}, {"type": "stop", "is_error": True, "error": "x",
-                                       "usage": {"total_input_tokens": 1, "total_output_tokens": 2}}]
+    events = [
+        {"type": "user_input"},
+        {"type": "stop", "is_error": True, "error": "x", "usage": {"total_input_tokens": 1, "total_output_tokens": 2}},
+    ]
     aggregates = Aggregates(BUCKETS, 5)
     state = update_session(None, session_of(events), aggregates, ErrorClassifier(), 1.0).state
     more = session_of(events * 2 + [{"type": "user_input"}, {"type": "stop", "is_error": False}])
@@ -333,10 +372,16 @@ def test_a_run_counts_under_each_index_of_its_session_once_and_unbound_under_non
     agg.add_runs([ok, failed], "s1", 1.0, ("i2", "i1", "i2"))  # listed twice: counted once
     agg.add_runs([ok], "s2", 1.0, ())
     agg.add_runs([failed], "s3", 1.0, ("i3", "i4", "x" * 129))  # past the limit of 3, and not a label value
-    assert agg.index_runs == {("i1", "success"): 1, ("i1", "error"): 1, ("i2", "success"): 1, ("i2", "error"): 1,
-                              ("_none", "success"): 1, ("i3", "error"): 1, ("_other", "error"): 1}
-    assert agg.index_errors == {("i1", "timeout"): 1, ("i2", "timeout"): 1, ("i3", "timeout"): 1,
-                                ("_other", "timeout"): 1}
+    assert agg.index_runs == {
+        ("i1", "success"): 1,
+        ("i1", "error"): 1,
+        ("i2", "success"): 1,
+        ("i2", "error"): 1,
+        ("_none", "success"): 1,
+        ("i3", "error"): 1,
+        ("_other", "error"): 1,
+    }
+    assert agg.index_errors == {("i1", "timeout"): 1, ("i2", "timeout"): 1, ("i3", "timeout"): 1, ("_other", "timeout"): 1}
     assert agg.runs == {"success": 2, "error": 2}  # the run total counts each run once
     assert agg.indexes.dropped == 1  # i4; the 129-character one is never a value
     many = Aggregates(BUCKETS, 100)
@@ -365,11 +410,13 @@ def test_index_families_round_trip_start_at_zero_from_an_older_file_and_keep_the
 
 def test_index_ids_kept_per_session_are_the_label_values_at_the_length_edges():
     from collector.state import bounded_index_ids
+
     assert bounded_index_ids(("", "a", "x" * 128, "y" * 129, "a")) == ("a", "x" * 128)
 
 
 def test_a_stored_exemplar_with_a_value_or_time_that_is_not_finite_is_dropped():
     from collector.aggregates import _mark_in
+
     assert _mark_in(["s", 1.0, 2.0]) == Mark("s", 1.0, 2.0)
     for bad in (["s", 1.0, float("nan")], ["s", float("inf"), 2.0], ["s", "1", 2.0], [1, 1.0, 2.0], ["s", 1.0]):
         assert _mark_in(bad) is None, bad

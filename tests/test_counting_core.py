@@ -100,8 +100,9 @@ def test_a_floor_is_raised_at_the_sync_and_a_late_session_counts_only_its_new_ru
     floor = Aggregates(BUCKETS, 50)
     floor.runs["success"] = 5  # stored counters from before the buckets changed: a's run and b's four
     p.state.floor = floor
-    counted_b = update_session(None, parse_session(json.dumps(api.sessions["b"]).encode()), Aggregates(BUCKETS, 50),
-                               ErrorClassifier(), 1.0).state
+    counted_b = update_session(
+        None, parse_session(json.dumps(api.sessions["b"]).encode()), Aggregates(BUCKETS, 50), ErrorClassifier(), 1.0
+    ).state
     p.state.prior = {"b": counted_b}
     api.answers["b"] = [FetchError("retrieve: timed out", operation="retrieve")]
     cycle(p)  # b fails on its own: the sync goes on without it, raised to the floor

@@ -20,8 +20,11 @@ def panels(board):
 
 def test_three_dashboards_with_stable_unique_uids():
     boards = [json.loads(f.read_text()) for f in FILES]
-    assert sorted(b["uid"] for b in boards) == ["llamacloud-chat-overview", "llamacloud-chat-session",
-                                                "llamacloud-collector-health"]
+    assert sorted(b["uid"] for b in boards) == [
+        "llamacloud-chat-overview",
+        "llamacloud-chat-session",
+        "llamacloud-collector-health",
+    ]
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
@@ -32,7 +35,7 @@ def test_dashboard_conventions(path):
     variables = {v["name"]: v for v in board["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
     assert variables["job"]["type"] == "query" and variables["instance"]["type"] == "query"
-    assert '$job' in variables["instance"]["query"]["query"]
+    assert "$job" in variables["instance"]["query"]["query"]
     assert board["links"] and board["links"][0]["tags"] == ["llamacloud"] and "llamacloud" in board["tags"]
     ids = [p["id"] for p in panels(board)]
     assert len(ids) == len(set(ids))
@@ -92,5 +95,9 @@ def test_up_zero_is_red_and_the_error_ratio_is_coloured_against_the_objective():
 def test_the_overview_asks_for_exemplars_on_its_error_and_duration_panels():
     board = json.loads((ROOT / "grafana" / "dashboards" / "chat-overview.json").read_text())
     asking = {p["title"] for p in panels(board) if any(t.get("exemplar") for t in p["targets"])}
-    assert {"Errors by type", "Error ratio against the SLO", "Run duration p50 / p95 / p99",
-            "Runs per minute by outcome"} <= asking
+    assert {
+        "Errors by type",
+        "Error ratio against the SLO",
+        "Run duration p50 / p95 / p99",
+        "Runs per minute by outcome",
+    } <= asking

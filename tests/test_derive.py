@@ -39,8 +39,17 @@ def test_unfinished_run_is_reported_not_counted(session):
 
 def test_event_counts_keep_unknown_types_apart(session):
     counts = derive(session.events, 0, 0, ErrorClassifier()).event_counts
-    assert counts == {"user_input": 4, "thinking_delta": 2, "thinking": 1, "tool_call": 2, "tool_result": 1,
-                      "text_delta": 1, "text": 1, "stop": 3, "_unknown": 1}
+    assert counts == {
+        "user_input": 4,
+        "thinking_delta": 2,
+        "thinking": 1,
+        "tool_call": 2,
+        "tool_result": 1,
+        "text_delta": 1,
+        "text": 1,
+        "stop": 3,
+        "_unknown": 1,
+    }
 
 
 def test_only_events_past_the_cursor_are_derived(session):
@@ -70,18 +79,21 @@ def test_history_check_detects_shrink_and_rewrite(session):
     assert not history_intact(rewritten.events, done.cursor, done.events_seen, done.stop_signature)
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("LLM request timed out after 60s", "timeout"),
-    ("Deadline exceeded while waiting for the model", "timeout"),
-    ("Provider answered 429 Too Many Requests", "rate_limit"),
-    ("This model's maximum context length is 128000 tokens", "context_length"),
-    ("Provider rejected the API key (401 Unauthorized)", "auth"),
-    ("Index pipeline-7f3a does not exist", "not_found"),
-    ("Tool 'sql_query' raised: syntax error near SELECT", "tool_error"),
-    ("Upstream returned 502 Bad Gateway", "internal"),
-    ("Run cancelled by user", OTHER_ERROR),
-    (None, OTHER_ERROR),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("LLM request timed out after 60s", "timeout"),
+        ("Deadline exceeded while waiting for the model", "timeout"),
+        ("Provider answered 429 Too Many Requests", "rate_limit"),
+        ("This model's maximum context length is 128000 tokens", "context_length"),
+        ("Provider rejected the API key (401 Unauthorized)", "auth"),
+        ("Index pipeline-7f3a does not exist", "not_found"),
+        ("Tool 'sql_query' raised: syntax error near SELECT", "tool_error"),
+        ("Upstream returned 502 Bad Gateway", "internal"),
+        ("Run cancelled by user", OTHER_ERROR),
+        (None, OTHER_ERROR),
+    ],
+)
 def test_default_error_rules(text, expected):
     assert ErrorClassifier().classify(text) == expected
 
@@ -92,8 +104,13 @@ def test_rules_are_ordered_first_match_wins():
 
 
 def test_stop_without_is_error_but_with_error_text_counts_as_failed():
-    session = Session.model_validate({"session_id": "s", "last_updated_at": "t", "events": [
-        {"type": "user_input", "content": "x"}, {"type": "stop", "error": "boom", "usage": {}}]})
+    session = Session.model_validate(
+        {
+            "session_id": "s",
+            "last_updated_at": "t",
+            "events": [{"type": "user_input", "content": "x"}, {"type": "stop", "error": "boom", "usage": {}}],
+        }
+    )
     (run,) = derive(session.events, 0, 0, ErrorClassifier()).runs
     assert run.failed and run.error_type == OTHER_ERROR
 

@@ -71,21 +71,27 @@ def test_install_steps_build_a_working_entry_command(tmp_path):
             for source in sources:
                 src = ROOT / source
                 if src.is_dir():
-                    shutil.copytree(src, target if dest != "./" else workdir / src.name,
-                                    ignore=shutil.ignore_patterns("__pycache__"))
+                    shutil.copytree(
+                        src, target if dest != "./" else workdir / src.name, ignore=shutil.ignore_patterns("__pycache__")
+                    )
                 else:
                     shutil.copy(src, target if not dest.endswith("/") else target / src.name)
         elif op == "RUN":
-            result = subprocess.run(mapped(rest), shell=True, cwd=workdir, capture_output=True, text=True,
-                                    timeout=600)
+            result = subprocess.run(mapped(rest), shell=True, cwd=workdir, capture_output=True, text=True, timeout=600)
             assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     env = dict(os.environ)
     env["PATH"] = mapping["/opt/venv"] + "/bin:" + env["PATH"]
     env.pop("PYTHONPATH", None)
     entry = json.loads(dict(final)["ENTRYPOINT"])
     port = free_port()
-    proc = subprocess.Popen([*entry, "demo", "--listen", f"127.0.0.1:{port}"], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [*entry, "demo", "--listen", f"127.0.0.1:{port}"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200, 60, "the image's demo")
         assert "llamacloud_chat_runs_total" in httpx.get(f"http://127.0.0.1:{port}/metrics").text

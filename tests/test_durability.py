@@ -23,15 +23,33 @@ def project(sessions=20, runs=3, seed=13):
 
 
 def test_session_state_round_trips():
-    state = SessionState("s", "2026-01-01T00:00:00+00:00", 1.0, "t", "query", ("a", "b"),
-                         LastRun(duration_ms=5.0, turns=2, is_error=True), 10, 12, "abc", 3, 1, 100, 20, 11, 5.0,
-                         (8, 9, "def"))
+    state = SessionState(
+        "s",
+        "2026-01-01T00:00:00+00:00",
+        1.0,
+        "t",
+        "query",
+        ("a", "b"),
+        LastRun(duration_ms=5.0, turns=2, is_error=True),
+        10,
+        12,
+        "abc",
+        3,
+        1,
+        100,
+        20,
+        11,
+        5.0,
+        (8, 9, "def"),
+    )
     assert decode_session(encode_session(state)) == state
 
 
 def test_a_session_row_written_by_0_1_0_still_loads():
-    old = ('["s","2026-01-01T00:00:00+00:00",1.0,"t","query",["a"],{"duration_ms":5.0,"total_input_tokens":null,'
-           '"total_output_tokens":null,"turns":null,"is_error":true,"error":"boom"},1,2,"abc",1,0,0,0,null,null,null]')
+    old = (
+        '["s","2026-01-01T00:00:00+00:00",1.0,"t","query",["a"],{"duration_ms":5.0,"total_input_tokens":null,'
+        '"total_output_tokens":null,"turns":null,"is_error":true,"error":"boom"},1,2,"abc",1,0,0,0,null,null,null]'
+    )
     state = decode_session(old)
     assert state.job == LastRun(duration_ms=5.0, is_error=True) and state.cursor == 1
 
@@ -59,6 +77,7 @@ def test_restart_with_state_keeps_counters_and_fetches_only_changed(tmp_path):
         with sqlite3.connect(db) as conn:  # the deleted session is kept as retired, should it come back
             assert conn.execute("SELECT count(*) FROM retired").fetchone()[0] == 1
             assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == 19
+
     run_async(scenario())
 
 
@@ -73,6 +92,7 @@ def test_corrupt_file_is_moved_aside_and_resynced(tmp_path):
                 assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not")
             async with collecting(sim, cycle=True, state_path=str(db)):  # the new file is good: no second move
                 assert len(list(tmp_path.glob("state.db.corrupt-*"))) == 1
+
     run_async(scenario())
 
 
@@ -91,6 +111,7 @@ def test_a_newer_release_file_exits_2_and_is_left_in_place(tmp_path):
                 async with collecting(sim, cycle=True, state_path=str(db)):
                     pass
             assert db.read_bytes() == before and not list(tmp_path.glob("*corrupt*"))
+
     run_async(scenario())
 
 
@@ -116,19 +137,24 @@ def test_failed_writes_are_counted_and_retried(tmp_path):
                 logs.configure("info", "json", stream=stream)
                 await collector.poller.cycle()
                 assert value(await scrape(collector.port), "llamacloud_collector_state_write_failures_total") == 2
-                (line,) = [e for e in map(json.loads, stream.getvalue().splitlines())
-                           if e["event"] == "state not saved; will retry next cycle"]
+                (line,) = [
+                    e
+                    for e in map(json.loads, stream.getvalue().splitlines())
+                    if e["event"] == "state not saved; will retry next cycle"
+                ]
                 assert "full" in line["error"] and "rollback" not in line["error"], line  # the real cause
                 store.db.execute("PRAGMA max_page_count = 1073741823")
                 await collector.poller.cycle()  # recovers with a full rewrite
             async with collecting(sim, state_path=str(db)) as restarted:
                 assert_matches_truth(await scrape(restarted.port), sim)
+
     run_async(scenario())
 
 
 def test_changed_buckets_and_rules_keep_every_count_exact(tmp_path):
     """New bucket bounds replay the runs into the new buckets while _count, _sum and +Inf keep every run,
     even a deleted session's; a new error rule applies to the runs counted from then on (DESIGN §4)."""
+
     async def scenario():
         db = tmp_path / "state.db"
         async with project() as sim:
@@ -137,10 +163,11 @@ def test_changed_buckets_and_rules_keep_every_count_exact(tmp_path):
             gone = next(iter(sim.world.sessions))
             sim.world.delete(gone)
             rules = [{"type": "everything", "pattern": "."}]
-            async with collecting(sim, state_path=str(db), buckets={"turns": [1, 10, 100]},
-                                  error_rules=rules) as second:
+            async with collecting(sim, state_path=str(db), buckets={"turns": [1, 10, 100]}, error_rules=rules) as second:
+
                 def unbucketed(samples):
                     return {k: v for k, v in chat_values(samples).items() if not k[0].endswith("_bucket")}
+
                 loaded = await scrape(second.port)
                 assert unbucketed(loaded) == unbucketed(before), "exposed at once, as they were"
                 calls = sim.api.calls["retrieve"]
@@ -151,8 +178,11 @@ def test_changed_buckets_and_rules_keep_every_count_exact(tmp_path):
                 await second.poller.cycle()
                 after = await scrape(second.port)
             for key, old in before.items():
-                if key[0].startswith("llamacloud_chat_") and "session" not in key[0] and \
-                        key[0].endswith(("_total", "_count", "_sum")):
+                if (
+                    key[0].startswith("llamacloud_chat_")
+                    and "session" not in key[0]
+                    and key[0].endswith(("_total", "_count", "_sum"))
+                ):
                     assert after.get(key, 0) >= old, key
             runs = len(sim.world.runs)
             assert value(after, "llamacloud_chat_runs_total", outcome="error") == sum(r.failed for r in sim.world.runs)
@@ -162,6 +192,7 @@ def test_changed_buckets_and_rules_keep_every_count_exact(tmp_path):
             assert value(after, "llamacloud_chat_run_errors_total", error_type="everything") == 1  # the new run
             errors = sum(v for k, v in after.items() if k[0] == "llamacloud_chat_run_errors_total")
             assert errors == value(after, "llamacloud_chat_runs_total", outcome="error")
+
     run_async(scenario())
 
 
@@ -181,4 +212,5 @@ def test_shrunk_history_counts_a_reset_and_nothing_twice():
             samples = await scrape(collector.port)
             assert_matches_truth(samples, sim)
             assert value(samples, "llamacloud_collector_history_resets_total") == 1
+
     run_async(scenario())

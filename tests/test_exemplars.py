@@ -14,8 +14,7 @@ from tests.helpers import collecting, run_async, running, simulating
 OPENMETRICS = {"Accept": "application/openmetrics-text; version=1.0.0"}
 HISTOGRAMS = {  # family -> the value of one run it observes, from the simulator's record of the run
     "llamacloud_chat_run_duration_seconds": lambda r, _: None if r.duration_ms is None else r.duration_ms / 1000,
-    "llamacloud_chat_run_tokens": lambda r, labels: r.input_tokens if labels["token_type"] == "input"
-    else r.output_tokens,
+    "llamacloud_chat_run_tokens": lambda r, labels: r.input_tokens if labels["token_type"] == "input" else r.output_tokens,
     "llamacloud_chat_run_turns": lambda r, _: r.turns,
     "llamacloud_chat_run_tool_calls": lambda r, _: len(r.tool_calls),
 }
@@ -40,8 +39,7 @@ def exemplars(text: str) -> list[tuple[str, dict, float, dict, tuple[float, floa
             if "le" in sample.labels:
                 previous[series] = le
             if sample.exemplar is not None:
-                out.append((sample.name, dict(sample.labels), sample.exemplar.value, sample.exemplar.labels,
-                            (low, le)))
+                out.append((sample.name, dict(sample.labels), sample.exemplar.value, sample.exemplar.labels, (low, le)))
     return out
 
 
@@ -76,16 +74,20 @@ def test_exemplars_name_real_runs_lie_in_their_bucket_and_stay_out_of_the_text_f
             text = await openmetrics(collector.port)
             found = exemplars(text)
             names = {n for n, *_ in found}
-            assert {"llamacloud_chat_runs_total", "llamacloud_chat_run_duration_seconds_bucket",
-                    "llamacloud_chat_run_tokens_bucket", "llamacloud_chat_run_turns_bucket",
-                    "llamacloud_chat_run_tool_calls_bucket"} <= names
+            assert {
+                "llamacloud_chat_runs_total",
+                "llamacloud_chat_run_duration_seconds_bucket",
+                "llamacloud_chat_run_tokens_bucket",
+                "llamacloud_chat_run_turns_bucket",
+                "llamacloud_chat_run_tool_calls_bucket",
+            } <= names
             assert check_against_truth(found, world) == len(found)
-            error = next(e for n, labels, *e in found if n == "llamacloud_chat_runs_total"
-                         and labels["outcome"] == "error")
+            error = next(e for n, labels, *e in found if n == "llamacloud_chat_runs_total" and labels["outcome"] == "error")
             assert error[1]["session_id"] in {s.session_id for s in list(world.sessions.values())[:10]}
             async with httpx.AsyncClient() as http:
                 plain = (await http.get(f"http://127.0.0.1:{collector.port}/metrics")).text
             assert " # {" not in plain and "session_id=" not in plain.split("llamacloud_chat_session_")[0]
+
     run_async(scenario())
 
 
@@ -114,4 +116,5 @@ def test_exemplars_survive_a_restart_with_state(tmp_path):
             async with collecting(sim, state_path=str(db)) as second:
                 after = sorted(map(repr, exemplars(await openmetrics(second.port))))
         assert before and after == before
+
     run_async(scenario())

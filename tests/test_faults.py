@@ -25,36 +25,77 @@ def change_one(sim):
 
 # (fault, endpoint, times, result of the faulted cycle, up, counter that must move)
 CASES = [
-    (Fault("status", "list", 429, retry_after="1"), 1, "success", 1,
-     ("llamacloud_collector_api_retries_total", {"operation": "list", "reason": "429"})),
-    (Fault("status", "list", 500), 1, "failure", 0,
-     ("llamacloud_collector_api_requests_total", {"operation": "list", "code": "500"})),
-    (Fault("status", "retrieve", 502), 1, "success", 1,
-     ("llamacloud_collector_api_retries_total", {"operation": "retrieve", "reason": "502"})),
-    (Fault("status", "retrieve", 503), 20, "partial", 1,
-     ("llamacloud_collector_api_requests_total", {"operation": "retrieve", "code": "503"})),
-    (Fault("status", "list", 504), 1, "success", 1,
-     ("llamacloud_collector_api_retries_total", {"operation": "list", "reason": "504"})),
-    (Fault("slow", "retrieve", delay=1.5), 1, "success", 1,
-     ("llamacloud_collector_api_retries_total", {"operation": "retrieve", "reason": "timeout"})),
+    (
+        Fault("status", "list", 429, retry_after="1"),
+        1,
+        "success",
+        1,
+        ("llamacloud_collector_api_retries_total", {"operation": "list", "reason": "429"}),
+    ),
+    (
+        Fault("status", "list", 500),
+        1,
+        "failure",
+        0,
+        ("llamacloud_collector_api_requests_total", {"operation": "list", "code": "500"}),
+    ),
+    (
+        Fault("status", "retrieve", 502),
+        1,
+        "success",
+        1,
+        ("llamacloud_collector_api_retries_total", {"operation": "retrieve", "reason": "502"}),
+    ),
+    (
+        Fault("status", "retrieve", 503),
+        20,
+        "partial",
+        1,
+        ("llamacloud_collector_api_requests_total", {"operation": "retrieve", "code": "503"}),
+    ),
+    (
+        Fault("status", "list", 504),
+        1,
+        "success",
+        1,
+        ("llamacloud_collector_api_retries_total", {"operation": "list", "reason": "504"}),
+    ),
+    (
+        Fault("slow", "retrieve", delay=1.5),
+        1,
+        "success",
+        1,
+        ("llamacloud_collector_api_retries_total", {"operation": "retrieve", "reason": "timeout"}),
+    ),
     # A reset on a pooled keep-alive connection is retried once by the transport, as a stale connection.
-    (Fault("reset", "list"), 1, "success", 1,
-     ("llamacloud_collector_api_requests_total", {"operation": "list", "code": "200"})),
-    (Fault("reset", "list"), 3, "success", 1,
-     ("llamacloud_collector_api_retries_total", {"operation": "list", "reason": "transport"})),
-    (Fault("cut", "retrieve"), 1, "success", 1,
-     ("llamacloud_collector_api_retries_total", {"operation": "retrieve", "reason": "transport"})),
-    (Fault("bad_json", "retrieve"), 1, "partial", 1,
-     ("llamacloud_collector_invalid_payloads_total", {"operation": "retrieve"})),
-    (Fault("html", "list"), 1, "failure", 0,
-     ("llamacloud_collector_invalid_payloads_total", {"operation": "list"})),
-    (Fault("content_type", "retrieve"), 1, "partial", 1,
-     ("llamacloud_collector_invalid_payloads_total", {"operation": "retrieve"})),
+    (Fault("reset", "list"), 1, "success", 1, ("llamacloud_collector_api_requests_total", {"operation": "list", "code": "200"})),
+    (
+        Fault("reset", "list"),
+        3,
+        "success",
+        1,
+        ("llamacloud_collector_api_retries_total", {"operation": "list", "reason": "transport"}),
+    ),
+    (
+        Fault("cut", "retrieve"),
+        1,
+        "success",
+        1,
+        ("llamacloud_collector_api_retries_total", {"operation": "retrieve", "reason": "transport"}),
+    ),
+    (Fault("bad_json", "retrieve"), 1, "partial", 1, ("llamacloud_collector_invalid_payloads_total", {"operation": "retrieve"})),
+    (Fault("html", "list"), 1, "failure", 0, ("llamacloud_collector_invalid_payloads_total", {"operation": "list"})),
+    (
+        Fault("content_type", "retrieve"),
+        1,
+        "partial",
+        1,
+        ("llamacloud_collector_invalid_payloads_total", {"operation": "retrieve"}),
+    ),
 ]
 
 
-@pytest.mark.parametrize("fault,times,result,up,moved", CASES,
-                         ids=[f"{c[0].kind}-{c[0].status}-{c[0].endpoint}" for c in CASES])
+@pytest.mark.parametrize("fault,times,result,up,moved", CASES, ids=[f"{c[0].kind}-{c[0].status}-{c[0].endpoint}" for c in CASES])
 def test_fault_is_reported_and_recovered_exactly(fault, times, result, up, moved):
     async def scenario():
         async with synced() as (sim, collector):
@@ -77,6 +118,7 @@ def test_fault_is_reported_and_recovered_exactly(fault, times, result, up, moved
             samples = await scrape(collector.port)
             assert_matches_truth(samples, sim)
             assert value(samples, "llamacloud_collector_up") == 1
+
     run_async(scenario())
 
 
@@ -92,6 +134,7 @@ def test_scrapes_answer_while_a_cycle_waits_on_a_slow_api():
             assert value(samples, "llamacloud_chat_runs_total", outcome="success") is not None
             await cycle
             assert_matches_truth(await scrape(collector.port), sim)
+
     run_async(scenario())
 
 
@@ -110,18 +153,20 @@ def test_connect_timeout_on_a_black_hole():
                 pass
             fillers.append(c)
         try:
-            async with running(sessions=1, **{**FAST, "base_url": f"http://127.0.0.1:{hole.getsockname()[1]}"}) \
-                    as (_sim, collector):
+            async with running(sessions=1, **{**FAST, "base_url": f"http://127.0.0.1:{hole.getsockname()[1]}"}) as (
+                _sim,
+                collector,
+            ):
                 report = await collector.poller.cycle()
                 samples = await scrape(collector.port)
-                assert report.result == "failure" and ("timed out" in report.errors[0]
-                                                       or "deadline" in report.errors[0])
+                assert report.result == "failure" and ("timed out" in report.errors[0] or "deadline" in report.errors[0])
                 assert value(samples, "llamacloud_collector_up") == 0
                 assert value(samples, "llamacloud_collector_api_requests_total", operation="list", code="error") >= 1
         finally:
             for c in fillers:
                 c.close()
             hole.close()
+
     run_async(scenario())
 
 
@@ -134,6 +179,7 @@ def test_huge_payload_is_processed():
             report = await collector.poller.cycle()
             assert report.result == "success" and report.runs_added == 1
             assert_matches_truth(await scrape(collector.port), sim)
+
     run_async(scenario())
 
 
@@ -152,6 +198,7 @@ def test_session_deleted_between_list_and_retrieve():
             sim.world.events = seen_events
             assert_matches_truth(samples, sim)  # the deleted session's earlier runs stay counted
             assert session.session_id not in collector.poller.state.sessions
+
     run_async(scenario())
 
 
@@ -165,6 +212,7 @@ def test_unknown_event_type_is_counted_not_fatal():
             assert report.result == "success"
             assert sim.world.events["_unknown"] >= 1
             assert_matches_truth(samples, sim)
+
     run_async(scenario())
 
 
@@ -180,6 +228,7 @@ def test_auth_failure_reports_and_recovers():
             sim.api.api_key = "simulator"
             await collector.poller.cycle()
             assert value(await scrape(collector.port), "llamacloud_collector_up") == 1
+
     run_async(scenario())
 
 
@@ -194,4 +243,5 @@ def test_explicit_sessions_with_a_refused_key_fail_the_cycle_cleanly():
             assert report.result == "failure" and "401" in report.errors[0]
             assert sim.api.calls["summary"] == calls, "no worker keeps calling after the cycle failed"
             assert calls <= 8  # one round of workers, not all 20 sessions
+
     run_async(scenario())

@@ -10,49 +10,85 @@ import yaml
 from collector.settings import load_settings
 from tests.k8s import documents, validate_all
 
-SPEC_ALERTS = len(yaml.safe_load((Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
-                                  / "rules.spec.yaml").read_text())["alerts"])
+SPEC_ALERTS = len(
+    yaml.safe_load((Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "rules.spec.yaml").read_text())["alerts"]
+)
 
 CHART = Path(__file__).resolve().parent.parent / "helm" / "llamacloud-collector"
 KEY = {"apiKey": {"value": "llx-test"}}
 
 MATRIX = {
     "defaults": KEY,
-    "everything": {**KEY, "serviceMonitor": {"enabled": True, "labels": {"release": "kps"},
-                                             "relabelings": [{"action": "replace", "targetLabel": "team",
-                                                              "replacement": "chat"}],
-                                             "metricRelabelings": [{"action": "drop", "regex": "process_.*",
-                                                                    "sourceLabels": ["__name__"]}]},
-                   "prometheusRule": {"enabled": True, "labels": {"release": "kps"}},
-                   "dashboards": {"enabled": True, "namespace": "grafana"}, "networkPolicy": {"enabled": True},
-                   "persistence": {"enabled": True}, "podAnnotations": {"a": "b"}, "priorityClassName": "high",
-                   "extraArgs": ["--log-level=debug"], "extraEnv": [{"name": "X", "value": "1"}],
-                   "nodeSelector": {"kubernetes.io/os": "linux"}, "tolerations": [{"operator": "Exists"}],
-                   "imagePullSecrets": [{"name": "regcred"}]},
+    "everything": {
+        **KEY,
+        "serviceMonitor": {
+            "enabled": True,
+            "labels": {"release": "kps"},
+            "relabelings": [{"action": "replace", "targetLabel": "team", "replacement": "chat"}],
+            "metricRelabelings": [{"action": "drop", "regex": "process_.*", "sourceLabels": ["__name__"]}],
+        },
+        "prometheusRule": {"enabled": True, "labels": {"release": "kps"}},
+        "dashboards": {"enabled": True, "namespace": "grafana"},
+        "networkPolicy": {"enabled": True},
+        "persistence": {"enabled": True},
+        "podAnnotations": {"a": "b"},
+        "priorityClassName": "high",
+        "extraArgs": ["--log-level=debug"],
+        "extraEnv": [{"name": "X", "value": "1"}],
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"operator": "Exists"}],
+        "imagePullSecrets": [{"name": "regcred"}],
+    },
     "existing-secret": {"apiKey": {"existingSecret": "llamacloud", "key": "token"}},
     "persistence": {**KEY, "persistence": {"enabled": True, "storageClassName": "fast"}},
-    "three-shards": {**KEY, "sharding": {"shards": 3}, "persistence": {"enabled": True},
-                     "serviceMonitor": {"enabled": True}},
-    "network-policy": {**KEY, "networkPolicy": {"enabled": True, "ingressFrom": [
-        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}},
-    "custom-labels": {**KEY, "podLabels": {"team": "chat"}, "fullnameOverride": "llc",
-                      "serviceMonitor": {"enabled": True, "namespace": "monitoring", "labels": {"x": "y"}},
-                      "config": {"projectId": "p1", "sessionIds": ["s1", "s2"], "indexIds": ["i1"], "interval": 30,
-                                 "errorRules": [{"type": "quota", "pattern": "quota"}],
-                                 "buckets": {"turns": [1, 2, 4]}, "discover": True}},
-    "web-config": {**KEY, "webConfig": {"existingSecret": "collector-web"},
-                   "extraVolumes": [{"name": "ca", "configMap": {"name": "ca-bundle"}}],
-                   "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ca", "readOnly": True}],
-                   "probes": {"liveness": {"periodSeconds": 7}, "readiness": {"enabled": False}},
-                   "serviceMonitor": {"enabled": True, "targetLabels": ["team"],
-                                      "tlsConfig": {"ca": {"secret": {"name": "collector-web", "key": "ca.crt"}},
-                                                    "serverName": "llamacloud-collector"},
-                                      "basicAuth": {"username": {"name": "scrape", "key": "user"},
-                                                    "password": {"name": "scrape", "key": "password"}}}},
+    "three-shards": {**KEY, "sharding": {"shards": 3}, "persistence": {"enabled": True}, "serviceMonitor": {"enabled": True}},
+    "network-policy": {
+        **KEY,
+        "networkPolicy": {
+            "enabled": True,
+            "ingressFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+        },
+    },
+    "custom-labels": {
+        **KEY,
+        "podLabels": {"team": "chat"},
+        "fullnameOverride": "llc",
+        "serviceMonitor": {"enabled": True, "namespace": "monitoring", "labels": {"x": "y"}},
+        "config": {
+            "projectId": "p1",
+            "sessionIds": ["s1", "s2"],
+            "indexIds": ["i1"],
+            "interval": 30,
+            "errorRules": [{"type": "quota", "pattern": "quota"}],
+            "buckets": {"turns": [1, 2, 4]},
+            "discover": True,
+        },
+    },
+    "web-config": {
+        **KEY,
+        "webConfig": {"existingSecret": "collector-web"},
+        "extraVolumes": [{"name": "ca", "configMap": {"name": "ca-bundle"}}],
+        "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ca", "readOnly": True}],
+        "probes": {"liveness": {"periodSeconds": 7}, "readiness": {"enabled": False}},
+        "serviceMonitor": {
+            "enabled": True,
+            "targetLabels": ["team"],
+            "tlsConfig": {"ca": {"secret": {"name": "collector-web", "key": "ca.crt"}}, "serverName": "llamacloud-collector"},
+            "basicAuth": {"username": {"name": "scrape", "key": "user"}, "password": {"name": "scrape", "key": "password"}},
+        },
+    },
     "as-subchart": {**KEY, "global": {"imageRegistry": "registry.example", "storageClass": "fast"}},
-    "alerts-tuned": {**KEY, "slo": {"objective": 0.995}, "prometheusRule": {"enabled": True, "alerts": {
-        "LlamaCloudChatErrorRatioHigh": {"threshold": 0.05, "for": "5m", "severity": "critical"},
-        "LlamaCloudChatSessionLastRunFailed": {"enabled": False}}}},
+    "alerts-tuned": {
+        **KEY,
+        "slo": {"objective": 0.995},
+        "prometheusRule": {
+            "enabled": True,
+            "alerts": {
+                "LlamaCloudChatErrorRatioHigh": {"threshold": 0.05, "for": "5m", "severity": "critical"},
+                "LlamaCloudChatSessionLastRunFailed": {"enabled": False},
+            },
+        },
+    },
 }
 
 
@@ -162,7 +198,7 @@ def test_dashboards_configmaps_are_labelled_and_hold_the_dashboards():
     for m in maps:
         assert m["metadata"]["labels"]["grafana_dashboard"] == "1" and m["metadata"]["namespace"] == "grafana"
         assert m["metadata"]["annotations"]["grafana_folder"] == "LlamaCloud"
-        (_name, body), = m["data"].items()
+        ((_name, body),) = m["data"].items()
         assert json.loads(body)["uid"].startswith("llamacloud-")
 
 
@@ -185,17 +221,20 @@ def test_prometheus_rule_follows_values():
         assert mine["annotations"] == rule["annotations"]
 
 
-@pytest.mark.parametrize("values,fragment", [
-    ({**KEY, "sharding": {"shards": "3"}}, "/sharding/shards"),
-    ({**KEY, "unknownKey": 1}, "additional properties 'unknownKey'"),
-    ({**KEY, "config": {"interval": -5}}, "/config/interval"),
-    ({**KEY, "serviceMonitor": {"interval": "often"}}, "/serviceMonitor/interval"),
-    ({**KEY, "prometheusRule": {"alerts": {"X": {"severity": "loud"}}}}, "severity"),
-    ({**KEY, "slo": {"objective": 1.5}}, "/slo/objective"),
-    ({**KEY, "serviceMonitor": {"scheme": "ftp"}}, "/serviceMonitor/scheme"),
-    ({**KEY, "probes": {"liveness": {"periodSeconds": 0}}}, "/probes/liveness/periodSeconds"),
-    ({**KEY, "webConfig": {"secret": "x"}}, "additional properties 'secret'"),
-])
+@pytest.mark.parametrize(
+    "values,fragment",
+    [
+        ({**KEY, "sharding": {"shards": "3"}}, "/sharding/shards"),
+        ({**KEY, "unknownKey": 1}, "additional properties 'unknownKey'"),
+        ({**KEY, "config": {"interval": -5}}, "/config/interval"),
+        ({**KEY, "serviceMonitor": {"interval": "often"}}, "/serviceMonitor/interval"),
+        ({**KEY, "prometheusRule": {"alerts": {"X": {"severity": "loud"}}}}, "severity"),
+        ({**KEY, "slo": {"objective": 1.5}}, "/slo/objective"),
+        ({**KEY, "serviceMonitor": {"scheme": "ftp"}}, "/serviceMonitor/scheme"),
+        ({**KEY, "probes": {"liveness": {"periodSeconds": 0}}}, "/probes/liveness/periodSeconds"),
+        ({**KEY, "webConfig": {"secret": "x"}}, "additional properties 'secret'"),
+    ],
+)
 def test_schema_rejects_wrong_values(values, fragment):
     with pytest.raises(helm_python.HelmValuesError) as err:
         render(values)
@@ -218,6 +257,7 @@ def test_readme_documents_every_value():
                 yield from keys(v, path + ".")
             else:
                 yield path
+
     missing = [k for k in keys(values) if f"`{k}`" not in readme]
     assert missing == []
 
@@ -252,12 +292,16 @@ def test_web_config_secret_is_mounted_passed_and_probed_over_https():
 def test_the_chart_works_as_a_subchart(tmp_path):
     parent = tmp_path / "platform"
     (parent / "charts").mkdir(parents=True)
-    (parent / "Chart.yaml").write_text("apiVersion: v2\nname: platform\nversion: 1.0.0\n"
-                                       "dependencies:\n  - name: llamacloud-collector\n    version: '>=0'\n")
-    (parent / "values.yaml").write_text("global:\n  imageRegistry: registry.example\n"
-                                        "llamacloud-collector:\n  apiKey:\n    existingSecret: llamacloud\n"
-                                        "  serviceMonitor:\n    enabled: true\n")
+    (parent / "Chart.yaml").write_text(
+        "apiVersion: v2\nname: platform\nversion: 1.0.0\ndependencies:\n  - name: llamacloud-collector\n    version: '>=0'\n"
+    )
+    (parent / "values.yaml").write_text(
+        "global:\n  imageRegistry: registry.example\n"
+        "llamacloud-collector:\n  apiKey:\n    existingSecret: llamacloud\n"
+        "  serviceMonitor:\n    enabled: true\n"
+    )
     import shutil
+
     shutil.copytree(CHART, parent / "charts" / "llamacloud-collector")
     out = helm_python.Chart.load(str(parent)).render(values={}, name="platform", namespace="obs")
     objects = [d for path, text in sorted(out.items()) if path.endswith(".yaml") for d in documents(text)]
@@ -267,6 +311,7 @@ def test_the_chart_works_as_a_subchart(tmp_path):
 
 def test_readme_lists_every_alert_and_its_params():
     from scripts.rules import load_spec
+
     readme = (CHART / "README.md").read_text()
     for alert in load_spec()["alerts"]:
         row = next((line for line in readme.splitlines() if line.startswith(f"| `{alert['alert']}` |")), None)
@@ -289,16 +334,19 @@ def notes(values: dict) -> str:
     return next(text for path, text in out.items() if path.endswith("NOTES.txt"))
 
 
-@pytest.mark.parametrize(("values", "warned"), [
-    ({}, False),  # 64 + 2 x 32 + 8 x 1 + 80 B x 1,000,000 (76.3) + 48 = 260.3 MiB under the default 384Mi
-    ({"resources": {"limits": {"memory": "256Mi"}}}, True),  # the old limit: below the budget of the defaults
-    ({"resources": {"limits": {"memory": "256Mi"}}, "config": {"maxEventsPerSession": 900_000}}, False),  # 252.6
-    ({"config": {"maxResponseBytes": 256 << 20}}, True),  # the old default cap: OOM-killed by one large answer
-    ({"config": {"maxResponseBytes": 256 << 20}, "resources": {"limits": {"memory": "1Gi"}}}, False),
-    ({"resources": {"limits": {"memory": "272M"}}}, True),  # decimal units: 272 MB < 260.3 MiB
-    ({"config": {"maxConcurrency": 64}, "resources": {"limits": {"memory": "300Mi"}}}, True),
-    ({"resources": {"limits": {}}}, False),  # no limit: nothing to compare with
-])
+@pytest.mark.parametrize(
+    ("values", "warned"),
+    [
+        ({}, False),  # 64 + 2 x 32 + 8 x 1 + 80 B x 1,000,000 (76.3) + 48 = 260.3 MiB under the default 384Mi
+        ({"resources": {"limits": {"memory": "256Mi"}}}, True),  # the old limit: below the budget of the defaults
+        ({"resources": {"limits": {"memory": "256Mi"}}, "config": {"maxEventsPerSession": 900_000}}, False),  # 252.6
+        ({"config": {"maxResponseBytes": 256 << 20}}, True),  # the old default cap: OOM-killed by one large answer
+        ({"config": {"maxResponseBytes": 256 << 20}, "resources": {"limits": {"memory": "1Gi"}}}, False),
+        ({"resources": {"limits": {"memory": "272M"}}}, True),  # decimal units: 272 MB < 260.3 MiB
+        ({"config": {"maxConcurrency": 64}, "resources": {"limits": {"memory": "300Mi"}}}, True),
+        ({"resources": {"limits": {}}}, False),  # no limit: nothing to compare with
+    ],
+)
 def test_notes_warn_when_the_memory_limit_cannot_hold_the_response_cap(values, warned):
     assert ("WARNING: resources.limits.memory" in notes(values)) is warned
 

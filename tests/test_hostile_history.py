@@ -51,12 +51,23 @@ class Collector:
     def __init__(self, procs: Processes) -> None:
         sim_port, port = free_port(), free_port()
         self.procs, self.sim, self.url = procs, f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{port}"
-        procs.collector("sim", "simulate", "--port", str(sim_port), "--sessions", "5", "--rate", "0",
-                        env={"LLAMA_CLOUD_API_KEY": "k"})
+        procs.collector(
+            "sim", "simulate", "--port", str(sim_port), "--sessions", "5", "--rate", "0", env={"LLAMA_CLOUD_API_KEY": "k"}
+        )
         wait_until(lambda: httpx.get(self.sim + "/_sim/stats").status_code == 200, 30, "simulator")
-        self.proc = procs.collector("collector", "run", "--base-url", self.sim, "--interval", "5",
-                                    "--listen", f"127.0.0.1:{port}", "--log-format", "json",
-                                    env={"LLAMA_CLOUD_API_KEY": "k"})
+        self.proc = procs.collector(
+            "collector",
+            "run",
+            "--base-url",
+            self.sim,
+            "--interval",
+            "5",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--log-format",
+            "json",
+            env={"LLAMA_CLOUD_API_KEY": "k"},
+        )
         wait_until(lambda: httpx.get(self.url + "/readyz").status_code == 200, 60, "first sync")
 
     def runs(self) -> float:
@@ -65,8 +76,7 @@ class Collector:
 
     def invalid_retrieves(self) -> float:
         samples = parse(httpx.get(self.url + "/metrics", timeout=30).text)
-        return family(samples, "llamacloud_collector_invalid_payloads_total").get(
-            frozenset({("operation", "retrieve")}), 0.0)
+        return family(samples, "llamacloud_collector_invalid_payloads_total").get(frozenset({("operation", "retrieve")}), 0.0)
 
     def truth(self) -> int:
         """Every run the simulator made, the minimal histories' included."""
@@ -88,8 +98,7 @@ def test_a_million_minimal_stops_are_counted_once_off_the_loop_within_the_memory
     probes = Probes(collector.url)
     probes.start()
     try:
-        made = httpx.get(collector.sim + "/_sim/bare", params={"kind": "stop", "count": MAX_EVENTS},
-                         timeout=120).json()
+        made = httpx.get(collector.sim + "/_sim/bare", params={"kind": "stop", "count": MAX_EVENTS}, timeout=120).json()
         assert made["events"] == MAX_EVENTS
         wait_until(lambda: collector.runs() >= before + MAX_EVENTS, WAIT, "the huge history counted")
         collector.touch_the_others()
@@ -139,17 +148,19 @@ def test_a_state_file_of_a_million_retired_sessions_loads_while_probes_pass_and_
     state = tmp_path / "state.db"
     sim_port, port = free_port(), free_port()
     sim, url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{port}"
-    procs.collector("sim", "simulate", "--port", str(sim_port), "--sessions", "5", "--rate", "0",
-                    env={"LLAMA_CLOUD_API_KEY": "k"})
+    procs.collector(
+        "sim", "simulate", "--port", str(sim_port), "--sessions", "5", "--rate", "0", env={"LLAMA_CLOUD_API_KEY": "k"}
+    )
     wait_until(lambda: httpx.get(sim + "/_sim/stats").status_code == 200, 30, "simulator")
     args = ("run", "--base-url", sim, "--interval", "10", "--listen", f"127.0.0.1:{port}", "--state-path", str(state))
     procs.collector("collector", *args, env={"LLAMA_CLOUD_API_KEY": "k"})
     wait_until(lambda: httpx.get(url + "/readyz").status_code == 200, 60, "first sync")
     procs.stop("collector")
     with sqlite3.connect(state) as db:  # a million sessions that once were, as the collector writes them
-        db.executemany("INSERT INTO retired (session_id, state) VALUES (?, ?)",
-                       ((f"gone-{i:07d}", encode_session(SessionState(f"gone-{i:07d}", "2026-01-01T00:00:00Z")))
-                        for i in range(1_000_000)))
+        db.executemany(
+            "INSERT INTO retired (session_id, state) VALUES (?, ?)",
+            ((f"gone-{i:07d}", encode_session(SessionState(f"gone-{i:07d}", "2026-01-01T00:00:00Z"))) for i in range(1_000_000)),
+        )
     collector = procs.collector("collector", *args, env={"LLAMA_CLOUD_API_KEY": "k"})
     wait_until(lambda: httpx.get(url + "/healthz").status_code, 60, "listening (the load starts after)")
     probes = Probes(url)
@@ -162,6 +173,7 @@ def test_a_state_file_of_a_million_retired_sessions_loads_while_probes_pass_and_
         def counted() -> bool:
             samples = parse(httpx.get(url + "/metrics", timeout=30).text)
             return sum(family(samples, "llamacloud_chat_runs_total").values()) == truth
+
         wait_until(counted, WAIT, "the new runs counted, none twice")
     finally:
         probes.stop.set()

@@ -39,12 +39,32 @@ class Stack:
         self.sim = f"http://127.0.0.1:{sim_port}"
         self.scheme = "https" if verify is not None else "http"
         self.verify: ssl.SSLContext | bool = verify if verify is not None else True
-        procs.collector("sim", "simulate", "--port", str(sim_port), "--sessions", str(sessions), "--rate", "0",
-                        env={"LLAMA_CLOUD_API_KEY": "k"})
+        procs.collector(
+            "sim",
+            "simulate",
+            "--port",
+            str(sim_port),
+            "--sessions",
+            str(sessions),
+            "--rate",
+            "0",
+            env={"LLAMA_CLOUD_API_KEY": "k"},
+        )
         wait_until(lambda: httpx.get(self.sim + "/_sim/stats").status_code == 200, 30, "simulator")
-        self.proc = procs.collector("collector", "run", "--base-url", self.sim, "--interval", "1",
-                                    "--listen", f"127.0.0.1:{self.port}", "--log-format", "json", *args,
-                                    env={"LLAMA_CLOUD_API_KEY": "k"})
+        self.proc = procs.collector(
+            "collector",
+            "run",
+            "--base-url",
+            self.sim,
+            "--interval",
+            "1",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--log-format",
+            "json",
+            *args,
+            env={"LLAMA_CLOUD_API_KEY": "k"},
+        )
         wait_until(lambda: self.get("/readyz").status_code == 200, 30, "first sync")
 
     def url(self, path: str) -> str:
@@ -52,8 +72,13 @@ class Stack:
 
     def get(self, path: str, **kwargs) -> httpx.Response:
         """One request on a connection of its own, as a probe or a scrape makes it."""
-        return httpx.get(self.url(path), timeout=kwargs.pop("timeout", 3), verify=self.verify,
-                         headers={"Connection": "close", **kwargs.pop("headers", {})}, **kwargs)
+        return httpx.get(
+            self.url(path),
+            timeout=kwargs.pop("timeout", 3),
+            verify=self.verify,
+            headers={"Connection": "close", **kwargs.pop("headers", {})},
+            **kwargs,
+        )
 
     def scrape(self, **kwargs) -> Samples:
         response = self.get("/metrics", **kwargs)
@@ -99,6 +124,7 @@ class Stack:
                 return None
             assert_samples_match(samples, runs, events)  # retried until it holds (a busy machine: partial cycles)
             return samples
+
         samples = wait_until(exact, WAIT, "two more cycles, and exact counts")
         for (name, _), v in samples.items():
             if name.startswith("llamacloud_chat_"):
@@ -153,9 +179,9 @@ MALFORMED = {
     "content_length_text": b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
     "content_length_negative": b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
     "double_content_length": b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 38\r\n\r\n"
-                             b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n",
     "te_and_cl": b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
-                 b"0\r\n\r\nGET /readyz HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"0\r\n\r\nGET /readyz HTTP/1.1\r\nHost: x\r\n\r\n",
     "bad_request_line": b"GET /metrics HTTP/9.9 extra\r\n\r\n",
     "header_without_colon": b"GET /metrics HTTP/1.1\r\nHost x\r\n\r\n",
     "control_in_path": b"GET /met\x01rics HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -170,8 +196,10 @@ def test_malformed_and_ambiguous_requests_get_400_and_no_second_request(procs):
         answer = asyncio.run(exchange(stack.port, raw))
         assert answer.split(b" ", 2)[1] in (b"400", b"413", b"431"), (name, answer[:200])
         assert b" 200 OK\r\n" not in answer, f"{name}: a smuggled second request was answered"
-    chunked_body = (b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                    b"21\r\nGET /readyz HTTP/1.1\r\nHost: x\r\n\r\n\r\n0\r\n\r\n")
+    chunked_body = (
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"21\r\nGET /readyz HTTP/1.1\r\nHost: x\r\n\r\n\r\n0\r\n\r\n"
+    )
     answer = asyncio.run(exchange(stack.port, chunked_body))
     assert answer.count(b"HTTP/1.1 ") == 1 and b"ready" not in answer  # the body is a body, not a request
     for method in (b"PUT", b"DELETE", b"OPTIONS", b"TRACE"):
@@ -187,7 +215,9 @@ def test_a_flood_of_bad_requests_is_a_bounded_number_of_log_lines(procs):
     async def flood():
         async def one(i):
             await exchange(stack.port, MALFORMED[list(MALFORMED)[i % len(MALFORMED)]], wait=1, local=ATTACKER)
+
         await asyncio.gather(*(one(i) for i in range(600)))
+
     asyncio.run(flood())
     cycles_logged = 8  # about one poll-cycle line a second while the flood runs
     assert stack.log_lines() - before < 60 + cycles_logged
@@ -225,6 +255,7 @@ def test_clients_that_never_read_from_many_addresses_cost_bounded_memory_in_tota
             most = max(most, await asyncio.to_thread(stack.held))
             statuses.append((await asyncio.to_thread(stack.get, "/metrics" if i % 2 else "/healthz")).status_code)
         return held, statuses, most
+
     held, statuses, most = asyncio.run(attack())
     for sock in held:  # gone mid-answer (an answer gives up on a client only after 10 s): a reset each
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
@@ -234,8 +265,10 @@ def test_clients_that_never_read_from_many_addresses_cost_bounded_memory_in_tota
     peak = stack.assert_healthy()
     lines = stack.procs.log("collector").splitlines()[before:]
     assert [line for line in lines if '"level": "error"' in line] == []
-    print(f"\nnever-reading clients: 1,100 x 256 KiB pipelined; peak RSS {peak:.0f} MiB; held at most {most}; "
-          f"probes and scrapes answered {statuses.count(200)}/12")
+    print(
+        f"\nnever-reading clients: 1,100 x 256 KiB pipelined; peak RSS {peak:.0f} MiB; held at most {most}; "
+        f"probes and scrapes answered {statuses.count(200)}/12"
+    )
 
 
 HELD_SLACK = 64
@@ -280,10 +313,15 @@ def test_slots_held_from_many_addresses_leave_a_place_for_every_newcomer(procs):
                     if writer is not None:
                         writer.transport.abort()
                 await pause(1)
+
         holders = [asyncio.create_task(holder(f"127.2.0.{1 + i // 64}")) for i in range(1280)]
         await asyncio.wait_for(all_open.wait(), WAIT)
-        await asyncio.to_thread(wait_until, lambda: stack.held() <= MAX_CONNECTIONS, WAIT,  # the burst settled
-                                "the connections held back under the cap")
+        await asyncio.to_thread(
+            wait_until,
+            lambda: stack.held() <= MAX_CONNECTIONS,
+            WAIT,  # the burst settled
+            "the connections held back under the cap",
+        )
         held, statuses = [], []
         for i in range(20):
             held.append(await asyncio.to_thread(stack.held))
@@ -291,14 +329,17 @@ def test_slots_held_from_many_addresses_leave_a_place_for_every_newcomer(procs):
         stop.set()
         await asyncio.gather(*holders)
         return held, statuses, opened[0]
+
     held, statuses, opened = asyncio.run(attack())
     assert opened >= 1280
     assert sorted(held)[len(held) // 2] <= MAX_CONNECTIONS and max(held) <= MAX_CONNECTIONS + HELD_SLACK, held
     assert max(held) >= MAX_CONNECTIONS - 64, held  # (the attack did fill the slots)
     assert statuses == [200] * 20
     peak = stack.assert_healthy()
-    print(f"\nslots held: 20 x 64 keep-alive; held {sorted(held)[len(held) // 2]} (median), {max(held)} (max); "
-          f"scrapes and probes answered {statuses.count(200)}/20; peak RSS {peak:.0f} MiB")
+    print(
+        f"\nslots held: 20 x 64 keep-alive; held {sorted(held)[len(held) // 2]} (median), {max(held)} (max); "
+        f"scrapes and probes answered {statuses.count(200)}/20; peak RSS {peak:.0f} MiB"
+    )
 
 
 def test_half_sent_heads_are_dropped_and_do_not_block_others(procs):
@@ -313,20 +354,22 @@ def test_half_sent_heads_are_dropped_and_do_not_block_others(procs):
         except ConnectionError:
             closed = b""  # with a reset
         return closed, held
+
     closed, _held = asyncio.run(slowloris())
     assert closed == b""
     stack.assert_healthy()
 
 
-def test_a_wrong_password_flood_leaves_the_right_password_through_from_start_and_after_a_rotation(
-        procs, tmp_path):
+def test_a_wrong_password_flood_leaves_the_right_password_through_from_start_and_after_a_rotation(procs, tmp_path):
     """32 loops send wrong passwords from the collector's start on (half for the known user, half for unknown
     ones, from 8 addresses), and the first scrape comes once the flood is on; halfway the password is rotated
     and the web config re-read (SIGHUP), so the new one too is checked for the first time under the flood.
     The right password gets 200 on at least 90% of scrapes (the issue: 401 on 28 of 28), probes are answered,
     and the refusals are counted."""
+
     def config(password: bytes) -> str:
         return f"basic_auth_users:\n  prom: '{bcrypt.hashpw(password, bcrypt.gensalt(rounds=11)).decode()}'\n"
+
     web = tmp_path / "web.yml"
     web.write_text(config(b"right"))
     stack = Stack(procs, "--web-config", str(web))
@@ -345,6 +388,7 @@ def test_a_wrong_password_flood_leaves_the_right_password_through_from_start_and
                     except httpx.TransportError:
                         pass
                     guesses[0] += 1
+
         guessers = [asyncio.create_task(guesser(i)) for i in range(32)]
         await asyncio.to_thread(wait_until, lambda: guesses[0] >= 200, WAIT, "the flood on")
         statuses, probes = [], []
@@ -352,8 +396,9 @@ def test_a_wrong_password_flood_leaves_the_right_password_through_from_start_and
             if password == "rotated":
                 web.write_text(config(b"rotated"))
                 stack.proc.send_signal(signal.SIGHUP)
-                await asyncio.to_thread(wait_until, lambda: "web config reloaded" in stack.procs.log("collector"),
-                                        WAIT, "the web config re-read")
+                await asyncio.to_thread(
+                    wait_until, lambda: "web config reloaded" in stack.procs.log("collector"), WAIT, "the web config re-read"
+                )
             for _ in range(15):
                 response = await asyncio.to_thread(stack.get, "/metrics", auth=("prom", password), timeout=10)
                 statuses.append(response.status_code)
@@ -361,6 +406,7 @@ def test_a_wrong_password_flood_leaves_the_right_password_through_from_start_and
         stop.set()
         await asyncio.gather(*guessers)
         return statuses, probes, guesses[0]
+
     statuses, probes, guesses = asyncio.run(flood())
     assert statuses.count(200) >= 0.9 * len(statuses), statuses
     assert probes == [200] * len(probes)
@@ -368,8 +414,10 @@ def test_a_wrong_password_flood_leaves_the_right_password_through_from_start_and
     refused = family(stack.scrape(headers=auth), "llamacloud_collector_scrape_auth_refusals_total")
     assert refused[frozenset({("reason", "wrong")})] > 0, refused
     peak = stack.assert_healthy(headers=auth)
-    print(f"\npassword flood: 32 loops, {guesses} guesses; right password 200 on {statuses.count(200)}/"
-          f"{len(statuses)}; probes {probes.count(200)}/{len(probes)}; refused {dict(refused)}; peak RSS {peak:.0f} MiB")
+    print(
+        f"\npassword flood: 32 loops, {guesses} guesses; right password 200 on {statuses.count(200)}/"
+        f"{len(statuses)}; probes {probes.count(200)}/{len(probes)}; refused {dict(refused)}; peak RSS {peak:.0f} MiB"
+    )
 
 
 def test_a_slow_head_attack_from_one_peer_leaves_scrapes_and_probes_served(procs):
@@ -393,6 +441,7 @@ def test_a_slow_head_attack_from_one_peer_leaves_scrapes_and_probes_served(procs
                 for _, writer in held:
                     if not writer.transport.is_closing():
                         writer.write(b"X")
+
         trickling = asyncio.create_task(trickle())
         ok = 0
         async with httpx.AsyncClient(timeout=3) as http:
@@ -413,6 +462,7 @@ def test_a_slow_head_attack_from_one_peer_leaves_scrapes_and_probes_served(procs
         for _, writer in held:
             writer.transport.abort()
         return ok, len(held), closed, alive
+
     ok, opened, closed, _ = asyncio.run(attack())
     assert ok == 20, ok  # every legitimate scrape and probe answered during the attack
     assert closed >= opened - 64 - 5  # past its share refused at once, the rest dropped at the head timeout

@@ -23,8 +23,18 @@ from tests.hostile import HOSTILE_ID, HostileApi
 from tests.stack import Processes, free_port, wait_until
 
 MAX_RSS_MB = 400
-ARGS = ("--interval", "2", "--read-timeout", "0.5", "--connect-timeout", "0.5",
-        "--max-response-bytes", str(4 << 20), "--log-format", "json")
+ARGS = (
+    "--interval",
+    "2",
+    "--read-timeout",
+    "0.5",
+    "--connect-timeout",
+    "0.5",
+    "--max-response-bytes",
+    str(4 << 20),
+    "--log-format",
+    "json",
+)
 
 R, E = "llamacloud_collector_api_requests_total", "llamacloud_collector_invalid_payloads_total"
 # mode: (result of the cycles that meet it, a counter that must move: (name, labels))
@@ -96,8 +106,16 @@ def assert_sane(samples: Samples) -> None:
 
 def run_through(api: HostileApi, procs: Processes, mode: str) -> None:
     port = free_port()
-    proc = procs.collector("collector", "run", "--base-url", api.url, "--listen", f"127.0.0.1:{port}", *ARGS,
-                           env={"LLAMA_CLOUD_API_KEY": "hostile-key"})
+    proc = procs.collector(
+        "collector",
+        "run",
+        "--base-url",
+        api.url,
+        "--listen",
+        f"127.0.0.1:{port}",
+        *ARGS,
+        env={"LLAMA_CLOUD_API_KEY": "hostile-key"},
+    )
     wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200, 30, "first sync")
     result, (name, labels) = MODES[mode]
 
@@ -116,8 +134,9 @@ def run_through(api: HostileApi, procs: Processes, mode: str) -> None:
     seen = wait_until(lambda: (s := scrape(port)) and polls(s) >= start + 2 and s, 60, "two cycles into the fault")
     assert proc.poll() is None, "the collector died"
     assert_sane(seen)
-    assert value(seen, "llamacloud_collector_polls_total", result=result) > \
-        (value(before, "llamacloud_collector_polls_total", result=result) or 0), f"no {result} cycle"
+    assert value(seen, "llamacloud_collector_polls_total", result=result) > (
+        value(before, "llamacloud_collector_polls_total", result=result) or 0
+    ), f"no {result} cycle"
     assert (value(seen, name, **labels) or 0) > (value(before, name, **labels) or 0), (name, labels)
     codes = {dict(k)["code"] for k in family(seen, R)}
     assert codes <= {"error"} | {str(c) for c in range(100, 600)}, codes

@@ -29,11 +29,20 @@ def a_run(failed: bool, tool: str | None, tokens: int, skipped: str | None) -> l
     return events
 
 
-runs = st.lists(st.tuples(st.booleans(), st.none() | st.sampled_from(TOOLS), st.integers(0, 500),
-                          st.none() | st.sampled_from(INDEXES)), max_size=4)
-steps = st.lists(st.tuples(st.integers(0, 3), st.sampled_from(("append", "open", "rewrite", "nothing")), runs,
-                           st.lists(st.sampled_from(INDEXES), max_size=3)),
-                 min_size=1, max_size=8)
+runs = st.lists(
+    st.tuples(st.booleans(), st.none() | st.sampled_from(TOOLS), st.integers(0, 500), st.none() | st.sampled_from(INDEXES)),
+    max_size=4,
+)
+steps = st.lists(
+    st.tuples(
+        st.integers(0, 3),
+        st.sampled_from(("append", "open", "rewrite", "nothing")),
+        runs,
+        st.lists(st.sampled_from(INDEXES), max_size=3),
+    ),
+    min_size=1,
+    max_size=8,
+)
 
 
 def rounded(value):

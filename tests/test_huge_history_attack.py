@@ -21,13 +21,15 @@ def tools_exposed(p) -> set[str]:
 
 # 1. memory: a refused large body stays alive after its failure was dropped ---------------------------------
 
+
 def test_a_refused_large_body_is_not_kept_alive_by_its_failure():
     """``_bare`` keeps the exception in a local of its own frame, which the raised traceback holds: a cycle.
     The exception's ``__context__`` (``raise ... from None`` in ``_events``) still holds the parse frames,
     i.e. the decoded text and the events parsed so far, until a cyclic collection; the collector freezes
     the GC after each cycle and collects fully every 10 cycles."""
-    body = (b'{"session_id":"s","last_updated_at":"2026-01-01T00:00:00Z","events":['
-            + b'{"type":"stop"},' * 100_000 + b" ")  # an events array cut short: 1.6 MB, refused
+    body = (
+        b'{"session_id":"s","last_updated_at":"2026-01-01T00:00:00Z","events":[' + b'{"type":"stop"},' * 100_000 + b" "
+    )  # an events array cut short: 1.6 MB, refused
     enabled = gc.isenabled()
     gc.collect()
     gc.disable()
@@ -49,6 +51,7 @@ def test_a_refused_large_body_is_not_kept_alive_by_its_failure():
 
 # 2. label bound: a literal "_none" admitted apart is never admitted when merged ------------------------------
 
+
 def test_a_tool_named_none_counted_apart_does_not_pass_the_label_limit():
     def play(large: bool):
         api = FakeApi()
@@ -66,6 +69,7 @@ def test_a_tool_named_none_counted_apart_does_not_pass_the_label_limit():
 
 
 # 3. label race: a value the thread dropped that the loop admitted meanwhile ----------------------------------
+
 
 def test_a_value_admitted_on_the_loop_while_the_thread_counted_is_not_also_dropped():
     seeded, small_done = threading.Event(), threading.Event()
@@ -109,6 +113,7 @@ def test_a_value_admitted_on_the_loop_while_the_thread_counted_is_not_also_dropp
 
 
 # 4. exemplars: a carried count merged later puts the exemplar back in time ------------------------------------
+
 
 def test_a_carried_count_does_not_move_an_exemplar_back_in_time():
     started, gate, done = threading.Event(), threading.Event(), threading.Event()
@@ -158,6 +163,7 @@ def test_a_carried_count_does_not_move_an_exemplar_back_in_time():
 
 # 5. a carried refusal of an old version refuses a newer one unread --------------------------------------------
 
+
 def test_a_carried_refusal_is_not_applied_to_a_newer_version_of_the_history():
     from collector.poller import Carried
 
@@ -166,14 +172,14 @@ def test_a_carried_refusal_is_not_applied_to_a_newer_version_of_the_history():
     p = poller(api)
     cycle(p)
     # the thread of a fetch cut off refused the version of 00:05 (say, a body that names another session)
-    p.carried["s0"] = Carried(object(), p.state.known("s0"), "the answer names another session",
-                              "2026-01-01T00:00:05Z")
+    p.carried["s0"] = Carried(object(), p.state.known("s0"), "the answer names another session", "2026-01-01T00:00:05Z")
     api.put("s0", "2026-01-01T00:00:09Z", run_events() * 2)  # the listing now shows another, valid version
     report = cycle(p)
     assert report.invalid == 0 and total_runs(p) == 2, (report.errors, api.retrieved["s0"])
 
 
 # 6. second look: the same evidence gives the opposite verdict one cycle later ---------------------------------
+
 
 def test_every_fetch_failing_while_only_the_listing_answers_is_judged_alike_in_both_cycles():
     api = FakeApi()

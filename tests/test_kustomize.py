@@ -24,8 +24,7 @@ def test_renders_and_validates(target):
     objects = build(KUBE / target)
     assert validate_all(objects) == 7
     kinds = sorted(o["kind"] for o in objects)
-    assert kinds == ["ConfigMap", "ConfigMap", "Deployment", "PrometheusRule", "Service", "ServiceAccount",
-                     "ServiceMonitor"]
+    assert kinds == ["ConfigMap", "ConfigMap", "Deployment", "PrometheusRule", "Service", "ServiceAccount", "ServiceMonitor"]
     deploy = next(o for o in objects if o["kind"] == "Deployment")
     pod = deploy["spec"]["template"]["spec"]
     container = pod["containers"][0]

@@ -71,8 +71,14 @@ from collector.settings import Settings
 from collector.sqlite_store import SqliteStore
 from tests.helpers import Samples
 
-SHORT = settings(max_examples=40, stateful_step_count=25, derandomize=True, database=None, deadline=None,
-                 suppress_health_check=list(HealthCheck))
+SHORT = settings(
+    max_examples=40,
+    stateful_step_count=25,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
 LONG = settings(max_examples=3000, stateful_step_count=50, deadline=None, suppress_health_check=list(HealthCheck))
 PROFILE = LONG if os.environ.get("HYPOTHESIS_PROFILE") == "long" else SHORT
 
@@ -92,11 +98,20 @@ BIG = (1 << 20) + 4096
 IDS = [f"s{i}" for i in range(6)]
 TOOLS = ("search", "calc", "fetch", "browse")
 INDEXES = ("idx-a", "idx-b")
-ERRORS = ("request timed out", "rate limit exceeded", "context length exceeded", "quota exceeded: billing",
-          "the tool failed", "boom", None)
+ERRORS = (
+    "request timed out",
+    "rate limit exceeded",
+    "context length exceeded",
+    "quota exceeded: billing",
+    "the tool failed",
+    "boom",
+    None,
+)
 KNOWN_EVENTS = ("user_input", "thinking_delta", "thinking", "text_delta", "text", "tool_call", "tool_result", "stop")
-DECOY = [{"type": "user_input", "content": "not the history"},
-         {"type": "stop", "is_error": False, "usage": {"duration_ms": 1, "total_input_tokens": 1}}] * 3
+DECOY = [
+    {"type": "user_input", "content": "not the history"},
+    {"type": "stop", "is_error": False, "usage": {"duration_ms": 1, "total_input_tokens": 1}},
+] * 3
 
 BUCKET_SETS = [
     {"duration": [1.0, 10.0], "tokens": [10.0, 100.0], "turns": [1.0, 4.0], "tool_calls": [0.0, 2.0]},
@@ -121,6 +136,7 @@ RUN_SPEC = st.tuples(
 
 
 # -- the upstream -------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Run:
@@ -251,8 +267,14 @@ class FakeChatApi:
         if stops:
             last = stops[-1]
             job = {**last["usage"], "is_error": last["is_error"], "error": last.get("error")}
-        return {"session_id": s.sid, "last_updated_at": ts, "generated_title": s.title,
-                "index_ids": list(s.index_ids) or None, "shared_access": "query", "job_metadata": job}
+        return {
+            "session_id": s.sid,
+            "last_updated_at": ts,
+            "generated_title": s.title,
+            "index_ids": list(s.index_ids) or None,
+            "shared_access": "query",
+            "job_metadata": job,
+        }
 
     def body(self, s: Sess, ts: str, length: int) -> bytes:
         out: dict = {}
@@ -339,7 +361,7 @@ class FakeChatApi:
             self.empty_page_once = False
             return self._page(pass_log, [], self._token(offset))
         n = max(1, size - 1) if self.short_pages else size
-        items = ids[offset:offset + n]
+        items = ids[offset : offset + n]
         step = max(1, len(items) - 1) if self.duplicates else len(items)
         following = self._token(offset + step) if items and offset + step < len(ids) else None
         if following is not None and self.truncate_once:  # ends early: only a prefix of the listing
@@ -368,11 +390,15 @@ def _json(body: bytes) -> httpx.Response:
 
 # -- reading the exposition ---------------------------------------------------------------------------------
 
-HISTOGRAMS = {"llamacloud_chat_run_duration_seconds": "duration", "llamacloud_chat_run_tokens": "tokens",
-              "llamacloud_chat_run_turns": "turns", "llamacloud_chat_run_tool_calls": "tool_calls"}
+HISTOGRAMS = {
+    "llamacloud_chat_run_duration_seconds": "duration",
+    "llamacloud_chat_run_tokens": "tokens",
+    "llamacloud_chat_run_turns": "turns",
+    "llamacloud_chat_run_tool_calls": "tool_calls",
+}
 
 
-SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 ESCAPED = re.compile(r"\\(.)")
 
@@ -387,8 +413,7 @@ def parse(text: str) -> Samples:
         assert match is not None, f"not a sample line: {line[:200]!r}"
         name, labels, value = match.groups()
         pairs = LABEL.findall(labels or "")
-        out[(name, frozenset((k, ESCAPED.sub(lambda m: "\n" if m[1] == "n" else m[1], v)) for k, v in pairs))] \
-            = float(value)
+        out[(name, frozenset((k, ESCAPED.sub(lambda m: "\n" if m[1] == "n" else m[1], v)) for k, v in pairs))] = float(value)
     return out
 
 
@@ -424,9 +449,11 @@ def truth(runs: list[Run], events: Counter, huge: bool) -> dict[tuple, float]:
         out[("tools", kind)] = sum(ok == (kind == "result") for r in runs for _, ok in r.tools)
     for kind, n in events.items():
         out[("events", kind)] = n
-    observed = {("duration", None): [r.duration for r in runs if r.duration is not None],
-                ("turns", None): [r.turns for r in runs],
-                ("tool_calls", None): [len(r.tools) for r in runs]}
+    observed = {
+        ("duration", None): [r.duration for r in runs if r.duration is not None],
+        ("turns", None): [r.turns for r in runs],
+        ("tool_calls", None): [len(r.tools) for r in runs],
+    }
     if not huge:  # a sum past 2^53 saturates or makes the field unknown (DESIGN §4): not checked
         observed[("tokens", "input")] = [r.tokens_in for r in runs if r.tokens_in is not None]
         observed[("tokens", "output")] = [r.tokens_out for r in runs if r.tokens_out is not None]
@@ -465,6 +492,7 @@ def close(a: float, b: float) -> bool:
 
 # -- the machine --------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Completed:
     listed: set[str] | None
@@ -475,6 +503,7 @@ class Completed:
 def guarded(method):
     """A rule or invariant that marks the machine broken when it fails: the teardown then only cleans up, and
     the first failure is the one reported."""
+
     @functools.wraps(method)
     def wrapped(self, *args, **kwargs):
         try:
@@ -482,6 +511,7 @@ def guarded(method):
         except BaseException:
             self.broken = True
             raise
+
     return wrapped
 
 
@@ -517,10 +547,14 @@ class LoopModel(RuleBasedStateMachine):
     # -- wiring ---------------------------------------------------------------------------------------
 
     def _settings(self) -> Settings:
-        return Settings(base_url="https://api.test", page_size=self.page_size, interval=60.0,
-                        label_value_limit=LABEL_LIMITS[self.label_limit],
-                        error_rules=[{"type": t, "pattern": p} for t, p in RULE_SETS[self.rules]],
-                        buckets=BUCKET_SETS[self.buckets])
+        return Settings(
+            base_url="https://api.test",
+            page_size=self.page_size,
+            interval=60.0,
+            label_value_limit=LABEL_LIMITS[self.label_limit],
+            error_rules=[{"type": t, "pattern": p} for t, p in RULE_SETS[self.rules]],
+            buckets=BUCKET_SETS[self.buckets],
+        )
 
     def _start(self) -> None:
         settings_ = self._settings()
@@ -531,14 +565,31 @@ class LoopModel(RuleBasedStateMachine):
             return None
 
         async def build():
-            return build_client(settings_, "llx-model", metrics, httpx.MockTransport(self.api),
-                                retry=RetryPolicy(max_attempts=1), sleep=no_sleep, rng=lambda: 0.0,
-                                clock=lambda: MONO, wall_clock=lambda: WALL)
+            return build_client(
+                settings_,
+                "llx-model",
+                metrics,
+                httpx.MockTransport(self.api),
+                retry=RetryPolicy(max_attempts=1),
+                sleep=no_sleep,
+                rng=lambda: 0.0,
+                clock=lambda: MONO,
+                wall_clock=lambda: WALL,
+            )
+
         self.client = self.loop.run_until_complete(build())
-        store = SqliteStore(self.dir / "state.db", settings_.buckets.as_buckets(), rules,
-                            settings_.label_value_limit, clock=lambda: WALL)
-        self.poller = Poller(self.client, store, PollConfig.from_settings(settings_), ErrorClassifier(rules), metrics,
-                             clock=lambda: WALL, monotonic=lambda: MONO)
+        store = SqliteStore(
+            self.dir / "state.db", settings_.buckets.as_buckets(), rules, settings_.label_value_limit, clock=lambda: WALL
+        )
+        self.poller = Poller(
+            self.client,
+            store,
+            PollConfig.from_settings(settings_),
+            ErrorClassifier(rules),
+            metrics,
+            clock=lambda: WALL,
+            monotonic=lambda: MONO,
+        )
         registry = CollectorRegistry()
         registry.register(SnapshotCollector(lambda: self.poller.snapshot, interval=60.0))
         self.registry = registry
@@ -561,8 +612,7 @@ class LoopModel(RuleBasedStateMachine):
     def _shown(self) -> set[str] | None:
         if not self._ready():
             return None
-        return {dict(labels)["session_id"] for (name, labels) in self._render()
-                if name == "llamacloud_chat_session_info"}
+        return {dict(labels)["session_id"] for (name, labels) in self._render() if name == "llamacloud_chat_session_info"}
 
     def _live(self) -> set[str]:
         return {sid for sid, s in self.api.sessions.items() if not s.deleted}
@@ -675,8 +725,9 @@ class LoopModel(RuleBasedStateMachine):
         previous = self.completed[-2] if len(self.completed) > 1 else None
         if previous is None or previous.generation != current.generation or previous.listed is None:
             return  # the pass before it ran in another process: what it persisted is the lead's choice
-        assert sid not in previous.listed, \
+        assert sid not in previous.listed, (
             f"{sid} (still upstream) retired after one complete pass missed it; the pass before listed it"
+        )
         if 2 * len(current.listed) < current.watched:
             short = 0
             for done in reversed(self.completed[:-1]):
@@ -685,8 +736,10 @@ class LoopModel(RuleBasedStateMachine):
                 if 2 * len(done.listed) > done.watched:
                     break
                 short += 1
-            assert short >= 2, (f"{sid} retired by a short pass ({len(current.listed)} of {current.watched} "
-                                f"listed) that only {short} earlier short passes agreed with")
+            assert short >= 2, (
+                f"{sid} retired by a short pass ({len(current.listed)} of {current.watched} "
+                f"listed) that only {short} earlier short passes agreed with"
+            )
 
     # -- truth and checks -----------------------------------------------------------------------------
 
@@ -719,8 +772,9 @@ class LoopModel(RuleBasedStateMachine):
                 problems.append(f"{key} = {value}: less than owed ({low.get(key, 0.0)})")
         problems += histogram_shape(samples)
         if not close(got.get(("errors",), 0.0), got.get(("runs", "error"), 0.0)):
-            problems.append(f"errors by type add up to {got.get(('errors',), 0.0)}, "
-                            f"not the {got.get(('runs', 'error'), 0.0)} failed runs")
+            problems.append(
+                f"errors by type add up to {got.get(('errors',), 0.0)}, not the {got.get(('runs', 'error'), 0.0)} failed runs"
+            )
         if exact:
             problems += self._exact_extras(samples, low, high, owed)
         return problems
@@ -739,10 +793,14 @@ class LoopModel(RuleBasedStateMachine):
             problems.append(f"runs_in_progress = {in_progress}, but {open_runs} sessions end in an unfinished run")
         if low == high and not self.rebucketed:  # the finite buckets too, when nothing is uncertain
             bounds = BUCKET_SETS[self.buckets]
-            values = {"llamacloud_chat_run_duration_seconds": ([r.duration for r in owed if r.duration is not None],
-                                                              bounds["duration"]),
-                      "llamacloud_chat_run_turns": ([r.turns for r in owed], bounds["turns"]),
-                      "llamacloud_chat_run_tool_calls": ([len(r.tools) for r in owed], bounds["tool_calls"])}
+            values = {
+                "llamacloud_chat_run_duration_seconds": (
+                    [r.duration for r in owed if r.duration is not None],
+                    bounds["duration"],
+                ),
+                "llamacloud_chat_run_turns": ([r.turns for r in owed], bounds["turns"]),
+                "llamacloud_chat_run_tool_calls": ([len(r.tools) for r in owed], bounds["tool_calls"]),
+            }
             for name, (observed, edges) in values.items():
                 for bound, want in zip(edges, buckets_of(observed, edges), strict=True):
                     le = f"{float(bound)}"
@@ -757,9 +815,9 @@ class LoopModel(RuleBasedStateMachine):
         problems = []
         now: dict[tuple, float] = {}
         for (name, labels), value in self._render().items():
-            if name.startswith("llamacloud_chat_session_") or not name.startswith(("llamacloud_chat_",
-                                                                                  "llamacloud_collector_history",
-                                                                                  "llamacloud_collector_invalid")):
+            if name.startswith("llamacloud_chat_session_") or not name.startswith(
+                ("llamacloud_chat_", "llamacloud_collector_history", "llamacloud_collector_invalid")
+            ):
                 continue
             if name.endswith(("_total", "_count", "_sum")) or name.endswith("_bucket"):
                 now[(name, labels)] = value
@@ -807,8 +865,12 @@ class LoopModel(RuleBasedStateMachine):
             self.create(i, [(False, 0, [], "ok", "ok", "none")], False, i % 3)
         self._start()
 
-    @rule(which=st.integers(0, len(IDS) - 1), specs=st.lists(RUN_SPEC, max_size=3), open_run=st.booleans(),
-          indexes=st.integers(0, 2))
+    @rule(
+        which=st.integers(0, len(IDS) - 1),
+        specs=st.lists(RUN_SPEC, max_size=3),
+        open_run=st.booleans(),
+        indexes=st.integers(0, 2),
+    )
     @guarded
     def create(self, which, specs, open_run, indexes):
         sid = IDS[which]
@@ -822,8 +884,12 @@ class LoopModel(RuleBasedStateMachine):
             self._open(s)
         self._publish(s)
 
-    @rule(pick=st.integers(0, 1000), specs=st.lists(RUN_SPEC, min_size=1, max_size=3), open_run=st.booleans(),
-          ts_mode=st.sampled_from(["bump", "bump", "same", "zero"]))
+    @rule(
+        pick=st.integers(0, 1000),
+        specs=st.lists(RUN_SPEC, min_size=1, max_size=3),
+        open_run=st.booleans(),
+        ts_mode=st.sampled_from(["bump", "bump", "same", "zero"]),
+    )
     @guarded
     def append(self, pick, specs, open_run, ts_mode):
         """Runs finish; the timestamp moves on (or stays while the events change, or is Go's zero time)."""
@@ -872,11 +938,18 @@ class LoopModel(RuleBasedStateMachine):
             self._cycle()
             if reads and s.reads == reads:
                 return
-        raise AssertionError(f"{s.sid}: its new history not read, or fetched every cycle and never taken, in "
-                             f"{HEAL_CYCLES} cycles of a healed upstream")
+        raise AssertionError(
+            f"{s.sid}: its new history not read, or fetched every cycle and never taken, in "
+            f"{HEAL_CYCLES} cycles of a healed upstream"
+        )
 
-    @rule(kind=st.sampled_from(["recreate", "recreate_noticed", "rewrite", "heal"]), pick=st.integers(0, 1000),
-          keep=st.integers(0, 6), specs=st.lists(RUN_SPEC, max_size=3), open_run=st.booleans())
+    @rule(
+        kind=st.sampled_from(["recreate", "recreate_noticed", "rewrite", "heal"]),
+        pick=st.integers(0, 1000),
+        keep=st.integers(0, 6),
+        specs=st.lists(RUN_SPEC, max_size=3),
+        open_run=st.booleans(),
+    )
     @guarded
     def quiet(self, kind, pick, keep, specs, open_run):
         """A change whose truth depends on when the collector reads it, made when it has read everything:
@@ -944,9 +1017,10 @@ class LoopModel(RuleBasedStateMachine):
         """The upstream clock runs an hour fast, or is corrected: timestamps go backwards."""
         self.clock_ahead = ahead
 
-    @rule(pick=st.integers(0, 1000),
-          kind=st.sampled_from(["zero_time", "long_title", "huge_tokens", "unknown_before", "unknown_after",
-                                "long_text"]))
+    @rule(
+        pick=st.integers(0, 1000),
+        kind=st.sampled_from(["zero_time", "long_title", "huge_tokens", "unknown_before", "unknown_after", "long_text"]),
+    )
     @guarded
     def extreme(self, pick, kind):
         s = self._pick(pick, self._live())
@@ -967,8 +1041,11 @@ class LoopModel(RuleBasedStateMachine):
 
     # -- rules: the listing and the reads -----------------------------------------------------------------
 
-    @rule(kind=st.sampled_from(["empty", "truncated", "loop", "empty_page", "fail_pages", "fail_first",
-                                "refuse_tokens"]), times=st.integers(1, 4), then=st.integers(0, 3))
+    @rule(
+        kind=st.sampled_from(["empty", "truncated", "loop", "empty_page", "fail_pages", "fail_first", "refuse_tokens"]),
+        times=st.integers(1, 4),
+        then=st.integers(0, 3),
+    )
     @guarded
     def listing_fault(self, kind, times, then):
         api = self.api
@@ -988,15 +1065,24 @@ class LoopModel(RuleBasedStateMachine):
             api.deploy = True
         self._cycles(then)
 
-    @rule(order=st.sampled_from(["oldest", "newest", "shuffled"]), short=st.booleans(), duplicates=st.booleans(),
-          then=st.integers(0, 3))
+    @rule(
+        order=st.sampled_from(["oldest", "newest", "shuffled"]),
+        short=st.booleans(),
+        duplicates=st.booleans(),
+        then=st.integers(0, 3),
+    )
     @guarded
     def listing_shape(self, order, short, duplicates, then):
         self.api.order, self.api.short_pages, self.api.duplicates = order, short, duplicates
         self._cycles(then)
 
-    @rule(pick=st.integers(0, 1000), kind=st.sampled_from(["503", "cut", "lag"]), times=st.integers(1, 3),
-          where=st.integers(0, 1000), then=st.integers(0, 3))
+    @rule(
+        pick=st.integers(0, 1000),
+        kind=st.sampled_from(["503", "cut", "lag"]),
+        times=st.integers(1, 3),
+        where=st.integers(0, 1000),
+        then=st.integers(0, 3),
+    )
     @guarded
     def read_fault(self, pick, kind, times, where, then):
         """The next reads of a session fail, are cut short (under the current timestamp), or come from a
@@ -1032,8 +1118,7 @@ class LoopModel(RuleBasedStateMachine):
         if change == "buckets":
             self.buckets = (self.buckets + which) % len(BUCKET_SETS)
             self.rebucketed = True
-            self.last = {k: v for k, v in self.last.items()
-                         if not k[0].endswith("_bucket") or dict(k[1]).get("le") == "+Inf"}
+            self.last = {k: v for k, v in self.last.items() if not k[0].endswith("_bucket") or dict(k[1]).get("le") == "+Inf"}
         elif change == "rules":
             self.rules = (self.rules + which) % len(RULE_SETS)
         elif change == "label_limit":
@@ -1097,145 +1182,209 @@ def replay(*steps: tuple[str, dict]) -> None:
 
 
 def test_finding_one_empty_listing_retires_no_session():
-    """"One listing is never trusted alone": one answer of ``{"items": [], "next_page_token": null}`` retired
+    """ "One listing is never trusted alone": one answer of ``{"items": [], "next_page_token": null}`` retired
     every session at once (issue 26, item 1)."""
-    replay(("init", {"n": 1, "page_size": 1, "seed": 0}), ("cycles", {"n": 1}),
-           ("listing_fault", {"kind": "empty", "times": 1, "then": 0}), ("cycles", {"n": 1}))
+    replay(
+        ("init", {"n": 1, "page_size": 1, "seed": 0}),
+        ("cycles", {"n": 1}),
+        ("listing_fault", {"kind": "empty", "times": 1, "then": 0}),
+        ("cycles", {"n": 1}),
+    )
 
 
 def test_finding_a_refused_resumed_token_does_not_wedge_the_listing():
-    """"A pass that cannot go on (its resumed page token refused with a 4xx) starts over from page 1": a deploy
+    """ "A pass that cannot go on (its resumed page token refused with a 4xx) starts over from page 1": a deploy
     mid-pass forgot the token, and every cycle after asked for it again (issue 26, item 2)."""
-    replay(("init", {"n": 3, "page_size": 1, "seed": 0}), ("cycles", {"n": 1}),
-           ("listing_fault", {"kind": "refuse_tokens", "times": 1, "then": 2}),
-           ("append", {"pick": 2, "specs": [OK_RUN], "open_run": False, "ts_mode": "bump"}))
+    replay(
+        ("init", {"n": 3, "page_size": 1, "seed": 0}),
+        ("cycles", {"n": 1}),
+        ("listing_fault", {"kind": "refuse_tokens", "times": 1, "then": 2}),
+        ("append", {"pick": 2, "specs": [OK_RUN], "open_run": False, "ts_mode": "bump"}),
+    )
 
 
 def test_finding_go_s_zero_time_hides_no_run():
-    """"last_updated_at is a hint ... compared for equality, not order": a session whose timestamp became
+    """ "last_updated_at is a hint ... compared for equality, not order": a session whose timestamp became
     ``0001-01-01T00:00:00Z`` had every new run ignored as a stale read (issue 26, items 3 and 4)."""
-    replay(("init", {"n": 1, "page_size": 1, "seed": 0}), ("cycles", {"n": 1}),
-           ("append", {"pick": 0, "specs": [OK_RUN], "open_run": False, "ts_mode": "zero"}))
+    replay(
+        ("init", {"n": 1, "page_size": 1, "seed": 0}),
+        ("cycles", {"n": 1}),
+        ("append", {"pick": 0, "specs": [OK_RUN], "open_run": False, "ts_mode": "zero"}),
+    )
 
 
 def test_finding_a_corrected_upstream_clock_hides_no_run():
-    """"A timestamp that went backwards is logged once per session and counted": runs finished after an upstream
+    """ "A timestamp that went backwards is logged once per session and counted": runs finished after an upstream
     clock an hour fast was put right were not counted (issue 26, item 3)."""
-    replay(("init", {"n": 1, "page_size": 1, "seed": 0}), ("upstream_clock", {"ahead": True}),
-           ("append", {"pick": 0, "specs": [OK_RUN], "open_run": False, "ts_mode": "bump"}), ("cycles", {"n": 1}),
-           ("upstream_clock", {"ahead": False}),
-           ("append", {"pick": 0, "specs": [OK_RUN], "open_run": False, "ts_mode": "bump"}))
+    replay(
+        ("init", {"n": 1, "page_size": 1, "seed": 0}),
+        ("upstream_clock", {"ahead": True}),
+        ("append", {"pick": 0, "specs": [OK_RUN], "open_run": False, "ts_mode": "bump"}),
+        ("cycles", {"n": 1}),
+        ("upstream_clock", {"ahead": False}),
+        ("append", {"pick": 0, "specs": [OK_RUN], "open_run": False, "ts_mode": "bump"}),
+    )
 
 
 def test_finding_new_buckets_keep_count_and_sum_of_a_deleted_session():
-    """"New bucket bounds: _count, _sum and +Inf keep the old totals as floors": re-derived from the sessions
+    """ "New bucket bounds: _count, _sum and +Inf keep the old totals as floors": re-derived from the sessions
     still listed, every histogram's _count and _sum went backwards (issue 26, item 5)."""
-    replay(("init", {"n": 2, "page_size": 1, "seed": 0}), ("cycles", {"n": 1}), ("delete", {"pick": 0}),
-           ("cycles", {"n": 3}), ("restart", {"change": "buckets", "which": 1}), ("cycles", {"n": 1}))
+    replay(
+        ("init", {"n": 2, "page_size": 1, "seed": 0}),
+        ("cycles", {"n": 1}),
+        ("delete", {"pick": 0}),
+        ("cycles", {"n": 3}),
+        ("restart", {"change": "buckets", "which": 1}),
+        ("cycles", {"n": 1}),
+    )
 
 
 def test_finding_a_new_label_limit_counts_no_tool_call_twice():
-    """"New label limits apply to the runs counted from then on": re-derived under a smaller limit, a tool call
+    """ "New label limits apply to the runs counted from then on": re-derived under a smaller limit, a tool call
     counted under its name kept that as a floor and counted again under ``_other`` (issue 26, item 5)."""
     calls = (False, 0, [(0, True), (1, False)], "ok", "ok", "none")
-    replay(("init", {"n": 1, "page_size": 1, "seed": 0}),
-           ("append", {"pick": 0, "specs": [calls], "open_run": False, "ts_mode": "bump"}), ("cycles", {"n": 1}),
-           ("restart", {"change": "label_limit", "which": 1}), ("cycles", {"n": 1}))
+    replay(
+        ("init", {"n": 1, "page_size": 1, "seed": 0}),
+        ("append", {"pick": 0, "specs": [calls], "open_run": False, "ts_mode": "bump"}),
+        ("cycles", {"n": 1}),
+        ("restart", {"change": "label_limit", "which": 1}),
+        ("cycles", {"n": 1}),
+    )
 
 
 def test_finding_a_new_error_rule_keeps_errors_equal_to_failed_runs():
-    """"The sum of run_errors_total over error_type equals the failed runs": after a rule was added in front,
+    """ "The sum of run_errors_total over error_type equals the failed runs": after a rule was added in front,
     the floor of the old type and the re-derived new one were both counted (issue 26, item 5)."""
     billing = (True, 3, [], "ok", "ok", "none")  # "quota exceeded: billing": rate_limit, then billing
-    replay(("init", {"n": 1, "page_size": 1, "seed": 0}),
-           ("append", {"pick": 0, "specs": [billing], "open_run": False, "ts_mode": "bump"}), ("cycles", {"n": 1}),
-           ("restart", {"change": "rules", "which": 1}), ("cycles", {"n": 1}))
+    replay(
+        ("init", {"n": 1, "page_size": 1, "seed": 0}),
+        ("append", {"pick": 0, "specs": [billing], "open_run": False, "ts_mode": "bump"}),
+        ("cycles", {"n": 1}),
+        ("restart", {"change": "rules", "which": 1}),
+        ("cycles", {"n": 1}),
+    )
 
 
 def test_finding_a_title_over_64_kib_survives_a_restart():
-    """"Nothing is ever saved that a load would refuse": the next start called its own file corrupt and moved it
+    """ "Nothing is ever saved that a load would refuse": the next start called its own file corrupt and moved it
     aside (issue 26, item 4)."""
-    replay(("init", {"n": 1, "page_size": 1, "seed": 0}), ("extreme", {"pick": 0, "kind": "long_title"}),
-           ("cycles", {"n": 1}), ("restart", {"change": "none", "which": 1}))
+    replay(
+        ("init", {"n": 1, "page_size": 1, "seed": 0}),
+        ("extreme", {"pick": 0, "kind": "long_title"}),
+        ("cycles", {"n": 1}),
+        ("restart", {"change": "none", "which": 1}),
+    )
 
 
 def test_finding_2_53_tokens_twice_survive_a_restart():
     """The same, for two runs of 2^53 tokens: a sum over 2^53 was saved and refused (issue 26, item 4)."""
-    replay(("init", {"n": 1, "page_size": 1, "seed": 0}), ("extreme", {"pick": 0, "kind": "huge_tokens"}),
-           ("extreme", {"pick": 0, "kind": "huge_tokens"}), ("cycles", {"n": 1}),
-           ("restart", {"change": "none", "which": 1}))
+    replay(
+        ("init", {"n": 1, "page_size": 1, "seed": 0}),
+        ("extreme", {"pick": 0, "kind": "huge_tokens"}),
+        ("extreme", {"pick": 0, "kind": "huge_tokens"}),
+        ("cycles", {"n": 1}),
+        ("restart", {"change": "none", "which": 1}),
+    )
 
 
 def test_finding_go_s_zero_time_survives_a_restart():
     """The same, for a ``last_updated_at`` before 1970 (issue 26, item 4)."""
-    replay(("init", {"n": 1, "page_size": 1, "seed": 0}), ("extreme", {"pick": 0, "kind": "zero_time"}),
-           ("cycles", {"n": 1}), ("restart", {"change": "none", "which": 1}))
+    replay(
+        ("init", {"n": 1, "page_size": 1, "seed": 0}),
+        ("extreme", {"pick": 0, "kind": "zero_time"}),
+        ("cycles", {"n": 1}),
+        ("restart", {"change": "none", "which": 1}),
+    )
 
 
 def test_finding_a_big_body_s_history_is_its_top_level_events():
-    """"A body's history is its top-level events key, whatever the body's size": over 1 MiB, an unknown field
+    """ "A body's history is its top-level events key, whatever the body's size": over 1 MiB, an unknown field
     before it holding an ``events`` array was taken as the history (issue 26, item 6)."""
-    replay(("init", {"n": 1, "page_size": 1, "seed": 0}), ("extreme", {"pick": 0, "kind": "unknown_before"}),
-           ("cycles", {"n": 1}))
+    replay(
+        ("init", {"n": 1, "page_size": 1, "seed": 0}), ("extreme", {"pick": 0, "kind": "unknown_before"}), ("cycles", {"n": 1})
+    )
 
 
 def test_finding_a_busy_session_that_moves_to_page_one_mid_pass_keeps_its_series():
-    """"A session is gone only when two consecutive complete passes did not list it": listed newest first, a
+    """ "A session is gone only when two consecutive complete passes did not list it": listed newest first, a
     session updated while a pass was stalled on page 2 moved to page 1, was missed, and lost its series
     (issue 26, item 8)."""
-    replay(("init", {"n": 3, "page_size": 1, "seed": 0}), ("cycles", {"n": 1}),
-           ("listing_shape", {"order": "newest", "short": False, "duplicates": False, "then": 0}),
-           ("listing_fault", {"kind": "fail_pages", "times": 1, "then": 1}),
-           ("append", {"pick": 0, "specs": [OK_RUN], "open_run": False, "ts_mode": "bump"}), ("cycles", {"n": 1}))
+    replay(
+        ("init", {"n": 3, "page_size": 1, "seed": 0}),
+        ("cycles", {"n": 1}),
+        ("listing_shape", {"order": "newest", "short": False, "duplicates": False, "then": 0}),
+        ("listing_fault", {"kind": "fail_pages", "times": 1, "then": 1}),
+        ("append", {"pick": 0, "specs": [OK_RUN], "open_run": False, "ts_mode": "bump"}),
+        ("cycles", {"n": 1}),
+    )
 
 
 def test_finding_a_lagging_answer_after_a_clock_correction_hides_no_run():
-    """"last_updated_at is a hint ... compared for equality, not order (a corrected upstream clock must not hide
+    """ "last_updated_at is a hint ... compared for equality, not order (a corrected upstream clock must not hide
     runs)": after the upstream clock was put back, the listing showed the new, earlier timestamp while a lagging
     replica answered with the old version and its later timestamp; the answer was taken as the listed version
     (only an answer *earlier* than the listing is keyed on its own time), so the session was never fetched
     again and its newer runs stayed uncounted until it changed again. Found on the tree with issue 26's fixes."""
-    replay(("init", {"n": 1, "page_size": 1, "seed": 0}), ("upstream_clock", {"ahead": True}),
-           ("append", {"pick": 0, "specs": [OK_RUN], "open_run": False, "ts_mode": "bump"}), ("cycles", {"n": 1}),
-           ("upstream_clock", {"ahead": False}),
-           ("append", {"pick": 0, "specs": [OK_RUN], "open_run": False, "ts_mode": "bump"}),
-           ("read_fault", {"pick": 0, "kind": "lag", "times": 1, "where": 1, "then": 1}))
+    replay(
+        ("init", {"n": 1, "page_size": 1, "seed": 0}),
+        ("upstream_clock", {"ahead": True}),
+        ("append", {"pick": 0, "specs": [OK_RUN], "open_run": False, "ts_mode": "bump"}),
+        ("cycles", {"n": 1}),
+        ("upstream_clock", {"ahead": False}),
+        ("append", {"pick": 0, "specs": [OK_RUN], "open_run": False, "ts_mode": "bump"}),
+        ("read_fault", {"pick": 0, "kind": "lag", "times": 1, "where": 1, "then": 1}),
+    )
 
 
 def test_finding_a_short_pass_after_an_accepted_mass_deletion_retires_nothing():
-    """"A session is gone only when two consecutive complete passes did not list it"; "when three consecutive
+    """ "A session is gone only when two consecutive complete passes did not list it"; "when three consecutive
     complete passes agree, the short listing is taken as the truth": two of three sessions deleted, three short
     passes retire them, and then one empty listing retired the last session at once (the run of short passes
     was not reset when it was accepted). Found on the tree with issue 26's fixes."""
-    replay(("init", {"n": 3, "page_size": 3, "seed": 0}), ("cycles", {"n": 1}), ("delete", {"pick": 0}),
-           ("delete", {"pick": 0}), ("cycles", {"n": 3}), ("listing_fault", {"kind": "empty", "times": 1, "then": 1}))
+    replay(
+        ("init", {"n": 3, "page_size": 3, "seed": 0}),
+        ("cycles", {"n": 1}),
+        ("delete", {"pick": 0}),
+        ("delete", {"pick": 0}),
+        ("cycles", {"n": 3}),
+        ("listing_fault", {"kind": "empty", "times": 1, "then": 1}),
+    )
 
 
 def test_finding_a_lagging_answer_under_go_s_zero_time_hides_no_run():
     """The same, where the listing shows Go's zero time (which no longer parses as a time): a lagging answer with
     an older, valid timestamp was keyed under the zero time, and the run the zero-time version added was never
     fetched. Found on the tree with issue 26's fixes."""
-    replay(("init", {"n": 1, "page_size": 1, "seed": 0}), ("cycles", {"n": 1}),
-           ("append", {"pick": 0, "specs": [OK_RUN], "open_run": False, "ts_mode": "zero"}),
-           ("read_fault", {"pick": 0, "kind": "lag", "times": 1, "where": 0, "then": 1}))
+    replay(
+        ("init", {"n": 1, "page_size": 1, "seed": 0}),
+        ("cycles", {"n": 1}),
+        ("append", {"pick": 0, "specs": [OK_RUN], "open_run": False, "ts_mode": "zero"}),
+        ("read_fault", {"pick": 0, "kind": "lag", "times": 1, "where": 0, "then": 1}),
+    )
 
 
 def test_finding_a_session_a_short_pass_listed_is_not_retired_by_the_passes_around_it():
-    """"A session is gone only when two consecutive complete passes did not list it": a pass ending at a repeated
+    """ "A session is gone only when two consecutive complete passes did not list it": a pass ending at a repeated
     token missed s3, a short pass (newest first, ended early) listed it, and the next pass that missed it retired
     it, the short pass between them ignored. Found by the long profile on the tree with issue 26's fixes."""
-    replay(("init", {"n": 4, "page_size": 1, "seed": 0}), ("cycles", {"n": 1}),
-           ("listing_fault", {"kind": "loop", "times": 1, "then": 1}),
-           ("listing_shape", {"order": "newest", "short": False, "duplicates": False, "then": 0}),
-           ("listing_fault", {"kind": "truncated", "times": 1, "then": 1}),
-           ("listing_shape", {"order": "oldest", "short": False, "duplicates": False, "then": 0}),
-           ("listing_fault", {"kind": "loop", "times": 1, "then": 1}))
+    replay(
+        ("init", {"n": 4, "page_size": 1, "seed": 0}),
+        ("cycles", {"n": 1}),
+        ("listing_fault", {"kind": "loop", "times": 1, "then": 1}),
+        ("listing_shape", {"order": "newest", "short": False, "duplicates": False, "then": 0}),
+        ("listing_fault", {"kind": "truncated", "times": 1, "then": 1}),
+        ("listing_shape", {"order": "oldest", "short": False, "duplicates": False, "then": 0}),
+        ("listing_fault", {"kind": "loop", "times": 1, "then": 1}),
+    )
 
 
 def test_finding_short_passes_that_disagree_retire_only_what_none_of_them_listed():
-    """"A session is gone only when two consecutive complete passes did not list it"; "when three consecutive
+    """ "A session is gone only when two consecutive complete passes did not list it"; "when three consecutive
     complete passes agree, the short listing is taken as the truth": a listing shuffled at every page gave three
     short passes in a row ([s2], [s2], [s0]) and the third retired s2, which the pass before had listed (any
     three short passes counted as agreeing). Found by the long profile on the tree with issue 26's fixes."""
-    replay(("init", {"n": 3, "page_size": 1, "seed": 151}), ("cycles", {"n": 1}),
-           ("listing_shape", {"order": "shuffled", "short": False, "duplicates": False, "then": 4}))
+    replay(
+        ("init", {"n": 3, "page_size": 1, "seed": 151}),
+        ("cycles", {"n": 1}),
+        ("listing_shape", {"order": "shuffled", "short": False, "duplicates": False, "then": 4}),
+    )

@@ -40,15 +40,25 @@ from collector.state import MemoryStore
 from tests.fakes import FakeApi, poll_config
 from tests.helpers import run_async
 
-settings.register_profile("ci", max_examples=100, stateful_step_count=30, derandomize=True, deadline=None,
-                          suppress_health_check=list(HealthCheck), database=None)
-settings.register_profile("long", max_examples=2000, stateful_step_count=60, deadline=None,
-                          suppress_health_check=list(HealthCheck))
+settings.register_profile(
+    "ci",
+    max_examples=100,
+    stateful_step_count=30,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    database=None,
+)
+settings.register_profile(
+    "long", max_examples=2000, stateful_step_count=60, deadline=None, suppress_health_check=list(HealthCheck)
+)
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 
-BUCKET_SETS = [Buckets((1.0, 10.0), (10.0, 100.0), (1.0, 4.0), (0.0, 2.0)),
-               Buckets((0.5, 5.0), (8.0, 80.0), (2.0,), (1.0, 3.0)),
-               Buckets((2.0,), (50.0,), (1.0, 2.0, 8.0), (0.0,))]
+BUCKET_SETS = [
+    Buckets((1.0, 10.0), (10.0, 100.0), (1.0, 4.0), (0.0, 2.0)),
+    Buckets((0.5, 5.0), (8.0, 80.0), (2.0,), (1.0, 3.0)),
+    Buckets((2.0,), (50.0,), (1.0, 2.0, 8.0), (0.0,)),
+]
 IDS = [f"s{i}" for i in range(6)]
 INDEX = "idx-a"
 
@@ -69,15 +79,29 @@ class Upstream:
         events: list[dict] = []
         for stop_id, failed in self.runs[sid]:
             tweak = self.rewritten.get(sid, {}).get(stop_id, 0)
-            events += [{"type": "user_input", "content": "q"},
-                       {"type": "stop", "is_error": failed, "error": "boom" if failed else None,
-                        "usage": {"duration_ms": 700 + 1000 * stop_id + tweak, "total_input_tokens": 3,
-                                  "total_output_tokens": 4, "turns": 1}}]
+            events += [
+                {"type": "user_input", "content": "q"},
+                {
+                    "type": "stop",
+                    "is_error": failed,
+                    "error": "boom" if failed else None,
+                    "usage": {
+                        "duration_ms": 700 + 1000 * stop_id + tweak,
+                        "total_input_tokens": 3,
+                        "total_output_tokens": 4,
+                        "turns": 1,
+                    },
+                },
+            ]
         if self.open[sid]:
             events.append({"type": "user_input", "content": "still thinking"})
         v = self.version[sid] if version is None else version
-        return {"session_id": sid, "last_updated_at": f"2026-01-01T00:{v // 60:02d}:{v % 60:02d}+00:00",
-                "index_ids": [INDEX] if self.indexed[sid] else None, "events": events}
+        return {
+            "session_id": sid,
+            "last_updated_at": f"2026-01-01T00:{v // 60:02d}:{v % 60:02d}+00:00",
+            "index_ids": [INDEX] if self.indexed[sid] else None,
+            "events": events,
+        }
 
 
 class CountingCore(RuleBasedStateMachine):
@@ -112,12 +136,19 @@ class CountingCore(RuleBasedStateMachine):
 
     def _start(self) -> Poller:
         rules = [list(r) for r in DEFAULT_ERROR_RULES]
-        store = SqliteStore(self.dir / "state.db", self.buckets, [tuple(r) for r in rules], 50) \
-            if self.persistent else MemoryStore()
-        config = poll_config(interval=60.0, buckets=self.buckets, page_size=2,
-                            index_ids=(INDEX,) if self.filtered else ())
-        return Poller(self.api, store, config, ErrorClassifier(), SelfMetrics(CollectorRegistry()),
-                      clock=lambda: 1000.0 + self.now[0], monotonic=lambda: self.now[0])
+        store = (
+            SqliteStore(self.dir / "state.db", self.buckets, [tuple(r) for r in rules], 50) if self.persistent else MemoryStore()
+        )
+        config = poll_config(interval=60.0, buckets=self.buckets, page_size=2, index_ids=(INDEX,) if self.filtered else ())
+        return Poller(
+            self.api,
+            store,
+            config,
+            ErrorClassifier(),
+            SelfMetrics(CollectorRegistry()),
+            clock=lambda: 1000.0 + self.now[0],
+            monotonic=lambda: self.now[0],
+        )
 
     def _publish(self, sid: str) -> None:
         if sid in self.up.deleted:
@@ -294,9 +325,11 @@ class CountingCore(RuleBasedStateMachine):
     def fetch_fails(self, pick, kind, times):
         sid = self._live(pick)
         if sid is not None:
-            error = {"fetch": FetchError("retrieve: HTTP 500", operation="retrieve"),
-                     "payload": PayloadError("retrieve: invalid payload", operation="retrieve"),
-                     "bug": RuntimeError("a bug")}[kind]
+            error = {
+                "fetch": FetchError("retrieve: HTTP 500", operation="retrieve"),
+                "payload": PayloadError("retrieve: invalid payload", operation="retrieve"),
+                "bug": RuntimeError("a bug"),
+            }[kind]
             self.api.answers[sid] = [error] * times
             self._touch(sid)
 
@@ -400,8 +433,7 @@ class CountingCore(RuleBasedStateMachine):
         assert loaded.replay == state.replay
         assert (loaded.histogram_floor is None) == (state.histogram_floor is None)
         assert loaded.prior == state.prior and loaded.synced == state.synced
-        assert json.dumps(loaded.aggregates.to_dict(), sort_keys=True) == \
-            json.dumps(state.aggregates.to_dict(), sort_keys=True)
+        assert json.dumps(loaded.aggregates.to_dict(), sort_keys=True) == json.dumps(state.aggregates.to_dict(), sort_keys=True)
 
     @rule()
     def settled_counts_are_exact(self):

@@ -79,8 +79,14 @@ def test_a_short_read_during_a_re_derivation_is_not_counted_again_over_the_floor
     db = tmp_path / "state.db"
 
     def start(buckets):
-        return Poller(api, SqliteStore(db, buckets, [], 50), poll_config(interval=60.0, buckets=buckets),
-                      ErrorClassifier([]), SelfMetrics(CollectorRegistry()))
+        return Poller(
+            api,
+            SqliteStore(db, buckets, [], 50),
+            poll_config(interval=60.0, buckets=buckets),
+            ErrorClassifier([]),
+            SelfMetrics(CollectorRegistry()),
+        )
+
     p = start(BUCKETS)
     cycle(p)
     p.store.close()

@@ -191,6 +191,7 @@ def test_cancelled_at_shutdown_a_cycle_commits_nothing():
         with pytest.raises(asyncio.CancelledError):
             await task
         return p
+
     p = run_async(scenario())
     assert total_runs(p) == 0 and not p.state.sessions
 
@@ -218,6 +219,7 @@ def test_over_loopback_a_listing_longer_than_the_interval_still_gets_ready_and_c
             for _ in range(3):
                 await collector.poller.cycle()  # ... is counted within a pass plus a cycle
             assert_matches_truth(await scrape(collector.port), sim)
+
     run_async(scenario())
 
 
@@ -231,6 +233,7 @@ def test_a_fetch_the_cycle_deadline_times_out_is_carried_not_failing():
                 now[0] = 100.0  # the client gave up because the cycle's deadline came: no fault of s3
                 raise FetchError("retrieve: timed out", operation="retrieve")
             return await super().retrieve(sid, deadline)
+
     slow = Slow()
     slow.sessions = api.sessions
     p = poller(slow, interval=60.0, monotonic=lambda: now[0], max_concurrency=1)
@@ -261,6 +264,7 @@ def test_a_cycle_cancelled_after_some_fetches_leaves_the_state_exactly_as_it_was
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
     run_async(cancelled())
     assert (p.state.sessions, dict(p.state.retired), json.dumps(p.state.aggregates.to_dict())) == before
     api.retrieve_delay = 0.0

@@ -21,26 +21,32 @@ CHART = ROOT / "helm" / "llamacloud-collector"
 
 def flags_of(command: str) -> dict[str, str]:
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
-    return {flag: action.dest for action in sub._actions for flag in action.option_strings
-            if flag.startswith("--") and action.dest != "help"}
+    return {
+        flag: action.dest
+        for action in sub._actions
+        for flag in action.option_strings
+        if flag.startswith("--") and action.dest != "help"
+    }
 
 
 def test_the_flags_of_run_are_the_declared_settings_and_nothing_else():
     flags = flags_of("run")
     declared = {o.flag: name for name, o in OPTIONS.items() if o.flag}
     declared |= {alias: name for name, o in OPTIONS.items() for alias in o.aliases}
-    declared |= {f"--no-{f[2:]}": n for f, n in declared.items()
-                 if Settings.model_fields[n].annotation in (bool, bool | None)}
+    declared |= {f"--no-{f[2:]}": n for f, n in declared.items() if Settings.model_fields[n].annotation in (bool, bool | None)}
     assert {f: d for f, d in flags.items() if f != "--config"} == declared
     assert set(ENV_VARS) == set(OPTIONS) and len(set(ENV_VARS.values())) == len(ENV_VARS)
 
 
-@pytest.mark.parametrize(("data", "names"), [
-    ({"session_ids": [{"a": 1}]}, "session_ids.0 (--session-id, COLLECTOR_SESSION_IDS)"),
-    ({"index_ids": [[1]]}, "index_ids.0 (--index-id, COLLECTOR_INDEX_IDS)"),
-    ({"web_config": 3}, "web_config (--web-config, COLLECTOR_WEB_CONFIG)"),
-    ({"max_concurrency": 0}, "max_concurrency (--max-concurrency, COLLECTOR_MAX_CONCURRENCY)"),
-])
+@pytest.mark.parametrize(
+    ("data", "names"),
+    [
+        ({"session_ids": [{"a": 1}]}, "session_ids.0 (--session-id, COLLECTOR_SESSION_IDS)"),
+        ({"index_ids": [[1]]}, "index_ids.0 (--index-id, COLLECTOR_INDEX_IDS)"),
+        ({"web_config": 3}, "web_config (--web-config, COLLECTOR_WEB_CONFIG)"),
+        ({"max_concurrency": 0}, "max_concurrency (--max-concurrency, COLLECTOR_MAX_CONCURRENCY)"),
+    ],
+)
 def test_a_bad_value_names_the_flag_argparse_accepts(tmp_path, data, names):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -63,9 +69,18 @@ def test_the_charts_config_map_writes_only_settings_and_every_config_value_reach
     snake = {key: re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower() for key in values}
     fields = set(Settings.model_fields)
     assert [k for k, s in snake.items() if s not in fields and s != "discover"] == []
-    full = {"apiKey": {"value": "k"}, "config": {
-        "projectId": "p", "organizationId": "o", "sessionIds": ["s"], "discover": True, "indexIds": ["i"],
-        "errorRules": [{"type": "quota", "pattern": "quota"}], "buckets": {"turns": [1, 2]}}}
+    full = {
+        "apiKey": {"value": "k"},
+        "config": {
+            "projectId": "p",
+            "organizationId": "o",
+            "sessionIds": ["s"],
+            "discover": True,
+            "indexIds": ["i"],
+            "errorRules": [{"type": "quota", "pattern": "quota"}],
+            "buckets": {"turns": [1, 2]},
+        },
+    }
     out = helm_python.Chart.load(str(CHART)).render(values=full, name="rel", namespace="obs")
     configmap = next(yaml.safe_load(t) for p, t in out.items() if p.endswith("configmap.yaml"))
     written = yaml.safe_load(configmap["data"]["config.yaml"])

@@ -17,8 +17,13 @@ CANARY = "llx-CANARY-7d1f0e9a8b2c4d6e"
 
 
 def collector(*args, env=None, timeout=60):
-    return subprocess.run([sys.executable, "-m", "collector", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "LLAMA_CLOUD_API_KEY": CANARY, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "collector", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "LLAMA_CLOUD_API_KEY": CANARY, **(env or {})},
+    )
 
 
 MISTAKES = [
@@ -28,8 +33,13 @@ MISTAKES = [
     ("bad host:port", None, [], {"COLLECTOR_LISTEN": "localhost"}, "listen (--listen, COLLECTOR_LISTEN)"),
     ("shard >= total", None, ["--shard", "3", "--total-shards", "3"], {}, "shard (--shard, COLLECTOR_SHARD)"),
     ("invalid regex", "error_rules:\n  - {type: x, pattern: '[unclosed'}\n", [], {}, "error_rules.0.pattern"),
-    ("unreadable key file", None, ["--api-key-file", "/nonexistent/key"], {"LLAMA_CLOUD_API_KEY": ""},
-     "cannot read /nonexistent/key"),
+    (
+        "unreadable key file",
+        None,
+        ["--api-key-file", "/nonexistent/key"],
+        {"LLAMA_CLOUD_API_KEY": ""},
+        "cannot read /nonexistent/key",
+    ),
     ("missing key", None, [], {"LLAMA_CLOUD_API_KEY": ""}, "missing API key: set LLAMA_CLOUD_API_KEY"),
     ("state dir missing", None, ["--state-path", "/nonexistent/dir/state.db"], {}, "state_path"),
     ("bad web config", "", ["--web-config", "/nonexistent/web.yml"], {}, "web_config: cannot read"),
@@ -52,8 +62,19 @@ def test_operator_mistake_exits_2_with_one_line(tmp_path, name, config, args, en
 
 def start_sim(procs, sessions=20, rate=0.0):
     port = free_port()
-    procs.collector("simulator", "simulate", "--port", str(port), "--sessions", str(sessions),
-                    "--rate", str(rate), "--seed", "5", env={"LLAMA_CLOUD_API_KEY": CANARY})
+    procs.collector(
+        "simulator",
+        "simulate",
+        "--port",
+        str(port),
+        "--sessions",
+        str(sessions),
+        "--rate",
+        str(rate),
+        "--seed",
+        "5",
+        env={"LLAMA_CLOUD_API_KEY": CANARY},
+    )
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: httpx.get(url + "/_sim/stats").status_code == 200, 30, "simulator")
     return url
@@ -61,14 +82,21 @@ def start_sim(procs, sessions=20, rate=0.0):
 
 def start_collector(procs, sim, *args, name="collector"):
     port = free_port()
-    proc = procs.collector(name, "--listen", f"127.0.0.1:{port}", "--interval", "1", *args,
-                           env={"LLAMA_CLOUD_BASE_URL": sim, "COLLECTOR_READ_TIMEOUT": "1",
-                                "LLAMA_CLOUD_API_KEY": CANARY})
+    proc = procs.collector(
+        name,
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--interval",
+        "1",
+        *args,
+        env={"LLAMA_CLOUD_BASE_URL": sim, "COLLECTOR_READ_TIMEOUT": "1", "LLAMA_CLOUD_API_KEY": CANARY},
+    )
     url = f"http://127.0.0.1:{port}"
 
     def ready():
         assert proc.poll() is None, f"{name} exited: {procs.log(name)}"
         return httpx.get(url + "/readyz").status_code == 200
+
     wait_until(ready, 60, f"{name} ready")
     return url
 
@@ -113,6 +141,7 @@ def test_kill_9_mid_cycle_loses_no_run(procs, tmp_path):
         runs, events = remote_truth(sim)
         assert_samples_match(parse(httpx.get(url + "/metrics").text), runs, events)
         return True
+
     wait_until(exact, 30, "totals to equal the truth after restart", interval=1.0)
 
 
@@ -120,9 +149,20 @@ def test_key_canary_never_leaks_across_a_fault_run(procs, tmp_path):
     sim = start_sim(procs, rate=5)
     db = tmp_path / "state.db"
     url = start_collector(procs, sim, "--log-level", "debug", "--state-path", str(db))
-    faults = [("status", {"status": 429, "retry_after": 1}), ("status", {"status": 500}),
-              ("status", {"status": 503}), ("reset", {}), ("cut", {}), ("bad_json", {}), ("html", {}),
-              ("content_type", {}), ("slow", {"delay": 2}), ("gone", {}), ("shrink", {}), ("unknown_event", {})]
+    faults = [
+        ("status", {"status": 429, "retry_after": 1}),
+        ("status", {"status": 500}),
+        ("status", {"status": 503}),
+        ("reset", {}),
+        ("cut", {}),
+        ("bad_json", {}),
+        ("html", {}),
+        ("content_type", {}),
+        ("slow", {"delay": 2}),
+        ("gone", {}),
+        ("shrink", {}),
+        ("unknown_event", {}),
+    ]
     bodies = []
     for kind, extra in faults:
         for endpoint in ("list", "retrieve"):

@@ -59,9 +59,12 @@ def nested_aliases(head: str) -> bytes:
 WEB_CASES = {
     "aliases nested 9 deep under cipher_suites": (
         nested_aliases("tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites:"),
-        "tls_server_config.cipher_suites.0: Input should be a valid string"),
-    "aliases nested 9 deep under a user": (nested_aliases("basic_auth_users:\n  prom:"),
-                                           "basic_auth_users.prom: Input should be a valid string"),
+        "tls_server_config.cipher_suites.0: Input should be a valid string",
+    ),
+    "aliases nested 9 deep under a user": (
+        nested_aliases("basic_auth_users:\n  prom:"),
+        "basic_auth_users.prom: Input should be a valid string",
+    ),
     "yaml nested 100k deep": (b"basic_auth_users: " + b"[" * 100_000 + b"]" * 100_000 + b"\n", "too deeply nested"),
     "a file over 1 MiB": (b"# " + b"x" * (2 << 20) + b"\n", "is over 1048576 bytes"),
 }
@@ -76,8 +79,7 @@ def test_a_bad_web_config_is_one_line_and_exit_2(tmp_path, capsys, name):
     path.write_bytes(content)
     with at_most(60):
         code, err = run(capsys, ["check", "--web-config", str(path)], {})
-    assert code == 2 and err.count("\n") == 1 and err.startswith("llamacloud-collector: error: web_config:"), \
-        err[:300]
+    assert code == 2 and err.count("\n") == 1 and err.startswith("llamacloud-collector: error: web_config:"), err[:300]
     assert fragment in err and "Traceback" not in err
 
 
@@ -88,14 +90,16 @@ def test_an_alias_in_a_web_config_is_read_as_go_reads_it(tmp_path):
     assert parse_web_config(path).basic_auth_users == {"prom": hashed, "grafana": hashed}
 
 
-@pytest.mark.parametrize("env,fragment,secret", [
-    ({"HTTPS_PROXY": "http://user:S3cr#tPW@proxy.example:3128"}, "HTTPS_PROXY: not a valid proxy URL", "S3cr"),
-    ({"HTTPS_PROXY": "socks5://user:S3cretPW@proxy.example:1080"}, "socks5:// proxies are not supported",
-     "S3cretPW"),
-    ({"LLAMA_CLOUD_BASE_URL": "https://user:SECRETPW@api.example"}, "holds credentials", "SECRETPW"),
-    ({"LLAMA_CLOUD_BASE_URL": "https://api.example/\r\nX-Evil: 1"}, "control characters", "X-Evil"),
-    ({"SSL_CERT_FILE": "/nonexistent/ca.pem"}, "SSL_CERT_FILE: cannot load CA certificates", None),
-])
+@pytest.mark.parametrize(
+    "env,fragment,secret",
+    [
+        ({"HTTPS_PROXY": "http://user:S3cr#tPW@proxy.example:3128"}, "HTTPS_PROXY: not a valid proxy URL", "S3cr"),
+        ({"HTTPS_PROXY": "socks5://user:S3cretPW@proxy.example:1080"}, "socks5:// proxies are not supported", "S3cretPW"),
+        ({"LLAMA_CLOUD_BASE_URL": "https://user:SECRETPW@api.example"}, "holds credentials", "SECRETPW"),
+        ({"LLAMA_CLOUD_BASE_URL": "https://api.example/\r\nX-Evil: 1"}, "control characters", "X-Evil"),
+        ({"SSL_CERT_FILE": "/nonexistent/ca.pem"}, "SSL_CERT_FILE: cannot load CA certificates", None),
+    ],
+)
 def test_a_bad_environment_is_one_line_and_exit_2_without_the_secret(tmp_path, capsys, env, fragment, secret):
     code, err = run(capsys, ["check"], env)
     assert code == 2 and err.count("\n") == 1 and fragment in err and "Traceback" not in err, err[:300]

@@ -25,8 +25,7 @@ T0 = "2026-01-01T00:00:00+00:00"
 def captured():
     stream = io.StringIO()
     logs.configure("info", "json", stream=stream)
-    yield lambda event=None: [e for e in map(json.loads, stream.getvalue().splitlines())
-                              if event is None or e["event"] == event]
+    yield lambda event=None: [e for e in map(json.loads, stream.getvalue().splitlines()) if event is None or e["event"] == event]
     structlog.reset_defaults()
 
 
@@ -47,10 +46,12 @@ def test_the_report_counts_every_kind_of_outcome(captured):
     api.put("s1", "2026-01-01T00:01:00+00:00", run_events() * 3)
     api.put("s2", "2026-01-01T00:01:00+00:00", run_events() * 3)
     api.put("s3", "2026-01-01T00:01:00+00:00", run_events() * 3)
-    api.answers = {"s0": [FetchError("retrieve: HTTP 502", operation="retrieve")],
-                   "s1": [PayloadError("retrieve: invalid payload at events", operation="retrieve")],
-                   "s2": [NotFound("retrieve: HTTP 404", operation="retrieve", status=404)],
-                   "s3": [RuntimeError("a bug in one session")]}
+    api.answers = {
+        "s0": [FetchError("retrieve: HTTP 502", operation="retrieve")],
+        "s1": [PayloadError("retrieve: invalid payload at events", operation="retrieve")],
+        "s2": [NotFound("retrieve: HTTP 404", operation="retrieve", status=404)],
+        "s3": [RuntimeError("a bug in one session")],
+    }
     report = cycle(p)
     assert report.result == "partial" and report.fetched == 0 and report.unchanged == 1
     assert (report.failed, report.invalid, report.removed, report.runs_added) == (1, 2, 1, 0)
@@ -84,9 +85,16 @@ def test_unreadable_listing_items_are_counted_and_named(captured):
 
     async def listing(token=None, deadline=None):
         from collector.llamacloud.models import parse_page
-        return parse_page(json.dumps({"items": [api._summary("s0"), {"session_id": "..", "last_updated_at": T0}]
-                                      + [{"session_id": f"bad{i}", "last_updated_at": None} for i in range(11)]
-                                      }).encode())
+
+        return parse_page(
+            json.dumps(
+                {
+                    "items": [api._summary("s0"), {"session_id": "..", "last_updated_at": T0}]
+                    + [{"session_id": f"bad{i}", "last_updated_at": None} for i in range(11)]
+                }
+            ).encode()
+        )
+
     api.list_page = listing
     report = cycle(p)
     assert report.result == "partial" and report.invalid == 12 and report.watched == 1
@@ -108,6 +116,7 @@ def test_a_bug_in_discovery_fails_the_cycle_with_one_line():
 
     async def broken(token=None, deadline=None):
         raise KeyError("i" * 300)
+
     api.list_page = broken
     p = poller(api)
     report = cycle(p)
@@ -132,8 +141,10 @@ def test_configured_sessions_are_read_one_by_one_within_this_shard():
 
 def test_when_no_configured_session_answers_the_first_error_is_the_reason():
     api = populated(2)
-    api.summary_errors = {"s0": FetchError("summary: HTTP 503", operation="summary"),
-                          "s1": PayloadError("summary: invalid", operation="summary")}
+    api.summary_errors = {
+        "s0": FetchError("summary: HTTP 503", operation="summary"),
+        "s1": PayloadError("summary: invalid", operation="summary"),
+    }
     report = cycle(poller(api, discover=False, session_ids=("s0", "s1"), max_concurrency=1))
     assert report.result == "failure" and report.errors[0] == "summary: HTTP 503"
 
@@ -155,8 +166,9 @@ def test_failed_runs_are_logged_once_after_the_first_sync(captured):
     assert len(captured("chat run failed")) == 1
     everything = poller(populated(1), log_runs="all")
     cycle(everything)
-    everything.client.put("s0", "2026-01-01T00:01:00+00:00",
-                          everything.client.sessions["s0"]["events"] + run_events() * 3 + run_events(True))
+    everything.client.put(
+        "s0", "2026-01-01T00:01:00+00:00", everything.client.sessions["s0"]["events"] + run_events() * 3 + run_events(True)
+    )
     cycle(everything)
     assert len(captured("chat run finished")) == 3 and len(captured("chat run failed")) == 2
 
@@ -193,11 +205,15 @@ def test_every_failure_of_a_kind_is_counted(captured):
     cycle(p)
     for i in range(7):
         api.put(f"s{i}", "2026-01-01T00:01:00+00:00", run_events())
-    api.answers = {"s0": [NotFound("gone", operation="retrieve", status=404)],
-                   "s1": [NotFound("gone", operation="retrieve", status=404)],
-                   "s2": [PayloadError("bad", operation="retrieve")], "s3": [PayloadError("bad", operation="retrieve")],
-                   "s4": [FetchError("down", operation="retrieve")], "s5": [RuntimeError("x" * 500)],
-                   "s6": [FetchError("down too", operation="retrieve")]}
+    api.answers = {
+        "s0": [NotFound("gone", operation="retrieve", status=404)],
+        "s1": [NotFound("gone", operation="retrieve", status=404)],
+        "s2": [PayloadError("bad", operation="retrieve")],
+        "s3": [PayloadError("bad", operation="retrieve")],
+        "s4": [FetchError("down", operation="retrieve")],
+        "s5": [RuntimeError("x" * 500)],
+        "s6": [FetchError("down too", operation="retrieve")],
+    }
     report = cycle(p)
     assert (report.removed, report.invalid, report.failed) == (2, 3, 2)
     assert p.metrics.invalid_payloads.labels("retrieve")._value.get() == 1  # the bug is an invalid payload
@@ -225,8 +241,9 @@ def test_fetches_that_outlast_the_deadline_are_carried_and_fetched_first_next_cy
     api.retrieve_delay = 0.5
     report = cycle(fast)
     assert report.result == "partial" and report.carried == 3 and report.fetched == 0 and report.failed == 0
-    assert report.errors == ["cycle deadline reached at page 1 of the listing pass with 3 sessions not fetched; "
-                             "the pass carries on next cycle"]
+    assert report.errors == [
+        "cycle deadline reached at page 1 of the listing pass with 3 sessions not fetched; the pass carries on next cycle"
+    ]
     api.retrieve_delay = 0.0
     pages = api.pages_listed
     report = cycle(fast)
@@ -240,8 +257,8 @@ def test_the_deadline_line_names_the_page_the_pass_had_reached(monkeypatch):
     api.page_size, api.retrieve_delay = 1, 5.0  # no fetch ends in time
     report = cycle(fast)
     assert report.pages == 3 and report.errors == [
-        "cycle deadline reached at page 3 of the listing pass with 3 sessions not fetched; the pass carries on "
-        "next cycle"]
+        "cycle deadline reached at page 3 of the listing pass with 3 sessions not fetched; the pass carries on next cycle"
+    ]
 
 
 def test_only_the_fetches_still_running_at_the_deadline_count_as_failed(monkeypatch):
@@ -270,8 +287,7 @@ def test_a_refused_key_stops_the_cycle_with_its_own_message():
     from collector.errors import AuthError
 
     api = populated(3)
-    api.summary_errors = {"s1": AuthError("summary: HTTP 401: the API key was refused", operation="summary",
-                                          status=401)}
+    api.summary_errors = {"s1": AuthError("summary: HTTP 401: the API key was refused", operation="summary", status=401)}
     report = cycle(poller(api, discover=False, session_ids=tuple(api.sessions)))
     assert report.result == "failure" and report.errors == ["summary: HTTP 401: the API key was refused"]
 
@@ -312,23 +328,67 @@ def test_a_cycle_reports_every_count_exactly_and_logs_the_same_line():
     p = poller(api)
     with structlog.testing.capture_logs() as captured:
         first = cycle(p)
-    assert (first.result, first.watched, first.fetched, first.unchanged, first.runs_added, first.failed,
-            first.invalid, first.removed, first.pages, first.carried, first.backing_off, first.pass_complete) == \
-        ("partial", 5, 5, 0, 5, 1, 1, 0, 3, 0, 0, True)
+    assert (
+        first.result,
+        first.watched,
+        first.fetched,
+        first.unchanged,
+        first.runs_added,
+        first.failed,
+        first.invalid,
+        first.removed,
+        first.pages,
+        first.carried,
+        first.backing_off,
+        first.pass_complete,
+    ) == ("partial", 5, 5, 0, 5, 1, 1, 0, 3, 0, 0, True)
     assert first.errors[0].startswith("retrieve: HTTP 500")
     line = next(e for e in captured if e["event"] == "poll cycle")
-    assert {k: line[k] for k in ("result", "sessions_watched", "fetched", "unchanged", "runs_added", "failed",
-                                 "invalid", "removed", "pages", "carried", "sessions_failing", "pass_complete")} == {
-        "result": "partial", "sessions_watched": 5, "fetched": 5, "unchanged": 0, "runs_added": 5, "failed": 1,
-        "invalid": 1, "removed": 0, "pages": 3, "carried": 0, "sessions_failing": 1, "pass_complete": True}
+    assert {
+        k: line[k]
+        for k in (
+            "result",
+            "sessions_watched",
+            "fetched",
+            "unchanged",
+            "runs_added",
+            "failed",
+            "invalid",
+            "removed",
+            "pages",
+            "carried",
+            "sessions_failing",
+            "pass_complete",
+        )
+    } == {
+        "result": "partial",
+        "sessions_watched": 5,
+        "fetched": 5,
+        "unchanged": 0,
+        "runs_added": 5,
+        "failed": 1,
+        "invalid": 1,
+        "removed": 0,
+        "pages": 3,
+        "carried": 0,
+        "sessions_failing": 1,
+        "pass_complete": True,
+    }
     assert line["error"].startswith("retrieve: HTTP 500") and line["log_level"] == "warning"
     failing = next(e for e in captured if e["event"] == "session failing")
     assert failing["session_id"] == "s5" and failing["note"] == "retried with backoff; the other sessions go on"
     assert p.failing["s5"].failures == 1 and p.failing["s5"].retry_cycle == p.cycles + 1
     with structlog.testing.capture_logs() as captured:
         second = cycle(p)  # s5 retried at once (backoff 1), answers now
-    assert (second.result, second.watched, second.fetched, second.unchanged, second.runs_added, second.pages,
-            second.invalid) == ("partial", 6, 1, 5, 1, 3, 1)  # still partial: the unreadable item
+    assert (second.result, second.watched, second.fetched, second.unchanged, second.runs_added, second.pages, second.invalid) == (
+        "partial",
+        6,
+        1,
+        5,
+        1,
+        3,
+        1,
+    )  # still partial: the unreadable item
     assert next(e for e in captured if e["event"] == "session recovered")["failures"] == 1
     assert not p.failing
 
@@ -411,6 +471,7 @@ class Paged(FakeApi):
 
 def test_an_endless_listing_ends_where_it_goes_round_says_so_and_starts_over():
     from collector.poller import IDLE_PAGES
+
     api = Paged({None: "p"})  # p, p+, p++, ...: never the same token twice, and the same two sessions
     api.put("a", T0, run_events())
     api.put("b", T0, run_events())
@@ -491,8 +552,10 @@ def test_a_failing_session_that_is_then_deleted_is_no_longer_failing():
     p = poller(api)
     cycle(p)
     api.put("s1", "2026-01-01T00:05:00+00:00", run_events())
-    api.answers["s1"] = [FetchError("retrieve: HTTP 500", operation="retrieve"),
-                         NotFound("retrieve: HTTP 404", operation="retrieve", status=404)]
+    api.answers["s1"] = [
+        FetchError("retrieve: HTTP 500", operation="retrieve"),
+        NotFound("retrieve: HTTP 404", operation="retrieve", status=404),
+    ]
     cycle(p)
     assert set(p.failing) == {"s1"}
     report = cycle(p)
@@ -543,8 +606,9 @@ def test_a_listing_that_gives_up_at_the_deadline_is_cut_not_failed_and_resumes()
     _, p = deadline_api(page=2)
     report = cycle(p)
     assert (report.result, report.failed, report.fetched) == ("partial", 0, 1)
-    assert report.errors == ["cycle deadline reached at page 1 of the listing pass with 0 sessions not fetched; "
-                             "the pass carries on next cycle"]
+    assert report.errors == [
+        "cycle deadline reached at page 1 of the listing pass with 0 sessions not fetched; the pass carries on next cycle"
+    ]
     assert not p.listing.listed_all and p.listing.token == "1"  # the next cycle reads page 2 again
     _, first = deadline_api(page=1)
     outage = cycle(first)  # nothing answered by the deadline: an outage
@@ -582,6 +646,7 @@ def test_the_listing_runs_at_most_a_backlog_ahead_of_the_fetches(page_size, conc
         with contextlib.suppress(asyncio.CancelledError):
             await task
         return listed
+
     assert run_async(scenario()) == pages
 
 
@@ -596,6 +661,7 @@ def test_a_listing_error_comes_first_before_the_sessions_that_failed():
     def third_page_fails():
         if api.pages_listed == 3:
             api.list_errors.append(FetchError("list: HTTP 500", operation="list"))
+
     api.on_list = third_page_fails
     report = cycle(poller(api))
     assert report.result == "partial"
@@ -679,8 +745,9 @@ def test_the_deadline_between_two_fetches_cuts_the_cycle_and_says_so():
     api.step = p.cadence.budget  # the first answer comes as the deadline passes: the others wait
     report = cycle(p)
     assert (report.result, report.fetched, report.carried) == ("partial", 1, 2)
-    assert report.errors == ["cycle deadline reached at page 1 of the listing pass with 2 sessions not fetched; "
-                             "the pass carries on next cycle"]
+    assert report.errors == [
+        "cycle deadline reached at page 1 of the listing pass with 2 sessions not fetched; the pass carries on next cycle"
+    ]
 
 
 def test_sessions_failing_on_their_own_last_in_a_pass_do_not_make_every_cycle_an_outage():

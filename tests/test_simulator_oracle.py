@@ -39,8 +39,17 @@ def test_retrieve_payloads_validate_against_the_sdk(api):
         attachments = [e for e in body["events"] if e.get("image_attachment")]
         for event in attachments:
             assert set(event["image_attachment"]) == {"attachment_name", "source_id"}
-    assert kinds >= {"user_input", "thinking_delta", "thinking", "text_delta", "text", "tool_call",
-                     "tool_result", "stop", UNKNOWN_TYPE}
+    assert kinds >= {
+        "user_input",
+        "thinking_delta",
+        "thinking",
+        "text_delta",
+        "text",
+        "tool_call",
+        "tool_result",
+        "stop",
+        UNKNOWN_TYPE,
+    }
 
 
 def test_list_and_summary_payloads_validate_and_page(api):

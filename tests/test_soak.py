@@ -12,10 +12,19 @@ from tests.stack import Processes, free_port, wait_until
 KEY = "llx-soak"
 DURATION = 110.0
 MEMORY_GROWTH_BOUND = 40 * 1024 * 1024
-FAULTS = [{"kind": "status", "status": 429, "retry_after": 1}, {"kind": "status", "status": 503},
-          {"kind": "status", "status": 502}, {"kind": "status", "status": 500}, {"kind": "reset"},
-          {"kind": "cut"}, {"kind": "bad_json"}, {"kind": "html"}, {"kind": "content_type"},
-          {"kind": "slow", "delay": 1.5}, {"kind": "unknown_event"}]
+FAULTS = [
+    {"kind": "status", "status": 429, "retry_after": 1},
+    {"kind": "status", "status": 503},
+    {"kind": "status", "status": 502},
+    {"kind": "status", "status": 500},
+    {"kind": "reset"},
+    {"kind": "cut"},
+    {"kind": "bad_json"},
+    {"kind": "html"},
+    {"kind": "content_type"},
+    {"kind": "slow", "delay": 1.5},
+    {"kind": "unknown_event"},
+]
 
 
 def test_soak(tmp_path):
@@ -24,11 +33,18 @@ def test_soak(tmp_path):
     sim_port, port = free_port(), free_port()
     sim, url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{port}"
     try:
-        procs.collector("simulator", "simulate", "--port", str(sim_port), "--sessions", "60", "--rate", "10",
-                        env={"LLAMA_CLOUD_API_KEY": KEY})
+        procs.collector(
+            "simulator", "simulate", "--port", str(sim_port), "--sessions", "60", "--rate", "10", env={"LLAMA_CLOUD_API_KEY": KEY}
+        )
         wait_until(lambda: httpx.get(sim + "/_sim/stats").status_code == 200, 30, "simulator")
-        procs.collector("collector", "--listen", f"127.0.0.1:{port}", "--interval", "1",
-                        env={"LLAMA_CLOUD_API_KEY": KEY, "LLAMA_CLOUD_BASE_URL": sim, "COLLECTOR_READ_TIMEOUT": "1"})
+        procs.collector(
+            "collector",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--interval",
+            "1",
+            env={"LLAMA_CLOUD_API_KEY": KEY, "LLAMA_CLOUD_BASE_URL": sim, "COLLECTOR_READ_TIMEOUT": "1"},
+        )
         wait_until(lambda: httpx.get(url + "/readyz").status_code == 200, 60, "collector ready")
         start_rss = value(parse(httpx.get(url + "/metrics").text), "process_resident_memory_bytes")
         deadline = time.monotonic() + DURATION
@@ -45,6 +61,7 @@ def test_soak(tmp_path):
         def exact():
             assert_samples_match(parse(httpx.get(url + "/metrics").text), runs, events)
             return True
+
         try:
             wait_until(exact, 30, "totals to equal the truth", interval=1.0)
         except AssertionError:
@@ -60,9 +77,11 @@ def test_soak(tmp_path):
         end_rss = value(samples, "process_resident_memory_bytes")
         cycles = {r: value(samples, "llamacloud_collector_polls_total", result=r) for r in ("success", "partial", "failure")}
         counted = sum(v for k, v in samples.items() if k[0] == "llamacloud_chat_runs_total")
-        print(f"\nsoak: {DURATION:.0f} s, cycles {cycles}, faults injected {sum(injected.values())} {injected}, "
-              f"runs counted {counted:.0f} = truth {len(runs)}, RSS start {start_rss / 2**20:.1f} MiB "
-              f"end {end_rss / 2**20:.1f} MiB (bound: +{MEMORY_GROWTH_BOUND / 2**20:.0f} MiB)")
+        print(
+            f"\nsoak: {DURATION:.0f} s, cycles {cycles}, faults injected {sum(injected.values())} {injected}, "
+            f"runs counted {counted:.0f} = truth {len(runs)}, RSS start {start_rss / 2**20:.1f} MiB "
+            f"end {end_rss / 2**20:.1f} MiB (bound: +{MEMORY_GROWTH_BOUND / 2**20:.0f} MiB)"
+        )
         assert counted == len(runs)
         assert sum(injected.values()) >= 20
         assert cycles["partial"] + cycles["failure"] >= 5

@@ -29,9 +29,25 @@ def store(path, buckets=BUCKETS, rules=RULES, limit=50) -> SqliteStore:
 
 
 def session(sid: str, cursor: int = 2, **kw) -> SessionState:
-    return SessionState(sid, "2026-01-01T00:00:00+00:00", 1.0, f"title {sid}", "query", ("i1",),
-                        LastRun(1500.0, 10, 20, 2, False), cursor, cursor + 1, "sig", 2, 1, 30, 40, None, None,
-                        **kw)
+    return SessionState(
+        sid,
+        "2026-01-01T00:00:00+00:00",
+        1.0,
+        f"title {sid}",
+        "query",
+        ("i1",),
+        LastRun(1500.0, 10, 20, 2, False),
+        cursor,
+        cursor + 1,
+        "sig",
+        2,
+        1,
+        30,
+        40,
+        None,
+        None,
+        **kw,
+    )
 
 
 def state_with(*sessions: SessionState, synced: bool = True) -> CollectorState:
@@ -150,8 +166,11 @@ def test_a_newer_schema_version_is_refused_and_left_in_place(tmp_path):
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     before = db.read_bytes()
-    with pytest.raises(NewerStateFile, match=r"written by a newer release \(schema 99, derivation 1; this release "
-                                             r"reads up to schema 2, derivation 1\); it is left in place"):
+    with pytest.raises(
+        NewerStateFile,
+        match=r"written by a newer release \(schema 99, derivation 1; this release "
+        r"reads up to schema 2, derivation 1\); it is left in place",
+    ):
         store(db).load()
     assert db.read_bytes() == before and not list(tmp_path.glob("*corrupt*"))  # never wiped, never moved
 
@@ -215,8 +234,12 @@ def test_only_regular_files_are_moved_aside(tmp_path):
     assert not db.exists() and (tmp_path / f"state.db.corrupt-{STAMP}").read_bytes() == b"garbage"
     assert (tmp_path / "state.db-wal").is_symlink() and target.read_bytes() == b"keep me"
     assert (tmp_path / "state.db-shm").is_dir()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "state.db-shm", "state.db-wal",
-                                                          f"state.db.corrupt-{STAMP}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "elsewhere",
+        "state.db-shm",
+        "state.db-wal",
+        f"state.db.corrupt-{STAMP}",
+    ]
 
 
 def test_a_file_that_cannot_be_moved_aside_runs_without_state(tmp_path, captured):
@@ -325,4 +348,3 @@ def test_two_changes_of_buckets_before_the_replay_ended_keep_every_observation(t
     assert again.exposed().duration.count == 11 and again.aggregates.runs["success"] == 11
     again.end_replay()
     assert again.aggregates.duration.count == 11 and again.aggregates.duration.total == 22.0
-

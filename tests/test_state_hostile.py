@@ -35,8 +35,9 @@ def project() -> FakeApi:
 
 def poller_on(api: FakeApi, path: Path | None) -> Poller:
     store = SqliteStore(path, BUCKETS, RULES, 50) if path else MemoryStore()
-    return Poller(api, store, poll_config(interval=60.0, buckets=BUCKETS), ErrorClassifier(RULES),
-                  SelfMetrics(CollectorRegistry()))
+    return Poller(
+        api, store, poll_config(interval=60.0, buckets=BUCKETS), ErrorClassifier(RULES), SelfMetrics(CollectorRegistry())
+    )
 
 
 def written(tmp_path: Path) -> tuple[FakeApi, Path]:
@@ -96,10 +97,20 @@ def session_set(field, value):
     return lambda row: row.__setitem__(field, value)
 
 
-@pytest.mark.parametrize("field,value", [("runs_success", -7), ("runs_success", float("nan")),
-                                         ("tokens_input", float("inf")), ("runs_error", 1e308),
-                                         ("cursor", "8"), ("updated_ts", "yesterday"), ("job", {"turns": "x"}),
-                                         ("index_ids", "idx"), ("high_water", [1, 2])])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("runs_success", -7),
+        ("runs_success", float("nan")),
+        ("tokens_input", float("inf")),
+        ("runs_error", 1e308),
+        ("cursor", "8"),
+        ("updated_ts", "yesterday"),
+        ("job", {"turns": "x"}),
+        ("index_ids", "idx"),
+        ("high_water", [1, 2]),
+    ],
+)
 def test_an_impossible_session_value_moves_the_file_aside_and_counts_stay_exact(tmp_path, field, value):
     api, db = written(tmp_path)
     edit_json(db, "sessions", "session_id", "s1", session_set(field, value))
@@ -107,16 +118,20 @@ def test_an_impossible_session_value_moves_the_file_aside_and_counts_stay_exact(
     assert len(aside(tmp_path)) == 1 and runs(p) == 16  # the floor from the file's totals, nothing twice
 
 
-@pytest.mark.parametrize("change", [
-    lambda a: a.__setitem__("runs", [["success", 1e308], ["error", 4]]),
-    lambda a: a.__setitem__("runs", [["success", 13.5], ["error", 4]]),
-    lambda a: a.__setitem__("runs", [["success", True], ["error", 4]]),
-    lambda a: a["duration"].__setitem__("total", 1e308),
-    lambda a: a["duration"].__setitem__("bounds", ["nan", 10.0]),
-    lambda a: a["duration"].__setitem__("bounds", ["1", 10.0]),
-    lambda a: a["duration"].__setitem__("counts", [1, 2]),
-    lambda a: a["turns"].__setitem__("counts", [1, "2", 0]),
-], ids=["huge", "fraction", "boolean", "huge-sum", "nan-bound", "string-bound", "short-counts", "string-count"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda a: a.__setitem__("runs", [["success", 1e308], ["error", 4]]),
+        lambda a: a.__setitem__("runs", [["success", 13.5], ["error", 4]]),
+        lambda a: a.__setitem__("runs", [["success", True], ["error", 4]]),
+        lambda a: a["duration"].__setitem__("total", 1e308),
+        lambda a: a["duration"].__setitem__("bounds", ["nan", 10.0]),
+        lambda a: a["duration"].__setitem__("bounds", ["1", 10.0]),
+        lambda a: a["duration"].__setitem__("counts", [1, 2]),
+        lambda a: a["turns"].__setitem__("counts", [1, "2", 0]),
+    ],
+    ids=["huge", "fraction", "boolean", "huge-sum", "nan-bound", "string-bound", "short-counts", "string-count"],
+)
 def test_impossible_aggregates_move_the_file_aside_and_never_reach_a_scrape(tmp_path, change):
     api, db = written(tmp_path)
     edit_json(db, "meta", "key", "aggregates", change)
@@ -160,9 +175,11 @@ def test_an_unknown_field_means_a_newer_release_wrote_the_file(tmp_path):
     store = SqliteStore(db, BUCKETS, RULES, 50)
     with pytest.raises(NewerStateFile) as refused:
         store.load()
-    assert str(refused.value) == (f"state_path (--state-path, COLLECTOR_STATE_PATH): {db} holds a session field "
-                                  "'born_at' that this release does not know: a newer release wrote it; it is left "
-                                  "in place (restore a backup, or start without it)")
+    assert str(refused.value) == (
+        f"state_path (--state-path, COLLECTOR_STATE_PATH): {db} holds a session field "
+        "'born_at' that this release does not know: a newer release wrote it; it is left "
+        "in place (restore a backup, or start without it)"
+    )
     assert store.db is None, "the file is let go at once"
     assert db.read_bytes() == before and aside(tmp_path) == []
 
@@ -200,8 +217,13 @@ def test_the_totals_of_a_damaged_file_written_with_other_buckets_are_still_its_f
     """The floor is read with the bounds the file was written with; the resync keeps the label limit."""
     api, db = project(), tmp_path / "state.db"
     other = Buckets(BUCKETS.duration, BUCKETS.tokens, BUCKETS.turns, (0.0, 5.0))
-    first = Poller(api, SqliteStore(db, other, RULES, 50), poll_config(interval=60.0, buckets=other),
-                   ErrorClassifier(RULES), SelfMetrics(CollectorRegistry()))
+    first = Poller(
+        api,
+        SqliteStore(db, other, RULES, 50),
+        poll_config(interval=60.0, buckets=other),
+        ErrorClassifier(RULES),
+        SelfMetrics(CollectorRegistry()),
+    )
     run_async(first.cycle())
     first.store.close()
     edit(db, "DELETE FROM sessions")  # aggregates without sessions: moved aside, totals salvaged
@@ -231,8 +253,7 @@ def test_retired_sessions_stay_on_disk_and_are_read_when_one_comes_back(tmp_path
     api, db = written(tmp_path)
     row = json.dumps({"session_id": "r", "last_updated_at": T0, "cursor": 2, "events_seen": 2})
     with sqlite3.connect(db) as conn:
-        conn.executemany("INSERT INTO retired VALUES (?, ?, ?)",
-                         [(i, f"r{i}", row.replace('"r"', f'"r{i}"')) for i in range(50)])
+        conn.executemany("INSERT INTO retired VALUES (?, ?, ?)", [(i, f"r{i}", row.replace('"r"', f'"r{i}"')) for i in range(50)])
     p = poller_on(api, db)
     assert p.state.retired == {} and p.state.known("r7").cursor == 2  # none held in memory, none forgotten
 
@@ -275,9 +296,24 @@ def test_the_collector_exits_2_on_a_newer_release_file_and_leaves_it_untouched(t
         edit_json(db, "sessions", "session_id", "s1", session_set("born_at", 1.0))
         said = "session field 'born_at' that this release does not know"
     before = dump(db)
-    result = subprocess.run([sys.executable, "-m", "collector", "run", "--state-path", str(db), "--listen",
-                             "127.0.0.1:0", "--base-url", "http://127.0.0.1:9"], capture_output=True, text=True,
-                            timeout=60, env={**os.environ, "LLAMA_CLOUD_API_KEY": "k"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "collector",
+            "run",
+            "--state-path",
+            str(db),
+            "--listen",
+            "127.0.0.1:0",
+            "--base-url",
+            "http://127.0.0.1:9",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "LLAMA_CLOUD_API_KEY": "k"},
+    )
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert said in lines[-1] and str(db) in lines[-1] and lines[-1].startswith("llamacloud-collector: error: ")
@@ -291,8 +327,14 @@ def test_a_refused_load_is_never_followed_by_a_write(tmp_path):
     edit_json(db, "sessions", "session_id", "s1", session_set("born_at", 1.0))
     before = dump(db)
     store = SqliteStore(db, BUCKETS, RULES, 50)
-    p = Poller(api, store, poll_config(interval=60.0, buckets=BUCKETS), ErrorClassifier(RULES),
-               SelfMetrics(CollectorRegistry()), load=False)
+    p = Poller(
+        api,
+        store,
+        poll_config(interval=60.0, buckets=BUCKETS),
+        ErrorClassifier(RULES),
+        SelfMetrics(CollectorRegistry()),
+        load=False,
+    )
     with pytest.raises(NewerStateFile):
         p.load_state()
     p.persist()  # what a shutdown does
@@ -306,8 +348,7 @@ def test_a_file_with_many_sessions_no_longer_listed_leaves_in_slices_forgetting_
     api, db = written(tmp_path)
     row = '{"session_id":"%s","last_updated_at":"2020-01-01T00:00:00+00:00","cursor":2,"events_seen":2}'
     with sqlite3.connect(db) as conn:
-        conn.executemany("INSERT INTO sessions VALUES (?, ?)", ((f"gone-{i}", row % f"gone-{i}")
-                                                                 for i in range(60_000)))
+        conn.executemany("INSERT INTO sessions VALUES (?, ?)", ((f"gone-{i}", row % f"gone-{i}") for i in range(60_000)))
 
     async def scenario():
         p = poller_on(api, db)
@@ -321,10 +362,12 @@ def test_a_file_with_many_sessions_no_longer_listed_leaves_in_slices_forgetting_
             while True:
                 await asyncio.sleep(0)
                 ticks += 1
+
         task = asyncio.ensure_future(ticker())
         report = await p.cycle()  # the third pass in a row agrees: a real mass deletion
         task.cancel()
         return p, report, ticks
+
     p, report, ticks = run_async(scenario())
     assert report.removed == 60_000 and len(p.state.sessions) == 4 and runs(p) == 16
     assert p.state.retired == {} and p.state.known("gone-0").cursor == 2  # saved, not held
@@ -334,14 +377,21 @@ def test_a_file_with_many_sessions_no_longer_listed_leaves_in_slices_forgetting_
     assert len(again.state.sessions) == 4 and again.state.known("gone-59999").cursor == 2
 
 
-@pytest.mark.parametrize(("damage", "reason"), [
-    ("DELETE FROM sessions", "StoredValueError: aggregates without any session: the sessions were lost"),
-    ("UPDATE sessions SET session_id = 'sX' WHERE session_id = 's1'",
-     "StoredValueError: a row whose key is not the session it holds"),
-    ("UPDATE meta SET value = '0' WHERE key = 'schema_version'", "StoredValueError: schema version 0"),
-    (f"UPDATE meta SET value = '{'9' * 250}x' WHERE key = 'schema_version'",  # the message cut to 200
-     "ValueError: " + ("invalid literal for int() with base 10: '" + "9" * 250 + "x'")[:200]),
-])
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("DELETE FROM sessions", "StoredValueError: aggregates without any session: the sessions were lost"),
+        (
+            "UPDATE sessions SET session_id = 'sX' WHERE session_id = 's1'",
+            "StoredValueError: a row whose key is not the session it holds",
+        ),
+        ("UPDATE meta SET value = '0' WHERE key = 'schema_version'", "StoredValueError: schema version 0"),
+        (
+            f"UPDATE meta SET value = '{'9' * 250}x' WHERE key = 'schema_version'",  # the message cut to 200
+            "ValueError: " + ("invalid literal for int() with base 10: '" + "9" * 250 + "x'")[:200],
+        ),
+    ],
+)
 def test_the_line_of_a_file_moved_aside_says_what_was_wrong_in_it(tmp_path, damage, reason):
     import structlog
 
@@ -390,8 +440,9 @@ def test_a_newer_release_file_is_refused_before_anything_writes_to_it(tmp_path, 
     with pytest.raises(NewerStateFile) as refused:
         SqliteStore(db, BUCKETS, RULES, 50).load()
     version = f"schema {schema}, derivation {derivation or 1}; this release reads up to schema 2, derivation 1"
-    assert str(refused.value) == (f"state_path (--state-path, COLLECTOR_STATE_PATH): {db} was written by a newer "
-                                  f"release ({version}); it is left in place")
+    assert str(refused.value) == (
+        f"state_path (--state-path, COLLECTOR_STATE_PATH): {db} was written by a newer release ({version}); it is left in place"
+    )
     assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["state.db"]
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"

@@ -31,8 +31,12 @@ RELEASES = sorted(p.name for p in FIXTURES.iterdir() if (p / "state.db").is_file
 
 RENAMED_LABELS = {"llamacloud_chat_events_total": {"type": "event_type"}}
 """0.1.0's label names, as CHANGELOG.md lists them: the values are the contract, the names changed once."""
-TOKEN_FAMILIES = ("llamacloud_chat_run_tokens", "llamacloud_chat_tokens_total", "llamacloud_chat_session_tokens_total",
-                  "llamacloud_chat_session_last_run_tokens")
+TOKEN_FAMILIES = (
+    "llamacloud_chat_run_tokens",
+    "llamacloud_chat_tokens_total",
+    "llamacloud_chat_session_tokens_total",
+    "llamacloud_chat_session_last_run_tokens",
+)
 GONE = ("llamacloud_chat_oldest_run_in_progress_seconds",)  # an age then; a timestamp now
 
 
@@ -43,8 +47,7 @@ def chat_samples(text: str) -> dict:
             continue
         renames = RENAMED_LABELS.get(name, {"type": "token_type"} if name.startswith(TOKEN_FAMILIES) else {})
         # 0.2.0 writes bucket bounds as Go does (1.048576e+06, not 1048576.0): the same bound, as Prometheus 3 sees it
-        out[(name, frozenset((renames.get(k, k), floatToGoString(float(v)) if k == "le" else v)
-                             for k, v in labels))] = value
+        out[(name, frozenset((renames.get(k, k), floatToGoString(float(v)) if k == "le" else v) for k, v in labels))] = value
     return out
 
 
@@ -62,8 +65,14 @@ def open_release(name: str, tmp_path: Path):
 
     def start() -> Poller:
         store = SqliteStore(tmp_path / "state.db", settings.buckets.as_buckets(), rules, settings.label_value_limit)
-        return Poller(api, store, poll_config(interval=60.0, buckets=settings.buckets.as_buckets()),
-                      ErrorClassifier(rules), SelfMetrics(CollectorRegistry()))
+        return Poller(
+            api,
+            store,
+            poll_config(interval=60.0, buckets=settings.buckets.as_buckets()),
+            ErrorClassifier(rules),
+            SelfMetrics(CollectorRegistry()),
+        )
+
     return api, start
 
 
@@ -93,8 +102,10 @@ def test_a_release_file_loads_exactly_and_only_changed_sessions_are_fetched(rele
     run_async(poller.cycle())
     assert dict(api.retrieved) == {sid: 1}
     runs = {k: v for k, v in chat_samples(exposition(poller)).items() if k[0] == "llamacloud_chat_runs_total"}
-    assert runs[("llamacloud_chat_runs_total", frozenset({("outcome", "error")}))] == \
-        expected[("llamacloud_chat_runs_total", frozenset({("outcome", "error")}))] + 1
+    assert (
+        runs[("llamacloud_chat_runs_total", frozenset({("outcome", "error")}))]
+        == expected[("llamacloud_chat_runs_total", frozenset({("outcome", "error")}))] + 1
+    )
     poller.store.close()
 
 
@@ -119,7 +130,6 @@ def test_the_first_save_writes_every_row_by_field_name(release, tmp_path):
     run_async(poller.cycle())  # an idle cycle: nothing changed, yet the old rows are written anew
     poller.store.close()
     with sqlite3.connect(tmp_path / "state.db") as conn:
-        rows = [json.loads(text) for table in ("sessions", "retired")
-                for (text,) in conn.execute(f"SELECT state FROM {table}")]
+        rows = [json.loads(text) for table in ("sessions", "retired") for (text,) in conn.execute(f"SELECT state FROM {table}")]
         (schema,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     assert rows and all(isinstance(row, dict) for row in rows) and schema == str(SCHEMA_VERSION)

@@ -48,6 +48,7 @@ def captured():
 
 # 1. one empty listing ---------------------------------------------------------------------------------------
 
+
 def test_one_empty_listing_retires_nothing_and_counts_nothing_twice():
     api = project(10_500)
     p = poller(api)
@@ -76,8 +77,9 @@ def test_a_listing_that_loops_back_early_is_a_short_pass_too():
 def test_a_real_mass_deletion_is_accepted_after_passes_agree_and_a_return_counts_nothing_again(tmp_path):
     api = project(12_000)
     store = SqliteStore(tmp_path / "state.db", BUCKETS, RULES, 50)
-    p = Poller(api, store, poll_config(buckets=BUCKETS), ErrorClassifier(RULES), SelfMetrics(CollectorRegistry()),
-               clock=lambda: 1000.0)
+    p = Poller(
+        api, store, poll_config(buckets=BUCKETS), ErrorClassifier(RULES), SelfMetrics(CollectorRegistry()), clock=lambda: 1000.0
+    )
     cycle(p)
     everyone = dict(api.sessions)
     api.sessions = {k: v for k, v in everyone.items() if k < "s00100"}  # 11,900 deleted for real
@@ -87,8 +89,9 @@ def test_a_real_mass_deletion_is_accepted_after_passes_agree_and_a_return_counts
     assert p.state.retired == {}  # the cursors are on disk, not in memory
     store.close()
     store = SqliteStore(tmp_path / "state.db", BUCKETS, RULES, 50)
-    again = Poller(api, store, poll_config(buckets=BUCKETS), ErrorClassifier(RULES),
-                   SelfMetrics(CollectorRegistry()), clock=lambda: 1000.0)
+    again = Poller(
+        api, store, poll_config(buckets=BUCKETS), ErrorClassifier(RULES), SelfMetrics(CollectorRegistry()), clock=lambda: 1000.0
+    )
     api.sessions = everyone  # restored upstream (a misrouted project after all)
     report = cycle(again)
     assert (report.fetched, report.unchanged) == (0, 12_000) and total_runs(again) == 12_000
@@ -130,6 +133,7 @@ def test_short_passes_that_disagree_retire_nothing_one_of_them_listed():
 
 
 # 2. a refused page token -----------------------------------------------------------------------------------
+
 
 class Forgetful(FakeApi):
     """Page tokens are offsets tagged with a generation; after ``forget()`` older tokens get HTTP 400."""
@@ -210,6 +214,7 @@ def test_a_page_that_fails_cycle_after_cycle_ends_the_pass_there():
         if token == "4":
             raise FetchError("list: HTTP 503", operation="list", status=503)
         return await original(token, deadline)
+
     api.list_page = third_page_down  # type: ignore[method-assign]
     api.put("s00000", T1, run_events() * 2)
     reports = [cycle(p) for _ in range(PAGE_STRIKES)]
@@ -221,6 +226,7 @@ def test_a_page_that_fails_cycle_after_cycle_ends_the_pass_there():
 
 
 # 3. a clock put back -----------------------------------------------------------------------------------------
+
 
 def test_a_timestamp_that_went_backwards_hides_no_run_and_is_logged_once(captured):
     api = FakeApi()
@@ -253,20 +259,33 @@ def test_the_same_older_shorter_answer_twice_is_the_truth_not_a_lagging_replica(
 
 # 4. values the state file would refuse --------------------------------------------------------------------
 
+
 def test_the_extremes_the_api_may_send_round_trip_through_the_state_file(tmp_path):
     api = FakeApi()
     longest = "x" * 256
-    huge = [{"type": "user_input", "content": "q"},
-            {"type": "stop", "is_error": False, "usage": {"total_input_tokens": 2**53, "total_output_tokens": 2**53,
-                                                          "duration_ms": 2**53, "turns": 2**53}}]
+    huge = [
+        {"type": "user_input", "content": "q"},
+        {
+            "type": "stop",
+            "is_error": False,
+            "usage": {"total_input_tokens": 2**53, "total_output_tokens": 2**53, "duration_ms": 2**53, "turns": 2**53},
+        },
+    ]
     api.put(longest, "0001-01-01T00:00:00Z", huge * 2)
     api.sessions[longest]["generated_title"] = "t" * (70 * 1024)
     api.put("ok", T0, run_events())
     db = tmp_path / "state.db"
 
     def start() -> Poller:
-        return Poller(api, SqliteStore(db, BUCKETS, RULES, 50), poll_config(buckets=BUCKETS),
-                      ErrorClassifier(RULES), SelfMetrics(CollectorRegistry()), clock=lambda: 1000.0)
+        return Poller(
+            api,
+            SqliteStore(db, BUCKETS, RULES, 50),
+            poll_config(buckets=BUCKETS),
+            ErrorClassifier(RULES),
+            SelfMetrics(CollectorRegistry()),
+            clock=lambda: 1000.0,
+        )
+
     p = start()
     cycle(p)
     kept = p.state.sessions[longest]
@@ -283,6 +302,7 @@ def test_the_extremes_the_api_may_send_round_trip_through_the_state_file(tmp_pat
 
 # 5. configuration changes ------------------------------------------------------------------------------------
 
+
 def test_a_new_label_limit_applies_to_the_runs_counted_from_then_on(tmp_path):
     api = FakeApi()
     for i, tool in enumerate(("search", "fetch", "sql")):
@@ -290,8 +310,15 @@ def test_a_new_label_limit_applies_to_the_runs_counted_from_then_on(tmp_path):
     db = tmp_path / "state.db"
 
     def start(limit: int, rules) -> Poller:
-        return Poller(api, SqliteStore(db, BUCKETS, rules, limit), poll_config(buckets=BUCKETS, label_limit=limit),
-                      ErrorClassifier(rules), SelfMetrics(CollectorRegistry()), clock=lambda: 1000.0)
+        return Poller(
+            api,
+            SqliteStore(db, BUCKETS, rules, limit),
+            poll_config(buckets=BUCKETS, label_limit=limit),
+            ErrorClassifier(rules),
+            SelfMetrics(CollectorRegistry()),
+            clock=lambda: 1000.0,
+        )
+
     p = start(50, RULES)
     cycle(p)
     calls = sum(p.state.aggregates.tool_calls.values())
@@ -307,6 +334,7 @@ def test_a_new_label_limit_applies_to_the_runs_counted_from_then_on(tmp_path):
 
 # 7. a long listing --------------------------------------------------------------------------------------------
 
+
 def test_a_listing_of_ten_thousand_pages_and_more_completes_its_first_sync():
     api = project(10_010)
     api.page_size = 1
@@ -317,6 +345,7 @@ def test_a_listing_of_ten_thousand_pages_and_more_completes_its_first_sync():
 
 
 # 8. busy sessions in a newest-first listing ----------------------------------------------------------------
+
 
 def test_a_busy_session_that_moves_to_a_page_already_read_keeps_its_series():
     api = project(400)
@@ -331,6 +360,7 @@ def test_a_busy_session_that_moves_to_a_page_already_read_keeps_its_series():
         if api.pages_listed == 3:  # after page 1 was read: the session jumps to it
             api.put(moved, T1, run_events() * 2)
             api.listed = [moved, *[s for s in newest_first if s != moved]]
+
     api.on_list = move_once
     api.pages_listed = 0
     report = cycle(p)
@@ -359,6 +389,7 @@ def test_a_session_listed_by_a_pass_that_ended_early_is_not_gone_after_the_next_
         if token == "1":
             raise PayloadError("list: invalid payload at items", operation="list")
         return await original(token, deadline)
+
     api.list_page = second_page_invalid  # type: ignore[method-assign]
     api.listed = ["s00003", *everyone[:3]]
     for _ in range(PAGE_STRIKES):

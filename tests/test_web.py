@@ -37,30 +37,134 @@ def openssl(*args: str) -> None:
 def pki(tmp_path_factory):
     """A CA, a server certificate for 127.0.0.1, a client certificate it signed, and one it did not."""
     d = tmp_path_factory.mktemp("pki")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
-            "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
-    for name, extra in (("server", ["-addext", "subjectAltName=IP:127.0.0.1"]),
-                        ("server2", ["-addext", "subjectAltName=IP:127.0.0.1"]), ("client", []), ("rogue", [])):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", *extra,
-                "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"))
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        str(d / "ca.key"),
+        "-out",
+        str(d / "ca.pem"),
+    )
+    for name, extra in (
+        ("server", ["-addext", "subjectAltName=IP:127.0.0.1"]),
+        ("server2", ["-addext", "subjectAltName=IP:127.0.0.1"]),
+        ("client", []),
+        ("rogue", []),
+    ):
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            *extra,
+            "-keyout",
+            str(d / f"{name}.key"),
+            "-out",
+            str(d / f"{name}.csr"),
+        )
     for name, ca in (("server", "ca"), ("server2", "ca"), ("client", "ca")):
         san = ["-copy_extensions", "copy"] if name.startswith("server") else []
-        openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / f"{ca}.pem"), "-CAkey",
-                str(d / f"{ca}.key"), "-CAcreateserial", "-days", "1", *san, "-out", str(d / f"{name}.pem"))
-    openssl("x509", "-req", "-in", str(d / "rogue.csr"), "-signkey", str(d / "rogue.key"), "-days", "1",
-            "-out", str(d / "rogue.pem"))
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            str(d / f"{name}.csr"),
+            "-CA",
+            str(d / f"{ca}.pem"),
+            "-CAkey",
+            str(d / f"{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            *san,
+            "-out",
+            str(d / f"{name}.pem"),
+        )
+    openssl(
+        "x509", "-req", "-in", str(d / "rogue.csr"), "-signkey", str(d / "rogue.key"), "-days", "1", "-out", str(d / "rogue.pem")
+    )
     # "renewed": a new certificate for server.key (cert-manager's rotationPolicy Never keeps the key);
     # "client2": a client certificate from a second CA, trusted once the client CA file is rotated to hold it
-    openssl("req", "-new", "-key", str(d / "server.key"), "-subj", "/CN=renewed",
-            "-addext", "subjectAltName=IP:127.0.0.1", "-out", str(d / "renewed.csr"))
-    openssl("x509", "-req", "-in", str(d / "renewed.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
-            "-CAcreateserial", "-days", "1", "-copy_extensions", "copy", "-out", str(d / "renewed.pem"))
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca2",
-            "-keyout", str(d / "ca2.key"), "-out", str(d / "ca2.pem"))
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=client2", "-keyout", str(d / "client2.key"),
-            "-out", str(d / "client2.csr"))
-    openssl("x509", "-req", "-in", str(d / "client2.csr"), "-CA", str(d / "ca2.pem"), "-CAkey", str(d / "ca2.key"),
-            "-CAcreateserial", "-days", "1", "-out", str(d / "client2.pem"))
+    openssl(
+        "req",
+        "-new",
+        "-key",
+        str(d / "server.key"),
+        "-subj",
+        "/CN=renewed",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+        "-out",
+        str(d / "renewed.csr"),
+    )
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(d / "renewed.csr"),
+        "-CA",
+        str(d / "ca.pem"),
+        "-CAkey",
+        str(d / "ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-copy_extensions",
+        "copy",
+        "-out",
+        str(d / "renewed.pem"),
+    )
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca2",
+        "-keyout",
+        str(d / "ca2.key"),
+        "-out",
+        str(d / "ca2.pem"),
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=client2",
+        "-keyout",
+        str(d / "client2.key"),
+        "-out",
+        str(d / "client2.csr"),
+    )
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(d / "client2.csr"),
+        "-CA",
+        str(d / "ca2.pem"),
+        "-CAkey",
+        str(d / "ca2.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-out",
+        str(d / "client2.pem"),
+    )
     return d
 
 
@@ -73,6 +177,7 @@ def serve_with(config_text: str, tmp_path):
     async def serving() -> AsyncIterator[CollectorService]:
         async with running(sessions=2, runs=1, cycle=True, web_config=str(config)) as (_sim, collector):
             yield collector
+
     return config, serving()
 
 
@@ -106,6 +211,7 @@ def test_tls_and_basic_auth_and_reload(tmp_path, pki):
             async with httpx.AsyncClient() as plain:
                 with pytest.raises(httpx.TransportError):
                     await plain.get(url.replace("https", "http") + "/metrics")
+
     run_async(scenario())
 
 
@@ -135,14 +241,13 @@ def test_client_certificates_are_asked_for_and_verified(tmp_path, pki, auth_type
                     await get(port, None)
             else:
                 assert await get(port, None) == 200
+
     run_async(scenario())
 
 
 def test_tls_versions_ciphers_and_headers_are_honoured(tmp_path, pki):
-    text = tls_lines(pki, min_version="TLS12", max_version="TLS12",
-                     cipher_suites="[TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384]")
-    text += ("http_server_config:\n  headers:\n    X-Frame-Options: deny\n"
-             "    Strict-Transport-Security: max-age=31536000\n")
+    text = tls_lines(pki, min_version="TLS12", max_version="TLS12", cipher_suites="[TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384]")
+    text += "http_server_config:\n  headers:\n    X-Frame-Options: deny\n    Strict-Transport-Security: max-age=31536000\n"
     _, served = serve_with(text, tmp_path)
 
     async def scenario():
@@ -162,28 +267,33 @@ def test_tls_versions_ciphers_and_headers_are_honoured(tmp_path, pki):
                     response = await http.get(f"https://127.0.0.1:{port}{path}")
                     assert response.headers["x-frame-options"] == "deny", path
                     assert response.headers["strict-transport-security"] == "max-age=31536000"
+
     run_async(scenario())
 
 
-@pytest.mark.parametrize("text,fragment", [
-    ("nonsense: 1\n", "unknown key 'nonsense'"),
-    ("basic_auth_users:\n  a: plain\n", "must be a bcrypt hash"),
-    ("tls_server_config:\n  cert_file: x.pem\n", "tls_server_config.key_file: Field required"),
-    ("tls_server_config:\n  cert_file: x.pem\n  key_file: y.pem\n", "cannot load TLS"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  bogus: 1\n", "unknown key 'tls_server_config.bogus'"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: RequestClientCert\n",
-     "not supported"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: Sometimes\n", "must be one of"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: TLS99\n", "min_version"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [TLS_FAKE]\n", "TLS_FAKE"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  curve_preferences: [X25519]\n",
-     "unknown key 'tls_server_config.curve_preferences'"),
-    ("http_server_config:\n  headers:\n    Set-Cookie: a=b\n", "cannot be set"),
-    ("http_server_config:\n  headers:\n    X-Frame-Options: allow\n", "must be one of"),
-    ("http_server_config:\n  surprise: 1\n", "unknown key 'http_server_config.surprise'"),
-    (": : :\n", "not valid YAML"),
-    ("- a\n", "must hold a mapping"),
-])
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        ("nonsense: 1\n", "unknown key 'nonsense'"),
+        ("basic_auth_users:\n  a: plain\n", "must be a bcrypt hash"),
+        ("tls_server_config:\n  cert_file: x.pem\n", "tls_server_config.key_file: Field required"),
+        ("tls_server_config:\n  cert_file: x.pem\n  key_file: y.pem\n", "cannot load TLS"),
+        ("tls_server_config:\n  cert_file: a\n  key_file: b\n  bogus: 1\n", "unknown key 'tls_server_config.bogus'"),
+        ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: RequestClientCert\n", "not supported"),
+        ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: Sometimes\n", "must be one of"),
+        ("tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: TLS99\n", "min_version"),
+        ("tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [TLS_FAKE]\n", "TLS_FAKE"),
+        (
+            "tls_server_config:\n  cert_file: a\n  key_file: b\n  curve_preferences: [X25519]\n",
+            "unknown key 'tls_server_config.curve_preferences'",
+        ),
+        ("http_server_config:\n  headers:\n    Set-Cookie: a=b\n", "cannot be set"),
+        ("http_server_config:\n  headers:\n    X-Frame-Options: allow\n", "must be one of"),
+        ("http_server_config:\n  surprise: 1\n", "unknown key 'http_server_config.surprise'"),
+        (": : :\n", "not valid YAML"),
+        ("- a\n", "must hold a mapping"),
+    ],
+)
 def test_bad_web_config_is_a_config_error(tmp_path, text, fragment):
     path = tmp_path / "web.yml"
     path.write_text(text)
@@ -213,8 +323,7 @@ def test_logs_redact_the_key_everywhere():
     stream = io.StringIO()
     logs.configure("debug", "json", ["llx-topsecret"], stream=stream)
     log = structlog.get_logger("t")
-    log.info("calling", url="https://x/?k=llx-topsecret", headers={"Authorization": "Bearer abc"},
-             nested=["llx-topsecret"])
+    log.info("calling", url="https://x/?k=llx-topsecret", headers={"Authorization": "Bearer abc"}, nested=["llx-topsecret"])
     try:
         raise RuntimeError("failed with llx-topsecret")
     except RuntimeError:
@@ -243,14 +352,18 @@ def test_stdlib_logging_goes_through_the_same_redaction():
 def served_cn(port: int, pki) -> str:
     """The CN of the certificate the server presents now (a fresh handshake, no SNI: an IP target)."""
     import socket
+
     ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
-            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
         return dict(x[0] for x in tls.getpeercert()["subject"])["commonName"]
 
 
 def test_a_rotation_half_written_keeps_serving_and_the_new_pair_is_used_once_whole(tmp_path, pki):
     import shutil
+
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
     shutil.copy(pki / "server.pem", cert)
     shutil.copy(pki / "server.key", key)
@@ -269,6 +382,7 @@ def test_a_rotation_half_written_keeps_serving_and_the_new_pair_is_used_once_who
             os.utime(config, (2, 2))
             web.refresh()
             assert await asyncio.to_thread(served_cn, port, pki) == "server2"  # swapped in once it loads
+
     run_async(scenario())
 
 
@@ -286,8 +400,10 @@ async def until(check, what: str) -> None:
 
 def cn_is(port: int, pki, name: str):
     """A condition: a fresh handshake gets the certificate for ``name``."""
+
     async def check() -> bool:
         return await asyncio.to_thread(served_cn, port, pki) == name
+
     return check
 
 
@@ -298,11 +414,11 @@ def events(stream: io.StringIO, event: str) -> list[dict]:
 REFUSED = "web config not reloaded; the previous one stays in force"
 
 
-def test_a_certificate_renewed_without_touching_the_web_config_is_served_within_one_check(tmp_path, pki,
-                                                                                          monkeypatch):
+def test_a_certificate_renewed_without_touching_the_web_config_is_served_within_one_check(tmp_path, pki, monkeypatch):
     """cert-manager renews the certificate a Secret mounts (here for the same key, so only the cert file
     changes) and nobody touches web.yml: the periodic check sees it and new handshakes get it."""
     import shutil
+
     monkeypatch.setattr(app, "WEB_CONFIG_CHECK", 0.1)
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
     shutil.copy(pki / "server.pem", cert)
@@ -316,6 +432,7 @@ def test_a_certificate_renewed_without_touching_the_web_config_is_served_within_
             cert.write_bytes((pki / "renewed.pem").read_bytes())  # in place: the key file is not touched
             # handshakes only, no request: the periodic check finds it
             await until(cn_is(collector.port, pki, "renewed"), "the renewed certificate served")
+
     run_async(scenario())
     assert config.stat().st_mtime_ns == written.st_mtime_ns and config.stat().st_ino == written.st_ino
 
@@ -325,6 +442,7 @@ def test_a_secret_volume_swap_applies_the_pair_whole_or_not_at_all(tmp_path, pki
     a new directory. A swap to a pair that does not match (a broken Secret, a rotation half done) keeps the
     previous certificate with one line saying why; the next swap to a good pair is served."""
     import shutil
+
     monkeypatch.setattr(app, "WEB_CONFIG_CHECK", 0.1)
     volume = tmp_path / "secret"
     volume.mkdir()
@@ -339,8 +457,9 @@ def test_a_secret_volume_swap_applies_the_pair_whole_or_not_at_all(tmp_path, pki
     swap("..v1", "server", "server")
     for name in ("tls.crt", "tls.key"):
         os.symlink(f"..data/{name}", volume / name)
-    _, served = serve_with("tls_server_config:\n  cert_file: secret/tls.crt\n  key_file: secret/tls.key\n",
-                           tmp_path)  # paths relative to web.yml
+    _, served = serve_with(
+        "tls_server_config:\n  cert_file: secret/tls.crt\n  key_file: secret/tls.key\n", tmp_path
+    )  # paths relative to web.yml
     stream = io.StringIO()
     logs.configure("info", "json", stream=stream)
 
@@ -358,6 +477,7 @@ def test_a_secret_volume_swap_applies_the_pair_whole_or_not_at_all(tmp_path, pki
                 collector.web.refresh(contents=True)
             swap("..v3", "server2", "server2")
             await until(cn_is(port, pki, "server2"), "the new pair served")
+
     run_async(scenario())
     (line,) = events(stream, REFUSED)
     assert "cannot load TLS certificate or key" in line["error"] and str(volume / "tls.crt") in line["changed"]
@@ -368,6 +488,7 @@ def test_a_secret_volume_swap_applies_the_pair_whole_or_not_at_all(tmp_path, pki
 
 def test_a_rotated_client_ca_file_is_trusted_within_one_check(tmp_path, pki, monkeypatch):
     import shutil
+
     monkeypatch.setattr(app, "WEB_CONFIG_CHECK", 0.1)
     bundle = tmp_path / "ca.crt"
     shutil.copy(pki / "ca.pem", bundle)
@@ -389,11 +510,13 @@ def test_a_rotated_client_ca_file_is_trusted_within_one_check(tmp_path, pki, mon
 
             async def trusted() -> bool:
                 return await get(port, "client2") == 200
+
             assert await get(port, "client") == 200
             assert await get(port, "client2") is None  # its CA is not trusted yet
             bundle.write_bytes((pki / "ca.pem").read_bytes() + (pki / "ca2.pem").read_bytes())
             await until(trusted, "the second CA trusted")
             assert await get(port, "client") == 200
+
     run_async(scenario())
 
 
@@ -401,6 +524,7 @@ def test_a_rewrite_its_stat_cannot_show_is_found_by_content_at_the_periodic_chec
     """Two writes within one clock tick, of the same size and inode, have the same stat: the request path
     (stat only) misses such a rewrite, the periodic check (content) does not."""
     import shutil
+
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
     shutil.copy(pki / "server.pem", cert)
     shutil.copy(pki / "server.key", key)
@@ -427,9 +551,15 @@ def test_a_reload_that_cannot_apply_whole_keeps_the_previous_config(tmp_path, pk
         async with served as collector:
             port = collector.port
             url = f"https://127.0.0.1:{port}"
-            new = {"tighten": tls_lines(pki, client_auth_type="RequireAndVerifyClientCert",
-                                        client_ca_file=str(pki / "ca.pem"), min_version="TLS13") + users,
-                   "empty": "", "no_users": tls_lines(pki), "garbage": "tls_server_config: [\n"}[change]
+            new = {
+                "tighten": tls_lines(
+                    pki, client_auth_type="RequireAndVerifyClientCert", client_ca_file=str(pki / "ca.pem"), min_version="TLS13"
+                )
+                + users,
+                "empty": "",
+                "no_users": tls_lines(pki),
+                "garbage": "tls_server_config: [\n",
+            }[change]
             config.write_text(new)
             os.utime(config, (3, 3))
             verify = ssl.create_default_context(cafile=str(pki / "ca.pem"))
@@ -438,12 +568,17 @@ def test_a_reload_that_cannot_apply_whole_keeps_the_previous_config(tmp_path, pk
                 for _ in range(5):  # no certificate, TLS 1.2, no password: as before, never fail-open
                     assert (await http.get(url + "/metrics")).status_code == 401
                     assert (await http.get(url + "/metrics", auth=("prom", "s3cret"))).status_code == 200
+
     run_async(scenario())
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     refused = [e for e in lines if e["event"] == "web config not reloaded; the previous one stays in force"]
     assert len(refused) == 1 and not any(e["event"] == "web config reloaded" for e in lines)
-    reason = {"tighten": "client_auth_type, client_ca_file, min_version needs a restart", "empty": "is empty",
-              "no_users": "removes every basic-auth user", "garbage": ""}[change]
+    reason = {
+        "tighten": "client_auth_type, client_ca_file, min_version needs a restart",
+        "empty": "is empty",
+        "no_users": "removes every basic-auth user",
+        "garbage": "",
+    }[change]
     assert reason in refused[0]["error"]
     structlog.reset_defaults()
 
@@ -457,10 +592,26 @@ def test_sighup_re_reads_the_web_config_and_usr1_usr2_are_ignored(tmp_path):
     port = free_port()
     config = tmp_path / "web.yml"
     config.write_text(f"basic_auth_users:\n  prom: '{hashed('one')}'\n")
-    proc = subprocess.Popen([sys.executable, "-m", "collector", "run", "--base-url", "http://127.0.0.1:9",
-                             "--listen", f"127.0.0.1:{port}", "--web-config", str(config), "--log-format", "json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "LLAMA_CLOUD_API_KEY": "test-key-0123456789"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "collector",
+            "run",
+            "--base-url",
+            "http://127.0.0.1:9",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--web-config",
+            str(config),
+            "--log-format",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "LLAMA_CLOUD_API_KEY": "test-key-0123456789"},
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: httpx.get(url + "/healthz").status_code == 200, 30, "listening")
@@ -491,8 +642,7 @@ def test_http2_true_as_go_exporters_default_is_accepted_with_one_warning(tmp_pat
     path.write_text("http_server_config:\n  http2: true\n")
     assert parse_web_config(path).http_server_config.http2 is True
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert [e["event"] for e in lines] == ["web config asks for http2; this server speaks HTTP/1.1 only, and "
-                                           "serves it that way"]
+    assert [e["event"] for e in lines] == ["web config asks for http2; this server speaks HTTP/1.1 only, and serves it that way"]
     structlog.reset_defaults()
 
 
@@ -513,6 +663,7 @@ def test_an_untrusted_api_certificate_is_one_clear_line_and_not_retried(tmp_path
             finally:
                 await client.aclose()
             return str(caught.value)
+
     message = run_async(scenario())
     assert "certificate is not trusted" in message and "SSL_CERT_FILE" in message
     assert "certificate verify failed" in message or "self-signed" in message or "unable to get" in message
@@ -526,12 +677,18 @@ def test_ssl_cert_file_trusts_a_private_ca(tmp_path, pki):
     async def scenario():
         async with served as collector:
             port = collector.port
+
             def check(env):
-                return subprocess.run([sys.executable, "-m", "collector", "check", "--base-url",
-                                       f"https://127.0.0.1:{port}"], capture_output=True, text=True, timeout=60,
-                                      env={**os.environ, "LLAMA_CLOUD_API_KEY": "k" * 20, **env})
-            return (await asyncio.to_thread(check, {}),
-                    await asyncio.to_thread(check, {"SSL_CERT_FILE": str(pki / "ca.pem")}))
+                return subprocess.run(
+                    [sys.executable, "-m", "collector", "check", "--base-url", f"https://127.0.0.1:{port}"],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    env={**os.environ, "LLAMA_CLOUD_API_KEY": "k" * 20, **env},
+                )
+
+            return (await asyncio.to_thread(check, {}), await asyncio.to_thread(check, {"SSL_CERT_FILE": str(pki / "ca.pem")}))
+
     untrusted, trusted = run_async(scenario())
     assert untrusted.returncode == 1 and "certificate is not trusted" in untrusted.stderr
     # trusted: the TLS handshake succeeds; this server is no chat API, so the answer is a 404
@@ -596,6 +753,7 @@ def test_tls_handshakes_that_never_start_are_counted_from_accept_and_cost_bounde
                         writer.transport.abort()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1)
+
         attackers = [asyncio.create_task(attacker(f"127.6.1.{1 + i // 50}", b"")) for i in range(1000)]
         attackers += [asyncio.create_task(attacker(f"127.6.2.{1 + i // 20}", hello)) for i in range(200)]
         statuses: list[int] = []
@@ -605,13 +763,16 @@ def test_tls_handshakes_that_never_start_are_counted_from_accept_and_cost_bounde
         stop.set()
         await asyncio.gather(*attackers)
         return statuses, opened[0], timed_out
+
     statuses, opened, timed_out = run_async(attack())
     assert timed_out and opened >= 2 * 1200  # (connections attempted: the attack went on)
     assert statuses == [200] * len(statuses)
     peak = stack.assert_healthy()
     assert peak < MAX_RSS_MB
-    print(f"\nTLS handshakes: 3,000 from one address, then 1,200 reconnecting ({opened} attempts); "
-          f"probes and scrapes answered {statuses.count(200)}/{len(statuses)}; peak RSS {peak:.0f} MiB")
+    print(
+        f"\nTLS handshakes: 3,000 from one address, then 1,200 reconnecting ({opened} attempts); "
+        f"probes and scrapes answered {statuses.count(200)}/{len(statuses)}; peak RSS {peak:.0f} MiB"
+    )
 
 
 def test_over_tls_a_client_that_does_not_read_its_answer_gets_no_new_one(pki):
@@ -633,20 +794,21 @@ def test_over_tls_a_client_that_does_not_read_its_answer_gets_no_new_one(pki):
     async def scenario():
         app = aioweb.Application()
         app.router.add_get("/big", big)
-        context = ssl_context(TlsServerConfig(cert_file=str(pki / "server.pem"), key_file=str(pki / "server.key")),
-                              pki)
+        context = ssl_context(TlsServerConfig(cert_file=str(pki / "server.pem"), key_file=str(pki / "server.key")), pki)
         listener = await listening.serve(app, "127.0.0.1", 0, ssl_context=context)
         raw = socket.socket()
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         raw.setblocking(False)
         await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", listener.port))
-        reader, writer = await asyncio.open_connection(sock=raw, ssl=ssl.create_default_context(
-            cafile=str(pki / "ca.pem")), server_hostname="127.0.0.1", limit=4096)  # stops reading at 8 KiB
+        reader, writer = await asyncio.open_connection(
+            sock=raw, ssl=ssl.create_default_context(cafile=str(pki / "ca.pem")), server_hostname="127.0.0.1", limit=4096
+        )  # stops reading at 8 KiB
         try:
             writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
 
             async def full() -> bool:
                 return listener.slots.count == 1 and listener.slots.guards()[0].writing_paused
+
             await until(full, "the kernel's buffers full")
             for _ in range(20):  # whenever it is looked at, while the client reads nothing
                 assert len(begun) == 1
@@ -660,4 +822,5 @@ def test_over_tls_a_client_that_does_not_read_its_answer_gets_no_new_one(pki):
         finally:
             writer.transport.abort()
             await listener.close()
+
     run_async(scenario())

@@ -81,6 +81,8 @@ class Claim:
         self._let_go()
         if not future.cancelled():
             future.exception()  # retrieved, also when no one awaits it any more
+
+
 def _bare(fn: Callable[[A], R], arg: A) -> R:
     """``fn(arg)``, whose failure carries no traceback: the frames of a parse hold the body, its text and the
     events parsed so far (hundreds of MB), and an exception kept a while (or caught in a reference cycle that
@@ -147,8 +149,9 @@ async def read_capped(response: httpx.Response, limit: int, claim: Claim | None 
         except TimeoutError:
             if claim is None or asyncio.get_running_loop().time() < claim.until:
                 raise
-            raise BodyTooSlow(f"body of {size} bytes still arriving {GATE_HOLD:g} s after it took its turn "
-                              "for large bodies") from None
+            raise BodyTooSlow(
+                f"body of {size} bytes still arriving {GATE_HOLD:g} s after it took its turn for large bodies"
+            ) from None
         size += len(piece)
         if size > limit or response.num_bytes_downloaded > limit:
             raise BodyTooLarge(f"body is over the {limit}-byte cap")

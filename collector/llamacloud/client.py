@@ -120,8 +120,7 @@ def session_path(session_id: str, suffix: str = "") -> str:
 class _Answer:
     __slots__ = ("body", "content_type", "location", "retry_after", "status")
 
-    def __init__(self, status: int, body: Body, content_type: str, retry_after: str | None,
-                 location: str | None = None) -> None:
+    def __init__(self, status: int, body: Body, content_type: str, retry_after: str | None, location: str | None = None) -> None:
         self.status, self.body, self.content_type, self.retry_after = status, body, content_type, retry_after
         self.location = location
 
@@ -150,10 +149,16 @@ class LlamaCloudClient:
         rng: Callable[[], float] = random.random,
     ) -> None:
         self._params = {k: v for k, v in (("project_id", project_id), ("organization_id", organization_id)) if v}
-        headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json",
-                   "Accept-Encoding": "gzip", "User-Agent": f"llamacloud-collector/{__version__}"}
+        headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Accept": "application/json",
+            "Accept-Encoding": "gzip",
+            "User-Agent": f"llamacloud-collector/{__version__}",
+        }
         self._http = HttpxAiohttpClient(
-            transport=transport, trust_env=True, mounts=no_proxy_cidr_mounts(base_url, os.environ),
+            transport=transport,
+            trust_env=True,
+            mounts=no_proxy_cidr_mounts(base_url, os.environ),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         )
         # httpx picks the transport once: aiohttp direct, or through the proxy the environment names
@@ -210,11 +215,13 @@ class LlamaCloudClient:
         raise FetchError(f"list: more than {self._max_pages} pages; the listing does not end", operation="list")
 
     async def summary(self, session_id: str, deadline: Deadline | None = None) -> Summary:
-        return self._same_session("summary", session_id, await self._get(
-            "summary", self._path("summary", session_id, "/summary"), Summary, deadline))
+        return self._same_session(
+            "summary", session_id, await self._get("summary", self._path("summary", session_id, "/summary"), Summary, deadline)
+        )
 
-    async def retrieve(self, session_id: str, deadline: Deadline | None = None,
-                       off_loop: Callable[[Callable[[], Session]], T] | None = None) -> Session | T:
+    async def retrieve(
+        self, session_id: str, deadline: Deadline | None = None, off_loop: Callable[[Callable[[], Session]], T] | None = None
+    ) -> Session | T:
         """The session's history. A large body (over ``LARGE_BODY``) is handled in a thread, off the event loop:
         ``off_loop`` is called there with the function that parses it, and its result is returned instead. A
         history of a million events is never held, parsed or counted on the loop. The gate of large bodies is
@@ -256,13 +263,25 @@ class LlamaCloudClient:
             try:
                 status = check_status(response.status_code)
                 body = await read_capped(response, self._max_bytes, claim) if 200 <= status < 300 else b""
-                return _Answer(status, body, response.headers.get("content-type", ""),
-                               response.headers.get("retry-after"), response.headers.get("location"))
+                return _Answer(
+                    status,
+                    body,
+                    response.headers.get("content-type", ""),
+                    response.headers.get("retry-after"),
+                    response.headers.get("location"),
+                )
             finally:
                 await response.aclose()
 
-    async def _get(self, operation: str, path: str, model: type[M], deadline: Deadline | None,
-                   params: dict | None = None, parse: Callable[[Body], R] | None = None) -> M | R:
+    async def _get(
+        self,
+        operation: str,
+        path: str,
+        model: type[M],
+        deadline: Deadline | None,
+        params: dict | None = None,
+        parse: Callable[[Body], R] | None = None,
+    ) -> M | R:
         attempt = 0
         while True:
             started = self._clock()
@@ -282,12 +301,16 @@ class LlamaCloudClient:
                     self._observer.request(operation, "error", self._clock() - started)
                     untrusted = untrusted_certificate(exc)
                     if untrusted is not None:  # it will not fix itself within a cycle: said once, not retried
-                        raise FetchError(f"{operation}: the server's TLS certificate is not trusted ({untrusted}); "
-                                         "to trust a private CA, set SSL_CERT_FILE or SSL_CERT_DIR",
-                                         operation=operation) from None
+                        raise FetchError(
+                            f"{operation}: the server's TLS certificate is not trusted ({untrusted}); "
+                            "to trust a private CA, set SSL_CERT_FILE or SSL_CERT_DIR",
+                            operation=operation,
+                        ) from None
                     reason, wait = failure_reason(exc), None
-                    failure = FetchError(f"{operation}: timed out" if reason == "timeout" else
-                                         f"{operation}: transport error: {_describe(exc)}", operation=operation)
+                    failure = FetchError(
+                        f"{operation}: timed out" if reason == "timeout" else f"{operation}: transport error: {_describe(exc)}",
+                        operation=operation,
+                    )
                 else:
                     status = answer.status
                     self._observer.request(operation, str(status), self._clock() - started)
@@ -314,8 +337,7 @@ class LlamaCloudClient:
         content_type = answer.content_type
         if content_type and "json" not in content_type:  # an error page; no header at all is tried as JSON
             self._observer.invalid_payload(operation)
-            raise PayloadError(f"{operation}: expected JSON, got content type {content_type[:60]!r}",
-                               operation=operation)
+            raise PayloadError(f"{operation}: expected JSON, got content type {content_type[:60]!r}", operation=operation)
         try:
             if len(answer.body) <= LARGE_BODY:
                 return parse(answer.body)
@@ -324,8 +346,9 @@ class LlamaCloudClient:
             self._observer.invalid_payload(operation)
             first = exc.errors(include_input=False, include_url=False)[0]
             where = ".".join(str(p) for p in first["loc"])[:120]
-            raise PayloadError(f"{operation}: invalid payload at {where or 'body'}: {first['msg'][:200]}",
-                               operation=operation) from None
+            raise PayloadError(
+                f"{operation}: invalid payload at {where or 'body'}: {first['msg'][:200]}", operation=operation
+            ) from None
         except (ValueError, UnicodeDecodeError, RecursionError, MemoryError) as exc:
             self._observer.invalid_payload(operation)
             raise PayloadError(f"{operation}: invalid payload: {str(exc)[:200]}", operation=operation) from None
@@ -390,7 +413,10 @@ def _status_error(operation: str, status: int, location: str | None = None) -> F
         return NotFound(f"{operation}: HTTP 404: not found", operation=operation, status=status)
     if 300 <= status < 400:  # not followed: the key must not go wherever a redirect points
         where = " ".join(str(location or "?").split())[:200]
-        return FetchError(f"{operation}: HTTP {status} redirect to {where}: set --base-url to where the API is "
-                          "(an http:// URL the server moves to https:// is the usual cause)",
-                          operation=operation, status=status)
+        return FetchError(
+            f"{operation}: HTTP {status} redirect to {where}: set --base-url to where the API is "
+            "(an http:// URL the server moves to https:// is the usual cause)",
+            operation=operation,
+            status=status,
+        )
     return FetchError(f"{operation}: HTTP {status}", operation=operation, status=status)

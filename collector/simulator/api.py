@@ -31,8 +31,21 @@ from aiohttp import web
 
 from collector.simulator.world import World
 
-FAULT_KINDS = ("status", "reset", "cut", "bad_json", "html", "content_type", "slow", "gone", "shrink",
-               "unknown_event", "empty", "truncate", "loop")
+FAULT_KINDS = (
+    "status",
+    "reset",
+    "cut",
+    "bad_json",
+    "html",
+    "content_type",
+    "slow",
+    "gone",
+    "shrink",
+    "unknown_event",
+    "empty",
+    "truncate",
+    "loop",
+)
 """``empty``: a listing page answered ``{"items": [], "next_page_token": null}``; ``truncate``: the page as it
 is, with no next page (the listing ends early); ``loop``: the page's next token is the one it was asked with
 (the listing loops back)."""
@@ -126,8 +139,7 @@ async def send(request: web.Request, answer: Response) -> web.StreamResponse:
         if request.transport is not None:
             request.transport.abort()
         raise asyncio.CancelledError  # aiohttp ends the handler quietly; there is no one to answer
-    response = web.StreamResponse(status=answer.status, headers={"Content-Type": answer.content_type,
-                                                                 **answer.headers})
+    response = web.StreamResponse(status=answer.status, headers={"Content-Type": answer.content_type, **answer.headers})
     response.content_length = len(answer.body)
     await response.prepare(request)
     if answer.truncate_at is not None:
@@ -282,18 +294,30 @@ class SimulatorApi:
     def _control(self, request: Request) -> Response:
         world = self.world
         if request.path == "/_sim/stats":
-            truth = {"runs": len(world.runs), "errors": sum(r.failed for r in world.runs),
-                     "sessions": len(world.sessions), "calls": dict(self.calls), "bytes_sent": self.bytes_sent,
-                     "faults_injected": dict(self.faults.injected), "listing": self.listing.as_dict(),
-                     "clock_offset": world.clock_offset}
+            truth = {
+                "runs": len(world.runs),
+                "errors": sum(r.failed for r in world.runs),
+                "sessions": len(world.sessions),
+                "calls": dict(self.calls),
+                "bytes_sent": self.bytes_sent,
+                "faults_injected": dict(self.faults.injected),
+                "listing": self.listing.as_dict(),
+                "clock_offset": world.clock_offset,
+            }
             return _json(truth)
         if request.path == "/_sim/totals":
             return _json(totals(world))
         if request.path == "/_sim/sessions":  # in the order the listing pages them now
             runs = Counter(r.session_id for r in world.runs)
             order = world.newest_first() if self.listing.newest_first else world.listing_order()
-            return _json({"sessions": [{"session_id": s.session_id, "runs": runs[s.session_id],
-                                        "last_updated_at": s.last_updated_at} for s in order]})
+            return _json(
+                {
+                    "sessions": [
+                        {"session_id": s.session_id, "runs": runs[s.session_id], "last_updated_at": s.last_updated_at}
+                        for s in order
+                    ]
+                }
+            )
         if request.path == "/_sim/listing":
             return self._listing_control(request.query)
         if request.path == "/_sim/clock":
@@ -306,21 +330,33 @@ class SimulatorApi:
         if request.path == "/_sim/extreme":
             q = request.query
             try:
-                session = world.extreme_session(q.get("what", ""), int(q.get("runs", 2)),
-                                                int(q.get("title_chars", 70_000)), int(q.get("tokens", 2**53)))
+                session = world.extreme_session(
+                    q.get("what", ""), int(q.get("runs", 2)), int(q.get("title_chars", 70_000)), int(q.get("tokens", 2**53))
+                )
             except ValueError as exc:
                 return _json({"detail": str(exc)}, 400)
-            return _json({"session_id": session.session_id, "last_updated_at": session.last_updated_at,
-                          "title_chars": len(session.title), "bytes": len(session.detail_bytes())})
+            return _json(
+                {
+                    "session_id": session.session_id,
+                    "last_updated_at": session.last_updated_at,
+                    "title_chars": len(session.title),
+                    "bytes": len(session.detail_bytes()),
+                }
+            )
         if request.path == "/_sim/decoy":
             q = request.query
-            session = world.decoy_session(int(q.get("runs", 5)), int(q.get("decoy_runs", 50)),
-                                          int(q.get("pad", 1_100_000)))
+            session = world.decoy_session(int(q.get("runs", 5)), int(q.get("decoy_runs", 50)), int(q.get("pad", 1_100_000)))
             return _json({"session_id": session.session_id, "bytes": len(session.detail_bytes())})
         if request.path == "/_sim/bare":
             session = world.bare_session(request.query.get("kind", "stop"), int(request.query.get("count", "1000")))
-            return _json({"session_id": session.session_id, "bytes": len(session.detail_bytes()),
-                          "events": len(session.events), "bare_runs": world.bare_runs})
+            return _json(
+                {
+                    "session_id": session.session_id,
+                    "bytes": len(session.detail_bytes()),
+                    "events": len(session.events),
+                    "bare_runs": world.bare_runs,
+                }
+            )
         if request.path == "/_sim/truth":
             return _json({"runs": [r.__dict__ for r in world.runs], "events": dict(world.events)})
         if request.path == "/_sim/traffic":
@@ -329,22 +365,30 @@ class SimulatorApi:
         if request.path == "/_sim/big":
             session = world.new_session()
             world.grow_to(session, int(request.query.get("events", "100000")), int(request.query.get("content", "300")))
-            return _json({"session_id": session.session_id, "bytes": len(session.detail_bytes()),
-                          "events": len(session.events)})
+            return _json({"session_id": session.session_id, "bytes": len(session.detail_bytes()), "events": len(session.events)})
         if request.path == "/_sim/touch":
             fraction = float(request.query.get("fraction", "0.1"))
             fail = {"1": True, "0": False}.get(request.query.get("fail", ""))
             first = int(request.query.get("first", "0"))
-            chosen = ([next(reversed(world.sessions))] if request.query.get("last") == "1" else
-                      [s.session_id for s in world.listing_order()[:first]] if first else
-                      world.rng.sample(list(world.sessions), int(len(world.sessions) * fraction)))
+            chosen = (
+                [next(reversed(world.sessions))]
+                if request.query.get("last") == "1"
+                else [s.session_id for s in world.listing_order()[:first]]
+                if first
+                else world.rng.sample(list(world.sessions), int(len(world.sessions) * fraction))
+            )
             for session_id in chosen:
                 world.add_run(world.sessions[session_id], fail)
             return _json({"changed": len(chosen)})
         if request.path == "/_sim/fault":
             q = request.query
-            fault = Fault(q.get("kind", "status"), q.get("endpoint", "*"), int(q.get("status", 503)),
-                          q.get("retry_after"), float(q.get("delay", 0)))
+            fault = Fault(
+                q.get("kind", "status"),
+                q.get("endpoint", "*"),
+                int(q.get("status", 503)),
+                q.get("retry_after"),
+                float(q.get("delay", 0)),
+            )
             self.faults.add(fault, int(q.get("times", 1)))
             return _json({"queued": len(self.faults.queue)})
         return _json({"detail": "Not Found"}, 404)
@@ -373,10 +417,15 @@ def totals(world: World) -> dict:
     """Sums of the truth a benchmark compares with, without shipping every run (``/_sim/truth``)."""
     runs = world.runs
     durations = [r.duration_ms for r in runs if r.duration_ms is not None]
-    return {"runs": len(runs), "bare_runs": world.bare_runs, "errors": sum(r.failed for r in runs),
-            "input_tokens": sum(r.input_tokens or 0 for r in runs),
-            "output_tokens": sum(r.output_tokens or 0 for r in runs),
-            "duration_count": len(durations), "duration_seconds_sum": sum(durations) / 1000,
-            "tool_calls": sum(len(r.tool_calls) for r in runs),
-            "index_runs": sum(len(r.index_ids) or 1 for r in runs),
-            "sessions": len(world.sessions)}
+    return {
+        "runs": len(runs),
+        "bare_runs": world.bare_runs,
+        "errors": sum(r.failed for r in runs),
+        "input_tokens": sum(r.input_tokens or 0 for r in runs),
+        "output_tokens": sum(r.output_tokens or 0 for r in runs),
+        "duration_count": len(durations),
+        "duration_seconds_sum": sum(durations) / 1000,
+        "tool_calls": sum(len(r.tool_calls) for r in runs),
+        "index_runs": sum(len(r.index_ids) or 1 for r in runs),
+        "sessions": len(world.sessions),
+    }

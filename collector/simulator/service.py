@@ -15,9 +15,18 @@ from collector.simulator.world import World, populate
 class SimulatorService:
     """The fake API with live traffic: ``rate`` world ticks per second."""
 
-    def __init__(self, *, sessions: int = 40, runs: int = 3, seed: int = 1, rate: float = 2.0,
-                 api_key: str = "simulator", world: World | None = None, address: str = "127.0.0.1:0",
-                 latency: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        sessions: int = 40,
+        runs: int = 3,
+        seed: int = 1,
+        rate: float = 2.0,
+        api_key: str = "simulator",
+        world: World | None = None,
+        address: str = "127.0.0.1:0",
+        latency: float = 0.0,
+    ) -> None:
         self.world = world or populate(World(seed=seed), sessions, runs)
         self.address = address
         self.faults = Faults()
@@ -44,8 +53,7 @@ class SimulatorService:
 
     async def start(self) -> None:
         self.server = await listen(self.api.app(), self.address, max_connections=4096)
-        structlog.get_logger("simulator").info("simulator listening", url=self.base_url,
-                                               sessions=len(self.world.sessions))
+        structlog.get_logger("simulator").info("simulator listening", url=self.base_url, sessions=len(self.world.sessions))
         if self.rate > 0:
             self._traffic = asyncio.create_task(self._run_traffic())
 

@@ -23,17 +23,20 @@ TOOLS = ("search_index", "retrieve_page", "calculator", "web_lookup", "summarize
 ERROR_MESSAGES: dict[str, tuple[str, ...]] = {
     "timeout": ("LLM request timed out after 60s", "Deadline exceeded while waiting for the model"),
     "rate_limit": ("Rate limit reached for gpt-4o, retry later", "Provider answered 429 Too Many Requests"),
-    "context_length": ("This model's maximum context length is 128000 tokens",
-                       "Context window exceeded by the retrieved nodes"),
+    "context_length": ("This model's maximum context length is 128000 tokens", "Context window exceeded by the retrieved nodes"),
     "auth": ("Provider rejected the API key (401 Unauthorized)",),
     "not_found": ("Index pipeline-7f3a does not exist",),
     "tool_error": ("Tool 'sql_query' raised: syntax error near SELECT",),
     "internal": ("Internal error in agent runtime", "Upstream returned 502 Bad Gateway"),
     "_OTHER": ("Run cancelled by user", "Something went wrong"),
 }
-QUESTIONS = ("What were Q3 revenues by region?", "Summarise the onboarding policy.",
-             "Which contracts renew next month?", "Compare the two pricing proposals.",
-             "List the open incidents for the payments service.")
+QUESTIONS = (
+    "What were Q3 revenues by region?",
+    "Summarise the onboarding policy.",
+    "Which contracts renew next month?",
+    "Compare the two pricing proposals.",
+    "List the open incidents for the payments service.",
+)
 UNKNOWN_TYPE = "citation"
 
 
@@ -73,14 +76,20 @@ class SimSession:
     _detail: bytes | None = None
 
     def summary(self) -> dict:
-        return {"session_id": self.session_id, "last_updated_at": self.last_updated_at,
-                "generated_title": self.title, "index_ids": self.index_ids,
-                "shared_access": self.shared_access, "job_metadata": self.job_metadata}
+        return {
+            "session_id": self.session_id,
+            "last_updated_at": self.last_updated_at,
+            "generated_title": self.title,
+            "index_ids": self.index_ids,
+            "shared_access": self.shared_access,
+            "job_metadata": self.job_metadata,
+        }
 
     def detail_bytes(self) -> bytes:
         if self._detail is None:
-            self._detail = json.dumps({**(self.leading or {}), **self.summary(), "events": self.events},
-                                      separators=(",", ":") if self.compact else None).encode()
+            self._detail = json.dumps(
+                {**(self.leading or {}), **self.summary(), "events": self.events}, separators=(",", ":") if self.compact else None
+            ).encode()
         return self._detail
 
 
@@ -127,8 +136,13 @@ class World:
         rng = self.rng
         self._seq += 1
         indexes = None if rng.random() < 0.1 else [f"idx-{rng.randrange(12):02d}" for _ in range(rng.randint(1, 3))]
-        session = SimSession(self._uuid(), self._seq, sorted(set(indexes)) if indexes else indexes,
-                             rng.choice(("query", "read_only")), rng.choice(QUESTIONS))
+        session = SimSession(
+            self._uuid(),
+            self._seq,
+            sorted(set(indexes)) if indexes else indexes,
+            rng.choice(("query", "read_only")),
+            rng.choice(QUESTIONS),
+        )
         self.sessions[session.session_id] = session
         self._order.append(session.seq)
         self._by_seq[session.seq] = session
@@ -137,8 +151,9 @@ class World:
             self.add_run(session)
         return session
 
-    def _make_run(self, session: SimSession, fail: bool | None = None,
-                  input_tokens: int | None = None) -> tuple[list[dict], list[dict], RunTruth]:
+    def _make_run(
+        self, session: SimSession, fail: bool | None = None, input_tokens: int | None = None
+    ) -> tuple[list[dict], list[dict], RunTruth]:
         """The opening events of a run, the rest of them, and its truth (``fail`` forces the outcome,
         ``input_tokens`` the run's input tokens)."""
         rng = self.rng
@@ -153,8 +168,7 @@ class World:
             tail.append({"type": "tool_call", "name": name, "call_id": call_id, "arguments": {"query": "q3"}})
             answered = rng.random() < 0.9
             if answered:
-                result: dict[str, Any] = {"type": "tool_result", "name": name, "call_id": call_id,
-                                          "result": "3 nodes found"}
+                result: dict[str, Any] = {"type": "tool_result", "name": name, "call_id": call_id, "result": "3 nodes found"}
                 if rng.random() < 0.2:
                     result["image_attachment"] = {"attachment_name": "page-3.png", "source_id": self._uuid()}
                 tail.append(result)
@@ -166,26 +180,36 @@ class World:
         failed = rng.random() < self.error_rate if fail is None else fail
         error_type = rng.choice(tuple(ERROR_MESSAGES)) if failed else None
         error = rng.choice(ERROR_MESSAGES[error_type]) if error_type is not None else None
-        usage: dict[str, Any] = {"duration_ms": round(rng.lognormvariate(7.6, 1.0), 1),
-                                 "total_input_tokens": rng.randint(200, 24000),
-                                 "total_output_tokens": rng.randint(20, 3000), "turns": 1 + len(calls)}
+        usage: dict[str, Any] = {
+            "duration_ms": round(rng.lognormvariate(7.6, 1.0), 1),
+            "total_input_tokens": rng.randint(200, 24000),
+            "total_output_tokens": rng.randint(20, 3000),
+            "turns": 1 + len(calls),
+        }
         if rng.random() < 0.05:
             del usage["duration_ms"]
         if input_tokens is not None:
             usage["total_input_tokens"] = input_tokens
         skipped = [rng.choice(session.index_ids)] if session.index_ids and rng.random() < 0.1 else []
-        tail.append({"type": "stop", "is_error": failed, "error": error, "usage": usage,
-                     "skipped_index_ids": skipped or None})
-        truth = RunTruth(session.session_id, failed, error_type, usage.get("duration_ms"),
-                         usage["total_input_tokens"], usage["total_output_tokens"], usage["turns"],
-                         tuple(calls), tuple(skipped), tuple(session.index_ids or ()))
+        tail.append({"type": "stop", "is_error": failed, "error": error, "usage": usage, "skipped_index_ids": skipped or None})
+        truth = RunTruth(
+            session.session_id,
+            failed,
+            error_type,
+            usage.get("duration_ms"),
+            usage["total_input_tokens"],
+            usage["total_output_tokens"],
+            usage["turns"],
+            tuple(calls),
+            tuple(skipped),
+            tuple(session.index_ids or ()),
+        )
         return head, tail, truth
 
     def _finish(self, session: SimSession, tail: list[dict], truth: RunTruth) -> None:
         self._append(session, tail)
         stop = tail[-1]
-        session.job_metadata = {**stop["usage"], "is_error": stop["is_error"], "error": stop["error"],
-                                "export_config_ids": None}
+        session.job_metadata = {**stop["usage"], "is_error": stop["is_error"], "error": stop["error"], "export_config_ids": None}
         self.runs.append(truth)
         self._touch(session)
 
@@ -201,8 +225,10 @@ class World:
         """A run whose tool result alone is ``size`` bytes (a long page of text)."""
         head, tail, truth = self._make_run(session)
         call_id = self._uuid()
-        head += [{"type": "tool_call", "name": "retrieve_page", "call_id": call_id, "arguments": {"page": 1}},
-                 {"type": "tool_result", "name": "retrieve_page", "call_id": call_id, "result": "x" * size}]
+        head += [
+            {"type": "tool_call", "name": "retrieve_page", "call_id": call_id, "arguments": {"page": 1}},
+            {"type": "tool_result", "name": "retrieve_page", "call_id": call_id, "result": "x" * size},
+        ]
         truth = RunTruth(**{**truth.__dict__, "tool_calls": (("retrieve_page", True), *truth.tool_calls)})
         self._append(session, head)
         self._finish(session, tail, truth)
@@ -239,7 +265,7 @@ class World:
     def page_after(self, after_seq: int, size: int) -> tuple[list[SimSession], bool]:
         """Sessions created after ``after_seq``, oldest first, and whether more follow."""
         start = bisect.bisect_right(self._order, after_seq)
-        seqs = self._order[start:start + size]
+        seqs = self._order[start : start + size]
         return [self._by_seq[q] for q in seqs], start + size < len(self._order)
 
     def position(self, after_seq: int) -> int:
@@ -254,7 +280,7 @@ class World:
         """The newest-first listing from position ``offset``, and whether more follow. An offset is taken in
         the order of the moment: a session changed mid-pass moves to the front, and the pages after shift."""
         order = self.newest_first()
-        return order[offset:offset + size], offset + size < len(order)
+        return order[offset : offset + size], offset + size < len(order)
 
     def listing_order(self) -> list[SimSession]:
         """Every session, oldest first (as ``page_after`` pages)."""
@@ -262,15 +288,14 @@ class World:
 
     def delete_oldest(self, count: int) -> list[str]:
         """Delete the ``count`` sessions listed first; their runs stay in the truth."""
-        gone = [self._by_seq[q].session_id for q in self._order[:max(0, count)]]
+        gone = [self._by_seq[q].session_id for q in self._order[: max(0, count)]]
         for session_id in gone:
             self.delete(session_id)
         return gone
 
     # -- sessions an API is free to send, at the edge of what a collector must take ---------------------
 
-    def extreme_session(self, what: str, runs: int = 2, title_chars: int = 70_000,
-                        tokens: int = 2**53) -> SimSession:
+    def extreme_session(self, what: str, runs: int = 2, title_chars: int = 70_000, tokens: int = 2**53) -> SimSession:
         """A new session with one extreme value: ``zero_time`` (``last_updated_at`` of Go's zero time),
         ``long_title`` (a ``generated_title`` of ``title_chars``), or ``big_tokens`` (``runs`` runs of
         ``tokens`` input tokens each)."""
@@ -293,10 +318,16 @@ class World:
         session = self.new_session(runs=runs)
         decoy: list[dict] = []
         for _ in range(decoy_runs):
-            decoy += [{"type": "user_input", "content": "decoy"},
-                      {"type": "stop", "is_error": False, "error": None,
-                       "usage": {"duration_ms": 1.0, "total_input_tokens": 1, "total_output_tokens": 1, "turns": 1},
-                       "skipped_index_ids": None}]
+            decoy += [
+                {"type": "user_input", "content": "decoy"},
+                {
+                    "type": "stop",
+                    "is_error": False,
+                    "error": None,
+                    "usage": {"duration_ms": 1.0, "total_input_tokens": 1, "total_output_tokens": 1, "turns": 1},
+                    "skipped_index_ids": None,
+                },
+            ]
         session.leading = {"debug": {"events": decoy, "note": "x" * pad}}
         session._detail = None
         return session
