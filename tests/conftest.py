@@ -8,13 +8,13 @@ Tiers (``pytest -m <tier>``):
   hadolint, openssl): ``.ci/run`` installs them.
 - ``soak``: minutes of traffic.
 
-Each test module is classified here, once; a new module that is not fails collection with a message.
+Each test module declares its tiers itself, ``pytestmark = pytest.mark.tier("unit")``; a test that differs
+from its module carries its own ``@pytest.mark.tier(...)``. A module without one fails collection, naming it.
 """
 
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 import structlog
@@ -28,78 +28,26 @@ TIERS = {
     "tools": "needs Prometheus, promtool, Helm, kubectl, actionlint, hadolint or openssl",
     "soak": "minutes of traffic",
 }
-MODULES: dict[str, tuple[str, ...]] = {
-    "test_bounds": ("unit",),
-    "test_client": ("unit",),
-    "test_collector": ("unit",),
-    "test_core_units": ("unit",),
-    "test_counting_core": ("unit",),
-    "test_dashboards": ("unit",),
-    "test_derive": ("unit",),
-    "test_durability": ("unit",),
-    "test_exemplars": ("unit",),
-    "test_faults": ("unit",),
-    "test_model": ("model",),
-    "test_model_findings": ("unit",),
-    "test_models": ("unit",),
-    "test_never_dark": ("unit",),
-    "test_operator_mistakes": ("unit",),
-    "test_poller_cycle": ("unit",),
-    "test_readme": ("unit",),
-    "test_server": ("unit",),
-    "test_sharding": ("unit",),
-    "test_simulator_oracle": ("unit",),
-    "test_sqlite_store": ("unit",),
-    "test_state_upgrade": ("unit",),
-    "test_stored_messages": ("unit",),
-    "test_state_hostile": ("unit",),
-    "test_settings": ("unit",),
-    "test_run_log": ("unit",),
-    "test_upstream_exact": ("unit",),
-    "test_loop_model": ("unit",),
-    "test_large_body": ("unit",),
-    "test_helm": ("tools",),
-    "test_one_declaration": ("tools",),
-    "test_kustomize": ("tools", "process"),
-    "test_rules": ("tools", "process"),
-    "test_release": ("tools", "process"),
-    "test_dockerfile": ("tools", "process"),
-    "test_prometheus_e2e": ("tools", "process"),
-    "test_web": ("tools", "process"),
-    "test_process": ("process",),
-    "test_hostile_scrapers": ("process",),
-    "test_hostile_history": ("process",),
-    "test_huge_history": ("unit",),
-    "test_huge_history_attack": ("unit",),
-    "test_hostile_upstream": ("process",),
-    "test_operations": ("process",),
-    "test_proxy": ("process",),
-    "test_soak": ("process", "soak"),
-}
-TESTS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("test_state_hostile", "test_the_collector_exits_2_on_a_newer_release_file_and_leaves_it_untouched"): ("process",),
-    ("test_settings", "test_cli_process_bad_setting_no_traceback"): ("process",),
-    ("test_run_log", "test_exactly_one_line_per_failed_run_across_a_restart_with_state"): ("process",),
-}
-"""Tests that start a process in a module that otherwise does not."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "tier(*names): the tiers of a test module (its pytestmark) or of one test")
     for name, meaning in TIERS.items():
         config.addinivalue_line("markers", f"{name}: {meaning}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for module, name in TESTS:  # a renamed test must not fall back to its module's tier unseen
-        if f"def {name}(" not in (here / f"{module}.py").read_text():
-            raise pytest.UsageError(f"tests/conftest.py: TESTS names {module}::{name}, which does not exist")
+    """Each test gets the tiers of its closest ``tier`` marker: its own (a test that starts a process in a
+    module that otherwise does not), else its module's ``pytestmark``."""
     for item in items:
-        module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
-        if module not in MODULES:
-            raise pytest.UsageError(f"tests/{module}.py has no tier: add it to MODULES in tests/conftest.py")
-        name = getattr(item, "originalname", item.name)
-        for tier in TESTS.get((module, name), MODULES[module]):
+        declared = item.get_closest_marker("tier")
+        where = item.nodeid.split("::", 1)[0]
+        if declared is None or not declared.args:
+            raise pytest.UsageError(f'{where} has no tier: add pytestmark = pytest.mark.tier("unit") (or another)')
+        unknown = set(declared.args) - set(TIERS)
+        if unknown:
+            raise pytest.UsageError(f"{where}: unknown tier {sorted(unknown)[0]!r} (tiers: {', '.join(TIERS)})")
+        for tier in declared.args:
             item.add_marker(tier)
 
 
@@ -109,7 +57,7 @@ def _unit_tests_start_no_process(request: pytest.FixtureRequest, monkeypatch: py
     if request.node.get_closest_marker("unit") is not None:
 
         def refuse(*args, **kwargs):
-            raise AssertionError(f"{request.node.nodeid} starts a process: give it the process tier in TESTS")
+            raise AssertionError(f"{request.node.nodeid} starts a process: give it @pytest.mark.tier('process')")
 
         monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
     yield

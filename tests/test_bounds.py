@@ -27,6 +27,8 @@ from collector.metrics import SelfMetrics
 from collector.settings import Settings
 from tests.helpers import run_async
 
+pytestmark = pytest.mark.tier("unit")
+
 SESSION = {"session_id": "s1", "last_updated_at": "2026-01-01T00:00:00+00:00", "events": []}
 
 

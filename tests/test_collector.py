@@ -1,9 +1,12 @@
 """The whole collector against the simulator over loopback HTTP: every number equals the truth."""
 
 import httpx
+import pytest
 
 from collector.simulator.world import World, populate
 from tests.helpers import assert_matches_truth, collecting, family, run_async, running, scrape, simulating, value
+
+pytestmark = pytest.mark.tier("unit")
 
 
 def test_every_family_equals_ground_truth_and_idle_cycles_fetch_nothing():

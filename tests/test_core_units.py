@@ -19,6 +19,8 @@ from collector.state import CollectorState, LastRun, MemoryStore, SessionState, 
 from tests.fakes import poll_config
 from tests.helpers import run_async
 
+pytestmark = pytest.mark.tier("unit")
+
 BUCKETS = Buckets((1.0, 10.0), (10.0, 100.0), (1.0, 4.0), (0.0, 2.0))
 STOP = StopEvent(type="stop", is_error=False)
 USER = PlainEvent(type="user_input")

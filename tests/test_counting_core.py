@@ -12,6 +12,8 @@ from collector.derive import RunRecord, ToolCall
 from collector.errors import FetchError, NotFound
 from tests.fakes import BUCKETS, FakeApi, cycle, poller, run_events, total_runs
 
+pytestmark = pytest.mark.tier("unit")
+
 
 def test_a_lagging_replica_is_ignored_and_the_run_it_hid_is_counted_next_cycle():
     api = FakeApi()

@@ -8,6 +8,8 @@ import pytest
 
 from scripts.rules import load_spec
 
+pytestmark = pytest.mark.tier("unit")
+
 ROOT = Path(__file__).resolve().parent.parent
 FILES = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 

@@ -9,6 +9,8 @@ import pytest
 from collector.derive import OTHER_ERROR, ErrorClassifier, ToolCall, derive, history_intact
 from collector.llamacloud.models import Session
 
+pytestmark = pytest.mark.tier("unit")
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 

@@ -13,8 +13,11 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.stack import free_port, wait_until
+
+pytestmark = pytest.mark.tier("tools", "process")
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"

@@ -13,6 +13,8 @@ from collector.sqlite_store import SCHEMA_VERSION, decode_session, encode_sessio
 from collector.state import LastRun, SessionState
 from tests.helpers import assert_matches_truth, collecting, run_async, scrape, simulating, value
 
+pytestmark = pytest.mark.tier("unit")
+
 
 def chat_values(samples):
     return {k: v for k, v in samples.items() if k[0].startswith("llamacloud_chat_") and "oldest" not in k[0]}

@@ -5,11 +5,14 @@ from __future__ import annotations
 import bisect
 
 import httpx
+import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
 from collector.aggregates import Histogram, Mark
 from collector.simulator.world import World, populate
 from tests.helpers import collecting, run_async, running, simulating
+
+pytestmark = pytest.mark.tier("unit")
 
 OPENMETRICS = {"Accept": "application/openmetrics-text; version=1.0.0"}
 HISTOGRAMS = {  # family -> the value of one run it observes, from the simulator's record of the run

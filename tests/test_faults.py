@@ -9,6 +9,8 @@ from collector.simulator.api import Fault
 from collector.simulator.world import World, populate
 from tests.helpers import assert_matches_truth, run_async, running, scrape, value
 
+pytestmark = pytest.mark.tier("unit")
+
 FAST = {"interval": 3.0, "read_timeout": 0.5, "connect_timeout": 0.5}
 
 

@@ -10,6 +10,8 @@ import yaml
 from collector.settings import load_settings
 from tests.k8s import documents, validate_all
 
+pytestmark = pytest.mark.tier("tools")
+
 SPEC_ALERTS = len(
     yaml.safe_load((Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "rules.spec.yaml").read_text())["alerts"]
 )

@@ -12,10 +12,13 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from collector.settings import Settings
 from tests.helpers import family, parse
 from tests.stack import Processes, free_port, wait_until
+
+pytestmark = pytest.mark.tier("process")
 
 MAX_RSS_MB = 256
 WAIT = 300.0

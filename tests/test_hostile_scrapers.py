@@ -21,10 +21,13 @@ import ssl
 
 import bcrypt
 import httpx
+import pytest
 
 from collector.listener import MAX_CONNECTIONS
 from tests.helpers import Samples, assert_samples_match, family, parse, remote_truth
 from tests.stack import Processes, free_port, wait_until
+
+pytestmark = pytest.mark.tier("process")
 
 MAX_RSS_MB = 256
 """The chart's memory limit (256 Mi): the collector's peak RSS (VmHWM, in MiB) stays under it, whatever the attack."""

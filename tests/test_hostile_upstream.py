@@ -22,6 +22,8 @@ from tests.helpers import Samples, assert_samples_match, family, parse, value
 from tests.hostile import HOSTILE_ID, HostileApi
 from tests.stack import Processes, free_port, wait_until
 
+pytestmark = pytest.mark.tier("process")
+
 MAX_RSS_MB = 400
 ARGS = (
     "--interval",

@@ -8,12 +8,15 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collector.aggregates import Aggregates, Buckets
 from tests.fakes import BUCKETS, FakeApi, cycle, poller, run_events, total_runs
 from tests.helpers import run_async
+
+pytestmark = pytest.mark.tier("unit")
 
 TOOLS = ("search", "sql", "fetch", "calc", "mail")
 INDEXES = ("i1", "i2", "i3", "i4")

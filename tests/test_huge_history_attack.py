@@ -7,12 +7,16 @@ import gc
 import threading
 import tracemalloc
 
+import pytest
+
 import collector.poller as poller_module
 from collector.errors import FetchError
 from collector.llamacloud.bounds import _bare
 from collector.llamacloud.models import parse_session
 from tests.fakes import FakeApi, cycle, poller, run_events, total_runs
 from tests.helpers import run_async
+
+pytestmark = pytest.mark.tier("unit")
 
 
 def tools_exposed(p) -> set[str]:

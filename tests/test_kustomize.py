@@ -9,6 +9,8 @@ import yaml
 from tests.k8s import documents, validate_all
 from tests.tools import require
 
+pytestmark = pytest.mark.tier("tools", "process")
+
 ROOT = Path(__file__).resolve().parent.parent
 KUBE = ROOT / "deploy" / "kubernetes"
 

@@ -33,6 +33,8 @@ from collector.settings import Settings
 from tests.fakes import run_events
 from tests.helpers import run_async
 
+pytestmark = pytest.mark.tier("unit")
+
 T0 = "2026-01-01T00:00:00+00:00"
 FILLER = "x" * (LEAN_THRESHOLD + 4096)
 

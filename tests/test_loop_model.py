@@ -55,6 +55,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import httpx
+import pytest
 import structlog
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -70,6 +71,8 @@ from collector.selection import PollConfig
 from collector.settings import Settings
 from collector.sqlite_store import SqliteStore
 from tests.helpers import Samples
+
+pytestmark = pytest.mark.tier("unit")
 
 SHORT = settings(
     max_examples=40,

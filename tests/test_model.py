@@ -24,6 +24,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -39,6 +40,8 @@ from collector.sqlite_store import SqliteStore
 from collector.state import MemoryStore
 from tests.fakes import FakeApi, poll_config
 from tests.helpers import run_async
+
+pytestmark = pytest.mark.tier("model")
 
 settings.register_profile(
     "ci",

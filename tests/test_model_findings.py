@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import copy
 
+import pytest
+
 from collector.aggregates import Aggregates
 from collector.derive import RunRecord
 from tests.fakes import BUCKETS, FakeApi, cycle, poll_config, poller, run_events, total_runs
+
+pytestmark = pytest.mark.tier("unit")
 
 T = [f"2026-01-01T00:00:{i:02d}+00:00" for i in range(60)]
 

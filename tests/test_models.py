@@ -2,10 +2,14 @@
 
 import json
 
+import pytest
+
 from collector.derive import ErrorClassifier, derive
 from collector.llamacloud import models
 from collector.llamacloud.models import Session, lean_json, parse_session
 from collector.simulator.world import World
+
+pytestmark = pytest.mark.tier("unit")
 
 
 def test_lean_json_drops_only_unread_texts():

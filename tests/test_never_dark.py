@@ -16,6 +16,8 @@ from collector.errors import FetchError, PayloadError
 from tests.fakes import FakeApi, cycle, poller, run_events, total_runs
 from tests.helpers import run_async
 
+pytestmark = pytest.mark.tier("unit")
+
 T0, T1 = "2026-01-01T00:00:00+00:00", "2026-01-01T00:01:00+00:00"
 
 

@@ -15,6 +15,8 @@ from collector.errors import ConfigError
 from collector.settings import ENV_VARS, OPTIONS, Settings, load_settings
 from scripts.settings_table import with_table
 
+pytestmark = pytest.mark.tier("tools")
+
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "llamacloud-collector"
 

@@ -13,6 +13,8 @@ import pytest
 from tests.helpers import assert_samples_match, parse, remote_truth
 from tests.stack import free_port, wait_until
 
+pytestmark = pytest.mark.tier("process")
+
 CANARY = "llx-CANARY-7d1f0e9a8b2c4d6e"
 
 

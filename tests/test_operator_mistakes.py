@@ -9,6 +9,8 @@ from collector.cli import main
 from collector.webconfig import parse_web_config
 from tests.test_settings import alias_bomb, at_most
 
+pytestmark = pytest.mark.tier("unit")
+
 KEY = {"LLAMA_CLOUD_API_KEY": "llx-test-key-0123456789"}
 
 

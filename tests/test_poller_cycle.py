@@ -18,6 +18,8 @@ from collector.poller import Poller
 from tests.fakes import FakeApi, cycle, poller, run_events, total_runs
 from tests.helpers import run_async
 
+pytestmark = pytest.mark.tier("unit")
+
 T0 = "2026-01-01T00:00:00+00:00"
 
 

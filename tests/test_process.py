@@ -12,6 +12,8 @@ import pytest
 
 from tests.tools import require
 
+pytestmark = pytest.mark.tier("process")
+
 CANARY = "llx-canary-5f1e2d3c4b5a69788796a5b4"
 
 

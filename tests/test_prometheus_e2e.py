@@ -19,6 +19,8 @@ from tests.stack import (
     wait_until,
 )
 
+pytestmark = pytest.mark.tier("tools", "process")
+
 KEY = "llx-e2e-key"
 CORE = {
     "Runs per minute by outcome",

@@ -8,7 +8,11 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from tests.stack import free_port
+
+pytestmark = pytest.mark.tier("process")
 
 LISTING = json.dumps(
     {"items": [{"session_id": "via-proxy", "last_updated_at": "2026-01-01T00:00:00+00:00"}], "next_page_token": None}

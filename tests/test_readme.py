@@ -3,7 +3,11 @@
 import re
 from pathlib import Path
 
+import pytest
+
 from collector.settings import ENV_VARS
+
+pytestmark = pytest.mark.tier("unit")
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,11 +4,14 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from scripts.generate import drifted
 from scripts.rules import anchor, load_spec
 from tests.tools import require
+
+pytestmark = pytest.mark.tier("tools", "process")
 
 ROOT = Path(__file__).resolve().parent.parent
 PROM = ROOT / "deploy" / "prometheus"

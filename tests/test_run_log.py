@@ -8,6 +8,7 @@ import signal
 from collections import Counter
 
 import httpx
+import pytest
 import structlog
 
 from collector import logs
@@ -15,6 +16,8 @@ from collector.derive import RunRecord
 from collector.runlog import log_runs
 from tests.helpers import remote_truth
 from tests.stack import Processes, free_port, wait_until
+
+pytestmark = pytest.mark.tier("unit")
 
 SECRET = "llx-RUNLOG-canary-42"
 
@@ -28,6 +31,7 @@ def lines(procs: Processes, names: list[str]) -> list[dict]:
     return out
 
 
+@pytest.mark.tier("process")
 def test_exactly_one_line_per_failed_run_across_a_restart_with_state(tmp_path):
     procs = Processes(tmp_path)
     try:

@@ -11,6 +11,8 @@ from collector.auth import WebConfig
 from collector.cadence import Cadence
 from collector.server import Endpoints, MetricsCache, accepts_gzip
 
+pytestmark = pytest.mark.tier("unit")
+
 
 class FakePoller:
     cycle_started = None

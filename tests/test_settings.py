@@ -12,6 +12,8 @@ from collector.cli import main
 from collector.errors import ConfigError
 from collector.settings import load_settings
 
+pytestmark = pytest.mark.tier("unit")
+
 
 def test_defaults_follow_the_contract():
     s = load_settings({}, {})
@@ -229,6 +231,7 @@ def test_cli_exits_2_with_one_line(capsys, argv, env, fragment):
 
 
 @pytest.mark.parametrize("case", ["shard", "aliases"])
+@pytest.mark.tier("process")
 def test_cli_process_bad_setting_no_traceback(tmp_path, case):
     bomb = tmp_path / "c.yaml"
     bomb.write_text(alias_bomb("error_rules"))

@@ -3,9 +3,13 @@
 import contextlib
 from collections import Counter
 
+import pytest
+
 from collector.selection import shard_of
 from collector.simulator.world import World, populate
 from tests.helpers import assert_samples_match, collecting, family, run_async, scrape, simulating, value
+
+pytestmark = pytest.mark.tier("unit")
 
 
 def test_shard_of_is_stable_and_balanced():

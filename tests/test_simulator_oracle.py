@@ -12,6 +12,8 @@ from collector.simulator.api import Request, SimulatorApi
 from collector.simulator.world import UNKNOWN_TYPE, World, populate
 from tests.helpers import run_async
 
+pytestmark = pytest.mark.tier("unit")
+
 KEY = "k"
 
 

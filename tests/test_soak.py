@@ -5,9 +5,12 @@ import time
 from collections import Counter
 
 import httpx
+import pytest
 
 from tests.helpers import assert_samples_match, family, parse, remote_truth, value
 from tests.stack import Processes, free_port, wait_until
+
+pytestmark = pytest.mark.tier("process", "soak")
 
 KEY = "llx-soak"
 DURATION = 110.0

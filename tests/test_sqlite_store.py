@@ -18,6 +18,8 @@ from collector.errors import ConfigError, StateError
 from collector.sqlite_store import SCHEMA_VERSION, SqliteStore, decode_session, encode_session, fingerprint
 from collector.state import CollectorState, LastRun, SessionState
 
+pytestmark = pytest.mark.tier("unit")
+
 BUCKETS = Buckets((1.0, 10.0), (10.0, 100.0), (1.0, 4.0), (0.0, 2.0))
 RULES = [("timeout", "time"), ("internal", "internal")]
 NOW = 1_790_000_000.0

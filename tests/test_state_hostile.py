@@ -22,6 +22,8 @@ from collector.state import MemoryStore
 from tests.fakes import BUCKETS, FakeApi, poll_config, run_events
 from tests.helpers import parse, run_async
 
+pytestmark = pytest.mark.tier("unit")
+
 RULES: list[tuple[str, str]] = []
 T0 = "2026-01-01T00:00:00+00:00"
 
@@ -281,6 +283,7 @@ def test_a_retired_row_with_an_impossible_value_is_logged_when_its_session_comes
 
 
 @pytest.mark.parametrize("newer", ["schema", "field"])
+@pytest.mark.tier("process")
 def test_the_collector_exits_2_on_a_newer_release_file_and_leaves_it_untouched(tmp_path, newer):
     """A newer schema is refused before the collector starts: one line. An unknown field is found while the
     file loads, after the listener is up; the shutdown that follows must not write the empty state over it."""

@@ -25,6 +25,8 @@ from collector.sqlite_store import SCHEMA_VERSION, SqliteStore
 from tests.fakes import FakeApi, poll_config, run_events
 from tests.helpers import parse, run_async
 
+pytestmark = pytest.mark.tier("unit")
+
 FIXTURES = Path(__file__).parent / "fixtures" / "state"
 RELEASES = sorted(p.name for p in FIXTURES.iterdir() if (p / "state.db").is_file())
 

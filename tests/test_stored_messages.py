@@ -10,6 +10,8 @@ import pytest
 from collector.aggregates import MAX_COUNT, Aggregates, Buckets, StoredValueError, UnknownField, count, finite
 from collector.derive import RunRecord, ToolCall
 
+pytestmark = pytest.mark.tier("unit")
+
 BUCKETS = Buckets((1.0, 10.0), (10.0, 100.0), (1.0, 4.0), (0.0, 2.0))
 
 

@@ -22,6 +22,8 @@ from collector.sqlite_store import SqliteStore
 from collector.state import MAX_TITLE
 from tests.fakes import BUCKETS, FakeApi, cycle, poll_config, poller, run_events, total_runs
 
+pytestmark = pytest.mark.tier("unit")
+
 T0 = "2026-01-01T00:00:00+00:00"
 T1 = "2026-01-01T00:01:00+00:00"
 RULES = [("timeout", "timed out")]

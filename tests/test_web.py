@@ -24,6 +24,8 @@ from collector.errors import ConfigError
 from tests.helpers import run_async, running
 from tests.tools import require
 
+pytestmark = pytest.mark.tier("tools", "process")
+
 
 def hashed(password: str, rounds: int = 4) -> str:
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=rounds)).decode()
