@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import secrets
 import signal
@@ -175,26 +176,28 @@ async def _simulate(args: argparse.Namespace, environ: Mapping[str, str]) -> int
     return 0
 
 
-async def _discover(client, settings: Settings) -> list:
-    """What ``check`` would watch: the whole listing, or each configured ID's summary (this shard's)."""
+async def _discover(client, settings: Settings) -> tuple[list, list[str]]:
+    """What ``check`` would watch, and what the listing got over on its way: the whole listing (one pass of the
+    poller's listing loop, read to its end: it ends and fails as a poller's pass does), or each configured ID's
+    summary (this shard's)."""
     config = PollConfig.from_settings(settings)
     deadline = Deadline.after(CHECK_SECONDS)  # one for the whole check, whatever the API answers
     if settings.discovery:
-        listing = await client.list_sessions(deadline)
-        return [s for s in listing.sessions if wanted(config, s)]
+        listing = await client.list_sessions(deadline, functools.partial(wanted, config))
+        return listing.sessions, listing.problems
     found = []
     for session_id in settings.session_ids:
         if in_shard(config, session_id):
             summary = await client.summary(session_id, deadline)
             if wanted(config, summary):
                 found.append(summary)
-    return found
+    return found, []
 
 
 async def _check(settings: Settings, key: str) -> int:
     client = build_client(settings, key)
     try:
-        sessions = await _discover(client, settings)
+        sessions, problems = await _discover(client, settings)
     except AuthError as exc:
         raise CollectorError(
             f"check failed: HTTP {exc.status} from {settings.base_url}: the API key was "
@@ -209,6 +212,8 @@ async def _check(settings: Settings, key: str) -> int:
         f"OK: {settings.base_url} answered; {len(sessions)} sessions would be watched ({mode}, "
         f"shard {settings.shard} of {settings.total_shards})"
     )
+    for problem in problems:  # in the poller's words: its cycle would be partial for the same reason
+        print(f"  warning: {problem}")
     for summary in sorted(sessions, key=lambda s: s.last_updated_at, reverse=True)[:50]:
         print(f"  {summary.session_id}  updated {summary.last_updated_at}  indexes {','.join(summary.index_ids) or '-'}")
     if len(sessions) > 50:

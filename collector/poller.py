@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import threading
 import time
 from collections import deque
@@ -30,6 +29,7 @@ from collector.aggregates import Aggregates
 from collector.cadence import Cadence, Deadline
 from collector.derive import ErrorClassifier, RunRecord, history_intact
 from collector.errors import AuthError, FetchError, NotFound, PayloadError, StateError
+from collector.llamacloud.listing import PAGE_STRIKES, ListingLoop, Step, Strikes
 from collector.llamacloud.models import Session, SessionPage, Summary
 from collector.runlog import MAX_LINES_PER_CYCLE, log_runs
 from collector.runlog import wanted as log_wanted
@@ -51,10 +51,6 @@ cycle's budget in all (over the cycles that cut it), it hangs on its own: one cu
 the whole cycle is enough, while one cut of a fetch that started late, or waited on a busy loop, is only
 carried (issue 27)."""
 GONE_SLICE = 20_000
-PAGE_STRIKES = 3
-"""A page that fails this many cycles in a row (or is refused twice) ends the pass there (DESIGN §4)."""
-IDLE_PAGES = 100
-"""Pages in a row that list no session new to the pass: the listing goes round without a repeated token."""
 SHORT_PASSES_AGREE = 3
 """Complete passes in a row that list under half of the watched sessions before that is taken as the truth."""
 LOGGED_BACKWARDS = 10_000
@@ -112,21 +108,12 @@ class Job:
 
 @dataclass
 class ListingPass:
-    """Every page of the listing (or every configured ID) once, over as many cycles as it takes."""
+    """Every page of the listing (or every configured ID) once, over as many cycles as it takes: its pages are
+    one ``ListingLoop`` (the loop ``check`` runs too), carried from cycle to cycle."""
 
     started: float
     """Monotonic time of the first page, for ``listing_pass_duration_seconds``."""
-    token: str | None = None
-    tokens: set[bytes] = field(default_factory=set)
-    """Digests of the page tokens this pass followed: a token seen again ends the pass."""
-    pages: int = 0
-    idle_pages: int = 0
-    """Pages in a row that listed no wanted session new to this pass."""
-    listed_all: bool = False
-    truncated: bool = False
-    """The pass ended at a page that keeps failing (or a listing that goes round): it retires nothing."""
-    seen: set[str] = field(default_factory=set)
-    """Wanted sessions this pass listed (or configured IDs that answered or failed on their own)."""
+    loop: ListingLoop
     todo: deque[Job] = field(default_factory=deque)
     suspects: deque[Job] = field(default_factory=deque)
     """Jobs that may hang (``Job.suspect``), fetched first but by at most half of the workers."""
@@ -148,6 +135,28 @@ class ListingPass:
     @property
     def waiting(self) -> int:
         return len(self.todo) + len(self.suspects)
+
+    @property
+    def token(self) -> str | None:
+        return self.loop.token
+
+    @property
+    def pages(self) -> int:
+        return self.loop.pages
+
+    @property
+    def listed_all(self) -> bool:
+        return self.loop.ended
+
+    @property
+    def truncated(self) -> bool:
+        """The pass ended at a page that keeps failing (or a listing that goes round): it retires nothing."""
+        return self.loop.truncated
+
+    @property
+    def seen(self) -> set[str]:
+        """Wanted sessions this pass listed (or configured IDs that answered or failed on their own)."""
+        return self.loop.seen
 
 
 @dataclass
@@ -273,8 +282,8 @@ class Poller:
         self.short_missing: set[str] = set()
         """Watched sessions that no pass listed since the run of short passes began: the only ones its third
         pass may retire (short passes agree only on what none of them listed)."""
-        self.strikes: tuple[int, int] = (0, 0)
-        """(page position in the pass, cycles in a row it failed)."""
+        self.strikes = Strikes()
+        """The page of the pass that failed last and how often in a row, across cycles and passes."""
         self.backwards: set[str] = set()
         self.listing_only = 0
         """Cycles in a row in which only the listing answered and every fetch failed (``_api_answers``)."""
@@ -371,11 +380,11 @@ class Poller:
         return report
 
     def _new_pass(self) -> ListingPass:
-        listing = ListingPass(started=self.monotonic())
+        listing = ListingPass(started=self.monotonic(), loop=ListingLoop(self.strikes))
         if not self.config.discover:
             for session_id in (i for i in self.config.session_ids if in_shard(self.config, i)):
                 listing.push(Job(session_id))
-            listing.listed_all = True
+            listing.loop.ended = True
         return listing
 
     async def _run_pass(self, run: _Run) -> None:
@@ -474,7 +483,10 @@ class Poller:
             raise failed.exceptions[0] from None
 
     async def _next_page(self, run: _Run) -> bool:
-        """Read the next page into the pass; False when the listing cannot go on this cycle."""
+        """Read the next page into the pass (``ListingLoop``); False when the listing cannot go on this cycle.
+        A page that fails waits (page 1, or a first failure), starts the pass over from page 1 (a resumed token
+        refused, a page that is invalid), or, when the same page keeps failing, ends the pass there without a
+        verdict on the sessions behind it."""
         listing = run.listing
         try:
             page = await self.client.list_page(listing.token, run.deadline)
@@ -484,52 +496,27 @@ class Poller:
             if run.deadline.expired():  # a deadline mid-page is no error: the pass resumes there
                 run.cut = True
                 return False
-            return self._page_failed(run, exc)
-        run.answered = True
-        if listing.pages + 1 >= self.strikes[0]:
-            self.strikes = (0, 0)
-        self._take_page(run, page)
-        return not listing.listed_all
-
-    def _page_failed(self, run: _Run, exc: FetchError | PayloadError) -> bool:
-        """A page the API did not give: wait for it (page 1, or a first failure), start the pass over from
-        page 1 (a resumed token refused, a page that is invalid), or, when the same page keeps failing, end
-        the pass there without a verdict on the sessions behind it. True when the listing goes on now."""
-        listing = run.listing
-        position = listing.pages + 1
-        if listing.token is None:  # page 1: nothing to start over from; an outage if nothing else answered
-            run.listing_error = str(exc)
-            return False
-        strikes = self.strikes[1] + 1 if self.strikes[0] == position else 1
-        self.strikes = (position, strikes)
-        status = getattr(exc, "status", None)
-        refused = isinstance(exc, PayloadError) or (status is not None and 400 <= status < 500 and status != 429)
-        if strikes >= PAGE_STRIKES or (refused and strikes >= 2):
-            listing.listed_all = listing.truncated = True
-            self._restarted(
-                run,
-                f"list: page {position} keeps failing ({str(exc)[:ERROR_TEXT]}); the pass ends "
-                "there, retires nothing, and the next starts over from page 1",
-            )
-            return False
-        if refused:
-            self._restarted(run, f"list: page {position} refused ({str(exc)[:ERROR_TEXT]}); the pass starts over from page 1")
-            listing.token, listing.pages, listing.idle_pages = None, 0, 0
-            listing.tokens.clear()
-            return True
-        run.listing_error = str(exc)
-        return False
+            step = listing.loop.failed(exc)
+        else:
+            run.answered = True
+            step = listing.loop.take(page, functools.partial(wanted, self.config))
+            self._take_page(run, page, step)
+        if step.waits is not None:
+            run.listing_error = step.waits
+        if step.problem is not None:
+            self._restarted(run, step.problem)
+        return step.goes_on
 
     def _restarted(self, run: _Run, why: str) -> None:
         self.metrics.anomaly("pass_restarted")
         self.log.warning("listing pass restarted", reason=why)
         run.listing_problem = why
 
-    def _take_page(self, run: _Run, page: SessionPage) -> None:
-        """Decide for every item of ``page`` at once, then move the pass on: a page is taken whole."""
-        listing, report = run.listing, run.report
+    def _take_page(self, run: _Run, page: SessionPage, step: Step) -> None:
+        """Decide for every wanted item of ``page`` at once (the loop has moved the pass on): a page is taken
+        whole."""
+        report = run.report
         report.pages += 1
-        listing.pages += 1
         if page.unreadable:
             report.invalid += len(page.unreadable)
             self.log.warning(
@@ -537,32 +524,11 @@ class Poller:
                 count=len(page.unreadable),
                 session_ids=[i[:ID_TEXT] for i in page.unreadable[:10]],
             )
-        new = False
-        for item in page.items:
-            if wanted(self.config, item):
-                new = new or item.session_id not in listing.seen
-                listing.seen.add(item.session_id)
-                self.unconfirmed.discard(item.session_id)  # listed, by any pass: confirmed
-                self.short_missing.discard(item.session_id)
-                if (job := self._consider(run, item)) is not None:
-                    listing.push(job)
-            else:
-                new = True  # another shard's or index's: nothing tells whether the listing went round
-        listing.idle_pages = 0 if new else listing.idle_pages + 1
-        token = page.next_page_token
-        digest = hashlib.blake2b(token.encode(), digest_size=8).digest() if token else b""
-        if not token or digest in listing.tokens:  # the end, or a token seen before: the pass went round
-            listing.listed_all = True
-        elif listing.idle_pages >= IDLE_PAGES:
-            listing.listed_all = listing.truncated = True
-            self._restarted(
-                run,
-                f"list: {IDLE_PAGES} pages in a row listed no session new to the pass; the pass "
-                "ends there, retires nothing, and the next starts over from page 1",
-            )
-        else:
-            listing.tokens.add(digest)
-            listing.token = token
+        for item in step.items:
+            self.unconfirmed.discard(item.session_id)  # listed, by any pass: confirmed
+            self.short_missing.discard(item.session_id)
+            if (job := self._consider(run, item)) is not None:
+                run.listing.push(job)
 
     def _backing_off(self, run: _Run, sid: str) -> bool:
         """A failing session whose next retry is not due yet: it counts as failed in this pass."""

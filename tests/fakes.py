@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from collector.aggregates import Buckets
 from collector.derive import ErrorClassifier
-from collector.llamacloud.client import Listing
+from collector.llamacloud.listing import Listing, read_listing
 from collector.llamacloud.models import SessionPage, Summary, parse_page, parse_session
 from collector.metrics import SelfMetrics
 from collector.poller import Poller
@@ -83,14 +83,9 @@ class FakeApi:
         body = {"items": [self._summary(i) for i in ids[start:end]], "next_page_token": str(end) if end < len(ids) else None}
         return parse_page(json.dumps(body).encode())
 
-    async def list_sessions(self, deadline=None) -> Listing:
-        listing, token = Listing([], []), None
-        while True:
-            page = await self.list_page(token, deadline)
-            listing.sessions.extend(page.items)
-            token = page.next_page_token
-            if not token:
-                return listing
+    async def list_sessions(self, deadline=None, wanted=None) -> Listing:
+        """The listing as ``check`` reads it: the poller's listing loop, run to its end."""
+        return await read_listing(self.list_page, deadline, wanted)
 
     async def summary(self, sid: str, deadline=None):
         self.deadlines.append(deadline)

@@ -23,6 +23,7 @@ from collector.llamacloud.bounds import (
     session_id_problem,
 )
 from collector.llamacloud.client import LlamaCloudClient, RetryPolicy, session_path
+from collector.llamacloud.listing import IDLE_PAGES
 from collector.metrics import SelfMetrics
 from collector.settings import Settings
 from tests.helpers import run_async
@@ -172,17 +173,19 @@ def test_an_oversized_answer_is_invalid_and_not_retried():
     assert registry.get_sample_value("llamacloud_collector_api_requests_total", {"operation": "retrieve", "code": "error"}) == 1
 
 
-def test_an_endless_listing_stops_at_the_page_cap():
+def test_an_endless_listing_ends_where_it_goes_round_never_at_a_page_count():
+    """No page cap (DESIGN §4): fresh tokens that list nothing new end the listing after ``IDLE_PAGES`` pages, in the
+    poller's words (the same loop)."""
     pages = []
 
     def handler(request):
         pages.append(request)
         return httpx.Response(200, json={"items": [], "next_page_token": f"t{len(pages)}"})
 
-    client = client_for(handler, CollectorRegistry(), max_pages=7)
-    with pytest.raises(FetchError, match="more than 7 pages"):
+    client = client_for(handler, CollectorRegistry())
+    with pytest.raises(FetchError, match=f"^list: {IDLE_PAGES} pages in a row listed no session new to the pass; "):
         run_async(client.list_sessions())
-    assert len(pages) == 7
+    assert len(pages) == IDLE_PAGES
 
 
 def test_the_cycle_deadline_is_checked_between_pages():

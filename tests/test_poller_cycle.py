@@ -472,7 +472,7 @@ class Paged(FakeApi):
 
 
 def test_an_endless_listing_ends_where_it_goes_round_says_so_and_starts_over():
-    from collector.poller import IDLE_PAGES
+    from collector.llamacloud.listing import IDLE_PAGES
 
     api = Paged({None: "p"})  # p, p+, p++, ...: never the same token twice, and the same two sessions
     api.put("a", T0, run_events())

@@ -49,12 +49,10 @@ from collector.llamacloud.bounds import (
     read_capped,
     session_id_problem,
 )
+from collector.llamacloud.listing import Listing, read_listing
 from collector.llamacloud.models import Body, Listed, Session, SessionPage, Summary, parse_page, parse_session
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
-MAX_PAGES = 100_000
-"""``list_sessions`` (the ``check`` command) only: ten million sessions at 100 a page. The poll loop's passes
-end at a repeated token or a listing that goes round, never at a page count (DESIGN §4)."""
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R")
 T = TypeVar("T")
@@ -87,13 +85,6 @@ class RetryPolicy:
     def backoff(self, attempt: int, rng: Callable[[], float]) -> float:
         """Full jitter: uniform in [0, min(max_delay, base * 2**attempt))."""
         return rng() * min(self.max_delay, self.base_delay * (2**attempt))
-
-
-@dataclass
-class Listing:
-    sessions: list[Listed]
-    unreadable: list[str]
-    """Items of the listing that did not validate (their ID, or "?")."""
 
 
 def retry_after(value: str | None, now: float) -> float | None:
@@ -139,7 +130,6 @@ class LlamaCloudClient:
         max_response_bytes: int,
         page_size: int,
         max_events: int,
-        max_pages: int = MAX_PAGES,
         transport: httpx.AsyncBaseTransport | None = None,
         observer: ApiObserver | None = None,
         retry: RetryPolicy = RetryPolicy(),
@@ -170,7 +160,7 @@ class LlamaCloudClient:
         self._headers = headers
         self._timeouts = {"connect": connect_timeout, "read": read_timeout, "pool": connect_timeout}
         self._exchange_timeout = read_timeout + connect_timeout
-        self._max_bytes, self._max_pages, self._page_size = max_response_bytes, max_pages, page_size
+        self._max_bytes, self._page_size = max_response_bytes, page_size
         self._max_events = max_events
         self._large = LargeBodies()
         self._threads = ThreadPoolExecutor(1, thread_name_prefix="parse")
@@ -197,22 +187,10 @@ class LlamaCloudClient:
             self._observer.invalid_payload("list")
         return page
 
-    async def list_sessions(self, deadline: Deadline | None = None) -> Listing:
-        """Every session of the project, following ``next_page_token``, within ``max_pages`` and the deadline."""
-        listing = Listing([], [])
-        token: str | None = None
-        seen: set[str] = set()
-        for pages in range(1, self._max_pages + 1):
-            page = await self.list_page(token, deadline)
-            listing.sessions.extend(page.items)
-            listing.unreadable.extend(page.unreadable)
-            token = page.next_page_token
-            if not token or token in seen:
-                return listing
-            seen.add(token)
-            if deadline is not None and deadline.expired():
-                raise FetchError(f"list: cycle deadline reached after {pages} pages", operation="list")
-        raise FetchError(f"list: more than {self._max_pages} pages; the listing does not end", operation="list")
+    async def list_sessions(self, deadline: Deadline | None = None, wanted: Callable[[Listed], bool] | None = None) -> Listing:
+        """Every session of the project (those ``wanted``): one pass of the listing loop the poller runs too, read
+        to its end within the deadline (``listing.read_listing``: it ends and fails as the poller's pass does)."""
+        return await read_listing(self.list_page, deadline, wanted)
 
     async def summary(self, session_id: str, deadline: Deadline | None = None) -> Summary:
         return self._same_session(

@@ -1,0 +1,207 @@
+"""One listing loop: the pages of the listing, first to last, for the poller and ``check`` alike (DESIGN §4).
+
+``ListingLoop`` is the state of one **pass** over the listing and the rules that move it on, with no I/O: the
+token to ask for next, the digests of the tokens followed, the pages in a row that listed nothing new, the
+strikes of a page that keeps failing. A caller reads a page with that token and hands the loop the page
+(``take``) or the error (``failed``); each gives a ``Step`` that says what happened and whether to read on.
+
+- A pass ends at its last page, or at a page token it followed before (the listing went round), never at a
+  page count: a million sessions at the default page size is a normal listing.
+- ``IDLE_PAGES`` pages in a row that list no session new to the pass end it short (``truncated``): a listing
+  that goes round with fresh tokens every time.
+- A page that fails is waited for (page 1: nothing to start over from); a resumed token refused with a 4xx,
+  or an invalid page, starts the pass over from page 1; a page that fails ``PAGE_STRIKES`` times in a row (or
+  is refused twice) ends the pass there, short.
+
+The poller keeps one loop per pass across its cycles (a cycle's deadline only pauses it) and one ``Strikes``
+across passes; ``read_listing`` (``check``) runs a loop to its end within one deadline, trying a page that
+failed again at once. Both say the same thing, in the same words, for the same listing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from collector.cadence import Deadline
+from collector.errors import AuthError, FetchError, PayloadError
+from collector.llamacloud.models import Listed, SessionPage
+
+PAGE_STRIKES = 3
+"""A page that fails this many times in a row (or is refused twice) ends the pass there (DESIGN §4)."""
+IDLE_PAGES = 100
+"""Pages in a row that list no session new to the pass: the listing goes round without a repeated token."""
+CAUSE_TEXT = 200
+"""A page's error is cut to this in the loop's texts."""
+
+
+def token_digest(token: str) -> bytes:
+    """What a pass keeps of a token it followed: 8 bytes, whatever the token's size."""
+    return hashlib.blake2b(token.encode(), digest_size=8).digest()
+
+
+@dataclass
+class Strikes:
+    """The page that failed last (its position in the pass) and how many times in a row. The poller keeps one
+    for all its passes: a page that ended a pass ends the next one at its first failure there."""
+
+    position: int = 0
+    count: int = 0
+
+    def strike(self, position: int) -> int:
+        self.count = self.count + 1 if self.position == position else 1
+        self.position = position
+        return self.count
+
+    def read(self, position: int) -> None:
+        """The page at ``position`` was read: a page at or past the one that failed clears the strikes."""
+        if position >= self.position:
+            self.position, self.count = 0, 0
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one page (or its failure) did to the pass."""
+
+    items: tuple[Listed, ...] = ()
+    """The page's wanted items, in its order."""
+    goes_on: bool = False
+    """Read the next page now (the pass is not over and nothing stops it)."""
+    waits: str | None = None
+    """The page was not read and the pass waits for it (the page's error): page 1 (an outage if nothing else
+    answers), or a failure short of ``PAGE_STRIKES``."""
+    problem: str | None = None
+    """The pass started over from page 1, or ended short: said, counted (``pass_restarted``), never silent."""
+
+
+@dataclass
+class ListingLoop:
+    """One pass over the listing's pages (see the module's docstring)."""
+
+    strikes: Strikes = field(default_factory=Strikes)
+    token: str | None = None
+    """The token of the next page (None: page 1)."""
+    tokens: set[bytes] = field(default_factory=set)
+    """Digests of the page tokens this pass followed: a token seen again ends the pass."""
+    pages: int = 0
+    """Pages read since page 1 (the position of the last page read)."""
+    idle_pages: int = 0
+    """Pages in a row that listed no wanted session new to this pass."""
+    seen: set[str] = field(default_factory=set)
+    """Wanted sessions this pass listed."""
+    ended: bool = False
+    truncated: bool = False
+    """The pass ended short (a page that keeps failing, a listing that goes round): it knows nothing of what lies
+    behind, so it retires nothing."""
+
+    def take(self, page: SessionPage, wanted: Callable[[Listed], bool]) -> Step:
+        """A page read with ``token``: its wanted items, and the pass moved on (or ended)."""
+        self.pages += 1
+        self.strikes.read(self.pages)
+        new = False
+        items: list[Listed] = []
+        for item in page.items:
+            if wanted(item):
+                new = new or item.session_id not in self.seen
+                self.seen.add(item.session_id)
+                items.append(item)
+            else:
+                new = True  # another shard's or index's: nothing tells whether the listing went round
+        self.idle_pages = 0 if new else self.idle_pages + 1
+        token = page.next_page_token
+        digest = token_digest(token) if token else b""
+        if not token or digest in self.tokens:  # the end, or a token seen before: the pass went round
+            self.ended = True
+            return Step(tuple(items))
+        if self.idle_pages >= IDLE_PAGES:
+            self.ended = self.truncated = True
+            return Step(
+                tuple(items),
+                problem=f"list: {IDLE_PAGES} pages in a row listed no session new to the pass; the pass "
+                "ends there, retires nothing, and the next starts over from page 1",
+            )
+        self.tokens.add(digest)
+        self.token = token
+        return Step(tuple(items), goes_on=True)
+
+    def failed(self, exc: FetchError | PayloadError) -> Step:
+        """The page asked for with ``token`` was not given (an ``AuthError`` is the caller's: it ends everything).
+        Wait for it (page 1, or a first failure), start the pass over from page 1 (a resumed token refused, a
+        page that is invalid), or, when the same page keeps failing, end the pass there."""
+        cause = str(exc)
+        if self.token is None:  # page 1: nothing to start over from
+            return Step(waits=cause)
+        position = self.pages + 1
+        strikes = self.strikes.strike(position)
+        status = getattr(exc, "status", None)
+        refused = isinstance(exc, PayloadError) or (status is not None and 400 <= status < 500 and status != 429)
+        if strikes >= PAGE_STRIKES or (refused and strikes >= 2):
+            self.ended = self.truncated = True
+            return Step(
+                problem=f"list: page {position} keeps failing ({cause[:CAUSE_TEXT]}); the pass ends "
+                "there, retires nothing, and the next starts over from page 1"
+            )
+        if refused:
+            self.token, self.pages, self.idle_pages = None, 0, 0
+            self.tokens.clear()
+            return Step(
+                goes_on=True, problem=f"list: page {position} refused ({cause[:CAUSE_TEXT]}); the pass starts over from page 1"
+            )
+        return Step(waits=cause)
+
+
+@dataclass
+class Listing:
+    """A whole listing, as ``read_listing`` read it."""
+
+    sessions: list[Listed]
+    """Each wanted session once, as the listing first showed it."""
+    unreadable: list[str]
+    """Items of the listing that did not validate (their ID, or "?")."""
+    problems: list[str] = field(default_factory=list)
+    """What the pass got over on its way (a refused token that started it over), in the loop's words."""
+
+
+PageReader = Callable[[str | None, Deadline | None], Awaitable[SessionPage]]
+
+
+def _everything(_: Listed) -> bool:
+    return True
+
+
+async def read_listing(
+    list_page: PageReader, deadline: Deadline | None = None, wanted: Callable[[Listed], bool] | None = None
+) -> Listing:
+    """One pass of ``ListingLoop`` run to its end, within ``deadline``: what ``check`` would watch. A page that
+    failed is tried again at once, until the loop ends the pass; a pass that ends short, a page 1 that fails,
+    and the deadline raise ``FetchError`` (or the page's own error)."""
+    loop = ListingLoop()
+    listing = Listing([], [])
+    ids: set[str] = set()
+    while True:
+        try:
+            page = await list_page(loop.token, deadline)
+        except AuthError:
+            raise
+        except (FetchError, PayloadError) as exc:
+            if deadline is not None and deadline.expired():
+                raise
+            step = loop.failed(exc)
+            if step.waits is not None and loop.token is None:  # page 1: nothing answered
+                raise
+        else:
+            step = loop.take(page, wanted or _everything)
+            for item in step.items:
+                if item.session_id not in ids:  # each once, as the listing first showed it
+                    ids.add(item.session_id)
+                    listing.sessions.append(item)
+            listing.unreadable.extend(page.unreadable)
+        if step.problem is not None:
+            if loop.truncated:
+                raise FetchError(step.problem, operation="list")
+            listing.problems.append(step.problem)
+        if loop.ended:
+            return listing
+        if deadline is not None and deadline.expired():
+            raise FetchError(f"list: deadline reached after {loop.pages} pages, before the end of the listing", operation="list")
