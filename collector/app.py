@@ -1,4 +1,5 @@
-"""Wiring: settings in, a running collector (client, poller, endpoints, scheduler) out.
+"""Composition: settings in (through ``collector.wiring.wire``), a running collector (client, poller, endpoints,
+scheduler) out.
 
 ``CollectorService`` starts and stops in-process, on the running event loop, so
 ``run``, ``demo``, ``check`` and the tests share one composition (the simulator
@@ -25,11 +26,11 @@ from collector.llamacloud.client import ApiObserver, LlamaCloudClient
 from collector.metrics import SelfMetrics, SnapshotCollector
 from collector.poller import CycleReport, Poller
 from collector.scheduler import start_scheduler
-from collector.selection import PollConfig
 from collector.server import Endpoints
 from collector.settings import Settings
 from collector.sqlite_store import SqliteStore
 from collector.state import MemoryStore, StateStore
+from collector.wiring import ClientConfig, arguments, wire
 
 SHUTDOWN_GRACE = 5.0
 WEB_CONFIG_CHECK = 5.0
@@ -67,6 +68,18 @@ def settle_memory(cycles: int) -> None:
     gc.freeze()
 
 
+def make_client(
+    config: ClientConfig,
+    api_key: str,
+    observer: ApiObserver | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    **injected: Any,
+) -> LlamaCloudClient:
+    """The client of ``config`` (it has no defaults of its own for what settings decide); ``injected`` are the
+    seams tests replace (clock, sleep, rng, retry) or a bound they tighten."""
+    return LlamaCloudClient(**{**arguments(config), "api_key": api_key, "transport": transport, "observer": observer, **injected})
+
+
 def build_client(
     settings: Settings,
     api_key: str,
@@ -74,25 +87,8 @@ def build_client(
     transport: httpx.AsyncBaseTransport | None = None,
     **injected: Any,
 ) -> LlamaCloudClient:
-    """The client's values from the settings, and nowhere else (it has no defaults of its own for them);
-    ``injected`` are the seams tests replace (clock, sleep, rng, retry) or a bound they tighten."""
-    return LlamaCloudClient(
-        **{
-            "base_url": settings.base_url,
-            "api_key": api_key,
-            "project_id": settings.project_id,
-            "organization_id": settings.organization_id,
-            "connect_timeout": settings.connect_timeout,
-            "read_timeout": settings.read_timeout,
-            "max_connections": settings.max_concurrency + 1,  # + the listing
-            "page_size": settings.page_size,
-            "max_response_bytes": settings.max_response_bytes,
-            "max_events": settings.max_events_per_session,
-            "transport": transport,
-            "observer": observer,
-            **injected,
-        }
-    )
+    """The client of ``settings``, through ``wire``."""
+    return make_client(wire(settings).client, api_key, observer, transport, **injected)
 
 
 class CollectorService:
@@ -105,34 +101,25 @@ class CollectorService:
         transport: httpx.AsyncBaseTransport | None = None,
         clock=time.time,
     ) -> None:
-        self.settings = settings
+        self.wiring = wiring = wire(settings)
         self.log = structlog.get_logger("collector")
         self.registry = CollectorRegistry()
         self.self_metrics = SelfMetrics(self.registry)
         ProcessCollector(registry=self.registry)
-        self.web = WebConfig(settings.web_config, refused=self.self_metrics.auth_refused)
-        self.client = build_client(settings, api_key, self.self_metrics, transport)
-        rules = [(r.type, r.pattern) for r in settings.error_rules]
-        if store is None and settings.state_path is not None:
-            store = SqliteStore(settings.state_path, settings.buckets.as_buckets(), rules, settings.label_value_limit)
+        self.web = WebConfig(wiring.endpoints.web_config, refused=self.self_metrics.auth_refused)
+        self.client = make_client(wiring.client, api_key, self.self_metrics, transport)
+        if store is None and wiring.store is not None:
+            store = SqliteStore(**arguments(wiring.store))
         self.poller = Poller(
             self.client,
             store or MemoryStore(),
-            PollConfig.from_settings(settings),
-            ErrorClassifier(rules),
+            wiring.poll,
+            ErrorClassifier(wiring.rules),
             self.self_metrics,
             clock=clock,
             load=False,
         )
-        self.registry.register(
-            SnapshotCollector(
-                lambda: self.poller.snapshot,
-                interval=settings.interval,
-                expose_titles=settings.expose_titles,
-                shard=settings.shard,
-                total_shards=settings.total_shards,
-            )
-        )
+        self.registry.register(SnapshotCollector(lambda: self.poller.snapshot, **arguments(wiring.exposition)))
         self.server: Listener | None = None
         self.scheduler = None
         self._cycles = 0
@@ -164,20 +151,21 @@ class CollectorService:
 
     async def start(self, schedule: bool = True) -> None:
         endpoints = Endpoints(self.registry, self.poller, self.poller.cadence, self.web)
-        self.server = await listen(endpoints.app(), self.settings.listen, ssl_context=self.web.ssl_context)
+        address, base_url = self.wiring.endpoints.listen, self.wiring.client.base_url
+        self.server = await listen(endpoints.app(), address, ssl_context=self.web.ssl_context)
         self.log.info(
             "collector started",
-            listen=self.settings.listen,
+            listen=address,
             port=self.port,
-            base_url=self.settings.base_url,
-            discover=self.settings.discovery,
-            interval=self.settings.interval,
+            base_url=base_url,
+            discover=self.wiring.poll.discover,
+            interval=self.wiring.poll.interval,
             tls=self.web.ssl_context is not None,
         )
-        if plain_http_far(self.settings.base_url):
+        if plain_http_far(base_url):
             self.log.warning(
                 "base_url is plain http:// to a host that is not this machine: the API key goes out in clear; use https://",
-                base_url=self.settings.base_url,
+                base_url=base_url,
             )
         self._watch = asyncio.create_task(self._watch_web_config())
         # a big state file loads in a thread: /healthz answers meanwhile, /readyz once it is in

@@ -25,10 +25,11 @@ from collector.app import CollectorService, build_client
 from collector.build import REVISION
 from collector.cadence import Deadline
 from collector.errors import AuthError, CollectorError, ConfigError
-from collector.selection import PollConfig, in_shard, wanted
+from collector.selection import in_shard, wanted
 from collector.settings import CONFIG_ENV, OPTIONS, Settings, check_environment, load_settings
 from collector.simulator.service import SimulatorService
 from collector.webconfig import parse_web_config
+from collector.wiring import arguments, wire
 
 PROG = "llamacloud-collector"
 COMMANDS = ("run", "demo", "simulate", "check")
@@ -180,7 +181,7 @@ async def _discover(client, settings: Settings) -> tuple[list, list[str]]:
     """What ``check`` would watch, and what the listing got over on its way: the whole listing (one pass of the
     poller's listing loop, read to its end: it ends and fails as a poller's pass does), or each configured ID's
     summary (this shard's)."""
-    config = PollConfig.from_settings(settings)
+    config = wire(settings).poll
     deadline = Deadline.after(CHECK_SECONDS)  # one for the whole check, whatever the API answers
     if settings.discovery:
         listing = await client.list_sessions(deadline, functools.partial(wanted, config))
@@ -235,11 +236,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             logs.configure("info", getattr(args, "log_format", None))
             return asyncio.run(_demo(args, environ))
         settings = load_settings(_flags(args), environ)
-        key = settings.key()
+        wiring = wire(settings)
+        key = wiring.key.read()
         secrets = check_environment(environ)
-        if settings.web_config is not None:  # its password hashes are credentials too: never in a log line
-            secrets += list(parse_web_config(settings.web_config).basic_auth_users.values())
-        logs.configure(settings.log_level, settings.log_format, [key, *secrets])
+        if wiring.endpoints.web_config is not None:  # its password hashes are credentials too: never in a log line
+            secrets += list(parse_web_config(wiring.endpoints.web_config).basic_auth_users.values())
+        logs.configure(**arguments(wiring.logs), secrets=[key, *secrets])
         if args.command == "check":
             return asyncio.run(_check(settings, key))
         return asyncio.run(_run(settings, key))

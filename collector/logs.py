@@ -58,7 +58,8 @@ class _ToStructlog(logging.Handler):
         structlog.get_logger(record.name).log(record.levelno, event)
 
 
-def configure(level: str = "info", fmt: str | None = None, secrets: Iterable[str] = (), stream: TextIO | None = None) -> None:
+def configure(level: str, fmt: str | None, secrets: Iterable[str] = (), stream: TextIO | None = None) -> None:
+    """Logging as ``level`` and ``fmt`` (None: JSON, or console on a TTY) say; no defaults of its own for them."""
     stream = stream or sys.stderr
     if fmt is None:
         fmt = "console" if stream.isatty() else "json"

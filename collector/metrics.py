@@ -162,9 +162,9 @@ class SnapshotCollector(Collector):
         snapshot: Callable[[], Snapshot],
         *,
         interval: float,
-        expose_titles: bool = False,
-        shard: int = 0,
-        total_shards: int = 1,
+        expose_titles: bool,
+        shard: int,
+        total_shards: int,
     ) -> None:
         self._snapshot = snapshot
         self._interval = interval

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from collector.aggregates import Buckets
 from collector.llamacloud.models import Listed, Summary
 from collector.runlog import LogRuns
-from collector.settings import Settings
 from collector.state import SessionState, parse_timestamp
 
 Found = Listed | Summary
@@ -19,7 +18,7 @@ Found = Listed | Summary
 
 @dataclass(frozen=True)
 class PollConfig:
-    """A poller's settings: no defaults of its own, built by ``from_settings``."""
+    """A poller's settings: no defaults of its own, built by ``collector.wiring.wire``."""
 
     interval: float
     discover: bool
@@ -33,23 +32,6 @@ class PollConfig:
     label_limit: int
     log_runs: LogRuns
     page_size: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> PollConfig:
-        return cls(
-            interval=settings.interval,
-            discover=settings.discovery,
-            session_ids=settings.session_ids,
-            index_ids=settings.index_ids,
-            shard=settings.shard,
-            total_shards=settings.total_shards,
-            max_concurrency=settings.max_concurrency,
-            series_limit=settings.session_series_limit,
-            buckets=settings.buckets.as_buckets(),
-            label_limit=settings.label_value_limit,
-            log_runs=settings.log_runs,
-            page_size=settings.page_size,
-        )
 
 
 def shard_of(session_id: str, total_shards: int) -> int:

@@ -96,12 +96,16 @@ def setting(
     flag: str | None = "",
     aliases: tuple[str, ...] = (),
     shown: str | None = None,
+    schema: dict[str, Any] | None = None,
     **limits: Any,
 ) -> Any:
     """A ``Settings`` field with its flag, env var and help: the one declaration that argparse, ``ENV_VARS``,
-    the error messages and the README's table are generated from. The flag defaults to the field's name."""
+    the error messages, the README's table and the chart's ``config`` values, schema and table are generated
+    from. The flag defaults to the field's name; ``schema`` adds to the JSON schema what a validator checks
+    (the chart's ``values.schema.json`` then refuses it before the collector does)."""
     option: dict[str, Any] = {"env": env, "flag": flag, "help": help, "aliases": list(aliases), "shown": shown}
-    return Field(default=default, description=help, json_schema_extra=typing.cast(Any, {"option": option}), **limits)
+    extra = {**(schema or {}), "option": option}
+    return Field(default=default, description=help, json_schema_extra=typing.cast(Any, extra), **limits)
 
 
 class Settings(BaseSettings):
@@ -110,7 +114,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="forbid", frozen=True)
 
     base_url: str = setting(
-        DEFAULT_BASE_URL, env="LLAMA_CLOUD_BASE_URL", help="API base URL (EU: `https://api.cloud.eu.llamaindex.ai`)"
+        DEFAULT_BASE_URL,
+        env="LLAMA_CLOUD_BASE_URL",
+        schema={"pattern": "^https?://"},
+        help="API base URL (EU: `https://api.cloud.eu.llamaindex.ai`)",
     )
     api_key: SecretStr | None = setting(
         None,
@@ -211,8 +218,13 @@ class Settings(BaseSettings):
         le=1000,
         help="sessions asked for per listing page (1 to 1000); the API may send fewer",
     )
-    error_rules: tuple[ErrorRule, ...] = tuple(ErrorRule(type=t, pattern=p) for t, p in DEFAULT_ERROR_RULES)
-    buckets: BucketSettings = BucketSettings()
+    error_rules: tuple[ErrorRule, ...] = Field(
+        default=tuple(ErrorRule(type=t, pattern=p) for t, p in DEFAULT_ERROR_RULES),
+        description="ordered `{type, pattern}` rules for `error_type`: the first whose pattern matches the error wins",
+    )
+    buckets: BucketSettings = Field(
+        default=BucketSettings(), description="histogram bucket bounds: `duration`, `tokens`, `turns`, `tool_calls`"
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -275,24 +287,6 @@ class Settings(BaseSettings):
     def discovery(self) -> bool:
         return self.discover if self.discover is not None else not self.session_ids
 
-    def key(self) -> str:
-        """The API key, or a ConfigError that says where to put one. An explicit key file wins."""
-        if self.api_key_file is not None:
-            try:
-                text = self.api_key_file.read_bytes().decode("utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(
-                    f"api_key_file (--api-key-file, COLLECTOR_API_KEY_FILE): cannot read {self.api_key_file}: {exc.strerror}"
-                ) from None
-            except UnicodeDecodeError:
-                text = "\x80"  # not UTF-8: refused below as not header-safe
-            if not text:
-                raise ConfigError(f"api_key_file (--api-key-file, COLLECTOR_API_KEY_FILE): {self.api_key_file} is empty")
-            return _header_safe(text, f"the key in {self.api_key_file}")
-        if self.api_key is not None and self.api_key.get_secret_value().strip():
-            return _header_safe(self.api_key.get_secret_value().strip(), "LLAMA_CLOUD_API_KEY")
-        raise ConfigError("missing API key: set LLAMA_CLOUD_API_KEY or COLLECTOR_API_KEY_FILE (--api-key-file)")
-
 
 def _options() -> dict[str, Option]:
     out = {}
@@ -312,16 +306,6 @@ LIST_FIELDS = frozenset(
     name for name, info in Settings.model_fields.items() if name in OPTIONS and typing.get_origin(info.annotation) is tuple
 )
 """Repeatable settings: a flag per value, comma-separated in the environment."""
-
-
-def _header_safe(key: str, where: str) -> str:
-    """The key goes into an Authorization header: printable ASCII without spaces, or a ConfigError."""
-    if not all(33 <= ord(c) <= 126 for c in key):
-        raise ConfigError(
-            f"api key: {where} holds characters that cannot go in an HTTP header "
-            "(spaces, control characters or non-ASCII); the key is not shown"
-        )
-    return key
 
 
 def split_listen(value: str) -> tuple[str, int]:

@@ -18,6 +18,7 @@ from collector.poller import Poller
 from collector.selection import PollConfig
 from collector.settings import Settings
 from collector.state import MemoryStore
+from collector.wiring import wire
 from tests.helpers import run_async
 
 BUCKETS = Buckets((1.0, 10.0), (10.0, 100.0), (1.0, 4.0), (0.0, 2.0))
@@ -136,4 +137,4 @@ def total_runs(p: Poller) -> int:
 
 def poll_config(**overrides) -> PollConfig:
     """A poller's config as the default settings give it, with ``overrides``."""
-    return replace(PollConfig.from_settings(Settings()), **overrides)
+    return replace(wire(Settings()).poll, **overrides)

@@ -67,9 +67,9 @@ from collector.derive import DEFAULT_ERROR_RULES, ErrorClassifier
 from collector.llamacloud.client import RetryPolicy
 from collector.metrics import SelfMetrics, SnapshotCollector
 from collector.poller import Poller
-from collector.selection import PollConfig
 from collector.settings import Settings
 from collector.sqlite_store import SqliteStore
+from collector.wiring import arguments, wire
 from tests.helpers import Samples
 
 pytestmark = pytest.mark.tier("unit")
@@ -587,14 +587,14 @@ class LoopModel(RuleBasedStateMachine):
         self.poller = Poller(
             self.client,
             store,
-            PollConfig.from_settings(settings_),
+            wire(settings_).poll,
             ErrorClassifier(rules),
             metrics,
             clock=lambda: WALL,
             monotonic=lambda: MONO,
         )
         registry = CollectorRegistry()
-        registry.register(SnapshotCollector(lambda: self.poller.snapshot, interval=60.0))
+        registry.register(SnapshotCollector(lambda: self.poller.snapshot, **arguments(wire(settings_).exposition)))
         self.registry = registry
         self.samples = None
 

@@ -1,9 +1,8 @@
 """Every setting is declared once (``collector.settings``): its flag, env var, messages, the README's table
-and the chart's mapping come from that declaration, and a test fails on any copy that drifts."""
+and the chart's ``config`` come from that declaration, and a test fails on any copy that drifts."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import helm_python
@@ -13,7 +12,9 @@ import yaml
 from collector.cli import build_parser
 from collector.errors import ConfigError
 from collector.settings import ENV_VARS, OPTIONS, Settings, load_settings
+from scripts import chart_config
 from scripts.settings_table import with_table
+from tests.settings_values import non_default
 
 pytestmark = pytest.mark.tier("tools")
 
@@ -66,29 +67,24 @@ def test_the_readme_table_is_generated_from_the_declarations():
         assert option.env in readme and (option.flag is None or f"`{option.flag}`" in readme), name
 
 
-def test_the_charts_config_map_writes_only_settings_and_every_config_value_reaches_one(tmp_path):
-    values = yaml.safe_load((CHART / "values.yaml").read_text())["config"]
-    snake = {key: re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower() for key in values}
-    fields = set(Settings.model_fields)
-    assert [k for k, s in snake.items() if s not in fields and s != "discover"] == []
-    full = {
-        "apiKey": {"value": "k"},
-        "config": {
-            "projectId": "p",
-            "organizationId": "o",
-            "sessionIds": ["s"],
-            "discover": True,
-            "indexIds": ["i"],
-            "errorRules": [{"type": "quota", "pattern": "quota"}],
-            "buckets": {"turns": [1, 2]},
-        },
-    }
-    out = helm_python.Chart.load(str(CHART)).render(values=full, name="rel", namespace="obs")
-    configmap = next(yaml.safe_load(t) for p, t in out.items() if p.endswith("configmap.yaml"))
-    written = yaml.safe_load(configmap["data"]["config.yaml"])
-    assert set(written) <= fields, set(written) - fields
-    assert {snake[k] for k in values} <= set(written) | {"discover"}  # every value of the chart is passed on
+def rendered(tmp_path: Path, config: dict) -> Settings:
+    """The settings the collector reads from the ConfigMap Helm renders of ``config``."""
+    values = {"apiKey": {"value": "k"}, "config": config}
+    out = helm_python.Chart.load(str(CHART)).render(values=values, name="rel", namespace="obs")
+    text = next(yaml.safe_load(t) for p, t in out.items() if p.endswith("configmap.yaml"))["data"]["config.yaml"]
+    assert set(yaml.safe_load(text)) <= set(Settings.model_fields)  # the ConfigMap writes only settings
     path = tmp_path / "config.yaml"
-    path.write_text(configmap["data"]["config.yaml"])
-    settings = load_settings({"config": str(path)}, {})
-    assert settings.project_id == "p" and settings.index_ids == ("i",) and settings.buckets.turns == (1, 2)
+    path.write_text(text)
+    return load_settings({"config": str(path)}, {})
+
+
+def test_every_chart_value_reaches_the_collector_through_helm(tmp_path):
+    """Settings -> chart values -> Helm's ConfigMap -> settings, every value non-default; and the chart's
+    defaults are the declarations' (tests/test_chart_config.py checks the same without Helm, in the unit tier)."""
+    settings, _ = non_default(tmp_path)
+    dumped = settings.model_dump(mode="json")
+    back = rendered(tmp_path, {chart_config.camel(n): dumped[n] for n in chart_config.CHART})
+    assert [n for n in chart_config.CHART if getattr(back, n) != getattr(settings, n)] == []
+    defaults = rendered(tmp_path, {})
+    assert [n for n in chart_config.CHART if getattr(defaults, n) != getattr(Settings(), n)] == []
+    assert defaults.log_format == "json"

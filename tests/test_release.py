@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from collector.settings import Settings
+from collector.wiring import arguments, wire
+
 pytestmark = pytest.mark.tier("tools", "process")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,7 +127,7 @@ def test_version_and_build_info_name_the_version_and_revision(capsys):
     assert capsys.readouterr().out.strip() == f"llamacloud-collector {__version__} (revision {REVISION})"
     registry = CollectorRegistry()
     snapshot = take_snapshot(CollectorState(Aggregates(Buckets((1.0,), (1.0,), (1.0,), (1.0,)), 5)), PollStatus(), 5)
-    registry.register(SnapshotCollector(lambda: snapshot, interval=60))
+    registry.register(SnapshotCollector(lambda: snapshot, **arguments(wire(Settings()).exposition)))
     text = generate_latest(registry).decode()
     assert f'llamacloud_collector_build_info{{revision="{REVISION}",version="{__version__}"}} 1.0' in text
 

@@ -10,7 +10,8 @@ import pytest
 
 from collector.cli import main
 from collector.errors import ConfigError
-from collector.settings import load_settings
+from collector.settings import Settings, load_settings
+from collector.wiring import arguments, wire
 
 pytestmark = pytest.mark.tier("unit")
 
@@ -62,11 +63,11 @@ def test_rules_and_buckets_from_file(tmp_path):
 
 
 def test_key_from_env_or_file(tmp_path):
-    assert load_settings({}, {"LLAMA_CLOUD_API_KEY": "llx-abc"}).key() == "llx-abc"
+    assert wire(load_settings({}, {"LLAMA_CLOUD_API_KEY": "llx-abc"})).key.read() == "llx-abc"
     keyfile = tmp_path / "key"
     keyfile.write_text("llx-file\n")
-    assert load_settings({"api_key_file": str(keyfile)}, {}).key() == "llx-file"
-    assert load_settings({}, {"COLLECTOR_API_KEY_FILE": str(keyfile)}).key() == "llx-file"
+    assert wire(load_settings({"api_key_file": str(keyfile)}, {})).key.read() == "llx-file"
+    assert wire(load_settings({}, {"COLLECTOR_API_KEY_FILE": str(keyfile)})).key.read() == "llx-file"
 
 
 @pytest.mark.parametrize(
@@ -159,32 +160,32 @@ def test_empty_shard_from_the_downward_api_is_an_error():
 
 def test_missing_or_unreadable_key(tmp_path):
     with pytest.raises(ConfigError, match="missing API key: set LLAMA_CLOUD_API_KEY"):
-        load_settings({}, {}).key()
+        wire(load_settings({}, {})).key.read()
     with pytest.raises(ConfigError, match=r"api_key_file \(--api-key-file, COLLECTOR_API_KEY_FILE\): cannot read"):
-        load_settings({"api_key_file": str(tmp_path / "nope")}, {}).key()
+        wire(load_settings({"api_key_file": str(tmp_path / "nope")}, {})).key.read()
 
 
 def test_an_explicit_key_file_wins_over_the_environment_and_must_be_readable(tmp_path):
     env = {"LLAMA_CLOUD_API_KEY": "llx-from-env"}
     key_file = tmp_path / "key"
     key_file.write_text("llx-from-file\n")
-    assert load_settings({"api_key_file": str(key_file)}, env).key() == "llx-from-file"
-    assert load_settings({}, {**env, "COLLECTOR_API_KEY_FILE": str(key_file)}).key() == "llx-from-file"
+    assert wire(load_settings({"api_key_file": str(key_file)}, env)).key.read() == "llx-from-file"
+    assert wire(load_settings({}, {**env, "COLLECTOR_API_KEY_FILE": str(key_file)})).key.read() == "llx-from-file"
     with pytest.raises(ConfigError, match="cannot read"):  # never a silent fall-back to the env key
-        load_settings({"api_key_file": str(tmp_path / "missing")}, env).key()
+        wire(load_settings({"api_key_file": str(tmp_path / "missing")}, env)).key.read()
     with pytest.raises(ConfigError, match="cannot read"):
-        load_settings({"api_key_file": str(tmp_path)}, env).key()
+        wire(load_settings({"api_key_file": str(tmp_path)}, env)).key.read()
 
 
 @pytest.mark.parametrize("key", ["llx-a\r\nX-Injected: 1", "llx-a\nb", "llx-ключ", "llx a", "llx-\x00", "llx-\x7f"])
 def test_a_key_that_cannot_go_in_a_header_is_a_bad_setting(tmp_path, key, capsys):
     with pytest.raises(ConfigError, match="cannot go in an HTTP header") as caught:
-        load_settings({}, {"LLAMA_CLOUD_API_KEY": key}).key()
+        wire(load_settings({}, {"LLAMA_CLOUD_API_KEY": key})).key.read()
     assert key.strip() not in str(caught.value)
     key_file = tmp_path / "key"
     key_file.write_bytes(key.encode("utf-8"))
     with pytest.raises(ConfigError, match="cannot go in an HTTP header"):
-        load_settings({"api_key_file": str(key_file)}, {}).key()
+        wire(load_settings({"api_key_file": str(key_file)}, {})).key.read()
     assert main(["check"], {"LLAMA_CLOUD_API_KEY": key}) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and key.strip() not in err
@@ -194,7 +195,7 @@ def test_a_key_file_that_is_not_utf8_is_refused(tmp_path):
     key_file = tmp_path / "key"
     key_file.write_bytes(b"llx-\xff\xfe")
     with pytest.raises(ConfigError, match="cannot go in an HTTP header"):
-        load_settings({"api_key_file": str(key_file)}, {}).key()
+        wire(load_settings({"api_key_file": str(key_file)}, {})).key.read()
 
 
 def test_state_path_must_be_a_regular_file_or_absent(tmp_path):
@@ -282,7 +283,7 @@ def test_chat_help_says_the_values_are_as_of_the_last_poll():
 
     state = CollectorState(Aggregates(BUCKETS, 5), synced=True)
     registry = CollectorRegistry()
-    registry.register(SnapshotCollector(lambda: take_snapshot(state, PollStatus(), 10), interval=60.0))
+    registry.register(SnapshotCollector(lambda: take_snapshot(state, PollStatus(), 10), **arguments(wire(Settings()).exposition)))
     helps = [
         line
         for line in generate_latest(registry).decode().splitlines()

@@ -17,8 +17,10 @@ from collector.aggregates import Buckets
 from collector.derive import ErrorClassifier
 from collector.metrics import SelfMetrics, SnapshotCollector
 from collector.poller import SHORT_PASSES_AGREE, Poller
+from collector.settings import Settings
 from collector.sqlite_store import NewerStateFile, SqliteStore
 from collector.state import MemoryStore
+from collector.wiring import arguments, wire
 from tests.fakes import BUCKETS, FakeApi, poll_config, run_events
 from tests.helpers import parse, run_async
 
@@ -53,7 +55,7 @@ def written(tmp_path: Path) -> tuple[FakeApi, Path]:
 
 def exposed(p: Poller) -> dict:
     registry = CollectorRegistry()
-    registry.register(SnapshotCollector(lambda: p.snapshot, interval=60.0))
+    registry.register(SnapshotCollector(lambda: p.snapshot, **arguments(wire(Settings()).exposition)))
     samples = parse(generate_latest(registry).decode())  # a scrape that fails would raise here
     assert all(v >= 0 and v == v and v != float("inf") for v in samples.values())
     return samples

@@ -20,8 +20,9 @@ from prometheus_client.utils import floatToGoString
 from collector.derive import ErrorClassifier
 from collector.metrics import SelfMetrics, SnapshotCollector
 from collector.poller import Poller
-from collector.settings import load_settings
+from collector.settings import Settings, load_settings
 from collector.sqlite_store import SCHEMA_VERSION, SqliteStore
+from collector.wiring import arguments, wire
 from tests.fakes import FakeApi, poll_config, run_events
 from tests.helpers import parse, run_async
 
@@ -80,7 +81,7 @@ def open_release(name: str, tmp_path: Path):
 
 def exposition(poller: Poller) -> str:
     registry = CollectorRegistry()
-    registry.register(SnapshotCollector(lambda: poller.snapshot, interval=60.0))
+    registry.register(SnapshotCollector(lambda: poller.snapshot, **arguments(wire(Settings()).exposition)))
     return generate_latest(registry).decode()
 
 
