@@ -45,7 +45,8 @@ class Deadline:
 
 
 BUDGET_RATIO = 0.9
-"""A cycle may use this share of the interval; the rest is room for the scheduler's jitter."""
+"""A cycle may use this share of the interval; the rest is room for the scheduler's jitter (checked by
+``Cadence``: budget + jitter never overruns the interval). The README's percentages are checked against it."""
 LIVENESS_INTERVALS = 3
 """``/healthz`` fails when no cycle has started or finished for this many intervals (plus a grace)."""
 LIVENESS_GRACE = 5.0
@@ -57,6 +58,10 @@ class Cadence:
     """Everything the poll loop derives from ``--interval``."""
 
     interval: float
+
+    def __post_init__(self) -> None:
+        if not self.budget + self.jitter <= self.interval:  # a cycle and its jitter fit between two runs
+            raise ValueError(f"a cycle's budget ({self.budget:g} s) and jitter ({self.jitter:g} s) overrun the interval")
 
     @property
     def budget(self) -> float:

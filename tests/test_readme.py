@@ -39,3 +39,29 @@ def test_the_test_command_installs_what_the_tests_use_and_kills_nothing():
 def test_every_env_var_is_documented():
     text = (ROOT / "README.md").read_text()
     assert [var for var in ENV_VARS.values() if var not in text] == []
+
+
+def test_the_readme_gives_the_cycle_budget_of_the_code():
+    """The deadline ratio is one constant: every "N% of the interval" in the README is it (a copy, checked)."""
+    import re
+
+    from collector.cadence import BUDGET_RATIO
+
+    text = (ROOT / "README.md").read_text()
+    said = re.findall(r"(\d+)% of (?:the interval|`--interval`)", text)
+    assert said, "the README no longer says the cycle's budget"
+    assert {int(n) for n in said} == {round(BUDGET_RATIO * 100)}, said
+
+
+def test_a_cycle_and_its_jitter_fit_the_interval_at_every_interval():
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from collector.cadence import Cadence
+
+    @given(st.floats(1.0, 86_400.0))
+    def fits(interval: float) -> None:
+        cadence = Cadence(interval)
+        assert cadence.budget + cadence.jitter <= interval
+
+    fits()
