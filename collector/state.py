@@ -10,13 +10,26 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from datetime import UTC, datetime
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from collector.aggregates import MAX_LABEL_LENGTH, Aggregates
 from collector.derive import ErrorClassifier, RunRecord, derive, finished_prefix, history_intact
 from collector.llamacloud.models import MAX_MEASURE, JobMetadata, Session, known, refused
+from collector.storage.rules import (
+    COUNT,
+    FLAG,
+    MEASURE,
+    SESSION_ID,
+    TEXT,
+    TEXTS,
+    declaration,
+    fixed,
+    optional,
+    record,
+    stored,
+)
 
 
 def parse_timestamp(value: str) -> float | None:
@@ -48,11 +61,11 @@ def saturating(total: int, more: int) -> int:
 class LastRun:
     """What the per-session gauges show of ``job_metadata``, checked; a tenth of a pydantic model's memory."""
 
-    duration_ms: float | None = None
-    total_input_tokens: float | None = None
-    total_output_tokens: float | None = None
-    turns: float | None = None
-    is_error: bool | None = None
+    duration_ms: float | None = field(default=None, metadata=stored(optional(MEASURE)))
+    total_input_tokens: float | None = field(default=None, metadata=stored(optional(MEASURE)))
+    total_output_tokens: float | None = field(default=None, metadata=stored(optional(MEASURE)))
+    turns: float | None = field(default=None, metadata=stored(optional(MEASURE)))
+    is_error: bool | None = field(default=None, metadata=stored(optional(FLAG)))
 
     @classmethod
     def of(cls, job: JobMetadata) -> LastRun:
@@ -64,23 +77,32 @@ class LastRun:
 
 @dataclass(frozen=True, slots=True)
 class SessionState:
-    session_id: str
-    last_updated_at: str
-    updated_ts: float | None = None
-    title: str | None = None
-    shared_access: str | None = None
-    index_ids: tuple[str, ...] = ()
-    job: LastRun | None = None
-    cursor: int = 0
-    events_seen: int = 0
-    stop_signature: str | None = None
-    runs_success: int = 0
-    runs_error: int = 0
-    tokens_input: int = 0
-    tokens_output: int = 0
-    in_progress_start: int | None = None
-    in_progress_since: float | None = None
-    high_water: tuple[int, int, str | None] | None = None
+    """Where counting stands in one session: a row of the state file. Each field declares how it is stored
+    (``collector/storage/rules.py``); the codec, its checks, the retired row and the round-trip test follow."""
+
+    session_id: str = field(metadata=stored(SESSION_ID))
+    last_updated_at: str = field(metadata=stored(TEXT))
+    updated_ts: float | None = field(default=None, metadata=stored(optional(MEASURE)))
+    title: str | None = field(default=None, metadata=stored(optional(TEXT), kept_retired=False))
+    shared_access: str | None = field(default=None, metadata=stored(optional(TEXT)))
+    index_ids: tuple[str, ...] = field(default=(), metadata=stored(TEXTS))
+    job: LastRun | None = field(
+        default=None,
+        # 0.1.0 stored two more keys of job_metadata that the last-run gauges never read
+        metadata=stored(optional(record(LastRun, ignored=("error", "export_config_ids"))), kept_retired=False),
+    )
+    cursor: int = field(default=0, metadata=stored(COUNT))
+    events_seen: int = field(default=0, metadata=stored(COUNT))
+    stop_signature: str | None = field(default=None, metadata=stored(optional(TEXT)))
+    runs_success: int = field(default=0, metadata=stored(COUNT))
+    runs_error: int = field(default=0, metadata=stored(COUNT))
+    tokens_input: int = field(default=0, metadata=stored(COUNT))
+    tokens_output: int = field(default=0, metadata=stored(COUNT))
+    in_progress_start: int | None = field(default=None, metadata=stored(optional(COUNT)))
+    in_progress_since: float | None = field(default=None, metadata=stored(optional(MEASURE)))
+    high_water: tuple[int, int, str | None] | None = field(
+        default=None, metadata=stored(optional(fixed(COUNT, COUNT, optional(TEXT), shape="[cursor, events_seen, signature]")))
+    )
     """(cursor, events_seen, stop_signature) from before a reset, in case the longer history returns."""
 
 
@@ -273,6 +295,20 @@ Archive = Callable[[str], "SessionState | None"]
 """Where retired sessions live once saved (the state file): looked up when one comes back, never all read."""
 
 
+def _retired_drops() -> dict[str, Any]:
+    drops: dict[str, Any] = {}
+    for f in fields(SessionState):
+        if not declaration(SessionState, f.name).kept_retired:
+            if f.default is MISSING:
+                raise TypeError(f"SessionState.{f.name}: a field a retired row drops needs a default")
+            drops[f.name] = f.default
+    return drops
+
+
+RETIRED_DROPS = _retired_drops()
+"""What a retired session's row no longer holds (declared per field, ``kept_retired=False``): its defaults."""
+
+
 @dataclass
 class CollectorState:
     aggregates: Aggregates
@@ -282,7 +318,7 @@ class CollectorState:
     """Stored aggregates to raise to once a re-derivation (a new derivation version, a salvaged file) has
     synced."""
     retired: dict[str, SessionState] = field(default_factory=dict)
-    """Sessions no longer listed, in a compact form (no title, no last run): one that comes back resumes
+    """Sessions no longer listed, in a compact form (``RETIRED_DROPS``): one that comes back resumes
     from its cursor instead of being counted again, however many left meanwhile (DESIGN §4). With a state
     file these are only the ones not saved yet: the store keeps the rest on disk (``archive``)."""
     archive: Archive | None = field(default=None, compare=False)
@@ -347,7 +383,7 @@ class CollectorState:
             self.retired,
             self._undo_retired if self._undo is not None else None,
             sid,
-            None if state is None else replace(state, title=None, job=None),
+            None if state is None else replace(state, **RETIRED_DROPS),
         )
 
     def known(self, session_id: str) -> SessionState | None:

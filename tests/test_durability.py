@@ -9,8 +9,9 @@ import pytest
 from collector import logs
 from collector.simulator.api import Fault
 from collector.simulator.world import World, populate
-from collector.sqlite_store import SCHEMA_VERSION, decode_session, encode_session
 from collector.state import LastRun, SessionState
+from collector.storage.records import decode_session, encode_session
+from collector.storage.sqlite import SCHEMA_VERSION
 from tests.helpers import assert_matches_truth, collecting, run_async, scrape, simulating, value
 
 pytestmark = pytest.mark.tier("unit")
@@ -99,7 +100,7 @@ def test_corrupt_file_is_moved_aside_and_resynced(tmp_path):
 
 
 def test_a_newer_release_file_exits_2_and_is_left_in_place(tmp_path):
-    from collector.sqlite_store import NewerStateFile
+    from collector.storage.sqlite import NewerStateFile
 
     async def scenario():
         db = tmp_path / "state.db"

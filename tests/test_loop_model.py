@@ -68,7 +68,7 @@ from collector.llamacloud.client import RetryPolicy
 from collector.metrics import SelfMetrics, SnapshotCollector
 from collector.poller import Poller
 from collector.settings import Settings
-from collector.sqlite_store import SqliteStore
+from collector.storage.sqlite import SqliteStore
 from collector.wiring import arguments, wire
 from tests.helpers import Samples
 

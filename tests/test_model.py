@@ -36,8 +36,8 @@ from collector.derive import DEFAULT_ERROR_RULES, ErrorClassifier
 from collector.errors import FetchError, PayloadError
 from collector.metrics import SelfMetrics
 from collector.poller import SHORT_PASSES_AGREE, Poller
-from collector.sqlite_store import SqliteStore
 from collector.state import MemoryStore
+from collector.storage.sqlite import SqliteStore
 from tests.fakes import FakeApi, poll_config
 from tests.helpers import run_async
 

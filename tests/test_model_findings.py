@@ -76,7 +76,7 @@ def test_a_short_read_during_a_re_derivation_is_not_counted_again_over_the_floor
     from collector.derive import ErrorClassifier
     from collector.metrics import SelfMetrics
     from collector.poller import Poller
-    from collector.sqlite_store import SqliteStore
+    from collector.storage.sqlite import SqliteStore
 
     api = FakeApi()
     api.put("s", T[0], run_events() * 2)

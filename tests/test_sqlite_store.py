@@ -15,8 +15,9 @@ from collector import logs
 from collector.aggregates import Aggregates, Buckets, Mark
 from collector.derive import RunRecord
 from collector.errors import ConfigError, StateError
-from collector.sqlite_store import SCHEMA_VERSION, SqliteStore, decode_session, encode_session, fingerprint
 from collector.state import CollectorState, LastRun, SessionState
+from collector.storage.records import decode_session, encode_session
+from collector.storage.sqlite import SCHEMA_VERSION, SqliteStore, fingerprint
 
 pytestmark = pytest.mark.tier("unit")
 
@@ -161,7 +162,7 @@ def test_changed_buckets_replay_each_session_into_the_new_buckets_with_the_count
 
 
 def test_a_newer_schema_version_is_refused_and_left_in_place(tmp_path):
-    from collector.sqlite_store import NewerStateFile
+    from collector.storage.sqlite import NewerStateFile
 
     db = tmp_path / "state.db"
     saved(db)

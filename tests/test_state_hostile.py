@@ -18,8 +18,8 @@ from collector.derive import ErrorClassifier
 from collector.metrics import SelfMetrics, SnapshotCollector
 from collector.poller import SHORT_PASSES_AGREE, Poller
 from collector.settings import Settings
-from collector.sqlite_store import NewerStateFile, SqliteStore
 from collector.state import MemoryStore
+from collector.storage.sqlite import NewerStateFile, SqliteStore
 from collector.wiring import arguments, wire
 from tests.fakes import BUCKETS, FakeApi, poll_config, run_events
 from tests.helpers import parse, run_async
@@ -190,7 +190,7 @@ def test_an_unknown_field_means_a_newer_release_wrote_the_file(tmp_path):
 
 def test_a_file_of_this_derivation_loads_as_it_is_whatever_its_number(tmp_path, monkeypatch):
     """The stored derivation version is read back, not assumed to be 1."""
-    monkeypatch.setattr("collector.sqlite_store.DERIVATION_VERSION", 2)
+    monkeypatch.setattr("collector.storage.sqlite.DERIVATION_VERSION", 2)
     _api, db = written(tmp_path)
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'derivation_version'").fetchone() == ("2",)
@@ -246,7 +246,7 @@ def test_a_newer_derivation_version_is_refused(tmp_path):
 
 def test_an_older_derivation_version_re_derives_with_the_totals_as_floor(tmp_path, monkeypatch):
     api, db = written(tmp_path)
-    monkeypatch.setattr("collector.sqlite_store.DERIVATION_VERSION", 2)
+    monkeypatch.setattr("collector.storage.sqlite.DERIVATION_VERSION", 2)
     p = poller_on(api, db)
     assert p.state.floor is not None and sum(p.state.floor.runs.values()) == 16 and not p.state.synced
     run_async(p.cycle())
@@ -417,7 +417,7 @@ def test_what_a_re_derivation_left_to_do_is_saved_and_read_back(tmp_path, monkey
     """The cursors of sessions a re-derivation has not reached yet (``prior``) survive a restart."""
     _api, db = written(tmp_path)
     changed = BUCKETS
-    monkeypatch.setattr("collector.sqlite_store.DERIVATION_VERSION", 2)  # what counts changed: re-derived
+    monkeypatch.setattr("collector.storage.sqlite.DERIVATION_VERSION", 2)  # what counts changed: re-derived
     store = SqliteStore(db, changed, RULES, 50)
     state = store.load()
     assert state is not None and set(state.prior) == {"s0", "s1", "s2", "s3"} and state.floor is not None

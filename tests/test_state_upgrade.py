@@ -21,7 +21,7 @@ from collector.derive import ErrorClassifier
 from collector.metrics import SelfMetrics, SnapshotCollector
 from collector.poller import Poller
 from collector.settings import Settings, load_settings
-from collector.sqlite_store import SCHEMA_VERSION, SqliteStore
+from collector.storage.sqlite import SCHEMA_VERSION, SqliteStore
 from collector.wiring import arguments, wire
 from tests.fakes import FakeApi, poll_config, run_events
 from tests.helpers import parse, run_async

@@ -18,8 +18,8 @@ from collector.errors import FetchError, PayloadError
 from collector.llamacloud.models import MAX_MEASURE
 from collector.metrics import SelfMetrics
 from collector.poller import PAGE_STRIKES, SHORT_PASSES_AGREE, Poller
-from collector.sqlite_store import SqliteStore
 from collector.state import MAX_TITLE
+from collector.storage.sqlite import SqliteStore
 from tests.fakes import BUCKETS, FakeApi, cycle, poll_config, poller, run_events, total_runs
 
 pytestmark = pytest.mark.tier("unit")
