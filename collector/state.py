@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
 
@@ -308,20 +308,46 @@ def _retired_drops() -> dict[str, Any]:
 RETIRED_DROPS = _retired_drops()
 """What a retired session's row no longer holds (declared per field, ``kept_retired=False``): its defaults."""
 
+JOURNAL = "collector.journal"
+"""The metadata key of how ``begin``/``rollback`` journal a ``CollectorState`` field. A field that declares
+nothing is copied: at ``begin`` the committed value is put aside and the cycle works on a copy (its ``copy()``;
+a value without one is immutable), which ``rollback`` puts back. So a new field is journaled unless it is
+declared otherwise, and ``tests/test_storage_codec.py`` changes each one in a cycle and rolls it back."""
+KEYED = {JOURNAL: "keyed"}
+"""A table the cycle changes key by key (``_set_in``): each key's committed value is noted on its first change."""
+PER_CYCLE = {JOURNAL: "per_cycle"}
+"""What one cycle did (for the next save): empty at ``begin``, emptied by ``rollback``."""
+TRANSIENT = {JOURNAL: "transient"}
+"""Not journaled: never changed by a cycle (the reason is written beside each)."""
+JOURNAL_MODES = ("copied", "keyed", "per_cycle", "transient")
+
+
+def journal_mode(f: Field[Any]) -> str:
+    mode = f.metadata.get(JOURNAL, "copied")
+    if mode not in JOURNAL_MODES:
+        raise TypeError(f"CollectorState.{f.name}: journal mode {mode!r} is not one of {JOURNAL_MODES}")
+    return str(mode)
+
+
+def _copied(value: Any) -> Any:
+    copy = getattr(value, "copy", None)
+    return value if copy is None else copy()
+
 
 @dataclass
 class CollectorState:
     aggregates: Aggregates
-    sessions: dict[str, SessionState] = field(default_factory=dict)
+    sessions: dict[str, SessionState] = field(default_factory=dict, metadata=KEYED)
     synced: bool = False
     floor: Aggregates | None = None
     """Stored aggregates to raise to once a re-derivation (a new derivation version, a salvaged file) has
     synced."""
-    retired: dict[str, SessionState] = field(default_factory=dict)
-    """Sessions no longer listed, in a compact form (``RETIRED_DROPS``): one that comes back resumes
-    from its cursor instead of being counted again, however many left meanwhile (DESIGN §4). With a state
-    file these are only the ones not saved yet: the store keeps the rest on disk (``archive``)."""
-    archive: Archive | None = field(default=None, compare=False)
+    retired: dict[str, SessionState] = field(default_factory=dict, metadata=KEYED)
+    """Sessions no longer listed, in a compact form (``RETIRED_DROPS``): one that comes back resumes from its
+    cursor instead of being counted again, however many left meanwhile (DESIGN §4). With a state file these
+    are only the ones not saved yet: the store keeps the rest on disk (``archive``)."""
+    archive: Archive | None = field(default=None, compare=False, metadata=TRANSIENT)
+    """Set by the store at a load and after a save, never by a cycle."""
     prior: dict[str, SessionState] = field(default_factory=dict)
     """While a re-derivation runs (``floor`` set): where counting stood in each stored session when the
     floor was saved. At the sync, a session not re-derived yet (failing, or not listed) retires with that
@@ -332,59 +358,56 @@ class CollectorState:
     and folded there for good at the end of the next complete pass (DESIGN §4)."""
     replay: set[str] = field(default_factory=set)
     """Sessions whose counted runs are still to be replayed into the new buckets (fetched once more)."""
-    changed: set[str] = field(default_factory=set)
-    removed: set[str] = field(default_factory=set)
+    changed: set[str] = field(default_factory=set, metadata=PER_CYCLE)
+    removed: set[str] = field(default_factory=set, metadata=PER_CYCLE)
     prior_changed: bool = False
-    _undo: dict[str, SessionState | None] | None = field(default=None, init=False, repr=False, compare=False)
-    """While a cycle runs: each touched session's committed state (None: it was absent)."""
-    _undo_retired: dict[str, SessionState | None] = field(default_factory=dict, init=False, repr=False, compare=False)
-    _saved: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    _undo: dict[str, dict[str, SessionState | None]] | None = field(
+        default=None, init=False, repr=False, compare=False, metadata=TRANSIENT
+    )
+    """The journal itself, while a cycle runs: for each keyed table, each touched key's committed value
+    (None: it was absent)."""
+    _saved: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False, metadata=TRANSIENT)
+    """The journal itself: the committed value of each copied field."""
 
     def begin(self) -> CollectorState:
-        """Start a cycle on this state itself. Nothing is copied but the (small) aggregates: each session
-        a cycle touches is journaled on the way, so ``rollback`` restores the committed state exactly."""
-        self._undo, self._undo_retired = {}, {}
-        self._saved = (
-            self.aggregates,
-            self.synced,
-            self.floor,
-            self.prior,
-            self.prior_changed,
-            self.histogram_floor,
-            set(self.replay) if self.replay else self.replay,
-        )
-        self.aggregates = self.aggregates.copy()
-        if self.histogram_floor is not None:
-            self.histogram_floor = self.histogram_floor.copy()
-        self.changed, self.removed = set(), set()
+        """Start a cycle on this state itself. Nothing is copied but the copied fields (the aggregates, small):
+        each session a cycle touches is journaled on the way, so ``rollback`` restores the committed state
+        exactly, every field not declared transient."""
+        self._undo = {name: {} for name in _KEYED}
+        self._saved = {}
+        for name in _COPIED:
+            value = getattr(self, name)
+            self._saved[name] = value
+            setattr(self, name, _copied(value))
+        for name, fresh in _PER_CYCLE:
+            setattr(self, name, fresh())
         return self
 
     def commit(self) -> None:
-        self._undo, self._undo_retired, self._saved = None, {}, None
+        self._undo, self._saved = None, None
 
     def rollback(self) -> None:
         """Undo everything since ``begin``: an abandoned cycle leaves nothing half-counted."""
-        for table, undo in ((self.sessions, self._undo or {}), (self.retired, self._undo_retired)):
+        for name, undo in (self._undo or {}).items():
+            table = getattr(self, name)
             for sid, before in undo.items():
                 _journaled(table, None, sid, before)
-        if self._saved is not None:
-            (self.aggregates, self.synced, self.floor, self.prior, self.prior_changed, self.histogram_floor, self.replay) = (
-                self._saved
-            )
-        self.changed, self.removed = set(), set()
+        for name, value in (self._saved or {}).items():
+            setattr(self, name, value)
+        for name, fresh in _PER_CYCLE:
+            setattr(self, name, fresh())
         self.commit()
 
+    def _set_in(self, name: str, sid: str, state: SessionState | None) -> None:
+        """Set ``sid`` in the keyed table ``name`` (None: remove it), journaled while a cycle runs."""
+        _journaled(getattr(self, name), None if self._undo is None else self._undo[name], sid, state)
+
     def _set(self, sid: str, state: SessionState | None) -> None:
-        _journaled(self.sessions, self._undo, sid, state)
+        self._set_in("sessions", sid, state)
 
     def _set_retired(self, sid: str, state: SessionState | None) -> None:
         """Retire (or, with None, un-retire) a session: the most recently retired come last."""
-        _journaled(
-            self.retired,
-            self._undo_retired if self._undo is not None else None,
-            sid,
-            None if state is None else replace(state, **RETIRED_DROPS),
-        )
+        self._set_in("retired", sid, None if state is None else replace(state, **RETIRED_DROPS))
 
     def known(self, session_id: str) -> SessionState | None:
         """Where counting stands for a session: watched, retired, or retired and saved (never forgotten)."""
@@ -453,6 +476,19 @@ class CollectorState:
             self.prior = {}
             self.prior_changed = True
         self.synced = True
+
+
+_KEYED = tuple(f.name for f in fields(CollectorState) if journal_mode(f) == "keyed")
+_COPIED = tuple(f.name for f in fields(CollectorState) if journal_mode(f) == "copied")
+
+
+def _fresh(f: Field[Any]) -> Callable[[], Any]:
+    if f.default_factory is MISSING:
+        raise TypeError(f"CollectorState.{f.name}: a per-cycle field starts from its default_factory")
+    return f.default_factory
+
+
+_PER_CYCLE = tuple((f.name, _fresh(f)) for f in fields(CollectorState) if journal_mode(f) == "per_cycle")
 
 
 def _journaled(

@@ -1,5 +1,6 @@
 """One codec for what is stored (issue 28, item 2): every stored field declares its rule, the codec is generated
-from the fields, and every stored type round-trips through a real file and a restart with every field set.
+from the fields, every stored type round-trips through a real file and a restart with every field set, and the
+cycle's journal covers every field of ``CollectorState`` not declared transient.
 
 A new stored field needs its declaration (``field(default=..., metadata=stored(RULE))``) and the place its value
 comes from; everything here follows from the declaration, and names the field when something does not.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import tempfile
-from dataclasses import MISSING, Field, dataclass, fields, is_dataclass
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -23,7 +24,7 @@ from collector.aggregates import MAX_COUNT, Aggregates, Buckets, StoredValueErro
 from collector.derive import RunRecord, ToolCall
 from collector.errors import StateError
 from collector.llamacloud.bounds import session_id_problem
-from collector.state import RETIRED_DROPS, CollectorState, LastRun, SessionState
+from collector.state import RETIRED_DROPS, CollectorState, LastRun, SessionState, journal_mode
 from collector.storage import rules
 from collector.storage.records import META, SESSION, Meta, decode_session, encode_meta, encode_session
 from collector.storage.sqlite import NewerStateFile, SqliteStore
@@ -270,3 +271,124 @@ def test_every_stored_type_round_trips_through_a_real_file_and_a_restart(three, 
         assert getattr(wrote, f.name) != default(f), f"Meta.{f.name} is left at its default: set it in this test"
         assert normal(getattr(read, f.name)) == normal(getattr(wrote, f.name)), f"Meta.{f.name}"
     assert encode_meta(read) == encode_meta(wrote)
+
+
+# -- the cycle's journal covers every field not declared transient ---------------------------------------
+
+
+def full_state() -> CollectorState:
+    """A committed state with every field set."""
+    state = CollectorState(
+        aggregates(),
+        synced=True,
+        floor=aggregates("f"),
+        prior={"p": SessionState("p", "t", cursor=4)},
+        histogram_floor=aggregates("h"),
+        replay={"a"},
+        prior_changed=True,
+    )
+    state.put(SessionState("a", "t", cursor=1))
+    state.put(SessionState("b", "t", cursor=2))
+    state.drop("b")
+    state.commit()
+    return state
+
+
+def seen(state: CollectorState) -> dict[str, object]:
+    """Every field a rollback restores, as a value that later changes cannot reach."""
+    out: dict[str, object] = {}
+    for f in fields(CollectorState):
+        if journal_mode(f) in ("transient", "per_cycle"):
+            continue
+        value = getattr(state, f.name)
+        out[f.name] = value.to_dict() if isinstance(value, Aggregates) else normal_copy(value)
+    return out
+
+
+def normal_copy(value: object) -> object:
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, set):
+        return set(value)
+    return value
+
+
+def change_in_place(value: object) -> bool:
+    """Change a field's working value in place as a cycle might; False when it cannot be (immutable)."""
+    if isinstance(value, Aggregates):
+        value.add_runs([RunRecord(False, None, 1.0, 1, 1, 1, (), ())], "x", NOW)
+    elif isinstance(value, dict):
+        value["x"] = SessionState("x", "t")
+    elif isinstance(value, set):
+        value.add("x")
+    else:
+        return False
+    return True
+
+
+OTHER: dict[str, Any] = {
+    "bool": lambda v: not v,
+    "Aggregates": lambda v: Aggregates(BUCKETS, 50),
+    "Aggregates | None": lambda v: None,
+    "dict[str, SessionState]": lambda v: {},
+    "set[str]": lambda v: {"y"},
+}
+"""A different value of each type a journaled field has, as a cycle might set it."""
+
+
+@pytest.mark.parametrize("name", [f.name for f in fields(CollectorState) if journal_mode(f) != "transient"])
+def test_a_rollback_restores_every_field_not_declared_transient(name):
+    f = next(f for f in fields(CollectorState) if f.name == name)
+    mode = journal_mode(f)
+    state = full_state()
+    before = seen(state)
+    if mode == "copied":
+        kind = str(f.type)
+        assert kind in OTHER, f"CollectorState.{name} ({kind}): add a value of this type to OTHER in this test"
+        state.begin()
+        change_in_place(getattr(state, name))
+        state.rollback()
+        assert seen(state) == before, f"CollectorState.{name} changed in place is not rolled back"
+        state.begin()
+        setattr(state, name, OTHER[kind](getattr(state, name)))
+        state.rollback()
+        assert seen(state) == before, f"CollectorState.{name} set anew is not rolled back"
+    elif mode == "keyed":
+        state.begin()
+        table = getattr(state, name)
+        for sid in list(table):
+            state._set_in(name, sid, None)
+        state._set_in(name, "new", SessionState("new", "t"))
+        state.rollback()
+        assert seen(state) == before, f"CollectorState.{name} changed key by key is not rolled back"
+    else:
+        assert mode == "per_cycle"
+        state.begin()
+        assert getattr(state, name) == default(f), f"CollectorState.{name} does not start empty in a cycle"
+        change_in_place(getattr(state, name))
+        state.rollback()
+        assert getattr(state, name) == default(f), f"CollectorState.{name} is not emptied by a rollback"
+
+
+def test_only_the_store_and_the_journal_itself_are_transient():
+    """Transient is the exception, declared with its reason: a new field is journaled unless declared so."""
+    transient = {f.name for f in fields(CollectorState) if journal_mode(f) == "transient"}
+    assert transient == {"archive", "_undo", "_saved"}
+
+
+def test_a_field_of_unknown_journal_mode_is_named():
+    @dataclass
+    class Grown:
+        late: object = field(default=None, metadata={"collector.journal": "sometimes"})
+
+    with pytest.raises(TypeError, match=r"^CollectorState\.late: journal mode 'sometimes'"):
+        journal_mode(fields(Grown)[0])
+
+
+def test_a_committed_cycle_keeps_what_it_did():
+    state = full_state()
+    work = state.begin()
+    work.put(replace(work.sessions["a"], cursor=9))
+    work.synced = False
+    work.commit()
+    assert state.sessions["a"].cursor == 9 and not state.synced and state.changed == {"a"}
