@@ -165,8 +165,10 @@ def start_prometheus(
     return url
 
 
-def query(prometheus: str, expr: str) -> list[dict]:
-    body = httpx.get(prometheus + "/api/v1/query", params={"query": expr}, timeout=10).json()
+def query(prometheus: str, expr: str, at: float | None = None) -> list[dict]:
+    """An instant query, evaluated now or at the Unix time ``at``."""
+    params = {"query": expr} if at is None else {"query": expr, "time": f"{at:.3f}"}
+    body = httpx.get(prometheus + "/api/v1/query", params=params, timeout=30).json()
     if body["status"] != "success":
         raise AssertionError(f"query failed: {expr}: {body.get('error')}")
     return body["data"]["result"]

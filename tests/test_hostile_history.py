@@ -23,31 +23,44 @@ pytestmark = pytest.mark.tier("process")
 MAX_RSS_MB = 256
 WAIT = 300.0
 """A generous bound on any wait for a condition (nothing here asserts how long a thing took)."""
-PROBE_TIMEOUT = 5.0
-"""A probe not answered within this long counts as missed (the issue asks 2 s; a busy CI machine gets room:
-``bench/huge_history.py`` measures the real figure)."""
+PROBE_TIMEOUT = 10.0
+"""A probe not answered within this long counts as missed: the issue asks 2 s, and a loaded 2-core machine gets
+five times that (``bench/huge_history.py`` measures the real figure; the tests print their slowest probe). On
+the loop, the parse stalled probes far longer: 4 of 7 timed out."""
 MAX_EVENTS = Settings().max_events_per_session
 
 
 class Probes(threading.Thread):
-    """``/healthz`` every 0.2 s from another thread, each with its own connection, until stopped."""
+    """``/healthz`` every 0.2 s from another thread, each with its own connection, until stopped. A probe not
+    answered in time, or answered with anything but 200, is missed (and its status kept)."""
 
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
         self.url, self.stop = url, threading.Event()
         self.answered: list[float] = []
         self.missed = 0
+        self.statuses: list[int] = []
 
     def run(self) -> None:
         while not self.stop.is_set():
             started = time.monotonic()
             try:
                 status = httpx.get(self.url + "/healthz", timeout=PROBE_TIMEOUT).status_code
-                assert status == 200, status
-                self.answered.append(time.monotonic() - started)
             except httpx.HTTPError:
                 self.missed += 1
+            else:
+                if status == 200:
+                    self.answered.append(time.monotonic() - started)
+                else:
+                    self.missed += 1
+                    self.statuses.append(status)
             self.stop.wait(0.2)
+
+    def check(self) -> None:
+        """Every probe answered 200 in time (and there were some); prints the slowest."""
+        slowest = max(self.answered, default=None)
+        assert self.missed == 0 and self.answered, (self.missed, self.statuses, slowest)
+        print(f"\n/healthz: {len(self.answered)} probes answered, the slowest in {slowest:.2f} s")
 
 
 class Collector:
@@ -77,6 +90,18 @@ class Collector:
         samples = parse(httpx.get(self.url + "/metrics", timeout=30).text)
         return sum(family(samples, "llamacloud_chat_runs_total").values())
 
+    def settled_runs(self) -> float:
+        """The runs counted once two more cycles have ended over the frozen world (``--rate 0``, no touch since):
+        a run counted twice by a later cycle would show here."""
+
+        def cycles() -> float:
+            samples = parse(httpx.get(self.url + "/metrics", timeout=30).text)
+            return sum(family(samples, "llamacloud_collector_polls_total").values())
+
+        start = cycles()
+        wait_until(lambda: cycles() >= start + 2, WAIT, "two more cycles")
+        return self.runs()
+
     def invalid_retrieves(self) -> float:
         samples = parse(httpx.get(self.url + "/metrics", timeout=30).text)
         return family(samples, "llamacloud_collector_invalid_payloads_total").get(frozenset({("operation", "retrieve")}), 0.0)
@@ -88,7 +113,7 @@ class Collector:
 
     def touch_the_others(self) -> None:
         """A run in each of the 5 ordinary sessions (the oldest five)."""
-        assert httpx.get(self.sim + "/_sim/touch", params={"first": 5}).json()["changed"] == 5
+        assert httpx.get(self.sim + "/_sim/touch", params={"first": 5}, timeout=30).json()["changed"] == 5
 
     def peak_rss_mb(self) -> float:
         with open(f"/proc/{self.proc.pid}/status") as status:
@@ -101,7 +126,7 @@ def test_a_million_minimal_stops_are_counted_once_off_the_loop_within_the_memory
     probes = Probes(collector.url)
     probes.start()
     try:
-        made = httpx.get(collector.sim + "/_sim/bare", params={"kind": "stop", "count": MAX_EVENTS}, timeout=120).json()
+        made = httpx.get(collector.sim + "/_sim/bare", params={"kind": "stop", "count": MAX_EVENTS}, timeout=WAIT).json()
         assert made["events"] == MAX_EVENTS
         wait_until(lambda: collector.runs() >= before + MAX_EVENTS, WAIT, "the huge history counted")
         collector.touch_the_others()
@@ -109,8 +134,8 @@ def test_a_million_minimal_stops_are_counted_once_off_the_loop_within_the_memory
     finally:
         probes.stop.set()
         probes.join()
-    assert collector.runs() == collector.truth(), "counted exactly once"
-    assert probes.missed == 0 and probes.answered, (probes.missed, max(probes.answered, default=None))
+    assert collector.settled_runs() == collector.truth(), "counted exactly once"
+    probes.check()
     peak = collector.peak_rss_mb()
     assert peak < MAX_RSS_MB, peak
     assert "Traceback" not in collector.procs.log("collector")
@@ -123,17 +148,17 @@ def test_a_history_past_the_event_limit_fails_on_its_own_and_the_others_count(pr
     try:
         for kind, count in (("stop", 1_970_000), ("text_delta", 1_430_000)):
             refused = collector.invalid_retrieves()
-            httpx.get(collector.sim + "/_sim/bare", params={"kind": kind, "count": count}, timeout=120)
+            httpx.get(collector.sim + "/_sim/bare", params={"kind": kind, "count": count}, timeout=WAIT)
             wait_until(lambda r=refused: collector.invalid_retrieves() > r, WAIT, f"{kind} history refused")
             print(kind, "refused", collector.runs(), collector.truth())
         collector.touch_the_others()
-        truth = collector.truth() - httpx.get(collector.sim + "/_sim/totals").json()["bare_runs"]
+        truth = collector.truth() - httpx.get(collector.sim + "/_sim/totals", timeout=30).json()["bare_runs"]
         wait_until(lambda: collector.runs() >= truth, WAIT, f"the others counted ({truth})")
     finally:
         probes.stop.set()
         probes.join()
-    assert collector.runs() == truth, "nothing of the refused histories counted"
-    assert probes.missed == 0 and probes.answered, (probes.missed, max(probes.answered, default=None))
+    assert collector.settled_runs() == truth, "nothing of the refused histories counted"
+    probes.check()
     peak = collector.peak_rss_mb()
     assert peak < MAX_RSS_MB, peak
     log = collector.procs.log("collector")
@@ -181,7 +206,7 @@ def test_a_state_file_of_a_million_retired_sessions_loads_while_probes_pass_and_
     finally:
         probes.stop.set()
         probes.join()
-    assert probes.missed == 0 and probes.answered, (probes.missed, max(probes.answered, default=None))
+    probes.check()
     with open(f"/proc/{collector.pid}/status") as status:
         peak = next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
     assert peak < MAX_RSS_MB, peak

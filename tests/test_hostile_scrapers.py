@@ -4,9 +4,13 @@ Malformed and ambiguous requests get 400 and are never read as a second
 request; clients that pipeline and never read, half-sent heads, slots held from
 many addresses and password floods cannot stall /metrics, the poll cycles or
 memory, or lock the legitimate scraper out; a flood of bad requests is not a
-flood of log lines. Each test ends with the same checks: alive, /metrics within
-3 s, cycles still finishing, exact counts, sane values, peak RSS within the
-chart's memory limit, no traceback.
+flood of log lines. Each test ends with the same checks: alive, /metrics
+answered, cycles still finishing, exact counts, sane values, peak RSS within
+the chart's memory limit, no traceback.
+
+Nothing here asserts how long a thing took: each wait is on a condition, bounded
+generously (a loaded 2-core machine), and the counts are compared with the
+simulator's truth once it is frozen (no traffic; the collector has caught up).
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ MAX_RSS_MB = 256
 """The chart's memory limit (256 Mi): the collector's peak RSS (VmHWM, in MiB) stays under it, whatever the attack."""
 WAIT = 60.0
 """A generous bound on any wait for a condition (nothing here asserts how long a thing took)."""
+ANSWER = 30.0
+"""How long a probe or a scrape may take before it counts as not answered: what these tests ask is that it is
+answered at all, during the attack, so the bound is generous enough for a loaded 2-core machine."""
 
 
 class Stack:
@@ -77,7 +84,7 @@ class Stack:
         """One request on a connection of its own, as a probe or a scrape makes it."""
         return httpx.get(
             self.url(path),
-            timeout=kwargs.pop("timeout", 3),
+            timeout=kwargs.pop("timeout", ANSWER),
             verify=self.verify,
             headers={"Connection": "close", **kwargs.pop("headers", {})},
             **kwargs,
@@ -114,17 +121,18 @@ class Stack:
         return held
 
     def assert_healthy(self, **kwargs) -> float:
-        """Alive, answering within 3 s, still cycling, exact, sane, bounded, and quiet about it; the peak RSS."""
+        """Alive, answering, still cycling, exact, sane, bounded, and quiet about it; the peak RSS. The world is
+        frozen (no traffic: ``--rate 0``) after one change; the collector must cycle on and count it exactly."""
         assert self.proc.poll() is None, "the collector died"
-        httpx.get(self.sim + "/_sim/touch", params={"fraction": 0.2})
         first = self.scrape(**kwargs)
         cycles = sum(family(first, "llamacloud_collector_polls_total").values())
-        runs, events = remote_truth(self.sim)
+        httpx.get(self.sim + "/_sim/touch", params={"fraction": 0.2}, timeout=ANSWER).raise_for_status()
+        runs, events = remote_truth(self.sim)  # the final state: nothing changes after this
 
         def exact() -> Samples | None:
             samples = self.scrape(**kwargs)
             if sum(family(samples, "llamacloud_collector_polls_total").values()) < cycles + 2:
-                return None
+                return None  # two more cycles ended: it still cycles
             assert_samples_match(samples, runs, events)  # retried until it holds (a busy machine: partial cycles)
             return samples
 
@@ -141,8 +149,9 @@ class Stack:
         return peak
 
 
-async def exchange(port: int, raw: bytes, wait: float = 2.0, local: str = "127.0.0.1") -> bytes:
-    """Send raw bytes, read whatever comes back until the server closes or ``wait`` passes."""
+async def exchange(port: int, raw: bytes, wait: float = WAIT, local: str = "127.0.0.1") -> bytes:
+    """Send raw bytes, read whatever comes back until the server closes (or ``wait`` passes: a bound, not a
+    pause; a request that should be answered asks ``Connection: close``, so the wait ends with its answer)."""
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(local, 0))
     except ConnectionError:  # past its share, a flooding peer is reset at once, even before connect returns
@@ -195,7 +204,7 @@ MALFORMED = {
 
 def test_malformed_and_ambiguous_requests_get_400_and_no_second_request(procs):
     stack = Stack(procs)
-    for name, raw in MALFORMED.items():
+    for name, raw in MALFORMED.items():  # each answered 400 and closed: read until then
         answer = asyncio.run(exchange(stack.port, raw))
         assert answer.split(b" ", 2)[1] in (b"400", b"413", b"431"), (name, answer[:200])
         assert b" 200 OK\r\n" not in answer, f"{name}: a smuggled second request was answered"
@@ -203,10 +212,11 @@ def test_malformed_and_ambiguous_requests_get_400_and_no_second_request(procs):
         b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"21\r\nGET /readyz HTTP/1.1\r\nHost: x\r\n\r\n\r\n0\r\n\r\n"
     )
-    answer = asyncio.run(exchange(stack.port, chunked_body))
-    assert answer.count(b"HTTP/1.1 ") == 1 and b"ready" not in answer  # the body is a body, not a request
+    last = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"  # answered last, in order, then closed
+    answer = asyncio.run(exchange(stack.port, chunked_body + last))
+    assert answer.count(b"HTTP/1.1 ") == 2 and b"ready" not in answer, answer  # the body is a body, not a request
     for method in (b"PUT", b"DELETE", b"OPTIONS", b"TRACE"):
-        answer = asyncio.run(exchange(stack.port, method + b" /metrics HTTP/1.1\r\nHost: x\r\n\r\n", wait=0.5))
+        answer = asyncio.run(exchange(stack.port, method + b" /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
         assert answer.startswith(b"HTTP/1.1 405"), (method, answer[:100])
     stack.assert_healthy()
 
@@ -222,8 +232,9 @@ def test_a_flood_of_bad_requests_is_a_bounded_number_of_log_lines(procs):
         await asyncio.gather(*(one(i) for i in range(600)))
 
     asyncio.run(flood())
-    cycles_logged = 8  # about one poll-cycle line a second while the flood runs
-    assert stack.log_lines() - before < 60 + cycles_logged
+    # the poll cycles log a line each, however long the flood takes: what the flood itself logged is the rest
+    lines = [line for line in stack.procs.log("collector").splitlines()[before:] if '"event": "poll cycle"' not in line]
+    assert len(lines) < 60, lines[:5]
     stack.assert_healthy()
 
 
@@ -350,10 +361,10 @@ def test_half_sent_heads_are_dropped_and_do_not_block_others(procs):
 
     async def slowloris():
         held = await hold(stack.port, 200, b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # head unfinished
-        answer = await asyncio.to_thread(httpx.get, stack.url("/metrics"), timeout=3)
+        answer = await asyncio.to_thread(stack.get, "/metrics")
         assert answer.status_code == 200
         try:
-            closed = await asyncio.wait_for(held[0][0].read(), 30)  # dropped after the head timeout
+            closed = await asyncio.wait_for(held[0][0].read(), WAIT)  # dropped after the head timeout
         except ConnectionError:
             closed = b""  # with a reset
         return closed, held
@@ -403,7 +414,7 @@ def test_a_wrong_password_flood_leaves_the_right_password_through_from_start_and
                     wait_until, lambda: "web config reloaded" in stack.procs.log("collector"), WAIT, "the web config re-read"
                 )
             for _ in range(15):
-                response = await asyncio.to_thread(stack.get, "/metrics", auth=("prom", password), timeout=10)
+                response = await asyncio.to_thread(stack.get, "/metrics", auth=("prom", password))
                 statuses.append(response.status_code)
                 probes.append((await asyncio.to_thread(stack.get, "/healthz")).status_code)
         stop.set()
@@ -447,26 +458,30 @@ def test_a_slow_head_attack_from_one_peer_leaves_scrapes_and_probes_served(procs
 
         trickling = asyncio.create_task(trickle())
         ok = 0
-        async with httpx.AsyncClient(timeout=3) as http:
-            for i in range(20):
+        async with httpx.AsyncClient(timeout=ANSWER) as http:
+            for i in range(20):  # spread over the attack (the trickle goes on for 12 s)
                 path = "/metrics" if i % 2 else "/healthz"
                 ok += (await http.get(stack.url(path))).status_code == 200
                 await asyncio.sleep(0.5)
         await trickling
-        alive = sum(1 for _, w in held if not w.transport.is_closing() and w.transport.get_extra_info("socket") is not None)
-        closed = 0
-        for reader, _ in held:
+
+        async def closed_by_server(reader: asyncio.StreamReader) -> bool:
             try:
-                closed += await asyncio.wait_for(reader.read(1), 0.05) == b""
+                return await reader.read(1) == b""
             except ConnectionError:
-                closed += 1  # reset: refused past the share, or aborted at the head timeout
-            except TimeoutError:
-                pass
+                return True  # reset: refused past the share, or aborted at the head timeout
+
+        # every head has timed out by now, or soon will: wait for each close (bounded), rather than look once
+        reads = [asyncio.create_task(closed_by_server(reader)) for reader, _ in held]
+        done, pending = await asyncio.wait(reads, timeout=WAIT) if reads else (set(), set())
+        for task in pending:
+            task.cancel()
+        closed = sum(task.result() for task in done)
         for _, writer in held:
             writer.transport.abort()
-        return ok, len(held), closed, alive
+        return ok, len(held), closed
 
-    ok, opened, closed, _ = asyncio.run(attack())
+    ok, opened, closed = asyncio.run(attack())
     assert ok == 20, ok  # every legitimate scrape and probe answered during the attack
     assert closed >= opened - 64 - 5  # past its share refused at once, the rest dropped at the head timeout
     stack.assert_healthy()

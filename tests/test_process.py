@@ -15,6 +15,9 @@ from tests.tools import require
 pytestmark = pytest.mark.tier("process")
 
 CANARY = "llx-canary-5f1e2d3c4b5a69788796a5b4"
+WAIT = 60.0
+"""A generous bound on any wait for a condition, and on any one request: nothing here asserts how long a thing
+took (a loaded 2-core machine starts a Python process in seconds)."""
 
 
 def free_port() -> int:
@@ -23,12 +26,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(url: str, timeout: float = 30.0, status: int = 200, **kwargs) -> httpx.Response:
+def wait_for(url: str, timeout: float = WAIT, status: int = 200, **kwargs) -> httpx.Response:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         try:
-            last = httpx.get(url, timeout=2, **kwargs)
+            last = httpx.get(url, timeout=WAIT, **kwargs)
             if last.status_code == status:
                 return last
         except httpx.TransportError:
@@ -49,7 +52,7 @@ def spawn(*args: str, env: dict | None = None) -> subprocess.Popen:
 
 def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> tuple[int, str]:
     proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=20)
+    out, _ = proc.communicate(timeout=WAIT)
     return proc.returncode, out
 
 
@@ -62,34 +65,49 @@ def simulator():
     stop(proc)
 
 
+DEMO_FAMILIES = (
+    "runs_total",
+    "run_errors_total",
+    "run_duration_seconds_count",
+    "run_tokens_count",
+    "tokens_total",
+    "run_turns_count",
+    "run_tool_calls_count",
+    "tool_calls_total",
+    "skipped_index_queries_total",
+    "events_total",
+    "runs_in_progress",
+    "session_info",
+    "session_runs_total",
+    "session_last_run_duration_seconds",
+)
+
+
+def without_data(text: str) -> list[str]:
+    """The chat families of ``DEMO_FAMILIES`` with no series above zero in this exposition."""
+    lines = text.splitlines()
+    return [
+        name
+        for name in DEMO_FAMILIES
+        if not any(float(line.rsplit(" ", 1)[1]) > 0 for line in lines if line.startswith("llamacloud_chat_" + name))
+    ]
+
+
 def test_demo_serves_every_chat_family_and_passes_promtool(tmp_path):
     port = free_port()
     proc = spawn("demo", "--listen", f"127.0.0.1:{port}", "--interval", "1", "--seed", "4")
     try:
-        wait_for(f"http://127.0.0.1:{port}/readyz", timeout=30)
-        time.sleep(2.5)  # let live traffic arrive: runs keep coming
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        wait_for(f"http://127.0.0.1:{port}/readyz")
+        deadline, text = time.monotonic() + WAIT, ""
+        while time.monotonic() < deadline:  # live traffic keeps coming: until every family has data
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=WAIT).text
+            if not without_data(text):
+                break
+            time.sleep(0.5)
     finally:
         code, out = stop(proc)
     assert code == 0, out
-    for name in (
-        "runs_total",
-        "run_errors_total",
-        "run_duration_seconds_count",
-        "run_tokens_count",
-        "tokens_total",
-        "run_turns_count",
-        "run_tool_calls_count",
-        "tool_calls_total",
-        "skipped_index_queries_total",
-        "events_total",
-        "runs_in_progress",
-        "session_info",
-        "session_runs_total",
-        "session_last_run_duration_seconds",
-    ):
-        lines = [line for line in text.splitlines() if line.startswith("llamacloud_chat_" + name)]
-        assert lines and any(float(line.rsplit(" ", 1)[1]) > 0 for line in lines), name
+    assert not without_data(text), without_data(text)
     exposition = tmp_path / "metrics.txt"
     exposition.write_text(text)
     result = subprocess.run([require("promtool"), "check", "metrics"], stdin=exposition.open(), capture_output=True, text=True)
@@ -98,10 +116,13 @@ def test_demo_serves_every_chat_family_and_passes_promtool(tmp_path):
 
 def test_check_lists_sessions_and_401_names_the_variable(simulator):
     env = {"LLAMA_CLOUD_BASE_URL": simulator, "LLAMA_CLOUD_API_KEY": CANARY}
+    httpx.get(simulator + "/_sim/traffic", params={"pause": "1"}, timeout=WAIT).raise_for_status()  # traffic adds sessions
+    sessions = httpx.get(simulator + "/_sim/stats", timeout=WAIT).json()["sessions"]  # frozen: what check must list
+    assert sessions >= 25
     good = subprocess.run(
         [sys.executable, "-m", "collector", "check"], capture_output=True, text=True, env={**os.environ, **env}, timeout=60
     )
-    assert good.returncode == 0 and "25 sessions would be watched" in good.stdout, good.stderr
+    assert good.returncode == 0 and f"{sessions} sessions would be watched" in good.stdout, good.stderr
     bad = subprocess.run(
         [sys.executable, "-m", "collector", "check"],
         capture_output=True,
@@ -127,7 +148,8 @@ def test_run_stops_cleanly_on_sigterm_and_never_prints_the_key(simulator):
     )
     try:
         wait_for(f"http://127.0.0.1:{port}/readyz")
-        body = httpx.get(f"http://127.0.0.1:{port}/metrics").text + httpx.get(f"http://127.0.0.1:{port}/").text
+        body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=WAIT).text
+        body += httpx.get(f"http://127.0.0.1:{port}/", timeout=WAIT).text
     finally:
         code, out = stop(proc)
     assert code == 0, out

@@ -1,12 +1,16 @@
 """End to end with a real Prometheus and Alertmanager: dashboards return data, alerts fire and are delivered."""
 
 import json
+import re
+import time
+from collections import Counter
 
 import httpx
 import pytest
 
 from scripts.dashboards import DASHBOARDS
 from scripts.rules import INDEX_RATIO, RATIO, alert_rules, dump, load_spec, recording_rules
+from tests.helpers import assert_samples_match, family, parse, remote_truth
 from tests.stack import (
     OPERATOR_LABELS,
     Processes,
@@ -46,6 +50,13 @@ CORE = {
 }
 OPERATOR_JOB, PLAIN_JOB = "llamacloud-collector", "plain"
 TARGET_LABELS = {"job", "instance", *OPERATOR_LABELS}
+WAIT = 180.0
+"""A generous bound on any wait for a condition (nothing here asserts how long a thing took)."""
+APPENDED = 5.0
+"""Seconds back from now at which a frozen comparison is evaluated: every scrape that started before then has
+been written (a scrape times out after the 1 s interval), so what the queries read there no longer moves."""
+SELECTOR = re.compile(r"\b((?:llamacloud|process)_[a-z0-9_]+)\{[^}]*\}(?:\[([0-9a-z]+)\])?")
+"""A metric a dashboard query reads, and the range it reads it over (none: an instant vector)."""
 
 
 def recorded_for_both_jobs(prom: str) -> bool:
@@ -103,7 +114,7 @@ def stack(tmp_path_factory):
     prom = start_prometheus(procs, [col_port], [rules, recording], am, plain_job=PLAIN_JOB)
     try:
         wait_until(lambda: query(prom, "llamacloud_chat_runs_total"), 60, "first scrape with chat families")
-        yield {"prom": prom, "sim": sim, "procs": procs, "hook": hook}
+        yield {"prom": prom, "sim": sim, "collector": f"http://127.0.0.1:{col_port}", "procs": procs, "hook": hook}
     finally:
         procs.stop_all()
         hook.close()
@@ -134,8 +145,8 @@ def test_failing_runs_fire_error_alerts_and_alertmanager_delivers(stack):
 def test_a_failing_index_fires_its_alert_and_the_by_index_table_names_it(stack):
     prom, sim = stack["prom"], stack["sim"]
     wait_until(lambda: query(prom, "sum(llamacloud_chat_index_runs_total)"), 30, "index runs counted")
-    truth = httpx.get(sim + "/_sim/truth").json()["runs"]
     httpx.get(sim + "/_sim/touch", params={"fraction": 1, "fail": 1})  # every index gets failing runs
+    truth = httpx.get(sim + "/_sim/truth").json()["runs"]  # after the change: the state compared with (no traffic)
     bound = {i for r in truth for i in (r["index_ids"] or ["_none"])}
 
     def firing_indexes() -> set[str]:
@@ -197,39 +208,104 @@ def test_operator_target_labels_clash_with_no_exported_label(stack):
     assert operator and all(s["endpoint"] == "http-metrics" and s["pod"] == "llamacloud-collector-0" for s in operator)
 
 
+def final_poll(sim: str, collector: str) -> int:
+    """Stop the simulator's traffic and wait until the collector has counted all of it, exactly; the poll count
+    of that exposition. The snapshot changes only as a cycle ends, with its count, so every scrape that shows
+    at least this count shows the final state."""
+    httpx.get(sim + "/_sim/traffic", params={"pause": "1"}, timeout=30).raise_for_status()
+    runs, events = remote_truth(sim)
+
+    def counted() -> int:
+        samples = parse(httpx.get(collector + "/metrics", timeout=30).text)
+        assert_samples_match(samples, runs, events)  # retried until it holds
+        return int(sum(family(samples, "llamacloud_collector_polls_total").values()))
+
+    return wait_until(counted, WAIT, "the collector to count the final state exactly")
+
+
+def series_keys(result: list[dict]) -> set[frozenset]:
+    """Each series of a query result, without the labels its target adds."""
+    return {frozenset((k, v) for k, v in r["metric"].items() if k not in TARGET_LABELS) for r in result}
+
+
+def frozen_at(prom: str, poll: int, reads: set[tuple[str, str]]) -> float | None:
+    """A time at which both jobs have scraped the final state (``poll`` or later) at least twice, and read
+    the same series: for each metric and range a dashboard reads, the same series have two samples or more
+    in the range (what ``rate`` and ``increase`` need) and the same are present at that instant. None: not yet."""
+    at = time.time() - APPENDED
+    for job in (OPERATOR_JOB, PLAIN_JOB):
+        scrapes: Counter = Counter()  # the poll count each scrape of the last minute showed, by its timestamp
+        for series in query(prom, f'llamacloud_collector_polls_total{{job="{job}"}}[1m]', at):
+            for ts, v in series["values"]:
+                scrapes[ts] += float(v)
+        if sum(1 for v in scrapes.values() if v >= poll) < 2:
+            return None
+    for name, window in sorted(reads):
+        selector = {job: f'{name}{{job="{job}"}}' for job in (OPERATOR_JOB, PLAIN_JOB)}
+        exprs = {job: f"count_over_time({sel}[{window}]) >= 2" if window else sel for job, sel in selector.items()}
+        if series_keys(query(prom, exprs[OPERATOR_JOB], at)) != series_keys(query(prom, exprs[PLAIN_JOB], at)):
+            return None
+    return at
+
+
 def test_every_dashboard_query_answers_the_same_as_with_a_plain_scrape(stack):
+    """Frozen, then compared exactly: the traffic stopped, the collector has counted it all, both jobs have
+    scraped that final state, and every query of both jobs is evaluated at the same instant. The series must
+    be the same; a query that reads only the chat families at an instant (no range, no clock) must also give
+    the same values."""
     prom = stack["prom"]
-    wait_until(lambda: query(prom, "rate(llamacloud_chat_runs_total[1m])"), 30, "two scrapes")
-    wait_until(lambda: recorded_for_both_jobs(prom), 90, "recording rules evaluated for both jobs")
-    session_id = query(prom, "llamacloud_chat_session_info")[0]["metric"]["session_id"]
+    httpx.get(stack["sim"] + "/_sim/touch", params={"fraction": 1}).raise_for_status()  # new runs, perhaps new series
+    targets = [
+        (panel["title"], target["expr"])
+        for build in DASHBOARDS.values()
+        for panel in build()["panels"]
+        for target in panel["targets"]
+        if ":ratio_rate" not in target["expr"]
+        # a recorded ratio is evaluated per job every 30 s over an hour or 30 minutes of each job's own
+        # scrapes, so where a change fell between two scrapes differs by job long before any freeze
+    ]
+    reads = {(name, window) for _, expr in targets for name, window in SELECTOR.findall(substitute(expr, "x"))}
+    assert reads and all(window in ("", "1m", "10m") for _, window in reads), reads
+    poll = final_poll(stack["sim"], stack["collector"])
+    at = wait_until(lambda: frozen_at(prom, poll, reads), WAIT, "both jobs to scrape the final state")
+    session_id = query(prom, f'llamacloud_chat_session_info{{job="{OPERATOR_JOB}"}}', at)[0]["metric"]["session_id"]
 
-    def shape(expr: str, job: str) -> list[frozenset]:
-        result = query(prom, substitute(expr, session_id, job))
+    def answer(expr: str, job: str) -> list[tuple[frozenset, str]]:
+        result = query(prom, substitute(expr, session_id, job), at)
         if result and not isinstance(result[0], dict):  # a scalar: no series at all
-            return [frozenset()]
-        return sorted((frozenset((k, v) for k, v in r["metric"].items() if k not in TARGET_LABELS) for r in result), key=sorted)
+            return [(frozenset(), result[1])]
+        return sorted(
+            ((frozenset((k, v) for k, v in r["metric"].items() if k not in TARGET_LABELS), r["value"][1]) for r in result),
+            key=lambda kv: (sorted(kv[0]), kv[1]),
+        )
 
-    compared = 0
-    for build in DASHBOARDS.values():
-        for panel in build()["panels"]:
-            for target in panel["targets"]:
-                if ":ratio_rate" in target["expr"]:  # recorded per job, at one evaluation: the two jobs' scrapes
-                    # of a change may fall on either side of it (an index's ratio is filtered at > 0)
-                    continue
-                compared += 1
-                operator, plain = shape(target["expr"], OPERATOR_JOB), shape(target["expr"], PLAIN_JOB)
-                if "topk" in target["expr"]:  # which series top a ranking depends on when each job scraped,
-                    # and among ties topk picks any: the same label names
-                    operator, plain = ([sorted(k for k, _ in s) for s in shapes] for shapes in (operator, plain))
-                assert operator == plain, (panel["title"], target["expr"])
-    print(f"\n{compared} dashboard queries give the same series under the Operator's labels and a plain scrape")
+    compared = valued = 0
+    for title, expr in targets:
+        compared += 1
+        operator, plain = answer(expr, OPERATOR_JOB), answer(expr, PLAIN_JOB)
+        names = [name for name, _ in SELECTOR.findall(expr)]
+        if "[" not in expr and "time()" not in expr and all(n.startswith("llamacloud_chat_") for n in names):
+            valued += 1
+            assert operator == plain, (title, expr)
+            continue
+        shapes = [[labels for labels, _ in answers] for answers in (operator, plain)]
+        if "topk" in expr:  # a ranking compares increases over 10 minutes, which reach back before the freeze,
+            # where the two jobs' scrapes of a change fell differently; among ties topk keeps any: the label names
+            shapes = [sorted(sorted(k for k, _ in labels) for labels in shape) for shape in shapes]
+        assert shapes[0] == shapes[1], (title, expr)
+    print(
+        f"\n{compared} dashboard queries give the same series under the Operator's labels and a plain scrape "
+        f"({valued} the same values too)"
+    )
 
 
 def test_every_panel_query_is_valid_and_core_panels_return_data(stack):
     prom = stack["prom"]
-    wait_until(lambda: query(prom, "rate(llamacloud_chat_runs_total[1m])"), 30, "two scrapes")
-    wait_until(lambda: recorded_for_both_jobs(prom), 90, "recording rules evaluated for both jobs")
-    session_id = query(prom, "llamacloud_chat_session_info")[0]["metric"]["session_id"]
+    httpx.get(stack["sim"] + "/_sim/touch", params={"fraction": 1}).raise_for_status()  # runs, so ratios are recorded
+    wait_until(lambda: query(prom, "rate(llamacloud_chat_runs_total[1m])"), WAIT, "two scrapes")
+    wait_until(lambda: recorded_for_both_jobs(prom), WAIT, "recording rules evaluated for both jobs")
+    # a session whose last run has a duration (one run in 20 has none): its dashboard has every panel's data
+    session_id = query(prom, "llamacloud_chat_session_last_run_duration_seconds")[0]["metric"]["session_id"]
     total, with_data, empty = 0, 0, []
     for build in DASHBOARDS.values():
         board = build()

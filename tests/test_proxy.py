@@ -48,7 +48,7 @@ def start_proxy() -> tuple[int, list[bytes]]:
         loop.run_forever()
 
     threading.Thread(target=run, daemon=True).start()
-    ready.wait(10)
+    assert ready.wait(60), "the proxy stand-in did not start"  # a bound on a condition, generous under load
     return box[0], lines
 
 

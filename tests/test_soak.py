@@ -14,6 +14,11 @@ pytestmark = pytest.mark.tier("process", "soak")
 
 KEY = "llx-soak"
 DURATION = 110.0
+WAIT = 300.0
+"""A generous bound on any wait for a condition, and on any one request (a loaded 2-core machine): past
+``DURATION``, the soak goes on until it has met its faults and its failed cycles, at most this long."""
+FAULTS_MET, CYCLES_HIT = 20, 5
+"""What a soak must have gone through: faults the collector met, cycles that were partial or failed."""
 MEMORY_GROWTH_BOUND = 40 * 1024 * 1024
 FAULTS = [
     {"kind": "status", "status": 429, "retry_after": 1},
@@ -48,27 +53,37 @@ def test_soak(tmp_path):
             "1",
             env={"LLAMA_CLOUD_API_KEY": KEY, "LLAMA_CLOUD_BASE_URL": sim, "COLLECTOR_READ_TIMEOUT": "1"},
         )
-        wait_until(lambda: httpx.get(url + "/readyz").status_code == 200, 60, "collector ready")
-        start_rss = value(parse(httpx.get(url + "/metrics").text), "process_resident_memory_bytes")
-        deadline = time.monotonic() + DURATION
-        while time.monotonic() < deadline:
+        wait_until(lambda: httpx.get(url + "/readyz").status_code == 200, WAIT, "collector ready")
+        start_rss = value(parse(httpx.get(url + "/metrics", timeout=WAIT).text), "process_resident_memory_bytes")
+        started = time.monotonic()
+
+        def hit(samples) -> float:
+            return sum(value(samples, "llamacloud_collector_polls_total", result=r) or 0 for r in ("partial", "failure"))
+
+        while True:  # the soak's course, then on until it met its faults and failed cycles (bounded)
+            met = sum(httpx.get(sim + "/_sim/stats", timeout=WAIT).json()["faults_injected"].values())
+            scraped = httpx.get(url + "/metrics", timeout=WAIT)
+            assert scraped.status_code == 200
+            elapsed = time.monotonic() - started
+            if elapsed >= DURATION and met >= FAULTS_MET and hit(parse(scraped.text)) >= CYCLES_HIT:
+                break
+            assert elapsed < DURATION + WAIT, f"after {elapsed:.0f} s: {met} faults met, {hit(parse(scraped.text))} cycles hit"
             if rng.random() < 0.5:
                 fault = rng.choice(FAULTS)
                 httpx.get(sim + "/_sim/fault", params={**fault, "endpoint": rng.choice(["list", "retrieve"])})
-            assert httpx.get(url + "/metrics").status_code == 200
-            time.sleep(1.0)
-        httpx.get(sim + "/_sim/traffic", params={"pause": "1"})
-        runs, events = remote_truth(sim)
-        injected = httpx.get(sim + "/_sim/stats").json()["faults_injected"]
+            time.sleep(1.0)  # the soak's pace: a scrape and perhaps a fault a second
+        httpx.get(sim + "/_sim/traffic", params={"pause": "1"}, timeout=WAIT).raise_for_status()
+        runs, events = remote_truth(sim)  # the final state: no traffic from here on
+        injected = httpx.get(sim + "/_sim/stats", timeout=WAIT).json()["faults_injected"]
 
         def exact():
-            assert_samples_match(parse(httpx.get(url + "/metrics").text), runs, events)
+            assert_samples_match(parse(httpx.get(url + "/metrics", timeout=WAIT).text), runs, events)
             return True
 
         try:
-            wait_until(exact, 30, "totals to equal the truth", interval=1.0)
+            wait_until(exact, WAIT, "totals to equal the truth", interval=1.0)
         except AssertionError:
-            got = family(parse(httpx.get(url + "/metrics").text), "llamacloud_chat_session_runs_total")
+            got = family(parse(httpx.get(url + "/metrics", timeout=WAIT).text), "llamacloud_chat_session_runs_total")
             per_session = Counter()
             for labels, v in got.items():
                 per_session[dict(labels)["session_id"]] += v
@@ -76,7 +91,7 @@ def test_soak(tmp_path):
             print({sid: (n, per_session.get(sid)) for sid, n in truth.items() if per_session.get(sid) != n})
             print(procs.log("collector")[-3000:])
             exact()
-        samples = parse(httpx.get(url + "/metrics").text)
+        samples = parse(httpx.get(url + "/metrics", timeout=WAIT).text)
         end_rss = value(samples, "process_resident_memory_bytes")
         cycles = {r: value(samples, "llamacloud_collector_polls_total", result=r) for r in ("success", "partial", "failure")}
         counted = sum(v for k, v in samples.items() if k[0] == "llamacloud_chat_runs_total")
@@ -86,8 +101,8 @@ def test_soak(tmp_path):
             f"end {end_rss / 2**20:.1f} MiB (bound: +{MEMORY_GROWTH_BOUND / 2**20:.0f} MiB)"
         )
         assert counted == len(runs)
-        assert sum(injected.values()) >= 20
-        assert cycles["partial"] + cycles["failure"] >= 5
+        assert sum(injected.values()) >= FAULTS_MET
+        assert cycles["partial"] + cycles["failure"] >= CYCLES_HIT
         assert end_rss - start_rss <= MEMORY_GROWTH_BOUND
     finally:
         procs.stop_all()

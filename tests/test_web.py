@@ -26,6 +26,10 @@ from tests.tools import require
 
 pytestmark = pytest.mark.tier("tools", "process")
 
+WAIT = 60.0
+"""A generous bound on waiting for a condition (the checks run every 0.1 s in these tests), and on any one
+request or handshake: nothing here asserts how long a thing took, and a loaded 2-core machine is slow."""
+
 
 def hashed(password: str, rounds: int = 4) -> str:
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=rounds)).decode()
@@ -197,7 +201,7 @@ def test_tls_and_basic_auth_and_reload(tmp_path, pki):
             port = collector.port
             url = f"https://127.0.0.1:{port}"
             verify = ssl.create_default_context(cafile=str(pki / "ca.pem"))
-            async with httpx.AsyncClient(verify=verify) as http:
+            async with httpx.AsyncClient(verify=verify, timeout=WAIT) as http:
                 assert (await http.get(url + "/metrics")).status_code == 401
                 assert (await http.get(url + "/")).status_code == 401
                 assert (await http.get(url + "/metrics", auth=("prom", "wrong"))).status_code == 401
@@ -229,7 +233,7 @@ def test_client_certificates_are_asked_for_and_verified(tmp_path, pki, auth_type
         return ctx
 
     async def get(port, cert):
-        async with httpx.AsyncClient(verify=context(cert)) as http:
+        async with httpx.AsyncClient(verify=context(cert), timeout=WAIT) as http:
             return (await http.get(f"https://127.0.0.1:{port}/metrics")).status_code
 
     async def scenario():
@@ -264,7 +268,7 @@ def test_tls_versions_ciphers_and_headers_are_honoured(tmp_path, pki):
             only13.minimum_version = ssl.TLSVersion.TLSv1_3
             with pytest.raises((ssl.SSLError, ConnectionError)):  # the server refuses TLS 1.3
                 await asyncio.open_connection("127.0.0.1", port, ssl=only13)
-            async with httpx.AsyncClient(verify=ctx) as http:
+            async with httpx.AsyncClient(verify=ctx, timeout=WAIT) as http:
                 for path in ("/metrics", "/healthz", "/nope"):
                     response = await http.get(f"https://127.0.0.1:{port}{path}")
                     assert response.headers["x-frame-options"] == "deny", path
@@ -357,7 +361,7 @@ def served_cn(port: int, pki) -> str:
 
     ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
     with (
-        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw,
         ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
     ):
         return dict(x[0] for x in tls.getpeercert()["subject"])["commonName"]
@@ -386,10 +390,6 @@ def test_a_rotation_half_written_keeps_serving_and_the_new_pair_is_used_once_who
             assert await asyncio.to_thread(served_cn, port, pki) == "server2"  # swapped in once it loads
 
     run_async(scenario())
-
-
-WAIT = 60.0
-"""A generous bound on waiting for a condition: the checks run every 0.1 s in these tests."""
 
 
 async def until(check, what: str) -> None:
@@ -501,7 +501,7 @@ def test_a_rotated_client_ca_file_is_trusted_within_one_check(tmp_path, pki, mon
         ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
         ctx.load_cert_chain(str(pki / f"{client}.pem"), str(pki / f"{client}.key"))
         try:
-            async with httpx.AsyncClient(verify=ctx) as http:
+            async with httpx.AsyncClient(verify=ctx, timeout=WAIT) as http:
                 return (await http.get(f"https://127.0.0.1:{port}/healthz")).status_code
         except httpx.TransportError:
             return None
@@ -566,7 +566,7 @@ def test_a_reload_that_cannot_apply_whole_keeps_the_previous_config(tmp_path, pk
             os.utime(config, (3, 3))
             verify = ssl.create_default_context(cafile=str(pki / "ca.pem"))
             verify.maximum_version = ssl.TLSVersion.TLSv1_2
-            async with httpx.AsyncClient(verify=verify) as http:
+            async with httpx.AsyncClient(verify=verify, timeout=WAIT) as http:
                 for _ in range(5):  # no certificate, TLS 1.2, no password: as before, never fail-open
                     assert (await http.get(url + "/metrics")).status_code == 401
                     assert (await http.get(url + "/metrics", auth=("prom", "s3cret"))).status_code == 200
@@ -616,16 +616,16 @@ def test_sighup_re_reads_the_web_config_and_usr1_usr2_are_ignored(tmp_path):
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: httpx.get(url + "/healthz").status_code == 200, 30, "listening")
+        wait_until(lambda: httpx.get(url + "/healthz").status_code == 200, WAIT, "listening")
         for sig in (signal.SIGUSR1, signal.SIGUSR2):
             proc.send_signal(sig)
         config.write_text(f"basic_auth_users:\n  prom: '{hashed('two')}'\n")
         os.utime(config, (5, 5))
         proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: httpx.get(url + "/metrics", auth=("prom", "two")).status_code == 200, 30, "reloaded")
+        wait_until(lambda: httpx.get(url + "/metrics", auth=("prom", "two")).status_code == 200, WAIT, "reloaded")
         assert proc.poll() is None  # alive after HUP, USR1 and USR2
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
+        out, _ = proc.communicate(timeout=WAIT)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -759,7 +759,8 @@ def test_tls_handshakes_that_never_start_are_counted_from_accept_and_cost_bounde
         attackers = [asyncio.create_task(attacker(f"127.6.1.{1 + i // 50}", b"")) for i in range(1000)]
         attackers += [asyncio.create_task(attacker(f"127.6.2.{1 + i // 20}", hello)) for i in range(200)]
         statuses: list[int] = []
-        while opened[0] < 3 * 1200 and len(statuses) < 400:  # each attacker has had its handshake timed out
+        deadline = time.monotonic() + 5 * WAIT  # a bound on the wait, whatever the machine's speed
+        while opened[0] < 3 * 1200 and time.monotonic() < deadline:  # until each attacker has connected 3 times
             path = "/metrics" if len(statuses) % 2 else "/healthz"
             statuses.append((await asyncio.to_thread(stack.get, path)).status_code)
         stop.set()
@@ -767,8 +768,8 @@ def test_tls_handshakes_that_never_start_are_counted_from_accept_and_cost_bounde
         return statuses, opened[0], timed_out
 
     statuses, opened, timed_out = run_async(attack())
-    assert timed_out and opened >= 2 * 1200  # (connections attempted: the attack went on)
-    assert statuses == [200] * len(statuses)
+    assert timed_out and opened >= 3 * 1200  # (connections attempted: the attack went on)
+    assert statuses and statuses == [200] * len(statuses)
     peak = stack.assert_healthy()
     assert peak < MAX_RSS_MB
     print(
