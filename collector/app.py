@@ -12,6 +12,7 @@ import asyncio
 import gc
 import ipaddress
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -99,7 +100,7 @@ class CollectorService:
         *,
         store: StateStore | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        clock=time.time,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.wiring = wiring = wire(settings)
         self.log = structlog.get_logger("collector")
@@ -123,8 +124,8 @@ class CollectorService:
         self.server: Listener | None = None
         self.scheduler = None
         self._cycles = 0
-        self._cycle: asyncio.Task | None = None
-        self._watch: asyncio.Task | None = None
+        self._cycle: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:

@@ -25,7 +25,8 @@ from collector.app import CollectorService, build_client
 from collector.build import REVISION
 from collector.cadence import Deadline
 from collector.errors import AuthError, CollectorError, ConfigError
-from collector.selection import in_shard, wanted
+from collector.llamacloud.client import LlamaCloudClient
+from collector.selection import Found, in_shard, wanted
 from collector.settings import CONFIG_ENV, OPTIONS, Settings, check_environment, load_settings
 from collector.simulator.service import SimulatorService
 from collector.webconfig import parse_web_config
@@ -177,7 +178,7 @@ async def _simulate(args: argparse.Namespace, environ: Mapping[str, str]) -> int
     return 0
 
 
-async def _discover(client, settings: Settings) -> tuple[list, list[str]]:
+async def _discover(client: LlamaCloudClient, settings: Settings) -> tuple[Sequence[Found], list[str]]:
     """What ``check`` would watch, and what the listing got over on its way: the whole listing (one pass of the
     poller's listing loop, read to its end: it ends and fails as a poller's pass does), or each configured ID's
     summary (this shard's)."""
@@ -186,7 +187,7 @@ async def _discover(client, settings: Settings) -> tuple[list, list[str]]:
     if settings.discovery:
         listing = await client.list_sessions(deadline, functools.partial(wanted, config))
         return listing.sessions, listing.problems
-    found = []
+    found: list[Found] = []
     for session_id in settings.session_ids:
         if in_shard(config, session_id):
             summary = await client.summary(session_id, deadline)

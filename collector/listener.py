@@ -44,6 +44,7 @@ from asyncio import sslproto
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from collector.errors import ConfigError
 from collector.settings import split_listen
@@ -202,7 +203,8 @@ class _Inner(asyncio.Transport):
         self.guard.inner = protocol
 
     def get_protocol(self) -> asyncio.BaseProtocol:
-        return self.guard.inner
+        protocol: asyncio.BaseProtocol = self.guard.inner  # aiohttp's handler, or the TLS layer around it
+        return protocol
 
 
 class Guard(asyncio.BufferedProtocol):
@@ -486,7 +488,7 @@ def _guard(request: web.BaseRequest) -> Guard | None:
 
 
 @web.middleware
-async def gate(request: web.Request, handler):
+async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A request reached the application: its head arrived in time. It is answered only once the client has
     taken the answers before it (pipelined requests wait, unread, for at most ``SEND_TIMEOUT``)."""
     guard = _guard(request)
@@ -534,7 +536,8 @@ class Listener:
 
     @property
     def port(self) -> int:
-        return self.server.sockets[0].getsockname()[1]
+        port: int = self.server.sockets[0].getsockname()[1]  # (host, port) or (host, port, flow, scope)
+        return port
 
     async def close(self) -> None:
         self.server.close()

@@ -33,7 +33,8 @@ class Redactor:
         return value
 
     def __call__(self, _logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        return self.scrub(event_dict)
+        scrubbed: MutableMapping[str, Any] = self.scrub(event_dict)  # a mapping scrubbed is a mapping
+        return scrubbed
 
 
 MAX_VALUE = 600

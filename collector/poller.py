@@ -391,7 +391,7 @@ class Poller:
         """List and fetch at once, ``max_concurrency`` fetches at a time, until done or the deadline."""
         listing = run.listing
         room = asyncio.Event()
-        idle: deque[asyncio.Future] = deque()
+        idle: deque[asyncio.Future[None]] = deque()
         backlog = max(2 * self.config.page_size, 4 * self.config.max_concurrency)
 
         def wake(n: int) -> None:

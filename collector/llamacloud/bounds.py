@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -77,7 +77,7 @@ class Claim:
         future.add_done_callback(self._thread_done)
         return await asyncio.shield(future)
 
-    def _thread_done(self, future: asyncio.Future) -> None:
+    def _thread_done(self, future: asyncio.Future[Any]) -> None:
         self._let_go()
         if not future.cancelled():
             future.exception()  # retrieved, also when no one awaits it any more

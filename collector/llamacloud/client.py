@@ -84,7 +84,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int, rng: Callable[[], float]) -> float:
         """Full jitter: uniform in [0, min(max_delay, base * 2**attempt))."""
-        return rng() * min(self.max_delay, self.base_delay * (2**attempt))
+        return rng() * min(self.max_delay, self.base_delay * (2.0**attempt))
 
 
 def retry_after(value: str | None, now: float) -> float | None:
@@ -181,7 +181,7 @@ class LlamaCloudClient:
 
     async def list_page(self, token: str | None = None, deadline: Deadline | None = None) -> SessionPage:
         """One page of the listing: ``token`` is the previous page's ``next_page_token`` (None: the first)."""
-        params = {"page_size": self._page_size, **({"page_token": token} if token else {})}
+        params: dict[str, str | int] = {"page_size": self._page_size, **({"page_token": token} if token else {})}
         page = await self._get("list", "/api/v1/chat", SessionPage, deadline, params, parse=parse_page)
         for _ in page.unreadable:
             self._observer.invalid_payload("list")
@@ -232,7 +232,7 @@ class LlamaCloudClient:
             raise PayloadError(f"{operation}: the answer names another session", operation=operation)
         return answer
 
-    async def _exchange(self, path: str, params: dict, seconds: float, claim: Claim) -> _Answer:
+    async def _exchange(self, path: str, params: Mapping[str, str | int], seconds: float, claim: Claim) -> _Answer:
         """One GET, from request to last body byte, within ``seconds`` and the size cap."""
         url = f"{self._base}{path}?{urlencode(params)}" if params else self._base + path
         request = httpx.Request("GET", url, headers=self._headers, extensions={"timeout": self._timeouts})
@@ -257,7 +257,7 @@ class LlamaCloudClient:
         path: str,
         model: type[M],
         deadline: Deadline | None,
-        params: dict | None = None,
+        params: Mapping[str, str | int] | None = None,
         parse: Callable[[Body], R] | None = None,
     ) -> M | R:
         attempt = 0

@@ -25,6 +25,7 @@ import asyncio
 import json
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -63,7 +64,7 @@ class Fault:
 class Faults:
     def __init__(self) -> None:
         self.queue: deque[Fault] = deque()
-        self.injected: Counter = Counter()
+        self.injected: Counter[str] = Counter()
 
     def add(self, fault: Fault, times: int = 1) -> None:
         self.queue.extend([fault] * times)
@@ -119,7 +120,7 @@ class Listing:
     refused: int = 0
     """Page tokens refused so far."""
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
@@ -158,7 +159,7 @@ class SimulatorApi:
         self.latency = latency
         """Seconds added to every API answer: a real API is 50-300 ms away."""
         self.faults = faults or Faults()
-        self.calls: Counter = Counter()
+        self.calls: Counter[str] = Counter()
         self.bytes_sent = 0
         self.last_query: dict[str, str] = {}
         self.paused = False
@@ -413,7 +414,7 @@ class SimulatorApi:
         return _json(listing.as_dict())
 
 
-def totals(world: World) -> dict:
+def totals(world: World) -> dict[str, Any]:
     """Sums of the truth a benchmark compares with, without shipping every run (``/_sim/truth``)."""
     runs = world.runs
     durations = [r.duration_ms for r in runs if r.duration_ms is not None]

@@ -33,7 +33,7 @@ class SimulatorService:
         self.api = SimulatorApi(self.world, api_key, self.faults, latency)
         self.rate = rate
         self.server: Listener | None = None
-        self._traffic: asyncio.Task | None = None
+        self._traffic: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:

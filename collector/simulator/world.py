@@ -13,6 +13,7 @@ import random
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -62,20 +63,20 @@ class SimSession:
     index_ids: list[str] | None
     shared_access: str
     title: str
-    events: list[dict] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
     last_updated_at: str = ""
-    job_metadata: dict | None = None
-    pending: list[dict] | None = None
+    job_metadata: dict[str, Any] | None = None
+    pending: list[dict[str, Any]] | None = None
     pending_truth: RunTruth | None = None
     touched: float = 0.0
     """World time of the last change (``last_updated_at`` as a number): the newest-first order."""
-    leading: dict | None = None
+    leading: dict[str, Any] | None = None
     """Top-level fields an API may add, sent before the summary fields and ``events`` in ``retrieve``."""
     compact: bool = False
     """Sent without spaces (``bare_session``): the most events an answer holds under the size cap."""
     _detail: bytes | None = None
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         return {
             "session_id": self.session_id,
             "last_updated_at": self.last_updated_at,
@@ -94,7 +95,7 @@ class SimSession:
 
 
 class World:
-    def __init__(self, seed: int = 1, error_rate: float = 0.15, clock=time.time) -> None:
+    def __init__(self, seed: int = 1, error_rate: float = 0.15, clock: Callable[[], float] = time.time) -> None:
         self.rng = random.Random(seed)
         self.error_rate = error_rate
         self.clock = clock
@@ -104,7 +105,7 @@ class World:
         self.runs: list[RunTruth] = []
         self.bare_runs = 0
         """Runs of ``bare_session`` histories: successes without usage, under ``index_id="_none"``."""
-        self.events: Counter = Counter()
+        self.events: Counter[str] = Counter()
         self._seq = 0
         self._last_ts = 0.0
         self.clock_offset = 0.0
@@ -126,7 +127,7 @@ class World:
             self._last_ts = 0.0  # timestamps may go backwards from here on
         self.clock_offset = seconds
 
-    def _append(self, session: SimSession, events: list[dict]) -> None:
+    def _append(self, session: SimSession, events: list[dict[str, Any]]) -> None:
         session.events.extend(events)
         for event in events:
             kind = event["type"]
@@ -153,15 +154,15 @@ class World:
 
     def _make_run(
         self, session: SimSession, fail: bool | None = None, input_tokens: int | None = None
-    ) -> tuple[list[dict], list[dict], RunTruth]:
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], RunTruth]:
         """The opening events of a run, the rest of them, and its truth (``fail`` forces the outcome,
         ``input_tokens`` the run's input tokens)."""
         rng = self.rng
-        head: list[dict] = [{"type": "user_input", "content": rng.choice(QUESTIONS)}]
+        head: list[dict[str, Any]] = [{"type": "user_input", "content": rng.choice(QUESTIONS)}]
         if rng.random() < 0.6:
             head += [{"type": "thinking_delta", "content": "Let me look"} for _ in range(rng.randint(1, 3))]
             head.append({"type": "thinking", "content": "Let me look at the indexes for this."})
-        tail: list[dict] = []
+        tail: list[dict[str, Any]] = []
         calls = []
         for _ in range(rng.choice((0, 0, 1, 1, 2, 3, 5))):
             name, call_id = rng.choice(TOOLS), self._uuid()
@@ -206,7 +207,7 @@ class World:
         )
         return head, tail, truth
 
-    def _finish(self, session: SimSession, tail: list[dict], truth: RunTruth) -> None:
+    def _finish(self, session: SimSession, tail: list[dict[str, Any]], truth: RunTruth) -> None:
         self._append(session, tail)
         stop = tail[-1]
         session.job_metadata = {**stop["usage"], "is_error": stop["is_error"], "error": stop["error"], "export_config_ids": None}
@@ -316,7 +317,7 @@ class World:
         ``debug`` holding its own ``"events": [...]`` (``decoy_runs`` runs that are not the history) and
         ``pad`` characters of text: a body over 1 MiB when ``pad`` is."""
         session = self.new_session(runs=runs)
-        decoy: list[dict] = []
+        decoy: list[dict[str, Any]] = []
         for _ in range(decoy_runs):
             decoy += [
                 {"type": "user_input", "content": "decoy"},
