@@ -2,7 +2,7 @@
 
 A session of a million minimal events is the most an API can send per byte under the default caps. It is
 parsed and counted in a thread, off the event loop, and counted exactly once: /healthz and /metrics are
-answered throughout, and the peak RSS (VmHWM, read from /proc) stays under the chart's 256 Mi. A longer
+answered throughout, and the peak RSS (VmHWM, read from /proc) stays under 256 MiB (the chart allows 384 Mi). A longer
 history fails on its own (``--max-events-per-session``), like an over-size body, while the others count.
 """
 

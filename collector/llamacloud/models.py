@@ -417,35 +417,47 @@ def _parse_large(body: Body, max_events: int | None = None) -> Session:
 def _events(text: str, index: int, max_events: int | None = None) -> tuple[list[Any] | Exception, int]:
     """The events of the array at ``index``, or what refused them (raised only if no later key replaces
     them), and the index after the array. Pydantic reads each slice whole; the comma between two slices,
-    which it does not see, is checked here."""
-    events: list[Any] = []
-    refused: Exception | None = None
-    first = index + 1  # where the slice not yet validated starts
+    which it does not see, is checked here.
+
+    The array is scanned whole before any event is built: a history past ``max_events`` is refused having
+    built nothing. Building a million events only to drop them, at each retry of the session, left the
+    allocator's pages behind every time (RSS 207 -> 237 -> 268 -> 328 MB over four retries of one session)."""
+    slices: list[tuple[int, int]] = []
+    count = 0
+    first = index + 1  # where the slice not yet set apart starts
     index = _space(text, first)
     if text.startswith("]", index):
-        return events, index + 1
+        return [], index + 1
     while True:
         try:
             end = _scan(text, index)[1]
         except StopIteration:
             raise ValueError(f"events: expected a value at {index}") from None
+        count += 1
+        over_limit(count, max_events)
         index = end if text.startswith(",", end) else _space(text, end)  # no regex per event in a compact body
         last = text.startswith("]", index)
         if not last and not text.startswith(",", index):
             raise ValueError(f"events: expected ',' or ']' at {index}")
         if last or end - first >= EVENTS_CHUNK:
-            if refused is None:
-                try:
-                    events.extend(_Events.model_validate_json('{"events":[' + text[first:end] + "]}").events)
-                except (ValueError, TypeError) as exc:  # a ValidationError is a ValueError
-                    refused = exc
-                over_limit(len(events), max_events)  # a slice past the bound: no more is built
+            slices.append((first, end))
             if last:
-                return (events if refused is None else refused), index + 1
+                return _validated(text, slices), index + 1
             first = index + 1
         index += 1
         if text[index : index + 1] in _SPACES:  # also at the end of the text, where the scan then fails
             index = _space(text, index)
+
+
+def _validated(text: str, slices: list[tuple[int, int]]) -> list[Any] | Exception:
+    """The events of each slice of ``text``, in order, or what refused the first that failed."""
+    events: list[Any] = []
+    for first, end in slices:
+        try:
+            events.extend(_Events.model_validate_json('{"events":[' + text[first:end] + "]}").events)
+        except (ValueError, TypeError) as exc:  # a ValidationError is a ValueError
+            return exc
+    return events
 
 
 def event_label(event: Any) -> str:
