@@ -350,7 +350,11 @@ def situation_1(stack: Stack, n: int) -> list[Result]:
         before, truth_before = col.scrape(), sim.totals()
         injected = sim.injected(kind)
         sim.fault(kind, endpoint)
-        hit = wait(lambda kind=kind, injected=injected: sim.injected(kind) > injected, 30)
+
+        def more_injected(kind: str = kind, injected: int = injected) -> bool:
+            return sim.injected(kind) > injected
+
+        hit = wait(more_injected, 30)
         watched_min = gauge(before, P + "sessions_watched") or 0.0
         start = col.cycles()
         deadline = time.monotonic() + 90

@@ -14,7 +14,9 @@ from llama_cloud import LlamaCloud
 
 
 def cycle(client: LlamaCloud, limit: int | None = None) -> dict:
-    runs, tokens, events = Counter(), Counter(), Counter()
+    runs: Counter[str] = Counter()
+    tokens: Counter[str] = Counter()
+    events: Counter[str] = Counter()
     sessions = 0
     for summary in client.chat.list(page_size=100):
         if limit is not None and sessions >= limit:
@@ -23,7 +25,7 @@ def cycle(client: LlamaCloud, limit: int | None = None) -> dict:
         session = client.chat.retrieve(summary.session_id)
         for event in session.events:
             events[getattr(event, "type", None) or "_unknown"] += 1
-            if getattr(event, "type", None) == "stop":
+            if event.type == "stop":  # every kind of event has the field (None when absent): narrows to EventStopEvent
                 runs["error" if event.is_error else "success"] += 1
                 tokens["input"] += event.usage.total_input_tokens or 0
                 tokens["output"] += event.usage.total_output_tokens or 0

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -156,7 +157,7 @@ async def collector_phase(sim: str, sessions: int, args) -> dict:
     before = rss_mb()
     collector = CollectorService(settings, "simulator")
     await collector.start(schedule=False)
-    out = {"initial": await measure_cycle(collector, sim), "idle": await measure_cycle(collector, sim)}
+    out: dict[str, Any] = {"initial": await measure_cycle(collector, sim), "idle": await measure_cycle(collector, sim)}
     gc.collect()
     out["rss_rest_mb"], out["rss_before_mb"] = rss_mb(), before
     httpx.get(sim + "/_sim/touch", params={"fraction": 0.1}, timeout=60)
@@ -228,7 +229,7 @@ def main() -> None:
         Path(args.json).write_text(json.dumps({"ours": ours, "peer": peer, "big": big}, indent=2))
 
 
-def report(args, ours: dict, peer: dict, big: dict) -> None:
+def report(args, ours: dict, peer: dict, big: dict | None) -> None:
     n = args.sessions
     init, idle, changed, metrics = ours["initial"], ours["idle"], ours["changed_10pct"], ours["metrics"]
     calls = lambda c: sum(c.values())  # noqa: E731
