@@ -15,6 +15,7 @@ import json
 import threading
 import zlib
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from collector.simulator.world import World, populate
@@ -59,6 +60,8 @@ class HostileApi:
         self.loop = asyncio.new_event_loop()
         self.server: asyncio.Server | None = None
         self.bomb = b""
+        self.url = ""
+        """Its address, ``http://127.0.0.1:<port>``: set by whoever starts it (``start`` returns the port)."""
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> int:
@@ -72,10 +75,12 @@ class HostileApi:
 
         threading.Thread(target=run, daemon=True).start()
         ready.wait(10)
+        assert self.server is not None, "the hostile server did not start within 10 s"
         return self.server.sockets[0].getsockname()[1]
 
     def stop(self) -> None:
         async def shutdown() -> None:
+            assert self.server is not None, "stop() before start()"
             self.server.close()
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in tasks:
@@ -93,8 +98,13 @@ class HostileApi:
     def call(self, fn, *args):
         """Run ``fn`` on the server's loop (the world is not shared across threads)."""
         done = threading.Event()
-        box = []
-        self.loop.call_soon_threadsafe(lambda: (box.append(fn(*args)), done.set()))
+        box: list[Any] = []
+
+        def run() -> None:
+            box.append(fn(*args))
+            done.set()
+
+        self.loop.call_soon_threadsafe(run)
         done.wait(10)
         return box[0] if box else None
 
@@ -153,8 +163,8 @@ class HostileApi:
             return True
         elif mode == "list_endless":
             page = int(query.get("page_token") or 0)
-            body = {"items": items if page == 0 else [], "next_page_token": str(page + 1)}
-            writer.write(ok(json.dumps(body).encode()))
+            endless = {"items": items if page == 0 else [], "next_page_token": str(page + 1)}
+            writer.write(ok(json.dumps(endless).encode()))
             return True
         writer.write(ok(json.dumps({"items": items, "next_page_token": None}).encode()))
         return True

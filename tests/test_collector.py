@@ -101,14 +101,15 @@ def test_per_session_series_match_each_session():
             assert shown == {s.session_id for s in newest}
             assert value(samples, "llamacloud_collector_series_dropped", family="sessions") == 3
             for s in newest:
-                truth = [r for r in sim.world.runs if r.session_id == s.session_id]
+                truth = [r for r in sim.world.runs if r.session_id == s.session_id]  # each with its tokens
                 assert value(samples, "llamacloud_chat_session_runs_total", session_id=s.session_id, outcome="error") == sum(
                     r.failed for r in truth
                 )
                 assert value(samples, "llamacloud_chat_session_tokens_total", session_id=s.session_id, token_type="input") == sum(
-                    r.input_tokens for r in truth
+                    r.input_tokens or 0 for r in truth
                 )
                 job = s.job_metadata
+                assert job is not None
                 assert value(samples, "llamacloud_chat_session_last_run_error", session_id=s.session_id) == float(job["is_error"])
                 assert value(samples, "llamacloud_chat_session_last_run_turns", session_id=s.session_id) == job["turns"]
                 info = value(
@@ -211,7 +212,7 @@ def test_timestamp_format_differences_do_not_defeat_change_detection():
                     response.body = response.body.replace(b'+00:00"', b'Z"')
                 return response
 
-            sim.api._answer = retrieve_in_z_format
+            sim.api._answer = retrieve_in_z_format  # type: ignore[method-assign]  # a fault for this instance only
             await collector.poller.cycle()
             fetched = sim.api.calls["retrieve"]
             await collector.poller.cycle()
@@ -235,14 +236,14 @@ def test_a_session_missing_from_one_listing_is_not_counted_twice():
                     response.body = response.body.replace(b'"session_id": "xxxxxxxx", ', b'"session_id": 7, ')
                 return response
 
-            sim.api._answer = listing_without
+            sim.api._answer = listing_without  # type: ignore[method-assign]  # a fault for this instance only
             report = await collector.poller.cycle()
             assert report.invalid == 1
             report = await collector.poller.cycle()  # missing from two passes in a row: retired
             samples = await scrape(collector.port)
             assert report.invalid == 1 and value(samples, "llamacloud_collector_sessions_watched") == 5
             assert value(samples, "llamacloud_collector_invalid_payloads_total", operation="list") == 2
-            sim.api._answer = original
+            sim.api._answer = original  # type: ignore[method-assign]  # the fault undone
             await collector.poller.cycle()  # back, unchanged: restored without a fetch
             sim.world.add_run(hidden)
             await collector.poller.cycle()  # back and changed: resumes from its cursor

@@ -11,7 +11,7 @@ from collector.simulator.api import Fault
 from collector.simulator.world import World, populate
 from collector.state import LastRun, SessionState
 from collector.storage.records import decode_session, encode_session
-from collector.storage.sqlite import SCHEMA_VERSION
+from collector.storage.sqlite import SCHEMA_VERSION, SqliteStore
 from tests.helpers import assert_matches_truth, collecting, run_async, scrape, simulating, value
 
 pytestmark = pytest.mark.tier("unit")
@@ -124,6 +124,7 @@ def test_failed_writes_are_counted_and_retried(tmp_path):
         async with project() as sim:
             async with collecting(sim, cycle=True, state_path=str(db)) as collector:
                 store = collector.poller.store
+                assert isinstance(store, SqliteStore) and store.db is not None
                 store.db.execute("PRAGMA query_only = ON")  # a read-only volume: SQLite refuses every write
                 sim.world.add_run(next(iter(sim.world.sessions.values())))
                 report = await collector.poller.cycle()
@@ -191,7 +192,8 @@ def test_changed_buckets_and_rules_keep_every_count_exact(tmp_path):
             assert value(after, "llamacloud_chat_runs_total", outcome="error") == sum(r.failed for r in sim.world.runs)
             assert value(after, "llamacloud_chat_run_turns_count") == runs  # the deleted session's too
             assert value(after, "llamacloud_chat_run_turns_bucket", le="+Inf") == runs
-            assert 0 < value(after, "llamacloud_chat_run_turns_bucket", le="10.0") <= runs
+            within_ten = value(after, "llamacloud_chat_run_turns_bucket", le="10.0")
+            assert within_ten is not None and 0 < within_ten <= runs
             assert value(after, "llamacloud_chat_run_errors_total", error_type="everything") == 1  # the new run
             errors = sum(v for k, v in after.items() if k[0] == "llamacloud_chat_run_errors_total")
             assert errors == value(after, "llamacloud_chat_runs_total", outcome="error")

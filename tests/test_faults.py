@@ -2,6 +2,7 @@
 
 import asyncio
 import socket
+from typing import Any
 
 import pytest
 
@@ -11,7 +12,7 @@ from tests.helpers import assert_matches_truth, run_async, running, scrape, valu
 
 pytestmark = pytest.mark.tier("unit")
 
-FAST = {"interval": 3.0, "read_timeout": 0.5, "connect_timeout": 0.5}
+FAST: dict[str, Any] = {"interval": 3.0, "read_timeout": 0.5, "connect_timeout": 0.5}
 
 
 def synced(sessions=8, runs=2, seed=31, **flags):
@@ -106,6 +107,7 @@ def test_fault_is_reported_and_recovered_exactly(fault, times, result, up, moved
             name, labels = moved
             before = await scrape(collector.port)
             polls = value(before, "llamacloud_collector_polls_total", result=result)
+            assert polls is not None
             report = await collector.poller.cycle()
             samples = await scrape(collector.port)
             assert 0 < sim.faults.injected[fault.kind] <= times  # the fault really happened
@@ -163,7 +165,8 @@ def test_connect_timeout_on_a_black_hole():
                 samples = await scrape(collector.port)
                 assert report.result == "failure" and ("timed out" in report.errors[0] or "deadline" in report.errors[0])
                 assert value(samples, "llamacloud_collector_up") == 0
-                assert value(samples, "llamacloud_collector_api_requests_total", operation="list", code="error") >= 1
+                failed = value(samples, "llamacloud_collector_api_requests_total", operation="list", code="error")
+                assert failed is not None and failed >= 1
         finally:
             for c in fillers:
                 c.close()

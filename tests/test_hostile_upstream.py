@@ -146,7 +146,7 @@ def run_through(api: HostileApi, procs: Processes, mode: str) -> None:
         if polls(seen) < start + 2:
             return None
         assert_sane(seen)
-        assert value(seen, "llamacloud_collector_polls_total", result=result) > (
+        assert (value(seen, "llamacloud_collector_polls_total", result=result) or 0) > (
             value(before, "llamacloud_collector_polls_total", result=result) or 0
         ), f"no {result} cycle"
         assert (value(seen, name, **labels) or 0) > (value(before, name, **labels) or 0), (name, labels)

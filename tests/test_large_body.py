@@ -8,6 +8,7 @@ gives, or both refuse it."""
 from __future__ import annotations
 
 import json
+from typing import Any
 from unittest import mock
 
 import httpx
@@ -214,7 +215,7 @@ STRINGS = st.text(max_size=5)
 
 
 def events(wild: bool) -> st.SearchStrategy[list]:
-    measures = st.integers(0, 2**53) | st.none()
+    measures: st.SearchStrategy[Any] = st.integers(0, 2**53) | st.none()
     flags = st.none() | st.booleans()
     if wild:
         measures = measures | st.integers(-1, 2**64) | st.floats(allow_nan=False) | st.booleans() | TEXTS

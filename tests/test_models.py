@@ -1,6 +1,7 @@
 """Payload models: tolerant parsing, and the lean path for large histories."""
 
 import json
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.tier("unit")
 
 
 def test_lean_json_drops_only_unread_texts():
-    tricky = {
+    tricky: dict[str, Any] = {
         "session_id": "s",
         "last_updated_at": "t",
         "generated_title": 'say "content": "x"',

@@ -3,6 +3,7 @@ and the chart's ``config`` come from that declaration, and a test fails on any c
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import helm_python
@@ -23,7 +24,8 @@ CHART = ROOT / "helm" / "llamacloud-collector"
 
 
 def flags_of(command: str) -> dict[str, str]:
-    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction) and a.dest == "command")
+    sub = commands.choices[command]
     return {
         flag: action.dest
         for action in sub._actions

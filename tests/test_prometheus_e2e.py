@@ -3,7 +3,8 @@
 import json
 import re
 import time
-from collections import Counter
+from collections import defaultdict
+from typing import Any
 
 import httpx
 import pytest
@@ -234,7 +235,8 @@ def frozen_at(prom: str, poll: int, reads: set[tuple[str, str]]) -> float | None
     in the range (what ``rate`` and ``increase`` need) and the same are present at that instant. None: not yet."""
     at = time.time() - APPENDED
     for job in (OPERATOR_JOB, PLAIN_JOB):
-        scrapes: Counter = Counter()  # the poll count each scrape of the last minute showed, by its timestamp
+        # the poll count each scrape of the last minute showed, by its timestamp
+        scrapes: defaultdict[Any, float] = defaultdict(float)
         for series in query(prom, f'llamacloud_collector_polls_total{{job="{job}"}}[1m]', at):
             for ts, v in series["values"]:
                 scrapes[ts] += float(v)
@@ -288,7 +290,7 @@ def test_every_dashboard_query_answers_the_same_as_with_a_plain_scrape(stack):
             valued += 1
             assert operator == plain, (title, expr)
             continue
-        shapes = [[labels for labels, _ in answers] for answers in (operator, plain)]
+        shapes: list[list[Any]] = [[labels for labels, _ in answers] for answers in (operator, plain)]
         if "topk" in expr:  # a ranking compares increases over 10 minutes, which reach back before the freeze,
             # where the two jobs' scrapes of a change fell differently; among ties topk keeps any: the label names
             shapes = [sorted(sorted(k for k, _ in labels) for labels in shape) for shape in shapes]

@@ -37,7 +37,8 @@ def test_promtool_unit_tests_pass():
 
 def test_every_alert_has_a_firing_and_a_quiet_case():
     tests = yaml.safe_load((PROM / "tests" / "alerts_test.yaml").read_text())["tests"]
-    fires, quiet = set(), set()
+    fires: set[str] = set()
+    quiet: set[str] = set()
     for group in tests:
         for case in group["alert_rule_test"]:
             (fires if case["exp_alerts"] else quiet).add(case["alertname"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import signal
+import subprocess
 from collections import Counter
 
 import httpx
@@ -43,7 +44,7 @@ def test_exactly_one_line_per_failed_run_across_a_restart_with_state(tmp_path):
         wait_until(lambda: httpx.get(sim + "/_sim/stats").status_code == 200, 30, "simulator")
         db = tmp_path / "state.db"
 
-        def start(name: str) -> tuple[object, int]:
+        def start(name: str) -> tuple[subprocess.Popen, int]:
             port = free_port()
             proc = procs.collector(
                 name,

@@ -3,20 +3,25 @@
 import base64
 import gzip
 import socket
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from collector.auth import WebConfig
 from collector.cadence import Cadence
+from collector.listener import Guard
 from collector.server import Endpoints, MetricsCache, accepts_gzip
 
 pytestmark = pytest.mark.tier("unit")
 
 
 class FakePoller:
-    cycle_started = None
-    cycle_finished = None
+    """What ``Endpoints`` reads of the poll loop (``StatusSource``); a test that serves /metrics sets ``snapshot``."""
+
+    snapshot: Any
+    cycle_started: float | None = None
+    cycle_finished: float | None = None
     loaded_at: float | None = 0.0
 
 
@@ -166,6 +171,7 @@ def test_each_connection_has_bounded_kernel_buffers():
             _reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
             await until(lambda: listener.slots.count == 1)
             (guard,) = listener.slots.guards()
+            assert guard.transport is not None
             sock = guard.transport.get_extra_info("socket")
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) <= 2 * listening.SEND_BUFFER  # Linux doubles
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) <= 2 * listening.RECEIVE_BUFFER
@@ -255,8 +261,8 @@ def test_a_peer_is_its_ipv4_address_or_its_ipv6_64(address, key):
     assert peer_key(None) == ""
 
 
-class FakeGuard:
-    """What ``Slots`` reads of a connection."""
+class FakeGuard(Guard):
+    """What ``Slots`` reads of a connection: a ``Guard`` without one (its own ``__init__`` sets only those fields)."""
 
     def __init__(self, slots, key: str, state: str = "idle", since: float = 0.0, tls: bool = False) -> None:
         self.slots, self.key, self.state, self.since, self.shaking = slots, key, state, since, tls
@@ -426,6 +432,7 @@ def test_a_client_that_does_not_read_its_answer_gets_no_new_one_and_is_not_read(
                 lambda: listener.slots.count == 1 and listener.slots.guards()[0].writing_paused, "the kernel's buffers full"
             )
             (guard,) = listener.slots.guards()
+            assert guard.transport is not None
             for _ in range(20):  # whenever it is looked at, while the client reads nothing
                 assert len(begun) == 1 and not guard.transport.is_reading()
                 await asyncio.sleep(0.01)
@@ -466,6 +473,7 @@ def test_an_answer_to_a_client_that_does_not_read_holds_one_piece_in_the_process
                 lambda: listener.slots.count == 1 and listener.slots.guards()[0].writing_paused, "the kernel's buffers full"
             )
             (guard,) = listener.slots.guards()
+            assert guard.transport is not None
             for _ in range(20):
                 assert guard.pending(None) <= WRITE_PIECE + 1024, guard.pending(None)  # (+ the head)
                 assert not guard.transport.is_reading()
@@ -567,7 +575,7 @@ def test_a_verified_password_outlives_a_reload_that_keeps_its_hash_and_refusals_
     now = [100.0]
     web = WebConfig(path, refused=metrics.auth_refused, clock=lambda: now[0])
 
-    def refusals(reason: str) -> float:
+    def refusals(reason: str) -> float | None:
         return registry.get_sample_value("llamacloud_collector_scrape_auth_refusals_total", {"reason": reason})
 
     async def scenario():

@@ -31,7 +31,7 @@ def api():
 
 
 def test_retrieve_payloads_validate_against_the_sdk(api):
-    kinds = set()
+    kinds: set[str] = set()
     for session_id in api.world.sessions:
         body = get(api, f"/api/v1/chat/{session_id}")
         known = [e for e in body["events"] if e["type"] != UNKNOWN_TYPE]

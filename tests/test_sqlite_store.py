@@ -62,6 +62,13 @@ def state_with(*sessions: SessionState, synced: bool = True) -> CollectorState:
     return state
 
 
+def resume(s: SqliteStore) -> CollectorState:
+    """What ``s.load()`` resumes from a file that holds a state (``None`` only for a new or a set-aside file)."""
+    state = s.load()
+    assert state is not None
+    return state
+
+
 def saved(db) -> SqliteStore:
     """A file holding sessions a and b, and its store, closed."""
     s = store(db)
@@ -93,7 +100,7 @@ def test_a_saved_state_loads_back_whole(tmp_path):
     first.save(saved)
     first.close()
     assert first.db is None
-    loaded = store(db).load()
+    loaded = resume(store(db))
     assert loaded.sessions == {"s1": session("s1")} and loaded.synced is True and loaded.floor is None
     assert loaded.retired == {} and retired_rows(db) == ["s2"]  # on disk, read when it comes back
     back = loaded.known("s2")
@@ -122,7 +129,7 @@ def test_later_saves_write_only_what_changed_and_keep_the_retired_order(tmp_path
     assert retired == ["c", "b"]  # in the order they left
     assert meta["schema_version"] == str(SCHEMA_VERSION) and meta["synced"] == "1" and meta["floor"] == ""
     assert meta["saved_at"] == str(NOW) and meta["fingerprint"] == fingerprint(BUCKETS, RULES, 50)
-    loaded = store(db).load()
+    loaded = resume(store(db))
     assert set(loaded.sessions) == {"a"} and loaded.known("b") == replace(session("b"), title=None, job=None)
 
 
@@ -136,8 +143,8 @@ def test_an_unsynced_state_and_its_floor_survive_a_restart(tmp_path):
     state = state_with(session("a"), synced=False)
     state.floor = floor
     s.save(state)
-    loaded = store(db).load()
-    assert loaded.synced is False and loaded.floor.runs["success"] == 9
+    loaded = resume(store(db))
+    assert loaded.synced is False and loaded.floor is not None and loaded.floor.runs["success"] == 9
     assert loaded.floor.buckets == BUCKETS and loaded.floor.label_limit == 50
     loaded.mark_synced()
     assert loaded.aggregates.runs["success"] == 9 and loaded.floor is None
@@ -149,15 +156,16 @@ def test_changed_buckets_replay_each_session_into_the_new_buckets_with_the_count
     s.load()
     s.save(state_with(session("a")))
     other = Buckets((2.0,), (10.0,), (1.0,), (0.0,))
-    loaded = store(db, buckets=other, limit=7).load()
+    loaded = resume(store(db, buckets=other, limit=7))
     assert set(loaded.sessions) == {"a"} and loaded.synced is True and loaded.replay == {"a"}
     assert loaded.floor is None and loaded.aggregates.runs["success"] == 1  # the counters as they were
     assert loaded.aggregates.buckets == other and loaded.aggregates.label_limit == 7
     assert loaded.aggregates.duration.bounds == (2.0,) and loaded.aggregates.duration.count == 0
-    assert loaded.histogram_floor.duration.count == 1 and loaded.exposed().duration.count == 1
+    assert loaded.histogram_floor is not None and loaded.histogram_floor.duration.count == 1
+    assert loaded.exposed().duration.count == 1
     assert any(e["event"].startswith("bucket bounds changed; each session's runs are replayed") for e in captured())
     for changed in (dict(rules=RULES[:1]), dict(limit=51)):  # rules and the label limit apply from now on
-        again = store(db, **changed).load()
+        again = resume(store(db, **changed))
         assert again.floor is None and again.histogram_floor is None and again.replay == set()
 
 
@@ -186,7 +194,7 @@ def test_loading_logs_where_and_how_many(tmp_path, captured):
     db = tmp_path / "state.db"
     s = saved(db)
     s.save(state_with(session("c")))  # a closed store reconnects to write
-    loaded = store(db).load()
+    loaded = resume(store(db))
     assert set(loaded.sessions) == {"a", "b", "c"}
     (line,) = captured_events(captured, "state loaded")
     assert line["path"] == str(db) and line["sessions"] == 3 and line["level"] == "info"
@@ -199,11 +207,11 @@ def test_a_replay_interrupted_by_a_restart_goes_on_where_it_was(tmp_path):
     s.save(state_with(session("a"), session("b")))
     other = Buckets((2.0,), (10.0,), (1.0,), (0.0,))
     again = store(db, buckets=other)
-    state = again.load()
+    state = resume(again)
     state.replayed("a")
     again.save(state)
     again.close()
-    resumed = store(db, buckets=other).load()
+    resumed = resume(store(db, buckets=other))
     assert resumed.replay == {"b"} and resumed.histogram_floor is not None
     resumed.end_replay()
     assert resumed.aggregates.duration.count == 1 and resumed.histogram_floor is None  # in +Inf: none replayed
@@ -223,7 +231,7 @@ def test_a_corrupt_file_and_its_journals_are_moved_aside(tmp_path, captured):
     (line,) = [e for e in captured() if e["event"] == "state file unreadable; moved aside, resyncing from the API"]
     assert line["path"] == str(db) and line["moved_to"] == str(aside) and "DatabaseError" in line["reason"]
     s.save(state_with(session("a")))  # the new file works
-    assert set(store(db).load().sessions) == {"a"}
+    assert set(resume(store(db)).sessions) == {"a"}
 
 
 def test_only_regular_files_are_moved_aside(tmp_path):
@@ -276,6 +284,7 @@ def saved_then_failed(db, change):
     s.load()
     state = state_with(session("a"), session("b"))
     s.save(state)
+    assert s.db is not None
     s.db.execute("PRAGMA query_only = ON")
     work = state.begin()
     change(work)
@@ -292,7 +301,7 @@ def test_a_failed_write_is_a_state_error_and_the_next_save_rewrites_everything(t
     later = work.begin()  # a new cycle's copy: its own change set does not list "b"
     s.save(later)
     assert s.full_rewrite is False
-    loaded = store(db).load()
+    loaded = resume(store(db))
     assert set(loaded.sessions) == {"a", "b"} and loaded.sessions["a"].cursor == 9
 
 
@@ -324,7 +333,7 @@ def test_a_failed_write_is_followed_by_a_rewrite_of_the_retired_rows_too(tmp_pat
     s, work = saved_then_failed(db, lambda w: w.drop("b"))  # retired in a cycle whose save fails
     work.commit()
     s.save(work.begin())  # the next cycle changes nothing of the retired: they are still to be written
-    loaded = store(db).load()
+    loaded = resume(store(db))
     assert set(loaded.sessions) == {"a"} and retired_rows(db) == ["b"]
 
 
@@ -340,14 +349,14 @@ def test_two_changes_of_buckets_before_the_replay_ended_keep_every_observation(t
     first.close()
     other = Buckets((5.0,), (50.0,), (2.0,), (1.0,))
     second = store(db, buckets=other)
-    partial = second.load()
-    assert partial.histogram_floor.duration.count == 10 and partial.synced
+    partial = resume(second)
+    assert partial.histogram_floor is not None and partial.histogram_floor.duration.count == 10 and partial.synced
     partial.aggregates.replay([RunRecord(False, None, 2.0, 5, 6, 1, (), ())], partial.histogram_floor)
     partial.aggregates.add_runs([RunRecord(False, None, 2.0, 5, 6, 1, (), ())])  # a new run meanwhile
     second.save(partial)
     second.close()
     third = store(db, buckets=Buckets((7.0,), (70.0,), (3.0,), (1.0,)))
-    again = third.load()  # the buckets changed again before the replay ended
+    again = resume(third)  # the buckets changed again before the replay ended
     assert again.exposed().duration.count == 11 and again.aggregates.runs["success"] == 11
     again.end_replay()
     assert again.aggregates.duration.count == 11 and again.aggregates.duration.total == 22.0

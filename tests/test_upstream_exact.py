@@ -265,7 +265,7 @@ def test_the_same_older_shorter_answer_twice_is_the_truth_not_a_lagging_replica(
 def test_the_extremes_the_api_may_send_round_trip_through_the_state_file(tmp_path):
     api = FakeApi()
     longest = "x" * 256
-    huge = [
+    huge: list[dict] = [
         {"type": "user_input", "content": "q"},
         {
             "type": "stop",

@@ -10,6 +10,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator
+from typing import cast
 
 import bcrypt
 import httpx
@@ -364,7 +365,10 @@ def served_cn(port: int, pki) -> str:
         socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw,
         ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
     ):
-        return dict(x[0] for x in tls.getpeercert()["subject"])["commonName"]
+        cert = tls.getpeercert()
+        assert cert is not None
+        subject = cast("tuple[tuple[tuple[str, str], ...], ...]", cert["subject"])  # its documented shape
+        return dict(x[0] for x in subject)["commonName"]
 
 
 def test_a_rotation_half_written_keeps_serving_and_the_new_pair_is_used_once_whole(tmp_path, pki):
