@@ -15,9 +15,10 @@ from prometheus_client import CollectorRegistry
 from collector import logs
 from collector.derive import ErrorClassifier
 from collector.errors import FetchError, PayloadError
+from collector.llamacloud.listing import PAGE_STRIKES
 from collector.llamacloud.models import MAX_MEASURE
 from collector.metrics import SelfMetrics
-from collector.poller import PAGE_STRIKES, SHORT_PASSES_AGREE, Poller
+from collector.poller import SHORT_PASSES_AGREE, Poller
 from collector.state import MAX_TITLE
 from collector.storage.sqlite import SqliteStore
 from tests.fakes import BUCKETS, FakeApi, cycle, poll_config, poller, run_events, total_runs
