@@ -12,12 +12,14 @@ import hashlib
 import itertools
 import math
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client.utils import floatToGoString
 
 from collector.derive import RunRecord
+from collector.families import COUNTERS, DEFAULT_BUCKETS, HISTOGRAMS, CounterFamily, Key, Run
 from collector.llamacloud.models import MAX_MEASURE
 
 OTHER_LABEL = "_other"
@@ -172,51 +174,90 @@ def latest(mine: Mark | None, theirs: Mark | None) -> Mark | None:
     return mine
 
 
-@dataclass(frozen=True)
-class Buckets:
-    duration: tuple[float, ...]
-    tokens: tuple[float, ...]
-    turns: tuple[float, ...]
-    tool_calls: tuple[float, ...]
+class Buckets(Mapping[str, tuple[float, ...]]):
+    """The bounds of each histogram, by its bucket setting (``HistogramFamily.bucket``): the defaults of
+    ``FAMILIES``, with those given instead. An unknown name is refused."""
+
+    __slots__ = ("_bounds",)
+
+    def __init__(self, bounds: Mapping[str, Sequence[float]] | None = None) -> None:
+        given = dict(bounds or {})
+        unknown = set(given) - set(DEFAULT_BUCKETS)
+        if unknown:
+            raise ValueError(f"no histogram has the buckets {sorted(unknown)[0]!r}")
+        self._bounds = {name: tuple(given.get(name, default)) for name, default in DEFAULT_BUCKETS.items()}
+
+    def __getitem__(self, name: str) -> tuple[float, ...]:
+        return self._bounds[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._bounds)
+
+    def __len__(self) -> int:
+        return len(self._bounds)
+
+    def __getattr__(self, name: str) -> tuple[float, ...]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self._bounds[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Buckets:
+        return self  # immutable
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Buckets) and self._bounds == other._bounds
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._bounds.items()))
+
+    def __repr__(self) -> str:
+        return f"Buckets({self._bounds!r})"
 
 
-@dataclass
+Series = dict[str | None, Histogram]
+"""A histogram family's histograms, by label value (None for an unlabelled family)."""
+
+
 class Aggregates:
-    """Totals over every session ever watched, in the shape of the chat families."""
+    """Totals over every session ever watched, in the shape of the chat families (``FAMILIES``).
 
-    buckets: Buckets
-    label_limit: int
-    runs: Counter = field(default_factory=Counter)
-    errors: Counter = field(default_factory=Counter)
-    tokens_total: Counter = field(default_factory=Counter)
-    tool_calls: Counter = field(default_factory=Counter)
-    skipped_index_queries: Counter = field(default_factory=Counter)
-    events: Counter = field(default_factory=Counter)
-    invalid_values: Counter = field(default_factory=Counter)
-    index_runs: Counter = field(default_factory=Counter)
-    """(index_id, outcome): every run under each index its session is bound to, ``_none`` when unbound."""
-    index_errors: Counter = field(default_factory=Counter)
-    """(index_id, error_type): the failed runs of ``index_runs``."""
-    history_resets: int = 0
-    run_marks: dict[str, Mark] = field(default_factory=dict)
-    """The latest run of each ``outcome``, as the exemplar of ``llamacloud_chat_runs_total``."""
-    duration: Histogram = field(init=False)
-    tokens: dict[str, Histogram] = field(init=False)
-    turns: Histogram = field(init=False)
-    tool_calls_per_run: Histogram = field(init=False)
-    tools: BoundedLabels = field(init=False)
-    indexes: BoundedLabels = field(init=False)
+    Each counter family's counts are ``counters[stored]`` and each histogram family's histograms
+    ``histos[stored]``; both are also attributes by that name (``a.runs``; an unlabelled histogram is the
+    ``Histogram`` itself, ``a.turns``, a labelled one its series, ``a.tokens["input"]``)."""
 
-    def __post_init__(self) -> None:
-        for name, bucket_field, kinds in HISTOGRAMS:
-            bounds = getattr(self.buckets, bucket_field)
-            setattr(self, name, {k: Histogram(bounds) for k in kinds} if kinds else Histogram(bounds))
-        self.tools = BoundedLabels(self.label_limit)
-        self.indexes = BoundedLabels(self.label_limit)
-        for outcome in ("success", "error"):
-            self.runs[outcome] += 0
-        for kind in ("input", "output"):
-            self.tokens_total[kind] += 0
+    def __init__(self, buckets: Buckets, label_limit: int) -> None:
+        self.buckets, self.label_limit = buckets, label_limit
+        self.counters: dict[str, Counter[Key]] = {f.stored: Counter(dict.fromkeys(f.zeros, 0)) for f in COUNTERS}
+        self.histos: dict[str, Series] = {
+            f.stored: {k: Histogram(buckets[f.bucket]) for k in f.series_keys()} for f in HISTOGRAMS
+        }
+        self.history_resets = 0
+        self.marks: dict[str, dict[Key, Mark]] = {f.stored: {} for f in COUNTERS if f.exemplars}
+        """The latest run of each series of a family with exemplars (``llamacloud_chat_runs_total``)."""
+        self.tools = BoundedLabels(label_limit)
+        self.indexes = BoundedLabels(label_limit)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        d = self.__dict__
+        if name in d.get("counters", ()):
+            return d["counters"][name]
+        if name in d.get("histos", ()):
+            series = d["histos"][name]
+            return series.get(None, series)
+        raise AttributeError(name)
+
+    @property
+    def run_marks(self) -> dict[Key, Mark]:
+        """The latest run of each ``outcome``, as the exemplar of ``llamacloud_chat_runs_total``."""
+        return self.marks["runs"]
+
+    def labels(self, family: CounterFamily) -> BoundedLabels | None:
+        return None if family.bounded is None else getattr(self, family.bounded)
 
     def add_runs(
         self, runs: Iterable[RunRecord], session_id: str | None = None, now: float = 0.0, index_ids: Iterable[str] = ()
@@ -224,43 +265,30 @@ class Aggregates:
         """Count ``runs`` of a session bound to ``index_ids``; with ``session_id``, each also becomes the
         exemplar of what it landed in."""
         sid = session_id
-        indexes: set[str] | None = None  # bounded on the first run: a session without runs admits no label
-        for run in runs:
+        indexes: frozenset[str] | None = None  # bounded on the first run: a session without runs admits no label
+        for record in runs:
             if indexes is None:
-                indexes = self._run_indexes(index_ids)
-            self.invalid_values.update(run.refused)
-            outcome = "error" if run.failed else "success"
-            self.runs[outcome] += 1
-            mark = Mark.of(sid, 1.0, now) if sid is not None else None
-            if mark is not None:
-                self.run_marks[outcome] = mark
-            for index_id in indexes:
-                self.index_runs[(index_id, outcome)] += 1
-                if run.failed:
-                    self.index_errors[(index_id, run.error_type)] += 1
-            if run.failed:
-                self.errors[run.error_type] += 1
-            for hist, observed in self._observations(run):
+                indexes = frozenset(self._run_indexes(index_ids))
+            run = Run(record, indexes, self.tools, self.indexes)
+            for family in COUNTERS:
+                if family.observe is None:
+                    continue
+                counts = self.counters[family.stored]
+                for key, amount in family.observe(run):
+                    counts[key] = min(MAX_MEASURE, counts[key] + amount) if family.saturating else counts[key] + amount
+                    if family.exemplars and sid is not None:
+                        mark = Mark.of(sid, 1.0, now)
+                        if mark is not None:
+                            self.marks[family.stored][key] = mark
+            for hist, observed in self._observations(record):
                 hist.observe(observed, sid, now)
-            for kind, tokens in (("input", run.input_tokens), ("output", run.output_tokens)):
-                if tokens is not None:
-                    self.tokens_total[kind] = min(MAX_MEASURE, self.tokens_total[kind] + tokens)
-            for call in run.tool_calls:
-                outcome = "result" if call.has_result else "no_result"
-                self.tool_calls[(self.tools(call.name), outcome)] += 1
-            for index_id in run.skipped_index_ids:
-                self.skipped_index_queries[self.indexes(index_id)] += 1
 
     def _observations(self, run: RunRecord) -> Iterator[tuple[Histogram, float]]:
         """Each histogram a run is observed in, with its value."""
-        if run.duration_seconds is not None:
-            yield self.duration, run.duration_seconds
-        for kind, value in (("input", run.input_tokens), ("output", run.output_tokens)):
-            if value is not None:
-                yield self.tokens[kind], value
-        if run.turns is not None:
-            yield self.turns, run.turns
-        yield self.tool_calls_per_run, len(run.tool_calls)
+        for family in HISTOGRAMS:
+            series = self.histos[family.stored]
+            for key, value in family.observe(run):
+                yield series[key], value
 
     def replay(self, runs: Iterable[RunRecord], floor: Aggregates) -> None:
         """Runs counted before new bucket bounds, observed again in the new buckets (never in a counter):
@@ -281,28 +309,17 @@ class Aggregates:
 
     def bounds_changed(self) -> bool:
         """A histogram held with other bounds than the configured ones (a stored one, before ``rebucket``)."""
-        return any(
-            h.bounds != tuple(getattr(self.buckets, field_name))
-            for (name, _), h in self.histograms()
-            for field_name in (BUCKET_FIELDS[name],)
-        )
+        return any(h.bounds != self.buckets[f.bucket] for f in HISTOGRAMS for h in self.histos[f.stored].values())
 
     def rebucket(self) -> Aggregates:
         """Every histogram whose bounds are not the configured ones starts anew on them; what it held is
         returned as the floor to replay from (``replay``) and to fold (``fold``). Counters are untouched."""
         floor = Aggregates(self.buckets, self.label_limit)
-        for name, bucket_field, kinds in HISTOGRAMS:
-            bounds = tuple(getattr(self.buckets, bucket_field))
-            held = getattr(self, name)
-            for kind in kinds or (None,):
-                hist = held[kind] if kind else held
-                if hist.bounds == bounds:
-                    continue
-                if kind:
-                    getattr(floor, name)[kind], held[kind] = hist, Histogram(bounds)
-                else:
-                    setattr(floor, name, hist)
-                    setattr(self, name, Histogram(bounds))
+        for family in HISTOGRAMS:
+            bounds, held = self.buckets[family.bucket], self.histos[family.stored]
+            for key, hist in held.items():
+                if hist.bounds != bounds:
+                    floor.histos[family.stored][key], held[key] = hist, Histogram(bounds)
         return floor
 
     def _run_indexes(self, index_ids: Iterable[str]) -> set[str]:
@@ -314,7 +331,7 @@ class Aggregates:
         return labels | {OTHER_LABEL} if len(distinct) > MAX_RUN_INDEXES else labels
 
     def add_events(self, counts: dict[str, int]) -> None:
-        self.events.update(counts)
+        self.counters["events"].update(counts)
 
     def copy(self) -> Aggregates:
         return copy.deepcopy(self)
@@ -323,11 +340,8 @@ class Aggregates:
         """An empty ``Aggregates`` to count one session into apart (in a thread, while the loop counts others),
         then ``merge`` back: the same bounds, and the label values admitted so far. Made on the loop."""
         delta = Aggregates(self.buckets, self.label_limit)
-        for (name, kind), hist in self.histograms():
-            if kind is None:
-                setattr(delta, name, Histogram(hist.bounds))
-            else:
-                getattr(delta, name)[kind] = Histogram(hist.bounds)
+        for family in HISTOGRAMS:
+            delta.histos[family.stored] = {k: Histogram(h.bounds) for k, h in self.histos[family.stored].items()}
         delta.tools, delta.indexes = self.tools.seeded(), self.indexes.seeded()
         return delta
 
@@ -335,18 +349,18 @@ class Aggregates:
         """Add ``delta`` (made by ``seeded``) in, as if its session had been counted here: counters and
         histograms add (sums saturating), its exemplars are the latest, and the label values it admitted are
         admitted here while there is room, ``_other`` once the room went to others meanwhile."""
-        for name in COUNTERS:
-            mine, labels = getattr(self, name), BOUNDED_KEYS.get(name)
-            for key, value in getattr(delta, name).items():
+        for family in COUNTERS:
+            mine, labels = self.counters[family.stored], self.labels(family)
+            for key, value in delta.counters[family.stored].items():
                 if labels is not None:
-                    own = getattr(self, labels)
-                    key = (own.absorb(key[0]), *key[1:]) if isinstance(key, tuple) else own.absorb(key)
-                mine[key] = min(MAX_MEASURE, mine[key] + value) if name in SATURATING else mine[key] + value
+                    key = (labels.absorb(key[0]), *key[1:]) if isinstance(key, tuple) else labels.absorb(key)
+                mine[key] = min(MAX_MEASURE, mine[key] + value) if family.saturating else mine[key] + value
         for labels in ("tools", "indexes"):
             getattr(self, labels).absorb_dropped(getattr(delta, labels))
         self.history_resets += delta.history_resets
-        for outcome, mark in delta.run_marks.items():
-            self.run_marks[outcome] = latest(self.run_marks.get(outcome), mark) or mark
+        for name, marks in delta.marks.items():
+            for key, mark in marks.items():
+                self.marks[name][key] = latest(self.marks[name].get(key), mark) or mark
         theirs = dict(delta.histograms())
         for key, hist in self.histograms():
             other = theirs[key]
@@ -357,48 +371,45 @@ class Aggregates:
 
     def raise_to(self, floor: Aggregates) -> None:
         """Make every counter at least ``floor``'s (after a re-derivation: counters never go back)."""
-        for name in COUNTERS:
-            mine, theirs = getattr(self, name), getattr(floor, name)
+        for family in COUNTERS:
+            mine, theirs = self.counters[family.stored], floor.counters[family.stored]
             for key, value in theirs.items():
                 mine[key] = max(mine[key], value)
         self.history_resets = max(self.history_resets, floor.history_resets)
-        theirs = dict(floor.histograms())
-        for key, mine in self.histograms():
-            old = theirs.get(key)
-            if old is None or old.count <= mine.count:
+        old_histograms = dict(floor.histograms())
+        for key, hist in self.histograms():
+            old = old_histograms.get(key)
+            if old is None or old.count <= hist.count:
                 continue
-            if mine.bounds == old.bounds:
-                mine.counts, mine.total = list(old.counts), max(mine.total, old.total)
+            if hist.bounds == old.bounds:
+                hist.counts, hist.total = list(old.counts), max(hist.total, old.total)
             else:  # other bounds: the finite buckets are what was re-derived; _count, _sum and +Inf hold
-                mine.counts[-1] += old.count - mine.count
-                mine.total = max(mine.total, old.total)
-        for labels, old in ((self.tools, floor.tools), (self.indexes, floor.indexes)):
-            labels.admitted |= old.admitted
-            labels.dropped = max(labels.dropped, old.dropped)
+                hist.counts[-1] += old.count - hist.count
+                hist.total = max(hist.total, old.total)
+        for labels, old_labels in ((self.tools, floor.tools), (self.indexes, floor.indexes)):
+            labels.admitted |= old_labels.admitted
+            labels.dropped = max(labels.dropped, old_labels.dropped)
 
     def histograms(self) -> Iterator[tuple[tuple[str, str | None], Histogram]]:
-        """Every histogram of ``HISTOGRAMS``, keyed by (name, kind): a kind for the labelled ones."""
-        for name, _, kinds in HISTOGRAMS:
-            held = getattr(self, name)
-            if kinds:
-                yield from (((name, k), h) for k, h in held.items())
-            else:
-                yield (name, None), held
+        """Every histogram of every histogram family, keyed by (stored name, label value or None)."""
+        for family in HISTOGRAMS:
+            for key, hist in self.histos[family.stored].items():
+                yield (family.stored, key), hist
 
-    def to_dict(self) -> dict:
-        out: dict = {
-            name: [[list(k) if isinstance(k, tuple) else k, v] for k, v in getattr(self, name).items()] for name in COUNTERS
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            f.stored: [[list(k) if isinstance(k, tuple) else k, v] for k, v in self.counters[f.stored].items()] for f in COUNTERS
         }
         out["history_resets"] = self.history_resets
-        for (name, kind), h in self.histograms():
-            stored = {"bounds": list(h.bounds), "counts": h.counts, "total": h.total, "marks": [_mark_out(m) for m in h.marks]}
-            if kind is None:
-                out[name] = stored
-            else:
-                out.setdefault(name, {})[kind] = stored
+        for family in HISTOGRAMS:
+            stored = {
+                k: {"bounds": list(h.bounds), "counts": h.counts, "total": h.total, "marks": [_mark_out(m) for m in h.marks]}
+                for k, h in self.histos[family.stored].items()
+            }
+            out[family.stored] = stored.get(None, stored)
         out["tools"] = [sorted(self.tools.admitted), self.tools.dropped]
         out["indexes"] = [sorted(self.indexes.admitted), self.indexes.dropped]
-        out["run_marks"] = {k: _mark_out(m) for k, m in self.run_marks.items()}
+        out["run_marks"] = {str(k): _mark_out(m) for k, m in self.run_marks.items()}
         return out
 
     @classmethod
@@ -414,29 +425,26 @@ class Aggregates:
         if unknown:
             raise UnknownField(f"aggregates field {sorted(unknown)[0]!r}")
         agg = cls(buckets, label_limit)
-        for name in COUNTERS:
-            target = getattr(agg, name)
-            for item in _items(data.get(name, []), name):
-                key, value = _counter_key(item, name), count(item[1], name)
-                target[key] = value
+        for counter in COUNTERS:
+            target = agg.counters[counter.stored]
+            for item in _items(data.get(counter.stored, []), counter.stored):
+                target[_counter_key(item, counter.stored)] = count(item[1], counter.stored)
         agg.history_resets = count(data.get("history_resets", 0), "history_resets")
-        for (name, kind), h in list(agg.histograms()):
-            stored = data.get(name)
+        for family in HISTOGRAMS:
+            stored = data.get(family.stored)
             if stored is None:
-                continue  # none in an older file: starts empty
-            if kind is not None:
-                if not isinstance(stored, dict):
-                    raise StoredValueError(f"{name} is not a mapping")
-                stored = stored.get(kind)
-                if stored is None:
+                continue  # none in an older file (a family added since): starts empty
+            if family.series and not isinstance(stored, dict):
+                raise StoredValueError(f"{family.stored} is not a mapping")
+            series = agg.histos[family.stored]
+            for key in family.series_keys():
+                one = stored if key is None else stored.get(key)
+                if one is None:
                     continue
-            loaded = _histogram(stored, f"{name}.{kind}" if kind else name)
-            if same_bounds and loaded.bounds != h.bounds:
-                raise StoredValueError(f"{name}: stored bounds differ from the configured ones")
-            if kind is None:
-                setattr(agg, name, loaded)
-            else:
-                getattr(agg, name)[kind] = loaded
+                loaded = _histogram(one, f"{family.stored}.{key}" if key else family.stored)
+                if same_bounds and loaded.bounds != series[key].bounds:
+                    raise StoredValueError(f"{family.stored}: stored bounds differ from the configured ones")
+                series[key] = loaded
         for labels, key in ((agg.tools, "tools"), (agg.indexes, "indexes")):
             stored = data.get(key, [[], 0])
             if not (
@@ -453,7 +461,7 @@ class Aggregates:
         marks = data.get("run_marks", {})
         if not isinstance(marks, dict):
             raise StoredValueError("run_marks is not a mapping")
-        agg.run_marks = {k: m for k, m in ((k, _mark_in(v)) for k, v in marks.items() if k in ("success", "error")) if m}
+        agg.marks["runs"] = {k: m for k, m in ((k, _mark_in(v)) for k, v in marks.items() if k in ("success", "error")) if m}
         return agg
 
 
@@ -534,29 +542,8 @@ def _mark_in(data: object) -> Mark | None:
     return Mark.of(data[0], float(data[1]), float(data[2]))
 
 
-COUNTERS = (
-    "runs",
-    "errors",
-    "tokens_total",
-    "tool_calls",
-    "skipped_index_queries",
-    "events",
-    "invalid_values",
-    "index_runs",
-    "index_errors",
+STORED_FIELDS = frozenset(
+    {*(f.stored for f in COUNTERS), *(f.stored for f in HISTOGRAMS), "history_resets", "tools", "indexes", "run_marks"}
 )
-"""Every counter, stored by name: one missing from an older file starts at 0 (the index families, added in
-0.3.0, count the runs from the upgrade on; the run totals keep theirs)."""
-BOUNDED_KEYS = {"tool_calls": "tools", "skipped_index_queries": "indexes", "index_runs": "indexes", "index_errors": "indexes"}
-"""Counters whose key is (or starts with) a bounded label value, and the ``BoundedLabels`` that bounds it."""
-SATURATING = frozenset({"tokens_total"})
-"""Counters that stop at ``MAX_MEASURE`` rather than grow past what the state file accepts."""
-HISTOGRAMS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("duration", "duration", ()),
-    ("tokens", "tokens", ("input", "output")),
-    ("turns", "turns", ()),
-    ("tool_calls_per_run", "tool_calls", ()),
-)
-"""(attribute, field of ``Buckets``, label values): adding a histogram is one entry here."""
-BUCKET_FIELDS = {name: bucket_field for name, bucket_field, _ in HISTOGRAMS}
-STORED_FIELDS = frozenset({*COUNTERS, *(name for name, _, _ in HISTOGRAMS), "history_resets", "tools", "indexes", "run_marks"})
+"""The keys of the stored aggregates: a counter family missing from an older file starts at 0 (the index
+families, added in 0.3.0, count the runs from the upgrade on; the run totals keep theirs)."""

@@ -25,11 +25,10 @@ from collector import __version__
 from collector.aggregates import EXEMPLAR_LABEL, Mark
 from collector.aggregates import Histogram as Hist
 from collector.build import REVISION
+from collector.families import AS_OF, CHAT, FAMILIES, CounterFamily, Family, GaugeFamily, HistogramFamily
 from collector.state import SessionState, Snapshot
 
 TITLE_LIMIT = 64
-AS_OF = "; as of the last poll, not of this scrape."
-"""The chat families come from the last committed poll (writing_exporters, "Scheduling")."""
 
 
 ANOMALIES = ("short_pass", "pass_restarted", "timestamp_backwards")
@@ -156,6 +155,22 @@ def _gauge(name: str, doc: str, value: float | None, labels: dict[str, str] | No
     return family
 
 
+def _render(family: Family, snap: Snapshot, suffix: str = "") -> Metric:
+    """One family of ``FAMILIES``, from the snapshot."""
+    a, doc = snap.aggregates, family.help + suffix
+    if isinstance(family, HistogramFamily):
+        series = sorted(a.histos[family.stored].items(), key=lambda item: item[0] or "")
+        return _histogram(family.name, doc, list(family.labels), [([k] if k else [], h) for k, h in series])
+    if isinstance(family, CounterFamily):
+        marks = a.marks.get(family.stored, {})
+        metric = CounterMetricFamily(family.name, doc, labels=list(family.labels))
+        for key, value in sorted(a.counters[family.stored].items()):
+            metric.add_metric(list(key) if isinstance(key, tuple) else [key], value, exemplar=_exemplar(marks.get(key)))
+        return metric
+    assert isinstance(family, GaugeFamily)
+    return _gauge(family.name, doc, getattr(snap, family.snapshot))
+
+
 class SnapshotCollector(Collector):
     def __init__(
         self,
@@ -198,13 +213,7 @@ class SnapshotCollector(Collector):
             poll.listing_pass_duration,
         )
         yield _gauge(p + "poll_interval_seconds", "The configured poll interval (--interval).", self._interval)
-        yield _counter(
-            p + "invalid_values",
-            "Values refused from otherwise valid payloads (negative, NaN, "
-            "infinite, over 2^53), by field; the run's field is unknown.",
-            ["field"],
-            snap.aggregates.invalid_values,
-        )
+        yield from (_render(family, snap) for family in FAMILIES if family not in CHAT)
         yield _counter(
             p + "history_resets",
             "Session histories that shrank or changed and were re-synced.",
@@ -228,49 +237,8 @@ class SnapshotCollector(Collector):
         )
 
     def _chat_families(self, snap: Snapshot) -> Iterator[Metric]:
-        a, p = snap.aggregates, "llamacloud_chat_"
-        runs = CounterMetricFamily(p + "runs", "Finished chat runs by outcome" + AS_OF, labels=["outcome"])
-        for outcome, value in sorted(a.runs.items()):
-            runs.add_metric([outcome], value, exemplar=_exemplar(a.run_marks.get(outcome)))
-        yield runs
-        yield _counter(p + "run_errors", "Failed chat runs by classified error type" + AS_OF, ["error_type"], a.errors)
-        yield _histogram(p + "run_duration_seconds", "Duration of finished chat runs" + AS_OF, [], [([], a.duration)])
-        yield _histogram(
-            p + "run_tokens",
-            "Tokens per finished chat run" + AS_OF,
-            ["token_type"],
-            [([kind], hist) for kind, hist in sorted(a.tokens.items())],
-        )
-        yield _counter(p + "tokens", "Tokens used by finished chat runs" + AS_OF, ["token_type"], a.tokens_total)
-        yield _histogram(p + "run_turns", "Turns per finished chat run" + AS_OF, [], [([], a.turns)])
-        yield _histogram(p + "run_tool_calls", "Tool calls per finished chat run" + AS_OF, [], [([], a.tool_calls_per_run)])
-        yield _counter(
-            p + "tool_calls", "Tool calls by tool, and whether a result came back" + AS_OF, ["tool", "outcome"], a.tool_calls
-        )
-        yield _counter(
-            p + "skipped_index_queries", "Index queries a run could not make" + AS_OF, ["index_id"], a.skipped_index_queries
-        )
-        yield _counter(
-            p + "index_runs",
-            "Finished chat runs by index of their session (a session bound to two "
-            "counts under both; _none: bound to none) and outcome" + AS_OF,
-            ["index_id", "outcome"],
-            a.index_runs,
-        )
-        yield _counter(
-            p + "index_run_errors",
-            "Failed chat runs by index of their session and classified error type" + AS_OF,
-            ["index_id", "error_type"],
-            a.index_errors,
-        )
-        yield _counter(p + "events", "Chat events by type" + AS_OF, ["event_type"], a.events)
-        yield _gauge(p + "runs_in_progress", "Sessions whose history ends in an unfinished run" + AS_OF, snap.runs_in_progress)
-        yield _gauge(
-            p + "oldest_run_in_progress_seen_timestamp_seconds",
-            "When the collector first saw the "
-            "oldest unfinished run (events carry no timestamps); absent when none is in progress" + AS_OF,
-            snap.oldest_in_progress_since,
-        )
+        for family in CHAT:
+            yield _render(family, snap, AS_OF)
 
     def _session_families(self, sessions: tuple[SessionState, ...]) -> Iterator[Metric]:
         p = "llamacloud_chat_session_"

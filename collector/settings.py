@@ -18,23 +18,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from collector.aggregates import Buckets
 from collector.derive import DEFAULT_ERROR_RULES
 from collector.errors import ConfigError
+from collector.families import DEFAULT_BUCKETS, HISTOGRAMS
 from collector.llamacloud.bounds import DEFAULT_MAX_RESPONSE_BYTES
 from collector.paths import state_path_problem
 
 DEFAULT_BASE_URL = "https://api.cloud.llamaindex.ai"
 
 CONFIG_ENV = "COLLECTOR_CONFIG"
-
-DURATION_BUCKETS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 51.2, 102.4, 204.8, 409.6, 600, 1200)
-TOKEN_BUCKETS = tuple(float(4**i) for i in range(14))  # 1, 4, 16, ... 67108864
-TURN_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
-TOOL_CALL_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class _Strict(BaseModel):
@@ -63,16 +59,26 @@ def _increasing(values: tuple[float, ...]) -> tuple[float, ...]:
     return values
 
 
-class BucketSettings(_Strict):
-    duration: tuple[float, ...] = DURATION_BUCKETS
-    tokens: tuple[float, ...] = TOKEN_BUCKETS
-    turns: tuple[float, ...] = TURN_BUCKETS
-    tool_calls: tuple[float, ...] = TOOL_CALL_BUCKETS
-
-    _check = field_validator("duration", "tokens", "turns", "tool_calls")(_increasing)
-
+class _BucketBase(_Strict):
     def as_buckets(self) -> Buckets:
-        return Buckets(self.duration, self.tokens, self.turns, self.tool_calls)
+        return Buckets({f.bucket: getattr(self, f.bucket) for f in HISTOGRAMS})
+
+
+if typing.TYPE_CHECKING:
+
+    class BucketSettings(_BucketBase):
+        """One field per histogram family (its ``bucket``), each a tuple of bounds."""
+
+        def __getattr__(self, name: str) -> tuple[float, ...]: ...
+
+else:
+    BucketSettings = create_model(
+        "BucketSettings",
+        __base__=_BucketBase,
+        __validators__={"increasing": field_validator(*DEFAULT_BUCKETS)(_increasing)},
+        **{name: (tuple[float, ...], default) for name, default in DEFAULT_BUCKETS.items()},
+    )
+    """Generated from ``FAMILIES``: a histogram family's entry is its bucket setting."""
 
 
 @dataclass(frozen=True)
@@ -223,7 +229,8 @@ class Settings(BaseSettings):
         description="ordered `{type, pattern}` rules for `error_type`: the first whose pattern matches the error wins",
     )
     buckets: BucketSettings = Field(
-        default=BucketSettings(), description="histogram bucket bounds: `duration`, `tokens`, `turns`, `tool_calls`"
+        default=BucketSettings(),
+        description="histogram bucket bounds: " + ", ".join(f"`{name}`" for name in DEFAULT_BUCKETS),
     )
 
     @classmethod

@@ -1,7 +1,7 @@
 """Write every generated copy of the dashboards, rules and settings; ``--check`` fails on drift.
 
 Sources: scripts/dashboards.py (the dashboards), deploy/prometheus/rules.spec.yaml (the rules) and
-collector/settings.py (the README's table of settings, and the chart's ``config``: its values, schema,
+collector/families.py (the README's table of metrics), collector/settings.py (the README's table of settings, and the chart's ``config``: its values, schema,
 README table and ConfigMap, through scripts/chart_config.py).
 
     python scripts/generate.py          # rewrite the copies
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts import chart_config
+from scripts import chart_config, families_table
 from scripts.dashboards import DASHBOARDS
 from scripts.rules import ROOT, alert_rules, dump, helm_rules, load_spec, recording_rules
 from scripts.settings_table import with_table
@@ -42,7 +42,7 @@ def outputs() -> dict[Path, str]:
         "spec": {"groups": recording["groups"] + alerts["groups"]},
     }
     files[ROOT / "deploy/kubernetes/base/prometheusrule.yaml"] = HEADER + dump(rule)
-    files[ROOT / "README.md"] = with_table((ROOT / "README.md").read_text())
+    files[ROOT / "README.md"] = families_table.with_table(with_table((ROOT / "README.md").read_text()))
     chart = ROOT / "helm/llamacloud-collector"
     files[chart / "values.yaml"] = chart_config.with_values((chart / "values.yaml").read_text())
     files[chart / "values.schema.json"] = chart_config.with_schema((chart / "values.schema.json").read_text())

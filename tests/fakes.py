@@ -21,7 +21,7 @@ from collector.state import MemoryStore
 from collector.wiring import wire
 from tests.helpers import run_async
 
-BUCKETS = Buckets((1.0, 10.0), (10.0, 100.0), (1.0, 4.0), (0.0, 2.0))
+BUCKETS = Buckets({"duration": (1.0, 10.0), "tokens": (10.0, 100.0), "turns": (1.0, 4.0), "tool_calls": (0.0, 2.0)})
 
 
 def run_events(failed: bool = False, tool: str | None = None) -> list[dict]:

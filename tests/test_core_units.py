@@ -21,7 +21,7 @@ from tests.helpers import run_async
 
 pytestmark = pytest.mark.tier("unit")
 
-BUCKETS = Buckets((1.0, 10.0), (10.0, 100.0), (1.0, 4.0), (0.0, 2.0))
+BUCKETS = Buckets({"duration": (1.0, 10.0), "tokens": (10.0, 100.0), "turns": (1.0, 4.0), "tool_calls": (0.0, 2.0)})
 STOP = StopEvent(type="stop", is_error=False)
 USER = PlainEvent(type="user_input")
 
@@ -209,12 +209,7 @@ def test_counting_runs_records_refused_values_and_exemplar_times():
     aggregates = Aggregates(BUCKETS, 5)
     aggregates.add_runs([RunRecord(False, None, 2.0, 20, 30, 3, (), (), ("turns", "duration_ms"))], "s", 42.0)
     assert aggregates.invalid_values == {"turns": 1, "duration_ms": 1}
-    marks = [
-        m
-        for h in (aggregates.duration, aggregates.turns, aggregates.tool_calls_per_run, *aggregates.tokens.values())
-        for m in h.marks
-        if m
-    ]
+    marks = [m for _, h in aggregates.histograms() for m in h.marks if m]
     assert len(marks) == 5 and {m.timestamp for m in marks} == {42.0}
 
 
@@ -345,7 +340,7 @@ def test_bucket_bounds_are_written_as_prometheus_client_writes_them():
     from prometheus_client.utils import floatToGoString
 
     from collector.aggregates import Histogram
-    from collector.settings import DURATION_BUCKETS, TOKEN_BUCKETS, TURN_BUCKETS
+    from collector.families import DURATION_BUCKETS, TOKEN_BUCKETS, TURN_BUCKETS
 
     for bounds in (DURATION_BUCKETS, TOKEN_BUCKETS, TURN_BUCKETS, (1e-7, 0.5, 1e21)):
         written = [le for le, _, _ in Histogram(bounds).cumulative()]

@@ -9,18 +9,20 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
 from collector.aggregates import Histogram, Mark
+from collector.families import FAMILIES, HistogramFamily
 from collector.simulator.world import World, populate
-from tests.helpers import collecting, run_async, running, simulating
+from tests.helpers import collecting, record, run_async, running, simulating
 
 pytestmark = pytest.mark.tier("unit")
 
 OPENMETRICS = {"Accept": "application/openmetrics-text; version=1.0.0"}
-HISTOGRAMS = {  # family -> the value of one run it observes, from the simulator's record of the run
-    "llamacloud_chat_run_duration_seconds": lambda r, _: None if r.duration_ms is None else r.duration_ms / 1000,
-    "llamacloud_chat_run_tokens": lambda r, labels: r.input_tokens if labels["token_type"] == "input" else r.output_tokens,
-    "llamacloud_chat_run_turns": lambda r, _: r.turns,
-    "llamacloud_chat_run_tool_calls": lambda r, _: len(r.tool_calls),
-}
+HISTOGRAMS = {family.name: family for family in FAMILIES if isinstance(family, HistogramFamily)}
+
+
+def observed(family: HistogramFamily, run, labels: dict) -> list[float]:
+    """The values ``family`` observes of a simulated run, in the series ``labels`` name."""
+    key = labels[family.labels[0]] if family.labels else None
+    return [value for k, value in family.observe(record(run)) if k == key]
 
 
 async def openmetrics(port: int) -> str:
@@ -59,8 +61,8 @@ def check_against_truth(found, world: World) -> int:
             assert value == 1 and any(r.failed == (labels["outcome"] == "error") for r in session_runs)
         else:
             family = name.removesuffix("_bucket")
-            observed = [HISTOGRAMS[family](r, labels) for r in session_runs]
-            assert value in observed, f"{name}{labels}: {value} is not a run of {ex_labels['session_id']}"
+            values = [v for r in session_runs for v in observed(HISTOGRAMS[family], r, labels)]
+            assert value in values, f"{name}{labels}: {value} is not a run of {ex_labels['session_id']}"
             assert low < value <= le, f"{name}{labels}: exemplar {value} outside its bucket ({low}, {le}]"
         checked += 1
     return checked

@@ -174,7 +174,7 @@ def test_a_refusal_in_the_thread_after_the_deadline_is_kept_for_the_next_fetch()
 
 
 def test_buckets_are_the_aggregates_own():
-    other = Buckets((5.0,), (5.0,), (5.0,), (5.0,))
+    other = Buckets({"duration": (5.0,), "tokens": (5.0,), "turns": (5.0,), "tool_calls": (5.0,)})
     main = Aggregates(other, 5)
     delta = main.seeded()
     assert delta.duration.bounds == (5.0,) and delta.tools.admitted == set()

@@ -63,7 +63,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from prometheus_client import CollectorRegistry, generate_latest
 
 from collector.app import build_client
-from collector.derive import DEFAULT_ERROR_RULES, ErrorClassifier
+from collector.derive import DEFAULT_ERROR_RULES, ErrorClassifier, RunRecord, ToolCall
+from collector.families import HISTOGRAMS as FAMILY_TABLE
 from collector.llamacloud.client import RetryPolicy
 from collector.metrics import SelfMetrics, SnapshotCollector
 from collector.poller import Poller
@@ -393,12 +394,13 @@ def _json(body: bytes) -> httpx.Response:
 
 # -- reading the exposition ---------------------------------------------------------------------------------
 
-HISTOGRAMS = {
-    "llamacloud_chat_run_duration_seconds": "duration",
-    "llamacloud_chat_run_tokens": "tokens",
-    "llamacloud_chat_run_turns": "turns",
-    "llamacloud_chat_run_tool_calls": "tool_calls",
-}
+HISTOGRAMS = {family.name: family.bucket for family in FAMILY_TABLE}
+
+
+def as_record(run: Run) -> RunRecord:
+    """The model's run as the collector must derive it: what each histogram family observes of it."""
+    tools = tuple(ToolCall(name, ok) for name, ok in run.tools)
+    return RunRecord(run.failed, None, run.duration, run.tokens_in, run.tokens_out, run.turns, tools, ())
 
 
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
@@ -452,14 +454,14 @@ def truth(runs: list[Run], events: Counter, huge: bool) -> dict[tuple, float]:
         out[("tools", kind)] = sum(ok == (kind == "result") for r in runs for _, ok in r.tools)
     for kind, n in events.items():
         out[("events", kind)] = n
-    observed = {
-        ("duration", None): [r.duration for r in runs if r.duration is not None],
-        ("turns", None): [r.turns for r in runs],
-        ("tool_calls", None): [len(r.tools) for r in runs],
-    }
-    if not huge:  # a sum past 2^53 saturates or makes the field unknown (DESIGN §4): not checked
-        observed[("tokens", "input")] = [r.tokens_in for r in runs if r.tokens_in is not None]
-        observed[("tokens", "output")] = [r.tokens_out for r in runs if r.tokens_out is not None]
+    observed: dict[tuple[str, str | None], list[float]] = {}
+    records = [as_record(r) for r in runs]
+    for family in FAMILY_TABLE:
+        if huge and family.bucket == "tokens":  # a sum past 2^53 saturates or makes the field unknown (DESIGN §4)
+            continue
+        for key in family.series_keys():
+            observed[(family.bucket, key)] = [v for rec in records for k, v in family.observe(rec) if k == key]
+    if not huge:
         for kind in ("input", "output"):
             out[("tokens", kind)] = sum(observed[("tokens", kind)])
     for (short, kind), values in observed.items():
@@ -796,13 +798,11 @@ class LoopModel(RuleBasedStateMachine):
             problems.append(f"runs_in_progress = {in_progress}, but {open_runs} sessions end in an unfinished run")
         if low == high and not self.rebucketed:  # the finite buckets too, when nothing is uncertain
             bounds = BUCKET_SETS[self.buckets]
+            records = [as_record(r) for r in owed]
             values = {
-                "llamacloud_chat_run_duration_seconds": (
-                    [r.duration for r in owed if r.duration is not None],
-                    bounds["duration"],
-                ),
-                "llamacloud_chat_run_turns": ([r.turns for r in owed], bounds["turns"]),
-                "llamacloud_chat_run_tool_calls": ([len(r.tools) for r in owed], bounds["tool_calls"]),
+                family.name: ([v for rec in records for _, v in family.observe(rec)], bounds.get(family.bucket, family.buckets))
+                for family in FAMILY_TABLE
+                if not family.series
             }
             for name, (observed, edges) in values.items():
                 for bound, want in zip(edges, buckets_of(observed, edges), strict=True):

@@ -58,9 +58,9 @@ settings.register_profile(
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 
 BUCKET_SETS = [
-    Buckets((1.0, 10.0), (10.0, 100.0), (1.0, 4.0), (0.0, 2.0)),
-    Buckets((0.5, 5.0), (8.0, 80.0), (2.0,), (1.0, 3.0)),
-    Buckets((2.0,), (50.0,), (1.0, 2.0, 8.0), (0.0,)),
+    Buckets({"duration": (1.0, 10.0), "tokens": (10.0, 100.0), "turns": (1.0, 4.0), "tool_calls": (0.0, 2.0)}),
+    Buckets({"duration": (0.5, 5.0), "tokens": (8.0, 80.0), "turns": (2.0,), "tool_calls": (1.0, 3.0)}),
+    Buckets({"duration": (2.0,), "tokens": (50.0,), "turns": (1.0, 2.0, 8.0), "tool_calls": (0.0,)}),
 ]
 IDS = [f"s{i}" for i in range(6)]
 INDEX = "idx-a"
@@ -390,7 +390,7 @@ class CountingCore(RuleBasedStateMachine):
     def values_are_finite_and_non_negative(self):
         agg = self.poller.state.aggregates
         numbers = [*agg.runs.values(), *agg.errors.values(), *agg.tokens_total.values(), *agg.events.values()]
-        numbers += [h.total for h in (agg.duration, agg.turns, agg.tool_calls_per_run, *agg.tokens.values())]
+        numbers += [h.total for _, h in agg.histograms()]
         assert all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in numbers)
 
     @invariant()

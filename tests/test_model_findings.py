@@ -3,11 +3,9 @@ each a sequence that went wrong before its fix in collector/, on the fake client
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 
-from collector.aggregates import Aggregates
+from collector.aggregates import Aggregates, Buckets
 from collector.derive import RunRecord
 from tests.fakes import BUCKETS, FakeApi, cycle, poll_config, poller, run_events, total_runs
 
@@ -94,7 +92,7 @@ def test_a_short_read_during_a_re_derivation_is_not_counted_again_over_the_floor
     p = start(BUCKETS)
     cycle(p)
     p.store.close()
-    other = copy.deepcopy(BUCKETS).__class__((2.0,), (50.0,), (1.0, 2.0), (0.0,))
+    other = Buckets({"duration": (2.0,), "tokens": (50.0,), "turns": (1.0, 2.0), "tool_calls": (0.0,)})
     p = start(other)  # the buckets changed: a re-derivation, with the stored totals as the floor
     api.put("s", T[1], run_events() * 2)
     api.answers["s"] = [{"session_id": "s", "last_updated_at": T[1], "events": run_events()[:1]}]

@@ -126,7 +126,11 @@ def test_version_and_build_info_name_the_version_and_revision(capsys):
     assert exited.value.code == 0
     assert capsys.readouterr().out.strip() == f"llamacloud-collector {__version__} (revision {REVISION})"
     registry = CollectorRegistry()
-    snapshot = take_snapshot(CollectorState(Aggregates(Buckets((1.0,), (1.0,), (1.0,), (1.0,)), 5)), PollStatus(), 5)
+    snapshot = take_snapshot(
+        CollectorState(Aggregates(Buckets({"duration": (1.0,), "tokens": (1.0,), "turns": (1.0,), "tool_calls": (1.0,)}), 5)),
+        PollStatus(),
+        5,
+    )
     registry.register(SnapshotCollector(lambda: snapshot, **arguments(wire(Settings()).exposition)))
     text = generate_latest(registry).decode()
     assert f'llamacloud_collector_build_info{{revision="{REVISION}",version="{__version__}"}} 1.0' in text

@@ -21,7 +21,7 @@ from collector.storage.sqlite import SCHEMA_VERSION, SqliteStore, fingerprint
 
 pytestmark = pytest.mark.tier("unit")
 
-BUCKETS = Buckets((1.0, 10.0), (10.0, 100.0), (1.0, 4.0), (0.0, 2.0))
+BUCKETS = Buckets({"duration": (1.0, 10.0), "tokens": (10.0, 100.0), "turns": (1.0, 4.0), "tool_calls": (0.0, 2.0)})
 RULES = [("timeout", "time"), ("internal", "internal")]
 NOW = 1_790_000_000.0
 STAMP = "20260921T141320"  # NOW in UTC
@@ -155,7 +155,7 @@ def test_changed_buckets_replay_each_session_into_the_new_buckets_with_the_count
     s = store(db)
     s.load()
     s.save(state_with(session("a")))
-    other = Buckets((2.0,), (10.0,), (1.0,), (0.0,))
+    other = Buckets({"duration": (2.0,), "tokens": (10.0,), "turns": (1.0,), "tool_calls": (0.0,)})
     loaded = resume(store(db, buckets=other, limit=7))
     assert set(loaded.sessions) == {"a"} and loaded.synced is True and loaded.replay == {"a"}
     assert loaded.floor is None and loaded.aggregates.runs["success"] == 1  # the counters as they were
@@ -205,7 +205,7 @@ def test_a_replay_interrupted_by_a_restart_goes_on_where_it_was(tmp_path):
     s = store(db)
     s.load()
     s.save(state_with(session("a"), session("b")))
-    other = Buckets((2.0,), (10.0,), (1.0,), (0.0,))
+    other = Buckets({"duration": (2.0,), "tokens": (10.0,), "turns": (1.0,), "tool_calls": (0.0,)})
     again = store(db, buckets=other)
     state = resume(again)
     state.replayed("a")
@@ -322,9 +322,13 @@ def test_encoded_sessions_are_compact_named_and_strict(tmp_path):
 
 
 def test_the_fingerprint_does_not_depend_on_key_order():
-    a = fingerprint(Buckets((1.0,), (2.0,), (3.0,), (4.0,)), [("x", "y")], 5)
-    assert a == fingerprint(Buckets((1.0,), (2.0,), (3.0,), (4.0,)), [("x", "y")], 5)
-    assert a != fingerprint(Buckets((1.0,), (2.0,), (3.0,), (4.0,)), [("x", "y")], 6)
+    a = fingerprint(Buckets({"duration": (1.0,), "tokens": (2.0,), "turns": (3.0,), "tool_calls": (4.0,)}), [("x", "y")], 5)
+    assert a == fingerprint(
+        Buckets({"duration": (1.0,), "tokens": (2.0,), "turns": (3.0,), "tool_calls": (4.0,)}), [("x", "y")], 5
+    )
+    assert a != fingerprint(
+        Buckets({"duration": (1.0,), "tokens": (2.0,), "turns": (3.0,), "tool_calls": (4.0,)}), [("x", "y")], 6
+    )
     assert len(a) == 16
 
 
@@ -347,7 +351,7 @@ def test_two_changes_of_buckets_before_the_replay_ended_keep_every_observation(t
     saved.put(session("a"))
     first.save(saved)
     first.close()
-    other = Buckets((5.0,), (50.0,), (2.0,), (1.0,))
+    other = Buckets({"duration": (5.0,), "tokens": (50.0,), "turns": (2.0,), "tool_calls": (1.0,)})
     second = store(db, buckets=other)
     partial = resume(second)
     assert partial.histogram_floor is not None and partial.histogram_floor.duration.count == 10 and partial.synced
@@ -355,7 +359,7 @@ def test_two_changes_of_buckets_before_the_replay_ended_keep_every_observation(t
     partial.aggregates.add_runs([RunRecord(False, None, 2.0, 5, 6, 1, (), ())])  # a new run meanwhile
     second.save(partial)
     second.close()
-    third = store(db, buckets=Buckets((7.0,), (70.0,), (3.0,), (1.0,)))
+    third = store(db, buckets=Buckets({"duration": (7.0,), "tokens": (70.0,), "turns": (3.0,), "tool_calls": (1.0,)}))
     again = resume(third)  # the buckets changed again before the replay ended
     assert again.exposed().duration.count == 11 and again.aggregates.runs["success"] == 11
     again.end_replay()

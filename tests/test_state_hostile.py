@@ -220,7 +220,7 @@ def test_a_loaded_file_is_saved_by_its_changes_and_says_what_it_loaded(tmp_path)
 def test_the_totals_of_a_damaged_file_written_with_other_buckets_are_still_its_floor(tmp_path):
     """The floor is read with the bounds the file was written with; the resync keeps the label limit."""
     api, db = project(), tmp_path / "state.db"
-    other = Buckets(BUCKETS.duration, BUCKETS.tokens, BUCKETS.turns, (0.0, 5.0))
+    other = Buckets({"duration": BUCKETS.duration, "tokens": BUCKETS.tokens, "turns": BUCKETS.turns, "tool_calls": (0.0, 5.0)})
     first = Poller(
         api,
         SqliteStore(db, other, RULES, 50),

@@ -12,7 +12,7 @@ from collector.derive import RunRecord, ToolCall
 
 pytestmark = pytest.mark.tier("unit")
 
-BUCKETS = Buckets((1.0, 10.0), (10.0, 100.0), (1.0, 4.0), (0.0, 2.0))
+BUCKETS = Buckets({"duration": (1.0, 10.0), "tokens": (10.0, 100.0), "turns": (1.0, 4.0), "tool_calls": (0.0, 2.0)})
 
 
 def good() -> dict:

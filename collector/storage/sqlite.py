@@ -20,7 +20,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from contextlib import closing
-from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import quote
 
@@ -53,7 +52,7 @@ the load only has SQLite check that each is a JSON row of the session its key na
 
 def fingerprint(buckets: Buckets, rules: list[tuple[str, str]], label_limit: int) -> str:
     """What the configuration makes of a run: buckets, rules, label limit (unchanged since 0.1.0)."""
-    text = json.dumps([asdict(buckets), rules, label_limit], sort_keys=True)
+    text = json.dumps([dict(buckets), rules, label_limit], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
