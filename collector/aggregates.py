@@ -100,7 +100,7 @@ class Histogram:
         out, running = [], 0
         for bound, count, mark in zip((*self.bounds, float("inf")), self.counts, self.marks, strict=True):
             running += count
-            out.append((floatToGoString(bound), running, mark))
+            out.append((floatToGoString(bound), running, mark))  # type: ignore[no-untyped-call]  # untyped upstream
         return out
 
     @property
@@ -355,15 +355,15 @@ class Aggregates:
                 if labels is not None:
                     key = (labels.absorb(key[0]), *key[1:]) if isinstance(key, tuple) else labels.absorb(key)
                 mine[key] = min(MAX_MEASURE, mine[key] + value) if family.saturating else mine[key] + value
-        for labels in ("tools", "indexes"):
-            getattr(self, labels).absorb_dropped(getattr(delta, labels))
+        self.tools.absorb_dropped(delta.tools)
+        self.indexes.absorb_dropped(delta.indexes)
         self.history_resets += delta.history_resets
         for name, marks in delta.marks.items():
             for key, mark in marks.items():
                 self.marks[name][key] = latest(self.marks[name].get(key), mark) or mark
         theirs = dict(delta.histograms())
-        for key, hist in self.histograms():
-            other = theirs[key]
+        for where, hist in self.histograms():
+            other = theirs[where]
             assert other.bounds == hist.bounds, "seeded from these"
             hist.counts = [a + b for a, b in zip(hist.counts, other.counts, strict=True)]
             hist.total = min(MAX_MEASURE, hist.total + other.total)
@@ -377,8 +377,8 @@ class Aggregates:
                 mine[key] = max(mine[key], value)
         self.history_resets = max(self.history_resets, floor.history_resets)
         old_histograms = dict(floor.histograms())
-        for key, hist in self.histograms():
-            old = old_histograms.get(key)
+        for where, hist in self.histograms():
+            old = old_histograms.get(where)
             if old is None or old.count <= hist.count:
                 continue
             if hist.bounds == old.bounds:
@@ -490,13 +490,13 @@ def finite(value: object, where: str) -> float:
     return float(value)
 
 
-def _items(value: object, where: str) -> list:
+def _items(value: object, where: str) -> list[Any]:
     if not isinstance(value, list) or not all(isinstance(i, list) and len(i) == 2 for i in value):
         raise StoredValueError(f"{where}: not a list of [key, value] pairs")
     return value
 
 
-def _counter_key(item: list, where: str) -> str | tuple[str, ...]:
+def _counter_key(item: list[Any], where: str) -> str | tuple[str, ...]:
     key = item[0]
     if isinstance(key, str):
         return key
@@ -526,7 +526,7 @@ def _histogram(stored: object, where: str) -> Histogram:
     return h
 
 
-def _mark_out(mark: Mark | None) -> list | None:
+def _mark_out(mark: Mark | None) -> list[Any] | None:
     return None if mark is None else [mark.session_id, mark.value, mark.timestamp]
 
 

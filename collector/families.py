@@ -76,7 +76,7 @@ class Family:
 class CounterFamily(Family):
     stored: str
     """The attribute of ``Aggregates`` and the key of the state file's aggregates."""
-    observe: Callable[[Run], Iterable[tuple[Key, float]]] | None
+    observe: Callable[[Run], Iterable[tuple[Key, int]]] | None
     """The series a run adds to, and by how much; None: counted from the events, not the runs."""
     zeros: tuple[str, ...] = ()
     """Series shown at 0 before any run."""
@@ -123,43 +123,43 @@ class GaugeFamily(Family):
         return "gauge"
 
 
-def _runs(run: Run) -> Iterator[tuple[Key, float]]:
+def _runs(run: Run) -> Iterator[tuple[Key, int]]:
     yield run.outcome, 1
 
 
-def _errors(run: Run) -> Iterator[tuple[Key, float]]:
+def _errors(run: Run) -> Iterator[tuple[Key, int]]:
     if run.record.failed:
         yield run.record.error_type or "", 1
 
 
-def _tokens(run: Run) -> Iterator[tuple[Key, float]]:
+def _tokens(run: Run) -> Iterator[tuple[Key, int]]:
     for kind, tokens in (("input", run.record.input_tokens), ("output", run.record.output_tokens)):
         if tokens is not None:
             yield kind, tokens
 
 
-def _tool_calls(run: Run) -> Iterator[tuple[Key, float]]:
+def _tool_calls(run: Run) -> Iterator[tuple[Key, int]]:
     for call in run.record.tool_calls:
         yield (run.tool(call.name), "result" if call.has_result else "no_result"), 1
 
 
-def _skipped(run: Run) -> Iterator[tuple[Key, float]]:
+def _skipped(run: Run) -> Iterator[tuple[Key, int]]:
     for index_id in run.record.skipped_index_ids:
         yield run.index(index_id), 1
 
 
-def _index_runs(run: Run) -> Iterator[tuple[Key, float]]:
+def _index_runs(run: Run) -> Iterator[tuple[Key, int]]:
     for index_id in run.indexes:
         yield (index_id, run.outcome), 1
 
 
-def _index_errors(run: Run) -> Iterator[tuple[Key, float]]:
+def _index_errors(run: Run) -> Iterator[tuple[Key, int]]:
     if run.record.failed:
         for index_id in run.indexes:
             yield (index_id, run.record.error_type or ""), 1
 
 
-def _refused(run: Run) -> Iterator[tuple[Key, float]]:
+def _refused(run: Run) -> Iterator[tuple[Key, int]]:
     for name in run.record.refused:
         yield name, 1
 

@@ -8,7 +8,7 @@ request counters (``SelfMetrics``) are ordinary prometheus_client metrics.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -141,7 +141,7 @@ def _histogram(name: str, doc: str, labels: list[str], series: list[tuple[list[s
     return family
 
 
-def _counter(name: str, doc: str, labels: list[str], values: dict) -> Metric:
+def _counter(name: str, doc: str, labels: list[str], values: Mapping[Any, float]) -> Metric:
     family = CounterMetricFamily(name, doc, labels=labels)
     for key, value in sorted(values.items()):
         family.add_metric(list(key) if isinstance(key, tuple) else [key], value)

@@ -335,14 +335,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     the composer meets it: a settings file needs none, and a few hundred bytes of aliases nested a few deep
     stand for billions of values to every walk of the result (the depth check below, pydantic)."""
 
-    def compose_node(self, parent, index):
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+            event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
             raise _AliasRefused(None, None, f"*{str(event.anchor)[:40]}", event.start_mark)
         return super().compose_node(parent, index)
 
-    def construct_mapping(self, node, deep=False):
-        keys = set()
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys: set[object] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             try:
@@ -440,7 +440,7 @@ def _describe(error: Mapping[str, Any]) -> str:
     option = OPTIONS.get(name)
     where = [w for w in (option.flag, option.env) if w] if option else []
     if not loc:
-        return error["msg"].removeprefix("Value error, ")
+        return str(error["msg"]).removeprefix("Value error, ")
     label = ".".join(loc)
     message = error["msg"].removeprefix("Value error, ")
     hidden = name in ("api_key", "base_url") or "input" not in error or isinstance(error["input"], (dict, list))

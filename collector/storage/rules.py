@@ -196,7 +196,8 @@ class Record(Rule, Generic[T]):
     ignored: frozenset[str] = frozenset()
 
     def encode(self, value: Any, where: str) -> dict[str, Any]:
-        return self.bind(where)[0](value)
+        encoded: dict[str, Any] = self.bind(where)[0](value)
+        return encoded
 
     def decode(self, value: Any, where: str) -> T:
         result: T = self.bind(where)[1](value)
