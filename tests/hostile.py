@@ -73,7 +73,8 @@ class HostileApi:
             ready.set()
             self.loop.run_forever()
 
-        threading.Thread(target=run, daemon=True).start()
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
         ready.wait(10)
         assert self.server is not None, "the hostile server did not start within 10 s"
         return self.server.sockets[0].getsockname()[1]
@@ -89,6 +90,9 @@ class HostileApi:
 
         asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        if not self.thread.is_alive():
+            self.loop.close()  # not left to the GC, which would warn of an unclosed loop in a later test
 
     def prepare(self, mode: str) -> None:
         """Work a mode needs before it can answer at once (a 1 GiB gzip bomb takes seconds to pack)."""

@@ -44,8 +44,8 @@ class Processes:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
-        log = open(self.folder / f"{name}.log", "w")  # noqa: SIM115 - open as long as the process runs
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        with open(self.folder / f"{name}.log", "w") as log:  # the process writes to its own copy of the file
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         self.procs[name] = proc
         return proc
 
@@ -95,6 +95,7 @@ class Webhook:
 
     def close(self) -> None:
         self.server.shutdown()
+        self.server.server_close()
 
 
 def start_alertmanager(procs: Processes, webhook_port: int) -> int:

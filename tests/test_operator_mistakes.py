@@ -147,4 +147,6 @@ def test_check_gives_up_by_its_deadline_whatever_retry_after_says(capsys):
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+        loop.run_until_complete(runner.cleanup())  # its listening socket, then the loop: none left to the GC
+        loop.close()
     assert code == 1 and err.count("\n") == 1 and "HTTP 429" in err  # at once: a day's wait is past the deadline
