@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, Quickstart): on a fresh Debian machine, install what the tests need, run the
-# quality gates (ruff check, ruff format --check, mypy), then the whole suite. Arguments go to pytest, e.g. `bash scripts/test.sh -m unit`.
+# quality gates (ruff check, ruff format --check, mypy: strict over collector/, [tool.mypy] in pyproject.toml;
+# the generated copies), then the whole suite, warnings as errors ([tool.pytest.ini_options]). Arguments go
+# to pytest, e.g. `bash scripts/test.sh -m unit`. CI's gates job (.github/workflows/ci.yml) runs the same gates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -39,4 +41,5 @@ pip install -q '.[test]'
 ruff check .
 ruff format --check .
 mypy
+python scripts/generate.py --check
 python -m pytest "$@"
