@@ -148,7 +148,9 @@ def test_kill_9_mid_cycle_loses_no_run(procs, tmp_path):
     httpx.get(sim + "/_sim/fault", params={"kind": "slow", "endpoint": "retrieve", "delay": 0.8, "times": 4})
     httpx.get(sim + "/_sim/touch", params={"fraction": 0.5})
     wait_until(lambda: stats(sim)["calls"].get("retrieve", 0) > before, WAIT, "a retrieve in flight")
-    procs.procs.pop("collector").kill()  # SIGKILL: no shutdown hook runs
+    killed = procs.procs.pop("collector")
+    killed.kill()  # SIGKILL: no shutdown hook runs
+    killed.wait()  # reaped: no zombie left to the GC (a ResourceWarning)
     httpx.get(sim + "/_sim/touch", params={"fraction": 0.2})  # the last change: no traffic after it
     url = start_collector(procs, sim, "--state-path", str(db), name="restarted")
     wait_until(lambda: counted(sim, url), WAIT, "totals to equal the truth after restart", interval=1.0)
