@@ -1,8 +1,9 @@
 """Write every generated copy of the dashboards, rules and settings; ``--check`` fails on drift.
 
-Sources: scripts/dashboards.py (the dashboards), deploy/prometheus/rules.spec.yaml (the rules) and
-collector/families.py (the README's table of metrics), collector/settings.py (the README's table of settings, and the chart's ``config``: its values, schema,
-README table and ConfigMap, through scripts/chart_config.py).
+Sources: scripts/dashboards.py (the dashboards), deploy/prometheus/rules.spec.yaml (the rules),
+collector/families.py (the README's table of metrics) and collector/settings.py (the README's table of
+settings, and the chart's ``config``: its values, schema, README table and ConfigMap, through
+scripts/chart_config.py).
 
     python scripts/generate.py          # rewrite the copies
     python scripts/generate.py --check  # exit 1 when a copy differs from its source
