@@ -26,6 +26,7 @@ from collector.build import REVISION
 from collector.cadence import Deadline
 from collector.errors import AuthError, CollectorError, ConfigError
 from collector.llamacloud.client import LlamaCloudClient
+from collector.memory import tune_allocator
 from collector.selection import Found, in_shard, wanted
 from collector.settings import CONFIG_ENV, OPTIONS, Settings, check_environment, load_settings
 from collector.simulator.service import SimulatorService
@@ -224,6 +225,7 @@ async def _check(settings: Settings, key: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    tune_allocator()
     argv = list(sys.argv[1:] if argv is None else argv)
     environ = os.environ if environ is None else environ
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):

@@ -72,7 +72,9 @@ class Claim:
     async def in_thread(self, executor: Executor, fn: Callable[[A], R], arg: A) -> R:
         """``fn(arg)`` in ``executor``. The turn is held until it returns, even when the caller gives up
         first (a cycle's deadline): a thread cannot be stopped, and the memory it holds is the gate's."""
-        future = asyncio.get_running_loop().run_in_executor(executor, _bare, fn, arg)
+        box = [arg]  # the executor keeps its arguments a while after the call: it keeps an empty box
+        del arg  # a failure raised here carries this frame: it must not carry the body too
+        future = asyncio.get_running_loop().run_in_executor(executor, _unboxed, fn, box)
         self._handed = True
         future.add_done_callback(self._thread_done)
         return await asyncio.shield(future)
@@ -81,6 +83,12 @@ class Claim:
         self._let_go()
         if not future.cancelled():
             future.exception()  # retrieved, also when no one awaits it any more
+
+
+def _unboxed(fn: Callable[[A], R], box: list[A]) -> R:
+    """``_bare(fn, box.pop())``: the worker's own reference to its arguments (its work item, dropped only
+    after the loop has been told) is to the emptied box, not to the body."""
+    return _bare(fn, box.pop())
 
 
 def _bare(fn: Callable[[A], R], arg: A) -> R:

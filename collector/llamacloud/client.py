@@ -115,6 +115,12 @@ class _Answer:
         self.status, self.body, self.content_type, self.retry_after = status, body, content_type, retry_after
         self.location = location
 
+    def take_body(self) -> Body:
+        """The body, which this answer then no longer holds: whatever keeps the answer alive after (an
+        exception's frames, until the cycle collector frees them) does not keep 30 MB with it."""
+        body, self.body = self.body, b""
+        return body
+
 
 class LlamaCloudClient:
     def __init__(
@@ -319,7 +325,7 @@ class LlamaCloudClient:
         try:
             if len(answer.body) <= LARGE_BODY:
                 return parse(answer.body)
-            return await claim.in_thread(self._threads, parse, answer.body)
+            return await claim.in_thread(self._threads, parse, answer.take_body())
         except ValidationError as exc:
             self._observer.invalid_payload(operation)
             first = exc.errors(include_input=False, include_url=False)[0]
