@@ -2,12 +2,17 @@
 
 One file, WAL, written in one transaction at the end of each cycle: the
 changed and removed sessions, the aggregates and the meta rows. It carries a
-schema version, and a fingerprint of the buckets, rules and label limit:
+schema version and a derivation version:
 
-- a file of another schema version is rebuilt from the API, never misread;
+- a file of a newer version is refused; an older layout is read and written anew;
 - a corrupt or unreadable file is moved aside as ``*.corrupt-<timestamp>``;
-- a changed fingerprint re-derives every session, then raises the counters
+- another derivation version re-derives every session, then raises the counters
   to the stored ones, so none goes backwards;
+- each histogram family keeps its own bounds in the file, its fingerprint: a family
+  whose bucket setting changed is re-bucketed alone (its runs replayed, ``_count``,
+  ``_sum`` and ``+Inf`` kept), and a family added since the file was written starts
+  empty, re-deriving none of the others. New error rules and label limits apply from
+  then on. The ``fingerprint`` row (buckets, rules, label limit) only records them;
 - a failed write raises ``StateError``; the next save rewrites everything.
 """
 
