@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command (README, Quickstart): on a fresh Debian machine, install what the tests need, run the
-# quality gates (ruff check, ruff format --check, mypy: strict over collector/, [tool.mypy] in pyproject.toml;
-# the generated copies), then the whole suite, warnings as errors ([tool.pytest.ini_options]). Arguments go
-# to pytest, e.g. `bash scripts/test.sh -m unit`. CI's gates job (.github/workflows/ci.yml) runs the same gates.
+# quality gates (ruff check, ruff format --check, mypy: strict over collector/, tests/, scripts/ and bench/
+# checked too, [tool.mypy] in pyproject.toml; the generated copies), then the whole suite, warnings as errors
+# ([tool.pytest.ini_options]). Arguments go to pytest, e.g. `bash scripts/test.sh -m unit`. CI's gates job
+# (.github/workflows/ci.yml) runs the same gates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 
 from prometheus_client import CollectorRegistry
@@ -25,7 +26,7 @@ BUCKETS = Buckets({"duration": (1.0, 10.0), "tokens": (10.0, 100.0), "turns": (1
 
 
 def run_events(failed: bool = False, tool: str | None = None) -> list[dict]:
-    events = [{"type": "user_input", "content": "q"}]
+    events: list[dict] = [{"type": "user_input", "content": "q"}]
     if tool:
         events += [
             {"type": "tool_call", "name": tool, "call_id": "c", "arguments": {}},
@@ -58,7 +59,7 @@ class FakeApi:
         self.page_size = 1000
         self.pages_listed = 0
         self.list_errors: list[Exception] = []
-        self.on_list = None
+        self.on_list: Callable[[], object] | None = None
         """Called at each page: a test moves its clocks here."""
 
     def put(self, sid: str, updated: str, events: list[dict]) -> None:
@@ -109,7 +110,8 @@ class FakeApi:
         if isinstance(body, Exception):
             raise body
         session = parse_session(json.dumps(body).encode())
-        if off_loop is not None and (self.large is True or sid in self.large) and session.session_id == sid:
+        large = self.large is True or (self.large is not False and sid in self.large)
+        if off_loop is not None and large and session.session_id == sid:
             return await asyncio.to_thread(off_loop, lambda: session)
         return session
 
@@ -125,6 +127,12 @@ def poller(api: FakeApi, now: list[float] | None = None, monotonic=None, interva
         clock=clock,
         **({"monotonic": monotonic} if monotonic else {}),
     )
+
+
+def self_metrics(p: Poller) -> SelfMetrics:
+    """What ``p`` reports to, as ``poller`` builds it: the collector's own metrics."""
+    assert isinstance(p.metrics, SelfMetrics)
+    return p.metrics
 
 
 def cycle(p: Poller):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import zlib
+from typing import Any
 
 import httpx
 import pytest
@@ -30,7 +31,7 @@ from tests.helpers import run_async
 
 pytestmark = pytest.mark.tier("unit")
 
-SESSION = {"session_id": "s1", "last_updated_at": "2026-01-01T00:00:00+00:00", "events": []}
+SESSION: dict[str, Any] = {"session_id": "s1", "last_updated_at": "2026-01-01T00:00:00+00:00", "events": []}
 
 
 def streamed(body: bytes, headers: dict | None = None, chunk: int = 1000) -> httpx.Response:

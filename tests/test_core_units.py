@@ -16,7 +16,7 @@ from collector.metrics import SelfMetrics
 from collector.poller import Poller
 from collector.selection import older, wanted
 from collector.state import CollectorState, LastRun, MemoryStore, SessionState, parse_timestamp, update_session
-from tests.fakes import poll_config
+from tests.fakes import FakeApi, poll_config
 from tests.helpers import run_async
 
 pytestmark = pytest.mark.tier("unit")
@@ -112,7 +112,7 @@ def test_stored_exemplars_keep_their_timestamp():
 
 
 def test_sharding_applies_from_two_shards():
-    listed = Session(session_id="s1", last_updated_at="x")
+    listed = Session(session_id="s1", last_updated_at="x", events=())
     owners = [wanted(poll_config(interval=1, shard=i, total_shards=2), listed) for i in (0, 1)]
     assert sorted(owners) == [False, True]
     assert wanted(poll_config(interval=1, index_ids=("i1",)), listed) is False
@@ -181,7 +181,7 @@ def test_dropping_retires_a_session_without_its_title_and_forgets_none():
 
 
 def test_a_failed_cycle_publishes_down_with_its_reason_and_start_time():
-    class Down:
+    class Down(FakeApi):
         async def list_page(self, token=None, deadline=None):
             raise FetchError("list: HTTP 500", operation="list")
 
@@ -197,7 +197,7 @@ def test_a_failed_cycle_publishes_down_with_its_reason_and_start_time():
     assert report.result == "failure" and report.errors == ["list: HTTP 500"]
     poll = poller.snapshot.poll
     assert poll.up is False and poll.message == "list: HTTP 500"
-    assert math.isclose(poll.finished_at, 1234.5)
+    assert poll.finished_at is not None and math.isclose(poll.finished_at, 1234.5)
 
 
 def test_fresh_aggregates_expose_both_outcomes_and_token_types_at_zero():
@@ -268,7 +268,7 @@ def test_a_run_record_carries_what_derivation_checked():
 
 
 def test_per_session_counters_and_the_exemplar_time_of_an_update():
-    events = [
+    events: list[dict] = [
         {"type": "user_input"},
         {"type": "stop", "is_error": False, "usage": {"total_input_tokens": 10, "total_output_tokens": None}},
         {"type": "user_input"},
@@ -312,7 +312,7 @@ def test_a_value_above_the_last_bound_lands_in_the_inf_bucket_only():
 
 
 def test_per_session_counters_add_up_across_updates():
-    events = [
+    events: list[dict] = [
         {"type": "user_input"},
         {"type": "stop", "is_error": True, "error": "x", "usage": {"total_input_tokens": 1, "total_output_tokens": 2}},
     ]
@@ -327,7 +327,7 @@ def test_per_session_label_values_are_bounded_whatever_the_api_sends():
     from collector.state import MAX_INDEX_IDS
 
     ids = [f"idx-{i:05d}-" + "x" * 90 for i in range(10_000)] + ["y" * 500]
-    run = [{"type": "user_input"}, {"type": "stop", "is_error": False}]
+    run: list[dict] = [{"type": "user_input"}, {"type": "stop", "is_error": False}]
     session = session_of(run, index_ids=ids, shared_access="everyone; drop table")
     state = update_session(None, session, Aggregates(BUCKETS, 5), ErrorClassifier(), 1.0).state
     assert len(state.index_ids) == MAX_INDEX_IDS and all(len(i) <= 128 for i in state.index_ids)

@@ -10,7 +10,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 
 from collector.aggregates import Histogram, Mark
 from collector.families import FAMILIES, HistogramFamily
-from collector.simulator.world import World, populate
+from collector.simulator.world import RunTruth, World, populate
 from tests.helpers import collecting, record, run_async, running, simulating
 
 pytestmark = pytest.mark.tier("unit")
@@ -49,7 +49,7 @@ def exemplars(text: str) -> list[tuple[str, dict, float, dict, tuple[float, floa
 
 
 def check_against_truth(found, world: World) -> int:
-    runs_by_session = {}
+    runs_by_session: dict[str, list[RunTruth]] = {}
     for run in world.runs:
         runs_by_session.setdefault(run.session_id, []).append(run)
     checked = 0
@@ -87,8 +87,8 @@ def test_exemplars_name_real_runs_lie_in_their_bucket_and_stay_out_of_the_text_f
                 "llamacloud_chat_run_tool_calls_bucket",
             } <= names
             assert check_against_truth(found, world) == len(found)
-            error = next(e for n, labels, *e in found if n == "llamacloud_chat_runs_total" and labels["outcome"] == "error")
-            assert error[1]["session_id"] in {s.session_id for s in list(world.sessions.values())[:10]}
+            error = next(ex for n, lbl, _, ex, _ in found if n == "llamacloud_chat_runs_total" and lbl["outcome"] == "error")
+            assert error["session_id"] in {s.session_id for s in list(world.sessions.values())[:10]}
             async with httpx.AsyncClient() as http:
                 plain = (await http.get(f"http://127.0.0.1:{collector.port}/metrics")).text
             assert " # {" not in plain and "session_id=" not in plain.split("llamacloud_chat_session_")[0]

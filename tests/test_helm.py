@@ -19,7 +19,7 @@ SPEC_ALERTS = len(
 CHART = Path(__file__).resolve().parent.parent / "helm" / "llamacloud-collector"
 KEY = {"apiKey": {"value": "llx-test"}}
 
-MATRIX = {
+MATRIX: dict[str, dict] = {
     "defaults": KEY,
     "everything": {
         **KEY,
@@ -264,7 +264,7 @@ def test_readme_documents_every_value():
     assert missing == []
 
 
-def collector_container(objects: list[dict]) -> dict:
+def collector_container(objects: list[dict]) -> tuple[dict, dict]:
     (deploy,) = by_kind(objects, "Deployment")
     return deploy["spec"]["template"]["spec"]["containers"][0], deploy["spec"]["template"]["spec"]
 

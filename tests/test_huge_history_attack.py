@@ -13,6 +13,7 @@ import collector.poller as poller_module
 from collector.errors import FetchError
 from collector.llamacloud.bounds import _bare
 from collector.llamacloud.models import parse_session
+from collector.state import update_session
 from tests.fakes import FakeApi, cycle, poller, run_events, total_runs
 from tests.helpers import run_async
 
@@ -75,9 +76,9 @@ def test_a_tool_named_none_counted_apart_does_not_pass_the_label_limit():
 # 3. label race: a value the thread dropped that the loop admitted meanwhile ----------------------------------
 
 
-def test_a_value_admitted_on_the_loop_while_the_thread_counted_is_not_also_dropped():
+def test_a_value_admitted_on_the_loop_while_the_thread_counted_is_not_also_dropped(monkeypatch):
     seeded, small_done = threading.Event(), threading.Event()
-    real_update = poller_module.update_session
+    real_update = update_session  # collector/state.py's, which collector/poller.py calls
 
     def update(prev, session, *args, **kwargs):
         if threading.current_thread() is not threading.main_thread():  # the parse thread, after the seed
@@ -102,11 +103,9 @@ def test_a_value_admitted_on_the_loop_while_the_thread_counted_is_not_also_dropp
     cycle(p)
     api.put("big", "2026-01-01T00:00:01Z", run_events(tool="b") + run_events(tool="c"))
     api.put("small", "2026-01-01T00:00:02Z", run_events(tool="c"))
-    poller_module.update_session = update
-    try:
+    with monkeypatch.context() as patched:
+        patched.setattr(poller_module, "update_session", update)
         cycle(p)
-    finally:
-        poller_module.update_session = real_update
     assert seeded.is_set() and small_done.is_set()
     labels = p.state.aggregates.tools
     assert labels.admitted == {"a", "c"}

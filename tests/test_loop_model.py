@@ -49,6 +49,7 @@ import re
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -65,7 +66,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from collector.app import build_client
 from collector.derive import DEFAULT_ERROR_RULES, ErrorClassifier, RunRecord, ToolCall
 from collector.families import HISTOGRAMS as FAMILY_TABLE
-from collector.llamacloud.client import RetryPolicy
+from collector.llamacloud.client import LlamaCloudClient, RetryPolicy
 from collector.metrics import SelfMetrics, SnapshotCollector
 from collector.poller import Poller
 from collector.settings import Settings
@@ -137,6 +138,8 @@ RUN_SPEC = st.tuples(
     st.sampled_from(["ok", "ok", "missing"]),  # tokens
     st.sampled_from(["none", "thinking", "text", "unknown"]),  # another event in the run
 )
+RunSpec = tuple[bool, int, list[tuple[int, bool]], str, str, str]
+"""A run as ``RUN_SPEC`` draws it."""
 
 
 # -- the upstream -------------------------------------------------------------------------------------------
@@ -254,7 +257,7 @@ class FakeChatApi:
         self.served: list[tuple[str, int, int]] = []
         """(session, epoch, history length) of each history sent this cycle."""
         self.passes: list[PassLog] = []
-        self.requests = Counter()
+        self.requests: Counter[str] = Counter()
 
     def heal(self) -> None:
         self.order, self.short_pages, self.duplicates = "oldest", False, False
@@ -424,9 +427,10 @@ def parse(text: str) -> Samples:
 
 def measures(samples: Samples) -> dict[tuple, float]:
     """The totals the model checks, from the rendered chat families."""
-    out: dict[tuple, float] = Counter()
-    for (name, labels), value in samples.items():
-        labels = dict(labels)
+    # a Counter for its 0 at a missing key, holding float totals (typeshed types a Counter's counts as int)
+    out: dict[tuple, float] = Counter()  # type: ignore[assignment]
+    for (name, pairs), value in samples.items():
+        labels = dict(pairs)
         if name == "llamacloud_chat_runs_total":
             out[("runs", labels["outcome"])] += value
         elif name == "llamacloud_chat_run_errors_total":
@@ -446,7 +450,8 @@ def measures(samples: Samples) -> dict[tuple, float]:
 
 
 def truth(runs: list[Run], events: Counter, huge: bool) -> dict[tuple, float]:
-    out: dict[tuple, float] = Counter()
+    # a Counter for its == (a missing key is 0), holding float totals (typeshed types a Counter's counts as int)
+    out: dict[tuple, float] = Counter()  # type: ignore[assignment]
     for kind in ("success", "error"):
         out[("runs", kind)] = sum(r.failed == (kind == "error") for r in runs)
     out[("errors",)] = out[("runs", "error")]
@@ -464,9 +469,9 @@ def truth(runs: list[Run], events: Counter, huge: bool) -> dict[tuple, float]:
     if not huge:
         for kind in ("input", "output"):
             out[("tokens", kind)] = sum(observed[("tokens", kind)])
-    for (short, kind), values in observed.items():
-        out[("count", short, kind)] = len(values)
-        out[("sum", short, kind)] = sum(values)
+    for (short, series), values in observed.items():
+        out[("count", short, series)] = len(values)
+        out[("sum", short, series)] = sum(values)
     return out
 
 
@@ -487,7 +492,7 @@ def histogram_shape(samples: Samples) -> list[str]:
     return problems
 
 
-def buckets_of(values: list[float], bounds: list[float]) -> list[int]:
+def buckets_of(values: list[float], bounds: Sequence[float]) -> list[int]:
     return [sum(v <= b for v in values) for b in bounds]
 
 
@@ -546,7 +551,7 @@ class LoopModel(RuleBasedStateMachine):
         self.samples: Samples | None = None
         self.broken = False
         self.poller: Poller | None = None
-        self.client = None
+        self.client: LlamaCloudClient | None = None
         self.registry = CollectorRegistry()
 
     # -- wiring ---------------------------------------------------------------------------------------
@@ -569,7 +574,7 @@ class LoopModel(RuleBasedStateMachine):
         async def no_sleep(_seconds: float) -> None:
             return None
 
-        async def build():
+        async def build() -> LlamaCloudClient:
             return build_client(
                 settings_,
                 "llx-model",
@@ -596,12 +601,13 @@ class LoopModel(RuleBasedStateMachine):
             monotonic=lambda: MONO,
         )
         registry = CollectorRegistry()
-        registry.register(SnapshotCollector(lambda: self.poller.snapshot, **arguments(wire(settings_).exposition)))
+        registry.register(SnapshotCollector(lambda: self._running().snapshot, **arguments(wire(settings_).exposition)))
         self.registry = registry
         self.samples = None
 
     def _stop(self) -> None:
         if self.poller is not None:
+            assert self.client is not None  # started with the poller
             self.poller.store.close()
             self.loop.run_until_complete(self.client.aclose())
             self.poller = None
@@ -611,8 +617,12 @@ class LoopModel(RuleBasedStateMachine):
             self.samples = parse(generate_latest(self.registry).decode())
         return self.samples
 
+    def _running(self) -> Poller:
+        assert self.poller is not None, "the collector is not running"
+        return self.poller
+
     def _ready(self) -> bool:
-        return bool(self.poller.snapshot.ready)
+        return bool(self._running().snapshot.ready)
 
     def _shown(self) -> set[str] | None:
         if not self._ready():
@@ -697,7 +707,7 @@ class LoopModel(RuleBasedStateMachine):
         before = self._shown()
         watched_before = len(before) if before is not None else 0
         self.api.served.clear()
-        report = self.loop.run_until_complete(self.poller.cycle())
+        report = self.loop.run_until_complete(self._running().cycle())
         self.samples = None
         if report.result != "failure":  # committed: what it read is the collector's now
             for sid, epoch, length in self.api.served:
@@ -749,8 +759,10 @@ class LoopModel(RuleBasedStateMachine):
     # -- truth and checks -----------------------------------------------------------------------------
 
     def _truth(self) -> tuple[dict, dict, list[Run]]:
-        must, may = set(), set()
-        must_events, may_events = Counter(), Counter()
+        must: set[int] = set()
+        may: set[int] = set()
+        must_events: Counter[str] = Counter()
+        may_events: Counter[str] = Counter()
         for s in self.api.sessions.values():
             runs_min, runs_max, events_min, events_max = s.owed()
             must |= runs_min
@@ -1094,7 +1106,7 @@ class LoopModel(RuleBasedStateMachine):
         if s is None:
             return
         if kind == "503":
-            fault = [503] * times
+            fault: list[int | tuple[str, int]] = [503] * times
         elif kind == "cut":
             fault = [("cut", where % (len(s.events) + 1))] * times
         else:
@@ -1171,7 +1183,7 @@ def test_each_example_removes_its_state_directory():
 # machinery with every step's checks; the teardown is the final heal. The first ones failed on 9e14d04, the
 # tree issue 26 was filed on; each names the DESIGN §4 rule it broke.
 
-OK_RUN = (False, 0, [], "ok", "ok", "none")
+OK_RUN: RunSpec = (False, 0, [], "ok", "ok", "none")
 
 
 def replay(*steps: tuple[str, dict]) -> None:
@@ -1258,7 +1270,7 @@ def test_finding_a_new_label_limit_counts_no_tool_call_twice():
 def test_finding_a_new_error_rule_keeps_errors_equal_to_failed_runs():
     """ "The sum of run_errors_total over error_type equals the failed runs": after a rule was added in front,
     the floor of the old type and the re-derived new one were both counted (issue 26, item 5)."""
-    billing = (True, 3, [], "ok", "ok", "none")  # "quota exceeded: billing": rate_limit, then billing
+    billing: RunSpec = (True, 3, [], "ok", "ok", "none")  # "quota exceeded: billing": rate_limit, then billing
     replay(
         ("init", {"n": 1, "page_size": 1, "seed": 0}),
         ("append", {"pick": 0, "specs": [billing], "open_run": False, "ts_mode": "bump"}),

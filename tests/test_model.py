@@ -138,9 +138,8 @@ class CountingCore(RuleBasedStateMachine):
     # -- wiring ---------------------------------------------------------------------------------------
 
     def _start(self) -> Poller:
-        rules = [list(r) for r in DEFAULT_ERROR_RULES]
         store = (
-            SqliteStore(self.dir / "state.db", self.buckets, [tuple(r) for r in rules], 50) if self.persistent else MemoryStore()
+            SqliteStore(self.dir / "state.db", self.buckets, list(DEFAULT_ERROR_RULES), 50) if self.persistent else MemoryStore()
         )
         config = poll_config(interval=60.0, buckets=self.buckets, page_size=2, index_ids=(INDEX,) if self.filtered else ())
         return Poller(
@@ -425,7 +424,7 @@ class CountingCore(RuleBasedStateMachine):
     def state_file_reads_back_field_for_field(self):
         if not self.persistent:
             return
-        store = SqliteStore(self.dir / "state.db", self.buckets, [tuple(r) for r in DEFAULT_ERROR_RULES], 50)
+        store = SqliteStore(self.dir / "state.db", self.buckets, list(DEFAULT_ERROR_RULES), 50)
         loaded = store.load()
         store.close()
         state = self.poller.state

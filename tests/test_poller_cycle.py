@@ -15,7 +15,7 @@ import structlog
 from collector import logs
 from collector.errors import FetchError, NotFound, PayloadError
 from collector.poller import Poller
-from tests.fakes import FakeApi, cycle, poller, run_events, total_runs
+from tests.fakes import FakeApi, cycle, poller, run_events, self_metrics, total_runs
 from tests.helpers import run_async
 
 pytestmark = pytest.mark.tier("unit")
@@ -97,7 +97,7 @@ def test_unreadable_listing_items_are_counted_and_named(captured):
             ).encode()
         )
 
-    api.list_page = listing
+    api.list_page = listing  # type: ignore[method-assign]  # this test's listing, in place of the fake's
     report = cycle(p)
     assert report.result == "partial" and report.invalid == 12 and report.watched == 1
     (line,) = captured("unreadable sessions in the listing, skipped this cycle")
@@ -119,7 +119,7 @@ def test_a_bug_in_discovery_fails_the_cycle_with_one_line():
     async def broken(token=None, deadline=None):
         raise KeyError("i" * 300)
 
-    api.list_page = broken
+    api.list_page = broken  # type: ignore[method-assign]  # this test's listing, in place of the fake's
     p = poller(api)
     report = cycle(p)
     assert report.result == "failure" and report.errors == ["cycle failed: KeyError: '" + "i" * 199]
@@ -161,15 +161,17 @@ def test_failed_runs_are_logged_once_after_the_first_sync(captured):
     cycle(p)
     (line,) = captured("chat run failed")
     assert line["session_id"] == "s0" and line["error"] == "boom" and line["duration_seconds"] == 0.5
-    quiet = poller(populated(1), log_runs="none")
+    quiet_api = populated(1)
+    quiet = poller(quiet_api, log_runs="none")
     cycle(quiet)
-    quiet.client.put("s0", "2026-01-01T00:01:00+00:00", quiet.client.sessions["s0"]["events"] + run_events(True))
+    quiet_api.put("s0", "2026-01-01T00:01:00+00:00", quiet_api.sessions["s0"]["events"] + run_events(True))
     cycle(quiet)
     assert len(captured("chat run failed")) == 1
-    everything = poller(populated(1), log_runs="all")
+    everything_api = populated(1)
+    everything = poller(everything_api, log_runs="all")
     cycle(everything)
-    everything.client.put(
-        "s0", "2026-01-01T00:01:00+00:00", everything.client.sessions["s0"]["events"] + run_events() * 3 + run_events(True)
+    everything_api.put(
+        "s0", "2026-01-01T00:01:00+00:00", everything_api.sessions["s0"]["events"] + run_events() * 3 + run_events(True)
     )
     cycle(everything)
     assert len(captured("chat run finished")) == 3 and len(captured("chat run failed")) == 2
@@ -185,6 +187,7 @@ def test_the_published_poll_status_and_the_cycle_line(captured):
     assert poll.result == "success" and poll.up is True and poll.last_success == 1000.0 and poll.message == ""
     assert poll.finished_at == 1000.0
     wall[0] = 2000.0
+    assert poll.duration is not None
     assert abs(poll.duration - 0.123456) < 1e-9 and p.cycle_started == 100.0 and p.cycle_finished == 100.123456
     (line,) = captured("poll cycle")
     assert line["level"] == "info" and line["duration_seconds"] == 0.123 and line["sessions_watched"] == 3
@@ -218,7 +221,7 @@ def test_every_failure_of_a_kind_is_counted(captured):
     }
     report = cycle(p)
     assert (report.removed, report.invalid, report.failed) == (2, 3, 2)
-    assert p.metrics.invalid_payloads.labels("retrieve")._value.get() == 1  # the bug is an invalid payload
+    assert self_metrics(p).invalid_payloads.labels("retrieve")._value.get() == 1  # the bug is an invalid payload
     (bug,) = [e for e in captured("session failing") if e["session_id"] == "s5"]
     assert bug["error"] == "RuntimeError: " + "x" * 200
 
@@ -482,7 +485,7 @@ def test_an_endless_listing_ends_where_it_goes_round_says_so_and_starts_over():
     assert (first.result, first.pages, first.fetched) == ("partial", IDLE_PAGES + 2, 2)
     assert first.errors[0].startswith(f"list: {IDLE_PAGES} pages in a row listed no session new to the pass")
     assert p.listing is None and p.state.synced  # synced on what it read; no verdict on who is gone
-    assert p.metrics.listing_anomalies.labels("pass_restarted")._value.get() == 1
+    assert self_metrics(p).listing_anomalies.labels("pass_restarted")._value.get() == 1
     second = cycle(p)
     assert (second.pages, second.fetched, api.pages_listed) == (IDLE_PAGES + 2, 0, 2 * IDLE_PAGES + 4)
 
@@ -611,7 +614,7 @@ def test_a_listing_that_gives_up_at_the_deadline_is_cut_not_failed_and_resumes()
     assert report.errors == [
         "cycle deadline reached at page 1 of the listing pass with 0 sessions not fetched; the pass carries on next cycle"
     ]
-    assert not p.listing.listed_all and p.listing.token == "1"  # the next cycle reads page 2 again
+    assert p.listing is not None and not p.listing.listed_all and p.listing.token == "1"  # the next cycle reads page 2 again
     _, first = deadline_api(page=1)
     outage = cycle(first)  # nothing answered by the deadline: an outage
     assert (outage.result, outage.errors) == ("failure", ["no answer from the API by the cycle deadline"])
@@ -622,7 +625,7 @@ def test_a_fetch_that_gives_up_at_the_deadline_is_carried_not_failed():
     report = cycle(p)
     assert (report.result, report.failed, report.fetched) == ("partial", 0, 0) and not p.failing
     assert report.errors[-1].startswith("cycle deadline reached at page ")
-    assert p.listing.todo[0].session_id == "s0" and "s0" in p.listing.queued  # first next cycle, once
+    assert p.listing is not None and p.listing.todo[0].session_id == "s0" and "s0" in p.listing.queued  # first next cycle, once
 
 
 @pytest.mark.parametrize("page_size,concurrency,pages", [(10, 1, 3), (1, 4, 20)])

@@ -99,9 +99,11 @@ def test_the_image_build_records_the_revision_the_release_passes():
 
 
 def test_the_revision_is_read_from_the_package_and_checked(tmp_path, monkeypatch):
+    from importlib import resources
+
     from collector import build
 
-    monkeypatch.setattr(build.resources, "files", lambda _: tmp_path)
+    monkeypatch.setattr(resources, "files", lambda _: tmp_path)  # the module collector/build.py reads it from
     assert build._revision() == "unknown"  # a checkout: no file
     (tmp_path / "REVISION").write_text("0123abcd" * 5 + "\n")
     assert build._revision() == "0123abcd" * 5

@@ -207,6 +207,7 @@ def test_a_loaded_file_is_saved_by_its_changes_and_says_what_it_loaded(tmp_path)
         state = store.load()
     (line,) = [e for e in captured if e["event"] == "state loaded"]
     assert (line["path"], line["sessions"], line["schema"]) == (str(db), 4, 2)
+    assert state is not None and store.db is not None
     work = state.begin()
     work.put(replace(work.sessions["s1"], title="renamed"))
     work.commit()
@@ -259,7 +260,9 @@ def test_retired_sessions_stay_on_disk_and_are_read_when_one_comes_back(tmp_path
     with sqlite3.connect(db) as conn:
         conn.executemany("INSERT INTO retired VALUES (?, ?, ?)", [(i, f"r{i}", row.replace('"r"', f'"r{i}"')) for i in range(50)])
     p = poller_on(api, db)
-    assert p.state.retired == {} and p.state.known("r7").cursor == 2  # none held in memory, none forgotten
+    assert p.state.retired == {}  # none held in memory
+    known = p.state.known("r7")
+    assert known is not None and known.cursor == 2  # none forgotten
 
 
 @pytest.mark.parametrize("row", ['{"session_id": "r", "cursor"', '{"session_id": "other"}', '["other"]'])
@@ -375,11 +378,15 @@ def test_a_file_with_many_sessions_no_longer_listed_leaves_in_slices_forgetting_
 
     p, report, ticks = run_async(scenario())
     assert report.removed == 60_000 and len(p.state.sessions) == 4 and runs(p) == 16
-    assert p.state.retired == {} and p.state.known("gone-0").cursor == 2  # saved, not held
+    assert p.state.retired == {}  # not held
+    known = p.state.known("gone-0")
+    assert known is not None and known.cursor == 2  # saved
     assert ticks >= 3  # the endpoints ran between the slices and during the save
     p.store.close()
     again = poller_on(api, db)
-    assert len(again.state.sessions) == 4 and again.state.known("gone-59999").cursor == 2
+    assert len(again.state.sessions) == 4
+    known = again.state.known("gone-59999")
+    assert known is not None and known.cursor == 2
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ component keeps a default of its own beside the setting's declaration."""
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import MISSING, fields
 
 import pytest
@@ -29,7 +30,7 @@ from tests.settings_values import non_default, paths, with_value
 
 pytestmark = pytest.mark.tier("unit")
 
-COMPONENTS = [
+COMPONENTS: list[tuple[Callable[..., object], type]] = [
     (LlamaCloudClient, ClientConfig),
     (SnapshotCollector, ExpositionConfig),
     (SqliteStore, StoreConfig),
