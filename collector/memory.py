@@ -13,7 +13,6 @@ writer), so one arena costs nothing measurable.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
@@ -23,10 +22,8 @@ MMAP_THRESHOLD = 1 << 20
 def tune_allocator() -> bool:
     """Set glibc's arenas and mmap threshold; False where the C library is not glibc (nothing to set).
     Called first thing, before any thread exists: an arena made before stays."""
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own symbols: glibc's, with no ldconfig to run
     except (OSError, AttributeError, TypeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
