@@ -8,7 +8,7 @@ request counters (``SelfMetrics``) are ordinary prometheus_client metrics.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -34,6 +34,10 @@ TITLE_LIMIT = 64
 ANOMALIES = ("short_pass", "pass_restarted", "timestamp_backwards")
 """``listing_anomalies_total{kind}``: a complete pass that listed under half of the watched sessions (nothing
 retired), a pass that could not go on and started over, a ``last_updated_at`` that went backwards."""
+
+
+COUNT_LAG_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+"""``count_lag_seconds``: DESIGN §5's buckets."""
 
 
 AUTH_REFUSALS = ("missing", "wrong", "busy")
@@ -77,6 +81,13 @@ class SelfMetrics:
             "Listings the collector did not take at their word (DESIGN §4), by kind.",
             ["kind"],
             registry=registry,
+        )
+        self.count_lag = Histogram(
+            p + "count_lag_seconds",
+            "How late new runs were counted: from their session's last_updated_at (the answer that brought them) "
+            "to the commit that counted them; a timestamp ahead of this clock counts as 0.",
+            registry=registry,
+            buckets=COUNT_LAG_BUCKETS,
         )
         self.auth_refusals = Counter(
             p + "scrape_auth_refusals",
@@ -122,6 +133,10 @@ class SelfMetrics:
 
     def anomaly(self, kind: str) -> None:
         self.listing_anomalies.labels(kind).inc()
+
+    def counted_late(self, lags: Iterable[float]) -> None:
+        for seconds in lags:
+            self.count_lag.observe(max(0.0, seconds))
 
     # what the web config's basic auth reports (auth.WebConfig)
     def auth_refused(self, reason: str) -> None:

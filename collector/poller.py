@@ -19,7 +19,7 @@ import functools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -168,6 +168,9 @@ class _Run:
     deadline: Deadline
     listing: ListingPass
     counted: list[tuple[str, RunRecord]] | None
+    brought: list[float] | None
+    """The ``last_updated_at`` (epoch) of each answer that brought new runs, for the count lag; None during
+    the first sync, whose runs are not new."""
     left_out: int = 0
     """Runs counted but not kept for the run log (large histories keep at most what it writes)."""
     answered: bool = False
@@ -226,6 +229,10 @@ async def _seed(work: CollectorState) -> Aggregates:
     return work.aggregates.seeded()
 
 
+def total_runs(state: SessionState) -> int:
+    return state.runs_success + state.runs_error
+
+
 def listed_at(session: Session, found: Found) -> str | None:
     """An answer of another version than the listing showed is keyed on its own time: read again next cycle."""
     return found.last_updated_at if same_instant(session.last_updated_at, found.last_updated_at) else None
@@ -250,6 +257,7 @@ class PollObserver(Protocol):
     def state_write_failed(self) -> None: ...
     def invalid_payload(self, operation: str) -> None: ...
     def anomaly(self, kind: str) -> None: ...
+    def counted_late(self, lags: Iterable[float]) -> None: ...
 
 
 class Poller:
@@ -322,7 +330,8 @@ class Poller:
         counted: list[tuple[str, RunRecord]] | None = [] if self.config.log_runs != "none" and work.synced else None
         if self.listing is None:
             self.listing = self._new_pass()
-        run = _Run(work, CycleReport(), self.cadence.deadline(self.monotonic), self.listing, counted)
+        brought: list[float] | None = [] if work.synced else None
+        run = _Run(work, CycleReport(), self.cadence.deadline(self.monotonic), self.listing, counted, brought)
         runs_before = sum(work.aggregates.runs.values())
         try:
             await self._run_pass(run)
@@ -374,6 +383,9 @@ class Poller:
         work.commit()
         self.state = work
         await asyncio.to_thread(self.persist)  # a save of a million removed rows takes seconds: off the loop
+        if run.brought:  # counted from this commit on
+            now = self.clock()
+            self.metrics.counted_late(now - updated for updated in run.brought)
         self._finish(report, started, up=True)
         if counted or run.left_out:  # committed and persisted: a restart cannot count these again
             log_runs(self.runs_log, self.config.log_runs, counted or (), left_out=run.left_out)
@@ -675,6 +687,9 @@ class Poller:
                 )
             work.replayed(sid)
             work.put(update.state)
+            new_runs = total_runs(update.state) - (0 if prev is None else total_runs(prev))
+            if run.brought is not None and new_runs > 0 and update.state.updated_ts is not None:
+                run.brought.append(update.state.updated_ts)
             if run.counted is not None:  # kept only when runs are logged
                 run.counted.extend((sid, r) for r in update.runs)
                 run.left_out += update.left_out

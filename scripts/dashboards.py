@@ -551,6 +551,17 @@ def health() -> dict[str, Any]:
             q(f"max by (instance) (llamacloud_collector_poll_duration_seconds{{{J}}})", "{{instance}}"),
         ),
         series(
+            "How late new runs are counted",
+            "Percentiles of llamacloud_collector_count_lag_seconds over 10 minutes (recorded): from a session's "
+            "last_updated_at to the commit that counted its new runs. Beside them the listing pass and the "
+            "interval: the lag is about one pass plus one interval (README, Sizing); "
+            "LlamaCloudCollectorCountLagHigh fires past 2 intervals and a pass.",
+            "s",
+            *(q(f"max(job:llamacloud_collector_count_lag_seconds:p{p}_rate10m{{{J}}})", f"p{p}") for p in (50, 90, 99)),
+            q(f"max(llamacloud_collector_listing_pass_duration_seconds{{{J}}})", "listing pass"),
+            q(f"max(llamacloud_collector_poll_interval_seconds{{{J}}})", "interval"),
+        ),
+        series(
             "Polls by result",
             "Poll cycles per minute by result.",
             "cpm",

@@ -76,12 +76,25 @@ def index_ratio_rule(window: str) -> dict[str, str]:
     }
 
 
+LAG = "job:llamacloud_collector_count_lag_seconds:p"
+
+
+def lag_rule(quantile: float, window: str) -> dict[str, str]:
+    """How late a share of the new runs was counted over ``window``: absent while no new run was counted."""
+    return {
+        "record": f"{LAG}{round(quantile * 100):d}_rate{window}",
+        "expr": f"histogram_quantile({quantile}, sum by (job, le) "
+        f"(rate(llamacloud_collector_count_lag_seconds_bucket[{window}])))\n",
+    }
+
+
 def recording_groups(spec: dict[str, Any]) -> list[dict[str, Any]]:
     groups = [
         {"name": f"llamacloud-collector.slo-{interval}", "interval": interval, "rules": [ratio_rule(w) for w in windows]}
         for interval, windows in spec["windows"].items()
     ]
     groups[0]["rules"].append(index_ratio_rule(spec["index_ratio_window"]))
+    groups[0]["rules"] += [lag_rule(q, spec["lag_window"]) for q in spec["lag_quantiles"]]
     return groups
 
 

@@ -70,11 +70,19 @@ def test_every_recording_rule_is_read_by_an_alert_or_a_panel():
 
 
 def test_ratio_rules_follow_the_naming_convention_and_cover_the_burn_rate_windows():
-    names = [r["record"] for r in recorded()]
+    names = [r["record"] for r in recorded() if ":ratio_rate" in r["record"]]
     for name in names:
         assert re.fullmatch(r"job(_index_id)?:llamacloud_\w+_per_llamacloud_\w+:ratio_rate\d+[mhd]", name), name
     windows = {n.rsplit("ratio_rate", 1)[1] for n in names if n.startswith("job:")}
     assert windows == {"5m", "30m", "1h", "2h", "6h", "1d", "3d"}
+
+
+def test_every_recording_rule_is_a_ratio_or_a_quantile_named_by_convention():
+    for rule in recorded():
+        name = rule["record"]
+        assert re.fullmatch(r"job(_index_id)?:llamacloud_\w+_per_llamacloud_\w+:ratio_rate\d+[mhd]", name) or (
+            re.fullmatch(r"job:llamacloud_\w+_seconds:p\d+_rate\d+[mhd]", name) and "histogram_quantile(" in rule["expr"]
+        ), name
 
 
 def test_day_long_windows_are_evaluated_seldom_but_inside_prometheus_3s_lookback():
