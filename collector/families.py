@@ -6,9 +6,9 @@ aggregates and their storage in the state file (``collector.aggregates``), the P
 (``collector.metrics``), the bucket settings (``collector.settings``), the README's metric table
 (``scripts/generate.py``) and the tests' expected values and invariants.
 
-Adding a histogram family is three places: its entry here, its derivation (a field of ``RunRecord``, in
-``collector.derive``) and its test (the value of a simulated run it observes, ``tests/helpers.py``
-``TRUTH``). Forgetting any other place fails a test that names the family.
+Adding a histogram family over a value the derivation already reads is three places: its entry here, its
+derivation (a field of ``RunRecord``, in ``collector.derive``) and its test (the value a simulated run
+gives it, ``tests/helpers.py`` ``record()``). Forgetting another place fails a test that names the family.
 
 A family's stored histogram keeps its own bounds in the state file: a family added since a file was
 written starts empty there (it counts the runs from the upgrade on), and the others are not re-derived.

@@ -1,7 +1,7 @@
 """Test tiers as markers, and the fixtures the tiers share.
 
 Tiers (``pytest -m <tier>``):
-- ``unit``: in-process, on loopback at most; the whole tier runs in well under a minute.
+- ``unit``: in-process, on loopback at most; the whole tier runs in about 2 minutes on 2 cores.
 - ``model``: the hypothesis model of the counting core (in-process, but its own tier for its time).
 - ``process``: starts the collector or the simulator as processes.
 - ``tools``: needs a real external tool (Prometheus, promtool, Alertmanager, Helm, kubectl, actionlint,

@@ -62,6 +62,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.utils import floatToGoString
 
 from collector.app import build_client
 from collector.derive import DEFAULT_ERROR_RULES, ErrorClassifier, RunRecord, ToolCall
@@ -818,7 +819,7 @@ class LoopModel(RuleBasedStateMachine):
             }
             for name, (observed, edges) in values.items():
                 for bound, want in zip(edges, buckets_of(observed, edges), strict=True):
-                    le = f"{float(bound)}"
+                    le = floatToGoString(bound)  # as the exposition writes it: 1.048576e+06, not 1048576.0
                     got = samples.get((name + "_bucket", frozenset({"le": le}.items())))
                     if got != want:
                         problems.append(f"{name}_bucket{{le={le}}} = {got}, not {want}")

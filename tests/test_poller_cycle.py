@@ -13,6 +13,7 @@ import pytest
 import structlog
 
 from collector import logs
+from collector.cadence import BUDGET_RATIO
 from collector.errors import FetchError, NotFound, PayloadError
 from collector.poller import Poller
 from tests.fakes import FakeApi, cycle, poller, run_events, self_metrics, total_runs
@@ -43,7 +44,7 @@ def test_the_report_counts_every_kind_of_outcome(captured):
     p = poller(api, monotonic=lambda: 100.0, interval=10.0)
     first = cycle(p)
     assert (first.result, first.fetched, first.unchanged, first.runs_added, first.watched) == ("success", 5, 0, 10, 5)
-    assert api.deadlines and {d.at for d in api.deadlines} == {109.0}  # 90% of the interval, on the injected clock
+    assert api.deadlines and {d.at for d in api.deadlines} == {100.0 + BUDGET_RATIO * 10.0}  # on the injected clock
     api.put("s0", "2026-01-01T00:01:00+00:00", run_events() * 3)
     api.put("s1", "2026-01-01T00:01:00+00:00", run_events() * 3)
     api.put("s2", "2026-01-01T00:01:00+00:00", run_events() * 3)
@@ -135,7 +136,7 @@ def test_configured_sessions_are_read_one_by_one_within_this_shard():
     p = poller(api, discover=False, session_ids=ids, shard=1, total_shards=2, monotonic=lambda: 5.0)
     report = cycle(p)
     assert set(p.state.sessions) == mine and report.watched == len(mine) and 0 < len(mine) < 6
-    assert {d.at for d in api.deadlines} == {59.0}
+    assert {d.at for d in api.deadlines} == {5.0 + BUDGET_RATIO * 60.0}
     api.summary_errors = {i: NotFound("summary: HTTP 404", operation="summary", status=404) for i in mine}
     report = cycle(p)
     assert report.result == "success" and report.removed == len(mine) and p.state.sessions == {}

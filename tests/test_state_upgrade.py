@@ -9,15 +9,18 @@ that release exposed. docs/testing.md says how to add the fixture of each new re
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.utils import floatToGoString
 
 from collector.derive import ErrorClassifier
+from collector.families import CHAT
 from collector.metrics import SelfMetrics, SnapshotCollector
 from collector.poller import Poller
 from collector.settings import Settings, load_settings
@@ -54,8 +57,18 @@ def chat_samples(text: str) -> dict:
     return out
 
 
-def comparable(samples: dict) -> dict:
-    return {k: v for k, v in samples.items() if not k[0].startswith("llamacloud_chat_oldest_run_in_progress")}
+def comparable(samples: dict, release: str) -> dict:
+    """The samples a file of ``release`` determines: a family added since (its entry's ``since``) starts empty
+    at the upgrade, and is checked to be."""
+    added = {f.exposed for f in CHAT if Version(f.since) > Version(release)}
+    out = {}
+    for key, value in samples.items():
+        base = re.sub(r"_(bucket|count|sum)$", "", key[0])
+        if base in added:
+            assert value == 0, f"{key[0]}: added since {release}, yet not empty at the upgrade"
+        elif not key[0].startswith("llamacloud_chat_oldest_run_in_progress"):
+            out[key] = value
+    return out
 
 
 def open_release(name: str, tmp_path: Path):
@@ -95,10 +108,10 @@ def test_a_release_file_loads_exactly_and_only_changed_sessions_are_fetched(rele
     poller = start()
     assert poller.state.synced and poller.snapshot.ready  # no resync: counters as the release left them
     expected = chat_samples((FIXTURES / release / "metrics.txt").read_text())
-    assert comparable(chat_samples(exposition(poller))) == comparable(expected)
+    assert comparable(chat_samples(exposition(poller)), release) == comparable(expected, release)
     report = run_async(poller.cycle())
     assert report.fetched == 0 and sum(api.retrieved.values()) == 0 and report.unchanged == len(api.sessions)
-    assert comparable(chat_samples(exposition(poller))) == comparable(expected)
+    assert comparable(chat_samples(exposition(poller)), release) == comparable(expected, release)
     sid = next(iter(api.sessions))
     body = api.sessions[sid]
     api.put(sid, "2030-01-01T00:00:00+00:00", body["events"] + run_events(failed=True))
