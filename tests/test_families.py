@@ -101,7 +101,7 @@ def test_every_histogram_has_its_bucket_setting_and_it_reaches_the_aggregates(fa
     assert all(h.bounds == bounds for h in Aggregates(buckets, 5).histos[family.stored].values()), family.name
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if not isinstance(f, CounterFamily) or f.observe], ids=str)
+@pytest.mark.parametrize("family", [f for f in FAMILIES if not isinstance(f, CounterFamily) or f.observe], ids=lambda f: f.name)
 def test_every_family_observes_a_run(family):
     """A family that a run with every field known leaves empty is observed from nothing."""
     aggregates, snapshot = counted(), None
@@ -125,7 +125,7 @@ def test_every_family_is_rendered_with_its_help_and_type():
         assert f"# TYPE {family.exposed} {family.type}" in text, family.name
 
 
-@pytest.mark.parametrize("family", [*COUNTERS, *HISTOGRAMS], ids=str)
+@pytest.mark.parametrize("family", [*COUNTERS, *HISTOGRAMS], ids=lambda f: f.name)
 def test_every_family_is_stored_and_read_back(family):
     aggregates = counted()
     back = Aggregates.from_dict(aggregates.to_dict(), Buckets(), 10)
