@@ -6,7 +6,11 @@ consumed by the next matching requests: ``endpoint`` is ``list``, ``retrieve``,
 ``summary``, ``*``, or ``list_first`` / ``list_next`` for a listing page asked
 without / with a page token. How the listing behaves for good (order, a page size
 cap, a page whose token is too long, cursors forgotten) is set with
-``GET /_sim/listing?...`` (``Listing``); the world's clock with ``/_sim/clock``.
+``GET /_sim/listing?...`` (``Listing``); the world's clock with ``/_sim/clock``; the distance with
+``/_sim/latency?seconds=``; an upstream rate limit with ``/_sim/ratelimit?limit=N&window=SECONDS`` (``RateLimit``:
+over ``limit`` requests in a sliding window, a 429 with ``Retry-After``; every answer carries
+``X-RateLimit-Limit`` and ``X-RateLimit-Remaining``; ``limit=0`` lifts it). ``/_sim/arrivals`` gives when each of
+the last requests arrived (monotonic seconds), to which endpoint, and the status it got.
 
 Controls (``GET``): ``stats``, ``totals`` (sums of the truth), ``truth``, ``sessions`` (in listing order,
 with their runs), ``traffic?pause=1``, ``touch?fraction=|first=N|last=1[&fail=1|0]``, ``big``,
@@ -23,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,6 +130,34 @@ class Listing:
         return dict(self.__dict__)
 
 
+@dataclass
+class RateLimit:
+    """An upstream rate limit: at most ``limit`` requests in any ``window`` seconds (a sliding log)."""
+
+    limit: int = 0
+    """0: none."""
+    window: float = 1.0
+    seen: deque[float] = field(default_factory=deque)
+    refused: int = 0
+
+    def admit(self, now: float) -> tuple[int, float | None]:
+        """The requests left after this one, and None, or 0 and the seconds to wait (refused: not counted)."""
+        while self.seen and self.seen[0] <= now - self.window:
+            self.seen.popleft()
+        if len(self.seen) >= self.limit:
+            self.refused += 1
+            return 0, self.seen[0] + self.window - now
+        self.seen.append(now)
+        return self.limit - len(self.seen), None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"limit": self.limit, "window": self.window, "refused": self.refused}
+
+
+ARRIVALS = 100_000
+"""Requests remembered by ``/_sim/arrivals``."""
+
+
 def _json(payload: object, status: int = 200) -> Response:
     return Response(status, json.dumps(payload).encode(), "application/json")
 
@@ -164,6 +198,9 @@ class SimulatorApi:
         self.last_query: dict[str, str] = {}
         self.paused = False
         self.listing = Listing()
+        self.rate_limit = RateLimit()
+        self.arrivals: deque[tuple[float, str, int]] = deque(maxlen=ARRIVALS)
+        """``(monotonic seconds, endpoint, status)`` of each API request, as it arrived."""
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -176,6 +213,7 @@ class SimulatorApi:
     async def __call__(self, request: Request) -> Response:
         if request.path.startswith("/_sim/"):
             return self._control(request)
+        arrived = time.monotonic()
         if self.latency:
             await asyncio.sleep(self.latency)
         if request.headers.get("authorization") != f"Bearer {self.api_key}":
@@ -188,6 +226,10 @@ class SimulatorApi:
             return _json({"detail": "Not Found"}, 404)
         self.calls[endpoint] += 1
         self.last_query = dict(request.query)
+        limited, limit_headers = self._limited(arrived)
+        if limited is not None:
+            self.arrivals.append((arrived, endpoint, limited.status))
+            return limited
         aliases = () if endpoint != "list" else ("list_next",) if request.query.get("page_token") else ("list_first",)
         fault = self.faults.take(endpoint, *aliases)
         if fault is not None and fault.delay:
@@ -199,8 +241,24 @@ class SimulatorApi:
         response = self._answer(endpoint, parts, request)
         if fault is not None:
             response = self._fault(fault, response, parts, request)
+        response.headers.update(limit_headers)
+        self.arrivals.append((arrived, endpoint, response.status))
         self.bytes_sent += len(response.body)
         return response
+
+    def _limited(self, now: float) -> tuple[Response | None, dict[str, str]]:
+        """A 429 when the rate limit is spent (with how long to wait), or None: the request goes on; and the
+        rate-limit headers every answer carries."""
+        limit = self.rate_limit
+        if not limit.limit:
+            return None, {}
+        remaining, wait = limit.admit(now)
+        headers = {"X-RateLimit-Limit": str(limit.limit), "X-RateLimit-Remaining": str(remaining)}
+        if wait is None:
+            return None, headers
+        response = _json({"detail": "Too many requests"}, 429)
+        response.headers.update({**headers, "Retry-After": str(max(1, math.ceil(wait)))})
+        return response, headers
 
     def _answer(self, endpoint: str, parts: list[str], request: Request) -> Response:
         world = self.world
@@ -325,6 +383,17 @@ class SimulatorApi:
             if "offset" in request.query:
                 world.set_clock_offset(float(request.query["offset"]))
             return _json({"offset": world.clock_offset})
+        if request.path == "/_sim/latency":
+            if "seconds" in request.query:
+                self.latency = max(0.0, float(request.query["seconds"]))
+            return _json({"seconds": self.latency})
+        if request.path == "/_sim/ratelimit":
+            q = request.query
+            if "limit" in q:
+                self.rate_limit = RateLimit(int(q["limit"]), float(q.get("window", 1.0)))
+            return _json(self.rate_limit.as_dict())
+        if request.path == "/_sim/arrivals":
+            return _json({"arrivals": [list(a) for a in self.arrivals]})
         if request.path == "/_sim/delete":
             gone = world.delete_oldest(int(request.query.get("count", "1")))
             return _json({"deleted": len(gone), "sessions": len(world.sessions)})
