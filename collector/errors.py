@@ -4,7 +4,8 @@
      ├── ConfigError      a setting, flag, env var or file is wrong (exit status 2)
      ├── FetchError       the API could not be reached, or answered with an error status
      │    ├── AuthError   401 or 403: the key is wrong or lacks access
-     │    └── NotFound    404: the session is gone
+     │    ├── NotFound    404: the session is gone
+     │    └── Deferred    not sent: a 429's pause or the request budget outlasts the caller's deadline
      ├── PayloadError     the API answered, but the body is not a payload we understand
      └── StateError       the state store cannot be read or written
 
@@ -37,6 +38,11 @@ class AuthError(FetchError):
 
 class NotFound(FetchError):
     """404 from the API: the session was deleted."""
+
+
+class Deferred(FetchError):
+    """The request was not sent: a pause a 429 asked for, or its place in the request budget, comes after the
+    caller's deadline. Nothing is wrong with the session: the poller carries it, as a cycle cut by its deadline."""
 
 
 class PayloadError(CollectorError):

@@ -44,6 +44,22 @@ AUTH_REFUSALS = ("missing", "wrong", "busy")
 """``scrape_auth_refusals_total{reason}``: see ``collector.auth``."""
 
 
+class RateLimitRemaining(Collector):
+    """``api_rate_limit_remaining``: the API's own remaining-requests header, as last seen; absent until one is."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.value: float | None = None
+        registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        yield _gauge(
+            "llamacloud_collector_api_rate_limit_remaining",
+            "Requests the API says it still allows (its X-RateLimit-Remaining or like header, as last seen); "
+            "absent while it sends none.",
+            self.value,
+        )
+
+
 class SelfMetrics:
     """Counters the client and poller update as they go (an ``ApiObserver`` and a ``PollObserver``)."""
 
@@ -89,6 +105,13 @@ class SelfMetrics:
             registry=registry,
             buckets=COUNT_LAG_BUCKETS,
         )
+        self.budget_waits = Counter(
+            p + "api_budget_wait_seconds",
+            "Seconds API requests waited for the request budget (--max-requests-per-second, this shard's share) "
+            "and for pauses a 429 asked for.",
+            registry=registry,
+        )
+        self.rate_limit_left = RateLimitRemaining(registry)
         self.auth_refusals = Counter(
             p + "scrape_auth_refusals",
             "Requests to /metrics or / refused by basic auth, "
@@ -117,6 +140,12 @@ class SelfMetrics:
 
     def invalid_payload(self, operation: str) -> None:
         self.invalid_payloads.labels(operation).inc()
+
+    def budget_wait(self, seconds: float) -> None:
+        self.budget_waits.inc(seconds)
+
+    def rate_limit_remaining(self, value: float) -> None:
+        self.rate_limit_left.value = value
 
     # what the poller reports (poller.PollObserver)
     def poll(self, result: str) -> None:

@@ -28,7 +28,7 @@ import structlog
 from collector.aggregates import Aggregates
 from collector.cadence import Cadence, Deadline
 from collector.derive import ErrorClassifier, RunRecord, history_intact
-from collector.errors import AuthError, FetchError, NotFound, PayloadError, StateError
+from collector.errors import AuthError, Deferred, FetchError, NotFound, PayloadError, StateError
 from collector.llamacloud.listing import PAGE_STRIKES, ListingLoop, Step, Strikes
 from collector.llamacloud.models import Session, SessionPage, Summary
 from collector.runlog import MAX_LINES_PER_CYCLE, log_runs
@@ -189,6 +189,8 @@ class _Run:
     listing_ended: bool = False
     cut: bool = False
     """The deadline came before the pass was done (while the listing was still read, if not ``listed_all``)."""
+    deferred: bool = False
+    """The API asked every request to wait past the deadline (a 429's ``Retry-After``): the cycle ends now, cut."""
     hung: set[str] = field(default_factory=set)
     """Sessions cut off at the deadline after waiting ``HANG_SHARE`` of a budget: they hang on their own."""
 
@@ -370,8 +372,9 @@ class Poller:
         report.runs_added = sum(work.aggregates.runs.values()) - runs_before
         report.carried = run.listing.waiting
         if run.cut:
+            why = "the API asked for a pause past the cycle deadline (429)" if run.deferred else "cycle deadline reached"
             report.errors.append(
-                f"cycle deadline reached at page {run.listing.pages} of the listing pass with "
+                f"{why} at page {run.listing.pages} of the listing pass with "
                 f"{report.carried} sessions not fetched; the pass carries on next cycle"
             )
         clean = not (report.failed or report.invalid or run.listing_error or run.listing_problem)
@@ -417,7 +420,7 @@ class Poller:
         async def lister() -> None:
             try:
                 while not listing.listed_all:
-                    if run.deadline.expired():  # checked between pages too, on the deadline's own clock
+                    if run.deadline.expired() or run.deferred:  # checked between pages, on the deadline's own clock
                         run.cut = True
                         return
                     while len(listing.todo) >= backlog:  # the fetches set the pace; memory stays bounded
@@ -441,8 +444,8 @@ class Poller:
 
         async def worker() -> None:
             while True:
-                if run.deadline.expired():
-                    run.cut = run.cut or bool(listing.waiting)
+                if run.deadline.expired() or run.deferred:
+                    run.cut = run.cut or bool(listing.waiting) or run.deferred
                     return
                 job = take()
                 if job is not None:
@@ -505,7 +508,8 @@ class Poller:
         except AuthError:
             raise
         except (FetchError, PayloadError) as exc:
-            if run.deadline.expired():  # a deadline mid-page is no error: the pass resumes there
+            if run.deadline.expired() or isinstance(exc, Deferred):  # a deadline mid-page is no error: the pass resumes there
+                run.deferred = run.deferred or isinstance(exc, Deferred)
                 run.cut = True
                 return False
             step = listing.loop.failed(exc)
@@ -589,7 +593,8 @@ class Poller:
             run.report.invalid += 1
             run.failures[sid] = (job, str(exc))
         except FetchError as exc:
-            if run.deadline.expired():  # cut off by the cycle's deadline, not by the session: carried
+            run.deferred = run.deferred or isinstance(exc, Deferred)  # every request must wait past the deadline
+            if run.deadline.expired() or run.deferred:  # cut off by the cycle's deadline, not by the session: carried
                 run.listing.push(job, front=True)  # still in ``queued``: never fetched twice at once
                 return True  # the worker then finds the deadline passed with work left: the cycle was cut
             run.report.failed += 1

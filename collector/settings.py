@@ -224,6 +224,17 @@ class Settings(BaseSettings):
         le=1000,
         help="sessions asked for per listing page (1 to 1000); the API may send fewer",
     )
+    max_requests_per_second: float | None = setting(
+        None,
+        env="COLLECTOR_MAX_REQUESTS_PER_SECOND",
+        gt=0,
+        le=100000,
+        allow_inf_nan=False,
+        shown="none (unbounded)",
+        help="API requests a second, every request counted (listing, summaries, histories, retries), shared "
+        "by all shards: each takes its share (`/ --total-shards`); a 429's `Retry-After` pauses every "
+        "request further",
+    )
     error_rules: tuple[ErrorRule, ...] = Field(
         default=tuple(ErrorRule(type=t, pattern=p) for t, p in DEFAULT_ERROR_RULES),
         description="ordered `{type, pattern}` rules for `error_type`: the first whose pattern matches the error wins",

@@ -69,6 +69,8 @@ class ClientConfig:
     page_size: int
     max_response_bytes: int
     max_events: int
+    max_requests_per_second: float | None
+    """This shard's share of ``--max-requests-per-second``."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,9 @@ def wire(settings: Settings) -> Wiring:
             page_size=settings.page_size,
             max_response_bytes=settings.max_response_bytes,
             max_events=settings.max_events_per_session,
+            max_requests_per_second=None
+            if settings.max_requests_per_second is None
+            else settings.max_requests_per_second / settings.total_shards,
         ),
         poll=PollConfig(
             interval=settings.interval,

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry
 
 from collector.app import build_client
 from collector.cadence import Deadline
-from collector.errors import AuthError, FetchError, NotFound, PayloadError
+from collector.errors import AuthError, Deferred, FetchError, NotFound, PayloadError
 from collector.llamacloud.client import RetryPolicy, retry_after
 from collector.metrics import SelfMetrics
 from collector.settings import Settings
@@ -74,7 +74,7 @@ def test_list_follows_page_tokens_and_passes_project():
 
 def test_429_honours_retry_after_then_succeeds():
     answers = Recorder(ok({}, 429, **{"Retry-After": "7"}), ok(SUMMARY))
-    client, sleeps, registry = make(answers)
+    client, sleeps, registry = make(answers, clock=lambda: 0.0)  # the pause ends 7 s on: slept whole
     summary = run_async(client.summary("s1"))
     assert summary.session_id == "s1" and sleeps == [7.0]
     assert registry.get_sample_value("llamacloud_collector_api_retries_total", {"operation": "summary", "reason": "429"}) == 1
@@ -122,9 +122,16 @@ def test_gives_up_after_max_attempts():
 
 
 def test_retry_never_sleeps_past_the_deadline():
+    """A 429's pause that outlasts the deadline gives up at once and is not sent again (``Deferred``: the cycle
+    carries it, as a cut cycle does, and not as a session failing on its own)."""
     answers = Recorder(ok({}, 429, **{"Retry-After": "120"}), ok(SUMMARY))
     client, sleeps, _ = make(answers, clock=lambda: 100.0)
-    with pytest.raises(FetchError, match="429"):
+    with pytest.raises(Deferred, match="429"):
+        run_async(client.summary("s1", deadline=Deadline(150.0, lambda: 100.0)))
+    assert sleeps == [] and len(answers.requests) == 1
+    answers = Recorder(ok({}, 503, **{"Retry-After": "120"}), ok(SUMMARY))  # a 503's wait is its own
+    client, sleeps, _ = make(answers, clock=lambda: 100.0)
+    with pytest.raises(FetchError, match="503"):
         run_async(client.summary("s1", deadline=Deadline(150.0, lambda: 100.0)))
     assert sleeps == [] and len(answers.requests) == 1
 

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ValidationError
 
 from collector import __version__
 from collector.cadence import Deadline
-from collector.errors import AuthError, FetchError, NotFound, PayloadError
+from collector.errors import AuthError, Deferred, FetchError, NotFound, PayloadError
 from collector.llamacloud.bounds import (
     LARGE_BODY,
     BadStatus,
@@ -49,6 +49,7 @@ from collector.llamacloud.bounds import (
     read_capped,
     session_id_problem,
 )
+from collector.llamacloud.budget import BudgetTimeout, RequestBudget
 from collector.llamacloud.listing import Listing, read_listing
 from collector.llamacloud.models import Body, Listed, Session, SessionPage, Summary, parse_page, parse_session
 
@@ -67,6 +68,10 @@ class ApiObserver(Protocol):
 
     def invalid_payload(self, operation: str) -> None: ...
 
+    def budget_wait(self, seconds: float) -> None: ...
+
+    def rate_limit_remaining(self, value: float) -> None: ...
+
 
 class NullObserver:
     def request(self, operation: str, code: str, seconds: float) -> None: ...
@@ -74,6 +79,10 @@ class NullObserver:
     def retry(self, operation: str, reason: str) -> None: ...
 
     def invalid_payload(self, operation: str) -> None: ...
+
+    def budget_wait(self, seconds: float) -> None: ...
+
+    def rate_limit_remaining(self, value: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -87,17 +96,45 @@ class RetryPolicy:
         return rng() * min(self.max_delay, self.base_delay * (2.0**attempt))
 
 
-def retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+RATE_LIMIT_REMAINING = ("x-ratelimit-remaining", "x-ratelimit-remaining-requests", "ratelimit-remaining")
+"""Where an API says how many requests it still allows: the common ``X-RateLimit-Remaining``, the per-kind
+form OpenAI-style APIs send, and the IETF draft's field. The LlamaCloud API documents none and its SDKs read
+none (they read ``retry-after-ms`` and ``retry-after``): the gauge is there for when it, or a gateway in
+front of it, sends one."""
+
+
+def retry_after(value: str | None, now: float, milliseconds: str | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` (the vendor's SDKs read it first), else from ``Retry-After``
+    (delta-seconds, as a float too, as the SDKs accept, or an HTTP date); None when neither says."""
+    for text, scale in ((milliseconds, 0.001), (value, 1.0)):
+        seconds = _number(text)
+        if seconds is not None:
+            return seconds * scale
     if not value:
         return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(value)
     try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
-    except (TypeError, ValueError, OverflowError):
+        return max(0.0, parsedate_to_datetime(value.strip()).timestamp() - now)
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
+
+
+def rate_limit_remaining(headers: Mapping[str, str]) -> float | None:
+    """The first of ``RATE_LIMIT_REMAINING`` that holds a number."""
+    for name in RATE_LIMIT_REMAINING:
+        value = _number(headers.get(name))
+        if value is not None:
+            return value
+    return None
+
+
+def _number(text: str | None) -> float | None:
+    """A finite number at or above 0 from a header, short and plain (no ``nan``, ``inf``, ``1_0``); else None."""
+    if not text or len(text) > 32:
+        return None
+    text = text.strip()
+    if not text.isascii() or not text.replace(".", "", 1).isdigit():
+        return None
+    return float(text)
 
 
 def session_path(session_id: str, suffix: str = "") -> str:
@@ -111,7 +148,9 @@ def session_path(session_id: str, suffix: str = "") -> str:
 class _Answer:
     __slots__ = ("body", "content_type", "location", "retry_after", "status")
 
-    def __init__(self, status: int, body: Body, content_type: str, retry_after: str | None, location: str | None = None) -> None:
+    def __init__(
+        self, status: int, body: Body, content_type: str, retry_after: float | None, location: str | None = None
+    ) -> None:
         self.status, self.body, self.content_type, self.retry_after = status, body, content_type, retry_after
         self.location = location
 
@@ -138,6 +177,7 @@ class LlamaCloudClient:
         max_events: int,
         transport: httpx.AsyncBaseTransport | None = None,
         observer: ApiObserver | None = None,
+        max_requests_per_second: float | None,
         retry: RetryPolicy = RetryPolicy(),
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -174,6 +214,8 @@ class LlamaCloudClient:
         self._observer = observer or NullObserver()
         self._retry = retry
         self._clock, self._wall_clock, self._sleep, self._rng = clock, wall_clock, sleep, rng
+        self._budget = RequestBudget(max_requests_per_second, waited=self._observer.budget_wait, clock=clock, sleep=sleep)
+        """Every request's place in ``--max-requests-per-second`` (this shard's share), and a 429's pause."""
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -247,13 +289,12 @@ class LlamaCloudClient:
             try:
                 status = check_status(response.status_code)
                 body = await read_capped(response, self._max_bytes, claim) if 200 <= status < 300 else b""
-                return _Answer(
-                    status,
-                    body,
-                    response.headers.get("content-type", ""),
-                    response.headers.get("retry-after"),
-                    response.headers.get("location"),
-                )
+                headers = response.headers
+                remaining = rate_limit_remaining(headers)
+                if remaining is not None:
+                    self._observer.rate_limit_remaining(remaining)
+                wait = retry_after(headers.get("retry-after"), self._wall_clock(), headers.get("retry-after-ms"))
+                return _Answer(status, body, headers.get("content-type", ""), wait, headers.get("location"))
             finally:
                 await response.aclose()
 
@@ -268,6 +309,11 @@ class LlamaCloudClient:
     ) -> M | R:
         attempt = 0
         while True:
+            try:
+                await self._budget.spend(operation, deadline)
+            except BudgetTimeout as exc:  # not sent: the cycle carries the work on, as a cut cycle does
+                what = "HTTP 429: " if exc.paused else ""
+                raise Deferred(f"{operation}: {what}{exc}", operation=operation, status=429 if exc.paused else None) from None
             started = self._clock()
             timeout = self._exchange_timeout if deadline is None else deadline.within(self._exchange_timeout)
             claim = self._large.claim()  # a large body holds the gate from its read to the end of its parse
@@ -305,7 +351,10 @@ class LlamaCloudClient:
                     failure = _status_error(operation, status, answer.location)
                     if status not in RETRY_STATUS:
                         raise failure
-                    wait = retry_after(answer.retry_after, self._wall_clock())
+                    wait = answer.retry_after
+                    if status == 429 and wait is not None:  # the whole client waits; the budget holds everyone
+                        self._budget.pause(wait)
+                        wait = 0.0
             finally:
                 claim.release()
             attempt += 1
@@ -313,7 +362,8 @@ class LlamaCloudClient:
             if attempt >= self._retry.max_attempts or (deadline is not None and delay > deadline.remaining()):
                 raise failure
             self._observer.retry(operation, reason)
-            await self._sleep(delay)
+            if delay:
+                await self._sleep(delay)
 
     async def _parse(self, operation: str, answer: _Answer, parse: Callable[[Body], R], claim: Claim) -> R:
         """The answer's body as ``parse`` reads it: a large one in a thread, off the loop, whose claim on the
