@@ -525,9 +525,10 @@ def health() -> dict[str, Any]:
         ),
         stat(
             "Shards reporting",
-            "Collector shards scraped, out of the configured total.",
+            "Distinct collector shards scraped (two pods claiming one shard count once), out of the configured "
+            "total: LlamaCloudCollectorShardsMissing fires below it.",
             "short",
-            f"count(llamacloud_collector_shard{{{J}}})",
+            f'count(count_values("shard", llamacloud_collector_shard{{{J}}}))',
             NEUTRAL,
         ),
         stat(
@@ -592,6 +593,16 @@ def health() -> dict[str, Any]:
                 "retry {{operation}} {{reason}}",
             ),
             q(f'sum(rate({a}{{{J}, code="429"}}[{RI}]))', "429"),
+        ),
+        series(
+            "Request budget",
+            "Requests waiting, on average, for --max-requests-per-second or a pause a 429 asked for (the rate of "
+            "llamacloud_collector_api_budget_wait_seconds_total), and the requests the API says it still allows "
+            "(its X-RateLimit-Remaining, when it sends one). Requests waiting all the time: the budget sets the "
+            "pace of the listing pass and so the lag (README, Sizing).",
+            "short",
+            q(f"sum(rate(llamacloud_collector_api_budget_wait_seconds_total{{{J}}}[{RI}]))", "requests waiting"),
+            q(f"min(llamacloud_collector_api_rate_limit_remaining{{{J}}})", "API: remaining"),
         ),
         series(
             "Sessions fetched and unchanged",
