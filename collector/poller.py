@@ -189,8 +189,8 @@ class _Run:
     listing_ended: bool = False
     cut: bool = False
     """The deadline came before the pass was done (while the listing was still read, if not ``listed_all``)."""
-    deferred: bool = False
-    """The API asked every request to wait past the deadline (a 429's ``Retry-After``): the cycle ends now, cut."""
+    deferred: str | None = None
+    """Why the API asked every request to wait past the deadline (a 429's ``Retry-After``): the cycle ends now, cut."""
     hung: set[str] = field(default_factory=set)
     """Sessions cut off at the deadline after waiting ``HANG_SHARE`` of a budget: they hang on their own."""
 
@@ -360,7 +360,7 @@ class Poller:
         if run.session_answered:
             self.listing_only = 0
         if not run.answered and (run.listing_error or fresh or listing_cut):  # an outage: nothing answered
-            reason = run.listing_error or (fresh[0] if fresh else "no answer from the API by the cycle deadline")
+            reason = run.listing_error or (fresh[0] if fresh else run.deferred or "no answer from the API by the cycle deadline")
             return self._failed(run, reason, started)
         self._settle_failures(run)
         try:
@@ -372,7 +372,7 @@ class Poller:
         report.runs_added = sum(work.aggregates.runs.values()) - runs_before
         report.carried = run.listing.waiting
         if run.cut:
-            why = "the API asked for a pause past the cycle deadline (429)" if run.deferred else "cycle deadline reached"
+            why = "paused past the cycle deadline by the API (429)" if run.deferred else "cycle deadline reached"
             report.errors.append(
                 f"{why} at page {run.listing.pages} of the listing pass with "
                 f"{report.carried} sessions not fetched; the pass carries on next cycle"
@@ -445,7 +445,7 @@ class Poller:
         async def worker() -> None:
             while True:
                 if run.deadline.expired() or run.deferred:
-                    run.cut = run.cut or bool(listing.waiting) or run.deferred
+                    run.cut = run.cut or bool(listing.waiting) or run.deferred is not None
                     return
                 job = take()
                 if job is not None:
@@ -509,7 +509,7 @@ class Poller:
             raise
         except (FetchError, PayloadError) as exc:
             if run.deadline.expired() or isinstance(exc, Deferred):  # a deadline mid-page is no error: the pass resumes there
-                run.deferred = run.deferred or isinstance(exc, Deferred)
+                run.deferred = run.deferred or (str(exc) if isinstance(exc, Deferred) else None)
                 run.cut = True
                 return False
             step = listing.loop.failed(exc)
@@ -593,7 +593,7 @@ class Poller:
             run.report.invalid += 1
             run.failures[sid] = (job, str(exc))
         except FetchError as exc:
-            run.deferred = run.deferred or isinstance(exc, Deferred)  # every request must wait past the deadline
+            run.deferred = run.deferred or (str(exc) if isinstance(exc, Deferred) else None)  # all must wait past it
             if run.deadline.expired() or run.deferred:  # cut off by the cycle's deadline, not by the session: carried
                 run.listing.push(job, front=True)  # still in ``queued``: never fetched twice at once
                 return True  # the worker then finds the deadline passed with work left: the cycle was cut
