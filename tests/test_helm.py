@@ -360,3 +360,14 @@ def test_the_response_cap_reaches_the_collector_and_is_bounded_by_the_schema(tmp
     assert load_settings({"config": str(path)}, {}).max_response_bytes == 8 << 20
     with pytest.raises(Exception, match="maxResponseBytes"):
         render({**KEY, "config": {"maxResponseBytes": 1024}})
+
+
+def test_notes_say_what_shards_cost_and_that_the_request_budget_is_divided_among_them():
+    text = notes({**KEY, "sharding": {"shards": 3}, "config": {"maxRequestsPerSecond": 12}})
+    assert "listing calls are 3 times one collector's" in text
+    assert "config.maxRequestsPerSecond=12, is the deployment's: each pod takes 1/3 of it" in text
+    objects = render({**KEY, "sharding": {"shards": 3}, "config": {"maxRequestsPerSecond": 12}})
+    pod = next(o for o in objects if o["kind"] == "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    config = next(o for o in objects if o["kind"] == "ConfigMap")["data"]["config.yaml"]
+    assert "--total-shards=3" in pod["args"] and "max_requests_per_second: 12\n" in config  # 12 / 3 a second per pod
+    assert "maxRequestsPerSecond" not in notes({**KEY, "sharding": {"shards": 3}})
