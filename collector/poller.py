@@ -195,6 +195,11 @@ class _Run:
     """Sessions cut off at the deadline after waiting ``HANG_SHARE`` of a budget: they hang on their own."""
 
 
+def _paused(exc: BaseException) -> str | None:
+    """What a 429 said when it paused every request past the cycle's deadline (``Deferred``); else None."""
+    return str(exc) if isinstance(exc, Deferred) and exc.status == 429 else None
+
+
 SEED_WAIT = 60.0
 """Seconds the parse thread waits for the loop to seed a large history's ``Aggregates``."""
 MAX_CARRIED = 8
@@ -372,7 +377,7 @@ class Poller:
         report.runs_added = sum(work.aggregates.runs.values()) - runs_before
         report.carried = run.listing.waiting
         if run.cut:
-            why = "paused past the cycle deadline by the API (429)" if run.deferred else "cycle deadline reached"
+            why = "paused by the API (429) past the cycle deadline" if run.deferred else "cycle deadline reached"
             report.errors.append(
                 f"{why} at page {run.listing.pages} of the listing pass with "
                 f"{report.carried} sessions not fetched; the pass carries on next cycle"
@@ -509,7 +514,7 @@ class Poller:
             raise
         except (FetchError, PayloadError) as exc:
             if run.deadline.expired() or isinstance(exc, Deferred):  # a deadline mid-page is no error: the pass resumes there
-                run.deferred = run.deferred or (str(exc) if isinstance(exc, Deferred) else None)
+                run.deferred = run.deferred or _paused(exc)
                 run.cut = True
                 return False
             step = listing.loop.failed(exc)
@@ -593,7 +598,7 @@ class Poller:
             run.report.invalid += 1
             run.failures[sid] = (job, str(exc))
         except FetchError as exc:
-            run.deferred = run.deferred or (str(exc) if isinstance(exc, Deferred) else None)  # all must wait past it
+            run.deferred = run.deferred or _paused(exc)  # every request must wait past the deadline
             if run.deadline.expired() or run.deferred:  # cut off by the cycle's deadline, not by the session: carried
                 run.listing.push(job, front=True)  # still in ``queued``: never fetched twice at once
                 return True  # the worker then finds the deadline passed with work left: the cycle was cut

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, c
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from collector.aggregates import Buckets
+from collector.cadence import BUDGET_RATIO
 from collector.derive import DEFAULT_ERROR_RULES
 from collector.errors import ConfigError
 from collector.families import DEFAULT_BUCKETS, HISTOGRAMS
@@ -31,6 +32,9 @@ from collector.paths import state_path_problem
 DEFAULT_BASE_URL = "https://api.cloud.llamaindex.ai"
 
 CONFIG_ENV = "COLLECTOR_CONFIG"
+
+MIN_REQUESTS_PER_CYCLE = 2
+"""What a shard's share of ``--max-requests-per-second`` must allow in one cycle: a listing page and a fetch."""
 
 
 class _Strict(BaseModel):
@@ -289,6 +293,20 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"shard (--shard, COLLECTOR_SHARD) must be less than total_shards "
                 f"(--total-shards, COLLECTOR_TOTAL_SHARDS): {self.shard} >= {self.total_shards}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _budget(self) -> Settings:
+        """A request budget that leaves a shard's cycle under ``MIN_REQUESTS_PER_CYCLE`` requests is a cliff, not
+        a slow collector: cycles with nothing answered look like outages. Refused, with the figures."""
+        rate = self.max_requests_per_second
+        if rate is not None and rate / self.total_shards * self.interval * BUDGET_RATIO < MIN_REQUESTS_PER_CYCLE:
+            raise ValueError(
+                f"max_requests_per_second (--max-requests-per-second, COLLECTOR_MAX_REQUESTS_PER_SECOND): {rate:g} "
+                f"a second over {self.total_shards} shard(s) leaves a cycle of --interval {self.interval:g} fewer "
+                f"than {MIN_REQUESTS_PER_CYCLE} requests; raise it to at least "
+                f"{MIN_REQUESTS_PER_CYCLE * self.total_shards / (self.interval * BUDGET_RATIO):.3g} or the interval"
             )
         return self
 

@@ -203,6 +203,14 @@ def test_the_rate_is_shared_by_the_shards():
     assert wire(load_settings({}, {})).client.max_requests_per_second is None
 
 
+def test_a_budget_that_leaves_a_cycle_under_two_requests_is_refused_as_a_cliff():
+    from collector.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"fewer than 2 requests; raise it to at least 1.33 or the interval"):
+        load_settings({"max_requests_per_second": 1, "total_shards": 3, "interval": 5}, {})
+    load_settings({"max_requests_per_second": 1.34, "total_shards": 3, "interval": 5}, {})  # 2.01 a cycle
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "fast"])
 def test_a_bad_budget_is_one_line_naming_the_setting(value):
     from collector.errors import ConfigError
