@@ -29,6 +29,7 @@ from collector.aggregates import Aggregates
 from collector.cadence import Cadence, Deadline
 from collector.derive import ErrorClassifier, RunRecord, history_intact
 from collector.errors import AuthError, Deferred, FetchError, NotFound, PayloadError, StateError
+from collector.llamacloud.budget import HELD
 from collector.llamacloud.listing import PAGE_STRIKES, ListingLoop, Step, Strikes
 from collector.llamacloud.models import Session, SessionPage, Summary
 from collector.runlog import MAX_LINES_PER_CYCLE, log_runs
@@ -179,6 +180,8 @@ class _Run:
     """The API answered for a session (a history, or 404): failures beside it are the sessions' own."""
     inflight: dict[str, Job] = field(default_factory=dict)
     started: dict[str, float] = field(default_factory=dict)
+    held: dict[str, list[float]] = field(default_factory=dict)
+    """Seconds each fetch in flight waited for the request budget or a 429's pause: not its own hang."""
     suspects: int = 0
     """Suspect jobs being fetched now."""
     failures: dict[str, tuple[Job, str]] = field(default_factory=dict)
@@ -458,9 +461,12 @@ class Poller:
                     room.set()
                     run.inflight[job.session_id] = job
                     run.started[job.session_id] = self.monotonic()
+                    held = run.held[job.session_id] = [0.0]
+                    token = HELD.set(held)
                     try:
                         requeued = await self._work(run, job)
                     finally:
+                        HELD.reset(token)
                         if suspect:  # its slot is free: the next that may hang, or the end for the idle
                             run.suspects -= 1
                             wake(1 if listing.suspects else len(idle))
@@ -486,7 +492,7 @@ class Poller:
             now = self.monotonic()
             for job in reversed(list(run.inflight.values())):  # cut off mid-fetch: nothing of it counted
                 job.cuts += 1
-                job.waited += now - run.started[job.session_id]
+                job.waited += max(0.0, now - run.started[job.session_id] - run.held[job.session_id][0])
                 failed_before = job.session_id in self.failing  # cuts survive a backoff: hung at its first
                 if failed_before or job.waited >= HANG_SHARE * self.cadence.budget:  # it hangs
                     listing.queued.discard(job.session_id)

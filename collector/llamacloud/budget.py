@@ -22,6 +22,7 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 
 from aiolimiter import AsyncLimiter
 
@@ -32,6 +33,10 @@ MAX_PAUSE = 300.0
 collector for good. After it, one request finds out whether the API still refuses."""
 
 LISTING = "list"
+
+HELD: ContextVar[list[float] | None] = ContextVar("held", default=None)
+"""Where the caller's task adds up the seconds its requests waited for the budget: a fetch held by the budget
+or a 429's pause is not a fetch that hangs (the poller sets a box per session it fetches)."""
 
 
 class BudgetTimeout(TimeoutError):
@@ -78,6 +83,9 @@ class RequestBudget:
         finally:
             if (seconds := self._clock() - started) > 0:
                 self._waited(seconds)
+                held = HELD.get()
+                if held is not None:
+                    held[0] += seconds
 
     async def _spend(self, operation: str, deadline: Deadline | None, started: float) -> None:
         until = self._paused_until
