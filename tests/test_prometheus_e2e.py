@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from scripts.dashboards import DASHBOARDS
-from scripts.rules import INDEX_RATIO, RATIO, alert_rules, dump, load_spec, recording_rules
+from scripts.rules import INDEX_RATIO, LAG, RATIO, alert_rules, dump, load_spec, recording_rules
 from tests.helpers import assert_samples_match, family, parse, remote_truth
 from tests.stack import (
     OPERATOR_LABELS,
@@ -60,6 +60,38 @@ RECORDED = re.compile(r"\b[a-z_]+:[a-z0-9_]+:[a-z0-9_]+\{")
 """A recording rule's series (``level:metric:operations``) that a query reads."""
 SELECTOR = re.compile(r"\b((?:llamacloud|process)_[a-z0-9_]+)\{[^}]*\}(?:\[([0-9a-z]+)\])?")
 """A metric a dashboard query reads, and the range it reads it over (none: an instant vector)."""
+LAG_ALERT = "LlamaCloudCollectorCountLagHigh"
+LAG_INTERVALS = 3
+"""The count lag's objective here: its p99 over 10 minutes under 3 poll intervals (3 s) plus one listing pass.
+Read through the lag's buckets (1, 2, 5, 10 s), since histogram_quantile interpolates inside the bucket the
+99th percentile falls in:
+
+- normal (latency 0): a change is counted by the next cycle, at most an interval and its jitter (1.1 s) later, and
+  its 25 fetches end well inside the cycle's 0.9 s. Every lag is under 2 s, with two busy loops on 2 cores too
+  (measured over 500 changes: 85% in [0, 1], the rest in (1, 2]; here the p99 reads 0.99), so the p99 is at
+  most 2 while under 1% of the window's lags are over 2 s.
+- slow (``SLOW``): 8 fetches end per cycle (each takes most of one), so 25 changed sessions take 4 or 5 cycles
+  and 17 to 21 of their 25 lags fall in (2, 5], a few over 5 (measured, loaded and not). The p99's rank is among
+  them however many normal changes the window holds (they are far over 1% of it): the p99 reads 4.7 or more in
+  (2, 5], or over 5 (8 to 9.3 here). Meanwhile a pass is one listing page (0.6 s), so the threshold is 3.6.
+
+So the objective must lie from 2 to about 4 (at 4 the slow threshold, 4.6, meets the lowest slow p99); 3 leaves
+about a second on each side. The spec's default, 2, is the bucket's bound itself: normal operation would stay
+quiet only by the milliseconds of a pass, and lags over 2 s in just over 1% of the window would fire it (3 takes
+1.5%: a p99 in (2, 5] reads 2 + 3 × (share over 2 s - 1%) / share). From 5 up, a slow collector of 25 sessions
+(lags up to about 6 s) crosses it only when a few of them pass 5 s, which is luck."""
+SLOW = 0.6
+"""Seconds the simulator adds to every answer while the collector is made slow: over half the cycle's budget
+(0.9 s), so one fetch per worker ends per cycle and the next is cut and carried; under it by enough that a fetch
+started with the cycle ends on a loaded machine too (a fetch cut after waiting 0.81 s in all hangs on its own).
+At 0.4 s two fetches per worker end per cycle and only a third of the lags pass 2 s (measured): a lower p99, less
+margin."""
+FAST = {
+    "LlamaCloudChatErrorRatioHigh": {"min_runs": 5},
+    "LlamaCloudChatIndexErrorRatioHigh": {"min_runs": 2},
+    LAG_ALERT: {"intervals": LAG_INTERVALS},
+}
+"""Alert params for a stack of 25 sessions polled every second (``for`` is 0s)."""
 
 
 def recorded_for_both_jobs(prom: str) -> bool:
@@ -85,8 +117,7 @@ def stack(tmp_path_factory):
     folder = tmp_path_factory.mktemp("stack")
     procs, hook = Processes(folder), Webhook()
     rules = folder / "alerts.yaml"
-    fast = {"LlamaCloudChatErrorRatioHigh": {"min_runs": 5}, "LlamaCloudChatIndexErrorRatioHigh": {"min_runs": 2}}
-    rules.write_text(dump(alert_rules(load_spec(), for_override="0s", params=fast)))
+    rules.write_text(dump(alert_rules(load_spec(), for_override="0s", params=FAST)))
     recording = folder / "recording.yaml"
     recording.write_text(dump(recording_rules(load_spec())))
     sim_port, col_port = free_port(), free_port()
@@ -331,6 +362,52 @@ def test_every_panel_query_is_valid_and_core_panels_return_data(stack):
                 empty.append(panel["title"])
     print(f"\npanel queries: {total}, returned data: {with_data}; empty panels: {empty}")
     assert not CORE & set(empty), f"core panels without data: {CORE & set(empty)}"
+
+
+def lag_alert_expr() -> str:
+    """The count-lag alert's condition as the stack's Prometheus evaluates it."""
+    rules = alert_rules(load_spec(), for_override="0s", params=FAST)["groups"][0]["rules"]
+    return next(r["expr"] for r in rules if r["alert"] == LAG_ALERT)
+
+
+def test_the_count_lag_alert_stays_quiet_normally_and_fires_when_the_collector_is_slow(stack):
+    """After the dashboard tests (nothing they compare is slowed or carried across cycles) and before the outage:
+    normal changes keep the lag's p99 under the objective, and a slow API makes it fire. The p99 reads 10 minutes,
+    so the alert still fires when this test ends (no later test minds: the outage only adds alerts)."""
+    prom, sim = stack["prom"], stack["sim"]
+    p99 = f'{LAG}99_rate{load_spec()["lag_window"]}{{job="{OPERATOR_JOB}"}}'
+    lag_count = f'llamacloud_collector_count_lag_seconds_count{{job="{OPERATOR_JOB}"}}'
+
+    def counted() -> float:
+        result = query(prom, lag_count)
+        return float(result[0]["value"][1]) if result else 0.0
+
+    def newest(expr: str) -> float:
+        result = query(prom, f"timestamp({expr})")
+        return float(result[0]["value"][1]) if result else 0.0
+
+    # Quiet: new runs in every session, counted at the normal pace, and the p99 recorded after them.
+    before = counted()
+    changed = httpx.get(sim + "/_sim/touch", params={"fraction": 1}).json()["changed"]
+    wait_until(lambda: counted() >= before + changed, WAIT, "the new runs counted, each lag observed")
+    seen = newest(lag_count)  # the scrape that showed them: written APPENDED seconds after it started
+    wait_until(lambda: newest(p99) >= seen + APPENDED, WAIT, "the p99 recorded from that scrape on")
+    value = float(query(prom, p99)[0]["value"][1])
+    assert value < LAG_INTERVALS, f"normal operation: p99 {value} s, not under the objective's {LAG_INTERVALS} intervals"
+    assert not query(prom, lag_alert_expr()), "the alert's condition holds for a job"
+    assert not any(LAG_ALERT in names for names in firing(prom).values())
+    try:
+        # Slow: every answer SLOW seconds late, every session changed; the pass carries its fetches over cycles.
+        httpx.get(sim + "/_sim/latency", params={"seconds": SLOW}).raise_for_status()
+        httpx.get(sim + "/_sim/touch", params={"fraction": 1}).raise_for_status()
+        wait_until(
+            lambda: query(prom, f'ALERTS{{alertname="{LAG_ALERT}", alertstate="firing", job="{OPERATOR_JOB}"}}'),
+            WAIT,
+            f"{LAG_ALERT} firing for the Operator job",
+        )
+        print(f"\ncount lag p99: {value:.2f} s normally, {float(query(prom, p99)[0]['value'][1]):.2f} s slow")
+    finally:
+        httpx.get(sim + "/_sim/latency", params={"seconds": 0}).raise_for_status()
 
 
 def test_api_outage_fires_up_and_stale_alerts(stack):
