@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--sessions", type=int, default=40)
     simulate.add_argument("--runs", type=int, default=3, help="runs per session at start")
     simulate.add_argument("--seed", type=int, default=1)
+    simulate.add_argument("--projects", type=int, default=1, help="projects of the organization, --sessions each")
     simulate.add_argument("--rate", type=float, default=2.0, help="live traffic: runs per second")
     simulate.add_argument(
         "--latency-ms", dest="latency_ms", type=float, default=0.0, help="delay added to every API answer, as a distant API has"
@@ -174,6 +175,7 @@ async def _simulate(args: argparse.Namespace, environ: Mapping[str, str]) -> int
         api_key=environ.get("LLAMA_CLOUD_API_KEY") or "simulator",
         address=f"{args.host}:{args.port}",
         latency=max(0.0, args.latency_ms) / 1000.0,
+        projects=max(1, args.projects),
     )
     await _until_signalled(sim)
     return 0

@@ -84,3 +84,34 @@ def test_auth_and_unknown_paths():
     assert bad.status == 401
     missing = run_async(api(Request.of("/api/v1/chat/nope", {}, {"authorization": f"Bearer {KEY}"})))
     assert missing.status == 404
+
+
+def test_several_projects_are_listed_as_the_sdk_reads_them_and_each_has_its_own_sessions():
+    from llama_cloud.types.project_list_response import ProjectListResponse
+
+    from collector.simulator.api import ORGANIZATION_ID, Fault, project_id
+
+    default, other = populate(World(seed=3), 5, 2), populate(World(seed=4), 7, 2)
+    api = SimulatorApi(default, KEY, others=(other,))
+    projects = TypeAdapter(ProjectListResponse).validate_python(get(api, "/api/v1/projects", organization_id=ORGANIZATION_ID))
+    assert [p.id for p in projects] == [project_id(0), project_id(1)]
+    assert [p.is_default for p in projects] == [True, False] and {p.organization_id for p in projects} == {ORGANIZATION_ID}
+    assert get(api, "/api/v1/projects", organization_id="another-org") == []
+    listed = {
+        pid: {s["session_id"] for s in get(api, "/api/v1/chat", project_id=pid, page_size=100)["items"]} for pid in api.projects
+    }
+    assert listed == {project_id(0): set(default.sessions), project_id(1): set(other.sessions)}
+    assert {s["session_id"] for s in get(api, "/api/v1/chat", page_size=100)["items"]} == set(
+        default.sessions
+    )  # none: the default
+    unknown = run_async(api(Request.of("/api/v1/chat", {"project_id": "nope"}, {"authorization": f"Bearer {KEY}"})))
+    assert unknown.status == 404
+    api.faults.add(Fault("status", "list", 503, project=project_id(1)))  # only that project's listing fails
+    assert get(api, "/api/v1/chat", project_id=project_id(0))["items"]
+    failed = run_async(api(Request.of("/api/v1/chat", {"project_id": project_id(1)}, {"authorization": f"Bearer {KEY}"})))
+    assert failed.status == 503
+
+
+def test_one_project_takes_any_project_id_as_before_projects():
+    api = SimulatorApi(populate(World(seed=5), 3, 1), KEY)
+    assert len(get(api, "/api/v1/chat", project_id="whatever", page_size=10)["items"]) == 3

@@ -12,6 +12,11 @@ over ``limit`` requests in a sliding window, a 429 with ``Retry-After``; every a
 ``X-RateLimit-Limit`` and ``X-RateLimit-Remaining``; ``limit=0`` lifts it). ``/_sim/arrivals`` gives when each of
 the last requests arrived (monotonic seconds), to which endpoint, and the status it got.
 
+Several projects (``SimulatorService(projects=N)``, ``simulate --projects N``): ``GET /api/v1/projects``
+lists them (a plain list, as the vendor's API; the first is the default), chat requests pick one by
+``project_id`` (none: the default), and controls take ``project=<id>`` (none: the default); a fault with
+``project=`` takes only that project's requests. The listing's behaviour (``Listing``) is shared.
+
 Controls (``GET``): ``stats``, ``totals`` (sums of the truth), ``truth``, ``sessions`` (in listing order,
 with their runs), ``traffic?pause=1``, ``touch?fraction=|first=N|last=1[&fail=1|0]``, ``big``,
 ``fault?kind=&endpoint=&times=``, ``listing?order=newest|oldest&page_cap=&long_token_page=&long_token_length=
@@ -65,6 +70,8 @@ class Fault:
     status: int = 503
     retry_after: str | None = None
     delay: float = 0.0
+    project: str = "*"
+    """The project whose requests it takes (``*``: any)."""
 
 
 class Faults:
@@ -75,9 +82,9 @@ class Faults:
     def add(self, fault: Fault, times: int = 1) -> None:
         self.queue.extend([fault] * times)
 
-    def take(self, endpoint: str, *aliases: str) -> Fault | None:
+    def take(self, endpoint: str, *aliases: str, project: str = "*") -> Fault | None:
         for i, fault in enumerate(self.queue):
-            if fault.endpoint in ("*", endpoint, *aliases):
+            if fault.endpoint in ("*", endpoint, *aliases) and fault.project in ("*", project):
                 del self.queue[i]
                 self.injected[fault.kind] += 1
                 return fault
@@ -187,9 +194,28 @@ async def send(request: web.Request, answer: Response) -> web.StreamResponse:
     return response
 
 
+ORGANIZATION_ID = "5f0e2b7a-0c1d-4e7f-9a3b-000000000001"
+"""The simulator's one organization."""
+
+
+def project_id(number: int) -> str:
+    """The simulator's project IDs: UUIDs, the first one the default project."""
+    return f"7c2d9e41-3b5a-4f60-8e1d-{number:012d}"
+
+
 class SimulatorApi:
-    def __init__(self, world: World, api_key: str, faults: Faults | None = None, latency: float = 0.0) -> None:
+    def __init__(
+        self,
+        world: World,
+        api_key: str,
+        faults: Faults | None = None,
+        latency: float = 0.0,
+        others: tuple[World, ...] = (),
+    ) -> None:
         self.world, self.api_key = world, api_key
+        self.projects: dict[str, World] = {project_id(i): w for i, w in enumerate((world, *others))}
+        """Every project's world; ``world`` is the default project's. With one project, any ``project_id`` is
+        it (as before projects); with several, an unknown one is a 404."""
         self.latency = latency
         """Seconds added to every API answer: a real API is 50-300 ms away."""
         self.faults = faults or Faults()
@@ -219,8 +245,16 @@ class SimulatorApi:
         if request.headers.get("authorization") != f"Bearer {self.api_key}":
             return _json({"detail": "Invalid authentication credentials"}, 401)
         parts = list(request.parts)
+        if parts == ["api", "v1", "projects"]:
+            self.calls["projects"] += 1
+            self.arrivals.append((arrived, "projects", 200))
+            return _json(self.project_list(request.query.get("organization_id")))
         if parts[:3] != ["api", "v1", "chat"] or len(parts) > 5:
             return _json({"detail": "Not Found"}, 404)
+        project = request.query.get("project_id") or project_id(0)
+        world = self.world_of(request)
+        if world is None:
+            return _json({"detail": "Project not found"}, 404)
         endpoint = "list" if len(parts) == 3 else "retrieve" if len(parts) == 4 else "summary"
         if endpoint == "summary" and parts[4] != "summary":
             return _json({"detail": "Not Found"}, 404)
@@ -231,13 +265,13 @@ class SimulatorApi:
             self.arrivals.append((arrived, endpoint, limited.status))
             return limited
         aliases = () if endpoint != "list" else ("list_next",) if request.query.get("page_token") else ("list_first",)
-        fault = self.faults.take(endpoint, *aliases)
+        fault = self.faults.take(endpoint, *aliases, project=project)
         if fault is not None and fault.delay:
             await asyncio.sleep(fault.delay)
         if fault is not None and fault.kind == "gone" and len(parts) > 3:
-            self.world.delete(parts[3])
+            world.delete(parts[3])
         if fault is not None and fault.kind == "unknown_event" and len(parts) > 3:
-            self.world.add_unknown_event(parts[3])
+            world.add_unknown_event(parts[3])
         response = self._answer(endpoint, parts, request)
         if fault is not None:
             response = self._fault(fault, response, parts, request)
@@ -260,10 +294,32 @@ class SimulatorApi:
         response.headers.update({**headers, "Retry-After": str(max(1, math.ceil(wait)))})
         return response, headers
 
+    def project_list(self, organization_id: str | None) -> list[dict[str, Any]]:
+        """``GET /api/v1/projects``: every project of the organization (a plain list, as the vendor's API)."""
+        if organization_id not in (None, "", ORGANIZATION_ID):
+            return []
+        return [
+            {
+                "id": pid,
+                "name": "Default" if i == 0 else f"project-{i}",
+                "organization_id": ORGANIZATION_ID,
+                "is_default": i == 0,
+                "created_at": "2026-01-01T00:00:00Z",
+                "updated_at": "2026-01-01T00:00:00Z",
+            }
+            for i, pid in enumerate(self.projects)
+        ]
+
+    def world_of(self, request: Request) -> World | None:
+        """The world of the request's ``project_id`` (none: the default project's; unknown: None)."""
+        wanted = request.query.get("project_id") or project_id(0)
+        return self.projects.get(wanted, self.world if len(self.projects) == 1 else None)
+
     def _answer(self, endpoint: str, parts: list[str], request: Request) -> Response:
-        world = self.world
+        world = self.world_of(request)
+        assert world is not None, "checked by __call__"
         if endpoint == "list":
-            return self._list(request)
+            return self._list(world, request)
         session = world.sessions.get(parts[3])
         if session is None:
             return _json({"detail": "Chat session not found"}, 404)
@@ -295,8 +351,8 @@ class SimulatorApi:
             return None
         return kind, int(digits)
 
-    def _list(self, request: Request) -> Response:
-        world, listing = self.world, self.listing
+    def _list(self, world: World, request: Request) -> Response:
+        listing = self.listing
         size = max(1, min(1000, int(request.query.get("page_size") or 20)))
         if listing.page_cap:
             size = min(size, listing.page_cap)
@@ -351,7 +407,9 @@ class SimulatorApi:
         return real  # slow (already delayed), gone (deleted), unknown_event (added to the session)
 
     def _control(self, request: Request) -> Response:
-        world = self.world
+        world = self.projects.get(request.query.get("project") or project_id(0))
+        if world is None:
+            return _json({"detail": "no such project"}, 404)
         if request.path == "/_sim/stats":
             truth = {
                 "runs": len(world.runs),
@@ -458,6 +516,7 @@ class SimulatorApi:
                 int(q.get("status", 503)),
                 q.get("retry_after"),
                 float(q.get("delay", 0)),
+                q.get("project", "*"),
             )
             self.faults.add(fault, int(q.get("times", 1)))
             return _json({"queued": len(self.faults.queue)})

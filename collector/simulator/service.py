@@ -26,11 +26,15 @@ class SimulatorService:
         world: World | None = None,
         address: str = "127.0.0.1:0",
         latency: float = 0.0,
+        projects: int = 1,
     ) -> None:
         self.world = world or populate(World(seed=seed), sessions, runs)
+        """The default project's world."""
+        self.others = tuple(populate(World(seed=seed + 1000 * p), sessions, runs) for p in range(1, projects))
+        """The other projects' worlds, as many sessions each."""
         self.address = address
         self.faults = Faults()
-        self.api = SimulatorApi(self.world, api_key, self.faults, latency)
+        self.api = SimulatorApi(self.world, api_key, self.faults, latency, self.others)
         self.rate = rate
         self.server: Listener | None = None
         self._traffic: asyncio.Task[None] | None = None
@@ -49,11 +53,14 @@ class SimulatorService:
         while True:
             await asyncio.sleep(rng.expovariate(self.rate))
             if not self.api.paused:
-                self.world.tick()
+                for world in (self.world, *self.others):
+                    world.tick()
 
     async def start(self) -> None:
         self.server = await listen(self.api.app(), self.address, max_connections=4096)
-        structlog.get_logger("simulator").info("simulator listening", url=self.base_url, sessions=len(self.world.sessions))
+        structlog.get_logger("simulator").info(
+            "simulator listening", url=self.base_url, sessions=len(self.world.sessions), projects=1 + len(self.others)
+        )
         if self.rate > 0:
             self._traffic = asyncio.create_task(self._run_traffic())
 
