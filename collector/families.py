@@ -16,11 +16,13 @@ written starts empty there (it counts the runs from the upgrade on), and the oth
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from collector.derive import RunRecord
+from collector.llamacloud.models import KNOWN_EVENT_TYPES, UNKNOWN
 
 Key = str | tuple[str, ...]
 """A counter's series: its one label value, or its label values in order."""
@@ -51,6 +53,25 @@ class Run:
         return "error" if self.record.failed else "success"
 
 
+@dataclass(frozen=True, slots=True)
+class Known:
+    """Label values known before any run has them (Prometheus' "avoid missing metrics"): a counter shows each
+    series they make at 0, so the first failure of a kind moves ``increase()``."""
+
+    error_types: tuple[str, ...]
+    """Every configured ``error_type`` and ``_OTHER``."""
+
+
+OUTCOMES = ("success", "error")
+TOOL_OUTCOMES = ("result", "no_result")
+EVENT_TYPES = (*sorted(KNOWN_EVENT_TYPES), UNKNOWN)
+
+
+def _firsts(series: Iterable[Key]) -> set[str]:
+    """The first label values of a counter's series (its tools, its indexes)."""
+    return {key[0] for key in series if isinstance(key, tuple)}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Family:
     name: str
@@ -79,7 +100,10 @@ class CounterFamily(Family):
     observe: Callable[[Run], Iterable[tuple[Key, int]]] | None
     """The series a run adds to, and by how much; None: counted from the events, not the runs."""
     zeros: tuple[str, ...] = ()
-    """Series shown at 0 before any run."""
+    """Series kept at 0 before any run (stored)."""
+    known: Callable[[Known, Mapping[str, Counter[Key]]], Iterable[Key]] = lambda known, counters: ()
+    """Series shown at 0 while absent (not stored), from what is known in advance and the counters so far:
+    every error type, every event type, both outcomes of every tool and index seen."""
     bounded: Literal["tools", "indexes"] | None = None
     """The ``BoundedLabels`` of ``Aggregates`` that bounds the first label value."""
     saturating: bool = False
@@ -188,6 +212,7 @@ FAMILIES: tuple[Family, ...] = (
         since="0.1.0",
         stored="errors",
         observe=_errors,
+        known=lambda known, counters: known.error_types,
     ),
     HistogramFamily(
         name="llamacloud_chat_run_duration_seconds",
@@ -247,6 +272,7 @@ FAMILIES: tuple[Family, ...] = (
         stored="tool_calls",
         observe=_tool_calls,
         bounded="tools",
+        known=lambda known, counters: ((tool, o) for tool in _firsts(counters["tool_calls"]) for o in TOOL_OUTCOMES),
     ),
     CounterFamily(
         name="llamacloud_chat_skipped_index_queries",
@@ -268,6 +294,7 @@ FAMILIES: tuple[Family, ...] = (
         stored="index_runs",
         observe=_index_runs,
         bounded="indexes",
+        known=lambda known, counters: ((i, o) for i in _firsts(counters["index_runs"]) for o in OUTCOMES),
     ),
     CounterFamily(
         name="llamacloud_chat_index_run_errors",
@@ -278,6 +305,7 @@ FAMILIES: tuple[Family, ...] = (
         stored="index_errors",
         observe=_index_errors,
         bounded="indexes",
+        known=lambda known, counters: ((i, t) for i in _firsts(counters["index_runs"]) for t in known.error_types),
     ),
     CounterFamily(
         name="llamacloud_chat_events",
@@ -287,6 +315,7 @@ FAMILIES: tuple[Family, ...] = (
         since="0.1.0",
         stored="events",
         observe=None,
+        known=lambda known, counters: EVENT_TYPES,
     ),
     GaugeFamily(
         name="llamacloud_chat_runs_in_progress",

@@ -25,7 +25,7 @@ from collector import __version__
 from collector.aggregates import EXEMPLAR_LABEL, Mark
 from collector.aggregates import Histogram as Hist
 from collector.build import REVISION
-from collector.families import AS_OF, CHAT, FAMILIES, CounterFamily, Family, GaugeFamily, HistogramFamily
+from collector.families import AS_OF, CHAT, FAMILIES, CounterFamily, Family, GaugeFamily, HistogramFamily, Known
 from collector.state import SessionState, Snapshot
 
 TITLE_LIMIT = 64
@@ -199,8 +199,8 @@ def _gauge(name: str, doc: str, value: float | None, labels: dict[str, str] | No
     return family
 
 
-def _render(family: Family, snap: Snapshot, suffix: str = "") -> Metric:
-    """One family of ``FAMILIES``, from the snapshot."""
+def _render(family: Family, snap: Snapshot, known: Known, suffix: str = "") -> Metric:
+    """One family of ``FAMILIES``, from the snapshot; a counter's series ``known`` in advance at 0 while absent."""
     a, doc = snap.aggregates, family.help + suffix
     if isinstance(family, HistogramFamily):
         series = sorted(a.histos[family.stored].items(), key=lambda item: item[0] or "")
@@ -208,7 +208,9 @@ def _render(family: Family, snap: Snapshot, suffix: str = "") -> Metric:
     if isinstance(family, CounterFamily):
         marks = a.marks.get(family.stored, {})
         metric = CounterMetricFamily(family.name, doc, labels=list(family.labels))
-        for key, value in sorted(a.counters[family.stored].items()):
+        values = a.counters[family.stored]
+        shown = dict.fromkeys(family.known(known, a.counters), 0) | values
+        for key, value in sorted(shown.items()):
             metric.add_metric(list(key) if isinstance(key, tuple) else [key], value, exemplar=_exemplar(marks.get(key)))
         return metric
     assert isinstance(family, GaugeFamily)
@@ -224,8 +226,10 @@ class SnapshotCollector(Collector):
         expose_titles: bool,
         shard: int,
         total_shards: int,
+        error_types: tuple[str, ...],
     ) -> None:
         self._snapshot = snapshot
+        self._known = Known(error_types)
         self._interval = interval
         self._expose_titles = expose_titles
         self._shard = (shard, total_shards)
@@ -257,7 +261,7 @@ class SnapshotCollector(Collector):
             poll.listing_pass_duration,
         )
         yield _gauge(p + "poll_interval_seconds", "The configured poll interval (--interval).", self._interval)
-        yield from (_render(family, snap) for family in FAMILIES if family not in CHAT)
+        yield from (_render(family, snap, self._known) for family in FAMILIES if family not in CHAT)
         yield _counter(
             p + "history_resets",
             "Session histories that shrank or changed and were re-synced.",
@@ -282,7 +286,7 @@ class SnapshotCollector(Collector):
 
     def _chat_families(self, snap: Snapshot) -> Iterator[Metric]:
         for family in CHAT:
-            yield _render(family, snap, AS_OF)
+            yield _render(family, snap, self._known, AS_OF)
 
     def _session_families(self, sessions: tuple[SessionState, ...]) -> Iterator[Metric]:
         p = "llamacloud_chat_session_"

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from collector.aggregates import Buckets
+from collector.derive import OTHER_ERROR
 from collector.errors import ConfigError
 from collector.selection import PollConfig
 from collector.settings import Settings
@@ -91,6 +92,8 @@ class ExpositionConfig:
     expose_titles: bool
     shard: int
     total_shards: int
+    error_types: tuple[str, ...]
+    """Every ``error_type`` the rules give, and ``_OTHER``: shown at 0 from the first sync."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,7 @@ def wire(settings: Settings) -> Wiring:
             expose_titles=settings.expose_titles,
             shard=settings.shard,
             total_shards=settings.total_shards,
+            error_types=tuple(dict.fromkeys([*(t for t, _ in rules), OTHER_ERROR])),
         ),
         endpoints=EndpointsConfig(listen=settings.listen, web_config=settings.web_config),
         logs=LogConfig(level=settings.log_level, fmt=settings.log_format),

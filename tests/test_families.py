@@ -118,7 +118,9 @@ def test_every_family_is_rendered_with_its_help_and_type():
     state = CollectorState(counted(), synced=True)
     registry = CollectorRegistry()
     snapshot = take_snapshot(state, PollStatus(), 5)
-    registry.register(SnapshotCollector(lambda: snapshot, interval=30, expose_titles=False, shard=0, total_shards=1))
+    registry.register(
+        SnapshotCollector(lambda: snapshot, interval=30, expose_titles=False, shard=0, total_shards=1, error_types=())
+    )
     text = generate_latest(registry).decode()
     for family in FAMILIES:
         assert f"# HELP {family.exposed} {family.help}" in text, family.name

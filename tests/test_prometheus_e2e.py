@@ -154,6 +154,18 @@ def stack(tmp_path_factory):
         hook.close()
 
 
+def test_the_first_error_of_a_type_shows_in_increase(stack):
+    """Every error type is exposed at 0 from the first sync (DESIGN §5), so the first failure of a type is a step
+    that increase() sees; a series born at 1 would show no increase at all. Runs first: the simulator's seed
+    leaves tool_error unseen until here."""
+    prom, sim = stack["prom"], stack["sim"]
+    series = f'llamacloud_chat_run_errors_total{{job="{OPERATOR_JOB}", error_type="tool_error"}}'
+    zero = wait_until(lambda: query(prom, series), 60, "tool_error exposed before any such run")
+    assert float(zero[0]["value"][1]) == 0, "the seed has a tool_error already: pick another unseen type"
+    httpx.get(sim + "/_sim/touch", params={"first": 1, "error_type": "tool_error"})
+    wait_until(lambda: query(prom, f"increase({series}[1m]) > 0"), 60, "increase() of the first tool_error")
+
+
 def test_failing_runs_fire_error_alerts_and_alertmanager_delivers(stack):
     prom, sim = stack["prom"], stack["sim"]
     assert not firing(prom).get("firing", set()) & {"LlamaCloudChatErrorRatioHigh"}

@@ -18,7 +18,7 @@ lists them (a plain list, as the vendor's API; the first is the default), chat r
 ``project=`` takes only that project's requests. The listing's behaviour (``Listing``) is shared.
 
 Controls (``GET``): ``stats``, ``totals`` (sums of the truth), ``truth``, ``sessions`` (in listing order,
-with their runs), ``traffic?pause=1``, ``touch?fraction=|first=N|last=1[&fail=1|0]``, ``big``,
+with their runs), ``traffic?pause=1``, ``touch?fraction=|first=N|last=1[&fail=1|0][&error_type=T]``, ``big``,
 ``fault?kind=&endpoint=&times=``, ``listing?order=newest|oldest&page_cap=&long_token_page=&long_token_length=
 &forget_cursors=1``, ``clock?offset=SECONDS``, ``delete?count=N`` (the oldest), ``extreme?what=zero_time|
 long_title|big_tokens``, ``decoy?runs=&decoy_runs=&pad=`` (a body with a leading ``debug.events``), ``bare?kind=stop&count=N`` (a
@@ -41,7 +41,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from collector.simulator.world import World
+from collector.simulator.world import ERROR_MESSAGES, World
 
 FAULT_KINDS = (
     "status",
@@ -505,8 +505,11 @@ class SimulatorApi:
                 if first
                 else world.rng.sample(list(world.sessions), int(len(world.sessions) * fraction))
             )
+            error_type = request.query.get("error_type")
+            if error_type is not None and error_type not in ERROR_MESSAGES:
+                return _json({"detail": f"error_type is one of {sorted(ERROR_MESSAGES)}"}, 400)
             for session_id in chosen:
-                world.add_run(world.sessions[session_id], fail)
+                world.add_run(world.sessions[session_id], True if error_type is not None else fail, error_type=error_type)
             return _json({"changed": len(chosen)})
         if request.path == "/_sim/fault":
             q = request.query

@@ -153,7 +153,7 @@ class World:
         return session
 
     def _make_run(
-        self, session: SimSession, fail: bool | None = None, input_tokens: int | None = None
+        self, session: SimSession, fail: bool | None = None, input_tokens: int | None = None, error_type: str | None = None
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], RunTruth]:
         """The opening events of a run, the rest of them, and its truth (``fail`` forces the outcome,
         ``input_tokens`` the run's input tokens)."""
@@ -179,7 +179,7 @@ class World:
         tail += [{"type": "text_delta", "content": "The answer"} for _ in range(rng.randint(1, 4))]
         tail.append({"type": "text", "content": "The answer is in the attached report, page 3."})
         failed = rng.random() < self.error_rate if fail is None else fail
-        error_type = rng.choice(tuple(ERROR_MESSAGES)) if failed else None
+        error_type = (error_type or rng.choice(tuple(ERROR_MESSAGES))) if failed else None
         error = rng.choice(ERROR_MESSAGES[error_type]) if error_type is not None else None
         usage: dict[str, Any] = {
             "duration_ms": round(rng.lognormvariate(7.6, 1.0), 1),
@@ -214,11 +214,14 @@ class World:
         self.runs.append(truth)
         self._touch(session)
 
-    def add_run(self, session: SimSession, fail: bool | None = None, input_tokens: int | None = None) -> None:
-        """A whole run, start to stop (finishing a pending one first)."""
+    def add_run(
+        self, session: SimSession, fail: bool | None = None, input_tokens: int | None = None, error_type: str | None = None
+    ) -> None:
+        """A whole run, start to stop (finishing a pending one first); a failed one of ``error_type`` (one of
+        ``ERROR_MESSAGES``) when given."""
         if session.pending is not None:
             self.finish_pending(session)
-        head, tail, truth = self._make_run(session, fail, input_tokens)
+        head, tail, truth = self._make_run(session, fail, input_tokens, error_type)
         self._append(session, head)
         self._finish(session, tail, truth)
 
