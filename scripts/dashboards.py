@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from scripts.rules import INDEX_RATIO, RATIO, load_spec
+from scripts.rules import INDEX_RATIO, RATIO, le, load_spec
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 J = 'job=~"$job", instance=~"$instance"'
@@ -130,6 +130,37 @@ def by_index() -> dict[str, Any]:
             {"id": "organize", "options": {"excludeByName": {"Time": True}, "renameByName": names}},
         ],
         panel_options={"sortBy": [{"displayName": names["Value #B"], "desc": True}]},
+    )
+
+
+RUNAWAY = "LlamaCloudChatRunawayAgents"
+
+
+def runaway() -> dict[str, Any]:
+    """The share of runs past the runaway alert's bounds (its defaults), with its threshold as a line."""
+    alert = next(a for a in load_spec()["alerts"] if a["alert"] == RUNAWAY)
+    params = alert["params"]
+
+    def share(family: str, bound: float, legend: str) -> dict[str, Any]:
+        over = f'sum(rate({family}_bucket{{{J}, le="{le(bound)}"}}[{RI}]))'
+        return q(f"1 - {over} / sum(rate({family}_count{{{J}}}[{RI}]))", legend)
+
+    return series(
+        "Runaway runs",
+        f"Share of the runs finished in each interval that went past {params['turns']} turns, and past "
+        f"{params['tool_calls']} tool calls: the top buckets of the per-run histograms, where looping agents land. "
+        f"The dashed red line is the threshold of {RUNAWAY} ({params['threshold']:.0%} of at least "
+        f"{params['min_runs']} runs over {params['window']}, for {alert['for']}); the chart's "
+        f"prometheusRule.alerts.{RUNAWAY} may set other bounds and thresholds.",
+        "percentunit",
+        share("llamacloud_chat_run_turns", params["turns"], f"over {params['turns']} turns"),
+        share("llamacloud_chat_run_tool_calls", params["tool_calls"], f"over {params['tool_calls']} tool calls"),
+        w=12,
+        defaults={
+            "min": 0,
+            "thresholds": steps("green", (params["threshold"], "red")),
+            "custom": {"thresholdsStyle": {"mode": "dashed"}},
+        },
     )
 
 
@@ -311,6 +342,7 @@ def overview() -> dict[str, Any]:
             "Input and output tokens per minute of finished runs.",
             "short",
             q(f"sum by (token_type) (rate(llamacloud_chat_tokens_total{{{J}}}[{RI}])) * 60", "{{token_type}}"),
+            w=12,
         ),
         series(
             "Tokens per run",
@@ -325,6 +357,7 @@ def overview() -> dict[str, Any]:
                 f"histogram_quantile(0.95, sum by (le, token_type) (rate(llamacloud_chat_run_tokens_bucket{{{J}}}[{RI}])))",
                 "p95 {{token_type}}",
             ),
+            w=12,
         ),
         series(
             "Turns per run",
@@ -336,7 +369,9 @@ def overview() -> dict[str, Any]:
                 "mean",
             ),
             q(f"histogram_quantile(0.95, sum by (le) (rate(llamacloud_chat_run_turns_bucket{{{J}}}[{RI}])))", "p95"),
+            w=12,
         ),
+        runaway(),
         series(
             "Tool calls by tool",
             "Tool calls per minute by tool.",

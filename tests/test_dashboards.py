@@ -103,3 +103,20 @@ def test_the_overview_asks_for_exemplars_on_its_error_and_duration_panels():
         "Run duration p50 / p95 / p99",
         "Runs per minute by outcome",
     } <= asking
+
+
+def test_the_runaway_panel_reads_the_alerts_bounds_and_draws_its_threshold():
+    from scripts.rules import le
+
+    alert = next(a for a in load_spec()["alerts"] if a["alert"] == "LlamaCloudChatRunawayAgents")
+    params = alert["params"]
+    board = json.loads((ROOT / "grafana" / "dashboards" / "chat-overview.json").read_text())
+    panel = next(p for p in panels(board) if p["title"] == "Runaway runs")
+    assert panel["type"] == "timeseries" and panel["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    turns, tools = (t["expr"] for t in panel["targets"])
+    assert f'llamacloud_chat_run_turns_bucket{{job=~"$job", instance=~"$instance", le="{le(params["turns"])}"}}' in turns
+    assert f'le="{le(params["tool_calls"])}"' in tools and "llamacloud_chat_run_tool_calls_count{" in tools
+    threshold = params["threshold"]
+    assert color_at(panel, threshold * 0.9) == "green" and color_at(panel, threshold) == "red"
+    assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] in ("line", "dashed", "line+area")
+    assert f"{threshold:.0%}" in panel["description"] and "LlamaCloudChatRunawayAgents" in panel["description"]

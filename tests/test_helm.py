@@ -371,3 +371,67 @@ def test_notes_say_what_shards_cost_and_that_the_request_budget_is_divided_among
     config = next(o for o in objects if o["kind"] == "ConfigMap")["data"]["config.yaml"]
     assert "--total-shards=3" in pod["args"] and "max_requests_per_second: 12\n" in config  # 12 / 3 a second per pod
     assert "maxRequestsPerSecond" not in notes({**KEY, "sharding": {"shards": 3}})
+
+
+def runaway_rule(values: dict) -> dict:
+    (rule,) = by_kind(render({**KEY, **values}), "PrometheusRule")
+    return next(r for g in rule["spec"]["groups"] for r in g["rules"] if r.get("alert") == "LlamaCloudChatRunawayAgents")
+
+
+@pytest.mark.parametrize("bound", [0, 0.5, 2.5, 12.8, 32, 128, 999999, 1_000_000, 1_048_576, 67_108_864])
+def test_the_chart_spells_a_runaway_bound_as_the_collector_writes_its_le(bound):
+    """The chart's helper against the collector's own spelling (floatToGoString): a bound written as "32"
+    instead of "32.0" would match no series and the alert would never fire."""
+    from scripts.rules import le
+
+    buckets = sorted({0.1, 1.0, float(bound)})
+    rule = runaway_rule(
+        {
+            "config": {"buckets": {"turns": buckets}},
+            "prometheusRule": {"enabled": True, "alerts": {"LlamaCloudChatRunawayAgents": {"turns": bound}}},
+        }
+    )
+    assert f'llamacloud_chat_run_turns_bucket{{le="{le(bound)}"}}' in rule["expr"]
+    assert 'llamacloud_chat_run_tool_calls_bucket{le="64.0"}' in rule["expr"]  # the default, untouched
+
+
+def test_the_runaway_alert_follows_its_chart_values_and_refuses_a_bound_without_a_bucket():
+    tuned = runaway_rule(
+        {
+            "prometheusRule": {
+                "enabled": True,
+                "alerts": {
+                    "LlamaCloudChatRunawayAgents": {
+                        "threshold": 0.1,
+                        "min_runs": 50,
+                        "window": "1h",
+                        "turns": 24,
+                        "tool_calls": 0,  # a bound (no tool calls at all), not "unset"
+                        "for": "30m",
+                    }
+                },
+            },
+        }
+    )
+    expr = tuned["expr"]
+    assert 'turns_bucket{le="24.0"}[1h]' in expr and 'tool_calls_bucket{le="0.0"}[1h]' in expr
+    assert expr.count("> 0.1\n") == 2 and expr.count(">= 50\n") == 2 and tuned["for"] == "30m"
+    description = tuned["annotations"]["description"]
+    assert "last 1h" in description and "over 24 turns, or over 0 tool calls" in description
+    assert "alert above 0.1 of at least 50 runs" in description and "{{ $labels.measure }}" in description
+    with pytest.raises(
+        helm_python.HelmError, match=r"LlamaCloudChatRunawayAgents\.turns is 30, not a bound of config\.buckets\.turns"
+    ):
+        runaway_rule({"prometheusRule": {"enabled": True, "alerts": {"LlamaCloudChatRunawayAgents": {"turns": 30}}}})
+    with pytest.raises(helm_python.HelmError, match=r"\.tool_calls is 64, not a bound of config\.buckets\.tool_calls"):
+        runaway_rule({"config": {"buckets": {"tool_calls": [1, 10, 100]}}, "prometheusRule": {"enabled": True}})
+    custom = runaway_rule(
+        {
+            "config": {"buckets": {"tool_calls": [1, 10, 100]}},
+            "prometheusRule": {"enabled": True, "alerts": {"LlamaCloudChatRunawayAgents": {"tool_calls": 100}}},
+        }
+    )
+    assert 'tool_calls_bucket{le="100.0"}' in custom["expr"]
+    off = {**KEY, "prometheusRule": {"enabled": True, "alerts": {"LlamaCloudChatRunawayAgents": {"enabled": False, "turns": 30}}}}
+    (rule,) = by_kind(render(off), "PrometheusRule")  # a disabled alert checks nothing
+    assert not any(r.get("alert") == "LlamaCloudChatRunawayAgents" for g in rule["spec"]["groups"] for r in g["rules"])

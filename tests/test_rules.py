@@ -1,5 +1,6 @@
 """Alert and recording rules: promtool, unit-test coverage per alert, runbook, one source of truth."""
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 import yaml
 
 from scripts.generate import drifted
-from scripts.rules import anchor, load_spec
+from scripts.rules import DEFAULT_BOUNDS, alert_rules, anchor, bound_params, load_spec
 from tests.tools import require
 
 pytestmark = pytest.mark.tier("tools", "process")
@@ -149,3 +150,94 @@ def test_compose_configs_are_valid():
     assert link["name"] == "session_id"
     assert link["url"].startswith("/d/llamacloud-chat-session/") and "var-session_id=$${__value.raw}" in link["url"]
     assert "--enable-feature=exemplar-storage" in stack["services"]["prometheus"]["command"]
+
+
+def exposed_les() -> dict[str, set[str]]:
+    """The ``le`` values of each chat histogram in the collector's own exposition (default buckets, one run)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from collector.aggregates import Aggregates
+    from collector.derive import RunRecord
+    from collector.metrics import SnapshotCollector
+    from collector.settings import Settings
+    from collector.state import CollectorState, PollStatus, take_snapshot
+    from collector.wiring import arguments, wire
+
+    settings = Settings()
+    state = CollectorState(Aggregates(settings.buckets.as_buckets(), 5))
+    run = RunRecord(
+        failed=False,
+        error_type=None,
+        duration_seconds=1.0,
+        input_tokens=1,
+        output_tokens=1,
+        turns=40,
+        tool_calls=(),
+        skipped_index_ids=(),
+    )
+    state.aggregates.add_runs([run])
+    state.mark_synced()
+    registry = CollectorRegistry()
+    registry.register(SnapshotCollector(lambda: take_snapshot(state, PollStatus(), 5), **arguments(wire(settings).exposition)))
+    les: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                les.setdefault(sample.name.removesuffix("_bucket"), set()).add(sample.labels["le"])
+    return les
+
+
+BUCKET_MATCHER = re.compile(r"\b(llamacloud_chat_\w+)_bucket\{([^}]*)\}")
+
+
+def le_matchers(text: str) -> set[tuple[str, str]]:
+    """Each ``(family, le)`` a ``_bucket{..., le="..."}`` selector or series names in ``text``."""
+    found = set()
+    for family, labels in BUCKET_MATCHER.findall(text):
+        found |= {(family, le) for le in re.findall(r'\ble="([^"]*)"', labels)}
+    return found
+
+
+def test_every_le_the_rules_panels_and_alert_tests_name_is_one_the_collector_writes():
+    """A bound spelled otherwise than the collector writes it (``32`` for ``32.0``) matches no series, and an
+    alert reading it never fires, silently. The promtool tests' input series are held to it too, so a rule
+    spelled wrong fails them."""
+    les = exposed_les()
+    assert {"llamacloud_chat_run_turns", "llamacloud_chat_run_tool_calls"} <= set(les)
+    assert "32.0" in les["llamacloud_chat_run_turns"] and "32" not in les["llamacloud_chat_run_turns"]
+    rules = le_matchers((PROM / "alerts.yaml").read_text() + (PROM / "recording.yaml").read_text())
+    boards = {
+        (family, le)
+        for path in (ROOT / "grafana" / "dashboards").glob("*.json")
+        for p in json.loads(path.read_text())["panels"]
+        for t in p["targets"]
+        for family, le in le_matchers(t["expr"])
+    }
+    tests = yaml.safe_load((PROM / "tests" / "alerts_test.yaml").read_text())["tests"]
+    inputs = {m for case in tests for s in case.get("input_series", []) for m in le_matchers(s["series"])}
+    for where, found in (("rules", rules), ("dashboards", boards), ("promtool inputs", inputs)):
+        wrong = {(family, le) for family, le in found if family in les and le not in les[family]}
+        assert wrong == set(), f"{where}: le values the collector never writes: {sorted(wrong)}"
+    runaway = {("llamacloud_chat_run_turns", "32.0"), ("llamacloud_chat_run_tool_calls", "64.0")}
+    assert runaway <= rules and runaway <= boards and runaway <= inputs
+
+
+def test_the_runaway_alert_reads_bounds_of_both_histograms_with_every_param_shown():
+    spec = next(a for a in load_spec()["alerts"] if a["alert"] == "LlamaCloudChatRunawayAgents")
+    assert bound_params(spec) == ["turns", "tool_calls"] and spec["severity"] == "warning"
+    assert set(spec["params"]) == {"threshold", "min_runs", "window", "turns", "tool_calls"}
+    for param in spec["params"]:
+        assert f"${{{param}}}" in spec["description"], param  # the parameters in force
+    assert "{{ $labels.measure }}" in spec["description"]
+    for param, bounds in (("turns", DEFAULT_BOUNDS["turns"]), ("tool_calls", DEFAULT_BOUNDS["tool_calls"])):
+        assert spec["params"][param] in bounds  # a default bound: the plain rule files match a series
+    # generation refuses a bound the collector has no bucket for, and a placeholder that names no histogram
+    with pytest.raises(ValueError, match="not a default bound of buckets.turns"):
+        alert_rules(load_spec(), params={"LlamaCloudChatRunawayAgents": {"turns": 30}})
+    with pytest.raises(ValueError, match="not a histogram's bucket setting"):
+        alert_rules({**load_spec(), "alerts": [{**spec, "expr": 'x{le="${le:window}"}'}]})
+    tuned = alert_rules(load_spec(), params={"LlamaCloudChatRunawayAgents": {"turns": 64, "tool_calls": 0}})
+    rule = next(r for r in tuned["groups"][0]["rules"] if r["alert"] == "LlamaCloudChatRunawayAgents")
+    assert 'turns_bucket{le="64.0"}' in rule["expr"] and 'tool_calls_bucket{le="0.0"}' in rule["expr"]
+    assert "over 64 turns, or over 0 tool calls" in rule["annotations"]["description"]
