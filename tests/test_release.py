@@ -1,6 +1,7 @@
 """The release workflow: clean under actionlint, and it publishes what the chart installs by default."""
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -144,3 +145,110 @@ def test_ci_runs_the_readme_test_command_on_the_machine_kind_of_the_suite():
     assert job["container"].endswith("-bookworm")
     assert [s["run"] for s in job["steps"] if "run" in s] == ["bash scripts/test.sh"]
     assert set(flow[True]) == {"push", "pull_request"}
+
+
+CHART_YAML = ROOT / "helm" / "llamacloud-collector" / "Chart.yaml"
+CHANGE_KINDS = {"added", "changed", "deprecated", "removed", "fixed", "security"}
+"""The kinds of an ``artifacthub.io/changes`` entry (https://artifacthub.io/docs/topics/annotations/helm/)."""
+CATEGORIES = {
+    "ai-machine-learning",
+    "database",
+    "integration-delivery",
+    "monitoring-logging",
+    "networking",
+    "security",
+    "storage",
+    "streaming-messaging",
+}
+
+
+def changelog_headings(version: str) -> list[str]:
+    """The ``###`` headings of the CHANGELOG's section of ``version`` (``## 0.2.0 …`` or ``## Unreleased (0.2.0)``)."""
+    text = (ROOT / "CHANGELOG.md").read_text()
+    title = rf"^## (?:{re.escape(version)}\b|Unreleased \({re.escape(version)}\))[^\n]*\n"
+    section = re.search(title + r"(.*?)(?=^## |\Z)", text, re.S | re.M)
+    assert section is not None, f"CHANGELOG.md has no section for {version}"
+    return re.findall(r"^### (.+)$", section[1], re.M)
+
+
+def annotation(chart: dict, key: str) -> object:
+    """An Artifact Hub annotation: a string (Helm requires it), holding YAML for the structured ones."""
+    value = chart["annotations"][f"artifacthub.io/{key}"]
+    assert isinstance(value, str), (key, value)
+    return yaml.safe_load(value)
+
+
+def https(url: object) -> bool:
+    return isinstance(url, str) and re.fullmatch(r"https://[^\s/]+/\S*", url) is not None
+
+
+def test_artifact_hub_changes_follow_the_changelog_section_of_the_chart_version():
+    chart = yaml.safe_load(CHART_YAML.read_text())
+    changes = annotation(chart, "changes")
+    assert isinstance(changes, list) and changes
+    for change in changes:
+        assert set(change) <= {"kind", "description", "links"} and change["kind"] in CHANGE_KINDS, change
+        assert isinstance(change["description"], str) and change["description"].strip(), change
+        for link in change.get("links", []):
+            assert set(link) == {"name", "url"} and https(link["url"]), link
+    headings = changelog_headings(chart["version"])
+    described = [c["description"] for c in changes]
+    # one entry per heading, in order: the heading itself, or the heading and a gloss after ": "
+    assert len(described) == len(headings) and all(
+        d == h or d.startswith(h + ": ") for d, h in zip(described, headings, strict=True)
+    ), f"artifacthub.io/changes in Chart.yaml differs from the CHANGELOG's headings for {chart['version']}: {headings}"
+    security = any(c["kind"] == "security" for c in changes)
+    assert chart["annotations"]["artifacthub.io/containsSecurityUpdates"] == str(security).lower()
+
+
+def test_artifact_hub_links_license_category_and_prerelease_are_well_formed():
+    import tomllib
+
+    chart = yaml.safe_load(CHART_YAML.read_text())
+    links = annotation(chart, "links")
+    assert isinstance(links, list) and links
+    assert all(set(link) == {"name", "url"} and link["name"] and https(link["url"]) for link in links), links
+    by_name = {link["name"]: link["url"] for link in links}
+    assert len(by_name) == len(links)
+    assert by_name["support"] == chart["home"] + "/issues" and by_name["Source"] in chart["sources"]
+    for name in ("Changelog", "Runbook"):  # a file of this repository: it exists
+        path = by_name[name].removeprefix(chart["home"] + "/blob/main/")
+        assert (ROOT / path).is_file(), (name, by_name[name])
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert chart["annotations"]["artifacthub.io/license"] == project["license"]["text"]
+    assert chart["annotations"]["artifacthub.io/category"] in CATEGORIES
+    # a SemVer pre-release (0.3.0-rc.1) is one; the release workflow refuses such a tag, so today it is "false"
+    assert chart["annotations"]["artifacthub.io/prerelease"] == str("-" in chart["version"]).lower()
+    recommended = annotation(chart, "recommendations")
+    assert isinstance(recommended, list) and all(set(r) == {"url"} and https(r["url"]) for r in recommended)
+
+
+def test_artifact_hub_images_name_the_image_the_chart_deploys_on_the_platforms_the_release_builds():
+    import helm_python
+
+    from tests.k8s import documents
+
+    chart = yaml.safe_load(CHART_YAML.read_text())
+    images = annotation(chart, "images")
+    assert isinstance(images, list) and len(images) == 1
+    (image,) = images
+    assert set(image) <= {"name", "image", "platforms", "whitelisted"} and image["name"] == chart["name"]
+    out = helm_python.Chart.load(str(CHART_YAML.parent)).render(values={"apiKey": {"value": "k"}}, name="rel", namespace="obs")
+    objects = [d for path, text in out.items() if path.endswith(".yaml") for d in documents(text)]
+    (deploy,) = [o for o in objects if o["kind"] == "Deployment"]
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert image["image"] == container["image"] == f"ghcr.io/llamacloud/llamacloud-collector:{chart['appVersion']}"
+    build = next(
+        s
+        for s in yaml.safe_load(WORKFLOW.read_text())["jobs"]["image"]["steps"]
+        if s.get("uses", "").startswith("docker/build-push-action")
+    )
+    assert sorted(image["platforms"]) == sorted(build["with"]["platforms"].split(","))
+
+
+def test_the_kustomize_manifests_deploy_the_declared_version():
+    deployment = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "base" / "deployment.yaml").read_text())
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == f"ghcr.io/llamacloud/llamacloud-collector:{declared_version()}"
+    overlay = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "overlays" / "example" / "kustomization.yaml").read_text())
+    assert [i["newTag"] for i in overlay["images"]] == [declared_version()]
