@@ -3,6 +3,10 @@
     python bench/run.py                      # 10,000 sessions x 5 runs (about 3 minutes)
     python bench/run.py --sessions 2000      # quicker
     python bench/run.py --sessions 100000 --latency-ms 100 --max-concurrency 32   # a big project, far away
+    python bench/run.py --lag-matrix         # count-lag percentiles: 10,000 and 100,000 sessions, 0 and 100 ms,
+                                             # with and without --max-requests-per-second 20 (about 30 minutes)
+    python bench/run.py --lag-matrix --quick # the same, small and short: a smoke run (about 2 minutes)
+    python bench/run.py --shard-cost 3 --sessions 100000   # the listing's cost: one collector against 3 shards
 
 With ``--latency-ms`` every API answer is delayed, as a real API 50-300 ms away is; the
 figures then include the listing pass (every page, one after another) and the freshness:
@@ -13,6 +17,10 @@ per session, scaled to the whole project.
 The collector runs in this process (its CPU is this process's CPU); the simulator and the
 peer run in their own processes. Prints a table of figures and ratios. Not a test: nothing
 here asserts a time.
+
+``--lag-matrix`` and ``--shard-cost`` run ``bench/lag.py`` instead (its docstring says how): a table of
+``llamacloud_collector_count_lag_seconds`` percentiles per size, distance and request budget, and of the
+listing requests a pass costs one collector and N shards; then the same figures as one line of JSON.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +192,11 @@ def run_json(args: list[str]) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _numbers(kind: type) -> Callable[[str], list]:
+    """An argparse type: comma-separated numbers of ``kind``."""
+    return lambda text: [kind(part) for part in text.split(",") if part.strip()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, default=10_000)
@@ -191,7 +205,9 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay added to every API answer")
     parser.add_argument("--page-size", type=int, default=100)
     parser.add_argument("--max-concurrency", type=int, default=8)
-    parser.add_argument("--interval", type=float, default=60.0, help="the scheduler's interval, for freshness")
+    parser.add_argument(
+        "--interval", type=float, help="the scheduler's interval, for freshness and the lag matrix (default 60; 10 with --quick)"
+    )
     parser.add_argument(
         "--peer-limit",
         type=int,
@@ -200,7 +216,29 @@ def main() -> None:
     )
     parser.add_argument("--skip-big", action="store_true", help="skip the one-big-session measure")
     parser.add_argument("--json", help="also write the figures to this file")
+    lag = parser.add_argument_group("count lag and sharding (bench/lag.py)")
+    lag.add_argument("--lag-matrix", action="store_true", help="count-lag percentiles for every size x distance x budget")
+    lag.add_argument("--sizes", type=_numbers(int), help="sessions, comma-separated (default 10000,100000; 2000 with --quick)")
+    lag.add_argument("--latencies-ms", type=_numbers(float), default=[0.0, 100.0], help="distances (default 0,100)")
+    lag.add_argument(
+        "--budgets", type=_numbers(float), default=[0.0, 20.0], help="--max-requests-per-second values, 0 for none (default 0,20)"
+    )
+    lag.add_argument("--lag-seconds", type=float, help="seconds of traffic per case (default 120; 20 with --quick)")
+    lag.add_argument("--lag-rate", type=float, default=2.0, help="new runs a second, in random sessions (default 2)")
+    lag.add_argument("--quick", action="store_true", help="a smoke run of the matrix: small, short, --interval 10")
+    lag.add_argument(
+        "--shard-cost", type=int, metavar="N", help="listing requests per pass: one collector, then N shards (--sessions)"
+    )
     args = parser.parse_args()
+    if args.interval is None:
+        args.interval = 10.0 if args.quick else 60.0
+    if args.lag_matrix or args.shard_cost:
+        from bench import lag as lag_bench
+
+        args.sizes = args.sizes or ([2000] if args.quick else [10_000, 100_000])
+        args.lag_seconds = args.lag_seconds or (20.0 if args.quick else 120.0)
+        lag_bench.main(args)
+        return
     limit = args.peer_limit or (min(args.sessions, 2000) if args.latency_ms else None)
 
     sim_proc, sim = start_simulator(args.sessions, args.runs, args.latency_ms)
