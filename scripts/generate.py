@@ -1,6 +1,7 @@
 """Write every generated copy of the dashboards, rules and settings; ``--check`` fails on drift.
 
-Sources: scripts/dashboards.py (the dashboards), deploy/prometheus/rules.spec.yaml (the rules),
+Sources: scripts/dashboards.py (the dashboards), deploy/prometheus/rules.spec.yaml (the rules; with the
+dashboards, the monitoring mixin in mixin/, through scripts/mixin.py),
 collector/families.py (the README's table of metrics), collector/settings.py (the README's table of
 settings, and the chart's ``config``: its values, schema, README table and ConfigMap, through
 scripts/chart_config.py) and collector/cadence.py (the README's "N% of the interval").
@@ -19,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from collector.cadence import BUDGET_RATIO
-from scripts import chart_config, families_table
+from scripts import chart_config, families_table, mixin
 from scripts.dashboards import DASHBOARDS
 from scripts.rules import ROOT, alert_rules, dump, helm_rules, load_spec, recording_rules
 from scripts.settings_table import with_table
@@ -40,7 +41,12 @@ def outputs() -> dict[Path, str]:
     files: dict[Path, str] = {}
     for name, build in DASHBOARDS.items():
         text = json.dumps(build(), indent=2) + "\n"
-        for folder in ("grafana/dashboards", "helm/llamacloud-collector/dashboards", "deploy/kubernetes/base/dashboards"):
+        for folder in (
+            "grafana/dashboards",
+            "helm/llamacloud-collector/dashboards",
+            "deploy/kubernetes/base/dashboards",
+            "mixin/dashboards",
+        ):
             files[ROOT / folder / name] = text
     alerts, recording = alert_rules(spec), recording_rules(spec)
     files[ROOT / "deploy/prometheus/alerts.yaml"] = HEADER + dump(alerts)
@@ -53,6 +59,7 @@ def outputs() -> dict[Path, str]:
         "spec": {"groups": recording["groups"] + alerts["groups"]},
     }
     files[ROOT / "deploy/kubernetes/base/prometheusrule.yaml"] = HEADER + dump(rule)
+    files[ROOT / "mixin/mixin.libsonnet"] = mixin.mixin(spec, list(DASHBOARDS))
     files[ROOT / "README.md"] = with_budget(families_table.with_table(with_table((ROOT / "README.md").read_text())))
     chart = ROOT / "helm/llamacloud-collector"
     files[chart / "values.yaml"] = chart_config.with_values((chart / "values.yaml").read_text())
