@@ -192,9 +192,9 @@ class Recorder:
         poller, metrics = collector.poller, collector.self_metrics
         cycle, counted_late = poller.cycle, metrics.counted_late
 
-        async def recorded_cycle() -> CycleReport:
+        async def recorded_cycle(budget: float | None = None) -> CycleReport:
             started = time.monotonic()
-            report = await cycle()
+            report = await cycle(budget)
             self.cycles.append(
                 CycleRecord(
                     started,

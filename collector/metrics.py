@@ -144,7 +144,7 @@ class SelfMetrics:
     def budget_wait(self, seconds: float) -> None:
         self.budget_waits.inc(seconds)
 
-    def rate_limit_remaining(self, value: float) -> None:
+    def rate_limit_remaining(self, value: float | None) -> None:
         self.rate_limit_left.value = value
 
     # what the poller reports (poller.PollObserver)

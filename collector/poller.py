@@ -79,6 +79,8 @@ class CycleReport:
     backing_off: int = 0
     """Failing sessions skipped this cycle, waiting for their next retry."""
     pass_complete: bool = False
+    pass_spanned: bool = False
+    """The pass this cycle completed had started in an earlier cycle: a pass longer than a cycle."""
     duration: float = 0.0
     errors: list[str] = field(default_factory=list)
 
@@ -332,7 +334,9 @@ class Poller:
 
     # -- the cycle --------------------------------------------------------------------------------------
 
-    async def cycle(self) -> CycleReport:
+    async def cycle(self, budget: float | None = None) -> CycleReport:
+        """One cycle, within the cadence's budget (or ``budget`` seconds: the rest of a slot, when a pass that
+        spans cycles ends early and the next starts at once)."""
         started = self.monotonic()
         self.cycle_started = started
         self.cycles += 1
@@ -341,7 +345,9 @@ class Poller:
         if self.listing is None:
             self.listing = self._new_pass()
         brought: list[float] | None = [] if work.synced else None
-        run = _Run(work, CycleReport(), self.cadence.deadline(self.monotonic), self.listing, counted, brought)
+        deadline = self.cadence.deadline(self.monotonic) if budget is None else Deadline.after(budget, self.monotonic)
+        run = _Run(work, CycleReport(), deadline, self.listing, counted, brought)
+        run.report.pass_spanned = self.listing.started < started
         runs_before = sum(work.aggregates.runs.values())
         try:
             await self._run_pass(run)
@@ -367,7 +373,7 @@ class Poller:
                 run.session_answered = True
         if run.session_answered:
             self.listing_only = 0
-        if not run.answered and (run.listing_error or fresh or listing_cut):  # an outage: nothing answered
+        if not run.answered and (run.listing_error or fresh or listing_cut or run.deferred):  # an outage: nothing answered
             reason = run.listing_error or (fresh[0] if fresh else run.deferred or "no answer from the API by the cycle deadline")
             return self._failed(run, reason, started)
         self._settle_failures(run)

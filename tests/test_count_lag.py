@@ -64,3 +64,24 @@ def test_a_session_whose_runs_did_not_grow_is_not_observed():
     api.put("a", at(50), [*run_events(), {"type": "user_input", "content": "next"}])
     cycle(p)
     assert lag_sum_count(p) == (0.0, 0.0)
+
+
+def test_a_pass_longer_than_a_cycle_is_followed_at_once_by_the_next_in_the_same_slot():
+    """bench/lag.py found it: a slot whose cycle ended a carried pass early idled until the next slot, so new
+    runs waited two intervals and more. Now the rest of the slot starts the next pass."""
+    from tests.helpers import collecting, run_async, simulating
+
+    async def scenario():
+        async with simulating(sessions=30) as sim, collecting(sim, interval=2.0, page_size=5) as collector:
+            sim.api.latency = 0.4  # 6 pages one after another: about 2.4 s, over a cycle's 1.8 s
+            await collector.run_slot()
+            assert collector.poller.cycles == 1 and collector.poller.listing is not None  # cut mid-pass
+            await collector.run_slot()  # ends the pass, then starts the next in what is left of the slot
+            assert collector.poller.cycles == 3
+            sim.api.latency = 0.0
+            await collector.run_slot()  # ends the pass the last slot started, and the next one fits: two cycles
+            assert collector.poller.cycles == 5
+            await collector.run_slot()  # a pass within one cycle: one cycle a slot, as before
+            assert collector.poller.cycles == 6
+
+    run_async(scenario())

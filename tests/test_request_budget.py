@@ -366,3 +366,59 @@ def test_a_fetch_held_by_the_budget_is_not_a_fetch_that_hangs():
             assert_matches_truth(await scrape(collector.port), sim)
 
     run_async(scenario())
+
+
+def test_requests_waiting_for_their_place_when_a_429_comes_wait_out_its_pause_too():
+    """Red team, B1: the pause was checked once, before the limiter, so the requests queued there went out
+    during it (7 of 8 at 5 a second). Only what bounds the sending from below is asserted."""
+
+    async def scenario() -> list[float]:
+        budget, sent = RequestBudget(20.0), list[float]()
+        started = time.monotonic()
+
+        async def fetch(first: bool) -> None:
+            await budget.spend("retrieve", None)
+            sent.append(time.monotonic() - started)
+            if first:
+                budget.pause(0.5)  # its answer: a 429 with Retry-After
+
+        await asyncio.gather(fetch(True), *(fetch(False) for _ in range(5)))
+        return sorted(sent)
+
+    sent = run_async(scenario())
+    assert all(t >= 0.5 * 0.99 for t in sent[1:]), sent
+
+
+def test_a_429_without_retry_after_pauses_the_client_for_its_backoff_and_the_header_gone_is_absent():
+    """Red team, B4 and B5: a bare 429 slows every request (DESIGN §6: "a 429 slows it further"), and a
+    remaining-requests header that stops coming no longer shows its last value."""
+    clock, answers = SteppedClock(), iter([(429, {"X-RateLimit-Remaining": "0"}), (200, {})])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        status, headers = next(answers)
+        return httpx.Response(status, json=SUMMARY if status == 200 else {}, headers=headers)
+
+    client, registry = client_with(handler, clock)
+    run_async(client.summary("s1", Deadline(clock.now + 60, clock)))
+    assert clock.sleeps and clock.sleeps[0] > 0, "the client paused for its backoff"
+    assert registry.get_sample_value("llamacloud_collector_api_budget_wait_seconds_total") == clock.sleeps[0]
+    assert registry.get_sample_value("llamacloud_collector_api_rate_limit_remaining") is None
+
+
+def test_a_cycle_a_429_pause_keeps_from_sending_anything_is_an_outage():
+    """Red team, B2: with the listing done, a pause that outlasted the cycle reported partial and up 1."""
+    from collector.simulator.api import Fault
+    from tests.helpers import collecting, simulating
+
+    async def scenario():
+        async with simulating(sessions=6) as sim, collecting(sim, cycle=True, interval=2.0) as collector:
+            poller = collector.poller
+            for session in list(sim.world.sessions.values()):
+                sim.world.add_run(session, False)
+            sim.faults.add(Fault("status", "retrieve", 429, "60"))
+            await poller.cycle()  # the listing answered: up; the fetches wait for the pause, carried
+            assert poller.snapshot.poll.up is True and poller.listing is not None and poller.listing.listed_all
+            await poller.cycle()  # the pass is listed: only fetches, all held by the pause: nothing answered
+            assert poller.snapshot.poll.up is False and not poller.failing
+
+    run_async(scenario())

@@ -88,6 +88,27 @@ class RequestBudget:
                     held[0] += seconds
 
     async def _spend(self, operation: str, deadline: Deadline | None, started: float) -> None:
+        await self._wait_pause(deadline)
+        if self._limiter is None:
+            return
+        remaining = None if deadline is None or math.isinf(deadline.remaining()) else deadline.remaining()
+        try:  # the deadline bounds the wait for the turn too, not only for the limiter
+            async with asyncio.timeout(remaining), self._turns[LISTING if operation == LISTING else "fetch"]:
+                await self._limiter.acquire()
+                while self.paused_for() > 0:  # a 429 came while it waited for its place: the pause, then a new place
+                    await self._wait_pause(deadline)
+                    await self._limiter.acquire()
+        except BudgetTimeout:
+            raise
+        except TimeoutError:
+            raise BudgetTimeout(
+                f"waited {self._clock() - started:.1f} s for the request budget "
+                f"({self.per_second:g} a second) until the deadline",
+                paused=False,
+            ) from None
+
+    async def _wait_pause(self, deadline: Deadline | None) -> None:
+        """Until the pause in force ends (a pause made longer meanwhile, too); at once past the deadline."""
         until = self._paused_until
         while (left := until - self._clock()) > 0:
             if deadline is not None and left >= deadline.remaining():
@@ -96,14 +117,3 @@ class RequestBudget:
             if self._paused_until == until:  # slept the whole pause (a 429 meanwhile made it longer: again)
                 break
             until = self._paused_until
-        if self._limiter is not None:
-            remaining = None if deadline is None or math.isinf(deadline.remaining()) else deadline.remaining()
-            try:
-                async with self._turns[LISTING if operation == LISTING else "fetch"], asyncio.timeout(remaining):
-                    await self._limiter.acquire()
-            except TimeoutError:
-                raise BudgetTimeout(
-                    f"waited {self._clock() - started:.1f} s for the request budget "
-                    f"({self.per_second:g} a second) until the deadline",
-                    paused=False,
-                ) from None

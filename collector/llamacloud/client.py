@@ -70,7 +70,7 @@ class ApiObserver(Protocol):
 
     def budget_wait(self, seconds: float) -> None: ...
 
-    def rate_limit_remaining(self, value: float) -> None: ...
+    def rate_limit_remaining(self, value: float | None) -> None: ...
 
 
 class NullObserver:
@@ -82,7 +82,7 @@ class NullObserver:
 
     def budget_wait(self, seconds: float) -> None: ...
 
-    def rate_limit_remaining(self, value: float) -> None: ...
+    def rate_limit_remaining(self, value: float | None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -290,9 +290,7 @@ class LlamaCloudClient:
                 status = check_status(response.status_code)
                 body = await read_capped(response, self._max_bytes, claim) if 200 <= status < 300 else b""
                 headers = response.headers
-                remaining = rate_limit_remaining(headers)
-                if remaining is not None:
-                    self._observer.rate_limit_remaining(remaining)
+                self._observer.rate_limit_remaining(rate_limit_remaining(headers))  # None: absent again
                 wait = retry_after(headers.get("retry-after"), self._wall_clock(), headers.get("retry-after-ms"))
                 return _Answer(status, body, headers.get("content-type", ""), wait, headers.get("location"))
             finally:
@@ -352,8 +350,8 @@ class LlamaCloudClient:
                     if status not in RETRY_STATUS:
                         raise failure
                     wait = answer.retry_after
-                    if status == 429 and wait is not None:  # the whole client waits; the budget holds everyone
-                        self._budget.pause(wait)
+                    if status == 429:  # the whole client waits (its backoff when it said not how long)
+                        self._budget.pause(wait if wait is not None else self._retry.backoff(attempt + 1, self._rng))
                         wait = 0.0
             finally:
                 claim.release()
