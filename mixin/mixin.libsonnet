@@ -307,12 +307,12 @@
         },
         {
           alert: "LlamaCloudCollectorCountLagHigh",
-          expr: "max by (job) (job:llamacloud_collector_count_lag_seconds:p99_rate10m)\n> %(intervals)s * max by (job) (llamacloud_collector_poll_interval_seconds)\n  + max by (job) (llamacloud_collector_listing_pass_duration_seconds\n                  or llamacloud_collector_poll_interval_seconds * 0)\n" % params("LlamaCloudCollectorCountLagHigh", []),
+          expr: "max by (job) (job:llamacloud_collector_count_lag_seconds:p99_floor_rate10m)\n>= %(intervals)s * max by (job) (llamacloud_collector_poll_interval_seconds)\n  + max by (job) (llamacloud_collector_listing_pass_duration_seconds\n                  or llamacloud_collector_poll_interval_seconds * 0)\n" % params("LlamaCloudCollectorCountLagHigh", []),
           'for': $._config['for']["LlamaCloudCollectorCountLagHigh"],
           labels: { severity: "warning" },
           annotations: {
             summary: "New runs are counted late" % params("LlamaCloudCollectorCountLagHigh", []),
-            description: "{{ $labels.job }}: 1 in 100 new runs over the last 10 minutes was counted {{ $value | humanizeDuration }} or more after its session last changed, over the objective of %(intervals)s poll intervals plus one listing pass. Alerts on failing runs fire that much later. See the sizing section of the README: shorten the interval or the pass (--page-size, --max-concurrency, shards)." % params("LlamaCloudCollectorCountLagHigh", []),
+            description: "{{ $labels.job }}: 1 in 100 new runs over the last 10 minutes was counted more than {{ $value | humanizeDuration }} after its session last changed (a bound of the lag histogram), at or over the objective of %(intervals)s poll intervals plus one listing pass. Alerts on failing runs fire that much later. See the sizing section of the README: shorten the interval or the pass (--page-size, --max-concurrency, shards)." % params("LlamaCloudCollectorCountLagHigh", []),
             runbook_url: "https://github.com/llamacloud/llamacloud-collector/blob/main/docs/runbook.md#llamacloudcollectorcountlaghigh",
           },
         },
@@ -416,6 +416,10 @@
           {
             "record": "job:llamacloud_collector_count_lag_seconds:p99_rate10m",
             "expr": "histogram_quantile(0.99, sum by (job, le) (rate(llamacloud_collector_count_lag_seconds_bucket[10m])))\n"
+          },
+          {
+            "record": "job:llamacloud_collector_count_lag_seconds:p99_floor_rate10m",
+            "expr": "(job:llamacloud_collector_count_lag_seconds:p99_rate10m > bool 1) * (job:llamacloud_collector_count_lag_seconds:p99_rate10m <= bool 2) * 1\n+ (job:llamacloud_collector_count_lag_seconds:p99_rate10m > bool 2) * (job:llamacloud_collector_count_lag_seconds:p99_rate10m <= bool 5) * 2\n+ (job:llamacloud_collector_count_lag_seconds:p99_rate10m > bool 5) * (job:llamacloud_collector_count_lag_seconds:p99_rate10m <= bool 10) * 5\n+ (job:llamacloud_collector_count_lag_seconds:p99_rate10m > bool 10) * (job:llamacloud_collector_count_lag_seconds:p99_rate10m <= bool 20) * 10\n+ (job:llamacloud_collector_count_lag_seconds:p99_rate10m > bool 20) * (job:llamacloud_collector_count_lag_seconds:p99_rate10m <= bool 30) * 20\n+ (job:llamacloud_collector_count_lag_seconds:p99_rate10m > bool 30) * (job:llamacloud_collector_count_lag_seconds:p99_rate10m <= bool 60) * 30\n+ (job:llamacloud_collector_count_lag_seconds:p99_rate10m > bool 60) * (job:llamacloud_collector_count_lag_seconds:p99_rate10m <= bool 120) * 60\n+ (job:llamacloud_collector_count_lag_seconds:p99_rate10m > bool 120) * (job:llamacloud_collector_count_lag_seconds:p99_rate10m <= bool 300) * 120\n+ (job:llamacloud_collector_count_lag_seconds:p99_rate10m > bool 300) * (job:llamacloud_collector_count_lag_seconds:p99_rate10m <= bool 600) * 300\n+ (job:llamacloud_collector_count_lag_seconds:p99_rate10m > bool 600) * (job:llamacloud_collector_count_lag_seconds:p99_rate10m <= bool 1200) * 600\n+ (job:llamacloud_collector_count_lag_seconds:p99_rate10m > bool 1200) * (job:llamacloud_collector_count_lag_seconds:p99_rate10m <= bool 1800) * 1200\n+ (job:llamacloud_collector_count_lag_seconds:p99_rate10m > bool 1800) * (job:llamacloud_collector_count_lag_seconds:p99_rate10m <= bool 3600) * 1800\n+ (job:llamacloud_collector_count_lag_seconds:p99_rate10m > bool 3600) * 3600\n"
           }
         ]
       },

@@ -81,8 +81,13 @@ def test_ratio_rules_follow_the_naming_convention_and_cover_the_burn_rate_window
 def test_every_recording_rule_is_a_ratio_or_a_quantile_named_by_convention():
     for rule in recorded():
         name = rule["record"]
-        assert re.fullmatch(r"job(_index_id)?:llamacloud_\w+_per_llamacloud_\w+:ratio_rate\d+[mhd]", name) or (
-            re.fullmatch(r"job:llamacloud_\w+_seconds:p\d+_rate\d+[mhd]", name) and "histogram_quantile(" in rule["expr"]
+        assert (
+            re.fullmatch(r"job(_index_id)?:llamacloud_\w+_per_llamacloud_\w+:ratio_rate\d+[mhd]", name)
+            or (re.fullmatch(r"job:llamacloud_\w+_seconds:p\d+_rate\d+[mhd]", name) and "histogram_quantile(" in rule["expr"])
+            or (  # a quantile's floor: the bucket bound below it, read from the recorded quantile
+                re.fullmatch(r"job:llamacloud_\w+_seconds:p\d+_floor_rate\d+[mhd]", name)
+                and name.replace("_floor", "") in rule["expr"]
+            )
         ), name
 
 
