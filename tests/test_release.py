@@ -1,4 +1,5 @@
-"""The release workflow: clean under actionlint, and it publishes what the chart installs by default."""
+"""The release workflow: clean under actionlint, it publishes what the chart installs by default, and it signs
+the image and the chart (cosign keyless, by digest), the image with its SBOM and provenance."""
 
 import json
 import re
@@ -30,12 +31,21 @@ def actionlint(*paths: Path) -> list[dict]:
 
 
 def test_release_and_ci_workflows_are_clean_under_actionlint(tmp_path):
-    assert actionlint(WORKFLOW, CI) == []
+    workflows = sorted((ROOT / ".github" / "workflows").glob("*.y*ml"))  # every workflow, a new one too
+    assert {WORKFLOW, CI} <= set(workflows)
+    assert actionlint(*workflows) == []
     broken = tmp_path / "broken.yml"  # the linter really runs: an injectable expression is caught
     broken.write_text(
         WORKFLOW.read_text().replace('echo "version=$version"', 'echo "version=${{ github.event.head_commit.message }}"')
     )
     assert any("untrusted" in f["message"] for f in actionlint(broken))
+    # and so is a signing step that names a digest no step outputs, or a permission misspelt
+    text = WORKFLOW.read_text()
+    assert "steps.build.outputs.digest" in text and "id-token: write" in text
+    broken.write_text(text.replace("steps.build.outputs.digest", "steps.bulid.outputs.digest"))
+    assert any('"bulid" is not defined' in f["message"] for f in actionlint(broken))
+    broken.write_text(text.replace("id-token: write", "id-token: wrote"))
+    assert any("id-token" in f["message"] and f["kind"] == "permissions" for f in actionlint(broken))
 
 
 def test_release_publishes_the_chart_default_image_for_both_architectures_and_the_chart_as_oci():
@@ -50,9 +60,15 @@ def test_release_publishes_the_chart_default_image_for_both_architectures_and_th
     chart = yaml.safe_load((ROOT / "helm" / "llamacloud-collector" / "Chart.yaml").read_text())
     repository = chart["home"].removeprefix("https://github.com/")
     assert values["image"]["repository"] == f"ghcr.io/{repository}" and values["image"]["tag"] == ""
-    push = flow["jobs"]["chart"]["steps"][-1]["run"]
-    assert '--app-version "$version"' in push and "helm push" in push and "oci://ghcr.io/" in push
+    push = step(flow, "chart", "chart")["run"]
+    assert '--app-version "$version"' in push and "helm push" in push and '"oci://${repository}"' in push
+    assert 'repository="ghcr.io/${OWNER,,}/charts"' in push  # run with a fake helm below
     assert flow["jobs"]["image"]["permissions"]["packages"] == "write"
+
+
+def step(flow: dict, job: str, id_: str) -> dict:
+    (found,) = [s for s in flow["jobs"][job]["steps"] if s.get("id") == id_]
+    return found
 
 
 def declared_version() -> str:
@@ -86,6 +102,101 @@ def test_the_release_refuses_a_tag_that_differs_from_the_declared_version(tmp_pa
         assert output.read_text() == f"version={declared_version()}\n"
     else:
         assert "does not match pyproject.toml version" in result.stdout
+
+
+DIGEST = "sha256:" + "0123abcd" * 8
+
+
+def test_the_release_signs_the_image_and_the_chart_keyless_by_digest_with_sbom_and_provenance():
+    flow = yaml.safe_load(WORKFLOW.read_text())
+    assert flow["permissions"] == {"contents": "read"}  # the OIDC token is granted per job, to the two that sign
+    signed = {}
+    for name in ("image", "chart"):
+        job = flow["jobs"][name]
+        assert job["permissions"] == {"contents": "read", "packages": "write", "id-token": "write"}, name
+        steps = job["steps"]
+        (installer,) = [i for i, s in enumerate(steps) if s.get("uses", "").startswith("sigstore/cosign-installer@")]
+        (login,) = [s for s in steps if s.get("uses", "").startswith("docker/login-action@")]  # cosign's credentials
+        assert login["with"]["registry"] == "ghcr.io" and login["with"]["password"] == "${{ secrets.GITHUB_TOKEN }}"
+        (sign,) = [i for i, s in enumerate(steps) if "cosign" in s.get("run", "")]
+        assert installer < sign
+        signed[name] = (steps, sign)
+
+    # The image: SBOM and max-mode provenance from BuildKit, then signed by the digest the build pushed.
+    steps, sign = signed["image"]
+    (build,) = [i for i, s in enumerate(steps) if s.get("uses", "").startswith("docker/build-push-action@")]
+    options = steps[build]["with"]
+    assert options["sbom"] is True and options["provenance"] == "mode=max" and options["push"] is True
+    build_id = steps[build]["id"]
+    assert build < sign
+    assert steps[sign]["env"] == {"IMAGE": f"ghcr.io/${{{{ github.repository }}}}@${{{{ steps.{build_id}.outputs.digest }}}}"}
+    assert steps[sign]["run"] == 'cosign sign --yes "$IMAGE"'
+
+    # The chart: pushed to oci://, then signed by the digest helm push printed.
+    steps, sign = signed["chart"]
+    (push,) = [i for i, s in enumerate(steps) if "helm push" in s.get("run", "")]
+    assert steps[push]["id"] == "chart" and '"oci://${repository}"' in steps[push]["run"] and push < sign
+    assert 'repository="ghcr.io/${OWNER,,}/charts"' in steps[push]["run"]
+    assert steps[sign]["env"] == {"CHART": "${{ steps.chart.outputs.name }}@${{ steps.chart.outputs.digest }}"}
+    assert steps[sign]["run"] == 'cosign sign --yes "$CHART"'
+
+    # Keyless: no key, no password, no secret but the job's own token.
+    text = WORKFLOW.read_text()
+    assert set(re.findall(r"secrets\.(\w+)", text)) == {"GITHUB_TOKEN"}
+    assert "COSIGN_" not in text and "--key" not in text
+
+
+FAKE_HELM = r"""#!/bin/bash
+echo "$*" >> "$HELM_CALLS"
+case "$1" in
+  registry) cat > /dev/null ;;
+  package) echo "Successfully packaged chart and saved it to: dist/llamacloud-collector-$4.tgz" ;;
+  push)  # as helm 3 prints it, on stderr
+    if [ -n "$HELM_PUSH_FAILS" ]; then echo "Error: unexpected status: 403 Forbidden" >&2; exit 1; fi
+    echo "Pushed: ${3#oci://}/llamacloud-collector:0.2.0" >&2
+    if [ -n "$HELM_DIGEST" ]; then echo "Digest: $HELM_DIGEST" >&2; fi ;;
+esac
+"""
+
+
+@pytest.mark.parametrize(
+    ("printed", "fails", "accepted"),
+    [(DIGEST, "", True), ("", "", False), ("sha256:abc", "", False), (DIGEST, "1", False)],
+    ids=["digest", "no-digest", "short-digest", "push-fails"],
+)
+def test_the_chart_step_outputs_the_digest_helm_push_printed_or_fails(tmp_path, printed, fails, accepted):
+    run = step(yaml.safe_load(WORKFLOW.read_text()), "chart", "chart")["run"]
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "helm").write_text(FAKE_HELM)
+    (bin_ / "helm").chmod(0o755)
+    output, calls = tmp_path / "output", tmp_path / "calls"
+    result = subprocess.run(
+        ["bash", "-e", "-c", run],  # as GitHub runs a step with no `shell`: bash -e {0}
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={
+            "PATH": f"{bin_}:/usr/bin:/bin",
+            "TAG": "v0.2.0",
+            "ACTOR": "someone",
+            "TOKEN": "t0ken",
+            "OWNER": "LlamaCloud",  # GHCR wants it in lower case
+            "GITHUB_OUTPUT": str(output),
+            "HELM_CALLS": str(calls),
+            "HELM_DIGEST": printed,
+            "HELM_PUSH_FAILS": fails,
+        },
+    )
+    assert (result.returncode == 0) is accepted, result.stdout + result.stderr
+    assert "t0ken" not in result.stdout + result.stderr
+    assert "push dist/llamacloud-collector-0.2.0.tgz oci://ghcr.io/llamacloud/charts" in calls.read_text()
+    if accepted:
+        assert output.read_text() == f"name=ghcr.io/llamacloud/charts/llamacloud-collector\ndigest={DIGEST}\n"
+    else:
+        assert not output.exists()
+        assert ("403 Forbidden" if fails else "helm push printed no digest") in result.stdout  # the log says why
 
 
 def test_the_image_build_records_the_revision_the_release_passes():
