@@ -197,7 +197,7 @@
         },
         {
           alert: "LlamaCloudChatRunDurationHigh",
-          expr: "histogram_quantile(0.95, sum by (job, le) (rate(llamacloud_chat_run_duration_seconds_bucket[%(window)s])))\n> %(threshold)s\n" % params("LlamaCloudChatRunDurationHigh", []),
+          expr: "(histogram_quantile(0.95, sum by (job, le) (rate(llamacloud_chat_run_duration_seconds_bucket[%(window)s]))) or histogram_quantile(0.95, sum by (job) (rate(llamacloud_chat_run_duration_seconds[%(window)s]))))\n> %(threshold)s\n" % params("LlamaCloudChatRunDurationHigh", []),
           'for': $._config['for']["LlamaCloudChatRunDurationHigh"],
           labels: { severity: "warning" },
           annotations: {
@@ -230,7 +230,7 @@
         },
         {
           alert: "LlamaCloudChatRunawayAgents",
-          expr: "(\n  label_replace(\n    1 - sum by (job) (increase(llamacloud_chat_run_turns_bucket{le=\"%(le_turns)s\"}[%(window)s]))\n      / sum by (job) (increase(llamacloud_chat_run_turns_count[%(window)s])),\n    \"measure\", \"turns\", \"\", \"\"\n  ) > %(threshold)s\n  and on (job)\n  sum by (job) (increase(llamacloud_chat_run_turns_count[%(window)s])) >= %(min_runs)s\n)\nor\n(\n  label_replace(\n    1 - sum by (job) (increase(llamacloud_chat_run_tool_calls_bucket{le=\"%(le_tool_calls)s\"}[%(window)s]))\n      / sum by (job) (increase(llamacloud_chat_run_tool_calls_count[%(window)s])),\n    \"measure\", \"tool_calls\", \"\", \"\"\n  ) > %(threshold)s\n  and on (job)\n  sum by (job) (increase(llamacloud_chat_run_tool_calls_count[%(window)s])) >= %(min_runs)s\n)\n" % params("LlamaCloudChatRunawayAgents", ["turns", "tool_calls"]),
+          expr: "(\n  label_replace(\n    (1 - sum by (job) (increase(llamacloud_chat_run_turns_bucket{le=\"%(le_turns)s\"}[%(window)s])) / sum by (job) (increase(llamacloud_chat_run_turns_count[%(window)s])) or 1 - histogram_fraction(-Inf, %(le_turns)s, sum by (job) (increase(llamacloud_chat_run_turns[%(window)s])))),\n    \"measure\", \"turns\", \"\", \"\"\n  ) > %(threshold)s\n  and on (job)\n  (sum by (job) (increase(llamacloud_chat_run_turns_count[%(window)s])) or histogram_count(sum by (job) (increase(llamacloud_chat_run_turns[%(window)s])))) >= %(min_runs)s\n)\nor\n(\n  label_replace(\n    (1 - sum by (job) (increase(llamacloud_chat_run_tool_calls_bucket{le=\"%(le_tool_calls)s\"}[%(window)s])) / sum by (job) (increase(llamacloud_chat_run_tool_calls_count[%(window)s])) or 1 - histogram_fraction(-Inf, %(le_tool_calls)s, sum by (job) (increase(llamacloud_chat_run_tool_calls[%(window)s])))),\n    \"measure\", \"tool_calls\", \"\", \"\"\n  ) > %(threshold)s\n  and on (job)\n  (sum by (job) (increase(llamacloud_chat_run_tool_calls_count[%(window)s])) or histogram_count(sum by (job) (increase(llamacloud_chat_run_tool_calls[%(window)s])))) >= %(min_runs)s\n)\n" % params("LlamaCloudChatRunawayAgents", ["turns", "tool_calls"]),
           'for': $._config['for']["LlamaCloudChatRunawayAgents"],
           labels: { severity: "warning" },
           annotations: {
@@ -407,15 +407,15 @@
           },
           {
             "record": "job:llamacloud_collector_count_lag_seconds:p50_rate10m",
-            "expr": "histogram_quantile(0.5, sum by (job, le) (rate(llamacloud_collector_count_lag_seconds_bucket[10m])))\n"
+            "expr": "(histogram_quantile(0.5, sum by (job, le) (rate(llamacloud_collector_count_lag_seconds_bucket[10m]))) or histogram_quantile(0.5, sum by (job) (rate(llamacloud_collector_count_lag_seconds[10m]))))\n"
           },
           {
             "record": "job:llamacloud_collector_count_lag_seconds:p90_rate10m",
-            "expr": "histogram_quantile(0.9, sum by (job, le) (rate(llamacloud_collector_count_lag_seconds_bucket[10m])))\n"
+            "expr": "(histogram_quantile(0.9, sum by (job, le) (rate(llamacloud_collector_count_lag_seconds_bucket[10m]))) or histogram_quantile(0.9, sum by (job) (rate(llamacloud_collector_count_lag_seconds[10m]))))\n"
           },
           {
             "record": "job:llamacloud_collector_count_lag_seconds:p99_rate10m",
-            "expr": "histogram_quantile(0.99, sum by (job, le) (rate(llamacloud_collector_count_lag_seconds_bucket[10m])))\n"
+            "expr": "(histogram_quantile(0.99, sum by (job, le) (rate(llamacloud_collector_count_lag_seconds_bucket[10m]))) or histogram_quantile(0.99, sum by (job) (rate(llamacloud_collector_count_lag_seconds[10m]))))\n"
           },
           {
             "record": "job:llamacloud_collector_count_lag_seconds:p99_floor_rate10m",

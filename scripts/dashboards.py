@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from scripts.rules import INDEX_RATIO, RATIO, le, load_spec
+from scripts.rules import INDEX_RATIO, RATIO, hist_buckets, hist_mean, hist_quantile, hist_share_above, le, load_spec
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 J = 'job=~"$job", instance=~"$instance"'
+JM = ['job=~"$job"', 'instance=~"$instance"']
+"""``J`` as matchers, for the histogram queries of scripts/rules.py (each in the classic-or-native form)."""
 RI = "$__rate_interval"
 TAG = "llamacloud"
 
@@ -142,8 +144,7 @@ def runaway() -> dict[str, Any]:
     params = alert["params"]
 
     def share(family: str, bound: float, legend: str) -> dict[str, Any]:
-        over = f'sum(rate({family}_bucket{{{J}, le="{le(bound)}"}}[{RI}]))'
-        return q(f"1 - {over} / sum(rate({family}_count{{{J}}}[{RI}]))", legend)
+        return q(hist_share_above(family, le(bound), matchers=JM, window=RI), legend)
 
     return series(
         "Runaway runs",
@@ -249,11 +250,10 @@ BURN = steps("green", (1, "yellow"), (6, "orange"), (14.4, "red"))
 
 
 def quantiles(metric: str, by: str = "", unit: str = "s") -> list[dict]:
-    group = f"le{', ' + by if by else ''}"
     suffix = f" {{{{{by}}}}}" if by else ""
     return [
         q(
-            f"histogram_quantile({p}, sum by ({group}) (rate({metric}_bucket{{{J}}}[{RI}])))",
+            hist_quantile(p, metric, by, JM, RI),
             f"p{int(p * 100)}{suffix}",
             exemplar=True,
         )
@@ -333,7 +333,7 @@ def overview() -> dict[str, Any]:
             "Run duration heatmap",
             "Distribution of finished-run durations.",
             "s",
-            [q(f"sum by (le) (increase(llamacloud_chat_run_duration_seconds_bucket{{{J}}}[{RI}]))", "{{le}}", fmt="heatmap")],
+            [q(hist_buckets("llamacloud_chat_run_duration_seconds", JM, RI), "{{le}}", fmt="heatmap")],
             w=12,
             panel_options={"calculate": False, "yAxis": {"unit": "s"}},
         ),
@@ -348,27 +348,16 @@ def overview() -> dict[str, Any]:
             "Tokens per run",
             "Mean and p95 tokens per run, input and output.",
             "short",
-            q(
-                f"sum by (token_type) (rate(llamacloud_chat_run_tokens_sum{{{J}}}[{RI}])) / "
-                f"sum by (token_type) (rate(llamacloud_chat_run_tokens_count{{{J}}}[{RI}]))",
-                "mean {{token_type}}",
-            ),
-            q(
-                f"histogram_quantile(0.95, sum by (le, token_type) (rate(llamacloud_chat_run_tokens_bucket{{{J}}}[{RI}])))",
-                "p95 {{token_type}}",
-            ),
+            q(hist_mean("llamacloud_chat_run_tokens", "token_type", JM, RI), "mean {{token_type}}"),
+            q(hist_quantile(0.95, "llamacloud_chat_run_tokens", "token_type", JM, RI), "p95 {{token_type}}"),
             w=12,
         ),
         series(
             "Turns per run",
             "Mean and p95 turns per finished run.",
             "short",
-            q(
-                f"sum(rate(llamacloud_chat_run_turns_sum{{{J}}}[{RI}])) / "
-                f"sum(rate(llamacloud_chat_run_turns_count{{{J}}}[{RI}]))",
-                "mean",
-            ),
-            q(f"histogram_quantile(0.95, sum by (le) (rate(llamacloud_chat_run_turns_bucket{{{J}}}[{RI}])))", "p95"),
+            q(hist_mean("llamacloud_chat_run_turns", "", JM, RI), "mean"),
+            q(hist_quantile(0.95, "llamacloud_chat_run_turns", "", JM, RI), "p95"),
             w=12,
         ),
         runaway(),
@@ -613,11 +602,7 @@ def health() -> dict[str, Any]:
             "API latency p95",
             "p95 API request latency by operation, whole exchange.",
             "s",
-            q(
-                f"histogram_quantile(0.95, sum by (le, operation) "
-                f"(rate(llamacloud_collector_api_request_duration_seconds_bucket{{{J}}}[{RI}])))",
-                "{{operation}}",
-            ),
+            q(hist_quantile(0.95, "llamacloud_collector_api_request_duration_seconds", "operation", JM, RI), "{{operation}}"),
         ),
         series(
             "Retries and 429s",

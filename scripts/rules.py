@@ -22,8 +22,100 @@ DEFAULT_BOUNDS: dict[str, tuple[float, ...]] = {f.bucket: f.buckets for f in HIS
 """Each histogram's default bucket bounds, by bucket setting: what an ``${le:...}`` param must be one of."""
 
 
+def _agg(fn: str, series: str, by: str, matchers: list[str], window: str) -> str:
+    selector = f"{series}{{{', '.join(matchers)}}}" if matchers else series
+    return f"sum{f' by ({by}) ' if by else ''}({fn}({selector}[{window}]))"
+
+
+def _by(*labels: str) -> str:
+    return ", ".join(label for label in labels if label)
+
+
+def _either(classic: str, native: str) -> str:
+    """The ``or`` form of a histogram query: the classic series first (``_bucket``, ``_count``, ``_sum``: what
+    Prometheus 2 and a plain scrape store), then the same on the native histogram ``family`` itself (what a
+    Prometheus 3 with ``convert_classic_histograms_to_nhcb`` stores instead, as a native histogram with custom
+    buckets). The native branch selects nothing where the classic series exist (no series is named plain
+    ``family`` then), and ``or`` drops its elements whose labels a classic one has (a Prometheus that keeps
+    both, with ``always_scrape_classic_histograms``), so each query answers once, from whichever is stored."""
+    return f"({classic} or {native})"
+
+
+def hist_quantile(quantile: float | str, family: str, by: str = "", matchers: list[str] | None = None, window: str = "5m") -> str:
+    """The ``quantile`` of histogram ``family`` per ``by`` labels, over ``window``: classic or native."""
+    m = matchers or []
+    return _either(
+        f"histogram_quantile({quantile}, {_agg('rate', f'{family}_bucket', _by(by, 'le'), m, window)})",
+        f"histogram_quantile({quantile}, {_agg('rate', family, by, m, window)})",
+    )
+
+
+def hist_count(family: str, by: str = "", matchers: list[str] | None = None, window: str = "5m", fn: str = "rate") -> str:
+    """The observations of histogram ``family`` (``fn``: rate or increase) per ``by``: classic or native."""
+    m = matchers or []
+    return _either(_agg(fn, f"{family}_count", by, m, window), f"histogram_count({_agg(fn, family, by, m, window)})")
+
+
+def hist_mean(family: str, by: str = "", matchers: list[str] | None = None, window: str = "5m") -> str:
+    """The mean observation of histogram ``family`` per ``by`` labels, over ``window``: classic or native."""
+    m = matchers or []
+    return _either(
+        f"{_agg('rate', f'{family}_sum', by, m, window)} / {_agg('rate', f'{family}_count', by, m, window)}",
+        f"histogram_sum({_agg('rate', family, by, m, window)}) / histogram_count({_agg('rate', family, by, m, window)})",
+    )
+
+
+def hist_share_above(
+    family: str, bound: str, by: str = "", matchers: list[str] | None = None, window: str = "5m", fn: str = "rate"
+) -> str:
+    """The share of the observations of histogram ``family`` above ``bound`` (one of its bucket bounds, as its
+    ``le`` label: "32.0", which PromQL also reads as the number): 1 - the ``le`` bucket over the count on the
+    classic series; 1 - ``histogram_fraction(-Inf, bound, ...)`` on the native one, exact at a bucket bound
+    (custom buckets keep the classic inclusive upper bounds, so no interpolation applies there)."""
+    m = matchers or []
+    at_or_below = [*m, f'le="{bound}"']
+    return _either(
+        f"1 - {_agg(fn, f'{family}_bucket', by, at_or_below, window)} / {_agg(fn, f'{family}_count', by, m, window)}",
+        f"1 - histogram_fraction(-Inf, {bound}, {_agg(fn, family, by, m, window)})",
+    )
+
+
+def hist_buckets(family: str, matchers: list[str] | None = None, window: str = "5m", fn: str = "increase") -> str:
+    """The buckets of histogram ``family`` (for a heatmap): the classic ``le`` series, or the native histogram
+    (which Grafana's heatmap reads as buckets too)."""
+    m = matchers or []
+    return _either(_agg(fn, f"{family}_bucket", "le", m, window), _agg(fn, family, "", m, window))
+
+
+MACRO = re.compile(r"@(quantile|count|share_above)\(([^()]*)\)")
+"""The histogram queries of ``rules.spec.yaml``, written there as macros so that each has the ``or`` form:
+``@quantile(q, by, family, window)``, ``@count(fn, by, family, window)`` and
+``@share_above(fn, by, family, bound, window)`` (``by``: labels separated by spaces; ``bound`` an ``le``,
+``${le:name}``); the other placeholders are filled after."""
+
+
+def _macro(m: re.Match[str]) -> str:
+    args = [a.strip() for a in m[2].split(",")]
+    if m[1] == "quantile":
+        q, by, family, window = args
+        return hist_quantile(q, family, _by(*by.split()), window=window)
+    if m[1] == "count":
+        fn, by, family, window = args
+        return hist_count(family, _by(*by.split()), window=window, fn=fn)
+    fn, by, family, bound, window = args
+    return hist_share_above(family, bound, _by(*by.split()), window=window, fn=fn)
+
+
+def expand(text: str) -> str:
+    """``text`` with its histogram macros (``MACRO``) written out."""
+    return MACRO.sub(_macro, text)
+
+
 def load_spec() -> dict[str, Any]:
-    return yaml.safe_load(SPEC.read_text())
+    spec = yaml.safe_load(SPEC.read_text())
+    for a in spec["alerts"]:
+        a["expr"] = expand(a["expr"])
+    return spec
 
 
 def anchor(name: str) -> str:
@@ -119,8 +211,7 @@ def lag_rule(quantile: float, window: str) -> dict[str, str]:
     """How late a share of the new runs was counted over ``window``: absent while no new run was counted."""
     return {
         "record": f"{LAG}{round(quantile * 100):d}_rate{window}",
-        "expr": f"histogram_quantile({quantile}, sum by (job, le) "
-        f"(rate(llamacloud_collector_count_lag_seconds_bucket[{window}])))\n",
+        "expr": hist_quantile(quantile, "llamacloud_collector_count_lag_seconds", "job", window=window) + "\n",
     }
 
 

@@ -120,3 +120,54 @@ def test_the_runaway_panel_reads_the_alerts_bounds_and_draws_its_threshold():
     assert color_at(panel, threshold * 0.9) == "green" and color_at(panel, threshold) == "red"
     assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] in ("line", "dashed", "line+area")
     assert f"{threshold:.0%}" in panel["description"] and "LlamaCloudChatRunawayAgents" in panel["description"]
+
+
+HISTOGRAM_REF = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*?)_(bucket|count|sum)\b")
+
+
+def histogram_families(exprs):
+    """The histogram families the expressions read: the collector's, and any other read through _bucket."""
+    from collector.families import HISTOGRAMS
+
+    return {f.name for f in HISTOGRAMS} | {m[1] for e in exprs for m in HISTOGRAM_REF.finditer(e) if m[2] == "bucket"}
+
+
+def missing_native_forms(expr, families):
+    """What ``expr`` lacks of the ``or`` form (issue 29): each classic series of a histogram it reads
+    (``_bucket``, ``_count``, ``_sum``) needs a native branch after it, ``... or ...`` on the family itself,
+    with histogram_count for a count (histogram_fraction for a share), histogram_sum for a sum, and
+    histogram_quantile, histogram_fraction or the native histogram itself for buckets. Empty when the query
+    answers on classic series and on NHCB."""
+    problems = []
+    for m in HISTOGRAM_REF.finditer(expr):
+        family, suffix = m[1], m[2]
+        if family not in families:
+            continue
+        native = re.search(rf"(?<![\w:]){re.escape(family)}(?:\{{[^}}]*\}})?\[", expr[m.end() :])
+        if native is None:
+            problems.append(f"{family}_{suffix}: no native {family}[...] after it")
+            continue
+        after = expr[m.end() :]
+        if " or " not in after[: native.start()] and "\nor" not in after[: native.start()]:
+            problems.append(f"{family}_{suffix}: the native branch is not joined by `or`")
+        want = {"count": ("histogram_count(", "histogram_fraction("), "sum": ("histogram_sum(",)}.get(suffix, ())
+        if want and not any(w in after for w in want):
+            problems.append(f"{family}_{suffix}: no {' or '.join(want)} on the native branch")
+    return problems
+
+
+def test_every_histogram_query_of_the_dashboards_answers_on_classic_and_native_histograms():
+    exprs = [t["expr"] for p in all_panels() for t in p.get("targets", [])]
+    families = histogram_families(exprs)
+    checked = [e for e in exprs if any(f"{f}_" in e for f in families)]
+    assert len(checked) >= 8  # the duration, token, turn, runaway, latency panels
+    for expr in checked:
+        assert missing_native_forms(expr, families) == [], expr
+
+
+def test_the_native_form_check_catches_a_query_without_it():
+    families = {"x"}
+    assert missing_native_forms('histogram_quantile(0.9, sum by (le) (rate(x_bucket{a="b"}[5m])))', families)
+    assert missing_native_forms("sum(rate(x_count[5m])) or sum(rate(x[5m]))", families)  # no histogram_count
+    assert missing_native_forms("sum(rate(x[5m])) + sum(rate(x_count[5m]))", families)  # native first
+    assert not missing_native_forms('(sum(rate(x_count{a="b"}[5m])) or histogram_count(sum(rate(x{a="b"}[5m]))))', families)

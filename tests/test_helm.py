@@ -329,6 +329,8 @@ def test_scrape_classic_histograms_renders_a_valid_service_monitor():
     validate_all(docs)
     (plain,) = by_kind(render({**KEY, "serviceMonitor": {"enabled": True}}), "ServiceMonitor")
     assert "scrapeClassicHistograms" not in plain["spec"]
+    # off by default: the shipped queries read the classic series or else the native histogram (issue 29)
+    assert yaml.safe_load((CHART / "values.yaml").read_text())["serviceMonitor"]["scrapeClassicHistograms"] is False
 
 
 def notes(values: dict) -> str:

@@ -246,3 +246,37 @@ def test_the_runaway_alert_reads_bounds_of_both_histograms_with_every_param_show
     rule = next(r for r in tuned["groups"][0]["rules"] if r["alert"] == "LlamaCloudChatRunawayAgents")
     assert 'turns_bucket{le="64.0"}' in rule["expr"] and 'tool_calls_bucket{le="0.0"}' in rule["expr"]
     assert "over 64 turns, or over 0 tool calls" in rule["annotations"]["description"]
+
+
+def test_every_histogram_query_of_the_rules_answers_on_classic_and_native_histograms():
+    """The alerts and recording rules read the classic series or else the native histogram (issue 29): the
+    spec's macros write the ``or`` form, and no family's _bucket, _count or _sum is written there by hand."""
+    from tests.test_dashboards import histogram_families, missing_native_forms
+
+    exprs = [r["expr"] for f in RULE_FILES for g in yaml.safe_load(f.read_text())["groups"] for r in g["rules"]]
+    families = histogram_families(exprs)
+    checked = [e for e in exprs if any(f"{f}_" in e for f in families)]
+    assert len(checked) >= 4  # the duration and runaway alerts, the count lag quantiles
+    for expr in checked:
+        assert missing_native_forms(expr, families) == [], expr
+    raw = [a["expr"] for a in yaml.safe_load((PROM / "rules.spec.yaml").read_text())["alerts"]]
+    assert not [e for e in raw if re.search(r"_(bucket|count|sum)\b", e)], "write histogram queries as @macros"
+
+
+def test_the_native_branch_is_valid_promql_for_promtool_and_classic_comes_first():
+    """Prometheus 2.42 (promtool, the end-to-end test) parses histogram_count and histogram_fraction, and
+    evaluates the classic branch; the native one selects nothing there."""
+    from scripts.rules import hist_count, hist_quantile, hist_share_above
+
+    q = hist_quantile(0.9, "x", "job", ['job="a"'], "5m")
+    assert q == (
+        '(histogram_quantile(0.9, sum by (job, le) (rate(x_bucket{job="a"}[5m]))) or '
+        'histogram_quantile(0.9, sum by (job) (rate(x{job="a"}[5m]))))'
+    )
+    assert hist_count("x", "job", window="1h", fn="increase") == (
+        "(sum by (job) (increase(x_count[1h])) or histogram_count(sum by (job) (increase(x[1h]))))"
+    )
+    assert hist_share_above("x", "32.0", "job", window="1h") == (
+        '(1 - sum by (job) (rate(x_bucket{le="32.0"}[1h])) / sum by (job) (rate(x_count[1h])) or '
+        "1 - histogram_fraction(-Inf, 32.0, sum by (job) (rate(x[1h]))))"
+    )
