@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import itertools
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -228,20 +230,26 @@ def worst_window(arrivals: list[float], seconds: float) -> int:
     return max((bisect.bisect_left(arrivals, t + seconds) - i for i, t in enumerate(arrivals)), default=0)
 
 
-def start_pair(tmp_path, sessions: int, *flags: str) -> tuple[Processes, str, str]:
+@contextlib.contextmanager
+def pair(tmp_path, sessions: int, *flags: str) -> Iterator[tuple[str, str]]:
+    """The simulator and a collector of it (with ``flags``) as processes over loopback: their base URLs. Both are
+    stopped whatever the test does, a simulator that never came up too."""
     procs = Processes(tmp_path)
-    sim_port, col_port = free_port(), free_port()
-    procs.collector(
-        "simulator", "simulate", "--port", str(sim_port), "--sessions", str(sessions), "--rate", "0", "--seed", "5",
-        env={"LLAMA_CLOUD_API_KEY": KEY},
-    )  # fmt: skip
-    sim = f"http://127.0.0.1:{sim_port}"
-    wait_until(lambda: httpx.get(sim + "/_sim/stats").status_code == 200, 30, "simulator")
-    procs.collector(
-        "collector", "--listen", f"127.0.0.1:{col_port}", *flags,
-        env={"LLAMA_CLOUD_API_KEY": KEY, "LLAMA_CLOUD_BASE_URL": sim},
-    )  # fmt: skip
-    return procs, sim, f"http://127.0.0.1:{col_port}"
+    try:
+        sim_port, col_port = free_port(), free_port()
+        procs.collector(
+            "simulator", "simulate", "--port", str(sim_port), "--sessions", str(sessions), "--rate", "0", "--seed", "5",
+            env={"LLAMA_CLOUD_API_KEY": KEY},
+        )  # fmt: skip
+        sim = f"http://127.0.0.1:{sim_port}"
+        wait_until(lambda: httpx.get(sim + "/_sim/stats").status_code == 200, 30, "simulator")
+        procs.collector(
+            "collector", "--listen", f"127.0.0.1:{col_port}", *flags,
+            env={"LLAMA_CLOUD_API_KEY": KEY, "LLAMA_CLOUD_BASE_URL": sim},
+        )  # fmt: skip
+        yield sim, f"http://127.0.0.1:{col_port}"
+    finally:
+        procs.stop_all()
 
 
 def metrics_of(collector: str) -> dict:
@@ -263,8 +271,7 @@ def arrivals(sim: str) -> list[tuple[float, str, int]]:
 
 @pytest.mark.tier("process")
 def test_five_requests_a_second_hold_over_any_ten_seconds_and_counts_stay_exact(tmp_path):
-    procs, sim, collector = start_pair(tmp_path, 80, "--interval", "5", "--page-size", "20", "--max-requests-per-second", "5")
-    try:
+    with pair(tmp_path, 80, "--interval", "5", "--page-size", "20", "--max-requests-per-second", "5") as (sim, collector):
         wait_until(lambda: httpx.get(collector + "/readyz").status_code == 200, 120, "the first sync at 5/s")
         wait_until(lambda: exact(sim, collector), 60, "counts equal to the simulator's truth")
         httpx.get(sim + "/_sim/touch", params={"fraction": 0.25, "fail": 1})
@@ -278,14 +285,11 @@ def test_five_requests_a_second_hold_over_any_ten_seconds_and_counts_stay_exact(
         lag_count = samples[("llamacloud_collector_count_lag_seconds_count", frozenset())]
         lag_sum = samples[("llamacloud_collector_count_lag_seconds_sum", frozenset())]
         print(f"\nrequests {len(seen)}, worst 10 s window {worst_window(seen, 10.0)}, mean lag {lag_sum / lag_count:.1f} s")
-    finally:
-        procs.stop_all()
 
 
 @pytest.mark.tier("process")
 def test_a_429_with_retry_after_pauses_the_whole_client_which_stays_up_exact_and_ready(tmp_path):
-    procs, sim, collector = start_pair(tmp_path, 40, "--interval", "10", "--max-concurrency", "8")
-    try:
+    with pair(tmp_path, 40, "--interval", "10", "--max-concurrency", "8") as (sim, collector):
         wait_until(lambda: exact(sim, collector), 60, "the first sync")
         before = len(arrivals(sim))
         httpx.get(sim + "/_sim/fault", params={"kind": "status", "status": 429, "retry_after": 3, "endpoint": "retrieve"})
@@ -302,14 +306,11 @@ def test_a_429_with_retry_after_pauses_the_whole_client_which_stays_up_exact_and
         samples = metrics_of(collector)
         assert samples[("llamacloud_collector_up", frozenset())] == 1.0
         assert samples[("llamacloud_collector_api_budget_wait_seconds_total", frozenset())] >= 2.5
-    finally:
-        procs.stop_all()
 
 
 @pytest.mark.tier("process")
 def test_an_upstream_rate_limit_is_followed_counted_exactly_and_its_header_exported(tmp_path):
-    procs, sim, collector = start_pair(tmp_path, 60, "--interval", "5", "--page-size", "20")
-    try:
+    with pair(tmp_path, 60, "--interval", "5", "--page-size", "20") as (sim, collector):
         httpx.get(sim + "/_sim/ratelimit", params={"limit": 15, "window": 1})
         wait_until(lambda: httpx.get(collector + "/readyz").status_code == 200, 120, "the first sync under the limit")
         wait_until(lambda: exact(sim, collector), 60, "counts equal to the truth")
@@ -318,8 +319,6 @@ def test_an_upstream_rate_limit_is_followed_counted_exactly_and_its_header_expor
         assert refused > 0, "the limit was never reached: the test proves nothing"
         assert ("llamacloud_collector_api_rate_limit_remaining", frozenset()) in samples
         assert samples[("llamacloud_collector_up", frozenset())] == 1.0
-    finally:
-        procs.stop_all()
 
 
 def test_a_pause_past_the_cycle_is_a_cut_cycle_not_sessions_failing_on_their_own():
