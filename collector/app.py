@@ -12,7 +12,7 @@ import asyncio
 import gc
 import ipaddress
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,10 +22,12 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from collector.auth import WebConfig
 from collector.derive import ErrorClassifier
+from collector.errors import CollectorError
 from collector.listener import Listener, listen
 from collector.llamacloud.client import ApiObserver, LlamaCloudClient
-from collector.metrics import SelfMetrics, SnapshotCollector
+from collector.metrics import ProjectObserver, SelfMetrics, SnapshotCollector
 from collector.poller import CycleReport, Poller
+from collector.projects import Fleet, Watched, project_state_path
 from collector.scheduler import start_scheduler
 from collector.server import Endpoints
 from collector.settings import Settings
@@ -91,8 +93,10 @@ def build_client(
     transport: httpx.AsyncBaseTransport | None = None,
     **injected: Any,
 ) -> LlamaCloudClient:
-    """The client of ``settings``, through ``wire``."""
-    return make_client(wire(settings).client, api_key, observer, transport, **injected)
+    """The client of ``settings``, through ``wire``: for its first configured project, if any."""
+    wiring = wire(settings)
+    client = make_client(wiring.client, api_key, observer, transport, **injected)
+    return client.for_project(wiring.projects.ids[0]) if wiring.projects.ids else client
 
 
 class CollectorService:
@@ -114,16 +118,26 @@ class CollectorService:
         self.client = make_client(wiring.client, api_key, self.self_metrics, transport)
         if store is None and wiring.store is not None:
             store = SqliteStore(**arguments(wiring.store))
-        self.poller = Poller(
-            self.client,
-            store or MemoryStore(),
-            wiring.poll,
-            ErrorClassifier(wiring.rules),
-            self.self_metrics,
-            clock=clock,
-            load=False,
-        )
-        self.registry.register(SnapshotCollector(lambda: self.poller.snapshot, **arguments(wiring.exposition)))
+        classifier = ErrorClassifier(wiring.rules)
+
+        def make(project_id: str | None, store: StateStore | None) -> Poller:
+            """A project's poller: its client view, its store (its own file beside the state file, unless
+            given), and its counts under its ID."""
+            if store is None:
+                store = (
+                    MemoryStore()
+                    if wiring.store is None or project_id is None
+                    else SqliteStore(
+                        **{**arguments(wiring.store), "path": project_state_path(wiring.store.path, project_id)},
+                        project_id=project_id,
+                    )
+                )
+            client = self.client if project_id is None else self.client.for_project(project_id)
+            observer = ProjectObserver(self.self_metrics, project_id or "")
+            return Poller(client, store, wiring.poll, classifier, observer, clock=clock, load=False)
+
+        self.fleet = Fleet.build(wiring.projects, self.client, make, store or MemoryStore(), self._labelled)
+        self.registry.register(SnapshotCollector(lambda: self.fleet.snapshot, **arguments(wiring.exposition)))
         self.server: Listener | None = None
         self.scheduler = None
         self._cycles = 0
@@ -131,27 +145,72 @@ class CollectorService:
         self._watch: asyncio.Task[None] | None = None
 
     @property
+    def poller(self) -> Poller:
+        """The state file's own project's poller: the only one, unless several projects are watched."""
+        return self.fleet.home.poller
+
+    def _labelled(self, old: str | None, new: str | None) -> None:
+        """A project's series come (``new``) or go (``old``): its self-metrics' known series with them."""
+        if old is not None:
+            self.self_metrics.forget_project(old)
+        if new is not None:
+            self.self_metrics.project(new)
+
+    @property
     def port(self) -> int:
         assert self.server is not None, "started"
         return self.server.port
 
     async def run_cycle(self, budget: float | None = None) -> CycleReport:
-        """One poll cycle as the scheduler runs it: the cycle, then the memory settled."""
-        report = await self.poller.cycle(budget)
-        self._cycles += 1
-        settle_memory(self._cycles)
-        return report
+        """One cycle of every watched project at once, as the scheduler runs them, then the memory settled; the
+        home project's report."""
+        reports = await self._projects(lambda watched: watched.poller.cycle(budget))
+        return reports.get(id(self.fleet.home)) or CycleReport(result="failure")
 
     async def run_slot(self) -> None:
-        """One scheduled slot: a cycle, and when it ended a pass that had spanned cycles with time to spare, the
+        """One scheduled slot: the projects listing, then every project's slot at once (``_project_slot``)."""
+        try:
+            await self.fleet.discover()
+        except CollectorError:
+            pass  # logged; the projects known so far go on
+        await self._projects(self._project_slot)
+
+    async def _projects(self, run: Callable[[Watched], Awaitable[CycleReport]]) -> dict[int, CycleReport]:
+        """``run`` for every active project at once (one that crashes is logged, never the others' end), each
+        settled in the fleet, then the memory once."""
+        await asyncio.to_thread(self.fleet.ensure_loaded)
+        watched = [w for w in self.fleet.active() if not w.problem]
+        results = await asyncio.gather(*(run(w) for w in watched), return_exceptions=True)
+        reports: dict[int, CycleReport] = {}
+        for project, result in zip(watched, results, strict=True):
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+            if isinstance(result, BaseException):
+                self.log.error(
+                    "project's poll cycle crashed",
+                    project_id=project.project_id,
+                    error=f"{type(result).__name__}: {str(result)[:300]}",
+                )
+                self.fleet.settled(project, None)
+                continue
+            self.fleet.settled(project, result)
+            reports[id(project)] = result
+        self._cycles += 1
+        settle_memory(self._cycles)
+        return reports
+
+    async def _project_slot(self, watched: Watched) -> CycleReport:
+        """One project's slot: a cycle, and when it ended a pass that had spanned cycles with time to spare, the
         next pass at once in the rest of the slot. A pass longer than a cycle then runs back to back, and new
         runs wait about one pass, not two intervals (bench/lag.py: 100,000 sessions at a 65 s pass and
         --interval 60 waited up to 175 s)."""
-        cadence, clock = self.poller.cadence, time.monotonic
+        poller = watched.poller
+        cadence, clock = poller.cadence, time.monotonic
         end = clock() + cadence.budget
-        report = await self.run_cycle()
+        report = await poller.cycle()
         while report.pass_complete and report.pass_spanned and (left := end - clock()) >= cadence.budget * NEXT_PASS_SHARE:
-            report = await self.run_cycle(left)
+            report = await poller.cycle(left)
+        return report
 
     async def _job(self) -> None:
         self._cycle = asyncio.current_task()
@@ -165,7 +224,7 @@ class CollectorService:
             self._cycle = None
 
     async def start(self, schedule: bool = True) -> None:
-        endpoints = Endpoints(self.registry, self.poller, self.poller.cadence, self.web)
+        endpoints = Endpoints(self.registry, self.fleet, self.poller.cadence, self.web)
         address, base_url = self.wiring.endpoints.listen, self.wiring.client.base_url
         self.server = await listen(endpoints.app(), address, ssl_context=self.web.ssl_context)
         self.log.info(
@@ -184,7 +243,7 @@ class CollectorService:
             )
         self._watch = asyncio.create_task(self._watch_web_config())
         # a big state file loads in a thread: /healthz answers meanwhile, /readyz once it is in
-        await asyncio.to_thread(self.poller.load_state)
+        await asyncio.to_thread(self.fleet.load)
         if schedule:
             self.scheduler = start_scheduler(self._job, self.poller.cadence)
 
@@ -221,6 +280,7 @@ class CollectorService:
             await self.server.close()
         self.web.close()
         await self.client.aclose()
-        self.poller.persist()
-        self.poller.store.close()
+        for poller in self.fleet.pollers():
+            poller.persist()
+            poller.store.close()
         self.log.info("collector stopped")

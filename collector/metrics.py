@@ -26,7 +26,7 @@ from collector.aggregates import EXEMPLAR_LABEL, Mark
 from collector.aggregates import Histogram as Hist
 from collector.build import REVISION
 from collector.families import AS_OF, CHAT, FAMILIES, CounterFamily, Family, GaugeFamily, HistogramFamily, Known
-from collector.state import SessionState, Snapshot
+from collector.state import FleetSnapshot, SessionState, Snapshot
 
 TITLE_LIMIT = 64
 
@@ -84,24 +84,34 @@ class SelfMetrics:
         self.invalid_payloads = Counter(
             p + "invalid_payloads", "API answers that failed validation.", ["operation"], registry=registry
         )
-        self.polls = Counter(p + "polls", "Poll cycles by result.", ["result"], registry=registry)
-        self.fetches = Counter(p + "session_fetches", "Sessions retrieved, by reason.", ["reason"], registry=registry)
+        # what each project's poller reports (``ProjectObserver``), by project
+        self.polls = Counter(p + "polls", "Poll cycles by result.", ["project_id", "result"], registry=registry)
+        self.fetches = Counter(
+            p + "session_fetches", "Sessions retrieved, by reason.", ["project_id", "reason"], registry=registry
+        )
         self.sessions_unchanged = Counter(
-            p + "sessions_unchanged", "Sessions skipped because last_updated_at did not change.", registry=registry
+            p + "sessions_unchanged",
+            "Sessions skipped because last_updated_at did not change.",
+            ["project_id"],
+            registry=registry,
         )
         self.state_write_failures = Counter(
-            p + "state_write_failures", "State store writes that failed (retried next cycle).", registry=registry
+            p + "state_write_failures",
+            "State store writes that failed (retried next cycle).",
+            ["project_id"],
+            registry=registry,
         )
         self.listing_anomalies = Counter(
             p + "listing_anomalies",
             "Listings the collector did not take at their word (DESIGN §4), by kind.",
-            ["kind"],
+            ["project_id", "kind"],
             registry=registry,
         )
         self.count_lag = Histogram(
             p + "count_lag_seconds",
             "How late new runs were counted: from their session's last_updated_at (the answer that brought them) "
             "to the commit that counted them; a timestamp ahead of this clock counts as 0.",
+            ["project_id"],
             registry=registry,
             buckets=COUNT_LAG_BUCKETS,
         )
@@ -122,12 +132,6 @@ class SelfMetrics:
         )
         for reason in AUTH_REFUSALS:
             self.auth_refusals.labels(reason)
-        for kind in ANOMALIES:
-            self.listing_anomalies.labels(kind)
-        for result in ("success", "partial", "failure"):
-            self.polls.labels(result)
-        for reason in ("new", "changed"):
-            self.fetches.labels(reason)
         for operation in ("list", "summary", "retrieve"):
             self.invalid_payloads.labels(operation)
 
@@ -147,29 +151,92 @@ class SelfMetrics:
     def rate_limit_remaining(self, value: float | None) -> None:
         self.rate_limit_left.value = value
 
-    # what the poller reports (poller.PollObserver)
+    # what a poller reports when it is given these metrics themselves (tests, benchmarks): no project
     def poll(self, result: str) -> None:
-        self.polls.labels(result).inc()
+        ProjectObserver(self, "").poll(result)
 
     def fetched(self, reason: str) -> None:
-        self.fetches.labels(reason).inc()
+        ProjectObserver(self, "").fetched(reason)
 
     def unchanged(self, count: int) -> None:
-        self.sessions_unchanged.inc(count)
+        ProjectObserver(self, "").unchanged(count)
 
     def state_write_failed(self) -> None:
-        self.state_write_failures.inc()
+        ProjectObserver(self, "").state_write_failed()
 
     def anomaly(self, kind: str) -> None:
-        self.listing_anomalies.labels(kind).inc()
+        ProjectObserver(self, "").anomaly(kind)
 
     def counted_late(self, lags: Iterable[float]) -> None:
-        for seconds in lags:
-            self.count_lag.observe(max(0.0, seconds))
+        ProjectObserver(self, "").counted_late(lags)
+
+    def project(self, project_id: str) -> None:
+        """A project watched from now on: its known series at 0 (``""``: the key's default, not yet named)."""
+        for kind in ANOMALIES:
+            self.listing_anomalies.labels(project_id, kind)
+        for result in POLL_RESULTS:
+            self.polls.labels(project_id, result)
+        for reason in FETCH_REASONS:
+            self.fetches.labels(project_id, reason)
+        for metric in (self.sessions_unchanged, self.state_write_failures, self.count_lag):
+            metric.labels(project_id)
+
+    def forget_project(self, project_id: str) -> None:
+        """A project no longer watched (or named at last): its series go."""
+        for metric in self.per_project:
+            for key in [k for k in list(metric._metrics) if k[0] == project_id]:  # no public listing of children
+                metric.remove(*key)
+
+    @property
+    def per_project(self) -> tuple[Counter | Histogram, ...]:
+        return (
+            self.polls,
+            self.fetches,
+            self.sessions_unchanged,
+            self.state_write_failures,
+            self.listing_anomalies,
+            self.count_lag,
+        )
 
     # what the web config's basic auth reports (auth.WebConfig)
     def auth_refused(self, reason: str) -> None:
         self.auth_refusals.labels(reason).inc()
+
+
+POLL_RESULTS = ("success", "partial", "failure")
+FETCH_REASONS = ("new", "changed")
+
+
+class ProjectObserver:
+    """What one project's poller reports (``poller.PollObserver``), counted under its ``project_id``."""
+
+    def __init__(self, metrics: SelfMetrics, project_id: str) -> None:
+        self.metrics = metrics
+        self.project_id = project_id
+        """``""`` while the default project is unnamed; ``projects.Fleet`` sets its ID once it is named."""
+
+    def poll(self, result: str) -> None:
+        self.metrics.polls.labels(self.project_id, result).inc()
+
+    def fetched(self, reason: str) -> None:
+        self.metrics.fetches.labels(self.project_id, reason).inc()
+
+    def unchanged(self, count: int) -> None:
+        self.metrics.sessions_unchanged.labels(self.project_id).inc(count)
+
+    def state_write_failed(self) -> None:
+        self.metrics.state_write_failures.labels(self.project_id).inc()
+
+    def anomaly(self, kind: str) -> None:
+        self.metrics.listing_anomalies.labels(self.project_id, kind).inc()
+
+    def counted_late(self, lags: Iterable[float]) -> None:
+        lag = self.metrics.count_lag.labels(self.project_id)
+        for seconds in lags:
+            lag.observe(max(0.0, seconds))
+
+    def invalid_payload(self, operation: str) -> None:
+        self.metrics.invalid_payload(operation)  # the client's count: not by project
 
 
 def _exemplar(mark: Mark | None) -> Exemplar | None:
@@ -217,10 +284,30 @@ def _render(family: Family, snap: Snapshot, known: Known, suffix: str = "") -> M
     return _gauge(family.name, doc, getattr(snap, family.snapshot))
 
 
+def _with_project(metrics: Iterable[Metric], project_id: str) -> Iterator[Metric]:
+    """``metrics`` with ``project_id`` first in every sample's labels (an empty ID: left out, as Prometheus reads
+    an empty label)."""
+    for metric in metrics:
+        if project_id:
+            metric.samples = [s._replace(labels={"project_id": project_id, **s.labels}) for s in metric.samples]
+        yield metric
+
+
+def _merged(groups: Iterable[Iterable[Metric]]) -> Iterator[Metric]:
+    """One family per name, in first-seen order, with the samples of every project's family of that name."""
+    merged: dict[str, Metric] = {}
+    for metrics in groups:
+        for metric in metrics:
+            first = merged.setdefault(metric.name, metric)
+            if first is not metric:
+                first.samples.extend(metric.samples)
+    yield from merged.values()
+
+
 class SnapshotCollector(Collector):
     def __init__(
         self,
-        snapshot: Callable[[], Snapshot],
+        snapshot: Callable[[], FleetSnapshot],
         *,
         interval: float,
         expose_titles: bool,
@@ -238,11 +325,36 @@ class SnapshotCollector(Collector):
         return []  # families depend on readiness; skip the registry's duplicate check
 
     def collect(self) -> Iterator[Metric]:
-        snap = self._snapshot()
+        fleet = self._snapshot()
+        yield from self._global_families(fleet)
+        yield from _merged(_with_project(self._project_families(p.snapshot), p.project_id) for p in fleet.projects)
+
+    def _project_families(self, snap: Snapshot) -> Iterator[Metric]:
         yield from self._self_families(snap)
         if snap.ready:
             yield from self._chat_families(snap)
             yield from self._session_families(snap.sessions)
+
+    def _global_families(self, fleet: FleetSnapshot) -> Iterator[Metric]:
+        p = "llamacloud_collector_"
+        yield _gauge(p + "poll_interval_seconds", "The configured poll interval (--interval).", self._interval)
+        yield _gauge(p + "shard", "This collector's shard (--shard).", self._shard[0])
+        yield _gauge(p + "total_shards", "How many shards share the sessions (--total-shards).", self._shard[1])
+        yield _gauge(
+            p + "build_info",
+            "Build information: version and source revision.",
+            1.0,
+            {"version": __version__, "revision": REVISION},
+        )
+        info = GaugeMetricFamily(
+            "llamacloud_project_info",
+            "The projects watched, by ID and name; always 1.",
+            labels=["project_id", "project_name"],
+        )
+        for project in fleet.projects:
+            if project.project_id:
+                info.add_metric([project.project_id, project.name], 1.0)
+        yield info
 
     def _self_families(self, snap: Snapshot) -> Iterator[Metric]:
         p, poll = "llamacloud_collector_", snap.poll
@@ -260,7 +372,6 @@ class SnapshotCollector(Collector):
             "Wall time of the last complete listing pass (every page, or every configured ID); it may span cycles.",
             poll.listing_pass_duration,
         )
-        yield _gauge(p + "poll_interval_seconds", "The configured poll interval (--interval).", self._interval)
         yield from (_render(family, snap, self._known) for family in FAMILIES if family not in CHAT)
         yield _counter(
             p + "history_resets",
@@ -275,14 +386,6 @@ class SnapshotCollector(Collector):
         dropped.add_metric(["tool"], snap.aggregates.tools.dropped)
         dropped.add_metric(["index_id"], snap.aggregates.indexes.dropped)
         yield dropped
-        yield _gauge(p + "shard", "This collector's shard (--shard).", self._shard[0])
-        yield _gauge(p + "total_shards", "How many shards share the sessions (--total-shards).", self._shard[1])
-        yield _gauge(
-            p + "build_info",
-            "Build information: version and source revision.",
-            1.0,
-            {"version": __version__, "revision": REVISION},
-        )
 
     def _chat_families(self, snap: Snapshot) -> Iterator[Metric]:
         for family in CHAT:

@@ -19,7 +19,7 @@ import functools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -320,6 +320,8 @@ class Poller:
         self.loaded_at: float | None = None
         """When the load finished (monotonic): liveness counts from then, not from the start."""
         self.snapshot: Snapshot = take_snapshot(self.state, self.poll, config.series_limit)
+        self.prepare: Callable[[Deadline], Awaitable[None]] | None = None
+        """Run before each cycle's pass; a ``FetchError`` or ``PayloadError`` from it fails the cycle."""
         if load:
             self.load_state()
 
@@ -349,6 +351,11 @@ class Poller:
         run = _Run(work, CycleReport(), deadline, self.listing, counted, brought)
         run.report.pass_spanned = self.listing.started < started
         runs_before = sum(work.aggregates.runs.values())
+        if self.prepare is not None:  # the project is named first (``projects.Fleet``): no count without its label
+            try:
+                await self.prepare(deadline)
+            except (FetchError, PayloadError) as exc:
+                return self._failed(run, str(exc), started)
         try:
             await self._run_pass(run)
         except AuthError as exc:

@@ -27,7 +27,7 @@ from collector import __version__, listener
 from collector.auth import WebConfig
 from collector.cadence import Cadence
 from collector.listener import SEND_TIMEOUT, peer_key
-from collector.state import Snapshot
+from collector.state import FleetSnapshot
 
 WRITE_PIECE = 16 * 1024
 """What one connection's answer holds in the process at most (Envoy's edge default per connection is 32 KiB)."""
@@ -98,10 +98,11 @@ class MetricsCache:
 
 
 class StatusSource(Protocol):
-    """What the endpoints read of the poll loop: its latest snapshot, and when a cycle last started and ended."""
+    """What the endpoints read of the poll loop: every project's latest snapshot, and when a cycle last started
+    and ended (``projects.Fleet``)."""
 
     @property
-    def snapshot(self) -> Snapshot: ...
+    def snapshot(self) -> FleetSnapshot: ...
     @property
     def cycle_started(self) -> float | None: ...
     @property
@@ -203,21 +204,25 @@ class Endpoints:
         return web.Response(status=503, text="first sync not finished\n")
 
     async def index(self, _: web.Request) -> web.Response:
-        snap = self.poller.snapshot
-        poll = snap.poll
-        rows = [
-            ("ready", "yes" if snap.ready else "no (first sync not finished)"),
-            ("last poll", poll.result or "none yet"),
-            ("API reachable", "yes" if poll.up else "no"),
-            (
-                "last poll finished",
-                time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(poll.finished_at)) if poll.finished_at else "never",
-            ),
-            ("poll duration", f"{poll.duration:.3f} s" if poll.duration is not None else "-"),
-            ("sessions watched", str(snap.sessions_watched)),
-            ("runs counted", str(sum(snap.aggregates.runs.values()))),
-            ("last error", poll.message or "-"),
-        ]
+        fleet = self.poller.snapshot
+        rows = [("ready", "yes" if fleet.ready else "no (first sync not finished)")]
+        for project in fleet.projects:
+            snap = project.snapshot
+            poll = snap.poll
+            if len(fleet.projects) > 1 or project.project_id:
+                rows.append(("project", f"{project.name} ({project.project_id})" if project.project_id else "default"))
+            rows += [
+                ("last poll", poll.result or "none yet"),
+                ("API reachable", "yes" if poll.up else "no"),
+                (
+                    "last poll finished",
+                    time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(poll.finished_at)) if poll.finished_at else "never",
+                ),
+                ("poll duration", f"{poll.duration:.3f} s" if poll.duration is not None else "-"),
+                ("sessions watched", str(snap.sessions_watched)),
+                ("runs counted", str(sum(snap.aggregates.runs.values()))),
+                ("last error", poll.message or "-"),
+            ]
         table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
         page = (
             "<!doctype html><html><head><meta charset='utf-8'><title>llamacloud-collector</title>"

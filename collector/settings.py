@@ -26,7 +26,7 @@ from collector.cadence import BUDGET_RATIO
 from collector.derive import DEFAULT_ERROR_RULES
 from collector.errors import ConfigError
 from collector.families import DEFAULT_BUCKETS, HISTOGRAMS
-from collector.llamacloud.bounds import DEFAULT_MAX_RESPONSE_BYTES
+from collector.llamacloud.bounds import DEFAULT_MAX_RESPONSE_BYTES, session_id_problem
 from collector.paths import state_path_problem
 
 DEFAULT_BASE_URL = "https://api.cloud.llamaindex.ai"
@@ -142,7 +142,19 @@ class Settings(BaseSettings):
         env="COLLECTOR_API_KEY_FILE",
         help="read the key from a file; when set it wins over `LLAMA_CLOUD_API_KEY`, and one that cannot be read is an error",
     )
-    project_id: str | None = setting(None, env="LLAMA_CLOUD_PROJECT_ID", help="passed as `project_id`")
+    project_id: tuple[str, ...] = setting(
+        (),
+        env="LLAMA_CLOUD_PROJECT_ID",
+        shown="none (the key's default project)",
+        help="the project to watch, passed as `project_id`; repeat it (comma-separated in the environment) to "
+        "watch several; with `--all-projects`, the project an earlier release's state file watched",
+    )
+    all_projects: bool = setting(
+        False,
+        env="COLLECTOR_ALL_PROJECTS",
+        help="watch every project of `--organization-id` (the projects listing, read each interval: added and "
+        "removed projects are picked up)",
+    )
     organization_id: str | None = setting(None, env="LLAMA_CLOUD_ORGANIZATION_ID", help="passed as `organization_id`")
     session_ids: tuple[str, ...] = setting(
         (), env="COLLECTOR_SESSION_IDS", flag="--session-id", help="watch these sessions (via `summary`)"
@@ -307,6 +319,31 @@ class Settings(BaseSettings):
                 f"a second over {self.total_shards} shard(s) leaves a cycle of --interval {self.interval:g} fewer "
                 f"than {MIN_REQUESTS_PER_CYCLE} requests; raise it to at least "
                 f"{MIN_REQUESTS_PER_CYCLE * self.total_shards / (self.interval * BUDGET_RATIO):.3g} or the interval"
+            )
+        return self
+
+    @field_validator("project_id", mode="before")
+    @classmethod
+    def _one_project(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value  # a settings file's `project_id: <id>`, as before
+
+    @field_validator("project_id")
+    @classmethod
+    def _project_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for project in value:
+            problem = session_id_problem(project)
+            if problem or not project.isascii() or any(c in project for c in " ,"):
+                raise ValueError(f"not a project ID: {project[:80]!r}")
+        if len(set(value)) < len(value):
+            raise ValueError("a project is named twice")
+        return value
+
+    @model_validator(mode="after")
+    def _all_projects(self) -> Settings:
+        if self.all_projects and len(self.project_id) > 1:
+            raise ValueError(
+                "all_projects (--all-projects, COLLECTOR_ALL_PROJECTS) watches every project: give at most one "
+                "project_id with it (the project an earlier state file watched), not a list"
             )
         return self
 

@@ -548,6 +548,9 @@ def take_snapshot(state: CollectorState, poll: PollStatus, series_limit: int) ->
 class StateStore(Protocol):
     """Where committed state lives between restarts."""
 
+    project_id: str
+    """The project whose state it keeps (``""``: not named yet); a file names it from its next save."""
+
     def load(self) -> CollectorState | None: ...
 
     def save(self, state: CollectorState) -> None: ...
@@ -558,6 +561,8 @@ class StateStore(Protocol):
 class MemoryStore:
     """No persistence: a restart re-derives every counter from the full histories."""
 
+    project_id = ""
+
     def load(self) -> CollectorState | None:
         return None
 
@@ -566,3 +571,28 @@ class MemoryStore:
 
     def close(self) -> None:
         return None
+
+
+@dataclass(frozen=True)
+class ProjectSnapshot:
+    """One watched project's latest snapshot, with what names it."""
+
+    project_id: str
+    """``""`` while the key's default project is not named yet by the projects listing: its series then carry
+    no ``project_id`` (an empty label is none to Prometheus), and it has counted nothing yet."""
+    name: str
+    snapshot: Snapshot
+
+
+@dataclass(frozen=True)
+class FleetSnapshot:
+    """Every watched project's snapshot, as one scrape, the readiness probe and the status page read them."""
+
+    projects: tuple[ProjectSnapshot, ...]
+    ready: bool
+    """Each project's first sync is done or it failed on its own, and one of them is synced (``projects.Fleet``)."""
+
+
+def one_project(snapshot: Snapshot, project_id: str = "") -> FleetSnapshot:
+    """``snapshot`` as the only project's: a poller on its own (tests, benchmarks)."""
+    return FleetSnapshot((ProjectSnapshot(project_id, project_id, snapshot),), snapshot.ready)

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from collector.aggregates import Buckets
 from collector.derive import OTHER_ERROR
 from collector.errors import ConfigError
+from collector.projects import ProjectsConfig
 from collector.selection import PollConfig
 from collector.settings import Settings
 
@@ -62,7 +63,6 @@ class ClientConfig:
     """``LlamaCloudClient``'s keyword arguments that settings decide (the key, transport and observer aside)."""
 
     base_url: str
-    project_id: str | None
     organization_id: str | None
     connect_timeout: float
     read_timeout: float
@@ -118,6 +118,8 @@ class Wiring:
 
     key: KeySource
     client: ClientConfig
+    projects: ProjectsConfig
+    """Which projects: each with its own poller, all on one client (``collector.projects``)."""
     poll: PollConfig
     rules: tuple[tuple[str, str], ...]
     """The error classifier's ordered (type, pattern) rules."""
@@ -136,7 +138,6 @@ def wire(settings: Settings) -> Wiring:
         key=KeySource(api_key=settings.api_key, api_key_file=settings.api_key_file),
         client=ClientConfig(
             base_url=settings.base_url,
-            project_id=settings.project_id,
             organization_id=settings.organization_id,
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
@@ -148,6 +149,7 @@ def wire(settings: Settings) -> Wiring:
             if settings.max_requests_per_second is None
             else settings.max_requests_per_second / settings.total_shards,
         ),
+        projects=ProjectsConfig(ids=settings.project_id, all=settings.all_projects),
         poll=PollConfig(
             interval=settings.interval,
             discover=settings.discovery,

@@ -123,10 +123,16 @@ def poller(api: FakeApi, now: list[float] | None = None, monotonic=None, interva
         MemoryStore(),
         poll_config(interval=interval, buckets=BUCKETS, **config),
         ErrorClassifier(),
-        SelfMetrics(CollectorRegistry()),
+        unnamed_project(SelfMetrics(CollectorRegistry())),
         clock=clock,
         **({"monotonic": monotonic} if monotonic else {}),
     )
+
+
+def unnamed_project(metrics: SelfMetrics) -> SelfMetrics:
+    """``metrics`` with the series of a poller given them directly (no project) at 0, as a project's are."""
+    metrics.project("")
+    return metrics
 
 
 def self_metrics(p: Poller) -> SelfMetrics:

@@ -46,19 +46,25 @@ def record(run: RunTruth) -> RunRecord:
     )
 
 
-def parse(text: str) -> Samples:
+def parse(text: str, *, projects: bool = False) -> Samples:
+    """The samples of an exposition, by name and labels. Without ``projects``, ``project_id`` is left out of the
+    labels (one project's collector: the tests that watch one project compare values, not the label), and a
+    sample of the same name and other labels twice (two projects) fails."""
     out: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+            labels = sample.labels if projects else {k: v for k, v in sample.labels.items() if k != "project_id"}
+            key = (sample.name, frozenset(labels.items()))
+            assert projects or key not in out, f"{key}: twice (several projects? parse with projects=True)"
+            out[key] = sample.value
     return out
 
 
-async def scrape(port: int, **headers: str) -> Samples:
+async def scrape(port: int, *, projects: bool = False, **headers: str) -> Samples:
     async with httpx.AsyncClient() as http:
         response = await http.get(f"http://127.0.0.1:{port}/metrics", headers=headers)
         response.raise_for_status()
-        return parse(response.text)
+        return parse(response.text, projects=projects)
 
 
 def value(samples: Samples, name: str, **labels: str) -> float | None:

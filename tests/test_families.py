@@ -16,7 +16,7 @@ from collector.families import CHAT, COUNTERS, FAMILIES, HISTOGRAMS, CounterFami
 from collector.metrics import SnapshotCollector
 from collector.settings import BucketSettings, Settings
 from collector.simulator.world import RunTruth
-from collector.state import CollectorState, PollStatus, take_snapshot
+from collector.state import CollectorState, PollStatus, one_project, take_snapshot
 from collector.wiring import wire
 from scripts.families_table import with_table
 from tests.helpers import DESIGN_BUCKETS, record
@@ -119,7 +119,9 @@ def test_every_family_is_rendered_with_its_help_and_type():
     registry = CollectorRegistry()
     snapshot = take_snapshot(state, PollStatus(), 5)
     registry.register(
-        SnapshotCollector(lambda: snapshot, interval=30, expose_titles=False, shard=0, total_shards=1, error_types=())
+        SnapshotCollector(
+            lambda: one_project(snapshot), interval=30, expose_titles=False, shard=0, total_shards=1, error_types=()
+        )
     )
     text = generate_latest(registry).decode()
     for family in FAMILIES:

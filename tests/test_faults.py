@@ -157,7 +157,8 @@ def test_connect_timeout_on_a_black_hole():
                 pass
             fillers.append(c)
         try:
-            async with running(sessions=1, **{**FAST, "base_url": f"http://127.0.0.1:{hole.getsockname()[1]}"}) as (
+            hole_url = f"http://127.0.0.1:{hole.getsockname()[1]}"  # a project named: the listing is the first call
+            async with running(sessions=1, **{**FAST, "base_url": hole_url, "project_id": "p1"}) as (
                 _sim,
                 collector,
             ):

@@ -71,6 +71,7 @@ from collector.llamacloud.client import LlamaCloudClient, RetryPolicy
 from collector.metrics import SelfMetrics, SnapshotCollector
 from collector.poller import Poller
 from collector.settings import Settings
+from collector.state import one_project
 from collector.storage.sqlite import SqliteStore
 from collector.wiring import arguments, wire
 from tests.helpers import Samples
@@ -602,7 +603,9 @@ class LoopModel(RuleBasedStateMachine):
             monotonic=lambda: MONO,
         )
         registry = CollectorRegistry()
-        registry.register(SnapshotCollector(lambda: self._running().snapshot, **arguments(wire(settings_).exposition)))
+        registry.register(
+            SnapshotCollector(lambda: one_project(self._running().snapshot), **arguments(wire(settings_).exposition))
+        )
         self.registry = registry
         self.samples = None
 

@@ -486,7 +486,7 @@ def test_an_endless_listing_ends_where_it_goes_round_says_so_and_starts_over():
     assert (first.result, first.pages, first.fetched) == ("partial", IDLE_PAGES + 2, 2)
     assert first.errors[0].startswith(f"list: {IDLE_PAGES} pages in a row listed no session new to the pass")
     assert p.listing is None and p.state.synced  # synced on what it read; no verdict on who is gone
-    assert self_metrics(p).listing_anomalies.labels("pass_restarted")._value.get() == 1
+    assert self_metrics(p).listing_anomalies.labels("", "pass_restarted")._value.get() == 1
     second = cycle(p)
     assert (second.pages, second.fetched, api.pages_listed) == (IDLE_PAGES + 2, 0, 2 * IDLE_PAGES + 4)
 

@@ -233,7 +233,7 @@ def test_version_and_build_info_name_the_version_and_revision(capsys):
     from collector.build import REVISION
     from collector.cli import main
     from collector.metrics import SnapshotCollector
-    from collector.state import CollectorState, PollStatus, take_snapshot
+    from collector.state import CollectorState, PollStatus, one_project, take_snapshot
 
     with pytest.raises(SystemExit) as exited:
         main(["--version"])
@@ -245,7 +245,7 @@ def test_version_and_build_info_name_the_version_and_revision(capsys):
         PollStatus(),
         5,
     )
-    registry.register(SnapshotCollector(lambda: snapshot, **arguments(wire(Settings()).exposition)))
+    registry.register(SnapshotCollector(lambda: one_project(snapshot), **arguments(wire(Settings()).exposition)))
     text = generate_latest(registry).decode()
     assert f'llamacloud_collector_build_info{{revision="{REVISION}",version="{__version__}"}} 1.0' in text
 

@@ -166,7 +166,7 @@ def exposed_les() -> dict[str, set[str]]:
     from collector.derive import RunRecord
     from collector.metrics import SnapshotCollector
     from collector.settings import Settings
-    from collector.state import CollectorState, PollStatus, take_snapshot
+    from collector.state import CollectorState, PollStatus, one_project, take_snapshot
     from collector.wiring import arguments, wire
 
     settings = Settings()
@@ -184,7 +184,9 @@ def exposed_les() -> dict[str, set[str]]:
     state.aggregates.add_runs([run])
     state.mark_synced()
     registry = CollectorRegistry()
-    registry.register(SnapshotCollector(lambda: take_snapshot(state, PollStatus(), 5), **arguments(wire(settings).exposition)))
+    registry.register(
+        SnapshotCollector(lambda: one_project(take_snapshot(state, PollStatus(), 5)), **arguments(wire(settings).exposition))
+    )
     les: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(generate_latest(registry).decode()):
         for sample in family.samples:

@@ -43,7 +43,7 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path):
     assert s.interval == 30.0  # flag beats env and file
     assert s.max_concurrency == 4  # env beats file
     assert s.session_series_limit == 7  # file beats default
-    assert s.project_id == "from-file"
+    assert s.project_id == ("from-file",)  # a file's one project, as before several
     assert s.listen == "0.0.0.0:9742"  # default
 
 
@@ -278,12 +278,14 @@ def test_chat_help_says_the_values_are_as_of_the_last_poll():
 
     from collector.aggregates import Aggregates
     from collector.metrics import SnapshotCollector
-    from collector.state import CollectorState, PollStatus, take_snapshot
+    from collector.state import CollectorState, PollStatus, one_project, take_snapshot
     from tests.fakes import BUCKETS
 
     state = CollectorState(Aggregates(BUCKETS, 5), synced=True)
     registry = CollectorRegistry()
-    registry.register(SnapshotCollector(lambda: take_snapshot(state, PollStatus(), 10), **arguments(wire(Settings()).exposition)))
+    registry.register(
+        SnapshotCollector(lambda: one_project(take_snapshot(state, PollStatus(), 10)), **arguments(wire(Settings()).exposition))
+    )
     helps = [
         line
         for line in generate_latest(registry).decode().splitlines()

@@ -18,7 +18,7 @@ from collector.derive import ErrorClassifier
 from collector.metrics import SelfMetrics, SnapshotCollector
 from collector.poller import SHORT_PASSES_AGREE, Poller
 from collector.settings import Settings
-from collector.state import MemoryStore
+from collector.state import MemoryStore, one_project
 from collector.storage.sqlite import NewerStateFile, SqliteStore
 from collector.wiring import arguments, wire
 from tests.fakes import BUCKETS, FakeApi, poll_config, run_events
@@ -55,7 +55,7 @@ def written(tmp_path: Path) -> tuple[FakeApi, Path]:
 
 def exposed(p: Poller) -> dict:
     registry = CollectorRegistry()
-    registry.register(SnapshotCollector(lambda: p.snapshot, **arguments(wire(Settings()).exposition)))
+    registry.register(SnapshotCollector(lambda: one_project(p.snapshot), **arguments(wire(Settings()).exposition)))
     samples = parse(generate_latest(registry).decode())  # a scrape that fails would raise here
     assert all(v >= 0 and v == v and v != float("inf") for v in samples.values())
     return samples

@@ -24,6 +24,7 @@ from collector.families import CHAT
 from collector.metrics import SelfMetrics, SnapshotCollector
 from collector.poller import Poller
 from collector.settings import Settings, load_settings
+from collector.state import one_project
 from collector.storage.sqlite import SCHEMA_VERSION, SqliteStore
 from collector.wiring import arguments, wire
 from tests.fakes import FakeApi, poll_config, run_events
@@ -96,7 +97,7 @@ def open_release(name: str, tmp_path: Path):
 
 def exposition(poller: Poller) -> str:
     registry = CollectorRegistry()
-    registry.register(SnapshotCollector(lambda: poller.snapshot, **arguments(wire(Settings()).exposition)))
+    registry.register(SnapshotCollector(lambda: one_project(poller.snapshot), **arguments(wire(Settings()).exposition)))
     return generate_latest(registry).decode()
 
 

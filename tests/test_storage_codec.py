@@ -249,11 +249,11 @@ def test_every_stored_type_round_trips_through_a_real_file_and_a_restart(three, 
     state.retired[retired.session_id] = retired  # a retired row as the store keeps it: every field set here too
     with tempfile.TemporaryDirectory() as tmp, mock.patch("collector.storage.sqlite.DERIVATION_VERSION", derivation):
         db = Path(tmp) / "state.db"
-        first = SqliteStore(db, BUCKETS, RULES, 50, clock=lambda: saved_at)
+        first = SqliteStore(db, BUCKETS, RULES, 50, clock=lambda: saved_at, project_id="p-1")
         assert first.load() is None
         first.save(state)
         first.close()
-        second = SqliteStore(db, BUCKETS, RULES, 50)  # a restart: a new store on the file
+        second = SqliteStore(db, BUCKETS, RULES, 50)  # a restart: a new store on the file, which names its project
         loaded = second.load()
         read_retired = second.retired_session(retired.session_id)
         second.close()
@@ -271,6 +271,7 @@ def test_every_stored_type_round_trips_through_a_real_file_and_a_restart(three, 
         assert getattr(wrote, f.name) != default(f), f"Meta.{f.name} is left at its default: set it in this test"
         assert normal(getattr(read, f.name)) == normal(getattr(wrote, f.name)), f"Meta.{f.name}"
     assert encode_meta(read) == encode_meta(wrote)
+    assert second.project_id == "p-1"
 
 
 # -- the cycle's journal covers every field not declared transient ---------------------------------------

@@ -31,7 +31,7 @@ RULES = [("timeout", "timed out")]
 
 
 def anomalies(p: Poller, kind: str) -> float:
-    return p.metrics.listing_anomalies.labels(kind)._value.get()  # type: ignore[attr-defined]
+    return p.metrics.listing_anomalies.labels("", kind)._value.get()  # type: ignore[attr-defined]
 
 
 def project(n: int, runs: int = 1) -> FakeApi:

@@ -17,8 +17,10 @@ only asks it what is left.
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import ipaddress
+import math
 import os
 import random
 import ssl
@@ -49,9 +51,19 @@ from collector.llamacloud.bounds import (
     read_capped,
     session_id_problem,
 )
-from collector.llamacloud.budget import BudgetTimeout, RequestBudget
+from collector.llamacloud.budget import HELD, BudgetTimeout, RequestBudget
 from collector.llamacloud.listing import Listing, read_listing
-from collector.llamacloud.models import Body, Listed, Session, SessionPage, Summary, parse_page, parse_session
+from collector.llamacloud.models import (
+    Body,
+    Listed,
+    ProjectList,
+    Session,
+    SessionPage,
+    Summary,
+    parse_page,
+    parse_projects,
+    parse_session,
+)
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 M = TypeVar("M", bound=BaseModel)
@@ -167,8 +179,8 @@ class LlamaCloudClient:
         *,
         base_url: str,
         api_key: str,
-        project_id: str | None,
         organization_id: str | None,
+        project_id: str | None = None,
         connect_timeout: float,
         read_timeout: float,
         max_connections: int,
@@ -216,6 +228,27 @@ class LlamaCloudClient:
         self._clock, self._wall_clock, self._sleep, self._rng = clock, wall_clock, sleep, rng
         self._budget = RequestBudget(max_requests_per_second, waited=self._observer.budget_wait, clock=clock, sleep=sleep)
         """Every request's place in ``--max-requests-per-second`` (this shard's share), and a 429's pause."""
+        self._slots = asyncio.Semaphore(max_connections)
+        """Requests on the wire at once, whichever project's poller sends them: no more than the pool has
+        connections, taken in turn (a wait for a connection inside the pool would count against the request's
+        own timeout, and one project's fetches would crowd out another's listing)."""
+
+    @property
+    def project_id(self) -> str | None:
+        """The project its requests are sent for (None: the key's default)."""
+        return self._params.get("project_id")
+
+    def for_project(self, project_id: str) -> LlamaCloudClient:
+        """The same client (connections, request budget, 429 pauses, the gate of large bodies), its requests
+        sent for ``project_id``: what each project's poller gets, so projects share one budget."""
+        view = copy.copy(self)
+        view._params = {**self._params, "project_id": project_id}
+        return view
+
+    async def list_projects(self, deadline: Deadline | None = None) -> ProjectList:
+        """``GET /api/v1/projects?organization_id=``: the organization's projects (the key's, without one)."""
+        organization = {k: v for k, v in self._params.items() if k == "organization_id"}
+        return await self._get("projects", "/api/v1/projects", ProjectList, deadline, organization, parse_projects, scoped=False)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -280,6 +313,24 @@ class LlamaCloudClient:
             raise PayloadError(f"{operation}: the answer names another session", operation=operation)
         return answer
 
+    async def _take_slot(self, deadline: Deadline | None) -> None:
+        """A connection slot (``_slots``), in turn: the wait is the caller's, like the budget's (``HELD``: not a
+        hang of its session), and a wait that reaches the deadline gives up as the budget's does."""
+        if not self._slots.locked():
+            await self._slots.acquire()
+            return
+        started = self._clock()
+        remaining = None if deadline is None or math.isinf(deadline.remaining()) else max(0.0, deadline.remaining())
+        try:
+            async with asyncio.timeout(remaining):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise BudgetTimeout("waited for a connection until the deadline", paused=False) from None
+        finally:
+            held = HELD.get()
+            if held is not None:
+                held[0] += self._clock() - started
+
     async def _exchange(self, path: str, params: Mapping[str, str | int], seconds: float, claim: Claim) -> _Answer:
         """One GET, from request to last body byte, within ``seconds`` and the size cap."""
         url = f"{self._base}{path}?{urlencode(params)}" if params else self._base + path
@@ -304,11 +355,17 @@ class LlamaCloudClient:
         deadline: Deadline | None,
         params: Mapping[str, str | int] | None = None,
         parse: Callable[[Body], R] | None = None,
+        *,
+        scoped: bool = True,
     ) -> M | R:
+        """One request, retried as the policy says; ``scoped``: sent with the client's ``project_id`` and
+        ``organization_id`` (the projects listing takes only the organization, in ``params``)."""
+        query = {**(self._params if scoped else {}), **(params or {})}
         attempt = 0
         while True:
             try:
                 await self._budget.spend(operation, deadline)
+                await self._take_slot(deadline)
             except BudgetTimeout as exc:  # not sent: the cycle carries the work on, as a cut cycle does
                 what = "HTTP 429: " if exc.paused else ""
                 raise Deferred(f"{operation}: {what}{exc}", operation=operation, status=429 if exc.paused else None) from None
@@ -319,7 +376,7 @@ class LlamaCloudClient:
                 try:
                     if timeout <= 0:
                         raise TimeoutError
-                    answer = await self._exchange(path, {**self._params, **(params or {})}, timeout, claim)
+                    answer = await self._exchange(path, query, timeout, claim)
                 except (BodyTooLarge, BodyTooSlow, httpx.DecodingError) as exc:  # the same again would not help
                     self._observer.request(operation, "error", self._clock() - started)
                     self._observer.invalid_payload(operation)
@@ -355,6 +412,7 @@ class LlamaCloudClient:
                         wait = 0.0
             finally:
                 claim.release()
+                self._slots.release()
             attempt += 1
             delay = wait if wait is not None else self._retry.backoff(attempt, self._rng)
             if attempt >= self._retry.max_attempts or (deadline is not None and delay > deadline.remaining()):

@@ -463,3 +463,54 @@ def _validated(text: str, slices: list[tuple[int, int]]) -> list[Any] | Exceptio
 def event_label(event: Any) -> str:
     """The ``type`` label of ``llamacloud_chat_events_total`` for an event."""
     return UNKNOWN if type(event) is UnknownEvent else event.type
+
+
+MAX_PROJECT_NAME = 256
+"""Characters of a project's name kept for ``llamacloud_project_info`` (a label value); the rest is cut."""
+MAX_PROJECTS = 500
+"""Projects one listing may add: a hostile or broken listing of a million projects must not make a million
+pollers. Past it, the rest are left out (in ID order) and said so in the log."""
+
+
+def _project_name(value: Any) -> str:
+    return value[:MAX_PROJECT_NAME] if isinstance(value, str) and value.isprintable() else ""
+
+
+@dataclass(slots=True, frozen=True, config=EVENT_CONFIG)
+class Project:
+    """A ``GET /api/v1/projects`` item, as far as the collector reads it (the SDK's ``Project``): its ID goes
+    into every request of its pollers and into a label, checked as a session ID is; a name that is not a
+    printable string is shown as none."""
+
+    id: SessionId
+    name: Annotated[str, BeforeValidator(_project_name)] = ""
+    is_default: bool = False
+
+
+PROJECT_ADAPTER = TypeAdapter(Project)
+
+
+class ProjectList(_Payload):
+    projects: tuple[Project, ...] = ()
+    unreadable: int = 0
+    """Items that did not validate: left out, the others still count."""
+
+
+def parse_projects(body: Body) -> ProjectList:
+    """``GET /api/v1/projects``: a plain list (the vendor's API), or ``{"items": [...]}`` as its paged form has;
+    a bad item is skipped and counted, a body that is neither raises ``ValueError``."""
+    raw = json.loads(body)
+    if isinstance(raw, dict):
+        raw = raw.get("items")
+    if not isinstance(raw, list):
+        raise ValueError("not a list of projects")
+    projects: dict[str, Project] = {}
+    unreadable = 0
+    for item in raw:
+        try:
+            project = PROJECT_ADAPTER.validate_python(item)
+        except ValidationError:
+            unreadable += 1
+            continue
+        projects.setdefault(project.id, project)  # listed twice: the first
+    return ProjectList(projects=tuple(projects.values()), unreadable=unreadable)

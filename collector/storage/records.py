@@ -83,6 +83,9 @@ class Meta:
     floor: Any = field(default=None, metadata=stored(OPTIONAL_JSON_TEXT))
     histogram_floor: Any = field(default=None, metadata=stored(OPTIONAL_JSON_TEXT))
     """Absent before 0.2.0: none."""
+    project_id: str = field(default="", metadata=stored(TEXT))
+    """The project whose state this is. Absent (or empty) in a file of an earlier release: the one project it
+    watched, the configured one or the key's default (``collector.projects``)."""
 
 
 META = Codec(Meta, "meta")

@@ -65,6 +65,10 @@ class NewerStateFile(ConfigError):
     """The file was written by a newer release: it is refused (exit 2) and left where it is."""
 
 
+class ForeignStateFile(ConfigError):
+    """The file keeps another project's state: it is refused and left where it is."""
+
+
 class SqliteStore:
     def __init__(
         self,
@@ -73,6 +77,7 @@ class SqliteStore:
         rules: list[tuple[str, str]],
         label_limit: int,
         clock: Callable[[], float] = time.time,
+        project_id: str = "",
     ) -> None:
         problem = state_path_problem(path)
         if problem:
@@ -84,6 +89,8 @@ class SqliteStore:
         self.full_rewrite = True
         self.meta: Meta | None = None
         """The meta values last read (``load``) or written (``save``)."""
+        self.project_id = project_id
+        """The project whose state the file keeps: given (a project's own file), or named by the file."""
         self._refuse_newer()
 
     def _refuse_newer(self) -> None:
@@ -145,11 +152,11 @@ class SqliteStore:
         floor: Aggregates | None
         try:
             return self._load()
-        except (UnknownField, NewerStateFile) as exc:
+        except (UnknownField, NewerStateFile, ForeignStateFile) as exc:
             if self.db is not None:
                 self.db.close()
                 self.db = None
-            if isinstance(exc, NewerStateFile):
+            if isinstance(exc, (NewerStateFile, ForeignStateFile)):
                 raise
             raise NewerStateFile(
                 f"state_path (--state-path, COLLECTOR_STATE_PATH): {self.path} holds a "
@@ -198,6 +205,12 @@ class SqliteStore:
         if schema < 1:
             raise StoredValueError(f"schema version {schema}")
         meta = self.meta = decode_meta(rows)
+        if meta.project_id and self.project_id and meta.project_id != self.project_id:
+            raise ForeignStateFile(
+                f"state_path (--state-path, COLLECTOR_STATE_PATH): {self.path} holds project "
+                f"{meta.project_id[:80]}'s state, not {self.project_id[:80]}'s; it is left in place"
+            )
+        self.project_id = self.project_id or meta.project_id
         same = derivation == DERIVATION_VERSION  # new rules or label limits apply from now on: no re-derivation
         aggregates = self._aggregates(meta.aggregates)
         floor = None if meta.floor is None else self._aggregates(meta.floor)
@@ -330,6 +343,7 @@ class SqliteStore:
                 saved_at=self.clock(),
                 floor=None if state.floor is None else state.floor.to_dict(),
                 histogram_floor=None if state.histogram_floor is None else state.histogram_floor.to_dict(),
+                project_id=self.project_id,
             )
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", encode_meta(meta).items())  # pragma: no mutate
             db.execute("COMMIT")  # pragma: no mutate

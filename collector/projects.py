@@ -1,0 +1,320 @@
+"""Several projects (DESIGN §5): one poller per project, one client and one request budget for all of them.
+
+Each watched project has its own poller, so its own listing pass, gone verdicts, first sync and state file:
+a project whose listing fails fails on its own, as a session does one level down, and never holds back
+the others. Their requests share the client (``LlamaCloudClient.for_project``): one connection pool, one
+``--max-requests-per-second`` and one 429 pause, taken in turn, so a big project cannot starve a small one.
+
+Which projects: the configured IDs (``--project-id``, repeated), every project of the organization
+(``--all-projects``: the projects listing, read each slot), or the key's default project. The default is
+named by the projects listing before its first count, so its series carry its ID like any other's.
+
+The state file (``--state-path``) belongs to one project, the one it names (``Meta.project_id``). A file of
+an earlier release names none: it belongs to the project that release watched, the configured one (the
+first) or the key's default, and from its first save it names it. Every other project keeps its state
+beside it, in ``<state file>.project-<digest of its ID>``.
+
+A project is no longer watched once ``MISSED_LISTINGS`` projects listings in a row leave it out (one
+listing is never trusted alone); a listing with none of the watched projects in it changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from collector.cadence import Deadline
+from collector.errors import CollectorError, ConfigError, FetchError, PayloadError
+from collector.llamacloud.client import LlamaCloudClient
+from collector.llamacloud.models import MAX_PROJECTS, Project
+from collector.metrics import ProjectObserver
+from collector.poller import CycleReport, Poller
+from collector.state import FleetSnapshot, ProjectSnapshot, StateStore
+
+MISSED_LISTINGS = 2
+"""Projects listings in a row that leave a watched project out before it is no longer watched."""
+BLANK_LISTINGS_AGREE = 3
+"""Projects listings in a row with none of the watched projects in them before they are taken at their word
+(as three short listing passes are: a real mass deletion)."""
+SETTLE_FAILURES = 3
+"""Failed cycles in a row after which a project that never synced stops holding back ``/readyz``, when
+another project has synced: it failed on its own."""
+DISCOVERY_SECONDS = 30.0
+"""The projects listing's own deadline, whatever the cycle's."""
+
+
+def project_state_path(path: Path, project_id: str) -> Path:
+    """Where a project other than the state file's own keeps its state: beside it, named by a digest of its ID
+    (an ID from the API is never a path)."""
+    digest = hashlib.sha256(project_id.encode()).hexdigest()[:16]
+    return path.with_name(f"{path.name}.project-{digest}")
+
+
+@dataclass(frozen=True)
+class ProjectsConfig:
+    """Which projects to watch: ``ids`` (``--project-id``), ``all`` (``--all-projects``), else the default."""
+
+    ids: tuple[str, ...]
+    all: bool
+
+
+@dataclass(eq=False)
+class Watched:
+    """One project the collector watches (or watched)."""
+
+    project_id: str | None
+    """None: the key's default project, until the projects listing names it."""
+    poller: Poller
+    name: str = ""
+    active: bool = True
+    missed: int = 0
+    """Projects listings in a row that left it out."""
+    failures: int = 0
+    """Cycles in a row that failed."""
+    problem: str = ""
+    """Why it is not polled (a state file it cannot read), said once."""
+
+    @property
+    def label(self) -> str:
+        return self.project_id or ""
+
+
+@dataclass(eq=False)
+class Fleet:
+    """The watched projects and their pollers. ``make`` builds a project's poller (its client view, store and
+    observer); ``home`` is the poller of the state file's own project, built first and loaded at start."""
+
+    config: ProjectsConfig
+    client: LlamaCloudClient
+    make: Callable[[str | None, StateStore | None], Poller]
+    """A project's poller: its ID (None: the default), and its store (None: its own beside the state file,
+    or memory only)."""
+    home: Watched
+    on_label: Callable[[str | None, str | None], None] = lambda old, new: None
+    """Told when a project's label comes or goes: ``(None, id)`` watched, ``(id, None)`` no longer, and
+    ``("", id)`` the default named by the listing (``""``: its series before)."""
+    projects: dict[str, Watched] = field(default_factory=dict)
+    """Every project with an ID, watched or no longer."""
+    discovered: bool = False
+    """A projects listing has answered (needed before ``--all-projects`` is ready)."""
+    blank_listings: int = 0
+    """Projects listings in a row with none of the watched projects in them."""
+    log: structlog.stdlib.BoundLogger = field(default_factory=lambda: structlog.get_logger("collector.projects"))
+    _cached: tuple[tuple[object, ...], FleetSnapshot] | None = None
+
+    @classmethod
+    def build(
+        cls,
+        config: ProjectsConfig,
+        client: LlamaCloudClient,
+        make: Callable[[str | None, StateStore | None], Poller],
+        home_store: StateStore,
+        on_label: Callable[[str | None, str | None], None] = lambda old, new: None,
+    ) -> Fleet:
+        first = config.ids[0] if config.ids else None
+        home = Watched(first, make(first, home_store))
+        fleet = cls(config, client, make, home, on_label)
+        home.poller.prepare = fleet._prepare_home
+        if first is not None:
+            fleet.projects[first] = home
+        on_label(None, first or "")
+        return fleet
+
+    # -- start -----------------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load the home state file, then take the project it names; then the other configured projects'
+        files (in a thread, off the loop). A file that names a project this configuration does not watch is a
+        bad setting: counting another project's sessions as this one's would be silent and wrong."""
+        poller = self.home.poller
+        poller.load_state()
+        named = getattr(poller.store, "project_id", "") or ""
+        wanted = self.home.project_id
+        if named and named != wanted:
+            if self.config.ids and named not in self.config.ids:
+                raise ConfigError(
+                    f"state_path (--state-path, COLLECTOR_STATE_PATH): the file holds project {named}'s state, and "
+                    f"project_id (--project-id, LLAMA_CLOUD_PROJECT_ID) names {', '.join(self.config.ids)}: add "
+                    f"{named}, or give these projects another state file"
+                )
+            self.projects.pop(wanted or "", None)
+            self.on_label(wanted or "", named)
+            self.home.project_id = named
+            self.projects[named] = self.home
+        if self.home.project_id is not None:
+            self._bind(self.home)
+        for project_id in self.config.ids if not self.config.all else ():
+            if project_id not in self.projects:
+                self._add(project_id, "", strict=True)  # a configured project's refused file: exit 2, at start
+                self.projects[project_id].poller.load_state()
+
+    # -- the projects listing --------------------------------------------------------------------------
+
+    async def _prepare_home(self, deadline: Deadline) -> None:
+        """Before the home poller's cycle: the default project must be named first (its label)."""
+        if self.home.project_id is None:
+            await self.discover(deadline)
+            if self.home.project_id is None:
+                raise FetchError(
+                    "projects: the listing names no default project; set --project-id (LLAMA_CLOUD_PROJECT_ID)",
+                    operation="projects",
+                )
+
+    async def discover(self, deadline: Deadline | None = None) -> None:
+        """Read the projects listing: names, the default project, and with ``--all-projects`` the projects added
+        and removed. A failure is logged; without ``--all-projects`` and with every project named it changes
+        nothing, and otherwise the projects known so far go on."""
+        needed = self.config.all or self.home.project_id is None
+        within = Deadline.after(DISCOVERY_SECONDS)
+        if deadline is not None and deadline.remaining() < within.remaining():
+            within = deadline
+        try:
+            listing = await self.client.list_projects(within)
+        except (FetchError, PayloadError) as exc:
+            (self.log.warning if needed else self.log.debug)("projects listing failed", error=str(exc)[:200])
+            if needed:
+                raise
+            return
+        if listing.unreadable:
+            self.log.warning("projects listing: items left out as invalid", count=listing.unreadable)
+        self.discovered = True
+        self._take(listing.projects)
+
+    def _take(self, listed: tuple[Project, ...]) -> None:
+        by_id = {p.id: p for p in listed}
+        if self.home.project_id is None:
+            defaults = [p for p in listed if p.is_default] or (list(listed) if len(listed) == 1 else [])
+            if defaults:
+                self._name_home(defaults[0].id)
+        for project_id, project in by_id.items():
+            watched = self.projects.get(project_id)
+            if watched is not None:
+                watched.name = project.name
+        if not self.config.all:
+            return
+        if self.home.project_id is None:  # no default to give the state file to: it is not used
+            self.home.active = False
+        watching = [w for w in self.projects.values() if w.active]
+        blank = bool(watching) and not any(w.project_id in by_id for w in watching)
+        self.blank_listings = self.blank_listings + 1 if blank else 0
+        if blank and self.blank_listings < BLANK_LISTINGS_AGREE:
+            self.log.warning("projects listing: none of the watched projects in it; nothing retired on its word")
+        else:
+            for watched in watching:
+                watched.missed = 0 if watched.project_id in by_id else watched.missed + 1
+                if watched.missed >= MISSED_LISTINGS:
+                    watched.active = False
+                    self.on_label(watched.project_id, None)
+                    self.log.warning("project no longer listed: no longer watched", project_id=watched.project_id)
+                    watched.poller.persist()
+        new = sorted(p for p in by_id if p not in self.projects or not self.projects[p].active)
+        room = MAX_PROJECTS - sum(1 for w in self.projects.values() if w.active)
+        if len(new) > room:
+            self.log.warning("projects listing: over the limit of projects; the rest left out", limit=MAX_PROJECTS)
+            new = new[: max(0, room)]
+        for project_id in new:
+            watched = self.projects.get(project_id)
+            if watched is not None:
+                watched.active, watched.missed = True, 0
+                self.on_label(None, project_id)
+                self.log.info("project listed again: watched", project_id=project_id)
+            else:
+                self._add(project_id, by_id[project_id].name)
+
+    def _name_home(self, project_id: str) -> None:
+        clash = self.projects.get(project_id)
+        if clash is not None and clash is not self.home:
+            self.log.warning("default project already watched on its own", project_id=project_id)
+            clash.active = False
+        self.home.project_id = project_id
+        self.projects[project_id] = self.home
+        self._bind(self.home)
+        self.on_label("", project_id)
+        self.log.info("default project named by the projects listing", project_id=project_id)
+
+    def _add(self, project_id: str, name: str, *, strict: bool = False) -> None:
+        try:
+            poller = self.make(project_id, None)
+        except ConfigError as exc:
+            if strict:
+                raise
+            self.log.error("project not watched: its state file is refused", project_id=project_id, error=str(exc)[:300])
+            return
+        watched = self.projects[project_id] = Watched(project_id, poller, name)
+        self._bind(watched)
+        self.on_label(None, project_id)
+        self.log.info("project watched", project_id=project_id, name=name[:80])
+
+    def _bind(self, watched: Watched) -> None:
+        """Its ID, where the poller's requests, state file, counts and log lines carry it."""
+        project_id = watched.project_id
+        assert project_id is not None
+        poller = watched.poller
+        poller.log = structlog.get_logger("collector.poller", project_id=project_id)  # lazy: logging set up later holds
+        poller.store.project_id = project_id
+        if isinstance(poller.client, LlamaCloudClient):
+            poller.client = self.client.for_project(project_id)
+        if isinstance(poller.metrics, ProjectObserver):
+            poller.metrics.project_id = project_id
+
+    # -- what runs and what shows ----------------------------------------------------------------------
+
+    def active(self) -> list[Watched]:
+        """The projects polled this slot: the home one first (the default, while unnamed, too)."""
+        out = [self.home] if self.home.active else []
+        return out + [w for w in self.projects.values() if w.active and w is not self.home]
+
+    def ensure_loaded(self) -> None:
+        """Load the state of projects added since (in a thread: a big file takes seconds)."""
+        for watched in self.active():
+            if not watched.poller.loaded:
+                try:
+                    watched.poller.load_state()
+                except CollectorError as exc:
+                    if not watched.problem:
+                        self.log.error("project's state file refused", project_id=watched.project_id, error=str(exc)[:300])
+                    watched.problem = str(exc)
+
+    def settled(self, watched: Watched, report: CycleReport | None) -> None:
+        """A cycle of ``watched`` ended: count the failures in a row."""
+        watched.failures = watched.failures + 1 if report is not None and report.result == "failure" else 0
+
+    @property
+    def snapshot(self) -> FleetSnapshot:
+        """Every active project's latest snapshot, rebuilt only when one of them changed (the scrape cache
+        renders once per snapshot)."""
+        shown = [w for w in self.active() if not w.problem]
+        key = tuple((w.label, w.name, w.poller.snapshot) for w in shown)
+        if self._cached is not None and self._cached[0] == key:
+            return self._cached[1]
+        snaps = tuple(ProjectSnapshot(w.label, w.name or w.label, w.poller.snapshot) for w in shown)
+        synced = any(p.snapshot.ready for p in snaps)
+        each = all(p.snapshot.ready or (w.failures >= SETTLE_FAILURES and synced) for p, w in zip(snaps, shown, strict=True))
+        ready = bool(snaps) and each and (self.discovered or not self.config.all)
+        fleet = FleetSnapshot(snaps, ready)
+        self._cached = (key, fleet)
+        return fleet
+
+    def pollers(self) -> Iterable[Poller]:
+        seen = {id(self.home)}
+        yield self.home.poller
+        for watched in self.projects.values():
+            if id(watched) not in seen:
+                seen.add(id(watched))
+                yield watched.poller
+
+    @property
+    def loaded_at(self) -> float | None:
+        return self.home.poller.loaded_at
+
+    @property
+    def cycle_started(self) -> float | None:
+        return max((p.cycle_started for p in self.pollers() if p.cycle_started is not None), default=None)
+
+    @property
+    def cycle_finished(self) -> float | None:
+        return max((p.cycle_finished for p in self.pollers() if p.cycle_finished is not None), default=None)
