@@ -225,6 +225,8 @@ class SimulatorApi:
         self.paused = False
         self.listing = Listing()
         self.rate_limit = RateLimit()
+        self.projects_asked: deque[str] = deque(maxlen=ARRIVALS)
+        """The project of each chat request, in the order they arrived."""
         self.arrivals: deque[tuple[float, str, int]] = deque(maxlen=ARRIVALS)
         """``(monotonic seconds, endpoint, status)`` of each API request, as it arrived."""
 
@@ -259,6 +261,7 @@ class SimulatorApi:
         if endpoint == "summary" and parts[4] != "summary":
             return _json({"detail": "Not Found"}, 404)
         self.calls[endpoint] += 1
+        self.projects_asked.append(project)
         self.last_query = dict(request.query)
         limited, limit_headers = self._limited(arrived)
         if limited is not None:
