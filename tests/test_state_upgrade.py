@@ -14,11 +14,13 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import httpx
 import pytest
 from packaging.version import Version
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.utils import floatToGoString
 
+from collector.app import CollectorService
 from collector.derive import ErrorClassifier
 from collector.families import CHAT
 from collector.metrics import SelfMetrics, SnapshotCollector
@@ -152,3 +154,70 @@ def test_the_first_save_writes_every_row_by_field_name(release, tmp_path):
         rows = [json.loads(text) for table in ("sessions", "retired") for (text,) in conn.execute(f"SELECT state FROM {table}")]
         (schema,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     assert rows and all(isinstance(row, dict) for row in rows) and schema == str(SCHEMA_VERSION)
+
+
+# -- several projects (issue 31): an earlier release's file belongs to the one project it watched ----------
+
+PROJECT_A, PROJECT_B = "proj-a", "proj-b"
+"""The organization of the upgrade: the file's project (the key's default) and another, with no sessions."""
+
+
+def organization(api: FakeApi, asked: list[tuple[str, str]], default: str):
+    """The API of ``api``'s sessions as project A's, over HTTP (``httpx.MockTransport``): the projects listing
+    (``default`` the key's default project), A's listing and histories, and B's empty listing."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        project = request.url.params.get("project_id", "")
+        path = request.url.path
+        asked.append((project, path))
+        if path == "/api/v1/projects":
+            listed = [{"id": p, "name": p[-1].upper(), "is_default": p == default} for p in (PROJECT_A, PROJECT_B)]
+            return httpx.Response(200, json=listed)
+        sessions = api.sessions if (project or default) == PROJECT_A else {}
+        if path == "/api/v1/chat":
+            items = [api._summary(sid) for sid in sessions]
+            return httpx.Response(200, json={"items": items, "next_page_token": None})
+        sid = path.rsplit("/", 1)[1]
+        return httpx.Response(200, json=sessions[sid]) if sid in sessions else httpx.Response(404, json={})
+
+    return httpx.MockTransport(handler)
+
+
+MODES = {
+    "the default project": {},
+    "--project-id": {"project_id": PROJECT_A},
+    "--project-id, another after it": {"project_id": [PROJECT_A, PROJECT_B]},
+    "--all-projects": {"all_projects": True},
+    "--all-projects --project-id": {"all_projects": True, "project_id": PROJECT_A},
+    "--all-projects --project-id, not the default": {"all_projects": True, "project_id": PROJECT_A},
+    "--project-id, not the default": {"project_id": PROJECT_A},
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("release", RELEASES)
+def test_a_release_file_is_its_project_s_in_every_mode_with_nothing_recounted(release, mode, tmp_path):
+    api, _start = open_release(release, tmp_path)
+    asked: list[tuple[str, str]] = []
+    expected = comparable(chat_samples((FIXTURES / release / "metrics.txt").read_text()), release)
+
+    async def scenario():
+        settings = load_settings({"state_path": str(tmp_path / "state.db"), "listen": "127.0.0.1:0", **MODES[mode]}, {})
+        default = PROJECT_B if "not the default" in mode else PROJECT_A
+        collector = CollectorService(settings, "llx-key", transport=organization(api, asked, default))
+        await collector.start(schedule=False)
+        try:
+            await collector.run_slot()
+            text = generate_latest(collector.registry).decode()
+        finally:
+            await collector.stop()
+        return text, collector.poller.store.project_id
+
+    text, named = run_async(scenario())
+    samples = parse(text, projects=True)
+    of_a = [re.sub(f'project_id="{PROJECT_A}",?', "", line) for line in text.splitlines() if f'"{PROJECT_A}"' in line]
+    assert comparable(chat_samples("\n".join(of_a) + "\n"), release) == expected
+    assert not [p for p, path in asked if path.count("/") == 4], "nothing fetched: the file's counts are A's"
+    assert named == PROJECT_A, "the file names its project from its first save"
+    watched = {dict(labels).get("project_id") for (name, labels) in samples if name == "llamacloud_collector_up"}
+    assert watched == ({PROJECT_A, PROJECT_B} if "another" in mode or "--all" in mode else {PROJECT_A})
