@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import structlog
 
 from collector import __version__, logs
-from collector.app import CollectorService, build_client
+from collector.app import CollectorService, make_client
 from collector.build import REVISION
 from collector.cadence import Deadline
 from collector.errors import AuthError, CollectorError, ConfigError
@@ -35,6 +35,8 @@ from collector.wiring import arguments, wire
 
 PROG = "llamacloud-collector"
 COMMANDS = ("run", "demo", "simulate", "check")
+DEMO_PROJECTS = 2
+"""The demo's organization: two projects, both watched (``--all-projects``), as a platform team would."""
 CHECK_SECONDS = 60.0
 """``check`` gives up after this long, whatever the API does."""
 
@@ -153,10 +155,14 @@ async def _run(settings: Settings, key: str) -> int:
 async def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     key = secrets.token_urlsafe(24)
     sim = SimulatorService(
-        sessions=getattr(args, "sessions", 40), seed=getattr(args, "seed", 1), rate=getattr(args, "rate", 2.0), api_key=key
+        sessions=getattr(args, "sessions", 40),
+        seed=getattr(args, "seed", 1),
+        rate=getattr(args, "rate", 2.0),
+        api_key=key,
+        projects=DEMO_PROJECTS,
     )
     await sim.start()
-    flags = {"interval": 5.0, **_flags(args, ("seed", "sessions", "rate")), "base_url": sim.base_url}
+    flags = {"interval": 5.0, "all_projects": True, **_flags(args, ("seed", "sessions", "rate")), "base_url": sim.base_url}
     settings = load_settings(flags, {k: v for k, v in environ.items() if not k.startswith("LLAMA_CLOUD_")})
     collector = CollectorService(settings, key)
     try:
@@ -199,10 +205,27 @@ async def _discover(client: LlamaCloudClient, settings: Settings) -> tuple[Seque
     return found, []
 
 
+async def _projects(client: LlamaCloudClient, settings: Settings) -> list[tuple[str | None, str]]:
+    """The projects ``run`` would watch, as (ID, name): every one of the organization (``--all-projects``), the
+    configured ones, or the key's default (None: named by the listing when it answers)."""
+    if not settings.all_projects:
+        return [(p, "") for p in settings.project_id] or [(None, "")]
+    listing = await client.list_projects(Deadline.after(CHECK_SECONDS))
+    return [(p.id, p.name) for p in listing.projects]
+
+
 async def _check(settings: Settings, key: str) -> int:
-    client = build_client(settings, key)
+    base = make_client(wire(settings).client, key)
+    found: list[tuple[str | None, str, Sequence[Found], list[str]]] = []
     try:
-        sessions, problems = await _discover(client, settings)
+        for project, name in await _projects(base, settings):
+            client = base if project is None else base.for_project(project)
+            try:
+                found.append((project, name, *await _discover(client, settings)))
+            except CollectorError as exc:
+                if project is None or isinstance(exc, AuthError):
+                    raise
+                raise CollectorError(f"project {project[:80]}: {exc}") from None
     except AuthError as exc:
         raise CollectorError(
             f"check failed: HTTP {exc.status} from {settings.base_url}: the API key was "
@@ -211,18 +234,23 @@ async def _check(settings: Settings, key: str) -> int:
     except CollectorError as exc:
         raise CollectorError(f"check failed: {settings.base_url}: {exc}") from None
     finally:
-        await client.aclose()
+        await base.aclose()
     mode = "discovery" if settings.discovery else f"{len(settings.session_ids)} configured session IDs"
+    total = sum(len(sessions) for _, _, sessions, _ in found)
+    where = "" if len(found) == 1 else f" in {len(found)} projects"
     print(
-        f"OK: {settings.base_url} answered; {len(sessions)} sessions would be watched ({mode}, "
+        f"OK: {settings.base_url} answered; {total} sessions would be watched{where} ({mode}, "
         f"shard {settings.shard} of {settings.total_shards})"
     )
-    for problem in problems:  # in the poller's words: its cycle would be partial for the same reason
-        print(f"  warning: {problem}")
-    for summary in sorted(sessions, key=lambda s: s.last_updated_at, reverse=True)[:50]:
-        print(f"  {summary.session_id}  updated {summary.last_updated_at}  indexes {','.join(summary.index_ids) or '-'}")
-    if len(sessions) > 50:
-        print(f"  ... and {len(sessions) - 50} more")
+    for project, name, sessions, problems in found:
+        if len(found) > 1 or project is not None:
+            print(f"project {name or project} ({project}): {len(sessions)} sessions")
+        for problem in problems:  # in the poller's words: its cycle would be partial for the same reason
+            print(f"  warning: {problem}")
+        for summary in sorted(sessions, key=lambda s: s.last_updated_at, reverse=True)[:50]:
+            print(f"  {summary.session_id}  updated {summary.last_updated_at}  indexes {','.join(summary.index_ids) or '-'}")
+        if len(sessions) > 50:
+            print(f"  ... and {len(sessions) - 50} more")
     return 0
 
 

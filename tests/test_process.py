@@ -108,6 +108,7 @@ def test_demo_serves_every_chat_family_and_passes_promtool():
         code, out = stop(proc)
     assert code == 0, out
     assert not without_data(text), without_data(text)
+    assert text.count("\nllamacloud_project_info{") == 2, "the demo's organization: two projects, both watched"
     result = subprocess.run([require("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
 
