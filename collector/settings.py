@@ -145,6 +145,7 @@ class Settings(BaseSettings):
     project_id: tuple[str, ...] = setting(
         (),
         env="LLAMA_CLOUD_PROJECT_ID",
+        schema={"type": ["array", "string"]},  # one ID, as before several, or a list
         shown="none (the key's default project)",
         help="the project to watch, passed as `project_id`; repeat it (comma-separated in the environment) to "
         "watch several; with `--all-projects`, the project an earlier release's state file watched",
