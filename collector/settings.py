@@ -179,7 +179,10 @@ class Settings(BaseSettings):
     )
     max_concurrency: int = setting(8, env="COLLECTOR_MAX_CONCURRENCY", ge=1, le=256, help="session fetches in flight (1 to 256)")
     session_series_limit: int = setting(
-        500, env="COLLECTOR_SESSION_SERIES_LIMIT", ge=0, help="sessions with per-session series (most recently updated first)"
+        500,
+        env="COLLECTOR_SESSION_SERIES_LIMIT",
+        ge=0,
+        help="sessions with per-session series (most recently updated first), in each project",
     )
     shard: int = setting(0, env="COLLECTOR_SHARD", ge=0, help="watch only the sessions whose ID hashes to this shard")
     total_shards: int = setting(1, env="COLLECTOR_TOTAL_SHARDS", ge=1, help="how many shards share the sessions")
@@ -213,7 +216,10 @@ class Settings(BaseSettings):
         30.0, env="COLLECTOR_READ_TIMEOUT", gt=0, le=3600, allow_inf_nan=False, help="API read timeout, seconds"
     )
     label_value_limit: int = setting(
-        50, env="COLLECTOR_LABEL_VALUE_LIMIT", ge=1, help="distinct `tool` and `index_id` values; the rest become `_other`"
+        50,
+        env="COLLECTOR_LABEL_VALUE_LIMIT",
+        ge=1,
+        help="distinct `tool` and `index_id` values in each project; the rest become `_other`",
     )
     max_response_bytes: int = setting(
         DEFAULT_MAX_RESPONSE_BYTES,
