@@ -15,7 +15,10 @@ first) or the key's default, and from its first save it names it. Every other pr
 beside it, in ``<state file>.project-<digest of its ID>``.
 
 A project is no longer watched once ``MISSED_LISTINGS`` projects listings in a row leave it out (one
-listing is never trusted alone); a listing with none of the watched projects in it changes nothing.
+listing is never trusted alone); a listing with none of the watched projects in it changes nothing unless
+``BLANK_LISTINGS_AGREE`` agree. A project no longer watched is let go (its state saved in its file): one that
+comes back starts from its file, and a listing that makes up new projects each time holds at most
+``MAX_PROJECTS`` pollers.
 """
 
 from __future__ import annotations
@@ -101,6 +104,8 @@ class Fleet:
     """Every project with an ID, watched or no longer."""
     discovered: bool = False
     """A projects listing has answered (needed before ``--all-projects`` is ready)."""
+    retiring: list[Poller] = field(default_factory=list)
+    """Pollers of projects no longer watched, to save and close (off the loop)."""
     blank_listings: int = 0
     """Projects listings in a row with none of the watched projects in them."""
     log: structlog.stdlib.BoundLogger = field(default_factory=lambda: structlog.get_logger("collector.projects"))
@@ -207,10 +212,7 @@ class Fleet:
             for watched in watching:
                 watched.missed = 0 if watched.project_id in by_id else watched.missed + 1
                 if watched.missed >= MISSED_LISTINGS:
-                    watched.active = False
-                    self.on_label(watched.project_id, None)
-                    self.log.warning("project no longer listed: no longer watched", project_id=watched.project_id)
-                    watched.poller.persist()
+                    self._retire(watched)
         new = sorted(p for p in by_id if p not in self.projects or not self.projects[p].active)
         room = MAX_PROJECTS - sum(1 for w in self.projects.values() if w.active)
         if len(new) > room:
@@ -225,11 +227,22 @@ class Fleet:
             else:
                 self._add(project_id, by_id[project_id].name)
 
+    def _retire(self, watched: Watched) -> None:
+        """No longer watched: its series go, and its poller (its state saved, in a thread: ``ensure_loaded``),
+        so a listing that makes up projects cannot grow memory. The home project's stays, with its file."""
+        watched.active = False
+        assert watched.project_id is not None
+        self.on_label(watched.project_id, None)
+        self.log.warning("project no longer listed: no longer watched", project_id=watched.project_id)
+        if watched is not self.home:
+            del self.projects[watched.project_id]
+            self.retiring.append(watched.poller)
+
     def _name_home(self, project_id: str) -> None:
         clash = self.projects.get(project_id)
         if clash is not None and clash is not self.home:
             self.log.warning("default project already watched on its own", project_id=project_id)
-            clash.active = False
+            self._retire(clash)
         self.home.project_id = project_id
         self.projects[project_id] = self.home
         self._bind(self.home)
@@ -269,7 +282,12 @@ class Fleet:
         return out + [w for w in self.projects.values() if w.active and w is not self.home]
 
     def ensure_loaded(self) -> None:
-        """Load the state of projects added since (in a thread: a big file takes seconds)."""
+        """Save and close the state of projects no longer watched, and load the state of projects added since
+        (in a thread: a big file takes seconds)."""
+        while self.retiring:
+            poller = self.retiring.pop()
+            poller.persist()
+            poller.store.close()
         for watched in self.active():
             if not watched.poller.loaded:
                 try:
@@ -300,6 +318,8 @@ class Fleet:
         return fleet
 
     def pollers(self) -> Iterable[Poller]:
+        """Every poller the fleet holds: watched, the home one, and those let go but not yet closed."""
+        yield from self.retiring
         seen = {id(self.home)}
         yield self.home.poller
         for watched in self.projects.values():

@@ -255,3 +255,27 @@ def test_a_request_waits_its_turn_for_a_connection_as_the_caller_s_wait_not_its_
         await client.aclose()
 
     run_async(scenario())
+
+
+def test_a_listing_that_makes_up_projects_holds_a_bounded_number_of_pollers(monkeypatch: pytest.MonkeyPatch):
+    """A hostile projects listing, new IDs every time: at most ``MAX_PROJECTS`` watched, and the ones let go are
+    let go (no poller kept), so memory stays bounded."""
+    monkeypatch.setattr("collector.projects.MAX_PROJECTS", 5)
+
+    async def scenario():
+        sim = SimulatorService(sessions=2, runs=1, seed=1, rate=0, projects=1)
+        default = sim.api.projects[project_id(0)]
+        async with simulating(sim), collecting(sim, **FAST, all_projects=True) as collector:
+            for round_ in range(6):
+                sim.api.projects.clear()
+                sim.api.projects[project_id(0)] = default
+                for i in range(8):
+                    sim.api.projects[f"made-up-{round_}-{i}"] = populate(World(seed=i), 1, 1)
+                await collector.run_slot()
+                assert sum(1 for w in collector.fleet.active()) <= 5
+                assert len(list(collector.fleet.pollers())) <= 5 + 5  # watched, and those let go this slot
+            samples = await scrape(collector.port, projects=True)
+            assert len(labelled(samples, "llamacloud_collector_up")) <= 5
+            assert len({dict(labels)["project_id"] for (n, labels) in samples if n == "llamacloud_project_info"}) <= 5
+
+    run_async(scenario())
