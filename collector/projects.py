@@ -306,7 +306,8 @@ class Fleet:
         """Every active project's latest snapshot, rebuilt only when one of them changed (the scrape cache
         renders once per snapshot)."""
         shown = [w for w in self.active() if not w.problem]
-        key = tuple((w.label, w.name, w.poller.snapshot) for w in shown)
+        # by identity: a snapshot's own == would compare every session (the cache holds them, so ids stay theirs)
+        key = (self.discovered, *((w.label, w.name, w.failures >= SETTLE_FAILURES, id(w.poller.snapshot)) for w in shown))
         if self._cached is not None and self._cached[0] == key:
             return self._cached[1]
         snaps = tuple(ProjectSnapshot(w.label, w.name or w.label, w.poller.snapshot) for w in shown)
