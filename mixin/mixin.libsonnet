@@ -124,7 +124,7 @@
           labels: { severity: "critical" },
           annotations: {
             summary: "Chat runs are burning the error budget very fast (page)" % params("LlamaCloudChatErrorBudgetBurnFast", []),
-            description: "{{ $labels.job }}: {{ $value | humanizePercentage }} of chat runs failed over the last hour (and the last 5 minutes), over %(burn)s times the error budget of the %(objective)s success objective. At this rate 2%% of a 30-day budget goes every hour." % params("LlamaCloudChatErrorBudgetBurnFast", []),
+            description: "{{ $labels.job }}, project {{ $labels.project_id }}: {{ $value | humanizePercentage }} of chat runs failed over the last hour (and the last 5 minutes), over %(burn)s times the error budget of the %(objective)s success objective. At this rate 2%% of a 30-day budget goes every hour." % params("LlamaCloudChatErrorBudgetBurnFast", []),
             runbook_url: "https://github.com/llamacloud/llamacloud-collector/blob/main/docs/runbook.md#llamacloudchaterrorbudgetburnfast",
           },
         },
@@ -135,7 +135,7 @@
           labels: { severity: "critical" },
           annotations: {
             summary: "Chat runs are burning the error budget fast (page)" % params("LlamaCloudChatErrorBudgetBurnHigh", []),
-            description: "{{ $labels.job }}: {{ $value | humanizePercentage }} of chat runs failed over the last 6 hours (and the last 30 minutes), over %(burn)s times the error budget of the %(objective)s success objective. At this rate 5%% of a 30-day budget goes every 6 hours." % params("LlamaCloudChatErrorBudgetBurnHigh", []),
+            description: "{{ $labels.job }}, project {{ $labels.project_id }}: {{ $value | humanizePercentage }} of chat runs failed over the last 6 hours (and the last 30 minutes), over %(burn)s times the error budget of the %(objective)s success objective. At this rate 5%% of a 30-day budget goes every 6 hours." % params("LlamaCloudChatErrorBudgetBurnHigh", []),
             runbook_url: "https://github.com/llamacloud/llamacloud-collector/blob/main/docs/runbook.md#llamacloudchaterrorbudgetburnhigh",
           },
         },
@@ -146,7 +146,7 @@
           labels: { severity: "warning" },
           annotations: {
             summary: "Chat runs are burning the error budget (ticket)" % params("LlamaCloudChatErrorBudgetBurnMedium", []),
-            description: "{{ $labels.job }}: {{ $value | humanizePercentage }} of chat runs failed over the last day (and the last 2 hours), over %(burn)s times the error budget of the %(objective)s success objective. At this rate 10%% of a 30-day budget goes every day." % params("LlamaCloudChatErrorBudgetBurnMedium", []),
+            description: "{{ $labels.job }}, project {{ $labels.project_id }}: {{ $value | humanizePercentage }} of chat runs failed over the last day (and the last 2 hours), over %(burn)s times the error budget of the %(objective)s success objective. At this rate 10%% of a 30-day budget goes every day." % params("LlamaCloudChatErrorBudgetBurnMedium", []),
             runbook_url: "https://github.com/llamacloud/llamacloud-collector/blob/main/docs/runbook.md#llamacloudchaterrorbudgetburnmedium",
           },
         },
@@ -157,85 +157,85 @@
           labels: { severity: "warning" },
           annotations: {
             summary: "Chat runs are using up the error budget (ticket)" % params("LlamaCloudChatErrorBudgetBurnSlow", []),
-            description: "{{ $labels.job }}: {{ $value | humanizePercentage }} of chat runs failed over the last 3 days (and the last 6 hours), over %(burn)s times the error budget of the %(objective)s success objective: the 30-day budget will not last the month." % params("LlamaCloudChatErrorBudgetBurnSlow", []),
+            description: "{{ $labels.job }}, project {{ $labels.project_id }}: {{ $value | humanizePercentage }} of chat runs failed over the last 3 days (and the last 6 hours), over %(burn)s times the error budget of the %(objective)s success objective: the 30-day budget will not last the month." % params("LlamaCloudChatErrorBudgetBurnSlow", []),
             runbook_url: "https://github.com/llamacloud/llamacloud-collector/blob/main/docs/runbook.md#llamacloudchaterrorbudgetburnslow",
           },
         },
         {
           alert: "LlamaCloudChatErrorRatioHigh",
-          expr: "(\n  sum by (job) (increase(llamacloud_chat_runs_total{outcome=\"error\"}[%(window)s]))\n  /\n  sum by (job) (increase(llamacloud_chat_runs_total[%(window)s]))\n) > %(threshold)s\nand\nsum by (job) (increase(llamacloud_chat_runs_total[%(window)s])) >= %(min_runs)s\n" % params("LlamaCloudChatErrorRatioHigh", []),
+          expr: "(\n  sum by (job, project_id) (increase(llamacloud_chat_runs_total{outcome=\"error\"}[%(window)s]))\n  /\n  sum by (job, project_id) (increase(llamacloud_chat_runs_total[%(window)s]))\n) > %(threshold)s\nand\nsum by (job, project_id) (increase(llamacloud_chat_runs_total[%(window)s])) >= %(min_runs)s\n" % params("LlamaCloudChatErrorRatioHigh", []),
           'for': $._config['for']["LlamaCloudChatErrorRatioHigh"],
           labels: { severity: "warning" },
           annotations: {
             summary: "Many chat runs are failing" % params("LlamaCloudChatErrorRatioHigh", []),
-            description: "{{ $labels.job }}: {{ $value | humanizePercentage }} of chat runs failed in the last %(window)s (alert above %(threshold)s with at least %(min_runs)s runs)." % params("LlamaCloudChatErrorRatioHigh", []),
+            description: "{{ $labels.job }}, project {{ $labels.project_id }}: {{ $value | humanizePercentage }} of chat runs failed in the last %(window)s (alert above %(threshold)s with at least %(min_runs)s runs)." % params("LlamaCloudChatErrorRatioHigh", []),
             runbook_url: "https://github.com/llamacloud/llamacloud-collector/blob/main/docs/runbook.md#llamacloudchaterrorratiohigh",
           },
         },
         {
           alert: "LlamaCloudChatIndexErrorRatioHigh",
-          expr: "(\n  sum by (job, index_id) (increase(llamacloud_chat_index_runs_total{outcome=\"error\"}[%(window)s]))\n  /\n  sum by (job, index_id) (increase(llamacloud_chat_index_runs_total[%(window)s]))\n) > %(threshold)s\nand\nsum by (job, index_id) (increase(llamacloud_chat_index_runs_total[%(window)s])) >= %(min_runs)s\n" % params("LlamaCloudChatIndexErrorRatioHigh", []),
+          expr: "(\n  sum by (job, project_id, index_id) (increase(llamacloud_chat_index_runs_total{outcome=\"error\"}[%(window)s]))\n  /\n  sum by (job, project_id, index_id) (increase(llamacloud_chat_index_runs_total[%(window)s]))\n) > %(threshold)s\nand\nsum by (job, project_id, index_id) (increase(llamacloud_chat_index_runs_total[%(window)s])) >= %(min_runs)s\n" % params("LlamaCloudChatIndexErrorRatioHigh", []),
           'for': $._config['for']["LlamaCloudChatIndexErrorRatioHigh"],
           labels: { severity: "warning" },
           annotations: {
             summary: "The chat runs of one index are failing (ticket)" % params("LlamaCloudChatIndexErrorRatioHigh", []),
-            description: "{{ $labels.job }}: {{ $value | humanizePercentage }} of the chat runs of sessions bound to index {{ $labels.index_id }} failed in the last %(window)s (alert above %(threshold)s with at least %(min_runs)s runs). _none is the sessions bound to no index, _other the indexes past --label-value-limit." % params("LlamaCloudChatIndexErrorRatioHigh", []),
+            description: "{{ $labels.job }}, project {{ $labels.project_id }}: {{ $value | humanizePercentage }} of the chat runs of sessions bound to index {{ $labels.index_id }} failed in the last %(window)s (alert above %(threshold)s with at least %(min_runs)s runs). _none is the sessions bound to no index, _other the indexes past --label-value-limit." % params("LlamaCloudChatIndexErrorRatioHigh", []),
             runbook_url: "https://github.com/llamacloud/llamacloud-collector/blob/main/docs/runbook.md#llamacloudchatindexerrorratiohigh",
           },
         },
         {
           alert: "LlamaCloudChatSessionLastRunFailed",
-          expr: "max by (job, session_id) (llamacloud_chat_session_last_run_error) == 1" % params("LlamaCloudChatSessionLastRunFailed", []),
+          expr: "max by (job, project_id, session_id) (llamacloud_chat_session_last_run_error) == 1" % params("LlamaCloudChatSessionLastRunFailed", []),
           'for': $._config['for']["LlamaCloudChatSessionLastRunFailed"],
           labels: { severity: "info" },
           annotations: {
             summary: "A chat session's last run failed" % params("LlamaCloudChatSessionLastRunFailed", []),
-            description: "Session {{ $labels.session_id }} ({{ $labels.job }}): its most recent run failed and no run has succeeded since. Its error is in the collector's log (event \"chat run failed\")." % params("LlamaCloudChatSessionLastRunFailed", []),
+            description: "Session {{ $labels.session_id }} ({{ $labels.job }}, project {{ $labels.project_id }}): its most recent run failed and no run has succeeded since. Its error is in the collector's log (event \"chat run failed\")." % params("LlamaCloudChatSessionLastRunFailed", []),
             runbook_url: "https://github.com/llamacloud/llamacloud-collector/blob/main/docs/runbook.md#llamacloudchatsessionlastrunfailed",
-            dashboard_url: "%(grafana)s/d/llamacloud-chat-session/?var-session_id={{ $labels.session_id }}" % params("LlamaCloudChatSessionLastRunFailed", []),
+            dashboard_url: "%(grafana)s/d/llamacloud-chat-session/?var-project={{ $labels.project_id }}&var-session_id={{ $labels.session_id }}" % params("LlamaCloudChatSessionLastRunFailed", []),
           },
         },
         {
           alert: "LlamaCloudChatRunDurationHigh",
-          expr: "(histogram_quantile(0.95, sum by (job, le) (rate(llamacloud_chat_run_duration_seconds_bucket[%(window)s]))) or histogram_quantile(0.95, sum by (job) (rate(llamacloud_chat_run_duration_seconds[%(window)s]))))\n> %(threshold)s\n" % params("LlamaCloudChatRunDurationHigh", []),
+          expr: "(histogram_quantile(0.95, sum by (job, project_id, le) (rate(llamacloud_chat_run_duration_seconds_bucket[%(window)s]))) or histogram_quantile(0.95, sum by (job, project_id) (rate(llamacloud_chat_run_duration_seconds[%(window)s]))))\n> %(threshold)s\n" % params("LlamaCloudChatRunDurationHigh", []),
           'for': $._config['for']["LlamaCloudChatRunDurationHigh"],
           labels: { severity: "warning" },
           annotations: {
             summary: "Chat runs are slow" % params("LlamaCloudChatRunDurationHigh", []),
-            description: "{{ $labels.job }}: the p95 chat-run duration is {{ $value | humanizeDuration }}." % params("LlamaCloudChatRunDurationHigh", []),
+            description: "{{ $labels.job }}, project {{ $labels.project_id }}: the p95 chat-run duration is {{ $value | humanizeDuration }}." % params("LlamaCloudChatRunDurationHigh", []),
             runbook_url: "https://github.com/llamacloud/llamacloud-collector/blob/main/docs/runbook.md#llamacloudchatrundurationhigh",
           },
         },
         {
           alert: "LlamaCloudChatSkippedIndexQueries",
-          expr: "sum by (job, index_id) (increase(llamacloud_chat_skipped_index_queries_total[%(window)s])) >= %(threshold)s" % params("LlamaCloudChatSkippedIndexQueries", []),
+          expr: "sum by (job, project_id, index_id) (increase(llamacloud_chat_skipped_index_queries_total[%(window)s]))\n>= %(threshold)s\n" % params("LlamaCloudChatSkippedIndexQueries", []),
           'for': $._config['for']["LlamaCloudChatSkippedIndexQueries"],
           labels: { severity: "warning" },
           annotations: {
             summary: "Chat runs could not query an index" % params("LlamaCloudChatSkippedIndexQueries", []),
-            description: "{{ $labels.job }}: runs skipped index {{ $labels.index_id }} {{ $value | humanize }} times in %(window)s." % params("LlamaCloudChatSkippedIndexQueries", []),
+            description: "{{ $labels.job }}, project {{ $labels.project_id }}: runs skipped index {{ $labels.index_id }} {{ $value | humanize }} times in %(window)s." % params("LlamaCloudChatSkippedIndexQueries", []),
             runbook_url: "https://github.com/llamacloud/llamacloud-collector/blob/main/docs/runbook.md#llamacloudchatskippedindexqueries",
           },
         },
         {
           alert: "LlamaCloudChatRunStuck",
-          expr: "time() - min by (job) (llamacloud_chat_oldest_run_in_progress_seen_timestamp_seconds) > %(threshold)s" % params("LlamaCloudChatRunStuck", []),
+          expr: "time() - min by (job, project_id) (llamacloud_chat_oldest_run_in_progress_seen_timestamp_seconds)\n> %(threshold)s\n" % params("LlamaCloudChatRunStuck", []),
           'for': $._config['for']["LlamaCloudChatRunStuck"],
           labels: { severity: "warning" },
           annotations: {
             summary: "A chat run has been in progress for a long time" % params("LlamaCloudChatRunStuck", []),
-            description: "{{ $labels.job }}: the oldest unfinished chat run started {{ $value | humanizeDuration }} ago." % params("LlamaCloudChatRunStuck", []),
+            description: "{{ $labels.job }}, project {{ $labels.project_id }}: the oldest unfinished chat run started {{ $value | humanizeDuration }} ago." % params("LlamaCloudChatRunStuck", []),
             runbook_url: "https://github.com/llamacloud/llamacloud-collector/blob/main/docs/runbook.md#llamacloudchatrunstuck",
           },
         },
         {
           alert: "LlamaCloudChatRunawayAgents",
-          expr: "(\n  label_replace(\n    (1 - sum by (job) (increase(llamacloud_chat_run_turns_bucket{le=\"%(le_turns)s\"}[%(window)s])) / sum by (job) (increase(llamacloud_chat_run_turns_count[%(window)s])) or 1 - histogram_fraction(-Inf, %(le_turns)s, sum by (job) (increase(llamacloud_chat_run_turns[%(window)s])))),\n    \"measure\", \"turns\", \"\", \"\"\n  ) > %(threshold)s\n  and on (job)\n  (sum by (job) (increase(llamacloud_chat_run_turns_count[%(window)s])) or histogram_count(sum by (job) (increase(llamacloud_chat_run_turns[%(window)s])))) >= %(min_runs)s\n)\nor\n(\n  label_replace(\n    (1 - sum by (job) (increase(llamacloud_chat_run_tool_calls_bucket{le=\"%(le_tool_calls)s\"}[%(window)s])) / sum by (job) (increase(llamacloud_chat_run_tool_calls_count[%(window)s])) or 1 - histogram_fraction(-Inf, %(le_tool_calls)s, sum by (job) (increase(llamacloud_chat_run_tool_calls[%(window)s])))),\n    \"measure\", \"tool_calls\", \"\", \"\"\n  ) > %(threshold)s\n  and on (job)\n  (sum by (job) (increase(llamacloud_chat_run_tool_calls_count[%(window)s])) or histogram_count(sum by (job) (increase(llamacloud_chat_run_tool_calls[%(window)s])))) >= %(min_runs)s\n)\n" % params("LlamaCloudChatRunawayAgents", ["turns", "tool_calls"]),
+          expr: "(\n  label_replace(\n    (1 - sum by (job, project_id) (increase(llamacloud_chat_run_turns_bucket{le=\"%(le_turns)s\"}[%(window)s])) / sum by (job, project_id) (increase(llamacloud_chat_run_turns_count[%(window)s])) or 1 - histogram_fraction(-Inf, %(le_turns)s, sum by (job, project_id) (increase(llamacloud_chat_run_turns[%(window)s])))),\n    \"measure\", \"turns\", \"\", \"\"\n  ) > %(threshold)s\n  and on (job, project_id)\n  (sum by (job, project_id) (increase(llamacloud_chat_run_turns_count[%(window)s])) or histogram_count(sum by (job, project_id) (increase(llamacloud_chat_run_turns[%(window)s])))) >= %(min_runs)s\n)\nor\n(\n  label_replace(\n    (1 - sum by (job, project_id) (increase(llamacloud_chat_run_tool_calls_bucket{le=\"%(le_tool_calls)s\"}[%(window)s])) / sum by (job, project_id) (increase(llamacloud_chat_run_tool_calls_count[%(window)s])) or 1 - histogram_fraction(-Inf, %(le_tool_calls)s, sum by (job, project_id) (increase(llamacloud_chat_run_tool_calls[%(window)s])))),\n    \"measure\", \"tool_calls\", \"\", \"\"\n  ) > %(threshold)s\n  and on (job, project_id)\n  (sum by (job, project_id) (increase(llamacloud_chat_run_tool_calls_count[%(window)s])) or histogram_count(sum by (job, project_id) (increase(llamacloud_chat_run_tool_calls[%(window)s])))) >= %(min_runs)s\n)\n" % params("LlamaCloudChatRunawayAgents", ["turns", "tool_calls"]),
           'for': $._config['for']["LlamaCloudChatRunawayAgents"],
           labels: { severity: "warning" },
           annotations: {
             summary: "Chat agents are running away (ticket)" % params("LlamaCloudChatRunawayAgents", ["turns", "tool_calls"]),
-            description: "{{ $labels.job }}: {{ $value | humanizePercentage }} of the chat runs finished in the last %(window)s went past the top {{ $labels.measure }} buckets (over %(turns)s turns, or over %(tool_calls)s tool calls, per run; alert above %(threshold)s of at least %(min_runs)s runs). Agents may be looping: they cost tokens and time." % params("LlamaCloudChatRunawayAgents", ["turns", "tool_calls"]),
+            description: "{{ $labels.job }}, project {{ $labels.project_id }}: {{ $value | humanizePercentage }} of the chat runs finished in the last %(window)s went past the top {{ $labels.measure }} buckets (over %(turns)s turns, or over %(tool_calls)s tool calls, per run; alert above %(threshold)s of at least %(min_runs)s runs). Agents may be looping: they cost tokens and time." % params("LlamaCloudChatRunawayAgents", ["turns", "tool_calls"]),
             runbook_url: "https://github.com/llamacloud/llamacloud-collector/blob/main/docs/runbook.md#llamacloudchatrunawayagents",
           },
         },
@@ -285,56 +285,56 @@
         },
         {
           alert: "LlamaCloudCollectorPollStale",
-          expr: "time() - max by (job) (llamacloud_collector_last_success_timestamp_seconds)\n> %(intervals)s * max by (job) (llamacloud_collector_poll_interval_seconds)\n  + max by (job) (llamacloud_collector_listing_pass_duration_seconds\n                  or llamacloud_collector_poll_interval_seconds * 0)\n" % params("LlamaCloudCollectorPollStale", []),
+          expr: "time() - max by (job, project_id) (llamacloud_collector_last_success_timestamp_seconds)\n> max by (job, project_id) (llamacloud_collector_listing_pass_duration_seconds\n                            or llamacloud_collector_last_success_timestamp_seconds * 0)\n  + on (job) group_left ()\n  %(intervals)s * max by (job) (llamacloud_collector_poll_interval_seconds)\n" % params("LlamaCloudCollectorPollStale", []),
           'for': $._config['for']["LlamaCloudCollectorPollStale"],
           labels: { severity: "warning" },
           annotations: {
             summary: "The collector has not completed a successful poll recently" % params("LlamaCloudCollectorPollStale", []),
-            description: "{{ $labels.job }}: the last successful poll was {{ $value | humanizeDuration }} ago, over %(intervals)s poll intervals (llamacloud_collector_poll_interval_seconds) plus one listing pass (llamacloud_collector_listing_pass_duration_seconds)." % params("LlamaCloudCollectorPollStale", []),
+            description: "{{ $labels.job }}, project {{ $labels.project_id }}: the last successful poll was {{ $value | humanizeDuration }} ago, over %(intervals)s poll intervals (llamacloud_collector_poll_interval_seconds) plus one listing pass (llamacloud_collector_listing_pass_duration_seconds)." % params("LlamaCloudCollectorPollStale", []),
             runbook_url: "https://github.com/llamacloud/llamacloud-collector/blob/main/docs/runbook.md#llamacloudcollectorpollstale",
           },
         },
         {
           alert: "LlamaCloudCollectorListingPassSlow",
-          expr: "max by (job) (llamacloud_collector_listing_pass_duration_seconds)\n> %(intervals)s * max by (job) (llamacloud_collector_poll_interval_seconds)\n" % params("LlamaCloudCollectorListingPassSlow", []),
+          expr: "max by (job, project_id) (llamacloud_collector_listing_pass_duration_seconds)\n> on (job) group_left ()\n%(intervals)s * max by (job) (llamacloud_collector_poll_interval_seconds)\n" % params("LlamaCloudCollectorListingPassSlow", []),
           'for': $._config['for']["LlamaCloudCollectorListingPassSlow"],
           labels: { severity: "warning" },
           annotations: {
             summary: "One listing pass takes longer than %(intervals)s poll intervals" % params("LlamaCloudCollectorListingPassSlow", []),
-            description: "{{ $labels.job }}: the last listing pass took {{ $value | humanizeDuration }}, over %(intervals)s poll intervals. Runs are still counted exactly, but a new run shows up only after about one pass plus one interval. See the sizing section of the README: raise --page-size or --max-concurrency, or shard." % params("LlamaCloudCollectorListingPassSlow", []),
+            description: "{{ $labels.job }}, project {{ $labels.project_id }}: the last listing pass took {{ $value | humanizeDuration }}, over %(intervals)s poll intervals. Runs are still counted exactly, but a new run shows up only after about one pass plus one interval. See the sizing section of the README: raise --page-size or --max-concurrency, or shard." % params("LlamaCloudCollectorListingPassSlow", []),
             runbook_url: "https://github.com/llamacloud/llamacloud-collector/blob/main/docs/runbook.md#llamacloudcollectorlistingpassslow",
           },
         },
         {
           alert: "LlamaCloudCollectorCountLagHigh",
-          expr: "max by (job) (job:llamacloud_collector_count_lag_seconds:p99_floor_rate10m)\n>= %(intervals)s * max by (job) (llamacloud_collector_poll_interval_seconds)\n  + max by (job) (llamacloud_collector_listing_pass_duration_seconds\n                  or llamacloud_collector_poll_interval_seconds * 0)\n" % params("LlamaCloudCollectorCountLagHigh", []),
+          expr: "max by (job, project_id) (job:llamacloud_collector_count_lag_seconds:p99_floor_rate10m)\n>= max by (job, project_id) (llamacloud_collector_listing_pass_duration_seconds\n                             or llamacloud_collector_last_success_timestamp_seconds * 0)\n  + on (job) group_left ()\n  %(intervals)s * max by (job) (llamacloud_collector_poll_interval_seconds)\n" % params("LlamaCloudCollectorCountLagHigh", []),
           'for': $._config['for']["LlamaCloudCollectorCountLagHigh"],
           labels: { severity: "warning" },
           annotations: {
             summary: "New runs are counted late" % params("LlamaCloudCollectorCountLagHigh", []),
-            description: "{{ $labels.job }}: 1 in 100 new runs over the last 10 minutes was counted more than {{ $value | humanizeDuration }} after its session last changed (a bound of the lag histogram), at or over the objective of %(intervals)s poll intervals plus one listing pass. Alerts on failing runs fire that much later. See the sizing section of the README: shorten the interval or the pass (--page-size, --max-concurrency, shards)." % params("LlamaCloudCollectorCountLagHigh", []),
+            description: "{{ $labels.job }}, project {{ $labels.project_id }}: 1 in 100 new runs over the last 10 minutes was counted more than {{ $value | humanizeDuration }} after its session last changed (a bound of the lag histogram), at or over the objective of %(intervals)s poll intervals plus one listing pass. Alerts on failing runs fire that much later. See the sizing section of the README: shorten the interval or the pass (--page-size, --max-concurrency, shards)." % params("LlamaCloudCollectorCountLagHigh", []),
             runbook_url: "https://github.com/llamacloud/llamacloud-collector/blob/main/docs/runbook.md#llamacloudcollectorcountlaghigh",
           },
         },
         {
           alert: "LlamaCloudCollectorSessionsFailing",
-          expr: "max by (job) (llamacloud_collector_sessions_failing) > 0" % params("LlamaCloudCollectorSessionsFailing", []),
+          expr: "max by (job, project_id) (llamacloud_collector_sessions_failing) > 0" % params("LlamaCloudCollectorSessionsFailing", []),
           'for': $._config['for']["LlamaCloudCollectorSessionsFailing"],
           labels: { severity: "warning" },
           annotations: {
             summary: "Some sessions keep failing on their own" % params("LlamaCloudCollectorSessionsFailing", []),
-            description: "{{ $labels.job }}: {{ $value }} sessions could not be read for 30 minutes while the API answered the others. They are retried with backoff (at most every 10 intervals) and counted exactly once they recover; the log line \"session failing\" names each one." % params("LlamaCloudCollectorSessionsFailing", []),
+            description: "{{ $labels.job }}, project {{ $labels.project_id }}: {{ $value }} sessions could not be read for 30 minutes while the API answered the others. They are retried with backoff (at most every 10 intervals) and counted exactly once they recover; the log line \"session failing\" names each one." % params("LlamaCloudCollectorSessionsFailing", []),
             runbook_url: "https://github.com/llamacloud/llamacloud-collector/blob/main/docs/runbook.md#llamacloudcollectorsessionsfailing",
           },
         },
         {
           alert: "LlamaCloudCollectorApiErrors",
-          expr: "sum by (job) (rate(llamacloud_collector_api_requests_total{code!~\"2..|404\"}[%(window)s]))\n/\nsum by (job) (rate(llamacloud_collector_api_requests_total[%(window)s]))\n> %(threshold)s\nor\nmax by (job) (llamacloud_collector_up) == 0\n" % params("LlamaCloudCollectorApiErrors", []),
+          expr: "sum by (job) (rate(llamacloud_collector_api_requests_total{code!~\"2..|404\"}[%(window)s]))\n/\nsum by (job) (rate(llamacloud_collector_api_requests_total[%(window)s]))\n> %(threshold)s\nor\nmax by (job, project_id) (llamacloud_collector_up) == 0\n" % params("LlamaCloudCollectorApiErrors", []),
           'for': $._config['for']["LlamaCloudCollectorApiErrors"],
           labels: { severity: "warning" },
           annotations: {
             summary: "The LlamaCloud API is failing for the collector" % params("LlamaCloudCollectorApiErrors", []),
-            description: "{{ $labels.job }}: the LlamaCloud API answers with errors or cannot be reached." % params("LlamaCloudCollectorApiErrors", []),
+            description: "{{ $labels.job }}{{ with $labels.project_id }}, project {{ . }}{{ end }}: the LlamaCloud API answers with errors or cannot be reached. With a project named, that project's last poll could not reach it; without, over %(threshold)s of all requests (every project's together) failed over %(window)s." % params("LlamaCloudCollectorApiErrors", []),
             runbook_url: "https://github.com/llamacloud/llamacloud-collector/blob/main/docs/runbook.md#llamacloudcollectorapierrors",
           },
         },
@@ -345,7 +345,7 @@
           labels: { severity: "critical" },
           annotations: {
             summary: "The LlamaCloud API refuses the collector's key" % params("LlamaCloudCollectorAuthFailing", []),
-            description: "{{ $labels.job }}: the API answered 401/403. Check the LLAMA_CLOUD_API_KEY secret and its project." % params("LlamaCloudCollectorAuthFailing", []),
+            description: "{{ $labels.job }}: the API answered 401/403. Check the LLAMA_CLOUD_API_KEY secret and its projects (requests are counted for every project together: llamacloud_collector_up by project_id, and the poll cycle log lines, which carry project_id, show which project it cannot read)." % params("LlamaCloudCollectorAuthFailing", []),
             runbook_url: "https://github.com/llamacloud/llamacloud-collector/blob/main/docs/runbook.md#llamacloudcollectorauthfailing",
           },
         },
@@ -383,39 +383,39 @@
         "rules": [
           {
             "record": "job:llamacloud_chat_run_errors_per_llamacloud_chat_runs:ratio_rate5m",
-            "expr": "sum by (job) (rate(llamacloud_chat_runs_total{outcome=\"error\"}[5m]))\n/\nsum by (job) (rate(llamacloud_chat_runs_total[5m]))\n"
+            "expr": "sum by (job, project_id) (rate(llamacloud_chat_runs_total{outcome=\"error\"}[5m]))\n/\nsum by (job, project_id) (rate(llamacloud_chat_runs_total[5m]))\n"
           },
           {
             "record": "job:llamacloud_chat_run_errors_per_llamacloud_chat_runs:ratio_rate30m",
-            "expr": "sum by (job) (rate(llamacloud_chat_runs_total{outcome=\"error\"}[30m]))\n/\nsum by (job) (rate(llamacloud_chat_runs_total[30m]))\n"
+            "expr": "sum by (job, project_id) (rate(llamacloud_chat_runs_total{outcome=\"error\"}[30m]))\n/\nsum by (job, project_id) (rate(llamacloud_chat_runs_total[30m]))\n"
           },
           {
             "record": "job:llamacloud_chat_run_errors_per_llamacloud_chat_runs:ratio_rate1h",
-            "expr": "sum by (job) (rate(llamacloud_chat_runs_total{outcome=\"error\"}[1h]))\n/\nsum by (job) (rate(llamacloud_chat_runs_total[1h]))\n"
+            "expr": "sum by (job, project_id) (rate(llamacloud_chat_runs_total{outcome=\"error\"}[1h]))\n/\nsum by (job, project_id) (rate(llamacloud_chat_runs_total[1h]))\n"
           },
           {
             "record": "job:llamacloud_chat_run_errors_per_llamacloud_chat_runs:ratio_rate2h",
-            "expr": "sum by (job) (rate(llamacloud_chat_runs_total{outcome=\"error\"}[2h]))\n/\nsum by (job) (rate(llamacloud_chat_runs_total[2h]))\n"
+            "expr": "sum by (job, project_id) (rate(llamacloud_chat_runs_total{outcome=\"error\"}[2h]))\n/\nsum by (job, project_id) (rate(llamacloud_chat_runs_total[2h]))\n"
           },
           {
             "record": "job:llamacloud_chat_run_errors_per_llamacloud_chat_runs:ratio_rate6h",
-            "expr": "sum by (job) (rate(llamacloud_chat_runs_total{outcome=\"error\"}[6h]))\n/\nsum by (job) (rate(llamacloud_chat_runs_total[6h]))\n"
+            "expr": "sum by (job, project_id) (rate(llamacloud_chat_runs_total{outcome=\"error\"}[6h]))\n/\nsum by (job, project_id) (rate(llamacloud_chat_runs_total[6h]))\n"
           },
           {
             "record": "job_index_id:llamacloud_chat_index_run_errors_per_llamacloud_chat_index_runs:ratio_rate30m",
-            "expr": "sum by (job, index_id) (rate(llamacloud_chat_index_runs_total{outcome=\"error\"}[30m]))\n/\n(sum by (job, index_id) (rate(llamacloud_chat_index_runs_total[30m])) > 0)\n"
+            "expr": "sum by (job, project_id, index_id) (rate(llamacloud_chat_index_runs_total{outcome=\"error\"}[30m]))\n/\n(sum by (job, project_id, index_id) (rate(llamacloud_chat_index_runs_total[30m])) > 0)\n"
           },
           {
             "record": "job:llamacloud_collector_count_lag_seconds:p50_rate10m",
-            "expr": "(histogram_quantile(0.5, sum by (job, le) (rate(llamacloud_collector_count_lag_seconds_bucket[10m]))) or histogram_quantile(0.5, sum by (job) (rate(llamacloud_collector_count_lag_seconds[10m]))))\n"
+            "expr": "(histogram_quantile(0.5, sum by (job, project_id, le) (rate(llamacloud_collector_count_lag_seconds_bucket[10m]))) or histogram_quantile(0.5, sum by (job, project_id) (rate(llamacloud_collector_count_lag_seconds[10m]))))\n"
           },
           {
             "record": "job:llamacloud_collector_count_lag_seconds:p90_rate10m",
-            "expr": "(histogram_quantile(0.9, sum by (job, le) (rate(llamacloud_collector_count_lag_seconds_bucket[10m]))) or histogram_quantile(0.9, sum by (job) (rate(llamacloud_collector_count_lag_seconds[10m]))))\n"
+            "expr": "(histogram_quantile(0.9, sum by (job, project_id, le) (rate(llamacloud_collector_count_lag_seconds_bucket[10m]))) or histogram_quantile(0.9, sum by (job, project_id) (rate(llamacloud_collector_count_lag_seconds[10m]))))\n"
           },
           {
             "record": "job:llamacloud_collector_count_lag_seconds:p99_rate10m",
-            "expr": "(histogram_quantile(0.99, sum by (job, le) (rate(llamacloud_collector_count_lag_seconds_bucket[10m]))) or histogram_quantile(0.99, sum by (job) (rate(llamacloud_collector_count_lag_seconds[10m]))))\n"
+            "expr": "(histogram_quantile(0.99, sum by (job, project_id, le) (rate(llamacloud_collector_count_lag_seconds_bucket[10m]))) or histogram_quantile(0.99, sum by (job, project_id) (rate(llamacloud_collector_count_lag_seconds[10m]))))\n"
           },
           {
             "record": "job:llamacloud_collector_count_lag_seconds:p99_floor_rate10m",
@@ -429,11 +429,11 @@
         "rules": [
           {
             "record": "job:llamacloud_chat_run_errors_per_llamacloud_chat_runs:ratio_rate1d",
-            "expr": "sum by (job) (rate(llamacloud_chat_runs_total{outcome=\"error\"}[1d]))\n/\nsum by (job) (rate(llamacloud_chat_runs_total[1d]))\n"
+            "expr": "sum by (job, project_id) (rate(llamacloud_chat_runs_total{outcome=\"error\"}[1d]))\n/\nsum by (job, project_id) (rate(llamacloud_chat_runs_total[1d]))\n"
           },
           {
             "record": "job:llamacloud_chat_run_errors_per_llamacloud_chat_runs:ratio_rate3d",
-            "expr": "sum by (job) (rate(llamacloud_chat_runs_total{outcome=\"error\"}[3d]))\n/\nsum by (job) (rate(llamacloud_chat_runs_total[3d]))\n"
+            "expr": "sum by (job, project_id) (rate(llamacloud_chat_runs_total{outcome=\"error\"}[3d]))\n/\nsum by (job, project_id) (rate(llamacloud_chat_runs_total[3d]))\n"
           }
         ]
       }

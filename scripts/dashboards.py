@@ -8,9 +8,21 @@ from scripts.rules import INDEX_RATIO, RATIO, hist_buckets, hist_mean, hist_quan
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 J = 'job=~"$job", instance=~"$instance"'
-JM = ['job=~"$job"', 'instance=~"$instance"']
-"""``J`` as matchers, for the histogram queries of scripts/rules.py (each in the classic-or-native form)."""
+"""The matchers of a global family (no project_id: the API's, the shard gauges, the interval, process_*)."""
+P = 'project_id=~"$project"'
+JP = f"{J}, {P}"
+"""The matchers of a per-project family (every chat family, the per-project self-metrics): the selected
+projects. Each query over one keeps project_id in its ``by``, so a panel shows one line or row per project
+(tests/test_dashboards.py fails on one that does not)."""
+JM = ['job=~"$job"', 'instance=~"$instance"', P]
+"""``JP`` as matchers, for the histogram queries of scripts/rules.py (each in the classic-or-native form)."""
+JG = ['job=~"$job"', 'instance=~"$instance"']
+"""``J`` as matchers, for the histogram queries of a global family."""
+R = f'job=~"$job", {P}'
+"""The matchers of a recorded series: its rule keeps job and project_id, not instance."""
 RI = "$__rate_interval"
+LEGEND = "{{project_id}}"
+"""The legend of a per-project line or value: its project."""
 TAG = "llamacloud"
 
 
@@ -63,7 +75,7 @@ def stat(
         title,
         description,
         unit,
-        [q(expr, instant=True)],
+        [q(expr, LEGEND if "by (project_id)" in expr else "", instant=True)],  # a value per project, named
         w=kw.pop("w", 4),
         h=kw.pop("h", 4),
         panel_options={"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "value"},
@@ -83,7 +95,9 @@ def table(title: str, description: str, expr: str, **kw: Any) -> dict[str, Any]:
         description,
         kw.pop("unit", "short"),
         [q(expr, instant=True, fmt="table")],
-        transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}],
+        transformations=[
+            {"id": "organize", "options": {"excludeByName": {"Time": True}, "renameByName": {"project_id": "Project"}}}
+        ],
         **kw,
     )
 
@@ -92,16 +106,21 @@ def by_index() -> dict[str, Any]:
     """One row per index: runs in the range, the recorded 30m error ratio, and its most frequent error type."""
     window = load_spec()["index_ratio_window"]
     targets = [
-        q(f"sum by (index_id) (increase(llamacloud_chat_index_runs_total{{{J}}}[$__range]))", instant=True, fmt="table"),
-        q(f'max by (index_id) ({INDEX_RATIO}{window}{{job=~"$job"}})', instant=True, fmt="table"),
         q(
-            f"topk by (index_id) (1, sum by (index_id, error_type) "
-            f"(increase(llamacloud_chat_index_run_errors_total{{{J}}}[$__range])))",
+            f"sum by (project_id, index_id) (increase(llamacloud_chat_index_runs_total{{{JP}}}[$__range]))",
+            instant=True,
+            fmt="table",
+        ),
+        q(f"max by (project_id, index_id) ({INDEX_RATIO}{window}{{{R}}})", instant=True, fmt="table"),
+        q(
+            f"topk by (project_id, index_id) (1, sum by (project_id, index_id, error_type) "
+            f"(increase(llamacloud_chat_index_run_errors_total{{{JP}}}[$__range])))",
             instant=True,
             fmt="table",
         ),
     ]
     names = {
+        "project_id": "Project",
         "index_id": "Index",
         "Value #A": "Runs (range)",
         "Value #B": f"Error ratio ({window})",
@@ -120,7 +139,7 @@ def by_index() -> dict[str, Any]:
         "table",
         "By index",
         "Runs, error ratio and top error type of each index its sessions are bound "
-        "to (a session bound to two counts under both; _none: bound to none; _other: past "
+        "to, per project (a session bound to two counts under both; _none: bound to none; _other: past "
         "--label-value-limit). Red from 20%, as LlamaCloudChatIndexErrorRatioHigh.",
         "short",
         targets,
@@ -144,7 +163,7 @@ def runaway() -> dict[str, Any]:
     params = alert["params"]
 
     def share(family: str, bound: float, legend: str) -> dict[str, Any]:
-        return q(hist_share_above(family, le(bound), matchers=JM, window=RI), legend)
+        return q(hist_share_above(family, le(bound), "project_id", JM, RI), f"{{{{project_id}}}} {legend}")
 
     return series(
         "Runaway runs",
@@ -194,11 +213,24 @@ def _query_variable(name: str, query: str) -> dict[str, Any]:
     }
 
 
+PROJECT_REGEX = r'/project_id="(?<value>[^"]+)"(?:.*project_name="(?<text>[^"]*)")?/'
+"""The ``project`` variable's options from each ``llamacloud_project_info`` series as Grafana's
+``query_result`` writes it (``name{label="value",...} value timestamp``, labels sorted, so project_id comes
+before project_name): the value is the project's ID, the text its name (the ID when it has none)."""
+
+
+def project_variable() -> dict[str, Any]:
+    """The watched projects, shown by name, selected by ID (``project_id=~"$project"``); All is ``.*``, which
+    also matches the self-metrics of a default project not named yet (no project_id for a moment)."""
+    query = f"query_result(llamacloud_project_info{{{J}}})"
+    return {**_query_variable("project", query), "regex": PROJECT_REGEX}
+
+
 def variables(extra: list[dict] | None = None) -> dict[str, Any]:
     source = {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus", "current": {}, "hide": 0}
     job = _query_variable("job", "label_values(llamacloud_collector_build_info, job)")
     instance = _query_variable("instance", 'label_values(llamacloud_collector_build_info{job=~"$job"}, instance)')
-    return {"list": [source, job, instance, *(extra or [])]}
+    return {"list": [source, job, instance, project_variable(), *(extra or [])]}
 
 
 def dashboard(uid: str, title: str, description: str, panels: list[dict], extra_vars: list[dict] | None = None) -> dict[str, Any]:
@@ -232,8 +264,8 @@ def dashboard(uid: str, title: str, description: str, panels: list[dict], extra_
 
 YES_NO = [{"type": "value", "options": {"0": {"text": "no"}, "1": {"text": "yes"}}}]
 UP_DOWN = [{"type": "value", "options": {"0": {"text": "down"}, "1": {"text": "up"}}}]
-RUNS = f"llamacloud_chat_runs_total{{{J}}}"
-ERRS = f'llamacloud_chat_runs_total{{{J}, outcome="error"}}'
+RUNS = f"llamacloud_chat_runs_total{{{JP}}}"
+ERRS = f'llamacloud_chat_runs_total{{{JP}, outcome="error"}}'
 OBJECTIVE = load_spec()["objective"]
 """The SLO objective the rules are generated with: the dashboards' default and their colours."""
 BUDGET = round(1 - OBJECTIVE, 6)
@@ -249,81 +281,90 @@ BURN = steps("green", (1, "yellow"), (6, "orange"), (14.4, "red"))
 """Burn rate: the SRE workbook's alert levels (tickets from 1x and 3x, pages from 6x and 14.4x)."""
 
 
-def quantiles(metric: str, by: str = "", unit: str = "s") -> list[dict]:
-    suffix = f" {{{{{by}}}}}" if by else ""
+def legend(*labels: str) -> str:
+    """A per-project legend: the project, then ``labels`` (``{{project_id}} {{outcome}}``)."""
+    return " ".join([LEGEND, *(f"{{{{{label}}}}}" for label in labels)])
+
+
+def quantiles(metric: str) -> list[dict]:
     return [
-        q(
-            hist_quantile(p, metric, by, JM, RI),
-            f"p{int(p * 100)}{suffix}",
-            exemplar=True,
-        )
-        for p in (0.5, 0.95, 0.99)
+        q(hist_quantile(p, metric, "project_id", JM, RI), f"p{int(p * 100)} {LEGEND}", exemplar=True) for p in (0.5, 0.95, 0.99)
     ]
 
 
 def overview() -> dict[str, Any]:
     panels = [
-        stat("Runs (range)", "Finished chat runs in the selected range.", "short", f"sum(increase({RUNS}[$__range]))", NEUTRAL),
+        stat(
+            "Runs (range)",
+            "Finished chat runs in the selected range, per project.",
+            "short",
+            f"sum by (project_id) (increase({RUNS}[$__range]))",
+            NEUTRAL,
+        ),
         stat(
             "Error ratio (range)",
-            f"Share of finished runs that failed in the selected range. Red above the "
+            f"Share of finished runs that failed in the selected range, per project. Red above the "
             f"error budget of the {OBJECTIVE} objective ({BUDGET:.2%}).",
             "percentunit",
-            f"sum(increase({ERRS}[$__range])) / sum(increase({RUNS}[$__range]))",
+            f"sum by (project_id) (increase({ERRS}[$__range])) / sum by (project_id) (increase({RUNS}[$__range]))",
             steps("green", (BUDGET, "red")),
         ),
         stat(
             "Error budget burn (1h)",
             "How many times faster than the SLO allows the error budget burns, over "
-            "the last hour (error ratio / (1 - SLO)). 14.4 and 6 page, 3 and 1 open tickets.",
+            "the last hour (error ratio / (1 - SLO)), per project. 14.4 and 6 page, 3 and 1 open tickets.",
             "x",
-            f'max({RATIO}1h{{job=~"$job"}}) / (1 - $slo)',
+            f"max by (project_id) ({RATIO}1h{{{R}}}) / (1 - $slo)",
             BURN,
         ),
         stat(
             "Runs in progress",
-            "Sessions whose history ends in an unfinished run.",
+            "Sessions whose history ends in an unfinished run, per project.",
             "short",
-            f"sum(llamacloud_chat_runs_in_progress{{{J}}})",
+            f"sum by (project_id) (llamacloud_chat_runs_in_progress{{{JP}}})",
             NEUTRAL,
         ),
         stat(
             "Oldest run in progress",
-            "How long the oldest unfinished run has been running, from when the "
+            "How long the oldest unfinished run of each project has been running, from when the "
             "collector first saw it. Red from 30 minutes, as LlamaCloudChatRunStuck.",
             "s",
-            f"time() - min(llamacloud_chat_oldest_run_in_progress_seen_timestamp_seconds{{{J}}})",
+            f"time() - min by (project_id) (llamacloud_chat_oldest_run_in_progress_seen_timestamp_seconds{{{JP}}})",
             steps("green", (600, "yellow"), (1800, "red")),
         ),
         stat(
             "Tokens (range)",
-            "Input plus output tokens of runs finished in the range.",
+            "Input plus output tokens of runs finished in the range, per project.",
             "short",
-            f"sum(increase(llamacloud_chat_tokens_total{{{J}}}[$__range]))",
+            f"sum by (project_id) (increase(llamacloud_chat_tokens_total{{{JP}}}[$__range]))",
             NEUTRAL,
         ),
         series(
             "Runs per minute by outcome",
-            "Finished chat runs per minute, success and error. Exemplars (the "
+            "Finished chat runs per minute, success and error, per project. Exemplars (the "
             "dots) name a session of each outcome: click one to open it in the session drill-down.",
             "cpm",
-            q(f"sum by (outcome) (rate({RUNS}[{RI}])) * 60", "{{outcome}}", exemplar=True),
+            q(f"sum by (project_id, outcome) (rate({RUNS}[{RI}])) * 60", legend("outcome"), exemplar=True),
             w=12,
         ),
         series(
             "Error ratio against the SLO",
-            "Share of runs that failed, against the error budget line "
+            "Share of runs that failed, per project, against the error budget line "
             "1 - SLO, and the 1h and 6h ratios the burn-rate alerts read.",
             "percentunit",
-            q(f"sum(rate({ERRS}[{RI}])) / sum(rate({RUNS}[{RI}]))", "error ratio", exemplar=True),
-            q(f'max({RATIO}1h{{job=~"$job"}})', "1h (alerts)"),
-            q(f'max({RATIO}6h{{job=~"$job"}})', "6h (alerts)"),
+            q(
+                f"sum by (project_id) (rate({ERRS}[{RI}])) / sum by (project_id) (rate({RUNS}[{RI}]))",
+                f"{LEGEND} error ratio",
+                exemplar=True,
+            ),
+            q(f"max by (project_id) ({RATIO}1h{{{R}}})", f"{LEGEND} 1h (alerts)"),
+            q(f"max by (project_id) ({RATIO}6h{{{R}}})", f"{LEGEND} 6h (alerts)"),
             q("1 - $slo", "error budget (1 - SLO)"),
             w=12,
         ),
         series(
             "Run duration p50 / p95 / p99",
-            "Quantiles of finished-run duration.",
+            "Quantiles of finished-run duration, per project.",
             "s",
             *quantiles("llamacloud_chat_run_duration_seconds"),
             w=12,
@@ -331,7 +372,7 @@ def overview() -> dict[str, Any]:
         panel(
             "heatmap",
             "Run duration heatmap",
-            "Distribution of finished-run durations.",
+            "Distribution of finished-run durations of the selected projects together (select one project to see its own).",
             "s",
             [q(hist_buckets("llamacloud_chat_run_duration_seconds", JM, RI), "{{le}}", fmt="heatmap")],
             w=12,
@@ -339,64 +380,80 @@ def overview() -> dict[str, Any]:
         ),
         series(
             "Tokens per minute",
-            "Input and output tokens per minute of finished runs.",
+            "Input and output tokens per minute of finished runs, per project.",
             "short",
-            q(f"sum by (token_type) (rate(llamacloud_chat_tokens_total{{{J}}}[{RI}])) * 60", "{{token_type}}"),
+            q(f"sum by (project_id, token_type) (rate(llamacloud_chat_tokens_total{{{JP}}}[{RI}])) * 60", legend("token_type")),
             w=12,
         ),
         series(
             "Tokens per run",
-            "Mean and p95 tokens per run, input and output.",
+            "Mean and p95 tokens per run, input and output, per project.",
             "short",
-            q(hist_mean("llamacloud_chat_run_tokens", "token_type", JM, RI), "mean {{token_type}}"),
-            q(hist_quantile(0.95, "llamacloud_chat_run_tokens", "token_type", JM, RI), "p95 {{token_type}}"),
+            q(hist_mean("llamacloud_chat_run_tokens", "project_id, token_type", JM, RI), f"mean {legend('token_type')}"),
+            q(
+                hist_quantile(0.95, "llamacloud_chat_run_tokens", "project_id, token_type", JM, RI),
+                f"p95 {legend('token_type')}",
+            ),
             w=12,
         ),
         series(
             "Turns per run",
-            "Mean and p95 turns per finished run.",
+            "Mean and p95 turns per finished run, per project.",
             "short",
-            q(hist_mean("llamacloud_chat_run_turns", "", JM, RI), "mean"),
-            q(hist_quantile(0.95, "llamacloud_chat_run_turns", "", JM, RI), "p95"),
+            q(hist_mean("llamacloud_chat_run_turns", "project_id", JM, RI), f"mean {LEGEND}"),
+            q(hist_quantile(0.95, "llamacloud_chat_run_turns", "project_id", JM, RI), f"p95 {LEGEND}"),
             w=12,
         ),
         runaway(),
         series(
             "Tool calls by tool",
-            "Tool calls per minute by tool.",
+            "Tool calls per minute by tool, per project.",
             "cpm",
-            q(f"sum by (tool) (rate(llamacloud_chat_tool_calls_total{{{J}}}[{RI}])) * 60", "{{tool}}"),
+            q(f"sum by (project_id, tool) (rate(llamacloud_chat_tool_calls_total{{{JP}}}[{RI}])) * 60", legend("tool")),
         ),
         series(
             "Tool calls left without a result",
-            "Tool calls per minute that got no tool_result in their run.",
+            "Tool calls per minute that got no tool_result in their run, per project.",
             "cpm",
-            q(f'sum by (tool) (rate(llamacloud_chat_tool_calls_total{{{J}, outcome="no_result"}}[{RI}])) * 60', "{{tool}}"),
+            q(
+                f'sum by (project_id, tool) (rate(llamacloud_chat_tool_calls_total{{{JP}, outcome="no_result"}}[{RI}])) * 60',
+                legend("tool"),
+            ),
         ),
         series(
             "Skipped index queries by index",
-            "Index queries runs could not make, per index.",
+            "Index queries runs could not make, per project and index.",
             "short",
-            q(f"sum by (index_id) (increase(llamacloud_chat_skipped_index_queries_total{{{J}}}[{RI}]))", "{{index_id}}"),
+            q(
+                f"sum by (project_id, index_id) (increase(llamacloud_chat_skipped_index_queries_total{{{JP}}}[{RI}]))",
+                legend("index_id"),
+            ),
         ),
         series(
             "Errors by type",
-            "Failed runs per minute by classified error type; the exemplars are failed runs: click one to open its session.",
+            "Failed runs per minute by classified error type, per project; the exemplars are failed runs: click one "
+            "to open its session.",
             "cpm",
-            q(f"sum by (error_type) (rate(llamacloud_chat_run_errors_total{{{J}}}[{RI}])) * 60", "{{error_type}}"),
-            q(f"sum(rate({ERRS}[{RI}])) * 60", "all failed runs", exemplar=True),
+            q(
+                f"sum by (project_id, error_type) (rate(llamacloud_chat_run_errors_total{{{JP}}}[{RI}])) * 60",
+                legend("error_type"),
+            ),
+            q(f"sum by (project_id) (rate({ERRS}[{RI}])) * 60", f"{LEGEND} all failed runs", exemplar=True),
             w=12,
         ),
         series(
             "Runs in progress",
-            "Unfinished runs, and the age of the oldest.",
+            "Unfinished runs, and the age of the oldest, per project.",
             "short",
-            q(f"sum(llamacloud_chat_runs_in_progress{{{J}}})", "in progress"),
-            q(f"time() - min(llamacloud_chat_oldest_run_in_progress_seen_timestamp_seconds{{{J}}})", "oldest (s)"),
+            q(f"sum by (project_id) (llamacloud_chat_runs_in_progress{{{JP}}})", f"{LEGEND} in progress"),
+            q(
+                f"time() - min by (project_id) (llamacloud_chat_oldest_run_in_progress_seen_timestamp_seconds{{{JP}}})",
+                f"{LEGEND} oldest (s)",
+            ),
             w=12,
             overrides=[
                 {
-                    "matcher": {"id": "byName", "options": "oldest (s)"},
+                    "matcher": {"id": "byRegexp", "options": ".* oldest \\(s\\)$"},
                     "properties": [{"id": "unit", "value": "s"}, {"id": "custom.axisPlacement", "value": "right"}],
                 }
             ],
@@ -404,15 +461,16 @@ def overview() -> dict[str, Any]:
         by_index(),
         table(
             "Top sessions by errors",
-            "Sessions with the most failed runs in the range.",
-            f'topk(10, sum by (session_id) (increase(llamacloud_chat_session_runs_total{{{J}, outcome="error"}}[$__range])))',
+            "Sessions with the most failed runs in the range, with their project.",
+            "topk(10, sum by (project_id, session_id) "
+            f'(increase(llamacloud_chat_session_runs_total{{{JP}, outcome="error"}}[$__range])))',
             w=12,
             h=9,
         ),
         table(
             "Top sessions by tokens",
-            "Sessions that used the most tokens in the range.",
-            f"topk(10, sum by (session_id) (increase(llamacloud_chat_session_tokens_total{{{J}}}[$__range])))",
+            "Sessions that used the most tokens in the range, with their project.",
+            f"topk(10, sum by (project_id, session_id) (increase(llamacloud_chat_session_tokens_total{{{JP}}}[$__range])))",
             w=12,
             h=9,
         ),
@@ -420,28 +478,28 @@ def overview() -> dict[str, Any]:
     return dashboard(
         "llamacloud-chat-overview",
         "LlamaCloud chat / Overview",
-        "Chat runs, errors against the SLO, duration, tokens, tools and skipped indexes.",
+        "Chat runs, errors against the SLO, duration, tokens, tools and skipped indexes, per project.",
         panels,
         [SLO],
     )
 
 
 def session() -> dict[str, Any]:
-    s = f'{J}, session_id="$session_id"'
+    s = f'{JP}, session_id="$session_id"'
     var = {
         "name": "session_id",
         "label": "session",
         "type": "query",
         "datasource": DS,
         "refresh": 2,
-        "query": {"query": f"label_values(llamacloud_chat_session_info{{{J}}}, session_id)", "refId": "s"},
-        "definition": f"label_values(llamacloud_chat_session_info{{{J}}}, session_id)",
+        "query": {"query": f"label_values(llamacloud_chat_session_info{{{JP}}}, session_id)", "refId": "s"},
+        "definition": f"label_values(llamacloud_chat_session_info{{{JP}}}, session_id)",
         "sort": 1,
     }
     panels = [
         table(
             "Session info",
-            "Access, bound indexes (and title with --expose-titles).",
+            "Project, access, bound indexes (and title with --expose-titles).",
             f"llamacloud_chat_session_info{{{s}}}",
             w=24,
             h=4,
@@ -451,35 +509,35 @@ def session() -> dict[str, Any]:
             "Duration of the session's most recent run (job_metadata). Yellow from 60 s, "
             "red from 120 s, as LlamaCloudChatRunDurationHigh.",
             "s",
-            f"max(llamacloud_chat_session_last_run_duration_seconds{{{s}}})",
+            f"max by (project_id) (llamacloud_chat_session_last_run_duration_seconds{{{s}}})",
             steps("green", (60, "yellow"), (120, "red")),
         ),
         stat(
             "Last run input tokens",
             "Input tokens of the most recent run.",
             "short",
-            f'max(llamacloud_chat_session_last_run_tokens{{{s}, token_type="input"}})',
+            f'max by (project_id) (llamacloud_chat_session_last_run_tokens{{{s}, token_type="input"}})',
             NEUTRAL,
         ),
         stat(
             "Last run output tokens",
             "Output tokens of the most recent run.",
             "short",
-            f'max(llamacloud_chat_session_last_run_tokens{{{s}, token_type="output"}})',
+            f'max by (project_id) (llamacloud_chat_session_last_run_tokens{{{s}, token_type="output"}})',
             NEUTRAL,
         ),
         stat(
             "Last run turns",
             "Turns of the most recent run.",
             "short",
-            f"max(llamacloud_chat_session_last_run_turns{{{s}}})",
+            f"max by (project_id) (llamacloud_chat_session_last_run_turns{{{s}}})",
             NEUTRAL,
         ),
         stat(
             "Last run failed",
             "Whether the most recent run failed: red when it did.",
             "none",
-            f"max(llamacloud_chat_session_last_run_error{{{s}}})",
+            f"max by (project_id) (llamacloud_chat_session_last_run_error{{{s}}})",
             steps("green", (1, "red")),
             YES_NO,
         ),
@@ -487,28 +545,31 @@ def session() -> dict[str, Any]:
             "Last updated",
             "When the session last changed upstream.",
             "dateTimeFromNow",
-            f"max(llamacloud_chat_session_last_updated_timestamp_seconds{{{s}}}) * 1000",
+            f"max by (project_id) (llamacloud_chat_session_last_updated_timestamp_seconds{{{s}}}) * 1000",
             NEUTRAL,
         ),
         series(
             "Runs over time",
             "Finished runs of the session by outcome.",
             "short",
-            q(f"sum by (outcome) (increase(llamacloud_chat_session_runs_total{{{s}}}[{RI}]))", "{{outcome}}"),
+            q(f"sum by (project_id, outcome) (increase(llamacloud_chat_session_runs_total{{{s}}}[{RI}]))", "{{outcome}}"),
             w=12,
         ),
         series(
             "Tokens over time",
             "Tokens used by the session's finished runs.",
             "short",
-            q(f"sum by (token_type) (increase(llamacloud_chat_session_tokens_total{{{s}}}[{RI}]))", "{{token_type}}"),
+            q(
+                f"sum by (project_id, token_type) (increase(llamacloud_chat_session_tokens_total{{{s}}}[{RI}]))",
+                "{{token_type}}",
+            ),
             w=12,
         ),
         series(
             "Runs (cumulative)",
             "Finished runs of the session since the collector started counting.",
             "short",
-            q(f"sum by (outcome) (llamacloud_chat_session_runs_total{{{s}}})", "{{outcome}}"),
+            q(f"sum by (project_id, outcome) (llamacloud_chat_session_runs_total{{{s}}})", "{{outcome}}"),
             w=24,
         ),
     ]
@@ -526,25 +587,27 @@ def health() -> dict[str, Any]:
     panels = [
         stat(
             "Up",
-            "Whether the last poll reached the API and it answered (lowest across instances): red when it did not.",
+            "Whether the last poll of each project reached the API and it answered (lowest across instances): red "
+            "when it did not.",
             "none",
-            f"min(llamacloud_collector_up{{{J}}})",
+            f"min by (project_id) (llamacloud_collector_up{{{JP}}})",
             steps("red", (1, "green")),
             UP_DOWN,
         ),
         stat(
             "Since last successful poll, in intervals",
-            "Time since the last successful poll, in poll intervals. Red from 3, as LlamaCloudCollectorPollStale.",
+            "Time since the last successful poll of each project, in poll intervals. Red from 3, as "
+            "LlamaCloudCollectorPollStale.",
             "x",
-            f"max((time() - llamacloud_collector_last_success_timestamp_seconds{{{J}}}) "
-            f"/ llamacloud_collector_poll_interval_seconds{{{J}}})",
+            f"max by (project_id) ((time() - llamacloud_collector_last_success_timestamp_seconds{{{JP}}}) "
+            f"/ ignoring (project_id) group_left () llamacloud_collector_poll_interval_seconds{{{J}}})",
             steps("green", (2, "yellow"), (3, "red")),
         ),
         stat(
             "Sessions watched",
-            "Sessions watched across shards.",
+            "Sessions watched across shards, per project.",
             "short",
-            f"sum(llamacloud_collector_sessions_watched{{{J}}})",
+            f"sum by (project_id) (llamacloud_collector_sessions_watched{{{JP}}})",
             NEUTRAL,
         ),
         stat(
@@ -557,56 +620,65 @@ def health() -> dict[str, Any]:
         ),
         stat(
             "Invalid payloads (range)",
-            "API answers that failed validation: schema drift or a hostile answer. Orange from 1.",
+            "API answers that failed validation (every project together): schema drift or a hostile answer. Orange from 1.",
             "short",
             f"sum(increase(llamacloud_collector_invalid_payloads_total{{{J}}}[$__range]))",
             steps("green", (1, "orange")),
         ),
         stat(
             "History resets (range)",
-            "Histories that shrank or changed and were re-synced. Yellow from 1.",
+            "Histories that shrank or changed and were re-synced, per project. Yellow from 1.",
             "short",
-            f"sum(increase(llamacloud_collector_history_resets_total{{{J}}}[$__range]))",
+            f"sum by (project_id) (increase(llamacloud_collector_history_resets_total{{{JP}}}[$__range]))",
             steps("green", (1, "yellow")),
         ),
         series(
             "Poll duration",
-            "Duration of the last poll cycle per instance.",
+            "Duration of the last poll cycle per instance and project.",
             "s",
-            q(f"max by (instance) (llamacloud_collector_poll_duration_seconds{{{J}}})", "{{instance}}"),
+            q(
+                f"max by (instance, project_id) (llamacloud_collector_poll_duration_seconds{{{JP}}})",
+                "{{instance}} {{project_id}}",
+            ),
         ),
         series(
             "How late new runs are counted",
-            "Percentiles of llamacloud_collector_count_lag_seconds over 10 minutes (recorded): from a session's "
-            "last_updated_at to the commit that counted its new runs. Beside them the listing pass and the "
+            "Percentiles of llamacloud_collector_count_lag_seconds over 10 minutes (recorded), per project: from a "
+            "session's last_updated_at to the commit that counted its new runs. Beside them the listing pass and the "
             "interval: the lag is about one pass plus one interval (README, Sizing); "
             "LlamaCloudCollectorCountLagHigh fires past 2 intervals and a pass.",
             "s",
-            *(q(f"max(job:llamacloud_collector_count_lag_seconds:p{p}_rate10m{{{J}}})", f"p{p}") for p in (50, 90, 99)),
-            q(f"max(llamacloud_collector_listing_pass_duration_seconds{{{J}}})", "listing pass"),
+            *(
+                q(f"max by (project_id) (job:llamacloud_collector_count_lag_seconds:p{p}_rate10m{{{R}}})", f"p{p} {LEGEND}")
+                for p in (50, 90, 99)
+            ),
+            q(
+                f"max by (project_id) (llamacloud_collector_listing_pass_duration_seconds{{{JP}}})",
+                f"listing pass {LEGEND}",
+            ),
             q(f"max(llamacloud_collector_poll_interval_seconds{{{J}}})", "interval"),
         ),
         series(
             "Polls by result",
-            "Poll cycles per minute by result.",
+            "Poll cycles per minute by result, per project.",
             "cpm",
-            q(f"sum by (result) (rate(llamacloud_collector_polls_total{{{J}}}[{RI}])) * 60", "{{result}}"),
+            q(f"sum by (project_id, result) (rate(llamacloud_collector_polls_total{{{JP}}}[{RI}])) * 60", legend("result")),
         ),
         series(
             "API requests by operation and code",
-            "Requests per second to the LlamaCloud API; code error is a transport or protocol failure.",
+            "Requests per second to the LlamaCloud API (every project together); code error is a transport or protocol failure.",
             "reqps",
             q(f"sum by (operation, code) (rate({a}{{{J}}}[{RI}]))", "{{operation}} {{code}}"),
         ),
         series(
             "API latency p95",
-            "p95 API request latency by operation, whole exchange.",
+            "p95 API request latency by operation, whole exchange (every project together).",
             "s",
-            q(hist_quantile(0.95, "llamacloud_collector_api_request_duration_seconds", "operation", JM, RI), "{{operation}}"),
+            q(hist_quantile(0.95, "llamacloud_collector_api_request_duration_seconds", "operation", JG, RI), "{{operation}}"),
         ),
         series(
             "Retries and 429s",
-            "Retried requests by reason, and 429 answers.",
+            "Retried requests by reason, and 429 answers (every project together).",
             "reqps",
             q(
                 f"sum by (operation, reason) (rate(llamacloud_collector_api_retries_total{{{J}}}[{RI}]))",
@@ -619,40 +691,56 @@ def health() -> dict[str, Any]:
             "Requests waiting, on average, for --max-requests-per-second or a pause a 429 asked for (the rate of "
             "llamacloud_collector_api_budget_wait_seconds_total), and the requests the API says it still allows "
             "(its X-RateLimit-Remaining, when it sends one). Requests waiting all the time: the budget sets the "
-            "pace of the listing pass and so the lag (README, Sizing).",
+            "pace of the listing pass and so the lag (README, Sizing). One budget for every project.",
             "short",
             q(f"sum(rate(llamacloud_collector_api_budget_wait_seconds_total{{{J}}}[{RI}]))", "requests waiting"),
             q(f"min(llamacloud_collector_api_rate_limit_remaining{{{J}}})", "API: remaining"),
         ),
         series(
             "Sessions fetched and unchanged",
-            "Sessions retrieved (new, changed) and skipped as unchanged.",
+            "Sessions retrieved (new, changed) and skipped as unchanged, per project.",
             "short",
-            q(f"sum by (reason) (increase(llamacloud_collector_session_fetches_total{{{J}}}[{RI}]))", "{{reason}}"),
-            q(f"sum(increase(llamacloud_collector_sessions_unchanged_total{{{J}}}[{RI}]))", "unchanged"),
+            q(
+                f"sum by (project_id, reason) (increase(llamacloud_collector_session_fetches_total{{{JP}}}[{RI}]))",
+                legend("reason"),
+            ),
+            q(
+                f"sum by (project_id) (increase(llamacloud_collector_sessions_unchanged_total{{{JP}}}[{RI}]))",
+                f"{LEGEND} unchanged",
+            ),
         ),
         series(
             "Sessions watched",
-            "Sessions watched per instance.",
+            "Sessions watched per instance and project.",
             "short",
-            q(f"sum by (instance) (llamacloud_collector_sessions_watched{{{J}}})", "{{instance}}"),
+            q(
+                f"sum by (instance, project_id) (llamacloud_collector_sessions_watched{{{JP}}})",
+                "{{instance}} {{project_id}}",
+            ),
         ),
         series(
             "Invalid payloads, values and history resets",
-            "Schema drift or hostile answers, refused values (negative, NaN, infinite, over 2^53) and rewritten histories.",
+            "Schema drift or hostile answers (every project together), refused values (negative, NaN, infinite, "
+            "over 2^53) and rewritten histories, per project.",
             "short",
             q(
                 f"sum by (operation) (increase(llamacloud_collector_invalid_payloads_total{{{J}}}[{RI}]))",
                 "invalid {{operation}}",
             ),
-            q(f"sum by (field) (increase(llamacloud_collector_invalid_values_total{{{J}}}[{RI}]))", "refused {{field}}"),
-            q(f"sum(increase(llamacloud_collector_history_resets_total{{{J}}}[{RI}]))", "history resets"),
+            q(
+                f"sum by (project_id, field) (increase(llamacloud_collector_invalid_values_total{{{JP}}}[{RI}]))",
+                f"{LEGEND} refused {{{{field}}}}",
+            ),
+            q(
+                f"sum by (project_id) (increase(llamacloud_collector_history_resets_total{{{JP}}}[{RI}]))",
+                f"{LEGEND} history resets",
+            ),
         ),
         series(
             "Dropped series",
-            "Sessions and label values over a limit, not exposed as their own series.",
+            "Sessions and label values over a limit, not exposed as their own series, per project.",
             "short",
-            q(f"sum by (family) (llamacloud_collector_series_dropped{{{J}}})", "{{family}}"),
+            q(f"sum by (project_id, family) (llamacloud_collector_series_dropped{{{JP}}})", legend("family")),
         ),
         series(
             "Process CPU",
@@ -670,7 +758,7 @@ def health() -> dict[str, Any]:
     return dashboard(
         "llamacloud-collector-health",
         "LlamaCloud chat / Collector health",
-        "Is the collector polling, how the API answers, and what it costs.",
+        "Is the collector polling each project, how the API answers, and what it costs.",
         panels,
     )
 

@@ -22,6 +22,40 @@ DEFAULT_BOUNDS: dict[str, tuple[float, ...]] = {f.bucket: f.buckets for f in HIS
 """Each histogram's default bucket bounds, by bucket setting: what an ``${le:...}`` param must be one of."""
 
 
+GLOBAL_FAMILIES = frozenset(
+    {
+        "llamacloud_collector_poll_interval_seconds",
+        "llamacloud_collector_shard",
+        "llamacloud_collector_total_shards",
+        "llamacloud_collector_build_info",
+        "llamacloud_collector_invalid_payloads",
+        "llamacloud_collector_scrape_auth_refusals",
+        "llamacloud_project_info",
+    }
+)
+"""The collector's families without ``project_id`` (DESIGN §5, "Several projects"; a counter without its
+``_total``), besides every
+``llamacloud_collector_api_*`` family and ``process_*``: one series per collector, not per project.
+``llamacloud_project_info`` carries ``project_id`` but names every watched project: the dashboards' ``project``
+variable reads it whole. tests/test_rules.py holds this list to the collector's exposition."""
+PROJECT = "project_id"
+"""The label that names the project of every per-project series."""
+SAMPLE_SUFFIX = re.compile(r"_(total|created|bucket|count|sum)$")
+
+
+def per_project(series: str) -> bool:
+    """Whether ``series`` (a family, a histogram's ``_bucket``, ``_count`` or ``_sum``, or a recorded
+    ``level:family:operation``) carries ``project_id``: every chat family and the collector's per-project
+    self-metrics, and what the recording rules keep of them."""
+    if series.count(":") == 2:  # a recorded series: the project_id of the family it is recorded from
+        series = series.split(":")[1].split("_per_")[0]
+    if not series.startswith(("llamacloud_chat_", "llamacloud_collector_")):
+        return False
+    if series.startswith("llamacloud_collector_api_"):
+        return False
+    return series not in GLOBAL_FAMILIES and SAMPLE_SUFFIX.sub("", series) not in GLOBAL_FAMILIES
+
+
 def _agg(fn: str, series: str, by: str, matchers: list[str], window: str) -> str:
     selector = f"{series}{{{', '.join(matchers)}}}" if matchers else series
     return f"sum{f' by ({by}) ' if by else ''}({fn}({selector}[{window}]))"
@@ -183,11 +217,12 @@ RATIO = "job:llamacloud_chat_run_errors_per_llamacloud_chat_runs:ratio_rate"
 
 
 def ratio_rule(window: str) -> dict[str, str]:
-    """``level:metric_per_metric:ratio_rate<window>``: the failed share of finished runs."""
+    """``level:metric_per_metric:ratio_rate<window>``: the failed share of each project's finished runs (the
+    name keeps its ``job:`` level, as before projects, so that queries of one's own still read it)."""
     return {
         "record": f"{RATIO}{window}",
-        "expr": f'sum by (job) (rate(llamacloud_chat_runs_total{{outcome="error"}}[{window}]))\n/\n'
-        f"sum by (job) (rate(llamacloud_chat_runs_total[{window}]))\n",
+        "expr": f'sum by (job, project_id) (rate(llamacloud_chat_runs_total{{outcome="error"}}[{window}]))\n/\n'
+        f"sum by (job, project_id) (rate(llamacloud_chat_runs_total[{window}]))\n",
     }
 
 
@@ -199,8 +234,9 @@ def index_ratio_rule(window: str) -> dict[str, str]:
     index without runs in the window has no ratio rather than NaN, so the table shows no 0/0."""
     return {
         "record": f"{INDEX_RATIO}{window}",
-        "expr": f'sum by (job, index_id) (rate(llamacloud_chat_index_runs_total{{outcome="error"}}[{window}]))\n/\n'
-        f"(sum by (job, index_id) (rate(llamacloud_chat_index_runs_total[{window}])) > 0)\n",
+        "expr": f"sum by (job, project_id, index_id) "
+        f'(rate(llamacloud_chat_index_runs_total{{outcome="error"}}[{window}]))\n/\n'
+        f"(sum by (job, project_id, index_id) (rate(llamacloud_chat_index_runs_total[{window}])) > 0)\n",
     }
 
 
@@ -208,10 +244,11 @@ LAG = "job:llamacloud_collector_count_lag_seconds:p"
 
 
 def lag_rule(quantile: float, window: str) -> dict[str, str]:
-    """How late a share of the new runs was counted over ``window``: absent while no new run was counted."""
+    """How late a share of each project's new runs was counted over ``window``: absent while no new run was
+    counted."""
     return {
         "record": f"{LAG}{round(quantile * 100):d}_rate{window}",
-        "expr": hist_quantile(quantile, "llamacloud_collector_count_lag_seconds", "job", window=window) + "\n",
+        "expr": hist_quantile(quantile, "llamacloud_collector_count_lag_seconds", "job, project_id", window=window) + "\n",
     }
 
 

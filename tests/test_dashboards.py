@@ -114,7 +114,8 @@ def test_the_runaway_panel_reads_the_alerts_bounds_and_draws_its_threshold():
     panel = next(p for p in panels(board) if p["title"] == "Runaway runs")
     assert panel["type"] == "timeseries" and panel["fieldConfig"]["defaults"]["unit"] == "percentunit"
     turns, tools = (t["expr"] for t in panel["targets"])
-    assert f'llamacloud_chat_run_turns_bucket{{job=~"$job", instance=~"$instance", le="{le(params["turns"])}"}}' in turns
+    matchers = 'job=~"$job", instance=~"$instance", project_id=~"$project"'
+    assert f'llamacloud_chat_run_turns_bucket{{{matchers}, le="{le(params["turns"])}"}}' in turns
     assert f'le="{le(params["tool_calls"])}"' in tools and "llamacloud_chat_run_tool_calls_count{" in tools
     threshold = params["threshold"]
     assert color_at(panel, threshold * 0.9) == "green" and color_at(panel, threshold) == "red"
@@ -171,3 +172,139 @@ def test_the_native_form_check_catches_a_query_without_it():
     assert missing_native_forms("sum(rate(x_count[5m])) or sum(rate(x[5m]))", families)  # no histogram_count
     assert missing_native_forms("sum(rate(x[5m])) + sum(rate(x_count[5m]))", families)  # native first
     assert not missing_native_forms('(sum(rate(x_count{a="b"}[5m])) or histogram_count(sum(rate(x{a="b"}[5m]))))', families)
+
+
+PROJECT_FILTER = 'project_id=~"$project"'
+SERIES_NAME = re.compile(r"(?<![\w:])((?:[a-z_]+:)?llamacloud_[a-z0-9_]+(?::[a-z0-9_]+)?)(\{[^}]*\})?")
+"""A collector series (or a recorded ``level:family:operation``) an expression reads, with its matchers."""
+AGGREGATION = re.compile(
+    r"\b(sum|min|max|avg|count|group|stddev|stdvar|count_values|quantile|topk|bottomk)\s*(?:(by|without)\s*\(([^)]*)\))?\s*\("
+)
+MATCHING = re.compile(r"\b(on|ignoring)\s*\(([^)]*)\)(\s*group_(?:left|right))?")
+
+
+def _argument(expr: str, opening: int) -> str:
+    """The text between the parenthesis at ``opening`` and the one that closes it."""
+    depth = 0
+    for i in range(opening, len(expr)):
+        depth += {"(": 1, ")": -1}.get(expr[i], 0)
+        if depth == 0:
+            return expr[opening + 1 : i]
+    raise ValueError(f"unbalanced: {expr}")
+
+
+def _reads_a_project_family(expr: str) -> bool:
+    from scripts.rules import per_project
+
+    return any(per_project(m[1]) for m in SERIES_NAME.finditer(expr))
+
+
+def _labels(text: str) -> set[str]:
+    return {label.strip() for label in text.split(",") if label.strip()}
+
+
+def project_problems(expr: str, dashboard: bool) -> list[str]:
+    """What ``expr`` does wrong with projects (DESIGN §5, "Several projects"): an aggregation over a per-project
+    family that drops ``project_id`` (``by`` without it, ``without`` it, or no clause; topk and bottomk keep
+    their labels), a vector match of two per-project sides that leaves it out (``on`` without it, ``ignoring``
+    it; a ``group_left`` or ``group_right`` join with a global family's series is one side per project), a
+    global family filtered by project; and on a dashboard, a per-project series without the ``$project`` filter.
+    Empty when each answer keeps its project."""
+    from scripts.rules import PROJECT, per_project
+
+    problems = []
+    for m in SERIES_NAME.finditer(expr):
+        name, matchers = m[1], m[2] or ""
+        if not per_project(name):
+            if PROJECT in matchers:
+                problems.append(f"{name}: a global family has no {PROJECT}")
+        elif dashboard and PROJECT_FILTER not in matchers:
+            problems.append(f"{name}: no {PROJECT_FILTER}")
+    for m in AGGREGATION.finditer(expr):
+        if not _reads_a_project_family(_argument(expr, m.end() - 1)):
+            continue
+        labels = _labels(m[3] or "")
+        kept = PROJECT in labels if m[2] == "by" else PROJECT not in labels if m[2] == "without" else m[1] in ("topk", "bottomk")
+        if not kept:
+            problems.append(f"{m[0].strip()} ...: aggregates {PROJECT} away")
+    if _reads_a_project_family(expr):
+        for m in MATCHING.finditer(expr):
+            if not m[3] and (PROJECT in _labels(m[2])) != (m[1] == "on"):
+                problems.append(f"{m[0].strip()}: matches across projects")
+    return problems
+
+
+def test_the_project_check_catches_a_query_that_loses_the_project():
+    good = 'sum by (project_id, outcome) (rate(llamacloud_chat_runs_total{job=~"$job", project_id=~"$project"}[5m]))'
+    assert project_problems(good, dashboard=True) == []
+    assert project_problems(good.replace(', project_id=~"$project"', ""), dashboard=True)  # no filter
+    assert project_problems(good.replace("project_id, ", ""), dashboard=True)  # by (outcome)
+    assert project_problems(good.replace("by (project_id, outcome) ", ""), dashboard=True)  # sum(...)
+    assert project_problems(good.replace("by (project_id, outcome)", "without (project_id)"), dashboard=True)
+    assert project_problems("max(job:llamacloud_chat_run_errors_per_llamacloud_chat_runs:ratio_rate1h)", dashboard=False)
+    assert project_problems('sum(llamacloud_collector_api_requests_total{project_id=~"$project"})', dashboard=True)
+    assert not project_problems("sum by (job) (rate(llamacloud_collector_api_requests_total[5m]))", dashboard=False)
+    assert not project_problems(
+        'topk(10, sum by (project_id, session_id) (llamacloud_chat_session_runs_total{project_id=~"$project"}))', dashboard=True
+    )
+    runs = "sum by (job, project_id) (rate(llamacloud_chat_runs_total[5m]))"
+    assert project_problems(f"{runs} > 0.1 and on (job) {runs} > 10", dashboard=False)
+    assert project_problems(f"{runs} / ignoring (project_id) {runs}", dashboard=False)
+    assert not project_problems(f"{runs} > 0.1 and on (job, project_id) {runs} > 10", dashboard=False)
+    interval = "max by (job) (llamacloud_collector_poll_interval_seconds)"
+    assert not project_problems(f"{runs} > on (job) group_left () 3 * {interval}", dashboard=False)
+
+
+def dashboard_queries():
+    """Every panel query and query variable of the dashboards, but the heatmap's: its buckets are one
+    distribution, of the selected projects together (its description says so)."""
+    for path in FILES:
+        board = json.loads(path.read_text())
+        for var in board["templating"]["list"]:
+            if var["type"] == "query":
+                yield path.name, f"variable {var['name']}", var["query"]["query"]
+        for p in panels(board):
+            if p["type"] != "heatmap":
+                yield from ((path.name, p["title"], t["expr"]) for t in p["targets"])
+
+
+def test_every_dashboard_query_over_a_project_family_filters_and_keeps_the_project():
+    queries = list(dashboard_queries())
+    assert sum(_reads_a_project_family(expr) for _, _, expr in queries) >= 50
+    wrong = [(board, title, expr, problems) for board, title, expr in queries if (problems := project_problems(expr, True))]
+    assert wrong == [], "\n".join(map(str, wrong))
+
+
+def js_regex(pattern: str) -> re.Pattern[str]:
+    """A Grafana variable regex (``/.../``, JavaScript's named groups) as Python's."""
+    assert pattern.startswith("/") and pattern.endswith("/")
+    return re.compile(pattern[1:-1].replace("(?<", "(?P<"))
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_every_dashboard_selects_projects_by_name(path):
+    names = [v["name"] for v in json.loads(path.read_text())["templating"]["list"]]
+    project = json.loads(path.read_text())["templating"]["list"][names.index("project")]
+    assert names.index("job") < names.index("instance") < names.index("project")  # it reads both
+    assert "session_id" not in names or names.index("project") < names.index("session_id")  # which it filters
+    assert project["type"] == "query" and project["multi"] and project["includeAll"]
+    assert project["allValue"] == ".*"  # also a default project not named yet: no project_id for a moment
+    assert project["query"]["query"] == 'query_result(llamacloud_project_info{job=~"$job", instance=~"$instance"})'
+    regex = js_regex(project["regex"])
+    # each series as Grafana's query_result writes it: name{labels, sorted, unescaped} value timestamp
+    for line, value, text in (
+        (
+            'llamacloud_project_info{instance="c:9742",job="lc",project_id="p-1",project_name="Support bot"} 1 17e11',
+            "p-1",
+            "Support bot",
+        ),
+        (
+            'llamacloud_project_info{endpoint="http",instance="10.0.0.1:9742",job="lc",pod="lc-0",'
+            'project_id="0b9a",project_name="Sales (EU)",service="lc"} 1 17e11',
+            "0b9a",
+            "Sales (EU)",
+        ),
+        ('llamacloud_project_info{instance="c:9742",job="lc",project_id="p-2"} 1 17e11', "p-2", None),
+    ):
+        m = regex.search(line)
+        assert m is not None and m["value"] == value and m["text"] == text, line

@@ -155,7 +155,7 @@ def test_config_map_is_a_valid_collector_config(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     settings = load_settings({"config": str(path)}, {})
-    assert settings.project_id == "p1" and settings.session_ids == ("s1", "s2") and settings.discovery is True
+    assert settings.project_id == ("p1",) and settings.session_ids == ("s1", "s2") and settings.discovery is True
     assert settings.interval == 30 and settings.buckets.turns == (1, 2, 4)
     assert [r.type for r in settings.error_rules] == ["quota"]
     defaults = yaml.safe_load(by_kind(render(KEY), "ConfigMap")[0]["data"]["config.yaml"])

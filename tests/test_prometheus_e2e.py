@@ -102,6 +102,7 @@ def substitute(expr: str, session_id: str, job: str = OPERATOR_JOB) -> str:
         .replace("$slo", "0.99")
         .replace('"$job"', f'"{job}"')
         .replace('"$instance"', '".*"')
+        .replace('"$project"', '".+"')  # a project selected: the per-project series all carry its project_id
         .replace("$session_id", session_id)
     )
 
@@ -351,7 +352,9 @@ def test_every_panel_query_is_valid_and_core_panels_return_data(stack):
     for build in DASHBOARDS.values():
         board = build()
         for var in board["templating"]["list"]:
-            if var["type"] == "query":
+            if var["type"] == "query" and var["query"]["query"].startswith("query_result("):
+                check_query_result_variable(prom, var)
+            elif var["type"] == "query":
                 values = httpx.get(
                     prom + "/api/v1/series",
                     params={"match[]": substitute(var["query"]["query"].split("(", 1)[1].rsplit(",", 1)[0], session_id)},
@@ -368,6 +371,22 @@ def test_every_panel_query_is_valid_and_core_panels_return_data(stack):
                 empty.append(panel["title"])
     print(f"\npanel queries: {total}, returned data: {with_data}; empty panels: {empty}")
     assert not CORE & set(empty), f"core panels without data: {CORE & set(empty)}"
+
+
+def check_query_result_variable(prom: str, var: dict[str, Any]) -> None:
+    """A ``query_result`` variable (``project``): its query answers, and its regex takes each answer, written as
+    Grafana writes it (``name{label="value",...} value timestamp``), to the project's ID and name."""
+    from tests.test_dashboards import js_regex
+
+    result = query(prom, substitute(var["query"]["query"].removeprefix("query_result(").removesuffix(")"), ""))
+    assert result, var["name"]
+    for r in result:
+        labels = {k: v for k, v in r["metric"].items() if k != "__name__"}
+        pairs = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        line = f"{r['metric']['__name__']}{{{pairs}}} 1 0"
+        m = js_regex(var["regex"]).search(line)
+        assert m is not None and m["value"] == labels["project_id"], line
+        assert m["text"] == labels.get("project_name"), line
 
 
 def lag_alert_expr() -> str:

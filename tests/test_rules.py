@@ -122,6 +122,108 @@ def test_interval_dependent_alerts_read_the_interval_metric():
     assert "llamacloud_collector_poll_interval_seconds" in rules["LlamaCloudCollectorPollStale"]["expr"]
 
 
+def rule_exprs() -> list[tuple[str, str]]:
+    """Every recording and alerting rule's name and expression, as the rule files hold them."""
+    return [
+        (r.get("record") or r["alert"], r["expr"])
+        for f in RULE_FILES
+        for g in yaml.safe_load(f.read_text())["groups"]
+        for r in g["rules"]
+    ]
+
+
+@pytest.mark.tier("unit")
+def test_every_rule_over_a_project_family_keeps_the_project():
+    """DESIGN §5, "Several projects": an alert names the project that fails, and a recorded series is one per
+    project, so no rule over a per-project family aggregates project_id away or matches across projects; the
+    global families (shards, interval, the API's) are read by job and joined to a project's series."""
+    from tests.test_dashboards import _reads_a_project_family, project_problems
+
+    rules = rule_exprs()
+    assert sum(_reads_a_project_family(expr) for _, expr in rules) >= 25
+    wrong = [(name, problems) for name, expr in rules if (problems := project_problems(expr, dashboard=False))]
+    assert wrong == []
+    for name in ("LlamaCloudCollectorShardsMissing", "LlamaCloudCollectorShardingMismatch", "LlamaCloudCollectorDown"):
+        assert not _reads_a_project_family(dict(rules)[name]), name  # per job: the shard gauges and up are global
+
+
+@pytest.mark.tier("unit")
+def test_every_alert_over_a_project_family_names_the_project():
+    from tests.test_dashboards import _reads_a_project_family
+
+    rules = yaml.safe_load((PROM / "alerts.yaml").read_text())["groups"][0]["rules"]
+    for rule in rules:
+        if _reads_a_project_family(rule["expr"]):
+            assert "$labels.project_id" in rule["annotations"]["description"], rule["alert"]
+    failed = next(r for r in rules if r["alert"] == "LlamaCloudChatSessionLastRunFailed")
+    assert "var-project={{ $labels.project_id }}" in failed["annotations"]["dashboard_url"]
+
+
+@pytest.mark.tier("unit")
+def test_the_promtool_cases_fire_for_one_project_of_two():
+    """At least one case per kind (a chat alert, a collector alert) feeds two projects and expects the alert for
+    the failing one only."""
+    tests = yaml.safe_load((PROM / "tests" / "alerts_test.yaml").read_text())["tests"]
+    named: set[str] = set()
+    for case in tests:
+        projects = {m for s in case.get("input_series", []) for m in re.findall(r'project_id="([^"]+)"', s["series"])}
+        if len(projects) < 2:
+            continue
+        for check in case["alert_rule_test"]:
+            fired = {a["exp_labels"].get("project_id") for a in check["exp_alerts"]}
+            if len(fired) == 1 and fired < projects:
+                named.add(check["alertname"])
+    assert {"LlamaCloudChatErrorRatioHigh", "LlamaCloudCollectorPollStale"} <= named, named
+
+
+@pytest.mark.tier("unit")
+def test_the_global_families_are_those_the_collector_exposes_without_project_id():
+    """scripts.rules.per_project, which the checks above read, against the collector's own exposition with one
+    named project: every family with project_id is per project, every other is global."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from collector.aggregates import Aggregates
+    from collector.metrics import ProjectObserver, SelfMetrics, SnapshotCollector
+    from collector.settings import Settings
+    from collector.state import CollectorState, PollStatus, one_project, take_snapshot
+    from collector.wiring import arguments, wire
+    from scripts.rules import GLOBAL_FAMILIES, SAMPLE_SUFFIX, per_project
+
+    settings = Settings()
+    state = CollectorState(Aggregates(settings.buckets.as_buckets(), 5))
+    state.mark_synced()
+    registry = CollectorRegistry()
+    registry.register(
+        SnapshotCollector(
+            lambda: one_project(take_snapshot(state, PollStatus(), 5), "proj-a"), **arguments(wire(settings).exposition)
+        )
+    )
+    metrics = SelfMetrics(registry)
+    metrics.project("proj-a")
+    ProjectObserver(metrics, "proj-a").counted_late([1.0])
+    metrics.request("list", "200", 0.1)
+    metrics.retry("list", "429")
+    metrics.budget_wait(0.1)
+    metrics.rate_limit_remaining(10)
+    with_project: dict[str, bool] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            has = "project_id" in sample.labels
+            assert with_project.setdefault(sample.name, has) == has, sample.name
+    assert with_project.pop("llamacloud_project_info") and "llamacloud_project_info" in GLOBAL_FAMILIES
+    wrong = {name for name, has in with_project.items() if name.startswith("llamacloud_") and per_project(name) != has}
+    assert wrong == set()
+    assert {"llamacloud_chat_runs_total", "llamacloud_collector_up", "llamacloud_collector_count_lag_seconds_bucket"} <= {
+        n for n, has in with_project.items() if has
+    }
+    assert {"llamacloud_collector_shard", "llamacloud_collector_api_requests_total"} <= {
+        n for n, has in with_project.items() if not has
+    }
+    families = {SAMPLE_SUFFIX.sub("", name) for name in with_project} | set(with_project)
+    assert GLOBAL_FAMILIES - {"llamacloud_project_info"} <= families  # none is a name the collector lost
+
+
 def test_session_alert_keeps_session_id():
     rule = next(
         r
