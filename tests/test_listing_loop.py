@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from collector import cli
-from collector.app import build_client
+from collector.app import build_client, make_client
 from collector.errors import AuthError, FetchError, PayloadError
 from collector.llamacloud.listing import IDLE_PAGES, PAGE_STRIKES, ListingLoop, Strikes, read_listing
 from collector.llamacloud.models import SessionPage, parse_page
@@ -162,7 +162,7 @@ def refused_once(token, asked):
 
 def run_check(monkeypatch, capsys, handler) -> tuple[int, str, str]:
     transport = httpx.MockTransport(handler)
-    monkeypatch.setattr(cli, "build_client", lambda settings, key: build_client(settings, key, None, transport))
+    monkeypatch.setattr(cli, "make_client", lambda config, key: make_client(config, key, None, transport))
     capsys.readouterr()  # what came before (the poller's log lines) is not check's
     code = cli.main(["check", "--base-url", URL], {"LLAMA_CLOUD_API_KEY": "llx-test-key-0123456789"})
     out, err = capsys.readouterr()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,7 +23,7 @@ from tests.helpers import Samples, assert_samples_match, collecting, run_async, 
 
 pytestmark = pytest.mark.tier("unit")
 
-FAST = {"interval": 30.0, "read_timeout": 2.0, "connect_timeout": 1.0}
+FAST: dict[str, Any] = {"interval": 30.0, "read_timeout": 2.0, "connect_timeout": 1.0}
 
 
 def of_project(samples: Samples, project: str) -> Samples:
@@ -225,7 +226,7 @@ def test_a_request_waits_its_turn_for_a_connection_as_the_caller_s_wait_not_its_
 
     async def scenario():
         release, both = asyncio.Event(), asyncio.Event()
-        empty = {"items": [], "next_page_token": None}
+        empty: dict[str, Any] = {"items": [], "next_page_token": None}
         sent: list[str] = []
 
         async def handler(request: httpx.Request) -> httpx.Response:

@@ -13,6 +13,7 @@ import re
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -183,7 +184,7 @@ def organization(api: FakeApi, asked: list[tuple[str, str]], default: str):
     return httpx.MockTransport(handler)
 
 
-MODES = {
+MODES: dict[str, dict[str, Any]] = {
     "the default project": {},
     "--project-id": {"project_id": PROJECT_A},
     "--project-id, another after it": {"project_id": [PROJECT_A, PROJECT_B]},
