@@ -437,3 +437,27 @@ def test_the_runaway_alert_follows_its_chart_values_and_refuses_a_bound_without_
     off = {**KEY, "prometheusRule": {"enabled": True, "alerts": {"LlamaCloudChatRunawayAgents": {"enabled": False, "turns": 30}}}}
     (rule,) = by_kind(render(off), "PrometheusRule")  # a disabled alert checks nothing
     assert not any(r.get("alert") == "LlamaCloudChatRunawayAgents" for g in rule["spec"]["groups"] for r in g["rules"])
+
+
+@pytest.mark.parametrize(
+    ("config", "said"),
+    [
+        ({}, None),
+        ({"projectId": "p1"}, None),  # one project, as before several: a string still
+        ({"projectId": ["p1"]}, None),
+        ({"projectId": ["p1", "p2", "p3"]}, "It watches 3 projects (config.projectId)"),
+        ({"allProjects": True}, "It watches every project of the organization"),
+    ],
+)
+def test_notes_say_which_projects_are_watched_and_a_project_id_is_one_or_a_list(config, said, tmp_path):
+    text = notes({"config": config})
+    assert ("watches" in text and "project" in text) is (said is not None)
+    if said:
+        assert said in text
+    (configmap,) = [o for o in render({**KEY, "config": config}) if o["kind"] == "ConfigMap"]
+    path = tmp_path / "config.yaml"
+    path.write_text(configmap["data"]["config.yaml"])
+    settings = load_settings({"config": str(path)}, {})
+    ids = config.get("projectId", ())
+    assert settings.project_id == ((ids,) if isinstance(ids, str) else tuple(ids))
+    assert settings.all_projects is bool(config.get("allProjects"))

@@ -90,3 +90,10 @@ scraper connections. */ -}}
 {{- $events := min (int64 $c.maxEventsPerSession) (div $cap 16) -}}
 {{- add 67108864 (mul 2 $cap) (mul (int64 $c.maxConcurrency) 1048576) (mul 80 $events) 50331648 -}}
 {{- end -}}
+
+{{/* config.projectId as a list: one ID (as before several) or a list. */}}
+{{- define "llamacloud-collector.projects" -}}
+{{- $ids := .Values.config.projectId -}}
+{{- if kindIs "string" $ids -}}{{- $ids = ternary (list) (list $ids) (empty $ids) -}}{{- end -}}
+{{- toJson (default (list) $ids) -}}
+{{- end -}}
