@@ -95,14 +95,16 @@ def recorded_for_both_jobs(prom: str) -> bool:
     )
 
 
-def substitute(expr: str, session_id: str, job: str = OPERATOR_JOB) -> str:
+def substitute(expr: str, session_id: str, job: str = OPERATOR_JOB, project: str = ".+") -> str:
+    """A dashboard query as Grafana sends it; ``project``: every project (``.+``: the series all carry one), or
+    the one picked."""
     return (
         expr.replace("$__rate_interval", "1m")
         .replace("$__range", "10m")
         .replace("$slo", "0.99")
         .replace('"$job"', f'"{job}"')
         .replace('"$instance"', '".*"')
-        .replace('"$project"', '".+"')  # a project selected: the per-project series all carry its project_id
+        .replace('"$project"', f'"{project}"')
         .replace("$session_id", session_id)
     )
 

@@ -17,6 +17,7 @@ from collector.simulator.api import project_id
 from scripts.dashboards import DASHBOARDS
 from scripts.rules import alert_rules, dump, load_spec, recording_rules
 from tests.stack import Processes, free_port, query, start_prometheus, wait_until
+from tests.test_prometheus_e2e import substitute
 
 pytestmark = pytest.mark.tier("tools", "process")
 
@@ -30,18 +31,6 @@ PARAMS = {"LlamaCloudChatErrorRatioHigh": {"min_runs": 5, "threshold": 0.3}}
 ten, over the burn-rate alerts' 1% budget but under this)."""
 GLOBAL_PANELS = re.compile(r"llamacloud_collector_(api_|poll_interval|shard|total_shards|build_info|scrape_auth)|process_")
 """Panels over the whole collector's families: the same whichever project is picked."""
-
-
-def substitute(expr: str, project: str, session_id: str) -> str:
-    return (
-        expr.replace("$__rate_interval", "1m")
-        .replace("$__range", "10m")
-        .replace("$slo", "0.99")
-        .replace('"$job"', f'"{JOB}"')
-        .replace('"$instance"', '".*"')
-        .replace('"$project"', f'"{project}"')
-        .replace("$session_id", session_id)
-    )
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +116,7 @@ def test_every_dashboard_query_answers_for_each_project_with_that_project_s_seri
         for build in DASHBOARDS.values():
             for panel in build()["panels"]:
                 for target in panel["targets"]:
-                    result = query(prom, substitute(target["expr"], project, session_id))
+                    result = query(prom, substitute(target["expr"], session_id, JOB, project))
                     queries += 1
                     series = [r for r in result if isinstance(r, dict)]
                     others = {r["metric"].get("project_id") for r in series} - {project, None}
