@@ -46,7 +46,13 @@ def organization(tmp_path_factory):
     procs.collector("simulator", *argv, env={"LLAMA_CLOUD_API_KEY": KEY})
     sim = f"http://127.0.0.1:{sim_port}"
     wait_until(lambda: httpx.get(sim + "/_sim/stats").status_code == 200, 30, "simulator")
-    fault = {"kind": "status", "endpoint": "list", "status": "403", "times": "1000000", "project": REFUSED}
+    fault = {
+        "kind": "status",
+        "endpoint": "list",
+        "status": "403",
+        "times": "5000",
+        "project": REFUSED,
+    }  # its one request a second, for longer than the module runs (faults are scanned per request: not millions)
     httpx.get(sim + "/_sim/fault", params=fault).raise_for_status()
     procs.collector(
         "collector",
