@@ -21,6 +21,7 @@ import structlog
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from collector.auth import WebConfig
+from collector.cadence import Deadline
 from collector.derive import ErrorClassifier
 from collector.errors import CollectorError
 from collector.listener import Listener, listen
@@ -169,8 +170,8 @@ class CollectorService:
 
     async def run_slot(self) -> None:
         """One scheduled slot: the projects listing, then every project's slot at once (``_project_slot``)."""
-        try:
-            await self.fleet.discover()
+        try:  # within half a cycle: the projects' cycles start after it
+            await self.fleet.discover(Deadline.after(self.poller.cadence.budget / 2))
         except CollectorError:
             pass  # logged; the projects known so far go on
         await self._projects(self._project_slot)
