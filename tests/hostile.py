@@ -133,6 +133,9 @@ class HostileApi:
 
     async def _answer(self, path: str, query: dict[str, str], writer: asyncio.StreamWriter) -> bool:
         parts = path.strip("/").split("/")
+        if parts == ["api", "v1", "projects"]:  # the key's one project, named (it is hostile in its chat only)
+            writer.write(ok(json.dumps([{"id": "hostile-project", "name": "Hostile", "is_default": True}]).encode()))
+            return True
         kind = "list" if len(parts) == 3 else "retrieve"
         self.requests[kind] = self.requests.get(kind, 0) + 1
         if kind == "list":
