@@ -72,6 +72,52 @@ def _firsts(series: Iterable[Key]) -> set[str]:
     return {key[0] for key in series if isinstance(key, tuple)}
 
 
+SemConv = Literal["llamacloud", "gen_ai", "both"]
+"""Which names the chat families are exposed under (``--semconv``)."""
+
+GEN_AI_CONSTANTS = (("gen_ai_operation_name", "invoke_agent"), ("gen_ai_provider_name", "llamacloud"))
+"""The attributes every GenAI-named series carries: a LlamaCloud chat run is one agent invocation."""
+
+Series = Callable[[Mapping[str, Counter[Key]], "Known"], Iterable[tuple[tuple[tuple[str, str], ...], float]]]
+"""A counter's series under its GenAI name, from the counters and the label values known in advance:
+``((label, value), ...)`` and the count."""
+
+
+@dataclass(frozen=True)
+class GenAi:
+    """A family's name under the OpenTelemetry GenAI semantic conventions (``--semconv``, DESIGN §5), as
+    Prometheus' default OTLP translation writes it (``.`` to ``_``; ``s`` to ``_seconds``; a unit in braces,
+    such as ``{token}``, adds nothing), with ``GEN_AI_CONSTANTS``. Never a second count: the same aggregates,
+    another name."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...] = ()
+    """This family's label names and theirs, where they differ (``token_type``: ``gen_ai_token_type``)."""
+    series: Series | None = None
+    """A counter whose series differ in shape from the family's (the run counts: ``error_type`` only on the
+    failed ones, as OpenTelemetry's ``error.type``), read from the counters; None: the family's own series."""
+    covers: tuple[str, ...] = ()
+    """Other families whose counts its series hold too (the errors in the run counts): not shown under their
+    own names with ``--semconv gen_ai``."""
+
+
+def _invocations(runs: str, errors: str, *by: str) -> Series:
+    """Runs under their GenAI name: the successful ones without ``error_type``, the failed ones by it (a sum over
+    ``error_type``, absent included, is every run). ``by``: the label of the first key part (an index)."""
+
+    def series(counters: Mapping[str, Counter[Key]], known: Known) -> Iterator[tuple[tuple[tuple[str, str], ...], float]]:
+        for key, value in sorted(counters[runs].items()):
+            parts = key if isinstance(key, tuple) else (key,)
+            if parts[-1] == "success":
+                yield tuple(zip(by, parts[:-1], strict=True)), value
+        failed = COUNTERS_BY_STORED[errors]  # its error types known in advance at 0, as under its own name
+        for key, value in sorted((dict.fromkeys(failed.known(known, counters), 0) | counters[errors]).items()):
+            parts = key if isinstance(key, tuple) else (key,)
+            yield (*zip(by, parts[:-1], strict=True), ("error_type", parts[-1])), value
+
+    return series
+
+
 @dataclass(frozen=True, kw_only=True)
 class Family:
     name: str
@@ -82,6 +128,8 @@ class Family:
     """The release that added it."""
     doc: str = ""
     """What the README's metric table says of the labels, when more than their names."""
+    gen_ai: GenAi | None = None
+    """Its name under the GenAI semantic conventions, if they have one (``--semconv gen_ai``, ``both``)."""
 
     @property
     def type(self) -> Literal["counter", "histogram", "gauge"]:
@@ -204,6 +252,9 @@ FAMILIES: tuple[Family, ...] = (
         observe=_runs,
         zeros=("success", "error"),
         exemplars=True,
+        gen_ai=GenAi(
+            "gen_ai_invoke_agent_invocations", series=_invocations("runs", "errors"), covers=("llamacloud_chat_run_errors",)
+        ),
     ),
     CounterFamily(
         name="llamacloud_chat_run_errors",
@@ -222,6 +273,7 @@ FAMILIES: tuple[Family, ...] = (
         bucket="duration",
         buckets=DURATION_BUCKETS,
         observe=lambda r: _one(r.duration_seconds),
+        gen_ai=GenAi("gen_ai_invoke_agent_duration_seconds"),
     ),
     HistogramFamily(
         name="llamacloud_chat_run_tokens",
@@ -234,6 +286,7 @@ FAMILIES: tuple[Family, ...] = (
         buckets=TOKEN_BUCKETS,
         series=("input", "output"),
         observe=lambda r: ((k, v) for k, v in (("input", r.input_tokens), ("output", r.output_tokens)) if v is not None),
+        gen_ai=GenAi("gen_ai_client_token_usage", (("token_type", "gen_ai_token_type"),)),
     ),
     CounterFamily(
         name="llamacloud_chat_tokens",
@@ -253,6 +306,7 @@ FAMILIES: tuple[Family, ...] = (
         bucket="turns",
         buckets=TURN_BUCKETS,
         observe=lambda r: _one(r.turns),
+        gen_ai=GenAi("gen_ai_invoke_agent_inference_calls"),  # a turn is one model answer: one inference call
     ),
     HistogramFamily(
         name="llamacloud_chat_run_tool_calls",
@@ -262,6 +316,7 @@ FAMILIES: tuple[Family, ...] = (
         bucket="tool_calls",
         buckets=TOOL_CALL_BUCKETS,
         observe=lambda r: _one(len(r.tool_calls)),
+        gen_ai=GenAi("gen_ai_invoke_agent_tool_calls"),
     ),
     CounterFamily(
         name="llamacloud_chat_tool_calls",
@@ -295,6 +350,11 @@ FAMILIES: tuple[Family, ...] = (
         observe=_index_runs,
         bounded="indexes",
         known=lambda known, counters: ((i, o) for i in _firsts(counters["index_runs"]) for o in OUTCOMES),
+        gen_ai=GenAi(
+            "gen_ai_invoke_agent_data_source_invocations",
+            series=_invocations("index_runs", "index_errors", "gen_ai_data_source_id"),
+            covers=("llamacloud_chat_index_run_errors",),
+        ),
     ),
     CounterFamily(
         name="llamacloud_chat_index_run_errors",
@@ -346,6 +406,7 @@ FAMILIES: tuple[Family, ...] = (
 CHAT = tuple(f for f in FAMILIES if f.name.startswith("llamacloud_chat_"))
 """The families hidden until the first full sync."""
 COUNTERS = tuple(f for f in FAMILIES if isinstance(f, CounterFamily))
+COUNTERS_BY_STORED = {f.stored: f for f in COUNTERS}
 HISTOGRAMS = tuple(f for f in FAMILIES if isinstance(f, HistogramFamily))
 GAUGES = tuple(f for f in FAMILIES if isinstance(f, GaugeFamily))
 DEFAULT_BUCKETS = {f.bucket: f.buckets for f in HISTOGRAMS}

@@ -25,7 +25,18 @@ from collector import __version__
 from collector.aggregates import EXEMPLAR_LABEL, Mark
 from collector.aggregates import Histogram as Hist
 from collector.build import REVISION
-from collector.families import AS_OF, CHAT, FAMILIES, CounterFamily, Family, GaugeFamily, HistogramFamily, Known
+from collector.families import (
+    AS_OF,
+    CHAT,
+    FAMILIES,
+    GEN_AI_CONSTANTS,
+    CounterFamily,
+    Family,
+    GaugeFamily,
+    HistogramFamily,
+    Known,
+    SemConv,
+)
 from collector.state import FleetSnapshot, SessionState, Snapshot
 
 TITLE_LIMIT = 64
@@ -284,6 +295,29 @@ def _render(family: Family, snap: Snapshot, known: Known, suffix: str = "") -> M
     return _gauge(family.name, doc, getattr(snap, family.snapshot))
 
 
+GEN_AI_SHOWN = frozenset(name for f in CHAT if f.gen_ai is not None for name in (f.name, *f.gen_ai.covers))
+"""The chat families whose counts show under GenAI names (``--semconv gen_ai``)."""
+
+
+def _gen_ai(family: Family, snap: Snapshot, known: Known) -> Metric:
+    """``family`` under its GenAI name (``families.GenAi``): its own series renamed, with ``GEN_AI_CONSTANTS``, or
+    the series its ``GenAi.series`` reads from the counters. The same aggregates: never a second count."""
+    gen = family.gen_ai
+    assert gen is not None
+    constants = dict(GEN_AI_CONSTANTS)
+    doc = f"{family.help} (OpenTelemetry GenAI semantic conventions: --semconv){AS_OF}"
+    out = Metric(gen.name, doc, family.type)
+    if gen.series is not None:
+        for pairs, value in gen.series(snap.aggregates.counters, known):
+            out.add_sample(gen.name + "_total", {**constants, **dict(pairs)}, value)
+        return out
+    renamed = dict(gen.labels)
+    for sample in _render(family, snap, known).samples:
+        named = {**constants, **{renamed.get(k, k): v for k, v in sample.labels.items()}}
+        out.samples.append(sample._replace(name=gen.name + sample.name[len(family.name) :], labels=named))
+    return out
+
+
 def _with_project(metrics: Iterable[Metric], project_id: str) -> Iterator[Metric]:
     """``metrics`` with ``project_id`` first in every sample's labels (an empty ID: left out, as Prometheus reads
     an empty label)."""
@@ -314,8 +348,10 @@ class SnapshotCollector(Collector):
         shard: int,
         total_shards: int,
         error_types: tuple[str, ...],
+        semconv: SemConv,
     ) -> None:
         self._snapshot = snapshot
+        self._semconv = semconv
         self._known = Known(error_types)
         self._interval = interval
         self._expose_titles = expose_titles
@@ -388,8 +424,12 @@ class SnapshotCollector(Collector):
         yield dropped
 
     def _chat_families(self, snap: Snapshot) -> Iterator[Metric]:
-        for family in CHAT:
-            yield _render(family, snap, self._known, AS_OF)
+        if self._semconv != "gen_ai":
+            yield from (_render(family, snap, self._known, AS_OF) for family in CHAT)
+        if self._semconv != "llamacloud":
+            yield from (_gen_ai(family, snap, self._known) for family in CHAT if family.gen_ai is not None)
+            if self._semconv == "gen_ai":  # what the GenAI names hold not, under our names
+                yield from (_render(family, snap, self._known, AS_OF) for family in CHAT if family.name not in GEN_AI_SHOWN)
 
     def _session_families(self, sessions: tuple[SessionState, ...]) -> Iterator[Metric]:
         p = "llamacloud_chat_session_"

@@ -25,7 +25,7 @@ from collector.aggregates import Buckets
 from collector.cadence import BUDGET_RATIO
 from collector.derive import DEFAULT_ERROR_RULES
 from collector.errors import ConfigError
-from collector.families import DEFAULT_BUCKETS, HISTOGRAMS
+from collector.families import DEFAULT_BUCKETS, HISTOGRAMS, SemConv
 from collector.llamacloud.bounds import DEFAULT_MAX_RESPONSE_BYTES, session_id_problem
 from collector.paths import state_path_problem
 
@@ -246,6 +246,12 @@ class Settings(BaseSettings):
         ge=1,
         le=1000,
         help="sessions asked for per listing page (1 to 1000); the API may send fewer",
+    )
+    semconv: SemConv = setting(
+        "llamacloud",
+        env="COLLECTOR_SEMCONV",
+        help="the names of the chat families: `llamacloud` (the contract), `gen_ai` (the OpenTelemetry GenAI "
+        "semantic conventions as Prometheus translates them, our names for the rest) or `both`",
     )
     max_requests_per_second: float | None = setting(
         None,

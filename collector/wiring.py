@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from collector.aggregates import Buckets
 from collector.derive import OTHER_ERROR
 from collector.errors import ConfigError
+from collector.families import SemConv
 from collector.projects import ProjectsConfig
 from collector.selection import PollConfig
 from collector.settings import Settings
@@ -94,6 +95,7 @@ class ExpositionConfig:
     total_shards: int
     error_types: tuple[str, ...]
     """Every ``error_type`` the rules give, and ``_OTHER``: shown at 0 from the first sync."""
+    semconv: SemConv
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,7 @@ def wire(settings: Settings) -> Wiring:
             shard=settings.shard,
             total_shards=settings.total_shards,
             error_types=tuple(dict.fromkeys([*(t for t, _ in rules), OTHER_ERROR])),
+            semconv=settings.semconv,
         ),
         endpoints=EndpointsConfig(listen=settings.listen, web_config=settings.web_config),
         logs=LogConfig(level=settings.log_level, fmt=settings.log_format),

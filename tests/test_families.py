@@ -120,7 +120,13 @@ def test_every_family_is_rendered_with_its_help_and_type():
     snapshot = take_snapshot(state, PollStatus(), 5)
     registry.register(
         SnapshotCollector(
-            lambda: one_project(snapshot), interval=30, expose_titles=False, shard=0, total_shards=1, error_types=()
+            lambda: one_project(snapshot),
+            interval=30,
+            expose_titles=False,
+            shard=0,
+            total_shards=1,
+            error_types=(),
+            semconv="llamacloud",
         )
     )
     text = generate_latest(registry).decode()
