@@ -444,5 +444,6 @@
       "chat-overview.json": (import "dashboards/chat-overview.json"),
       "chat-session.json": (import "dashboards/chat-session.json"),
       "collector-health.json": (import "dashboards/collector-health.json"),
+      "chat-genai.json": (import "dashboards/chat-genai.json"),
   },
 }

@@ -1,4 +1,4 @@
-"""The three Grafana dashboards, defined once; generate.py writes them as JSON."""
+"""The Grafana dashboards, defined once; generate.py writes them as JSON."""
 
 from __future__ import annotations
 
@@ -763,4 +763,99 @@ def health() -> dict[str, Any]:
     )
 
 
-DASHBOARDS = {"chat-overview.json": overview, "chat-session.json": session, "collector-health.json": health}
+GEN_AI_CALLS = "gen_ai_invoke_agent_invocations_total"
+GEN_AI_FAILED = f'{GEN_AI_CALLS}{{{JP}, error_type!=""}}'
+
+
+def genai() -> dict[str, Any]:
+    """The chat overview read through the OpenTelemetry GenAI names (``--semconv gen_ai`` or ``both``): for teams
+    whose dashboards are built on the conventions. The same counts as the overview's."""
+    calls = f"{GEN_AI_CALLS}{{{JP}}}"
+    panels = [
+        stat(
+            "Invocations (range)",
+            "Agent invocations (finished chat runs) in the selected range, per project.",
+            "short",
+            f"sum by (project_id) (increase({calls}[$__range]))",
+            NEUTRAL,
+        ),
+        stat(
+            "Error ratio (range)",
+            f"Share of invocations with an error.type in the selected range, per project. Red above the error "
+            f"budget of the {OBJECTIVE} objective ({BUDGET:.2%}).",
+            "percentunit",
+            f"sum by (project_id) (increase({GEN_AI_FAILED}[$__range])) / sum by (project_id) (increase({calls}[$__range]))",
+            steps("green", (BUDGET, "red")),
+        ),
+        stat(
+            "Tokens per invocation (mean)",
+            "gen_ai.client.token.usage: mean input plus output tokens of an invocation, per project.",
+            "short",
+            "sum by (project_id) (" + hist_mean("gen_ai_client_token_usage", "project_id, gen_ai_token_type", JM, RI) + ")",
+            NEUTRAL,
+        ),
+        series(
+            "Invocations per minute by error type",
+            "gen_ai_invoke_agent_invocations_total per minute, per project: without error_type the ones that "
+            "succeeded, with it the failed ones by type (OpenTelemetry's error.type).",
+            "cpm",
+            q(f"sum by (project_id, error_type) (rate({calls}[{RI}])) * 60", legend("error_type")),
+            w=12,
+        ),
+        series(
+            "Invocation duration p50 / p95 / p99",
+            "gen_ai.invoke_agent.duration quantiles, per project.",
+            "s",
+            *quantiles("gen_ai_invoke_agent_duration_seconds"),
+            w=12,
+        ),
+        series(
+            "Token usage per invocation p50 / p95 by type",
+            "gen_ai.client.token.usage quantiles by gen_ai.token.type (input, output), per project.",
+            "short",
+            *(
+                q(
+                    hist_quantile(p, "gen_ai_client_token_usage", "project_id, gen_ai_token_type", JM, RI),
+                    f"p{int(p * 100)} {legend('gen_ai_token_type')}",
+                )
+                for p in (0.5, 0.95)
+            ),
+            w=12,
+        ),
+        series(
+            "Inference calls per invocation p50 / p95 / p99",
+            "gen_ai.invoke_agent.inference_calls: model calls (turns) per invocation, per project.",
+            "short",
+            *quantiles("gen_ai_invoke_agent_inference_calls"),
+            w=12,
+        ),
+        series(
+            "Tool calls per invocation p50 / p95 / p99",
+            "gen_ai.invoke_agent.tool_calls per invocation, per project.",
+            "short",
+            *quantiles("gen_ai_invoke_agent_tool_calls"),
+            w=12,
+        ),
+        table(
+            "By data source",
+            "Invocations in the selected range by gen_ai.data_source.id (the indexes of the session: a run counts "
+            "under each) and error.type, per project.",
+            "sum by (project_id, gen_ai_data_source_id, error_type) "
+            f"(increase(gen_ai_invoke_agent_data_source_invocations_total{{{JP}}}[$__range]))",
+            w=12,
+        ),
+    ]
+    return dashboard(
+        "llamacloud-chat-genai",
+        "LlamaCloud chat / OpenTelemetry GenAI names",
+        "The chat overview under the OpenTelemetry GenAI semantic conventions' names (--semconv gen_ai or both).",
+        panels,
+    )
+
+
+DASHBOARDS = {
+    "chat-overview.json": overview,
+    "chat-session.json": session,
+    "collector-health.json": health,
+    "chat-genai.json": genai,
+}

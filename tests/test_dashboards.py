@@ -20,9 +20,10 @@ def panels(board):
         yield from p.get("panels", [])
 
 
-def test_three_dashboards_with_stable_unique_uids():
+def test_the_dashboards_have_stable_unique_uids():
     boards = [json.loads(f.read_text()) for f in FILES]
     assert sorted(b["uid"] for b in boards) == [
+        "llamacloud-chat-genai",
         "llamacloud-chat-overview",
         "llamacloud-chat-session",
         "llamacloud-collector-health",

@@ -196,7 +196,7 @@ def test_network_policy_allows_metrics_in_and_dns_https_out():
 
 def test_dashboards_configmaps_are_labelled_and_hold_the_dashboards():
     maps = [m for m in by_kind(render(MATRIX["everything"]), "ConfigMap") if "grafana_dashboard" in m["metadata"]["labels"]]
-    assert len(maps) == 3
+    assert len(maps) == 4
     for m in maps:
         assert m["metadata"]["labels"]["grafana_dashboard"] == "1" and m["metadata"]["namespace"] == "grafana"
         assert m["metadata"]["annotations"]["grafana_folder"] == "LlamaCloud"

@@ -1,5 +1,6 @@
 """A whole organization end to end (issue 31): the collector with ``--all-projects`` against a simulator of three
-projects, one of them with a listing that is refused, scraped by a real Prometheus with the shipped rules.
+projects, one of them with a listing that is refused, scraped by a real Prometheus with the shipped rules; a second
+collector of the same organization with ``--semconv gen_ai`` (issue 29) beside it.
 
 Every dashboard query answers for each project picked in its ``project`` variable, with that project's series
 only; each project's runs in Prometheus equal its truth; a project whose runs fail fires the chat alerts under
@@ -41,7 +42,7 @@ def organization(tmp_path_factory):
     rules.write_text(dump(alert_rules(load_spec(), for_override="0s", params=PARAMS)))
     recording = folder / "recording.yaml"
     recording.write_text(dump(recording_rules(load_spec())))
-    sim_port, col_port = free_port(), free_port()
+    sim_port, col_port, gen_ai_port = free_port(), free_port(), free_port()
     argv = ["simulate", "--port", str(sim_port), "--sessions", "12", "--projects", "3", "--rate", "0", "--seed", "5"]
     procs.collector("simulator", *argv, env={"LLAMA_CLOUD_API_KEY": KEY})
     sim = f"http://127.0.0.1:{sim_port}"
@@ -54,19 +55,16 @@ def organization(tmp_path_factory):
         "project": REFUSED,
     }  # its one request a second, for longer than the module runs (faults are scanned per request: not millions)
     httpx.get(sim + "/_sim/fault", params=fault).raise_for_status()
-    procs.collector(
-        "collector",
-        "--listen",
-        f"127.0.0.1:{col_port}",
-        "--interval",
-        "1",
-        "--all-projects",
-        env={"LLAMA_CLOUD_API_KEY": KEY, "LLAMA_CLOUD_BASE_URL": sim},
-    )
-    prom = start_prometheus(procs, [col_port], [rules, recording], None)
+    for name, port, names in (("collector", col_port, "llamacloud"), ("gen_ai", gen_ai_port, "gen_ai")):
+        procs.collector(
+            name,
+            *("--listen", f"127.0.0.1:{port}", "--interval", "1", "--all-projects", "--semconv", names),
+            env={"LLAMA_CLOUD_API_KEY": KEY, "LLAMA_CLOUD_BASE_URL": sim},
+        )
+    prom = start_prometheus(procs, [col_port, gen_ai_port], [rules, recording], None)
     try:
-        wait_until(lambda: len(query(prom, "llamacloud_project_info")) == 3, 60, "the three projects scraped")
-        yield {"prom": prom, "sim": sim}
+        wait_until(lambda: len(query(prom, "llamacloud_project_info")) == 6, 60, "the three projects of both scraped")
+        yield {"prom": prom, "sim": sim, "gen_ai": f"127.0.0.1:{gen_ai_port}"}
     finally:
         procs.stop_all()
 
@@ -148,3 +146,35 @@ def test_a_project_whose_runs_fail_fires_the_chat_alerts_under_its_own_id_only(o
 
     fired = wait_until(lambda: want <= by_project().get(FAILING, set()) and by_project(), WAIT, f"{want} for {FAILING}")
     assert set(fired) == {FAILING}, fired
+
+
+def test_the_gen_ai_names_equal_the_truth_and_every_gen_ai_dashboard_query_answers(organization):
+    """``--semconv gen_ai``: each project's invocations equal its truth, and every query of the GenAI dashboard
+    answers for each project from that collector alone."""
+    prom, sim, instance = organization["prom"], organization["sim"], organization["gen_ai"]
+
+    def total(project: str, *matchers: str) -> int:
+        selector = ", ".join([f'instance="{instance}"', f'project_id="{project}"', *matchers])
+        result = query(prom, f"sum(gen_ai_invoke_agent_invocations_total{{{selector}}})")
+        return int(float(result[0]["value"][1])) if result else -1
+
+    def counted(project: str) -> dict[str, int]:
+        failed = total(project, 'error_type!=""')
+        return {"error": failed, "success": total(project) - failed}
+
+    for project in (HEALTHY, FAILING):
+        httpx.get(sim + "/_sim/touch", params={"fraction": 1, "project": project}).raise_for_status()
+    for project in (HEALTHY, FAILING):
+        wait_until(lambda p=project: counted(p) == truth_runs(sim, p), WAIT, f"{project}'s invocations as the truth")
+    wait_until(
+        lambda: query(prom, f'rate(gen_ai_invoke_agent_invocations_total{{instance="{instance}"}}[1m]) > 0'), WAIT, "two scrapes"
+    )
+    board = DASHBOARDS["chat-genai.json"]()
+    for project in (HEALTHY, FAILING):
+        empty = []
+        for panel in board["panels"]:
+            for target in panel["targets"]:
+                expr = substitute(target["expr"], "", JOB, project).replace('instance=~".*"', f'instance="{instance}"')
+                if not query(prom, expr):
+                    empty.append((panel["title"], expr))
+        assert not empty, (project, empty)
