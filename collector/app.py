@@ -170,6 +170,7 @@ class CollectorService:
 
     async def run_slot(self) -> None:
         """One scheduled slot: the projects listing, then every project's slot at once (``_project_slot``)."""
+        self.fleet.begin_slot()
         try:  # within half a cycle: the projects' cycles start after it
             await self.fleet.discover(Deadline.after(self.poller.cadence.budget / 2))
         except CollectorError:

@@ -25,18 +25,18 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import structlog
 
 from collector.cadence import Deadline
-from collector.errors import CollectorError, ConfigError, FetchError, PayloadError
+from collector.errors import ConfigError, FetchError, PayloadError
 from collector.llamacloud.client import LlamaCloudClient
 from collector.llamacloud.models import MAX_PROJECTS, Project
 from collector.metrics import ProjectObserver
 from collector.poller import CycleReport, Poller
-from collector.state import FleetSnapshot, ProjectSnapshot, StateStore
+from collector.state import FleetSnapshot, MemoryStore, ProjectSnapshot, StateStore
 
 MISSED_LISTINGS = 2
 """Projects listings in a row that leave a watched project out before it is no longer watched."""
@@ -47,6 +47,9 @@ SETTLE_FAILURES = 3
 """Failed cycles in a row after which a project that never synced stops holding back ``/readyz``, when
 another project has synced: it failed on its own."""
 DISCOVERY_SECONDS = 30.0
+MAX_DISCOVERY_BACKOFF = 8
+"""Slots an optional projects listing waits at most after failures in a row (1, 2, 4, 8): a listing that keeps
+failing, or a 429's pause it would renew, never sets the pace of the projects it lists."""
 """The projects listing's own deadline, whatever the cycle's."""
 
 
@@ -108,6 +111,20 @@ class Fleet:
     """Pollers of projects no longer watched, to save and close (off the loop)."""
     blank_listings: int = 0
     """Projects listings in a row with none of the watched projects in them."""
+    dormant: dict[str, Watched] = field(default_factory=dict)
+    """Projects no longer watched whose counts live only in memory (no state file), oldest first: one that comes
+    back resumes from them, and never counts from zero again (at most ``MAX_PROJECTS`` are kept)."""
+    slot: int = 0
+    """Slots begun (``begin_slot``): a projects listing that failed in this one is not asked again in it."""
+    failed_in: tuple[int, str] | None = None
+    """The slot whose projects listing failed, and why."""
+    skip_until: int = 0
+    """The slot before which an optional projects listing is not asked again (a failure backs off)."""
+    failures_in_a_row: int = 0
+    was_ready: bool = False
+    """Ready once: readiness stays (a project added later, or one that fails, never takes it back)."""
+    said: set[str] = field(default_factory=set)
+    """Warnings said once."""
     log: structlog.stdlib.BoundLogger = field(default_factory=lambda: structlog.get_logger("collector.projects"))
     _cached: tuple[tuple[object, ...], FleetSnapshot] | None = None
 
@@ -150,6 +167,8 @@ class Fleet:
             self.on_label(wanted or "", named)
             self.home.project_id = named
             self.projects[named] = self.home
+        if named and not self.config.ids and not self.config.all:
+            self.log.warning("the state file holds one project's state: watching it (no --project-id)", project_id=named)
         if self.home.project_id is not None:
             self._bind(self.home)
         for project_id in self.config.ids if not self.config.all else ():
@@ -173,17 +192,27 @@ class Fleet:
         """Read the projects listing: names, the default project, and with ``--all-projects`` the projects added
         and removed. A failure is logged; without ``--all-projects`` and with every project named it changes
         nothing, and otherwise the projects known so far go on."""
-        needed = self.config.all or self.home.project_id is None
+        needed = self.home.project_id is None or (self.config.all and not self.discovered)
+        if self.failed_in is not None and self.failed_in[0] == self.slot:  # asked in this slot already: once a slot
+            if needed:
+                raise FetchError(self.failed_in[1], operation="projects")
+            return
+        if not needed and self.slot < self.skip_until:  # it failed lately: the projects known so far go on
+            return
         within = Deadline.after(DISCOVERY_SECONDS)
         if deadline is not None and deadline.remaining() < within.remaining():
             within = deadline
         try:
             listing = await self.client.list_projects(within)
         except (FetchError, PayloadError) as exc:
-            (self.log.warning if needed else self.log.debug)("projects listing failed", error=str(exc)[:200])
+            self.failed_in = (self.slot, str(exc)[:200])
+            self.failures_in_a_row += 1
+            self.skip_until = self.slot + min(2**self.failures_in_a_row, MAX_DISCOVERY_BACKOFF)
+            (self.log.warning if needed or self.config.all else self.log.debug)("projects listing failed", error=str(exc)[:200])
             if needed:
                 raise
             return
+        self.failures_in_a_row = 0
         if listing.unreadable:
             self.log.warning("projects listing: items left out as invalid", count=listing.unreadable)
         self.discovered = True
@@ -191,7 +220,7 @@ class Fleet:
 
     def _take(self, listed: tuple[Project, ...]) -> None:
         by_id = {p.id: p for p in listed}
-        if self.home.project_id is None:
+        if self.home.project_id is None and self.home.active:
             defaults = [p for p in listed if p.is_default] or (list(listed) if len(listed) == 1 else [])
             if defaults:
                 self._name_home(defaults[0].id)
@@ -201,8 +230,10 @@ class Fleet:
                 watched.name = project.name
         if not self.config.all:
             return
-        if self.home.project_id is None:  # no default to give the state file to: it is not used
+        if self.home.project_id is None and self.home.active:  # no default to give the state file to: unused
             self.home.active = False
+            self.on_label("", None)
+            self.log.warning("projects listing names no default project: the state file's sessions are not watched")
         watching = [w for w in self.projects.values() if w.active]
         blank = bool(watching) and not any(w.project_id in by_id for w in watching)
         self.blank_listings = self.blank_listings + 1 if blank else 0
@@ -216,12 +247,13 @@ class Fleet:
         new = sorted(p for p in by_id if p not in self.projects or not self.projects[p].active)
         room = MAX_PROJECTS - sum(1 for w in self.projects.values() if w.active)
         if len(new) > room:
-            self.log.warning("projects listing: over the limit of projects; the rest left out", limit=MAX_PROJECTS)
+            self._once("over", "projects listing: over the limit of projects; the rest left out", limit=MAX_PROJECTS)
             new = new[: max(0, room)]
         for project_id in new:
-            watched = self.projects.get(project_id)
+            watched = self.projects.get(project_id) or self.dormant.pop(project_id, None)
             if watched is not None:
-                watched.active, watched.missed = True, 0
+                self.projects[project_id] = watched
+                watched.active, watched.missed, watched.name = True, 0, by_id[project_id].name
                 self.on_label(None, project_id)
                 self.log.info("project listed again: watched", project_id=project_id)
             else:
@@ -234,15 +266,25 @@ class Fleet:
         assert watched.project_id is not None
         self.on_label(watched.project_id, None)
         self.log.warning("project no longer listed: no longer watched", project_id=watched.project_id)
-        if watched is not self.home:
-            del self.projects[watched.project_id]
+        if watched is self.home:
+            return
+        del self.projects[watched.project_id]
+        if isinstance(watched.poller.store, MemoryStore):  # its counts are nowhere else: kept, bounded
+            self.dormant[watched.project_id] = watched
+            while len(self.dormant) > MAX_PROJECTS:
+                self.dormant.pop(next(iter(self.dormant)))
+        else:
             self.retiring.append(watched.poller)
 
     def _name_home(self, project_id: str) -> None:
         clash = self.projects.get(project_id)
-        if clash is not None and clash is not self.home:
-            self.log.warning("default project already watched on its own", project_id=project_id)
-            self._retire(clash)
+        if clash is not None and clash is not self.home:  # it counts already: it goes on, the home file unused
+            self.log.warning(
+                "default project already watched on its own; the state file's sessions are not", project_id=project_id
+            )
+            self.home.active = False
+            self.on_label("", None)
+            return
         self.home.project_id = project_id
         self.projects[project_id] = self.home
         self._bind(self.home)
@@ -255,7 +297,12 @@ class Fleet:
         except ConfigError as exc:
             if strict:
                 raise
-            self.log.error("project not watched: its state file is refused", project_id=project_id, error=str(exc)[:300])
+            self._once(
+                f"refused {project_id}",
+                "project not watched: its state file is refused",
+                project_id=project_id,
+                error=str(exc)[:300],
+            )
             return
         watched = self.projects[project_id] = Watched(project_id, poller, name)
         self._bind(watched)
@@ -268,6 +315,7 @@ class Fleet:
         assert project_id is not None
         poller = watched.poller
         poller.log = structlog.get_logger("collector.poller", project_id=project_id)  # lazy: logging set up later holds
+        poller.runs_log = structlog.get_logger("collector.runs", project_id=project_id)
         poller.store.project_id = project_id
         if isinstance(poller.client, LlamaCloudClient):
             poller.client = self.client.for_project(project_id)
@@ -286,16 +334,29 @@ class Fleet:
         (in a thread: a big file takes seconds)."""
         while self.retiring:
             poller = self.retiring.pop()
-            poller.persist()
-            poller.store.close()
+            try:
+                poller.persist()
+                poller.store.close()
+                path = getattr(poller.store, "path", None)
+                if not poller.state.synced and isinstance(path, Path):  # it never counted: nothing worth a file
+                    for leftover in (path, *(path.with_name(path.name + end) for end in ("-wal", "-shm"))):
+                        leftover.unlink(missing_ok=True)
+            except Exception as exc:  # noqa: BLE001 - one project's file never stops the others
+                self.log.error("state of a project no longer watched not saved", error=f"{type(exc).__name__}: {str(exc)[:200]}")
         for watched in self.active():
             if not watched.poller.loaded:
                 try:
                     watched.poller.load_state()
-                except CollectorError as exc:
+                except Exception as exc:  # noqa: BLE001 - one project's file never stops the others
                     if not watched.problem:
-                        self.log.error("project's state file refused", project_id=watched.project_id, error=str(exc)[:300])
-                    watched.problem = str(exc)
+                        self.log.error(
+                            "project's state file not read; retried next slot",
+                            project_id=watched.project_id,
+                            error=f"{type(exc).__name__}: {str(exc)[:300]}",
+                        )
+                    watched.problem = str(exc)[:300]
+                else:
+                    watched.problem = ""
 
     def settled(self, watched: Watched, report: CycleReport | None) -> None:
         """A cycle of ``watched`` ended: count the failures in a row."""
@@ -305,18 +366,36 @@ class Fleet:
     def snapshot(self) -> FleetSnapshot:
         """Every active project's latest snapshot, rebuilt only when one of them changed (the scrape cache
         renders once per snapshot)."""
-        shown = [w for w in self.active() if not w.problem]
+        shown = self.active()  # one whose state file is not read yet shows too: up 0, nothing counted
         # by identity: a snapshot's own == would compare every session (the cache holds them, so ids stay theirs)
-        key = (self.discovered, *((w.label, w.name, w.failures >= SETTLE_FAILURES, id(w.poller.snapshot)) for w in shown))
+        key = (
+            self.discovered,
+            *((w.label, w.name, w.failures >= SETTLE_FAILURES, bool(w.problem), id(w.poller.snapshot)) for w in shown),
+        )
         if self._cached is not None and self._cached[0] == key:
             return self._cached[1]
-        snaps = tuple(ProjectSnapshot(w.label, w.name or w.label, w.poller.snapshot) for w in shown)
+        snaps = tuple(
+            ProjectSnapshot(w.label, w.name or w.label, w.poller.snapshot if w.label else replace(w.poller.snapshot, ready=False))
+            for w in shown  # an unnamed project counts nothing yet in the open: no series without project_id
+        )
         synced = any(p.snapshot.ready for p in snaps)
-        each = all(p.snapshot.ready or (w.failures >= SETTLE_FAILURES and synced) for p, w in zip(snaps, shown, strict=True))
-        ready = bool(snaps) and each and (self.discovered or not self.config.all)
+        each = all(
+            p.snapshot.ready or ((w.failures >= SETTLE_FAILURES or w.problem) and synced)
+            for p, w in zip(snaps, shown, strict=True)
+        )
+        ready = self.was_ready or (bool(snaps) and each and (self.discovered or not self.config.all))
+        self.was_ready = ready
         fleet = FleetSnapshot(snaps, ready)
         self._cached = (key, fleet)
         return fleet
+
+    def begin_slot(self) -> None:
+        self.slot += 1
+
+    def _once(self, key: str, message: str, **fields: object) -> None:
+        if key not in self.said and len(self.said) < 10_000:
+            self.said.add(key)
+            self.log.warning(message, **fields)
 
     def pollers(self) -> Iterable[Poller]:
         """Every poller the fleet holds: watched, the home one, and those let go but not yet closed."""

@@ -280,3 +280,120 @@ def test_a_listing_that_makes_up_projects_holds_a_bounded_number_of_pollers(monk
             assert len({dict(labels)["project_id"] for (n, labels) in samples if n == "llamacloud_project_info"}) <= 5
 
     run_async(scenario())
+
+
+# -- found by the red team (issue 31): each pinned --------------------------------------------------------
+
+
+def runs_of(samples: Samples, project: str) -> float:
+    return sum(v for (n, labels), v in samples.items() if n == "llamacloud_chat_runs_total" and ("project_id", project) in labels)
+
+
+@pytest.mark.parametrize("state", [False, True])
+def test_a_default_named_late_never_takes_over_a_project_already_counting(state: bool, tmp_path: Path):
+    """A listing that names no default, then does: the project already watched on its own goes on (before, the home
+    poller took it over from zero, and runs of sessions deleted since were lost)."""
+
+    async def scenario():
+        sim = SimulatorService(sessions=6, runs=3, seed=5, rate=0, projects=2)
+        named, listing = [False], sim.api.project_list
+
+        def project_list(organization_id: str | None) -> list[dict[str, Any]]:
+            return [{**p, "is_default": p["is_default"] and named[0]} for p in listing(organization_id)]
+
+        sim.api.project_list = project_list  # type: ignore[method-assign]
+        flags: dict[str, Any] = {"state_path": str(tmp_path / "s.db")} if state else {}
+        async with simulating(sim), collecting(sim, **FAST, all_projects=True, **flags) as collector:
+            await collector.run_slot()
+            sim.api.projects[project_id(0)].delete_oldest(3)
+            await collector.run_slot()
+            before = runs_of(await scrape(collector.port, projects=True), project_id(0))
+            named[0] = True
+            await collector.run_slot()
+            assert runs_of(await scrape(collector.port, projects=True), project_id(0)) == before > 0
+
+    run_async(scenario())
+
+
+def test_a_project_let_go_without_a_state_file_comes_back_where_it_was():
+    async def scenario():
+        sim = SimulatorService(sessions=6, runs=3, seed=5, rate=0, projects=3)
+        async with simulating(sim), collecting(sim, **FAST, all_projects=True) as collector:
+            await collector.run_slot()
+            sim.api.projects[project_id(1)].delete_oldest(3)
+            await collector.run_slot()
+            before = runs_of(await scrape(collector.port, projects=True), project_id(1))
+            gone = sim.api.projects.pop(project_id(1))
+            for _ in range(2):
+                await collector.run_slot()
+            assert runs_of(await scrape(collector.port, projects=True), project_id(1)) == 0, "let go"
+            sim.api.projects[project_id(1)] = gone
+            await collector.run_slot()
+            assert runs_of(await scrape(collector.port, projects=True), project_id(1)) == before > 0
+
+    run_async(scenario())
+
+
+def test_readiness_once_reached_stays_when_a_failing_project_is_added():
+    async def scenario():
+        sim = SimulatorService(sessions=3, runs=1, seed=5, rate=0, projects=2)
+        async with simulating(sim), collecting(sim, **FAST, all_projects=True) as collector:
+            await collector.run_slot()
+            assert await ready(collector.port) == 200
+            sim.api.projects["refused"] = populate(World(seed=1), 2, 1)
+            sim.faults.add(Fault("status", endpoint="list", status=403, project="refused"), times=100)
+            await collector.run_slot()
+            assert await ready(collector.port) == 200
+            assert labelled(await scrape(collector.port, projects=True), "llamacloud_collector_up")["refused"] == 0
+
+    run_async(scenario())
+
+
+def test_one_project_s_state_file_that_cannot_be_opened_holds_back_only_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A file SQLite cannot open now (file handles, permissions) is that project's failure, shown as up 0, and is
+    left as it is: not moved aside as damaged; it is read again next slot, and nothing was lost."""
+    import sqlite3
+
+    from collector.projects import project_state_path
+
+    async def scenario():
+        sim = SimulatorService(sessions=4, runs=2, seed=5, rate=0, projects=3)
+        state = tmp_path / "s.db"
+        async with simulating(sim):
+            async with collecting(sim, **FAST, all_projects=True, state_path=str(state)) as collector:
+                await collector.run_slot()
+                before = runs_of(await scrape(collector.port, projects=True), project_id(2))
+            bad, real, fails = str(project_state_path(state, project_id(2))), sqlite3.connect, [1]
+
+            def connect(path: Any, *args: Any, **kwargs: Any) -> sqlite3.Connection:
+                if str(path).startswith(bad) and fails[0]:
+                    fails[0] -= 1
+                    raise sqlite3.OperationalError("unable to open database file")
+                return real(path, *args, **kwargs)
+
+            monkeypatch.setattr(sqlite3, "connect", connect)
+            async with collecting(sim, **FAST, all_projects=True, state_path=str(state)) as collector:
+                await collector.run_slot()
+                samples = await scrape(collector.port, projects=True)
+                assert labelled(samples, "llamacloud_collector_up") == {project_id(0): 1, project_id(1): 1, project_id(2): 0}
+                await collector.run_slot()
+                assert runs_of(await scrape(collector.port, projects=True), project_id(2)) == before > 0
+            assert not [p for p in list(tmp_path.iterdir()) if "corrupt" in p.name]  # noqa: ASYNC240
+
+    run_async(scenario())
+
+
+def test_a_429_on_the_projects_listing_never_pauses_the_projects():
+    async def scenario():
+        sim = SimulatorService(sessions=3, runs=1, seed=5, rate=0, projects=2)
+        async with simulating(sim), collecting(sim, **FAST, all_projects=True) as collector:
+            await collector.run_slot()
+            sim.faults.add(Fault("status", endpoint="projects", status=429, retry_after="300"), times=100)
+            for world in sim.api.projects.values():
+                world.add_run(next(iter(world.sessions.values())))
+            fetched = sim.api.calls["retrieve"]
+            await collector.run_slot()
+            assert sim.api.calls["retrieve"] - fetched == 2, "each project's new run fetched: no pause from the listing"
+            assert_each_exact(await scrape(collector.port, projects=True), sim, (project_id(0), project_id(1)))
+
+    run_async(scenario())

@@ -359,7 +359,9 @@ class LlamaCloudClient:
         scoped: bool = True,
     ) -> M | R:
         """One request, retried as the policy says; ``scoped``: sent with the client's ``project_id`` and
-        ``organization_id`` (the projects listing takes only the organization, in ``params``)."""
+        ``organization_id`` (the projects listing takes only the organization, in ``params``), and a 429 to it
+        pauses the whole client (one to the projects listing slows only that listing: it is asked once a slot,
+        before the projects' cycles, and would renew the pause every slot)."""
         query = {**(self._params if scoped else {}), **(params or {})}
         attempt = 0
         while True:
@@ -407,7 +409,7 @@ class LlamaCloudClient:
                     if status not in RETRY_STATUS:
                         raise failure
                     wait = answer.retry_after
-                    if status == 429:  # the whole client waits (its backoff when it said not how long)
+                    if status == 429 and scoped:  # the whole client waits (its backoff when it said not how long)
                         self._budget.pause(wait if wait is not None else self._retry.backoff(attempt + 1, self._rng))
                         wait = 0.0
             finally:

@@ -249,6 +249,11 @@ class SimulatorApi:
         parts = list(request.parts)
         if parts == ["api", "v1", "projects"]:
             self.calls["projects"] += 1
+            fault = self.faults.take("projects")
+            if fault is not None and fault.kind == "status":  # the projects listing refused, or rate limited
+                self.arrivals.append((arrived, "projects", fault.status))
+                headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+                return Response(fault.status, b'{"detail": "fault"}', headers=headers)
             self.arrivals.append((arrived, "projects", 200))
             return _json(self.project_list(request.query.get("organization_id")))
         if parts[:3] != ["api", "v1", "chat"] or len(parts) > 5:

@@ -61,6 +61,10 @@ def fingerprint(buckets: Buckets, rules: list[tuple[str, str]], label_limit: int
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+UNOPENED = ("unable to open", "database is locked", "readonly", "disk I/O error")
+"""SQLite's words for a file it could not use now, which says nothing of what the file holds."""
+
+
 class NewerStateFile(ConfigError):
     """The file was written by a newer release: it is refused (exit 2) and left where it is."""
 
@@ -148,8 +152,9 @@ class SqliteStore:
 
     def load(self) -> CollectorState | None:
         """The stored state; None for a new file. A corrupt file is moved aside, and whatever totals it
-        still holds become the floor of the resync; a newer release's file raises ``NewerStateFile``."""
-        floor: Aggregates | None
+        still holds become the floor of the resync; a newer release's file raises ``NewerStateFile``, and one
+        that cannot be opened now (``UNOPENED``: file handles, locks, permissions) raises ``StateError`` and is
+        left as it is: it is not damaged."""
         try:
             return self._load()
         except (UnknownField, NewerStateFile, ForeignStateFile) as exc:
@@ -163,19 +168,30 @@ class SqliteStore:
                 f"{exc} that this release does not know: a newer release wrote it; it is left "
                 "in place (restore a backup, or start without it)"
             ) from None
-        except (sqlite3.DatabaseError, ValueError, KeyError, TypeError, RecursionError) as exc:
-            floor = self._salvage()
-            try:
-                self._move_aside(f"{type(exc).__name__}: {str(exc)[:200]}")
-            except OSError as move_error:  # left in place: saves retry on it; the floor still holds
-                self.log.error(
-                    "state file unreadable and cannot be moved; resyncing from the API in its place",
-                    path=str(self.path),
-                    reason=str(move_error),
-                )
+        except sqlite3.OperationalError as exc:
+            if not any(words in str(exc) for words in UNOPENED):
+                return self._damaged(exc)
+            if self.db is not None:
+                self.db.close()
                 self.db = None
-            else:
-                self.db = self._connect()
+            raise StateError(f"cannot open state file {self.path}: {exc}; left as it is") from None
+        except (sqlite3.DatabaseError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            return self._damaged(exc)
+
+    def _damaged(self, exc: Exception) -> CollectorState | None:
+        """A file that failed to load: moved aside, what totals it still holds the floor of the resync."""
+        floor = self._salvage()
+        try:
+            self._move_aside(f"{type(exc).__name__}: {str(exc)[:200]}")
+        except OSError as move_error:  # left in place: saves retry on it; the floor still holds
+            self.log.error(
+                "state file unreadable and cannot be moved; resyncing from the API in its place",
+                path=str(self.path),
+                reason=str(move_error),
+            )
+            self.db = None
+        else:
+            self.db = self._connect()
         self.full_rewrite = True
         if floor is None:
             return None
