@@ -467,9 +467,11 @@ def event_label(event: Any) -> str:
 
 MAX_PROJECT_NAME = 256
 """Characters of a project's name kept for ``llamacloud_project_info`` (a label value); the rest is cut."""
-MAX_PROJECTS = 500
-"""Projects one listing may add: a hostile or broken listing of a million projects must not make a million
-pollers. Past it, the rest are left out (in ID order) and said so in the log."""
+MAX_PROJECTS = 250
+"""Projects watched at once: a hostile or broken listing of a million projects must not make a million pollers.
+Past it, the rest are left out (in ID order) and said so in the log. With a state file each project keeps three
+file handles open (the file, its WAL and shared memory): 250 projects stay well under the 1,024 handles a
+container often starts with (the red team ran out of them at about 340 projects)."""
 
 
 def _project_name(value: Any) -> str:
