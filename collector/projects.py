@@ -115,9 +115,9 @@ class Fleet:
     """Projects no longer watched whose counts live only in memory (no state file), oldest first: one that comes
     back resumes from them, and never counts from zero again (at most ``MAX_PROJECTS`` are kept)."""
     slot: int = 0
-    """Slots begun (``begin_slot``): a projects listing that failed in this one is not asked again in it."""
-    failed_in: tuple[int, str] | None = None
-    """The slot whose projects listing failed, and why."""
+    """Slots begun (``begin_slot``), for the backoff of the projects listing."""
+    just_failed: str | None = None
+    """Why the slot's projects listing failed, which the home's cycle takes instead of asking again."""
     skip_until: int = 0
     """The slot before which an optional projects listing is not asked again (a failure backs off)."""
     failures_in_a_row: int = 0
@@ -181,7 +181,13 @@ class Fleet:
     async def _prepare_home(self, deadline: Deadline) -> None:
         """Before the home poller's cycle: the default project must be named first (its label)."""
         if self.home.project_id is None:
-            await self.discover(deadline)
+            if self.just_failed is not None:  # the slot asked already: once a slot
+                why, self.just_failed = self.just_failed, None
+                raise FetchError(why, operation="projects")
+            try:
+                await self.discover(deadline)
+            finally:
+                self.just_failed = None
             if self.home.project_id is None:
                 raise FetchError(
                     "projects: the listing names no default project; set --project-id (LLAMA_CLOUD_PROJECT_ID)",
@@ -193,10 +199,7 @@ class Fleet:
         and removed. A failure is logged; without ``--all-projects`` and with every project named it changes
         nothing, and otherwise the projects known so far go on."""
         needed = self.home.project_id is None or (self.config.all and not self.discovered)
-        if self.failed_in is not None and self.failed_in[0] == self.slot:  # asked in this slot already: once a slot
-            if needed:
-                raise FetchError(self.failed_in[1], operation="projects")
-            return
+        self.just_failed = None
         if not needed and self.slot < self.skip_until:  # it failed lately: the projects known so far go on
             return
         within = Deadline.after(DISCOVERY_SECONDS)
@@ -205,7 +208,7 @@ class Fleet:
         try:
             listing = await self.client.list_projects(within)
         except (FetchError, PayloadError) as exc:
-            self.failed_in = (self.slot, str(exc)[:200])
+            self.just_failed = str(exc)[:200]
             self.failures_in_a_row += 1
             self.skip_until = self.slot + min(2**self.failures_in_a_row, MAX_DISCOVERY_BACKOFF)
             (self.log.warning if needed or self.config.all else self.log.debug)("projects listing failed", error=str(exc)[:200])
