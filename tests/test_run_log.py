@@ -70,7 +70,7 @@ def test_exactly_one_line_per_failed_run_across_a_restart_with_state(tmp_path):
                 next(
                     line.split()[-1]
                     for line in text.splitlines()
-                    if line.startswith('llamacloud_chat_runs_total{outcome="error"}')
+                    if line.startswith('llamacloud_chat_runs_total{outcome="error",')
                 )
             )
 
