@@ -27,6 +27,7 @@ from collector.errors import CollectorError
 from collector.listener import Listener, listen
 from collector.llamacloud.client import ApiObserver, LlamaCloudClient
 from collector.metrics import ProjectObserver, SelfMetrics, SnapshotCollector
+from collector.otlp import Pusher, instance_id, metrics_data, resource
 from collector.poller import CycleReport, Poller
 from collector.projects import Fleet, Watched, project_state_path
 from collector.scheduler import start_scheduler
@@ -138,7 +139,10 @@ class CollectorService:
             return Poller(client, store, wiring.poll, classifier, observer, clock=clock, load=False)
 
         self.fleet = Fleet.build(wiring.projects, self.client, make, store or MemoryStore(), self._labelled)
-        self.registry.register(SnapshotCollector(lambda: self.fleet.snapshot, **arguments(wiring.exposition)))
+        self.exposition = SnapshotCollector(lambda: self.fleet.snapshot, **arguments(wiring.exposition))
+        self.registry.register(self.exposition)
+        self.pusher = None if wiring.otlp.endpoint is None else Pusher(wiring.otlp.endpoint, self.self_metrics.otlp_export)
+        self.clock = clock
         self.server: Listener | None = None
         self.scheduler = None
         self._cycles = 0
@@ -199,7 +203,18 @@ class CollectorService:
             reports[id(project)] = result
         self._cycles += 1
         settle_memory(self._cycles)
+        self.push()
         return reports
+
+    def push(self) -> None:
+        """The committed snapshot over OTLP (``--otlp-endpoint``), in the background: each project's series start
+        when its counts began (its state file says when, across restarts)."""
+        if self.pusher is None:
+            return
+        fleet = self.fleet.snapshot
+        starts = {w.label: w.poller.store.counting_since for w in self.fleet.active()}
+        where = resource(instance_id(self.wiring.endpoints.listen.rpartition(":")[2], self.wiring.exposition.shard))
+        self.pusher.push(metrics_data(self.exposition.chat(fleet), starts, self.clock(), where))
 
     async def _project_slot(self, watched: Watched) -> CycleReport:
         """One project's slot: a cycle, and when it ended a pass that had spanned cycles with time to spare, the
@@ -280,6 +295,8 @@ class CollectorService:
             self.scheduler.shutdown(wait=False)
         if self.server is not None:
             await self.server.close()
+        if self.pusher is not None:
+            await self.pusher.close()
         self.web.close()
         await self.client.aclose()
         for poller in self.fleet.pollers():

@@ -28,7 +28,7 @@ from collector.errors import AuthError, CollectorError, ConfigError
 from collector.llamacloud.client import LlamaCloudClient
 from collector.memory import tune_allocator
 from collector.selection import Found, in_shard, wanted
-from collector.settings import CONFIG_ENV, OPTIONS, Settings, check_environment, load_settings
+from collector.settings import CONFIG_ENV, OPTIONS, Settings, check_environment, load_settings, otlp_secrets
 from collector.simulator.service import SimulatorService
 from collector.webconfig import parse_web_config
 from collector.wiring import arguments, wire
@@ -271,7 +271,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         settings = load_settings(_flags(args), environ)
         wiring = wire(settings)
         key = wiring.key.read()
-        secrets = check_environment(environ)
+        secrets = check_environment(environ) + otlp_secrets(environ)
         if wiring.endpoints.web_config is not None:  # its password hashes are credentials too: never in a log line
             secrets += list(parse_web_config(wiring.endpoints.web_config).basic_auth_users.values())
         logs.configure(**arguments(wiring.logs), secrets=[key, *secrets])

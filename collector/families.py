@@ -91,6 +91,10 @@ class GenAi:
     another name."""
 
     name: str
+    otel: str
+    """Its OpenTelemetry name, as pushed over OTLP (``--otlp-endpoint``): ``gen_ai.invoke_agent.duration``."""
+    unit: str
+    """Its OpenTelemetry unit (``s``; ``{token}`` and the like add nothing to the Prometheus name)."""
     labels: tuple[tuple[str, str], ...] = ()
     """This family's label names and theirs, where they differ (``token_type``: ``gen_ai_token_type``)."""
     series: Series | None = None
@@ -253,7 +257,11 @@ FAMILIES: tuple[Family, ...] = (
         zeros=("success", "error"),
         exemplars=True,
         gen_ai=GenAi(
-            "gen_ai_invoke_agent_invocations", series=_invocations("runs", "errors"), covers=("llamacloud_chat_run_errors",)
+            "gen_ai_invoke_agent_invocations",
+            "gen_ai.invoke_agent.invocations",
+            "{invocation}",
+            series=_invocations("runs", "errors"),
+            covers=("llamacloud_chat_run_errors",),
         ),
     ),
     CounterFamily(
@@ -273,7 +281,7 @@ FAMILIES: tuple[Family, ...] = (
         bucket="duration",
         buckets=DURATION_BUCKETS,
         observe=lambda r: _one(r.duration_seconds),
-        gen_ai=GenAi("gen_ai_invoke_agent_duration_seconds"),
+        gen_ai=GenAi("gen_ai_invoke_agent_duration_seconds", "gen_ai.invoke_agent.duration", "s"),
     ),
     HistogramFamily(
         name="llamacloud_chat_run_tokens",
@@ -286,7 +294,7 @@ FAMILIES: tuple[Family, ...] = (
         buckets=TOKEN_BUCKETS,
         series=("input", "output"),
         observe=lambda r: ((k, v) for k, v in (("input", r.input_tokens), ("output", r.output_tokens)) if v is not None),
-        gen_ai=GenAi("gen_ai_client_token_usage", (("token_type", "gen_ai_token_type"),)),
+        gen_ai=GenAi("gen_ai_client_token_usage", "gen_ai.client.token.usage", "{token}", (("token_type", "gen_ai_token_type"),)),
     ),
     CounterFamily(
         name="llamacloud_chat_tokens",
@@ -306,7 +314,8 @@ FAMILIES: tuple[Family, ...] = (
         bucket="turns",
         buckets=TURN_BUCKETS,
         observe=lambda r: _one(r.turns),
-        gen_ai=GenAi("gen_ai_invoke_agent_inference_calls"),  # a turn is one model answer: one inference call
+        # a turn is one model answer: one inference call
+        gen_ai=GenAi("gen_ai_invoke_agent_inference_calls", "gen_ai.invoke_agent.inference_calls", "{inference_call}"),
     ),
     HistogramFamily(
         name="llamacloud_chat_run_tool_calls",
@@ -316,7 +325,7 @@ FAMILIES: tuple[Family, ...] = (
         bucket="tool_calls",
         buckets=TOOL_CALL_BUCKETS,
         observe=lambda r: _one(len(r.tool_calls)),
-        gen_ai=GenAi("gen_ai_invoke_agent_tool_calls"),
+        gen_ai=GenAi("gen_ai_invoke_agent_tool_calls", "gen_ai.invoke_agent.tool_calls", "{tool_call}"),
     ),
     CounterFamily(
         name="llamacloud_chat_tool_calls",
@@ -352,6 +361,8 @@ FAMILIES: tuple[Family, ...] = (
         known=lambda known, counters: ((i, o) for i in _firsts(counters["index_runs"]) for o in OUTCOMES),
         gen_ai=GenAi(
             "gen_ai_invoke_agent_data_source_invocations",
+            "gen_ai.invoke_agent.data_source.invocations",
+            "{invocation}",
             series=_invocations("index_runs", "index_errors", "gen_ai_data_source_id"),
             covers=("llamacloud_chat_index_run_errors",),
         ),

@@ -133,6 +133,13 @@ class SelfMetrics:
             registry=registry,
         )
         self.rate_limit_left = RateLimitRemaining(registry)
+        self.otlp_exports = Counter(
+            p + "otlp_exports",
+            "OTLP pushes of the chat families (--otlp-endpoint), by result: success, failure, or skipped while the "
+            "last one still ran.",
+            ["result"],
+            registry=registry,
+        )
         self.auth_refusals = Counter(
             p + "scrape_auth_refusals",
             "Requests to /metrics or / refused by basic auth, "
@@ -155,6 +162,9 @@ class SelfMetrics:
 
     def invalid_payload(self, operation: str) -> None:
         self.invalid_payloads.labels(operation).inc()
+
+    def otlp_export(self, result: str) -> None:
+        self.otlp_exports.labels(result).inc()
 
     def budget_wait(self, seconds: float) -> None:
         self.budget_waits.inc(seconds)
@@ -370,6 +380,13 @@ class SnapshotCollector(Collector):
         if snap.ready:
             yield from self._chat_families(snap)
             yield from self._session_families(snap.sessions)
+
+    def chat(self, fleet: FleetSnapshot) -> Iterator[Metric]:
+        """The aggregated chat families of every synced project, as a scrape shows them (``--semconv``'s names,
+        ``project_id``): what an OTLP push sends."""
+        yield from _merged(
+            _with_project(self._chat_families(p.snapshot), p.project_id) for p in fleet.projects if p.snapshot.ready
+        )
 
     def _global_families(self, fleet: FleetSnapshot) -> Iterator[Metric]:
         p = "llamacloud_collector_"

@@ -253,6 +253,15 @@ class Settings(BaseSettings):
         help="the names of the chat families: `llamacloud` (the contract), `gen_ai` (the OpenTelemetry GenAI "
         "semantic conventions as Prometheus translates them, our names for the rest) or `both`",
     )
+    otlp_endpoint: str | None = setting(
+        None,
+        env="OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        shown="none (`OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/metrics` when that is set)",
+        schema={"pattern": "^$|^https?://"},  # "": none, in the chart
+        help="push the chat families over OTLP/HTTP to this URL after each poll, as cumulative sums and "
+        "histograms under the `--semconv` names; `OTEL_EXPORTER_OTLP_HEADERS`, `_TIMEOUT` and `_COMPRESSION` "
+        "(or their `_METRICS_` forms) apply; header values are never logged",
+    )
     max_requests_per_second: float | None = setting(
         None,
         env="COLLECTOR_MAX_REQUESTS_PER_SECOND",
@@ -283,6 +292,11 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings,)  # load_settings merges flags, env and file itself
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp(cls, value: str | None) -> str | None:
+        return None if value is None else cls._url(value)
 
     @field_validator("base_url")
     @classmethod
@@ -498,8 +512,27 @@ def _read_config(path: str) -> dict[str, Any]:
     return data
 
 
+OTLP_BASE_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
+"""The OpenTelemetry base endpoint: the metrics one is it with ``/v1/metrics``, as the SDK's exporter reads it."""
+
+
+def otlp_secrets(environ: Mapping[str, str]) -> list[str]:
+    """The header values of ``OTEL_EXPORTER_OTLP_(METRICS_)HEADERS`` (``key=value,...``): a backend's API key, for
+    the log redactor."""
+    values = []
+    for name in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS"):
+        for pair in (environ.get(name) or "").split(","):
+            _, sep, value = pair.partition("=")
+            if sep and value.strip():
+                values.append(value.strip())
+    return values
+
+
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
+    base = environ.get(OTLP_BASE_ENV)
+    if base and not environ.get(ENV_VARS["otlp_endpoint"]):
+        values["otlp_endpoint"] = base.rstrip("/") + "/v1/metrics"
     for name, var in ENV_VARS.items():
         raw = environ.get(var)
         if raw == "" and name == "shard":

@@ -9,6 +9,7 @@ A ``StateStore`` persists the committed state; ``MemoryStore`` keeps nothing.
 from __future__ import annotations
 
 import heapq
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from datetime import UTC, datetime
@@ -550,6 +551,8 @@ class StateStore(Protocol):
 
     project_id: str
     """The project whose state it keeps (``""``: not named yet); a file names it from its next save."""
+    counting_since: float
+    """When the counts it keeps began (Unix seconds): an OTLP series' start time, the same across restarts."""
 
     def load(self) -> CollectorState | None: ...
 
@@ -562,6 +565,9 @@ class MemoryStore:
     """No persistence: a restart re-derives every counter from the full histories."""
 
     project_id = ""
+
+    def __init__(self) -> None:
+        self.counting_since = time.time()  # memory only: the counts begin with the process
 
     def load(self) -> CollectorState | None:
         return None

@@ -99,6 +99,13 @@ class ExpositionConfig:
 
 
 @dataclass(frozen=True)
+class OtlpConfig:
+    """Where the chat families are pushed over OTLP/HTTP (``--otlp-endpoint``); None: not pushed."""
+
+    endpoint: str | None
+
+
+@dataclass(frozen=True)
 class EndpointsConfig:
     """Where the endpoints listen, and their TLS and basic auth (the exporter-toolkit web config file)."""
 
@@ -128,6 +135,7 @@ class Wiring:
     store: StoreConfig | None
     """None: memory only."""
     exposition: ExpositionConfig
+    otlp: OtlpConfig
     endpoints: EndpointsConfig
     logs: LogConfig
 
@@ -178,6 +186,7 @@ def wire(settings: Settings) -> Wiring:
             error_types=tuple(dict.fromkeys([*(t for t, _ in rules), OTHER_ERROR])),
             semconv=settings.semconv,
         ),
+        otlp=OtlpConfig(endpoint=settings.otlp_endpoint),
         endpoints=EndpointsConfig(listen=settings.listen, web_config=settings.web_config),
         logs=LogConfig(level=settings.log_level, fmt=settings.log_format),
     )

@@ -40,7 +40,7 @@ def candidates(annotation: Any, default: Any, folder: Path) -> list[Any]:
         elif kind is str:
             if isinstance(default, str) and default:
                 out += [default + "x", *(default[:-1] + c for c in "123"), "x_" + default]
-            out += ["value_1", "value_2"]
+            out += ["value_1", "value_2", "https://value-1.test", "https://value-2.test"]  # plain text, or a URL
         elif kind is SecretStr:
             out += ["llx-value_1", "llx-value_2"]
         elif kind is Path:

@@ -83,6 +83,8 @@ class Meta:
     floor: Any = field(default=None, metadata=stored(OPTIONAL_JSON_TEXT))
     histogram_floor: Any = field(default=None, metadata=stored(OPTIONAL_JSON_TEXT))
     """Absent before 0.2.0: none."""
+    counting_since: float = field(default=0.0, metadata=stored(MEASURE_TEXT))
+    """When the file's counts began (an OTLP series' start). Absent before 0.2.0: 0, and the first load sets it."""
     project_id: str = field(default="", metadata=stored(TEXT))
     """The project whose state this is. Absent (or empty) in a file of an earlier release: the one project it
     watched, the configured one or the key's default (``collector.projects``)."""

@@ -95,6 +95,8 @@ class SqliteStore:
         """The meta values last read (``load``) or written (``save``)."""
         self.project_id = project_id
         """The project whose state the file keeps: given (a project's own file), or named by the file."""
+        self.counting_since = clock()
+        """When the file's counts began: read from it, else now (a new file, or one moved aside)."""
         self._refuse_newer()
 
     def _refuse_newer(self) -> None:
@@ -227,6 +229,7 @@ class SqliteStore:
                 f"{meta.project_id[:80]}'s state, not {self.project_id[:80]}'s; it is left in place"
             )
         self.project_id = self.project_id or meta.project_id
+        self.counting_since = meta.counting_since or self.counting_since
         same = derivation == DERIVATION_VERSION  # new rules or label limits apply from now on: no re-derivation
         aggregates = self._aggregates(meta.aggregates)
         floor = None if meta.floor is None else self._aggregates(meta.floor)
@@ -359,6 +362,7 @@ class SqliteStore:
                 saved_at=self.clock(),
                 floor=None if state.floor is None else state.floor.to_dict(),
                 histogram_floor=None if state.histogram_floor is None else state.histogram_floor.to_dict(),
+                counting_since=self.counting_since,
                 project_id=self.project_id,
             )
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", encode_meta(meta).items())  # pragma: no mutate
