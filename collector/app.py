@@ -120,6 +120,7 @@ class CollectorService:
         self.client = make_client(wiring.client, api_key, self.self_metrics, transport)
         if store is None and wiring.store is not None:
             store = SqliteStore(**arguments(wiring.store))
+            store.refuse_newer()  # a newer release's file: one line before anything starts (exit 2)
         classifier = ErrorClassifier(wiring.rules)
 
         def make(project_id: str | None, store: StateStore | None) -> Poller:
@@ -184,9 +185,15 @@ class CollectorService:
     async def _projects(self, run: Callable[[Watched], Awaitable[CycleReport]]) -> dict[int, CycleReport]:
         """``run`` for every active project at once (one that crashes is logged, never the others' end), each
         settled in the fleet, then the memory once."""
-        await asyncio.to_thread(self.fleet.ensure_loaded)
-        watched = [w for w in self.fleet.active() if not w.problem]
-        results = await asyncio.gather(*(run(w) for w in watched), return_exceptions=True)
+        await asyncio.to_thread(self.fleet.close_retired)
+        watched = self.fleet.active()
+
+        async def slot(project: Watched) -> CycleReport | None:
+            if not project.poller.loaded:  # added since, or its file could not be read: in its own slot
+                await asyncio.to_thread(self.fleet.load_project, project)
+            return None if project.problem else await run(project)
+
+        results = await asyncio.gather(*(slot(w) for w in watched), return_exceptions=True)
         reports: dict[int, CycleReport] = {}
         for project, result in zip(watched, results, strict=True):
             if isinstance(result, asyncio.CancelledError):
@@ -200,7 +207,8 @@ class CollectorService:
                 self.fleet.settled(project, None)
                 continue
             self.fleet.settled(project, result)
-            reports[id(project)] = result
+            if result is not None:
+                reports[id(project)] = result
         self._cycles += 1
         settle_memory(self._cycles)
         self.push()

@@ -174,7 +174,7 @@ class Fleet:
         for project_id in self.config.ids if not self.config.all else ():
             if project_id not in self.projects:
                 self._add(project_id, "", strict=True)  # a configured project's refused file: exit 2, at start
-                self.projects[project_id].poller.load_state()
+                self.load_project(self.projects[project_id], strict=True)  # one that cannot open now: its own
 
     # -- the projects listing --------------------------------------------------------------------------
 
@@ -263,7 +263,7 @@ class Fleet:
                 self._add(project_id, by_id[project_id].name)
 
     def _retire(self, watched: Watched) -> None:
-        """No longer watched: its series go, and its poller (its state saved, in a thread: ``ensure_loaded``),
+        """No longer watched: its series go, and its poller (its state saved, in a thread: ``close_retired``),
         so a listing that makes up projects cannot grow memory. The home project's stays, with its file."""
         watched.active = False
         assert watched.project_id is not None
@@ -332,9 +332,9 @@ class Fleet:
         out = [self.home] if self.home.active else []
         return out + [w for w in self.projects.values() if w.active and w is not self.home]
 
-    def ensure_loaded(self) -> None:
-        """Save and close the state of projects no longer watched, and load the state of projects added since
-        (in a thread: a big file takes seconds)."""
+    def close_retired(self) -> None:
+        """Save and close the state of projects no longer watched (in a thread); a file of one that never counted
+        goes with it."""
         while self.retiring:
             poller = self.retiring.pop()
             try:
@@ -346,24 +346,35 @@ class Fleet:
                         leftover.unlink(missing_ok=True)
             except Exception as exc:  # noqa: BLE001 - one project's file never stops the others
                 self.log.error("state of a project no longer watched not saved", error=f"{type(exc).__name__}: {str(exc)[:200]}")
-        for watched in self.active():
-            if not watched.poller.loaded:
-                try:
-                    watched.poller.load_state()
-                except Exception as exc:  # noqa: BLE001 - one project's file never stops the others
-                    if not watched.problem:
-                        self.log.error(
-                            "project's state file not read; retried next slot",
-                            project_id=watched.project_id,
-                            error=f"{type(exc).__name__}: {str(exc)[:300]}",
-                        )
-                    watched.problem = str(exc)[:300]
-                else:
-                    watched.problem = ""
+
+    def load_project(self, watched: Watched, *, strict: bool = False) -> None:
+        """Read a project's state file (in a thread, in that project's own slot: a locked file waits SQLite's busy
+        timeout there, holding back no other project). A file that cannot be read now is that project's failure:
+        it shows up 0 and is read again next slot."""
+        try:
+            watched.poller.load_state()
+        except ConfigError:
+            if strict:
+                raise  # a configured project's file of a newer release, or of another project: exit 2 at start
+            watched.problem = watched.problem or "refused"  # never read, never written: said once below
+            self._once(
+                f"refused {watched.project_id}", "project not watched: its state file is refused", project_id=watched.project_id
+            )
+        except Exception as exc:  # noqa: BLE001 - one project's file never stops the others
+            if not watched.problem:
+                self.log.error(
+                    "project's state file not read; retried next slot",
+                    project_id=watched.project_id,
+                    error=f"{type(exc).__name__}: {str(exc)[:300]}",
+                )
+            watched.problem = str(exc)[:300] or type(exc).__name__
+        else:
+            watched.problem = ""
 
     def settled(self, watched: Watched, report: CycleReport | None) -> None:
-        """A cycle of ``watched`` ended: count the failures in a row."""
-        watched.failures = watched.failures + 1 if report is not None and report.result == "failure" else 0
+        """A cycle of ``watched`` ended (None: it crashed, or its state could not be read): count the failures in
+        a row."""
+        watched.failures = watched.failures + 1 if report is None or report.result == "failure" else 0
 
     @property
     def snapshot(self) -> FleetSnapshot:

@@ -397,3 +397,35 @@ def test_a_429_on_the_projects_listing_never_pauses_the_projects():
             assert_each_exact(await scrape(collector.port, projects=True), sim, (project_id(0), project_id(1)))
 
     run_async(scenario())
+
+
+def test_a_configured_project_s_locked_state_file_holds_back_neither_the_start_nor_the_others(tmp_path: Path):
+    """Another process holds a project's file (an exclusive lock): that project shows up 0 and is read again next
+    slot; the start and the other project go on (found by the second red team: it was exit 1 for all)."""
+    import sqlite3
+
+    from collector.projects import project_state_path
+
+    async def scenario():
+        sim = SimulatorService(sessions=4, runs=2, seed=3, rate=0, projects=2)
+        chosen, state = [project_id(0), project_id(1)], tmp_path / "s.db"
+        async with simulating(sim):
+            async with collecting(sim, **FAST, project_id=chosen, state_path=str(state)) as collector:
+                await collector.run_slot()
+            holder = sqlite3.connect(project_state_path(state, project_id(1)), isolation_level=None)
+            holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+            holder.execute("BEGIN EXCLUSIVE")
+            try:
+                async with collecting(sim, **FAST, project_id=chosen, state_path=str(state)) as collector:
+                    await collector.run_slot()
+                    samples = await scrape(collector.port, projects=True)
+                    assert labelled(samples, "llamacloud_collector_up") == {project_id(0): 1, project_id(1): 0}
+                    assert_each_exact(samples, sim, (project_id(0),))
+                    holder.rollback()
+                    holder.close()
+                    await collector.run_slot()
+                    assert_each_exact(await scrape(collector.port, projects=True), sim, chosen)
+            finally:
+                holder.close()
+
+    run_async(scenario())

@@ -97,9 +97,8 @@ class SqliteStore:
         """The project whose state the file keeps: given (a project's own file), or named by the file."""
         self.counting_since = clock()
         """When the file's counts began: read from it, else now (a new file, or one moved aside)."""
-        self._refuse_newer()
 
-    def _refuse_newer(self) -> None:
+    def refuse_newer(self) -> None:
         """Before anything writes to it: a file of a newer release raises ``NewerStateFile``, untouched."""
         if not self.path.is_file():
             return
@@ -156,7 +155,9 @@ class SqliteStore:
         """The stored state; None for a new file. A corrupt file is moved aside, and whatever totals it
         still holds become the floor of the resync; a newer release's file raises ``NewerStateFile``, and one
         that cannot be opened now (``UNOPENED``: file handles, locks, permissions) raises ``StateError`` and is
-        left as it is: it is not damaged."""
+        left as it is: it is not damaged. Nothing reads the file before (the collector loads it in a thread: a
+        locked file waits SQLite's busy timeout there, never on the event loop)."""
+        self.refuse_newer()  # before anything writes to it
         try:
             return self._load()
         except (UnknownField, NewerStateFile, ForeignStateFile) as exc:
