@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--sessions", type=int)
     demo.add_argument("--rate", type=float)
     add_setting(demo, "log_format")
+    add_setting(demo, "semconv")
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--port", type=int, default=8000)
     simulate.add_argument("--sessions", type=int, default=40)

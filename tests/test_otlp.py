@@ -18,10 +18,11 @@ import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AGGREGATION_TEMPORALITY_CUMULATIVE
+from prometheus_client.utils import floatToGoString
 
 from collector.settings import load_settings
 from collector.simulator.service import SimulatorService
-from tests.helpers import collecting, run_async, scrape, simulating, value
+from tests.helpers import assert_matches_truth, collecting, run_async, scrape, simulating, value
 
 pytestmark = pytest.mark.tier("unit")
 
@@ -81,6 +82,41 @@ def runs_by_outcome(pushed: dict[str, Any]) -> dict[str, float]:
     return {attributes(p)["outcome"]: p.as_double or p.as_int for p in runs.sum.data_points}
 
 
+BACK = {"gen_ai.invoke_agent.duration": "gen_ai_invoke_agent_duration_seconds"}
+"""OpenTelemetry names whose Prometheus name gains a unit suffix (``s``); the others only change ``.`` to ``_``."""
+ATTRIBUTES_BACK = {"error.type": "error_type"}
+
+
+def as_scraped(request: ExportMetricsServiceRequest) -> dict[tuple[str, frozenset], float]:
+    """The pushed points as Prometheus would store them: names and labels translated back (``.`` to ``_``, a
+    unit ``s`` to ``_seconds``, ``_total`` on a monotonic sum), histograms as cumulative ``_bucket``, ``_count``
+    and ``_sum``, ``project_id`` left out (as ``tests.helpers.parse`` leaves it out)."""
+    out: dict[tuple[str, frozenset], float] = {}
+    for name, metric in metrics(request).items():
+        prom = BACK.get(name, name.replace(".", "_"))
+
+        def labels(point: Any, **more: str) -> frozenset:
+            pairs = {ATTRIBUTES_BACK.get(k, k.replace(".", "_")): v for k, v in attributes(point).items()}
+            pairs.pop("project_id", None)
+            return frozenset({**pairs, **more}.items())
+
+        if metric.HasField("sum"):
+            for p in metric.sum.data_points:
+                out[(prom + "_total", labels(p))] = p.as_double or p.as_int
+        elif metric.HasField("histogram"):
+            for p in metric.histogram.data_points:
+                running = 0
+                for bound, count in zip([*p.explicit_bounds, float("inf")], p.bucket_counts, strict=True):
+                    running += count
+                    out[(prom + "_bucket", labels(p, le=floatToGoString(bound)))] = running
+                out[(prom + "_count", labels(p))] = p.count
+                out[(prom + "_sum", labels(p))] = p.sum
+        elif metric.HasField("gauge"):
+            for p in metric.gauge.data_points:
+                out[(prom, labels(p))] = p.as_double or p.as_int
+    return out
+
+
 def truth(sim: SimulatorService) -> dict[str, float]:
     runs = sim.world.runs
     return {"error": sum(r.failed for r in runs), "success": sum(not r.failed for r in runs)}
@@ -95,6 +131,12 @@ def test_each_push_equals_the_truth_and_a_restart_with_state_keeps_the_start(tmp
                 await collector.run_slot()
                 pushed = metrics(await receiver.next())
                 assert runs_by_outcome(pushed) == truth(sim)
+                scraped = await scrape(collector.port)
+                assert_matches_truth(scraped, sim)
+                back = as_scraped(receiver.requests[-1])
+                chat = {k: v for k, v in scraped.items() if k[0].startswith(("llamacloud_chat_", "gen_ai_"))}
+                chat = {k: v for k, v in chat.items() if not k[0].startswith("llamacloud_chat_session_")}
+                assert back == chat, "every pushed value is what a scrape shows (and that, the truth)"
                 (resource,) = receiver.requests[-1].resource_metrics
                 names = {a.key: a.value.string_value for a in resource.resource.attributes}
                 assert names["service.name"] == "llamacloud-collector" and names["service.instance.id"]
