@@ -147,6 +147,8 @@ class CollectorService:
         self.server: Listener | None = None
         self.scheduler = None
         self._cycles = 0
+        self._slot_ends: float | None = None
+        """When this slot's cycles must end (monotonic): a cycle's budget from the slot's start."""
         self._cycle: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
 
@@ -176,11 +178,18 @@ class CollectorService:
     async def run_slot(self) -> None:
         """One scheduled slot: the projects listing, then every project's slot at once (``_project_slot``)."""
         self.fleet.begin_slot()
-        try:  # within half a cycle: the projects' cycles start after it
+        self._slot_ends = time.monotonic() + self.poller.cadence.budget  # the listing's time comes out of it
+        if self.fleet.needs_listing:  # which projects to poll, or the default's name: before the cycles
+            await self._list_projects()
+            await self._projects(self._project_slot)
+        else:  # the projects' names alone: beside the cycles, never before them
+            await asyncio.gather(self._list_projects(), self._projects(self._project_slot))
+
+    async def _list_projects(self) -> None:
+        try:  # within half a cycle
             await self.fleet.discover(Deadline.after(self.poller.cadence.budget / 2))
         except CollectorError:
             pass  # logged; the projects known so far go on
-        await self._projects(self._project_slot)
 
     async def _projects(self, run: Callable[[Watched], Awaitable[CycleReport]]) -> dict[int, CycleReport]:
         """``run`` for every active project at once (one that crashes is logged, never the others' end), each
@@ -231,8 +240,8 @@ class CollectorService:
         --interval 60 waited up to 175 s)."""
         poller = watched.poller
         cadence, clock = poller.cadence, time.monotonic
-        end = clock() + cadence.budget
-        report = await poller.cycle()
+        end = self._slot_ends or clock() + cadence.budget  # a slow projects listing never makes the slot overrun
+        report = await poller.cycle(max(0.0, end - clock()))
         while report.pass_complete and report.pass_spanned and (left := end - clock()) >= cadence.budget * NEXT_PASS_SHARE:
             report = await poller.cycle(left)
         return report

@@ -47,6 +47,9 @@ SETTLE_FAILURES = 3
 """Failed cycles in a row after which a project that never synced stops holding back ``/readyz``, when
 another project has synced: it failed on its own."""
 DISCOVERY_SECONDS = 30.0
+NAMES_EVERY = 10
+"""Slots between two projects listings asked only for the projects' names (no ``--all-projects``)."""
+NO_DEFAULT = "projects: the listing names no default project; set --project-id (LLAMA_CLOUD_PROJECT_ID)"
 MAX_DISCOVERY_BACKOFF = 8
 """Slots an optional projects listing waits at most after failures in a row (1, 2, 4, 8): a listing that keeps
 failing, or a 429's pause it would renew, never sets the pace of the projects it lists."""
@@ -121,6 +124,8 @@ class Fleet:
     skip_until: int = 0
     """The slot before which an optional projects listing is not asked again (a failure backs off)."""
     failures_in_a_row: int = 0
+    names_due: int = 0
+    """The slot from which the listing is asked again for names alone (configured projects, the default named)."""
     was_ready: bool = False
     """Ready once: readiness stays (a project added later, or one that fails, never takes it back)."""
     said: set[str] = field(default_factory=set)
@@ -189,10 +194,12 @@ class Fleet:
             finally:
                 self.just_failed = None
             if self.home.project_id is None:
-                raise FetchError(
-                    "projects: the listing names no default project; set --project-id (LLAMA_CLOUD_PROJECT_ID)",
-                    operation="projects",
-                )
+                raise FetchError(NO_DEFAULT, operation="projects")
+
+    @property
+    def needs_listing(self) -> bool:
+        """The slot's listing decides what the cycles do: which projects (``--all-projects``), or the default's ID."""
+        return self.config.all or self.home.project_id is None
 
     async def discover(self, deadline: Deadline | None = None) -> None:
         """Read the projects listing: names, the default project, and with ``--all-projects`` the projects added
@@ -202,6 +209,9 @@ class Fleet:
         self.just_failed = None
         if not needed and self.slot < self.skip_until:  # it failed lately: the projects known so far go on
             return
+        if not needed and not self.config.all and self.slot < self.names_due:  # only names to learn: now and then
+            return
+        self.names_due = self.slot + NAMES_EVERY
         within = Deadline.after(DISCOVERY_SECONDS)
         if deadline is not None and deadline.remaining() < within.remaining():
             within = deadline
@@ -227,6 +237,8 @@ class Fleet:
             defaults = [p for p in listed if p.is_default] or (list(listed) if len(listed) == 1 else [])
             if defaults:
                 self._name_home(defaults[0].id)
+            else:  # the home's cycle takes this answer, not a second listing in the slot
+                self.just_failed = NO_DEFAULT
         for project_id, project in by_id.items():
             watched = self.projects.get(project_id)
             if watched is not None:

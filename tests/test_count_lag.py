@@ -72,7 +72,10 @@ def test_a_pass_longer_than_a_cycle_is_followed_at_once_by_the_next_in_the_same_
     from tests.helpers import collecting, run_async, simulating
 
     async def scenario():
-        async with simulating(sessions=30) as sim, collecting(sim, interval=2.0, page_size=5) as collector:
+        async with (
+            simulating(sessions=30) as sim,
+            collecting(sim, interval=2.0, page_size=5, project_id="p1") as collector,  # named: no listing first
+        ):
             sim.api.latency = 0.4  # 6 pages one after another: about 2.4 s, over a cycle's 1.8 s
             await collector.run_slot()
             assert collector.poller.cycles == 1 and collector.poller.listing is not None  # cut mid-pass
