@@ -142,7 +142,8 @@ class CollectorService:
         self.fleet = Fleet.build(wiring.projects, self.client, make, store or MemoryStore(), self._labelled)
         self.exposition = SnapshotCollector(lambda: self.fleet.snapshot, **arguments(wiring.exposition))
         self.registry.register(self.exposition)
-        self.pusher = None if wiring.otlp.endpoint is None else Pusher(wiring.otlp.endpoint, self.self_metrics.otlp_export)
+        where = resource(instance_id(wiring.endpoints.listen.rpartition(":")[2], wiring.exposition.shard))
+        self.pusher = None if wiring.otlp.endpoint is None else Pusher(wiring.otlp.endpoint, self.self_metrics.otlp_export, where)
         self.clock = clock
         self.server: Listener | None = None
         self.scheduler = None
@@ -230,8 +231,7 @@ class CollectorService:
             return
         fleet = self.fleet.snapshot
         starts = {w.label: w.poller.store.counting_since for w in self.fleet.active()}
-        where = resource(instance_id(self.wiring.endpoints.listen.rpartition(":")[2], self.wiring.exposition.shard))
-        self.pusher.push(metrics_data(self.exposition.chat(fleet), starts, self.clock(), where))
+        self.pusher.push(metrics_data(self.exposition.chat(fleet), starts, self.clock(), self.pusher.resource))
 
     async def _project_slot(self, watched: Watched) -> CycleReport:
         """One project's slot: a cycle, and when it ended a pass that had spanned cycles with time to spare, the

@@ -163,7 +163,13 @@ async def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         projects=DEMO_PROJECTS,
     )
     await sim.start()
-    flags = {"interval": 5.0, "all_projects": True, **_flags(args, ("seed", "sessions", "rate")), "base_url": sim.base_url}
+    flags = {
+        "interval": 5.0,
+        "all_projects": True,
+        "semconv": "both",  # the demo shows every family: ours, and the GenAI names of the same counts
+        **_flags(args, ("seed", "sessions", "rate")),
+        "base_url": sim.base_url,
+    }
     settings = load_settings(flags, {k: v for k, v in environ.items() if not k.startswith("LLAMA_CLOUD_")})
     collector = CollectorService(settings, key)
     try:

@@ -150,6 +150,8 @@ class SelfMetrics:
         )
         for reason in AUTH_REFUSALS:
             self.auth_refusals.labels(reason)
+        for result in OTLP_RESULTS:
+            self.otlp_exports.labels(result)
         for operation in ("list", "summary", "retrieve"):
             self.invalid_payloads.labels(operation)
 
@@ -225,6 +227,7 @@ class SelfMetrics:
 
 
 POLL_RESULTS = ("success", "partial", "failure")
+OTLP_RESULTS = ("success", "failure", "skipped")
 FETCH_REASONS = ("new", "changed")
 
 

@@ -148,8 +148,10 @@ def _histogram_points(family: PromMetric, attributes: Any, start: Any, time_ns: 
 class Pusher:
     """One push at a time, in a thread, after a slot; the outcome counted by ``result`` (``success``, ``failure``)."""
 
-    def __init__(self, endpoint: str, counted: Any, exporter: OTLPMetricExporter | None = None) -> None:
+    def __init__(self, endpoint: str, counted: Any, where: Resource, exporter: OTLPMetricExporter | None = None) -> None:
         self.exporter = exporter or OTLPMetricExporter(endpoint=endpoint)
+        self.resource = where
+        """Who pushes (``resource``): fixed for the process."""
         self.counted = counted
         self.log = structlog.get_logger("collector.otlp")
         self.task: asyncio.Task[None] | None = None

@@ -30,6 +30,7 @@ GLOBAL_FAMILIES = frozenset(
         "llamacloud_collector_build_info",
         "llamacloud_collector_invalid_payloads",
         "llamacloud_collector_scrape_auth_refusals",
+        "llamacloud_collector_otlp_exports",
         "llamacloud_project_info",
     }
 )
