@@ -13,7 +13,7 @@ import gc
 import ipaddress
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -27,7 +27,6 @@ from collector.errors import CollectorError
 from collector.listener import Listener, listen
 from collector.llamacloud.client import ApiObserver, LlamaCloudClient
 from collector.metrics import ProjectObserver, SelfMetrics, SnapshotCollector
-from collector.otlp import Pusher, instance_id, metrics_data, resource
 from collector.poller import CycleReport, Poller
 from collector.projects import Fleet, Watched, project_state_path
 from collector.scheduler import start_scheduler
@@ -36,6 +35,9 @@ from collector.settings import Settings
 from collector.sqlite_store import SqliteStore
 from collector.state import MemoryStore, StateStore
 from collector.wiring import ClientConfig, arguments, wire
+
+if TYPE_CHECKING:
+    from collector.otlp import Pusher
 
 SHUTDOWN_GRACE = 5.0
 WEB_CONFIG_CHECK = 5.0
@@ -142,8 +144,12 @@ class CollectorService:
         self.fleet = Fleet.build(wiring.projects, self.client, make, store or MemoryStore(), self._labelled)
         self.exposition = SnapshotCollector(lambda: self.fleet.snapshot, **arguments(wiring.exposition))
         self.registry.register(self.exposition)
-        where = resource(instance_id(wiring.endpoints.listen.rpartition(":")[2], wiring.exposition.shard))
-        self.pusher = None if wiring.otlp.endpoint is None else Pusher(wiring.otlp.endpoint, self.self_metrics.otlp_export, where)
+        self.pusher: Pusher | None = None
+        if wiring.otlp.endpoint is not None:  # the OpenTelemetry SDK is imported only to push: 10 MB a pod saves
+            from collector.otlp import Pusher, instance_id, resource
+
+            where = resource(instance_id(wiring.endpoints.listen.rpartition(":")[2], wiring.exposition.shard))
+            self.pusher = Pusher(wiring.otlp.endpoint, self.self_metrics.otlp_export, where)
         self.clock = clock
         self.server: Listener | None = None
         self.scheduler = None
@@ -231,6 +237,8 @@ class CollectorService:
             return
         fleet = self.fleet.snapshot
         starts = {w.label: w.poller.store.counting_since for w in self.fleet.active()}
+        from collector.otlp import metrics_data
+
         self.pusher.push(metrics_data(self.exposition.chat(fleet), starts, self.clock(), self.pusher.resource))
 
     async def _project_slot(self, watched: Watched) -> CycleReport:

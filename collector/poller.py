@@ -39,6 +39,7 @@ from collector.state import (
     CollectorState,
     PollStatus,
     SessionState,
+    Shown,
     Snapshot,
     StateStore,
     Update,
@@ -319,7 +320,9 @@ class Poller:
         """The store has been read. Until then nothing is written: a refused file keeps its bytes."""
         self.loaded_at: float | None = None
         """When the load finished (monotonic): liveness counts from then, not from the start."""
-        self.snapshot: Snapshot = take_snapshot(self.state, self.poll, config.series_limit)
+        self.shown = Shown()
+        """The sessions with per-session series, kept from snapshot to snapshot (no scan of every session)."""
+        self.snapshot: Snapshot = take_snapshot(self.state, self.poll, config.series_limit, self.shown)
         self.prepare: Callable[[Deadline], Awaitable[None]] | None = None
         """Run before each cycle's pass; a ``FetchError`` or ``PayloadError`` from it fails the cycle."""
         if load:
@@ -330,7 +333,7 @@ class Poller:
         loaded = self.store.load()
         if loaded is not None:
             self.state = loaded
-            self.snapshot = take_snapshot(self.state, self.poll, self.config.series_limit)
+            self.snapshot = take_snapshot(self.state, self.poll, self.config.series_limit, self.shown)
         self.loaded = True
         self.loaded_at = self.monotonic()
 
@@ -585,11 +588,14 @@ class Poller:
         work = run.work
         if self._backing_off(run, sid):
             return None
+        if work.sessions.stamp(sid) == found.last_updated_at and sid not in work.replay:  # read from the packed row
+            run.report.unchanged += 1
+            self._recovered(sid)
+            return None
         prev = work.known(sid)
         if prev is not None and is_unchanged(prev, found) and sid not in work.replay:
             run.report.unchanged += 1
-            if sid not in work.sessions:
-                work.put(prev)  # back in the listing, unchanged: watched again as it was
+            work.put(prev)  # back in the listing, unchanged: watched again as it was
             self._recovered(sid)
             return None
         return Job(sid, found, "new" if prev is None else "changed", suspect=sid in self.failing)
@@ -931,7 +937,7 @@ class Poller:
             sessions_failing=len(self.failing),
             listing_pass_duration=self.last_pass_duration,
         )
-        self.snapshot = take_snapshot(self.state, self.poll, self.config.series_limit)
+        self.snapshot = take_snapshot(self.state, self.poll, self.config.series_limit, self.shown)
         self.cycle_finished = self.monotonic()
         log = self.log.info if report.result == "success" else self.log.warning
         log(

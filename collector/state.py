@@ -9,8 +9,10 @@ A ``StateStore`` persists the committed state; ``MemoryStore`` keeps nothing.
 from __future__ import annotations
 
 import heapq
+import marshal
+import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
@@ -105,6 +107,218 @@ class SessionState:
         default=None, metadata=stored(optional(fixed(COUNT, COUNT, optional(TEXT), shape="[cursor, events_seen, signature]")))
     )
     """(cursor, events_seen, stop_signature) from before a reset, in case the longer history returns."""
+
+
+_NAMES = tuple(f.name for f in fields(SessionState))
+_HEAD_NAMES = ("session_id", "last_updated_at", "updated_ts")
+assert _NAMES[:3] == _HEAD_NAMES, "a packed row reads these three first: keep them first"
+_SINCE_AT = _NAMES.index("in_progress_since") - len(_HEAD_NAMES)
+"""Where ``in_progress_since`` (kept in a row's head, beside ``updated_ts``) goes back among the body's values."""
+_BODY_NAMES = tuple(n for n in _NAMES[len(_HEAD_NAMES) :] if n != "in_progress_since")
+_JOB_AT = _BODY_NAMES.index("job")
+_JOB_NAMES = tuple(f.name for f in fields(LastRun))
+_HEAD = struct.Struct("<ddB")
+"""A row's head: ``updated_ts`` and ``in_progress_since`` (NaN: none), and the length of ``last_updated_at``."""
+_LONG_STAMP = 255
+"""A head's stamp length that says the stamp is the body's last value instead (a text of 255 bytes or more)."""
+_NAN = float("nan")
+
+
+def pack_row(state: SessionState) -> bytes:
+    """A session's state as one ``bytes`` (its ID is the table's key): about 230 bytes where the dataclass, its
+    strings, floats and ints take about 800. Every field but the head is one ``marshal``-ed tuple, so a new
+    field of ``SessionState`` is packed without a word here (and one marshal cannot hold fails loudly)."""
+    body = [getattr(state, name) for name in _BODY_NAMES]
+    job = body[_JOB_AT]
+    if job is not None:
+        body[_JOB_AT] = tuple(getattr(job, name) for name in _JOB_NAMES)
+    ts, since = state.updated_ts, state.in_progress_since
+    stamp = state.last_updated_at.encode("utf-8", "surrogatepass")
+    head = _HEAD.pack(_NAN if ts is None else ts, _NAN if since is None else since, min(len(stamp), _LONG_STAMP))
+    if len(stamp) < _LONG_STAMP:
+        return head + stamp + marshal.dumps(tuple(body))
+    return head + marshal.dumps((*body, state.last_updated_at))
+
+
+def unpack_row(session_id: str, row: bytes) -> SessionState:
+    """``pack_row``'s state back, named ``session_id``."""
+    ts, since, length = _HEAD.unpack_from(row)
+    if length < _LONG_STAMP:
+        start = _HEAD.size + length
+        stamp = row[_HEAD.size : start].decode("utf-8", "surrogatepass")
+        body = marshal.loads(memoryview(row)[start:])
+    else:
+        *body, stamp = marshal.loads(memoryview(row)[_HEAD.size :])
+    job = body[_JOB_AT]
+    if job is not None:
+        body = [*body[:_JOB_AT], LastRun(*job), *body[_JOB_AT + 1 :]]
+    return SessionState(  # type: ignore[call-arg]  # the body's values, in declared order
+        session_id,
+        stamp,
+        None if ts != ts else ts,
+        *body[:_SINCE_AT],
+        None if since != since else since,
+        *body[_SINCE_AT:],
+    )
+
+
+def _row_stamp(row: bytes) -> str:
+    length = row[_HEAD.size - 1]
+    if length < _LONG_STAMP:
+        return row[_HEAD.size : _HEAD.size + length].decode("utf-8", "surrogatepass")
+    return str(marshal.loads(memoryview(row)[_HEAD.size :])[-1])
+
+
+class SessionTable(MutableMapping[str, SessionState]):
+    """Sessions by ID, each held packed (``pack_row``): a million sessions in about 400 MB, where dataclasses took
+    1.6 GB. Reading one builds its ``SessionState`` anew; what a cycle asks of every listed session (its
+    ``last_updated_at``) and of every watched one (its order for the per-session series, a run in progress)
+    is read from the row's head without building it.
+
+    A ``tracked`` table (the watched sessions) also keeps which sessions changed since ``Shown`` last looked
+    (``touched``) and the start of each run in progress (``in_progress``): the snapshot never scans them all."""
+
+    __slots__ = ("_rows", "in_progress", "touched")
+
+    def __init__(self, items: Mapping[str, SessionState] | Iterable[tuple[str, SessionState]] = (), *, tracked: bool = False):
+        self._rows: dict[str, bytes] = {}
+        self.touched: set[str] | None = set() if tracked else None
+        self.in_progress: dict[str, float] = {}
+        self.update(items)
+
+    def __getitem__(self, session_id: str) -> SessionState:
+        return unpack_row(session_id, self._rows[session_id])
+
+    def get(self, session_id: str, default: SessionState | None = None) -> SessionState | None:  # type: ignore[override]
+        row = self._rows.get(session_id)
+        return default if row is None else unpack_row(session_id, row)
+
+    def __setitem__(self, session_id: str, state: SessionState) -> None:
+        if state.session_id != session_id:
+            raise ValueError(f"session {session_id[:80]!r} set to the state of {state.session_id[:80]!r}")
+        self.set_row(session_id, pack_row(state))
+
+    def __delitem__(self, session_id: str) -> None:
+        if self.pop_row(session_id) is None:
+            raise KeyError(session_id)
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._rows
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __repr__(self) -> str:
+        return f"SessionTable({dict(self.items())!r})"
+
+    def copy(self) -> SessionTable:
+        """An untracked copy (the rows are immutable: shared, not copied)."""
+        table = SessionTable()
+        table._rows = self._rows.copy()
+        return table
+
+    def clear(self) -> None:
+        for session_id in list(self._rows):
+            self.pop_row(session_id)
+
+    def rows(self) -> ItemsView[str, bytes]:
+        """Every session's packed row, in the table's order."""
+        return self._rows.items()
+
+    def row(self, session_id: str) -> bytes | None:
+        """A session's packed row, as the journal keeps it."""
+        return self._rows.get(session_id)
+
+    def set_row(self, session_id: str, row: bytes) -> None:
+        """Set ``session_id`` (last, as a dict puts a new key) to a packed row."""
+        self._rows[session_id] = row
+        if self.touched is not None:
+            self.touched.add(session_id)
+            since = _HEAD.unpack_from(row)[1]
+            if since == since:
+                self.in_progress[session_id] = since
+            else:
+                self.in_progress.pop(session_id, None)
+
+    def pop_row(self, session_id: str) -> bytes | None:
+        row = self._rows.pop(session_id, None)
+        if row is not None and self.touched is not None:
+            self.touched.add(session_id)
+            self.in_progress.pop(session_id, None)
+        return row
+
+    def stamp(self, session_id: str) -> str | None:
+        """The ``last_updated_at`` a session was counted at (None: not in the table), its row left packed."""
+        row = self._rows.get(session_id)
+        return None if row is None else _row_stamp(row)
+
+    def order_key(self, session_id: str) -> tuple[float, str] | None:
+        """Where a session stands in the per-session series' order (``shown_key``); None: not in the table."""
+        row = self._rows.get(session_id)
+        if row is None:
+            return None
+        ts = _HEAD.unpack_from(row)[0]
+        return (ts if ts == ts and ts else 0.0, session_id)
+
+    def order_keys(self) -> Iterator[tuple[float, str]]:
+        """``order_key`` of every session: a scan of the heads, no state built."""
+        head = _HEAD.unpack_from
+        for session_id, row in self._rows.items():
+            ts = head(row)[0]
+            yield (ts if ts == ts and ts else 0.0, session_id)
+
+    def take_touched(self) -> set[str]:
+        """The sessions set or removed since the last call (a tracked table's), forgotten here."""
+        touched = self.touched or set()
+        if self.touched is not None:
+            self.touched = set()
+        return touched
+
+
+def shown_key(state: SessionState) -> tuple[float, str]:
+    """The per-session series' order: the most recently updated first (ties by ID)."""
+    return (state.updated_ts or 0.0, state.session_id)
+
+
+class Shown:
+    """The sessions with per-session series (the ``limit`` most recently updated), kept from snapshot to
+    snapshot: each snapshot reads only the sessions changed since the last one (``SessionTable.touched``).
+    Every watched session that is neither shown nor changed is ordered after the shown ones, so the new
+    shown ones are among the old and the changed. Only when a shown one left or moved back in the order
+    (a clock put back) can another take its place unseen: then every head is read again, once."""
+
+    def __init__(self) -> None:
+        self.table: SessionTable | None = None
+        self.limit = -1
+        self.top: dict[str, SessionState] = {}
+        self.scans = 0
+        """Full reads of the heads (a test's and a benchmark's measure)."""
+
+    def update(self, table: SessionTable, limit: int) -> tuple[SessionState, ...]:
+        touched = table.take_touched()
+        keys: list[tuple[float, str]] | None = None
+        if table is self.table and limit == self.limit:
+            kept = dict(self.top)
+            moved: list[tuple[float, str]] = []
+            for session_id in touched:
+                before = kept.pop(session_id, None)
+                key = table.order_key(session_id)
+                if before is not None and (key is None or key < shown_key(before)):
+                    break  # a shown one left or moved back: another may take its place unseen
+                if key is not None:
+                    moved.append(key)
+            else:
+                keys = [shown_key(s) for s in kept.values()] + moved
+        if keys is None:
+            self.scans += 1
+            self.table, self.limit, kept = table, limit, {}
+            keys = list(table.order_keys())
+        best = heapq.nlargest(limit, keys)
+        self.top = {sid: kept.get(sid) or table[sid] for _, sid in best}
+        return tuple(self.top.values())
 
 
 class Update(NamedTuple):
@@ -338,18 +552,19 @@ def _copied(value: Any) -> Any:
 @dataclass
 class CollectorState:
     aggregates: Aggregates
-    sessions: dict[str, SessionState] = field(default_factory=dict, metadata=KEYED)
+    sessions: SessionTable = field(default_factory=lambda: SessionTable(tracked=True), metadata=KEYED)
+    """The watched sessions, packed (``SessionTable``), tracked for the snapshot's ``Shown``."""
     synced: bool = False
     floor: Aggregates | None = None
     """Stored aggregates to raise to once a re-derivation (a new derivation version, a salvaged file) has
     synced."""
-    retired: dict[str, SessionState] = field(default_factory=dict, metadata=KEYED)
+    retired: SessionTable = field(default_factory=SessionTable, metadata=KEYED)
     """Sessions no longer listed, in a compact form (``RETIRED_DROPS``): one that comes back resumes from its
     cursor instead of being counted again, however many left meanwhile (DESIGN §4). With a state file these
     are only the ones not saved yet: the store keeps the rest on disk (``archive``)."""
     archive: Archive | None = field(default=None, compare=False, metadata=TRANSIENT)
     """Set by the store at a load and after a save, never by a cycle."""
-    prior: dict[str, SessionState] = field(default_factory=dict)
+    prior: SessionTable = field(default_factory=SessionTable)
     """While a re-derivation runs (``floor`` set): where counting stood in each stored session when the
     floor was saved. At the sync, a session not re-derived yet (failing, or not listed) retires with that
     cursor, so when it is read again only its runs after the floor are counted, never its old ones twice."""
@@ -362,13 +577,21 @@ class CollectorState:
     changed: set[str] = field(default_factory=set, metadata=PER_CYCLE)
     removed: set[str] = field(default_factory=set, metadata=PER_CYCLE)
     prior_changed: bool = False
-    _undo: dict[str, dict[str, SessionState | None]] | None = field(
+    _undo: dict[str, dict[str, bytes | None]] | None = field(
         default=None, init=False, repr=False, compare=False, metadata=TRANSIENT
     )
-    """The journal itself, while a cycle runs: for each keyed table, each touched key's committed value
+    """The journal itself, while a cycle runs: for each keyed table, each touched key's committed row
     (None: it was absent)."""
     _saved: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False, metadata=TRANSIENT)
     """The journal itself: the committed value of each copied field."""
+
+    def __post_init__(self) -> None:
+        """Tables given as plain mappings (a test's, a loader's) are packed; the watched one is tracked."""
+        if not isinstance(self.sessions, SessionTable) or self.sessions.touched is None:
+            self.sessions = SessionTable(self.sessions, tracked=True)
+        for name in ("retired", "prior"):
+            if not isinstance(getattr(self, name), SessionTable):
+                setattr(self, name, SessionTable(getattr(self, name)))
 
     def begin(self) -> CollectorState:
         """Start a cycle on this state itself. Nothing is copied but the copied fields (the aggregates, small):
@@ -392,7 +615,9 @@ class CollectorState:
         for name, undo in (self._undo or {}).items():
             table = getattr(self, name)
             for sid, before in undo.items():
-                _journaled(table, None, sid, before)
+                table.pop_row(sid)
+                if before is not None:
+                    table.set_row(sid, before)
         for name, value in (self._saved or {}).items():
             setattr(self, name, value)
         for name, fresh in _PER_CYCLE:
@@ -474,7 +699,7 @@ class CollectorState:
                     # re-derived from a shorter read than was counted: the floor holds the rest
                     self._set(sid, replace(current, high_water=counted))
                     self.changed.add(sid)
-            self.prior = {}
+            self.prior = SessionTable()
             self.prior_changed = True
         self.synced = True
 
@@ -492,14 +717,12 @@ def _fresh(f: Field[Any]) -> Callable[[], Any]:
 _PER_CYCLE = tuple((f.name, _fresh(f)) for f in fields(CollectorState) if journal_mode(f) == "per_cycle")
 
 
-def _journaled(
-    table: dict[str, SessionState], undo: dict[str, SessionState | None] | None, sid: str, state: SessionState | None
-) -> None:
+def _journaled(table: SessionTable, undo: dict[str, bytes | None] | None, sid: str, state: SessionState | None) -> None:
     """Set ``sid`` in ``table`` (None: remove it, else put it last), first noting in ``undo`` (when a cycle
-    journals) what it held, so that a rollback restores it."""
+    journals) the row it held, so that a rollback restores it."""
     if undo is not None and sid not in undo:
-        undo[sid] = table.get(sid)
-    table.pop(sid, None)
+        undo[sid] = table.row(sid)
+    table.pop_row(sid)
     if state is not None:
         table[sid] = state
 
@@ -530,16 +753,22 @@ class Snapshot:
     poll: PollStatus
 
 
-def take_snapshot(state: CollectorState, poll: PollStatus, series_limit: int) -> Snapshot:
-    sessions = state.sessions.values()
-    shown = heapq.nlargest(series_limit, sessions, key=lambda s: (s.updated_ts or 0.0, s.session_id))
-    since = [s.in_progress_since for s in sessions if s.in_progress_since is not None]
+def take_snapshot(state: CollectorState, poll: PollStatus, series_limit: int, shown: Shown | None = None) -> Snapshot:
+    """The committed state as scrapes see it. With ``shown`` (the poller's, kept from cycle to cycle) only the
+    sessions changed since its last snapshot are read; without, every head is (and nothing is taken from the
+    table's ``touched``, which belongs to the one ``Shown`` that reads it)."""
+    table = state.sessions
+    if shown is not None:
+        sessions = shown.update(table, series_limit)
+    else:
+        sessions = tuple(table[sid] for _, sid in heapq.nlargest(series_limit, table.order_keys()))
+    since = table.in_progress.values()
     return Snapshot(
         ready=state.synced,
         aggregates=state.exposed(),  # committed state is never mutated; each cycle works on a copy
-        sessions=tuple(shown),
-        sessions_watched=len(state.sessions),
-        sessions_over_limit=max(0, len(state.sessions) - series_limit),
+        sessions=sessions,
+        sessions_watched=len(table),
+        sessions_over_limit=max(0, len(table) - series_limit),
         runs_in_progress=len(since),
         oldest_in_progress_since=min(since) if since else None,
         poll=poll,

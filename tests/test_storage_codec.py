@@ -24,7 +24,7 @@ from collector.aggregates import MAX_COUNT, Aggregates, Buckets, StoredValueErro
 from collector.derive import RunRecord, ToolCall
 from collector.errors import StateError
 from collector.llamacloud.bounds import session_id_problem
-from collector.state import RETIRED_DROPS, CollectorState, LastRun, SessionState, journal_mode
+from collector.state import RETIRED_DROPS, CollectorState, LastRun, SessionState, SessionTable, journal_mode
 from collector.storage import rules
 from collector.storage.records import META, SESSION, Meta, decode_session, encode_meta, encode_session
 from collector.storage.sqlite import NewerStateFile, SqliteStore
@@ -318,7 +318,7 @@ def change_in_place(value: object) -> bool:
     """Change a field's working value in place as a cycle might; False when it cannot be (immutable)."""
     if isinstance(value, Aggregates):
         value.add_runs([RunRecord(False, None, 1.0, 1, 1, 1, (), ())], "x", NOW)
-    elif isinstance(value, dict):
+    elif isinstance(value, (dict, SessionTable)):
         value["x"] = SessionState("x", "t")
     elif isinstance(value, set):
         value.add("x")
@@ -331,7 +331,7 @@ OTHER: dict[str, Any] = {
     "bool": lambda v: not v,
     "Aggregates": lambda v: Aggregates(BUCKETS, 50),
     "Aggregates | None": lambda v: None,
-    "dict[str, SessionState]": lambda v: {},
+    "SessionTable": lambda v: SessionTable(),
     "set[str]": lambda v: {"y"},
 }
 """A different value of each type a journaled field has, as a cycle might set it."""

@@ -34,7 +34,7 @@ from collector.aggregates import Aggregates, Buckets, StoredValueError, UnknownF
 from collector.derive import DERIVATION_VERSION
 from collector.errors import ConfigError, StateError
 from collector.paths import state_path_problem
-from collector.state import CollectorState, SessionState
+from collector.state import CollectorState, SessionState, SessionTable
 from collector.storage.records import META, Meta, decode_meta, decode_session, encode_meta, encode_session
 
 SCHEMA_VERSION = 2
@@ -236,13 +236,13 @@ class SqliteStore:
         floor = None if meta.floor is None else self._aggregates(meta.floor)
         histogram_floor = None if meta.histogram_floor is None else self._aggregates(meta.histogram_floor)
 
-        def states(query: str) -> dict[str, SessionState]:
-            out = {}
+        def states(query: str, *, tracked: bool = False) -> SessionTable:
+            out = SessionTable(tracked=tracked)  # packed row by row: never a million dataclasses at once
             for sid, text in db.execute(query):
                 out[sid] = self._decoded(sid, text)
             return out
 
-        sessions = states("SELECT session_id, state FROM sessions")  # pragma: no mutate
+        sessions = states("SELECT session_id, state FROM sessions", tracked=True)  # pragma: no mutate
         prior = states("SELECT session_id, state FROM prior")  # pragma: no mutate
         retired_any = db.execute("SELECT 1 FROM retired LIMIT 1").fetchone() is not None  # pragma: no mutate
         if sum(aggregates.runs.values()) and not (sessions or retired_any or prior):
@@ -252,17 +252,15 @@ class SqliteStore:
             self.full_rewrite = True
             if floor is not None:  # changed again before the last re-derivation synced: keep the larger
                 aggregates.raise_to(floor)
-            retired = {
-                sid: self._decoded(sid, text)
-                for sid, text in db.execute(  # pragma: no mutate
-                    "SELECT session_id, state FROM retired ORDER BY position"
-                )
-            }
             # where counting stood, for the sessions not re-derived by the sync (an earlier prior wins)
+            where = states("SELECT session_id, state FROM retired ORDER BY position")  # pragma: no mutate
+            for table in (sessions, prior):
+                for sid, row in table.rows():
+                    where.set_row(sid, row)
             return CollectorState(
                 Aggregates(self.buckets, self.label_limit),
                 floor=aggregates,
-                prior={**retired, **sessions, **prior},
+                prior=where,
                 archive=self.retired_session,
             )
         if db.execute(DAMAGED_RETIRED).fetchone() is not None:  # checked by SQLite: a million rows in seconds
@@ -338,7 +336,7 @@ class SqliteStore:
                 rows = [state.sessions[s] for s in state.changed if s in state.sessions]
             db.executemany(
                 "INSERT OR REPLACE INTO sessions VALUES (?, ?)",  # pragma: no mutate
-                [(s.session_id, _row(s.session_id, s)) for s in rows],
+                ((s.session_id, _row(s.session_id, s)) for s in rows),  # a row at a time: never a million at once
             )
             if self.full_rewrite or state.prior_changed:
                 db.execute("DELETE FROM prior")  # pragma: no mutate

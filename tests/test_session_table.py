@@ -1,0 +1,152 @@
+"""The packed session table (issue 32): every field of a session back as it went in, and the per-session
+series and in-progress gauges kept from what changed, never from a scan, equal to a scan of a plain dict
+whatever the sequence of puts, removals, clocks put back and rollbacks."""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import replace
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from collector.aggregates import Aggregates
+from collector.state import (
+    CollectorState,
+    LastRun,
+    PollStatus,
+    SessionState,
+    SessionTable,
+    Shown,
+    pack_row,
+    shown_key,
+    take_snapshot,
+    unpack_row,
+)
+from tests.test_storage_codec import BUCKETS, assert_same, records
+
+pytestmark = pytest.mark.tier("unit")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records(SessionState), st.sampled_from(["short", "long", "unicode"]))
+def test_every_field_comes_back_from_its_packed_row(state, stamp):
+    """Every field set to other than its default (the state file's own strategy), and a ``last_updated_at``
+    past a head's length byte, or beyond ASCII."""
+    state = replace(state, last_updated_at={"short": state.last_updated_at, "long": "9" * 300, "unicode": "ü\ud800" * 90}[stamp])
+    assert_same(state, unpack_row(state.session_id, pack_row(state)), "row")
+    table = SessionTable()
+    table[state.session_id] = state
+    assert table.stamp(state.session_id) == state.last_updated_at
+    assert table.order_key(state.session_id) == shown_key(state)
+
+
+def test_a_packed_row_is_a_quarter_of_the_dataclass():
+    state = SessionState(
+        "7311d8a3-c2ce-4f44-bed4-d57b1e2feb89",
+        "2026-12-03T09:18:49.155656+00:00",
+        1796289529.155656,
+        "Compare the two pricing proposals.",
+        "read_only",
+        ("idx-04",),
+        LastRun(527.1, 3201, 2277, 2, False),
+        58,
+        63,
+        "9b181229d0672c3d",
+        5,
+        0,
+        65093,
+        7747,
+        58,
+        1796289535.6834266,
+    )
+    assert len(pack_row(state)) < 200
+
+
+def test_a_state_under_another_id_is_refused():
+    with pytest.raises(ValueError, match="set to the state of"):
+        SessionTable()["a"] = SessionState("b", "t")
+
+
+# -- the shown sessions and the runs in progress, against a scan of a plain dict -------------------------
+
+IDS = [f"s{i}" for i in range(6)]
+TIMES = st.one_of(st.none(), st.sampled_from([0.0, 1.0, 2.0, 3.0, 5.0, 8.0]))
+PUT = st.tuples(st.just("put"), st.sampled_from(IDS), TIMES, TIMES)
+SNAPSHOT = st.tuples(st.just("snapshot"))
+STEP = st.one_of(
+    PUT,
+    PUT,
+    PUT,
+    st.tuples(st.just("drop"), st.sampled_from(IDS)),
+    st.tuples(st.just("begin")),
+    st.tuples(st.just("rollback")),
+    st.tuples(st.just("commit")),
+    SNAPSHOT,
+    SNAPSHOT,
+)
+
+
+def scanned(sessions: dict[str, SessionState], limit: int) -> tuple[SessionState, ...]:
+    """What the snapshot showed before the table: every session read, the most recently updated first."""
+    return tuple(heapq.nlargest(limit, sessions.values(), key=shown_key))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(STEP, max_size=60), st.integers(1, 5))
+@example([("put", "s0", 1.0, None), ("put", "s1", 1.0, None), ("snapshot",), ("put", "s1", None, None)], 1)  # moved back
+@example([("put", "s0", 1.0, None), ("put", "s1", 2.0, None), ("snapshot",), ("drop", "s1")], 1)  # a shown one retired
+@example([("put", "s0", 1.0, None), ("snapshot",), ("begin",), ("put", "s0", 2.0, 1.0), ("rollback",)], 1)
+def test_the_shown_sessions_and_runs_in_progress_equal_a_scan(steps, limit):
+    state = CollectorState(Aggregates(BUCKETS, 5))
+    shown = Shown()
+    truth: dict[str, SessionState] = {}
+    committed = dict(truth)
+    cycle = False
+    for step in [*steps, ("snapshot",)]:
+        kind = step[0]
+        if kind == "put":
+            _, sid, updated, since = step
+            state.put(SessionState(sid, f"t{updated}", updated_ts=updated, in_progress_since=since))
+            truth[sid] = state.sessions[sid]
+        elif kind == "drop":
+            state.drop(step[1])
+            truth.pop(step[1], None)
+        elif kind == "begin" and not cycle:
+            state.begin()
+            committed, cycle = dict(truth), True
+        elif kind == "rollback" and cycle:
+            state.rollback()
+            truth, cycle = dict(committed), False
+        elif kind == "commit" and cycle:
+            state.commit()
+            cycle = False
+        elif kind == "snapshot" and not cycle:
+            snap = take_snapshot(state, PollStatus(), limit, shown)
+            assert snap.sessions == scanned(truth, limit)
+            assert take_snapshot(state, PollStatus(), limit).sessions == snap.sessions  # the scan, as tests take it
+            since = [s.in_progress_since for s in truth.values() if s.in_progress_since is not None]
+            assert snap.runs_in_progress == len(since)
+            assert snap.oldest_in_progress_since == (min(since) if since else None)
+            assert snap.sessions_watched == len(truth)
+        assert dict(state.sessions) == truth
+
+
+def test_a_snapshot_reads_only_what_changed_until_a_shown_session_moves_back():
+    state = CollectorState(Aggregates(BUCKETS, 5))
+    for i in range(100):
+        state.put(SessionState(f"s{i:03}", "t", updated_ts=float(i)))
+    shown = Shown()
+    assert [s.session_id for s in take_snapshot(state, PollStatus(), 3, shown).sessions] == ["s099", "s098", "s097"]
+    state.put(SessionState("s010", "t", updated_ts=500.0))  # a new run in an old session: to the front
+    state.drop("s050")  # not shown
+    assert [s.session_id for s in take_snapshot(state, PollStatus(), 3, shown).sessions] == ["s010", "s099", "s098"]
+    assert shown.scans == 1
+    state.put(SessionState("s099", "t", updated_ts=math.nextafter(0.0, 1.0)))  # a shown one's clock put back
+    assert [s.session_id for s in take_snapshot(state, PollStatus(), 3, shown).sessions] == ["s010", "s098", "s097"]
+    assert shown.scans == 2
+    state.drop("s098")  # a shown one retired
+    assert [s.session_id for s in take_snapshot(state, PollStatus(), 3, shown).sessions] == ["s010", "s097", "s096"]
+    assert shown.scans == 3
