@@ -93,7 +93,7 @@ def test_a_cycle_in_which_every_fetch_fails_is_an_outage_not_a_sync():
 def test_a_floor_is_raised_at_the_sync_and_a_late_session_counts_only_its_new_runs():
     from collector.derive import ErrorClassifier
     from collector.llamacloud.models import parse_session
-    from collector.state import update_session
+    from collector.state import SessionTable, update_session
 
     api = FakeApi()
     api.put("a", "2026-01-01T00:00:00+00:00", run_events())
@@ -105,7 +105,7 @@ def test_a_floor_is_raised_at_the_sync_and_a_late_session_counts_only_its_new_ru
     counted_b = update_session(
         None, parse_session(json.dumps(api.sessions["b"]).encode()), Aggregates(BUCKETS, 50), ErrorClassifier(), 1.0
     ).state
-    p.state.prior = {"b": counted_b}
+    p.state.prior = SessionTable({"b": counted_b})
     api.answers["b"] = [FetchError("retrieve: timed out", operation="retrieve")]
     cycle(p)  # b fails on its own: the sync goes on without it, raised to the floor
     assert p.state.synced and p.state.floor is None and p.state.aggregates.runs["success"] == 5
