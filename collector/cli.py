@@ -30,6 +30,7 @@ from collector.memory import tune_allocator
 from collector.selection import Found, in_shard, wanted
 from collector.settings import CONFIG_ENV, OPTIONS, Settings, check_environment, load_settings, otlp_secrets
 from collector.simulator.service import SimulatorService
+from collector.simulator.world import LAZY_FROM
 from collector.webconfig import parse_web_config
 from collector.wiring import arguments, wire
 
@@ -107,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--rate", type=float, default=2.0, help="live traffic: runs per second")
     simulate.add_argument(
         "--latency-ms", dest="latency_ms", type=float, default=0.0, help="delay added to every API answer, as a distant API has"
+    )
+    simulate.add_argument(
+        "--lazy",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the initial sessions' histories as seeds, generated when asked for: a million sessions in a few "
+        f"GB (default: from {LAZY_FROM:,} sessions)",
     )
     return parser
 
@@ -189,6 +197,7 @@ async def _simulate(args: argparse.Namespace, environ: Mapping[str, str]) -> int
         address=f"{args.host}:{args.port}",
         latency=max(0.0, args.latency_ms) / 1000.0,
         projects=max(1, args.projects),
+        lazy=args.lazy,
     )
     await _until_signalled(sim)
     return 0

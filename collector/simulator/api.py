@@ -420,8 +420,8 @@ class SimulatorApi:
             return _json({"detail": "no such project"}, 404)
         if request.path == "/_sim/stats":
             truth = {
-                "runs": len(world.runs),
-                "errors": sum(r.failed for r in world.runs),
+                "runs": len(world.runs) + world.lazy_truth["runs"],
+                "errors": sum(r.failed for r in world.runs) + world.lazy_truth["errors"],
                 "sessions": len(world.sessions),
                 "calls": dict(self.calls),
                 "bytes_sent": self.bytes_sent,
@@ -438,7 +438,11 @@ class SimulatorApi:
             return _json(
                 {
                     "sessions": [
-                        {"session_id": s.session_id, "runs": runs[s.session_id], "last_updated_at": s.last_updated_at}
+                        {
+                            "session_id": s.session_id,
+                            "runs": runs[s.session_id] + (s.lazy[1] if s.lazy else 0),
+                            "last_updated_at": s.last_updated_at,
+                        }
                         for s in order
                     ]
                 }
@@ -493,8 +497,11 @@ class SimulatorApi:
                     "bare_runs": world.bare_runs,
                 }
             )
-        if request.path == "/_sim/truth":
-            return _json({"runs": [r.__dict__ for r in world.runs], "events": dict(world.events)})
+        if request.path == "/_sim/truth":  # a lazy world's lazy sessions' runs are sums (``lazy``), not listed
+            truth = {"runs": [r.__dict__ for r in world.runs], "events": dict(world.events)}
+            if world.lazy:
+                truth["lazy"] = dict(world.lazy_truth)
+            return _json(truth)
         if request.path == "/_sim/traffic":
             self.paused = request.query.get("pause") == "1"
             return _json({"paused": self.paused})
@@ -554,18 +561,23 @@ class SimulatorApi:
 
 
 def totals(world: World) -> dict[str, Any]:
-    """Sums of the truth a benchmark compares with, without shipping every run (``/_sim/truth``)."""
-    runs = world.runs
+    """Sums of the truth a benchmark compares with, without shipping every run (``/_sim/truth``). In a lazy world
+    they add the sums of the lazy sessions' runs, and the durations are summed in tenths of a millisecond: the
+    same figures whichever sessions were materialized."""
+    runs, lazy = world.runs, world.lazy_truth
     durations = [r.duration_ms for r in runs if r.duration_ms is not None]
+    duration_sum = (
+        (lazy["duration_tenths"] + sum(round(d * 10) for d in durations)) / 10_000 if world.lazy else sum(durations) / 1000
+    )
     return {
-        "runs": len(runs),
+        "runs": len(runs) + lazy["runs"],
         "bare_runs": world.bare_runs,
-        "errors": sum(r.failed for r in runs),
-        "input_tokens": sum(r.input_tokens or 0 for r in runs),
-        "output_tokens": sum(r.output_tokens or 0 for r in runs),
-        "duration_count": len(durations),
-        "duration_seconds_sum": sum(durations) / 1000,
-        "tool_calls": sum(len(r.tool_calls) for r in runs),
-        "index_runs": sum(len(r.index_ids) or 1 for r in runs),
+        "errors": sum(r.failed for r in runs) + lazy["errors"],
+        "input_tokens": sum(r.input_tokens or 0 for r in runs) + lazy["input_tokens"],
+        "output_tokens": sum(r.output_tokens or 0 for r in runs) + lazy["output_tokens"],
+        "duration_count": len(durations) + lazy["duration_count"],
+        "duration_seconds_sum": duration_sum,
+        "tool_calls": sum(len(r.tool_calls) for r in runs) + lazy["tool_calls"],
+        "index_runs": sum(len(r.index_ids) or 1 for r in runs) + lazy["index_runs"],
         "sessions": len(world.sessions),
     }

@@ -9,7 +9,7 @@ import structlog
 
 from collector.listener import Listener, listen
 from collector.simulator.api import Faults, SimulatorApi
-from collector.simulator.world import World, populate
+from collector.simulator.world import LAZY_FROM, World, populate
 
 
 class SimulatorService:
@@ -27,10 +27,12 @@ class SimulatorService:
         address: str = "127.0.0.1:0",
         latency: float = 0.0,
         projects: int = 1,
+        lazy: bool | None = None,
     ) -> None:
-        self.world = world or populate(World(seed=seed), sessions, runs)
+        lazy = sessions >= LAZY_FROM if lazy is None else lazy  # lazy worlds by default from LAZY_FROM sessions
+        self.world = world or populate(World(seed=seed, lazy=lazy), sessions, runs)
         """The default project's world."""
-        self.others = tuple(populate(World(seed=seed + 1000 * p), sessions, runs) for p in range(1, projects))
+        self.others = tuple(populate(World(seed=seed + 1000 * p, lazy=lazy), sessions, runs) for p in range(1, projects))
         """The other projects' worlds, as many sessions each."""
         self.address = address
         self.faults = Faults()

@@ -3,6 +3,14 @@
 Every run the world generates is also recorded as a ``RunTruth`` at the moment
 it is made, independently of the collector's derivation, so tests can compare
 the collector's numbers with what really happened.
+
+A lazy world (``World(lazy=True)``, for a million sessions) keeps the sessions ``populate`` makes without their
+first events: each holds a seed, and the history ``populate`` gave it is generated again from it (``lazy_history``, a
+quicker generator of the same shapes) each time its ``retrieve`` body is asked for; the truth of those runs is kept as
+sums (``World.lazy_truth``), not as ``RunTruth`` objects. What happens to such a session later (a run, an event, a
+fault that adds one) is held as in any session: its ``events`` are what came after the generated ones, its new runs'
+truths are in ``World.runs``. ``World.materialize`` makes it an ordinary session (every event held, every run's truth
+in ``World.runs``; ``grow_to`` does it first): the same body, the same ``totals`` (``/_sim/totals``), exactly.
 """
 
 from __future__ import annotations
@@ -39,6 +47,12 @@ QUESTIONS = (
     "List the open incidents for the payments service.",
 )
 UNKNOWN_TYPE = "citation"
+INDEXES = tuple(f"idx-{i:02d}" for i in range(12))
+"""The index IDs sessions are bound to (one string each, shared by every session)."""
+ERROR_TYPES = tuple(ERROR_MESSAGES)
+TOOL_CALL_COUNTS = (0, 0, 1, 1, 2, 3, 5)
+LAZY_FROM = 200_000
+"""``simulate`` makes its worlds lazy from this many sessions (unless told otherwise: ``--lazy``/``--no-lazy``)."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +70,7 @@ class RunTruth:
     """The indexes the run's session was bound to (none: it counts under ``_none``)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class SimSession:
     session_id: str
     seq: int
@@ -75,6 +89,9 @@ class SimSession:
     compact: bool = False
     """Sent without spaces (``bare_session``): the most events an answer holds under the size cap."""
     _detail: bytes | None = None
+    lazy: tuple[int, int, float] | None = None
+    """``(seed, runs, error_rate)`` of a session whose first ``runs`` runs are generated from its seed when asked
+    for (``events`` holds only what came after); None once materialized, and in a world that is not lazy."""
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -86,17 +103,127 @@ class SimSession:
             "job_metadata": self.job_metadata,
         }
 
+    def history(self) -> list[dict[str, Any]]:
+        """The session's events: ``events``, after those generated from its seed when lazy."""
+        return self.events if self.lazy is None else lazy_history(self)[0] + self.events
+
     def detail_bytes(self) -> bytes:
-        if self._detail is None:
-            self._detail = json.dumps(
-                {**(self.leading or {}), **self.summary(), "events": self.events}, separators=(",", ":") if self.compact else None
-            ).encode()
-        return self._detail
+        if self._detail is not None:
+            return self._detail
+        detail = json.dumps(
+            {**(self.leading or {}), **self.summary(), "events": self.history()}, separators=(",", ":") if self.compact else None
+        ).encode()
+        if self.lazy is None:  # a lazy body is made again each time: a million of them would not fit
+            self._detail = detail
+        return detail
+
+
+def fast_uuid(rng: random.Random) -> str:
+    """A version-4 UUID from ``rng``: what ``str(uuid.UUID(int=rng.getrandbits(128), version=4))`` gives, quicker."""
+    bits = rng.getrandbits(128) & ~(0xC000 << 48) | (0x8000 << 48)
+    h = "%032x" % (bits & ~(0xF000 << 64) | (0x4000 << 64))
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def lazy_run(rng: random.Random, session: SimSession, error_rate: float) -> tuple[list[dict[str, Any]], RunTruth]:
+    """A whole run of a lazy session, drawn from ``rng``: the events and the shapes of ``World._make_run``, drawn
+    with quicker calls (a million sessions of five runs are made in minutes)."""
+    r = rng.random
+    events: list[dict[str, Any]] = [{"type": "user_input", "content": QUESTIONS[int(r() * len(QUESTIONS))]}]
+    if r() < 0.6:
+        events += [{"type": "thinking_delta", "content": "Let me look"} for _ in range(1 + int(r() * 3))]
+        events.append({"type": "thinking", "content": "Let me look at the indexes for this."})
+    calls = []
+    for _ in range(TOOL_CALL_COUNTS[int(r() * len(TOOL_CALL_COUNTS))]):
+        name, call_id = TOOLS[int(r() * len(TOOLS))], fast_uuid(rng)
+        events.append({"type": "tool_call", "name": name, "call_id": call_id, "arguments": {"query": "q3"}})
+        answered = r() < 0.9
+        if answered:
+            result: dict[str, Any] = {"type": "tool_result", "name": name, "call_id": call_id, "result": "3 nodes found"}
+            if r() < 0.2:
+                result["image_attachment"] = {"attachment_name": "page-3.png", "source_id": fast_uuid(rng)}
+            events.append(result)
+        calls.append((name, answered))
+    if r() < 0.05:
+        events.append({"type": UNKNOWN_TYPE, "source": "doc-1", "span": [3, 9]})
+    events += [{"type": "text_delta", "content": "The answer"} for _ in range(1 + int(r() * 4))]
+    events.append({"type": "text", "content": "The answer is in the attached report, page 3."})
+    failed = r() < error_rate
+    error_type = ERROR_TYPES[int(r() * len(ERROR_TYPES))] if failed else None
+    error = None
+    if error_type is not None:
+        messages = ERROR_MESSAGES[error_type]
+        error = messages[int(r() * len(messages))]
+    usage: dict[str, Any] = {
+        "duration_ms": round(rng.lognormvariate(7.6, 1.0), 1),
+        "total_input_tokens": 200 + int(r() * 23801),
+        "total_output_tokens": 20 + int(r() * 2981),
+        "turns": 1 + len(calls),
+    }
+    if r() < 0.05:
+        del usage["duration_ms"]
+    index_ids = session.index_ids
+    skipped = [index_ids[int(r() * len(index_ids))]] if index_ids and r() < 0.1 else []
+    events.append({"type": "stop", "is_error": failed, "error": error, "usage": usage, "skipped_index_ids": skipped or None})
+    truth = RunTruth(
+        session.session_id,
+        failed,
+        error_type,
+        usage.get("duration_ms"),
+        usage["total_input_tokens"],
+        usage["total_output_tokens"],
+        usage["turns"],
+        tuple(calls),
+        tuple(skipped),
+        tuple(index_ids or ()),
+    )
+    return events, truth
+
+
+def lazy_history(session: SimSession) -> tuple[list[dict[str, Any]], list[RunTruth]]:
+    """The events and the runs' truths of a lazy session, generated from its seed: the same each time."""
+    assert session.lazy is not None, "a lazy session"
+    seed, runs, error_rate = session.lazy
+    rng = random.Random(seed)
+    events: list[dict[str, Any]] = []
+    truths = []
+    for _ in range(runs):
+        run, truth = lazy_run(rng, session, error_rate)
+        events += run
+        truths.append(truth)
+    return events, truths
+
+
+def tally(truths: list[RunTruth]) -> Counter[str]:
+    """The sums ``totals`` gives of these runs (durations in whole tenths of a millisecond: exact)."""
+    sums: Counter[str] = Counter()
+    for t in truths:
+        sums["runs"] += 1
+        sums["errors"] += t.failed
+        sums["input_tokens"] += t.input_tokens or 0
+        sums["output_tokens"] += t.output_tokens or 0
+        if t.duration_ms is not None:
+            sums["duration_count"] += 1
+            sums["duration_tenths"] += round(t.duration_ms * 10)
+        sums["tool_calls"] += len(t.tool_calls)
+        sums["index_runs"] += len(t.index_ids) or 1
+    return sums
+
+
+def job_metadata(stop: dict[str, Any]) -> dict[str, Any]:
+    """A session's ``job_metadata``: its last run's usage and outcome."""
+    return {**stop["usage"], "is_error": stop["is_error"], "error": stop["error"], "export_config_ids": None}
 
 
 class World:
-    def __init__(self, seed: int = 1, error_rate: float = 0.15, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, seed: int = 1, error_rate: float = 0.15, clock: Callable[[], float] = time.time, lazy: bool = False
+    ) -> None:
         self.rng = random.Random(seed)
+        self.lazy = lazy
+        """``populate`` makes lazy sessions (module docstring)."""
+        self.lazy_truth: Counter[str] = Counter()
+        """The sums (``tally``) of the runs of lazy sessions not materialized (deleted ones included)."""
         self.error_rate = error_rate
         self.clock = clock
         self.sessions: dict[str, SimSession] = {}
@@ -127,16 +254,40 @@ class World:
             self._last_ts = 0.0  # timestamps may go backwards from here on
         self.clock_offset = seconds
 
-    def _append(self, session: SimSession, events: list[dict[str, Any]]) -> None:
-        session.events.extend(events)
+    def _count(self, events: list[dict[str, Any]]) -> None:
         for event in events:
             kind = event["type"]
             self.events[kind if kind in KNOWN_EVENT_TYPES else UNKNOWN] += 1
 
+    def _append(self, session: SimSession, events: list[dict[str, Any]]) -> None:
+        session.events.extend(events)
+        self._count(events)
+
+    def lazy_session(self, runs: int) -> SimSession:
+        """A new session of ``runs`` runs kept lazy: a seed, its truth in ``lazy_truth``, no events held."""
+        session = self.new_session()
+        session.lazy = (self.rng.getrandbits(64), runs, self.error_rate)
+        events, truths = lazy_history(session)
+        self._count(events)
+        self.lazy_truth.update(tally(truths))
+        if events:
+            session.job_metadata = job_metadata(events[-1])
+            self._touch(session)
+        return session
+
+    def materialize(self, session: SimSession) -> None:
+        """Turn a lazy session into an ordinary one: the same events, all held; its runs' truths in ``runs``."""
+        if session.lazy is None:
+            return
+        events, truths = lazy_history(session)
+        session.events, session.lazy = events + session.events, None
+        self.lazy_truth.subtract(tally(truths))
+        self.runs.extend(truths)
+
     def new_session(self, runs: int = 0) -> SimSession:
         rng = self.rng
         self._seq += 1
-        indexes = None if rng.random() < 0.1 else [f"idx-{rng.randrange(12):02d}" for _ in range(rng.randint(1, 3))]
+        indexes = None if rng.random() < 0.1 else [INDEXES[rng.randrange(12)] for _ in range(rng.randint(1, 3))]
         session = SimSession(
             self._uuid(),
             self._seq,
@@ -209,8 +360,7 @@ class World:
 
     def _finish(self, session: SimSession, tail: list[dict[str, Any]], truth: RunTruth) -> None:
         self._append(session, tail)
-        stop = tail[-1]
-        session.job_metadata = {**stop["usage"], "is_error": stop["is_error"], "error": stop["error"], "export_config_ids": None}
+        session.job_metadata = job_metadata(tail[-1])
         self.runs.append(truth)
         self._touch(session)
 
@@ -352,6 +502,7 @@ class World:
     def grow_to(self, session: SimSession, events: int, content: int) -> None:
         """Add runs until the session holds ``events`` events, with ``content``-byte texts."""
         text = "lorem ipsum " * (content // 12)
+        self.materialize(session)
         while len(session.events) < events:
             head, tail, truth = self._make_run(session)
             for event in head + tail:
@@ -377,9 +528,10 @@ class World:
 
 
 def populate(world: World, sessions: int, runs: int, unfinished: int = 1) -> World:
-    """Sessions with ``runs`` runs each; the first ``unfinished`` also hold a run in progress."""
+    """Sessions with ``runs`` runs each (lazy ones in a lazy world); the first ``unfinished`` also hold a run in
+    progress."""
     for i in range(sessions):
-        session = world.new_session(runs=runs)
+        session = world.lazy_session(runs) if world.lazy else world.new_session(runs=runs)
         if i < unfinished:
             world.start_run(session)
     return world
