@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import heapq
 import marshal
+import re
 import struct
 import time
-from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
@@ -112,29 +113,40 @@ class SessionState:
 _NAMES = tuple(f.name for f in fields(SessionState))
 _HEAD_NAMES = ("session_id", "last_updated_at", "updated_ts")
 assert _NAMES[:3] == _HEAD_NAMES, "a packed row reads these three first: keep them first"
-_SINCE_AT = _NAMES.index("in_progress_since") - len(_HEAD_NAMES)
-"""Where ``in_progress_since`` (kept in a row's head, beside ``updated_ts``) goes back among the body's values."""
-_BODY_NAMES = tuple(n for n in _NAMES[len(_HEAD_NAMES) :] if n != "in_progress_since")
+_BODY_NAMES = _NAMES[len(_HEAD_NAMES) :]
 _JOB_AT = _BODY_NAMES.index("job")
+_SINCE_AT = _BODY_NAMES.index("in_progress_since")
+_SHARED_AT = _BODY_NAMES.index("shared_access")
+_SIGNATURE_AT = _BODY_NAMES.index("stop_signature")
 _JOB_NAMES = tuple(f.name for f in fields(LastRun))
-_HEAD = struct.Struct("<ddB")
-"""A row's head: ``updated_ts`` and ``in_progress_since`` (NaN: none), and the length of ``last_updated_at``."""
+_HEAD = struct.Struct("<dB")
+"""A row's head: ``updated_ts`` (NaN: none), and the length of ``last_updated_at``."""
 _LONG_STAMP = 255
 """A head's stamp length that says the stamp is the body's last value instead (a text of 255 bytes or more)."""
 _NAN = float("nan")
+_SHARED = ("query", "read_only")
+"""``shared_access`` as it is kept (``SHARED_ACCESS``): its place here, one byte where the text took eleven."""
+_HEX = re.compile(r"[0-9a-f]{16}")
 
 
 def pack_row(state: SessionState) -> bytes:
-    """A session's state as one ``bytes`` (its ID is the table's key): about 230 bytes where the dataclass, its
+    """A session's state as one ``bytes`` (its ID is the table's key): about 200 bytes where the dataclass, its
     strings, floats and ints take about 800. Every field but the head is one ``marshal``-ed tuple, so a new
-    field of ``SessionState`` is packed without a word here (and one marshal cannot hold fails loudly)."""
+    field of ``SessionState`` is packed without a word here (and one marshal cannot hold fails loudly); two
+    are packed smaller, each read back as it was: ``shared_access`` as its place in ``_SHARED`` and a
+    ``stop_signature`` of 16 hex digits as its 8 bytes."""
     body = [getattr(state, name) for name in _BODY_NAMES]
     job = body[_JOB_AT]
     if job is not None:
         body[_JOB_AT] = tuple(getattr(job, name) for name in _JOB_NAMES)
-    ts, since = state.updated_ts, state.in_progress_since
+    if body[_SHARED_AT] in _SHARED:
+        body[_SHARED_AT] = _SHARED.index(body[_SHARED_AT])
+    signature = body[_SIGNATURE_AT]
+    if signature is not None and _HEX.fullmatch(signature):
+        body[_SIGNATURE_AT] = bytes.fromhex(signature)
+    ts = state.updated_ts
     stamp = state.last_updated_at.encode("utf-8", "surrogatepass")
-    head = _HEAD.pack(_NAN if ts is None else ts, _NAN if since is None else since, min(len(stamp), _LONG_STAMP))
+    head = _HEAD.pack(_NAN if ts is None else ts, min(len(stamp), _LONG_STAMP))
     if len(stamp) < _LONG_STAMP:
         return head + stamp + marshal.dumps(tuple(body))
     return head + marshal.dumps((*body, state.last_updated_at))
@@ -142,24 +154,21 @@ def pack_row(state: SessionState) -> bytes:
 
 def unpack_row(session_id: str, row: bytes) -> SessionState:
     """``pack_row``'s state back, named ``session_id``."""
-    ts, since, length = _HEAD.unpack_from(row)
+    ts, length = _HEAD.unpack_from(row)
     if length < _LONG_STAMP:
         start = _HEAD.size + length
         stamp = row[_HEAD.size : start].decode("utf-8", "surrogatepass")
-        body = marshal.loads(memoryview(row)[start:])
+        body = list(marshal.loads(memoryview(row)[start:]))
     else:
         *body, stamp = marshal.loads(memoryview(row)[_HEAD.size :])
     job = body[_JOB_AT]
     if job is not None:
-        body = [*body[:_JOB_AT], LastRun(*job), *body[_JOB_AT + 1 :]]
-    return SessionState(  # type: ignore[call-arg]  # the body's values, in declared order
-        session_id,
-        stamp,
-        None if ts != ts else ts,
-        *body[:_SINCE_AT],
-        None if since != since else since,
-        *body[_SINCE_AT:],
-    )
+        body[_JOB_AT] = LastRun(*job)
+    if type(body[_SHARED_AT]) is int:
+        body[_SHARED_AT] = _SHARED[body[_SHARED_AT]]
+    if type(body[_SIGNATURE_AT]) is bytes:
+        body[_SIGNATURE_AT] = body[_SIGNATURE_AT].hex()
+    return SessionState(session_id, stamp, None if ts != ts else ts, *body)
 
 
 def _row_stamp(row: bytes) -> str:
@@ -169,11 +178,22 @@ def _row_stamp(row: bytes) -> str:
     return str(marshal.loads(memoryview(row)[_HEAD.size :])[-1])
 
 
+def table_key(session_id: str) -> str | bytes:
+    """A session's key in a ``SessionTable``: an ASCII ID (the API's UUIDs) as its bytes, 80 bytes where the
+    text takes 96; any other as it is (a ``str`` never equals a ``bytes``)."""
+    return session_id.encode() if session_id.isascii() else session_id
+
+
+def key_id(key: str | bytes) -> str:
+    """``table_key`` undone."""
+    return key.decode() if type(key) is bytes else key  # type: ignore[return-value]
+
+
 class SessionTable(MutableMapping[str, SessionState]):
-    """Sessions by ID, each held packed (``pack_row``): a million sessions in about 400 MB, where dataclasses took
-    1.6 GB. Reading one builds its ``SessionState`` anew; what a cycle asks of every listed session (its
-    ``last_updated_at``) and of every watched one (its order for the per-session series, a run in progress)
-    is read from the row's head without building it.
+    """Sessions by ID, each held packed (``pack_row``) under its ``table_key``: about 330 bytes a session where
+    dataclasses, their strings, floats and ints took about 800. Reading one builds its ``SessionState`` anew;
+    what a cycle asks of every listed session (its ``last_updated_at``) and of every watched one (its order for
+    the per-session series) is read from the row's head without building it.
 
     A ``tracked`` table (the watched sessions) also keeps which sessions changed since ``Shown`` last looked
     (``touched``) and the start of each run in progress (``in_progress``): the snapshot never scans them all."""
@@ -181,32 +201,32 @@ class SessionTable(MutableMapping[str, SessionState]):
     __slots__ = ("_rows", "in_progress", "touched")
 
     def __init__(self, items: Mapping[str, SessionState] | Iterable[tuple[str, SessionState]] = (), *, tracked: bool = False):
-        self._rows: dict[str, bytes] = {}
+        self._rows: dict[str | bytes, bytes] = {}
         self.touched: set[str] | None = set() if tracked else None
         self.in_progress: dict[str, float] = {}
         self.update(items)
 
     def __getitem__(self, session_id: str) -> SessionState:
-        return unpack_row(session_id, self._rows[session_id])
+        return unpack_row(session_id, self._rows[table_key(session_id)])
 
     def get(self, session_id: str, default: SessionState | None = None) -> SessionState | None:  # type: ignore[override]
-        row = self._rows.get(session_id)
+        row = self._rows.get(table_key(session_id))
         return default if row is None else unpack_row(session_id, row)
 
     def __setitem__(self, session_id: str, state: SessionState) -> None:
         if state.session_id != session_id:
             raise ValueError(f"session {session_id[:80]!r} set to the state of {state.session_id[:80]!r}")
-        self.set_row(session_id, pack_row(state))
+        self._set(session_id, pack_row(state), state.in_progress_since)
 
     def __delitem__(self, session_id: str) -> None:
         if self.pop_row(session_id) is None:
             raise KeyError(session_id)
 
     def __contains__(self, session_id: object) -> bool:
-        return session_id in self._rows
+        return isinstance(session_id, str) and table_key(session_id) in self._rows
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._rows)
+        return map(key_id, self._rows)
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -221,30 +241,33 @@ class SessionTable(MutableMapping[str, SessionState]):
         return table
 
     def clear(self) -> None:
-        for session_id in list(self._rows):
+        for session_id in list(self):
             self.pop_row(session_id)
 
-    def rows(self) -> ItemsView[str, bytes]:
-        """Every session's packed row, in the table's order."""
-        return self._rows.items()
+    def rows(self) -> Iterator[tuple[str, bytes]]:
+        """Every session's ID and packed row, in the table's order."""
+        for key, row in self._rows.items():
+            yield key_id(key), row
 
     def row(self, session_id: str) -> bytes | None:
         """A session's packed row, as the journal keeps it."""
-        return self._rows.get(session_id)
+        return self._rows.get(table_key(session_id))
 
     def set_row(self, session_id: str, row: bytes) -> None:
         """Set ``session_id`` (last, as a dict puts a new key) to a packed row."""
-        self._rows[session_id] = row
+        self._set(session_id, row, None if self.touched is None else unpack_row(session_id, row).in_progress_since)
+
+    def _set(self, session_id: str, row: bytes, since: float | None) -> None:
+        self._rows[table_key(session_id)] = row
         if self.touched is not None:
             self.touched.add(session_id)
-            since = _HEAD.unpack_from(row)[1]
-            if since == since:
-                self.in_progress[session_id] = since
-            else:
+            if since is None:
                 self.in_progress.pop(session_id, None)
+            else:
+                self.in_progress[session_id] = since
 
     def pop_row(self, session_id: str) -> bytes | None:
-        row = self._rows.pop(session_id, None)
+        row = self._rows.pop(table_key(session_id), None)
         if row is not None and self.touched is not None:
             self.touched.add(session_id)
             self.in_progress.pop(session_id, None)
@@ -252,12 +275,12 @@ class SessionTable(MutableMapping[str, SessionState]):
 
     def stamp(self, session_id: str) -> str | None:
         """The ``last_updated_at`` a session was counted at (None: not in the table), its row left packed."""
-        row = self._rows.get(session_id)
+        row = self._rows.get(table_key(session_id))
         return None if row is None else _row_stamp(row)
 
     def order_key(self, session_id: str) -> tuple[float, str] | None:
         """Where a session stands in the per-session series' order (``shown_key``); None: not in the table."""
-        row = self._rows.get(session_id)
+        row = self._rows.get(table_key(session_id))
         if row is None:
             return None
         ts = _HEAD.unpack_from(row)[0]
@@ -266,9 +289,9 @@ class SessionTable(MutableMapping[str, SessionState]):
     def order_keys(self) -> Iterator[tuple[float, str]]:
         """``order_key`` of every session: a scan of the heads, no state built."""
         head = _HEAD.unpack_from
-        for session_id, row in self._rows.items():
+        for key, row in self._rows.items():
             ts = head(row)[0]
-            yield (ts if ts == ts and ts else 0.0, session_id)
+            yield (ts if ts == ts and ts else 0.0, key_id(key))
 
     def take_touched(self) -> set[str]:
         """The sessions set or removed since the last call (a tracked table's), forgotten here."""

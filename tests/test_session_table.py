@@ -20,8 +20,10 @@ from collector.state import (
     SessionState,
     SessionTable,
     Shown,
+    key_id,
     pack_row,
     shown_key,
+    table_key,
     take_snapshot,
     unpack_row,
 )
@@ -150,3 +152,12 @@ def test_a_snapshot_reads_only_what_changed_until_a_shown_session_moves_back():
     state.drop("s098")  # a shown one retired
     assert [s.session_id for s in take_snapshot(state, PollStatus(), 3, shown).sessions] == ["s010", "s097", "s096"]
     assert shown.scans == 3
+
+
+@given(st.text(min_size=1, max_size=40))
+def test_every_id_is_its_own_key_and_comes_back(session_id):
+    table = SessionTable()
+    table[session_id] = SessionState(session_id, "t")
+    assert list(table) == [session_id] and session_id in table and table[session_id].session_id == session_id
+    assert table_key(session_id) != table_key(session_id + "x")
+    assert key_id(table_key(session_id)) == session_id
