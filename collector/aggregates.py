@@ -263,25 +263,47 @@ class Aggregates:
         self, runs: Iterable[RunRecord], session_id: str | None = None, now: float = 0.0, index_ids: Iterable[str] = ()
     ) -> None:
         """Count ``runs`` of a session bound to ``index_ids``; with ``session_id``, each also becomes the
-        exemplar of what it landed in."""
-        sid = session_id
+        exemplar of what it landed in.
+
+        What ``Histogram.observe`` does for each observation, in the same order, but each bucket's exemplar is
+        made once, for the last run of these that landed in it (the one that would be left): a session's runs
+        share their ID and time, and a counter's exemplar is one ``Mark`` for them all (it is immutable)."""
+        mark = None if session_id is None else Mark.of(session_id, 1.0, now)  # None: an ID too long for one
+        counting = [
+            (
+                family.observe,
+                self.counters[family.stored],
+                family.saturating,
+                self.marks[family.stored] if family.exemplars else None,
+            )
+            for family in COUNTERS
+            if family.observe is not None
+        ]
+        observing = [(family.observe, self.histos[family.stored]) for family in HISTOGRAMS]
+        last: dict[tuple[Histogram, int], float] = {}
+        """The value of the last run that landed in each (histogram, bucket)."""
+        bisect_left = bisect.bisect_left
         indexes: frozenset[str] | None = None  # bounded on the first run: a session without runs admits no label
         for record in runs:
             if indexes is None:
                 indexes = frozenset(self._run_indexes(index_ids))
             run = Run(record, indexes, self.tools, self.indexes)
-            for family in COUNTERS:
-                if family.observe is None:
-                    continue
-                counts = self.counters[family.stored]
-                for key, amount in family.observe(run):
-                    counts[key] = min(MAX_MEASURE, counts[key] + amount) if family.saturating else counts[key] + amount
-                    if family.exemplars and sid is not None:
-                        mark = Mark.of(sid, 1.0, now)
-                        if mark is not None:
-                            self.marks[family.stored][key] = mark
-            for hist, observed in self._observations(record):
-                hist.observe(observed, sid, now)
+            for observe, counts, saturating, marks in counting:
+                for key, amount in observe(run):
+                    counts[key] = min(MAX_MEASURE, counts[key] + amount) if saturating else counts[key] + amount
+                    if marks is not None and mark is not None:
+                        marks[key] = mark
+            for observe_run, series in observing:
+                for label, value in observe_run(record):
+                    hist = series[label]
+                    index = bisect_left(hist.bounds, value)
+                    hist.counts[index] += 1
+                    hist.total = min(MAX_MEASURE, hist.total + value)  # never a sum the state file would refuse
+                    if mark is not None:
+                        last[hist, index] = value
+        if session_id is not None:
+            for (hist, index), value in last.items():
+                hist.marks[index] = Mark(session_id, float(value), float(now))
 
     def _observations(self, run: RunRecord) -> Iterator[tuple[Histogram, float]]:
         """Each histogram a run is observed in, with its value."""

@@ -137,7 +137,10 @@ def _run_record(run_events: Sequence[object], stop: StopEvent, classifier: Error
     usage = stop.usage
     failed = stop.failed
     duration_ms, input_tokens, output_tokens, turns = (
-        known(value) for value in (usage.duration_ms, usage.total_input_tokens, usage.total_output_tokens, usage.turns)
+        known(usage.duration_ms),
+        known(usage.total_input_tokens),
+        known(usage.total_output_tokens),
+        known(usage.turns),
     )
     return RunRecord(
         failed=failed,

@@ -30,8 +30,10 @@ from pydantic import (
     model_validator,
 )
 from pydantic.dataclasses import dataclass
+from pydantic_core import CoreSchema, SchemaValidator
+from pydantic_core import core_schema as cs
 
-from collector.llamacloud.bounds import session_id_problem
+from collector.llamacloud.bounds import MAX_SESSION_ID_LENGTH, session_id_problem
 
 Body = bytes | bytearray
 """An answer's body as read (grown in a ``bytearray``: no copy of tens of MB to make it ``bytes``)."""
@@ -155,11 +157,16 @@ class Usage(Measures):
 
 MEASURES = tuple(Measures.model_fields)
 """The ``Measure`` fields of ``JobMetadata`` and of a stop's ``Usage``."""
+if MEASURES != ("duration_ms", "total_input_tokens", "total_output_tokens", "turns"):  # ``refused`` reads them by name
+    raise TypeError(f"refused() reads the measures {MEASURES} by name: update it")
 
 
 def refused(measured: Any) -> tuple[str, ...]:
     """Names of the measures of ``measured`` (job metadata or usage) that are ``INVALID``."""
-    return tuple(name for name in MEASURES if getattr(measured, name) is INVALID)
+    values = (measured.duration_ms, measured.total_input_tokens, measured.total_output_tokens, measured.turns)
+    if INVALID not in values:  # nearly always: no name to look for
+        return ()
+    return tuple(name for name, value in zip(MEASURES, values, strict=True) if value is INVALID)
 
 
 def known(value: Any) -> Any:
@@ -188,6 +195,10 @@ EVENT_CONFIG = ConfigDict(extra="ignore")
 NO_USAGE = Usage()
 
 
+def _usage_or_empty(value: Any) -> Any:
+    return {} if value is None else value
+
+
 @dataclass(slots=True, frozen=True, config=EVENT_CONFIG)
 class PlainEvent:
     """user_input, thinking(_delta), text(_delta): only the type matters here."""
@@ -214,7 +225,7 @@ class StopEvent:
     type: Literal["stop"]
     is_error: bool | None = None
     error: str | None = None
-    usage: Annotated[Usage, BeforeValidator(lambda v: {} if v is None else v)] = NO_USAGE
+    usage: Annotated[Usage, BeforeValidator(_usage_or_empty)] = NO_USAGE
     skipped_index_ids: StrTuple = ()
 
     @property
@@ -300,8 +311,141 @@ class _RawPage(_Payload):
     next_page_token: PageToken | None = None
 
 
+# Native validation (issue 32). The models above are the reference: what they accept, and how, is the contract.
+# Their Python validators cost a call from Rust into Python per value (a session ID, each measure, each event's
+# type), and a before-validator on a list turns its whole JSON into Python objects first (a listing page's items,
+# each with its job metadata: half the cost of a page). ``native`` derives, from a model's own schema, one that
+# does the same checks in pydantic-core alone, and accepts a subset of what the model accepts, with the same
+# result: an ASCII session ID (anything else is left to the reference), a measure that is a plain count (an
+# impossible one is left to the reference, which makes it ``INVALID``). So a body is read by the native validator
+# first and, whenever it refuses, by the model itself: the same answer and the same refusal
+# (tests/test_fast_paths.py holds them equal on arbitrary JSON).
+
+_ASCII_ID_CHAR = r"[ -~]"  # printable ASCII: always printable for ``str.isprintable``
+_ASCII_ID_NOT_DOT = r"[ -\-/-~]"
+FAST_SESSION_ID = (
+    rf"^(?:{_ASCII_ID_CHAR}{{3,{MAX_SESSION_ID_LENGTH}}}"  # three characters or more: never ``.`` nor ``..``
+    rf"|{_ASCII_ID_NOT_DOT}{_ASCII_ID_CHAR}?"  # one or two, the first not a dot
+    rf"|\.{_ASCII_ID_NOT_DOT})$"  # two, a dot then another character
+)
+"""A session ID ``session_id_problem`` accepts, in printable ASCII (a UUID): checked in pydantic-core."""
+_NOT_KNOWN_TYPE = rf"\A(?!(?:{'|'.join(sorted(KNOWN_EVENT_TYPES))})\Z)"
+"""An event ``type`` string that is none of the known ones (Python's ``re``: the Rust engine has no lookahead)."""
+
+
+def _or_default(schema: CoreSchema, default: Any) -> CoreSchema:
+    """``schema``, or ``default`` for a JSON null: what ``BeforeValidator(None -> default)`` does, natively (the
+    null is taken by ``none``, then the default replaces what the inner schema refuses: a None)."""
+    on_null = cs.chain_schema([cs.none_schema(), cs.with_default_schema(schema, default=default, on_error="default")])
+    return cs.union_schema([schema, on_null], mode="left_to_right")
+
+
+_NATIVE_MEASURE = cs.union_schema(
+    [
+        cs.none_schema(),
+        cs.int_schema(strict=True, ge=0, le=MAX_MEASURE),
+        cs.float_schema(strict=True, allow_inf_nan=False, ge=0, lt=MAX_MEASURE),
+    ],
+    mode="left_to_right",
+)
+"""``_measure`` for the values it keeps as they are; any other makes the native path refuse (the reference
+then makes it ``INVALID``). The float takes a JSON integer too, which the int refused: one over 2**53 would
+round down to 2**53 and pass ``le``, so the bound is ``lt`` (a float of exactly 2**53 is left to the model)."""
+
+_UNKNOWN_TYPE = cs.union_schema(
+    [
+        cs.str_schema(pattern=_NOT_KNOWN_TYPE, regex_engine="python-re"),
+        cs.none_schema(),
+        cs.bool_schema(strict=True),
+        cs.int_schema(strict=True),
+        cs.float_schema(strict=True),
+        cs.list_schema(cs.any_schema()),
+        cs.dict_schema(cs.any_schema(), cs.any_schema()),
+    ],
+    mode="left_to_right",
+)
+"""An ``UnknownEvent``'s ``type``: any JSON value but a known type's name (an event of a known type that its
+own class refuses is refused, as ``_event_tag`` sends it there, not here)."""
+
+
+def _function(node: dict[str, Any]) -> Any:
+    function = node.get("function")
+    return function.get("function") if isinstance(function, dict) else None
+
+
+def native(schema: Any) -> Any:
+    """A copy of a core ``schema`` with this module's Python validators replaced by native ones (see above);
+    one it does not know raises ``TypeError``, so nothing slow or different goes by unnoticed."""
+    if isinstance(schema, list):
+        return [native(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    kind, function = schema.get("type"), _function(schema)
+    if kind == "function-after" and function is _session_id:
+        return cs.str_schema(pattern=FAST_SESSION_ID)
+    if kind == "function-after" and function is Session._no_null_events:
+        model = native(schema["schema"])
+        events = model["schema"]["fields"]["events"]["schema"]  # default((), nullable(tuple))
+        events["schema"] = _or_default(events["schema"]["schema"], ())
+        return model
+    if kind == "function-before" and function is _none_to_empty:
+        return _or_default(native(schema["schema"]), ())
+    if kind == "function-before" and function is _usage_or_empty:
+        return _or_default(native(schema["schema"]), Usage())
+    if kind == "function-before" and function is _measure:
+        return _NATIVE_MEASURE
+    if kind == "tagged-union" and schema.get("discriminator") is _event_tag:
+        choices = native(schema["choices"])
+        known = {tag: choices["plain" if tag in PLAIN_EVENT_TYPES else tag] for tag in sorted(KNOWN_EVENT_TYPES)}
+        # a known type to its class by the ``type`` key (as ``_event_tag``), any other to ``UnknownEvent``
+        return cs.union_schema([cs.tagged_union_schema(known, discriminator="type"), choices["unknown"]], mode="left_to_right")
+    if (isinstance(kind, str) and kind.startswith("function-")) or callable(schema.get("discriminator")):
+        raise TypeError(f"no native form of {kind} {function or schema.get('discriminator')!r}")
+    copied = {key: native(value) for key, value in schema.items()}
+    if kind == "dataclass" and schema.get("cls") is UnknownEvent:
+        (field,) = copied["schema"]["fields"]
+        field["schema"]["schema"] = _UNKNOWN_TYPE  # default(UNKNOWN, any)
+    return copied
+
+
+def _classes(schema: Any) -> set[type]:
+    """The model and dataclass classes a core schema builds."""
+    if isinstance(schema, list):
+        return set().union(*map(_classes, schema))
+    if not isinstance(schema, dict):
+        return set()
+    found = set().union(*map(_classes, schema.values()))
+    return found | {schema["cls"]} if schema.get("type") in ("model", "dataclass") else found
+
+
+def native_validator(model: Any) -> SchemaValidator:
+    """``model``'s validator, built from ``native`` of its schema.
+
+    pydantic-core reuses the validator a complete class already has wherever its schema names the class,
+    whatever the rest of that schema says: each class is marked incomplete while this one is built, so its
+    own (native) schema is used. Only the building is affected; the classes are as they were after."""
+    schema = native(model.__pydantic_core_schema__)
+    marks = {cls: cls.__dict__.get("__pydantic_complete__") for cls in _classes(schema)}
+    try:
+        for cls in marks:
+            cls.__pydantic_complete__ = False  # type: ignore[attr-defined]
+        return SchemaValidator(schema)
+    finally:
+        for cls, mark in marks.items():
+            cls.__pydantic_complete__ = mark  # type: ignore[attr-defined]
+
+
+FAST_PAGE = native_validator(SessionPage)
+FAST_SESSION = native_validator(Session)
+FAST_SUMMARY = native_validator(Summary)
+
+
 def parse_page(body: Body) -> SessionPage:
     """A ``list`` page; one bad item is skipped and reported, not the whole page."""
+    try:
+        return FAST_PAGE.validate_json(body)  # type: ignore[no-any-return]
+    except Exception:  # noqa: BLE001 - whatever the fast path refuses, the reference below decides
+        pass
     try:
         return SessionPage.model_validate_json(body)
     except ValidationError:
@@ -331,6 +475,32 @@ class _Events(_Payload):
     events: tuple[Event, ...]
 
 
+FAST_EVENTS = native_validator(_Events)
+
+
+def _validated_events(text: str) -> tuple[Any, ...]:
+    try:
+        return FAST_EVENTS.validate_json(text).events  # type: ignore[no-any-return]
+    except Exception:  # noqa: BLE001 - whatever the native path refuses, the model decides
+        return _Events.model_validate_json(text).events
+
+
+def validate_session(body: Body | str) -> Session:
+    """``Session.model_validate_json(body)``, natively when it can (see ``native``): the same answer or refusal."""
+    try:
+        return FAST_SESSION.validate_json(body)  # type: ignore[no-any-return]
+    except Exception:  # noqa: BLE001 - whatever the native path refuses, the model decides
+        return Session.model_validate_json(body)
+
+
+def validate_summary(body: Body | str) -> Summary:
+    """``Summary.model_validate_json(body)``, natively when it can: the same answer or refusal."""
+    try:
+        return FAST_SUMMARY.validate_json(body)  # type: ignore[no-any-return]
+    except Exception:  # noqa: BLE001 - whatever the native path refuses, the model decides
+        return Summary.model_validate_json(body)
+
+
 class TooManyEvents(ValueError):
     """A history longer than ``--max-events-per-session``: the session fails on its own, like an over-size body."""
 
@@ -350,7 +520,7 @@ def parse_session(body: Body, max_events: int | None = None) -> Session:
     refusal, as ``Session.model_validate_json``. Raises ``ValueError`` on a bad body.
     """
     if len(body) < LEAN_THRESHOLD:
-        session = Session.model_validate_json(body)
+        session = validate_session(body)
         over_limit(len(session.events), max_events)
         return session
     try:
@@ -406,9 +576,9 @@ def _parse_large(body: Body, max_events: int | None = None) -> Session:
             else:
                 raise ValueError(f"expected ',' or '}}' at {index}")
     if history is None:
-        return Session.model_validate_json(text)
+        return validate_session(text)
     start, end, events = history  # pydantic reads all but the history: what follows the object too
-    rest = Session.model_validate_json(text[:start] + "[]" + text[end:])
+    rest = validate_session(text[:start] + "[]" + text[end:])
     if isinstance(events, Exception):
         raise events
     return rest.model_copy(update={"events": tuple(events)})
@@ -454,7 +624,7 @@ def _validated(text: str, slices: list[tuple[int, int]]) -> list[Any] | Exceptio
     events: list[Any] = []
     for first, end in slices:
         try:
-            events.extend(_Events.model_validate_json('{"events":[' + text[first:end] + "]}").events)
+            events.extend(_validated_events('{"events":[' + text[first:end] + "]}"))
         except (ValueError, TypeError) as exc:  # a ValidationError is a ValueError
             return exc
     return events
