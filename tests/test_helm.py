@@ -349,6 +349,11 @@ def notes(values: dict) -> str:
         ({"resources": {"limits": {"memory": "272M"}}}, True),  # decimal units: 272 MB < 260.3 MiB
         ({"config": {"maxConcurrency": 64}, "resources": {"limits": {"memory": "300Mi"}}}, True),
         ({"resources": {"limits": {}}}, False),  # no limit: nothing to compare with
+        ({"sizing": {"sessions": 240_000}}, False),  # 260.3 + 0.5 x 240 = 380.3 MiB: the default 384Mi holds it
+        ({"sizing": {"sessions": 260_000}}, True),  # 390.3 MiB
+        ({"sizing": {"sessions": 260_000}, "sharding": {"shards": 2}}, False),  # each pod holds half
+        ({"sizing": {"sessions": 1_000_000}, "resources": {"limits": {"memory": "768Mi"}}}, False),  # 760.3 MiB
+        ({"sizing": {"sessions": 1_000_000}}, True),
     ],
 )
 def test_notes_warn_when_the_memory_limit_cannot_hold_the_response_cap(values, warned):

@@ -88,7 +88,8 @@ scraper connections. */ -}}
 {{- $c := .Values.config -}}
 {{- $cap := int64 $c.maxResponseBytes -}}
 {{- $events := min (int64 $c.maxEventsPerSession) (div $cap 16) -}}
-{{- add 67108864 (mul 2 $cap) (mul (int64 $c.maxConcurrency) 1048576) (mul 80 $events) 50331648 -}}
+{{- $sessions := div (mul (int64 .Values.sizing.sessions) 524288) (mul 1000 (int64 .Values.sharding.shards)) -}}
+{{- add 67108864 (mul 2 $cap) (mul (int64 $c.maxConcurrency) 1048576) (mul 80 $events) 50331648 $sessions -}}
 {{- end -}}
 
 {{/* config.projectId as a list: one ID (as before several) or a list. */}}
