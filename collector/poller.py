@@ -34,7 +34,7 @@ from collector.llamacloud.listing import PAGE_STRIKES, ListingLoop, Step, Strike
 from collector.llamacloud.models import Session, SessionPage, Summary
 from collector.runlog import MAX_LINES_PER_CYCLE, log_runs
 from collector.runlog import wanted as log_wanted
-from collector.selection import Found, PollConfig, in_shard, is_unchanged, older, same_instant, wanted
+from collector.selection import Found, PollConfig, filters_nothing, in_shard, is_unchanged, older, same_instant, wanted
 from collector.state import (
     CollectorState,
     PollStatus,
@@ -320,6 +320,8 @@ class Poller:
         """The store has been read. Until then nothing is written: a refused file keeps its bytes."""
         self.loaded_at: float | None = None
         """When the load finished (monotonic): liveness counts from then, not from the start."""
+        self._wanted = None if filters_nothing(config) else functools.partial(wanted, config)
+        """Which listed sessions are this collector's (None: all of them, no call per session)."""
         self.shown = Shown()
         """The sessions with per-session series, kept from snapshot to snapshot (no scan of every session)."""
         self.snapshot: Snapshot = take_snapshot(self.state, self.poll, config.series_limit, self.shown)
@@ -542,7 +544,7 @@ class Poller:
             step = listing.loop.failed(exc)
         else:
             run.answered = True
-            step = listing.loop.take(page, functools.partial(wanted, self.config))
+            step = listing.loop.take(page, self._wanted)
             self._take_page(run, page, step)
         if step.waits is not None:
             run.listing_error = step.waits
@@ -567,16 +569,16 @@ class Poller:
                 count=len(page.unreadable),
                 session_ids=[i[:ID_TEXT] for i in page.unreadable[:10]],
             )
-        unconfirmed, short_missing, failing = self.unconfirmed, self.short_missing, self.failing
-        stamp, replay = run.work.sessions.stamp, run.work.replay
+        unconfirmed, short_missing, failing, replay = self.unconfirmed, self.short_missing, self.failing, run.work.replay
+        stamps = run.work.sessions.stamps(item.session_id for item in step.items)
         unchanged = 0
-        for item in step.items:
+        for item, stamp in zip(step.items, stamps, strict=True):
             sid = item.session_id
             if unconfirmed:
                 unconfirmed.discard(sid)  # listed, by any pass: confirmed
             if short_missing:
                 short_missing.discard(sid)
-            if sid not in failing and stamp(sid) == item.last_updated_at and sid not in replay:
+            if stamp == item.last_updated_at and sid not in failing and sid not in replay:
                 unchanged += 1  # ``_consider``'s first answer, without its calls: most of a million each cycle
             elif (job := self._consider(run, item)) is not None:
                 run.listing.push(job)

@@ -53,6 +53,11 @@ def wanted(config: PollConfig, summary: Found) -> bool:
     return not config.index_ids or any(i in config.index_ids for i in summary.index_ids)
 
 
+def filters_nothing(config: PollConfig) -> bool:
+    """Every listed session is ``wanted``: one shard, no ``--index-id``."""
+    return config.total_shards == 1 and not config.index_ids
+
+
 def is_unchanged(prev: SessionState, summary: Found) -> bool:
     """The listing shows the ``last_updated_at`` the session was counted at: nothing to fetch."""
     return prev.last_updated_at == summary.last_updated_at

@@ -278,6 +278,20 @@ class SessionTable(MutableMapping[str, SessionState]):
         row = self._rows.get(table_key(session_id))
         return None if row is None else _row_stamp(row)
 
+    def stamps(self, session_ids: Iterable[str]) -> list[str | None]:
+        """``stamp`` of each of ``session_ids`` (a listing page's), in one call: a million a cycle."""
+        get, size = self._rows.get, _HEAD.size
+        out: list[str | None] = []
+        for session_id in session_ids:
+            row = get(table_key(session_id))
+            if row is None:
+                out.append(None)
+            elif row[size - 1] < _LONG_STAMP:
+                out.append(row[size : size + row[size - 1]].decode("utf-8", "surrogatepass"))
+            else:
+                out.append(_row_stamp(row))
+        return out
+
     def order_key(self, session_id: str) -> tuple[float, str] | None:
         """Where a session stands in the per-session series' order (``shown_key``); None: not in the table."""
         row = self._rows.get(table_key(session_id))

@@ -42,6 +42,7 @@ def test_every_field_comes_back_from_its_packed_row(state, stamp):
     table = SessionTable()
     table[state.session_id] = state
     assert table.stamp(state.session_id) == state.last_updated_at
+    assert table.stamps([state.session_id, state.session_id + "?"]) == [state.last_updated_at, None]
     assert table.order_key(state.session_id) == shown_key(state)
 
 

@@ -95,19 +95,15 @@ class ListingLoop:
     """The pass ended short (a page that keeps failing, a listing that goes round): it knows nothing of what lies
     behind, so it retires nothing."""
 
-    def take(self, page: SessionPage, wanted: Callable[[Listed], bool]) -> Step:
-        """A page read with ``token``: its wanted items, and the pass moved on (or ended)."""
+    def take(self, page: SessionPage, wanted: Callable[[Listed], bool] | None) -> Step:
+        """A page read with ``token``: its wanted items (None: every item is), and the pass moved on (or ended)."""
         self.pages += 1
         self.strikes.read(self.pages)
-        new = False
-        items: list[Listed] = []
-        for item in page.items:
-            if wanted(item):
-                new = new or item.session_id not in self.seen
-                self.seen.add(item.session_id)
-                items.append(item)
-            else:
-                new = True  # another shard's or index's: nothing tells whether the listing went round
+        items = page.items if wanted is None else tuple(item for item in page.items if wanted(item))
+        new = len(items) < len(page.items)  # another shard's or index's: nothing tells whether the listing went round
+        before = len(self.seen)
+        self.seen.update(item.session_id for item in items)
+        new = new or len(self.seen) > before  # a wanted session new to the pass
         self.idle_pages = 0 if new else self.idle_pages + 1
         token = page.next_page_token
         digest = token_digest(token) if token else b""
@@ -166,10 +162,6 @@ class Listing:
 PageReader = Callable[[str | None, Deadline | None], Awaitable[SessionPage]]
 
 
-def _everything(_: Listed) -> bool:
-    return True
-
-
 async def read_listing(
     list_page: PageReader, deadline: Deadline | None = None, wanted: Callable[[Listed], bool] | None = None
 ) -> Listing:
@@ -191,7 +183,7 @@ async def read_listing(
             if step.waits is not None and loop.token is None:  # page 1: nothing answered
                 raise
         else:
-            step = loop.take(page, wanted or _everything)
+            step = loop.take(page, wanted)
             for item in step.items:
                 if item.session_id not in ids:  # each once, as the listing first showed it
                     ids.add(item.session_id)
