@@ -125,6 +125,23 @@ def fast_uuid(rng: random.Random) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+def stop_truth(session: SimSession, stop: dict[str, Any], error_type: str | None, calls: list[tuple[str, bool]]) -> RunTruth:
+    """The truth of a run, from its ``stop`` event as made (both generators, the lazy one and the world's)."""
+    usage = stop["usage"]
+    return RunTruth(
+        session.session_id,
+        stop["is_error"],
+        error_type,
+        usage.get("duration_ms"),
+        usage["total_input_tokens"],
+        usage["total_output_tokens"],
+        usage["turns"],
+        tuple(calls),
+        tuple(stop["skipped_index_ids"] or ()),
+        tuple(session.index_ids or ()),
+    )
+
+
 def lazy_run(rng: random.Random, session: SimSession, error_rate: float) -> tuple[list[dict[str, Any]], RunTruth]:
     """A whole run of a lazy session, drawn from ``rng``: the events and the shapes of ``World._make_run``, drawn
     with quicker calls (a million sessions of five runs are made in minutes)."""
@@ -164,20 +181,9 @@ def lazy_run(rng: random.Random, session: SimSession, error_rate: float) -> tupl
         del usage["duration_ms"]
     index_ids = session.index_ids
     skipped = [index_ids[int(r() * len(index_ids))]] if index_ids and r() < 0.1 else []
-    events.append({"type": "stop", "is_error": failed, "error": error, "usage": usage, "skipped_index_ids": skipped or None})
-    truth = RunTruth(
-        session.session_id,
-        failed,
-        error_type,
-        usage.get("duration_ms"),
-        usage["total_input_tokens"],
-        usage["total_output_tokens"],
-        usage["turns"],
-        tuple(calls),
-        tuple(skipped),
-        tuple(index_ids or ()),
-    )
-    return events, truth
+    stop = {"type": "stop", "is_error": failed, "error": error, "usage": usage, "skipped_index_ids": skipped or None}
+    events.append(stop)
+    return events, stop_truth(session, stop, error_type, calls)
 
 
 def lazy_history(session: SimSession) -> tuple[list[dict[str, Any]], list[RunTruth]]:
@@ -343,19 +349,9 @@ class World:
         if input_tokens is not None:
             usage["total_input_tokens"] = input_tokens
         skipped = [rng.choice(session.index_ids)] if session.index_ids and rng.random() < 0.1 else []
-        tail.append({"type": "stop", "is_error": failed, "error": error, "usage": usage, "skipped_index_ids": skipped or None})
-        truth = RunTruth(
-            session.session_id,
-            failed,
-            error_type,
-            usage.get("duration_ms"),
-            usage["total_input_tokens"],
-            usage["total_output_tokens"],
-            usage["turns"],
-            tuple(calls),
-            tuple(skipped),
-            tuple(session.index_ids or ()),
-        )
+        stop = {"type": "stop", "is_error": failed, "error": error, "usage": usage, "skipped_index_ids": skipped or None}
+        tail.append(stop)
+        truth = stop_truth(session, stop, error_type, calls)
         return head, tail, truth
 
     def _finish(self, session: SimSession, tail: list[dict[str, Any]], truth: RunTruth) -> None:
