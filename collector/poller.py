@@ -861,7 +861,7 @@ class Poller:
         ``SHORT_PASSES_AGREE`` passes in a row say so, and then only the sessions none of them listed (DESIGN §4:
         one listing is never trusted alone; an unstable listing's short passes each list others)."""
         sessions, seen = run.work.sessions, run.listing.seen
-        missing = [sid for sid in sessions if sid not in seen]
+        missing = sessions.not_in(seen)
         short = self.config.discover and 2 * (len(sessions) - len(missing)) < len(sessions)
         self.short_passes = self.short_passes + 1 if short else 0
         if not short:

@@ -131,7 +131,9 @@ def retry_after(value: str | None, now: float, milliseconds: str | None = None) 
         return None
 
 
-READ_HEADERS = frozenset({"content-type", "location", "retry-after", "retry-after-ms", *RATE_LIMIT_REMAINING})
+READ_HEADERS = frozenset(
+    {"content-type", "content-length", "content-encoding", "location", "retry-after", "retry-after-ms", *RATE_LIMIT_REMAINING}
+)
 """The response headers the client reads."""
 
 
@@ -356,8 +358,8 @@ class LlamaCloudClient:
             response = await self._transport.handle_async_request(request)
             try:
                 status = check_status(response.status_code)
-                body = await read_capped(response, self._max_bytes, claim) if 200 <= status < 300 else b""
                 headers = read_headers(response.headers)
+                body = await read_capped(response, self._max_bytes, claim, headers) if 200 <= status < 300 else b""
                 self._observer.rate_limit_remaining(rate_limit_remaining(headers))  # None: absent again
                 wait = retry_after(headers.get("retry-after"), self._wall_clock(), headers.get("retry-after-ms"))
                 return _Answer(status, body, headers.get("content-type", ""), wait, headers.get("location"))
