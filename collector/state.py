@@ -115,7 +115,6 @@ _HEAD_NAMES = ("session_id", "last_updated_at", "updated_ts")
 assert _NAMES[:3] == _HEAD_NAMES, "a packed row reads these three first: keep them first"
 _BODY_NAMES = _NAMES[len(_HEAD_NAMES) :]
 _JOB_AT = _BODY_NAMES.index("job")
-_SINCE_AT = _BODY_NAMES.index("in_progress_since")
 _SHARED_AT = _BODY_NAMES.index("shared_access")
 _SIGNATURE_AT = _BODY_NAMES.index("stop_signature")
 _JOB_NAMES = tuple(f.name for f in fields(LastRun))
@@ -190,7 +189,7 @@ def key_id(key: str | bytes) -> str:
 
 
 class SessionTable(MutableMapping[str, SessionState]):
-    """Sessions by ID, each held packed (``pack_row``) under its ``table_key``: about 330 bytes a session where
+    """Sessions by ID, each held packed (``pack_row``) under its ``table_key``: about 340 bytes a session where
     dataclasses, their strings, floats and ints took about 800. Reading one builds its ``SessionState`` anew;
     what a cycle asks of every listed session (its ``last_updated_at``) and of every watched one (its order for
     the per-session series) is read from the row's head without building it.
