@@ -45,7 +45,16 @@ README_RULES = """error_rules:            # the README's example
 """
 README_BUCKETS = "buckets:\n  duration: [0.5, 1, 2, 5, 10, 30, 60]\n"
 
-Samples = dict[tuple[str, frozenset], float]
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse_samples(text: str) -> Samples:
+    """Every sample of an exposition, by name and label set (``bench/scale.py`` reads ``/metrics`` so too)."""
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
 
 
 def free_port() -> int:
@@ -114,11 +123,7 @@ class Col:
     def scrape(self) -> Samples:
         response = HTTP.get(self.url + "/metrics")
         response.raise_for_status()
-        out: Samples = {}
-        for family in text_string_to_metric_families(response.text):
-            for sample in family.samples:
-                out[(sample.name, frozenset(sample.labels.items()))] = sample.value
-        return out
+        return parse_samples(response.text)
 
     def ready(self) -> bool:
         try:

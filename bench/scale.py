@@ -42,15 +42,16 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.adversarial import Samples, parse_samples  # noqa: E402
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 POLLS = "llamacloud_collector_polls_total"
 SCRAPES_FOR_COST = 10
 """Scrapes of ``/metrics`` made back to back, at rest, to learn what one costs the collector."""
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def free_port() -> int:
@@ -145,11 +146,7 @@ class Watch:
         self.scrapes += 1
         response = self.http.get(self.url + "/metrics")
         response.raise_for_status()
-        out: Samples = {}
-        for family in text_string_to_metric_families(response.text):
-            for sample in family.samples:
-                out[(sample.name, frozenset(sample.labels.items()))] = sample.value
-        return out
+        return parse_samples(response.text)
 
     def cycles(self, samples: Samples | None = None) -> int:
         return int(total(samples if samples is not None else self.samples(), POLLS))
