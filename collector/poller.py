@@ -19,7 +19,7 @@ import functools
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -43,6 +43,8 @@ from collector.state import (
     Snapshot,
     StateStore,
     Update,
+    table_key,
+    table_keys,
     take_snapshot,
     update_session,
 )
@@ -158,8 +160,9 @@ class ListingPass:
         return self.loop.truncated
 
     @property
-    def seen(self) -> set[str]:
-        """Wanted sessions this pass listed (or configured IDs that answered or failed on their own)."""
+    def seen(self) -> set[Hashable]:
+        """Wanted sessions this pass listed (or configured IDs that answered or failed on their own), by their
+        ``table_key``."""
         return self.loop.seen
 
 
@@ -421,7 +424,7 @@ class Poller:
         return report
 
     def _new_pass(self) -> ListingPass:
-        listing = ListingPass(started=self.monotonic(), loop=ListingLoop(self.strikes))
+        listing = ListingPass(started=self.monotonic(), loop=ListingLoop(self.strikes, keys=table_keys))
         if not self.config.discover:
             for session_id in (i for i in self.config.session_ids if in_shard(self.config, i)):
                 listing.push(Job(session_id))
@@ -645,20 +648,20 @@ class Poller:
             self.metrics.invalid_payload("retrieve")
             run.failures[sid] = (job, f"{type(exc).__name__}: {str(exc)[:ERROR_TEXT]}")
         if sid in run.failures:
-            run.listing.seen.add(sid)  # a configured ID whose summary fails is still watched
+            run.listing.seen.add(table_key(sid))  # a configured ID whose summary fails is still watched
         return False
 
     async def _summarised(self, run: _Run, sid: str) -> tuple[Job, Summary] | None:
         """A configured ID: its summary, and the fetch it needs (None: waiting for its retry, not wanted
         here, or unchanged)."""
         if self._backing_off(run, sid):
-            run.listing.seen.add(sid)
+            run.listing.seen.add(table_key(sid))
             return None
         summary = await self.client.summary(sid, run.deadline)
         run.answered = True
         if not wanted(self.config, summary):
             return None
-        run.listing.seen.add(sid)
+        run.listing.seen.add(table_key(sid))
         fetch = self._consider(run, summary)
         return None if fetch is None else (fetch, summary)
 
@@ -846,7 +849,7 @@ class Poller:
                 run.report.removed += work.drop_many(gone)
                 if start:
                     await asyncio.sleep(0)
-            for sid in set(self.failing) - listing.seen:
+            for sid in [sid for sid in self.failing if table_key(sid) not in listing.seen]:
                 del self.failing[sid]
             self.last_pass_duration = self.monotonic() - listing.started
         if listing.some_fetched or not listing.some_failed:

@@ -21,7 +21,7 @@ failed again at once. Both say the same thing, in the same words, for the same l
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 
 from collector.cadence import Deadline
@@ -88,8 +88,11 @@ class ListingLoop:
     """Pages read since page 1 (the position of the last page read)."""
     idle_pages: int = 0
     """Pages in a row that listed no wanted session new to this pass."""
-    seen: set[str] = field(default_factory=set)
-    """Wanted sessions this pass listed."""
+    seen: set[Hashable] = field(default_factory=set)
+    """Wanted sessions this pass listed, as ``keys`` gives them."""
+    keys: Callable[[Iterable[str]], Iterable[Hashable]] = iter
+    """What ``seen`` holds for a page's session IDs: the IDs themselves, or the poller's ``table_keys`` (a
+    complete pass then finds the sessions it missed by a set difference with its table, in C)."""
     ended: bool = False
     truncated: bool = False
     """The pass ended short (a page that keeps failing, a listing that goes round): it knows nothing of what lies
@@ -102,7 +105,7 @@ class ListingLoop:
         items = page.items if wanted is None else tuple(item for item in page.items if wanted(item))
         new = len(items) < len(page.items)  # another shard's or index's: nothing tells whether the listing went round
         before = len(self.seen)
-        self.seen.update(item.session_id for item in items)
+        self.seen.update(self.keys(item.session_id for item in items))
         new = new or len(self.seen) > before  # a wanted session new to the pass
         self.idle_pages = 0 if new else self.idle_pages + 1
         token = page.next_page_token
