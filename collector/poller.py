@@ -30,8 +30,8 @@ from collector.cadence import Cadence, Deadline
 from collector.derive import ErrorClassifier, RunRecord, history_intact
 from collector.errors import AuthError, Deferred, FetchError, NotFound, PayloadError, StateError
 from collector.llamacloud.budget import HELD
-from collector.llamacloud.listing import PAGE_STRIKES, ListingLoop, Step, Strikes
-from collector.llamacloud.models import Session, SessionPage, Summary
+from collector.llamacloud.listing import PAGE_STRIKES, KnownPage, ListingLoop, PageMemo, Step, Strikes
+from collector.llamacloud.models import Body, Session, SessionPage, Summary
 from collector.runlog import MAX_LINES_PER_CYCLE, log_runs
 from collector.runlog import wanted as log_wanted
 from collector.selection import Found, PollConfig, filters_nothing, in_shard, is_unchanged, older, same_instant, wanted
@@ -43,6 +43,8 @@ from collector.state import (
     Snapshot,
     StateStore,
     Update,
+    key_id,
+    row_stamps,
     table_key,
     table_keys,
     take_snapshot,
@@ -257,7 +259,9 @@ def listed_at(session: Session, found: Found) -> str | None:
 class SessionSource(Protocol):
     """What the poller reads: pages of the listing, a configured ID's summary, a session's history."""
 
-    async def list_page(self, token: str | None, deadline: Deadline | None) -> SessionPage: ...
+    async def list_page(
+        self, token: str | None, deadline: Deadline | None, recall: Callable[[Body], KnownPage | None] | None
+    ) -> SessionPage | KnownPage: ...
     async def summary(self, session_id: str, deadline: Deadline | None) -> Summary: ...
     async def retrieve(
         self, session_id: str, deadline: Deadline | None, off_loop: Callable[[Callable[[], Session]], Apart] | None = None
@@ -325,6 +329,8 @@ class Poller:
         """When the load finished (monotonic): liveness counts from then, not from the start."""
         self._wanted = None if filters_nothing(config) else functools.partial(wanted, config)
         """Which listed sessions are this collector's (None: all of them, no call per session)."""
+        self.memo = PageMemo()
+        """The listing's pages whose sessions were all unchanged: read again byte for byte, taken unparsed."""
         self.shown = Shown()
         """The sessions with per-session series, kept from snapshot to snapshot (no scan of every session)."""
         self.snapshot: Snapshot = take_snapshot(self.state, self.poll, config.series_limit, self.shown)
@@ -425,6 +431,7 @@ class Poller:
 
     def _new_pass(self) -> ListingPass:
         listing = ListingPass(started=self.monotonic(), loop=ListingLoop(self.strikes, keys=table_keys))
+        self.memo.new_pass()
         if not self.config.discover:
             for session_id in (i for i in self.config.session_ids if in_shard(self.config, i)):
                 listing.push(Job(session_id))
@@ -534,9 +541,10 @@ class Poller:
         A page that fails waits (page 1, or a first failure), starts the pass over from page 1 (a resumed token
         refused, a page that is invalid), or, when the same page keeps failing, ends the pass there without a
         verdict on the sessions behind it."""
-        listing = run.listing
+        listing, token, sessions = run.listing, run.listing.token, run.work.sessions
+        recall = functools.partial(self.memo.recall, token, row=sessions.row_at, blocked=functools.partial(self._blocked, run))
         try:
-            page = await self.client.list_page(listing.token, run.deadline)
+            page = await self.client.list_page(token, run.deadline, recall)
         except AuthError:
             raise
         except (FetchError, PayloadError) as exc:
@@ -547,8 +555,12 @@ class Poller:
             step = listing.loop.failed(exc)
         else:
             run.answered = True
-            step = listing.loop.take(page, self._wanted)
-            self._take_page(run, page, step)
+            if isinstance(page, KnownPage):
+                step = listing.loop.take_known(page)
+                self._take_known(run, step)
+            else:
+                step = listing.loop.take(page, self._wanted)
+                self._take_page(run, page, step, token)
         if step.waits is not None:
             run.listing_error = step.waits
         if step.problem is not None:
@@ -560,9 +572,23 @@ class Poller:
         self.log.warning("listing pass restarted", reason=why)
         run.listing_problem = why
 
-    def _take_page(self, run: _Run, page: SessionPage, step: Step) -> None:
+    def _blocked(self, run: _Run, keys: tuple[bytes, ...]) -> bool:
+        """One of these sessions may not be taken as unchanged by its stamp alone: failing, or replayed."""
+        failing, replay = self.failing, run.work.replay
+        return bool(failing or replay) and any(sid in failing or sid in replay for sid in map(key_id, keys))
+
+    def _take_known(self, run: _Run, step: Step) -> None:
+        """A ``KnownPage``: every wanted session on it unchanged, as ``_take_page`` would find them."""
+        run.report.pages += 1
+        run.report.unchanged += len(step.keys)
+        if self.unconfirmed or self.short_missing:
+            for sid in map(key_id, step.keys):  # type: ignore[arg-type]
+                self.unconfirmed.discard(sid)  # listed, by any pass: confirmed
+                self.short_missing.discard(sid)
+
+    def _take_page(self, run: _Run, page: SessionPage, step: Step, token: str | None = None) -> None:
         """Decide for every wanted item of ``page`` at once (the loop has moved the pass on): a page is taken
-        whole."""
+        whole. One whose every wanted session is unchanged is kept (``PageMemo``) for the next pass."""
         report = run.report
         report.pages += 1
         if page.unreadable:
@@ -573,7 +599,9 @@ class Poller:
                 session_ids=[i[:ID_TEXT] for i in page.unreadable[:10]],
             )
         unconfirmed, short_missing, failing, replay = self.unconfirmed, self.short_missing, self.failing, run.work.replay
-        stamps = run.work.sessions.stamps(item.session_id for item in step.items)
+        keys: tuple[bytes, ...] = step.keys  # type: ignore[assignment]  # ``table_keys``
+        rows = run.work.sessions.rows_at(keys)
+        stamps = row_stamps(rows)
         unchanged = 0
         for item, stamp in zip(step.items, stamps, strict=True):
             sid = item.session_id
@@ -586,6 +614,8 @@ class Poller:
             elif (job := self._consider(run, item)) is not None:
                 run.listing.push(job)
         report.unchanged += unchanged
+        if unchanged == len(step.items):
+            self.memo.record(token, page, keys, rows)
 
     def _backing_off(self, run: _Run, sid: str) -> bool:
         """A failing session whose next retry is not due yet: it counts as failed in this pass."""
@@ -903,7 +933,7 @@ class Poller:
         that fail on their own, left last in a pass that lists nothing more, were retried as an outage every
         cycle, and the pass never ended (found by tests/test_hostile_history)."""
         try:
-            await self.client.list_page(None, run.deadline)
+            await self.client.list_page(None, run.deadline, None)
         except Exception:  # noqa: BLE001 - any failure: the outage it looked like
             return False
         return True

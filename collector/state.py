@@ -197,6 +197,20 @@ def key_id(key: bytes) -> str:
 _UTF8, _SURROGATES = "utf-8", "surrogatepass"
 
 
+def row_stamps(rows: Iterable[bytes | None]) -> list[str | None]:
+    """The ``last_updated_at`` each row was counted at (None for None), read from its head: a million a cycle."""
+    size = _HEAD.size
+    out: list[str | None] = []
+    for row in rows:
+        if row is None:
+            out.append(None)
+        elif row[size - 1] < _LONG_STAMP:
+            out.append(row[size : size + row[size - 1]].decode(_UTF8, _SURROGATES))
+        else:
+            out.append(_row_stamp(row))
+    return out
+
+
 class SessionTable(MutableMapping[str, SessionState]):
     """Sessions by ID, each held packed (``pack_row``) under its ``table_key``: about 340 bytes a session where
     dataclasses, their strings, floats and ints took about 800. Reading one builds its ``SessionState`` anew;
@@ -287,23 +301,22 @@ class SessionTable(MutableMapping[str, SessionState]):
         return None if row is None else _row_stamp(row)
 
     def stamps(self, session_ids: Iterable[str]) -> list[str | None]:
-        """``stamp`` of each of ``session_ids`` (a listing page's), in one call: a million a cycle."""
-        size = _HEAD.size
-        out: list[str | None] = []
-        for row in map(self._rows.get, table_keys(session_ids)):
-            if row is None:
-                out.append(None)
-            elif row[size - 1] < _LONG_STAMP:
-                out.append(row[size : size + row[size - 1]].decode(_UTF8, _SURROGATES))
-            else:
-                out.append(_row_stamp(row))
-        return out
+        """``stamp`` of each of ``session_ids``, in one call."""
+        return row_stamps(self.rows_at(table_keys(session_ids)))
+
+    def rows_at(self, keys: Iterable[bytes]) -> list[bytes | None]:
+        """The packed rows of these keys (``table_key``; None: not in the table), a listing page's at once."""
+        return list(map(self._rows.get, keys))
+
+    def row_at(self, key: bytes) -> bytes | None:
+        return self._rows.get(key)
 
     def not_in(self, keys: Set[Hashable]) -> list[str]:
         """The sessions of the table whose keys (``table_key``) are not among ``keys``, in the table's order: a
-        set difference in C, so a complete pass of a million sessions that misses none costs no Python loop."""
-        missing = self._rows.keys() - keys
-        return [key_id(key) for key in self._rows if key in missing] if missing else []
+        complete pass of a million sessions that misses none is found so in C, with no Python loop."""
+        if all(map(keys.__contains__, self._rows)):  # the usual answer, found without a set or a list built
+            return []
+        return [key_id(key) for key in self._rows if key not in keys]
 
     def order_key(self, session_id: str) -> tuple[float, str] | None:
         """Where a session stands in the per-session series' order (``shown_key``); None: not in the table."""

@@ -58,6 +58,8 @@ class FakeApi:
         self.summaries: Counter = Counter()
         self.page_size = 1000
         self.pages_listed = 0
+        self.pages_recalled = 0
+        """Pages the poller's memo knew byte for byte (taken unparsed)."""
         self.list_errors: list[Exception] = []
         self.on_list: Callable[[], object] | None = None
         """Called at each page: a test moves its clocks here."""
@@ -68,7 +70,7 @@ class FakeApi:
     def _summary(self, sid: str) -> dict:
         return {k: v for k, v in self.sessions[sid].items() if k != "events"}
 
-    async def list_page(self, token=None, deadline=None) -> SessionPage:
+    async def list_page(self, token=None, deadline=None, recall=None) -> SessionPage:
         """``page_size`` sessions after ``token`` (an offset); a listing error queued in ``list_errors`` first."""
         self.deadlines.append(deadline)
         self.pages_listed += 1
@@ -83,7 +85,10 @@ class FakeApi:
         start = int(token or 0)
         end = start + self.page_size
         body = {"items": [self._summary(i) for i in ids[start:end]], "next_page_token": str(end) if end < len(ids) else None}
-        return parse_page(json.dumps(body).encode())
+        raw = json.dumps(body).encode()
+        known = None if recall is None else recall(raw)  # the poller's memo of pages, as the real client asks it
+        self.pages_recalled += known is not None
+        return known or parse_page(raw)
 
     async def list_sessions(self, deadline=None, wanted=None) -> Listing:
         """The listing as ``check`` reads it: the poller's listing loop, run to its end."""

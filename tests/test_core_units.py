@@ -182,7 +182,7 @@ def test_dropping_retires_a_session_without_its_title_and_forgets_none():
 
 def test_a_failed_cycle_publishes_down_with_its_reason_and_start_time():
     class Down(FakeApi):
-        async def list_page(self, token=None, deadline=None):
+        async def list_page(self, token=None, deadline=None, recall=None):
             raise FetchError("list: HTTP 500", operation="list")
 
     poller = Poller(

@@ -86,7 +86,7 @@ def test_unreadable_listing_items_are_counted_and_named(captured):
     api = populated(2)
     p = poller(api)
 
-    async def listing(token=None, deadline=None):
+    async def listing(token=None, deadline=None, recall=None):
         from collector.llamacloud.models import parse_page
 
         return parse_page(
@@ -117,7 +117,7 @@ def test_a_listing_that_never_answers_by_the_deadline_fails_the_cycle():
 def test_a_bug_in_discovery_fails_the_cycle_with_one_line():
     api = populated(1)
 
-    async def broken(token=None, deadline=None):
+    async def broken(token=None, deadline=None, recall=None):
         raise KeyError("i" * 300)
 
     api.list_page = broken  # type: ignore[method-assign]  # this test's listing, in place of the fake's
@@ -465,7 +465,7 @@ class Paged(FakeApi):
         super().__init__()
         self.links = links
 
-    async def list_page(self, token=None, deadline=None):
+    async def list_page(self, token=None, deadline=None, recall=None):
         from collector.llamacloud.models import parse_page
 
         self.pages_listed += 1
@@ -581,7 +581,7 @@ class GivesUpAtTheDeadline(FakeApi):
         self.clock[0] += 3600.0
         raise FetchError(f"{operation}: no answer by the deadline", operation=operation)
 
-    async def list_page(self, token=None, deadline=None):
+    async def list_page(self, token=None, deadline=None, recall=None):
         if self.pages_listed + 1 == self.page:
             while len(self.retrieved) < self.pages_listed:  # every session listed so far fetched: none waits
                 self.answered.clear()

@@ -162,4 +162,8 @@ def test_every_id_is_its_own_key_and_comes_back(session_id):
     assert list(table) == [session_id] and session_id in table and table[session_id].session_id == session_id
     assert table_key(session_id) != table_key(session_id + "x")
     assert key_id(table_key(session_id)) == session_id
-    assert table.stamps([session_id]) == ["t"] and table.not_in(set()) == [session_id] and table.not_in({table_key(session_id)}) == []
+    assert (
+        table.stamps([session_id]) == ["t"]
+        and table.not_in(set()) == [session_id]
+        and table.not_in({table_key(session_id)}) == []
+    )

@@ -150,7 +150,7 @@ class Forgetful(FakeApi):
     def forget(self) -> None:
         self.generation += 1
 
-    async def list_page(self, token=None, deadline=None):
+    async def list_page(self, token=None, deadline=None, recall=None):
         if token is not None:
             generation, offset = token.split(":")
             if int(generation) != self.generation:
@@ -213,7 +213,7 @@ def test_a_page_that_fails_cycle_after_cycle_ends_the_pass_there():
     cycle(p)
     original = api.list_page
 
-    async def third_page_down(token=None, deadline=None):
+    async def third_page_down(token=None, deadline=None, recall=None):
         if token == "4":
             raise FetchError("list: HTTP 503", operation="list", status=503)
         return await original(token, deadline)
@@ -388,7 +388,7 @@ def test_a_session_listed_by_a_pass_that_ended_early_is_not_gone_after_the_next_
     assert "s00003" in p.unconfirmed
     original = api.list_page
 
-    async def second_page_invalid(token=None, deadline=None):
+    async def second_page_invalid(token=None, deadline=None, recall=None):
         if token == "1":
             raise PayloadError("list: invalid payload at items", operation="list")
         return await original(token, deadline)

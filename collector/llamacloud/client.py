@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, overload
 from urllib.parse import quote, urlencode
 
 import aiohttp
@@ -52,7 +52,7 @@ from collector.llamacloud.bounds import (
     session_id_problem,
 )
 from collector.llamacloud.budget import HELD, BudgetTimeout, RequestBudget
-from collector.llamacloud.listing import Listing, read_listing
+from collector.llamacloud.listing import KnownPage, Listing, read_listing
 from collector.llamacloud.models import (
     Body,
     Listed,
@@ -277,10 +277,27 @@ class LlamaCloudClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def list_page(self, token: str | None = None, deadline: Deadline | None = None) -> SessionPage:
-        """One page of the listing: ``token`` is the previous page's ``next_page_token`` (None: the first)."""
+    @overload
+    async def list_page(self, token: str | None = None, deadline: Deadline | None = None) -> SessionPage: ...
+
+    @overload
+    async def list_page(
+        self, token: str | None, deadline: Deadline | None, recall: Callable[[Body], KnownPage | None] | None
+    ) -> SessionPage | KnownPage: ...
+
+    async def list_page(
+        self,
+        token: str | None = None,
+        deadline: Deadline | None = None,
+        recall: Callable[[Body], KnownPage | None] | None = None,
+    ) -> SessionPage | KnownPage:
+        """One page of the listing: ``token`` is the previous page's ``next_page_token`` (None: the first).
+        ``recall`` (the poller's ``PageMemo``) may know the body as a page read before: then it is not parsed."""
         params: dict[str, str | int] = {"page_size": self._page_size, **({"page_token": token} if token else {})}
-        page = await self._get("list", "/api/v1/chat", SessionPage, deadline, params, parse=parse_page)
+        parse: Callable[[Body], SessionPage | KnownPage] = (
+            parse_page if recall is None else (lambda body: recall(body) or parse_page(body))
+        )
+        page = await self._get("list", "/api/v1/chat", SessionPage, deadline, params, parse=parse)
         for _ in page.unreadable:
             self._observer.invalid_payload("list")
         return page

@@ -21,12 +21,14 @@ failed again at once. Both say the same thing, in the same words, for the same l
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable, Hashable, Iterable
+import operator
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from collector.cadence import Deadline
 from collector.errors import AuthError, FetchError, PayloadError
-from collector.llamacloud.models import Listed, SessionPage
+from collector.llamacloud.bounds import LARGE_BODY
+from collector.llamacloud.models import Body, Listed, SessionPage
 
 PAGE_STRIKES = 3
 """A page that fails this many times in a row (or is refused twice) ends the pass there (DESIGN §4)."""
@@ -60,12 +62,91 @@ class Strikes:
             self.position, self.count = 0, 0
 
 
+@dataclass(frozen=True, slots=True)
+class KnownPage:
+    """A listing page read again, byte for byte as a page read with the same token before, whose every wanted
+    session was unchanged then and still is (its row is the same object). Identical bytes validate and decide
+    the same: it is taken without a parse (the poller's ``PageMemo``), which is most of an idle pass's CPU."""
+
+    listed: int
+    """Items the page listed."""
+    ids: bytes
+    """The wanted items' keys (the poller's ``table_key``), joined by newlines (never part of an ID)."""
+    rows: tuple[bytes | None, ...]
+    """Their packed rows when the page was taken: the same objects now, or the page is parsed again."""
+    next_page_token: str | None
+    size: int
+    digest: int
+    """The body's length and ``hash``: keyed per process, so an upstream cannot aim a collision."""
+    unreadable: tuple[str, ...] = ()
+
+    def keys(self) -> tuple[bytes, ...]:
+        return tuple(self.ids.split(b"\n")) if self.rows else ()
+
+
+class PageMemo:
+    """The pages of the listing whose every wanted session was unchanged when last taken (``KnownPage``), by
+    their token: one read again byte for byte, its sessions' rows the same objects, is taken without a parse.
+    Bounded by one pass's pages: a page read again replaces its entry or drops it, and each new pass keeps only
+    what the last one read. A body over ``LARGE_BODY`` (parsed in a thread) is never kept."""
+
+    def __init__(self) -> None:
+        self._pages: dict[bytes, KnownPage] = {}
+        self._read: set[bytes] = set()
+        self._last: tuple[bytes, int, int] | None = None
+        """The last body read: its token's digest, its length and ``hash``."""
+
+    def __len__(self) -> int:
+        return len(self._pages)
+
+    def recall(
+        self,
+        token: str | None,
+        body: Body,
+        row: Callable[[bytes], bytes | None],
+        blocked: Callable[[tuple[bytes, ...]], bool],
+    ) -> KnownPage | None:
+        """The page ``body`` is, when it is one kept (None: parse it). ``row``: a session's packed row by key;
+        ``blocked``: whether one of these sessions may not be taken as unchanged now (failing, replayed)."""
+        where = token_digest(token) if token else b""
+        self._read.add(where)
+        known = self._pages.pop(where, None)
+        if len(body) > LARGE_BODY:
+            self._last = None
+            return None
+        self._last = (where, len(body), hash(bytes(body)))
+        if known is None or (known.size, known.digest) != self._last[1:]:
+            return None
+        keys = known.keys()
+        if not all(map(operator.is_, map(row, keys), known.rows)) or blocked(keys):
+            return None
+        self._pages[where] = known
+        return known
+
+    def record(self, token: str | None, page: SessionPage, keys: tuple[bytes, ...], rows: Sequence[bytes | None]) -> None:
+        """``page``, read with ``token`` (the last body ``recall`` saw) and taken with every wanted session
+        unchanged: ``keys`` and ``rows`` are theirs."""
+        where = token_digest(token) if token else b""
+        if self._last is None or self._last[0] != where or page.unreadable:
+            return
+        _, size, digest = self._last
+        self._pages[where] = KnownPage(len(page.items), b"\n".join(keys), tuple(rows), page.next_page_token, size, digest)
+
+    def new_pass(self) -> None:
+        """A pass begins: the pages the last one did not read are dropped."""
+        self._pages = {where: page for where, page in self._pages.items() if where in self._read}
+        self._read = set()
+        self._last = None
+
+
 @dataclass(frozen=True)
 class Step:
     """What one page (or its failure) did to the pass."""
 
     items: tuple[Listed, ...] = ()
-    """The page's wanted items, in its order."""
+    """The page's wanted items, in its order (none for a ``KnownPage``: it was not parsed)."""
+    keys: tuple[Hashable, ...] = ()
+    """The wanted items' keys (``ListingLoop.keys``), in the page's order."""
     goes_on: bool = False
     """Read the next page now (the pass is not over and nothing stops it)."""
     waits: str | None = None
@@ -100,29 +181,38 @@ class ListingLoop:
 
     def take(self, page: SessionPage, wanted: Callable[[Listed], bool] | None) -> Step:
         """A page read with ``token``: its wanted items (None: every item is), and the pass moved on (or ended)."""
+        items = page.items if wanted is None else tuple(item for item in page.items if wanted(item))
+        keys = tuple(self.keys(item.session_id for item in items))
+        return self._took(len(page.items), tuple(items), keys, page.next_page_token)
+
+    def take_known(self, page: KnownPage) -> Step:
+        """A page read with ``token`` that is, byte for byte, one read before (``KnownPage``): its wanted sessions'
+        keys as they were then, the pass moved on as ``take`` moved it."""
+        return self._took(page.listed, (), page.keys(), page.next_page_token)
+
+    def _took(self, listed: int, items: tuple[Listed, ...], keys: tuple[Hashable, ...], token: str | None) -> Step:
         self.pages += 1
         self.strikes.read(self.pages)
-        items = page.items if wanted is None else tuple(item for item in page.items if wanted(item))
-        new = len(items) < len(page.items)  # another shard's or index's: nothing tells whether the listing went round
+        new = len(keys) < listed  # another shard's or index's: nothing tells whether the listing went round
         before = len(self.seen)
-        self.seen.update(self.keys(item.session_id for item in items))
+        self.seen.update(keys)
         new = new or len(self.seen) > before  # a wanted session new to the pass
         self.idle_pages = 0 if new else self.idle_pages + 1
-        token = page.next_page_token
         digest = token_digest(token) if token else b""
         if not token or digest in self.tokens:  # the end, or a token seen before: the pass went round
             self.ended = True
-            return Step(tuple(items))
+            return Step(items, keys)
         if self.idle_pages >= IDLE_PAGES:
             self.ended = self.truncated = True
             return Step(
-                tuple(items),
+                items,
+                keys,
                 problem=f"list: {IDLE_PAGES} pages in a row listed no session new to the pass; the pass "
                 "ends there, retires nothing, and the next starts over from page 1",
             )
         self.tokens.add(digest)
         self.token = token
-        return Step(tuple(items), goes_on=True)
+        return Step(items, keys, goes_on=True)
 
     def failed(self, exc: FetchError | PayloadError) -> Step:
         """The page asked for with ``token`` was not given (an ``AuthError`` is the caller's: it ends everything).
