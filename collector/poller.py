@@ -542,7 +542,7 @@ class Poller:
         refused, a page that is invalid), or, when the same page keeps failing, ends the pass there without a
         verdict on the sessions behind it."""
         listing, token, sessions = run.listing, run.listing.token, run.work.sessions
-        recall = functools.partial(self.memo.recall, token, row=sessions.row_at, blocked=functools.partial(self._blocked, run))
+        recall = functools.partial(self.memo.recall, token, table=sessions, blocked=functools.partial(self._blocked, run))
         try:
             page = await self.client.list_page(token, run.deadline, recall)
         except AuthError:
@@ -572,10 +572,10 @@ class Poller:
         self.log.warning("listing pass restarted", reason=why)
         run.listing_problem = why
 
-    def _blocked(self, run: _Run, keys: tuple[bytes, ...]) -> bool:
-        """One of these sessions may not be taken as unchanged by its stamp alone: failing, or replayed."""
+    def _blocked(self, run: _Run, page: KnownPage) -> bool:
+        """One of the page's sessions may not be taken as unchanged by its stamp alone: failing, or replayed."""
         failing, replay = self.failing, run.work.replay
-        return bool(failing or replay) and any(sid in failing or sid in replay for sid in map(key_id, keys))
+        return bool(failing or replay) and any(sid in failing or sid in replay for sid in map(key_id, page.keys()))
 
     def _take_known(self, run: _Run, step: Step) -> None:
         """A ``KnownPage``: every wanted session on it unchanged, as ``_take_page`` would find them."""
@@ -615,7 +615,7 @@ class Poller:
                 run.listing.push(job)
         report.unchanged += unchanged
         if unchanged == len(step.items):
-            self.memo.record(token, page, keys, rows)
+            self.memo.record(token, page, keys, rows, run.work.sessions.version)
 
     def _backing_off(self, run: _Run, sid: str) -> bool:
         """A failing session whose next retry is not due yet: it counts as failed in this pass."""

@@ -73,7 +73,6 @@ def test_a_session_to_replay_or_failing_is_never_taken_unchanged_from_the_memo()
     before = api.retrieved["s021"]
     report = cycle(p)
     assert api.retrieved["s021"] == before + 1 and report.unchanged == 24
-    assert not PageMemo().recall(None, b"{}", lambda key: None, lambda keys: False)  # nothing kept: parse
 
 
 def test_every_session_on_a_known_page_is_seen_by_the_pass_so_none_is_retired():
@@ -95,24 +94,52 @@ def test_the_memo_keeps_no_more_than_the_pages_of_the_last_pass():
     assert len(p.memo) == 1
 
 
-def test_a_page_with_a_new_or_unreadable_item_is_not_kept():
-    memo = PageMemo()
+class Table:
+    """A table of rows as ``PageMemo`` reads one: its version moves at every change."""
+
+    def __init__(self, rows: dict[bytes, bytes]) -> None:
+        self.rows, self.version = rows, 1
+
+    @property
+    def row_at(self):
+        return self.rows.get
+
+    def set(self, key: bytes, row: bytes) -> None:
+        self.rows[key] = row
+        self.version += 1
+
+
+def test_a_page_with_an_unreadable_item_is_not_kept_and_other_bytes_are_parsed():
+    memo, table, free = PageMemo(), Table({}), lambda page: False
     body = b'{"items": [{"session_id": "s1", "last_updated_at": "t"}, {"session_id": "..", "last_updated_at": "t"}]}'
-    assert memo.recall(None, body, lambda key: None, lambda keys: False) is None
+    assert memo.recall(None, body, table, free) is None
     page = parse_page(body)
     assert page.unreadable == ("..",)
-    memo.record(None, page, (b"s1",), (b"row",))
+    memo.record(None, page, (b"s1",), (b"row",), table.version)
     assert len(memo) == 0  # a page with an item it could not read is parsed every time
-    good = b'{"items": [{"session_id": "s1", "last_updated_at": "t"}]}'
-    row = b"row"
-    memo.recall(None, good, lambda key: row, lambda keys: False)
-    memo.record(None, parse_page(good), (b"s1",), (row,))
-    assert memo.recall(None, good, lambda key: row, lambda keys: False) is not None
-    assert memo.recall(None, good, lambda key: row, lambda keys: True) is None  # blocked: parsed
-    memo.recall(None, good, lambda key: row, lambda keys: False)
-    memo.record(None, parse_page(good), (b"s1",), (row,))
-    assert memo.recall(None, good + b" ", lambda key: row, lambda keys: False) is None  # other bytes: parsed
-    assert memo.recall(None, good, lambda key: row, lambda keys: False) is None  # and forgotten
+    good, row = b'{"items": [{"session_id": "s1", "last_updated_at": "t"}]}', b"row"
+    table.set(b"s1", row)
+    memo.recall(None, good, table, free)
+    memo.record(None, parse_page(good), (b"s1",), (row,), table.version)
+    assert memo.recall(None, good, table, free) is not None
+    assert memo.recall(None, good, table, lambda page: True) is None  # one of its sessions blocked: parsed
+    memo.recall(None, good, table, free)
+    memo.record(None, parse_page(good), (b"s1",), (row,), table.version)
+    assert memo.recall(None, good + b" ", table, free) is None  # other bytes: parsed
+    assert memo.recall(None, good, table, free) is None  # and forgotten
+
+
+def test_a_change_elsewhere_in_the_table_checks_the_rows_once_and_a_change_of_its_own_drops_the_page():
+    memo, free = PageMemo(), lambda page: False
+    body, row = b'{"items": [{"session_id": "s1", "last_updated_at": "t"}]}', b"row"
+    table = Table({b"s1": row, b"s2": b"other"})
+    memo.recall(None, body, table, free)
+    memo.record(None, parse_page(body), (b"s1",), (row,), table.version)
+    table.set(b"s2", b"changed")  # another session: the page's own row is still the same object
+    known = memo.recall(None, body, table, free)
+    assert known is not None and known.version == table.version  # checked once, at this version
+    table.set(b"s1", bytes(bytearray(row)))  # the same bytes, another object: a change, as far as it knows
+    assert memo.recall(None, body, table, free) is None
 
 
 def test_a_shard_keeps_its_own_sessions_of_a_known_page_and_retires_none_of_the_others():

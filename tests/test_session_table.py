@@ -167,3 +167,20 @@ def test_every_id_is_its_own_key_and_comes_back(session_id):
         and table.not_in(set()) == [session_id]
         and table.not_in({table_key(session_id)}) == []
     )
+
+
+def test_a_tables_version_moves_at_every_change_and_no_two_tables_share_one():
+    table, other = SessionTable(), SessionTable()
+    seen = {table.version, other.version}
+    assert len(seen) == 2
+    table["s1"] = SessionState("s1", "t")
+    table.set_row("s2", table.row("s1") or b"")
+    assert table.version not in seen
+    seen.add(table.version)
+    assert table.pop_row("nobody") is None and table.version in seen  # nothing removed: nothing changed
+    del table["s1"]
+    assert table.version not in seen
+    seen.add(table.version)
+    assert table.copy().version not in seen
+    before = table.version
+    assert table.rows_at([table_key("s2"), table_key("s1")]) == [table.row("s2"), None] and table.version == before

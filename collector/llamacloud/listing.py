@@ -23,7 +23,8 @@ from __future__ import annotations
 import hashlib
 import operator
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from collector.cadence import Deadline
 from collector.errors import AuthError, FetchError, PayloadError
@@ -74,6 +75,8 @@ class KnownPage:
     """The wanted items' keys (the poller's ``table_key``), joined by newlines (never part of an ID)."""
     rows: tuple[bytes | None, ...]
     """Their packed rows when the page was taken: the same objects now, or the page is parsed again."""
+    version: int
+    """The table's ``version`` when the rows were last found the same: while it has not moved, they are."""
     next_page_token: str | None
     size: int
     digest: int
@@ -82,6 +85,15 @@ class KnownPage:
 
     def keys(self) -> tuple[bytes, ...]:
         return tuple(self.ids.split(b"\n")) if self.rows else ()
+
+
+class Rows(Protocol):
+    """What ``PageMemo`` reads of the sessions' table (``state.SessionTable``)."""
+
+    @property
+    def version(self) -> int: ...
+    @property
+    def row_at(self) -> Callable[[bytes], bytes | None]: ...
 
 
 class PageMemo:
@@ -99,14 +111,8 @@ class PageMemo:
     def __len__(self) -> int:
         return len(self._pages)
 
-    def recall(
-        self,
-        token: str | None,
-        body: Body,
-        row: Callable[[bytes], bytes | None],
-        blocked: Callable[[tuple[bytes, ...]], bool],
-    ) -> KnownPage | None:
-        """The page ``body`` is, when it is one kept (None: parse it). ``row``: a session's packed row by key;
+    def recall(self, token: str | None, body: Body, table: Rows, blocked: Callable[[KnownPage], bool]) -> KnownPage | None:
+        """The page ``body`` is, when it is one kept (None: parse it). ``table``: the sessions' packed rows;
         ``blocked``: whether one of these sessions may not be taken as unchanged now (failing, replayed)."""
         where = token_digest(token) if token else b""
         self._read.add(where)
@@ -117,20 +123,27 @@ class PageMemo:
         self._last = (where, len(body), hash(bytes(body)))
         if known is None or (known.size, known.digest) != self._last[1:]:
             return None
-        keys = known.keys()
-        if not all(map(operator.is_, map(row, keys), known.rows)) or blocked(keys):
+        if known.version != table.version:  # a row changed somewhere since: are these the same objects?
+            if not all(map(operator.is_, map(table.row_at, known.keys()), known.rows)):
+                return None
+            known = replace(known, version=table.version)
+        if blocked(known):
             return None
         self._pages[where] = known
         return known
 
-    def record(self, token: str | None, page: SessionPage, keys: tuple[bytes, ...], rows: Sequence[bytes | None]) -> None:
+    def record(
+        self, token: str | None, page: SessionPage, keys: tuple[bytes, ...], rows: Sequence[bytes | None], version: int
+    ) -> None:
         """``page``, read with ``token`` (the last body ``recall`` saw) and taken with every wanted session
-        unchanged: ``keys`` and ``rows`` are theirs."""
+        unchanged: ``keys`` and ``rows`` are theirs, read at the table's ``version``."""
         where = token_digest(token) if token else b""
         if self._last is None or self._last[0] != where or page.unreadable:
             return
         _, size, digest = self._last
-        self._pages[where] = KnownPage(len(page.items), b"\n".join(keys), tuple(rows), page.next_page_token, size, digest)
+        self._pages[where] = KnownPage(
+            len(page.items), b"\n".join(keys), tuple(rows), version, page.next_page_token, size, digest
+        )
 
     def new_pass(self) -> None:
         """A pass begins: the pages the last one did not read are dropped."""
