@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field, replace
+from itertools import repeat
 from typing import Protocol
 
 import structlog
@@ -575,7 +576,10 @@ class Poller:
     def _blocked(self, run: _Run, page: KnownPage) -> bool:
         """One of the page's sessions may not be taken as unchanged by its stamp alone: failing, or replayed."""
         failing, replay = self.failing, run.work.replay
-        return bool(failing or replay) and any(sid in failing or sid in replay for sid in map(key_id, page.keys()))
+        if not (failing or replay):
+            return False
+        ids = list(map(bytes.decode, page.keys(), repeat("utf-8"), repeat("surrogatepass")))  # ``key_id``, in C
+        return not (failing.keys().isdisjoint(ids) and replay.isdisjoint(ids))
 
     def _take_known(self, run: _Run, step: Step) -> None:
         """A ``KnownPage``: every wanted session on it unchanged, as ``_take_page`` would find them."""

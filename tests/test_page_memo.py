@@ -4,10 +4,12 @@ session is seen by the pass, and the memo never outgrows one pass."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
 
+from collector.llamacloud import listing
 from collector.llamacloud.listing import PageMemo
 from collector.llamacloud.models import parse_page
 from collector.selection import in_shard
@@ -107,6 +109,45 @@ class Table:
     def set(self, key: bytes, row: bytes) -> None:
         self.rows[key] = row
         self.version += 1
+
+
+class PassTokens(FakeApi):
+    """A listing whose page tokens name their pass (an opaque cursor over a snapshot): no page is ever read again."""
+
+    generation = 0
+
+    async def list_page(self, token=None, deadline=None, recall=None):
+        if token is None:
+            self.generation += 1
+        start = 0 if token is None else int(token.split(":")[1])
+        ids = list(self.sessions)
+        end = start + self.page_size
+        more = f"{self.generation}:{end}" if end < len(ids) else None
+        raw = json.dumps({"items": [self._summary(i) for i in ids[start:end]], "next_page_token": more}).encode()
+        known = None if recall is None else recall(raw)
+        self.pages_recalled += known is not None
+        return known or parse_page(raw)
+
+
+def test_the_memo_never_holds_more_than_one_pass_when_no_page_is_read_again():
+    api = PassTokens()
+    api.page_size = 10
+    for i in range(100):
+        api.put(f"s{i:03d}", T0, run_events())
+    p = poller(api)
+    sizes = []
+    for _ in range(5):
+        assert cycle(p).removed == 0
+        sizes.append(len(p.memo))
+    assert api.pages_recalled == 0 and sizes[1:] == [10, 10, 10, 10]  # 19 when a pass kept the last one's too
+
+
+def test_a_fixed_hash_seed_makes_the_body_digest_a_keyed_blake2b(monkeypatch):
+    body = b'{"items": []}'
+    assert listing._HASH_KEYED and listing.body_digest(body) == hash(body)
+    monkeypatch.setattr(listing, "_HASH_KEYED", False)
+    digest = listing.body_digest(bytearray(body))
+    assert isinstance(digest, bytes) and len(digest) == 16 and digest != listing.body_digest(body + b" ")
 
 
 def test_a_page_with_an_unreadable_item_is_not_kept_and_other_bytes_are_parsed():

@@ -295,7 +295,7 @@ class LlamaCloudClient:
         ``recall`` (the poller's ``PageMemo``) may know the body as a page read before: then it is not parsed."""
         params: dict[str, str | int] = {"page_size": self._page_size, **({"page_token": token} if token else {})}
         parse: Callable[[Body], SessionPage | KnownPage] = (
-            parse_page if recall is None else (lambda body: recall(body) or parse_page(body))
+            parse_page if recall is None else (lambda body: (len(body) <= LARGE_BODY and recall(body)) or parse_page(body))
         )
         page = await self._get("list", "/api/v1/chat", SessionPage, deadline, params, parse=parse)
         for _ in page.unreadable:
