@@ -1,16 +1,16 @@
 """Bounds on what an upstream answer may be: size, status, and the session IDs it names.
 
-Every answer is hostile until checked. The body is read through httpx (which
-decodes gzip) in pieces, and the read stops as soon as either the bytes on the
-wire or the decoded bytes pass ``limit``: a gzip bomb or a lying
-``Content-Length`` costs at most one piece past the cap. Nothing here parses
-HTTP; aiohttp and httpx do that.
+Every answer is hostile until checked. The body is read in pieces, decoded by
+the library that read it (aiohttp, or httpx for an injected transport), and the
+read stops as soon as either the bytes on the wire or the decoded bytes pass
+``limit``: a gzip bomb or a lying ``Content-Length`` costs at most one piece
+past the cap. Nothing here parses HTTP; aiohttp and httpx do that.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
@@ -129,10 +129,10 @@ def check_status(status: int) -> int:
     return status
 
 
-def declared_length(response: httpx.Response, headers: Mapping[str, str] | None = None) -> int | None:
+def declared_length(headers: Mapping[str, str]) -> int | None:
     """The ``Content-Length`` the server announced, when it is a plain non-negative integer (``headers``: the
-    response's, already read into a mapping of lower-case names)."""
-    value = (response.headers if headers is None else headers).get("content-length", "")
+    response's, or a mapping of their lower-case names)."""
+    value = headers.get("content-length", "")
     return int(value) if value.isascii() and value.isdigit() else None
 
 
@@ -145,30 +145,44 @@ async def read_capped(
     without ``Content-Encoding`` is read as it came (``aiter_raw``: the same bytes, without httpx's decoder
     and chunker between, a sixth of an idle listing's CPU); an encoded one is decoded."""
     headers = response.headers if headers is None else headers
-    declared = declared_length(response, headers)
+    refuse_declared(headers, limit)
+    raw = "content-encoding" not in headers and not response.is_stream_consumed  # (a body in memory is read whole)
+    pieces = aiter(response.aiter_raw() if raw else response.aiter_bytes())
+    return await read_pieces(pieces, limit, claim, lambda: response.num_bytes_downloaded)
+
+
+def refuse_declared(headers: Mapping[str, str], limit: int) -> None:
+    """``BodyTooLarge`` before a byte is read, when the ``Content-Length`` announced is over ``limit``."""
+    declared = declared_length(headers)
     if declared is not None and declared > limit:
         raise BodyTooLarge(f"Content-Length {declared} is over the {limit}-byte cap")
+
+
+async def read_pieces(pieces: AsyncIterator[bytes], limit: int, claim: Claim | None, wire: Callable[[], int]) -> bytearray:
+    """The decoded ``pieces`` joined, or ``BodyTooLarge`` as soon as they, or the bytes on the ``wire`` so
+    far, pass ``limit``; a large body waits for the ``claim``'s turn, then must arrive within ``GATE_HOLD``.
+    What both transports read through (httpx's stream, or aiohttp's own)."""
     body = bytearray()  # grown in place (a large block is remapped, not copied): never the pieces and their join
     size = 0
-    raw = "content-encoding" not in headers and not response.is_stream_consumed  # (a body in memory is read whole)
-    stream = aiter(response.aiter_raw() if raw else response.aiter_bytes())
     while True:
         try:
             if claim is not None and claim.held:  # holding the gate: the body arrives in time, or lets go
-                async with asyncio.timeout_at(claim.until):
-                    piece = await anext(stream)
+                gate = asyncio.timeout_at(claim.until)
+                try:
+                    async with gate:
+                        piece = await anext(pieces)
+                except TimeoutError:
+                    if not gate.expired():  # the transport's own read timeout (aiohttp's is a TimeoutError)
+                        raise
+                    raise BodyTooSlow(
+                        f"body of {size} bytes still arriving {GATE_HOLD:g} s after it took its turn for large bodies"
+                    ) from None
             else:
-                piece = await anext(stream)
+                piece = await anext(pieces)
         except StopAsyncIteration:
             break
-        except TimeoutError:
-            if claim is None or asyncio.get_running_loop().time() < claim.until:
-                raise
-            raise BodyTooSlow(
-                f"body of {size} bytes still arriving {GATE_HOLD:g} s after it took its turn for large bodies"
-            ) from None
         size += len(piece)
-        if size > limit or response.num_bytes_downloaded > limit:
+        if size > limit or wire() > limit:
             raise BodyTooLarge(f"body is over the {limit}-byte cap")
         body += piece
         if claim is not None and size > LARGE_BODY:

@@ -2,8 +2,12 @@
 
 HTTP is httpx on the ``httpx-aiohttp`` transport (what the official SDK offers
 as ``DefaultAioHttpClient``); proxies come from the environment, ``NO_PROXY``
-included. Tests pass ``httpx.MockTransport``. Each exchange has one deadline,
-from the request to the last body byte, and a size cap (``bounds``).
+included. httpx chooses the transport once; when it is its aiohttp transport,
+each GET is sent on that transport's own aiohttp session straight, as the
+transport would send it (``DirectAiohttp``: half the CPU of a request). Tests
+pass ``httpx.MockTransport``, which is sent through as it is; ``tests/test_wire``
+holds both wires to the same answers. Each exchange has one deadline, from the
+request to the last body byte, and a size cap (``bounds``).
 
 Retries 429, 502, 503, 504 and transport or protocol failures with full-jitter
 exponential backoff, honours ``Retry-After``, and never sleeps past the
@@ -34,7 +38,9 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 import httpx
-from httpx_aiohttp import HttpxAiohttpClient
+from aiohttp.http_exceptions import ContentEncodingError
+from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
+from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import BaseModel, ValidationError
 
 from collector import __version__
@@ -49,6 +55,8 @@ from collector.llamacloud.bounds import (
     LargeBodies,
     check_status,
     read_capped,
+    read_pieces,
+    refuse_declared,
     session_id_problem,
 )
 from collector.llamacloud.budget import HELD, BudgetTimeout, RequestBudget
@@ -135,6 +143,71 @@ READ_HEADERS = frozenset(
     {"content-type", "content-length", "content-encoding", "location", "retry-after", "retry-after-ms", *RATE_LIMIT_REMAINING}
 )
 """The response headers the client reads."""
+
+
+class DirectAiohttp:
+    """What ``AiohttpTransport.handle_async_request`` does for a GET, on the same ``ClientSession`` (its
+    connector, TLS context and connection limit) and the same proxy, with aiohttp decoding the body (its
+    decoder is bounded per piece: a gzip bomb stops at the cap as httpx's does). aiohttp's errors are raised
+    as they are: ``failure_reason`` reads them, and a body that does not decode is ``undecodable``."""
+
+    __slots__ = ("_headers", "_proxy", "_proxy_auth", "_proxy_headers", "_timeout", "_transport")
+
+    def __init__(self, transport: AiohttpTransport, headers: httpx.Headers, timeouts: Mapping[str, float]) -> None:
+        self._transport = transport
+        self._headers = CIMultiDict(headers.items())
+        self._timeout = aiohttp.ClientTimeout(
+            sock_connect=timeouts["connect"], sock_read=timeouts["read"], connect=timeouts["pool"]
+        )
+        proxy = transport.proxy
+        self._proxy = None if proxy is None else str(proxy.url)
+        self._proxy_auth = aiohttp.BasicAuth(proxy.auth[0], proxy.auth[1]) if proxy is not None and proxy.auth else None
+        self._proxy_headers = None if proxy is None else CIMultiDict(proxy.headers.items())
+
+    def _session(self) -> aiohttp.ClientSession:
+        transport = self._transport
+        if not isinstance(transport.client, aiohttp.ClientSession):  # made on first use, as the transport does
+            transport.client = transport.get_client()
+        return transport.client
+
+    async def exchange(self, url: str, limit: int, claim: Claim, answer: Callable[[int, Mapping[str, str], Body], R]) -> R:
+        async with self._session().request(
+            "GET",
+            url,
+            headers=self._headers,
+            allow_redirects=False,
+            timeout=self._timeout,
+            proxy=self._proxy,
+            proxy_auth=self._proxy_auth,
+            proxy_headers=self._proxy_headers,
+        ) as response:
+            status = check_status(response.status)
+            headers = read_aiohttp_headers(response.headers)
+            body: Body = b""
+            if 200 <= status < 300:
+                refuse_declared(headers, limit)
+                content = response.content
+                try:
+                    body = await read_pieces(aiter(content.iter_any()), limit, claim, lambda: content.total_raw_bytes)
+                except aiohttp.ClientPayloadError as exc:
+                    if isinstance(exc.__cause__, ContentEncodingError):  # (a cut body is not: it is retried)
+                        raise Undecodable(str(exc)) from None
+                    raise
+            return answer(status, headers, body)
+
+
+class Undecodable(ValueError):
+    """A body its ``Content-Encoding`` does not decode (aiohttp's ``ContentEncodingError``)."""
+
+
+def read_aiohttp_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
+    """``read_headers`` of an aiohttp response: the same names, values joined the same way."""
+    found: dict[str, str] = {}
+    for name in READ_HEADERS:
+        values = headers.getall(name, None)
+        if values:
+            found[name] = ", ".join(values)
+    return found
 
 
 def read_headers(headers: httpx.Headers) -> dict[str, str]:
@@ -234,6 +307,14 @@ class LlamaCloudClient:
         self._transport = self._http._transport_for_url(httpx.URL(self._base))
         self._headers = httpx.Headers(headers)  # normalised once: each request copies it as it is
         self._timeouts = {"connect": connect_timeout, "read": read_timeout, "pool": connect_timeout}
+        self._direct = (
+            DirectAiohttp(self._transport, self._headers, self._timeouts)
+            if isinstance(self._transport, AiohttpTransport)
+            else None
+        )
+        """Requests sent on the aiohttp session of httpx's own aiohttp transport, as it would send them, but
+        without an ``httpx.Request`` and ``httpx.Response`` around each: half the CPU of a request (bench/).
+        An injected transport (the tests' ``MockTransport``) is sent through as it is."""
         self._exchange_timeout = read_timeout + connect_timeout
         self._max_bytes, self._page_size = max_response_bytes, page_size
         self._max_events = max_events
@@ -368,20 +449,26 @@ class LlamaCloudClient:
                 held[0] += self._clock() - started
 
     async def _exchange(self, path: str, params: Mapping[str, str | int], seconds: float, claim: Claim) -> _Answer:
-        """One GET, from request to last body byte, within ``seconds`` and the size cap."""
+        """One GET, from request to last body byte, within ``seconds`` and the size cap: straight on aiohttp
+        when httpx chose its aiohttp transport (``_direct``), else through the transport httpx chose."""
         url = f"{self._base}{path}?{urlencode(params)}" if params else self._base + path
-        request = httpx.Request("GET", url, headers=self._headers, extensions={"timeout": self._timeouts})
         async with asyncio.timeout(seconds):
+            if self._direct is not None:
+                return await self._direct.exchange(url, self._max_bytes, claim, self._answer)
+            request = httpx.Request("GET", url, headers=self._headers, extensions={"timeout": self._timeouts})
             response = await self._transport.handle_async_request(request)
             try:
                 status = check_status(response.status_code)
                 headers = read_headers(response.headers)
                 body = await read_capped(response, self._max_bytes, claim, headers) if 200 <= status < 300 else b""
-                self._observer.rate_limit_remaining(rate_limit_remaining(headers))  # None: absent again
-                wait = retry_after(headers.get("retry-after"), self._wall_clock(), headers.get("retry-after-ms"))
-                return _Answer(status, body, headers.get("content-type", ""), wait, headers.get("location"))
+                return self._answer(status, headers, body)
             finally:
                 await response.aclose()
+
+    def _answer(self, status: int, headers: Mapping[str, str], body: Body) -> _Answer:
+        self._observer.rate_limit_remaining(rate_limit_remaining(headers))  # None: absent again
+        wait = retry_after(headers.get("retry-after"), self._wall_clock(), headers.get("retry-after-ms"))
+        return _Answer(status, body, headers.get("content-type", ""), wait, headers.get("location"))
 
     async def _get(
         self,
@@ -415,7 +502,7 @@ class LlamaCloudClient:
                     if timeout <= 0:
                         raise TimeoutError
                     answer = await self._exchange(path, query, timeout, claim)
-                except (BodyTooLarge, BodyTooSlow, httpx.DecodingError) as exc:  # the same again would not help
+                except (BodyTooLarge, BodyTooSlow, httpx.DecodingError, Undecodable) as exc:  # the same again would not help
                     self._observer.request(operation, "error", self._clock() - started)
                     self._observer.invalid_payload(operation)
                     what = {BodyTooLarge: "too large", BodyTooSlow: "too slow"}.get(type(exc), "undecodable body")

@@ -1,0 +1,180 @@
+"""The two wires a request can take, held to the same answers: an injected httpx transport (the tests'
+``MockTransport``), and aiohttp straight (``DirectAiohttp``, what httpx's own aiohttp transport is sent
+through in production), here against a real aiohttp server on loopback. Each case is one upstream answer
+and what the client makes of it; both wires must make the same."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from collector.app import build_client
+from collector.errors import FetchError, PayloadError
+from collector.llamacloud.bounds import BodyTooSlow, Claim, read_pieces
+from collector.llamacloud.client import LlamaCloudClient
+from collector.metrics import SelfMetrics
+from collector.settings import Settings
+from tests.helpers import run_async
+
+pytestmark = pytest.mark.tier("unit")
+
+SUMMARY = {"session_id": "s1", "last_updated_at": "2026-01-01T00:00:00+00:00", "shared_access": "query"}
+JSON = {"Content-Type": "application/json"}
+CAP = 64 * 1024
+
+Answer = tuple[int, list[tuple[str, str]], bytes]
+"""Status, headers (a name may repeat) and the body as sent on the wire."""
+
+
+def body(payload: Any = SUMMARY) -> bytes:
+    return json.dumps(payload).encode()
+
+
+CASES: dict[str, list[Answer]] = {
+    "plain": [(200, [*JSON.items()], body())],
+    "gzip": [(200, [*JSON.items(), ("Content-Encoding", "gzip")], gzip.compress(body()))],
+    "not_gzip": [(200, [*JSON.items(), ("Content-Encoding", "gzip")], b"not gzip at all")],
+    "gzip_bomb": [(200, [*JSON.items(), ("Content-Encoding", "gzip")], gzip.compress(b" " * (CAP * 64)))],
+    "over_cap": [(200, [*JSON.items()], body({**SUMMARY, "pad": "x" * CAP}))],
+    "no_content_type": [(200, [], body())],
+    "html": [(200, [("Content-Type", "text/html")], b"<html></html>")],
+    "retry_after": [(503, [("Retry-After", "7")], b""), (200, [*JSON.items()], body())],
+    "retry_after_ms": [(429, [("Retry-After-Ms", "1500")], b""), (200, [*JSON.items()], body())],
+    "retry_after_twice": [(503, [("Retry-After", "7"), ("Retry-After", "9")], b""), (200, [*JSON.items()], body())],
+    "redirect": [(302, [("Location", "https://elsewhere.test/login")], b"")],
+    "forbidden": [(403, [*JSON.items()], b'{"detail": "no"}')],
+    "other_session": [(200, [*JSON.items()], body({**SUMMARY, "session_id": "s2"}))],
+}
+
+
+def outcome(client: LlamaCloudClient, sleeps: list[float], registry: CollectorRegistry) -> Callable[[], Any]:
+    async def summary() -> tuple[str, object, list[float], float | None]:
+        try:
+            got: object = (await client.summary("s1")).model_dump(mode="json")
+        except (PayloadError, FetchError) as exc:
+            message = str(exc).replace(client._base, "BASE")
+            if "undecodable body" in message:  # then the library's own error, in its words: not compared
+                message = message[: message.index("undecodable body") + len("undecodable body")]
+            got = (type(exc).__name__, message)
+        finally:
+            await client.aclose()
+        invalid = registry.get_sample_value("llamacloud_collector_invalid_payloads_total", {"operation": "summary"})
+        return "answer", got, [round(s, 1) for s in sleeps], invalid  # a pause is waited out on the real clock
+
+    return summary
+
+
+def make(base_url: str, transport: httpx.AsyncBaseTransport | None) -> tuple[LlamaCloudClient, list[float], CollectorRegistry]:
+    sleeps: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    registry = CollectorRegistry()
+    client = build_client(
+        Settings(base_url=base_url, project_id="p1", max_response_bytes=CAP),
+        "llx-key",
+        SelfMetrics(registry),
+        transport,
+        sleep=fake_sleep,
+        rng=lambda: 1.0,
+        wall_clock=lambda: 1_000_000.0,
+    )
+    return client, sleeps, registry
+
+
+def through_httpx(answers: list[Answer]) -> Any:
+    queue = list(answers)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        status, headers, content = queue.pop(0)
+        return httpx.Response(status, headers=headers, content=content)
+
+    client, sleeps, registry = make("https://api.test", httpx.MockTransport(handler))
+    assert client._direct is None, "an injected transport is sent through as it is"
+    return run_async(outcome(client, sleeps, registry)())
+
+
+def through_aiohttp(answers: list[Answer]) -> Any:
+    """Over loopback, from a server that sends each answer's bytes as they are (no header added but its
+    length), on one kept-alive connection or more."""
+    queue = list(answers)
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while queue:
+                await reader.readuntil(b"\r\n\r\n")
+                status, headers, content = queue.pop(0)
+                lines = [f"HTTP/1.1 {status} X", *(f"{n}: {v}" for n, v in headers), f"Content-Length: {len(content)}"]
+                writer.write("\r\n".join([*lines, "", ""]).encode() + content)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def scenario() -> Any:
+        server = await asyncio.start_server(connection, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            client, sleeps, registry = make(f"http://127.0.0.1:{port}", None)
+            assert client._direct is not None, "httpx's own aiohttp transport is sent on aiohttp straight"
+            return await outcome(client, sleeps, registry)()
+        finally:
+            server.close()
+
+    return run_async(scenario())
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_both_wires_make_the_same_of_an_answer(case):
+    answers = CASES[case]
+    want = through_httpx(answers)
+    assert through_aiohttp(answers) == want
+
+
+def test_the_cases_mean_what_they_say():
+    """What the shared cases come to, so that a case both wires get wrong the same way is still caught."""
+    for case in ("plain", "gzip", "no_content_type", "retry_after", "retry_after_ms", "retry_after_twice"):
+        assert through_httpx(CASES[case])[1]["session_id"] == "s1", case
+    assert through_httpx(CASES["not_gzip"])[1:] == (("PayloadError", "summary: undecodable body"), [], 1.0)
+    for case in ("gzip_bomb", "over_cap"):
+        kind, message = through_httpx(CASES[case])[1]
+        assert (kind, message.startswith("summary: too large: BodyTooLarge")) == ("PayloadError", True), case
+    assert through_httpx(CASES["retry_after"])[2] == [7.0]
+    assert through_httpx(CASES["retry_after_ms"])[2] == [1.5], "a 429's pause, waited out in the budget"
+    assert through_httpx(CASES["retry_after_twice"])[2] == [1.0], "two values are no number: its own backoff"
+    assert "elsewhere.test" in through_httpx(CASES["redirect"])[1][1]
+    assert through_httpx(CASES["html"])[1][0] == "PayloadError"
+    assert through_httpx(CASES["other_session"])[1][0] == "PayloadError"
+
+
+async def timing_out(first: bytes = b"") -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    raise TimeoutError("the transport's own read timeout")  # aiohttp's SocketTimeoutError is a TimeoutError
+
+
+def test_a_transports_timeout_is_a_timeout_not_a_slow_body():
+    """aiohttp's read timeout is a ``TimeoutError``: it stays one (retried as ``timeout``) whether the body
+    holds the gate or not; only the gate's own deadline makes ``BodyTooSlow``."""
+
+    async def scenario() -> None:
+        lock = asyncio.Lock()
+        with pytest.raises(TimeoutError):
+            await read_pieces(timing_out(), CAP, Claim(lock), lambda: 0)
+        held = Claim(lock)
+        await held.take()
+        with pytest.raises(TimeoutError) as raised:
+            await read_pieces(timing_out(), CAP, held, lambda: 0)
+        assert not isinstance(raised.value, BodyTooSlow)
+        held.release()
+
+    run_async(scenario())
