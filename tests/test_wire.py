@@ -6,6 +6,7 @@ and what the client makes of it; both wires must make the same."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import json
 from collections.abc import AsyncIterator, Callable
@@ -178,3 +179,28 @@ def test_a_transports_timeout_is_a_timeout_not_a_slow_body():
         held.release()
 
     run_async(scenario())
+
+
+def test_direct_reads_what_httpx_aiohttp_keeps_on_its_transport():
+    """``DirectAiohttp`` sends on the transport's own session, with its proxy: the attributes it reads of
+    ``httpx_aiohttp.AiohttpTransport`` (not a documented API) are still there, and a proxy's credentials go
+    in ``Proxy-Authorization`` to the proxy (as aiohttp 3.14 asks), not in the URL."""
+    from httpx_aiohttp import AiohttpTransport
+
+    from collector.llamacloud.client import DirectAiohttp
+
+    headers = httpx.Headers({"Authorization": "Bearer k"})
+    timeouts = {"connect": 1.0, "read": 2.0, "pool": 1.0}
+    plain = AiohttpTransport()
+    assert plain.client is None and callable(plain.get_client) and plain.proxy is None
+    direct = DirectAiohttp(plain, headers, timeouts, secure=True)
+    assert direct._proxy is None and direct._proxy_headers is None and "Proxy-Authorization" not in direct._headers
+    assert direct._timeout.sock_read == 2.0 and direct._timeout.sock_connect == direct._timeout.connect == 1.0
+    credentials = "Basic " + base64.b64encode(b"user:secret").decode()
+    for secure in (True, False):
+        proxy = httpx.Proxy("http://user:secret@proxy.test:3128")
+        proxied = DirectAiohttp(AiohttpTransport(proxy=proxy), headers, timeouts, secure=secure)
+        assert proxied._proxy == "http://proxy.test:3128"
+        assert proxied._proxy_headers is not None
+        on_connect, on_request = proxied._proxy_headers.get("Proxy-Authorization"), proxied._headers.get("Proxy-Authorization")
+        assert (on_connect, on_request) == ((credentials, None) if secure else (None, credentials)), secure

@@ -151,9 +151,11 @@ class DirectAiohttp:
     decoder is bounded per piece: a gzip bomb stops at the cap as httpx's does). aiohttp's errors are raised
     as they are: ``failure_reason`` reads them, and a body that does not decode is ``undecodable``."""
 
-    __slots__ = ("_headers", "_proxy", "_proxy_auth", "_proxy_headers", "_timeout", "_transport")
+    __slots__ = ("_headers", "_proxy", "_proxy_headers", "_timeout", "_transport")
 
-    def __init__(self, transport: AiohttpTransport, headers: httpx.Headers, timeouts: Mapping[str, float]) -> None:
+    def __init__(
+        self, transport: AiohttpTransport, headers: httpx.Headers, timeouts: Mapping[str, float], *, secure: bool
+    ) -> None:
         self._transport = transport
         self._headers = CIMultiDict(headers.items())
         self._timeout = aiohttp.ClientTimeout(
@@ -161,8 +163,13 @@ class DirectAiohttp:
         )
         proxy = transport.proxy
         self._proxy = None if proxy is None else str(proxy.url)
-        self._proxy_auth = aiohttp.BasicAuth(proxy.auth[0], proxy.auth[1]) if proxy is not None and proxy.auth else None
-        self._proxy_headers = None if proxy is None else CIMultiDict(proxy.headers.items())
+        self._proxy_headers = None if proxy is None else dict(proxy.headers.items())
+        """A plain dict: aiohttp copies it per request (a ``CIMultiDict`` it would write the host into)."""
+        if proxy is not None and proxy.auth:  # where aiohttp's deprecated ``proxy_auth`` would put it
+            credentials = aiohttp.encode_basic_auth(proxy.auth[0], proxy.auth[1])
+            to = self._proxy_headers if secure else self._headers  # https: on the CONNECT; http: on each request
+            assert to is not None
+            to["Proxy-Authorization"] = credentials
 
     def _session(self) -> aiohttp.ClientSession:
         transport = self._transport
@@ -178,7 +185,6 @@ class DirectAiohttp:
             allow_redirects=False,
             timeout=self._timeout,
             proxy=self._proxy,
-            proxy_auth=self._proxy_auth,
             proxy_headers=self._proxy_headers,
         ) as response:
             status = check_status(response.status)
@@ -308,7 +314,7 @@ class LlamaCloudClient:
         self._headers = httpx.Headers(headers)  # normalised once: each request copies it as it is
         self._timeouts = {"connect": connect_timeout, "read": read_timeout, "pool": connect_timeout}
         self._direct = (
-            DirectAiohttp(self._transport, self._headers, self._timeouts)
+            DirectAiohttp(self._transport, self._headers, self._timeouts, secure=self._base.startswith("https:"))
             if isinstance(self._transport, AiohttpTransport)
             else None
         )
