@@ -65,8 +65,13 @@ class Cadence:
 
     @property
     def budget(self) -> float:
-        """How long one cycle may run before it commits what it finished."""
-        return self.interval * BUDGET_RATIO
+        """How long one cycle may run before it commits what it finished: ``BUDGET_RATIO`` of the interval, one
+        float step less where rounding would take it and the jitter past the interval (``--interval 37``:
+        33.300000000000004 + 3.7 is over 37)."""
+        budget, jitter = self.interval * BUDGET_RATIO, self.jitter
+        while budget + jitter > self.interval:
+            budget = math.nextafter(budget, 0.0)
+        return budget
 
     @property
     def jitter(self) -> float:
