@@ -9,6 +9,7 @@ import asyncio
 import base64
 import gzip
 import json
+import zlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -49,10 +50,25 @@ CASES: dict[str, list[Answer]] = {
     "retry_after": [(503, [("Retry-After", "7")], b""), (200, [*JSON.items()], body())],
     "retry_after_ms": [(429, [("Retry-After-Ms", "1500")], b""), (200, [*JSON.items()], body())],
     "retry_after_twice": [(503, [("Retry-After", "7"), ("Retry-After", "9")], b""), (200, [*JSON.items()], body())],
+    "deflate": [(200, [*JSON.items(), ("Content-Encoding", "deflate")], zlib.compress(body()))],
+    "deflate_cut": [(200, [*JSON.items(), ("Content-Encoding", "deflate")], zlib.compress(body())[:-6])],
+    "br": [(200, [*JSON.items(), ("Content-Encoding", "br")], b"xx")],
+    "zstd": [(200, [*JSON.items(), ("Content-Encoding", "zstd")], b"xx")],
+    "gzip_listed": [(200, [*JSON.items(), ("Content-Encoding", "gzip, identity")], gzip.compress(body()))],
+    "gzip_twice": [(200, [*JSON.items(), ("Content-Encoding", "gzip"), ("Content-Encoding", "gzip")], gzip.compress(body()))],
+    "identity": [(200, [*JSON.items(), ("Content-Encoding", "identity")], body())],
     "redirect": [(302, [("Location", "https://elsewhere.test/login")], b"")],
+    "redirect_latin1": [(302, [("Location", "https://evil.test/\xff\xfe")], b"")],
+    "redirect_utf8": [(302, [("Location", "https://b\u00fccher.test/")], b"")],
     "forbidden": [(403, [*JSON.items()], b'{"detail": "no"}')],
     "other_session": [(200, [*JSON.items()], body({**SUMMARY, "session_id": "s2"}))],
 }
+
+
+def wire_bytes(value: str) -> bytes:
+    """A header value's bytes on the wire: Latin-1 where it has a character past U+00FF's range's start
+    (``\xff``: bytes that are not UTF-8), UTF-8 otherwise."""
+    return value.encode("latin-1") if "\xff" in value else value.encode()
 
 
 def outcome(client: LlamaCloudClient, sleeps: list[float], registry: CollectorRegistry) -> Callable[[], Any]:
@@ -96,7 +112,7 @@ def through_httpx(answers: list[Answer]) -> Any:
 
     def handler(request: httpx.Request) -> httpx.Response:
         status, headers, content = queue.pop(0)
-        return httpx.Response(status, headers=headers, content=content)
+        return httpx.Response(status, headers=[(n.encode(), wire_bytes(v)) for n, v in headers], content=content)
 
     client, sleeps, registry = make("https://api.test", httpx.MockTransport(handler))
     assert client._direct is None, "an injected transport is sent through as it is"
@@ -113,8 +129,9 @@ def through_aiohttp(answers: list[Answer]) -> Any:
             while queue:
                 await reader.readuntil(b"\r\n\r\n")
                 status, headers, content = queue.pop(0)
-                lines = [f"HTTP/1.1 {status} X", *(f"{n}: {v}" for n, v in headers), f"Content-Length: {len(content)}"]
-                writer.write("\r\n".join([*lines, "", ""]).encode() + content)
+                lines = [f"HTTP/1.1 {status} X".encode(), *(n.encode() + b": " + wire_bytes(v) for n, v in headers)]
+                lines.append(f"Content-Length: {len(content)}".encode())
+                writer.write(b"\r\n".join([*lines, b"", b""]) + content)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -155,6 +172,11 @@ def test_the_cases_mean_what_they_say():
     assert "elsewhere.test" in through_httpx(CASES["redirect"])[1][1]
     assert through_httpx(CASES["html"])[1][0] == "PayloadError"
     assert through_httpx(CASES["other_session"])[1][0] == "PayloadError"
+    for case in ("deflate", "deflate_cut", "br", "zstd", "gzip_listed", "gzip_twice"):  # only gzip is asked for
+        assert through_httpx(CASES[case])[1:] == (("PayloadError", "summary: undecodable body"), [], 1.0), case
+    assert through_httpx(CASES["identity"])[1]["session_id"] == "s1"
+    assert "https://evil.test/\xff\xfe" in through_httpx(CASES["redirect_latin1"])[1][1], "Latin-1, as httpx reads it"
+    assert "https://b\u00fccher.test/" in through_httpx(CASES["redirect_utf8"])[1][1]
 
 
 async def timing_out(first: bytes = b"") -> AsyncIterator[bytes]:

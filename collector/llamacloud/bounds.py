@@ -151,6 +151,23 @@ async def read_capped(
     return await read_pieces(pieces, limit, claim, lambda: response.num_bytes_downloaded)
 
 
+ENCODINGS = frozenset({"", "identity", "gzip"})
+"""The ``Content-Encoding`` a body may come in: none, or the gzip the client asks for (``Accept-Encoding``)."""
+
+
+class Undecodable(ValueError):
+    """A body in an encoding the client did not ask for, or that its encoding does not decode."""
+
+
+def refuse_encoding(headers: Mapping[str, str]) -> None:
+    """``Undecodable`` before a byte is read, for a ``Content-Encoding`` other than ``ENCODINGS``: on both
+    wires alike (httpx would decode deflate, aiohttp would wait out a cut deflate body until the deadline,
+    and neither decodes br or zstd here)."""
+    encoding = headers.get("content-encoding", "").strip().lower()
+    if encoding not in ENCODINGS:
+        raise Undecodable(f"Content-Encoding {encoding[:40]!r} was not asked for (only gzip)")
+
+
 def refuse_declared(headers: Mapping[str, str], limit: int) -> None:
     """``BodyTooLarge`` before a byte is read, when the ``Content-Length`` announced is over ``limit``."""
     declared = declared_length(headers)

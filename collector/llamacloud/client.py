@@ -53,10 +53,12 @@ from collector.llamacloud.bounds import (
     BodyTooSlow,
     Claim,
     LargeBodies,
+    Undecodable,
     check_status,
     read_capped,
     read_pieces,
     refuse_declared,
+    refuse_encoding,
     session_id_problem,
 )
 from collector.llamacloud.budget import HELD, BudgetTimeout, RequestBudget
@@ -178,42 +180,62 @@ class DirectAiohttp:
         return transport.client
 
     async def exchange(self, url: str, limit: int, claim: Claim, answer: Callable[[int, Mapping[str, str], Body], R]) -> R:
-        async with self._session().request(
-            "GET",
-            url,
-            headers=self._headers,
-            allow_redirects=False,
-            timeout=self._timeout,
-            proxy=self._proxy,
-            proxy_headers=self._proxy_headers,
-        ) as response:
-            status = check_status(response.status)
-            headers = read_aiohttp_headers(response.headers)
-            body: Body = b""
-            if 200 <= status < 300:
-                refuse_declared(headers, limit)
-                content = response.content
-                try:
+        try:
+            async with self._session().request(
+                "GET",
+                url,
+                headers=self._headers,
+                allow_redirects=False,
+                timeout=self._timeout,
+                proxy=self._proxy,
+                proxy_headers=self._proxy_headers,
+            ) as response:
+                status = check_status(response.status)
+                headers = read_aiohttp_headers(response.headers)
+                body: Body = b""
+                if 200 <= status < 300:
+                    refuse_declared(headers, limit)
+                    refuse_encoding(headers)
+                    content = response.content
                     body = await read_pieces(aiter(content.iter_any()), limit, claim, lambda: content.total_raw_bytes)
-                except aiohttp.ClientPayloadError as exc:
-                    if isinstance(exc.__cause__, ContentEncodingError):  # (a cut body is not: it is retried)
-                        raise Undecodable(str(exc)) from None
-                    raise
-            return answer(status, headers, body)
+                return answer(status, headers, body)
+        except aiohttp.ClientError as exc:  # a body that does not decode, found with the head or in the body
+            if _encoding_error(exc):
+                raise Undecodable("the body does not decode as its Content-Encoding says") from None
+            raise
 
 
-class Undecodable(ValueError):
-    """A body its ``Content-Encoding`` does not decode (aiohttp's ``ContentEncodingError``)."""
+def _encoding_error(exc: BaseException) -> bool:
+    """Whether aiohttp's ``ContentEncodingError`` is anywhere in the chain (a cut body is not: it is retried)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ContentEncodingError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def read_aiohttp_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
-    """``read_headers`` of an aiohttp response: the same names, values joined the same way."""
+    """``read_headers`` of an aiohttp response: the same names, values joined and decoded the same way."""
     found: dict[str, str] = {}
     for name in READ_HEADERS:
         values = headers.getall(name, None)
         if values:
-            found[name] = ", ".join(values)
+            value = ", ".join(values)
+            found[name] = value if value.isascii() else _as_httpx_reads(value)
     return found
+
+
+def _as_httpx_reads(value: str) -> str:
+    """A header value as httpx reads its bytes (UTF-8, else Latin-1), not as aiohttp does (UTF-8 with its
+    bytes that are not as lone surrogates, which no UTF-8 encoder takes: a status page would fail on them)."""
+    raw = value.encode("utf-8", "surrogateescape")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def read_headers(headers: httpx.Headers) -> dict[str, str]:
@@ -466,6 +488,8 @@ class LlamaCloudClient:
             try:
                 status = check_status(response.status_code)
                 headers = read_headers(response.headers)
+                if 200 <= status < 300:
+                    refuse_encoding(headers)
                 body = await read_capped(response, self._max_bytes, claim, headers) if 200 <= status < 300 else b""
                 return self._answer(status, headers, body)
             finally:
