@@ -21,7 +21,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field, replace
-from itertools import repeat
 from typing import Protocol
 
 import structlog
@@ -45,6 +44,7 @@ from collector.state import (
     StateStore,
     Update,
     key_id,
+    key_ids,
     row_stamps,
     table_key,
     table_keys,
@@ -578,7 +578,7 @@ class Poller:
         failing, replay = self.failing, run.work.replay
         if not (failing or replay):
             return False
-        ids = list(map(bytes.decode, page.keys(), repeat("utf-8"), repeat("surrogatepass")))  # ``key_id``, in C
+        ids = list(key_ids(page.keys()))
         return not (failing.keys().isdisjoint(ids) and replay.isdisjoint(ids))
 
     def _take_known(self, run: _Run, step: Step) -> None:

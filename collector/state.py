@@ -194,6 +194,11 @@ def key_id(key: bytes) -> str:
     return key.decode(_UTF8, _SURROGATES)
 
 
+def key_ids(keys: Iterable[bytes]) -> Iterator[str]:
+    """``key_id`` of each, mapped in C."""
+    return map(bytes.decode, keys, repeat(_UTF8), repeat(_SURROGATES))
+
+
 _UTF8, _SURROGATES = "utf-8", "surrogatepass"
 _VERSIONS = count(1)
 

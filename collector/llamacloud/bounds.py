@@ -145,7 +145,7 @@ async def read_capped(
     without ``Content-Encoding`` is read as it came (``aiter_raw``: the same bytes, without httpx's decoder
     and chunker between, a sixth of an idle listing's CPU); an encoded one is decoded."""
     headers = response.headers if headers is None else headers
-    refuse_declared(headers, limit)
+    refuse_before_reading(headers, limit)
     raw = "content-encoding" not in headers and not response.is_stream_consumed  # (a body in memory is read whole)
     pieces = aiter(response.aiter_raw() if raw else response.aiter_bytes())
     return await read_pieces(pieces, limit, claim, lambda: response.num_bytes_downloaded)
@@ -159,20 +159,17 @@ class Undecodable(ValueError):
     """A body in an encoding the client did not ask for, or that its encoding does not decode."""
 
 
-def refuse_encoding(headers: Mapping[str, str]) -> None:
-    """``Undecodable`` before a byte is read, for a ``Content-Encoding`` other than ``ENCODINGS``: on both
-    wires alike (httpx would decode deflate, aiohttp would wait out a cut deflate body until the deadline,
-    and neither decodes br or zstd here)."""
-    encoding = headers.get("content-encoding", "").strip().lower()
-    if encoding not in ENCODINGS:
-        raise Undecodable(f"Content-Encoding {encoding[:40]!r} was not asked for (only gzip)")
-
-
-def refuse_declared(headers: Mapping[str, str], limit: int) -> None:
-    """``BodyTooLarge`` before a byte is read, when the ``Content-Length`` announced is over ``limit``."""
+def refuse_before_reading(headers: Mapping[str, str], limit: int) -> None:
+    """What a body's head already refuses, on both wires alike: ``BodyTooLarge`` when the ``Content-Length``
+    announced is over ``limit``; ``Undecodable`` for a ``Content-Encoding`` other than ``ENCODINGS`` (httpx
+    would decode deflate, aiohttp would wait out a cut deflate body until the deadline, and neither decodes
+    br or zstd here)."""
     declared = declared_length(headers)
     if declared is not None and declared > limit:
         raise BodyTooLarge(f"Content-Length {declared} is over the {limit}-byte cap")
+    encoding = headers.get("content-encoding", "").strip().lower()
+    if encoding not in ENCODINGS:
+        raise Undecodable(f"Content-Encoding {encoding[:40]!r} was not asked for (only gzip)")
 
 
 async def read_pieces(pieces: AsyncIterator[bytes], limit: int, claim: Claim | None, wire: Callable[[], int]) -> bytearray:

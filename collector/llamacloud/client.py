@@ -57,8 +57,7 @@ from collector.llamacloud.bounds import (
     check_status,
     read_capped,
     read_pieces,
-    refuse_declared,
-    refuse_encoding,
+    refuse_before_reading,
     session_id_problem,
 )
 from collector.llamacloud.budget import HELD, BudgetTimeout, RequestBudget
@@ -194,8 +193,7 @@ class DirectAiohttp:
                 headers = read_aiohttp_headers(response.headers)
                 body: Body = b""
                 if 200 <= status < 300:
-                    refuse_declared(headers, limit)
-                    refuse_encoding(headers)
+                    refuse_before_reading(headers, limit)
                     content = response.content
                     body = await read_pieces(aiter(content.iter_any()), limit, claim, lambda: content.total_raw_bytes)
                 return answer(status, headers, body)
@@ -488,8 +486,6 @@ class LlamaCloudClient:
             try:
                 status = check_status(response.status_code)
                 headers = read_headers(response.headers)
-                if 200 <= status < 300:
-                    refuse_encoding(headers)
                 body = await read_capped(response, self._max_bytes, claim, headers) if 200 <= status < 300 else b""
                 return self._answer(status, headers, body)
             finally:
