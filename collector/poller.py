@@ -47,7 +47,6 @@ from collector.state import (
     key_ids,
     row_stamps,
     table_key,
-    table_keys,
     take_snapshot,
     update_session,
 )
@@ -431,13 +430,18 @@ class Poller:
         return report
 
     def _new_pass(self) -> ListingPass:
-        listing = ListingPass(started=self.monotonic(), loop=ListingLoop(self.strikes, keys=table_keys))
+        listing = ListingPass(started=self.monotonic(), loop=ListingLoop(self.strikes, keys=self._listed_keys))
         self.memo.new_pass()
+        self.state.sessions.end_pass()
         if not self.config.discover:
             for session_id in (i for i in self.config.session_ids if in_shard(self.config, i)):
                 listing.push(Job(session_id))
             listing.loop.ended = True
         return listing
+
+    def _listed_keys(self, session_ids: Iterable[str]) -> tuple[bytes, ...]:
+        """The keys a pass holds of a page's wanted sessions: the watched table's own objects."""
+        return self.state.sessions.canonical(session_ids)
 
     async def _run_pass(self, run: _Run) -> None:
         """List and fetch at once, ``max_concurrency`` fetches at a time, until done or the deadline."""
@@ -578,7 +582,7 @@ class Poller:
         failing, replay = self.failing, run.work.replay
         if not (failing or replay):
             return False
-        ids = list(key_ids(page.keys()))
+        ids = list(key_ids(page.keys))
         return not (failing.keys().isdisjoint(ids) and replay.isdisjoint(ids))
 
     def _take_known(self, run: _Run, step: Step) -> None:
@@ -603,7 +607,7 @@ class Poller:
                 session_ids=[i[:ID_TEXT] for i in page.unreadable[:10]],
             )
         unconfirmed, short_missing, failing, replay = self.unconfirmed, self.short_missing, self.failing, run.work.replay
-        keys: tuple[bytes, ...] = step.keys  # type: ignore[assignment]  # ``table_keys``
+        keys: tuple[bytes, ...] = step.keys  # type: ignore[assignment]  # ``SessionTable.canonical``
         rows = run.work.sessions.rows_at(keys)
         stamps = row_stamps(rows)
         unchanged = 0
@@ -891,6 +895,7 @@ class Poller:
         work.end_replay()
         run.report.pass_complete = True
         self.listing = None
+        work.sessions.end_pass()
 
     def _gone(self, run: _Run) -> list[list[str]]:
         """The watched sessions a complete pass shows gone, in slices: those the last complete pass did not

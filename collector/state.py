@@ -226,7 +226,7 @@ class SessionTable(MutableMapping[str, SessionState]):
     A ``tracked`` table (the watched sessions) also keeps which sessions changed since ``Shown`` last looked
     (``touched``) and the start of each run in progress (``in_progress``): the snapshot never scans them all."""
 
-    __slots__ = ("_rows", "in_progress", "touched", "version")
+    __slots__ = ("_canon", "_rows", "in_progress", "touched", "version")
 
     def __init__(self, items: Mapping[str, SessionState] | Iterable[tuple[str, SessionState]] = (), *, tracked: bool = False):
         self._rows: dict[bytes, bytes] = {}
@@ -235,6 +235,9 @@ class SessionTable(MutableMapping[str, SessionState]):
         removed, so what was read of a table at one version holds while it stays the same."""
         self.touched: set[str] | None = set() if tracked else None
         self.in_progress: dict[str, float] = {}
+        self._canon: dict[bytes, bytes] | None = None
+        """While a listing pass runs (``canonical``): each key to the one object of it the pass and the table
+        use."""
         self.update(items)
 
     def __getitem__(self, session_id: str) -> SessionState:
@@ -289,7 +292,10 @@ class SessionTable(MutableMapping[str, SessionState]):
         self._set(session_id, row, None if self.touched is None else unpack_row(session_id, row).in_progress_since)
 
     def _set(self, session_id: str, row: bytes, since: float | None) -> None:
-        self._rows[table_key(session_id)] = row
+        key = table_key(session_id)
+        if self._canon is not None:  # a session the pass listed: the table keeps the pass's object of its key
+            key = self._canon.setdefault(key, key)
+        self._rows[key] = row
         self.version = next(_VERSIONS)
         if self.touched is not None:
             self.touched.add(session_id)
@@ -306,6 +312,24 @@ class SessionTable(MutableMapping[str, SessionState]):
             self.touched.add(session_id)
             self.in_progress.pop(session_id, None)
         return row
+
+    def canonical(self, session_ids: Iterable[str]) -> tuple[bytes, ...]:
+        """The ``table_key`` of each, as one object per key for the whole pass: the table's own for a session it
+        holds, and for one it does not, the first made (which the table keeps if the session is set). A pass
+        holds every key it listed (``ListingLoop.seen``) and its ``PageMemo`` pins them: made anew at each page,
+        they were 80 bytes a session more, or as much again left free behind each pass (issue 32).
+
+        The map behind it is built at the pass's first call, from the table's keys, in C, and dropped by
+        ``end_pass``."""
+        keys = list(table_keys(session_ids))
+        canon = self._canon
+        if canon is None:
+            canon = self._canon = dict(zip(self._rows, self._rows, strict=True))
+        return tuple(map(canon.setdefault, keys, keys))
+
+    def end_pass(self) -> None:
+        """A listing pass ended (or begins): ``canonical``'s map is dropped (a pass's worth of pointers)."""
+        self._canon = None
 
     def stamp(self, session_id: str) -> str | None:
         """The ``last_updated_at`` a session was counted at (None: not in the table), its row left packed."""

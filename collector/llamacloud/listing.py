@@ -71,8 +71,10 @@ class KnownPage:
 
     listed: int
     """Items the page listed."""
-    ids: bytes
-    """The wanted items' keys (the poller's ``table_key``), joined by newlines (never part of an ID)."""
+    keys: tuple[bytes, ...]
+    """The wanted items' keys (``ListingLoop.keys``), in the page's order: the poller's are its table's own key
+    objects (``SessionTable.canonical``), so a page kept costs a pointer a session and an idle pass that adds
+    them to its ``seen`` makes no object."""
     rows: tuple[bytes | None, ...]
     """Their packed rows when the page was taken: the same objects now, or the page is parsed again."""
     version: int
@@ -82,9 +84,6 @@ class KnownPage:
     digest: int | bytes
     """The body's length and ``body_digest``."""
     unreadable: tuple[str, ...] = ()
-
-    def keys(self) -> tuple[bytes, ...]:
-        return tuple(self.ids.split(b"\n")) if self.rows else ()
 
 
 class Rows(Protocol):
@@ -138,7 +137,7 @@ class PageMemo:
         if known is None or (known.size, known.digest) != self._last[1:]:
             return None
         if known.version != table.version:  # a row changed somewhere since: are these the same objects?
-            if not all(map(operator.is_, map(table.row_at, known.keys()), known.rows)):
+            if not all(map(operator.is_, map(table.row_at, known.keys), known.rows)):
                 return None
             known = replace(known, version=table.version)
         if blocked(known):
@@ -155,8 +154,7 @@ class PageMemo:
         if self._last is None or self._last[0] != where or page.unreadable:
             return
         _, size, digest = self._last
-        joined = b"\n".join(keys)
-        self._keep(where, KnownPage(len(page.items), joined, tuple(rows), version, page.next_page_token, size, digest))
+        self._keep(where, KnownPage(len(page.items), keys, tuple(rows), version, page.next_page_token, size, digest))
 
     def _keep(self, where: bytes, page: KnownPage) -> None:
         self._this_pass[where] = page
@@ -219,7 +217,7 @@ class ListingLoop:
     def take_known(self, page: KnownPage) -> Step:
         """A page read with ``token`` that is, byte for byte, one read before (``KnownPage``): its wanted sessions'
         keys as they were then, the pass moved on as ``take`` moved it."""
-        return self._took(page.listed, (), page.keys(), page.next_page_token)
+        return self._took(page.listed, (), page.keys, page.next_page_token)
 
     def _took(self, listed: int, items: tuple[Listed, ...], keys: tuple[Hashable, ...], token: str | None) -> Step:
         self.pages += 1
