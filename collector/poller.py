@@ -37,6 +37,7 @@ from collector.runlog import wanted as log_wanted
 from collector.selection import Found, PollConfig, filters_nothing, in_shard, is_unchanged, older, same_instant, wanted
 from collector.state import (
     CollectorState,
+    Key,
     PollStatus,
     SessionState,
     Shown,
@@ -439,7 +440,7 @@ class Poller:
             listing.loop.ended = True
         return listing
 
-    def _listed_keys(self, session_ids: Iterable[str]) -> tuple[bytes, ...]:
+    def _listed_keys(self, session_ids: Iterable[str]) -> tuple[Key, ...]:
         """The keys a pass holds of a page's wanted sessions: the watched table's own objects."""
         return self.state.sessions.canonical(session_ids)
 
@@ -582,7 +583,7 @@ class Poller:
         failing, replay = self.failing, run.work.replay
         if not (failing or replay):
             return False
-        ids = list(key_ids(page.keys))
+        ids = list(key_ids(page.keys))  # type: ignore[arg-type]  # ``SessionTable.canonical``
         return not (failing.keys().isdisjoint(ids) and replay.isdisjoint(ids))
 
     def _take_known(self, run: _Run, step: Step) -> None:
@@ -607,7 +608,7 @@ class Poller:
                 session_ids=[i[:ID_TEXT] for i in page.unreadable[:10]],
             )
         unconfirmed, short_missing, failing, replay = self.unconfirmed, self.short_missing, self.failing, run.work.replay
-        keys: tuple[bytes, ...] = step.keys  # type: ignore[assignment]  # ``SessionTable.canonical``
+        keys: tuple[Key, ...] = step.keys  # type: ignore[assignment]  # ``SessionTable.canonical``
         rows = run.work.sessions.rows_at(keys)
         stamps = row_stamps(rows)
         unchanged = 0

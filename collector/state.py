@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, MutableMapping, Set
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from datetime import UTC, datetime
-from itertools import count, repeat
+from itertools import count
+from math import copysign
 from typing import Any, NamedTuple, Protocol
 
 from collector.aggregates import MAX_LABEL_LENGTH, Aggregates
@@ -120,9 +121,17 @@ _SHARED_AT = _BODY_NAMES.index("shared_access")
 _SIGNATURE_AT = _BODY_NAMES.index("stop_signature")
 _JOB_NAMES = tuple(f.name for f in fields(LastRun))
 _HEAD = struct.Struct("<dB")
-"""A row's head: ``updated_ts`` (NaN: none), and the length of ``last_updated_at``."""
-_LONG_STAMP = 255
-"""A head's stamp length that says the stamp is the body's last value instead (a text of 255 bytes or more)."""
+"""A row's head: ``updated_ts`` (NaN: none), and the length of ``last_updated_at`` (its text follows), or one of
+the marks below."""
+_LONG_STAMP = 253
+"""A head's mark that says the stamp is the body's last value instead (a text of 253 bytes or more)."""
+_ISO = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})\.([0-9]{6})(\+00:00|Z)")
+"""A stamp as the API writes it (UTC, to the microsecond): kept as its digits (``_DIGITS``), 12 bytes where its
+text takes 27 or 32; the mark says which end it had (``_ISO_MARKS``)."""
+_DIGITS = struct.Struct("<IQ")
+"""The date's 8 digits and the time's 12, as two numbers."""
+_ISO_MARKS = {"+00:00": 254, "Z": 255}
+_ISO_ENDS = {mark: end for end, mark in _ISO_MARKS.items()}
 _NAN = float("nan")
 _SHARED = ("query", "read_only")
 """``shared_access`` as it is kept (``SHARED_ACCESS``): its place here, one byte where the text took eleven."""
@@ -138,32 +147,51 @@ def pack_row(state: SessionState) -> bytes:
     body = [getattr(state, name) for name in _BODY_NAMES]
     job = body[_JOB_AT]
     if job is not None:
-        body[_JOB_AT] = tuple(getattr(job, name) for name in _JOB_NAMES)
+        body[_JOB_AT] = tuple(map(_whole, (getattr(job, name) for name in _JOB_NAMES)))
     if body[_SHARED_AT] in _SHARED:
         body[_SHARED_AT] = _SHARED.index(body[_SHARED_AT])
     signature = body[_SIGNATURE_AT]
     if signature is not None and _HEX.fullmatch(signature):
         body[_SIGNATURE_AT] = bytes.fromhex(signature)
-    ts = state.updated_ts
+    ts = _NAN if state.updated_ts is None else state.updated_ts
+    iso = _ISO.fullmatch(state.last_updated_at)
+    if iso is not None:
+        *digits, end = iso.groups()
+        when = _DIGITS.pack(int("".join(digits[:3])), int("".join(digits[3:])))
+        return _HEAD.pack(ts, _ISO_MARKS[end]) + when + marshal.dumps(tuple(body))
     stamp = state.last_updated_at.encode("utf-8", "surrogatepass")
-    head = _HEAD.pack(_NAN if ts is None else ts, min(len(stamp), _LONG_STAMP))
     if len(stamp) < _LONG_STAMP:
-        return head + stamp + marshal.dumps(tuple(body))
-    return head + marshal.dumps((*body, state.last_updated_at))
+        return _HEAD.pack(ts, len(stamp)) + stamp + marshal.dumps(tuple(body))
+    return _HEAD.pack(ts, _LONG_STAMP) + marshal.dumps((*body, state.last_updated_at))
+
+
+def _whole(value: Any) -> Any:
+    """A measure of ``LastRun`` that is a whole number as an ``int``: marshal writes it in 5 bytes, not 9 (tokens,
+    turns and milliseconds are whole; -0.0 keeps its sign as a float)."""
+    if type(value) is float and value.is_integer() and -_SMALL < value < _SMALL and (value or copysign(1.0, value) > 0):
+        return int(value)
+    return value
+
+
+def _measure(value: Any) -> Any:
+    """``_whole`` undone: a measure is a ``float`` (``is_error`` stays a ``bool``)."""
+    return float(value) if type(value) is int else value
+
+
+_SMALL = 2**31
 
 
 def unpack_row(session_id: str, row: bytes) -> SessionState:
     """``pack_row``'s state back, named ``session_id``."""
     ts, length = _HEAD.unpack_from(row)
-    if length < _LONG_STAMP:
-        start = _HEAD.size + length
-        stamp = row[_HEAD.size : start].decode("utf-8", "surrogatepass")
-        body = list(marshal.loads(memoryview(row)[start:]))
-    else:
+    if length == _LONG_STAMP:
         *body, stamp = marshal.loads(memoryview(row)[_HEAD.size :])
+    else:
+        stamp = _row_stamp(row)
+        body = list(marshal.loads(memoryview(row)[_HEAD.size + (_DIGITS.size if length > _LONG_STAMP else length) :]))
     job = body[_JOB_AT]
     if job is not None:
-        body[_JOB_AT] = LastRun(*job)
+        body[_JOB_AT] = LastRun(*map(_measure, job))
     if type(body[_SHARED_AT]) is int:
         body[_SHARED_AT] = _SHARED[body[_SHARED_AT]]
     if type(body[_SIGNATURE_AT]) is bytes:
@@ -175,30 +203,47 @@ def _row_stamp(row: bytes) -> str:
     length = row[_HEAD.size - 1]
     if length < _LONG_STAMP:
         return row[_HEAD.size : _HEAD.size + length].decode("utf-8", "surrogatepass")
+    if length > _LONG_STAMP:
+        date, time = _DIGITS.unpack_from(row, _HEAD.size)
+        d, t = f"{date:08d}", f"{time:012d}"
+        return f"{d[:4]}-{d[4:6]}-{d[6:]}T{t[:2]}:{t[2:4]}:{t[4:6]}.{t[6:]}{_ISO_ENDS[length]}"
     return str(marshal.loads(memoryview(row)[_HEAD.size :])[-1])
 
 
-def table_key(session_id: str) -> bytes:
-    """A session's key in a ``SessionTable``: its ID's UTF-8 bytes (a lone surrogate passed through, so every
-    ``str`` has its own), 72 bytes where the text of an API's UUID takes 88."""
+Key = int | bytes
+"""A session's key in a ``SessionTable`` (``table_key``)."""
+
+
+def table_key(session_id: str) -> Key:
+    """A session's key in a ``SessionTable``: an API's ID (a UUID, lower case, as the API writes it) as its 128-bit
+    number, 48 bytes where its text takes 88 and its UTF-8 bytes 80; any other ID as its UTF-8 bytes (a lone
+    surrogate passed through, so every ``str`` has its own). A number and bytes are never equal: no two IDs share
+    a key, and ``key_id`` gives each back as it was."""
+    if len(session_id) == _UUID_TEXT and _UUID.fullmatch(session_id):
+        return int(session_id.replace("-", ""), 16)
     return session_id.encode(_UTF8, _SURROGATES)
 
 
-def table_keys(session_ids: Iterable[str]) -> Iterator[bytes]:
-    """``table_key`` of each, mapped in C (a listing pass keys a million IDs)."""
-    return map(str.encode, session_ids, repeat(_UTF8), repeat(_SURROGATES))
+def table_keys(session_ids: Iterable[str]) -> Iterator[Key]:
+    """``table_key`` of each."""
+    return map(table_key, session_ids)
 
 
-def key_id(key: bytes) -> str:
+def key_id(key: Key) -> str:
     """``table_key`` undone."""
-    return key.decode(_UTF8, _SURROGATES)
+    if type(key) is int:
+        h = f"{key:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return key.decode(_UTF8, _SURROGATES)  # type: ignore[union-attr]  # bytes
 
 
-def key_ids(keys: Iterable[bytes]) -> Iterator[str]:
-    """``key_id`` of each, mapped in C."""
-    return map(bytes.decode, keys, repeat(_UTF8), repeat(_SURROGATES))
+def key_ids(keys: Iterable[Key]) -> Iterator[str]:
+    """``key_id`` of each."""
+    return map(key_id, keys)
 
 
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_UUID_TEXT = 36
 _UTF8, _SURROGATES = "utf-8", "surrogatepass"
 _VERSIONS = count(1)
 
@@ -229,13 +274,13 @@ class SessionTable(MutableMapping[str, SessionState]):
     __slots__ = ("_canon", "_rows", "in_progress", "touched", "version")
 
     def __init__(self, items: Mapping[str, SessionState] | Iterable[tuple[str, SessionState]] = (), *, tracked: bool = False):
-        self._rows: dict[bytes, bytes] = {}
+        self._rows: dict[Key, bytes] = {}
         self.version = next(_VERSIONS)
         """A number no other table, and no earlier state of this one, had: it moves on at every row set or
         removed, so what was read of a table at one version holds while it stays the same."""
         self.touched: set[str] | None = set() if tracked else None
         self.in_progress: dict[str, float] = {}
-        self._canon: dict[bytes, bytes] | None = None
+        self._canon: dict[Key, Key] | None = None
         """While a listing pass runs (``canonical``): each key to the one object of it the pass and the table
         use."""
         self.update(items)
@@ -313,7 +358,7 @@ class SessionTable(MutableMapping[str, SessionState]):
             self.in_progress.pop(session_id, None)
         return row
 
-    def canonical(self, session_ids: Iterable[str]) -> tuple[bytes, ...]:
+    def canonical(self, session_ids: Iterable[str]) -> tuple[Key, ...]:
         """The ``table_key`` of each, as one object per key for the whole pass: the table's own for a session it
         holds, and for one it does not, the first made (which the table keeps if the session is set). A pass
         holds every key it listed (``ListingLoop.seen``) and its ``PageMemo`` pins them: made anew at each page,
@@ -340,12 +385,12 @@ class SessionTable(MutableMapping[str, SessionState]):
         """``stamp`` of each of ``session_ids``, in one call."""
         return row_stamps(self.rows_at(table_keys(session_ids)))
 
-    def rows_at(self, keys: Iterable[bytes]) -> list[bytes | None]:
+    def rows_at(self, keys: Iterable[Key]) -> list[bytes | None]:
         """The packed rows of these keys (``table_key``; None: not in the table), a listing page's at once."""
         return list(map(self._rows.get, keys))
 
     @property
-    def row_at(self) -> Callable[[bytes], bytes | None]:
+    def row_at(self) -> Callable[[Key], bytes | None]:
         """A row by its key (``table_key``; None: not in the table), as a function that ``map`` calls in C."""
         return self._rows.get
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import sys
 from dataclasses import replace
 
 import pytest
@@ -33,11 +34,20 @@ pytestmark = pytest.mark.tier("unit")
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(records(SessionState), st.sampled_from(["short", "long", "unicode"]))
+@given(records(SessionState), st.sampled_from(["short", "long", "unicode", "iso", "iso_z", "almost", "edge"]))
 def test_every_field_comes_back_from_its_packed_row(state, stamp):
     """Every field set to other than its default (the state file's own strategy), and a ``last_updated_at``
     past a head's length byte, or beyond ASCII."""
-    state = replace(state, last_updated_at={"short": state.last_updated_at, "long": "9" * 300, "unicode": "ü\ud800" * 90}[stamp])
+    stamps = {
+        "short": state.last_updated_at,
+        "long": "9" * 300,
+        "unicode": "ü\ud800" * 90,
+        "iso": "2026-12-03T09:18:49.015656+00:00",  # the API's: kept as its digits
+        "iso_z": "0001-01-01T00:00:00.000000Z",
+        "almost": "2026-12-03T09:18:49.15656+00:00",  # five digits of a second: kept as text
+        "edge": "x" * 252,  # the longest text in the head
+    }
+    state = replace(state, last_updated_at=stamps[stamp])
     assert_same(state, unpack_row(state.session_id, pack_row(state)), "row")
     table = SessionTable()
     table[state.session_id] = state
@@ -66,6 +76,18 @@ def test_a_packed_row_is_a_quarter_of_the_dataclass():
         1796289535.6834266,
     )
     assert len(pack_row(state)) < 200
+
+
+def test_a_whole_measure_is_packed_as_a_number_and_read_back_a_float_with_its_sign():
+    job = LastRun(-0.0, 3201.0, 2.0**31, 0.5, False)
+    back = unpack_row("s", pack_row(SessionState("s", "t", job=job))).job
+    assert back is not None and [(type(v), math.copysign(1.0, v)) for v in (back.duration_ms, back.total_input_tokens)] == [
+        (float, -1.0),
+        (float, 1.0),
+    ]
+    assert back == job and back.total_output_tokens == 2.0**31 and back.is_error is False
+    whole, fractional = (len(pack_row(SessionState("s", "t", job=LastRun(v, v + 1, v + 2, v + 3, None)))) for v in (3201.0, 3201.5))
+    assert whole == fractional - 16
 
 
 def test_a_state_under_another_id_is_refused():
@@ -155,7 +177,10 @@ def test_a_snapshot_reads_only_what_changed_until_a_shown_session_moves_back():
     assert shown.scans == 3
 
 
-@given(st.text(min_size=1, max_size=40))
+@given(st.text(min_size=1, max_size=40) | st.uuids().map(str) | st.uuids().map(lambda u: str(u).upper()))
+@example("00000000-0000-0000-0000-000000000000")
+@example("0000000000000000000000000000000000000000")  # 36 digits: a UUID's length, not its form
+@example("0a1b2c3d-0000-4000-8000-00000000000\n")
 def test_every_id_is_its_own_key_and_comes_back(session_id):
     table = SessionTable()
     table[session_id] = SessionState(session_id, "t")
@@ -184,3 +209,14 @@ def test_a_tables_version_moves_at_every_change_and_no_two_tables_share_one():
     assert table.copy().version not in seen
     before = table.version
     assert table.rows_at([table_key("s2"), table_key("s1")]) == [table.row("s2"), None] and table.version == before
+
+
+def test_an_api_id_is_keyed_by_its_number_and_any_other_by_its_bytes():
+    """A UUID as the API writes it takes 48 bytes as a key (issue 32: 100,000 sessions in 100 MB); any other text
+    keeps its bytes, and a number never equals bytes, so the two kinds never share a key."""
+    api = "0a1b2c3d-4e5f-4a6b-8c7d-0e1f2a3b4c5d"
+    assert table_key(api) == 0x0A1B2C3D4E5F4A6B8C7D0E1F2A3B4C5D and sys.getsizeof(table_key(api)) <= 48
+    for other in (api.upper(), api + " ", "{" + api[1:], api.replace("-", "_"), api[:35] + "\u0661"):
+        assert isinstance(table_key(other), bytes) and key_id(table_key(other)) == other
+    table = SessionTable({api: SessionState(api, "t"), api.upper(): SessionState(api.upper(), "u")})
+    assert sorted(table) == sorted([api, api.upper()]) and table.stamps([api, api.upper()]) == ["t", "u"]

@@ -25,7 +25,7 @@ import operator
 import os
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from collector.cadence import Deadline
 from collector.errors import AuthError, FetchError, PayloadError
@@ -71,7 +71,7 @@ class KnownPage:
 
     listed: int
     """Items the page listed."""
-    keys: tuple[bytes, ...]
+    keys: tuple[Hashable, ...]
     """The wanted items' keys (``ListingLoop.keys``), in the page's order: the poller's are its table's own key
     objects (``SessionTable.canonical``), so a page kept costs a pointer a session and an idle pass that adds
     them to its ``seen`` makes no object."""
@@ -92,7 +92,7 @@ class Rows(Protocol):
     @property
     def version(self) -> int: ...
     @property
-    def row_at(self) -> Callable[[bytes], bytes | None]: ...
+    def row_at(self) -> Callable[[Any], bytes | None]: ...
 
 
 def body_digest(body: Body) -> int | bytes:
@@ -146,7 +146,7 @@ class PageMemo:
         return known
 
     def record(
-        self, token: str | None, page: SessionPage, keys: tuple[bytes, ...], rows: Sequence[bytes | None], version: int
+        self, token: str | None, page: SessionPage, keys: tuple[Hashable, ...], rows: Sequence[bytes | None], version: int
     ) -> None:
         """``page``, read with ``token`` (the last body ``recall`` saw) and taken with every wanted session
         unchanged: ``keys`` and ``rows`` are theirs, read at the table's ``version``."""
