@@ -139,11 +139,12 @@ _HEX = re.compile(r"[0-9a-f]{16}")
 
 
 def pack_row(state: SessionState) -> bytes:
-    """A session's state as one ``bytes`` (its ID is the table's key): about 200 bytes where the dataclass, its
+    """A session's state as one ``bytes`` (its ID is the table's key): about 150 bytes where the dataclass, its
     strings, floats and ints take about 800. Every field but the head is one ``marshal``-ed tuple, so a new
-    field of ``SessionState`` is packed without a word here (and one marshal cannot hold fails loudly); two
-    are packed smaller, each read back as it was: ``shared_access`` as its place in ``_SHARED`` and a
-    ``stop_signature`` of 16 hex digits as its 8 bytes."""
+    field of ``SessionState`` is packed without a word here (and one marshal cannot hold fails loudly); some
+    are packed smaller, each read back as it was: ``shared_access`` as its place in ``_SHARED``, a
+    ``stop_signature`` of 16 hex digits as its 8 bytes, a whole measure of the last run as an ``int``
+    (``_whole``), and a ``last_updated_at`` as the API writes it as its digits (``_ISO``)."""
     body = [getattr(state, name) for name in _BODY_NAMES]
     job = body[_JOB_AT]
     if job is not None:
@@ -263,10 +264,10 @@ def row_stamps(rows: Iterable[bytes | None]) -> list[str | None]:
 
 
 class SessionTable(MutableMapping[str, SessionState]):
-    """Sessions by ID, each held packed (``pack_row``) under its ``table_key``: about 340 bytes a session where
-    dataclasses, their strings, floats and ints took about 800. Reading one builds its ``SessionState`` anew;
-    what a cycle asks of every listed session (its ``last_updated_at``) and of every watched one (its order for
-    the per-session series) is read from the row's head without building it.
+    """Sessions by ID, each held packed (``pack_row``) under its ``table_key``: about 280 bytes a session with the
+    dict's own share, where dataclasses, their strings, floats and ints took about 800. Reading one builds its
+    ``SessionState`` anew; what a cycle asks of every listed session (its ``last_updated_at``) and of every
+    watched one (its order for the per-session series) is read from the row's head without building it.
 
     A ``tracked`` table (the watched sessions) also keeps which sessions changed since ``Shown`` last looked
     (``touched``) and the start of each run in progress (``in_progress``): the snapshot never scans them all."""

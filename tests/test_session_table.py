@@ -81,12 +81,15 @@ def test_a_packed_row_is_a_quarter_of_the_dataclass():
 def test_a_whole_measure_is_packed_as_a_number_and_read_back_a_float_with_its_sign():
     job = LastRun(-0.0, 3201.0, 2.0**31, 0.5, False)
     back = unpack_row("s", pack_row(SessionState("s", "t", job=job))).job
-    assert back is not None and [(type(v), math.copysign(1.0, v)) for v in (back.duration_ms, back.total_input_tokens)] == [
+    assert back is not None and back.duration_ms is not None and back.total_input_tokens is not None
+    assert [(type(v), math.copysign(1.0, v)) for v in (back.duration_ms, back.total_input_tokens)] == [
         (float, -1.0),
         (float, 1.0),
     ]
     assert back == job and back.total_output_tokens == 2.0**31 and back.is_error is False
-    whole, fractional = (len(pack_row(SessionState("s", "t", job=LastRun(v, v + 1, v + 2, v + 3, None)))) for v in (3201.0, 3201.5))
+    whole, fractional = (
+        len(pack_row(SessionState("s", "t", job=LastRun(v, v + 1, v + 2, v + 3, None)))) for v in (3201.0, 3201.5)
+    )
     assert whole == fractional - 16
 
 
