@@ -12,6 +12,7 @@ import heapq
 import marshal
 import re
 import struct
+import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, MutableMapping, Set
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
@@ -120,6 +121,17 @@ _JOB_AT = _BODY_NAMES.index("job")
 _SHARED_AT = _BODY_NAMES.index("shared_access")
 _SIGNATURE_AT = _BODY_NAMES.index("stop_signature")
 _JOB_NAMES = tuple(f.name for f in fields(LastRun))
+_INDEXES_AT = _BODY_NAMES.index("index_ids")
+_NUMBERS = ("cursor", "events_seen", "runs_success", "runs_error", "tokens_input", "tokens_output")
+"""The counts written as one text (``_numbers``), at the place of the first: one number's marshal takes 5 bytes
+and its digits and a space take 2 to 6."""
+_NUMBERS_AT = tuple(_BODY_NAMES.index(name) for name in _NUMBERS)
+assert list(_NUMBERS_AT) == sorted(_NUMBERS_AT) and _NUMBERS_AT[0] > _JOB_AT, "the text stands at the first count"
+_FOLDED = True
+"""``job`` in a packed body when its measures follow the counts in their text."""
+_JOB_TEXT = {None: "-", True: "T", False: "F"}
+_FLAGS = (bool, type(None))
+_JOB_VALUE = {"-": None, "T": True, "F": False}
 _HEAD = struct.Struct("<dB")
 """A row's head: ``updated_ts`` (NaN: none), and the length of ``last_updated_at`` (its text follows), or one of
 the marks below."""
@@ -143,17 +155,38 @@ def pack_row(state: SessionState) -> bytes:
     strings, floats and ints take about 800. Every field but the head is one ``marshal``-ed tuple, so a new
     field of ``SessionState`` is packed without a word here (and one marshal cannot hold fails loudly); some
     are packed smaller, each read back as it was: ``shared_access`` as its place in ``_SHARED``, a
-    ``stop_signature`` of 16 hex digits as its 8 bytes, a whole measure of the last run as an ``int``
-    (``_whole``), and a ``last_updated_at`` as the API writes it as its digits (``_ISO``)."""
+    ``stop_signature`` of 16 hex digits as its 8 bytes, ``index_ids`` as their number for the process
+    (``_INDEX_SETS``), the counts and the last run's measures as one text of numbers (``_NUMBERS``), and a
+    ``last_updated_at`` as the API writes it as its digits (``_ISO``)."""
     body = [getattr(state, name) for name in _BODY_NAMES]
     job = body[_JOB_AT]
-    if job is not None:
-        body[_JOB_AT] = tuple(map(_whole, (getattr(job, name) for name in _JOB_NAMES)))
+    indexes = _INDEX_SETS.get(body[_INDEXES_AT])
+    if indexes is None and len(_INDEX_SETS) < INDEX_SETS_KEPT:
+        with _INDEX_LOCK:  # the parse thread packs too: one number for one tuple, ever
+            indexes = _INDEX_SETS.get(body[_INDEXES_AT])
+            if indexes is None:
+                _INDEX_LIST.append(body[_INDEXES_AT])
+                indexes = _INDEX_SETS[body[_INDEXES_AT]] = len(_INDEX_LIST) - 1
+    if indexes is not None:
+        body[_INDEXES_AT] = indexes
     if body[_SHARED_AT] in _SHARED:
         body[_SHARED_AT] = _SHARED.index(body[_SHARED_AT])
     signature = body[_SIGNATURE_AT]
     if signature is not None and _HEX.fullmatch(signature):
         body[_SIGNATURE_AT] = bytes.fromhex(signature)
+    measures = () if job is None else tuple(getattr(job, name) for name in _JOB_NAMES)
+    if job is not None:
+        body[_JOB_AT] = measures
+    counts = [body[at] for at in _NUMBERS_AT]  # last: the places above are the fields' own
+    if all(type(n) is int for n in counts):
+        words = list(map(str, counts))
+        if measures and all(type(v) is float for v in measures[:-1] if v is not None) and type(measures[-1]) in _FLAGS:
+            # the last run's measures too (floats, and a flag), each as the text ``float`` reads back
+            words += [_JOB_TEXT[v] if v is None or type(v) is bool else _word(v) for v in measures]
+            body[_JOB_AT] = _FOLDED
+        for at in reversed(_NUMBERS_AT[1:]):
+            del body[at]
+        body[_NUMBERS_AT[0]] = " ".join(words)
     ts = _NAN if state.updated_ts is None else state.updated_ts
     iso = _ISO.fullmatch(state.last_updated_at)
     if iso is not None:
@@ -166,20 +199,32 @@ def pack_row(state: SessionState) -> bytes:
     return _HEAD.pack(ts, _LONG_STAMP) + marshal.dumps((*body, state.last_updated_at))
 
 
-def _whole(value: Any) -> Any:
-    """A measure of ``LastRun`` that is a whole number as an ``int``: marshal writes it in 5 bytes, not 9 (tokens,
-    turns and milliseconds are whole; -0.0 keeps its sign as a float)."""
-    if type(value) is float and value.is_integer() and -_SMALL < value < _SMALL and (value or copysign(1.0, value) > 0):
-        return int(value)
-    return value
+def _word(value: float) -> str:
+    """A measure of ``LastRun`` as the text ``float`` reads back exactly: a whole one as its digits (tokens, turns
+    and milliseconds are whole), any other as its ``repr`` (-0.0 keeps its sign)."""
+    if value.is_integer() and -_SMALL < value < _SMALL and (value or copysign(1.0, value) > 0):
+        return str(int(value))
+    return repr(value)
 
 
-def _measure(value: Any) -> Any:
-    """``_whole`` undone: a measure is a ``float`` (``is_error`` stays a ``bool``)."""
-    return float(value) if type(value) is int else value
+def _unnumbered(body: list[Any]) -> None:
+    """``pack_row``'s counts (and the last run's measures) read back from their text into their places."""
+    words = body[_NUMBERS_AT[0]].split(" ")
+    if body[_JOB_AT] is _FOLDED:
+        *measures, error = words[len(_NUMBERS) :]
+        body[_JOB_AT] = LastRun(*[None if w == "-" else float(w) for w in measures], _JOB_VALUE[error])  # type: ignore[arg-type,call-arg]
+    body[_NUMBERS_AT[0]] = int(words[0])
+    for at, word in zip(_NUMBERS_AT[1:], words[1 : len(_NUMBERS)], strict=True):
+        body.insert(at, int(word))
 
 
-_SMALL = 2**31
+_SMALL = 2**53
+INDEX_SETS_KEPT = 4096
+"""The sessions' index-ID tuples kept once for the whole process, each written in a row as its number: a
+project's sessions share a few indexes (an index ID is a UUID, 36 bytes). Past this many, a row holds its own."""
+_INDEX_SETS: dict[tuple[str, ...], int] = {}
+_INDEX_LIST: list[tuple[str, ...]] = []
+_INDEX_LOCK = threading.Lock()
 
 
 def unpack_row(session_id: str, row: bytes) -> SessionState:
@@ -190,9 +235,13 @@ def unpack_row(session_id: str, row: bytes) -> SessionState:
     else:
         stamp = _row_stamp(row)
         body = list(marshal.loads(memoryview(row)[_HEAD.size + (_DIGITS.size if length > _LONG_STAMP else length) :]))
+    if type(body[_NUMBERS_AT[0]]) is str:
+        _unnumbered(body)
     job = body[_JOB_AT]
-    if job is not None:
-        body[_JOB_AT] = LastRun(*map(_measure, job))
+    if type(job) is tuple:
+        body[_JOB_AT] = LastRun(*job)
+    if type(body[_INDEXES_AT]) is int:
+        body[_INDEXES_AT] = _INDEX_LIST[body[_INDEXES_AT]]
     if type(body[_SHARED_AT]) is int:
         body[_SHARED_AT] = _SHARED[body[_SHARED_AT]]
     if type(body[_SIGNATURE_AT]) is bytes:
