@@ -164,7 +164,9 @@ def pack_row(state: SessionState) -> bytes:
     if indexes is None and len(_INDEX_SETS) < INDEX_SETS_KEPT:
         with _INDEX_LOCK:  # the parse thread packs too: one number for one tuple, ever
             indexes = _INDEX_SETS.get(body[_INDEXES_AT])
-            if indexes is None:
+            chars = sum(map(len, body[_INDEXES_AT]))
+            if indexes is None and _INDEX_CHARS[0] + chars <= INDEX_CHARS_KEPT:
+                _INDEX_CHARS[0] += chars
                 _INDEX_LIST.append(body[_INDEXES_AT])
                 indexes = _INDEX_SETS[body[_INDEXES_AT]] = len(_INDEX_LIST) - 1
     if indexes is not None:
@@ -221,7 +223,11 @@ def _unnumbered(body: list[Any]) -> None:
 _SMALL = 2**53
 INDEX_SETS_KEPT = 4096
 """The sessions' index-ID tuples kept once for the whole process, each written in a row as its number: a
-project's sessions share a few indexes (an index ID is a UUID, 36 bytes). Past this many, a row holds its own."""
+project's sessions share a few indexes (an index ID is a UUID, 36 bytes). Past this many, or past
+``INDEX_CHARS_KEPT`` characters of IDs in all, a row holds its own (an upstream that binds every session to
+indexes of its own moves no memory out of the rows for good)."""
+INDEX_CHARS_KEPT = 1 << 18
+_INDEX_CHARS = [0]
 _INDEX_SETS: dict[tuple[str, ...], int] = {}
 _INDEX_LIST: list[tuple[str, ...]] = []
 _INDEX_LOCK = threading.Lock()

@@ -96,6 +96,11 @@ def test_index_ids_are_kept_once_for_the_process_and_past_the_bound_in_the_row(m
     other = replace(state, index_ids=("idx-never-seen",))
     assert unpack_row("s", pack_row(other)) == other and ("idx-never-seen",) not in module._INDEX_SETS
     assert len(pack_row(other)) > len(pack_row(state))
+    monkeypatch.setattr(module, "INDEX_SETS_KEPT", len(module._INDEX_SETS) + 10)
+    monkeypatch.setattr(module, "INDEX_CHARS_KEPT", module._INDEX_CHARS[0] + 20)
+    big, small = replace(state, index_ids=("i" * 21,)), replace(state, index_ids=("j" * 20,))
+    assert unpack_row("s", pack_row(big)) == big and big.index_ids not in module._INDEX_SETS
+    assert unpack_row("s", pack_row(small)) == small and small.index_ids in module._INDEX_SETS
 
 
 def test_a_whole_measure_is_packed_as_a_number_and_read_back_a_float_with_its_sign():
