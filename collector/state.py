@@ -123,7 +123,7 @@ _SIGNATURE_AT = _BODY_NAMES.index("stop_signature")
 _JOB_NAMES = tuple(f.name for f in fields(LastRun))
 _INDEXES_AT = _BODY_NAMES.index("index_ids")
 _NUMBERS = ("cursor", "events_seen", "runs_success", "runs_error", "tokens_input", "tokens_output")
-"""The counts written as one text (``_numbers``), at the place of the first: one number's marshal takes 5 bytes
+"""The counts written as one text (``pack_row``, ``_unnumbered``), at the place of the first: one number's marshal takes 5 bytes
 and its digits and a space take 2 to 6."""
 _NUMBERS_AT = tuple(_BODY_NAMES.index(name) for name in _NUMBERS)
 assert list(_NUMBERS_AT) == sorted(_NUMBERS_AT) and _NUMBERS_AT[0] > _JOB_AT, "the text stands at the first count"
@@ -151,7 +151,7 @@ _HEX = re.compile(r"[0-9a-f]{16}")
 
 
 def pack_row(state: SessionState) -> bytes:
-    """A session's state as one ``bytes`` (its ID is the table's key): about 150 bytes where the dataclass, its
+    """A session's state as one ``bytes`` (its ID is the table's key): about 130 bytes where the dataclass, its
     strings, floats and ints take about 800. Every field but the head is one ``marshal``-ed tuple, so a new
     field of ``SessionState`` is packed without a word here (and one marshal cannot hold fails loudly); some
     are packed smaller, each read back as it was: ``shared_access`` as its place in ``_SHARED``, a
@@ -260,8 +260,8 @@ def _row_stamp(row: bytes) -> str:
     if length < _LONG_STAMP:
         return row[_HEAD.size : _HEAD.size + length].decode("utf-8", "surrogatepass")
     if length > _LONG_STAMP:
-        date, time = _DIGITS.unpack_from(row, _HEAD.size)
-        d, t = f"{date:08d}", f"{time:012d}"
+        day, clock = _DIGITS.unpack_from(row, _HEAD.size)
+        d, t = f"{day:08d}", f"{clock:012d}"
         return f"{d[:4]}-{d[4:6]}-{d[6:]}T{t[:2]}:{t[2:4]}:{t[4:6]}.{t[6:]}{_ISO_ENDS[length]}"
     return str(marshal.loads(memoryview(row)[_HEAD.size :])[-1])
 
