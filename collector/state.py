@@ -131,7 +131,7 @@ _FOLDED = True
 """``job`` in a packed body when its measures follow the counts in their text."""
 _JOB_TEXT = {None: "-", True: "T", False: "F"}
 _FLAGS = (bool, type(None))
-_JOB_VALUE = {"-": None, "T": True, "F": False}
+_JOB_VALUE = {text: value for value, text in _JOB_TEXT.items()}
 _HEAD = struct.Struct("<dB")
 """A row's head: ``updated_ts`` (NaN: none), and the length of ``last_updated_at`` (its text follows), or one of
 the marks below."""
@@ -160,15 +160,7 @@ def pack_row(state: SessionState) -> bytes:
     ``last_updated_at`` as the API writes it as its digits (``_ISO``)."""
     body = [getattr(state, name) for name in _BODY_NAMES]
     job = body[_JOB_AT]
-    indexes = _INDEX_SETS.get(body[_INDEXES_AT])
-    if indexes is None and len(_INDEX_SETS) < INDEX_SETS_KEPT:
-        with _INDEX_LOCK:  # the parse thread packs too: one number for one tuple, ever
-            indexes = _INDEX_SETS.get(body[_INDEXES_AT])
-            chars = sum(map(len, body[_INDEXES_AT]))
-            if indexes is None and _INDEX_CHARS[0] + chars <= INDEX_CHARS_KEPT:
-                _INDEX_CHARS[0] += chars
-                _INDEX_LIST.append(body[_INDEXES_AT])
-                indexes = _INDEX_SETS[body[_INDEXES_AT]] = len(_INDEX_LIST) - 1
+    indexes = _index_number(body[_INDEXES_AT])
     if indexes is not None:
         body[_INDEXES_AT] = indexes
     if body[_SHARED_AT] in _SHARED:
@@ -199,6 +191,20 @@ def pack_row(state: SessionState) -> bytes:
     if len(stamp) < _LONG_STAMP:
         return _HEAD.pack(ts, len(stamp)) + stamp + marshal.dumps(tuple(body))
     return _HEAD.pack(ts, _LONG_STAMP) + marshal.dumps((*body, state.last_updated_at))
+
+
+def _index_number(index_ids: tuple[str, ...]) -> int | None:
+    """``index_ids``' number for the process (``_INDEX_SETS``), given at its first sight; None past the bounds."""
+    number = _INDEX_SETS.get(index_ids)
+    if number is None and len(_INDEX_SETS) < INDEX_SETS_KEPT:
+        with _INDEX_LOCK:  # the parse thread packs too: one number for one tuple, ever
+            number = _INDEX_SETS.get(index_ids)
+            chars = sum(map(len, index_ids))
+            if number is None and _INDEX_CHARS[0] + chars <= INDEX_CHARS_KEPT:
+                _INDEX_CHARS[0] += chars
+                _INDEX_LIST.append(index_ids)
+                number = _INDEX_SETS[index_ids] = len(_INDEX_LIST) - 1
+    return number
 
 
 def _word(value: float) -> str:

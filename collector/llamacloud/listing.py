@@ -201,8 +201,9 @@ class ListingLoop:
     seen: set[Hashable] = field(default_factory=set)
     """Wanted sessions this pass listed, as ``keys`` gives them."""
     keys: Callable[[Iterable[str]], Iterable[Hashable]] = iter
-    """What ``seen`` holds for a page's session IDs: the IDs themselves, or the poller's ``table_keys`` (a
-    complete pass then finds the sessions it missed by a set difference with its table, in C)."""
+    """What ``seen`` holds for a page's session IDs: the IDs themselves, or the poller's table keys
+    (``SessionTable.canonical``: a complete pass then finds the sessions it missed by a set difference with its
+    table, in C)."""
     ended: bool = False
     truncated: bool = False
     """The pass ended short (a page that keeps failing, a listing that goes round): it knows nothing of what lies
