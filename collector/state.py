@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, MutableMapping, Set
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import count
 from math import copysign
 from typing import Any, NamedTuple, Protocol
@@ -135,8 +135,15 @@ _JOB_VALUE = {text: value for value, text in _JOB_TEXT.items()}
 _HEAD = struct.Struct("<dB")
 """A row's head: ``updated_ts`` (NaN: none), and the length of ``last_updated_at`` (its text follows), or one of
 the marks below."""
+_INLINE = 251
+"""A head's length byte below this is the stamp's, its text following; the marks above it say where it is."""
+_TS_MARKS = {"+00:00": 251, "Z": 252}
+"""Marks that say the stamp is ``updated_ts`` written the API's way (``_ts_stamp``), so nothing of it is kept:
+``update_session`` reads one from the other, so for the API's answers the two agree. ``pack_row`` keeps the
+text another way when writing it back would not give it exactly."""
+_TS_ENDS = {mark: end for end, mark in _TS_MARKS.items()}
 _LONG_STAMP = 253
-"""A head's mark that says the stamp is the body's last value instead (a text of 253 bytes or more)."""
+"""A head's mark that says the stamp is the body's last value instead (a text of ``_INLINE`` bytes or more)."""
 _ISO = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})\.([0-9]{6})(\+00:00|Z)")
 """A stamp as the API writes it (UTC, to the microsecond): kept as its digits (``_DIGITS``), 12 bytes where its
 text takes 27 or 32; the mark says which end it had (``_ISO_MARKS``)."""
@@ -146,8 +153,14 @@ _ISO_MARKS = {"+00:00": 254, "Z": 255}
 _ISO_ENDS = {mark: end for end, mark in _ISO_MARKS.items()}
 _NAN = float("nan")
 _SHARED = ("query", "read_only")
-"""``shared_access`` as it is kept (``SHARED_ACCESS``): its place here, one byte where the text took eleven."""
+"""``shared_access`` as it is kept (``SHARED_ACCESS``): its place here as a ``bool``, one byte of marshal where
+the text took eleven (and a number five)."""
 _HEX = re.compile(r"[0-9a-f]{16}")
+_EIGHT = struct.Struct("<d")
+"""A ``stop_signature``'s 8 bytes as a ``float``: 9 bytes of marshal where ``bytes`` take 13 (a NaN's bytes are
+kept as bytes: only a number is sure to come back bit for bit)."""
+_EPOCH = datetime(1970, 1, 1)
+_YEAR_10000 = (datetime(9999, 12, 31, 23, 59, 59) - _EPOCH).total_seconds()
 
 
 def pack_row(state: SessionState) -> bytes:
@@ -164,10 +177,12 @@ def pack_row(state: SessionState) -> bytes:
     if indexes is not None:
         body[_INDEXES_AT] = indexes
     if body[_SHARED_AT] in _SHARED:
-        body[_SHARED_AT] = _SHARED.index(body[_SHARED_AT])
+        body[_SHARED_AT] = _SHARED.index(body[_SHARED_AT]) == 1
     signature = body[_SIGNATURE_AT]
     if signature is not None and _HEX.fullmatch(signature):
-        body[_SIGNATURE_AT] = bytes.fromhex(signature)
+        eight = bytes.fromhex(signature)
+        (number,) = _EIGHT.unpack(eight)
+        body[_SIGNATURE_AT] = number if number == number else eight
     measures = () if job is None else tuple(getattr(job, name) for name in _JOB_NAMES)
     if job is not None:
         body[_JOB_AT] = measures
@@ -183,12 +198,14 @@ def pack_row(state: SessionState) -> bytes:
         body[_NUMBERS_AT[0]] = " ".join(words)
     ts = _NAN if state.updated_ts is None else state.updated_ts
     iso = _ISO.fullmatch(state.last_updated_at)
+    if iso is not None and _ts_stamp(ts, iso[8]) == state.last_updated_at:
+        return _HEAD.pack(ts, _TS_MARKS[iso[8]]) + marshal.dumps(tuple(body))
     if iso is not None:
         *digits, end = iso.groups()
         when = _DIGITS.pack(int("".join(digits[:3])), int("".join(digits[3:])))
         return _HEAD.pack(ts, _ISO_MARKS[end]) + when + marshal.dumps(tuple(body))
     stamp = state.last_updated_at.encode("utf-8", "surrogatepass")
-    if len(stamp) < _LONG_STAMP:
+    if len(stamp) < _INLINE:
         return _HEAD.pack(ts, len(stamp)) + stamp + marshal.dumps(tuple(body))
     return _HEAD.pack(ts, _LONG_STAMP) + marshal.dumps((*body, state.last_updated_at))
 
@@ -205,6 +222,13 @@ def _index_number(index_ids: tuple[str, ...]) -> int | None:
                 _INDEX_LIST.append(index_ids)
                 number = _INDEX_SETS[index_ids] = len(_INDEX_LIST) - 1
     return number
+
+
+def _ts_stamp(ts: float, end: str) -> str | None:
+    """``updated_ts`` as the API writes a stamp (to the microsecond, UTC, ending in ``end``); None: none such."""
+    if not 0 <= ts < _YEAR_10000:  # NaN too
+        return None
+    return (_EPOCH + timedelta(microseconds=round(ts * 1_000_000))).isoformat(timespec="microseconds") + end
 
 
 def _word(value: float) -> str:
@@ -241,12 +265,13 @@ _INDEX_LOCK = threading.Lock()
 
 def unpack_row(session_id: str, row: bytes) -> SessionState:
     """``pack_row``'s state back, named ``session_id``."""
-    ts, length = _HEAD.unpack_from(row)
-    if length == _LONG_STAMP:
+    ts, mark = _HEAD.unpack_from(row)
+    if mark == _LONG_STAMP:
         *body, stamp = marshal.loads(memoryview(row)[_HEAD.size :])
     else:
         stamp = _row_stamp(row)
-        body = list(marshal.loads(memoryview(row)[_HEAD.size + (_DIGITS.size if length > _LONG_STAMP else length) :]))
+        skip = mark if mark < _INLINE else _DIGITS.size if mark in _ISO_ENDS else 0
+        body = list(marshal.loads(memoryview(row)[_HEAD.size + skip :]))
     if type(body[_NUMBERS_AT[0]]) is str:
         _unnumbered(body)
     job = body[_JOB_AT]
@@ -254,17 +279,22 @@ def unpack_row(session_id: str, row: bytes) -> SessionState:
         body[_JOB_AT] = LastRun(*job)
     if type(body[_INDEXES_AT]) is int:
         body[_INDEXES_AT] = _INDEX_LIST[body[_INDEXES_AT]]
-    if type(body[_SHARED_AT]) is int:
+    if type(body[_SHARED_AT]) is bool:
         body[_SHARED_AT] = _SHARED[body[_SHARED_AT]]
-    if type(body[_SIGNATURE_AT]) is bytes:
-        body[_SIGNATURE_AT] = body[_SIGNATURE_AT].hex()
+    signature = body[_SIGNATURE_AT]
+    if type(signature) is float:
+        body[_SIGNATURE_AT] = _EIGHT.pack(signature).hex()
+    elif type(signature) is bytes:
+        body[_SIGNATURE_AT] = signature.hex()
     return SessionState(session_id, stamp, None if ts != ts else ts, *body)
 
 
 def _row_stamp(row: bytes) -> str:
     length = row[_HEAD.size - 1]
-    if length < _LONG_STAMP:
+    if length < _INLINE:
         return row[_HEAD.size : _HEAD.size + length].decode("utf-8", "surrogatepass")
+    if length in _TS_ENDS:
+        return _ts_stamp(_HEAD.unpack_from(row)[0], _TS_ENDS[length])  # type: ignore[return-value]  # packed so
     if length > _LONG_STAMP:
         day, clock = _DIGITS.unpack_from(row, _HEAD.size)
         d, t = f"{day:08d}", f"{clock:012d}"
@@ -317,7 +347,7 @@ def row_stamps(rows: Iterable[bytes | None]) -> list[str | None]:
     for row in rows:
         if row is None:
             out.append(None)
-        elif row[size - 1] < _LONG_STAMP:
+        elif row[size - 1] < _INLINE:
             out.append(row[size : size + row[size - 1]].decode(_UTF8, _SURROGATES))
         else:
             out.append(_row_stamp(row))
@@ -340,8 +370,8 @@ class SessionTable(MutableMapping[str, SessionState]):
         self.version = next(_VERSIONS)
         """A number no other table, and no earlier state of this one, had: it moves on at every row set or
         removed, so what was read of a table at one version holds while it stays the same."""
-        self.touched: set[str] | None = set() if tracked else None
-        self.in_progress: dict[str, float] = {}
+        self.touched: set[Key] | None = set() if tracked else None
+        self.in_progress: dict[Key, float] = {}
         self._canon: dict[Key, Key] | None = None
         """While a listing pass runs (``canonical``): each key to the one object of it the pass and the table
         use."""
@@ -398,26 +428,34 @@ class SessionTable(MutableMapping[str, SessionState]):
         """Set ``session_id`` (last, as a dict puts a new key) to a packed row."""
         self._set(session_id, row, None if self.touched is None else unpack_row(session_id, row).in_progress_since)
 
-    def _set(self, session_id: str, row: bytes, since: float | None) -> None:
+    def key(self, session_id: str) -> Key:
+        """``session_id``'s ``table_key``: while a pass runs (``canonical``), the pass's one object of it, which
+        the table keeps. What a cycle notes of the sessions it changed (``touched``, ``in_progress``, the
+        journal, ``CollectorState.changed``) is these keys: the ID's own ``str`` from the answer, 88 bytes, was
+        held by each until the cycle ended and left as much free behind it (issue 32)."""
         key = table_key(session_id)
-        if self._canon is not None:  # a session the pass listed: the table keeps the pass's object of its key
-            key = self._canon.setdefault(key, key)
+        return key if self._canon is None else self._canon.setdefault(key, key)
+
+    def _set(self, session_id: str, row: bytes, since: float | None) -> Key:
+        key = self.key(session_id)
         self._rows[key] = row
         self.version = next(_VERSIONS)
         if self.touched is not None:
-            self.touched.add(session_id)
+            self.touched.add(key)
             if since is None:
-                self.in_progress.pop(session_id, None)
+                self.in_progress.pop(key, None)
             else:
-                self.in_progress[session_id] = since
+                self.in_progress[key] = since
+        return key
 
     def pop_row(self, session_id: str) -> bytes | None:
-        row = self._rows.pop(table_key(session_id), None)
+        key = self.key(session_id)
+        row = self._rows.pop(key, None)
         if row is not None:
             self.version = next(_VERSIONS)
         if row is not None and self.touched is not None:
-            self.touched.add(session_id)
-            self.in_progress.pop(session_id, None)
+            self.touched.add(key)
+            self.in_progress.pop(key, None)
         return row
 
     def canonical(self, session_ids: Iterable[str]) -> tuple[Key, ...]:
@@ -478,8 +516,8 @@ class SessionTable(MutableMapping[str, SessionState]):
             ts = head(row)[0]
             yield (ts if ts == ts and ts else 0.0, key_id(key))
 
-    def take_touched(self) -> set[str]:
-        """The sessions set or removed since the last call (a tracked table's), forgotten here."""
+    def take_touched(self) -> set[Key]:
+        """The keys of the sessions set or removed since the last call (a tracked table's), forgotten here."""
         touched = self.touched or set()
         if self.touched is not None:
             self.touched = set()
@@ -511,7 +549,7 @@ class Shown:
         if table is self.table and limit == self.limit:
             kept = dict(self.top)
             moved: list[tuple[float, str]] = []
-            for session_id in touched:
+            for session_id in key_ids(touched):
                 before = kept.pop(session_id, None)
                 key = table.order_key(session_id)
                 if before is not None and (key is None or key < shown_key(before)):
@@ -520,11 +558,10 @@ class Shown:
                     moved.append(key)
             else:
                 keys = [shown_key(s) for s in kept.values()] + moved
-        if keys is None:
+        if keys is None:  # streamed: a full read holds ``limit`` keys at a time, never every session's
             self.scans += 1
             self.table, self.limit, kept = table, limit, {}
-            keys = list(table.order_keys())
-        best = heapq.nlargest(limit, keys)
+        best = heapq.nlargest(limit, table.order_keys() if keys is None else keys)
         self.top = {sid: kept.get(sid) or table[sid] for _, sid in best}
         return tuple(self.top.values())
 
@@ -782,10 +819,12 @@ class CollectorState:
     and folded there for good at the end of the next complete pass (DESIGN §4)."""
     replay: set[str] = field(default_factory=set)
     """Sessions whose counted runs are still to be replayed into the new buckets (fetched once more)."""
-    changed: set[str] = field(default_factory=set, metadata=PER_CYCLE)
-    removed: set[str] = field(default_factory=set, metadata=PER_CYCLE)
+    changed: set[Key] = field(default_factory=set, metadata=PER_CYCLE)
+    """The keys (``SessionTable.key``) of the watched sessions this cycle set, for the next save."""
+    removed: set[Key] = field(default_factory=set, metadata=PER_CYCLE)
+    """The keys of the watched sessions this cycle retired."""
     prior_changed: bool = False
-    _undo: dict[str, dict[str, bytes | None]] | None = field(
+    _undo: dict[str, dict[Key, bytes | None]] | None = field(
         default=None, init=False, repr=False, compare=False, metadata=TRANSIENT
     )
     """The journal itself, while a cycle runs: for each keyed table, each touched key's committed row
@@ -822,7 +861,7 @@ class CollectorState:
         """Undo everything since ``begin``: an abandoned cycle leaves nothing half-counted."""
         for name, undo in (self._undo or {}).items():
             table = getattr(self, name)
-            for sid, before in undo.items():
+            for sid, before in zip(key_ids(undo), undo.values(), strict=True):
                 table.pop_row(sid)
                 if before is not None:
                     table.set_row(sid, before)
@@ -832,12 +871,12 @@ class CollectorState:
             setattr(self, name, fresh())
         self.commit()
 
-    def _set_in(self, name: str, sid: str, state: SessionState | None) -> None:
-        """Set ``sid`` in the keyed table ``name`` (None: remove it), journaled while a cycle runs."""
-        _journaled(getattr(self, name), None if self._undo is None else self._undo[name], sid, state)
+    def _set_in(self, name: str, sid: str, state: SessionState | None) -> Key:
+        """Set ``sid`` in the keyed table ``name`` (None: remove it), journaled while a cycle runs; its key."""
+        return _journaled(getattr(self, name), None if self._undo is None else self._undo[name], sid, state)
 
-    def _set(self, sid: str, state: SessionState | None) -> None:
-        self._set_in("sessions", sid, state)
+    def _set(self, sid: str, state: SessionState | None) -> Key:
+        return self._set_in("sessions", sid, state)
 
     def _set_retired(self, sid: str, state: SessionState | None) -> None:
         """Retire (or, with None, un-retire) a session: the most recently retired come last."""
@@ -851,9 +890,9 @@ class CollectorState:
         return found
 
     def put(self, session: SessionState) -> None:
-        self._set(session.session_id, session)
-        self.changed.add(session.session_id)
-        self.removed.discard(session.session_id)
+        key = self._set(session.session_id, session)
+        self.changed.add(key)
+        self.removed.discard(key)
         if session.session_id in self.retired:
             self._set_retired(session.session_id, None)
 
@@ -867,9 +906,9 @@ class CollectorState:
             state = self.sessions.get(sid)
             if state is None:
                 continue
-            self.changed.discard(sid)
-            self._set(sid, None)
-            self.removed.add(sid)
+            key = self._set(sid, None)
+            self.changed.discard(key)
+            self.removed.add(key)
             self._set_retired(sid, state)
             dropped += 1
         return dropped
@@ -905,8 +944,7 @@ class CollectorState:
                 counted = state.high_water or (state.cursor, state.events_seen, state.stop_signature)
                 if current.cursor < counted[0] and current.high_water is None:
                     # re-derived from a shorter read than was counted: the floor holds the rest
-                    self._set(sid, replace(current, high_water=counted))
-                    self.changed.add(sid)
+                    self.changed.add(self._set(sid, replace(current, high_water=counted)))
             self.prior = SessionTable()
             self.prior_changed = True
         self.synced = True
@@ -925,14 +963,16 @@ def _fresh(f: Field[Any]) -> Callable[[], Any]:
 _PER_CYCLE = tuple((f.name, _fresh(f)) for f in fields(CollectorState) if journal_mode(f) == "per_cycle")
 
 
-def _journaled(table: SessionTable, undo: dict[str, bytes | None] | None, sid: str, state: SessionState | None) -> None:
+def _journaled(table: SessionTable, undo: dict[Key, bytes | None] | None, sid: str, state: SessionState | None) -> Key:
     """Set ``sid`` in ``table`` (None: remove it, else put it last), first noting in ``undo`` (when a cycle
-    journals) the row it held, so that a rollback restores it."""
-    if undo is not None and sid not in undo:
-        undo[sid] = table.row(sid)
+    journals) the row it held under its key, so that a rollback restores it; the key."""
+    key = table.key(sid)
+    if undo is not None and key not in undo:
+        undo[key] = table.row_at(key)
     table.pop_row(sid)
     if state is not None:
         table[sid] = state
+    return key
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from collector.state import (
     Shown,
     key_id,
     pack_row,
+    parse_timestamp,
     shown_key,
     table_key,
     take_snapshot,
@@ -34,18 +35,29 @@ pytestmark = pytest.mark.tier("unit")
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(records(SessionState), st.sampled_from(["short", "long", "unicode", "iso", "iso_z", "almost", "edge"]))
+@given(
+    records(SessionState),
+    st.sampled_from(["short", "long", "unicode", "iso", "iso_z", "almost", "edge", "past_edge", "ts", "ts_z", "ts_near"]),
+)
 def test_every_field_comes_back_from_its_packed_row(state, stamp):
     """Every field set to other than its default (the state file's own strategy), and a ``last_updated_at``
-    past a head's length byte, or beyond ASCII."""
+    past a head's length byte, or beyond ASCII, or written from ``updated_ts`` (``ts``: kept as nothing)."""
+    from_ts = {"ts": "2026-12-03T09:18:49.015656+00:00", "ts_z": "2026-12-03T09:18:49.000000Z"}
+    if stamp in from_ts:
+        state = replace(state, updated_ts=parse_timestamp(from_ts[stamp]))
+    elif stamp == "ts_near":  # a stamp one microsecond from updated_ts: kept as its digits
+        state = replace(state, updated_ts=parse_timestamp("2026-12-03T09:18:49.015657+00:00"))
     stamps = {
+        **from_ts,
+        "ts_near": "2026-12-03T09:18:49.015656+00:00",
         "short": state.last_updated_at,
         "long": "9" * 300,
         "unicode": "ü\ud800" * 90,
         "iso": "2026-12-03T09:18:49.015656+00:00",  # the API's: kept as its digits
         "iso_z": "0001-01-01T00:00:00.000000Z",
         "almost": "2026-12-03T09:18:49.15656+00:00",  # five digits of a second: kept as text
-        "edge": "x" * 252,  # the longest text in the head
+        "edge": "x" * 250,  # the longest text in the head
+        "past_edge": "x" * 251,
     }
     state = replace(state, last_updated_at=stamps[stamp])
     assert_same(state, unpack_row(state.session_id, pack_row(state)), "row")
@@ -116,6 +128,31 @@ def test_a_whole_measure_is_packed_as_a_number_and_read_back_a_float_with_its_si
         len(pack_row(SessionState("s", "t", job=LastRun(v, v + 1, v + 2, v + 3, None)))) for v in (3201.0, 3201.5)
     )
     assert whole < fractional
+
+
+def test_a_stamp_written_from_updated_ts_is_kept_as_nothing_and_any_other_in_full():
+    stamp = "2026-12-03T09:18:49.015656+00:00"
+    state = SessionState("s", stamp, parse_timestamp(stamp))
+    kept = {"ts": pack_row(state), "digits": pack_row(replace(state, updated_ts=state.updated_ts + 1e-6))}  # type: ignore[operator]
+    kept["none"] = pack_row(replace(state, updated_ts=None))
+    assert len(kept["ts"]) + 12 == len(kept["digits"]) == len(kept["none"])
+    for name, row in kept.items():
+        back = unpack_row("s", row)
+        assert back.last_updated_at == stamp, name
+        assert SessionTable([("s", back)]).stamps(["s"]) == [stamp], name
+    late = "9999-12-31T23:59:59.999999Z"  # past what a float holds to the microsecond: its digits
+    assert unpack_row("s", pack_row(SessionState("s", late, parse_timestamp(late)))).last_updated_at == late
+
+
+@pytest.mark.parametrize(
+    "signature", ["0000000000000000", "0000000000000080", "000000000000f07f", "010000000000f87f", "9b181229d0672c3d"]
+)
+def test_a_signature_is_packed_as_eight_bytes_and_read_back_as_its_digits(signature):
+    """As a float where that comes back bit for bit (0.0, -0.0, inf, a number), as bytes for a NaN."""
+    state = SessionState("s", "t", stop_signature=signature, shared_access="query")
+    row = pack_row(state)
+    assert unpack_row("s", row) == state and bytes.fromhex(signature) in row and signature.encode() not in row
+    assert unpack_row("s", pack_row(replace(state, shared_access="read_only"))).shared_access == "read_only"
 
 
 def test_a_state_under_another_id_is_refused():

@@ -34,7 +34,7 @@ from collector.aggregates import Aggregates, Buckets, StoredValueError, UnknownF
 from collector.derive import DERIVATION_VERSION
 from collector.errors import ConfigError, StateError
 from collector.paths import state_path_problem
-from collector.state import CollectorState, SessionState, SessionTable
+from collector.state import CollectorState, SessionState, SessionTable, key_ids
 from collector.storage.records import META, Meta, decode_meta, decode_session, encode_meta, encode_session
 
 SCHEMA_VERSION = 2
@@ -332,8 +332,9 @@ class SqliteStore:
                 db.execute("DELETE FROM sessions")  # pragma: no mutate
                 rows = state.sessions.values()
             else:
-                db.executemany("DELETE FROM sessions WHERE session_id = ?", [(s,) for s in state.removed])  # pragma: no mutate
-                rows = [state.sessions[s] for s in state.changed if s in state.sessions]
+                gone = [(s,) for s in key_ids(state.removed)]
+                db.executemany("DELETE FROM sessions WHERE session_id = ?", gone)  # pragma: no mutate
+                rows = [state.sessions[s] for s in key_ids(state.changed) if s in state.sessions]
             db.executemany(
                 "INSERT OR REPLACE INTO sessions VALUES (?, ?)",  # pragma: no mutate
                 ((s.session_id, _row(s.session_id, s)) for s in rows),  # a row at a time: never a million at once
