@@ -32,7 +32,6 @@ from collector.projects import Fleet, Watched, project_state_path
 from collector.scheduler import start_scheduler
 from collector.server import Endpoints
 from collector.settings import Settings
-from collector.sqlite_store import SqliteStore
 from collector.state import MemoryStore, StateStore
 from collector.wiring import ClientConfig, arguments, wire
 
@@ -120,6 +119,8 @@ class CollectorService:
         ProcessCollector(registry=self.registry)
         self.web = WebConfig(wiring.endpoints.web_config, refused=self.self_metrics.auth_refused)
         self.client = make_client(wiring.client, api_key, self.self_metrics, transport)
+        if wiring.store is not None:  # only with a state file: sqlite3 costs 1 MB resident (issue 32)
+            from collector.storage.sqlite import SqliteStore
         if store is None and wiring.store is not None:
             store = SqliteStore(**arguments(wiring.store))
             store.refuse_newer()  # a newer release's file: one line before anything starts (exit 2)

@@ -39,7 +39,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import bcrypt
 import structlog
 
 from collector.errors import ConfigError
@@ -133,8 +132,12 @@ class WebConfig:
 
     def _dummy_hash(self) -> bytes:
         users = self.file.basic_auth_users
+        if not users:
+            return b""
+        import bcrypt  # only with users to check: 0.4 MB resident (issue 32)
+
         cost = max((_cost(h) for h in users.values()), default=4)
-        return bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=cost)) if users else b""
+        return bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=cost))
 
     def _watched(self) -> list[Path]:
         """The web config, and the certificate, key and client CA files named by the one in force and by
@@ -361,6 +364,8 @@ BCRYPT_MAX_BYTES = 72
 
 
 def _check(password: bytes, hashed: bytes) -> bool:
+    import bcrypt  # imported already by ``_dummy_hash`` when there are users
+
     try:
         return bcrypt.checkpw(password[:BCRYPT_MAX_BYTES], hashed)
     except ValueError:

@@ -29,7 +29,6 @@ from collector.llamacloud.client import LlamaCloudClient
 from collector.memory import tune_allocator
 from collector.selection import Found, in_shard, wanted
 from collector.settings import CONFIG_ENV, OPTIONS, Settings, check_environment, load_settings, otlp_secrets
-from collector.simulator.service import SimulatorService
 from collector.simulator.world import LAZY_FROM
 from collector.webconfig import parse_web_config
 from collector.wiring import arguments, wire
@@ -162,6 +161,8 @@ async def _run(settings: Settings, key: str) -> int:
 
 
 async def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from collector.simulator.service import SimulatorService  # a collector that only runs never loads it
+
     key = secrets.token_urlsafe(24)
     sim = SimulatorService(
         sessions=getattr(args, "sessions", 40),
@@ -188,6 +189,8 @@ async def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 async def _simulate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from collector.simulator.service import SimulatorService
+
     sim = SimulatorService(
         sessions=args.sessions,
         runs=args.runs,

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -419,36 +418,6 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_CONFIG_DEPTH = 32
 
 
-class _AliasRefused(yaml.composer.ComposerError):
-    """An alias (``*name``, a ``<<`` merge of one) in the settings file."""
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A YAML mapping with a key twice is refused: last-wins hides a typo. An alias is refused where
-    the composer meets it: a settings file needs none, and a few hundred bytes of aliases nested a few deep
-    stand for billions of values to every walk of the result (the depth check below, pydantic)."""
-
-    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
-            raise _AliasRefused(None, None, f"*{str(event.anchor)[:40]}", event.start_mark)
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        keys: set[object] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                duplicate = key in keys
-            except TypeError:
-                duplicate = False
-            if duplicate:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {str(key)[:40]!r}", key_node.start_mark)
-            if isinstance(key, (str, int, float, bool)) or key is None:
-                keys.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def _depth(value: Any, limit: int = MAX_CONFIG_DEPTH) -> int:
     stack, deepest = [(value, 1)], 0
     while stack:
@@ -464,6 +433,10 @@ def _depth(value: Any, limit: int = MAX_CONFIG_DEPTH) -> int:
 
 
 def _read_config(path: str) -> dict[str, Any]:
+    import yaml  # only with a settings file: 1 MB resident (issue 32)
+
+    from collector.yamlfile import AliasRefused, UniqueKeyLoader
+
     try:
         with open(path, "rb") as handle:
             raw = handle.read(MAX_CONFIG_BYTES + 1)
@@ -479,8 +452,8 @@ def _read_config(path: str) -> dict[str, Any]:
         nesting = max((m.end() - m.start() for m in re.finditer(r"[\[{]+", text)), default=0)
         if nesting > MAX_CONFIG_DEPTH:
             raise ConfigError(f"config: {path} nests deeper than {MAX_CONFIG_DEPTH} levels")
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
-    except _AliasRefused as exc:
+        data = yaml.load(text, Loader=UniqueKeyLoader)
+    except AliasRefused as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else 0
         raise ConfigError(
             f"config: {path}: YAML aliases are not accepted ({exc.problem} at line {line}); write the value out where it is used"

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import structlog
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from collector.errors import ConfigError
@@ -173,6 +172,8 @@ def parse_web_config(path: Path) -> WebConfigFile:
         raise ConfigError(f"web_config: cannot read {path}: {exc.strerror}") from None
     if len(raw) > MAX_WEB_CONFIG_BYTES:
         raise ConfigError(f"web_config: {path} is over {MAX_WEB_CONFIG_BYTES} bytes; a web config is a few hundred")
+    import yaml  # only with a web config: 1 MB resident (issue 32)
+
     try:
         data = yaml.safe_load(raw.decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError):
