@@ -76,10 +76,12 @@ class LastRun:
 
     @classmethod
     def of(cls, job: JobMetadata) -> LastRun:
-        """The job's measures, an ``INVALID`` one as unknown."""
-        return cls(
-            known(job.duration_ms), known(job.total_input_tokens), known(job.total_output_tokens), known(job.turns), job.is_error
-        )
+        """The job's measures as the floats they are declared (a whole one within 2**53, as the API's
+        are, exactly), an ``INVALID`` one as unknown: as the state file reads them back, and as
+        ``pack_row`` folds them into its text of numbers (an ``int`` kept its tuple, 16 bytes more)."""
+        measures = (known(job.duration_ms), known(job.total_input_tokens), known(job.total_output_tokens), known(job.turns))
+        duration, tokens_in, tokens_out, turns = (None if v is None else float(v) for v in measures)
+        return cls(duration, tokens_in, tokens_out, turns, job.is_error)
 
 
 @dataclass(frozen=True, slots=True)
