@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from collector.aggregates import Aggregates
+from collector.llamacloud.models import JobMetadata
 from collector.state import (
     CollectorState,
     LastRun,
@@ -153,6 +154,18 @@ def test_a_signature_is_packed_as_eight_bytes_and_read_back_as_its_digits(signat
     row = pack_row(state)
     assert unpack_row("s", row) == state and bytes.fromhex(signature) in row and signature.encode() not in row
     assert unpack_row("s", pack_row(replace(state, shared_access="read_only"))).shared_access == "read_only"
+
+
+def test_the_last_run_as_the_api_gives_it_is_floats_folded_into_the_row():
+    """Whole measures come as ints; kept as ints, the row held them in a tuple of 27 bytes instead of its text."""
+    job = JobMetadata.model_validate(
+        {"duration_ms": 552.2, "total_input_tokens": 14944, "total_output_tokens": 2**53, "turns": 6, "is_error": False}
+    )
+    run = LastRun.of(job)
+    assert run == LastRun(552.2, 14944.0, 2.0**53, 6.0, False)
+    assert {type(v) for v in (run.duration_ms, run.total_input_tokens, run.total_output_tokens, run.turns)} == {float}
+    row = pack_row(SessionState("s", "t", job=run))
+    assert b"552.2 14944 9007199254740992.0 6 F" in row and unpack_row("s", row).job == run
 
 
 def test_a_state_under_another_id_is_refused():
