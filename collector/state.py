@@ -166,13 +166,14 @@ _YEAR_10000 = (datetime(9999, 12, 31, 23, 59, 59) - _EPOCH).total_seconds()
 
 
 def pack_row(state: SessionState) -> bytes:
-    """A session's state as one ``bytes`` (its ID is the table's key): about 130 bytes where the dataclass, its
+    """A session's state as one ``bytes`` (its ID is the table's key): about 110 bytes where the dataclass, its
     strings, floats and ints take about 800. Every field but the head is one ``marshal``-ed tuple, so a new
     field of ``SessionState`` is packed without a word here (and one marshal cannot hold fails loudly); some
-    are packed smaller, each read back as it was: ``shared_access`` as its place in ``_SHARED``, a
-    ``stop_signature`` of 16 hex digits as its 8 bytes, ``index_ids`` as their number for the process
-    (``_INDEX_SETS``), the counts and the last run's measures as one text of numbers (``_NUMBERS``), and a
-    ``last_updated_at`` as the API writes it as its digits (``_ISO``)."""
+    are packed smaller, each read back as it was: ``shared_access`` as its place in ``_SHARED`` (a bool), a
+    ``stop_signature`` of 16 hex digits as its 8 bytes (``_EIGHT``), ``index_ids`` as their number for the
+    process (``_INDEX_SETS``), the counts and the last run's measures as one text of numbers (``_NUMBERS``),
+    and a ``last_updated_at`` as the API writes it as nothing when ``updated_ts`` writes it back exactly
+    (``_TS_MARKS``), else as its digits (``_ISO``)."""
     body = [getattr(state, name) for name in _BODY_NAMES]
     job = body[_JOB_AT]
     indexes = _index_number(body[_INDEXES_AT])
@@ -357,7 +358,7 @@ def row_stamps(rows: Iterable[bytes | None]) -> list[str | None]:
 
 
 class SessionTable(MutableMapping[str, SessionState]):
-    """Sessions by ID, each held packed (``pack_row``) under its ``table_key``: about 280 bytes a session with the
+    """Sessions by ID, each held packed (``pack_row``) under its ``table_key``: about 250 bytes a session with the
     dict's own share, where dataclasses, their strings, floats and ints took about 800. Reading one builds its
     ``SessionState`` anew; what a cycle asks of every listed session (its ``last_updated_at``) and of every
     watched one (its order for the per-session series) is read from the row's head without building it.
