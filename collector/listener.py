@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import socket
 import ssl
 import struct
@@ -78,6 +79,12 @@ TLS_READ_PIECE = 18 * 1024
 """What one read takes from a TLS connection: one TLS record (16 KiB of text plus its overhead)."""
 BACKLOG = 128
 """The kernel's queue of connections not yet accepted, at least (a burst past it waits for SYN retries)."""
+ACCEPT_BATCH = 16
+"""Connections taken from the kernel's queue in one turn of the loop. asyncio takes as many as the listen
+backlog (1,024) in one go, and each is an open socket, not yet counted, until its ``connection_made`` two turns
+later: a burst at the cap was seen holding 1,092 sockets for an instant. In batches of 16 (nginx takes one per
+event), at most two batches (32) are open and not yet counted, and the rest wait in the kernel's queue, which
+stays long (``BACKLOG``)."""
 PER_PEER_SHARE = 16
 """One peer holds at most 1/16 of the connection cap (64 of 1,024): a slow-head attacker from one host
 cannot lock out Prometheus and the kubelet, which connect from others."""
@@ -579,9 +586,11 @@ async def serve(
 
     loop = asyncio.get_running_loop()
     try:
-        server = await loop.create_server(lambda: Guard(shared), host, port, backlog=max(max_connections, BACKLOG))
+        server = await loop.create_server(lambda: Guard(shared), host, port, backlog=ACCEPT_BATCH)
         for sock in server.sockets:  # accepted sockets inherit it, and the SYN's window is sized from it
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            with socket.socket(fileno=os.dup(sock.fileno())) as same:  # (asyncio's wrapper has no listen())
+                same.listen(max(max_connections, BACKLOG))  # the kernel's queue; asyncio's batch stays ACCEPT_BATCH
     except BaseException:
         await runner.cleanup()
         raise
